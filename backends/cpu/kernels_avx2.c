@@ -1,0 +1,544 @@
+/* kernels_avx2.c - AVX2 + FMA + F16C kernels.
+ *
+ * Compiled with -mavx2 -mfma -mf16c; without those flags this file builds
+ * to a stub that declines, so a build that never passes them still links.
+ * Every function here is static except the installer (an inline function
+ * shared with generic code could otherwise be emitted with AVX2 inside and
+ * picked by the linker for everyone).
+ *
+ * Integer dots follow the format semantics of quant/ref_*.c exactly; only
+ * the float summation order differs.  Activation quants are assumed in
+ * -127..127 for Q8_0/Q8_1 (the quantizer guarantees it; the sign trick below
+ * negates them) and -128..127 for Q8_K (used only against unsigned weight
+ * levels, never negated). */
+#include "backends/cpu/kernels.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "quant/blocks.h"
+#include "quant/ref.h"
+
+#define F16(h) _cvtsh_ss(h)
+
+static float hsum_ps(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static int hsum_epi32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* 8 int32 lanes, each the sum of 4 adjacent products u8 * s8 (no int16
+ * saturation for our ranges: |u| <= 128, |s| <= 127 or |u| <= 63). */
+static __m256i dot_us(__m256i u, __m256i s)
+{
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+/* Signed * signed via |w| * (a with w's sign): maddubs wants one operand
+ * unsigned.  |w| of -128 is 0x80 read as unsigned 128, still right. */
+static __m256i dot_ss(__m256i w, __m256i a)
+{
+    return dot_us(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+}
+
+/* 32 nibbles: bytes 0-15 the low nibbles, 16-31 the high ones, i.e. the
+ * element order of the legacy 4/5-bit formats. */
+static __m256i nibbles(const uint8_t *qs)
+{
+    __m128i b = _mm_loadu_si128((const __m128i *)qs);
+    __m128i m = _mm_set1_epi8(0x0F);
+    __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+    return _mm256_set_m128i(hi, lo);
+}
+
+/* Byte j = 0x10 if bit j of the 32-bit qh is set, else 0. */
+static __m256i fifth_bits(const uint8_t *qh)
+{
+    uint32_t h;
+    memcpy(&h, qh, 4);
+    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h), shuf);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
+static __m256i load256(const void *p)
+{
+    return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* ---- float weights ------------------------------------------------------ */
+
+static float dot_f32(int64_t n, const void *w, const void *x)
+{
+    const float *a = w, *b = x;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static __m256 load_f16x8(const uint16_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+static float dot_f16(int64_t n, const void *w, const void *x)
+{
+    const uint16_t *a = w;
+    const float *b = x;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(load_f16x8(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(load_f16x8(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(load_f16x8(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(load_f16x8(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(load_f16x8(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++)
+        s += F16(a[i]) * b[i];
+    return s;
+}
+
+static __m256 load_bf16x8(const uint16_t *p)
+{
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+static float dot_bf16(int64_t n, const void *w, const void *x)
+{
+    const uint16_t *a = w;
+    const float *b = x;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(load_bf16x8(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(load_bf16x8(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(load_bf16x8(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = hsum_ps(_mm256_add_ps(s0, s1));
+    for (; i < n; i++)
+        s += cm_bf16_to_f32(a[i]) * b[i];
+    return s;
+}
+
+/* ---- legacy formats against Q8_0 / Q8_1 -------------------------------- */
+
+/* Levels of a q4_0 block, -8..7. */
+static __m256i q4_0_levels(const block_q4_0 *a)
+{
+    return _mm256_sub_epi8(nibbles(a->qs), _mm256_set1_epi8(8));
+}
+
+/* acc + d * (int32 lane sums of p) */
+static __m256 fma_i32(__m256 acc, float d, __m256i p)
+{
+    return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), acc);
+}
+
+/* Two blocks per step into two accumulators so consecutive FMAs overlap.
+ * (Batching 8 blocks' scale conversions into one vcvtph2ps measured slower:
+ * the gathers cost more than the scalar conversions they replace.) */
+static float dot_q8_0(int64_t n, const void *w, const void *x)
+{
+    const block_q8_0 *a = w, *b = x;
+    const int64_t nb = n / QK8_0;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        acc0 = fma_i32(acc0, F16(a[i].d) * F16(b[i].d),
+                       dot_ss(load256(a[i].qs), load256(b[i].qs)));
+        acc1 = fma_i32(acc1, F16(a[i + 1].d) * F16(b[i + 1].d),
+                       dot_ss(load256(a[i + 1].qs), load256(b[i + 1].qs)));
+    }
+    if (i < nb)
+        acc0 = fma_i32(acc0, F16(a[i].d) * F16(b[i].d),
+                       dot_ss(load256(a[i].qs), load256(b[i].qs)));
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+static float dot_q4_0(int64_t n, const void *w, const void *x)
+{
+    const block_q4_0 *a = w;
+    const block_q8_0 *b = x;
+    const int64_t nb = n / QK4_0;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        acc0 = fma_i32(acc0, F16(a[i].d) * F16(b[i].d),
+                       dot_ss(q4_0_levels(&a[i]), load256(b[i].qs)));
+        acc1 = fma_i32(acc1, F16(a[i + 1].d) * F16(b[i + 1].d),
+                       dot_ss(q4_0_levels(&a[i + 1]), load256(b[i + 1].qs)));
+    }
+    if (i < nb)
+        acc0 = fma_i32(acc0, F16(a[i].d) * F16(b[i].d),
+                       dot_ss(q4_0_levels(&a[i]), load256(b[i].qs)));
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+/* q4_1: unsigned levels straight into maddubs; the min term is m * s. */
+static float dot_q4_1(int64_t n, const void *w, const void *x)
+{
+    const block_q4_1 *a = w;
+    const block_q8_1 *b = x;
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0;
+    for (int64_t i = 0; i < n / QK4_1; i++) {
+        __m256i p = dot_us(nibbles(a[i].qs), load256(b[i].qs));
+        __m256 d = _mm256_set1_ps(F16(a[i].d) * F16(b[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        mins += F16(a[i].m) * F16(b[i].s);
+    }
+    return hsum_ps(acc) + mins;
+}
+
+static float dot_q5_0(int64_t n, const void *w, const void *x)
+{
+    const block_q5_0 *a = w;
+    const block_q8_0 *b = x;
+    const __m256i sixteen = _mm256_set1_epi8(16);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / QK5_0; i++) {
+        __m256i q = _mm256_or_si256(nibbles(a[i].qs), fifth_bits(a[i].qh));
+        __m256i p = dot_ss(_mm256_sub_epi8(q, sixteen), load256(b[i].qs));
+        __m256 d = _mm256_set1_ps(F16(a[i].d) * F16(b[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    return hsum_ps(acc);
+}
+
+static float dot_q5_1(int64_t n, const void *w, const void *x)
+{
+    const block_q5_1 *a = w;
+    const block_q8_1 *b = x;
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0;
+    for (int64_t i = 0; i < n / QK5_1; i++) {
+        __m256i q = _mm256_or_si256(nibbles(a[i].qs), fifth_bits(a[i].qh));
+        __m256i p = dot_us(q, load256(b[i].qs));
+        __m256 d = _mm256_set1_ps(F16(a[i].d) * F16(b[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        mins += F16(a[i].m) * F16(b[i].s);
+    }
+    return hsum_ps(acc) + mins;
+}
+
+/* Q8_0 activations, byte-identical to cm_quant_q8_0 (same d, same 1/d,
+ * round-half-even like lrintf in the default FP mode). */
+static void quant_q8_0(const float *x, void *y, int64_t n)
+{
+    block_q8_0 *b = y;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
+        __m256 v[4], m;
+        for (int k = 0; k < 4; k++)
+            v[k] = _mm256_loadu_ps(x + 8 * k);
+        m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                          _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        float d = _mm_cvtss_f32(h) / 127;
+        b[i].d = cm_f32_to_f16(d);
+        if (b[i].d == 0) { /* as the reference: a zero block */
+            memset(b[i].qs, 0, QK8_0);
+            continue;
+        }
+        float id = 1.0f / d;
+        __m256i q[4];
+        for (int k = 0; k < 4; k++)
+            q[k] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[k], _mm256_set1_ps(id)),
+                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        /* packs work per 128-bit lane; the permute restores element order */
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)b[i].qs, p);
+    }
+}
+
+/* ---- K-quants against Q8_K ---------------------------------------------- */
+
+/* The 8 6-bit scales and mins of q4_K/q5_K (see cm_k4_scale_min), decoded
+ * four at a time from the 12 bytes as 32-bit words. */
+static void k4_scales_mins(const uint8_t *s, uint8_t sc[8], uint8_t m[8])
+{
+    uint32_t w[3], t[4];
+    memcpy(w, s, 12);
+    t[0] = w[0] & 0x3F3F3F3Fu;
+    t[1] = (w[2] & 0x0F0F0F0Fu) | (((w[0] >> 6) & 0x03030303u) << 4);
+    t[2] = w[1] & 0x3F3F3F3Fu;
+    t[3] = ((w[2] >> 4) & 0x0F0F0F0Fu) | (((w[1] >> 6) & 0x03030303u) << 4);
+    memcpy(sc, t, 8);
+    memcpy(m, t + 2, 8);
+}
+
+/* sum_j m[j] * (bsums[2j] + bsums[2j+1]) */
+static int k4_mins_dot(const int16_t *bsums, const uint8_t m[8])
+{
+    __m128i lo = _mm_loadu_si128((const __m128i *)bsums);
+    __m128i hi = _mm_loadu_si128((const __m128i *)(bsums + 8));
+    __m128i pairs = _mm_hadd_epi16(lo, hi);
+    __m128i mm = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)m));
+    __m128i p = _mm_madd_epi16(pairs, mm);
+    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0x4E));
+    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0xB1));
+    return _mm_cvtsi128_si32(p);
+}
+
+/* One 64-element chunk: low nibbles (sub-block 2c) and high nibbles (2c+1)
+ * against 64 activation bytes, weighted by the two sub-block scales. */
+static __m256i k4_chunk(__m256i lo, __m256i hi, const int8_t *y, int sc0, int sc1)
+{
+    __m256i p0 = _mm256_maddubs_epi16(lo, load256(y));
+    __m256i p1 = _mm256_maddubs_epi16(hi, load256(y + 32));
+    p0 = _mm256_madd_epi16(p0, _mm256_set1_epi16((short)sc0));
+    p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16((short)sc1));
+    return _mm256_add_epi32(p0, p1);
+}
+
+static float dot_q4_K(int64_t n, const void *w, const void *x)
+{
+    const block_q4_K *a = w;
+    const block_q8_K *y = x;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        uint8_t sc[8], m[8];
+        k4_scales_mins(a[i].scales, sc, m);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            __m256i q = load256(a[i].qs + 32 * c);
+            __m256i lo = _mm256_and_si256(q, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            sumi = _mm256_add_epi32(sumi, k4_chunk(lo, hi, y[i].qs + 64 * c, sc[2 * c], sc[2 * c + 1]));
+        }
+        float d = F16(a[i].d) * y[i].d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        mins += F16(a[i].dmin) * y[i].d * (float)k4_mins_dot(y[i].bsums, m);
+    }
+    return hsum_ps(acc) - mins;
+}
+
+/* q5_K: as q4_K plus bit 4 from qh (bits 2c, 2c+1 of each byte). */
+static float dot_q5_K(int64_t n, const void *w, const void *x)
+{
+    const block_q5_K *a = w;
+    const block_q8_K *y = x;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        uint8_t sc[8], m[8];
+        k4_scales_mins(a[i].scales, sc, m);
+        __m256i hb = load256(a[i].qh), sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            __m256i q = load256(a[i].qs + 32 * c);
+            /* 16-bit shifts leak bits across bytes only above bit 1, which
+             * the masks drop */
+            __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(hb, one), 4);
+            __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 1), one), 4);
+            hb = _mm256_srli_epi16(hb, 2);
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), h0);
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h1);
+            sumi = _mm256_add_epi32(sumi, k4_chunk(lo, hi, y[i].qs + 64 * c, sc[2 * c], sc[2 * c + 1]));
+        }
+        float d = F16(a[i].d) * y[i].d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+        mins += F16(a[i].dmin) * y[i].d * (float)k4_mins_dot(y[i].bsums, m);
+    }
+    return hsum_ps(acc) - mins;
+}
+
+/* 16 signed byte scales as int16: even-indexed ones in the low 128-bit
+ * lane, odd ones in the high lane, so pick_scales() can pair them up. */
+static __m256i scales_eo(__m128i sc8)
+{
+    const __m128i eo = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, eo));
+}
+
+/* [scale 2m x8 | scale 2m+1 x8]: the scales of the two 16-element halves of
+ * 32-element run m, one in-lane byte shuffle. */
+static __m256i pick_scales(__m256i eo, int m)
+{
+    return _mm256_shuffle_epi8(eo, _mm256_set1_epi16((short)(((2 * m + 1) << 8) | (2 * m))));
+}
+
+/* 32 unsigned levels (<= 63) times 32 activations, each 16-element half
+ * weighted by its own sub-block scale from sc (q2_K, q3_K, q6_K). */
+static __m256i part16x2(__m256i q, const int8_t *y, __m256i sc)
+{
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(y)), sc);
+}
+
+/* sum_j scales[j] * bsums[j]: a constant level offset applied once. */
+static int scaled_bsums(const int16_t *bsums, __m128i scales)
+{
+    return hsum_epi32(_mm256_madd_epi16(load256(bsums), _mm256_cvtepi8_epi16(scales)));
+}
+
+static float dot_q6_K(int64_t n, const void *w, const void *x)
+{
+    const block_q6_K *a = w;
+    const block_q8_K *y = x;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03);
+    float acc = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        __m256i sumi = _mm256_setzero_si256();
+        __m256i eo = scales_eo(_mm_loadu_si128((const __m128i *)a[i].scales));
+        for (int c = 0; c < 2; c++) {
+            __m256i l0 = load256(a[i].ql + 64 * c), l1 = load256(a[i].ql + 64 * c + 32);
+            __m256i h = load256(a[i].qh + 32 * c);
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4));
+            for (int k = 0; k < 4; k++)
+                sumi = _mm256_add_epi32(sumi, part16x2(q[k], y[i].qs + 128 * c + 32 * k,
+                                                       pick_scales(eo, 4 * c + k)));
+        }
+        int isum = hsum_epi32(sumi) - 32 * scaled_bsums(y[i].bsums, _mm_loadu_si128((const __m128i *)a[i].scales));
+        acc += F16(a[i].d) * y[i].d * (float)isum;
+    }
+    return acc;
+}
+
+/* q2_K: element 128c + 32j + l is bits 2j..2j+1 of qs[32c + l]; scale and
+ * min nibbles per 16; x = d * sc * q - dmin * m. */
+static float dot_q2_K(int64_t n, const void *w, const void *x)
+{
+    const block_q2_K *a = w;
+    const block_q8_K *y = x;
+    const __m256i m2 = _mm256_set1_epi8(3);
+    float acc = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        __m256i sumi = _mm256_setzero_si256();
+        const uint8_t *sc = a[i].scales;
+        __m128i s8 = _mm_loadu_si128((const __m128i *)sc);
+        __m256i eo = scales_eo(_mm_and_si128(s8, _mm_set1_epi8(0x0F)));
+        for (int c = 0; c < 2; c++) {
+            __m256i q = load256(a[i].qs + 32 * c);
+            for (int j = 0; j < 4; j++) {
+                __m256i l = _mm256_and_si256(q, m2);
+                q = _mm256_srli_epi16(q, 2); /* bits crossing bytes get masked */
+                sumi = _mm256_add_epi32(sumi, part16x2(l, y[i].qs + 128 * c + 32 * j,
+                                                       pick_scales(eo, 4 * c + j)));
+            }
+        }
+        __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), _mm_set1_epi8(0x0F)));
+        int summs = hsum_epi32(_mm256_madd_epi16(load256(y[i].bsums), mins));
+        float dall = y[i].d * F16(a[i].d), dmin = y[i].d * F16(a[i].dmin);
+        acc += dall * (float)hsum_epi32(sumi) - dmin * (float)summs;
+    }
+    return acc;
+}
+
+/* The 16 q3_K scales (see cm_k3_scales) from the 12 bytes as 32-bit words,
+ * still biased by 32. */
+static __m128i k3_scales(const uint8_t *s)
+{
+    uint32_t w[3], t[4];
+    memcpy(w, s, 12);
+    t[0] = (w[0] & 0x0F0F0F0Fu) | ((w[2] & 0x03030303u) << 4);
+    t[1] = (w[1] & 0x0F0F0F0Fu) | (((w[2] >> 2) & 0x03030303u) << 4);
+    t[2] = ((w[0] >> 4) & 0x0F0F0F0Fu) | (((w[2] >> 4) & 0x03030303u) << 4);
+    t[3] = ((w[1] >> 4) & 0x0F0F0F0Fu) | (((w[2] >> 6) & 0x03030303u) << 4);
+    /* built in registers: a 16-byte load of t would stall on forwarding
+     * from the four 4-byte stores */
+    return _mm_setr_epi32((int)t[0], (int)t[1], (int)t[2], (int)t[3]);
+}
+
+/* q3_K: unsigned levels low2 | hbit << 2 (0..7) against the activations,
+ * then the -4 offset through the block sums: sum sc * 4 * bsum. */
+static float dot_q3_K(int64_t n, const void *w, const void *x)
+{
+    const block_q3_K *a = w;
+    const block_q8_K *y = x;
+    const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    float acc = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        __m128i sc = _mm_sub_epi8(k3_scales(a[i].scales), _mm_set1_epi8(32));
+        __m256i eo = scales_eo(sc);
+        __m256i hm = load256(a[i].hmask), sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 2; c++) {
+            __m256i q = load256(a[i].qs + 32 * c);
+            for (int j = 0; j < 4; j++) {
+                /* 16-bit shifts: at step k only bit 0 is used, and bits
+                 * leaking in from the next byte sit at 8-k and above */
+                __m256i h = _mm256_slli_epi16(_mm256_and_si256(hm, one), 2);
+                __m256i l = _mm256_or_si256(_mm256_and_si256(q, m2), h);
+                q = _mm256_srli_epi16(q, 2);
+                hm = _mm256_srli_epi16(hm, 1);
+                sumi = _mm256_add_epi32(sumi, part16x2(l, y[i].qs + 128 * c + 32 * j,
+                                                       pick_scales(eo, 4 * c + j)));
+            }
+        }
+        int isum = hsum_epi32(sumi) - 4 * scaled_bsums(y[i].bsums, sc);
+        acc += F16(a[i].d) * y[i].d * (float)isum;
+    }
+    return acc;
+}
+
+int cm_kernels_avx2(struct cm_kernels *k)
+{
+    k->isa = "avx2";
+    k->vec_dot[CM_TYPE_F32] = dot_f32;
+    k->vec_dot[CM_TYPE_F16] = dot_f16;
+    k->vec_dot[CM_TYPE_BF16] = dot_bf16;
+    k->vec_dot[CM_TYPE_Q8_0] = dot_q8_0;
+    k->vec_dot[CM_TYPE_Q4_0] = dot_q4_0;
+    k->vec_dot[CM_TYPE_Q4_1] = dot_q4_1;
+    k->vec_dot[CM_TYPE_Q5_0] = dot_q5_0;
+    k->vec_dot[CM_TYPE_Q5_1] = dot_q5_1;
+    k->vec_dot[CM_TYPE_Q4_K] = dot_q4_K;
+    k->vec_dot[CM_TYPE_Q5_K] = dot_q5_K;
+    k->vec_dot[CM_TYPE_Q6_K] = dot_q6_K;
+    k->vec_dot[CM_TYPE_Q2_K] = dot_q2_K;
+    k->vec_dot[CM_TYPE_Q3_K] = dot_q3_K;
+    k->quantize[CM_TYPE_Q8_0] = quant_q8_0;
+    return 0;
+}
+
+#else /* built without -mavx2 -mfma -mf16c */
+
+int cm_kernels_avx2(struct cm_kernels *k)
+{
+    (void)k;
+    return -1;
+}
+
+#endif

@@ -1,0 +1,370 @@
+/* kernels_avx512.c - AVX-512 (F, BW, VL) kernels, with VNNI where present.
+ *
+ * Compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx2 -mfma
+ * -mf16c; without them this file builds to a stub that declines.  Installed
+ * on top of the AVX2 table, so types without a kernel here keep AVX2's.
+ *
+ * Each kernel body is an always-inline function taking a constant `vnni`
+ * flag and is instantiated twice: with VNNI the u8*s8 products accumulate
+ * with vpdpbusd / vpdpwssd; without (Skylake-SP) the same sums come from
+ * vpmaddubsw + vpmaddwd, which cannot saturate for the value ranges used
+ * here (|u| <= 128 against |s| <= 127, or u <= 63).  Integer semantics as
+ * in quant/ref_*.c; Q8_0 activation quants are in -127..127 (the sign trick
+ * negates them), Q8_K ones only meet unsigned weight levels. */
+#include "backends/cpu/kernels.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__) &&       \
+    defined(__F16C__)
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "quant/blocks.h"
+
+#define INLINE static inline __attribute__((always_inline))
+#define F16(h) _cvtsh_ss(h)
+
+/* acc + sums of 4 adjacent u8*s8 products per int32 lane */
+INLINE __m512i dpbusd(__m512i acc, __m512i u, __m512i s, const int vnni)
+{
+    if (vnni)
+        return _mm512_dpbusd_epi32(acc, u, s);
+    __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
+    return _mm512_add_epi32(acc, p);
+}
+
+/* acc + sums of 2 adjacent s16*s16 products per int32 lane */
+INLINE __m512i dpwssd(__m512i acc, __m512i a, __m512i b, const int vnni)
+{
+    if (vnni)
+        return _mm512_dpwssd_epi32(acc, a, b);
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+}
+
+/* w * a for signed bytes as |w| * (a with w's sign); a never -128. */
+INLINE __m512i dot_ss(__m512i w, __m512i a, const int vnni)
+{
+    __mmask64 neg = _mm512_movepi8_mask(w);
+    __m512i sa = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
+    return dpbusd(_mm512_setzero_si512(), _mm512_abs_epi8(w), sa, vnni);
+}
+
+/* Two 32-byte runs (two blocks' quants) in one register. */
+INLINE __m512i load2x256(const void *p0, const void *p1)
+{
+    __m256i lo = _mm256_loadu_si256((const __m256i *)p0);
+    __m256i hi = _mm256_loadu_si256((const __m256i *)p1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+/* Lanes 0-7 = d0, lanes 8-15 = d1: the per-block scales of a 2-block dot. */
+INLINE __m512 scales2(float d0, float d1)
+{
+    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
+}
+
+/* ---- float weights ------------------------------------------------------ */
+
+INLINE float dot_f32_k(int64_t n, const float *a, const float *b)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+        s2 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 32), _mm512_loadu_ps(b + i + 32), s2);
+        s3 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 48), _mm512_loadu_ps(b + i + 48), s3);
+    }
+    for (; i < n; i += 16) { /* masked tail: no scalar loop */
+        __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+static float dot_f32(int64_t n, const void *w, const void *x)
+{
+    return dot_f32_k(n, w, x);
+}
+
+INLINE __m512 load_f16x16(const uint16_t *p, __mmask16 m)
+{
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+static float dot_f16(int64_t n, const void *w, const void *x)
+{
+    const uint16_t *a = w;
+    const float *b = x;
+    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        s0 = _mm512_fmadd_ps(load_f16x16(a + i, 0xFFFF), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(load_f16x16(a + i + 16, 0xFFFF), _mm512_loadu_ps(b + i + 16), s1);
+        s2 = _mm512_fmadd_ps(load_f16x16(a + i + 32, 0xFFFF), _mm512_loadu_ps(b + i + 32), s2);
+        s3 = _mm512_fmadd_ps(load_f16x16(a + i + 48, 0xFFFF), _mm512_loadu_ps(b + i + 48), s3);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        s0 = _mm512_fmadd_ps(load_f16x16(a + i, m), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+}
+
+/* ---- q8_0 / q4_0 against Q8_0: two blocks per register ----------------- */
+
+INLINE float dot_q8_0_k(int64_t n, const void *w, const void *x, const int vnni)
+{
+    const block_q8_0 *a = w, *b = x;
+    const int64_t nb = n / QK8_0;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    int64_t i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        __m512i p0 = dot_ss(load2x256(a[i].qs, a[i + 1].qs), load2x256(b[i].qs, b[i + 1].qs), vnni);
+        __m512i p1 = dot_ss(load2x256(a[i + 2].qs, a[i + 3].qs),
+                            load2x256(b[i + 2].qs, b[i + 3].qs), vnni);
+        __m512 d0 = scales2(F16(a[i].d) * F16(b[i].d), F16(a[i + 1].d) * F16(b[i + 1].d));
+        __m512 d1 = scales2(F16(a[i + 2].d) * F16(b[i + 2].d), F16(a[i + 3].d) * F16(b[i + 3].d));
+        acc0 = _mm512_fmadd_ps(d0, _mm512_cvtepi32_ps(p0), acc0);
+        acc1 = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(p1), acc1);
+    }
+    for (; i < nb; i++) { /* tail blocks in the low half, high half zero */
+        __m512i wq = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)a[i].qs));
+        __m512i xq = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)b[i].qs));
+        __m512 d = scales2(F16(a[i].d) * F16(b[i].d), 0);
+        acc0 = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_ss(wq, xq, vnni)), acc0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+/* Two q4_0 blocks' 32 nibble bytes as 64 levels 0..15 in element order:
+ * [lo(b0) hi(b0) lo(b1) hi(b1)], 16 bytes each. */
+INLINE __m512i nibbles2(const uint8_t *q0, const uint8_t *q1)
+{
+    __m128i a = _mm_loadu_si128((const __m128i *)q0);
+    __m128i b = _mm_loadu_si128((const __m128i *)q1);
+    __m512i v = _mm512_castsi256_si512(_mm256_set_m128i(b, a));
+    v = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), v);
+    v = _mm512_srlv_epi64(v, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+    return _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
+}
+
+/* sum (q - 8) * a = sum q * a - 8 * sum a: both straight u8 * s8 dots. */
+INLINE __m512i dot_q4(__m512i q, __m512i a, const int vnni)
+{
+    __m512i z = _mm512_setzero_si512();
+    return _mm512_sub_epi32(dpbusd(z, q, a, vnni), dpbusd(z, _mm512_set1_epi8(8), a, vnni));
+}
+
+INLINE float dot_q4_0_k(int64_t n, const void *w, const void *x, const int vnni)
+{
+    const block_q4_0 *a = w;
+    const block_q8_0 *b = x;
+    const int64_t nb = n / QK4_0;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    int64_t i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        __m512i p0 = dot_q4(nibbles2(a[i].qs, a[i + 1].qs), load2x256(b[i].qs, b[i + 1].qs), vnni);
+        __m512i p1 = dot_q4(nibbles2(a[i + 2].qs, a[i + 3].qs),
+                            load2x256(b[i + 2].qs, b[i + 3].qs), vnni);
+        __m512 d0 = scales2(F16(a[i].d) * F16(b[i].d), F16(a[i + 1].d) * F16(b[i + 1].d));
+        __m512 d1 = scales2(F16(a[i + 2].d) * F16(b[i + 2].d), F16(a[i + 3].d) * F16(b[i + 3].d));
+        acc0 = _mm512_fmadd_ps(d0, _mm512_cvtepi32_ps(p0), acc0);
+        acc1 = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(p1), acc1);
+    }
+    for (; i < nb; i++) { /* tail: the block twice, the copy scaled by 0 */
+        __m512i p = dot_q4(nibbles2(a[i].qs, a[i].qs), load2x256(b[i].qs, b[i].qs), vnni);
+        acc0 = _mm512_fmadd_ps(scales2(F16(a[i].d) * F16(b[i].d), 0), _mm512_cvtepi32_ps(p), acc0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+/* ---- K-quants against Q8_K ---------------------------------------------- */
+
+/* As kernels_avx2.c: the q4_K/q5_K 6-bit scales and mins. */
+static void k4_scales_mins(const uint8_t *s, uint8_t sc[8], uint8_t m[8])
+{
+    uint32_t w[3], t[4];
+    memcpy(w, s, 12);
+    t[0] = w[0] & 0x3F3F3F3Fu;
+    t[1] = (w[2] & 0x0F0F0F0Fu) | (((w[0] >> 6) & 0x03030303u) << 4);
+    t[2] = w[1] & 0x3F3F3F3Fu;
+    t[3] = ((w[2] >> 4) & 0x0F0F0F0Fu) | (((w[1] >> 6) & 0x03030303u) << 4);
+    memcpy(sc, t, 8);
+    memcpy(m, t + 2, 8);
+}
+
+/* sum_j m[j] * (bsums[2j] + bsums[2j+1]) */
+static int k4_mins_dot(const int16_t *bsums, const uint8_t m[8])
+{
+    __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)bsums),
+                                   _mm_loadu_si128((const __m128i *)(bsums + 8)));
+    __m128i mm = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)m));
+    __m128i p = _mm_madd_epi16(pairs, mm);
+    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0x4E));
+    p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0xB1));
+    return _mm_cvtsi128_si32(p);
+}
+
+/* int16 lanes 0-15 = s0, 16-31 = s1 */
+INLINE __m512i scales16x2(int s0, int s1)
+{
+    return _mm512_mask_blend_epi16(0xFFFF0000u, _mm512_set1_epi16((short)s0),
+                                   _mm512_set1_epi16((short)s1));
+}
+
+/* One super-block of q4_K (qh == NULL) or q5_K: each 64-element chunk is
+ * one register [low nibbles | high nibbles] = sub-blocks 2c and 2c+1. */
+INLINE __m512i q45k_sumi(const uint8_t *qs, const uint8_t *qh, const uint8_t sc[8],
+                         const int8_t *y, const int vnni)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512i sumi = _mm512_setzero_si512(), hb = _mm512_setzero_si512();
+    if (qh) { /* [qh | qh >> 1]: bit 4 of the low/high halves, shifted per chunk */
+        __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+        hb = _mm512_inserti64x4(_mm512_castsi256_si512(h), _mm256_srli_epi16(h, 1), 1);
+    }
+    for (int c = 0; c < 4; c++) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(q), _mm256_srli_epi16(q, 4), 1);
+        v = _mm512_and_si512(v, m4);
+        if (qh) { /* 16-bit shifts: bits crossing bytes are masked off */
+            __m512i h = _mm512_and_si512(hb, _mm512_set1_epi8(1));
+            v = _mm512_or_si512(v, _mm512_slli_epi16(h, 4));
+            hb = _mm512_srli_epi16(hb, 2);
+        }
+        __m512i p = _mm512_maddubs_epi16(v, _mm512_loadu_si512(y + 64 * c));
+        sumi = dpwssd(sumi, p, scales16x2(sc[2 * c], sc[2 * c + 1]), vnni);
+    }
+    return sumi;
+}
+
+INLINE float dot_q4_K_k(int64_t n, const void *w, const void *x, const int vnni)
+{
+    const block_q4_K *a = w;
+    const block_q8_K *y = x;
+    __m512 acc = _mm512_setzero_ps();
+    float mins = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        uint8_t sc[8], m[8];
+        k4_scales_mins(a[i].scales, sc, m);
+        __m512i sumi = q45k_sumi(a[i].qs, NULL, sc, y[i].qs, vnni);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(F16(a[i].d) * y[i].d), _mm512_cvtepi32_ps(sumi), acc);
+        mins += F16(a[i].dmin) * y[i].d * (float)k4_mins_dot(y[i].bsums, m);
+    }
+    return _mm512_reduce_add_ps(acc) - mins;
+}
+
+INLINE float dot_q5_K_k(int64_t n, const void *w, const void *x, const int vnni)
+{
+    const block_q5_K *a = w;
+    const block_q8_K *y = x;
+    __m512 acc = _mm512_setzero_ps();
+    float mins = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        uint8_t sc[8], m[8];
+        k4_scales_mins(a[i].scales, sc, m);
+        __m512i sumi = q45k_sumi(a[i].qs, a[i].qh, sc, y[i].qs, vnni);
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(F16(a[i].d) * y[i].d), _mm512_cvtepi32_ps(sumi), acc);
+        mins += F16(a[i].dmin) * y[i].d * (float)k4_mins_dot(y[i].bsums, m);
+    }
+    return _mm512_reduce_add_ps(acc) - mins;
+}
+
+/* sum_j scales[j] * bsums[j], for q6_K's -32 level offset */
+static int q6_offset(const int16_t *bsums, const int8_t *scales)
+{
+    __m256i s16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)scales));
+    __m256i p = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)bsums), s16);
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* q6_K chunk c (128 elements) as two registers of unsigned 6-bit levels:
+ * ql[64c..64c+63] holds the low nibbles of elements 0-63 (low halves) and
+ * 64-127 (high halves); qh[32c..] the top bits, 2 per 32-element run. */
+INLINE __m512i q6k_chunk(const block_q6_K *b, int c, const int8_t *y, __m512i sc16,
+                         const int vnni)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x03);
+    __m512i l = _mm512_loadu_si512(b->ql + 64 * c);
+    __m256i h256 = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * c));
+    __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(h256), _mm256_srli_epi16(h256, 2), 1);
+    __m512i qa = _mm512_or_si512(_mm512_and_si512(l, m4),
+                                 _mm512_slli_epi16(_mm512_and_si512(h, m2), 4));
+    __m512i qb = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                 _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 4), m2), 4));
+    /* each 128-bit lane (16 elements) has its own scale */
+    const __m512i ia = _mm512_setr_epi64(0x0000000000000000LL, 0x0000000000000000LL,
+                                         0x0001000100010001LL, 0x0001000100010001LL,
+                                         0x0002000200020002LL, 0x0002000200020002LL,
+                                         0x0003000300030003LL, 0x0003000300030003LL);
+    const __m512i ib = _mm512_add_epi16(ia, _mm512_set1_epi16(4));
+    const __m512i off = _mm512_set1_epi16((short)(8 * c));
+    __m512i sa = _mm512_permutexvar_epi16(_mm512_add_epi16(ia, off), sc16);
+    __m512i sb = _mm512_permutexvar_epi16(_mm512_add_epi16(ib, off), sc16);
+    __m512i s = dpwssd(_mm512_setzero_si512(), _mm512_maddubs_epi16(qa, _mm512_loadu_si512(y)), sa, vnni);
+    return dpwssd(s, _mm512_maddubs_epi16(qb, _mm512_loadu_si512(y + 64)), sb, vnni);
+}
+
+INLINE float dot_q6_K_k(int64_t n, const void *w, const void *x, const int vnni)
+{
+    const block_q6_K *a = w;
+    const block_q8_K *y = x;
+    __m512 acc = _mm512_setzero_ps();
+    float off = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        __m256i s = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a[i].scales));
+        __m512i sc16 = _mm512_castsi256_si512(s);
+        __m512i sumi = _mm512_add_epi32(q6k_chunk(&a[i], 0, y[i].qs, sc16, vnni),
+                                        q6k_chunk(&a[i], 1, y[i].qs + 128, sc16, vnni));
+        float d = F16(a[i].d) * y[i].d;
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(sumi), acc);
+        off += d * (float)(32 * q6_offset(y[i].bsums, a[i].scales));
+    }
+    return _mm512_reduce_add_ps(acc) - off;
+}
+
+/* ---- instantiation --------------------------------------------------------- */
+
+#define VARIANTS(name)                                                        \
+    static float name##_vnni(int64_t n, const void *w, const void *x)         \
+    {                                                                         \
+        return name##_k(n, w, x, 1);                                          \
+    }                                                                         \
+    static float name##_plain(int64_t n, const void *w, const void *x)        \
+    {                                                                         \
+        return name##_k(n, w, x, 0);                                          \
+    }
+VARIANTS(dot_q8_0)
+VARIANTS(dot_q4_0)
+VARIANTS(dot_q4_K)
+VARIANTS(dot_q5_K)
+VARIANTS(dot_q6_K)
+
+int cm_kernels_avx512(struct cm_kernels *k, int vnni)
+{
+    k->isa = "avx512";
+    k->vec_dot[CM_TYPE_F32] = dot_f32;
+    k->vec_dot[CM_TYPE_F16] = dot_f16;
+    k->vec_dot[CM_TYPE_Q8_0] = vnni ? dot_q8_0_vnni : dot_q8_0_plain;
+    k->vec_dot[CM_TYPE_Q4_0] = vnni ? dot_q4_0_vnni : dot_q4_0_plain;
+    k->vec_dot[CM_TYPE_Q4_K] = vnni ? dot_q4_K_vnni : dot_q4_K_plain;
+    k->vec_dot[CM_TYPE_Q5_K] = vnni ? dot_q5_K_vnni : dot_q5_K_plain;
+    k->vec_dot[CM_TYPE_Q6_K] = vnni ? dot_q6_K_vnni : dot_q6_K_plain;
+    return 0;
+}
+
+#else /* built without the AVX-512 flags */
+
+int cm_kernels_avx512(struct cm_kernels *k, int vnni)
+{
+    (void)k;
+    (void)vnni;
+    return -1;
+}
+
+#endif

@@ -1,0 +1,318 @@
+/* cli_run.c - `codemoe run`: stream a completion to stdout. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+#include "forward.h"
+#include "sampling.h"
+
+#define MAX_STOPS 16
+
+static const char RUN_HELP[] =
+    "usage: codemoe run [-m MODEL] (-p PROMPT | -f FILE) [options]\n"
+    "\n"
+    "Streams the model's continuation of the prompt to stdout; timings and\n"
+    "peak memory go to stderr.  Without -m the installed default model is used.\n"
+    "\n"
+    "  -m, --model FILE        GGUF model (llama, qwen2, qwen3 architectures)\n"
+    "  -p, --prompt TEXT       prompt text\n"
+    "  -f, --file FILE         read the prompt from FILE\n"
+    "  -n, --n-predict N       tokens to generate (default 256; stops early at end of text)\n"
+    "      --temp T            temperature, 0 = greedy (default 0.8)\n"
+    "      --top-k K           keep the K most likely tokens, 0 = off (default 40)\n"
+    "      --top-p P           nucleus sampling, 1 = off (default 0.95)\n"
+    "      --min-p P           drop tokens below P x the best probability (default 0.05)\n"
+    "      --repeat-penalty R  penalise the last 64 tokens, 1 = off (default 1.0)\n"
+    "      --seed S            random seed (default: from the clock, printed on stderr)\n"
+    "      --stop STR          stop before STR is printed (repeatable)\n"
+    "  -c, --ctx-size N        context length (default: the model's, at most 4096)\n"
+    "  -t, --threads N         threads (default: all cores)\n"
+    "      --kv-type T         KV cache type: f16 (default) or f32\n"
+    "      --no-bos            do not add the BOS token to the prompt\n"
+    "  -h, --help              this text\n";
+
+typedef struct {
+    const char *model, *prompt, *file;
+    int n_predict, n_ctx, no_bos, have_seed;
+    cm_kv_type kv;
+    cm_sampling_params sp;
+    const char *stops[MAX_STOPS];
+    int n_stops;
+} run_opts;
+
+cm_status parse_kv_type(const char *s, cm_kv_type *out, cm_err *err)
+{
+    if (!strcmp(s, "f16"))
+        *out = CM_KV_F16;
+    else if (!strcmp(s, "f32"))
+        *out = CM_KV_F32;
+    else
+        return cm_fail(err, CM_E_USAGE, "option --kv-type: '%s' is not f32 or f16", s);
+    return CM_OK;
+}
+
+static cm_status parse_sampling(const char *a, const char *v, run_opts *o, cm_err *err)
+{
+    if (!strcmp(a, "--temp"))
+        return arg_float(a, v, 0.0f, 100.0f, &o->sp.temp, err);
+    if (!strcmp(a, "--top-k"))
+        return arg_int(a, v, 0, 1 << 24, &o->sp.top_k, err);
+    if (!strcmp(a, "--top-p"))
+        return arg_float(a, v, 0.0f, 1.0f, &o->sp.top_p, err);
+    if (!strcmp(a, "--min-p"))
+        return arg_float(a, v, 0.0f, 1.0f, &o->sp.min_p, err);
+    if (!strcmp(a, "--repeat-penalty"))
+        return arg_float(a, v, 0.0f, 100.0f, &o->sp.repeat_penalty, err);
+    if (!strcmp(a, "--seed")) {
+        o->have_seed = 1;
+        return arg_u64(a, v, &o->sp.seed, err);
+    }
+    return cm_fail(err, CM_E_USAGE, "unknown option %s (see codemoe run --help)", a);
+}
+
+static cm_status parse_run(int argc, char **argv, run_opts *o, int *help, cm_err *err)
+{
+    cm_status s = CM_OK;
+    for (int i = 1; i < argc && !s; i++) {
+        const char *a = argv[i], *v = NULL;
+        if (arg_is(a, "-h", "--help")) {
+            *help = 1;
+            return CM_OK;
+        }
+        if (!strcmp(a, "--no-bos")) {
+            o->no_bos = 1;
+            continue;
+        }
+        if ((s = arg_value(argc, argv, &i, &v, err)))
+            break;
+        if (arg_is(a, "-m", "--model"))
+            o->model = v;
+        else if (arg_is(a, "-p", "--prompt"))
+            o->prompt = v;
+        else if (arg_is(a, "-f", "--file"))
+            o->file = v;
+        else if (arg_is(a, "-n", "--n-predict"))
+            s = arg_int(a, v, 0, 1 << 24, &o->n_predict, err);
+        else if (arg_is(a, "-c", "--ctx-size"))
+            s = arg_int(a, v, 1, 1 << 24, &o->n_ctx, err);
+        else if (arg_is(a, "-t", "--threads"))
+            s = arg_threads(v, err);
+        else if (!strcmp(a, "--kv-type"))
+            s = parse_kv_type(v, &o->kv, err);
+        else if (!strcmp(a, "--stop")) {
+            if (o->n_stops == MAX_STOPS)
+                return cm_fail(err, CM_E_USAGE, "at most %d --stop strings", MAX_STOPS);
+            if (!*v)
+                return cm_fail(err, CM_E_USAGE, "option --stop: empty string");
+            o->stops[o->n_stops++] = v;
+        } else
+            s = parse_sampling(a, v, o, err);
+    }
+    if (!s && !*help && !!o->prompt == !!o->file)
+        s = cm_fail(err, CM_E_USAGE, "give exactly one of -p PROMPT or -f FILE (see codemoe run --help)");
+    return s;
+}
+
+/* ---- output: whole UTF-8 characters only, never any part of a stop string */
+
+typedef struct {
+    cm_utf8_stream utf8;
+    char *text;   /* decoded but not yet printed */
+    size_t len, cap;
+    const run_opts *o;
+} out_stream;
+
+/* Length of the longest tail of text that starts some stop string. */
+static size_t held_tail(const out_stream *s)
+{
+    size_t best = 0;
+    for (int k = 0; k < s->o->n_stops; k++) {
+        size_t sl = strlen(s->o->stops[k]);
+        for (size_t t = sl - 1 < s->len ? sl - 1 : s->len; t > best; t--)
+            if (!memcmp(s->text + s->len - t, s->o->stops[k], t)) {
+                best = t;
+                break;
+            }
+    }
+    return best;
+}
+
+/* Appends bytes; prints what is safe; returns 1 when a stop string appeared. */
+static int out_push(out_stream *s, const char *bytes, size_t n)
+{
+    if (s->len + n + 8 > s->cap) {
+        size_t cap = (s->len + n + 8) * 2;
+        char *t = realloc(s->text, cap);
+        if (!t)
+            return 1;
+        s->text = t, s->cap = cap;
+    }
+    s->len += cm_utf8_stream_push(&s->utf8, bytes, n, s->text + s->len);
+    s->text[s->len] = 0;
+    for (int k = 0; k < s->o->n_stops; k++) {
+        char *hit = strstr(s->text, s->o->stops[k]);
+        if (hit) {
+            fwrite(s->text, 1, (size_t)(hit - s->text), stdout);
+            s->len = 0;
+            return 1;
+        }
+    }
+    size_t keep = held_tail(s);
+    fwrite(s->text, 1, s->len - keep, stdout);
+    memmove(s->text, s->text + s->len - keep, keep);
+    s->len = keep;
+    fflush(stdout);
+    return 0;
+}
+
+static void out_finish(out_stream *s)
+{
+    char tail[8];
+    size_t n = cm_utf8_stream_flush(&s->utf8, tail);
+    fwrite(s->text, 1, s->len, stdout);
+    fwrite(tail, 1, n, stdout);
+    fflush(stdout);
+    free(s->text);
+}
+
+/* ---- generation */
+
+typedef struct {
+    int n_prompt, n_gen;
+    double t_prompt, t_gen;
+    const char *stop_reason;
+} run_stats;
+
+static cm_status generate(const cm_model *m, cm_ctx *ctx, const run_opts *o, int32_t *ids,
+                          size_t n_ids, run_stats *st, cm_err *err)
+{
+    cm_sampler *smp = cm_sampler_new(&o->sp, m->hp.n_vocab);
+    out_stream out = {.o = o};
+    cm_status s = CM_OK;
+    if (!smp)
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating the sampler");
+    for (size_t i = 0; i < n_ids; i++)
+        cm_sampler_accept(smp, ids[i]);
+    double t0 = now_seconds();
+    s = cm_eval(ctx, ids, (int)n_ids, NULL, err);
+    st->t_prompt = now_seconds() - t0;
+    st->stop_reason = "token limit";
+    t0 = now_seconds();
+    for (int i = 0; !s && i < o->n_predict; i++) {
+        float *logits = (float *)cm_ctx_logits(ctx);
+        int32_t id = cm_sampler_sample(smp, logits);
+        if (cm_tok_is_eog(m->tok, id)) {
+            st->stop_reason = "end of text";
+            break;
+        }
+        char piece[256];
+        size_t pn = cm_token_piece(m->tok, id, 0, piece, sizeof piece);
+        st->n_gen++;
+        if (out_push(&out, piece, pn < sizeof piece ? pn : sizeof piece)) {
+            st->stop_reason = "stop string";
+            break;
+        }
+        if (cm_ctx_n_past(ctx) >= cm_ctx_n_ctx(ctx)) {
+            st->stop_reason = "context full";
+            break;
+        }
+        cm_sampler_accept(smp, id);
+        s = cm_eval(ctx, &id, 1, NULL, err);
+    }
+    st->t_gen = now_seconds() - t0;
+    out_finish(&out);
+    cm_sampler_free(smp);
+    return s;
+}
+
+static cm_status load_prompt(const run_opts *o, const cm_model *m, int32_t **ids, size_t *n,
+                             cm_err *err)
+{
+    char *text = NULL;
+    size_t len = 0;
+    cm_status s;
+    if (o->file) {
+        if ((s = read_file(o->file, &text, &len, err)))
+            return s;
+    }
+    const char *p = o->file ? text : o->prompt;
+    s = cm_tokenize(m->tok, p, o->file ? len : strlen(p), !o->no_bos && cm_tok_add_bos(m->tok), 1,
+                    ids, n, err);
+    free(text);
+    if (!s && *n == 0)
+        s = cm_fail(err, CM_E_RANGE, "the prompt is empty");
+    return s;
+}
+
+static cm_status run_model(run_opts *o, cm_err *err)
+{
+    cm_model m;
+    cm_ctx *ctx = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    run_stats st = {0};
+    double t0 = now_seconds();
+    cm_status s = cm_model_load(o->model, &m, err);
+    if (s)
+        return s;
+    double t_load = now_seconds() - t0;
+    if (!m.tok) {
+        s = cm_fail(err, CM_E_UNSUPPORTED, "%s has no tokenizer, so it cannot run on text "
+                    "(codemoe logits evaluates token ids)", o->model);
+        goto done;
+    }
+    if (o->n_ctx == 0)
+        o->n_ctx = m.hp.n_ctx_train < 4096 ? m.hp.n_ctx_train : 4096;
+    if ((s = load_prompt(o, &m, &ids, &n_ids, err)))
+        goto done;
+    if (n_ids >= (size_t)o->n_ctx) {
+        s = cm_fail(err, CM_E_RANGE, "the prompt is %zu tokens but the context holds %d "
+                    "(raise -c, the model was trained on %d)", n_ids, o->n_ctx, m.hp.n_ctx_train);
+        goto done;
+    }
+    if ((s = cm_ctx_new(&m, o->n_ctx, o->kv, 512, &ctx, err)))
+        goto done;
+    st.n_prompt = (int)n_ids;
+    if (!o->have_seed && o->sp.temp > 0) /* so a run can be repeated */
+        fprintf(stderr, "[codemoe] seed %llu\n", (unsigned long long)o->sp.seed);
+    s = generate(&m, ctx, o, ids, n_ids, &st, err);
+    if (!s)
+        fprintf(stderr,
+                "\n[codemoe] load %.2f s | prompt %d tok, %.1f tok/s | generated %d tok, %.1f tok/s "
+                "(%s) | peak RSS %.1f MiB\n",
+                t_load, st.n_prompt, st.n_prompt / (st.t_prompt > 0 ? st.t_prompt : 1e-9), st.n_gen,
+                st.n_gen / (st.t_gen > 0 ? st.t_gen : 1e-9), st.stop_reason, peak_rss_mib());
+done:
+    free(ids);
+    cm_ctx_free(ctx);
+    cm_model_free(&m);
+    return s;
+}
+
+int cli_run(int argc, char **argv)
+{
+    run_opts o = {.n_predict = 256, .kv = CM_KV_F16};
+    cm_err err = {0};
+    int help = 0;
+    char path[1024];
+    cm_sampling_defaults(&o.sp);
+    cm_status s = parse_run(argc, argv, &o, &help, &err);
+    if (s)
+        return cli_fail(&err);
+    if (help) {
+        fputs(RUN_HELP, stdout);
+        return 0;
+    }
+    if (!o.have_seed)
+        o.sp.seed = (uint64_t)time(NULL);
+    if (!o.model && !(o.model = default_model_path(path, sizeof path))) {
+        cm_fail(&err, CM_E_IO, "no model given and no default model is installed: "
+                "pass -m FILE.gguf (a GGUF model such as llama.cpp uses)");
+        return cli_fail(&err);
+    }
+    if ((s = run_model(&o, &err)))
+        return cli_fail(&err);
+    return 0;
+}

@@ -1,0 +1,445 @@
+/* forward.c - the transformer forward pass, written to read like the math.
+ *
+ * For a batch of n tokens at positions p0 .. p0+n-1:
+ *   x = embed(ids) (+ learned positions)
+ *   per layer:  h = norm(x) ; q,k,v = h Wq, h Wk, h Wv (+ biases)
+ *               q,k = rope(qknorm(q), qknorm(k)) ; cache k,v
+ *               a = softmax(q k^T / sqrt(d) + causal mask) v Wo
+ *               sequential:  x += a ; x += ffn(norm(x))
+ *               parallel:    x += a + ffn(h)                 (phi2)
+ *   logits = norm(x) Wout (+ bias)
+ * where ffn is SwiGLU, a GELU MLP or a mixture of experts (moe.c).  Matrix
+ * products go through the CPU backend (backends/cpu/cpu.h). */
+#include "forward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "backends/cpu/cpu.h"
+#include "forward_internal.h"
+#include "ops.h"
+
+/* ---------------------------------------------------------------- buffers */
+
+static size_t scratch_for(const cm_tensor *w, int n_batch)
+{
+    return w->data ? cm_matmul_scratch_bytes(w, n_batch) : 0;
+}
+
+static size_t max_scratch(const cm_model *m, int n_batch)
+{
+    size_t best = scratch_for(&m->output, n_batch);
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        const cm_layer *L = &m->layers[il];
+        const cm_tensor *ws[] = {&L->wqkv, &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate,
+                                 &L->w_up, &L->w_down, &L->gate_inp, &L->gate_exps,
+                                 &L->up_exps, &L->down_exps, &L->gate_inp_shexp,
+                                 &L->gate_shexp, &L->up_shexp, &L->down_shexp};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
+            size_t b = scratch_for(ws[i], n_batch);
+            best = b > best ? b : best;
+        }
+    }
+    return best;
+}
+
+static int max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int max_ff(const cm_hparams *hp)
+{
+    int f = hp->n_ff > hp->n_ff_exp ? hp->n_ff : hp->n_ff_exp;
+    return f > hp->n_ff_shexp ? f : hp->n_ff_shexp;
+}
+
+/* Floats of work buffers per batch row. */
+static size_t row_floats(const cm_hparams *hp)
+{
+    size_t q = (size_t)hp->n_head * hp->head_dim, k = (size_t)hp->n_head_kv * hp->head_dim;
+    size_t v = (size_t)hp->n_head_kv * hp->head_dim_v, a = (size_t)hp->n_head * hp->head_dim_v;
+    return (size_t)hp->n_embd * 6 + 2 * (q + k + v) + a + 2 * (size_t)max_ff(hp) +
+           (size_t)hp->n_vocab + 3 * (size_t)hp->n_expert;
+}
+
+size_t cm_ctx_bytes_estimate(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch)
+{
+    const cm_hparams *hp = &m->hp;
+    size_t esz = kv == CM_KV_F16 ? 2 : 4;
+    size_t kv_bytes = (size_t)hp->n_layer * n_ctx * hp->n_head_kv *
+                      (size_t)(hp->head_dim + hp->head_dim_v) * esz;
+    return kv_bytes + (size_t)n_batch * row_floats(hp) * sizeof(float) +
+           (size_t)max_threads() * n_ctx * sizeof(float) + max_scratch(m, n_batch);
+}
+
+static void *alloc64(size_t bytes)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? (bytes + 63) / 64 * 64 : 64) != 0)
+        return NULL;
+    return p;
+}
+
+static int alloc_kv(cm_ctx *c)
+{
+    const cm_hparams *hp = &c->m->hp;
+    size_t esz = c->kv_type == CM_KV_F16 ? 2 : 4;
+    int ok = 1;
+    c->k_cache = calloc((size_t)hp->n_layer, sizeof(void *));
+    c->v_cache = calloc((size_t)hp->n_layer, sizeof(void *));
+    if (!c->k_cache || !c->v_cache)
+        return 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        c->k_cache[il] = alloc64((size_t)c->n_ctx * hp->n_head_kv * hp->head_dim * esz);
+        c->v_cache[il] = alloc64((size_t)c->n_ctx * hp->n_head_kv * hp->head_dim_v * esz);
+        ok &= c->k_cache[il] && c->v_cache[il];
+    }
+    return ok;
+}
+
+static int alloc_buffers(cm_ctx *c)
+{
+    const cm_hparams *hp = &c->m->hp;
+    size_t nb = (size_t)c->n_batch, E = (size_t)hp->n_embd, X = (size_t)hp->n_expert;
+    size_t q = (size_t)hp->n_head * hp->head_dim, k = (size_t)hp->n_head_kv * hp->head_dim;
+    size_t v = (size_t)hp->n_head_kv * hp->head_dim_v;
+    float **bufs[] = {&c->x, &c->h, &c->y, &c->y2, &c->qkv, &c->q, &c->k, &c->v, &c->att,
+                      &c->ff_a, &c->ff_b, &c->logits, &c->router, &c->exp_wts, &c->xe, &c->ye};
+    size_t sizes[] = {nb * E, nb * E, nb * E, nb * E, nb * (q + k + v), nb * q, nb * k, nb * v,
+                      nb * hp->n_head * hp->head_dim_v, nb * max_ff(hp), nb * max_ff(hp),
+                      nb * hp->n_vocab, nb * X, nb * X, nb * E, nb * E};
+    int ok = alloc_kv(c);
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        ok &= (*bufs[i] = alloc64(sizes[i] * sizeof(float))) != NULL;
+    c->scores = alloc64((size_t)c->n_threads * c->n_ctx * sizeof(float));
+    c->scratch = alloc64(max_scratch(c->m, c->n_batch));
+    c->exp_rows = alloc64(nb * X * sizeof(int32_t));
+    c->exp_count = alloc64(X * sizeof(int32_t));
+    c->expert_tokens = calloc((size_t)hp->n_layer * X + 1, sizeof(uint64_t));
+    return ok && c->scores && c->scratch && c->exp_rows && c->exp_count && c->expert_tokens;
+}
+
+cm_status cm_ctx_new(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch, cm_ctx **out,
+                     cm_err *err)
+{
+    *out = NULL;
+    if (n_ctx <= 0 || n_ctx > (1 << 24))
+        return cm_fail(err, CM_E_RANGE, "context size %d is out of range", n_ctx);
+    if (!m->hp.use_rope && n_ctx > m->hp.n_ctx_train)
+        return cm_fail(err, CM_E_RANGE, "context size %d exceeds the %d positions this model "
+                       "has learned embeddings for", n_ctx, m->hp.n_ctx_train);
+    if (n_batch <= 0)
+        return cm_fail(err, CM_E_RANGE, "batch size %d is out of range", n_batch);
+    cm_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating a context");
+    c->m = m;
+    c->n_ctx = n_ctx;
+    c->n_batch = n_batch < n_ctx ? n_batch : n_ctx;
+    c->kv_type = kv;
+    c->n_threads = max_threads();
+    if (!alloc_buffers(c)) {
+        cm_ctx_free(c);
+        return cm_fail(err, CM_E_NOMEM, "out of memory allocating a %d-token context", n_ctx);
+    }
+    *out = c;
+    return CM_OK;
+}
+
+void cm_ctx_free(cm_ctx *c)
+{
+    if (!c)
+        return;
+    for (int il = 0; c->k_cache && il < c->m->hp.n_layer; il++)
+        free(c->k_cache[il]);
+    for (int il = 0; c->v_cache && il < c->m->hp.n_layer; il++)
+        free(c->v_cache[il]);
+    free(c->k_cache), free(c->v_cache);
+    float *bufs[] = {c->x, c->h, c->y, c->y2, c->qkv, c->q, c->k, c->v, c->att, c->ff_a,
+                     c->ff_b, c->logits, c->router, c->exp_wts, c->xe, c->ye, c->scores};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(bufs[i]);
+    free(c->scratch), free(c->exp_rows), free(c->exp_count), free(c->expert_tokens);
+    free(c);
+}
+
+void cm_ctx_reset(cm_ctx *c) { c->n_past = 0; }
+int cm_ctx_n_past(const cm_ctx *c) { return c->n_past; }
+int cm_ctx_n_ctx(const cm_ctx *c) { return c->n_ctx; }
+const float *cm_ctx_logits(const cm_ctx *c) { return c->logits; }
+const uint64_t *cm_ctx_expert_tokens(const cm_ctx *c) { return c->expert_tokens; }
+
+size_t cm_ctx_kv_bytes(const cm_ctx *c)
+{
+    const cm_hparams *hp = &c->m->hp;
+    size_t esz = c->kv_type == CM_KV_F16 ? 2 : 4;
+    return (size_t)hp->n_layer * c->n_ctx * hp->n_head_kv *
+           (size_t)(hp->head_dim + hp->head_dim_v) * esz;
+}
+
+/* -------------------------------------------------------------- attention */
+
+static void kv_store(cm_ctx *c, int il, int n_tok)
+{
+    const cm_hparams *hp = &c->m->hp;
+    size_t kn = (size_t)hp->n_head_kv * hp->head_dim, vn = (size_t)hp->n_head_kv * hp->head_dim_v;
+    for (int t = 0; t < n_tok; t++) {
+        size_t pos = (size_t)c->n_past + t;
+        const float *k = c->k + t * kn, *v = c->v + t * vn;
+        if (c->kv_type == CM_KV_F32) {
+            memcpy((float *)c->k_cache[il] + pos * kn, k, kn * sizeof(float));
+            memcpy((float *)c->v_cache[il] + pos * vn, v, vn * sizeof(float));
+        } else {
+            uint16_t *kd = (uint16_t *)c->k_cache[il] + pos * kn;
+            uint16_t *vd = (uint16_t *)c->v_cache[il] + pos * vn;
+            for (size_t i = 0; i < kn; i++)
+                kd[i] = cm_f32_to_f16(k[i]);
+            for (size_t i = 0; i < vn; i++)
+                vd[i] = cm_f32_to_f16(v[i]);
+        }
+    }
+}
+
+static float kv_dot(const cm_ctx *c, const void *row, const float *q, int d)
+{
+    float s = 0.0f;
+    if (c->kv_type == CM_KV_F32) {
+        const float *k = row;
+        for (int i = 0; i < d; i++)
+            s += q[i] * k[i];
+    } else {
+        const uint16_t *k = row;
+        for (int i = 0; i < d; i++)
+            s += q[i] * cm_f16_to_f32(k[i]);
+    }
+    return s;
+}
+
+static void kv_axpy(const cm_ctx *c, float *out, const void *row, float a, int d)
+{
+    if (c->kv_type == CM_KV_F32) {
+        const float *v = row;
+        for (int i = 0; i < d; i++)
+            out[i] += a * v[i];
+    } else {
+        const uint16_t *v = row;
+        for (int i = 0; i < d; i++)
+            out[i] += a * cm_f16_to_f32(v[i]);
+    }
+}
+
+/* One query head against the cached keys/values of positions 0..pos. */
+static void attend_head(const cm_ctx *c, int il, const float *q, int kvh, int pos,
+                        float *scores, float *out)
+{
+    const cm_hparams *hp = &c->m->hp;
+    size_t esz = c->kv_type == CM_KV_F16 ? 2 : 4;
+    size_t kstride = (size_t)hp->n_head_kv * hp->head_dim * esz;
+    size_t vstride = (size_t)hp->n_head_kv * hp->head_dim_v * esz;
+    const char *kbase = (const char *)c->k_cache[il] + (size_t)kvh * hp->head_dim * esz;
+    const char *vbase = (const char *)c->v_cache[il] + (size_t)kvh * hp->head_dim_v * esz;
+    float inv_sqrt = 1.0f / sqrtf((float)hp->head_dim), mx = -INFINITY, sum = 0.0f;
+
+    for (int j = 0; j <= pos; j++) {
+        scores[j] = kv_dot(c, kbase + j * kstride, q, hp->head_dim) * inv_sqrt;
+        mx = scores[j] > mx ? scores[j] : mx;
+    }
+    for (int j = 0; j <= pos; j++)
+        sum += scores[j] = expf(scores[j] - mx);
+    memset(out, 0, (size_t)hp->head_dim_v * sizeof(float));
+    for (int j = 0; j <= pos; j++)
+        kv_axpy(c, out, vbase + j * vstride, scores[j] / sum, hp->head_dim_v);
+}
+
+static void attend_all(cm_ctx *c, int il, int n_tok)
+{
+    const cm_hparams *hp = &c->m->hp;
+    int group = hp->n_head / hp->n_head_kv;
+    int n_items = n_tok * hp->n_head;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int it = 0; it < n_items; it++) {
+        int t = it / hp->n_head, h = it % hp->n_head;
+#ifdef _OPENMP
+        float *scores = c->scores + (size_t)omp_get_thread_num() * c->n_ctx;
+#else
+        float *scores = c->scores;
+#endif
+        const float *q = c->q + ((size_t)t * hp->n_head + h) * hp->head_dim;
+        float *out = c->att + ((size_t)t * hp->n_head + h) * hp->head_dim_v;
+        attend_head(c, il, q, h / group, c->n_past + t, scores, out);
+    }
+}
+
+/* q, k, v from h: three products, or one fused product split three ways. */
+static void project_qkv(cm_ctx *c, const cm_layer *L, int n)
+{
+    const cm_hparams *hp = &c->m->hp;
+    size_t qd = (size_t)hp->n_head * hp->head_dim, kd = (size_t)hp->n_head_kv * hp->head_dim;
+    size_t vd = (size_t)hp->n_head_kv * hp->head_dim_v, all = qd + kd + vd;
+    if (!L->wqkv.data) {
+        cm_matmul(&L->wq, c->h, n, c->q, c->scratch);
+        cm_matmul(&L->wk, c->h, n, c->k, c->scratch);
+        cm_matmul(&L->wv, c->h, n, c->v, c->scratch);
+        cm_add_bias(c->q, &L->bq, n, (int)qd);
+        cm_add_bias(c->k, &L->bk, n, (int)kd);
+        cm_add_bias(c->v, &L->bv, n, (int)vd);
+        return;
+    }
+    cm_matmul(&L->wqkv, c->h, n, c->qkv, c->scratch);
+    cm_add_bias(c->qkv, &L->bqkv, n, (int)all);
+    for (int t = 0; t < n; t++) {
+        const float *row = c->qkv + t * all;
+        memcpy(c->q + t * qd, row, qd * sizeof(float));
+        memcpy(c->k + t * kd, row + qd, kd * sizeof(float));
+        memcpy(c->v + t * vd, row + qd + kd, vd * sizeof(float));
+    }
+}
+
+/* Per-head RMSNorm (qwen3) then RoPE, for every head of every token. */
+static void qk_prepare(float *qk, int n_tok, int n_heads, const cm_tensor *norm, int p0,
+                       const cm_hparams *hp)
+{
+    int d = hp->head_dim;
+    for (int t = 0; t < n_tok; t++)
+        for (int h = 0; h < n_heads; h++) {
+            float *v = qk + ((size_t)t * n_heads + h) * d;
+            if (norm->data)
+                cm_rmsnorm(v, v, (const float *)norm->data, d, hp->norm_eps);
+            if (hp->use_rope)
+                cm_rope_head(v, p0 + t, hp);
+        }
+}
+
+/* out = attention of c->h (n rows), after the output projection. */
+static void attention(cm_ctx *c, const cm_layer *L, int il, int n, float *out)
+{
+    const cm_hparams *hp = &c->m->hp;
+    project_qkv(c, L, n);
+    qk_prepare(c->q, n, hp->n_head, &L->q_norm, c->n_past, hp);
+    qk_prepare(c->k, n, hp->n_head_kv, &L->k_norm, c->n_past, hp);
+    kv_store(c, il, n);
+    attend_all(c, il, n);
+    cm_matmul(&L->wo, c->att, n, out, c->scratch);
+    cm_add_bias(out, &L->bo, n, hp->n_embd);
+}
+
+/* ---------------------------------------------------------- feed-forward */
+
+static void dense_ffn(cm_ctx *c, const cm_layer *L, int n, float *out)
+{
+    const cm_hparams *hp = &c->m->hp;
+    size_t total = (size_t)n * hp->n_ff;
+    cm_matmul(&L->w_up, c->h, n, c->ff_b, c->scratch);
+    cm_add_bias(c->ff_b, &L->b_up, n, hp->n_ff);
+    if (hp->gelu_mlp) {
+        for (size_t i = 0; i < total; i++)
+            c->ff_a[i] = cm_gelu(c->ff_b[i]);
+    } else {
+        cm_matmul(&L->w_gate, c->h, n, c->ff_a, c->scratch);
+        for (size_t i = 0; i < total; i++)
+            c->ff_a[i] = cm_silu(c->ff_a[i]) * c->ff_b[i];
+    }
+    cm_matmul(&L->w_down, c->ff_a, n, out, c->scratch);
+    cm_add_bias(out, &L->b_down, n, hp->n_embd);
+}
+
+static void ffn(cm_ctx *c, const cm_layer *L, int il, int n, float *out)
+{
+    if (c->m->hp.n_expert > 0)
+        cm_moe_ffn(c, L, il, n, out);
+    else
+        dense_ffn(c, L, n, out);
+}
+
+static void layer(cm_ctx *c, const cm_layer *L, int il, int n)
+{
+    const cm_hparams *hp = &c->m->hp;
+    size_t len = (size_t)n * hp->n_embd;
+    cm_norm_rows(c->h, c->x, &L->attn_norm, &L->attn_norm_b, n, hp->n_embd, hp->norm_eps,
+                 hp->layer_norm);
+    attention(c, L, il, n, c->y);
+    if (hp->parallel_block) { /* both branches read the same normalised x */
+        ffn(c, L, il, n, c->y2);
+        cm_add(c->x, c->y, len);
+        cm_add(c->x, c->y2, len);
+        return;
+    }
+    cm_add(c->x, c->y, len);
+    cm_norm_rows(c->h, c->x, &L->ffn_norm, &L->ffn_norm_b, n, hp->n_embd, hp->norm_eps,
+                 hp->layer_norm);
+    ffn(c, L, il, n, c->y);
+    cm_add(c->x, c->y, len);
+}
+
+/* ------------------------------------------------------------- evaluation */
+
+static void embed(cm_ctx *c, const int32_t *ids, int n)
+{
+    const cm_model *m = c->m;
+    int E = m->hp.n_embd;
+    for (int t = 0; t < n; t++) {
+        cm_tensor_row(&m->tok_embd, ids[t], c->x + (size_t)t * E);
+        if (m->pos_embd.data) {
+            cm_tensor_row(&m->pos_embd, c->n_past + t, c->y);
+            cm_add(c->x + (size_t)t * E, c->y, (size_t)E);
+        }
+    }
+}
+
+/* Runs one batch (n <= n_batch); logits for the last n_out rows. */
+static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out)
+{
+    const cm_model *m = c->m;
+    const cm_hparams *hp = &m->hp;
+    embed(c, ids, n);
+    for (int il = 0; il < hp->n_layer; il++)
+        layer(c, &m->layers[il], il, n);
+    c->n_past += n;
+    if (n_out == 0)
+        return;
+    const float *last = c->x + (size_t)(n - n_out) * hp->n_embd;
+    cm_norm_rows(c->h, last, &m->out_norm, &m->out_norm_b, n_out, hp->n_embd, hp->norm_eps,
+                 hp->layer_norm);
+    cm_matmul(&m->output, c->h, n_out, c->logits, c->scratch);
+    cm_add_bias(c->logits, &m->output_b, n_out, hp->n_vocab);
+}
+
+cm_status cm_eval(cm_ctx *c, const int32_t *ids, int n, float *all_logits, cm_err *err)
+{
+    int n_vocab = c->m->hp.n_vocab;
+    if (n <= 0)
+        return cm_fail(err, CM_E_RANGE, "nothing to evaluate (0 tokens)");
+    if (n > c->n_ctx - c->n_past)
+        return cm_fail(err, CM_E_RANGE,
+                       "%d tokens do not fit in the context (%d of %d positions used); "
+                       "use a larger -c", n, c->n_past, c->n_ctx);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= n_vocab)
+            return cm_fail(err, CM_E_RANGE,
+                           "token id %d at position %d is outside the vocabulary (0..%d)", ids[i],
+                           i, n_vocab - 1);
+    for (int done = 0; done < n;) {
+        int nb = n - done < c->n_batch ? n - done : c->n_batch;
+        /* intermediate batches of a long prompt need no logits */
+        int n_out = all_logits ? nb : (done + nb == n ? 1 : 0);
+        eval_batch(c, ids + done, nb, n_out);
+        if (all_logits)
+            memcpy(all_logits + (size_t)done * n_vocab, c->logits,
+                   (size_t)nb * n_vocab * sizeof(float));
+        done += nb;
+    }
+    if (all_logits) /* keep the last row where cm_ctx_logits finds it */
+        memmove(c->logits, all_logits + (size_t)(n - 1) * n_vocab,
+                (size_t)n_vocab * sizeof(float));
+    return CM_OK;
+}

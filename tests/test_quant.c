@@ -1,0 +1,763 @@
+/* test_quant.c - quant/ references and the CPU backend's kernels.
+ *
+ *  (a) quantize -> dequantize round trips of every type, error bounds;
+ *  (b) every ISA this CPU runs, forced in turn, against the scalar
+ *      references: random and adversarial blocks, one block and many;
+ *      SIMD activation quantizers byte-identical to the scalar ones;
+ *  (c) cm_matmul against dequantize-then-dot for n_tok = 1, 3, 17;
+ *  (d) f16/bf16 conversions over all 65536 patterns;
+ *  (e) tensors of llama.cpp-written fixture files (shared data, found via
+ *      CM_SHARED, $srcdir/../shared or ../shared) against their float twins.
+ * Model-level checks against llama.cpp logits live in the model tests.
+ * Exit 0 pass, 1 fail. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/cpu/cpu.h"
+#include "backends/cpu/kernels.h"
+#include "quant/blocks.h"
+#include "quant/quant.h"
+
+static int failures;
+
+#define CHECK(cond, ...)                                                      \
+    do {                                                                      \
+        if (!(cond)) {                                                        \
+            failures++;                                                       \
+            if (failures < 50) {                                              \
+                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);          \
+                fprintf(stderr, __VA_ARGS__);                                 \
+                fputc('\n', stderr);                                          \
+            }                                                                 \
+        }                                                                     \
+    } while (0)
+
+/* ---- deterministic randomness ------------------------------------------ */
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static uint64_t rnd64(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static float rnd_uniform(void) /* [0, 1) */
+{
+    return (float)(rnd64() >> 40) * 0x1p-24f;
+}
+
+static float rnd_normal(void)
+{
+    float u = rnd_uniform() + 1e-7f, v = rnd_uniform();
+    return sqrtf(-2 * logf(u)) * cosf(6.2831853f * v);
+}
+
+static void fill_normal(float *x, int64_t n, float scale)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = scale * rnd_normal();
+}
+
+static const enum cm_type all_types[] = {
+    CM_TYPE_F32,  CM_TYPE_F16,  CM_TYPE_BF16, CM_TYPE_Q4_0, CM_TYPE_Q4_1,
+    CM_TYPE_Q5_0, CM_TYPE_Q5_1, CM_TYPE_Q8_0, CM_TYPE_Q8_1, CM_TYPE_Q2_K,
+    CM_TYPE_Q3_K, CM_TYPE_Q4_K, CM_TYPE_Q5_K, CM_TYPE_Q6_K, CM_TYPE_Q8_K,
+};
+#define N_TYPES (int)(sizeof all_types / sizeof all_types[0])
+
+static const char *tname(enum cm_type t)
+{
+    return cm_type_get(t)->name;
+}
+
+static int64_t blk(enum cm_type t)
+{
+    return cm_type_get(t)->block_elems;
+}
+
+/* ---- (a) round trips --------------------------------------------------- */
+
+/* Bound on rms(dequant(quant(x)) - x) / rms(x) for gaussian x. */
+static double rt_bound(enum cm_type t)
+{
+    switch (t) {
+    case CM_TYPE_F32: return 0;
+    case CM_TYPE_F16: return 1e-3;
+    case CM_TYPE_BF16: return 5e-3;
+    case CM_TYPE_Q8_0: case CM_TYPE_Q8_1: case CM_TYPE_Q8_K: return 0.01;
+    case CM_TYPE_Q6_K: return 0.03;
+    case CM_TYPE_Q5_0: case CM_TYPE_Q5_1: case CM_TYPE_Q5_K: return 0.06;
+    case CM_TYPE_Q4_0: case CM_TYPE_Q4_1: case CM_TYPE_Q4_K: return 0.12;
+    case CM_TYPE_Q3_K: return 0.25;
+    case CM_TYPE_Q2_K: return 0.5;
+    default: return 0;
+    }
+}
+
+static double roundtrip_err(enum cm_type t, const float *x, int64_t n)
+{
+    void *q = malloc(cm_row_bytes(t, n));
+    float *y = malloc(n * sizeof(float));
+    CHECK(cm_quantize_row(t, x, q, n) == 0, "%s: quantize refused", tname(t));
+    cm_dequantize_row(t, q, y, n);
+    double e = 0, s = 0;
+    for (int64_t i = 0; i < n; i++) {
+        e += (double)(y[i] - x[i]) * (y[i] - x[i]);
+        s += (double)x[i] * x[i];
+    }
+    free(q);
+    free(y);
+    return s > 0 ? sqrt(e / s) : sqrt(e);
+}
+
+static void test_roundtrip(void)
+{
+    const int64_t n = 4096;
+    float *x = malloc(n * sizeof(float));
+    for (int k = 0; k < N_TYPES; k++) {
+        enum cm_type t = all_types[k];
+        fill_normal(x, n, 0.02f);
+        double e = roundtrip_err(t, x, n);
+        printf("  roundtrip %-5s rel rms err %.5f (bound %.3f)\n", tname(t), e,
+               rt_bound(t));
+        CHECK(e <= rt_bound(t), "%s roundtrip error %g", tname(t), e);
+        memset(x, 0, n * sizeof(float)); /* zeros stay exactly zero */
+        CHECK(roundtrip_err(t, x, n) == 0, "%s: zeros not exact", tname(t));
+        for (int64_t i = 0; i < n; i++) /* shifted data exercises mins */
+            x[i] = 1.0f + 0.1f * rnd_uniform();
+        e = roundtrip_err(t, x, n);
+        CHECK(e <= rt_bound(t), "%s shifted roundtrip error %g", tname(t), e);
+    }
+    free(x);
+}
+
+/* ---- block construction ------------------------------------------------ */
+
+/* Byte offsets of the half-precision scale fields of a block (-1 ends). */
+static const int *scale_fields(enum cm_type t)
+{
+    static const int d0[] = {0, -1}, dm0[] = {0, 2, -1}, q2[] = {80, 82, -1},
+                     q3[] = {108, -1}, q6[] = {208, -1}, none[] = {-1};
+    switch (t) {
+    case CM_TYPE_Q4_0: case CM_TYPE_Q5_0: case CM_TYPE_Q8_0: return d0;
+    case CM_TYPE_Q4_1: case CM_TYPE_Q5_1: case CM_TYPE_Q8_1: return dm0;
+    case CM_TYPE_Q4_K: case CM_TYPE_Q5_K: return dm0;
+    case CM_TYPE_Q2_K: return q2;
+    case CM_TYPE_Q3_K: return q3;
+    case CM_TYPE_Q6_K: return q6;
+    default: return none;
+    }
+}
+
+enum wkind { W_RANDOM, W_ZERO, W_BYTES00, W_BYTESFF, W_BYTES80, W_SUBNORM,
+             W_NEGSUB, W_NKINDS };
+static const char *wkind_name[] = {"random", "zero", "bytes00+max",
+                                   "bytesff+max", "bytes80+max",
+                                   "subnormal", "neg-subnormal"};
+
+static uint16_t scale_for(enum wkind k)
+{
+    switch (k) {
+    case W_RANDOM: /* 2^-12 .. 2^0, either sign */
+        return cm_f32_to_f16((rnd64() & 1 ? -1.0f : 1.0f) *
+                             ldexpf(1.0f + rnd_uniform(), -12 + (int)(rnd64() % 12)));
+    case W_ZERO: return 0;
+    case W_SUBNORM: return (uint16_t)(1 + rnd64() % 0x3FF);
+    case W_NEGSUB: return (uint16_t)(0x8000 | (1 + rnd64() % 0x3FF));
+    default: return 0x7BFF; /* 65504 */
+    }
+}
+
+/* Floats for the float types. */
+static float float_for(enum wkind k)
+{
+    switch (k) {
+    case W_RANDOM: return rnd_normal();
+    case W_ZERO: return 0;
+    case W_SUBNORM: return cm_f16_to_f32((uint16_t)(1 + rnd64() % 0x3FF));
+    case W_NEGSUB: return -cm_f16_to_f32((uint16_t)(1 + rnd64() % 0x3FF));
+    case W_BYTES00: return 65504.0f;
+    default: return (rnd64() & 1) ? -65504.0f : 65504.0f;
+    }
+}
+
+static void fill_float_weights(enum cm_type t, void *w, int64_t n, enum wkind k)
+{
+    for (int64_t i = 0; i < n; i++) {
+        float v = float_for(k);
+        if (t == CM_TYPE_F32)
+            ((float *)w)[i] = v;
+        else if (t == CM_TYPE_F16)
+            ((uint16_t *)w)[i] = cm_f32_to_f16(v);
+        else
+            ((uint16_t *)w)[i] = cm_f32_to_bf16(v);
+    }
+}
+
+/* Quantized weights: every bit pattern of the levels is valid, so random
+ * bytes cover the formats fully; only the scale fields are controlled so
+ * they stay finite. */
+static void fill_weights(enum cm_type t, void *w, int64_t n, enum wkind k)
+{
+    const cm_type_info *ti = cm_type_get(t);
+    if (ti->block_elems == 1) {
+        fill_float_weights(t, w, n, k);
+        return;
+    }
+    uint8_t *p = w;
+    size_t bytes = cm_row_bytes(t, n);
+    int fill = k == W_ZERO ? 0 : k == W_BYTES00 ? 0 : k == W_BYTESFF ? 0xFF : 0x80;
+    for (size_t i = 0; i < bytes; i++)
+        p[i] = (k == W_RANDOM || k == W_SUBNORM || k == W_NEGSUB)
+                   ? (uint8_t)rnd64() : (uint8_t)fill;
+    for (int64_t b = 0; b < n / ti->block_elems; b++) {
+        uint8_t *blk0 = p + b * ti->block_bytes;
+        if (t == CM_TYPE_Q8_K) { /* float d */
+            float d = k == W_ZERO ? 0 : cm_f16_to_f32(scale_for(k));
+            memcpy(blk0, &d, 4);
+            continue;
+        }
+        for (const int *f = scale_fields(t); *f >= 0; f++) {
+            uint16_t h = scale_for(k);
+            memcpy(blk0 + *f, &h, 2);
+        }
+    }
+}
+
+enum xkind { X_RANDOM, X_ZERO, X_MAX, X_TINY, X_SMALL, X_NKINDS };
+static const char *xkind_name[] = {"random", "zero", "max", "tiny", "small"};
+
+static void fill_acts(float *x, int64_t n, enum xkind k)
+{
+    for (int64_t i = 0; i < n; i++) {
+        switch (k) {
+        case X_RANDOM: x[i] = rnd_normal(); break;
+        case X_ZERO: x[i] = 0; break;
+        case X_MAX: /* large, yet q8_1's s = d*sum(q) stays below half max */
+            x[i] = (rnd64() & 1) ? 2000.0f : -2000.0f;
+            break;
+        case X_TINY: x[i] = 1e-7f * rnd_normal(); break;
+        default: x[i] = 1e-3f * rnd_normal(); break; /* subnormal f16 d */
+        }
+    }
+}
+
+/* Zeroes the levels of each block (keeping scales), so dequantizing gives
+ * the per-element offset (min) term; used to size tolerances. */
+static void zero_levels(enum cm_type t, void *w, int64_t n)
+{
+    const cm_type_info *ti = cm_type_get(t);
+    for (int64_t b = 0; b < n / ti->block_elems; b++) {
+        uint8_t *p = (uint8_t *)w + b * ti->block_bytes;
+        switch (t) {
+        case CM_TYPE_Q4_0: case CM_TYPE_Q8_0: memset(p + 2, 0, ti->block_bytes - 2); break;
+        case CM_TYPE_Q5_0: memset(p + 2, 0, 20); break;
+        case CM_TYPE_Q4_1: case CM_TYPE_Q5_1: case CM_TYPE_Q8_1: memset(p + 4, 0, ti->block_bytes - 4); break;
+        case CM_TYPE_Q2_K: memset(p + 16, 0, 64); break;
+        case CM_TYPE_Q3_K: memset(p, 0, 96); break;
+        case CM_TYPE_Q4_K: case CM_TYPE_Q5_K: memset(p + 16, 0, ti->block_bytes - 16); break;
+        case CM_TYPE_Q6_K: memset(p, 0, 192); break;
+        case CM_TYPE_Q8_K: memset(p + 4, 0, 256); break;
+        default: memset(p, 0, ti->block_bytes); break;
+        }
+    }
+}
+
+/* sum |w_i x_i| + |offset_i x_i| in double: the size of the terms a dot
+ * adds up, against which float summation error is measured. */
+static double dot_magnitude(enum cm_type t, const void *w, const float *xd,
+                            int64_t n)
+{
+    size_t wb = cm_row_bytes(t, n);
+    void *w0 = malloc(wb);
+    float *wd = malloc(n * sizeof(float)), *wo = malloc(n * sizeof(float));
+    memcpy(w0, w, wb);
+    zero_levels(t, w0, n);
+    cm_dequantize_row(t, w, wd, n);
+    cm_dequantize_row(t, w0, wo, n);
+    double s = 0;
+    for (int64_t i = 0; i < n; i++)
+        s += (fabs(wd[i]) + fabs(wo[i])) * fabs(xd[i]);
+    free(w0);
+    free(wd);
+    free(wo);
+    return s;
+}
+
+/* ---- (b) kernels against references ------------------------------------ */
+
+static enum cm_type dot_type(enum cm_type t)
+{
+    return cm_type_get(t)->dot_type;
+}
+
+/* Activation row in t's dot type, quantized by the scalar reference; also
+ * checks the active ISA's quantizer produces the same bytes. */
+static void *make_acts(enum cm_type t, const float *x, int64_t n)
+{
+    enum cm_type dt = dot_type(t);
+    size_t bytes = cm_row_bytes(dt, n);
+    void *xq = malloc(bytes), *xk = malloc(bytes);
+    cm_quantize_row(dt, x, xq, n);
+    cm_kern.quantize[dt](x, xk, n);
+    CHECK(memcmp(xq, xk, bytes) == 0, "%s: %s quantizer differs from scalar",
+          cm_kern.isa, tname(dt));
+    free(xk);
+    return xq;
+}
+
+static void check_dot(enum cm_type t, int64_t n, enum wkind wk, enum xkind xk)
+{
+    float *x = malloc(n * sizeof(float)), *xd = malloc(n * sizeof(float));
+    void *w = malloc(cm_row_bytes(t, n));
+    fill_weights(t, w, n, wk);
+    fill_acts(x, n, xk);
+    void *xq = make_acts(t, x, n);
+    cm_dequantize_row(dot_type(t), xq, xd, n);
+    float ref = cm_vec_dot_ref(t, n, w, xq);
+    float got = cm_kern.vec_dot[t](n, w, xq);
+    double terms = blk(t) == 1 ? n / 8.0 : (double)(n / blk(t));
+    double mag = dot_magnitude(t, w, xd, n);
+    double tol = 3e-7 * (8 + terms) * mag + 1e-37;
+    CHECK(fabs((double)got - ref) <= tol && isfinite(got) == isfinite(ref),
+          "%s %s n=%lld w=%s x=%s: got %.9g ref %.9g (tol %.3g)", cm_kern.isa,
+          tname(t), (long long)n, wkind_name[wk], xkind_name[xk], got, ref, tol);
+    free(x);
+    free(xd);
+    free(w);
+    free(xq);
+}
+
+static void test_kernels_once(void)
+{
+    for (int k = 0; k < N_TYPES; k++) {
+        enum cm_type t = all_types[k];
+        int64_t b = blk(t);
+        int64_t sizes[] = {b == 1 ? 1 : b, b == 1 ? 37 : 3 * b, b == 1 ? 4099 : 4096 / b * b + b};
+        for (int s = 0; s < 3; s++)
+            for (int wk = 0; wk < W_NKINDS; wk++)
+                for (int xk = 0; xk < X_NKINDS; xk++)
+                    check_dot(t, sizes[s], (enum wkind)wk, (enum xkind)xk);
+    }
+}
+
+/* ---- (c) matmul ---------------------------------------------------------- */
+
+static void check_matmul(enum cm_type t, int64_t cols, int64_t rows, int64_t n_tok)
+{
+    size_t rb = cm_row_bytes(t, cols);
+    void *w = malloc(rb * rows);
+    float *x = malloc(cols * n_tok * sizeof(float));
+    float *y = malloc(rows * n_tok * sizeof(float));
+    float *xd = malloc(cols * sizeof(float)), *wd = malloc(cols * sizeof(float));
+    fill_weights(t, w, cols * rows, W_RANDOM);
+    fill_normal(x, cols * n_tok, 1.0f);
+    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows};
+    void *scratch = aligned_alloc(64, cm_matmul_scratch_bytes(&tw, n_tok) + 64);
+    cm_matmul(&tw, x, n_tok, y, scratch);
+    enum cm_type dt = dot_type(t);
+    void *xq = malloc(cm_row_bytes(dt, cols));
+    int bad = 0;
+    for (int64_t tk = 0; tk < n_tok; tk++) {
+        cm_quantize_row(dt, x + tk * cols, xq, cols);
+        cm_dequantize_row(dt, xq, xd, cols);
+        for (int64_t r = 0; r < rows; r++) {
+            const char *wr = (const char *)w + r * rb;
+            cm_tensor_row(&tw, r, wd);
+            double want = 0;
+            for (int64_t i = 0; i < cols; i++)
+                want += (double)wd[i] * xd[i];
+            double mag = dot_magnitude(t, wr, xd, cols);
+            /* q8_1's s is d*sum rounded to half: the min term drifts */
+            double tol = 1e-5 * mag + (dt == CM_TYPE_Q8_1 ? 2e-3 * mag : 0);
+            bad += !(fabs(y[tk * rows + r] - want) <= tol);
+        }
+    }
+    CHECK(bad == 0, "%s matmul %s %lldx%lld n_tok=%lld: %d wrong outputs",
+          cm_kern.isa, tname(t), (long long)rows, (long long)cols,
+          (long long)n_tok, bad);
+    free(w), free(x), free(y), free(xd), free(wd), free(xq), free(scratch);
+}
+
+static void test_matmul_once(void)
+{
+    static const int64_t toks[] = {1, 3, 17};
+    for (int k = 0; k < N_TYPES; k++)
+        for (int j = 0; j < 3; j++)
+            check_matmul(all_types[k], 512, 37, toks[j]);
+    check_matmul(CM_TYPE_Q4_0, 4096, 67, 17); /* several row tiles */
+}
+
+static void test_isas(void)
+{
+    static const char *isas[] = {"scalar", "avx2", "avx512"};
+    char err[256];
+    for (int i = 0; i < 3; i++) {
+        setenv("CODEMOE_ISA", isas[i], 1);
+        if (cm_cpu_init(err, sizeof err) != 0) {
+            printf("  isa %-6s: skipped (%s)\n", isas[i], err);
+            continue;
+        }
+        CHECK(strcmp(cm_cpu_isa(), isas[i]) == 0, "isa %s reports %s", isas[i],
+              cm_cpu_isa());
+        int before = failures;
+        test_kernels_once();
+        test_matmul_once();
+        printf("  isa %-6s: kernels and matmul %s\n", isas[i],
+               failures == before ? "ok" : "FAILED");
+    }
+    /* the AVX-512 kernels without VNNI (for CPUs like Skylake-SP), built
+     * by hand since this CPU may well have VNNI */
+    struct cm_kernels k;
+    cm_kernels_scalar(&k);
+    if (cm_cpu_init(err, sizeof err) == 0 && strcmp(cm_cpu_isa(), "avx512") == 0 &&
+        cm_kernels_avx2(&k) == 0 && cm_kernels_avx512(&k, 0) == 0) {
+        int before = failures;
+        k.isa = "avx512-novnni";
+        cm_kern = k;
+        test_kernels_once();
+        test_matmul_once();
+        printf("  isa avx512 without vnni: kernels and matmul %s\n",
+               failures == before ? "ok" : "FAILED");
+    }
+    setenv("CODEMOE_ISA", "bogus", 1);
+    CHECK(cm_cpu_init(err, sizeof err) == -1, "bogus ISA accepted");
+    unsetenv("CODEMOE_ISA");
+    CHECK(cm_cpu_init(err, sizeof err) == 0, "default init failed");
+    printf("  default isa: %s\n", cm_cpu_isa());
+}
+
+/* ---- (d) half conversions ----------------------------------------------- */
+
+static int is_nan16(uint16_t h) { return (h & 0x7C00) == 0x7C00 && (h & 0x3FF); }
+
+/* binary16 value from first principles */
+static double f16_value(uint16_t h)
+{
+    int e = (h >> 10) & 31, m = h & 0x3FF;
+    double v = e == 0 ? ldexp(m, -24) : e == 31 ? INFINITY : ldexp(1024 + m, e - 25);
+    return (h & 0x8000) ? -v : v;
+}
+
+static void test_f16(void)
+{
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = cm_f16_to_f32((uint16_t)h);
+        if (is_nan16((uint16_t)h)) {
+            uint16_t back = cm_f32_to_f16(f);
+            CHECK(isnan(f) && is_nan16(back) && (back & 0x8000) == (h & 0x8000),
+                  "f16 nan %04x", h);
+            continue;
+        }
+        CHECK((double)f == f16_value((uint16_t)h) && !!signbit(f) == !!(h & 0x8000),
+              "f16 %04x -> %g", h, f);
+        CHECK(cm_f32_to_f16(f) == h, "f16 %04x round trip", h);
+        /* rounding: the midpoint to the next magnitude goes to the even one,
+         * anything off the midpoint to the nearer one (65504's neighbour
+         * above is inf) */
+        if ((h & 0x7FFF) >= 0x7C00)
+            continue;
+        double lo = fabs(f16_value((uint16_t)h));
+        double hi = (h & 0x7FFF) == 0x7BFF ? 65536.0 : fabs(f16_value((uint16_t)(h + 1)));
+        float mid = (float)((lo + hi) / 2), sgn = (h & 0x8000) ? -1.0f : 1.0f;
+        uint16_t even = (h & 1) ? (uint16_t)(h + 1) : (uint16_t)h;
+        CHECK(cm_f32_to_f16(sgn * mid) == even, "f16 midpoint above %04x", h);
+        CHECK(cm_f32_to_f16(sgn * nextafterf(mid, 0)) == h, "f16 below mid %04x", h);
+        CHECK(cm_f32_to_f16(sgn * nextafterf(mid, INFINITY)) == (uint16_t)(h + 1),
+              "f16 above mid %04x", h);
+    }
+    CHECK(cm_f32_to_f16(1e10f) == 0x7C00 && cm_f32_to_f16(-1e-10f) == 0x8000,
+          "f16 overflow/underflow");
+}
+
+static void test_bf16(void)
+{
+    for (uint32_t h = 0; h < 65536; h++) {
+        float f = cm_bf16_to_f32((uint16_t)h);
+        uint32_t bits;
+        memcpy(&bits, &f, 4);
+        CHECK(bits == h << 16, "bf16 %04x widening", h);
+        uint16_t back = cm_f32_to_bf16(f);
+        if (isnan(f)) {
+            CHECK((back & 0x7F80) == 0x7F80 && (back & 0x7F) && (back & 0x8000) == (h & 0x8000),
+                  "bf16 nan %04x", h);
+            continue;
+        }
+        CHECK(back == h, "bf16 %04x round trip", h);
+        if ((h & 0x7FFF) >= 0x7F80)
+            continue;
+        /* midpoint between h and h+1 (the top finite's neighbour is inf) */
+        uint32_t mb = (h << 16) | 0x8000;
+        float mid;
+        memcpy(&mid, &mb, 4);
+        uint16_t even = (h & 1) ? (uint16_t)(h + 1) : (uint16_t)h;
+        CHECK(cm_f32_to_bf16(mid) == even, "bf16 midpoint above %04x", h);
+        CHECK(cm_f32_to_bf16(nextafterf(mid, 0)) == h, "bf16 below mid %04x", h);
+        CHECK(cm_f32_to_bf16(nextafterf(mid, (h & 0x8000) ? -INFINITY : INFINITY)) ==
+                  (uint16_t)(h + 1), "bf16 above mid %04x", h);
+    }
+}
+
+/* ---- (e) tensors written by llama.cpp ------------------------------------
+ * The fixture models exist in float and in each quantized type; every
+ * quantized tensor must dequantize close to its float twin.  A wrong bit
+ * layout gives errors near 100%, far above any bound here.  A minimal GGUF
+ * walk (the real reader lives in src/gguf.c) finds the tensors. */
+
+typedef struct {
+    char name[96];
+    uint32_t type;
+    int64_t ne[4];
+    const uint8_t *data;
+} fx_tensor;
+
+typedef struct {
+    uint8_t *buf;
+    size_t len, pos;
+    int bad;
+    int n;
+    fx_tensor t[64];
+} fx_file;
+
+static uint64_t fx_get(fx_file *f, int bytes)
+{
+    uint64_t v = 0;
+    if (f->pos + bytes > f->len) {
+        f->bad = 1;
+        return 0;
+    }
+    memcpy(&v, f->buf + f->pos, bytes); /* little-endian host */
+    f->pos += bytes;
+    return v;
+}
+
+static void fx_skip_value(fx_file *f, uint32_t type)
+{
+    static const int size[] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+    if (type == 8) { /* string */
+        f->pos += fx_get(f, 8);
+    } else if (type == 9) { /* array */
+        uint32_t at = (uint32_t)fx_get(f, 4);
+        uint64_t n = fx_get(f, 8);
+        for (uint64_t i = 0; i < n && !f->bad; i++)
+            fx_skip_value(f, at);
+    } else if (type < 13) {
+        f->pos += size[type];
+    } else {
+        f->bad = 1;
+    }
+    if (f->pos > f->len)
+        f->bad = 1;
+}
+
+static uint64_t fx_header(fx_file *f, uint64_t *align)
+{
+    if (fx_get(f, 4) != 0x46554747u) /* "GGUF" */
+        f->bad = 1;
+    fx_get(f, 4);
+    uint64_t nt = fx_get(f, 8), nkv = fx_get(f, 8);
+    for (uint64_t i = 0; i < nkv && !f->bad; i++) {
+        uint64_t kl = fx_get(f, 8);
+        int is_align = kl == 17 && f->pos + 17 <= f->len &&
+                       memcmp(f->buf + f->pos, "general.alignment", 17) == 0;
+        f->pos += kl;
+        uint32_t type = (uint32_t)fx_get(f, 4);
+        if (is_align && type == 4)
+            *align = fx_get(f, 4);
+        else
+            fx_skip_value(f, type);
+    }
+    return nt;
+}
+
+static int fx_load(const char *path, fx_file *f)
+{
+    memset(f, 0, sizeof *f);
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return -1;
+    fseek(fp, 0, SEEK_END);
+    f->len = (size_t)ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    f->buf = malloc(f->len);
+    if (fread(f->buf, 1, f->len, fp) != f->len)
+        f->bad = 1;
+    fclose(fp);
+    uint64_t align = 32, offs[64];
+    uint64_t nt = fx_header(f, &align);
+    for (uint64_t i = 0; i < nt && i < 64 && !f->bad; i++, f->n++) {
+        fx_tensor *t = &f->t[i];
+        uint64_t nl = fx_get(f, 8);
+        memcpy(t->name, f->buf + f->pos, nl < 95 && f->pos + nl <= f->len ? nl : 0);
+        f->pos += nl;
+        uint32_t nd = (uint32_t)fx_get(f, 4);
+        for (int d = 0; d < 4; d++)
+            t->ne[d] = d < (int)nd ? (int64_t)fx_get(f, 8) : 1;
+        t->type = (uint32_t)fx_get(f, 4);
+        offs[i] = fx_get(f, 8);
+    }
+    size_t data = (f->pos + align - 1) / align * align;
+    for (int i = 0; i < f->n; i++) {
+        const cm_type_info *ti = cm_type_get(f->t[i].type);
+        size_t nbytes = ti ? cm_row_bytes(f->t[i].type, f->t[i].ne[0]) *
+                                 (size_t)(f->t[i].ne[1] * f->t[i].ne[2] * f->t[i].ne[3]) : 0;
+        if (!ti || data + offs[i] + nbytes > f->len)
+            f->bad = 1;
+        else
+            f->t[i].data = f->buf + data + offs[i];
+    }
+    return f->bad ? -1 : 0;
+}
+
+static const fx_tensor *fx_find(const fx_file *f, const char *name)
+{
+    for (int i = 0; i < f->n; i++)
+        if (strcmp(f->t[i].name, name) == 0)
+            return &f->t[i];
+    return NULL;
+}
+
+/* Error bound vs the float twin: the round-trip bounds with headroom for
+ * real (non-gaussian) weight distributions. */
+static double fx_bound(uint32_t type)
+{
+    return type == CM_TYPE_F32 || type == CM_TYPE_F16 ? 1e-3 : 1.5 * rt_bound(type);
+}
+
+static double tensor_err(const fx_tensor *q, const fx_tensor *ref)
+{
+    int64_t cols = q->ne[0], rows = q->ne[1] * q->ne[2] * q->ne[3];
+    float *a = malloc(cols * sizeof(float)), *b = malloc(cols * sizeof(float));
+    double e = 0, s = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        cm_dequantize_row(q->type, q->data + r * cm_row_bytes(q->type, cols), a, cols);
+        cm_dequantize_row(ref->type, ref->data + r * cm_row_bytes(ref->type, cols), b, cols);
+        for (int64_t i = 0; i < cols; i++)
+            e += (double)(a[i] - b[i]) * (a[i] - b[i]), s += (double)b[i] * b[i];
+    }
+    free(a);
+    free(b);
+    return s > 0 ? sqrt(e / s) : sqrt(e);
+}
+
+/* Compares every tensor of qpath with its namesake in refpath; returns the
+ * number of tensors checked, -1 if the files are missing. */
+static int fixture_pair(const char *dir, const char *qname, const char *refname)
+{
+    char qp[1024], rp[1024];
+    snprintf(qp, sizeof qp, "%s/%s", dir, qname);
+    snprintf(rp, sizeof rp, "%s/%s", dir, refname);
+    fx_file *q = calloc(1, sizeof *q), *r = calloc(1, sizeof *r);
+    int checked = -1;
+    if (fx_load(qp, q) == 0 && fx_load(rp, r) == 0) {
+        checked = 0;
+        double worst[CM_TYPE_COUNT] = {0};
+        for (int i = 0; i < q->n; i++) {
+            const fx_tensor *t = &q->t[i], *twin = fx_find(r, t->name);
+            if (!twin || twin->ne[0] != t->ne[0] || !cm_type_get(t->type)->supported)
+                continue;
+            double e = tensor_err(t, twin);
+            worst[t->type] = e > worst[t->type] ? e : worst[t->type];
+            CHECK(e <= fx_bound(t->type), "%s %s (%s): rel err %g", qname, t->name,
+                  tname(t->type), e);
+            checked++;
+        }
+        for (int k = 0; k < CM_TYPE_COUNT; k++)
+            if (worst[k] > 0)
+                printf("  %-16s %-5s worst rel err vs %s: %.4f\n", qname,
+                       tname((enum cm_type)k), refname, worst[k]);
+    }
+    free(q->buf), free(r->buf), free(q), free(r);
+    return checked;
+}
+
+static int file_exists(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (f)
+        fclose(f);
+    return f != NULL;
+}
+
+static const char *shared_dir(void)
+{
+    static char buf[1024];
+    char probe[1200];
+    const char *env = getenv("CM_SHARED"), *srcdir = getenv("srcdir");
+    if (env && *env)
+        return env;
+    if (srcdir) {
+        snprintf(buf, sizeof buf, "%s/../shared", srcdir);
+        snprintf(probe, sizeof probe, "%s/fixtures/gguf/llama/llama-f32.gguf", buf);
+        if (file_exists(probe))
+            return buf;
+    }
+    return "../shared";
+}
+
+static void test_fixtures(void)
+{
+    static const char *kq[] = {"kq-q2_k.gguf", "kq-q3_k_m.gguf", "kq-q4_k_m.gguf",
+                               "kq-q5_k_m.gguf", "kq-q6_k.gguf", "kq-q4_1.gguf",
+                               "kq-q5_0.gguf"};
+    static const char *ll[] = {"llama-f16.gguf", "llama-q8_0.gguf", "llama-q4_0.gguf"};
+    char dk[1024], dl[1024];
+    snprintf(dk, sizeof dk, "%s/fixtures/gguf/kquants", shared_dir());
+    snprintf(dl, sizeof dl, "%s/fixtures/gguf/llama", shared_dir());
+    int total = 0;
+    for (int i = 0; i < 7; i++) {
+        int c = fixture_pair(dk, kq[i], "kq-f16.gguf");
+        total += c > 0 ? c : 0;
+    }
+    for (int i = 0; i < 3; i++) {
+        int c = fixture_pair(dl, ll[i], "llama-f32.gguf");
+        total += c > 0 ? c : 0;
+    }
+    if (total == 0)
+        printf("  skipped: no fixtures under %s (set CM_SHARED)\n", shared_dir());
+}
+
+/* ---- type table ---------------------------------------------------------- */
+
+static void test_types(void)
+{
+    char buf[32];
+    static const uint32_t removed[] = {4, 5, 31, 32, 33, 36, 37, 38, 40, 1000};
+    for (int i = 0; i < 10; i++)
+        CHECK(cm_type_get(removed[i]) == NULL, "type %u should be unknown", removed[i]);
+    CHECK(strcmp(cm_type_name(57, buf), "unknown(57)") == 0, "unknown name");
+    CHECK(strcmp(cm_type_name(16, buf), "iq2_xxs") == 0 && !cm_type_get(16)->supported,
+          "iq2_xxs");
+    CHECK(strcmp(cm_type_name(39, buf), "mxfp4") == 0, "mxfp4");
+    CHECK(cm_row_bytes(CM_TYPE_Q4_K, 4096) == 16 * 144, "q4_K row bytes");
+    CHECK(cm_row_bytes(CM_TYPE_Q4_0, 33) == 0, "partial block");
+    CHECK(cm_row_bytes(CM_TYPE_F16, 3) == 6, "f16 row bytes");
+    for (int k = 0; k < N_TYPES; k++)
+        CHECK(cm_type_get(all_types[k])->supported, "%s supported", tname(all_types[k]));
+}
+
+int main(void)
+{
+    printf("types\n");
+    test_types();
+    printf("f16/bf16 exhaustive\n");
+    test_f16();
+    test_bf16();
+    printf("round trips\n");
+    test_roundtrip();
+    printf("kernels vs references, matmul\n");
+    test_isas();
+    printf("llama.cpp-written tensors\n");
+    test_fixtures();
+    if (failures) {
+        fprintf(stderr, "%d failures\n", failures);
+        return 1;
+    }
+    printf("all passed\n");
+    return 0;
+}
