@@ -287,41 +287,65 @@ static void quant_q8_0(const float *x, void *y, int64_t n)
 
 /* ---- K-quants against Q8_K ---------------------------------------------- */
 
-/* The 8 6-bit scales and mins of q4_K/q5_K (see cm_k4_scale_min), decoded
- * four at a time from the 12 bytes as 32-bit words. */
-static void k4_scales_mins(const uint8_t *s, uint8_t sc[8], uint8_t m[8])
+/* 16 signed byte scales as int16: even-indexed ones in the low 128-bit
+ * lane, odd ones in the high lane, so pick_scales() can pair them up. */
+static __m256i scales_eo(__m128i sc8)
 {
-    uint32_t w[3], t[4];
+    const __m128i eo = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, eo));
+}
+
+/* int16 lane m of each 128-bit half, broadcast within that half: with
+ * scales_eo() input [scale 2m x8 | scale 2m+1 x8], the scales of the two
+ * 16-element halves of 32-element run m; one in-lane byte shuffle. */
+static __m256i pick_scales(__m256i v, int m)
+{
+    return _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)(((2 * m + 1) << 8) | (2 * m))));
+}
+
+/* 32 unsigned levels (<= 63) times 32 activations, each 16-element half
+ * weighted by its own sub-block scale from sc (q2_K, q3_K, q6_K). */
+static __m256i part16x2(__m256i q, const int8_t *y, __m256i sc)
+{
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(y)), sc);
+}
+
+/* The 8 6-bit scales (bytes 0-7) and mins (bytes 8-15) of q4_K/q5_K (see
+ * cm_k4_scale_min), decoded four at a time from the 12 bytes as 32-bit
+ * words and assembled in registers (a vector load of freshly stored bytes
+ * would stall on store forwarding). */
+static __m128i k4_scales_mins(const uint8_t *s)
+{
+    uint32_t w[3];
     memcpy(w, s, 12);
-    t[0] = w[0] & 0x3F3F3F3Fu;
-    t[1] = (w[2] & 0x0F0F0F0Fu) | (((w[0] >> 6) & 0x03030303u) << 4);
-    t[2] = w[1] & 0x3F3F3F3Fu;
-    t[3] = ((w[2] >> 4) & 0x0F0F0F0Fu) | (((w[1] >> 6) & 0x03030303u) << 4);
-    memcpy(sc, t, 8);
-    memcpy(m, t + 2, 8);
+    uint32_t t0 = w[0] & 0x3F3F3F3Fu;
+    uint32_t t1 = (w[2] & 0x0F0F0F0Fu) | (((w[0] >> 6) & 0x03030303u) << 4);
+    uint32_t t2 = w[1] & 0x3F3F3F3Fu;
+    uint32_t t3 = ((w[2] >> 4) & 0x0F0F0F0Fu) | (((w[1] >> 6) & 0x03030303u) << 4);
+    return _mm_setr_epi32((int)t0, (int)t1, (int)t2, (int)t3);
 }
 
 /* sum_j m[j] * (bsums[2j] + bsums[2j+1]) */
-static int k4_mins_dot(const int16_t *bsums, const uint8_t m[8])
+static int k4_mins_dot(const int16_t *bsums, __m128i sm)
 {
     __m128i lo = _mm_loadu_si128((const __m128i *)bsums);
     __m128i hi = _mm_loadu_si128((const __m128i *)(bsums + 8));
     __m128i pairs = _mm_hadd_epi16(lo, hi);
-    __m128i mm = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)m));
-    __m128i p = _mm_madd_epi16(pairs, mm);
+    __m128i p = _mm_madd_epi16(pairs, _mm_cvtepu8_epi16(_mm_srli_si128(sm, 8)));
     p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0x4E));
     p = _mm_add_epi32(p, _mm_shuffle_epi32(p, 0xB1));
     return _mm_cvtsi128_si32(p);
 }
 
-/* One 64-element chunk: low nibbles (sub-block 2c) and high nibbles (2c+1)
- * against 64 activation bytes, weighted by the two sub-block scales. */
-static __m256i k4_chunk(__m256i lo, __m256i hi, const int8_t *y, int sc0, int sc1)
+/* One 64-element chunk c: low nibbles (sub-block 2c) and high nibbles
+ * (2c+1) against 64 activation bytes; s16 holds the 8 scales as int16 in
+ * both 128-bit lanes. */
+static __m256i k4_chunk(__m256i lo, __m256i hi, const int8_t *y, __m256i s16, int c)
 {
     __m256i p0 = _mm256_maddubs_epi16(lo, load256(y));
     __m256i p1 = _mm256_maddubs_epi16(hi, load256(y + 32));
-    p0 = _mm256_madd_epi16(p0, _mm256_set1_epi16((short)sc0));
-    p1 = _mm256_madd_epi16(p1, _mm256_set1_epi16((short)sc1));
+    p0 = _mm256_madd_epi16(p0, pick_scales(s16, 2 * c));
+    p1 = _mm256_madd_epi16(p1, pick_scales(s16, 2 * c + 1));
     return _mm256_add_epi32(p0, p1);
 }
 
@@ -333,18 +357,18 @@ static float dot_q4_K(int64_t n, const void *w, const void *x)
     __m256 acc = _mm256_setzero_ps();
     float mins = 0;
     for (int64_t i = 0; i < n / QK_K; i++) {
-        uint8_t sc[8], m[8];
-        k4_scales_mins(a[i].scales, sc, m);
+        __m128i sm = k4_scales_mins(a[i].scales);
+        __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
         __m256i sumi = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
             __m256i q = load256(a[i].qs + 32 * c);
             __m256i lo = _mm256_and_si256(q, m4);
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            sumi = _mm256_add_epi32(sumi, k4_chunk(lo, hi, y[i].qs + 64 * c, sc[2 * c], sc[2 * c + 1]));
+            sumi = _mm256_add_epi32(sumi, k4_chunk(lo, hi, y[i].qs + 64 * c, s16, c));
         }
         float d = F16(a[i].d) * y[i].d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        mins += F16(a[i].dmin) * y[i].d * (float)k4_mins_dot(y[i].bsums, m);
+        mins += F16(a[i].dmin) * y[i].d * (float)k4_mins_dot(y[i].bsums, sm);
     }
     return hsum_ps(acc) - mins;
 }
@@ -358,8 +382,8 @@ static float dot_q5_K(int64_t n, const void *w, const void *x)
     __m256 acc = _mm256_setzero_ps();
     float mins = 0;
     for (int64_t i = 0; i < n / QK_K; i++) {
-        uint8_t sc[8], m[8];
-        k4_scales_mins(a[i].scales, sc, m);
+        __m128i sm = k4_scales_mins(a[i].scales);
+        __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
         __m256i hb = load256(a[i].qh), sumi = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
             __m256i q = load256(a[i].qs + 32 * c);
@@ -370,35 +394,13 @@ static float dot_q5_K(int64_t n, const void *w, const void *x)
             hb = _mm256_srli_epi16(hb, 2);
             __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), h0);
             __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h1);
-            sumi = _mm256_add_epi32(sumi, k4_chunk(lo, hi, y[i].qs + 64 * c, sc[2 * c], sc[2 * c + 1]));
+            sumi = _mm256_add_epi32(sumi, k4_chunk(lo, hi, y[i].qs + 64 * c, s16, c));
         }
         float d = F16(a[i].d) * y[i].d;
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-        mins += F16(a[i].dmin) * y[i].d * (float)k4_mins_dot(y[i].bsums, m);
+        mins += F16(a[i].dmin) * y[i].d * (float)k4_mins_dot(y[i].bsums, sm);
     }
     return hsum_ps(acc) - mins;
-}
-
-/* 16 signed byte scales as int16: even-indexed ones in the low 128-bit
- * lane, odd ones in the high lane, so pick_scales() can pair them up. */
-static __m256i scales_eo(__m128i sc8)
-{
-    const __m128i eo = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-    return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, eo));
-}
-
-/* [scale 2m x8 | scale 2m+1 x8]: the scales of the two 16-element halves of
- * 32-element run m, one in-lane byte shuffle. */
-static __m256i pick_scales(__m256i eo, int m)
-{
-    return _mm256_shuffle_epi8(eo, _mm256_set1_epi16((short)(((2 * m + 1) << 8) | (2 * m))));
-}
-
-/* 32 unsigned levels (<= 63) times 32 activations, each 16-element half
- * weighted by its own sub-block scale from sc (q2_K, q3_K, q6_K). */
-static __m256i part16x2(__m256i q, const int8_t *y, __m256i sc)
-{
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(q, load256(y)), sc);
 }
 
 /* sum_j scales[j] * bsums[j]: a constant level offset applied once. */
