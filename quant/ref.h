@@ -36,8 +36,4 @@ static inline int cm_round_int(float f)
     return (int)lrintf(f);
 }
 
-/* Per-block quantizer of Q8_0 activations, shared by the SIMD tails:
- * d = amax/127, q = round(x/d). */
-void cm_quant_q8_0_block(const float *x, void *block);
-
 #endif

@@ -332,8 +332,8 @@ float cm_dot_q5_1(int64_t n, const void *w, const void *x)
 /* ---- q8_0 / q8_1: x = q * d -------------------------------------------- */
 
 /* d = amax/127 so every quant fits in -127..127 (never -128: the SIMD dots
- * rely on negating activation quants). */
-/* A block whose d rounds to half zero (amax below ~3.8e-6) stores all-zero
+ * negate activation quants), rounded half-to-even like the SIMD quantizers.
+ * A block whose d rounds to half zero (amax below ~3.8e-6) stores all-zero
  * quants: the dot is zero either way, and 1/d would overflow for float
  * subnormal d.  Returns the unrounded d (0 for such blocks). */
 static float q8_quants(const float *x, int8_t *qs)
@@ -351,9 +351,8 @@ static float q8_quants(const float *x, int8_t *qs)
     return d;
 }
 
-void cm_quant_q8_0_block(const float *x, void *block)
+static void q8_0_block(const float *x, block_q8_0 *b)
 {
-    block_q8_0 *b = block;
     b->d = TO_F16(q8_quants(x, b->qs));
 }
 
@@ -371,7 +370,7 @@ void cm_quant_q8_0(const float *src, void *dst, int64_t n)
 {
     block_q8_0 *b = dst;
     for (int64_t i = 0; i < n / QK8_0; i++)
-        cm_quant_q8_0_block(src + i * QK8_0, &b[i]);
+        q8_0_block(src + i * QK8_0, &b[i]);
 }
 
 float cm_dot_q8_0(int64_t n, const void *w, const void *x)

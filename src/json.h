@@ -47,6 +47,9 @@ typedef struct {
  * messages ("config.json").  On failure doc is left empty (safe to free). */
 cm_status json_parse(const char *text, size_t len, const char *what, json_doc *doc, cm_err *err);
 void json_free(json_doc *doc);
+/* Reads and parses a file; what defaults to path.  CM_E_IO when it cannot
+ * be read (the message names the path). */
+cm_status json_parse_file(const char *path, const char *what, json_doc *doc, cm_err *err);
 
 const json_node *json_root(const json_doc *d);
 /* Children of an array or object in order; NULL at the end. */

@@ -19,7 +19,6 @@
 #include <string.h>
 
 #include "quant/blocks.h"
-#include "quant/ref.h"
 
 #define F16(h) _cvtsh_ss(h)
 
