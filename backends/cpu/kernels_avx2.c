@@ -152,10 +152,15 @@ static float dot_bf16(int64_t n, const void *w, const void *x)
 
 /* ---- legacy formats against Q8_0 / Q8_1 -------------------------------- */
 
-/* Levels of a q4_0 block, -8..7. */
-static __m256i q4_0_levels(const block_q4_0 *a)
+/* sum (q - 8) * y over a q4_0 block as int32 lanes: q*y and 8*y pairs
+ * through maddubs (no saturation: |pair| <= 2*15*128), subtracted in int16
+ * (|difference| <= 2*8*128), then widened: one op fewer than the sign
+ * trick on q - 8. */
+static __m256i q4_0_dot(const block_q4_0 *a, __m256i y)
 {
-    return _mm256_sub_epi8(nibbles(a->qs), _mm256_set1_epi8(8));
+    __m256i p = _mm256_maddubs_epi16(nibbles(a->qs), y);
+    p = _mm256_sub_epi16(p, _mm256_maddubs_epi16(_mm256_set1_epi8(8), y));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
 /* acc + d * (int32 lane sums of p) */
@@ -194,13 +199,13 @@ static float dot_q4_0(int64_t n, const void *w, const void *x)
     int64_t i = 0;
     for (; i + 2 <= nb; i += 2) {
         acc0 = fma_i32(acc0, F16(a[i].d) * F16(b[i].d),
-                       dot_ss(q4_0_levels(&a[i]), load256(b[i].qs)));
+                       q4_0_dot(&a[i], load256(b[i].qs)));
         acc1 = fma_i32(acc1, F16(a[i + 1].d) * F16(b[i + 1].d),
-                       dot_ss(q4_0_levels(&a[i + 1]), load256(b[i + 1].qs)));
+                       q4_0_dot(&a[i + 1], load256(b[i + 1].qs)));
     }
     if (i < nb)
         acc0 = fma_i32(acc0, F16(a[i].d) * F16(b[i].d),
-                       dot_ss(q4_0_levels(&a[i]), load256(b[i].qs)));
+                       q4_0_dot(&a[i], load256(b[i].qs)));
     return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
@@ -224,11 +229,14 @@ static float dot_q5_0(int64_t n, const void *w, const void *x)
 {
     const block_q5_0 *a = w;
     const block_q8_0 *b = x;
-    const __m256i sixteen = _mm256_set1_epi8(16);
+    const __m256i sixteen = _mm256_set1_epi8(16), ones = _mm256_set1_epi16(1);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK5_0; i++) {
+        /* sum (q - 16) * y as in q4_0_dot: |q*y pair| <= 2*31*128 */
         __m256i q = _mm256_or_si256(nibbles(a[i].qs), fifth_bits(a[i].qh));
-        __m256i p = dot_ss(_mm256_sub_epi8(q, sixteen), load256(b[i].qs));
+        __m256i y = load256(b[i].qs);
+        __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, y), _mm256_maddubs_epi16(sixteen, y));
+        p = _mm256_madd_epi16(p, ones);
         __m256 d = _mm256_set1_ps(F16(a[i].d) * F16(b[i].d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
