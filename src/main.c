@@ -14,6 +14,7 @@ static const char USAGE[] =
     "  info      describe a model file\n"
     "  logits    write the logits of every position for a list of token ids\n"
     "  tokenize  print the token ids of a text\n"
+    "  perplexity  perplexity (and KL divergence against a base) on a text or the code corpus\n"
     "\n"
     "`codemoe COMMAND --help` describes each command.\n"
     "environment: CODEMOE_ISA=scalar|avx2|avx512 forces a kernel set.\n";
@@ -25,6 +26,7 @@ int main(int argc, char **argv)
         int (*fn)(int, char **);
     } cmds[] = {
         {"run", cli_run}, {"info", cli_info}, {"logits", cli_logits}, {"tokenize", cli_tokenize},
+        {"perplexity", cli_perplexity},
     };
     if (argc < 2) {
         fputs(USAGE, stderr);

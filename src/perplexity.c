@@ -1,0 +1,447 @@
+/* perplexity.c - chunked perplexity and KL divergence (method in perplexity.h). */
+#include "perplexity.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "quant/quant.h"
+
+#define LF_MAGIC "CMLOGITS"
+#define LF_VERSION 1u
+#define LF_HEADER 48
+
+/* ------------------------------------------------------------ statistics */
+
+typedef struct {
+    int64_t n;
+    double nll, nll2;          /* sums of NLL and NLL^2 */
+    double kld, kld2, kld_max;
+    int64_t same;              /* positions whose argmaxes agree */
+    double bnll, bnll2;        /* the base model's NLL */
+} ppl_acc;
+
+/* Mean and standard error of the mean from running sums: the sample
+ * variance over n-1, as llama.cpp computes it. */
+static void mean_err(double sum, double sum2, int64_t n, double *mean, double *se)
+{
+    *mean = n > 0 ? sum / (double)n : 0;
+    double var = n > 0 ? sum2 / (double)n - *mean * *mean : 0;
+    *se = n > 1 && var > 0 ? sqrt(var / (double)(n - 1)) : 0;
+}
+
+static void acc_result(const ppl_acc *a, int has_kld, cm_ppl_result *r)
+{
+    double m, se;
+    r->n_scored = a->n;
+    mean_err(a->nll, a->nll2, a->n, &r->nll, &r->nll_err);
+    r->ppl = exp(r->nll);
+    r->ppl_err = r->ppl * r->nll_err;
+    r->has_kld = has_kld;
+    if (!has_kld)
+        return;
+    mean_err(a->kld, a->kld2, a->n, &r->kld, &r->kld_err);
+    r->kld_max = a->kld_max;
+    double p = a->n ? (double)a->same / (double)a->n : 0;
+    r->top1 = 100 * p;
+    r->top1_err = a->n > 1 ? 100 * sqrt(p * (1 - p) / (double)(a->n - 1)) : 0;
+    mean_err(a->bnll, a->bnll2, a->n, &m, &se);
+    r->base_ppl = exp(m);
+    r->base_ppl_err = r->base_ppl * se;
+}
+
+/* ------------------------------------------------------------ logits file */
+
+typedef struct {
+    FILE *f;
+    const char *path;
+    char tmp[1100];      /* writer: the file being written, renamed when done */
+    int f16;
+    size_t rec;          /* bytes per scored position */
+} lfile;
+
+static size_t rec_bytes(int f16, int n_vocab)
+{
+    return sizeof(int32_t) + (size_t)(f16 ? 2 : 4) * (size_t)n_vocab;
+}
+
+static void put_u32(unsigned char *h, size_t off, uint32_t v) { memcpy(h + off, &v, 4); }
+static void put_u64(unsigned char *h, size_t off, uint64_t v) { memcpy(h + off, &v, 8); }
+static uint32_t get_u32(const unsigned char *h, size_t off) { uint32_t v; memcpy(&v, h + off, 4); return v; }
+static uint64_t get_u64(const unsigned char *h, size_t off) { uint64_t v; memcpy(&v, h + off, 8); return v; }
+
+static cm_status lf_create(lfile *w, const char *path, int f16, int n_vocab, int n_ctx,
+                           int n_chunk, const int32_t *ids, cm_err *err)
+{
+    unsigned char h[LF_HEADER] = {0};
+    size_t n_tok = (size_t)n_chunk * (size_t)n_ctx;
+    w->path = path;
+    w->f16 = f16;
+    w->rec = rec_bytes(f16, n_vocab);
+    snprintf(w->tmp, sizeof w->tmp, "%s.tmp.%ld", path, (long)getpid());
+    if (!(w->f = fopen(w->tmp, "wb")))
+        return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
+    memcpy(h, LF_MAGIC, 8);
+    put_u32(h, 8, LF_VERSION);
+    put_u32(h, 12, f16 ? 1 : 0);
+    put_u32(h, 16, (uint32_t)n_vocab);
+    put_u32(h, 20, (uint32_t)n_ctx);
+    put_u32(h, 24, (uint32_t)n_chunk);
+    put_u32(h, 28, (uint32_t)(n_ctx / 2));
+    put_u64(h, 32, n_tok);
+    if (fwrite(h, 1, sizeof h, w->f) != sizeof h || fwrite(ids, 4, n_tok, w->f) != n_tok)
+        return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
+    return CM_OK;
+}
+
+static cm_status lf_commit(lfile *w, cm_err *err)
+{
+    int bad = fflush(w->f) != 0 || fsync(fileno(w->f)) != 0;
+    bad |= fclose(w->f) != 0;
+    w->f = NULL;
+    if (bad || rename(w->tmp, w->path) != 0) {
+        int e = errno;
+        unlink(w->tmp);
+        return cm_fail(err, CM_E_IO, "cannot write %s: %s", w->path, strerror(e));
+    }
+    return CM_OK;
+}
+
+/* Closes a file; a writer's unfinished file is removed. */
+static void lf_close(lfile *l)
+{
+    if (l->f) {
+        fclose(l->f);
+        if (l->tmp[0])
+            unlink(l->tmp);
+    }
+    l->f = NULL;
+}
+
+/* Checks the header against this run; returns the base's chunk count. */
+static cm_status lf_check_header(const unsigned char *h, const char *path, int n_vocab,
+                                 int n_ctx, uint64_t fsize, uint32_t *n_chunk, cm_err *err)
+{
+    uint32_t ver = get_u32(h, 8), ty = get_u32(h, 12), nv = get_u32(h, 16);
+    uint32_t nc = get_u32(h, 20), nch = get_u32(h, 24), first = get_u32(h, 28);
+    if (memcmp(h, LF_MAGIC, 8))
+        return cm_fail(err, CM_E_FORMAT, "%s is not a codemoe logits file (made with "
+                       "perplexity --save-logits)", path);
+    if (ver != LF_VERSION || ty > 1)
+        return cm_fail(err, CM_E_FORMAT, "%s: unsupported logits file version %u type %u",
+                       path, ver, ty);
+    if (nv != (uint32_t)n_vocab)
+        return cm_fail(err, CM_E_FORMAT, "%s was made with a vocabulary of %u tokens, this "
+                       "model has %d", path, nv, n_vocab);
+    if (nc != (uint32_t)n_ctx)
+        return cm_fail(err, CM_E_FORMAT, "%s was made with -c %u, this run uses -c %d", path, nc,
+                       n_ctx);
+    uint64_t rec = rec_bytes(ty == 1, n_vocab), per_chunk, body, want;
+    int ovf = first != nc / 2 || nch == 0 || get_u64(h, 32) != (uint64_t)nch * nc ||
+              __builtin_mul_overflow(rec, (uint64_t)(nc - 1 - first), &per_chunk) ||
+              __builtin_add_overflow(per_chunk, (uint64_t)nc * 4, &per_chunk) ||
+              __builtin_mul_overflow(per_chunk, (uint64_t)nch, &body) ||
+              __builtin_add_overflow(body, (uint64_t)LF_HEADER, &want);
+    if (ovf || want != fsize)
+        return cm_fail(err, CM_E_FORMAT, "%s is truncated or inconsistent (%llu bytes)", path,
+                       (unsigned long long)fsize);
+    *n_chunk = nch;
+    return CM_OK;
+}
+
+/* Opens a base file and checks it against the model, n_ctx and the ids;
+ * caps *n_chunk to the chunks it holds. */
+static cm_status lf_open(lfile *rd, const char *path, int n_vocab, int n_ctx,
+                         const int32_t *ids, int *n_chunk, cm_err *err)
+{
+    unsigned char h[LF_HEADER];
+    struct stat st;
+    uint32_t nch = 0;
+    rd->path = path;
+    if (!(rd->f = fopen(path, "rb")))
+        return cm_fail(err, CM_E_IO, "cannot open %s: %s", path, strerror(errno));
+    if (fstat(fileno(rd->f), &st) != 0 || !S_ISREG(st.st_mode))
+        return cm_fail(err, CM_E_IO, "%s is not a regular file", path);
+    if (fread(h, 1, sizeof h, rd->f) != sizeof h)
+        return cm_fail(err, CM_E_FORMAT, "%s is not a codemoe logits file (too short)", path);
+    cm_status s = lf_check_header(h, path, n_vocab, n_ctx, (uint64_t)st.st_size, &nch, err);
+    if (s)
+        return s;
+    rd->f16 = get_u32(h, 12) == 1;
+    rd->rec = rec_bytes(rd->f16, n_vocab);
+    if ((uint32_t)*n_chunk > nch)
+        *n_chunk = (int)nch;
+    int32_t t;
+    for (size_t i = 0; i < (size_t)*n_chunk * (size_t)n_ctx; i++) {
+        if (fread(&t, 4, 1, rd->f) != 1)
+            return cm_fail(err, CM_E_IO, "cannot read %s", path);
+        if (t != ids[i])
+            return cm_fail(err, CM_E_FORMAT, "%s holds other tokens (token %zu is %d there, %d "
+                           "here): it was made from another text or tokenizer", path, i, t, ids[i]);
+    }
+    /* records start after all of the base's tokens */
+    if (fseeko(rd->f, LF_HEADER + (off_t)nch * n_ctx * 4, SEEK_SET) != 0)
+        return cm_fail(err, CM_E_IO, "cannot read %s", path);
+    return CM_OK;
+}
+
+/* ------------------------------------------------------------ scoring */
+
+typedef struct {
+    int n_vocab, n_pred;         /* n_pred = n_ctx - 1 - first */
+    int32_t bos;                 /* replaces each chunk's first token, or -1 */
+    int32_t *buf;                /* [n_ctx] the chunk as evaluated */
+    float *logits;               /* [n_ctx - first][n_vocab] */
+    double *nll, *kld, *bnll;    /* [n_pred] */
+    unsigned char *same;
+    unsigned char *base, *save;  /* [n_pred][rec] records read / to write */
+    size_t base_rec, save_rec;
+    int base_f16, save_f16;
+} work;
+
+/* log(sum(exp(x))) in double, and the first index of the maximum. */
+static double lse_f32(const float *x, int n, int *argmax)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    double mx = x[best], s = 0;
+    for (int i = 0; i < n; i++)
+        s += exp((double)x[i] - mx);
+    *argmax = best;
+    return mx + log(s);
+}
+
+static double base_val(const unsigned char *row, int f16, int i)
+{
+    if (f16) {
+        uint16_t h;
+        memcpy(&h, row + 2 * (size_t)i, 2);
+        return cm_f16_to_f32(h);
+    }
+    float f;
+    memcpy(&f, row + 4 * (size_t)i, 4);
+    return f;
+}
+
+/* KLD(base || model) at one position; the base row is renormalised first
+ * (its stored log-probabilities carry rounding).  Also the base's NLL. */
+static double kld_row(const unsigned char *rec, int f16, const float *x, double lse_m, int n,
+                      int32_t target, double *bnll)
+{
+    const unsigned char *row = rec + 4;
+    double mx = -INFINITY, s = 0, kld = 0;
+    for (int i = 0; i < n; i++)
+        mx = fmax(mx, base_val(row, f16, i));
+    for (int i = 0; i < n; i++)
+        s += exp(base_val(row, f16, i) - mx);
+    double lse_b = mx + log(s);
+    for (int i = 0; i < n; i++) {
+        double lb = base_val(row, f16, i) - lse_b, pb = exp(lb);
+        if (pb > 0)
+            kld += pb * (lb - ((double)x[i] - lse_m));
+    }
+    *bnll = lse_b - base_val(row, f16, target);
+    return kld;
+}
+
+static void save_row(unsigned char *rec, int f16, const float *x, double lse, int n, int32_t amax)
+{
+    memcpy(rec, &amax, 4);
+    for (int i = 0; i < n; i++) {
+        float lp = (float)((double)x[i] - lse);
+        if (f16) {
+            uint16_t h = cm_f32_to_f16(lp);
+            memcpy(rec + 4 + 2 * (size_t)i, &h, 2);
+        } else
+            memcpy(rec + 4 + 4 * (size_t)i, &lp, 4);
+    }
+}
+
+/* Scores every prediction of the chunk in w->buf (logits already there).
+ * Per-position values go to arrays and are summed in order later, so the
+ * result does not depend on the thread count. */
+static void score_chunk(work *w, int first)
+{
+    int nv = w->n_vocab;
+#pragma omp parallel for schedule(static)
+    for (int j = 0; j < w->n_pred; j++) {
+        const float *x = w->logits + (size_t)j * nv;
+        int32_t target = w->buf[first + j + 1];
+        int amax;
+        double lse = lse_f32(x, nv, &amax);
+        w->nll[j] = lse - x[target];
+        if (w->base) {
+            const unsigned char *rec = w->base + (size_t)j * w->base_rec;
+            int32_t bmax;
+            memcpy(&bmax, rec, 4);
+            w->kld[j] = kld_row(rec, w->base_f16, x, lse, nv, target, &w->bnll[j]);
+            w->same[j] = bmax == amax;
+        }
+        if (w->save)
+            save_row(w->save + (size_t)j * w->save_rec, w->save_f16, x, lse, nv, amax);
+    }
+}
+
+static double chunk_accumulate(const work *w, ppl_acc *a)
+{
+    double sum = 0;
+    for (int j = 0; j < w->n_pred; j++) {
+        sum += w->nll[j];
+        a->nll += w->nll[j];
+        a->nll2 += w->nll[j] * w->nll[j];
+        if (w->base) {
+            a->kld += w->kld[j];
+            a->kld2 += w->kld[j] * w->kld[j];
+            a->kld_max = fmax(a->kld_max, w->kld[j]);
+            a->same += w->same[j];
+            a->bnll += w->bnll[j];
+            a->bnll2 += w->bnll[j] * w->bnll[j];
+        }
+    }
+    a->n += w->n_pred;
+    return sum;
+}
+
+/* Evaluates one chunk: the first half without logits (only the KV cache is
+ * needed from it), the second half with a row of logits per position. */
+static cm_status eval_chunk(cm_ctx *ctx, work *w, const int32_t *ids, int n_ctx, cm_err *err)
+{
+    int first = n_ctx / 2;
+    memcpy(w->buf, ids, (size_t)n_ctx * sizeof *ids);
+    if (w->bos >= 0)
+        w->buf[0] = w->bos;
+    cm_ctx_reset(ctx);
+    cm_status s = cm_eval(ctx, w->buf, first, NULL, err);
+    if (!s)
+        s = cm_eval(ctx, w->buf + first, n_ctx - first, w->logits, err);
+    return s;
+}
+
+/* ------------------------------------------------------------ the run */
+
+static void work_free(work *w)
+{
+    free(w->buf), free(w->logits), free(w->nll), free(w->kld), free(w->bnll);
+    free(w->same), free(w->base), free(w->save);
+}
+
+static cm_status work_alloc(work *w, int n_ctx, const lfile *base, const lfile *save, cm_err *err)
+{
+    size_t np = (size_t)w->n_pred;
+    w->buf = malloc((size_t)n_ctx * sizeof *w->buf);
+    w->logits = malloc((size_t)(n_ctx - n_ctx / 2) * (size_t)w->n_vocab * sizeof(float));
+    w->nll = malloc(np * sizeof(double));
+    int ok = w->buf && w->logits && w->nll;
+    if (base->f) {
+        w->kld = malloc(np * sizeof(double));
+        w->bnll = malloc(np * sizeof(double));
+        w->same = malloc(np);
+        w->base = malloc(np * base->rec);
+        w->base_rec = base->rec;
+        w->base_f16 = base->f16;
+        ok = ok && w->kld && w->bnll && w->same && w->base;
+    }
+    if (save->f) {
+        w->save = malloc(np * save->rec);
+        w->save_rec = save->rec;
+        w->save_f16 = save->f16;
+        ok = ok && w->save;
+    }
+    return ok ? CM_OK : cm_fail(err, CM_E_NOMEM, "out of memory for %d-token chunks", n_ctx);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static cm_status run_chunks(cm_ctx *ctx, work *w, const int32_t *ids, int n_chunk,
+                            const cm_ppl_params *p, lfile *base, lfile *save,
+                            cm_ppl_result *r, cm_err *err)
+{
+    ppl_acc acc = {0};
+    size_t rec_all = (size_t)w->n_pred;
+    double t0 = now_s();
+    for (int c = 0; c < n_chunk; c++) {
+        cm_status s = eval_chunk(ctx, w, ids + (size_t)c * p->n_ctx, p->n_ctx, err);
+        if (s)
+            return s;
+        if (base->f && fread(w->base, base->rec, rec_all, base->f) != rec_all)
+            return cm_fail(err, CM_E_IO, "cannot read %s", base->path);
+        score_chunk(w, p->n_ctx / 2);
+        if (save->f && fwrite(w->save, save->rec, rec_all, save->f) != rec_all)
+            return cm_fail(err, CM_E_IO, "cannot write %s: %s", save->path, strerror(errno));
+        double sum = chunk_accumulate(w, &acc);
+        if (p->chunk_nll)
+            p->chunk_nll[c] = sum;
+        acc_result(&acc, base->f != NULL, r);
+        r->n_chunk = c + 1;
+        r->seconds = now_s() - t0;
+        if (p->progress)
+            p->progress(p->user, c, r);
+    }
+    return CM_OK;
+}
+
+int cm_ppl_n_chunks(size_t n_ids, int n_ctx, int max_chunks)
+{
+    size_t n = n_ctx > 0 ? n_ids / (size_t)n_ctx : 0;
+    if (n > INT32_MAX)
+        n = INT32_MAX;
+    return max_chunks > 0 && (size_t)max_chunks < n ? max_chunks : (int)n;
+}
+
+static cm_status check_args(const cm_model *m, size_t n_ids, const cm_ppl_params *p, cm_err *err)
+{
+    if (p->n_ctx < 4 || p->n_ctx > (1 << 24))
+        return cm_fail(err, CM_E_RANGE, "context size %d is out of range (at least 4)", p->n_ctx);
+    if (n_ids < 2 * (size_t)p->n_ctx)
+        return cm_fail(err, CM_E_RANGE, "the text has %zu tokens; perplexity with -c %d needs at "
+                       "least %d (two chunks)", n_ids, p->n_ctx, 2 * p->n_ctx);
+    if (m->hp.n_vocab <= 0)
+        return cm_fail(err, CM_E_FORMAT, "the model has no vocabulary");
+    return CM_OK;
+}
+
+cm_status cm_perplexity(const cm_model *m, const int32_t *ids, size_t n_ids,
+                        const cm_ppl_params *p, cm_ppl_result *r, cm_err *err)
+{
+    lfile base = {0}, save = {0};
+    work w = {.n_vocab = m->hp.n_vocab, .n_pred = p->n_ctx - 1 - p->n_ctx / 2, .bos = -1};
+    cm_ctx *ctx = NULL;
+    memset(r, 0, sizeof *r);
+    cm_status s = check_args(m, n_ids, p, err);
+    if (s)
+        return s;
+    int n_chunk = cm_ppl_n_chunks(n_ids, p->n_ctx, p->max_chunks);
+    if (m->tok && cm_tok_add_bos(m->tok))
+        w.bos = cm_tok_bos(m->tok);
+    r->n_ctx = p->n_ctx;
+    r->n_vocab = w.n_vocab;
+    if (p->kld_base)
+        s = lf_open(&base, p->kld_base, w.n_vocab, p->n_ctx, ids, &n_chunk, err);
+    if (!s && p->save_logits)
+        s = lf_create(&save, p->save_logits, !p->save_f32, w.n_vocab, p->n_ctx, n_chunk, ids, err);
+    if (!s)
+        s = work_alloc(&w, p->n_ctx, &base, &save, err);
+    if (!s)
+        s = cm_ctx_new(m, p->n_ctx, p->kv, p->n_batch > 0 ? p->n_batch : p->n_ctx, &ctx, err);
+    if (!s)
+        s = run_chunks(ctx, &w, ids, n_chunk, p, &base, &save, r, err);
+    if (!s && save.f)
+        s = lf_commit(&save, err);
+    lf_close(&save);
+    lf_close(&base);
+    cm_ctx_free(ctx);
+    work_free(&w);
+    return s;
+}
