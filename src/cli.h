@@ -22,6 +22,8 @@ cm_status arg_int(const char *flag, const char *s, long lo, long hi, int *out, c
 cm_status arg_float(const char *flag, const char *s, float lo, float hi, float *out, cm_err *err);
 cm_status arg_u64(const char *flag, const char *s, uint64_t *out, cm_err *err);
 cm_status arg_threads(const char *s, cm_err *err); /* -t N: sets the OpenMP team size */
+/* A byte count: 1048576, 512K, 300M, 1.5G (powers of 1024; optional "iB"/"B"). */
+cm_status arg_size(const char *flag, const char *s, uint64_t *out, cm_err *err);
 
 cm_status parse_kv_type(const char *s, cm_kv_type *out, cm_err *err);
 

@@ -69,6 +69,30 @@ cm_status arg_u64(const char *flag, const char *s, uint64_t *out, cm_err *err)
     return CM_OK;
 }
 
+cm_status arg_size(const char *flag, const char *s, uint64_t *out, cm_err *err)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    double mult = 1;
+    if (errno || end == s || !(v >= 0))
+        return cm_fail(err, CM_E_USAGE, "option %s: '%s' is not a size (e.g. 512M, 2G)", flag, s);
+    switch (*end) {
+    case 'K': case 'k': mult = 1024.0; end++; break;
+    case 'M': case 'm': mult = 1048576.0; end++; break;
+    case 'G': case 'g': mult = 1073741824.0; end++; break;
+    case 'T': case 't': mult = 1099511627776.0; end++; break;
+    }
+    if (mult > 1 && *end == 'i')
+        end++;
+    if (*end == 'B')
+        end++;
+    if (*end || v * mult > 1.8e19)
+        return cm_fail(err, CM_E_USAGE, "option %s: '%s' is not a size (e.g. 512M, 2G)", flag, s);
+    *out = (uint64_t)(v * mult);
+    return CM_OK;
+}
+
 cm_status arg_threads(const char *s, cm_err *err)
 {
     int n;

@@ -31,11 +31,16 @@ static const char RUN_HELP[] =
     "  -t, --threads N         threads (default: all cores)\n"
     "      --kv-type T         KV cache type: f16 (default) or f32\n"
     "      --no-bos            do not add the BOS token to the prompt\n"
+    "      --moe-stats         print tokens per expert (MoE models) on stderr\n"
+    "      --moe-ram-budget S  keep at most S bytes of expert weights resident (e.g. 512M):\n"
+    "                          least recently used experts are released; prints hit rate\n"
+    "                          and bytes read from disk\n"
     "  -h, --help              this text\n";
 
 typedef struct {
     const char *model, *prompt, *file;
-    int n_predict, n_ctx, no_bos, have_seed;
+    int n_predict, n_ctx, no_bos, have_seed, moe_stats;
+    uint64_t moe_budget; /* 0: none given */
     cm_kv_type kv;
     cm_sampling_params sp;
     const char *stops[MAX_STOPS];
@@ -81,8 +86,8 @@ static cm_status parse_run(int argc, char **argv, run_opts *o, int *help, cm_err
             *help = 1;
             return CM_OK;
         }
-        if (!strcmp(a, "--no-bos")) {
-            o->no_bos = 1;
+        if (!strcmp(a, "--no-bos") || !strcmp(a, "--moe-stats")) {
+            *(a[2] == 'n' ? &o->no_bos : &o->moe_stats) = 1;
             continue;
         }
         if ((s = arg_value(argc, argv, &i, &v, err)))
@@ -101,6 +106,8 @@ static cm_status parse_run(int argc, char **argv, run_opts *o, int *help, cm_err
             s = arg_threads(v, err);
         else if (!strcmp(a, "--kv-type"))
             s = parse_kv_type(v, &o->kv, err);
+        else if (!strcmp(a, "--moe-ram-budget"))
+            s = arg_size(a, v, &o->moe_budget, err);
         else if (!strcmp(a, "--stop")) {
             if (o->n_stops == MAX_STOPS)
                 return cm_fail(err, CM_E_USAGE, "at most %d --stop strings", MAX_STOPS);
@@ -227,6 +234,30 @@ static cm_status generate(const cm_model *m, cm_ctx *ctx, const run_opts *o, int
     return s;
 }
 
+/* Tokens per expert, one line per layer, and the residency counters. */
+static void print_moe_stats(const cm_model *m, const cm_ctx *ctx, int per_expert)
+{
+    const uint64_t *tok = cm_ctx_expert_tokens(ctx);
+    cm_expert_stats st;
+    if (per_expert)
+        for (int il = 0; il < m->hp.n_layer; il++) {
+            fprintf(stderr, "[codemoe] layer %2d tokens per expert:", il);
+            for (int e = 0; e < m->hp.n_expert; e++)
+                fprintf(stderr, " %llu", (unsigned long long)tok[(size_t)il * m->hp.n_expert + e]);
+            fputc('\n', stderr);
+        }
+    if (!cm_ctx_expert_stats(ctx, &st))
+        return;
+    uint64_t uses = st.hits + st.misses;
+    fprintf(stderr,
+            "[codemoe] experts: hit rate %.1f%% (%llu of %llu uses), %llu evictions, %.1f MiB read "
+            "from disk, resident %.1f MiB (peak %.1f MiB, budget %s)\n",
+            uses ? 100.0 * st.hits / uses : 0.0, (unsigned long long)st.hits,
+            (unsigned long long)uses, (unsigned long long)st.evictions,
+            st.bytes_from_disk / 1048576.0, st.resident_bytes / 1048576.0,
+            st.peak_resident / 1048576.0, st.budget ? "set" : "none");
+}
+
 static cm_status load_prompt(const run_opts *o, const cm_model *m, int32_t **ids, size_t *n,
                              cm_err *err)
 {
@@ -274,6 +305,13 @@ static cm_status run_model(run_opts *o, cm_err *err)
     }
     if ((s = cm_ctx_new(&m, o->n_ctx, o->kv, 512, &ctx, err)))
         goto done;
+    if ((o->moe_budget || o->moe_stats) && m.hp.n_expert == 0) {
+        s = cm_fail(err, CM_E_USAGE, "%s is not a mixture-of-experts model: --moe-stats and "
+                    "--moe-ram-budget do not apply", o->model);
+        goto done;
+    }
+    if ((o->moe_budget || o->moe_stats) && (s = cm_ctx_set_expert_budget(ctx, o->moe_budget, err)))
+        goto done;
     st.n_prompt = (int)n_ids;
     if (!o->have_seed && o->sp.temp > 0) /* so a run can be repeated */
         fprintf(stderr, "[codemoe] seed %llu\n", (unsigned long long)o->sp.seed);
@@ -284,6 +322,8 @@ static cm_status run_model(run_opts *o, cm_err *err)
                 "(%s) | peak RSS %.1f MiB\n",
                 t_load, st.n_prompt, st.n_prompt / (st.t_prompt > 0 ? st.t_prompt : 1e-9), st.n_gen,
                 st.n_gen / (st.t_gen > 0 ? st.t_gen : 1e-9), st.stop_reason, peak_rss_mib());
+    if (!s && m.hp.n_expert > 0 && (o->moe_stats || o->moe_budget))
+        print_moe_stats(&m, ctx, o->moe_stats);
 done:
     free(ids);
     cm_ctx_free(ctx);

@@ -170,6 +170,7 @@ void cm_ctx_free(cm_ctx *c)
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     free(c->scratch), free(c->exp_rows), free(c->exp_count), free(c->expert_tokens);
+    cm_expert_cache_free(c->experts);
     free(c);
 }
 
@@ -178,6 +179,25 @@ int cm_ctx_n_past(const cm_ctx *c) { return c->n_past; }
 int cm_ctx_n_ctx(const cm_ctx *c) { return c->n_ctx; }
 const float *cm_ctx_logits(const cm_ctx *c) { return c->logits; }
 const uint64_t *cm_ctx_expert_tokens(const cm_ctx *c) { return c->expert_tokens; }
+
+cm_status cm_ctx_set_expert_budget(cm_ctx *c, uint64_t bytes, cm_err *err)
+{
+    cm_expert_cache *ec;
+    cm_status s = cm_expert_cache_new(c->m, bytes, &ec, err);
+    if (s)
+        return s;
+    cm_expert_cache_free(c->experts);
+    c->experts = ec;
+    return CM_OK;
+}
+
+int cm_ctx_expert_stats(const cm_ctx *c, cm_expert_stats *out)
+{
+    if (!c->experts)
+        return 0;
+    cm_expert_cache_stats(c->experts, out);
+    return 1;
+}
 
 size_t cm_ctx_kv_bytes(const cm_ctx *c)
 {

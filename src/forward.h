@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "expert_cache.h"
 #include "model.h"
 #include "status.h"
 
@@ -31,6 +32,12 @@ cm_status cm_eval(cm_ctx *c, const int32_t *ids, int n, float *all_logits, cm_er
 const float *cm_ctx_logits(const cm_ctx *c);
 /* Tokens routed to each expert so far: [n_layer][n_expert] (MoE models). */
 const uint64_t *cm_ctx_expert_tokens(const cm_ctx *c);
+
+/* Bounds the resident bytes of MoE expert weights (LRU; 0 = no bound,
+ * but still measure hits, misses and bytes read from disk). */
+cm_status cm_ctx_set_expert_budget(cm_ctx *c, uint64_t bytes, cm_err *err);
+/* Residency statistics; returns 0 when no budget was set. */
+int cm_ctx_expert_stats(const cm_ctx *c, cm_expert_stats *out);
 
 /* Bytes a context needs besides the weights (KV cache and work buffers). */
 size_t cm_ctx_bytes_estimate(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch);

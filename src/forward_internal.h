@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 
+#include "expert_cache.h"
 #include "forward.h"
 
 struct cm_ctx {
@@ -28,6 +29,7 @@ struct cm_ctx {
     int32_t *exp_count; /* [n_expert] */
     float *xe, *ye;     /* gathered rows for one expert, its output */
     uint64_t *expert_tokens; /* [n_layer][n_expert] tokens per expert, for stats */
+    cm_expert_cache *experts; /* residency under a RAM budget, or NULL */
 };
 
 /* out = mixture-of-experts feed-forward of c->h (n rows) */

@@ -100,6 +100,8 @@ void cm_moe_ffn(cm_ctx *c, const cm_layer *L, int il, int n, float *out)
         const float *wts = c->exp_wts + (size_t)e * c->n_batch;
         if (cnt == 0)
             continue; /* an expert nobody chose is never read */
+        if (c->experts)
+            cm_expert_cache_use(c->experts, il, e);
         for (int i = 0; i < cnt; i++)
             memcpy(c->xe + (size_t)i * E, c->h + (size_t)rows[i] * E, (size_t)E * sizeof(float));
         run_expert(c, L, e, cnt);
