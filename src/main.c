@@ -10,11 +10,12 @@ static const char USAGE[] =
     "usage: codemoe COMMAND [options]\n"
     "\n"
     "commands:\n"
-    "  run       generate a completion for a prompt\n"
-    "  info      describe a model file\n"
-    "  logits    write the logits of every position for a list of token ids\n"
-    "  tokenize  print the token ids of a text\n"
+    "  run         generate a completion for a prompt\n"
+    "  info        describe a model file\n"
+    "  logits      write the logits of every position for a list of token ids\n"
+    "  tokenize    print the token ids of a text\n"
     "  perplexity  perplexity (and KL divergence against a base) on a text or the code corpus\n"
+    "  convert     convert a Hugging Face folder (safetensors) to GGUF\n"
     "\n"
     "`codemoe COMMAND --help` describes each command.\n"
     "environment: CODEMOE_ISA=scalar|avx2|avx512 forces a kernel set.\n";
@@ -27,6 +28,7 @@ int main(int argc, char **argv)
     } cmds[] = {
         {"run", cli_run}, {"info", cli_info}, {"logits", cli_logits}, {"tokenize", cli_tokenize},
         {"perplexity", cli_perplexity},
+        {"convert", cli_convert},
     };
     if (argc < 2) {
         fputs(USAGE, stderr);

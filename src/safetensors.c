@@ -439,6 +439,21 @@ void st_close(st_model *m)
     memset(m, 0, sizeof *m);
 }
 
+void st_release(const st_model *m, const st_tensor *t)
+{
+    const st_shard *sh = &m->shards[t->shard];
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), base = (uintptr_t)sh->base;
+    if (!sh->mapped || !t->nbytes)
+        return;
+    /* a private read-only file mapping: dropped pages simply fault back in,
+     * so rounding outward to whole pages is safe */
+    uintptr_t lo = (uintptr_t)t->data & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)t->data + t->nbytes + page - 1) & ~(page - 1);
+    if (hi > base + sh->size)
+        hi = (base + sh->size + page - 1) & ~(page - 1);
+    madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 void st_to_f32(const st_tensor *t, uint64_t first, int64_t n, float *dst)
 {
     const uint8_t *p = t->data + first * st_dtype_size(t->dtype);

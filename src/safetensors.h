@@ -71,6 +71,10 @@ size_t st_dtype_size(st_dtype t);
 int64_t st_numel(const st_tensor *t);
 /* 1 for the float types st_to_f32 converts (F64, F32, F16, BF16). */
 int st_is_float(st_dtype t);
+/* Drops t's pages from memory once the caller is done with them; the
+ * mapping stays valid (touched again, they are re-read from the file).
+ * Keeps a conversion's resident size near one tensor, not the checkpoint. */
+void st_release(const st_model *m, const st_tensor *t);
 /* Converts n elements starting at element `first` to float32. */
 void st_to_f32(const st_tensor *t, uint64_t first, int64_t n, float *dst);
 
