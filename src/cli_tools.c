@@ -8,6 +8,7 @@
 #include "backends/cpu/cpu.h"
 #include "cli.h"
 #include "forward.h"
+#include "pack.h"
 
 /* ------------------------------------------------------------------ info */
 
@@ -69,11 +70,65 @@ static void print_info(const cm_model *m)
         printf("tokenizer:       none (token ids only)\n");
 }
 
+/* Bytes per type of the tensors whose name starts with prefix + '/'. */
+static uint64_t member_bytes(const cm_model *m, const char *prefix, uint64_t by_type[CM_TYPE_COUNT])
+{
+    size_t plen = strlen(prefix);
+    uint64_t total = 0;
+    for (uint64_t i = 0; i < m->file.n_tensors; i++) {
+        const gguf_tensor *t = &m->file.tensors[i];
+        if (t->name.len > plen && !memcmp(t->name.ptr, prefix, plen) && t->name.ptr[plen] == '/') {
+            by_type[t->type] += t->nbytes;
+            total += t->nbytes;
+        }
+    }
+    return total;
+}
+
+static void print_bytes_by_type(const char *label, uint64_t total, const uint64_t *by_type)
+{
+    char tb[32];
+    printf("  %-12s %9.2f MiB  (", label, total / 1048576.0);
+    int first = 1;
+    for (int ty = 0; ty < CM_TYPE_COUNT; ty++)
+        if (by_type[ty]) {
+            printf("%s%s %.2f MiB", first ? "" : ", ", cm_type_name((uint32_t)ty, tb),
+                   by_type[ty] / 1048576.0);
+            first = 0;
+        }
+    printf(")\n");
+}
+
+/* Per member: bytes on disk and resident when routed (its own + shared). */
+static void print_pack(const cm_model *m, size_t ctx_bytes)
+{
+    char names[CM_PACK_MAX_MEMBERS][32];
+    int n = cm_pack_members(&m->file, names, CM_PACK_MAX_MEMBERS);
+    uint64_t shared_t[CM_TYPE_COUNT] = {0}, all = 0, worst = 0;
+    uint64_t shared = member_bytes(m, CM_PACK_SHARED, shared_t);
+    printf("language-expert pack: %d members (bytes on disk by type; resident = shared + member)\n", n);
+    print_bytes_by_type("shared", shared, shared_t);
+    for (int i = 0; i < n; i++) {
+        uint64_t by_type[CM_TYPE_COUNT] = {0};
+        uint64_t own = member_bytes(m, names[i], by_type);
+        print_bytes_by_type(names[i], own, by_type);
+        printf("  %-12s resident when routed: %.2f MiB weights + %.2f MiB context\n", "",
+               (shared + own) / 1048576.0, ctx_bytes / 1048576.0);
+        all += own;
+        worst = own > worst ? own : worst;
+    }
+    printf("all experts resident: %.2f MiB; routed (one expert, the largest): %.2f MiB\n",
+           (shared + all) / 1048576.0, (shared + worst) / 1048576.0);
+}
+
 static void print_memory(const cm_model *m)
 {
     int n_ctx = m->hp.n_ctx_train < 4096 ? m->hp.n_ctx_train : 4096;
     size_t ctx_bytes = cm_ctx_bytes_estimate(m, n_ctx, CM_KV_F16, 512);
-    printf("weights read per token: %.2f MiB\n", cm_model_bytes_per_token(m) / 1048576.0);
+    if (m->is_pack)
+        print_pack(m, ctx_bytes);
+    printf("weights read per token: %.2f MiB", cm_model_bytes_per_token(m) / 1048576.0);
+    printf(m->is_pack ? " (member %s)\n" : "%s\n", m->is_pack ? m->expert : "");
     printf("memory to run:   %.2f MiB (weights %.2f MiB mapped + %.2f MiB KV cache and buffers "
            "at %d tokens, f16 KV)\n",
            (m->file.size + ctx_bytes) / 1048576.0, m->file.size / 1048576.0,

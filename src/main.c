@@ -16,6 +16,7 @@ static const char USAGE[] =
     "  tokenize    print the token ids of a text\n"
     "  perplexity  perplexity (and KL divergence against a base) on a text or the code corpus\n"
     "  convert     convert a Hugging Face folder (safetensors) to GGUF\n"
+    "  pack        build a language-expert pack from per-language models\n"
     "\n"
     "`codemoe COMMAND --help` describes each command.\n"
     "environment: CODEMOE_ISA=scalar|avx2|avx512 forces a kernel set.\n";
@@ -29,6 +30,7 @@ int main(int argc, char **argv)
         {"run", cli_run}, {"info", cli_info}, {"logits", cli_logits}, {"tokenize", cli_tokenize},
         {"perplexity", cli_perplexity},
         {"convert", cli_convert},
+        {"pack", cli_pack},
     };
     if (argc < 2) {
         fputs(USAGE, stderr);

@@ -4,6 +4,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "pack.h"
 
 /* What distinguishes the architectures we run (llama.cpp's names). */
 typedef struct {
@@ -35,6 +39,19 @@ static const arch_desc *find_arch(gguf_str name)
         if (gguf_str_eq(name, ARCHS[i].name))
             return &ARCHS[i];
     return NULL;
+}
+
+const gguf_tensor *cm_model_find_tensor(const cm_model *m, const char *name)
+{
+    char full[160];
+    if (!m->is_pack)
+        return gguf_find_tensor(&m->file, name);
+    snprintf(full, sizeof full, "%s/%s", m->expert, name);
+    const gguf_tensor *t = gguf_find_tensor(&m->file, full);
+    if (t)
+        return t;
+    snprintf(full, sizeof full, "%s/%s", CM_PACK_SHARED, name);
+    return gguf_find_tensor(&m->file, full);
 }
 
 /* Reads "<arch>.<suffix>" as an unsigned int; required unless def >= 0. */
@@ -192,7 +209,7 @@ static cm_status bind(cm_model *m, cm_tensor *t, const char *name, int optional,
                       const int64_t ne[3], cm_err *err)
 {
     char tbuf[32];
-    const gguf_tensor *g = gguf_find_tensor(&m->file, name);
+    const gguf_tensor *g = cm_model_find_tensor(m, name);
     memset(t, 0, sizeof *t);
     if (!g) {
         if (optional)
@@ -255,7 +272,7 @@ static cm_status bind_attention(cm_model *m, cm_layer *L, const char *pre, cm_er
     const arch_desc *d = find_arch((gguf_str){hp->arch_name, strlen(hp->arch_name)});
     char name[128];
     snprintf(name, sizeof name, "%sattn_qkv.weight", pre);
-    int fused = gguf_find_tensor(&m->file, name) != NULL;
+    int fused = cm_model_find_tensor(m, name) != NULL;
     tensor_want w[] = {
         {&L->attn_norm, "attn_norm.weight", 0, 1, {E, 1, 1}},
         {&L->attn_norm_b, "attn_norm.bias", !hp->layer_norm, 1, {E, 1, 1}},
@@ -305,7 +322,7 @@ static cm_status bind_ffn(cm_model *m, cm_layer *L, const char *pre, cm_err *err
  * from the tensor, as its shape is the authority. */
 static void detect_shared_expert(cm_model *m)
 {
-    const gguf_tensor *t = gguf_find_tensor(&m->file, "blk.0.ffn_up_shexp.weight");
+    const gguf_tensor *t = cm_model_find_tensor(m, "blk.0.ffn_up_shexp.weight");
     if (m->hp.n_expert > 0 && m->hp.n_ff_shexp == 0 && t && t->ne[1] > 0 && t->ne[1] < (1 << 24))
         m->hp.n_ff_shexp = (int)t->ne[1];
 }
@@ -323,7 +340,8 @@ static cm_status bind_layer(cm_model *m, int il, cm_err *err)
 static cm_status bind_globals(cm_model *m, cm_err *err)
 {
     cm_hparams *hp = &m->hp;
-    const gguf_tensor *emb = gguf_find_tensor(&m->file, "token_embd.weight");
+    const gguf_tensor *emb = cm_model_find_tensor(m, "token_embd.weight");
+    m->tied_output = 0;
     if (!emb)
         return cm_fail(err, CM_E_FORMAT, "%s: missing tensor token_embd.weight", m->path);
     if (emb->ne[1] <= 0 || emb->ne[1] > (1 << 24))
@@ -365,23 +383,63 @@ static cm_status load_tokenizer(cm_model *m, cm_err *err)
     return CM_OK;
 }
 
+static cm_status bind_tensors(cm_model *m, cm_err *err)
+{
+    cm_status s = bind_globals(m, err);
+    if (s)
+        return s;
+    if (!m->layers)
+        m->layers = calloc((size_t)m->hp.n_layer, sizeof *m->layers);
+    if (!m->layers)
+        return cm_fail(err, CM_E_NOMEM, "%s: out of memory", m->path);
+    for (int il = 0; il < m->hp.n_layer; il++)
+        if ((s = bind_layer(m, il, err)))
+            return s;
+    return CM_OK;
+}
+
+/* Drops the pages of a member's own tensors; shared ones stay.  Only
+ * whole pages inside each tensor are released, so neighbours are safe. */
+static void release_member(const cm_model *m, const char *member)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), plen = strlen(member);
+    for (uint64_t i = 0; i < m->file.n_tensors; i++) {
+        const gguf_tensor *t = &m->file.tensors[i];
+        if (t->name.len <= plen || memcmp(t->name.ptr, member, plen) || t->name.ptr[plen] != '/')
+            continue;
+        uintptr_t a = ((uintptr_t)t->data + page - 1) & ~(uintptr_t)(page - 1);
+        uintptr_t b = ((uintptr_t)t->data + t->nbytes) & ~(uintptr_t)(page - 1);
+        if (b > a)
+            madvise((void *)a, b - a, MADV_DONTNEED);
+    }
+}
+
+cm_status cm_model_select_expert(cm_model *m, const char *expert, cm_err *err)
+{
+    char old[sizeof m->expert];
+    if (!m->is_pack)
+        return cm_fail(err, CM_E_RANGE, "%s is not a language-expert pack", m->path);
+    if (!strcmp(expert, m->expert))
+        return CM_OK;
+    if (!cm_pack_has_member(&m->file, expert))
+        return cm_fail(err, CM_E_RANGE, "%s has no expert '%s'", m->path, expert);
+    snprintf(old, sizeof old, "%s", m->expert);
+    snprintf(m->expert, sizeof m->expert, "%s", expert);
+    cm_status s = bind_tensors(m, err);
+    if (s == CM_OK)
+        release_member(m, old);
+    return s;
+}
+
 cm_status cm_model_load(const char *path, cm_model *m, cm_err *err)
 {
     cm_status s;
     memset(m, 0, sizeof *m);
     snprintf(m->path, sizeof m->path, "%s", path);
     if ((s = gguf_open(path, &m->file, err)) || (s = read_hparams(m, err)) ||
-        (s = bind_globals(m, err)))
-        goto fail;
-    m->layers = calloc((size_t)m->hp.n_layer, sizeof *m->layers);
-    if (!m->layers) {
-        s = cm_fail(err, CM_E_NOMEM, "%s: out of memory", path);
-        goto fail;
-    }
-    for (int il = 0; il < m->hp.n_layer; il++)
-        if ((s = bind_layer(m, il, err)))
-            goto fail;
-    if ((s = load_tokenizer(m, err)))
+        (s = cm_pack_default_member(&m->file, path, &m->is_pack, m->expert, sizeof m->expert,
+                                    err)) ||
+        (s = bind_tensors(m, err)) || (s = load_tokenizer(m, err)))
         goto fail;
     return CM_OK;
 fail:
@@ -398,21 +456,29 @@ void cm_model_free(cm_model *m)
     memset(m, 0, sizeof *m);
 }
 
+static uint64_t weight_bytes(const cm_tensor *t, const cm_hparams *hp)
+{
+    if (!t->data)
+        return 0;
+    /* stacked experts: only the ones a token is routed to are read */
+    if (t->ne[2] > 1 && hp->n_expert > 0 && t->ne[2] == hp->n_expert)
+        return t->nbytes / (uint64_t)hp->n_expert * (uint64_t)hp->n_expert_used;
+    return t->nbytes;
+}
+
 uint64_t cm_model_bytes_per_token(const cm_model *m)
 {
-    uint64_t total = 0;
-    for (uint64_t i = 0; i < m->file.n_tensors; i++) {
-        const gguf_tensor *t = &m->file.tensors[i];
-        /* stacked experts: only the ones a token is routed to are read */
-        if (t->ne[2] > 1 && m->hp.n_expert > 0 && t->ne[2] == m->hp.n_expert)
-            total += t->nbytes / (uint64_t)m->hp.n_expert * (uint64_t)m->hp.n_expert_used;
-        else
-            total += t->nbytes;
-    }
-    /* one embedding row is read, unless the same table is the output */
-    if (!m->tied_output)
-        total -= m->tok_embd.nbytes - m->tok_embd.nbytes / (uint64_t)m->hp.n_vocab;
+    const cm_hparams *hp = &m->hp;
+    uint64_t total = m->tok_embd.nbytes / (uint64_t)hp->n_vocab; /* one row */
+    const cm_tensor *g[] = {&m->out_norm, &m->out_norm_b, &m->output, &m->output_b};
+    for (size_t i = 0; i < sizeof g / sizeof g[0]; i++)
+        total += weight_bytes(g[i], hp);
     if (m->pos_embd.data)
-        total -= m->pos_embd.nbytes - m->pos_embd.nbytes / (uint64_t)m->hp.n_ctx_train;
+        total += m->pos_embd.nbytes / (uint64_t)hp->n_ctx_train;
+    for (int il = 0; il < hp->n_layer; il++) {
+        const cm_tensor *t = (const cm_tensor *)&m->layers[il];
+        for (size_t k = 0; k < sizeof(cm_layer) / sizeof(cm_tensor); k++)
+            total += weight_bytes(&t[k], hp);
+    }
     return total;
 }

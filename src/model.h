@@ -80,6 +80,10 @@ typedef struct {
     int tied_output;
     cm_layer *layers;
     cm_tokenizer *tok;  /* NULL when the file carries no tokenizer */
+    /* language-expert pack (src/pack.h): which member the tensors are
+     * bound to; "" for an ordinary model file */
+    int is_pack;
+    char expert[32];
 } cm_model;
 
 /* Opens, validates and maps path.  Every tensor the architecture needs must
@@ -87,6 +91,15 @@ typedef struct {
  * an error naming the tensor. */
 cm_status cm_model_load(const char *path, cm_model *m, cm_err *err);
 void cm_model_free(cm_model *m);
+
+/* For a pack: binds the model to member `expert` (a language or
+ * "fallback").  Tensors of the previous member that are not shared are
+ * released from memory.  CM_E_RANGE if the pack has no such member. */
+cm_status cm_model_select_expert(cm_model *m, const char *expert, cm_err *err);
+
+/* The tensor `name` as the model sees it: in a pack, the bound member's
+ * copy, else the shared one.  NULL if absent. */
+const gguf_tensor *cm_model_find_tensor(const cm_model *m, const char *name);
 
 /* Bytes of weights read per generated token (all but the embedding table,
  * of which one row is read). */
