@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "pack.h"
 #include "forward.h"
 #include "sampling.h"
 
@@ -17,8 +18,10 @@ static const char RUN_HELP[] =
     "peak memory go to stderr.  Without -m the installed default model is used.\n"
     "\n"
     "  -m, --model FILE        GGUF model (llama, qwen2, qwen3 architectures)\n"
-    "  -p, --prompt TEXT       prompt text\n"
-    "  -f, --file FILE         read the prompt from FILE\n"
+    "  -p, --prompt TEXT       prompt text (repeatable: prompts run one after another)\n"
+    "  -f, --file FILE         read a prompt from FILE (repeatable)\n"
+    "      --lang L            with a language-expert pack: use the expert for L\n"
+    "                          (c, cpp, python, java, javascript, go, rust) instead of routing\n"
     "  -n, --n-predict N       tokens to generate (default 256; stops early at end of text)\n"
     "      --temp T            temperature, 0 = greedy (default 0.8)\n"
     "      --top-k K           keep the K most likely tokens, 0 = off (default 40)\n"
@@ -37,8 +40,17 @@ static const char RUN_HELP[] =
     "                          and bytes read from disk\n"
     "  -h, --help              this text\n";
 
+#define MAX_PROMPTS 64
+
 typedef struct {
-    const char *model, *prompt, *file;
+    const char *text; /* from -p, or NULL */
+    const char *file; /* from -f, or NULL */
+} prompt_src;
+
+typedef struct {
+    const char *model, *lang;
+    prompt_src prompts[MAX_PROMPTS];
+    int n_prompts;
     int n_predict, n_ctx, no_bos, have_seed, moe_stats;
     uint64_t moe_budget; /* 0: none given */
     cm_kv_type kv;
@@ -94,10 +106,13 @@ static cm_status parse_run(int argc, char **argv, run_opts *o, int *help, cm_err
             break;
         if (arg_is(a, "-m", "--model"))
             o->model = v;
-        else if (arg_is(a, "-p", "--prompt"))
-            o->prompt = v;
-        else if (arg_is(a, "-f", "--file"))
-            o->file = v;
+        else if (arg_is(a, "-p", "--prompt") || arg_is(a, "-f", "--file")) {
+            if (o->n_prompts == MAX_PROMPTS)
+                return cm_fail(err, CM_E_USAGE, "at most %d prompts", MAX_PROMPTS);
+            o->prompts[o->n_prompts].text = a[1] == 'p' || a[2] == 'p' ? v : NULL;
+            o->prompts[o->n_prompts++].file = a[1] == 'p' || a[2] == 'p' ? NULL : v;
+        } else if (!strcmp(a, "--lang"))
+            o->lang = v;
         else if (arg_is(a, "-n", "--n-predict"))
             s = arg_int(a, v, 0, 1 << 24, &o->n_predict, err);
         else if (arg_is(a, "-c", "--ctx-size"))
@@ -117,8 +132,8 @@ static cm_status parse_run(int argc, char **argv, run_opts *o, int *help, cm_err
         } else
             s = parse_sampling(a, v, o, err);
     }
-    if (!s && !*help && !!o->prompt == !!o->file)
-        s = cm_fail(err, CM_E_USAGE, "give exactly one of -p PROMPT or -f FILE (see codemoe run --help)");
+    if (!s && !*help && o->n_prompts == 0)
+        s = cm_fail(err, CM_E_USAGE, "give a prompt with -p PROMPT or -f FILE (see codemoe run --help)");
     return s;
 }
 
@@ -258,75 +273,129 @@ static void print_moe_stats(const cm_model *m, const cm_ctx *ctx, int per_expert
             st.peak_resident / 1048576.0, st.budget ? "set" : "none");
 }
 
-static cm_status load_prompt(const run_opts *o, const cm_model *m, int32_t **ids, size_t *n,
-                             cm_err *err)
+static cm_status read_prompt(const prompt_src *p, char **text, size_t *len, cm_err *err)
 {
-    char *text = NULL;
-    size_t len = 0;
-    cm_status s;
-    if (o->file) {
-        if ((s = read_file(o->file, &text, &len, err)))
-            return s;
-    }
-    const char *p = o->file ? text : o->prompt;
-    s = cm_tokenize(m->tok, p, o->file ? len : strlen(p), !o->no_bos && cm_tok_add_bos(m->tok), 1,
-                    ids, n, err);
-    free(text);
+    if (p->file)
+        return read_file(p->file, text, len, err);
+    *len = strlen(p->text);
+    *text = malloc(*len + 1);
+    if (!*text)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    memcpy(*text, p->text, *len + 1);
+    return CM_OK;
+}
+
+static cm_status tokenize_prompt(const run_opts *o, const cm_model *m, const char *text,
+                                 size_t len, int32_t **ids, size_t *n, cm_err *err)
+{
+    cm_status s = cm_tokenize(m->tok, text, len, !o->no_bos && cm_tok_add_bos(m->tok), 1, ids, n,
+                              err);
     if (!s && *n == 0)
         s = cm_fail(err, CM_E_RANGE, "the prompt is empty");
+    if (!s && *n >= (size_t)o->n_ctx)
+        s = cm_fail(err, CM_E_RANGE, "the prompt is %zu tokens but the context holds %d "
+                    "(raise -c, the model was trained on %d)", *n, o->n_ctx, m->hp.n_ctx_train);
     return s;
 }
 
-static cm_status run_model(run_opts *o, cm_err *err)
+static cm_status make_ctx(const run_opts *o, const cm_model *m, cm_ctx **ctx, cm_err *err)
 {
-    cm_model m;
-    cm_ctx *ctx = NULL;
-    int32_t *ids = NULL;
-    size_t n_ids = 0;
-    run_stats st = {0};
-    double t0 = now_seconds();
-    cm_status s = cm_model_load(o->model, &m, err);
-    if (s)
-        return s;
-    double t_load = now_seconds() - t0;
-    if (!m.tok) {
-        s = cm_fail(err, CM_E_UNSUPPORTED, "%s has no tokenizer, so it cannot run on text "
-                    "(codemoe logits evaluates token ids)", o->model);
-        goto done;
-    }
-    if (o->n_ctx == 0)
-        o->n_ctx = m.hp.n_ctx_train < 4096 ? m.hp.n_ctx_train : 4096;
-    if ((s = load_prompt(o, &m, &ids, &n_ids, err)))
-        goto done;
-    if (n_ids >= (size_t)o->n_ctx) {
-        s = cm_fail(err, CM_E_RANGE, "the prompt is %zu tokens but the context holds %d "
-                    "(raise -c, the model was trained on %d)", n_ids, o->n_ctx, m.hp.n_ctx_train);
-        goto done;
-    }
-    if ((s = cm_ctx_new(&m, o->n_ctx, o->kv, 512, &ctx, err)))
-        goto done;
-    if ((o->moe_budget || o->moe_stats) && m.hp.n_expert == 0) {
+    cm_status s = cm_ctx_new(m, o->n_ctx, o->kv, 512, ctx, err);
+    if (!s && (o->moe_budget || o->moe_stats) && m->hp.n_expert == 0)
         s = cm_fail(err, CM_E_USAGE, "%s is not a mixture-of-experts model: --moe-stats and "
                     "--moe-ram-budget do not apply", o->model);
-        goto done;
-    }
-    if ((o->moe_budget || o->moe_stats) && (s = cm_ctx_set_expert_budget(ctx, o->moe_budget, err)))
-        goto done;
-    st.n_prompt = (int)n_ids;
-    if (!o->have_seed && o->sp.temp > 0) /* so a run can be repeated */
+    if (!s && (o->moe_budget || o->moe_stats))
+        s = cm_ctx_set_expert_budget(*ctx, o->moe_budget, err);
+    return s;
+}
+
+/* The prompt's language for routing, or NULL when nothing decides. */
+static const char *detect_language(const char *file, const char *text, size_t len,
+                                   const char **why)
+{
+    (void)file, (void)text, (void)len;
+    *why = "no router";
+    return NULL;
+}
+
+/* Binds a pack to the member for this prompt: the expert for its language
+ * (--lang, else detected), else the fallback, else the first expert. */
+static cm_status route_to_expert(const run_opts *o, cm_model *m, const char *file,
+                                 const char *text, size_t len, cm_err *err)
+{
+    char names[CM_PACK_MAX_MEMBERS][32];
+    const char *why = "--lang";
+    const char *lang = o->lang ? o->lang : detect_language(file, text, len, &why);
+    const char *member = NULL;
+    int n = cm_pack_members(&m->file, names, CM_PACK_MAX_MEMBERS);
+    if (lang && cm_pack_has_member(&m->file, lang))
+        member = lang;
+    else if (cm_pack_has_member(&m->file, CM_PACK_FALLBACK))
+        member = CM_PACK_FALLBACK;
+    else if (o->lang)
+        return cm_fail(err, CM_E_RANGE, "%s has no expert for %s and no fallback", o->model,
+                       o->lang);
+    else
+        member = names[0];
+    fprintf(stderr, "[codemoe] language %s (%s) -> expert %s\n", lang ? lang : "unknown", why,
+            member);
+    (void)n;
+    return cm_model_select_expert(m, member, err);
+}
+
+/* One prompt: route (packs), tokenize, generate, report. */
+static cm_status run_one(const run_opts *o, cm_model *m, const prompt_src *p, double t_load,
+                         cm_err *err)
+{
+    char *text = NULL;
+    size_t len = 0, n_ids = 0;
+    int32_t *ids = NULL;
+    cm_ctx *ctx = NULL;
+    run_stats st = {0};
+    cm_status s = read_prompt(p, &text, &len, err);
+    if (!s && m->is_pack)
+        s = route_to_expert(o, m, p->file, text, len, err);
+    if (!s)
+        s = tokenize_prompt(o, m, text, len, &ids, &n_ids, err);
+    if (!s)
+        s = make_ctx(o, m, &ctx, err);
+    if (!s && !o->have_seed && o->sp.temp > 0) /* so a run can be repeated */
         fprintf(stderr, "[codemoe] seed %llu\n", (unsigned long long)o->sp.seed);
-    s = generate(&m, ctx, o, ids, n_ids, &st, err);
+    st.n_prompt = (int)n_ids;
+    if (!s)
+        s = generate(m, ctx, o, ids, n_ids, &st, err);
     if (!s)
         fprintf(stderr,
                 "\n[codemoe] load %.2f s | prompt %d tok, %.1f tok/s | generated %d tok, %.1f tok/s "
                 "(%s) | peak RSS %.1f MiB\n",
                 t_load, st.n_prompt, st.n_prompt / (st.t_prompt > 0 ? st.t_prompt : 1e-9), st.n_gen,
                 st.n_gen / (st.t_gen > 0 ? st.t_gen : 1e-9), st.stop_reason, peak_rss_mib());
-    if (!s && m.hp.n_expert > 0 && (o->moe_stats || o->moe_budget))
-        print_moe_stats(&m, ctx, o->moe_stats);
-done:
+    if (!s && m->hp.n_expert > 0 && (o->moe_stats || o->moe_budget))
+        print_moe_stats(m, ctx, o->moe_stats);
+    free(text);
     free(ids);
     cm_ctx_free(ctx);
+    return s;
+}
+
+static cm_status run_model(run_opts *o, cm_err *err)
+{
+    cm_model m;
+    double t0 = now_seconds();
+    cm_status s = cm_model_load(o->model, &m, err);
+    if (s)
+        return s;
+    double t_load = now_seconds() - t0;
+    if (!m.tok)
+        s = cm_fail(err, CM_E_UNSUPPORTED, "%s has no tokenizer, so it cannot run on text "
+                    "(codemoe logits evaluates token ids)", o->model);
+    if (o->n_ctx == 0)
+        o->n_ctx = m.hp.n_ctx_train < 4096 ? m.hp.n_ctx_train : 4096;
+    for (int i = 0; !s && i < o->n_prompts; i++) {
+        if (i > 0)
+            putchar('\n'); /* completions of successive prompts on their own lines */
+        s = run_one(o, &m, &o->prompts[i], i == 0 ? t_load : 0.0, err);
+    }
     cm_model_free(&m);
     return s;
 }

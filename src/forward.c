@@ -286,7 +286,10 @@ static void attend_all(cm_ctx *c, int il, int n_tok)
     const cm_hparams *hp = &c->m->hp;
     int group = hp->n_head / hp->n_head_kv;
     int n_items = n_tok * hp->n_head;
-#pragma omp parallel for schedule(dynamic, 1)
+    /* threads only pay off once there is real work: a short context's heads
+     * take less time than waking the team */
+    long work = (long)n_items * (c->n_past + n_tok) * hp->head_dim;
+#pragma omp parallel for schedule(dynamic, 1) if (work > 65536)
     for (int it = 0; it < n_items; it++) {
         int t = it / hp->n_head, h = it % hp->n_head;
 #ifdef _OPENMP

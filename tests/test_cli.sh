@@ -43,7 +43,7 @@ done
 expect 2 "unknown flag" -- "$CODEMOE" run -m "$FIX/llama-f32.gguf" -p x --bogus
 expect 2 "non-numeric -n" -- "$CODEMOE" run -m "$FIX/llama-f32.gguf" -p x -n abc
 expect 2 "missing value" -- "$CODEMOE" run -m "$FIX/llama-f32.gguf" -p
-expect 2 "both -p and -f" -- "$CODEMOE" run -m "$FIX/llama-f32.gguf" -p x -f y
+expect 2 "no prompt" -- "$CODEMOE" run -m "$FIX/llama-f32.gguf" -n 4
 expect 2 "bad --top-p" -- "$CODEMOE" run -m "$FIX/llama-f32.gguf" -p x --top-p 2
 expect 2 "bad --kv-type" -- "$CODEMOE" logits -m "$FIX/llama-f32.gguf" --ids 1 -o "$TMP/x" --kv-type q3
 expect 2 "bad --ids" -- "$CODEMOE" logits -m "$FIX/llama-f32.gguf" --ids 1,x -o "$TMP/x"
