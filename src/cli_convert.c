@@ -5,9 +5,10 @@
 #include "cli.h"
 #include "convert.h"
 #include "quant/quant.h"
+#include "quantize.h"
 
 static const char CONVERT_HELP[] =
-    "usage: codemoe convert HF_DIR -o OUT.gguf [--type f32|f16|bf16|q8_0|q4_0] [-v]\n"
+    "usage: codemoe convert HF_DIR -o OUT.gguf [--type f32|f16|bf16|q8_0|q4_0|q4_k_m|...] [-v]\n"
     "\n"
     "Converts a Hugging Face model folder (config.json, model.safetensors or\n"
     "shards with model.safetensors.index.json, and tokenizer.model or\n"
@@ -18,14 +19,28 @@ static const char CONVERT_HELP[] =
     "\n"
     "  -o, --output OUT  file to write; it appears only when complete\n"
     "  --type TYPE       weight type, default f16.  Norms, biases, routers and\n"
-    "                    1-D tensors stay f32; rows that do not fill whole\n"
-    "                    q8_0/q4_0 blocks fall back to f16; q4_0 stores the\n"
-    "                    output projection as q6_k (or q8_0), as llama-quantize\n"
+    "                    1-D tensors stay f32.  f32, f16, bf16, q8_0: as\n"
+    "                    llama.cpp's converter (rows that do not fill whole\n"
+    "                    q8_0 blocks fall back to f16).  q4_0, q4_1, q5_0, q5_1,\n"
+    "                    q2_k, q2_k_s, q3_k_s/m/l, q4_k_s/m, q5_k_s/m, q6_k: the\n"
+    "                    tensor types and bytes llama-quantize would write from\n"
+    "                    the f32 file (see codemoe quantize --help)\n"
     "  -t N              threads for quantization\n"
     "  -v, --verbose     list every tensor written\n"
     "\n"
     "A folder without tokenizer files still converts: `codemoe logits` works on\n"
     "the result, `codemoe run` needs a tokenizer.\n";
+
+static cm_status type_option(cm_convert_opts *o, const char *v, cm_err *err)
+{
+    char names[512];
+    if (cm_convert_type(v, &o->type, NULL) == 0) {
+        o->mix = v;
+        return CM_OK;
+    }
+    cm_qmix_names(names, sizeof names);
+    return cm_fail(err, CM_E_USAGE, "option --type: '%s' is not one of %s", v, names);
+}
 
 static cm_status parse_convert(int argc, char **argv, cm_convert_opts *o, int *help, cm_err *err)
 {
@@ -52,10 +67,7 @@ static cm_status parse_convert(int argc, char **argv, cm_convert_opts *o, int *h
         if (arg_is(a, "-o", "--output"))
             o->out_path = v;
         else if (!strcmp(a, "--type") || !strcmp(a, "--outtype"))
-            s = cm_convert_type(v, &o->type, NULL) == 0
-                    ? CM_OK
-                    : cm_fail(err, CM_E_USAGE, "option --type: '%s' is not one of f32, f16, bf16, "
-                              "q8_0, q4_0", v);
+            s = type_option(o, v, err);
         else if (arg_is(a, "-t", "--threads"))
             s = arg_threads(v, err);
         else

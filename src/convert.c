@@ -21,6 +21,7 @@
 
 #include "json.h"
 #include "quant/quant.h"
+#include "quantize.h"
 #include "safetensors.h"
 
 /* ------------------------------------------------------------ tables */
@@ -143,26 +144,34 @@ static const map_entry MAP[] = {
 };
 #undef L
 
-static const struct {
-    const char *name;
-    uint32_t type, file_type;
-} TYPES[] = {
-    {"f32", CM_TYPE_F32, 0}, {"f16", CM_TYPE_F16, 1}, {"bf16", CM_TYPE_BF16, 32},
-    {"q8_0", CM_TYPE_Q8_0, 7}, {"q4_0", CM_TYPE_Q4_0, 2},
-};
-
+/* Every target of quantize.h: f32, f16, bf16, q8_0 and the llama-quantize
+ * types (q4_0 ... q6_k, q4_k_m, ...). */
 int cm_convert_type(const char *name, uint32_t *type, uint32_t *file_type)
 {
-    for (size_t i = 0; i < sizeof TYPES / sizeof TYPES[0]; i++) {
-        if (!strcmp(name, TYPES[i].name)) {
-            if (type)
-                *type = TYPES[i].type;
-            if (file_type)
-                *file_type = TYPES[i].file_type;
-            return 0;
-        }
-    }
-    return -1;
+    const cm_qmix *m = cm_qmix_find(name);
+    if (!m)
+        return -1;
+    if (type)
+        *type = m->base;
+    if (file_type)
+        *file_type = m->ftype;
+    return 0;
+}
+
+/* The target: o->mix by name, else the one a bare type names ("q4_K" is
+ * llama.cpp's alias of q4_k_m). */
+static const cm_qmix *target_mix(const cm_convert_opts *o)
+{
+    char tb[32];
+    return cm_qmix_find(o->mix ? o->mix : cm_type_name(o->type, tb));
+}
+
+/* f32, f16, bf16 and q8_0 are the converter's own types (gguf-py's rules);
+ * the others are llama-quantize's, with its per-tensor mix. */
+static int uses_policy(const cm_qmix *m)
+{
+    return m->base != CM_TYPE_F32 && m->base != CM_TYPE_F16 && m->base != CM_TYPE_BF16 &&
+           m->base != CM_TYPE_Q8_0;
 }
 
 /* ------------------------------------------------------------ state */
@@ -192,6 +201,7 @@ typedef struct {
 
 typedef struct {
     const cm_convert_opts *o;
+    const cm_qmix *mix;        /* the target */
     const arch_info *arch;
     hparams hp;
     json_doc cfg;
@@ -412,26 +422,48 @@ static int ends_with(const char *s, const char *suf)
     return a >= b && !strcmp(s + a - b, suf);
 }
 
-/* The type a tensor is stored in: llama.cpp keeps norms, biases, 1-D
- * tensors, routers and position embeddings F32 whatever was asked, and
- * (like llama-quantize) gives the output projection of a q4_0 file Q6_K. */
-static uint32_t pick_type(const conv *c, const out_t *o, int has_output, int *fallback)
+/* The type a tensor is stored in for the converter's own types: llama.cpp
+ * keeps norms, biases, 1-D tensors, routers and position embeddings F32
+ * whatever was asked, and rows that do not fill whole blocks F16. */
+static uint32_t pick_type(const conv *c, const out_t *o, int *fallback)
 {
     const char *n = o->name;
-    uint32_t t = c->o->type;
+    uint32_t t = c->mix->base;
     *fallback = 0;
     if (o->n_dims <= 1 || ends_with(n, "_norm.weight") || !ends_with(n, ".weight") ||
         ends_with(n, "ffn_gate_inp.weight") || ends_with(n, "ffn_gate_inp_shexp.weight") ||
         !strcmp(n, "position_embd.weight"))
         return CM_TYPE_F32;
-    if (t == CM_TYPE_Q4_0 && (!strcmp(n, "output.weight") ||
-                              (!has_output && !strcmp(n, "token_embd.weight"))))
-        t = o->ne[0] % 256 == 0 ? CM_TYPE_Q6_K : CM_TYPE_Q8_0;
     if (cm_row_bytes(t, o->ne[0]) == 0) {
         *fallback = 1;
         return CM_TYPE_F16; /* llama.cpp's converter falls back to F16 too */
     }
     return t;
+}
+
+/* The llama-quantize types: the F32 file the converter would write, then
+ * quantize.h's policy (the output projection q6_K, the mixes' extra bits,
+ * llama.cpp's fallbacks). */
+static cm_status policy_types(conv *c, cm_err *err)
+{
+    cm_qmodel m = {.n_layer = (int)c->hp.n_layer, .n_head = (int)c->hp.n_head,
+                   .n_head_kv = (int)c->hp.n_head_kv, .n_expert = (int)c->hp.n_expert};
+    snprintf(m.arch, sizeof m.arch, "%s", c->arch->gguf);
+    cm_qtensor *q = calloc(c->n_out ? c->n_out : 1, sizeof *q);
+    if (!q)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < c->n_out; i++) {
+        const out_t *o = &c->outs[i];
+        q[i] = (cm_qtensor){.name = o->name, .n_dims = o->n_dims, .src_type = CM_TYPE_F32,
+                            .ne = {o->ne[0], o->ne[1], o->ne[2], 1}};
+    }
+    cm_status s = cm_quantize_choose(c->mix, &m, 0, q, c->n_out, err);
+    for (size_t i = 0; !s && i < c->n_out; i++) {
+        c->outs[i].type = q[i].type;
+        c->outs[i].fallback = q[i].fallback;
+    }
+    free(q);
+    return s;
 }
 
 static const out_t *find_out(const conv *c, const char *name);
@@ -693,54 +725,14 @@ static cm_status plan_all(conv *c, cm_err *err)
                            (long long)(3 * h->n_expert));
     if ((s = check_required(c, err)))
         return s;
-    int has_output = find_out(c, "output.weight") != NULL;
+    if (uses_policy(c->mix))
+        return policy_types(c, err);
     for (size_t i = 0; i < c->n_out; i++)
-        c->outs[i].type = pick_type(c, &c->outs[i], has_output, &c->outs[i].fallback);
+        c->outs[i].type = pick_type(c, &c->outs[i], &c->outs[i].fallback);
     return CM_OK;
 }
 
 /* ------------------------------------------------------------ data */
-
-/* Q8_0 weights exactly as llama.cpp writes them (gguf-py's quantizer and
- * ggml's quantize_row_q8_0_ref): d = amax / 127, q = round half away from
- * zero.  cm_quantize_row rounds half to even, like ggml's SIMD activation
- * quantizer, which differs on exact .5 ties; this keeps our q8_0 files
- * byte-identical to llama.cpp's. */
-static void q8_0_row(const float *x, uint8_t *dst, int64_t n)
-{
-    for (int64_t b = 0; b < n / 32; b++, x += 32, dst += 34) {
-        float amax = 0.0f;
-        for (int j = 0; j < 32; j++)
-            amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
-        float d = amax / 127, id = d != 0.0f ? 1.0f / d : 0.0f;
-        uint16_t h = cm_f32_to_f16(d);
-        memcpy(dst, &h, 2);
-        for (int j = 0; j < 32; j++)
-            dst[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
-    }
-}
-
-static void encode_row(uint32_t type, const float *x, uint8_t *dst, int64_t n)
-{
-    uint16_t h;
-    switch (type) {
-    case CM_TYPE_Q8_0:
-        q8_0_row(x, dst, n);
-        break;
-    case CM_TYPE_F32:
-        memcpy(dst, x, (size_t)n * sizeof *x);
-        break;
-    case CM_TYPE_F16:
-    case CM_TYPE_BF16:
-        for (int64_t i = 0; i < n; i++) {
-            h = type == CM_TYPE_F16 ? cm_f32_to_f16(x[i]) : cm_f32_to_bf16(x[i]);
-            memcpy(dst + 2 * i, &h, 2);
-        }
-        break;
-    default:
-        cm_quantize_row((enum cm_type)type, x, dst, n);
-    }
-}
 
 /* HF stores each head's rotary pairs as halves (x[i], x[i + d/2]); llama's
  * GGUF layout interleaves them (x[2i], x[2i + 1]).  Output row r of a head
@@ -776,7 +768,8 @@ static cm_status fill_out(void *ctx, void *dst, uint64_t nbytes, cm_err *err)
             const st_tensor *t = o->n_src > 1 ? o->srcs[k / rows] : o->one;
             int64_t r = k % rows, sr = o->perm_heads ? perm_row(r, rows, o->perm_heads) : r;
             st_to_f32(t, (uint64_t)(sr * len), len, buf);
-            encode_row(o->type, buf, (uint8_t *)dst + (size_t)k * rb, len);
+            /* llama.cpp's encoders (q8_0 rounds ties away from zero) */
+            cm_quantize_weights(o->type, buf, (uint8_t *)dst + (size_t)k * rb, len);
         }
         free(buf);
     }
@@ -937,10 +930,7 @@ static void gpt_style_kv(gguf_writer *w, const conv *c, uint32_t file_type)
 static cm_status write_meta(gguf_writer *w, conv *c, int *has_tok, cm_err *err)
 {
     char buf[1024];
-    uint32_t file_type = 0;
-    for (size_t i = 0; i < sizeof TYPES / sizeof TYPES[0]; i++)
-        if (TYPES[i].type == c->o->type)
-            file_type = TYPES[i].file_type;
+    uint32_t file_type = c->mix->ftype;
     gguf_writer_set_str(w, "general.architecture", c->arch->gguf);
     gguf_writer_set_str(w, "general.type", "model");
     model_name(c, buf, sizeof buf);
@@ -970,8 +960,9 @@ static cm_status add_tensors(gguf_writer *w, conv *c, uint64_t *bytes)
             return s;
         *bytes += cm_row_bytes(o->type, o->ne[0]) * (uint64_t)(o->ne[1] * o->ne[2]);
         if (o->fallback)
-            logf_(c, "warning: %s: rows of %lld are not a multiple of the %s block; stored as "
-                  "f16\n", o->name, (long long)o->ne[0], cm_type_name(c->o->type, tw));
+            logf_(c, "warning: %s: rows of %lld do not fill whole blocks of the requested "
+                  "type; stored as %s\n", o->name, (long long)o->ne[0],
+                  cm_type_name(o->type, tw));
         if (c->o->verbose)
             logf_(c, "  %-28s %-5s [%lld, %lld, %lld] <- %s%s\n", o->name,
                   cm_type_name(o->type, tb), (long long)o->ne[0], (long long)o->ne[1],
@@ -1024,10 +1015,12 @@ cm_status cm_convert(const cm_convert_opts *o, cm_convert_result *res, cm_err *e
     char tb[32];
     if (!o || !o->hf_dir || !o->out_path)
         return cm_fail(err, CM_E_USAGE, "convert needs a folder and an output path");
-    if (o->type != CM_TYPE_F32 && o->type != CM_TYPE_F16 && o->type != CM_TYPE_BF16 &&
-        o->type != CM_TYPE_Q8_0 && o->type != CM_TYPE_Q4_0)
-        return cm_fail(err, CM_E_USAGE, "cannot convert to %s (use f32, f16, bf16, q8_0 or q4_0)",
-                       cm_type_name(o->type, tb));
+    if (!(c.mix = target_mix(o))) {
+        char names[512];
+        cm_qmix_names(names, sizeof names);
+        return cm_fail(err, CM_E_USAGE, "cannot convert to %s (use one of %s)",
+                       o->mix ? o->mix : cm_type_name(o->type, tb), names);
+    }
     gguf_writer *w = NULL;
     cm_status s = open_inputs(&c, err);
     if (!s)
@@ -1044,7 +1037,7 @@ cm_status cm_convert(const cm_convert_opts *o, cm_convert_result *res, cm_err *e
     }
     if (!s) {
         logf_(&c, "wrote %s: %s, %zu tensors, %.2f MiB of %s weights%s\n", o->out_path,
-              c.arch->gguf, c.n_out, bytes / 1048576.0, cm_type_name(o->type, tb),
+              c.arch->gguf, c.n_out, bytes / 1048576.0, c.mix->name,
               has_tok ? "" : ", no tokenizer");
         if (res) {
             memset(res, 0, sizeof *res);

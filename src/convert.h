@@ -23,7 +23,11 @@
 typedef struct {
     const char *hf_dir;
     const char *out_path;
-    uint32_t type;   /* CM_TYPE_F32, F16, BF16, Q8_0 or Q4_0 */
+    uint32_t type;   /* CM_TYPE_F32, F16, BF16, Q8_0, Q4_0 ... Q6_K (a K type means
+                        its _m mix) */
+    const char *mix; /* or a target of quantize.h by name ("q4_k_s"); wins over
+                        type.  f32/f16/bf16/q8_0 follow llama.cpp's converter,
+                        the others llama-quantize's per-tensor types */
     FILE *log;       /* warnings and the summary; NULL for silence */
     int verbose;     /* also one line per tensor */
 } cm_convert_opts;
@@ -39,8 +43,9 @@ typedef struct {
 /* res may be NULL. */
 cm_status cm_convert(const cm_convert_opts *o, cm_convert_result *res, cm_err *err);
 
-/* "f32", "f16", "bf16", "q8_0", "q4_0" -> type id and llama.cpp's
- * general.file_type; returns 0, or -1 for an unknown name. */
+/* A target name ("f16", "q8_0", "q4_k_m", ... see quantize.h) -> the type
+ * most weights get and llama.cpp's general.file_type; returns 0, or -1 for
+ * an unknown name. */
 int cm_convert_type(const char *name, uint32_t *type, uint32_t *file_type);
 
 /* ---- internal, shared by convert.c and hf_tokenizer.c ---- */

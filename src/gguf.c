@@ -1262,3 +1262,28 @@ out:
     free(b);
     return st;
 }
+
+/* The same file as gguf_writer_finish, written straight into an open
+ * descriptor (e.g. a memfd, so a sweep can quantize a model in memory and
+ * load it from /proc/self/fd/N).  No temporary file: the caller owns fd. */
+cm_status gguf_writer_finish_fd(gguf_writer *w, int fd, cm_err *err)
+{
+    cm_status st;
+    if (!w || fd < 0)
+        return cm_fail(err, CM_E_USAGE, "gguf_writer_finish_fd: no writer or descriptor");
+    if (w->pending.code)
+        return cm_fail(err, w->pending.code, "%s", w->pending.msg);
+    if ((st = plan_tensors(w, err)))
+        return st;
+    wbuf *b = calloc(1, sizeof *b);
+    if (!b)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    b->fd = fd;
+    write_meta(b, w);
+    st = write_data(b, w, err);
+    wb_flush(b);
+    if (!st && b->err_no)
+        st = cm_fail(err, CM_E_IO, "cannot write the model: %s", strerror(b->err_no));
+    free(b);
+    return st;
+}

@@ -120,5 +120,7 @@ cm_status gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type
                                  uint32_t n_dims, const int64_t *ne,
                                  const void *data, gguf_fill_fn fill, void *fill_ctx);
 cm_status gguf_writer_finish(gguf_writer *w, const char *path, cm_err *err);
+/* Writes the same bytes into an open descriptor (no temporary file). */
+cm_status gguf_writer_finish_fd(gguf_writer *w, int fd, cm_err *err);
 
 #endif

@@ -17,6 +17,7 @@ static const char USAGE[] =
     "  perplexity  perplexity (and KL divergence against a base) on a text or the code corpus\n"
     "  convert     convert a Hugging Face folder (safetensors) to GGUF\n"
     "  pack        build a language-expert pack from per-language models\n"
+    "  quantize    requantize a GGUF to q4_k_m, q8_0, ... (llama-quantize's types)\n"
     "\n"
     "`codemoe COMMAND --help` describes each command.\n"
     "environment: CODEMOE_ISA=scalar|avx2|avx512 forces a kernel set.\n";
@@ -31,6 +32,7 @@ int main(int argc, char **argv)
         {"perplexity", cli_perplexity},
         {"convert", cli_convert},
         {"pack", cli_pack},
+        {"quantize", cli_quantize},
     };
     if (argc < 2) {
         fputs(USAGE, stderr);

@@ -1061,7 +1061,7 @@ static void test_cli(void)
     char out[1100];
     snprintf(out, sizeof out, "%s/cli.gguf", tmp);
     char *a1[] = {"convert", NULL};
-    char *a2[] = {"convert", (char *)hf("llama"), "-o", out, "--type", "q5_1", NULL};
+    char *a2[] = {"convert", (char *)hf("llama"), "-o", out, "--type", "q7_x", NULL};
     char *a3[] = {"convert", "/nonexistent", "-o", out, NULL};
     char *a4[] = {"convert", (char *)hf("llama"), "-o", out, "--type", "q8_0", NULL};
     printf("CLI (the error lines below are expected):\n");
