@@ -18,6 +18,7 @@ static const char USAGE[] =
     "  convert     convert a Hugging Face folder (safetensors) to GGUF\n"
     "  pack        build a language-expert pack from per-language models\n"
     "  quantize    requantize a GGUF to q4_k_m, q8_0, ... (llama-quantize's types)\n"
+    "  bench       prompt and generation speed against the memory-bandwidth bound\n"
     "\n"
     "`codemoe COMMAND --help` describes each command.\n"
     "environment: CODEMOE_ISA=scalar|avx2|avx512 forces a kernel set.\n";
@@ -33,6 +34,7 @@ int main(int argc, char **argv)
         {"convert", cli_convert},
         {"pack", cli_pack},
         {"quantize", cli_quantize},
+        {"bench", cli_bench},
     };
     if (argc < 2) {
         fputs(USAGE, stderr);

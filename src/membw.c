@@ -11,20 +11,13 @@
 #endif
 
 /* 64-byte vectors through GCC/Clang vector extensions: one AVX-512 load
- * where the clone below allows it, two AVX2 or four SSE2 loads otherwise. */
+ * in the variant compiled for it, two AVX2 or four SSE2 loads otherwise. */
 typedef uint64_t cm_v8u64 __attribute__((vector_size(64), aligned(64)));
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__ELF__)
-#define CM_BW_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define CM_BW_CLONES
-#endif
 
 /* Sums n vectors with four independent accumulators so the loop is bound
  * by memory, not by the latency of one add chain.  Integer adds keep the
  * compiler free to vectorize without -ffast-math. */
-CM_BW_CLONES
-static uint64_t sum_vectors(const cm_v8u64 *p, size_t n)
+static inline __attribute__((always_inline)) uint64_t sum_body(const cm_v8u64 *p, size_t n)
 {
     cm_v8u64 a = {0}, b = {0}, c = {0}, d = {0};
     size_t i = 0;
@@ -43,6 +36,42 @@ static uint64_t sum_vectors(const cm_v8u64 *p, size_t n)
     return s;
 }
 
+typedef uint64_t (*sum_fn)(const cm_v8u64 *p, size_t n);
+
+static uint64_t sum_generic(const cm_v8u64 *p, size_t n)
+{
+    return sum_body(p, n);
+}
+
+/* The widest loads this CPU has, chosen at run time rather than through
+ * ifunc (target_clones), which sanitizer builds handle poorly. */
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx512f"))) static uint64_t sum_avx512(const cm_v8u64 *p, size_t n)
+{
+    return sum_body(p, n);
+}
+
+__attribute__((target("avx2"))) static uint64_t sum_avx2(const cm_v8u64 *p, size_t n)
+{
+    return sum_body(p, n);
+}
+
+static sum_fn pick_sum(void)
+{
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f"))
+        return sum_avx512;
+    if (__builtin_cpu_supports("avx2"))
+        return sum_avx2;
+    return sum_generic;
+}
+#else
+static sum_fn pick_sum(void)
+{
+    return sum_generic;
+}
+#endif
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -51,7 +80,7 @@ static double now_s(void)
 }
 
 /* One timed pass: every thread sums its own contiguous slice. */
-static double timed_pass(const cm_v8u64 *v, size_t n, int threads, uint64_t *sink)
+static double timed_pass(sum_fn sum, const cm_v8u64 *v, size_t n, int threads, uint64_t *sink)
 {
     uint64_t total = 0;
     double t0 = now_s();
@@ -63,7 +92,7 @@ static double timed_pass(const cm_v8u64 *v, size_t n, int threads, uint64_t *sin
         id = omp_get_thread_num();
 #endif
         size_t lo = n * (size_t)id / (size_t)nt, hi = n * (size_t)(id + 1) / (size_t)nt;
-        total += sum_vectors(v + lo, hi - lo);
+        total += sum(v + lo, hi - lo);
     }
     double dt = now_s() - t0;
     *sink += total;
@@ -93,10 +122,11 @@ double cm_measure_read_bw(size_t bytes, int threads, int reps)
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (size_t i = 0; i < n; i++)
         memset(&v[i], (int)(i & 0x7f) | 1, sizeof v[i]);
+    sum_fn sum = pick_sum();
     uint64_t sink = 0;
     double best = 1e30;
     for (int r = 0; r < (reps < 1 ? 1 : reps); r++) {
-        double dt = timed_pass(v, n, threads, &sink);
+        double dt = timed_pass(sum, v, n, threads, &sink);
         best = dt < best ? dt : best;
     }
     /* The checksum escapes through a volatile store, so the sums are live. */

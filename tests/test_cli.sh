@@ -36,7 +36,7 @@ expect() {
 # ---- usage errors exit 2 ----
 expect 0 "top-level help" -- "$CODEMOE" --help
 expect 2 "unknown command" -- "$CODEMOE" frobnicate
-for cmd in run info logits tokenize; do
+for cmd in run info logits tokenize perplexity convert pack quantize bench; do
     expect 0 "$cmd --help" -- "$CODEMOE" $cmd --help
     grep -q "usage: codemoe $cmd" "$TMP/out" || fail "$cmd --help has no usage line"
 done

@@ -5,6 +5,7 @@
  * downloaded.  Tensors are generated and quantized one at a time inside the
  * GGUF writer's fill callback, so peak memory is about one tensor. */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,8 @@ static const char HELP[] =
     "      --vocab FILE      copy the tokenizer from this GGUF (so `codemoe run`\n"
     "                        works); the vocabulary size follows it\n"
     "      --seed N          random seed (default 1234); same seed, same file\n"
+    "      --dry-run         list the tensors, their types and the sizes; write\n"
+    "                        nothing (-o not needed)\n"
     "  dimensions (override the preset):\n"
     "      --n-embd N  --n-layer N  --n-head N  --n-head-kv N  --n-ff N\n"
     "      --n-vocab N  --n-ctx N  --n-expert N  --n-expert-used N\n"
@@ -77,6 +80,7 @@ typedef struct {
     const gm_ftype *ft;
     const char *out, *vocab;
     uint64_t seed;
+    int dry_run;
 } gm_opts;
 
 /* ------------------------------------------------------------ types */
@@ -114,10 +118,10 @@ static uint32_t choose_type(const gm_opts *o, gm_role role, int il, int64_t ne0)
         return fit_row(base, ne0);
     if (role == R_OUTPUT && base != CM_TYPE_Q8_0)
         t = ne0 % 256 ? CM_TYPE_Q8_0 : CM_TYPE_Q6_K;
-    else if (kq && role == R_V)
-        t = moe8 ? CM_TYPE_Q8_0 : use_more_bits(il, o->d.n_layer) ? CM_TYPE_Q6_K : t;
-    else if (kq && role == R_K && moe8)
-        t = CM_TYPE_Q8_0;
+    else if ((role == R_K || role == R_V) && moe8)
+        t = CM_TYPE_Q8_0; /* llama.cpp's rule for 8-expert models, any quantized mix */
+    else if (kq && role == R_V && use_more_bits(il, o->d.n_layer))
+        t = CM_TYPE_Q6_K;
     else if (kq && role == R_O && moe8)
         t = CM_TYPE_Q5_K;
     else if (kq && role == R_DOWN && use_more_bits(il, o->d.n_layer))
@@ -207,22 +211,23 @@ static cm_status plan_model(const gm_opts *o, gm_tensor **out, int *n_out, cm_er
 
 /* ------------------------------------------------------------ values */
 
-static double uniform01(uint64_t *s)
+static float uniform01(uint64_t *s)
 {
     *s = mix64(*s);
-    return ((*s >> 11) + 0.5) * (1.0 / 9007199254740992.0); /* in (0, 1) */
+    return ((uint32_t)(*s >> 40) + 0.5f) * (1.0f / 16777216.0f); /* in (0, 1) */
 }
 
-/* n values N(0, 0.02) by Box-Muller; the row's own seed makes the result
- * independent of how rows are spread over threads. */
+/* n values N(0, 0.02) by Box-Muller in single precision (ample for random
+ * weights); the row's own seed makes the result independent of how rows
+ * are spread over threads. */
 static void random_row(float *x, int64_t n, uint64_t seed)
 {
     uint64_t s = seed;
     for (int64_t i = 0; i < n; i += 2) {
-        double r = 0.02 * sqrt(-2.0 * log(uniform01(&s))), a = 6.283185307179586 * uniform01(&s);
-        x[i] = (float)(r * cos(a));
+        float r = 0.02f * sqrtf(-2.0f * logf(uniform01(&s))), a = 6.2831853f * uniform01(&s);
+        x[i] = r * cosf(a);
         if (i + 1 < n)
-            x[i + 1] = (float)(r * sin(a));
+            x[i + 1] = r * sinf(a);
     }
 }
 
@@ -255,4 +260,232 @@ static cm_status fill_tensor(void *ctx, void *dst, uint64_t nbytes, cm_err *err)
     if (bad)
         return cm_fail(err, CM_E_NOMEM, "%s: cannot generate the tensor", t->name);
     return CM_OK;
+}
+
+/* ------------------------------------------------------------ metadata */
+
+static int not_tokenizer(const char *key, void *ctx)
+{
+    (void)ctx;
+    return strncmp(key, "tokenizer.", 10) != 0;
+}
+
+static void set_hparams(gguf_writer *w, const gm_opts *o)
+{
+    const gm_dims *d = &o->d;
+    char name[96];
+    snprintf(name, sizeof name, "random %s %s", d->name, o->ft->name);
+    gguf_writer_set_str(w, "general.architecture", "llama");
+    gguf_writer_set_str(w, "general.name", name);
+    gguf_writer_set_u32(w, "general.file_type", o->ft->file_type);
+    if (o->ft->base != CM_TYPE_F32 && o->ft->base != CM_TYPE_F16)
+        gguf_writer_set_u32(w, "general.quantization_version", 2);
+    gguf_writer_set_u32(w, "llama.context_length", (uint32_t)d->n_ctx);
+    gguf_writer_set_u32(w, "llama.embedding_length", (uint32_t)d->n_embd);
+    gguf_writer_set_u32(w, "llama.block_count", (uint32_t)d->n_layer);
+    gguf_writer_set_u32(w, "llama.feed_forward_length", (uint32_t)d->n_ff);
+    gguf_writer_set_u32(w, "llama.attention.head_count", (uint32_t)d->n_head);
+    gguf_writer_set_u32(w, "llama.attention.head_count_kv", (uint32_t)d->n_head_kv);
+    gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    gguf_writer_set_f32(w, "llama.rope.freq_base", 10000.0f);
+    gguf_writer_set_u32(w, "llama.rope.dimension_count", (uint32_t)(d->n_embd / d->n_head));
+    gguf_writer_set_u32(w, "llama.vocab_size", (uint32_t)d->n_vocab);
+    if (d->n_expert > 0) {
+        gguf_writer_set_u32(w, "llama.expert_count", (uint32_t)d->n_expert);
+        gguf_writer_set_u32(w, "llama.expert_used_count", (uint32_t)d->n_expert_used);
+    }
+}
+
+/* Opens the vocabulary file and sizes the model to its token list. */
+static cm_status open_vocab(gm_opts *o, int vocab_given, gguf_file *vf, cm_err *err)
+{
+    cm_status s = gguf_open(o->vocab, vf, err);
+    if (s)
+        return s;
+    const gguf_kv *kv = gguf_find(vf, "tokenizer.ggml.tokens");
+    if (!kv || kv->type != GGUF_ARRAY || kv->arr_type != GGUF_STRING || kv->arr_n == 0)
+        return cm_fail(err, CM_E_FORMAT, "%s: no tokenizer.ggml.tokens array", o->vocab);
+    if (kv->arr_n > (1u << 24))
+        return cm_fail(err, CM_E_FORMAT, "%s: %llu tokens is too many", o->vocab,
+                       (unsigned long long)kv->arr_n);
+    if (!vocab_given)
+        o->d.n_vocab = (int)kv->arr_n;
+    else if ((uint64_t)o->d.n_vocab < kv->arr_n)
+        return cm_fail(err, CM_E_USAGE, "option --n-vocab: %d is smaller than the %llu tokens of %s",
+                       o->d.n_vocab, (unsigned long long)kv->arr_n, o->vocab);
+    return CM_OK;
+}
+
+/* Sizes of what was (or, with --dry-run, would be) written. */
+static void print_summary(const gm_opts *o, const gm_tensor *t, int n)
+{
+    uint64_t bytes = 0, params = 0;
+    char tb[32];
+    for (int i = 0; i < n; i++) {
+        uint64_t el = (uint64_t)(t[i].ne[0] * t[i].ne[1] * t[i].ne[2]);
+        uint64_t nb = cm_row_bytes(t[i].type, t[i].ne[0]) * (el / (uint64_t)t[i].ne[0]);
+        params += el;
+        bytes += nb;
+        if (o->dry_run)
+            printf("  %-28s %-5s [%lld, %lld, %lld] %llu bytes\n", t[i].name,
+                   cm_type_name(t[i].type, tb), (long long)t[i].ne[0], (long long)t[i].ne[1],
+                   (long long)t[i].ne[2], (unsigned long long)nb);
+    }
+    printf("gen-model: %s %s: %s %s, %d tensors, %.2f M params, %.2f MiB of weights\n",
+           o->dry_run ? "would write" : "wrote", o->out ? o->out : "(dry run)", o->d.name,
+           o->ft->name, n, params / 1e6, bytes / 1048576.0);
+}
+
+static cm_status write_model(gm_opts *o, int vocab_given, cm_err *err)
+{
+    gguf_file vf = {0};
+    gm_tensor *t = NULL;
+    int n = 0;
+    cm_status s = CM_OK;
+    gguf_writer *w = gguf_writer_new(3);
+    if (!w)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    if (o->vocab && (s = open_vocab(o, vocab_given, &vf, err)))
+        goto out;
+    set_hparams(w, o);
+    if (o->vocab)
+        gguf_writer_copy_kv(w, &vf, not_tokenizer, NULL);
+    if ((s = plan_model(o, &t, &n, err)))
+        goto out;
+    if (o->dry_run) {
+        print_summary(o, t, n);
+        goto out;
+    }
+    for (int i = 0; i < n; i++)
+        gguf_writer_add_tensor(w, t[i].name, t[i].type, t[i].n_dims, t[i].ne, NULL, fill_tensor,
+                               &t[i]);
+    /* set/add failures are remembered by the writer and reported here */
+    if (!(s = gguf_writer_finish(w, o->out, err)))
+        print_summary(o, t, n);
+out:
+    gguf_writer_free(w);
+    free(t);
+    gguf_close(&vf);
+    return s;
+}
+
+/* ------------------------------------------------------------ options */
+
+static cm_status parse_dim(const char *a, const char *v, gm_dims *d, int *vocab_given,
+                           cm_err *err)
+{
+    static const struct {
+        const char *flag;
+        size_t off;
+        long lo, hi;
+    } DIMS[] = {
+        {"--n-embd", offsetof(gm_dims, n_embd), 2, 1 << 16},
+        {"--n-layer", offsetof(gm_dims, n_layer), 1, 1024},
+        {"--n-head", offsetof(gm_dims, n_head), 1, 1024},
+        {"--n-head-kv", offsetof(gm_dims, n_head_kv), 1, 1024},
+        {"--n-ff", offsetof(gm_dims, n_ff), 1, 1 << 18},
+        {"--n-vocab", offsetof(gm_dims, n_vocab), 1, 1 << 24},
+        {"--n-ctx", offsetof(gm_dims, n_ctx), 1, 1 << 24},
+        {"--n-expert", offsetof(gm_dims, n_expert), 0, 256},
+        {"--n-expert-used", offsetof(gm_dims, n_expert_used), 0, 256},
+    };
+    for (size_t k = 0; k < sizeof DIMS / sizeof DIMS[0]; k++)
+        if (!strcmp(a, DIMS[k].flag)) {
+            *vocab_given |= !strcmp(a, "--n-vocab");
+            d->name = "custom";
+            return arg_int(a, v, DIMS[k].lo, DIMS[k].hi, (int *)((char *)d + DIMS[k].off), err);
+        }
+    return cm_fail(err, CM_E_USAGE, "unknown option %s (see gen-model --help)", a);
+}
+
+static cm_status parse_named(const char *a, const char *v, gm_opts *o, cm_err *err)
+{
+    if (!strcmp(a, "--preset")) {
+        for (size_t k = 0; k < sizeof PRESETS / sizeof PRESETS[0]; k++)
+            if (!strcmp(v, PRESETS[k].name)) {
+                o->d = PRESETS[k];
+                return CM_OK;
+            }
+        return cm_fail(err, CM_E_USAGE, "option --preset: '%s' is not smol135m, qwen05b or moe8x",
+                       v);
+    }
+    for (size_t k = 0; k < sizeof FTYPES / sizeof FTYPES[0]; k++)
+        if (!strcmp(v, FTYPES[k].name)) {
+            o->ft = &FTYPES[k];
+            return CM_OK;
+        }
+    return cm_fail(err, CM_E_USAGE, "option --type: '%s' is not f32, f16, q8_0, q4_0 or q4_k_m",
+                   v);
+}
+
+static cm_status check_dims(const gm_dims *d, cm_err *err)
+{
+    if (d->n_embd % d->n_head || (d->n_embd / d->n_head) % 2)
+        return cm_fail(err, CM_E_USAGE, "--n-embd %d is not an even head size times %d heads",
+                       d->n_embd, d->n_head);
+    if (d->n_head % d->n_head_kv)
+        return cm_fail(err, CM_E_USAGE, "--n-head %d is not a multiple of --n-head-kv %d",
+                       d->n_head, d->n_head_kv);
+    if ((d->n_expert > 0) != (d->n_expert_used > 0) || d->n_expert_used > d->n_expert)
+        return cm_fail(err, CM_E_USAGE, "--n-expert-used %d does not fit --n-expert %d",
+                       d->n_expert_used, d->n_expert);
+    return CM_OK;
+}
+
+/* The preset applies first wherever it appears, so dimension flags on
+ * either side of it override it. */
+static cm_status parse_args(int argc, char **argv, gm_opts *o, int *vocab_given, int *help,
+                            cm_err *err)
+{
+    cm_status s = CM_OK;
+    for (int i = 1; i + 1 < argc && !s; i++)
+        if (!strcmp(argv[i], "--preset"))
+            s = parse_named(argv[i], argv[i + 1], o, err);
+    for (int i = 1; i < argc && !s; i++) {
+        const char *a = argv[i], *v;
+        if (arg_is(a, "-h", "--help")) {
+            *help = 1;
+            return CM_OK;
+        }
+        if (!strcmp(a, "--dry-run")) {
+            o->dry_run = 1;
+            continue;
+        }
+        if ((s = arg_value(argc, argv, &i, &v, err)) || !strcmp(a, "--preset"))
+            continue;
+        if (arg_is(a, "-o", "--output"))
+            o->out = v;
+        else if (!strcmp(a, "--type"))
+            s = parse_named(a, v, o, err);
+        else if (!strcmp(a, "--vocab"))
+            o->vocab = v;
+        else if (!strcmp(a, "--seed"))
+            s = arg_u64(a, v, &o->seed, err);
+        else
+            s = parse_dim(a, v, &o->d, vocab_given, err);
+    }
+    if (!s && !*help && !o->out && !o->dry_run)
+        s = cm_fail(err, CM_E_USAGE, "gen-model needs -o OUT.gguf (see gen-model --help)");
+    if (!s && !*help)
+        s = check_dims(&o->d, err);
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    gm_opts o = {.d = PRESETS[0], .ft = &FTYPES[1], .seed = 1234};
+    int vocab_given = 0, help = 0;
+    cm_err err = {0};
+    cm_status s = parse_args(argc, argv, &o, &vocab_given, &help, &err);
+    if (!s && help) {
+        fputs(HELP, stdout);
+        return 0;
+    }
+    if (!s)
+        s = write_model(&o, vocab_given, &err);
+    if (s) {
+        fprintf(stderr, "gen-model: %s\n", err.msg);
+        return cm_exit_code(s);
+    }
+    return 0;
 }
