@@ -393,6 +393,191 @@ static void test_matmul_once(void)
     check_matmul(CM_TYPE_Q4_0, 4096, 67, 17); /* several row tiles */
 }
 
+/* ---- (c') batched products against the references ---------------------- */
+
+/* Fills a canary region and checks it later: scratch must fit in
+ * cm_matmul_scratch_bytes() and y in n_tok * rows floats. */
+#define CANARY 256
+static void canary_set(void *p) { memset(p, 0xA5, CANARY); }
+static int canary_ok(const void *p)
+{
+    const unsigned char *c = p;
+    for (int i = 0; i < CANARY; i++)
+        if (c[i] != 0xA5)
+            return 0;
+    return 1;
+}
+
+/* Per-token references for up to max_tok activation rows: ref[t*rows+r]
+ * from cm_vec_dot_ref on scalar-quantized activations, tol the same
+ * summation-error bound as check_dot. */
+static void batched_refs(enum cm_type t, const void *w, int64_t cols, int64_t rows,
+                         const float *x, int64_t max_tok, double *ref, double *tol)
+{
+    enum cm_type dt = dot_type(t);
+    size_t rb = cm_row_bytes(t, cols);
+    void *xq = malloc(cm_row_bytes(dt, cols)), *w0 = malloc(rb);
+    float *xd = malloc(cols * sizeof(float)), *wd = malloc(cols * sizeof(float));
+    float *wmag = malloc(rows * cols * sizeof(float)); /* |w| + |offset| per element */
+    double terms = blk(t) == 1 ? cols / 8.0 : (double)(cols / blk(t));
+    for (int64_t r = 0; r < rows; r++) { /* as dot_magnitude, once per row */
+        memcpy(w0, (const char *)w + r * rb, rb);
+        zero_levels(t, w0, cols);
+        cm_dequantize_row(t, (const char *)w + r * rb, wd, cols);
+        cm_dequantize_row(t, w0, wmag + r * cols, cols);
+        for (int64_t i = 0; i < cols; i++)
+            wmag[r * cols + i] = fabsf(wmag[r * cols + i]) + fabsf(wd[i]);
+    }
+    for (int64_t tk = 0; tk < max_tok; tk++) {
+        cm_quantize_row(dt, x + tk * cols, xq, cols);
+        cm_dequantize_row(dt, xq, xd, cols);
+        for (int64_t r = 0; r < rows; r++) {
+            double mag = 0;
+            for (int64_t i = 0; i < cols; i++)
+                mag += (double)wmag[r * cols + i] * fabsf(xd[i]);
+            ref[tk * rows + r] = cm_vec_dot_ref(t, cols, (const char *)w + r * rb, xq);
+            tol[tk * rows + r] = 4e-7 * (8 + terms) * mag + 1e-37;
+        }
+    }
+    free(xq), free(w0), free(xd), free(wd), free(wmag);
+}
+
+/* cm_matmul of the first n_tok rows of x, every output within tolerance of
+ * the per-token reference; scratch and y checked for overruns. */
+static int batched_run(const cm_tensor *tw, const float *x, int64_t n_tok,
+                       const double *ref, const double *tol)
+{
+    int64_t rows = tw->ne[1];
+    size_t sb = cm_matmul_scratch_bytes(tw, n_tok);
+    char *scratch = NULL, *y = malloc(rows * n_tok * sizeof(float) + CANARY);
+    if (posix_memalign((void **)&scratch, 64, sb + CANARY) != 0)
+        abort();
+    canary_set(scratch + sb);
+    canary_set(y + rows * n_tok * sizeof(float));
+    cm_matmul(tw, x, n_tok, (float *)y, scratch);
+    int bad = !canary_ok(scratch + sb) || !canary_ok(y + rows * n_tok * sizeof(float));
+    for (int64_t i = 0; i < rows * n_tok; i++) {
+        float got = ((float *)y)[i];
+        bad += !(fabs(got - ref[i]) <= tol[i]) || isfinite(got) != isfinite(ref[i]);
+    }
+    free(scratch), free(y);
+    return bad;
+}
+
+/* n_tok = 1..max_tok (random data), then every weight/activation kind at
+ * one batch size, for one type and shape. */
+static void check_batched(enum cm_type t, int64_t cols, int64_t rows, int64_t max_tok)
+{
+    size_t rb = cm_row_bytes(t, cols);
+    void *w = malloc(rb * rows);
+    float *x = malloc(cols * max_tok * sizeof(float));
+    double *ref = malloc(rows * max_tok * sizeof(double)), *tol = malloc(rows * max_tok * sizeof(double));
+    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows};
+    for (int wk = 0; wk < W_NKINDS; wk++) {
+        for (int xk = 0; xk < X_NKINDS; xk++) {
+            if ((wk != W_RANDOM || xk != X_RANDOM) && (wk == W_RANDOM) == (xk == X_RANDOM))
+                continue; /* random x random, and each adversarial kind against random */
+            fill_weights(t, w, cols * rows, (enum wkind)wk);
+            fill_acts(x, cols * max_tok, (enum xkind)xk);
+            batched_refs(t, w, cols, rows, x, max_tok, ref, tol);
+            int64_t lo = wk == W_RANDOM && xk == X_RANDOM ? 1 : max_tok;
+            for (int64_t n = lo; n <= max_tok; n++) {
+                int bad = batched_run(&tw, x, n, ref, tol);
+                CHECK(bad == 0, "%s batched %s %lldx%lld n_tok=%lld w=%s x=%s: %d wrong",
+                      cm_kern.isa, tname(t), (long long)rows, (long long)cols, (long long)n,
+                      wkind_name[wk], xkind_name[xk], bad);
+            }
+        }
+    }
+    free(w), free(x), free(ref), free(tol);
+}
+
+static void test_batched_once(void)
+{
+    for (int k = 0; k < N_TYPES; k++) {
+        enum cm_type t = all_types[k];
+        if (t == CM_TYPE_Q8_K)
+            continue; /* not a weight type models use; its dot is tested above */
+        int64_t cols = blk(t) == 1 ? 37 : blk(t) == 32 ? 96 : 512;
+        check_batched(t, cols, 37, 40); /* odd rows: a partial 16-row tile */
+        check_batched(t, cols, 1, 20);
+    }
+    check_batched(CM_TYPE_F16, 100, 33, 70);  /* past the BLAS threshold */
+    check_batched(CM_TYPE_F32, 129, 17, 70);
+    check_batched(CM_TYPE_Q4_K, 1024, 50, 34); /* several tiles and groups */
+    check_batched(CM_TYPE_Q8_0, 1024, 50, 34);
+}
+
+/* ---- (c'') attention helpers ------------------------------------------------ */
+
+static void check_helpers_type(enum cm_type t, int64_t n, const struct cm_kernels *ref)
+{
+    size_t rb = cm_row_bytes(t, n);
+    void *row = malloc(rb);
+    float *x = malloc(n * sizeof(float)), *o1 = malloc(n * sizeof(float)),
+          *o2 = malloc(n * sizeof(float)), *v = malloc(n * sizeof(float));
+    fill_weights(t, row, n, W_RANDOM);
+    fill_normal(x, n, 1.0f);
+    fill_normal(o1, n, 1.0f);
+    memcpy(o2, o1, n * sizeof(float));
+    cm_dequantize_row(t, row, v, n);
+    float a = rnd_normal();
+    ref->axpy[t](n, a, row, o1);
+    cm_axpy_f(t, n, a, row, o2);
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++)
+        bad += !(fabsf(o1[i] - o2[i]) <= 1e-6f * (fabsf(o1[i]) + fabsf(a * v[i])) + 1e-30f);
+    CHECK(bad == 0, "%s axpy %s n=%lld: %d wrong", cm_kern.isa, tname(t), (long long)n, bad);
+    if (t != CM_TYPE_Q8_0) {
+        double mag = 0;
+        for (int64_t i = 0; i < n; i++)
+            mag += fabs((double)v[i] * x[i]);
+        float got = cm_dot_f(t, n, row, x), want = cm_vec_dot_ref(t, n, row, x);
+        CHECK(fabs(got - want) <= 3e-7 * (8 + n / 8.0) * mag + 1e-30,
+              "%s dot_f %s n=%lld: got %.9g want %.9g", cm_kern.isa, tname(t), (long long)n,
+              got, want);
+        float *f = malloc(n * sizeof(float));
+        cm_kern.to_float[t](row, f, n);
+        CHECK(memcmp(f, v, n * sizeof(float)) == 0, "%s to_float %s n=%lld", cm_kern.isa,
+              tname(t), (long long)n);
+        free(f);
+    }
+    free(row), free(x), free(o1), free(o2), free(v);
+}
+
+/* Q8_0 KV rows: quantizer byte-identical to the reference, dot as vec_dot */
+static void check_q8_0_kv(int64_t n)
+{
+    float *x = malloc(n * sizeof(float)), *k = malloc(n * sizeof(float));
+    size_t rb = cm_row_bytes(CM_TYPE_Q8_0, n);
+    void *q1 = malloc(rb), *q2 = malloc(rb), *kq = malloc(rb);
+    fill_normal(x, n, 3.0f);
+    fill_normal(k, n, 1.0f);
+    cm_quantize_row(CM_TYPE_Q8_0, x, q1, n);
+    cm_quantize_row_q8_0(x, q2, n);
+    CHECK(memcmp(q1, q2, rb) == 0, "%s cm_quantize_row_q8_0 n=%lld", cm_kern.isa, (long long)n);
+    cm_quantize_row(CM_TYPE_Q8_0, k, kq, n);
+    float got = cm_vec_dot(CM_TYPE_Q8_0, n, kq, q2), want = cm_vec_dot_ref(CM_TYPE_Q8_0, n, kq, q1);
+    CHECK(fabsf(got - want) <= 1e-5f * (fabsf(want) + n), "%s cm_vec_dot q8_0 n=%lld: %g vs %g",
+          cm_kern.isa, (long long)n, got, want);
+    free(x), free(k), free(q1), free(q2), free(kq);
+}
+
+static void test_helpers_once(void)
+{
+    struct cm_kernels ref;
+    cm_kernels_scalar(&ref);
+    static const int64_t ns[] = {1, 5, 16, 31, 64, 100, 128, 257};
+    static const enum cm_type ft[] = {CM_TYPE_F32, CM_TYPE_F16, CM_TYPE_BF16};
+    for (int i = 0; i < 8; i++)
+        for (int k = 0; k < 3; k++)
+            check_helpers_type(ft[k], ns[i], &ref);
+    for (int64_t n = 32; n <= 256; n += 32) {
+        check_helpers_type(CM_TYPE_Q8_0, n, &ref);
+        check_q8_0_kv(n);
+    }
+}
+
 static void test_isas(void)
 {
     static const char *isas[] = {"scalar", "avx2", "avx512"};
@@ -408,7 +593,9 @@ static void test_isas(void)
         int before = failures;
         test_kernels_once();
         test_matmul_once();
-        printf("  isa %-6s: kernels and matmul %s\n", isas[i],
+        test_batched_once();
+        test_helpers_once();
+        printf("  isa %-6s: kernels, matmul, batched, helpers %s\n", isas[i],
                failures == before ? "ok" : "FAILED");
     }
     /* the AVX-512 kernels without VNNI (for CPUs like Skylake-SP), built
@@ -422,7 +609,9 @@ static void test_isas(void)
         cm_kern = k;
         test_kernels_once();
         test_matmul_once();
-        printf("  isa avx512 without vnni: kernels and matmul %s\n",
+        test_batched_once();
+        test_helpers_once();
+        printf("  isa avx512 without vnni: kernels, matmul, batched, helpers %s\n",
                failures == before ? "ok" : "FAILED");
     }
     setenv("CODEMOE_ISA", "bogus", 1);

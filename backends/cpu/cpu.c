@@ -128,17 +128,42 @@ const char *cm_cpu_isa(void)
 
 /* ---- matrix product ----------------------------------------------------- */
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 /* Pragmas through macros so builds without OpenMP get no unknown-pragma
  * warnings. */
 #ifdef _OPENMP
-#define OMP_FOR _Pragma("omp parallel for schedule(static)")
+#define OMP_FOR _Pragma("omp parallel for schedule(static) if (par)")
 #define OMP_FOR_TOKENS _Pragma("omp parallel for schedule(static) if (n_tok > 1)")
+#define OMP_FOR_INNER _Pragma("omp for schedule(static)")
 #else
 #define OMP_FOR
 #define OMP_FOR_TOKENS
+#define OMP_FOR_INNER
 #endif
 
 #define ALIGN64(n) (((n) + 63) & ~(size_t)63)
+
+/* Batches from this size take the table's batched kernel (cm_gemm): below
+ * it, one 16-token group would be mostly padding and the per-token dots
+ * win (measured with bench_matmul; see the gemm_min_tok comment there). */
+#define GEMM_MIN_TOK 4
+
+/* Products below this many multiply-adds run on one thread: waking the
+ * other threads and the closing barrier cost a few microseconds, more than
+ * they save (a 512 x 512 Q8_0 matrix-vector product is ~9 us on one core). */
+#define PAR_MIN_MACS ((int64_t)1 << 18)
+
+static int max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
 
 /* Bytes of one quantized activation row; 0 when activations stay float. */
 static size_t act_row_bytes(const cm_tensor *w)
@@ -149,9 +174,47 @@ static size_t act_row_bytes(const cm_tensor *w)
     return ALIGN64(cm_row_bytes(ti->dot_type, w->ne[0]));
 }
 
+/* The batched kernel cm_matmul uses for n_tok rows of w, or NULL.  The
+ * table's own kernel wins where there is one: on AVX-512 it measured faster
+ * than OpenBLAS 0.3.21's sgemm at every batch size (bench_matmul --sweep);
+ * sgemm serves F32/F16 on ISAs without a float gemm, from BLAS_MIN_TOK. */
+static const cm_gemm *pick_gemm(const cm_tensor *w, int64_t n_tok)
+{
+    if (n_tok < GEMM_MIN_TOK || w->type >= CM_TYPE_COUNT)
+        return NULL;
+    if (cm_kern.gemm[w->type])
+        return cm_kern.gemm[w->type];
+    int64_t blas_min = 0;
+    const cm_gemm *blas = cm_blas_gemm(w->type, &blas_min);
+    return blas && n_tok >= blas_min ? blas : NULL;
+}
+
+/* Scratch layout of a batched product: quantized rows | packed groups |
+ * one decode tile per thread. */
+static size_t gemm_pack_bytes(const cm_gemm *g, const cm_tensor *w, int64_t n_tok)
+{
+    if (!g->pack_bytes)
+        return 0;
+    int64_t groups = (n_tok + g->group - 1) / g->group;
+    return ALIGN64(g->pack_bytes(w->ne[0]) * (size_t)groups);
+}
+
+static size_t gemm_scratch(const cm_gemm *g, const cm_tensor *w, int64_t n_tok)
+{
+    if (!g)
+        return 0;
+    return gemm_pack_bytes(g, w, n_tok) +
+           (size_t)max_threads() * ALIGN64(g->work_bytes(w->ne[0]));
+}
+
 size_t cm_matmul_scratch_bytes(const cm_tensor *w, int64_t n_tok)
 {
-    return act_row_bytes(w) * (size_t)(n_tok > 0 ? n_tok : 0);
+    if (n_tok <= 0)
+        return 0;
+    size_t act = act_row_bytes(w) * (size_t)n_tok;
+    /* pick_gemm() for n_tok: the kernel only changes at thresholds it
+     * crosses going up, and every kernel's need grows with n_tok */
+    return ALIGN64(act) + gemm_scratch(pick_gemm(w, n_tok), w, n_tok);
 }
 
 static void no_kernel(enum cm_type type)
@@ -175,14 +238,29 @@ static void matmul_rows(cm_vec_dot_fn dot, const char *wd, size_t wrow,
                         int64_t cols, int64_t rows, const char *xq,
                         size_t xrow, int64_t n_tok, float *y)
 {
+    const int par = rows * cols * n_tok >= PAR_MIN_MACS;
+    (void)par;
     if (n_tok == 1) {
+#ifdef CM_PF_BYTES
+        /* software prefetch: the row ~CM_PF_BYTES ahead, whole; the
+         * hardware streamers stop at 4 KiB page boundaries */
+        const int64_t ahead = (int64_t)((CM_PF_BYTES + wrow - 1) / wrow);
+        OMP_FOR
+        for (int64_t r = 0; r < rows; r++) {
+            const char *pf = wd + (size_t)(r + ahead) * wrow;
+            for (size_t o = 0; o < wrow; o += 64)
+                __builtin_prefetch(pf + o, 0, 0);
+            y[r] = dot(cols, wd + (size_t)r * wrow, xq);
+        }
+#else
         OMP_FOR
         for (int64_t r = 0; r < rows; r++)
             y[r] = dot(cols, wd + (size_t)r * wrow, xq);
+#endif
         return;
     }
     const int64_t rt = row_tile(wrow), ntiles = (rows + rt - 1) / rt;
-        OMP_FOR
+    OMP_FOR
     for (int64_t tile = 0; tile < ntiles; tile++) {
         int64_t r0 = tile * rt, r1 = r0 + rt < rows ? r0 + rt : rows;
         for (int64_t t = 0; t < n_tok; t++) {
@@ -190,6 +268,65 @@ static void matmul_rows(cm_vec_dot_fn dot, const char *wd, size_t wrow,
             for (int64_t r = r0; r < r1; r++)
                 y[t * rows + r] = dot(cols, wd + (size_t)r * wrow, xt);
         }
+    }
+}
+
+/* Thread `id` of n: its share of whole 16-row tiles, so each thread streams
+ * contiguous weights and no two threads write one output cache line. */
+static void thread_rows(int64_t rows, int id, int n, int64_t *r0, int64_t *r1)
+{
+    int64_t tiles = (rows + 15) / 16;
+    *r0 = tiles * id / n * 16;
+    *r1 = tiles * (id + 1) / n * 16;
+    *r1 = *r1 < rows ? *r1 : rows;
+}
+
+/* Quantizes and packs token group i (each thread its own groups, so the
+ * quantized rows are still in L1 when packed). */
+static void gemm_group(const cm_gemm *g, cm_quantize_fn quant, int64_t cols, const float *x,
+                       int64_t n_tok, char *xq, size_t xrow, char *xp, size_t gb, int64_t i)
+{
+    int64_t t0 = i * g->group, nt = n_tok - t0 < g->group ? n_tok - t0 : g->group;
+    for (int64_t t = t0; t < t0 + nt; t++)
+        quant(x + t * cols, xq + (size_t)t * xrow, cols);
+    g->pack(cols, xq + (size_t)t0 * xrow, xrow, (int)nt, xp + (size_t)i * gb);
+}
+
+/* One parallel region with one barrier: quantize and pack the tokens, then
+ * each thread runs the batched kernel over its rows. */
+static void matmul_gemm(const cm_gemm *g, const cm_tensor *w, const float *x,
+                        int64_t n_tok, float *y, char *scratch)
+{
+    const int64_t cols = w->ne[0], rows = w->ne[1];
+    const size_t wrow = cm_row_bytes(w->type, cols), xrow = act_row_bytes(w);
+    const size_t wb = ALIGN64(g->work_bytes(cols));
+    const size_t gb = g->pack_bytes ? g->pack_bytes(cols) : 0;
+    char *xq = scratch, *xp = scratch + ALIGN64(xrow * (size_t)n_tok);
+    char *work = xp + gemm_pack_bytes(g, w, n_tok);
+    const int64_t groups = (n_tok + g->group - 1) / g->group;
+    cm_quantize_fn quant = xrow ? cm_kern.quantize[cm_type_get(w->type)->dot_type] : NULL;
+    if (xrow && (!quant || !gb))
+        no_kernel(cm_type_get(w->type)->dot_type);
+    const void *xin = gb ? (const void *)xp : (const void *)x;
+    int nth = rows * cols * n_tok >= PAR_MIN_MACS ? max_threads() : 1;
+    nth = nth < (rows + 15) / 16 ? nth : (int)((rows + 15) / 16);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nth)
+#endif
+    {
+        if (gb) {
+            OMP_FOR_INNER
+            for (int64_t i = 0; i < groups; i++)
+                gemm_group(g, quant, cols, x, n_tok, xq, xrow, xp, gb, i);
+        }
+        int id = 0, n = 1;
+#ifdef _OPENMP
+        id = omp_get_thread_num(), n = omp_get_num_threads();
+#endif
+        int64_t r0, r1;
+        thread_rows(rows, id, n, &r0, &r1);
+        if (r0 < r1)
+            g->rows(cols, w->data, wrow, r0, r1, xin, n_tok, y, rows, work + (size_t)id * wb);
     }
 }
 
@@ -203,6 +340,11 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
         no_kernel(w->type);
     if (n_tok <= 0 || rows <= 0)
         return;
+    const cm_gemm *g = pick_gemm(w, n_tok);
+    if (g) {
+        matmul_gemm(g, w, x, n_tok, y, scratch);
+        return;
+    }
     const size_t wrow = cm_row_bytes(w->type, cols);
     size_t xrow = act_row_bytes(w);
     const char *xq = scratch;
@@ -220,6 +362,46 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
             quant(x + t * cols, (char *)scratch + (size_t)t * xrow, cols);
     }
     matmul_rows(dot, w->data, wrow, cols, rows, xq, xrow, n_tok, y);
+}
+
+/* ---- attention helpers ---------------------------------------------------- */
+
+static cm_vec_dot_fn kernel_or_die(cm_vec_dot_fn f, enum cm_type type)
+{
+    if (!f)
+        no_kernel(type);
+    return f;
+}
+
+float cm_dot_f(enum cm_type type, int64_t n, const void *row, const float *x)
+{
+    /* F32/F16 rows dot float activations directly (their dot type) */
+    if (type != CM_TYPE_F32 && type != CM_TYPE_F16 && type != CM_TYPE_BF16)
+        no_kernel(type);
+    return kernel_or_die(cm_kern.vec_dot[type], type)(n, row, x);
+}
+
+void cm_axpy_f(enum cm_type type, int64_t n, float a, const void *row, float *out)
+{
+    cm_axpy_fn f = type < CM_TYPE_COUNT ? cm_kern.axpy[type] : NULL;
+    if (!f)
+        no_kernel(type);
+    f(n, a, row, out);
+}
+
+void cm_quantize_row_q8_0(const float *x, void *y, int64_t n)
+{
+    cm_quantize_fn f = cm_kern.quantize[CM_TYPE_Q8_0];
+    if (!f)
+        no_kernel(CM_TYPE_Q8_0);
+    f(x, y, n);
+}
+
+float cm_vec_dot(enum cm_type type, int64_t n, const void *w, const void *xq)
+{
+    if (type >= CM_TYPE_COUNT)
+        no_kernel(type);
+    return kernel_or_die(cm_kern.vec_dot[type], type)(n, w, xq);
 }
 
 void cm_tensor_row(const cm_tensor *w, int64_t row, float *out)

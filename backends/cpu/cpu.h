@@ -17,15 +17,42 @@
 int cm_cpu_init(char *err_msg, size_t err_len);
 const char *cm_cpu_isa(void);
 
-/* Scratch bytes cm_matmul needs for n_tok activation rows against w. */
+/* Scratch bytes cm_matmul needs for up to n_tok activation rows against w.
+ * Batched products keep a decode tile per thread, so the size depends on
+ * omp_get_max_threads() at the time of the call: size scratch after
+ * choosing the thread count (as cm_ctx_new does). */
 size_t cm_matmul_scratch_bytes(const cm_tensor *w, int64_t n_tok);
 
 /* y[t*rows + r] = dot(row r of w, x[t*cols ...]) for t < n_tok, where
  * cols = w->ne[0] and rows = w->ne[1] (only the first matrix of w).
  * Threads over rows with OpenMP.  scratch holds at least
- * cm_matmul_scratch_bytes(w, n_tok) bytes, aligned to 64. */
+ * cm_matmul_scratch_bytes(w, n_tok) bytes, aligned to 64.
+ *
+ * One token is a matrix-vector product over the per-token dot kernels.  A
+ * batch (n_tok >= 4 where the ISA has a batched kernel for the type) decodes
+ * each tile of weight rows once and reuses it for every token; the integer
+ * block sums are the same as the per-token path's, only float summation
+ * order differs.  With OpenBLAS, large batches of F32/F16 weights go to
+ * sgemm. */
 void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
                void *scratch);
+
+/* ---- attention helpers (KV cache rows) ---------------------------------- */
+
+/* dot(row, x) for a row of F32, F16 or BF16; any n. */
+float cm_dot_f(enum cm_type type, int64_t n, const void *row, const float *x);
+
+/* out[i] += a * row[i] for i < n; row F32, F16, BF16, or Q8_0 (n a multiple
+ * of 32). */
+void cm_axpy_f(enum cm_type type, int64_t n, float a, const void *row, float *out);
+
+/* n floats to n/32 Q8_0 blocks (n a multiple of 32): a Q8_0 KV cache row,
+ * or a query quantized to dot with one. */
+void cm_quantize_row_q8_0(const float *x, void *y, int64_t n);
+
+/* Dot of a row of `type` with xq already in the type's dot type (Q8_0 for
+ * Q8_0 rows, floats for F32/F16): the matmul kernels, one row at a time. */
+float cm_vec_dot(enum cm_type type, int64_t n, const void *w, const void *xq);
 
 /* Dequantizes row `row` of w (ne[0] floats) into out: embedding lookups. */
 void cm_tensor_row(const cm_tensor *w, int64_t row, float *out);

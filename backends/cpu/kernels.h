@@ -19,11 +19,43 @@
 
 typedef float (*cm_vec_dot_fn)(int64_t n, const void *w, const void *x);
 typedef void (*cm_quantize_fn)(const float *x, void *y, int64_t n);
+typedef void (*cm_dequant_fn)(const void *x, float *y, int64_t n);
+/* out[i] += a * row[i], i < n; row of the table index's type */
+typedef void (*cm_axpy_fn)(int64_t n, float a, const void *row, float *out);
+
+/* A batched product (prompt processing): weight rows r0 <= r < r1 of a
+ * matrix against n_tok activation rows, y[t * ldy + r] = dot(row r, x_t).
+ * The ISA decodes each tile of weight rows once into `work` (per thread)
+ * and reuses it for every token, so the decode cost is amortized and the
+ * inner loop is pure multiply-accumulate.
+ *
+ * Activations reach it in an ISA-private layout: cm_matmul quantizes each
+ * row to the weight's dot type (the same quantizer as the per-token path,
+ * so the integer block sums are the same), then calls pack() on groups of
+ * `group` tokens; rows() reads the packed groups. */
+typedef struct {
+    int group;                                      /* tokens per pack() */
+    size_t (*pack_bytes)(int64_t cols);             /* per group; 0: x used as is */
+    size_t (*work_bytes)(int64_t cols);             /* per thread */
+    /* xq: nt <= group rows of dot-type activations, xrow bytes apart */
+    void (*pack)(int64_t cols, const void *xq, size_t xrow, int nt, void *dst);
+    /* x: the packed groups (or, when pack_bytes is 0, the float rows) */
+    void (*rows)(int64_t cols, const void *w, size_t wrow, int64_t r0, int64_t r1,
+                 const void *x, int64_t n_tok, float *y, int64_t ldy, void *work);
+} cm_gemm;
 
 struct cm_kernels {
     const char *isa; /* "scalar", "avx2", "avx512" */
     cm_vec_dot_fn vec_dot[CM_TYPE_COUNT];
     cm_quantize_fn quantize[CM_TYPE_COUNT];
+    /* Added for the attention helpers and batched products.  The scalar
+     * table fills axpy for F32/F16/BF16/Q8_0; gemm entries start NULL,
+     * meaning "no batched kernel: cm_matmul loops over vec_dot", so an ISA
+     * file that does not know these fields keeps working unchanged.
+     * to_float starts as the scalar dequantizers of every type. */
+    cm_axpy_fn axpy[CM_TYPE_COUNT];
+    cm_dequant_fn to_float[CM_TYPE_COUNT];
+    const cm_gemm *gemm[CM_TYPE_COUNT];
 };
 
 extern struct cm_kernels cm_kern;
@@ -37,5 +69,15 @@ void cm_kernels_scalar(struct cm_kernels *k);
 int cm_kernels_avx2(struct cm_kernels *k);
 /* vnni: the CPU has AVX512_VNNI (else vpdpbusd is emulated) */
 int cm_kernels_avx512(struct cm_kernels *k, int vnni);
+
+/* Pieces of the ISA files split out by format family (same target flags as
+ * their parent; called by the parent's installer). */
+void cm_gemm_avx2_install(struct cm_kernels *k);
+void cm_gemm_avx512_install(struct cm_kernels *k, int vnni);
+
+/* OpenBLAS sgemm as a cm_gemm for F32/F16 weights (matmul_blas.c): NULL
+ * for other types or in builds without CM_HAVE_OPENBLAS.  min_tok: the
+ * batch size from which it measured faster than the table's own gemm. */
+const cm_gemm *cm_blas_gemm(enum cm_type type, int64_t *min_tok);
 
 #endif

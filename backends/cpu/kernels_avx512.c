@@ -23,6 +23,7 @@
 #include "quant/blocks.h"
 
 #define INLINE static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 16")
 #define F16(h) _cvtsh_ss(h)
 
 /* acc + sums of 4 adjacent u8*s8 products per int32 lane */
@@ -96,12 +97,44 @@ static float dot_f16(int64_t n, const void *w, const void *x)
 
 /* ---- q8_0 / q4_0 against Q8_0: two blocks per register ----------------- */
 
+/* The f16 scales of 16 consecutive blocks (`stride` bytes apart, d first)
+ * as floats: one gather instead of 16 scalar conversions, which were the
+ * bulk of the work per block in the matrix-vector kernels.  Each lane
+ * reads 4 bytes at a block start, inside the block. */
+INLINE __m512 scales16(const void *p, int stride)
+{
+    const __m512i idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(stride));
+    __m512i g = _mm512_i32gather_epi32(idx, p, 1);
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+}
+
+/* Lanes 0-7 = s[2p], lanes 8-15 = s[2p+1]: the scales of block pair p. */
+INLINE __m512 pair_scales(__m512 s, int p)
+{
+    __m512i idx = _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(2 * p),
+                                          _mm512_set1_epi32(2 * p + 1));
+    return _mm512_permutexvar_ps(idx, s);
+}
+
 INLINE float dot_q8_0_k(int64_t n, const void *w, const void *x, const int vnni)
 {
     const block_q8_0 *a = w, *b = x;
     const int64_t nb = n / QK8_0;
     __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
     int64_t i = 0;
+    for (; i + 16 <= nb; i += 16) {
+        __m512 s = _mm512_mul_ps(scales16(a + i, sizeof *a), scales16(b + i, sizeof *b));
+        UNROLL
+        for (int p = 0; p < 8; p += 2) {
+            const block_q8_0 *u = a + i + 2 * p, *v = b + i + 2 * p;
+            __m512i p0 = dot_ss(load2x256(u[0].qs, u[1].qs), load2x256(v[0].qs, v[1].qs), vnni);
+            __m512i p1 = dot_ss(load2x256(u[2].qs, u[3].qs), load2x256(v[2].qs, v[3].qs), vnni);
+            acc0 = _mm512_fmadd_ps(pair_scales(s, p), _mm512_cvtepi32_ps(p0), acc0);
+            acc1 = _mm512_fmadd_ps(pair_scales(s, p + 1), _mm512_cvtepi32_ps(p1), acc1);
+        }
+    }
     for (; i + 4 <= nb; i += 4) {
         __m512i p0 = dot_ss(load2x256(a[i].qs, a[i + 1].qs), load2x256(b[i].qs, b[i + 1].qs), vnni);
         __m512i p1 = dot_ss(load2x256(a[i + 2].qs, a[i + 3].qs),
@@ -146,6 +179,18 @@ INLINE float dot_q4_0_k(int64_t n, const void *w, const void *x, const int vnni)
     const int64_t nb = n / QK4_0;
     __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
     int64_t i = 0;
+    for (; i + 16 <= nb; i += 16) {
+        __m512 s = _mm512_mul_ps(scales16(a + i, sizeof *a), scales16(b + i, sizeof *b));
+        UNROLL
+        for (int p = 0; p < 8; p += 2) {
+            const block_q4_0 *u = a + i + 2 * p;
+            const block_q8_0 *v = b + i + 2 * p;
+            __m512i p0 = dot_q4(nibbles2(u[0].qs, u[1].qs), load2x256(v[0].qs, v[1].qs), vnni);
+            __m512i p1 = dot_q4(nibbles2(u[2].qs, u[3].qs), load2x256(v[2].qs, v[3].qs), vnni);
+            acc0 = _mm512_fmadd_ps(pair_scales(s, p), _mm512_cvtepi32_ps(p0), acc0);
+            acc1 = _mm512_fmadd_ps(pair_scales(s, p + 1), _mm512_cvtepi32_ps(p1), acc1);
+        }
+    }
     for (; i + 4 <= nb; i += 4) {
         __m512i p0 = dot_q4(nibbles2(a[i].qs, a[i + 1].qs), load2x256(b[i].qs, b[i + 1].qs), vnni);
         __m512i p1 = dot_q4(nibbles2(a[i + 2].qs, a[i + 3].qs),
@@ -320,6 +365,101 @@ INLINE float dot_q6_K_k(int64_t n, const void *w, const void *x, const int vnni)
     return _mm512_reduce_add_ps(acc) - off;
 }
 
+/* ---- attention helpers and conversions ---------------------------------- */
+
+/* Lanes of a row tail: the low n bits (n < 16). */
+INLINE __mmask16 tail16(int64_t n)
+{
+    return (__mmask16)((1u << n) - 1);
+}
+
+static void axpy_f32(int64_t n, float a, const void *row, float *out)
+{
+    const float *v = row;
+    const __m512 va = _mm512_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(v + i), _mm512_loadu_ps(out + i)));
+    if (i < n) {
+        __mmask16 m = tail16(n - i);
+        __m512 r = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, v + i), _mm512_maskz_loadu_ps(m, out + i));
+        _mm512_mask_storeu_ps(out + i, m, r);
+    }
+}
+
+static void axpy_f16(int64_t n, float a, const void *row, float *out)
+{
+    const uint16_t *v = row;
+    const __m512 va = _mm512_set1_ps(a);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xFFFF : tail16(n - i);
+        __m512 r = _mm512_fmadd_ps(va, load_f16x16(v + i, m), _mm512_maskz_loadu_ps(m, out + i));
+        _mm512_mask_storeu_ps(out + i, m, r);
+    }
+}
+
+/* out += a * (q * d), the product q * d rounded first as the reference */
+static void axpy_q8_0(int64_t n, float a, const void *row, float *out)
+{
+    const block_q8_0 *b = row;
+    const __m512 va = _mm512_set1_ps(a);
+    for (int64_t k = 0; k < n / QK8_0; k++, out += QK8_0) {
+        __m512 d = _mm512_set1_ps(F16(b[k].d));
+        __m128i q0 = _mm_loadu_si128((const __m128i *)b[k].qs);
+        __m128i q1 = _mm_loadu_si128((const __m128i *)(b[k].qs + 16));
+        __m512 v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), d);
+        __m512 v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), d);
+        _mm512_storeu_ps(out, _mm512_fmadd_ps(va, v0, _mm512_loadu_ps(out)));
+        _mm512_storeu_ps(out + 16, _mm512_fmadd_ps(va, v1, _mm512_loadu_ps(out + 16)));
+    }
+}
+
+static void f16_to_f32(const void *x, float *y, int64_t n)
+{
+    const uint16_t *h = x;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, load_f16x16(h + i, 0xFFFF));
+    if (i < n)
+        _mm512_mask_storeu_ps(y + i, tail16(n - i), load_f16x16(h + i, tail16(n - i)));
+}
+
+/* Q8_K activations, byte-identical to cm_quant_q8_K: the scale comes from
+ * the first element of largest magnitude (NaNs never win: vmaxps returns
+ * its second operand, the running max, when the first is NaN), levels are
+ * round-half-even of is * x clamped to -128..127 in float before the
+ * conversion, so NaN and +-inf land where the reference's qlevel puts them. */
+static void quant_q8_K(const float *x, void *y, int64_t n)
+{
+    block_q8_K *b = y;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        __m512 am = _mm512_setzero_ps();
+        for (int k = 0; k < 16; k++)
+            am = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + 16 * k)), am);
+        float amax = _mm512_reduce_max_ps(am), max = 0;
+        for (int k = 0; k < 16 && amax > 0; k++) {
+            __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + 16 * k));
+            __mmask16 eq = _mm512_cmp_ps_mask(a, _mm512_set1_ps(amax), _CMP_EQ_OQ);
+            if (eq) {
+                max = x[16 * k + __builtin_ctz(eq)];
+                break;
+            }
+        }
+        float is = amax > 0 ? -128.0f / max : 0;
+        memset(&b[i], 0, sizeof b[i]);
+        if (!(is != 0 && is - is == 0)) /* zero, or 1/d overflowed */
+            continue;
+        const __m512 vis = _mm512_set1_ps(is), lo = _mm512_set1_ps(-128), hi = _mm512_set1_ps(127);
+        for (int k = 0; k < 16; k++) {
+            __m512 v = _mm512_max_ps(_mm512_mul_ps(vis, _mm512_loadu_ps(x + 16 * k)), lo);
+            __m512i q = _mm512_cvtps_epi32(_mm512_min_ps(v, hi));
+            _mm_storeu_si128((__m128i *)(b[i].qs + 16 * k), _mm512_cvtsepi32_epi8(q));
+            b[i].bsums[k] = (int16_t)_mm512_reduce_add_epi32(q);
+        }
+        b[i].d = 1 / is;
+    }
+}
+
 /* ---- instantiation --------------------------------------------------------- */
 
 #define VARIANTS(name)                                                        \
@@ -346,6 +486,12 @@ int cm_kernels_avx512(struct cm_kernels *k, int vnni)
     k->vec_dot[CM_TYPE_Q4_K] = vnni ? dot_q4_K_vnni : dot_q4_K_plain;
     k->vec_dot[CM_TYPE_Q5_K] = vnni ? dot_q5_K_vnni : dot_q5_K_plain;
     k->vec_dot[CM_TYPE_Q6_K] = vnni ? dot_q6_K_vnni : dot_q6_K_plain;
+    k->axpy[CM_TYPE_F32] = axpy_f32;
+    k->axpy[CM_TYPE_F16] = axpy_f16;
+    k->axpy[CM_TYPE_Q8_0] = axpy_q8_0;
+    k->to_float[CM_TYPE_F16] = f16_to_f32;
+    k->quantize[CM_TYPE_Q8_K] = quant_q8_K;
+    cm_gemm_avx512_install(k, vnni);
     return 0;
 }
 

@@ -1,11 +1,48 @@
 /* kernels_scalar.c - the portable table: the quant/ scalar references.
  * It also defines cm_kern, statically initialized to these entries so that
- * matmuls work (slowly) even if cm_cpu_init() was never called. */
+ * matmuls work (slowly) even if cm_cpu_init() was never called.
+ *
+ * The axpy references (attention's weighted sum of V rows) live here, as
+ * they have no use outside the backend: out[i] += a * value(row[i]), the
+ * value rounded to float first, as the dequantizers produce it. */
 #include "backends/cpu/kernels.h"
+#include "quant/blocks.h"
 #include "quant/ref.h"
+
+static void axpy_f32(int64_t n, float a, const void *row, float *out)
+{
+    const float *v = row;
+    for (int64_t i = 0; i < n; i++)
+        out[i] += a * v[i];
+}
+
+static void axpy_f16(int64_t n, float a, const void *row, float *out)
+{
+    const uint16_t *v = row;
+    for (int64_t i = 0; i < n; i++)
+        out[i] += a * cm_f16_to_f32(v[i]);
+}
+
+static void axpy_bf16(int64_t n, float a, const void *row, float *out)
+{
+    const uint16_t *v = row;
+    for (int64_t i = 0; i < n; i++)
+        out[i] += a * cm_bf16_to_f32(v[i]);
+}
+
+static void axpy_q8_0(int64_t n, float a, const void *row, float *out)
+{
+    const block_q8_0 *b = row;
+    for (int64_t k = 0; k < n / QK8_0; k++, out += QK8_0) {
+        float d = cm_f16_to_f32(b[k].d);
+        for (int j = 0; j < QK8_0; j++)
+            out[j] += a * ((float)b[k].qs[j] * d);
+    }
+}
 
 #define DOT(T, t) [CM_TYPE_##T] = cm_dot_##t
 #define QNT(T, t) [CM_TYPE_##T] = cm_quant_##t
+#define DEQ(T, t) [CM_TYPE_##T] = cm_dequant_##t
 
 #define SCALAR_TABLE                                                          \
     {                                                                         \
@@ -17,6 +54,14 @@
                     DOT(Q5_K, q5_K), DOT(Q6_K, q6_K), DOT(Q8_K, q8_K)},      \
         .quantize = {QNT(F32, f32), QNT(Q8_0, q8_0), QNT(Q8_1, q8_1),        \
                      QNT(Q8_K, q8_K)},                                        \
+        .axpy = {[CM_TYPE_F32] = axpy_f32, [CM_TYPE_F16] = axpy_f16,         \
+                 [CM_TYPE_BF16] = axpy_bf16, [CM_TYPE_Q8_0] = axpy_q8_0},     \
+        .to_float = {DEQ(F32, f32), DEQ(F16, f16), DEQ(BF16, bf16),          \
+                     DEQ(Q4_0, q4_0), DEQ(Q4_1, q4_1), DEQ(Q5_0, q5_0),      \
+                     DEQ(Q5_1, q5_1), DEQ(Q8_0, q8_0), DEQ(Q8_1, q8_1),      \
+                     DEQ(Q2_K, q2_K), DEQ(Q3_K, q3_K), DEQ(Q4_K, q4_K),      \
+                     DEQ(Q5_K, q5_K), DEQ(Q6_K, q6_K), DEQ(Q8_K, q8_K)},     \
+        .gemm = {NULL},                                                       \
     }
 
 struct cm_kernels cm_kern = SCALAR_TABLE;

@@ -1,0 +1,328 @@
+/* gemm_decode.h - weight decoding for the batched kernels (cm_gemm).
+ *
+ * Included by kernels_avx2_gemm.c and kernels_avx512_gemm.c, which share
+ * this decoded-tile layout; needs only AVX2 + F16C, so each includer
+ * compiles it with its own target flags (all functions are static).
+ *
+ * A tile holds TR = 16 weight rows, block-major so one pointer plus
+ * constant offsets reaches every field of every row:
+ *   legacy (per 32-element block): lev[16 rows][32] s8 | sc[16] f32 |
+ *          corr[16] i32 | m[16] f32                               = LB bytes
+ *   K-quant (per 256 super-block, NS sub-blocks of 256/NS):
+ *          lev[16][256] | sc[NS][16] f32 | corr[NS][16] i32 |
+ *          mp[8][16] i32 (two s16 mins per 16-element pair) | dmin[16] f32
+ * Levels are signed with the format's offset folded in (q4_0 as q - 8,
+ * q6_K as q - 32, ...); sc is the level scale (d, or d * sub-block scale),
+ * corr = -128 * (sum of the sub-block's levels), which undoes the +128 that
+ * makes activations unsigned for u8 x s8 products; m is q4_1/q5_1's min;
+ * mp/dmin give the K-quant min term dmin * sum_p mp_p . bsum_p. */
+#ifndef CM_GEMM_DECODE_H
+#define CM_GEMM_DECODE_H
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "quant/blocks.h"
+
+#define INLINE static inline __attribute__((always_inline))
+/* Fixed-count loops over registers must be unrolled, or the "registers"
+ * become stack arrays; -O2 alone does not do it. */
+#define UNROLL _Pragma("GCC unroll 16")
+#define F16(h) _cvtsh_ss(h)
+#define TR 16 /* weight rows per decoded tile */
+#define LB (512 + 3 * 64)
+#define KLEV 4096
+#define KB(ns) (KLEV + 2 * 64 * (ns) + 512 + 64)
+
+static __m256i load256(const void *p)
+{
+    return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* Sum of 32 signed bytes (through unsigned SAD on x ^ 0x80). */
+static int sum_s8x32(__m256i v)
+{
+    __m256i s = _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8(-128)),
+                                _mm256_setzero_si256());
+    __m128i h = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    h = _mm_add_epi64(h, _mm_unpackhi_epi64(h, h));
+    return _mm_cvtsi128_si32(h) - 32 * 128;
+}
+
+/* Sums of each 16-byte half of 32 signed bytes. */
+static void sum_s8x16x2(__m256i v, int32_t out[2])
+{
+    __m256i s = _mm256_sad_epu8(_mm256_xor_si256(v, _mm256_set1_epi8(-128)),
+                                _mm256_setzero_si256());
+    __m128i lo = _mm256_castsi256_si128(s), hi = _mm256_extracti128_si256(s, 1);
+    out[0] = _mm_cvtsi128_si32(_mm_add_epi64(lo, _mm_unpackhi_epi64(lo, lo))) - 16 * 128;
+    out[1] = _mm_cvtsi128_si32(_mm_add_epi64(hi, _mm_unpackhi_epi64(hi, hi))) - 16 * 128;
+}
+
+
+/* ---- legacy weight decoding --------------------------------------------- */
+
+/* 32 nibbles in element order: low nibbles then high nibbles */
+static __m256i nibbles(const uint8_t *qs)
+{
+    __m128i b = _mm_loadu_si128((const __m128i *)qs);
+    __m128i m = _mm_set1_epi8(0x0F);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
+}
+
+/* Byte j = 0x10 if bit j of the 32-bit qh is set. */
+static __m256i fifth_bits(const uint8_t *qh)
+{
+    uint32_t h;
+    memcpy(&h, qh, 4);
+    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                          2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h), shuf);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
+/* Writes one decoded block: levels, scale, correction, min. */
+static void put_legacy(uint8_t *tb, int i, __m256i lev, float d, float m)
+{
+    _mm256_storeu_si256((__m256i *)(tb + 32 * i), lev);
+    ((float *)(tb + 512))[i] = d;
+    ((int32_t *)(tb + 576))[i] = -128 * sum_s8x32(lev);
+    ((float *)(tb + 640))[i] = m;
+}
+
+static void dec_q8_0(const void *row, int64_t nb, uint8_t *tile, int i)
+{
+    const block_q8_0 *b = row;
+    for (int64_t k = 0; k < nb; k++)
+        put_legacy(tile + k * LB, i, load256(b[k].qs), F16(b[k].d), 0);
+}
+
+static void dec_q4_0(const void *row, int64_t nb, uint8_t *tile, int i)
+{
+    const block_q4_0 *b = row;
+    for (int64_t k = 0; k < nb; k++)
+        put_legacy(tile + k * LB, i, _mm256_sub_epi8(nibbles(b[k].qs), _mm256_set1_epi8(8)),
+                   F16(b[k].d), 0);
+}
+
+static void dec_q5_0(const void *row, int64_t nb, uint8_t *tile, int i)
+{
+    const block_q5_0 *b = row;
+    for (int64_t k = 0; k < nb; k++) {
+        __m256i q = _mm256_or_si256(nibbles(b[k].qs), fifth_bits(b[k].qh));
+        put_legacy(tile + k * LB, i, _mm256_sub_epi8(q, _mm256_set1_epi8(16)), F16(b[k].d), 0);
+    }
+}
+
+static void dec_q4_1(const void *row, int64_t nb, uint8_t *tile, int i)
+{
+    const block_q4_1 *b = row;
+    for (int64_t k = 0; k < nb; k++)
+        put_legacy(tile + k * LB, i, nibbles(b[k].qs), F16(b[k].d), F16(b[k].m));
+}
+
+static void dec_q5_1(const void *row, int64_t nb, uint8_t *tile, int i)
+{
+    const block_q5_1 *b = row;
+    for (int64_t k = 0; k < nb; k++)
+        put_legacy(tile + k * LB, i, _mm256_or_si256(nibbles(b[k].qs), fifth_bits(b[k].qh)),
+                   F16(b[k].d), F16(b[k].m));
+}
+
+/* ---- K-quant weight decoding -------------------------------------------- */
+
+/* Field pointers of row i in a decoded super-block with ns sub-blocks. */
+typedef struct {
+    int8_t *lev;
+    float *sc;      /* sc[j * 16] */
+    int32_t *corr;  /* corr[j * 16] */
+    int32_t *mp;    /* mp[p * 16] */
+    float *dmin;
+} kslot;
+
+static kslot kslot_at(uint8_t *tb, int ns, int i)
+{
+    kslot s;
+    s.lev = (int8_t *)tb + 256 * i;
+    s.sc = (float *)(tb + KLEV) + i;
+    s.corr = (int32_t *)(tb + KLEV + 64 * ns) + i;
+    s.mp = (int32_t *)(tb + KLEV + 128 * ns) + i;
+    s.dmin = (float *)(tb + KLEV + 128 * ns + 512) + i;
+    return s;
+}
+
+/* Levels of one 32-element run into the slot, with their corrections
+ * (one per 32 when ns == 8, two per 16 otherwise). */
+static void put_run(const kslot *s, int run, __m256i lev, int ns)
+{
+    _mm256_storeu_si256((__m256i *)(s->lev + 32 * run), lev);
+    if (ns == 8) {
+        s->corr[run * 16] = -128 * sum_s8x32(lev);
+    } else {
+        int32_t h[2];
+        sum_s8x16x2(lev, h);
+        s->corr[2 * run * 16] = -128 * h[0];
+        s->corr[(2 * run + 1) * 16] = -128 * h[1];
+    }
+}
+
+/* As kernels_avx512.c: the 8 6-bit scales (bytes 0-7) and mins (8-15). */
+static void k4_scales_mins(const uint8_t *s, uint8_t out[16])
+{
+    uint32_t w[3], t[4];
+    memcpy(w, s, 12);
+    t[0] = w[0] & 0x3F3F3F3Fu;
+    t[1] = (w[2] & 0x0F0F0F0Fu) | (((w[0] >> 6) & 0x03030303u) << 4);
+    t[2] = w[1] & 0x3F3F3F3Fu;
+    t[3] = ((w[2] >> 4) & 0x0F0F0F0Fu) | (((w[1] >> 6) & 0x03030303u) << 4);
+    memcpy(out, t, 16);
+}
+
+/* q4_K (qh NULL) / q5_K: 8 sub-blocks of 32; the min of sub-block p pairs
+ * with the activation sums of its two 16-element halves. */
+static void dec_q45_K(const uint8_t *qs, const uint8_t *qh, const uint8_t *scales,
+                      float d, float dmin, uint8_t *tb, int i)
+{
+    kslot s = kslot_at(tb, 8, i);
+    uint8_t sm[16];
+    k4_scales_mins(scales, sm);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i hb = qh ? load256(qh) : _mm256_setzero_si256();
+    for (int c = 0; c < 4; c++) {
+        __m256i q = load256(qs + 32 * c);
+        __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        if (qh) { /* bits 2c, 2c+1 of each qh byte become bit 4 */
+            __m256i one = _mm256_set1_epi8(1);
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(hb, one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(
+                                         _mm256_and_si256(_mm256_srli_epi16(hb, 1), one), 4));
+            hb = _mm256_srli_epi16(hb, 2);
+        }
+        put_run(&s, 2 * c, lo, 8);
+        put_run(&s, 2 * c + 1, hi, 8);
+    }
+    UNROLL
+    for (int j = 0; j < 8; j++) {
+        s.sc[j * 16] = d * (float)sm[j];
+        s.mp[j * 16] = (int32_t)((uint32_t)sm[8 + j] * 0x10001u); /* (m, m) */
+    }
+    *s.dmin = dmin;
+}
+
+static void dec_q4_K(const void *row, int64_t nsb, uint8_t *tile, int i)
+{
+    const block_q4_K *b = row;
+    for (int64_t k = 0; k < nsb; k++)
+        dec_q45_K(b[k].qs, NULL, b[k].scales, F16(b[k].d), F16(b[k].dmin), tile + k * KB(8), i);
+}
+
+static void dec_q5_K(const void *row, int64_t nsb, uint8_t *tile, int i)
+{
+    const block_q5_K *b = row;
+    for (int64_t k = 0; k < nsb; k++)
+        dec_q45_K(b[k].qs, b[k].qh, b[k].scales, F16(b[k].d), F16(b[k].dmin),
+                  tile + k * KB(8), i);
+}
+
+/* q6_K: levels q - 32 (see kernels_avx2.c for the bit layout). */
+static void dec_q6_K(const void *row, int64_t nsb, uint8_t *tile, int i)
+{
+    const block_q6_K *b = row;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3),
+                  off = _mm256_set1_epi8(32);
+    for (int64_t k = 0; k < nsb; k++) {
+        kslot s = kslot_at(tile + k * KB(16), 16, i);
+        float d = F16(b[k].d);
+        for (int c = 0; c < 2; c++) {
+            __m256i l0 = load256(b[k].ql + 64 * c), l1 = load256(b[k].ql + 64 * c + 32);
+            __m256i h = load256(b[k].qh + 32 * c);
+            __m256i lo[4] = {_mm256_and_si256(l0, m4), _mm256_and_si256(l1, m4),
+                             _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                             _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4)};
+            UNROLL
+            for (int r = 0; r < 4; r++) {
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(h, 2 * r), m2);
+                __m256i q = _mm256_or_si256(lo[r], _mm256_slli_epi16(hi, 4));
+                put_run(&s, 4 * c + r, _mm256_sub_epi8(q, off), 16);
+            }
+        }
+        UNROLL
+        for (int j = 0; j < 16; j++)
+            s.sc[j * 16] = d * (float)b[k].scales[j];
+    }
+}
+
+/* q3_K: levels (low2 | hbit << 2) - 4; element 128c + 32j + l takes bits
+ * 2j of qs[32c + l] and bit 4c + j of hmask[l]. */
+static void dec_q3_K(const void *row, int64_t nsb, uint8_t *tile, int i)
+{
+    const block_q3_K *b = row;
+    const __m256i m2 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1),
+                  four = _mm256_set1_epi8(4);
+    for (int64_t k = 0; k < nsb; k++) {
+        kslot s = kslot_at(tile + k * KB(16), 16, i);
+        __m256i hm = load256(b[k].hmask);
+        for (int c = 0; c < 2; c++) {
+            __m256i q = load256(b[k].qs + 32 * c);
+            UNROLL
+            for (int j = 0; j < 4; j++) {
+                __m256i h = _mm256_slli_epi16(_mm256_and_si256(hm, one), 2);
+                __m256i l = _mm256_or_si256(_mm256_and_si256(q, m2), h);
+                q = _mm256_srli_epi16(q, 2);
+                hm = _mm256_srli_epi16(hm, 1);
+                put_run(&s, 4 * c + j, _mm256_sub_epi8(l, four), 16);
+            }
+        }
+        int8_t sc[16];
+        cm_k3_scales(b[k].scales, sc);
+        float d = F16(b[k].d);
+        UNROLL
+        for (int j = 0; j < 16; j++)
+            s.sc[j * 16] = d * (float)sc[j];
+    }
+}
+
+/* q2_K: levels 0..3, scale and min nibbles per 16 elements. */
+static void dec_q2_K(const void *row, int64_t nsb, uint8_t *tile, int i)
+{
+    const block_q2_K *b = row;
+    const __m256i m2 = _mm256_set1_epi8(3);
+    for (int64_t k = 0; k < nsb; k++) {
+        kslot s = kslot_at(tile + k * KB(16), 16, i);
+        for (int c = 0; c < 2; c++) {
+            __m256i q = load256(b[k].qs + 32 * c);
+            UNROLL
+            for (int j = 0; j < 4; j++) {
+                put_run(&s, 4 * c + j, _mm256_and_si256(q, m2), 16);
+                q = _mm256_srli_epi16(q, 2);
+            }
+        }
+        float d = F16(b[k].d);
+        const uint8_t *sc = b[k].scales;
+        UNROLL
+        for (int j = 0; j < 16; j++)
+            s.sc[j * 16] = d * (float)(sc[j] & 15);
+        UNROLL
+        for (int p = 0; p < 8; p++)
+            s.mp[p * 16] = (int32_t)((uint32_t)(sc[2 * p] >> 4) | ((uint32_t)(sc[2 * p + 1] >> 4) << 16));
+        *s.dmin = F16(b[k].dmin);
+    }
+}
+
+/* ---- tiles ----------------------------------------------------------------- */
+
+typedef void (*dec_fn)(const void *row, int64_t nblk, uint8_t *tile, int i);
+
+/* Decodes rows [r, r + nr) into a tile; missing rows decode as zeros. */
+static void decode_tile(dec_fn dec, const uint8_t *w, size_t wrow, int nr, int64_t nblk,
+                        size_t blk_bytes, uint8_t *tile)
+{
+    if (nr < TR)
+        memset(tile, 0, (size_t)nblk * blk_bytes);
+    for (int i = 0; i < nr; i++)
+        dec(w + (size_t)i * wrow, nblk, tile, i);
+}
+
+#endif

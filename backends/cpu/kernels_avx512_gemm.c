@@ -1,0 +1,523 @@
+/* kernels_avx512_gemm.c - AVX-512 batched products (prompt processing).
+ *
+ * Compiled with kernels_avx512.c's flags; without them it builds to a stub.
+ *
+ * Orientation: an int32 lane is a token.  Sixteen tokens' activations are
+ * packed once per matmul so that one zmm holds the same 4 elements of 16
+ * tokens (as unsigned bytes x + 128); a weight row's 4 levels are broadcast
+ * from memory (vpdpbusd's m32bcst operand) against it.  So every vpdpbusd
+ * does 64 useful MACs, the weights need no transposition, and a tile of
+ * weight rows is decoded once per matmul into signed levels plus scales and
+ * then reused by every token group.  Only the 16x16 output block is
+ * transposed, once per (16 rows, 16 tokens).
+ *
+ * The +128 shift makes the activations unsigned for vpdpbusd: a sub-block's
+ * sum of w * (x + 128) = sum w*x + 128 * sum w, and the decoder stores
+ * -128 * sum w as the accumulator's start value.  The integer sub-block sums
+ * are therefore exactly the per-token kernels' (the levels are decoded with
+ * their offsets folded in: q4_0 as q - 8, q6_K as q - 32, ...), and only the
+ * float scaling and summation order differ.
+ *
+ * Without VNNI, vpdpbusd becomes vpmaddubsw + vpmaddwd, whose int16 pair
+ * sums cannot saturate when |level| <= 64 (2 * 255 * 64 < 32768): true of
+ * every format here but q8_0, which is therefore only installed with VNNI. */
+#include "backends/cpu/kernels.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__) &&       \
+    defined(__F16C__)
+
+#include "backends/cpu/gemm_decode.h"
+
+#define G 16   /* tokens per packed group = int32 lanes of a zmm */
+#define MR 8   /* weight rows per micro-kernel pass (registers: 2*MR + 8 + 2) */
+
+/* ---- layouts -------------------------------------------------------------
+ * Decoded weight tiles: gemm_decode.h.  Packed activations, per group of 16
+ * tokens:
+ *   legacy (per block):  xq[8][16][4] u8 | dx[16] f32 | s[16] f32 = XB
+ *   K-quant (per super-block): xq[64][16][4] | dx[16] | bs[8][16] i32 = XK
+ * where xq holds x + 128 and bs each token's Q8_K bsums as s16 pairs
+ * (2p, 2p+1). */
+#define XB (512 + 2 * 64)
+#define XK (4096 + 64 + 512)
+
+/* ---- helpers ------------------------------------------------------------ */
+
+/* acc + sums of 4 adjacent u8*s8 products per int32 lane */
+INLINE __m512i dpbusd(__m512i acc, __m512i u, __m512i s, const int vnni)
+{
+    if (vnni)
+        return _mm512_dpbusd_epi32(acc, u, s);
+    __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
+    return _mm512_add_epi32(acc, p);
+}
+
+INLINE __m512i dpwssd(__m512i acc, __m512i a, __m512i b, const int vnni)
+{
+    if (vnni)
+        return _mm512_dpwssd_epi32(acc, a, b);
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+}
+
+/* 4 bytes broadcast to every lane (folds into an m32bcst operand) */
+INLINE __m512i bcst32(const void *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* In-register 16x16 transpose of 32-bit elements: r[i] lane j -> r[j]
+ * lane i.  Pairs, then quads within 128-bit lanes, then 128-bit lanes. */
+static void transpose16(__m512 r[16])
+{
+    __m512 t[16];
+    UNROLL
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    UNROLL
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    /* now r[4i+j], 128-bit lane L = element 4L+j of rows 4i..4i+3 */
+    UNROLL
+    for (int j = 0; j < 4; j++) {
+        __m512 a = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+        __m512 b = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+        __m512 c = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+        __m512 d = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+        t[j] = _mm512_shuffle_f32x4(a, c, 0x88);
+        t[8 + j] = _mm512_shuffle_f32x4(a, c, 0xDD);
+        t[4 + j] = _mm512_shuffle_f32x4(b, d, 0x88);
+        t[12 + j] = _mm512_shuffle_f32x4(b, d, 0xDD);
+    }
+    UNROLL
+    for (int i = 0; i < 16; i++)
+        r[i] = t[i];
+}
+
+/* The 16x16 block acc[row][token] into y[token * ldy + row] for the nr
+ * rows and nt tokens that exist. */
+static void store_block(__m512 acc[16], float *y, int64_t ldy, int nr, int nt)
+{
+    transpose16(acc);
+    __mmask16 m = (__mmask16)((1u << nr) - 1);
+    for (int t = 0; t < nt; t++)
+        _mm512_mask_storeu_ps(y + t * ldy, m, acc[t]);
+}
+
+/* ---- activation packing ------------------------------------------------- */
+
+/* 16 token rows of 64 quant bytes each (row t at src[t], NULL = padding)
+ * into 16 group registers, shifted to unsigned; stores the first ng. */
+static void pack64(const int8_t *const src[G], uint8_t *dst, int ng, int half)
+{
+    __m512 r[16];
+    const __m512i flip = _mm512_set1_epi8(-128);
+    for (int t = 0; t < G; t++) {
+        __m512i v = _mm512_setzero_si512();
+        if (src[t] && half) /* one 32-byte block (the last of an odd count) */
+            v = _mm512_zextsi256_si512(load256(src[t]));
+        else if (src[t])
+            v = _mm512_loadu_si512(src[t]);
+        r[t] = _mm512_castsi512_ps(_mm512_xor_si512(v, flip));
+    }
+    transpose16(r);
+    UNROLL
+    for (int g = 0; g < ng; g++)
+        _mm512_store_ps((float *)(dst + 64 * g), r[g]);
+}
+
+/* Two adjacent 32-byte block quants are not contiguous in Q8_0/Q8_1 rows,
+ * so legacy packing goes one block at a time into the low half. */
+static void pack_legacy(int64_t cols, const void *xq, size_t xrow, int nt, void *dst,
+                        size_t bsize, size_t qoff, int has_s)
+{
+    const int64_t nb = cols / 32;
+    for (int64_t b = 0; b < nb; b++) {
+        uint8_t *p = (uint8_t *)dst + b * XB;
+        const int8_t *src[G];
+        float *dx = (float *)(p + 512), *s = (float *)(p + 576);
+        for (int t = 0; t < G; t++) {
+            const uint8_t *blk = (const uint8_t *)xq + t * xrow + b * bsize;
+            uint16_t d = 0, sv = 0;
+            src[t] = t < nt ? (const int8_t *)(blk + qoff) : NULL;
+            if (t < nt) {
+                memcpy(&d, blk, 2);
+                if (has_s)
+                    memcpy(&sv, blk + 2, 2);
+            }
+            dx[t] = F16(d);
+            s[t] = F16(sv);
+        }
+        pack64(src, p, 8, 1);
+    }
+}
+
+static void pack_q8_0(int64_t cols, const void *xq, size_t xrow, int nt, void *dst)
+{
+    pack_legacy(cols, xq, xrow, nt, dst, sizeof(block_q8_0), 2, 0);
+}
+
+static void pack_q8_1(int64_t cols, const void *xq, size_t xrow, int nt, void *dst)
+{
+    pack_legacy(cols, xq, xrow, nt, dst, sizeof(block_q8_1), 4, 1);
+}
+
+static void pack_q8_K(int64_t cols, const void *xq, size_t xrow, int nt, void *dst)
+{
+    for (int64_t sb = 0; sb < cols / QK_K; sb++) {
+        uint8_t *p = (uint8_t *)dst + sb * XK;
+        float *dx = (float *)(p + 4096);
+        int32_t *bs = (int32_t *)(p + 4096 + 64);
+        const block_q8_K *blk[G];
+        for (int t = 0; t < G; t++) {
+            blk[t] = t < nt ? (const block_q8_K *)((const uint8_t *)xq + t * xrow) + sb : NULL;
+            dx[t] = blk[t] ? blk[t]->d : 0.0f;
+            for (int q = 0; q < 8; q++) {
+                int32_t v = 0;
+                if (blk[t])
+                    memcpy(&v, blk[t]->bsums + 2 * q, 4);
+                bs[q * G + t] = v;
+            }
+        }
+        for (int c = 0; c < 4; c++) {
+            const int8_t *src[G];
+            for (int t = 0; t < G; t++)
+                src[t] = blk[t] ? blk[t]->qs + 64 * c : NULL;
+            pack64(src, p + 1024 * c, 16, 0);
+        }
+    }
+}
+
+static size_t xbytes_legacy(int64_t cols) { return (size_t)(cols / 32) * XB; }
+static size_t xbytes_k(int64_t cols) { return (size_t)(cols / QK_K) * XK; }
+
+/* ---- micro-kernels -------------------------------------------------------- */
+
+/* Rows r0..r0+MR-1 of a legacy tile against one token group: acc[r] lane t
+ * = dot(row r0 + r, token t). */
+INLINE void mk_legacy(int64_t nb, const uint8_t *tile, const uint8_t *xp, __m512 *acc,
+                      const int r0, const int has_m, const int vnni)
+{
+    UNROLL
+    for (int r = 0; r < MR; r++)
+        acc[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++, tile += LB, xp += XB) {
+        __m512i x[8];
+        UNROLL
+        for (int g = 0; g < 8; g++)
+            x[g] = _mm512_load_si512(xp + 64 * g);
+        __m512 dx = _mm512_load_ps(xp + 512);
+        UNROLL
+        for (int r = r0; r < r0 + MR; r++) {
+            __m512i ai = _mm512_set1_epi32(((const int32_t *)(tile + 576))[r]);
+            UNROLL
+            for (int g = 0; g < 8; g++)
+                ai = dpbusd(ai, x[g], bcst32(tile + 32 * r + 4 * g), vnni);
+            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(ai),
+                                     _mm512_set1_ps(((const float *)(tile + 512))[r]));
+            acc[r - r0] = _mm512_fmadd_ps(f, dx, acc[r - r0]);
+            if (has_m) /* q4_1/q5_1: + m * s, s = d_x * sum(x quants) */
+                acc[r - r0] = _mm512_fmadd_ps(_mm512_set1_ps(((const float *)(tile + 640))[r]),
+                                              _mm512_load_ps(xp + 576), acc[r - r0]);
+        }
+    }
+}
+
+/* Sub-block j (elements j*sub .. +sub) of a super-block for MR rows. */
+INLINE void mk_k_sub(const uint8_t *tb, const uint8_t *xp, __m512 *sacc, int j,
+                     const int r0, const int ns, const int vnni)
+{
+    const int sub = 256 / ns, ng = sub / 4;
+    __m512i x[8];
+    UNROLL
+    for (int g = 0; g < ng; g++)
+        x[g] = _mm512_load_si512(xp + 64 * (j * ng + g));
+    const float *sc = (const float *)(tb + KLEV) + 16 * j;
+    const int32_t *corr = (const int32_t *)(tb + KLEV + 64 * ns) + 16 * j;
+    UNROLL
+    for (int r = r0; r < r0 + MR; r++) {
+        __m512i ai = _mm512_set1_epi32(corr[r]);
+        UNROLL
+        for (int g = 0; g < ng; g++)
+            ai = dpbusd(ai, x[g], bcst32(tb + 256 * r + sub * j + 4 * g), vnni);
+        sacc[r - r0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), _mm512_set1_ps(sc[r]),
+                                       sacc[r - r0]);
+    }
+}
+
+/* MR rows of a K-quant tile against one token group.  Per super-block:
+ * sum_j (d * sc_j) * isum_j - dmin * sum_p mp_p . bsum_p, times d_x. */
+INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *acc,
+                 const int r0, const int ns, const int mins, const int vnni)
+{
+    UNROLL
+    for (int r = 0; r < MR; r++)
+        acc[r] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++, tile += KB(ns), xp += XK) {
+        __m512 sacc[MR];
+        UNROLL
+        for (int r = 0; r < MR; r++)
+            sacc[r] = _mm512_setzero_ps();
+        for (int j = 0; j < ns; j++) /* rolled: x is reloaded per j anyway */
+            mk_k_sub(tile, xp, sacc, j, r0, ns, vnni);
+        if (mins) {
+            const uint8_t *bs = xp + 4096 + 64;
+            const int32_t *mp = (const int32_t *)(tile + KLEV + 128 * ns);
+            const float *dmin = (const float *)(tile + KLEV + 128 * ns + 512);
+            UNROLL
+            for (int r = r0; r < r0 + MR; r++) {
+                __m512i mi = _mm512_setzero_si512();
+                UNROLL
+                for (int p = 0; p < 8; p++)
+                    mi = dpwssd(mi, _mm512_load_si512(bs + 64 * p),
+                                _mm512_set1_epi32(mp[16 * p + r]), vnni);
+                sacc[r - r0] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mi),
+                                                _mm512_set1_ps(dmin[r]), sacc[r - r0]);
+            }
+        }
+        __m512 dx = _mm512_load_ps(xp + 4096);
+        UNROLL
+        for (int r = 0; r < MR; r++)
+            acc[r] = _mm512_fmadd_ps(sacc[r], dx, acc[r]);
+    }
+}
+
+/* ---- drivers ---------------------------------------------------------------- */
+
+#define LEGACY_ROWS(name, dec, has_m, vnni)                                     \
+    static void name(int64_t cols, const void *w, size_t wrow, int64_t r0,      \
+                     int64_t r1, const void *x, int64_t n_tok, float *y,        \
+                     int64_t ldy, void *work)                                   \
+    {                                                                           \
+        const int64_t nb = cols / 32;                                           \
+        for (int64_t rt = r0; rt < r1; rt += TR) {                              \
+            int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;                        \
+            decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nb, LB,  \
+                        work);                                                  \
+            for (int64_t t0 = 0; t0 < n_tok; t0 += G) {                         \
+                const uint8_t *xp = (const uint8_t *)x + (t0 / G) * nb * XB;    \
+                __m512 acc[16];                                                 \
+                mk_legacy(nb, work, xp, acc, 0, has_m, vnni);                   \
+                mk_legacy(nb, work, xp, acc + MR, MR, has_m, vnni);             \
+                int nt = n_tok - t0 < G ? (int)(n_tok - t0) : G;                \
+                store_block(acc, y + t0 * ldy + rt, ldy, nr, nt);              \
+            }                                                                   \
+        }                                                                       \
+    }
+
+#define K_ROWS(name, dec, ns, mins, vnni)                                       \
+    static void name(int64_t cols, const void *w, size_t wrow, int64_t r0,      \
+                     int64_t r1, const void *x, int64_t n_tok, float *y,        \
+                     int64_t ldy, void *work)                                   \
+    {                                                                           \
+        const int64_t nsb = cols / QK_K;                                        \
+        for (int64_t rt = r0; rt < r1; rt += TR) {                              \
+            int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;                        \
+            decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nsb,     \
+                        KB(ns), work);                                          \
+            for (int64_t t0 = 0; t0 < n_tok; t0 += G) {                         \
+                const uint8_t *xp = (const uint8_t *)x + (t0 / G) * nsb * XK;   \
+                __m512 acc[16];                                                 \
+                mk_k(nsb, work, xp, acc, 0, ns, mins, vnni);                    \
+                mk_k(nsb, work, xp, acc + MR, MR, ns, mins, vnni);              \
+                int nt = n_tok - t0 < G ? (int)(n_tok - t0) : G;                \
+                store_block(acc, y + t0 * ldy + rt, ldy, nr, nt);              \
+            }                                                                   \
+        }                                                                       \
+    }
+
+LEGACY_ROWS(rows_q8_0, dec_q8_0, 0, 1)
+LEGACY_ROWS(rows_q4_0_vnni, dec_q4_0, 0, 1)
+LEGACY_ROWS(rows_q4_0_plain, dec_q4_0, 0, 0)
+LEGACY_ROWS(rows_q5_0_vnni, dec_q5_0, 0, 1)
+LEGACY_ROWS(rows_q5_0_plain, dec_q5_0, 0, 0)
+LEGACY_ROWS(rows_q4_1_vnni, dec_q4_1, 1, 1)
+LEGACY_ROWS(rows_q4_1_plain, dec_q4_1, 1, 0)
+LEGACY_ROWS(rows_q5_1_vnni, dec_q5_1, 1, 1)
+LEGACY_ROWS(rows_q5_1_plain, dec_q5_1, 1, 0)
+K_ROWS(rows_q4_K_vnni, dec_q4_K, 8, 1, 1)
+K_ROWS(rows_q4_K_plain, dec_q4_K, 8, 1, 0)
+K_ROWS(rows_q5_K_vnni, dec_q5_K, 8, 1, 1)
+K_ROWS(rows_q5_K_plain, dec_q5_K, 8, 1, 0)
+K_ROWS(rows_q6_K_vnni, dec_q6_K, 16, 0, 1)
+K_ROWS(rows_q6_K_plain, dec_q6_K, 16, 0, 0)
+K_ROWS(rows_q3_K_vnni, dec_q3_K, 16, 0, 1)
+K_ROWS(rows_q3_K_plain, dec_q3_K, 16, 0, 0)
+K_ROWS(rows_q2_K_vnni, dec_q2_K, 16, 1, 1)
+K_ROWS(rows_q2_K_plain, dec_q2_K, 16, 1, 0)
+
+static size_t work_legacy(int64_t cols) { return (size_t)(cols / 32) * LB; }
+static size_t work_k8(int64_t cols) { return (size_t)(cols / QK_K) * KB(8); }
+static size_t work_k16(int64_t cols) { return (size_t)(cols / QK_K) * KB(16); }
+
+#define GEMM(name, pack, rows, xb, wb) \
+    static const cm_gemm name = {G, xb, wb, pack, rows};
+
+GEMM(g_q8_0, pack_q8_0, rows_q8_0, xbytes_legacy, work_legacy)
+GEMM(g_q4_0_vnni, pack_q8_0, rows_q4_0_vnni, xbytes_legacy, work_legacy)
+GEMM(g_q4_0_plain, pack_q8_0, rows_q4_0_plain, xbytes_legacy, work_legacy)
+GEMM(g_q5_0_vnni, pack_q8_0, rows_q5_0_vnni, xbytes_legacy, work_legacy)
+GEMM(g_q5_0_plain, pack_q8_0, rows_q5_0_plain, xbytes_legacy, work_legacy)
+GEMM(g_q4_1_vnni, pack_q8_1, rows_q4_1_vnni, xbytes_legacy, work_legacy)
+GEMM(g_q4_1_plain, pack_q8_1, rows_q4_1_plain, xbytes_legacy, work_legacy)
+GEMM(g_q5_1_vnni, pack_q8_1, rows_q5_1_vnni, xbytes_legacy, work_legacy)
+GEMM(g_q5_1_plain, pack_q8_1, rows_q5_1_plain, xbytes_legacy, work_legacy)
+GEMM(g_q4_K_vnni, pack_q8_K, rows_q4_K_vnni, xbytes_k, work_k8)
+GEMM(g_q4_K_plain, pack_q8_K, rows_q4_K_plain, xbytes_k, work_k8)
+GEMM(g_q5_K_vnni, pack_q8_K, rows_q5_K_vnni, xbytes_k, work_k8)
+GEMM(g_q5_K_plain, pack_q8_K, rows_q5_K_plain, xbytes_k, work_k8)
+GEMM(g_q6_K_vnni, pack_q8_K, rows_q6_K_vnni, xbytes_k, work_k16)
+GEMM(g_q6_K_plain, pack_q8_K, rows_q6_K_plain, xbytes_k, work_k16)
+GEMM(g_q3_K_vnni, pack_q8_K, rows_q3_K_vnni, xbytes_k, work_k16)
+GEMM(g_q3_K_plain, pack_q8_K, rows_q3_K_plain, xbytes_k, work_k16)
+GEMM(g_q2_K_vnni, pack_q8_K, rows_q2_K_vnni, xbytes_k, work_k16)
+GEMM(g_q2_K_plain, pack_q8_K, rows_q2_K_plain, xbytes_k, work_k16)
+
+/* ---- float weights ---------------------------------------------------------
+ * No packing: 4 weight rows x 4 tokens, each lane a partial dot over the
+ * row, the 16 accumulators reduced at the end in one shuffle tree.  A tile
+ * of 16 rows (widened to F32 first for F16) is reused by every token quad,
+ * and each token quad by the tile's 4 row quads while it sits in L1. */
+
+/* v[i] lane sums into lane i of one vector (pairs, quads, 128-bit lanes). */
+static __m512 hsum16(__m512 v[16])
+{
+    __m512 c[8], d[4], e[2];
+    UNROLL
+    for (int i = 0; i < 8; i++)
+        c[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                             _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    UNROLL
+    for (int i = 0; i < 4; i++)
+        d[i] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0xEE));
+    UNROLL
+    for (int i = 0; i < 2; i++)
+        e[i] = _mm512_add_ps(_mm512_shuffle_f32x4(d[2 * i], d[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(d[2 * i], d[2 * i + 1], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(e[0], e[1], 0x88),
+                         _mm512_shuffle_f32x4(e[0], e[1], 0xDD));
+}
+
+/* out[4r + t] = dot(w[r], x[t]) over n floats. */
+static void mk_f32(int64_t n, const float *const w[4], const float *const x[4], float out[16])
+{
+    __m512 acc[16];
+    UNROLL
+    for (int i = 0; i < 16; i++)
+        acc[i] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 wv[4], xv[4];
+        UNROLL
+        for (int r = 0; r < 4; r++)
+            wv[r] = _mm512_maskz_loadu_ps(m, w[r] + i);
+        UNROLL
+        for (int t = 0; t < 4; t++)
+            xv[t] = _mm512_maskz_loadu_ps(m, x[t] + i);
+        UNROLL
+        for (int r = 0; r < 4; r++)
+            UNROLL
+            for (int t = 0; t < 4; t++)
+                acc[4 * r + t] = _mm512_fmadd_ps(wv[r], xv[t], acc[4 * r + t]);
+    }
+    _mm512_storeu_ps(out, hsum16(acc));
+}
+
+/* Rows [0, nr) of a float tile (ws floats apart) against every token.  A
+ * short quad repeats its last row or token; the copies are not stored. */
+static void float_tile(int64_t cols, const float *w, int64_t ws, int nr, const float *x,
+                       int64_t n_tok, float *y, int64_t ldy)
+{
+    for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
+        int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
+        const float *xt[4];
+        UNROLL
+        for (int t = 0; t < 4; t++)
+            xt[t] = x + (t0 + (t < nt ? t : nt - 1)) * cols;
+        for (int q = 0; q < nr; q += 4) {
+            int nq = nr - q < 4 ? nr - q : 4;
+            const float *wr[4];
+            float out[16];
+            UNROLL
+            for (int r = 0; r < 4; r++)
+                wr[r] = w + (q + (r < nq ? r : nq - 1)) * ws;
+            mk_f32(cols, wr, xt, out);
+            for (int r = 0; r < nq; r++)
+                for (int t = 0; t < nt; t++)
+                    y[(t0 + t) * ldy + q + r] = out[4 * r + t];
+        }
+    }
+}
+
+static void rows_f32(int64_t cols, const void *w, size_t wrow, int64_t r0, int64_t r1,
+                     const void *x, int64_t n_tok, float *y, int64_t ldy, void *work)
+{
+    (void)wrow;
+    (void)work;
+    for (int64_t rt = r0; rt < r1; rt += TR) {
+        int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;
+        float_tile(cols, (const float *)w + rt * cols, cols, nr, x, n_tok, y + rt, ldy);
+    }
+}
+
+static void rows_f16(int64_t cols, const void *w, size_t wrow, int64_t r0, int64_t r1,
+                     const void *x, int64_t n_tok, float *y, int64_t ldy, void *work)
+{
+    float *tile = work;
+    for (int64_t rt = r0; rt < r1; rt += TR) {
+        int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;
+        for (int i = 0; i < nr; i++) {
+            const uint16_t *h = (const uint16_t *)((const uint8_t *)w + (rt + i) * wrow);
+            for (int64_t k = 0; k < cols; k += 16) {
+                __mmask16 m = cols - k >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - k)) - 1);
+                _mm512_mask_storeu_ps(tile + i * cols + k, m,
+                                      _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, h + k)));
+            }
+        }
+        float_tile(cols, tile, cols, nr, x, n_tok, y + rt, ldy);
+    }
+}
+
+static size_t work_f16(int64_t cols) { return (size_t)TR * (size_t)cols * sizeof(float); }
+static size_t work_none(int64_t cols) { (void)cols; return 0; }
+
+static const cm_gemm g_f32 = {G, NULL, work_none, NULL, rows_f32};
+static const cm_gemm g_f16 = {G, NULL, work_f16, NULL, rows_f16};
+
+void cm_gemm_avx512_install(struct cm_kernels *k, int vnni)
+{
+#define PICK(T, g) k->gemm[CM_TYPE_##T] = vnni ? &g##_vnni : &g##_plain
+    if (vnni) /* q8_0 levels reach +-128: maddubs pairs could saturate */
+        k->gemm[CM_TYPE_Q8_0] = &g_q8_0;
+    PICK(Q4_0, g_q4_0);
+    PICK(Q5_0, g_q5_0);
+    PICK(Q4_1, g_q4_1);
+    PICK(Q5_1, g_q5_1);
+    PICK(Q4_K, g_q4_K);
+    PICK(Q5_K, g_q5_K);
+    PICK(Q6_K, g_q6_K);
+    PICK(Q3_K, g_q3_K);
+    PICK(Q2_K, g_q2_K);
+#undef PICK
+    k->gemm[CM_TYPE_F32] = &g_f32;
+    k->gemm[CM_TYPE_F16] = &g_f16;
+}
+
+#else /* built without the AVX-512 flags */
+
+void cm_gemm_avx512_install(struct cm_kernels *k, int vnni)
+{
+    (void)k;
+    (void)vnni;
+}
+
+#endif
