@@ -523,7 +523,8 @@ float cm_dot_q6_K(int64_t n, const void *w, const void *x)
 }
 
 /* ---- q8_K: the activation format of K-quant dots -----------------------
- * The value of largest magnitude maps to exactly -128 (so d may be negative)
+ * The value of largest magnitude maps to exactly -127 (so d may be negative),
+ * as llama.cpp does,
  * and everything else rounds into -128..127; bsums hold the sums of each 16
  * quants for the min terms. */
 
@@ -544,7 +545,7 @@ void cm_quant_q8_K(const float *src, void *dst, int64_t n)
             if (fabsf(src[e]) > amax)
                 amax = fabsf(src[e]), max = src[e];
         memset(&b[i], 0, sizeof b[i]);
-        float is = amax > 0 ? -128.0f / max : 0;
+        float is = amax > 0 ? -127.0f / max : 0; /* llama.cpp: -127, so +-127 */
         if (!isfinite(is) || is == 0) /* zero, or so tiny 1/d overflows */
             continue;
         for (int e = 0; e < QK_K; e++)

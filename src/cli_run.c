@@ -32,7 +32,7 @@ static const char RUN_HELP[] =
     "      --stop STR          stop before STR is printed (repeatable)\n"
     "  -c, --ctx-size N        context length (default: the model's, at most 4096)\n"
     "  -t, --threads N         threads (default: all cores)\n"
-    "      --kv-type T         KV cache type: f16 (default) or f32\n"
+    "      --kv-type T         KV cache type: f16 (default), f32 or q8_0\n"
     "      --no-bos            do not add the BOS token to the prompt\n"
     "      --moe-stats         print tokens per expert (MoE models) on stderr\n"
     "      --moe-ram-budget S  keep at most S bytes of expert weights resident (e.g. 512M):\n"
@@ -65,8 +65,10 @@ cm_status parse_kv_type(const char *s, cm_kv_type *out, cm_err *err)
         *out = CM_KV_F16;
     else if (!strcmp(s, "f32"))
         *out = CM_KV_F32;
+    else if (!strcmp(s, "q8_0"))
+        *out = CM_KV_Q8_0;
     else
-        return cm_fail(err, CM_E_USAGE, "option --kv-type: '%s' is not f32 or f16", s);
+        return cm_fail(err, CM_E_USAGE, "option --kv-type: '%s' is not f32, f16 or q8_0", s);
     return CM_OK;
 }
 

@@ -26,6 +26,22 @@
 
 /* ---------------------------------------------------------------- buffers */
 
+/* The cache stores each position's keys (and values) as one row of
+ * kv_row_type: F32, F16, or Q8_0 blocks (heads are whole blocks). */
+static enum cm_type kv_elem_type(cm_kv_type kv)
+{
+    return kv == CM_KV_F32 ? CM_TYPE_F32 : kv == CM_KV_F16 ? CM_TYPE_F16 : CM_TYPE_Q8_0;
+}
+
+static size_t kv_bytes(const cm_hparams *hp, int n_ctx, cm_kv_type kv)
+{
+    enum cm_type t = kv_elem_type(kv);
+    return (size_t)hp->n_layer * n_ctx *
+           (cm_row_bytes(t, (int64_t)hp->n_head_kv * hp->head_dim) +
+            cm_row_bytes(t, (int64_t)hp->n_head_kv * hp->head_dim_v));
+}
+
+
 static size_t scratch_for(const cm_tensor *w, int n_batch)
 {
     return w->data ? cm_matmul_scratch_bytes(w, n_batch) : 0;
@@ -75,11 +91,9 @@ static size_t row_floats(const cm_hparams *hp)
 size_t cm_ctx_bytes_estimate(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch)
 {
     const cm_hparams *hp = &m->hp;
-    size_t esz = kv == CM_KV_F16 ? 2 : 4;
-    size_t kv_bytes = (size_t)hp->n_layer * n_ctx * hp->n_head_kv *
-                      (size_t)(hp->head_dim + hp->head_dim_v) * esz;
-    return kv_bytes + (size_t)n_batch * row_floats(hp) * sizeof(float) +
-           (size_t)max_threads() * n_ctx * sizeof(float) + max_scratch(m, n_batch);
+    return kv_bytes(hp, n_ctx, kv) + (size_t)n_batch * row_floats(hp) * sizeof(float) +
+           (size_t)max_threads() * (n_ctx + 2 * hp->head_dim) * sizeof(float) +
+           max_scratch(m, n_batch);
 }
 
 static void *alloc64(size_t bytes)
@@ -93,15 +107,17 @@ static void *alloc64(size_t bytes)
 static int alloc_kv(cm_ctx *c)
 {
     const cm_hparams *hp = &c->m->hp;
-    size_t esz = c->kv_type == CM_KV_F16 ? 2 : 4;
+    enum cm_type t = kv_elem_type(c->kv_type);
+    size_t kb = cm_row_bytes(t, (int64_t)hp->n_head_kv * hp->head_dim);
+    size_t vb = cm_row_bytes(t, (int64_t)hp->n_head_kv * hp->head_dim_v);
     int ok = 1;
     c->k_cache = calloc((size_t)hp->n_layer, sizeof(void *));
     c->v_cache = calloc((size_t)hp->n_layer, sizeof(void *));
     if (!c->k_cache || !c->v_cache)
         return 0;
     for (int il = 0; il < hp->n_layer; il++) {
-        c->k_cache[il] = alloc64((size_t)c->n_ctx * hp->n_head_kv * hp->head_dim * esz);
-        c->v_cache[il] = alloc64((size_t)c->n_ctx * hp->n_head_kv * hp->head_dim_v * esz);
+        c->k_cache[il] = alloc64((size_t)c->n_ctx * kb);
+        c->v_cache[il] = alloc64((size_t)c->n_ctx * vb);
         ok &= c->k_cache[il] && c->v_cache[il];
     }
     return ok;
@@ -121,7 +137,7 @@ static int alloc_buffers(cm_ctx *c)
     int ok = alloc_kv(c);
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
         ok &= (*bufs[i] = alloc64(sizes[i] * sizeof(float))) != NULL;
-    c->scores = alloc64((size_t)c->n_threads * c->n_ctx * sizeof(float));
+    c->scores = alloc64((size_t)c->n_threads * (c->n_ctx + 2 * hp->head_dim) * sizeof(float));
     c->scratch = alloc64(max_scratch(c->m, c->n_batch));
     c->exp_rows = alloc64(nb * X * sizeof(int32_t));
     c->exp_count = alloc64(X * sizeof(int32_t));
@@ -140,6 +156,10 @@ cm_status cm_ctx_new(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch, c
                        "has learned embeddings for", n_ctx, m->hp.n_ctx_train);
     if (n_batch <= 0)
         return cm_fail(err, CM_E_RANGE, "batch size %d is out of range", n_batch);
+    if (kv == CM_KV_Q8_0 && (m->hp.head_dim % 32 || m->hp.head_dim_v % 32))
+        return cm_fail(err, CM_E_UNSUPPORTED, "a q8_0 KV cache needs head dimensions that are "
+                       "multiples of 32 (this model's are %d/%d): use --kv-type f16",
+                       m->hp.head_dim, m->hp.head_dim_v);
     cm_ctx *c = calloc(1, sizeof *c);
     if (!c)
         return cm_fail(err, CM_E_NOMEM, "out of memory creating a context");
@@ -199,86 +219,71 @@ int cm_ctx_expert_stats(const cm_ctx *c, cm_expert_stats *out)
     return 1;
 }
 
-size_t cm_ctx_kv_bytes(const cm_ctx *c)
-{
-    const cm_hparams *hp = &c->m->hp;
-    size_t esz = c->kv_type == CM_KV_F16 ? 2 : 4;
-    return (size_t)hp->n_layer * c->n_ctx * hp->n_head_kv *
-           (size_t)(hp->head_dim + hp->head_dim_v) * esz;
-}
+size_t cm_ctx_kv_bytes(const cm_ctx *c) { return kv_bytes(&c->m->hp, c->n_ctx, c->kv_type); }
 
 /* -------------------------------------------------------------- attention */
+
+static void kv_put(enum cm_type t, const float *src, void *dst, size_t n)
+{
+    if (t == CM_TYPE_F32)
+        memcpy(dst, src, n * sizeof(float));
+    else if (t == CM_TYPE_Q8_0)
+        cm_quantize_row_q8_0(src, dst, (int64_t)n);
+    else
+        for (size_t i = 0; i < n; i++)
+            ((uint16_t *)dst)[i] = cm_f32_to_f16(src[i]);
+}
 
 static void kv_store(cm_ctx *c, int il, int n_tok)
 {
     const cm_hparams *hp = &c->m->hp;
+    enum cm_type t = kv_elem_type(c->kv_type);
     size_t kn = (size_t)hp->n_head_kv * hp->head_dim, vn = (size_t)hp->n_head_kv * hp->head_dim_v;
-    for (int t = 0; t < n_tok; t++) {
-        size_t pos = (size_t)c->n_past + t;
-        const float *k = c->k + t * kn, *v = c->v + t * vn;
-        if (c->kv_type == CM_KV_F32) {
-            memcpy((float *)c->k_cache[il] + pos * kn, k, kn * sizeof(float));
-            memcpy((float *)c->v_cache[il] + pos * vn, v, vn * sizeof(float));
-        } else {
-            uint16_t *kd = (uint16_t *)c->k_cache[il] + pos * kn;
-            uint16_t *vd = (uint16_t *)c->v_cache[il] + pos * vn;
-            for (size_t i = 0; i < kn; i++)
-                kd[i] = cm_f32_to_f16(k[i]);
-            for (size_t i = 0; i < vn; i++)
-                vd[i] = cm_f32_to_f16(v[i]);
-        }
+    size_t kb = cm_row_bytes(t, (int64_t)kn), vb = cm_row_bytes(t, (int64_t)vn);
+    for (int t_ = 0; t_ < n_tok; t_++) {
+        size_t pos = (size_t)c->n_past + t_;
+        kv_put(t, c->k + t_ * kn, (char *)c->k_cache[il] + pos * kb, kn);
+        kv_put(t, c->v + t_ * vn, (char *)c->v_cache[il] + pos * vb, vn);
     }
 }
 
-static float kv_dot(const cm_ctx *c, const void *row, const float *q, int d)
-{
-    float s = 0.0f;
-    if (c->kv_type == CM_KV_F32) {
-        const float *k = row;
-        for (int i = 0; i < d; i++)
-            s += q[i] * k[i];
-    } else {
-        const uint16_t *k = row;
-        for (int i = 0; i < d; i++)
-            s += q[i] * cm_f16_to_f32(k[i]);
-    }
-    return s;
-}
-
-static void kv_axpy(const cm_ctx *c, float *out, const void *row, float a, int d)
-{
-    if (c->kv_type == CM_KV_F32) {
-        const float *v = row;
-        for (int i = 0; i < d; i++)
-            out[i] += a * v[i];
-    } else {
-        const uint16_t *v = row;
-        for (int i = 0; i < d; i++)
-            out[i] += a * cm_f16_to_f32(v[i]);
-    }
-}
-
-/* One query head against the cached keys/values of positions 0..pos. */
+/* One query head against the cached keys/values of positions 0..pos.
+ * qq: scratch for the query quantized to Q8_0 (Q8_0 cache only). */
 static void attend_head(const cm_ctx *c, int il, const float *q, int kvh, int pos,
-                        float *scores, float *out)
+                        float *scores, void *qq, float *out)
 {
     const cm_hparams *hp = &c->m->hp;
-    size_t esz = c->kv_type == CM_KV_F16 ? 2 : 4;
-    size_t kstride = (size_t)hp->n_head_kv * hp->head_dim * esz;
-    size_t vstride = (size_t)hp->n_head_kv * hp->head_dim_v * esz;
-    const char *kbase = (const char *)c->k_cache[il] + (size_t)kvh * hp->head_dim * esz;
-    const char *vbase = (const char *)c->v_cache[il] + (size_t)kvh * hp->head_dim_v * esz;
+    enum cm_type t = kv_elem_type(c->kv_type);
+    size_t kstride = cm_row_bytes(t, (int64_t)hp->n_head_kv * hp->head_dim);
+    size_t vstride = cm_row_bytes(t, (int64_t)hp->n_head_kv * hp->head_dim_v);
+    const char *kbase = (const char *)c->k_cache[il] + cm_row_bytes(t, (int64_t)kvh * hp->head_dim);
+    const char *vbase = (const char *)c->v_cache[il] + cm_row_bytes(t, (int64_t)kvh * hp->head_dim_v);
     float inv_sqrt = 1.0f / sqrtf((float)hp->head_dim), mx = -INFINITY, sum = 0.0f;
 
+    if (t == CM_TYPE_Q8_0)
+        cm_quantize_row_q8_0(q, qq, hp->head_dim);
+    if (t == CM_TYPE_F16) { /* llama.cpp rounds q to f16 for an f16 cache: do the same */
+        float *qr = qq;
+        for (int i = 0; i < hp->head_dim; i++)
+            qr[i] = cm_f16_to_f32(cm_f32_to_f16(q[i]));
+        q = qr;
+    }
     for (int j = 0; j <= pos; j++) {
-        scores[j] = kv_dot(c, kbase + j * kstride, q, hp->head_dim) * inv_sqrt;
+        const char *krow = kbase + (size_t)j * kstride;
+        float d = t == CM_TYPE_Q8_0 ? cm_vec_dot(t, hp->head_dim, krow, qq)
+                                    : cm_dot_f(t, hp->head_dim, krow, q);
+        scores[j] = d * inv_sqrt;
         mx = scores[j] > mx ? scores[j] : mx;
     }
     for (int j = 0; j <= pos; j++)
         sum += scores[j] = expf(scores[j] - mx);
     memset(out, 0, (size_t)hp->head_dim_v * sizeof(float));
-    for (int j = 0; j <= pos; j++)
-        kv_axpy(c, out, vbase + j * vstride, scores[j] / sum, hp->head_dim_v);
+    for (int j = 0; j <= pos; j++) {
+        float p = scores[j] / sum;
+        if (t == CM_TYPE_F16) /* so are the attention weights */
+            p = cm_f16_to_f32(cm_f32_to_f16(p));
+        cm_axpy_f(t, hp->head_dim_v, p, vbase + (size_t)j * vstride, out);
+    }
 }
 
 static void attend_all(cm_ctx *c, int il, int n_tok)
@@ -293,13 +298,15 @@ static void attend_all(cm_ctx *c, int il, int n_tok)
     for (int it = 0; it < n_items; it++) {
         int t = it / hp->n_head, h = it % hp->n_head;
 #ifdef _OPENMP
-        float *scores = c->scores + (size_t)omp_get_thread_num() * c->n_ctx;
+        int th = omp_get_thread_num();
 #else
-        float *scores = c->scores;
+        int th = 0;
 #endif
+        float *scores = c->scores + (size_t)th * (c->n_ctx + 2 * hp->head_dim);
+        void *qq = scores + c->n_ctx; /* Q8_0 query: fewer bytes than head_dim floats */
         const float *q = c->q + ((size_t)t * hp->n_head + h) * hp->head_dim;
         float *out = c->att + ((size_t)t * hp->n_head + h) * hp->head_dim_v;
-        attend_head(c, il, q, h / group, c->n_past + t, scores, out);
+        attend_head(c, il, q, h / group, c->n_past + t, scores, qq, out);
     }
 }
 

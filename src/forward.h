@@ -9,7 +9,7 @@
 #include "model.h"
 #include "status.h"
 
-typedef enum { CM_KV_F32 = 0, CM_KV_F16 = 1 } cm_kv_type;
+typedef enum { CM_KV_F32 = 0, CM_KV_F16 = 1, CM_KV_Q8_0 = 2 } cm_kv_type;
 
 typedef struct cm_ctx cm_ctx;
 

@@ -263,6 +263,43 @@ static void test_vs_llamacpp(const char *arch, const char *type, double max_abs_
     free(json);
 }
 
+/* llama.cpp's own K-quant and legacy files (llama-quantize), against its
+ * logits for them.  The issue asks for >= 90% argmax agreement; the
+ * measured max-abs is printed and bounded by what we measured (plus margin):
+ * f16 0.007, q2_k 0.065, q3_k_m 0.17, q4_k_m 0.15, q5_k_m 0.13, q6_k 0.15,
+ * q4_1 0.083, q5_0 0.17; argmax 18-20 of 20.  The weights are random
+ * N(0, 0.08^2): tiny float differences flip 8-bit activation roundings and
+ * grow layer by layer. */
+static void test_kquants(const char *type, cm_kv_type kv, double max_abs_limit)
+{
+    static const int32_t ids[20] = {126, 95,  407, 474, 802, 755, 4,   714, 286, 602,
+                                    836, 149, 245, 747, 409, 415, 117, 379, 336, 875};
+    char path[1400];
+    size_t len;
+    cm_model m;
+    cm_err err = {0};
+    snprintf(path, sizeof path, "%s/fixtures/gguf/kquants/kq-%s.gguf", shared, type);
+    if (cm_model_load(path, &m, &err)) {
+        CHECK(0, "load %s: %s", type, err.msg);
+        return;
+    }
+    snprintf(path, sizeof path, "%s/fixtures/gguf/kquants/llamacpp_%s_logits.f32", shared, type);
+    float *ref = (float *)slurp(path, &len);
+    CHECK(ref && len == 20 * (size_t)m.hp.n_vocab * 4, "reference %s", path);
+    if (ref) {
+        float *got = eval_all(&m, ids, 20, kv, 512);
+        cmp_result r = compare(got, ref, 20, m.hp.n_vocab, max_abs_limit);
+        printf("kquants %-7s %s KV vs llama.cpp: max-abs %.4f, argmax %d/20\n", type,
+               kv == CM_KV_Q8_0 ? "q8_0" : "f16 ", r.max_abs, r.agree);
+        CHECK(r.agree >= 18, "kquants %s: argmax %d/20 < 90%%", type, r.agree);
+        CHECK(r.max_abs <= max_abs_limit, "kquants %s: max-abs %.4f > %.2f", type, r.max_abs,
+              max_abs_limit);
+        free(got);
+    }
+    free(ref);
+    cm_model_free(&m);
+}
+
 int main(void)
 {
     char msg[256];
@@ -279,14 +316,25 @@ int main(void)
     const char *archs[] = {"llama", "mixtral"};
     for (int a = 0; a < 2; a++) {
         test_f32_vs_transformers(archs[a]);
-        /* measured (llama / mixtral): f32 0.0015 / 0.0012, f16 0.0048 / 0.0031,
-         * q8_0 0.061 / 0.051 with argmax 31/32, q4_0 0.072 / 0.79 (one
-         * router near-tie, all other positions <= 0.06) */
+        /* measured (llama / mixtral), rounding q and the attention weights
+         * to f16 as llama.cpp does with an f16 cache: f32 0.0000 / 0.0001,
+         * f16 0.0052 / 0.0036, q8_0 0.0000 / 0.0089, q4_0 0.079 / 0.059,
+         * argmax 32/32 everywhere.  (Before matching that rounding, mixtral
+         * q4_0 had one router near-tie flip: hence max_over.) */
         test_vs_llamacpp(archs[a], "f32", 0.01, 1.0, 0);
         test_vs_llamacpp(archs[a], "f16", 0.02, 1.0, 0);
         test_vs_llamacpp(archs[a], "q8_0", 0.15, 0.9, 0);
-        test_vs_llamacpp(archs[a], "q4_0", 0.3, 0.9, a == 1 ? 1 : 0);
+        test_vs_llamacpp(archs[a], "q4_0", 0.3, 0.9, 0);
     }
+    static const struct {
+        const char *type;
+        double limit;
+    } kq[] = {{"f16", 0.02},    {"q2_k", 0.25}, {"q3_k_m", 0.25}, {"q4_k_m", 0.25},
+              {"q5_k_m", 0.25}, {"q6_k", 0.25}, {"q4_1", 0.25},   {"q5_0", 0.25}};
+    for (size_t i = 0; i < sizeof kq / sizeof kq[0]; i++)
+        test_kquants(kq[i].type, CM_KV_F16, kq[i].limit);
+    /* a q8_0 KV cache (head dim 64 here): measured 0.13 against f16 KV logits */
+    test_kquants("f16", CM_KV_Q8_0, 0.2);
     printf("%s\n", failures ? "FAILED" : "all model tests passed");
     return failures ? 1 : 0;
 }
