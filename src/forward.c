@@ -85,13 +85,14 @@ static size_t row_floats(const cm_hparams *hp)
     size_t q = (size_t)hp->n_head * hp->head_dim, k = (size_t)hp->n_head_kv * hp->head_dim;
     size_t v = (size_t)hp->n_head_kv * hp->head_dim_v, a = (size_t)hp->n_head * hp->head_dim_v;
     return (size_t)hp->n_embd * 6 + 2 * (q + k + v) + a + 2 * (size_t)max_ff(hp) +
-           (size_t)hp->n_vocab + 3 * (size_t)hp->n_expert;
+           3 * (size_t)hp->n_expert;
 }
 
 size_t cm_ctx_bytes_estimate(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch)
 {
     const cm_hparams *hp = &m->hp;
     return kv_bytes(hp, n_ctx, kv) + (size_t)n_batch * row_floats(hp) * sizeof(float) +
+           (size_t)hp->n_vocab * sizeof(float) +
            (size_t)max_threads() * (n_ctx + 2 * hp->head_dim) * sizeof(float) +
            max_scratch(m, n_batch);
 }
@@ -133,7 +134,7 @@ static int alloc_buffers(cm_ctx *c)
                       &c->ff_a, &c->ff_b, &c->logits, &c->router, &c->exp_wts, &c->xe, &c->ye};
     size_t sizes[] = {nb * E, nb * E, nb * E, nb * E, nb * (q + k + v), nb * q, nb * k, nb * v,
                       nb * hp->n_head * hp->head_dim_v, nb * max_ff(hp), nb * max_ff(hp),
-                      nb * hp->n_vocab, nb * X, nb * X, nb * E, nb * E};
+                      (size_t)hp->n_vocab, nb * X, nb * X, nb * E, nb * E};
     int ok = alloc_kv(c);
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
         ok &= (*bufs[i] = alloc64(sizes[i] * sizeof(float))) != NULL;
@@ -426,8 +427,9 @@ static void embed(cm_ctx *c, const int32_t *ids, int n)
     }
 }
 
-/* Runs one batch (n <= n_batch); logits for the last n_out rows. */
-static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out)
+/* Runs one batch (n <= n_batch); logits of the last n_out rows go to out
+ * (the caller's array, or the context's one row). */
+static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out, float *out)
 {
     const cm_model *m = c->m;
     const cm_hparams *hp = &m->hp;
@@ -440,8 +442,8 @@ static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out)
     const float *last = c->x + (size_t)(n - n_out) * hp->n_embd;
     cm_norm_rows(c->h, last, &m->out_norm, &m->out_norm_b, n_out, hp->n_embd, hp->norm_eps,
                  hp->layer_norm);
-    cm_matmul(&m->output, c->h, n_out, c->logits, c->scratch);
-    cm_add_bias(c->logits, &m->output_b, n_out, hp->n_vocab);
+    cm_matmul(&m->output, c->h, n_out, out, c->scratch);
+    cm_add_bias(out, &m->output_b, n_out, hp->n_vocab);
 }
 
 cm_status cm_eval(cm_ctx *c, const int32_t *ids, int n, float *all_logits, cm_err *err)
@@ -462,10 +464,8 @@ cm_status cm_eval(cm_ctx *c, const int32_t *ids, int n, float *all_logits, cm_er
         int nb = n - done < c->n_batch ? n - done : c->n_batch;
         /* intermediate batches of a long prompt need no logits */
         int n_out = all_logits ? nb : (done + nb == n ? 1 : 0);
-        eval_batch(c, ids + done, nb, n_out);
-        if (all_logits)
-            memcpy(all_logits + (size_t)done * n_vocab, c->logits,
-                   (size_t)nb * n_vocab * sizeof(float));
+        eval_batch(c, ids + done, nb, n_out,
+                   all_logits ? all_logits + (size_t)done * n_vocab : c->logits);
         done += nb;
     }
     if (all_logits) /* keep the last row where cm_ctx_logits finds it */

@@ -28,6 +28,8 @@ static const char HELP[] =
     "      --vocab FILE      copy the tokenizer from this GGUF (so `codemoe run`\n"
     "                        works); the vocabulary size follows it\n"
     "      --seed N          random seed (default 1234); same seed, same file\n"
+    "      --ffn-seed N      a different seed for the feed-forward weights only\n"
+    "                        (experts that share everything else, for packs)\n"
     "      --dry-run         list the tensors, their types and the sizes; write\n"
     "                        nothing (-o not needed)\n"
     "  dimensions (override the preset):\n"
@@ -80,6 +82,7 @@ typedef struct {
     const gm_ftype *ft;
     const char *out, *vocab;
     uint64_t seed;
+    uint64_t ffn_seed; /* 0: same as seed */
     int dry_run;
 } gm_opts;
 
@@ -157,7 +160,12 @@ static void plan_one(gm_tensor *t, const gm_opts *o, const char *name, gm_role r
     t->n_dims = ne2 > 1 ? 3 : ne1 > 1 ? 2 : 1;
     t->ones = role == R_NORM;
     t->type = choose_type(o, role, il, ne0);
-    t->seed = name_seed(o->seed, name);
+    /* --ffn-seed varies only the feed-forward weights: models that share
+     * everything else, like language experts with frozen attention */
+    t->seed = name_seed(o->ffn_seed && strstr(name, ".ffn_") && !strstr(name, "_norm")
+                            ? o->ffn_seed
+                            : o->seed,
+                        name);
 }
 
 /* One layer's tensors in llama.cpp's order; returns how many. */
@@ -461,6 +469,8 @@ static cm_status parse_args(int argc, char **argv, gm_opts *o, int *vocab_given,
             o->vocab = v;
         else if (!strcmp(a, "--seed"))
             s = arg_u64(a, v, &o->seed, err);
+        else if (!strcmp(a, "--ffn-seed"))
+            s = arg_u64(a, v, &o->ffn_seed, err);
         else
             s = parse_dim(a, v, &o->d, vocab_given, err);
     }
