@@ -34,6 +34,8 @@ static const char RUN_HELP[] =
     "  -t, --threads N         threads (default: all cores)\n"
     "      --kv-type T         KV cache type: f16 (default), f32 or q8_0\n"
     "      --no-bos            do not add the BOS token to the prompt\n"
+    "      --all-experts       with a pack: bring every expert into memory first (to\n"
+    "                          compare with routing, which keeps only the one in use)\n"
     "      --moe-stats         print tokens per expert (MoE models) on stderr\n"
     "      --moe-ram-budget S  keep at most S bytes of expert weights resident (e.g. 512M):\n"
     "                          least recently used experts are released; prints hit rate\n"
@@ -51,7 +53,7 @@ typedef struct {
     const char *model, *lang;
     prompt_src prompts[MAX_PROMPTS];
     int n_prompts;
-    int n_predict, n_ctx, no_bos, have_seed, moe_stats;
+    int n_predict, n_ctx, no_bos, have_seed, moe_stats, all_experts;
     uint64_t moe_budget; /* 0: none given */
     cm_kv_type kv;
     cm_sampling_params sp;
@@ -100,8 +102,8 @@ static cm_status parse_run(int argc, char **argv, run_opts *o, int *help, cm_err
             *help = 1;
             return CM_OK;
         }
-        if (!strcmp(a, "--no-bos") || !strcmp(a, "--moe-stats")) {
-            *(a[2] == 'n' ? &o->no_bos : &o->moe_stats) = 1;
+        if (!strcmp(a, "--no-bos") || !strcmp(a, "--moe-stats") || !strcmp(a, "--all-experts")) {
+            *(a[2] == 'n' ? &o->no_bos : a[2] == 'm' ? &o->moe_stats : &o->all_experts) = 1;
             continue;
         }
         if ((s = arg_value(argc, argv, &i, &v, err)))
@@ -380,6 +382,22 @@ static cm_status run_one(const run_opts *o, cm_model *m, const prompt_src *p, do
     return s;
 }
 
+/* Reads one byte of every page of every tensor, so the whole file is
+ * resident: the "all experts loaded" baseline routing is measured against. */
+static uint64_t touch_all(const cm_model *m)
+{
+    volatile uint8_t sink = 0;
+    uint64_t bytes = 0;
+    for (uint64_t i = 0; i < m->file.n_tensors; i++) {
+        const uint8_t *p = m->file.tensors[i].data;
+        for (uint64_t off = 0; off < m->file.tensors[i].nbytes; off += 4096)
+            sink ^= p[off];
+        bytes += m->file.tensors[i].nbytes;
+    }
+    (void)sink;
+    return bytes;
+}
+
 static cm_status run_model(run_opts *o, cm_err *err)
 {
     cm_model m;
@@ -393,6 +411,11 @@ static cm_status run_model(run_opts *o, cm_err *err)
                     "(codemoe logits evaluates token ids)", o->model);
     if (o->n_ctx == 0)
         o->n_ctx = m.hp.n_ctx_train < 4096 ? m.hp.n_ctx_train : 4096;
+    if (!s && o->all_experts && !m.is_pack)
+        s = cm_fail(err, CM_E_USAGE, "--all-experts applies to language-expert packs only");
+    if (!s && o->all_experts)
+        fprintf(stderr, "[codemoe] all experts resident: %.1f MiB touched\n",
+                touch_all(&m) / 1048576.0);
     for (int i = 0; !s && i < o->n_prompts; i++) {
         if (i > 0)
             putchar('\n'); /* completions of successive prompts on their own lines */
