@@ -43,7 +43,7 @@ static int type_by_name(const char *s)
 
 static float frand(void)
 {
-    return (float)rand() / RAND_MAX - 0.5f;
+    return (float)(rand() / (RAND_MAX + 1.0)) - 0.5f;
 }
 
 /* A weight of rows x cols of type t, plus copies up to >= min_bytes. */

@@ -147,9 +147,13 @@ const char *cm_cpu_isa(void)
 #define ALIGN64(n) (((n) + 63) & ~(size_t)63)
 
 /* Batches from this size take the table's batched kernel (cm_gemm): below
- * it, one 16-token group would be mostly padding and the per-token dots
- * win (measured with bench_matmul; see the gemm_min_tok comment there). */
+ * it a 16-token group is mostly padding and the per-token dots win.
+ * Measured with bench_matmul --sweep (896 x 4864, one thread, AVX-512):
+ * the dots run ~90-120 GFLOP/s at any batch size; the batched kernel
+ * passes them at 4-5 tokens for q8_0/q4_0 and at 6-8 for the K-quants,
+ * whose 256-element blocks cost more to decode per use. */
 #define GEMM_MIN_TOK 4
+#define GEMM_MIN_TOK_K 8
 
 /* Products below this many multiply-adds run on one thread: waking the
  * other threads and the closing barrier cost a few microseconds, more than
@@ -180,7 +184,8 @@ static size_t act_row_bytes(const cm_tensor *w)
  * sgemm serves F32/F16 on ISAs without a float gemm, from BLAS_MIN_TOK. */
 static const cm_gemm *pick_gemm(const cm_tensor *w, int64_t n_tok)
 {
-    if (n_tok < GEMM_MIN_TOK || w->type >= CM_TYPE_COUNT)
+    const cm_type_info *ti = cm_type_get(w->type);
+    if (!ti || n_tok < (ti->block_elems == 256 ? GEMM_MIN_TOK_K : GEMM_MIN_TOK))
         return NULL;
     if (cm_kern.gemm[w->type])
         return cm_kern.gemm[w->type];
@@ -238,25 +243,15 @@ static void matmul_rows(cm_vec_dot_fn dot, const char *wd, size_t wrow,
                         int64_t cols, int64_t rows, const char *xq,
                         size_t xrow, int64_t n_tok, float *y)
 {
-    const int par = rows * cols * n_tok >= PAR_MIN_MACS;
+    const int par = rows * cols * n_tok >= PAR_MIN_MACS; /* OMP_FOR's if clause */
     (void)par;
     if (n_tok == 1) {
-#ifdef CM_PF_BYTES
-        /* software prefetch: the row ~CM_PF_BYTES ahead, whole; the
-         * hardware streamers stop at 4 KiB page boundaries */
-        const int64_t ahead = (int64_t)((CM_PF_BYTES + wrow - 1) / wrow);
-        OMP_FOR
-        for (int64_t r = 0; r < rows; r++) {
-            const char *pf = wd + (size_t)(r + ahead) * wrow;
-            for (size_t o = 0; o < wrow; o += 64)
-                __builtin_prefetch(pf + o, 0, 0);
-            y[r] = dot(cols, wd + (size_t)r * wrow, xq);
-        }
-#else
+        /* each thread streams one contiguous range of rows.  (Software
+         * prefetch a few KiB ahead measured 2-3x slower on an Intel Xeon:
+         * the hardware streamers already keep up.) */
         OMP_FOR
         for (int64_t r = 0; r < rows; r++)
             y[r] = dot(cols, wd + (size_t)r * wrow, xq);
-#endif
         return;
     }
     const int64_t rt = row_tile(wrow), ntiles = (rows + rt - 1) / rt;

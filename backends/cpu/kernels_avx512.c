@@ -213,6 +213,58 @@ INLINE float dot_q4_0_k(int64_t n, const void *w, const void *x, const int vnni)
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
+/* q5_0: the q4_0 kernel with bit 4 of each level from qh (two blocks' 32
+ * bits make the 64-bit byte mask, in the order nibbles2() produces) and
+ * the offset 16: sum (q - 16) * a = sum q * a - 16 * sum a, |q| <= 31. */
+INLINE __m512i levels2_q5(const block_q5_0 *u)
+{
+    uint32_t h0, h1;
+    memcpy(&h0, u[0].qh, 4);
+    memcpy(&h1, u[1].qh, 4);
+    __m512i hb = _mm512_maskz_mov_epi8(((__mmask64)h1 << 32) | h0, _mm512_set1_epi8(0x10));
+    return _mm512_or_si512(nibbles2(u[0].qs, u[1].qs), hb);
+}
+
+INLINE __m512i dot_q5(__m512i q, __m512i a, const int vnni)
+{
+    __m512i z = _mm512_setzero_si512();
+    return _mm512_sub_epi32(dpbusd(z, q, a, vnni), dpbusd(z, _mm512_set1_epi8(16), a, vnni));
+}
+
+INLINE float dot_q5_0_k(int64_t n, const void *w, const void *x, const int vnni)
+{
+    const block_q5_0 *a = w;
+    const block_q8_0 *b = x;
+    const int64_t nb = n / QK5_0;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    int64_t i = 0;
+    for (; i + 8 <= nb; i += 8) {
+        __m256 s = _mm256_mul_ps(scales8(a + i, sizeof *a), scales8(b + i, sizeof *b));
+        UNROLL
+        for (int p = 0; p < 4; p += 2) {
+            const block_q5_0 *u = a + i + 2 * p;
+            const block_q8_0 *v = b + i + 2 * p;
+            __m512i p0 = dot_q5(levels2_q5(u), load2x256(v[0].qs, v[1].qs), vnni);
+            __m512i p1 = dot_q5(levels2_q5(u + 2), load2x256(v[2].qs, v[3].qs), vnni);
+            acc0 = _mm512_fmadd_ps(pair_scales(s, p), _mm512_cvtepi32_ps(p0), acc0);
+            acc1 = _mm512_fmadd_ps(pair_scales(s, p + 1), _mm512_cvtepi32_ps(p1), acc1);
+        }
+    }
+    float tail = 0; /* < 8 blocks: scalar reference arithmetic, exact ints */
+    for (; i < nb; i++) {
+        uint32_t qh;
+        memcpy(&qh, a[i].qh, 4);
+        int sum = 0;
+        for (int j = 0; j < 16; j++) {
+            int lo = (a[i].qs[j] & 0xF) | (((qh >> j) & 1) << 4);
+            int hi = (a[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+            sum += (lo - 16) * b[i].qs[j] + (hi - 16) * b[i].qs[j + 16];
+        }
+        tail += (float)sum * (F16(a[i].d) * F16(b[i].d));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail;
+}
+
 /* ---- K-quants against Q8_K ---------------------------------------------- */
 
 /* As kernels_avx2.c: the q4_K/q5_K 6-bit scales (bytes 0-7) and mins
@@ -479,6 +531,7 @@ static void quant_q8_K(const float *x, void *y, int64_t n)
     }
 VARIANTS(dot_q8_0)
 VARIANTS(dot_q4_0)
+VARIANTS(dot_q5_0)
 VARIANTS(dot_q4_K)
 VARIANTS(dot_q5_K)
 VARIANTS(dot_q6_K)
@@ -489,6 +542,7 @@ int cm_kernels_avx512(struct cm_kernels *k, int vnni)
     k->vec_dot[CM_TYPE_F16] = dot_f16;
     k->vec_dot[CM_TYPE_Q8_0] = vnni ? dot_q8_0_vnni : dot_q8_0_plain;
     k->vec_dot[CM_TYPE_Q4_0] = vnni ? dot_q4_0_vnni : dot_q4_0_plain;
+    k->vec_dot[CM_TYPE_Q5_0] = vnni ? dot_q5_0_vnni : dot_q5_0_plain;
     k->vec_dot[CM_TYPE_Q4_K] = vnni ? dot_q4_K_vnni : dot_q4_K_plain;
     k->vec_dot[CM_TYPE_Q5_K] = vnni ? dot_q5_K_vnni : dot_q5_K_plain;
     k->vec_dot[CM_TYPE_Q6_K] = vnni ? dot_q6_K_vnni : dot_q6_K_plain;
