@@ -580,9 +580,9 @@ static void test_helpers_once(void)
 
 static void test_isas(void)
 {
-    static const char *isas[] = {"scalar", "avx2", "avx512"};
+    static const char *isas[] = {"scalar", "avx2", "avx512", "neon"};
     char err[256];
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         setenv("CODEMOE_ISA", isas[i], 1);
         if (cm_cpu_init(err, sizeof err) != 0) {
             printf("  isa %-6s: skipped (%s)\n", isas[i], err);
@@ -612,6 +612,20 @@ static void test_isas(void)
         test_batched_once();
         test_helpers_once();
         printf("  isa avx512 without vnni: kernels, matmul, batched, helpers %s\n",
+               failures == before ? "ok" : "FAILED");
+    }
+    /* the NEON kernels without SDOT (Cortex-A53/A72 class), likewise */
+    cm_kernels_scalar(&k);
+    if (cm_cpu_init(err, sizeof err) == 0 && strcmp(cm_cpu_isa(), "neon") == 0 &&
+        cm_kernels_neon(&k, 0) == 0) {
+        int before = failures;
+        k.isa = "neon-nodotprod";
+        cm_kern = k;
+        test_kernels_once();
+        test_matmul_once();
+        test_batched_once();
+        test_helpers_once();
+        printf("  isa neon without dotprod: kernels, matmul, batched, helpers %s\n",
                failures == before ? "ok" : "FAILED");
     }
     setenv("CODEMOE_ISA", "bogus", 1);

@@ -21,15 +21,13 @@
 #include <cpuid.h>
 #endif
 
-/* NEON: no kernels yet; aarch64 runs the scalar table.  A kernels_neon.c
- * would add cm_kernels_neon() and a "neon" case below. */
-
-enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512 };
+enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_NEON, ISA_COUNT };
 
 typedef struct {
     int avx2;   /* AVX2 + FMA + F16C, OS saves ymm */
     int avx512; /* F + BW + VL, OS saves zmm */
     int vnni;   /* AVX512_VNNI */
+    int neon, dotprod; /* AArch64 ASIMD, SDOT (cpu_arm.c) */
 } cpu_features;
 
 #ifdef CM_X86_KERNELS
@@ -42,7 +40,7 @@ static uint64_t xgetbv0(void)
 
 static cpu_features detect(void)
 {
-    cpu_features f = {0, 0, 0};
+    cpu_features f = {0};
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d))
         return f;
@@ -63,19 +61,22 @@ static cpu_features detect(void)
 #else
 static cpu_features detect(void)
 {
-    cpu_features f = {0, 0, 0};
+    cpu_features f = {0};
+    cm_arm_features(&f.neon, &f.dotprod);
     return f;
 }
 #endif
 
-/* tabs[i] = the table for ISA i; returns the best ISA both this CPU and
- * this build run (an ISA file compiled without its flags declines). */
-static int build_tables(const cpu_features *f, struct cm_kernels tabs[3])
+/* tabs[i] = the table for ISA i, ok[i] = whether this CPU and build run
+ * it (an ISA file compiled without its flags declines); returns the best. */
+static int build_tables(const cpu_features *f, struct cm_kernels tabs[ISA_COUNT],
+                        int ok[ISA_COUNT])
 {
     int top = ISA_SCALAR;
     cm_kernels_scalar(&tabs[ISA_SCALAR]);
-    tabs[ISA_AVX2] = tabs[ISA_SCALAR];
-    tabs[ISA_AVX512] = tabs[ISA_SCALAR];
+    for (int i = 1; i < ISA_COUNT; i++)
+        tabs[i] = tabs[ISA_SCALAR], ok[i] = 0;
+    ok[ISA_SCALAR] = 1;
 #ifdef CM_X86_KERNELS
     if (f->avx2 && cm_kernels_avx2(&tabs[ISA_AVX2]) == 0) {
         top = ISA_AVX2;
@@ -83,17 +84,18 @@ static int build_tables(const cpu_features *f, struct cm_kernels tabs[3])
         if (f->avx512 && cm_kernels_avx512(&tabs[ISA_AVX512], f->vnni) == 0)
             top = ISA_AVX512;
     }
-#else
-    (void)f;
+    ok[ISA_AVX2] = top >= ISA_AVX2, ok[ISA_AVX512] = top == ISA_AVX512;
 #endif
+    if (f->neon && cm_kernels_neon(&tabs[ISA_NEON], f->dotprod) == 0)
+        top = ISA_NEON, ok[ISA_NEON] = 1;
     return top;
 }
 
-static const char *const isa_names[] = {"scalar", "avx2", "avx512"};
+static const char *const isa_names[] = {"scalar", "avx2", "avx512", "neon"};
 
 static int isa_from_name(const char *s)
 {
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < ISA_COUNT; i++)
         if (strcmp(s, isa_names[i]) == 0)
             return i;
     return -1;
@@ -102,15 +104,15 @@ static int isa_from_name(const char *s)
 int cm_cpu_init(char *err_msg, size_t err_len)
 {
     cpu_features f = detect();
-    struct cm_kernels tabs[3];
-    int best = build_tables(&f, tabs), isa = best;
+    struct cm_kernels tabs[ISA_COUNT];
+    int ok[ISA_COUNT];
+    int best = build_tables(&f, tabs, ok), isa = best;
     const char *env = getenv("CODEMOE_ISA");
     if (env && *env) {
         isa = isa_from_name(env);
-        if (isa < 0 || isa > best) {
-            const char *why = strcmp(env, "neon") == 0 ? "no NEON kernels yet"
-                              : isa < 0 ? "unknown ISA (scalar|avx2|avx512|neon)"
-                                        : "not supported by this CPU or build";
+        if (isa < 0 || !ok[isa]) {
+            const char *why = isa < 0 ? "unknown ISA (scalar|avx2|avx512|neon)"
+                                      : "not supported by this CPU or build";
             if (err_msg && err_len)
                 snprintf(err_msg, err_len, "CODEMOE_ISA=%s: %s (best here: %s)",
                          env, why, isa_names[best]);

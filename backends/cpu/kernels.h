@@ -69,6 +69,12 @@ void cm_kernels_scalar(struct cm_kernels *k);
 int cm_kernels_avx2(struct cm_kernels *k);
 /* vnni: the CPU has AVX512_VNNI (else vpdpbusd is emulated) */
 int cm_kernels_avx512(struct cm_kernels *k, int vnni);
+/* dotprod: the CPU has the Armv8.2 SDOT instructions (HWCAP_ASIMDDP) */
+int cm_kernels_neon(struct cm_kernels *k, int dotprod);
+
+/* AArch64 feature detection (cpu_arm.c): 0 with *neon and *dotprod filled
+ * in, or -1 (both 0) on other architectures. */
+int cm_arm_features(int *neon, int *dotprod);
 
 /* Pieces of the ISA files split out by format family (same target flags as
  * their parent; called by the parent's installer). */

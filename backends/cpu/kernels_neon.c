@@ -1,0 +1,672 @@
+/* kernels_neon.c - AArch64 Advanced SIMD (NEON) kernels.
+ *
+ * NEON is part of every AArch64 CPU, so this file needs no target flags: on
+ * aarch64 it always builds, elsewhere it is a stub that declines.  The
+ * integer dots come in two variants generated from one body: one built on
+ * vmull_s8 + vpadalq_s16 (any Armv8.0 core, e.g. Cortex-A53/A72), one on
+ * the Armv8.2 SDOT instruction (vdotq_s32; Cortex-A55/A76 and later, Apple,
+ * Neoverse).  The SDOT functions carry a target attribute instead of the
+ * whole file getting -march=armv8.2-a+dotprod, so the compiler can never
+ * slip an 8.2 instruction into code an 8.0 core runs; cm_kernels_neon()
+ * installs them only when the caller saw HWCAP_ASIMDDP (cpu_arm.c).
+ *
+ * Integer sums follow quant/ref_*.c exactly; only float summation order
+ * differs.  The activation quantizers are byte-identical to the scalar ones
+ * (round half to even via FCVTNS, as lrintf in the default FP mode).
+ * Everything is static except the installer, as in kernels_avx2.c. */
+#include "backends/cpu/kernels.h"
+
+#if defined(__aarch64__) && defined(__ARM_NEON)
+
+#include <arm_neon.h>
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "quant/blocks.h"
+
+/* Whether the SDOT variant can be compiled, and the attribute it needs.
+ * GCC >= 8 and clang >= 16 take the attribute (their arm_neon.h defines
+ * vdotq_s32 under it); older clang only has vdotq_s32 when the whole build
+ * targets dotprod, so there it falls back to the vmull variant.  GCC wants
+ * the full "arch=armv8.2-a+dotprod": a bare "+dotprod" on an 8.0 baseline
+ * does not satisfy arm_neon.h's own target and inlining fails. */
+#if defined(__ARM_FEATURE_DOTPROD)
+#define CM_NEON_DP 1
+#define DP_ATTR
+#elif defined(__clang__)
+#if __clang_major__ >= 16
+#define CM_NEON_DP 1
+#define DP_ATTR __attribute__((target("arch=armv8.2-a+dotprod")))
+#endif
+#elif defined(__GNUC__) && __GNUC__ >= 8
+#define CM_NEON_DP 1
+#define DP_ATTR __attribute__((target("arch=armv8.2-a+dotprod")))
+#endif
+#ifndef CM_NEON_DP
+#define CM_NEON_DP 0
+#endif
+
+/* Kernel bodies are templates over the int8 dot step: always inlined into
+ * each variant's wrapper, where the step is a known function and inlines
+ * too. */
+#define BODY static inline __attribute__((always_inline))
+
+/* acc + the 16 products a[j]*b[j], spread over the 4 int32 lanes.  Which
+ * lane gets which product differs between the variants; every caller only
+ * uses lane totals (or scales whole vectors), so that never shows. */
+typedef int32x4_t (*sdot_fn)(int32x4_t acc, int8x16_t a, int8x16_t b);
+
+/* Products of two int8 fit int16 (|-128 * -128| = 16384), and vpadalq
+ * widens each adjacent pair into the int32 lanes. */
+static inline int32x4_t sdot_mull(int32x4_t acc, int8x16_t a, int8x16_t b)
+{
+    int16x8_t lo = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+    int16x8_t hi = vmull_high_s8(a, b);
+    return vpadalq_s16(vpadalq_s16(acc, lo), hi);
+}
+
+#if CM_NEON_DP
+DP_ATTR static inline int32x4_t sdot_dp(int32x4_t acc, int8x16_t a, int8x16_t b)
+{
+    return vdotq_s32(acc, a, b);
+}
+#endif
+
+/* IEEE half to float; exact, and one FCVT on AArch64. */
+static inline float f16(uint16_t h)
+{
+    __fp16 v;
+    memcpy(&v, &h, sizeof v);
+    return (float)v;
+}
+
+static inline int8x16_t s8(uint8x16_t v)
+{
+    return vreinterpretq_s8_u8(v);
+}
+
+/* Dot of 32 int8 weights with 32 int8 activations, as 4 int32 lanes. */
+BODY int32x4_t dot32(const int8_t *a, const int8_t *b, sdot_fn dot)
+{
+    int32x4_t p = dot(vdupq_n_s32(0), vld1q_s8(a), vld1q_s8(b));
+    return dot(p, vld1q_s8(a + 16), vld1q_s8(b + 16));
+}
+
+/* Same with the weights already in registers (lo: elements 0-15). */
+BODY int32x4_t dot32r(int8x16_t lo, int8x16_t hi, const int8_t *b, sdot_fn dot)
+{
+    int32x4_t p = dot(vdupq_n_s32(0), lo, vld1q_s8(b));
+    return dot(p, hi, vld1q_s8(b + 16));
+}
+
+/* acc + d * (lane sums as floats) */
+static inline float32x4_t fma_i32(float32x4_t acc, int32x4_t p, float d)
+{
+    return vfmaq_n_f32(acc, vcvtq_f32_s32(p), d);
+}
+
+/* ---- float weights ------------------------------------------------------ */
+
+static float dot_f32(int64_t n, const void *w, const void *x)
+{
+    const float *a = w, *b = x;
+    float32x4_t s0 = vdupq_n_f32(0), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) { /* four chains hide the FMA latency */
+        s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
+        s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+        s2 = vfmaq_f32(s2, vld1q_f32(a + i + 8), vld1q_f32(b + i + 8));
+        s3 = vfmaq_f32(s3, vld1q_f32(a + i + 12), vld1q_f32(b + i + 12));
+    }
+    for (; i + 4 <= n; i += 4)
+        s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+/* 8 halves: FCVTL converts from the low and the high half of a register. */
+static float dot_f16(int64_t n, const void *w, const void *x)
+{
+    const uint16_t *a = w;
+    const float *b = x;
+    float32x4_t s0 = vdupq_n_f32(0), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        float16x8_t h0 = vreinterpretq_f16_u16(vld1q_u16(a + i));
+        float16x8_t h1 = vreinterpretq_f16_u16(vld1q_u16(a + i + 8));
+        s0 = vfmaq_f32(s0, vcvt_f32_f16(vget_low_f16(h0)), vld1q_f32(b + i));
+        s1 = vfmaq_f32(s1, vcvt_high_f32_f16(h0), vld1q_f32(b + i + 4));
+        s2 = vfmaq_f32(s2, vcvt_f32_f16(vget_low_f16(h1)), vld1q_f32(b + i + 8));
+        s3 = vfmaq_f32(s3, vcvt_high_f32_f16(h1), vld1q_f32(b + i + 12));
+    }
+    for (; i + 4 <= n; i += 4) {
+        float16x4_t h = vreinterpret_f16_u16(vld1_u16(a + i));
+        s0 = vfmaq_f32(s0, vcvt_f32_f16(h), vld1q_f32(b + i));
+    }
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+    for (; i < n; i++)
+        s += f16(a[i]) * b[i];
+    return s;
+}
+
+/* bfloat16 is the top half of a float: widen with a 16-bit left shift. */
+static inline float32x4_t bf16x4(const uint16_t *p)
+{
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16));
+}
+
+static float dot_bf16(int64_t n, const void *w, const void *x)
+{
+    const uint16_t *a = w;
+    const float *b = x;
+    float32x4_t s0 = vdupq_n_f32(0), s1 = s0;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        s0 = vfmaq_f32(s0, bf16x4(a + i), vld1q_f32(b + i));
+        s1 = vfmaq_f32(s1, bf16x4(a + i + 4), vld1q_f32(b + i + 4));
+    }
+    for (; i + 4 <= n; i += 4)
+        s0 = vfmaq_f32(s0, bf16x4(a + i), vld1q_f32(b + i));
+    float s = vaddvq_f32(vaddq_f32(s0, s1));
+    for (; i < n; i++)
+        s += cm_bf16_to_f32(a[i]) * b[i];
+    return s;
+}
+
+/* ---- legacy formats against Q8_0 / Q8_1 -------------------------------- */
+
+/* The 32 nibbles of a 4/5-bit block: lo = low nibbles (elements 0-15),
+ * hi = high nibbles (16-31). */
+static inline void nibbles(const uint8_t *qs, uint8x16_t *lo, uint8x16_t *hi)
+{
+    uint8x16_t v = vld1q_u8(qs);
+    *lo = vandq_u8(v, vdupq_n_u8(0x0F));
+    *hi = vshrq_n_u8(v, 4);
+}
+
+/* Bit 4 of each q5 level: byte j = 0x10 where bit j of the 32-bit qh is
+ * set.  TBL spreads qh byte j/8 over 8 lanes, CMTST picks bit j%8. */
+static inline void fifth_bits(const uint8_t *qh, uint8x16_t *lo, uint8x16_t *hi)
+{
+    static const uint8_t idx[32] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                    2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
+    uint32_t h;
+    memcpy(&h, qh, 4);
+    uint8x16_t hv = vreinterpretq_u8_u32(vdupq_n_u32(h));
+    uint8x16_t bit = vreinterpretq_u8_u64(vdupq_n_u64(0x8040201008040201ull));
+    uint8x16_t b0 = vtstq_u8(vqtbl1q_u8(hv, vld1q_u8(idx)), bit);
+    uint8x16_t b1 = vtstq_u8(vqtbl1q_u8(hv, vld1q_u8(idx + 16)), bit);
+    *lo = vandq_u8(b0, vdupq_n_u8(0x10));
+    *hi = vandq_u8(b1, vdupq_n_u8(0x10));
+}
+
+/* Two blocks per step into two accumulators so the FMAs overlap. */
+BODY float q8_0_body(int64_t n, const void *w, const void *x, sdot_fn dot)
+{
+    const block_q8_0 *a = w, *b = x;
+    const int64_t nb = n / QK8_0;
+    float32x4_t acc0 = vdupq_n_f32(0), acc1 = acc0;
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        acc0 = fma_i32(acc0, dot32(a[i].qs, b[i].qs, dot), f16(a[i].d) * f16(b[i].d));
+        acc1 = fma_i32(acc1, dot32(a[i + 1].qs, b[i + 1].qs, dot),
+                       f16(a[i + 1].d) * f16(b[i + 1].d));
+    }
+    if (i < nb)
+        acc0 = fma_i32(acc0, dot32(a[i].qs, b[i].qs, dot), f16(a[i].d) * f16(b[i].d));
+    return vaddvq_f32(vaddq_f32(acc0, acc1));
+}
+
+/* q4_0 levels minus 8 are -8..7: signed bytes straight into the dot. */
+BODY int32x4_t q4_0_block(const block_q4_0 *a, const int8_t *y, sdot_fn dot)
+{
+    uint8x16_t lo, hi;
+    nibbles(a->qs, &lo, &hi);
+    const int8x16_t eight = vdupq_n_s8(8);
+    return dot32r(vsubq_s8(s8(lo), eight), vsubq_s8(s8(hi), eight), y, dot);
+}
+
+BODY float q4_0_body(int64_t n, const void *w, const void *x, sdot_fn dot)
+{
+    const block_q4_0 *a = w;
+    const block_q8_0 *b = x;
+    const int64_t nb = n / QK4_0;
+    float32x4_t acc0 = vdupq_n_f32(0), acc1 = acc0;
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        acc0 = fma_i32(acc0, q4_0_block(&a[i], b[i].qs, dot), f16(a[i].d) * f16(b[i].d));
+        acc1 = fma_i32(acc1, q4_0_block(&a[i + 1], b[i + 1].qs, dot),
+                       f16(a[i + 1].d) * f16(b[i + 1].d));
+    }
+    if (i < nb)
+        acc0 = fma_i32(acc0, q4_0_block(&a[i], b[i].qs, dot), f16(a[i].d) * f16(b[i].d));
+    return vaddvq_f32(vaddq_f32(acc0, acc1));
+}
+
+/* q4_1: levels 0..15 as signed bytes; the min term is m * s per block. */
+BODY float q4_1_body(int64_t n, const void *w, const void *x, sdot_fn dot)
+{
+    const block_q4_1 *a = w;
+    const block_q8_1 *b = x;
+    float32x4_t acc = vdupq_n_f32(0);
+    float mins = 0;
+    for (int64_t i = 0; i < n / QK4_1; i++) {
+        uint8x16_t lo, hi;
+        nibbles(a[i].qs, &lo, &hi);
+        acc = fma_i32(acc, dot32r(s8(lo), s8(hi), b[i].qs, dot), f16(a[i].d) * f16(b[i].d));
+        mins += f16(a[i].m) * f16(b[i].s);
+    }
+    return vaddvq_f32(acc) + mins;
+}
+
+/* q5_0: (nibble | bit 4) - 16 is -16..15, signed bytes again. */
+BODY float q5_0_body(int64_t n, const void *w, const void *x, sdot_fn dot)
+{
+    const block_q5_0 *a = w;
+    const block_q8_0 *b = x;
+    const int8x16_t sixteen = vdupq_n_s8(16);
+    float32x4_t acc = vdupq_n_f32(0);
+    for (int64_t i = 0; i < n / QK5_0; i++) {
+        uint8x16_t lo, hi, hlo, hhi;
+        nibbles(a[i].qs, &lo, &hi);
+        fifth_bits(a[i].qh, &hlo, &hhi);
+        int8x16_t q0 = vsubq_s8(s8(vorrq_u8(lo, hlo)), sixteen);
+        int8x16_t q1 = vsubq_s8(s8(vorrq_u8(hi, hhi)), sixteen);
+        acc = fma_i32(acc, dot32r(q0, q1, b[i].qs, dot), f16(a[i].d) * f16(b[i].d));
+    }
+    return vaddvq_f32(acc);
+}
+
+BODY float q5_1_body(int64_t n, const void *w, const void *x, sdot_fn dot)
+{
+    const block_q5_1 *a = w;
+    const block_q8_1 *b = x;
+    float32x4_t acc = vdupq_n_f32(0);
+    float mins = 0;
+    for (int64_t i = 0; i < n / QK5_1; i++) {
+        uint8x16_t lo, hi, hlo, hhi;
+        nibbles(a[i].qs, &lo, &hi);
+        fifth_bits(a[i].qh, &hlo, &hhi);
+        int32x4_t p = dot32r(s8(vorrq_u8(lo, hlo)), s8(vorrq_u8(hi, hhi)), b[i].qs, dot);
+        acc = fma_i32(acc, p, f16(a[i].d) * f16(b[i].d));
+        mins += f16(a[i].m) * f16(b[i].s);
+    }
+    return vaddvq_f32(acc) + mins;
+}
+
+/* ---- activation quantizers ---------------------------------------------- */
+
+/* Largest |x[j]| over n (a multiple of 16).  FMAXNM ignores NaN like the
+ * references' strict > comparisons do. */
+static float absmax(const float *x, int n)
+{
+    float32x4_t m0 = vdupq_n_f32(0), m1 = m0;
+    for (int j = 0; j < n; j += 8) {
+        m0 = vmaxnmq_f32(m0, vabsq_f32(vld1q_f32(x + j)));
+        m1 = vmaxnmq_f32(m1, vabsq_f32(vld1q_f32(x + j + 4)));
+    }
+    return vmaxnmvq_f32(vmaxnmq_f32(m0, m1));
+}
+
+/* 16 int8 = round-half-even(x[j] * s), saturated. */
+static inline int8x16_t round16(const float *x, float s)
+{
+    int32x4_t q[4];
+    for (int k = 0; k < 4; k++)
+        q[k] = vcvtnq_s32_f32(vmulq_n_f32(vld1q_f32(x + 4 * k), s));
+    int16x8_t h0 = vcombine_s16(vqmovn_s32(q[0]), vqmovn_s32(q[1]));
+    int16x8_t h1 = vcombine_s16(vqmovn_s32(q[2]), vqmovn_s32(q[3]));
+    return vcombine_s8(vqmovn_s16(h0), vqmovn_s16(h1));
+}
+
+/* As q8_quants in ref_legacy.c: d = amax / 127; a block whose d rounds to
+ * half zero is all zeros.  Returns the unrounded d (0 for such blocks). */
+static float q8_block(const float *x, int8_t *qs, uint16_t *dh)
+{
+    float d = absmax(x, QK8_0) / 127;
+    *dh = cm_f32_to_f16(d);
+    if (*dh == 0) {
+        memset(qs, 0, QK8_0);
+        return 0;
+    }
+    float id = 1.0f / d;
+    vst1q_s8(qs, round16(x, id));
+    vst1q_s8(qs + 16, round16(x + 16, id));
+    return d;
+}
+
+static void quant_q8_0(const float *x, void *y, int64_t n)
+{
+    block_q8_0 *b = y;
+    for (int64_t i = 0; i < n / QK8_0; i++)
+        q8_block(x + i * QK8_0, b[i].qs, &b[i].d);
+}
+
+static void quant_q8_1(const float *x, void *y, int64_t n)
+{
+    block_q8_1 *b = y;
+    for (int64_t i = 0; i < n / QK8_1; i++) {
+        float d = q8_block(x + i * QK8_1, b[i].qs, &b[i].d);
+        int sum = vaddlvq_s8(vld1q_s8(b[i].qs)) + vaddlvq_s8(vld1q_s8(b[i].qs + 16));
+        b[i].s = cm_f32_to_f16((float)sum * d); /* unrounded d, as the ref */
+    }
+}
+
+/* As cm_quant_q8_K: the first value of largest magnitude maps to -128. */
+static void q8_K_block(const float *x, block_q8_K *b)
+{
+    float amax = absmax(x, QK_K), max = 0;
+    memset(b, 0, sizeof *b);
+    for (int e = 0; e < QK_K; e++)
+        if (fabsf(x[e]) == amax) {
+            max = x[e];
+            break;
+        }
+    float is = amax > 0 ? -127.0f / max : 0; /* llama.cpp: -127, so +-127 */
+    if (!isfinite(is) || is == 0) /* zero, or so tiny 1/d overflows */
+        return;
+    for (int j = 0; j < 16; j++) {
+        int8x16_t q = round16(x + 16 * j, is);
+        /* qlevel maps nan to the bottom level; FCVTNS would give 0 */
+        uint32x4_t ok[4];
+        for (int k = 0; k < 4; k++) {
+            float32x4_t v = vld1q_f32(x + 16 * j + 4 * k);
+            ok[k] = vceqq_f32(v, v);
+        }
+        uint16x8_t o0 = vcombine_u16(vmovn_u32(ok[0]), vmovn_u32(ok[1]));
+        uint16x8_t o1 = vcombine_u16(vmovn_u32(ok[2]), vmovn_u32(ok[3]));
+        uint8x16_t okb = vcombine_u8(vmovn_u16(o0), vmovn_u16(o1));
+        q = vbslq_s8(okb, q, vdupq_n_s8(-128));
+        vst1q_s8(b->qs + 16 * j, q);
+        b->bsums[j] = (int16_t)vaddlvq_s8(q);
+    }
+    b->d = 1 / is;
+}
+
+static void quant_q8_K(const float *x, void *y, int64_t n)
+{
+    block_q8_K *b = y;
+    for (int64_t i = 0; i < n / QK_K; i++)
+        q8_K_block(x + i * QK_K, &b[i]);
+}
+
+/* ---- K-quants against Q8_K ---------------------------------------------- */
+
+/* The 8 6-bit scales (sm[0..7]) and mins (sm[8..15]) of q4_K/q5_K (see
+ * cm_k4_scale_min), four at a time from the 12 bytes as 32-bit words. */
+static inline void k4_scales_mins(const uint8_t *s, uint8_t sm[16])
+{
+    uint32_t w[3], t[4];
+    memcpy(w, s, 12);
+    t[0] = w[0] & 0x3F3F3F3Fu;
+    t[1] = (w[2] & 0x0F0F0F0Fu) | (((w[0] >> 6) & 0x03030303u) << 4);
+    t[2] = w[1] & 0x3F3F3F3Fu;
+    t[3] = ((w[2] >> 4) & 0x0F0F0F0Fu) | (((w[1] >> 6) & 0x03030303u) << 4);
+    memcpy(sm, t, 16);
+}
+
+/* sum_j m[j] * (bsums[2j] + bsums[2j+1]); pair sums fit int16 (<= 4096). */
+static inline int k4_mins_dot(const int16_t *bsums, const uint8_t *m)
+{
+    int16x8_t pairs = vpaddq_s16(vld1q_s16(bsums), vld1q_s16(bsums + 8));
+    int16x8_t m16 = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(m)));
+    int32x4_t p = vmull_s16(vget_low_s16(pairs), vget_low_s16(m16));
+    return vaddvq_s32(vmlal_high_s16(p, pairs, m16));
+}
+
+/* sum_j sc[j] * bsums[j] over 16 int8 factors (q2_K mins). */
+static inline int scaled_bsums(const int16_t *bsums, int8x16_t sc)
+{
+    int16x8_t s0 = vmovl_s8(vget_low_s8(sc)), s1 = vmovl_high_s8(sc);
+    int16x8_t b0 = vld1q_s16(bsums), b1 = vld1q_s16(bsums + 8);
+    int32x4_t p = vmull_s16(vget_low_s16(b0), vget_low_s16(s0));
+    p = vmlal_high_s16(p, b0, s0);
+    p = vmlal_s16(p, vget_low_s16(b1), vget_low_s16(s1));
+    return vaddvq_s32(vmlal_high_s16(p, b1, s1));
+}
+
+/* One 64-element chunk of q4_K/q5_K: levels lo0/lo1 (sub-block 2c, 32
+ * elements as two halves) and hi0/hi1 (2c+1) against 64 activations, each
+ * sub-block weighted by its scale.  Levels <= 31 are valid signed bytes. */
+BODY int32x4_t k4_chunk(int32x4_t acc, const uint8x16_t q[4], const int8_t *y,
+                        const uint8_t *sc, sdot_fn dot)
+{
+    acc = vmlaq_n_s32(acc, dot32r(s8(q[0]), s8(q[1]), y, dot), sc[0]);
+    return vmlaq_n_s32(acc, dot32r(s8(q[2]), s8(q[3]), y + 32, dot), sc[1]);
+}
+
+/* Element 64c + 32h + l is nibble h of qs[32c + l]; for q5_K bit 4 is bit
+ * 2c + h of qh[l].  sumi <= 8 * 63 * 32 * 31 * 128: no int32 overflow.
+ * q4_K and q5_K share d, dmin and scales, so one body serves both, reading
+ * the blocks as bytes at the fields' offsets; `five` is a constant after
+ * inlining. */
+BODY float q45_K_body(int64_t n, const void *w, const void *x, int five, sdot_fn dot)
+{
+    const block_q8_K *y = x;
+    const size_t bsz = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
+    const size_t qs_off = five ? offsetof(block_q5_K, qs) : offsetof(block_q4_K, qs);
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), one = vdupq_n_u8(1), two = vdupq_n_u8(2);
+    float acc = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const uint8_t *blk = (const uint8_t *)w + (size_t)i * bsz, *qs = blk + qs_off;
+        uint16_t dh[2];
+        uint8_t sm[16];
+        memcpy(dh, blk, 4);
+        k4_scales_mins(blk + offsetof(block_q4_K, scales), sm);
+        uint8x16_t h0 = vdupq_n_u8(0), h1 = h0;
+        if (five) {
+            const uint8_t *qh = blk + offsetof(block_q5_K, qh);
+            h0 = vld1q_u8(qh), h1 = vld1q_u8(qh + 16);
+        }
+        int32x4_t sumi = vdupq_n_s32(0);
+        for (int c = 0; c < 4; c++) {
+            uint8x16_t v0 = vld1q_u8(qs + 32 * c), v1 = vld1q_u8(qs + 32 * c + 16);
+            uint8x16_t q[4] = {vandq_u8(v0, m4), vandq_u8(v1, m4), vshrq_n_u8(v0, 4),
+                               vshrq_n_u8(v1, 4)};
+            if (five) { /* bit 2c -> 0x10 of the low levels, 2c+1 of the high */
+                q[0] = vorrq_u8(q[0], vshlq_n_u8(vandq_u8(h0, one), 4));
+                q[1] = vorrq_u8(q[1], vshlq_n_u8(vandq_u8(h1, one), 4));
+                q[2] = vorrq_u8(q[2], vshlq_n_u8(vandq_u8(h0, two), 3));
+                q[3] = vorrq_u8(q[3], vshlq_n_u8(vandq_u8(h1, two), 3));
+                h0 = vshrq_n_u8(h0, 2), h1 = vshrq_n_u8(h1, 2);
+            }
+            sumi = k4_chunk(sumi, q, y[i].qs + 64 * c, sm + 2 * c, dot);
+        }
+        float d = f16(dh[0]) * y[i].d, dmin = f16(dh[1]) * y[i].d;
+        acc += d * (float)vaddvq_s32(sumi) - dmin * (float)k4_mins_dot(y[i].bsums, sm + 8);
+    }
+    return acc;
+}
+
+BODY float q4_K_body(int64_t n, const void *w, const void *x, sdot_fn dot)
+{
+    return q45_K_body(n, w, x, 0, dot);
+}
+
+BODY float q5_K_body(int64_t n, const void *w, const void *x, sdot_fn dot)
+{
+    return q45_K_body(n, w, x, 1, dot);
+}
+
+/* Two 16-element sub-blocks (one 32-element run, halves q0 and q1) with
+ * their own int8 scales sc[0], sc[1]. */
+BODY int32x4_t part16x2(int32x4_t acc, int8x16_t q0, int8x16_t q1, const int8_t *y,
+                        const int8_t *sc, sdot_fn dot)
+{
+    const int32x4_t z = vdupq_n_s32(0);
+    acc = vmlaq_n_s32(acc, dot(z, q0, vld1q_s8(y)), sc[0]);
+    return vmlaq_n_s32(acc, dot(z, q1, vld1q_s8(y + 16)), sc[1]);
+}
+
+/* q6_K level (lo4 | hi2 << 4) - 32, in -32..31. */
+static inline int8x16_t q6_level(uint8x16_t lo4, uint8x16_t hi2)
+{
+    return vsubq_s8(s8(vorrq_u8(lo4, vshlq_n_u8(hi2, 4))), vdupq_n_s8(32));
+}
+
+/* Element 128c + 32k + l: nibble k>>1 of ql[64c + 32(k&1) + l], bits 2k of
+ * qh[32c + l]; sub-block 8c + 2k + l/16.  |sumi| <= 16*128*32*128. */
+BODY float q6_K_body(int64_t n, const void *w, const void *x, sdot_fn dot)
+{
+    const block_q6_K *a = w;
+    const block_q8_K *y = x;
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), m2 = vdupq_n_u8(0x03);
+    float acc = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        int32x4_t sumi = vdupq_n_s32(0);
+        for (int c = 0; c < 2; c++) {
+            const uint8_t *ql = a[i].ql + 64 * c, *qh = a[i].qh + 32 * c;
+            const int8_t *q8 = y[i].qs + 128 * c, *sc = a[i].scales + 8 * c;
+            uint8x16_t l[4], h[2] = {vld1q_u8(qh), vld1q_u8(qh + 16)};
+            for (int k = 0; k < 4; k++)
+                l[k] = vld1q_u8(ql + 16 * k);
+            for (int k = 0; k < 4; k++) {
+                const uint8x16_t *lk = l + 2 * (k & 1);
+                uint8x16_t lo0 = k < 2 ? vandq_u8(lk[0], m4) : vshrq_n_u8(lk[0], 4);
+                uint8x16_t lo1 = k < 2 ? vandq_u8(lk[1], m4) : vshrq_n_u8(lk[1], 4);
+                int8x16_t q0 = q6_level(lo0, vandq_u8(h[0], m2));
+                int8x16_t q1 = q6_level(lo1, vandq_u8(h[1], m2));
+                h[0] = vshrq_n_u8(h[0], 2), h[1] = vshrq_n_u8(h[1], 2);
+                sumi = part16x2(sumi, q0, q1, q8 + 32 * k, sc + 2 * k, dot);
+            }
+        }
+        acc += f16(a[i].d) * y[i].d * (float)vaddvq_s32(sumi);
+    }
+    return acc;
+}
+
+/* q2_K: element 128c + 32j + l is bits 2j of qs[32c + l]; sub-block
+ * 8c + 2j + l/16 has scale (low nibble) and min (high nibble). */
+BODY float q2_K_body(int64_t n, const void *w, const void *x, sdot_fn dot)
+{
+    const block_q2_K *a = w;
+    const block_q8_K *y = x;
+    const uint8x16_t m2 = vdupq_n_u8(3);
+    float acc = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        uint8x16_t s8v = vld1q_u8(a[i].scales);
+        int8_t sc[16];
+        vst1q_s8(sc, s8(vandq_u8(s8v, vdupq_n_u8(0x0F))));
+        int32x4_t sumi = vdupq_n_s32(0);
+        for (int c = 0; c < 2; c++) {
+            uint8x16_t q0 = vld1q_u8(a[i].qs + 32 * c), q1 = vld1q_u8(a[i].qs + 32 * c + 16);
+            for (int j = 0; j < 4; j++) {
+                sumi = part16x2(sumi, s8(vandq_u8(q0, m2)), s8(vandq_u8(q1, m2)),
+                                y[i].qs + 128 * c + 32 * j, sc + 8 * c + 2 * j, dot);
+                q0 = vshrq_n_u8(q0, 2), q1 = vshrq_n_u8(q1, 2);
+            }
+        }
+        int summs = scaled_bsums(y[i].bsums, s8(vshrq_n_u8(s8v, 4)));
+        float dall = y[i].d * f16(a[i].d), dmin = y[i].d * f16(a[i].dmin);
+        acc += dall * (float)vaddvq_s32(sumi) - dmin * (float)summs;
+    }
+    return acc;
+}
+
+/* The 16 q3_K scales minus 32 (see cm_k3_scales), from the 12 bytes as
+ * 32-bit words: low nibbles from bytes 0-7, top bits from bytes 8-11. */
+static inline void k3_scales(const uint8_t *s, int8_t out[16])
+{
+    uint32_t w[3], t[4];
+    memcpy(w, s, 12);
+    t[0] = (w[0] & 0x0F0F0F0Fu) | ((w[2] & 0x03030303u) << 4);
+    t[1] = (w[1] & 0x0F0F0F0Fu) | (((w[2] >> 2) & 0x03030303u) << 4);
+    t[2] = ((w[0] >> 4) & 0x0F0F0F0Fu) | (((w[2] >> 4) & 0x03030303u) << 4);
+    t[3] = ((w[1] >> 4) & 0x0F0F0F0Fu) | (((w[2] >> 6) & 0x03030303u) << 4);
+    uint8x16_t v = vreinterpretq_u8_u32(vld1q_u32(t));
+    vst1q_s8(out, vsubq_s8(s8(v), vdupq_n_s8(32)));
+}
+
+/* q3_K level (low2 | hbit << 2) - 4, in -4..3. */
+static inline int8x16_t q3_level(uint8x16_t q, uint8x16_t h)
+{
+    uint8x16_t v = vorrq_u8(vandq_u8(q, vdupq_n_u8(3)), vshlq_n_u8(vandq_u8(h, vdupq_n_u8(1)), 2));
+    return vsubq_s8(s8(v), vdupq_n_s8(4));
+}
+
+/* q3_K: low bits as q2_K; the high bit of element 128c + 32j + l is bit
+ * 4c + j of hmask[l], so hmask shifts right once per 32-element run. */
+BODY float q3_K_body(int64_t n, const void *w, const void *x, sdot_fn dot)
+{
+    const block_q3_K *a = w;
+    const block_q8_K *y = x;
+    float acc = 0;
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        int8_t sc[16];
+        k3_scales(a[i].scales, sc);
+        uint8x16_t h0 = vld1q_u8(a[i].hmask), h1 = vld1q_u8(a[i].hmask + 16);
+        int32x4_t sumi = vdupq_n_s32(0);
+        for (int c = 0; c < 2; c++) {
+            uint8x16_t q0 = vld1q_u8(a[i].qs + 32 * c), q1 = vld1q_u8(a[i].qs + 32 * c + 16);
+            for (int j = 0; j < 4; j++) {
+                sumi = part16x2(sumi, q3_level(q0, h0), q3_level(q1, h1),
+                                y[i].qs + 128 * c + 32 * j, sc + 8 * c + 2 * j, dot);
+                q0 = vshrq_n_u8(q0, 2), q1 = vshrq_n_u8(q1, 2);
+                h0 = vshrq_n_u8(h0, 1), h1 = vshrq_n_u8(h1, 1);
+            }
+        }
+        acc += f16(a[i].d) * y[i].d * (float)vaddvq_s32(sumi);
+    }
+    return acc;
+}
+
+/* ---- the two variants and the installer --------------------------------- */
+
+#define WRAP(name, ATTR, sfx, DOT)                                            \
+    ATTR static float dot_##name##_##sfx(int64_t n, const void *w,           \
+                                         const void *x)                      \
+    {                                                                         \
+        return name##_body(n, w, x, DOT);                                     \
+    }
+
+#define INT_TYPES(X, ATTR, sfx, DOT)                                          \
+    X(q8_0, ATTR, sfx, DOT) X(q4_0, ATTR, sfx, DOT) X(q4_1, ATTR, sfx, DOT)  \
+    X(q5_0, ATTR, sfx, DOT) X(q5_1, ATTR, sfx, DOT) X(q2_K, ATTR, sfx, DOT)  \
+    X(q3_K, ATTR, sfx, DOT) X(q4_K, ATTR, sfx, DOT) X(q5_K, ATTR, sfx, DOT)  \
+    X(q6_K, ATTR, sfx, DOT)
+
+INT_TYPES(WRAP, , mull, sdot_mull)
+#if CM_NEON_DP
+INT_TYPES(WRAP, DP_ATTR, dp, sdot_dp)
+#endif
+
+#define SET(T, t, sfx) k->vec_dot[CM_TYPE_##T] = dot_##t##_##sfx;
+#define SET_INT(sfx)                                                          \
+    SET(Q8_0, q8_0, sfx) SET(Q4_0, q4_0, sfx) SET(Q4_1, q4_1, sfx)           \
+    SET(Q5_0, q5_0, sfx) SET(Q5_1, q5_1, sfx) SET(Q2_K, q2_K, sfx)           \
+    SET(Q3_K, q3_K, sfx) SET(Q4_K, q4_K, sfx) SET(Q5_K, q5_K, sfx)           \
+    SET(Q6_K, q6_K, sfx)
+
+int cm_kernels_neon(struct cm_kernels *k, int dotprod)
+{
+    k->isa = "neon";
+    k->vec_dot[CM_TYPE_F32] = dot_f32;
+    k->vec_dot[CM_TYPE_F16] = dot_f16;
+    k->vec_dot[CM_TYPE_BF16] = dot_bf16;
+    SET_INT(mull)
+#if CM_NEON_DP
+    if (dotprod) {
+        SET_INT(dp)
+    }
+#else
+    (void)dotprod; /* compiler cannot target SDOT: the vmull kernels serve */
+#endif
+    k->quantize[CM_TYPE_Q8_0] = quant_q8_0;
+    k->quantize[CM_TYPE_Q8_1] = quant_q8_1;
+    k->quantize[CM_TYPE_Q8_K] = quant_q8_K;
+    return 0;
+}
+
+#else /* not AArch64 */
+
+int cm_kernels_neon(struct cm_kernels *k, int dotprod)
+{
+    (void)k;
+    (void)dotprod;
+    return -1;
+}
+
+#endif
