@@ -598,55 +598,6 @@ int cm_kernels_avx2(struct cm_kernels *k)
 
 #else /* built without -mavx2 -mfma -mf16c */
 
-/* ---- attention helpers and conversions ---------------------------------- */
-
-static void axpy_f32(int64_t n, float a, const void *row, float *out)
-{
-    const float *v = row;
-    const __m256 va = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
-    for (; i < n; i++)
-        out[i] += a * v[i];
-}
-
-static void axpy_f16(int64_t n, float a, const void *row, float *out)
-{
-    const uint16_t *v = row;
-    const __m256 va = _mm256_set1_ps(a);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, load_f16x8(v + i), _mm256_loadu_ps(out + i)));
-    for (; i < n; i++)
-        out[i] += a * F16(v[i]);
-}
-
-/* out += a * (q * d), the product q * d rounded first as the reference */
-static void axpy_q8_0(int64_t n, float a, const void *row, float *out)
-{
-    const block_q8_0 *b = row;
-    const __m256 va = _mm256_set1_ps(a);
-    for (int64_t k = 0; k < n / QK8_0; k++, out += QK8_0) {
-        __m256 d = _mm256_set1_ps(F16(b[k].d));
-        for (int j = 0; j < 4; j++) {
-            __m128i q = _mm_loadl_epi64((const __m128i *)(b[k].qs + 8 * j));
-            __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
-            _mm256_storeu_ps(out + 8 * j, _mm256_fmadd_ps(va, v, _mm256_loadu_ps(out + 8 * j)));
-        }
-    }
-}
-
-static void f16_to_f32(const void *x, float *y, int64_t n)
-{
-    const uint16_t *h = x;
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, load_f16x8(h + i));
-    for (; i < n; i++)
-        y[i] = F16(h[i]);
-}
-
 int cm_kernels_avx2(struct cm_kernels *k)
 {
     (void)k;
