@@ -6,6 +6,7 @@
 
 #include "cli.h"
 #include "pack.h"
+#include "router.h"
 #include "forward.h"
 #include "sampling.h"
 
@@ -313,38 +314,49 @@ static cm_status make_ctx(const run_opts *o, const cm_model *m, cm_ctx **ctx, cm
     return s;
 }
 
-/* The prompt's language for routing, or NULL when nothing decides. */
-static const char *detect_language(const char *file, const char *text, size_t len,
-                                   const char **why)
+static const char *route_source_name(cm_route_source src)
 {
-    (void)file, (void)text, (void)len;
-    *why = "no router";
-    return NULL;
+    static const char *const names[] = {"--lang", "file name", "shebang/modeline", "classifier",
+                                        "classifier unsure"};
+    return names[src];
 }
 
 /* Binds a pack to the member for this prompt: the expert for its language
- * (--lang, else detected), else the fallback, else the first expert. */
+ * (--lang, file name, shebang/modeline, else the shipped classifier), else
+ * the fallback, else the most probable language the pack has. */
 static cm_status route_to_expert(const run_opts *o, cm_model *m, const char *file,
                                  const char *text, size_t len, cm_err *err)
 {
-    char names[CM_PACK_MAX_MEMBERS][32];
-    const char *why = "--lang";
-    const char *lang = o->lang ? o->lang : detect_language(file, text, len, &why);
-    const char *member = NULL;
+    char path[1024], names[CM_PACK_MAX_MEMBERS][32];
+    cm_router *r = NULL;
+    cm_route rt;
+    cm_route_opts ro = {o->lang, file, file != NULL, CM_ROUTER_DEFAULT_THRESHOLD};
+    const char *rpath = cm_router_default_path(path, sizeof path), *member = NULL;
+    cm_status s = rpath && !o->lang ? cm_router_load(rpath, &r, err) : CM_OK;
+    if (s)
+        return s;
+    cm_route_decide(r, &ro, text, len, &rt);
     int n = cm_pack_members(&m->file, names, CM_PACK_MAX_MEMBERS);
-    if (lang && cm_pack_has_member(&m->file, lang))
-        member = lang;
+    if (cm_pack_has_member(&m->file, rt.lang))
+        member = rt.lang;
     else if (cm_pack_has_member(&m->file, CM_PACK_FALLBACK))
         member = CM_PACK_FALLBACK;
     else if (o->lang)
-        return cm_fail(err, CM_E_RANGE, "%s has no expert for %s and no fallback", o->model,
-                       o->lang);
-    else
-        member = names[0];
-    fprintf(stderr, "[codemoe] language %s (%s) -> expert %s\n", lang ? lang : "unknown", why,
-            member);
-    (void)n;
-    return cm_model_select_expert(m, member, err);
+        s = cm_fail(err, CM_E_RANGE, "%s has no expert for %s and no fallback", o->model, o->lang);
+    else { /* no fallback: the likeliest language the pack covers */
+        float best = -1;
+        for (int i = 0; i < n; i++) {
+            int li = r ? cm_router_lang_index(r, names[i]) : -1;
+            float p = li >= 0 && li < rt.n_langs ? rt.probs[li] : 0.0f;
+            if (p > best)
+                best = p, member = names[i];
+        }
+    }
+    if (!s)
+        fprintf(stderr, "[codemoe] language %s (%s, %.2f) -> expert %s\n", rt.lang,
+                route_source_name(rt.source), rt.confidence, member);
+    cm_router_free(r);
+    return s ? s : cm_model_select_expert(m, member, err);
 }
 
 /* One prompt: route (packs), tokenize, generate, report. */

@@ -17,6 +17,7 @@ static const char USAGE[] =
     "  perplexity  perplexity (and KL divergence against a base) on a text or the code corpus\n"
     "  convert     convert a Hugging Face folder (safetensors) to GGUF\n"
     "  pack        build a language-expert pack from per-language models\n"
+    "  route       which programming language (and expert) a prompt goes to\n"
     "  quantize    requantize a GGUF to q4_k_m, q8_0, ... (llama-quantize's types)\n"
     "  bench       prompt and generation speed against the memory-bandwidth bound\n"
     "\n"
@@ -33,6 +34,7 @@ int main(int argc, char **argv)
         {"perplexity", cli_perplexity},
         {"convert", cli_convert},
         {"pack", cli_pack},
+        {"route", cli_route},
         {"quantize", cli_quantize},
         {"bench", cli_bench},
     };

@@ -53,10 +53,22 @@ ok=$(awk -v r="$rss" -v s="$shared" -v o="$own" 'BEGIN { print (r <= s + o + 2 +
 echo "routed run: peak RSS $rss MiB; shared $shared MiB + expert $own MiB + 64 MiB allowed"
 [ "$ok" = 1 ] || fail "peak RSS $rss MiB exceeds shared $shared + expert $own + KV + 64 MiB"
 
-# Several prompts in one process switch experts and release the old one.
-"$CODEMOE" run -m "$TMP/pack.gguf" --lang java -p "class A {" -p "class B {" -n 4 -c 256 -t 1 \
-    >/dev/null 2>"$TMP/err" || fail "two prompts: $(cat "$TMP/err")"
-[ "$(grep -c 'expert java' "$TMP/err")" = 2 ] || fail "each prompt should report its expert"
+# Several prompts in one process: the router sends each to its expert, and
+# switching releases the previous expert, so RSS stays at one expert's.
+printf '#!/usr/bin/env python3\nimport sys\n' >"$TMP/script"
+"$CODEMOE" run -m "$TMP/pack.gguf" -p 'public class Main { public static void main(String[] args) {' \
+    -p '#include <stdio.h>
+int main(void) {' -f "$TMP/script" -n 4 -c 256 -t 1 >/dev/null 2>"$TMP/err" ||
+    fail "three prompts: $(cat "$TMP/err")"
+grep -q "language java (classifier.*expert java" "$TMP/err" || fail "java prompt: $(grep expert "$TMP/err")"
+grep -q "language c (classifier.*expert c" "$TMP/err" || fail "c prompt: $(grep expert "$TMP/err")"
+grep -q "language python (shebang.*expert python" "$TMP/err" || fail "python file: $(grep expert "$TMP/err")"
+rss=$(sed -n 's/.*peak RSS \([0-9.]*\) MiB.*/\1/p' "$TMP/err" | tail -1)
+awk -v r="$rss" -v s="$shared" -v o="$own" 'BEGIN { exit !(r <= s + o + 2 + 64) }' ||
+    fail "after switching experts twice peak RSS is $rss MiB, more than one expert's"
+"$CODEMOE" route -m "$TMP/pack.gguf" -p 'fn main() { let v: Vec<u8> = Vec::new(); }' >"$TMP/route"
+[ "$(sed -n 1p "$TMP/route")" = rust ] || fail "route: rust text detected as $(sed -n 1p "$TMP/route")"
+[ "$(sed -n 2p "$TMP/route")" != rust ] || fail "route: the pack has no rust expert"
 
 # Bad packs and routing.
 "$GEN" -o "$TMP/odd.gguf" --n-embd 512 --n-layer 8 --n-head 8 --n-head-kv 4 --n-ff 2048 \
