@@ -78,6 +78,11 @@ while [ $i -lt 40 ]; do
 done
 
 # ---- real work ----
+# The shipped default model (a language-expert pack) runs without -m.
+expect 0 "default model" -- "$CODEMOE" run -p "def add(a, b):" -n 8 --temp 0 -t 1
+[ -s "$TMP/out" ] || fail "the default model printed nothing"
+grep -q "expert" "$TMP/err" || fail "the default model did not report its expert"
+
 expect 0 "info" -- "$CODEMOE" info "$FIX/llama-q8_0.gguf"
 grep -q "architecture: *llama" "$TMP/out" || fail "info does not print the architecture"
 grep -q "q8_0" "$TMP/out" || fail "info does not list the q8_0 tensors"
