@@ -18,6 +18,7 @@ int cli_pack(int argc, char **argv);
 int cli_quantize(int argc, char **argv);
 int cli_bench(int argc, char **argv);
 int cli_route(int argc, char **argv);
+int cli_sweep(int argc, char **argv);
 
 /* Flag helpers: they fill err with a message naming the flag on failure
  * (status CM_E_USAGE, so the command exits 2). */

@@ -18,6 +18,7 @@ static const char USAGE[] =
     "  convert     convert a Hugging Face folder (safetensors) to GGUF\n"
     "  pack        build a language-expert pack from per-language models\n"
     "  route       which programming language (and expert) a prompt goes to\n"
+    "  sweep       PPL and KLD of each quantization scheme on each language\n"
     "  quantize    requantize a GGUF to q4_k_m, q8_0, ... (llama-quantize's types)\n"
     "  bench       prompt and generation speed against the memory-bandwidth bound\n"
     "\n"
@@ -35,6 +36,7 @@ int main(int argc, char **argv)
         {"convert", cli_convert},
         {"pack", cli_pack},
         {"route", cli_route},
+        {"sweep", cli_sweep},
         {"quantize", cli_quantize},
         {"bench", cli_bench},
     };

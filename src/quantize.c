@@ -15,6 +15,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "pack.h"
 #include "quant/quant.h"
 
 /* ------------------------------------------------------------ targets */
@@ -491,6 +492,56 @@ static cm_status job_check(cm_quantize_job *j, cm_err *err)
     return CM_OK;
 }
 
+/* name without its "<prefix>/", or NULL when it has another prefix. */
+static const char *strip_member(const char *name, const char *prefix)
+{
+    size_t k = strlen(prefix);
+    return !strncmp(name, prefix, k) && name[k] == '/' ? name + k + 1 : NULL;
+}
+
+/* A pack's tensors are "<member>/<name>" and "shared/<name>".  The policy
+ * counts tensors by kind and reads layers from llama.cpp names, so it must
+ * see one member at a time, as the model file that member came from (its
+ * own tensors and the shared ones, names unprefixed): each member then gets
+ * exactly the types its own file would, and a shared tensor, which is the
+ * same in every member, gets the same type from each. */
+static cm_status choose_pack(cm_quantize_job *j, const cm_qmodel *m, cm_err *err)
+{
+    char names[CM_PACK_MAX_MEMBERS][32];
+    int n_mem = cm_pack_members(j->src, names, CM_PACK_MAX_MEMBERS);
+    cm_qtensor *view = malloc((j->n ? j->n : 1) * sizeof *view);
+    size_t *idx = malloc((j->n ? j->n : 1) * sizeof *idx);
+    unsigned char *seen = calloc(j->n ? j->n : 1, 1);
+    cm_status s = view && idx && seen ? CM_OK : cm_fail(err, CM_E_NOMEM, "out of memory");
+    if (!s && n_mem == 0)
+        s = cm_fail(err, CM_E_FORMAT, "the pack lists no members");
+    for (int mb = 0; mb < n_mem && !s; mb++) {
+        size_t k = 0;
+        for (size_t i = 0; i < j->n; i++) {
+            const char *bare = strip_member(j->qt[i].name, names[mb]);
+            if (!bare)
+                bare = strip_member(j->qt[i].name, CM_PACK_SHARED);
+            if (bare) {
+                view[k] = j->qt[i];
+                view[k].name = bare;
+                idx[k++] = i;
+            }
+        }
+        s = cm_quantize_choose(j->mix, m, j->o.pure, view, k, err);
+        for (size_t t = 0; t < k && !s; t++) {
+            cm_qtensor *q = &j->qt[idx[t]];
+            q->type = view[t].type, q->wanted = view[t].wanted;
+            q->convert = view[t].convert, q->fallback = view[t].fallback;
+            seen[idx[t]] = 1;
+        }
+    }
+    for (size_t i = 0; i < j->n && !s; i++)
+        if (!seen[i])
+            s = cm_fail(err, CM_E_FORMAT, "pack tensor %s belongs to no member", j->qt[i].name);
+    free(view), free(idx), free(seen);
+    return s;
+}
+
 cm_status cm_quantize_job_new(const gguf_file *src, const cm_qmix *mix,
                               const cm_quantize_opts *o, cm_quantize_job **out, cm_err *err)
 {
@@ -498,7 +549,8 @@ cm_status cm_quantize_job_new(const gguf_file *src, const cm_qmix *mix,
     *out = NULL;
     if (!src || !mix)
         return cm_fail(err, CM_E_USAGE, "cm_quantize_job_new: missing argument");
-    if (gguf_find(src, "codemoe.pack.version"))
+    int pack = gguf_find(src, "codemoe.pack.version") != NULL;
+    if (pack && !(o && o->pack))
         return cm_fail(err, CM_E_UNSUPPORTED, "this is a language-expert pack: quantize its "
                        "member models, then pack them");
     cm_quantize_job *j = calloc(1, sizeof *j);
@@ -511,7 +563,8 @@ cm_status cm_quantize_job_new(const gguf_file *src, const cm_qmix *mix,
     cm_qmodel_from_gguf(src, &m);
     cm_status s = job_tensors(j, err);
     if (!s)
-        s = cm_quantize_choose(mix, &m, j->o.pure, j->qt, j->n, err);
+        s = pack ? choose_pack(j, &m, err)
+                 : cm_quantize_choose(mix, &m, j->o.pure, j->qt, j->n, err);
     if (!s)
         s = job_check(j, err);
     if (s)

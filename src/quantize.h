@@ -96,6 +96,8 @@ typedef struct {
     FILE *warn; /* warnings (fallbacks, requantizing); NULL: to log */
     int quiet;  /* only warnings and the summary */
     int pure;   /* see cm_quantize_choose */
+    int pack;   /* 1: a language-expert pack is quantized whole, each member
+                 * as its own model would be; 0: a pack is refused */
 } cm_quantize_opts;
 
 typedef struct {
@@ -106,8 +108,8 @@ typedef struct {
 typedef struct cm_quantize_job cm_quantize_job;
 
 /* Plans src (which must stay open while the job lives) for target mix.
- * Fails for a pack, or for a tensor that would need converting from a type
- * codemoe cannot decode. */
+ * Fails for a pack unless o->pack, or for a tensor that would need
+ * converting from a type codemoe cannot decode. */
 cm_status cm_quantize_job_new(const gguf_file *src, const cm_qmix *mix,
                               const cm_quantize_opts *o, cm_quantize_job **out, cm_err *err);
 void cm_quantize_job_free(cm_quantize_job *j);
