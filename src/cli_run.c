@@ -352,11 +352,14 @@ static cm_status route_to_expert(const run_opts *o, cm_model *m, const char *fil
                 best = p, member = names[i];
         }
     }
-    if (!s)
+    char chosen[32] = "";
+    if (!s) {
         fprintf(stderr, "[codemoe] language %s (%s, %.2f) -> expert %s\n", rt.lang,
                 route_source_name(rt.source), rt.confidence, member);
+        snprintf(chosen, sizeof chosen, "%.31s", member); /* rt.lang lives in r */
+    }
     cm_router_free(r);
-    return s ? s : cm_model_select_expert(m, member, err);
+    return s ? s : cm_model_select_expert(m, chosen, err);
 }
 
 /* One prompt: route (packs), tokenize, generate, report. */
