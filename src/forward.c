@@ -140,10 +140,11 @@ static int alloc_buffers(cm_ctx *c)
         ok &= (*bufs[i] = alloc64(sizes[i] * sizeof(float))) != NULL;
     c->scores = alloc64((size_t)c->n_threads * (c->n_ctx + 2 * hp->head_dim) * sizeof(float));
     c->scratch = alloc64(max_scratch(c->m, c->n_batch));
+    c->rope_cs = alloc64(nb * (size_t)(hp->rope_dim / 2 + 1) * 2 * sizeof(float));
     c->exp_rows = alloc64(nb * X * sizeof(int32_t));
     c->exp_count = alloc64(X * sizeof(int32_t));
     c->expert_tokens = calloc((size_t)hp->n_layer * X + 1, sizeof(uint64_t));
-    return ok && c->scores && c->scratch && c->exp_rows && c->exp_count && c->expert_tokens;
+    return ok && c->scores && c->scratch && c->rope_cs && c->exp_rows && c->exp_count && c->expert_tokens;
 }
 
 cm_status cm_ctx_new(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch, cm_ctx **out,
@@ -187,7 +188,7 @@ void cm_ctx_free(cm_ctx *c)
         free(c->v_cache[il]);
     free(c->k_cache), free(c->v_cache);
     float *bufs[] = {c->x, c->h, c->y, c->y2, c->qkv, c->q, c->k, c->v, c->att, c->ff_a,
-                     c->ff_b, c->logits, c->router, c->exp_wts, c->xe, c->ye, c->scores};
+                     c->ff_b, c->logits, c->router, c->exp_wts, c->xe, c->ye, c->scores, c->rope_cs};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     free(c->scratch), free(c->exp_rows), free(c->exp_count), free(c->expert_tokens);
@@ -337,8 +338,8 @@ static void project_qkv(cm_ctx *c, const cm_layer *L, int n)
 }
 
 /* Per-head RMSNorm (qwen3) then RoPE, for every head of every token. */
-static void qk_prepare(float *qk, int n_tok, int n_heads, const cm_tensor *norm, int p0,
-                       const cm_hparams *hp)
+static void qk_prepare(float *qk, int n_tok, int n_heads, const cm_tensor *norm,
+                       const float *rope_cs, const cm_hparams *hp)
 {
     int d = hp->head_dim;
     for (int t = 0; t < n_tok; t++)
@@ -347,7 +348,7 @@ static void qk_prepare(float *qk, int n_tok, int n_heads, const cm_tensor *norm,
             if (norm->data)
                 cm_rmsnorm(v, v, (const float *)norm->data, d, hp->norm_eps);
             if (hp->use_rope)
-                cm_rope_head(v, p0 + t, hp);
+                cm_rope_apply(v, rope_cs + (size_t)t * hp->rope_dim, hp);
         }
 }
 
@@ -356,8 +357,8 @@ static void attention(cm_ctx *c, const cm_layer *L, int il, int n, float *out)
 {
     const cm_hparams *hp = &c->m->hp;
     project_qkv(c, L, n);
-    qk_prepare(c->q, n, hp->n_head, &L->q_norm, c->n_past, hp);
-    qk_prepare(c->k, n, hp->n_head_kv, &L->k_norm, c->n_past, hp);
+    qk_prepare(c->q, n, hp->n_head, &L->q_norm, c->rope_cs, hp);
+    qk_prepare(c->k, n, hp->n_head_kv, &L->k_norm, c->rope_cs, hp);
     kv_store(c, il, n);
     attend_all(c, il, n);
     cm_matmul(&L->wo, c->att, n, out, c->scratch);
@@ -434,6 +435,8 @@ static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out, float *o
     const cm_model *m = c->m;
     const cm_hparams *hp = &m->hp;
     embed(c, ids, n);
+    for (int t = 0; hp->use_rope && t < n; t++)
+        cm_rope_table(c->rope_cs + (size_t)t * hp->rope_dim, c->n_past + t, hp);
     for (int il = 0; il < hp->n_layer; il++)
         layer(c, &m->layers[il], il, n);
     c->n_past += n;

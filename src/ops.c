@@ -44,18 +44,43 @@ void cm_norm_rows(float *out, const float *x, const cm_tensor *w, const cm_tenso
 /* NeoX order pairs dim i with i + rope_dim/2; normal order pairs 2i, 2i+1.
  * Angles in double: position x frequency loses precision in float at long
  * contexts. */
-void cm_rope_head(float *v, int pos, const cm_hparams *hp)
+static double rope_angle(int pos, int i, const cm_hparams *hp)
+{
+    double freq = pow(hp->rope_base, -2.0 * i / hp->rope_dim);
+    return (double)pos * hp->rope_freq_scale * freq;
+}
+
+/* Rotates pair i of v by the angle whose cosine and sine are c, s. */
+static void rope_pair(float *v, int i, float c, float s, const cm_hparams *hp)
 {
     int half = hp->rope_dim / 2;
-    for (int i = 0; i < half; i++) {
-        double freq = pow(hp->rope_base, -2.0 * i / hp->rope_dim);
-        double theta = (double)pos * hp->rope_freq_scale * freq;
-        float c = (float)cos(theta), s = (float)sin(theta);
-        int a = hp->rope_neox ? i : 2 * i;
-        int b = hp->rope_neox ? i + half : 2 * i + 1;
-        float x0 = v[a], x1 = v[b];
-        v[a] = x0 * c - x1 * s;
-        v[b] = x0 * s + x1 * c;
+    int a = hp->rope_neox ? i : 2 * i;
+    int b = hp->rope_neox ? i + half : 2 * i + 1;
+    float x0 = v[a], x1 = v[b];
+    v[a] = x0 * c - x1 * s;
+    v[b] = x0 * s + x1 * c;
+}
+
+void cm_rope_table(float *cs, int pos, const cm_hparams *hp)
+{
+    for (int i = 0; i < hp->rope_dim / 2; i++) {
+        double theta = rope_angle(pos, i, hp);
+        cs[2 * i] = (float)cos(theta);
+        cs[2 * i + 1] = (float)sin(theta);
+    }
+}
+
+void cm_rope_apply(float *v, const float *cs, const cm_hparams *hp)
+{
+    for (int i = 0; i < hp->rope_dim / 2; i++)
+        rope_pair(v, i, cs[2 * i], cs[2 * i + 1], hp);
+}
+
+void cm_rope_head(float *v, int pos, const cm_hparams *hp)
+{
+    for (int i = 0; i < hp->rope_dim / 2; i++) {
+        double theta = rope_angle(pos, i, hp);
+        rope_pair(v, i, (float)cos(theta), (float)sin(theta), hp);
     }
 }
 

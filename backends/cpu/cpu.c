@@ -180,6 +180,13 @@ static size_t act_row_bytes(const cm_tensor *w)
     return ALIGN64(cm_row_bytes(ti->dot_type, w->ne[0]));
 }
 
+/* Bytes of one packed activation row when a gemv serves w, else 0. */
+static size_t gemv_row_bytes(const cm_tensor *w)
+{
+    const cm_gemv *gv = cm_kern.gemv[w->type];
+    return gv && act_row_bytes(w) ? gv->pack_bytes(w->ne[0]) : 0;
+}
+
 /* The batched kernel cm_matmul uses for n_tok rows of w, or NULL.  The
  * table's own kernel wins where there is one: on AVX-512 it measured faster
  * than OpenBLAS 0.3.21's sgemm at every batch size (bench_matmul --sweep);
@@ -220,8 +227,11 @@ size_t cm_matmul_scratch_bytes(const cm_tensor *w, int64_t n_tok)
         return 0;
     size_t act = act_row_bytes(w) * (size_t)n_tok;
     /* pick_gemm() for n_tok: the kernel only changes at thresholds it
-     * crosses going up, and every kernel's need grows with n_tok */
-    return ALIGN64(act) + gemm_scratch(pick_gemm(w, n_tok), w, n_tok);
+     * crosses going up, and every kernel's need grows with n_tok; below
+     * the batched kernel's threshold a gemv may pack each row */
+    size_t gemv = ALIGN64(gemv_row_bytes(w)) * (size_t)n_tok;
+    size_t gemm = gemm_scratch(pick_gemm(w, n_tok), w, n_tok);
+    return ALIGN64(act) + (gemv > gemm ? gemv : gemm);
 }
 
 static void no_kernel(enum cm_type type)
@@ -357,6 +367,14 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
         OMP_FOR_TOKENS
         for (int64_t t = 0; t < n_tok; t++)
             quant(x + t * cols, (char *)scratch + (size_t)t * xrow, cols);
+        const cm_gemv *gv = cm_kern.gemv[w->type];
+        if (gv) { /* rearrange each row once for the gemv's dot */
+            const size_t prow = ALIGN64(gv->pack_bytes(cols));
+            char *xp = (char *)scratch + ALIGN64(xrow * (size_t)n_tok);
+            for (int64_t t = 0; t < n_tok; t++)
+                gv->pack(cols, xq + (size_t)t * xrow, xp + (size_t)t * prow);
+            xq = xp, xrow = prow, dot = gv->dot;
+        }
     }
     matmul_rows(dot, w->data, wrow, cols, rows, xq, xrow, n_tok, y);
 }

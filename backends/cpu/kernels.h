@@ -13,6 +13,7 @@
 #ifndef CM_KERNELS_H
 #define CM_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "quant/quant.h"
@@ -44,6 +45,18 @@ typedef struct {
                  const void *x, int64_t n_tok, float *y, int64_t ldy, void *work);
 } cm_gemm;
 
+/* A matrix-vector product (generation) whose activation row is rearranged
+ * once into an ISA-private layout that suits the weight format: cm_matmul
+ * quantizes x to the weight's dot type, calls pack() once, then dot() per
+ * weight row on the packed bytes.  Worth it where a format's natural
+ * layout would otherwise be shuffled again for every row (q4_0 keeps
+ * elements j and j+16 in one byte). */
+typedef struct {
+    size_t (*pack_bytes)(int64_t cols);
+    void (*pack)(int64_t cols, const void *xq, void *dst);
+    cm_vec_dot_fn dot; /* dot(cols, weight row, packed x) */
+} cm_gemv;
+
 struct cm_kernels {
     const char *isa; /* "scalar", "avx2", "avx512" */
     cm_vec_dot_fn vec_dot[CM_TYPE_COUNT];
@@ -56,6 +69,7 @@ struct cm_kernels {
     cm_axpy_fn axpy[CM_TYPE_COUNT];
     cm_dequant_fn to_float[CM_TYPE_COUNT];
     const cm_gemm *gemm[CM_TYPE_COUNT];
+    const cm_gemv *gemv[CM_TYPE_COUNT]; /* NULL: vec_dot on the dot-type row */
 };
 
 extern struct cm_kernels cm_kern;

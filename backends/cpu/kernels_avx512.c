@@ -213,6 +213,128 @@ INLINE float dot_q4_0_k(int64_t n, const void *w, const void *x, const int vnni)
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
+/* ---- q4_0 matrix-vector: the activation arranged like the weights -------
+ *
+ * A q4_0 block keeps element j in the low nibble of byte j and element j+16
+ * in the high one.  Instead of reordering every weight row's nibbles (a
+ * permute and a shift per block pair, per row), the activation, which
+ * every row shares, is rearranged once: for each group of 8 blocks, per
+ * half (4 blocks, one 128-bit lane each) 64 bytes of the blocks' elements
+ * 0-15 then 64 bytes of elements 16-31, so `bytes & 15` and `bytes >> 4`
+ * line up with them directly.  The weights' offset of 8 becomes one term
+ * per block, -8 * d * sum(x quants), precomputed here and folded in with a
+ * multiply-add per 8 blocks instead of a second integer dot.  Blocks past
+ * the row's end are zero (quants, scale and term). */
+typedef struct {
+    int8_t q[2][2][64]; /* [half][low/high elements][lane = block] */
+    float d[8];         /* the activation blocks' scales */
+    float c[8];         /* -8 * d * sum of the block's quants */
+} q4_0_xgroup;
+_Static_assert(sizeof(q4_0_xgroup) == 320, "q4_0_xgroup layout");
+
+static size_t q4_0_gemv_bytes(int64_t cols)
+{
+    return (size_t)((cols / QK4_0 + 7) / 8) * sizeof(q4_0_xgroup);
+}
+
+static void q4_0_gemv_pack(int64_t cols, const void *xq, void *dst)
+{
+    const block_q8_0 *x = xq;
+    const int64_t nb = cols / QK4_0;
+    q4_0_xgroup *g = dst;
+    memset(g, 0, q4_0_gemv_bytes(cols));
+    for (int64_t i = 0; i < nb; i++) {
+        q4_0_xgroup *gi = g + i / 8;
+        const int b = (int)(i % 8), h = b / 4, lane = b % 4;
+        memcpy(gi->q[h][0] + 16 * lane, x[i].qs, 16);
+        memcpy(gi->q[h][1] + 16 * lane, x[i].qs + 16, 16);
+        int sum = 0;
+        for (int j = 0; j < QK8_0; j++)
+            sum += x[i].qs[j];
+        gi->d[b] = F16(x[i].d);
+        gi->c[b] = -8.0f * gi->d[b] * (float)sum;
+    }
+}
+
+/* The quants of 4 consecutive q4_0 blocks, one per 128-bit lane. */
+INLINE __m512i q4_0_lanes4(const block_q4_0 *u)
+{
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)u[0].qs));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)u[1].qs), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)u[2].qs), 2);
+    return _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)u[3].qs), 3);
+}
+
+/* Per int32 lane: sums of level * x over 4 blocks' nibbles (lane group k:
+ * block k), levels 0..15 unsigned. */
+INLINE __m512i q4_0_half(__m512i v, const int8_t (*x)[64], const int vnni)
+{
+    const __m512i m = _mm512_set1_epi8(0x0F);
+    __m512i p = dpbusd(_mm512_setzero_si512(), _mm512_and_si512(v, m),
+                       _mm512_loadu_si512(x[0]), vnni);
+    return dpbusd(p, _mm512_and_si512(_mm512_srli_epi16(v, 4), m), _mm512_loadu_si512(x[1]),
+                  vnni);
+}
+
+/* The last 1-4 blocks of a row (k of them; half h of the last group): the
+ * lanes past the row stay zero, so no load reads past it.  Scales are
+ * assembled in a general register as in scales8 (a store and a vector
+ * reload would stall store forwarding, on every row). */
+INLINE __m512 q4_0_tail(const block_q4_0 *u, int k, const q4_0_xgroup *g, int h, __m512 acc,
+                        __m128 *corr, const int vnni)
+{
+    const __m512i lo4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    uint64_t hs = 0;
+    for (int j = 0; j < k; j++) {
+        uint16_t v;
+        memcpy(&v, &u[j].d, 2);
+        hs |= (uint64_t)v << (16 * j);
+    }
+    __m128 dw = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)hs));
+    *corr = _mm_fmadd_ps(dw, _mm_loadu_ps(g->c + 4 * h), *corr);
+    __m128 s = _mm_mul_ps(dw, _mm_loadu_ps(g->d + 4 * h));
+    __m512i v = _mm512_zextsi128_si512(_mm_loadu_si128((const __m128i *)u[0].qs));
+    if (k > 1)
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)u[1].qs), 1);
+    if (k > 2)
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)u[2].qs), 2);
+    if (k > 3)
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)u[3].qs), 3);
+    __m512 sc = _mm512_permutexvar_ps(lo4, _mm512_castps128_ps512(s));
+    return _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(q4_0_half(v, g->q[h], vnni)), acc);
+}
+
+INLINE float gemv_q4_0_k(int64_t n, const void *w, const void *xp, const int vnni)
+{
+    const block_q4_0 *a = w;
+    const q4_0_xgroup *g = xp;
+    const int64_t nb = n / QK4_0;
+    const __m512i lo4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512i hi4 = _mm512_add_epi32(lo4, _mm512_set1_epi32(4));
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    __m256 corr = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= nb; i += 8, g++) {
+        __m256 sw = scales8(a + i, sizeof *a);
+        __m512 s = _mm512_castps256_ps512(_mm256_mul_ps(sw, _mm256_loadu_ps(g->d)));
+        corr = _mm256_fmadd_ps(sw, _mm256_loadu_ps(g->c), corr);
+        __m512i p0 = q4_0_half(q4_0_lanes4(a + i), g->q[0], vnni);
+        __m512i p1 = q4_0_half(q4_0_lanes4(a + i + 4), g->q[1], vnni);
+        acc0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(lo4, s), _mm512_cvtepi32_ps(p0), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(hi4, s), _mm512_cvtepi32_ps(p1), acc1);
+    }
+    __m128 tail_corr = _mm_setzero_ps();
+    for (int h = 0; i < nb; i += 4, h++) { /* 1-7 blocks left, in halves */
+        const int k = nb - i < 4 ? (int)(nb - i) : 4;
+        acc0 = q4_0_tail(a + i, k, g, h, acc0, &tail_corr, vnni);
+    }
+    corr = _mm256_add_ps(corr, _mm256_zextps128_ps256(tail_corr));
+    __m256 c = _mm256_add_ps(corr, _mm256_permute2f128_ps(corr, corr, 1));
+    c = _mm256_hadd_ps(c, c);
+    c = _mm256_hadd_ps(c, c);
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + _mm256_cvtss_f32(c);
+}
+
 /* q5_0: the q4_0 kernel with bit 4 of each level from qh (two blocks' 32
  * bits make the 64-bit byte mask, in the order nibbles2() produces) and
  * the offset 16: sum (q - 16) * a = sum q * a - 16 * sum a, |q| <= 31. */
@@ -531,14 +653,19 @@ static void quant_q8_K(const float *x, void *y, int64_t n)
     }
 VARIANTS(dot_q8_0)
 VARIANTS(dot_q4_0)
+VARIANTS(gemv_q4_0)
 VARIANTS(dot_q5_0)
 VARIANTS(dot_q4_K)
 VARIANTS(dot_q5_K)
 VARIANTS(dot_q6_K)
 
+static const cm_gemv gemv_q4_0_vnni_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0_vnni};
+static const cm_gemv gemv_q4_0_plain_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0_plain};
+
 int cm_kernels_avx512(struct cm_kernels *k, int vnni)
 {
     k->isa = "avx512";
+    k->gemv[CM_TYPE_Q4_0] = vnni ? &gemv_q4_0_vnni_tab : &gemv_q4_0_plain_tab;
     k->vec_dot[CM_TYPE_F16] = dot_f16;
     k->vec_dot[CM_TYPE_Q8_0] = vnni ? dot_q8_0_vnni : dot_q8_0_plain;
     k->vec_dot[CM_TYPE_Q4_0] = vnni ? dot_q4_0_vnni : dot_q4_0_plain;
