@@ -270,22 +270,21 @@ static void attend_head(const cm_ctx *c, int il, const float *q, int kvh, int po
             qr[i] = cm_f16_to_f32(cm_f32_to_f16(q[i]));
         q = qr;
     }
-    for (int j = 0; j <= pos; j++) {
-        const char *krow = kbase + (size_t)j * kstride;
-        float d = t == CM_TYPE_Q8_0 ? cm_vec_dot(t, hp->head_dim, krow, qq)
-                                    : cm_dot_f(t, hp->head_dim, krow, q);
-        scores[j] = d * inv_sqrt;
+    const int m = pos + 1;
+    cm_dot_rows(t, hp->head_dim, kbase, kstride, m, t == CM_TYPE_Q8_0 ? (const void *)qq
+                                                                      : (const void *)q, scores);
+    for (int j = 0; j < m; j++) {
+        scores[j] *= inv_sqrt;
         mx = scores[j] > mx ? scores[j] : mx;
     }
-    for (int j = 0; j <= pos; j++)
+    for (int j = 0; j < m; j++)
         sum += scores[j] = expf(scores[j] - mx);
-    memset(out, 0, (size_t)hp->head_dim_v * sizeof(float));
-    for (int j = 0; j <= pos; j++) {
-        float p = scores[j] / sum;
+    for (int j = 0; j < m; j++) {
+        scores[j] /= sum;
         if (t == CM_TYPE_F16) /* so are the attention weights */
-            p = cm_f16_to_f32(cm_f32_to_f16(p));
-        cm_axpy_f(t, hp->head_dim_v, p, vbase + (size_t)j * vstride, out);
+            scores[j] = cm_f16_to_f32(cm_f32_to_f16(scores[j]));
     }
+    cm_sum_rows(t, hp->head_dim_v, vbase, vstride, m, scores, out);
 }
 
 static void attend_all(cm_ctx *c, int il, int n_tok)

@@ -569,6 +569,58 @@ static void check_q8_0_kv(int64_t n)
     free(x), free(k), free(q1), free(q2), free(kq);
 }
 
+/* cm_dot_rows / cm_sum_rows over m rows stride bytes apart (a KV cache's
+ * positions of one head) against per-row references. */
+static void check_rows_type(enum cm_type t, int64_t n, int64_t m)
+{
+    size_t rb = cm_row_bytes(t, n), stride = 2 * rb + 64;
+    char *rows = calloc((size_t)m, stride);
+    float *x = malloc(n * sizeof(float)), *v = malloc(n * sizeof(float));
+    float *p = malloc(m * sizeof(float)), *got = malloc((m > n ? m : n) * sizeof(float));
+    double *want = calloc((size_t)(m > n ? m : n), sizeof(double));
+    double *mag = calloc((size_t)(m > n ? m : n), sizeof(double));
+    void *xq = malloc(cm_row_bytes(CM_TYPE_Q8_0, n) + sizeof(float) * n);
+    fill_normal(x, n, 1.0f);
+    fill_normal(p, m, 1.0f);
+    for (int64_t j = 0; j < m; j++)
+        fill_weights(t, rows + (size_t)j * stride, n, W_RANDOM);
+    const void *xin = x;
+    if (t == CM_TYPE_Q8_0) {
+        cm_quantize_row_q8_0(x, xq, n);
+        xin = xq;
+    }
+    cm_dot_rows(t, n, rows, stride, m, xin, got);
+    int bad = 0;
+    for (int64_t j = 0; j < m; j++) {
+        const char *r = rows + (size_t)j * stride;
+        double w = cm_vec_dot_ref(t, n, r, xin);
+        cm_dequantize_row(t, r, v, n);
+        double g = 0;
+        for (int64_t i = 0; i < n; i++)
+            g += fabs((double)v[i] * x[i]);
+        bad += !(fabs(got[j] - w) <= 1e-5 * g + 1e-30);
+    }
+    CHECK(bad == 0, "%s dot_rows %s n=%lld m=%lld: %d wrong", cm_kern.isa, tname(t),
+          (long long)n, (long long)m, bad);
+    if (t == CM_TYPE_Q8_0 || t == CM_TYPE_F16 || t == CM_TYPE_F32 || t == CM_TYPE_BF16) {
+        for (int64_t j = 0; j < m; j++) {
+            cm_dequantize_row(t, rows + (size_t)j * stride, v, n);
+            for (int64_t i = 0; i < n; i++) {
+                want[i] += (double)p[j] * v[i];
+                mag[i] += fabs((double)p[j] * v[i]);
+            }
+        }
+        fill_normal(got, n, 1.0f); /* overwritten, not added to */
+        cm_sum_rows(t, n, rows, stride, m, p, got);
+        bad = 0;
+        for (int64_t i = 0; i < n; i++)
+            bad += !(fabs(got[i] - want[i]) <= 1e-6 * mag[i] + 1e-30);
+        CHECK(bad == 0, "%s sum_rows %s n=%lld m=%lld: %d wrong", cm_kern.isa, tname(t),
+              (long long)n, (long long)m, bad);
+    }
+    free(rows), free(x), free(v), free(p), free(got), free(want), free(mag), free(xq);
+}
+
 static void test_helpers_once(void)
 {
     struct cm_kernels ref;
@@ -582,6 +634,13 @@ static void test_helpers_once(void)
         check_helpers_type(CM_TYPE_Q8_0, n, &ref);
         check_q8_0_kv(n);
     }
+    static const int64_t ms[] = {1, 3, 64, 129};
+    for (int i = 0; i < 8; i++)
+        for (int j = 0; j < 4; j++)
+            for (int k = 0; k < 3; k++)
+                check_rows_type(ft[k], ns[i], ms[j]);
+    for (int64_t n = 32; n <= 160; n += 32)
+        check_rows_type(CM_TYPE_Q8_0, n, 65);
 }
 
 static void test_isas(void)

@@ -404,6 +404,32 @@ void cm_axpy_f(enum cm_type type, int64_t n, float a, const void *row, float *ou
     f(n, a, row, out);
 }
 
+void cm_dot_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, int64_t m,
+                 const void *x, float *out)
+{
+    cm_dot_rows_fn f = type < CM_TYPE_COUNT ? cm_kern.dot_rows[type] : NULL;
+    if (f) {
+        f(n, rows, stride, m, x, out);
+        return;
+    }
+    cm_vec_dot_fn dot = kernel_or_die(type < CM_TYPE_COUNT ? cm_kern.vec_dot[type] : NULL, type);
+    for (int64_t j = 0; j < m; j++)
+        out[j] = dot(n, (const char *)rows + (size_t)j * stride, x);
+}
+
+void cm_sum_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, int64_t m,
+                 const float *p, float *out)
+{
+    cm_sum_rows_fn f = type < CM_TYPE_COUNT ? cm_kern.sum_rows[type] : NULL;
+    if (f) {
+        f(n, rows, stride, m, p, out);
+        return;
+    }
+    memset(out, 0, (size_t)n * sizeof *out);
+    for (int64_t j = 0; j < m; j++)
+        cm_axpy_f(type, n, p[j], (const char *)rows + (size_t)j * stride, out);
+}
+
 void cm_quantize_row_q8_0(const float *x, void *y, int64_t n)
 {
     cm_quantize_fn f = cm_kern.quantize[CM_TYPE_Q8_0];

@@ -46,6 +46,19 @@ float cm_dot_f(enum cm_type type, int64_t n, const void *row, const float *x);
  * of 32). */
 void cm_axpy_f(enum cm_type type, int64_t n, float a, const void *row, float *out);
 
+/* The same over m rows `stride` bytes apart (the positions of a KV cache):
+ * out[j] = dot(row j, x) for F32/F16/BF16 rows, or, for Q8_0 rows, with x
+ * already a Q8_0 row (as cm_vec_dot).  One call per head, so the ISA can
+ * keep x in registers across rows. */
+void cm_dot_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, int64_t m,
+                 const void *x, float *out);
+
+/* out[i] = sum over j < m of p[j] * row_j[i], i < n (out overwritten; rows
+ * as for cm_axpy_f): the attention-weighted sum of cached values, summed
+ * in registers rather than through out once per row. */
+void cm_sum_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, int64_t m,
+                 const float *p, float *out);
+
 /* n floats to n/32 Q8_0 blocks (n a multiple of 32): a Q8_0 KV cache row,
  * or a query quantized to dot with one. */
 void cm_quantize_row_q8_0(const float *x, void *y, int64_t n);

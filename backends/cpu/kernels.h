@@ -23,6 +23,12 @@ typedef void (*cm_quantize_fn)(const float *x, void *y, int64_t n);
 typedef void (*cm_dequant_fn)(const void *x, float *y, int64_t n);
 /* out[i] += a * row[i], i < n; row of the table index's type */
 typedef void (*cm_axpy_fn)(int64_t n, float a, const void *row, float *out);
+/* Attention over m rows `stride` bytes apart (see cm_dot_rows and
+ * cm_sum_rows in cpu.h) */
+typedef void (*cm_dot_rows_fn)(int64_t n, const void *rows, size_t stride, int64_t m,
+                               const void *x, float *out);
+typedef void (*cm_sum_rows_fn)(int64_t n, const void *rows, size_t stride, int64_t m,
+                               const float *p, float *out);
 
 /* A batched product (prompt processing): weight rows r0 <= r < r1 of a
  * matrix against n_tok activation rows, y[t * ldy + r] = dot(row r, x_t).
@@ -70,6 +76,9 @@ struct cm_kernels {
     cm_dequant_fn to_float[CM_TYPE_COUNT];
     const cm_gemm *gemm[CM_TYPE_COUNT];
     const cm_gemv *gemv[CM_TYPE_COUNT]; /* NULL: vec_dot on the dot-type row */
+    /* NULL: cm_dot_rows / cm_sum_rows loop over vec_dot / axpy */
+    cm_dot_rows_fn dot_rows[CM_TYPE_COUNT];
+    cm_sum_rows_fn sum_rows[CM_TYPE_COUNT];
 };
 
 extern struct cm_kernels cm_kern;

@@ -594,6 +594,60 @@ static void axpy_q8_0(int64_t n, float a, const void *row, float *out)
     }
 }
 
+/* Lanes of the 16-column slice starting at column i of an n-column row. */
+INLINE __mmask16 cols16(int64_t n, int64_t i)
+{
+    return n - i >= 16 ? (__mmask16)0xFFFF : n - i > 0 ? tail16(n - i) : 0;
+}
+
+/* Attention scores against an f16 cache: 64 columns of x stay in registers
+ * while the rows stream past (head_dim is 64 or 128 in most models). */
+static void dot_rows_f16(int64_t n, const void *rows, size_t stride, int64_t m, const void *xv,
+                         float *out)
+{
+    const float *x = xv;
+    for (int64_t j = 0; j < m; j++)
+        out[j] = 0;
+    for (int64_t c = 0; c < n; c += 64) {
+        __mmask16 k0 = cols16(n, c), k1 = cols16(n, c + 16), k2 = cols16(n, c + 32),
+                  k3 = cols16(n, c + 48);
+        __m512 x0 = _mm512_maskz_loadu_ps(k0, x + c), x1 = _mm512_maskz_loadu_ps(k1, x + c + 16),
+               x2 = _mm512_maskz_loadu_ps(k2, x + c + 32), x3 = _mm512_maskz_loadu_ps(k3, x + c + 48);
+        for (int64_t j = 0; j < m; j++) {
+            const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)j * stride) + c;
+            __m512 a = _mm512_mul_ps(load_f16x16(r, k0), x0);
+            __m512 b = _mm512_mul_ps(load_f16x16(r + 16, k1), x1);
+            a = _mm512_fmadd_ps(load_f16x16(r + 32, k2), x2, a);
+            b = _mm512_fmadd_ps(load_f16x16(r + 48, k3), x3, b);
+            out[j] += _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+        }
+    }
+}
+
+/* The attention-weighted sum of f16 value rows, 64 columns at a time in
+ * four accumulators. */
+static void sum_rows_f16(int64_t n, const void *rows, size_t stride, int64_t m, const float *p,
+                         float *out)
+{
+    for (int64_t c = 0; c < n; c += 64) {
+        __mmask16 k0 = cols16(n, c), k1 = cols16(n, c + 16), k2 = cols16(n, c + 32),
+                  k3 = cols16(n, c + 48);
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t j = 0; j < m; j++) {
+            const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)j * stride) + c;
+            __m512 pj = _mm512_set1_ps(p[j]);
+            a0 = _mm512_fmadd_ps(pj, load_f16x16(r, k0), a0);
+            a1 = _mm512_fmadd_ps(pj, load_f16x16(r + 16, k1), a1);
+            a2 = _mm512_fmadd_ps(pj, load_f16x16(r + 32, k2), a2);
+            a3 = _mm512_fmadd_ps(pj, load_f16x16(r + 48, k3), a3);
+        }
+        _mm512_mask_storeu_ps(out + c, k0, a0);
+        _mm512_mask_storeu_ps(out + c + 16, k1, a1);
+        _mm512_mask_storeu_ps(out + c + 32, k2, a2);
+        _mm512_mask_storeu_ps(out + c + 48, k3, a3);
+    }
+}
+
 static void f16_to_f32(const void *x, float *y, int64_t n)
 {
     const uint16_t *h = x;
@@ -677,6 +731,8 @@ int cm_kernels_avx512(struct cm_kernels *k, int vnni)
     k->axpy[CM_TYPE_F16] = axpy_f16;
     k->axpy[CM_TYPE_Q8_0] = axpy_q8_0;
     k->to_float[CM_TYPE_F16] = f16_to_f32;
+    k->dot_rows[CM_TYPE_F16] = dot_rows_f16;
+    k->sum_rows[CM_TYPE_F16] = sum_rows_f16;
     k->quantize[CM_TYPE_Q8_K] = quant_q8_K;
     cm_gemm_avx512_install(k, vnni);
     return 0;
