@@ -260,7 +260,7 @@ static void attend_head(const cm_ctx *c, int il, const float *q, int kvh, int po
     size_t vstride = cm_row_bytes(t, (int64_t)hp->n_head_kv * hp->head_dim_v);
     const char *kbase = (const char *)c->k_cache[il] + cm_row_bytes(t, (int64_t)kvh * hp->head_dim);
     const char *vbase = (const char *)c->v_cache[il] + cm_row_bytes(t, (int64_t)kvh * hp->head_dim_v);
-    float inv_sqrt = 1.0f / sqrtf((float)hp->head_dim), mx = -INFINITY, sum = 0.0f;
+    float inv_sqrt = 1.0f / sqrtf((float)hp->head_dim);
 
     if (t == CM_TYPE_Q8_0)
         cm_quantize_row_q8_0(q, qq, hp->head_dim);
@@ -273,17 +273,7 @@ static void attend_head(const cm_ctx *c, int il, const float *q, int kvh, int po
     const int m = pos + 1;
     cm_dot_rows(t, hp->head_dim, kbase, kstride, m, t == CM_TYPE_Q8_0 ? (const void *)qq
                                                                       : (const void *)q, scores);
-    for (int j = 0; j < m; j++) {
-        scores[j] *= inv_sqrt;
-        mx = scores[j] > mx ? scores[j] : mx;
-    }
-    for (int j = 0; j < m; j++)
-        sum += scores[j] = expf(scores[j] - mx);
-    for (int j = 0; j < m; j++) {
-        scores[j] /= sum;
-        if (t == CM_TYPE_F16) /* so are the attention weights */
-            scores[j] = cm_f16_to_f32(cm_f32_to_f16(scores[j]));
-    }
+    cm_attn_softmax(scores, m, inv_sqrt, t == CM_TYPE_F16); /* f16 cache: weights in f16 too */
     cm_sum_rows(t, hp->head_dim_v, vbase, vstride, m, scores, out);
 }
 

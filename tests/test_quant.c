@@ -621,6 +621,32 @@ static void check_rows_type(enum cm_type t, int64_t n, int64_t m)
     free(rows), free(x), free(v), free(p), free(got), free(want), free(mag), free(xq);
 }
 
+/* The attention softmax against the scalar table's (libm expf): values
+ * spread like real scores, some far below the max (exp underflow). */
+static void check_softmax(int64_t n, int round_f16, const struct cm_kernels *ref)
+{
+    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    fill_normal(a, n, 8.0f);
+    if (n > 3)
+        a[n / 2] = -1000.0f;
+    memcpy(b, a, n * sizeof(float));
+    ref->softmax(a, n, 0.125f, round_f16);
+    cm_attn_softmax(b, n, 0.125f, round_f16);
+    int bad = 0;
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) {
+        /* within 1e-6 relative, or one f16 step when rounding */
+        double tol = round_f16 ? 1.0 / 1024 * fabs(a[i]) + 1e-7 : 1e-6 * fabs(a[i]) + 1e-12;
+        bad += !(fabs(a[i] - b[i]) <= tol);
+        sum += b[i];
+    }
+    CHECK(bad == 0, "%s softmax n=%lld round=%d: %d values off", cm_kern.isa, (long long)n,
+          round_f16, bad);
+    CHECK(fabs(sum - 1) < (round_f16 ? 1e-3 : 1e-5), "%s softmax n=%lld sums to %.9g",
+          cm_kern.isa, (long long)n, sum);
+    free(a), free(b);
+}
+
 static void test_helpers_once(void)
 {
     struct cm_kernels ref;
@@ -641,6 +667,9 @@ static void test_helpers_once(void)
                 check_rows_type(ft[k], ns[i], ms[j]);
     for (int64_t n = 32; n <= 160; n += 32)
         check_rows_type(CM_TYPE_Q8_0, n, 65);
+    for (int i = 0; i < 8; i++)
+        for (int r = 0; r < 2; r++)
+            check_softmax(ns[i] * 3, r, &ref);
 }
 
 static void test_isas(void)

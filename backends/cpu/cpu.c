@@ -430,6 +430,11 @@ void cm_sum_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, 
         cm_axpy_f(type, n, p[j], (const char *)rows + (size_t)j * stride, out);
 }
 
+void cm_attn_softmax(float *x, int64_t n, float scale, int round_f16)
+{
+    cm_kern.softmax(x, n, scale, round_f16);
+}
+
 void cm_quantize_row_q8_0(const float *x, void *y, int64_t n)
 {
     cm_quantize_fn f = cm_kern.quantize[CM_TYPE_Q8_0];

@@ -59,6 +59,10 @@ void cm_dot_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, 
 void cm_sum_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, int64_t m,
                  const float *p, float *out);
 
+/* x = softmax(scale * x) over n values, rounded to f16 precision when
+ * round_f16 (the weights of an f16 value cache). */
+void cm_attn_softmax(float *x, int64_t n, float scale, int round_f16);
+
 /* n floats to n/32 Q8_0 blocks (n a multiple of 32): a Q8_0 KV cache row,
  * or a query quantized to dot with one. */
 void cm_quantize_row_q8_0(const float *x, void *y, int64_t n);

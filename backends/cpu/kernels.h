@@ -63,6 +63,11 @@ typedef struct {
     cm_vec_dot_fn dot; /* dot(cols, weight row, packed x) */
 } cm_gemv;
 
+/* x[i] = exp(scale*x[i] - max) / sum over the n values (attention
+ * weights); with round_f16, each result rounded to f16 precision, as
+ * llama.cpp rounds the weights that multiply an f16 value cache. */
+typedef void (*cm_softmax_fn)(float *x, int64_t n, float scale, int round_f16);
+
 struct cm_kernels {
     const char *isa; /* "scalar", "avx2", "avx512" */
     cm_vec_dot_fn vec_dot[CM_TYPE_COUNT];
@@ -79,6 +84,7 @@ struct cm_kernels {
     /* NULL: cm_dot_rows / cm_sum_rows loop over vec_dot / axpy */
     cm_dot_rows_fn dot_rows[CM_TYPE_COUNT];
     cm_sum_rows_fn sum_rows[CM_TYPE_COUNT];
+    cm_softmax_fn softmax;
 };
 
 extern struct cm_kernels cm_kern;

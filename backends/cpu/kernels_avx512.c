@@ -18,6 +18,7 @@
     defined(__F16C__)
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "quant/blocks.h"
@@ -648,6 +649,54 @@ static void sum_rows_f16(int64_t n, const void *rows, size_t stride, int64_t m, 
     }
 }
 
+/* e^x for x <= 0 (softmax arguments): x = n ln2 + r with |r| <= ln2/2,
+ * e^r by its Taylor polynomial to r^7 (truncation < 2e-8 relative), then
+ * scaled by 2^n.  Below -104 the result is 0, as expf's is. */
+INLINE __m512 exp_neg(__m512 x)
+{
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static void softmax_avx512(float *x, int64_t n, float scale, int round_f16)
+{
+    const __m512 vs = _mm512_set1_ps(scale);
+    __m512 vmax = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = cols16(n, i);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vs);
+        _mm512_mask_storeu_ps(x + i, m, v);
+        vmax = _mm512_mask_max_ps(vmax, m, vmax, v);
+    }
+    const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = cols16(n, i);
+        __m512 e = exp_neg(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mx));
+        _mm512_mask_storeu_ps(x + i, m, e);
+        vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = cols16(n, i);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv);
+        if (round_f16)
+            v = _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        _mm512_mask_storeu_ps(x + i, m, v);
+    }
+}
+
 static void f16_to_f32(const void *x, float *y, int64_t n)
 {
     const uint16_t *h = x;
@@ -733,6 +782,7 @@ int cm_kernels_avx512(struct cm_kernels *k, int vnni)
     k->to_float[CM_TYPE_F16] = f16_to_f32;
     k->dot_rows[CM_TYPE_F16] = dot_rows_f16;
     k->sum_rows[CM_TYPE_F16] = sum_rows_f16;
+    k->softmax = softmax_avx512;
     k->quantize[CM_TYPE_Q8_K] = quant_q8_K;
     cm_gemm_avx512_install(k, vnni);
     return 0;

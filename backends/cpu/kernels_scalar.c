@@ -6,6 +6,9 @@
  * they have no use outside the backend: out[i] += a * value(row[i]), the
  * value rounded to float first, as the dequantizers produce it. */
 #include "backends/cpu/kernels.h"
+
+#include <math.h>
+
 #include "quant/blocks.h"
 #include "quant/ref.h"
 
@@ -40,6 +43,23 @@ static void axpy_q8_0(int64_t n, float a, const void *row, float *out)
     }
 }
 
+/* The reference: expf from libm, the sum in float in order. */
+static void softmax_ref(float *x, int64_t n, float scale, int round_f16)
+{
+    float mx = -INFINITY, sum = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] *= scale;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    for (int64_t i = 0; i < n; i++)
+        sum += x[i] = expf(x[i] - mx);
+    for (int64_t i = 0; i < n; i++) {
+        x[i] /= sum;
+        if (round_f16)
+            x[i] = cm_f16_to_f32(cm_f32_to_f16(x[i]));
+    }
+}
+
 #define DOT(T, t) [CM_TYPE_##T] = cm_dot_##t
 #define QNT(T, t) [CM_TYPE_##T] = cm_quant_##t
 #define DEQ(T, t) [CM_TYPE_##T] = cm_dequant_##t
@@ -62,6 +82,7 @@ static void axpy_q8_0(int64_t n, float a, const void *row, float *out)
                      DEQ(Q2_K, q2_K), DEQ(Q3_K, q3_K), DEQ(Q4_K, q4_K),      \
                      DEQ(Q5_K, q5_K), DEQ(Q6_K, q6_K), DEQ(Q8_K, q8_K)},     \
         .gemm = {NULL},                                                       \
+        .softmax = softmax_ref,                                               \
     }
 
 struct cm_kernels cm_kern = SCALAR_TABLE;
