@@ -367,8 +367,7 @@ static void dense_ffn(cm_ctx *c, const cm_layer *L, int n, float *out)
             c->ff_a[i] = cm_gelu(c->ff_b[i]);
     } else {
         cm_matmul(&L->w_gate, c->h, n, c->ff_a, c->scratch);
-        for (size_t i = 0; i < total; i++)
-            c->ff_a[i] = cm_silu(c->ff_a[i]) * c->ff_b[i];
+        cm_swiglu(c->ff_a, c->ff_b, (int64_t)total);
     }
     cm_matmul(&L->w_down, c->ff_a, n, out, c->scratch);
     cm_add_bias(out, &L->b_down, n, hp->n_embd);

@@ -57,8 +57,7 @@ static void run_expert(cm_ctx *c, const cm_layer *L, int e, int n)
     size_t nf = (size_t)n * c->m->hp.n_ff_exp;
     cm_matmul(&g, c->xe, n, c->ff_a, c->scratch);
     cm_matmul(&u, c->xe, n, c->ff_b, c->scratch);
-    for (size_t i = 0; i < nf; i++)
-        c->ff_a[i] = cm_silu(c->ff_a[i]) * c->ff_b[i];
+    cm_swiglu(c->ff_a, c->ff_b, (int64_t)nf);
     cm_matmul(&d, c->ff_a, n, c->ye, c->scratch);
 }
 
@@ -69,8 +68,7 @@ static void shared_expert(cm_ctx *c, const cm_layer *L, int n, float *out)
     size_t nf = (size_t)n * hp->n_ff_shexp;
     cm_matmul(&L->gate_shexp, c->h, n, c->ff_a, c->scratch);
     cm_matmul(&L->up_shexp, c->h, n, c->ff_b, c->scratch);
-    for (size_t i = 0; i < nf; i++)
-        c->ff_a[i] = cm_silu(c->ff_a[i]) * c->ff_b[i];
+    cm_swiglu(c->ff_a, c->ff_b, (int64_t)nf);
     cm_matmul(&L->down_shexp, c->ff_a, n, c->ye, c->scratch);
     /* the gate's logits reuse the router buffer: the routing is done */
     if (L->gate_inp_shexp.data)

@@ -647,6 +647,26 @@ static void check_softmax(int64_t n, int round_f16, const struct cm_kernels *ref
     free(a), free(b);
 }
 
+/* SwiGLU's silu(a) * b against the scalar table's, over the whole range
+ * (large |a|: e^-a overflows or vanishes). */
+static void check_swiglu(int64_t n, const struct cm_kernels *ref)
+{
+    float *a = malloc(n * sizeof(float)), *a2 = malloc(n * sizeof(float));
+    float *b = malloc(n * sizeof(float));
+    fill_normal(a, n, 4.0f);
+    fill_normal(b, n, 1.0f);
+    if (n > 4)
+        a[0] = -200.0f, a[1] = 200.0f, a[2] = -87.5f, a[3] = 0.0f;
+    memcpy(a2, a, n * sizeof(float));
+    ref->swiglu(a, b, n);
+    cm_swiglu(a2, b, n);
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++)
+        bad += !(fabsf(a[i] - a2[i]) <= 1e-6f * fabsf(a[i]) + 1e-30f);
+    CHECK(bad == 0, "%s swiglu n=%lld: %d values off", cm_kern.isa, (long long)n, bad);
+    free(a), free(a2), free(b);
+}
+
 static void test_helpers_once(void)
 {
     struct cm_kernels ref;
@@ -670,6 +690,8 @@ static void test_helpers_once(void)
     for (int i = 0; i < 8; i++)
         for (int r = 0; r < 2; r++)
             check_softmax(ns[i] * 3, r, &ref);
+    for (int i = 0; i < 8; i++)
+        check_swiglu(ns[i] * 5, &ref);
 }
 
 static void test_isas(void)

@@ -435,6 +435,11 @@ void cm_attn_softmax(float *x, int64_t n, float scale, int round_f16)
     cm_kern.softmax(x, n, scale, round_f16);
 }
 
+void cm_swiglu(float *a, const float *b, int64_t n)
+{
+    cm_kern.swiglu(a, b, n);
+}
+
 void cm_quantize_row_q8_0(const float *x, void *y, int64_t n)
 {
     cm_quantize_fn f = cm_kern.quantize[CM_TYPE_Q8_0];

@@ -63,6 +63,9 @@ void cm_sum_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, 
  * round_f16 (the weights of an f16 value cache). */
 void cm_attn_softmax(float *x, int64_t n, float scale, int round_f16);
 
+/* a[i] = silu(a[i]) * b[i] for i < n: the gated feed-forward's middle. */
+void cm_swiglu(float *a, const float *b, int64_t n);
+
 /* n floats to n/32 Q8_0 blocks (n a multiple of 32): a Q8_0 KV cache row,
  * or a query quantized to dot with one. */
 void cm_quantize_row_q8_0(const float *x, void *y, int64_t n);

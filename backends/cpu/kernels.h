@@ -68,6 +68,9 @@ typedef struct {
  * llama.cpp rounds the weights that multiply an f16 value cache. */
 typedef void (*cm_softmax_fn)(float *x, int64_t n, float scale, int round_f16);
 
+/* a[i] = silu(a[i]) * b[i], silu(x) = x / (1 + e^-x): the SwiGLU gate. */
+typedef void (*cm_swiglu_fn)(float *a, const float *b, int64_t n);
+
 struct cm_kernels {
     const char *isa; /* "scalar", "avx2", "avx512" */
     cm_vec_dot_fn vec_dot[CM_TYPE_COUNT];
@@ -85,6 +88,7 @@ struct cm_kernels {
     cm_dot_rows_fn dot_rows[CM_TYPE_COUNT];
     cm_sum_rows_fn sum_rows[CM_TYPE_COUNT];
     cm_softmax_fn softmax;
+    cm_swiglu_fn swiglu;
 };
 
 extern struct cm_kernels cm_kern;

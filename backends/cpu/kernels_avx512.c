@@ -649,12 +649,12 @@ static void sum_rows_f16(int64_t n, const void *rows, size_t stride, int64_t m, 
     }
 }
 
-/* e^x for x <= 0 (softmax arguments): x = n ln2 + r with |r| <= ln2/2,
+/* e^x for x <= 88 (softmax arguments are <= 0): x = n ln2 + r with |r| <= ln2/2,
  * e^r by its Taylor polynomial to r^7 (truncation < 2e-8 relative), then
  * scaled by 2^n.  Below -104 the result is 0, as expf's is. */
 INLINE __m512 exp_neg(__m512 x)
 {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(88.0f));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
@@ -694,6 +694,20 @@ static void softmax_avx512(float *x, int64_t n, float scale, int round_f16)
         if (round_f16)
             v = _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
         _mm512_mask_storeu_ps(x + i, m, v);
+    }
+}
+
+/* silu through e^-x clamped at 88: where expf's e^-x is infinite (x < -88)
+ * the result is x / 1.6e38 instead of -0, both nothing. */
+static void swiglu_avx512(float *a, const float *b, int64_t n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = cols16(n, i);
+        __m512 x = _mm512_maskz_loadu_ps(m, a + i);
+        __m512 e = exp_neg(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        __m512 s = _mm512_div_ps(x, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(a + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, b + i)));
     }
 }
 
@@ -783,6 +797,7 @@ int cm_kernels_avx512(struct cm_kernels *k, int vnni)
     k->dot_rows[CM_TYPE_F16] = dot_rows_f16;
     k->sum_rows[CM_TYPE_F16] = sum_rows_f16;
     k->softmax = softmax_avx512;
+    k->swiglu = swiglu_avx512;
     k->quantize[CM_TYPE_Q8_K] = quant_q8_K;
     cm_gemm_avx512_install(k, vnni);
     return 0;

@@ -60,6 +60,12 @@ static void softmax_ref(float *x, int64_t n, float scale, int round_f16)
     }
 }
 
+static void swiglu_ref(float *a, const float *b, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+}
+
 #define DOT(T, t) [CM_TYPE_##T] = cm_dot_##t
 #define QNT(T, t) [CM_TYPE_##T] = cm_quant_##t
 #define DEQ(T, t) [CM_TYPE_##T] = cm_dequant_##t
@@ -83,6 +89,7 @@ static void softmax_ref(float *x, int64_t n, float scale, int round_f16)
                      DEQ(Q5_K, q5_K), DEQ(Q6_K, q6_K), DEQ(Q8_K, q8_K)},     \
         .gemm = {NULL},                                                       \
         .softmax = softmax_ref,                                               \
+        .swiglu = swiglu_ref,                                                 \
     }
 
 struct cm_kernels cm_kern = SCALAR_TABLE;
