@@ -11,6 +11,11 @@
 #include <unistd.h>
 
 #include "quant/quant.h"
+#include "backends/cpu/cpu.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define LF_MAGIC "CMLOGITS"
 #define LF_VERSION 1u
@@ -192,6 +197,24 @@ static cm_status lf_open(lfile *rd, const char *path, int n_vocab, int n_ctx,
 
 /* ------------------------------------------------------------ scoring */
 
+static int max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 typedef struct {
     int n_vocab, n_pred;         /* n_pred = n_ctx - 1 - first */
     int32_t bos;                 /* replaces each chunk's first token, or -1 */
@@ -200,55 +223,43 @@ typedef struct {
     double *nll, *kld, *bnll;    /* [n_pred] */
     unsigned char *same;
     unsigned char *base, *save;  /* [n_pred][rec] records read / to write */
+    float *tmp;                  /* [threads][n_vocab] a base row as floats */
     size_t base_rec, save_rec;
     int base_f16, save_f16;
 } work;
 
-/* log(sum(exp(x))) in double, and the first index of the maximum. */
+/* log(sum(exp(x))) (the sum in double), and the first index of the
+ * maximum. */
 static double lse_f32(const float *x, int n, int *argmax)
 {
     int best = 0;
     for (int i = 1; i < n; i++)
         if (x[i] > x[best])
             best = i;
-    double mx = x[best], s = 0;
-    for (int i = 0; i < n; i++)
-        s += exp((double)x[i] - mx);
+    double sums[2];
+    cm_exp_sums(x, NULL, n, x[best], sums);
     *argmax = best;
-    return mx + log(s);
-}
-
-static double base_val(const unsigned char *row, int f16, int i)
-{
-    if (f16) {
-        uint16_t h;
-        memcpy(&h, row + 2 * (size_t)i, 2);
-        return cm_f16_to_f32(h);
-    }
-    float f;
-    memcpy(&f, row + 4 * (size_t)i, 4);
-    return f;
+    return x[best] + log(sums[0]);
 }
 
 /* KLD(base || model) at one position; the base row is renormalised first
- * (its stored log-probabilities carry rounding).  Also the base's NLL. */
+ * (its stored log-probabilities carry rounding).  Also the base's NLL.
+ * With pb = e^(b - lse_b) and the model's log-probabilities x - lse_m,
+ * KLD = sum pb * ((b - x) - lse_b + lse_m) = S1 / S0 + lse_m - lse_b,
+ * where S0, S1 are the sums of e^(b - max) and e^(b - max) * (b - x).
+ * tmp: n floats for the base row. */
 static double kld_row(const unsigned char *rec, int f16, const float *x, double lse_m, int n,
-                      int32_t target, double *bnll)
+                      int32_t target, double *bnll, float *tmp)
 {
-    const unsigned char *row = rec + 4;
-    double mx = -INFINITY, s = 0, kld = 0;
+    cm_row_to_float(f16 ? CM_TYPE_F16 : CM_TYPE_F32, rec + 4, tmp, n);
+    float mx = -INFINITY;
     for (int i = 0; i < n; i++)
-        mx = fmax(mx, base_val(row, f16, i));
-    for (int i = 0; i < n; i++)
-        s += exp(base_val(row, f16, i) - mx);
-    double lse_b = mx + log(s);
-    for (int i = 0; i < n; i++) {
-        double lb = base_val(row, f16, i) - lse_b, pb = exp(lb);
-        if (pb > 0)
-            kld += pb * (lb - ((double)x[i] - lse_m));
-    }
-    *bnll = lse_b - base_val(row, f16, target);
-    return kld;
+        mx = tmp[i] > mx ? tmp[i] : mx;
+    double sums[2];
+    cm_exp_sums(tmp, x, n, mx, sums);
+    double lse_b = mx + log(sums[0]);
+    *bnll = lse_b - tmp[target];
+    return sums[1] / sums[0] + lse_m - lse_b;
 }
 
 static void save_row(unsigned char *rec, int f16, const float *x, double lse, int n, int32_t amax)
@@ -279,9 +290,10 @@ static void score_chunk(work *w, int first)
         w->nll[j] = lse - x[target];
         if (w->base) {
             const unsigned char *rec = w->base + (size_t)j * w->base_rec;
+            float *tmp = w->tmp + (size_t)thread_num() * nv;
             int32_t bmax;
             memcpy(&bmax, rec, 4);
-            w->kld[j] = kld_row(rec, w->base_f16, x, lse, nv, target, &w->bnll[j]);
+            w->kld[j] = kld_row(rec, w->base_f16, x, lse, nv, target, &w->bnll[j], tmp);
             w->same[j] = bmax == amax;
         }
         if (w->save)
@@ -329,7 +341,7 @@ static cm_status eval_chunk(cm_ctx *ctx, work *w, const int32_t *ids, int n_ctx,
 static void work_free(work *w)
 {
     free(w->buf), free(w->logits), free(w->nll), free(w->kld), free(w->bnll);
-    free(w->same), free(w->base), free(w->save);
+    free(w->same), free(w->base), free(w->save), free(w->tmp);
 }
 
 static cm_status work_alloc(work *w, int n_ctx, const lfile *base, const lfile *save, cm_err *err)
@@ -346,7 +358,8 @@ static cm_status work_alloc(work *w, int n_ctx, const lfile *base, const lfile *
         w->base = malloc(np * base->rec);
         w->base_rec = base->rec;
         w->base_f16 = base->f16;
-        ok = ok && w->kld && w->bnll && w->same && w->base;
+        w->tmp = malloc((size_t)max_threads() * (size_t)w->n_vocab * sizeof(float));
+        ok = ok && w->kld && w->bnll && w->same && w->base && w->tmp;
     }
     if (save->f) {
         w->save = malloc(np * save->rec);

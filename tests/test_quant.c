@@ -667,6 +667,29 @@ static void check_swiglu(int64_t n, const struct cm_kernels *ref)
     free(a), free(a2), free(b);
 }
 
+/* perplexity's sums of exponentials against the scalar table's */
+static void check_exp_sums(int64_t n, const struct cm_kernels *ref)
+{
+    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    fill_normal(a, n, 5.0f);
+    fill_normal(b, n, 5.0f);
+    float mx = a[0];
+    for (int64_t i = 0; i < n; i++)
+        mx = a[i] > mx ? a[i] : mx;
+    double want[2], got[2], got0[2];
+    ref->exp_sums(a, b, n, mx, want);
+    cm_exp_sums(a, b, n, mx, got);
+    cm_exp_sums(a, NULL, n, mx, got0);
+    CHECK(fabs(got[0] - want[0]) <= 1e-6 * want[0] && got0[0] == got[0] && got0[1] == 0,
+          "%s exp_sums n=%lld: sum %.12g want %.12g", cm_kern.isa, (long long)n, got[0], want[0]);
+    double mag = 0;
+    for (int64_t i = 0; i < n; i++)
+        mag += exp((double)a[i] - mx) * fabs((double)a[i] - b[i]);
+    CHECK(fabs(got[1] - want[1]) <= 1e-6 * mag, "%s exp_sums n=%lld: weighted %.12g want %.12g",
+          cm_kern.isa, (long long)n, got[1], want[1]);
+    free(a), free(b);
+}
+
 static void test_helpers_once(void)
 {
     struct cm_kernels ref;
@@ -692,6 +715,9 @@ static void test_helpers_once(void)
             check_softmax(ns[i] * 3, r, &ref);
     for (int i = 0; i < 8; i++)
         check_swiglu(ns[i] * 5, &ref);
+    static const int64_t vocab[] = {1, 17, 1023, 1024, 1025, 49152, 151936};
+    for (int i = 0; i < 7; i++)
+        check_exp_sums(vocab[i], &ref);
 }
 
 static void test_isas(void)

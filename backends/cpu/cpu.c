@@ -53,7 +53,8 @@ static cpu_features detect(void)
     int zmm_ok = ymm_ok && (xcr0 & 0xE0) == 0xE0; /* opmask + zmm state */
     __cpuid_count(7, 0, a, b, c, d);
     f.avx2 = ymm_ok && fma && f16c && ((b >> 5) & 1);
-    int avx512 = ((b >> 16) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1);
+    /* F, DQ, BW, VL: the file's target flags (every AVX-512 core since Skylake-SP) */
+    int avx512 = ((b >> 16) & 1) && ((b >> 17) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1);
     f.avx512 = f.avx2 && zmm_ok && avx512;
     f.vnni = f.avx512 && ((c >> 11) & 1);
     return f;
@@ -438,6 +439,19 @@ void cm_attn_softmax(float *x, int64_t n, float scale, int round_f16)
 void cm_swiglu(float *a, const float *b, int64_t n)
 {
     cm_kern.swiglu(a, b, n);
+}
+
+void cm_exp_sums(const float *a, const float *b, int64_t n, float shift, double out[2])
+{
+    cm_kern.exp_sums(a, b, n, shift, out);
+}
+
+void cm_row_to_float(enum cm_type type, const void *row, float *out, int64_t n)
+{
+    cm_dequant_fn f = type < CM_TYPE_COUNT ? cm_kern.to_float[type] : NULL;
+    if (!f)
+        no_kernel(type);
+    f(row, out, n);
 }
 
 void cm_quantize_row_q8_0(const float *x, void *y, int64_t n)

@@ -66,6 +66,13 @@ void cm_attn_softmax(float *x, int64_t n, float scale, int round_f16);
 /* a[i] = silu(a[i]) * b[i] for i < n: the gated feed-forward's middle. */
 void cm_swiglu(float *a, const float *b, int64_t n);
 
+/* out[0] = sum of e^(a[i] - shift), out[1] = sum of e^(a[i] - shift) *
+ * (a[i] - b[i]) (0 without b), i < n, summed in double. */
+void cm_exp_sums(const float *a, const float *b, int64_t n, float shift, double out[2]);
+
+/* n values of an F32/F16/BF16 row to floats. */
+void cm_row_to_float(enum cm_type type, const void *row, float *out, int64_t n);
+
 /* n floats to n/32 Q8_0 blocks (n a multiple of 32): a Q8_0 KV cache row,
  * or a query quantized to dot with one. */
 void cm_quantize_row_q8_0(const float *x, void *y, int64_t n);

@@ -71,6 +71,13 @@ typedef void (*cm_softmax_fn)(float *x, int64_t n, float scale, int round_f16);
 /* a[i] = silu(a[i]) * b[i], silu(x) = x / (1 + e^-x): the SwiGLU gate. */
 typedef void (*cm_swiglu_fn)(float *a, const float *b, int64_t n);
 
+/* out[0] = sum of e^(a[i] - shift); out[1] = sum of e^(a[i] - shift) *
+ * (a[i] - b[i]), or 0 when b is NULL.  Sums in double, a[i] - b[i] exact
+ * (in double): perplexity's log-sum-exp and KL divergence over a
+ * vocabulary, where a rounded difference would bias the divergence. */
+typedef void (*cm_exp_sums_fn)(const float *a, const float *b, int64_t n, float shift,
+                               double out[2]);
+
 struct cm_kernels {
     const char *isa; /* "scalar", "avx2", "avx512" */
     cm_vec_dot_fn vec_dot[CM_TYPE_COUNT];
@@ -89,6 +96,7 @@ struct cm_kernels {
     cm_sum_rows_fn sum_rows[CM_TYPE_COUNT];
     cm_softmax_fn softmax;
     cm_swiglu_fn swiglu;
+    cm_exp_sums_fn exp_sums;
 };
 
 extern struct cm_kernels cm_kern;

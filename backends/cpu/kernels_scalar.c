@@ -66,6 +66,18 @@ static void swiglu_ref(float *a, const float *b, int64_t n)
         a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
 }
 
+static void exp_sums_ref(const float *a, const float *b, int64_t n, float shift, double out[2])
+{
+    double s0 = 0, s1 = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float e = expf(a[i] - shift);
+        s0 += e;
+        if (b)
+            s1 += (double)e * ((double)a[i] - b[i]); /* exact difference */
+    }
+    out[0] = s0, out[1] = s1;
+}
+
 #define DOT(T, t) [CM_TYPE_##T] = cm_dot_##t
 #define QNT(T, t) [CM_TYPE_##T] = cm_quant_##t
 #define DEQ(T, t) [CM_TYPE_##T] = cm_dequant_##t
@@ -90,6 +102,7 @@ static void swiglu_ref(float *a, const float *b, int64_t n)
         .gemm = {NULL},                                                       \
         .softmax = softmax_ref,                                               \
         .swiglu = swiglu_ref,                                                 \
+        .exp_sums = exp_sums_ref,                                             \
     }
 
 struct cm_kernels cm_kern = SCALAR_TABLE;
