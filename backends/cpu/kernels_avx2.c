@@ -209,6 +209,64 @@ static float dot_q4_0(int64_t n, const void *w, const void *x)
     return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
+/* q4_0 matrix-vector product on an activation packed once per product
+ * (cm_gemv): each block's quants with its scale as a float and the term
+ * -8 * d * sum(quants), so a row's blocks cost one maddubs instead of two
+ * and no activation scale conversions. */
+typedef struct {
+    int8_t qs[32];
+    float d, c;
+} q4_0_xblock;
+_Static_assert(sizeof(q4_0_xblock) == 40, "q4_0_xblock layout");
+
+static size_t q4_0_gemv_bytes(int64_t cols)
+{
+    return (size_t)(cols / QK4_0) * sizeof(q4_0_xblock);
+}
+
+static void q4_0_gemv_pack(int64_t cols, const void *xq, void *dst)
+{
+    const block_q8_0 *x = xq;
+    q4_0_xblock *p = dst;
+    for (int64_t i = 0; i < cols / QK4_0; i++) {
+        int sum = 0;
+        for (int j = 0; j < QK8_0; j++)
+            sum += x[i].qs[j];
+        memcpy(p[i].qs, x[i].qs, 32);
+        p[i].d = F16(x[i].d);
+        p[i].c = -8.0f * p[i].d * (float)sum;
+    }
+}
+
+static float gemv_q4_0(int64_t n, const void *w, const void *xp)
+{
+    const block_q4_0 *a = w;
+    const q4_0_xblock *x = xp;
+    const int64_t nb = n / QK4_0;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    float corr = 0;
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        float d0 = F16(a[i].d), d1 = F16(a[i + 1].d);
+        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles(a[i].qs), load256(x[i].qs)), ones);
+        __m256i p1 = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(nibbles(a[i + 1].qs), load256(x[i + 1].qs)), ones);
+        acc0 = fma_i32(acc0, d0 * x[i].d, p0);
+        acc1 = fma_i32(acc1, d1 * x[i + 1].d, p1);
+        corr += d0 * x[i].c + d1 * x[i + 1].c;
+    }
+    if (i < nb) {
+        float d0 = F16(a[i].d);
+        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles(a[i].qs), load256(x[i].qs)), ones);
+        acc0 = fma_i32(acc0, d0 * x[i].d, p0);
+        corr += d0 * x[i].c;
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) + corr;
+}
+
+static const cm_gemv gemv_q4_0_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0};
+
 /* q4_1: unsigned levels straight into maddubs; the min term is m * s. */
 static float dot_q4_1(int64_t n, const void *w, const void *x)
 {
@@ -579,6 +637,7 @@ int cm_kernels_avx2(struct cm_kernels *k)
     k->vec_dot[CM_TYPE_BF16] = dot_bf16;
     k->vec_dot[CM_TYPE_Q8_0] = dot_q8_0;
     k->vec_dot[CM_TYPE_Q4_0] = dot_q4_0;
+    k->gemv[CM_TYPE_Q4_0] = &gemv_q4_0_tab;
     k->vec_dot[CM_TYPE_Q4_1] = dot_q4_1;
     k->vec_dot[CM_TYPE_Q5_0] = dot_q5_0;
     k->vec_dot[CM_TYPE_Q5_1] = dot_q5_1;
