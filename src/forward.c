@@ -232,8 +232,7 @@ static void kv_put(enum cm_type t, const float *src, void *dst, size_t n)
     else if (t == CM_TYPE_Q8_0)
         cm_quantize_row_q8_0(src, dst, (int64_t)n);
     else
-        for (size_t i = 0; i < n; i++)
-            ((uint16_t *)dst)[i] = cm_f32_to_f16(src[i]);
+        cm_row_to_f16(src, dst, (int64_t)n);
 }
 
 static void kv_store(cm_ctx *c, int il, int n_tok)
@@ -266,8 +265,9 @@ static void attend_head(const cm_ctx *c, int il, const float *q, int kvh, int po
         cm_quantize_row_q8_0(q, qq, hp->head_dim);
     if (t == CM_TYPE_F16) { /* llama.cpp rounds q to f16 for an f16 cache: do the same */
         float *qr = qq;
-        for (int i = 0; i < hp->head_dim; i++)
-            qr[i] = cm_f16_to_f32(cm_f32_to_f16(q[i]));
+        uint16_t *qh = (uint16_t *)(qr + hp->head_dim);
+        cm_row_to_f16(q, qh, hp->head_dim);
+        cm_row_to_float(CM_TYPE_F16, qh, qr, hp->head_dim);
         q = qr;
     }
     const int m = pos + 1;

@@ -690,6 +690,25 @@ static void check_exp_sums(int64_t n, const struct cm_kernels *ref)
     free(a), free(b);
 }
 
+/* KV cache rows to f16: bit for bit the scalar conversion, overflow,
+ * subnormals and ties included. */
+static void check_row_to_f16(int64_t n)
+{
+    float *x = malloc(n * sizeof(float));
+    uint16_t *h = malloc(n * sizeof(uint16_t));
+    fill_normal(x, n, 100.0f);
+    static const float special[] = {65504.0f, 65520.0f, 1e9f, -1e9f, 6e-8f, 3e-8f, 1e-5f,
+                                    -0.0f, 0.0f, 1.00048828125f, INFINITY, -INFINITY};
+    for (int64_t i = 0; i < n && i < 12; i++)
+        x[i] = special[i];
+    cm_row_to_f16(x, h, n);
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++)
+        bad += h[i] != cm_f32_to_f16(x[i]);
+    CHECK(bad == 0, "%s row_to_f16 n=%lld: %d values differ", cm_kern.isa, (long long)n, bad);
+    free(x), free(h);
+}
+
 static void test_helpers_once(void)
 {
     struct cm_kernels ref;
@@ -718,6 +737,8 @@ static void test_helpers_once(void)
     static const int64_t vocab[] = {1, 17, 1023, 1024, 1025, 49152, 151936};
     for (int i = 0; i < 7; i++)
         check_exp_sums(vocab[i], &ref);
+    for (int i = 0; i < 8; i++)
+        check_row_to_f16(ns[i] + 12);
 }
 
 static void test_isas(void)

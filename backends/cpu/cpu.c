@@ -446,6 +446,11 @@ void cm_exp_sums(const float *a, const float *b, int64_t n, float shift, double 
     cm_kern.exp_sums(a, b, n, shift, out);
 }
 
+void cm_row_to_f16(const float *x, uint16_t *y, int64_t n)
+{
+    cm_kern.quantize[CM_TYPE_F16](x, y, n);
+}
+
 void cm_row_to_float(enum cm_type type, const void *row, float *out, int64_t n)
 {
     cm_dequant_fn f = type < CM_TYPE_COUNT ? cm_kern.to_float[type] : NULL;

@@ -70,6 +70,9 @@ void cm_swiglu(float *a, const float *b, int64_t n);
  * (a[i] - b[i]) (0 without b), i < n, summed in double. */
 void cm_exp_sums(const float *a, const float *b, int64_t n, float shift, double out[2]);
 
+/* n floats to f16 (round to nearest even): KV cache rows. */
+void cm_row_to_f16(const float *x, uint16_t *y, int64_t n);
+
 /* n values of an F32/F16/BF16 row to floats. */
 void cm_row_to_float(enum cm_type type, const void *row, float *out, int64_t n);
 

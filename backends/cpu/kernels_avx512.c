@@ -601,8 +601,33 @@ INLINE __mmask16 cols16(int64_t n, int64_t i)
     return n - i >= 16 ? (__mmask16)0xFFFF : n - i > 0 ? tail16(n - i) : 0;
 }
 
+/* The four horizontal sums of a, b, c, d in lanes 0, 4, 8 and 12: one
+ * shuffle tree for four keys instead of four reductions. */
+INLINE __m512 hsum4(__m512 a, __m512 b, __m512 c, __m512 d)
+{
+    /* 128-bit lanes [a0 a1 b0 b1] + [a2 a3 b2 b3], likewise c, d */
+    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+    /* [a b c d], each lane a quarter's partial sums */
+    __m512 u = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+    u = _mm512_add_ps(u, _mm512_permute_ps(u, 0x4E));
+    return _mm512_add_ps(u, _mm512_permute_ps(u, 0xB1));
+}
+
+/* One key row's products with x over 64 columns from c, as 16 lanes. */
+INLINE __m512 key_dot64(const uint16_t *r, __m512 x0, __m512 x1, __m512 x2, __m512 x3,
+                        __mmask16 k0, __mmask16 k1, __mmask16 k2, __mmask16 k3)
+{
+    __m512 a = _mm512_mul_ps(load_f16x16(r, k0), x0);
+    __m512 b = _mm512_mul_ps(load_f16x16(r + 16, k1), x1);
+    a = _mm512_fmadd_ps(load_f16x16(r + 32, k2), x2, a);
+    b = _mm512_fmadd_ps(load_f16x16(r + 48, k3), x3, b);
+    return _mm512_add_ps(a, b);
+}
+
 /* Attention scores against an f16 cache: 64 columns of x stay in registers
- * while the rows stream past (head_dim is 64 or 128 in most models). */
+ * while the rows stream past (head_dim is 64 or 128 in most models), four
+ * keys reduced together. */
 static void dot_rows_f16(int64_t n, const void *rows, size_t stride, int64_t m, const void *xv,
                          float *out)
 {
@@ -614,13 +639,23 @@ static void dot_rows_f16(int64_t n, const void *rows, size_t stride, int64_t m, 
                   k3 = cols16(n, c + 48);
         __m512 x0 = _mm512_maskz_loadu_ps(k0, x + c), x1 = _mm512_maskz_loadu_ps(k1, x + c + 16),
                x2 = _mm512_maskz_loadu_ps(k2, x + c + 32), x3 = _mm512_maskz_loadu_ps(k3, x + c + 48);
-        for (int64_t j = 0; j < m; j++) {
-            const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)j * stride) + c;
-            __m512 a = _mm512_mul_ps(load_f16x16(r, k0), x0);
-            __m512 b = _mm512_mul_ps(load_f16x16(r + 16, k1), x1);
-            a = _mm512_fmadd_ps(load_f16x16(r + 32, k2), x2, a);
-            b = _mm512_fmadd_ps(load_f16x16(r + 48, k3), x3, b);
-            out[j] += _mm512_reduce_add_ps(_mm512_add_ps(a, b));
+        const char *base = (const char *)rows + 2 * c;
+        int64_t j = 0;
+        for (; j + 4 <= m; j += 4) {
+            const uint16_t *r = (const uint16_t *)(base + (size_t)j * stride);
+            const uint16_t *r1 = (const uint16_t *)((const char *)r + stride);
+            const uint16_t *r2 = (const uint16_t *)((const char *)r1 + stride);
+            const uint16_t *r3 = (const uint16_t *)((const char *)r2 + stride);
+            __m512 h = hsum4(key_dot64(r, x0, x1, x2, x3, k0, k1, k2, k3),
+                             key_dot64(r1, x0, x1, x2, x3, k0, k1, k2, k3),
+                             key_dot64(r2, x0, x1, x2, x3, k0, k1, k2, k3),
+                             key_dot64(r3, x0, x1, x2, x3, k0, k1, k2, k3));
+            __m128 four = _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, h));
+            _mm_storeu_ps(out + j, _mm_add_ps(_mm_loadu_ps(out + j), four));
+        }
+        for (; j < m; j++) {
+            const uint16_t *r = (const uint16_t *)(base + (size_t)j * stride);
+            out[j] += _mm512_reduce_add_ps(key_dot64(r, x0, x1, x2, x3, k0, k1, k2, k3));
         }
     }
 }
@@ -743,6 +778,18 @@ static void exp_sums_avx512(const float *a, const float *b, int64_t n, float shi
     out[0] = s0, out[1] = _mm512_reduce_add_pd(_mm512_add_pd(w0, w1));
 }
 
+/* floats to f16, round to nearest even (as cm_f32_to_f16): KV cache rows */
+static void f32_to_f16(const float *x, void *y, int64_t n)
+{
+    uint16_t *h = y;
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = cols16(n, i);
+        __m256i v = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, x + i),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_mask_storeu_epi16(h + i, m, v);
+    }
+}
+
 static void f16_to_f32(const void *x, float *y, int64_t n)
 {
     const uint16_t *h = x;
@@ -826,6 +873,7 @@ int cm_kernels_avx512(struct cm_kernels *k, int vnni)
     k->axpy[CM_TYPE_F16] = axpy_f16;
     k->axpy[CM_TYPE_Q8_0] = axpy_q8_0;
     k->to_float[CM_TYPE_F16] = f16_to_f32;
+    k->quantize[CM_TYPE_F16] = f32_to_f16;
     k->dot_rows[CM_TYPE_F16] = dot_rows_f16;
     k->sum_rows[CM_TYPE_F16] = sum_rows_f16;
     k->softmax = softmax_avx512;

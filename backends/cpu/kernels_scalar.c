@@ -90,7 +90,8 @@ static void exp_sums_ref(const float *a, const float *b, int64_t n, float shift,
                     DOT(Q5_1, q5_1), DOT(Q8_0, q8_0), DOT(Q8_1, q8_1),       \
                     DOT(Q2_K, q2_K), DOT(Q3_K, q3_K), DOT(Q4_K, q4_K),       \
                     DOT(Q5_K, q5_K), DOT(Q6_K, q6_K), DOT(Q8_K, q8_K)},      \
-        .quantize = {QNT(F32, f32), QNT(Q8_0, q8_0), QNT(Q8_1, q8_1),        \
+        .quantize = {QNT(F32, f32), QNT(F16, f16), QNT(Q8_0, q8_0),        \
+                     QNT(Q8_1, q8_1),                                         \
                      QNT(Q8_K, q8_K)},                                        \
         .axpy = {[CM_TYPE_F32] = axpy_f32, [CM_TYPE_F16] = axpy_f16,         \
                  [CM_TYPE_BF16] = axpy_bf16, [CM_TYPE_Q8_0] = axpy_q8_0},     \
