@@ -124,6 +124,15 @@ static int alloc_kv(cm_ctx *c)
     return ok;
 }
 
+/* Prompt attention works on blocks of this many tokens per KV head: ~96
+ * query rows (times the query heads sharing a KV head), enough to amortize
+ * decoding each 16-row tile of the cache. */
+static int tile_tokens(const cm_hparams *hp)
+{
+    int group = hp->n_head / hp->n_head_kv;
+    return group >= 96 ? 1 : 96 / group;
+}
+
 static int alloc_buffers(cm_ctx *c)
 {
     const cm_hparams *hp = &c->m->hp;
@@ -141,10 +150,13 @@ static int alloc_buffers(cm_ctx *c)
     c->scores = alloc64((size_t)c->n_threads * (c->n_ctx + 2 * hp->head_dim) * sizeof(float));
     c->scratch = alloc64(max_scratch(c->m, c->n_batch));
     c->rope_cs = alloc64(nb * (size_t)(hp->rope_dim / 2 + 1) * 2 * sizeof(float));
+    size_t rows = (size_t)tile_tokens(hp) * (size_t)(hp->n_head / hp->n_head_kv);
+    c->tile_floats = rows * ((size_t)hp->head_dim + (size_t)hp->head_dim_v + (size_t)c->n_ctx + 16);
+    c->attn_tile = alloc64((size_t)c->n_threads * c->tile_floats * sizeof(float));
     c->exp_rows = alloc64(nb * X * sizeof(int32_t));
     c->exp_count = alloc64(X * sizeof(int32_t));
     c->expert_tokens = calloc((size_t)hp->n_layer * X + 1, sizeof(uint64_t));
-    return ok && c->scores && c->scratch && c->rope_cs && c->exp_rows && c->exp_count && c->expert_tokens;
+    return ok && c->scores && c->scratch && c->rope_cs && c->attn_tile && c->exp_rows && c->exp_count && c->expert_tokens;
 }
 
 cm_status cm_ctx_new(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch, cm_ctx **out,
@@ -188,7 +200,7 @@ void cm_ctx_free(cm_ctx *c)
         free(c->v_cache[il]);
     free(c->k_cache), free(c->v_cache);
     float *bufs[] = {c->x, c->h, c->y, c->y2, c->qkv, c->q, c->k, c->v, c->att, c->ff_a,
-                     c->ff_b, c->logits, c->router, c->exp_wts, c->xe, c->ye, c->scores, c->rope_cs};
+                     c->ff_b, c->logits, c->router, c->exp_wts, c->xe, c->ye, c->scores, c->rope_cs, c->attn_tile};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     free(c->scratch), free(c->exp_rows), free(c->exp_count), free(c->expert_tokens);
@@ -277,8 +289,82 @@ static void attend_head(const cm_ctx *c, int il, const float *q, int kvh, int po
     cm_sum_rows(t, hp->head_dim_v, vbase, vstride, m, scores, out);
 }
 
+/* Prompt attention for KV head g and the tokens t0 <= t < t1: every query
+ * head of the group against 16-row tiles of the cache, so each tile is
+ * decoded once for all of the block's queries (attend_head decodes every
+ * cached row once per query).  Same arithmetic as attend_head, other
+ * summation order.  w: the thread's tile buffer. */
+static void attend_block(cm_ctx *c, int il, int g, int t0, int t1, float *w)
+{
+    const cm_hparams *hp = &c->m->hp;
+    const enum cm_type t = kv_elem_type(c->kv_type);
+    const int G = hp->n_head / hp->n_head_kv, d = hp->head_dim, dv = hp->head_dim_v;
+    const int nq = (t1 - t0) * G, mmax = c->n_past + t1;
+    const size_t ld = (size_t)mmax + 16;
+    float *qb = w, *ob = qb + (size_t)nq * d, *sb = ob + (size_t)nq * dv;
+    size_t kstride = cm_row_bytes(t, (int64_t)hp->n_head_kv * d);
+    size_t vstride = cm_row_bytes(t, (int64_t)hp->n_head_kv * dv);
+    const char *kb = (const char *)c->k_cache[il] + cm_row_bytes(t, (int64_t)g * d);
+    const char *vb = (const char *)c->v_cache[il] + cm_row_bytes(t, (int64_t)g * dv);
+    for (int i = 0; i < nq; i++) { /* query i: token t0 + i / G, head g * G + i % G */
+        const float *q = c->q + ((size_t)(t0 + i / G) * hp->n_head + g * G + i % G) * d;
+        if (t == CM_TYPE_F16) { /* rounded to f16, as attend_head does */
+            cm_row_to_f16(q, (uint16_t *)ob, d);
+            cm_row_to_float(CM_TYPE_F16, ob, qb + (size_t)i * d, d);
+        } else
+            memcpy(qb + (size_t)i * d, q, (size_t)d * sizeof(float));
+    }
+    /* queries are in token order: those that see position j start at row
+     * first(j), so each tile goes to a suffix of the block */
+#define FIRST(j) ((j) <= c->n_past + t0 ? 0 : ((j) - c->n_past - t0) * G)
+    for (int j = 0; j < mmax; j += 16) {
+        int nk = mmax - j < 16 ? mmax - j : 16, f = FIRST(j);
+        cm_attn_qk(t, d, kb + (size_t)j * kstride, kstride, nk, qb + (size_t)f * d, nq - f,
+                   sb + (size_t)f * ld + j, ld);
+    }
+    const float inv_sqrt = 1.0f / sqrtf((float)d);
+    for (int i = 0; i < nq; i++) {
+        int m = c->n_past + t0 + i / G + 1;
+        float *row = sb + (size_t)i * ld;
+        cm_attn_softmax(row, m, inv_sqrt, t == CM_TYPE_F16);
+        memset(row + m, 0, (size_t)(ld - (size_t)m) * sizeof(float)); /* the causal mask */
+    }
+    memset(ob, 0, (size_t)nq * dv * sizeof(float));
+    for (int j = 0; j < mmax; j += 16) {
+        int nk = mmax - j < 16 ? mmax - j : 16, f = FIRST(j);
+        cm_attn_pv(t, dv, vb + (size_t)j * vstride, vstride, nk, sb + (size_t)f * ld + j, ld,
+                   nq - f, ob + (size_t)f * dv);
+    }
+#undef FIRST
+    for (int i = 0; i < nq; i++)
+        memcpy(c->att + ((size_t)(t0 + i / G) * hp->n_head + g * G + i % G) * dv,
+               ob + (size_t)i * dv, (size_t)dv * sizeof(float));
+}
+
+/* A prompt with a float cache: blocks of tokens per KV head. */
+static void attend_tiled(cm_ctx *c, int il, int n_tok)
+{
+    const cm_hparams *hp = &c->m->hp;
+    const int tb = tile_tokens(hp), nblk = (n_tok + tb - 1) / tb;
+    const int n_items = hp->n_head_kv * nblk;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int it = 0; it < n_items; it++) {
+#ifdef _OPENMP
+        int th = omp_get_thread_num();
+#else
+        int th = 0;
+#endif
+        int g = it / nblk, t0 = it % nblk * tb, t1 = t0 + tb < n_tok ? t0 + tb : n_tok;
+        attend_block(c, il, g, t0, t1, c->attn_tile + (size_t)th * c->tile_floats);
+    }
+}
+
 static void attend_all(cm_ctx *c, int il, int n_tok)
 {
+    if (n_tok >= 8 && c->kv_type != CM_KV_Q8_0) {
+        attend_tiled(c, il, n_tok);
+        return;
+    }
     const cm_hparams *hp = &c->m->hp;
     int group = hp->n_head / hp->n_head_kv;
     int n_items = n_tok * hp->n_head;

@@ -20,6 +20,8 @@ struct cm_ctx {
     float *qkv, *q, *k, *v, *att;
     float *ff_a, *ff_b; /* feed-forward hidden */
     float *scores;      /* [n_threads][n_ctx] attention weights */
+    float *attn_tile;   /* [n_threads][tile_floats] prompt attention tiles */
+    size_t tile_floats;
     float *rope_cs;     /* [n_batch][rope_dim/2] (cos, sin) of the batch's positions */
     float *logits;
     void *scratch;      /* activations quantized for the matmul kernels */

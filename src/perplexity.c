@@ -229,15 +229,16 @@ typedef struct {
 } work;
 
 /* log(sum(exp(x))) (the sum in double), and the first index of the
- * maximum. */
-static double lse_f32(const float *x, int n, int *argmax)
+ * maximum.  precise: double exponentials, for the KL divergence, whose
+ * value is a difference of two such logs (passing x as b asks for them). */
+static double lse_f32(const float *x, int n, int precise, int *argmax)
 {
     int best = 0;
     for (int i = 1; i < n; i++)
         if (x[i] > x[best])
             best = i;
     double sums[2];
-    cm_exp_sums(x, NULL, n, x[best], sums);
+    cm_exp_sums(x, precise ? x : NULL, n, x[best], sums);
     *argmax = best;
     return x[best] + log(sums[0]);
 }
@@ -286,7 +287,7 @@ static void score_chunk(work *w, int first)
         const float *x = w->logits + (size_t)j * nv;
         int32_t target = w->buf[first + j + 1];
         int amax;
-        double lse = lse_f32(x, nv, &amax);
+        double lse = lse_f32(x, nv, w->base != NULL, &amax);
         w->nll[j] = lse - x[target];
         if (w->base) {
             const unsigned char *rec = w->base + (size_t)j * w->base_rec;

@@ -431,6 +431,31 @@ void cm_sum_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, 
         cm_axpy_f(type, n, p[j], (const char *)rows + (size_t)j * stride, out);
 }
 
+void cm_attn_qk(enum cm_type type, int64_t d, const void *k, size_t kstride, int nk,
+                const float *q, int64_t nq, float *s, size_t ld)
+{
+    cm_attn_qk_fn f = type < CM_TYPE_COUNT ? cm_kern.attn_qk[type] : NULL;
+    if (f) {
+        f(d, k, kstride, nk, q, nq, s, ld);
+        return;
+    }
+    for (int64_t i = 0; i < nq; i++)
+        cm_dot_rows(type, d, k, kstride, nk, q + i * d, s + i * ld);
+}
+
+void cm_attn_pv(enum cm_type type, int64_t d, const void *v, size_t vstride, int nk,
+                const float *p, size_t ld, int64_t nq, float *o)
+{
+    cm_attn_pv_fn f = type < CM_TYPE_COUNT ? cm_kern.attn_pv[type] : NULL;
+    if (f) {
+        f(d, v, vstride, nk, p, ld, nq, o);
+        return;
+    }
+    for (int64_t i = 0; i < nq; i++)
+        for (int j = 0; j < nk; j++)
+            cm_axpy_f(type, d, p[i * ld + j], (const char *)v + (size_t)j * vstride, o + i * d);
+}
+
 void cm_attn_softmax(float *x, int64_t n, float scale, int round_f16)
 {
     cm_kern.softmax(x, n, scale, round_f16);

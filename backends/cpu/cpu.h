@@ -59,6 +59,16 @@ void cm_dot_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, 
 void cm_sum_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, int64_t m,
                  const float *p, float *out);
 
+/* Attention for a prompt, one tile of nk <= 16 cached rows (keys or values
+ * of one KV head, `stride` bytes apart, type F32/F16/BF16) against nq
+ * queries:
+ *   cm_attn_qk: s[i * ld + j] = dot(q_i, k_j), q_i = q + i * d;
+ *   cm_attn_pv: o_i += sum over j < nk of p[i * ld + j] * v_j, o_i = o + i * d. */
+void cm_attn_qk(enum cm_type type, int64_t d, const void *k, size_t kstride, int nk,
+                const float *q, int64_t nq, float *s, size_t ld);
+void cm_attn_pv(enum cm_type type, int64_t d, const void *v, size_t vstride, int nk,
+                const float *p, size_t ld, int64_t nq, float *o);
+
 /* x = softmax(scale * x) over n values, rounded to f16 precision when
  * round_f16 (the weights of an f16 value cache). */
 void cm_attn_softmax(float *x, int64_t n, float scale, int round_f16);

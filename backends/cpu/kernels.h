@@ -72,11 +72,20 @@ typedef void (*cm_softmax_fn)(float *x, int64_t n, float scale, int round_f16);
 typedef void (*cm_swiglu_fn)(float *a, const float *b, int64_t n);
 
 /* out[0] = sum of e^(a[i] - shift); out[1] = sum of e^(a[i] - shift) *
- * (a[i] - b[i]), or 0 when b is NULL.  Sums in double, a[i] - b[i] exact
- * (in double): perplexity's log-sum-exp and KL divergence over a
- * vocabulary, where a rounded difference would bias the divergence. */
+ * (a[i] - b[i]), or 0 when b is NULL.  Sums in double.  Without b (a
+ * log-sum-exp for perplexity) the exponentials may be float; with b (KL
+ * divergence, where the error of the log of the sum enters undamped) they
+ * and the differences a[i] - b[i] are double. */
 typedef void (*cm_exp_sums_fn)(const float *a, const float *b, int64_t n, float shift,
                                double out[2]);
+
+/* Prompt attention on tiles (see cm_attn_qk / cm_attn_pv in cpu.h): nk <= 16
+ * cached rows against nq queries, so a tile's rows are decoded once for
+ * every query that sees them. */
+typedef void (*cm_attn_qk_fn)(int64_t d, const void *k, size_t kstride, int nk, const float *q,
+                              int64_t nq, float *s, size_t ld);
+typedef void (*cm_attn_pv_fn)(int64_t d, const void *v, size_t vstride, int nk, const float *p,
+                              size_t ld, int64_t nq, float *o);
 
 struct cm_kernels {
     const char *isa; /* "scalar", "avx2", "avx512" */
@@ -97,6 +106,8 @@ struct cm_kernels {
     cm_softmax_fn softmax;
     cm_swiglu_fn swiglu;
     cm_exp_sums_fn exp_sums;
+    cm_attn_qk_fn attn_qk[CM_TYPE_COUNT]; /* NULL: cm_dot_rows per query */
+    cm_attn_pv_fn attn_pv[CM_TYPE_COUNT]; /* NULL: cm_axpy_f per query and row */
 };
 
 extern struct cm_kernels cm_kern;

@@ -746,14 +746,46 @@ static void swiglu_avx512(float *a, const float *b, int64_t n)
     }
 }
 
-/* The exponentials' sum in float lanes, moved to double every 1024 values
- * so a 150k vocabulary sums as precisely as the scalar reference's
- * doubles; the weighted sum in double lanes, the difference a - b exact. */
+/* e^x in double for x <= 0, to ~1e-13 relative: Taylor to r^10 after the
+ * same reduction as exp_neg. */
+INLINE __m512d exp_neg_pd(__m512d x)
+{
+    x = _mm512_max_pd(x, _mm512_set1_pd(-745.0));
+    __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(0.6931471805598903), x);
+    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(5.497923018708371e-14), r);
+    __m512d p = _mm512_set1_pd(1.0 / 3628800);
+    static const double inv_fact[] = {1.0 / 362880, 1.0 / 40320, 1.0 / 5040, 1.0 / 720,
+                                      1.0 / 120,    1.0 / 24,    1.0 / 6,    0.5,
+                                      1.0,          1.0};
+    for (int k = 0; k < 10; k++)
+        p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(inv_fact[k]));
+    return _mm512_scalef_pd(p, n);
+}
+
+/* Without b (log-sum-exp for perplexity): float exponentials summed in
+ * float lanes, moved to double every 1024 values, as precise as the scalar
+ * reference's sum.  With b (KL divergence): double exponentials, since the
+ * divergence takes the log of the sum and its error enters undamped. */
 static void exp_sums_avx512(const float *a, const float *b, int64_t n, float shift,
                             double out[2])
 {
+    if (b) {
+        const __m512d sh = _mm512_set1_pd(shift);
+        __m512d s0 = _mm512_setzero_pd(), s1 = s0;
+        for (int64_t i = 0; i < n; i += 8) {
+            __mmask8 m = n - i >= 8 ? 0xFF : (__mmask8)((1u << (n - i)) - 1);
+            __m512d x = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, a + i));
+            __m512d y = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, b + i));
+            __m512d e = _mm512_maskz_mov_pd(m, exp_neg_pd(_mm512_sub_pd(x, sh)));
+            s0 = _mm512_add_pd(s0, e);
+            s1 = _mm512_fmadd_pd(e, _mm512_sub_pd(x, y), s1);
+        }
+        out[0] = _mm512_reduce_add_pd(s0), out[1] = _mm512_reduce_add_pd(s1);
+        return;
+    }
     const __m512 sh = _mm512_set1_ps(shift);
-    __m512d w0 = _mm512_setzero_pd(), w1 = w0;
     double s0 = 0;
     for (int64_t c = 0; c < n; c += 1024) {
         __m512 f0 = _mm512_setzero_ps();
@@ -761,21 +793,11 @@ static void exp_sums_avx512(const float *a, const float *b, int64_t n, float shi
         for (int64_t i = c; i < end; i += 16) {
             __mmask16 m = cols16(end, i);
             __m512 x = _mm512_maskz_loadu_ps(m, a + i);
-            __m512 e = _mm512_maskz_mov_ps(m, exp_neg(_mm512_sub_ps(x, sh)));
-            f0 = _mm512_add_ps(f0, e);
-            if (!b)
-                continue;
-            __m512 y = _mm512_maskz_loadu_ps(m, b + i);
-            __m512d dlo = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(x)),
-                                        _mm512_cvtps_pd(_mm512_castps512_ps256(y)));
-            __m512d dhi = _mm512_sub_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(x, 1)),
-                                        _mm512_cvtps_pd(_mm512_extractf32x8_ps(y, 1)));
-            w0 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(e)), dlo, w0);
-            w1 = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)), dhi, w1);
+            f0 = _mm512_add_ps(f0, _mm512_maskz_mov_ps(m, exp_neg(_mm512_sub_ps(x, sh))));
         }
         s0 += _mm512_reduce_add_ps(f0);
     }
-    out[0] = s0, out[1] = _mm512_reduce_add_pd(_mm512_add_pd(w0, w1));
+    out[0] = s0, out[1] = 0;
 }
 
 /* floats to f16, round to nearest even (as cm_f32_to_f16): KV cache rows */
@@ -787,6 +809,122 @@ static void f32_to_f16(const float *x, void *y, int64_t n)
         __m256i v = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, x + i),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         _mm256_mask_storeu_epi16(h + i, m, v);
+    }
+}
+
+
+/* ---- prompt attention on f16 tiles ---------------------------------------
+ * A tile is 16 cached rows.  For the scores the tile is transposed once to
+ * columns of 16 floats (one per key), so each query's 16 dots are d
+ * broadcast multiply-adds with no horizontal sums; for the weighted sum the
+ * tile is decoded once to floats and every query accumulates from it.
+ * Columns are taken 128 at a time so the tile stays 8 KiB (in L1). */
+#define TILE_COLS 128
+
+static void attn_qk_f16(int64_t d, const void *k, size_t kstride, int nk, const float *q,
+                        int64_t nq, float *s, size_t ld)
+{
+    float kt[TILE_COLS][16] __attribute__((aligned(64)));
+    const __mmask16 keys = tail16(nk);
+    for (int64_t c = 0; c < d; c += TILE_COLS) {
+        const int w = d - c < TILE_COLS ? (int)(d - c) : TILE_COLS;
+        for (int j = 0; j < 16; j++) { /* decode, then transpose through the stack */
+            float row[TILE_COLS];
+            const uint16_t *r = (const uint16_t *)((const char *)k + (size_t)j * kstride) + c;
+            for (int i = 0; i < w; i += 16)
+                _mm512_storeu_ps(row + i, j < nk ? load_f16x16(r + i, cols16(w, i))
+                                                 : _mm512_setzero_ps());
+            for (int i = 0; i < w; i++)
+                kt[i][j] = row[i];
+        }
+        int64_t qi = 0;
+        for (; qi + 4 <= nq; qi += 4) { /* four queries: 8 independent sums per tile row pair */
+            const float *x0 = q + qi * d + c, *x1 = x0 + d, *x2 = x1 + d, *x3 = x2 + d;
+            __m512 a0 = _mm512_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0,
+                   a3 = a0, b3 = a0;
+            int i = 0;
+            for (; i + 2 <= w; i += 2) {
+                __m512 k0 = _mm512_load_ps(kt[i]), k1 = _mm512_load_ps(kt[i + 1]);
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(x0[i]), k0, a0);
+                b0 = _mm512_fmadd_ps(_mm512_set1_ps(x0[i + 1]), k1, b0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(x1[i]), k0, a1);
+                b1 = _mm512_fmadd_ps(_mm512_set1_ps(x1[i + 1]), k1, b1);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(x2[i]), k0, a2);
+                b2 = _mm512_fmadd_ps(_mm512_set1_ps(x2[i + 1]), k1, b2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(x3[i]), k0, a3);
+                b3 = _mm512_fmadd_ps(_mm512_set1_ps(x3[i + 1]), k1, b3);
+            }
+            if (i < w) {
+                __m512 k0 = _mm512_load_ps(kt[i]);
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(x0[i]), k0, a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(x1[i]), k0, a1);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(x2[i]), k0, a2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(x3[i]), k0, a3);
+            }
+            __m512 sum[4] = {_mm512_add_ps(a0, b0), _mm512_add_ps(a1, b1), _mm512_add_ps(a2, b2),
+                             _mm512_add_ps(a3, b3)};
+            for (int r = 0; r < 4; r++) {
+                float *out = s + (qi + r) * ld;
+                if (c)
+                    sum[r] = _mm512_add_ps(sum[r], _mm512_maskz_loadu_ps(keys, out));
+                _mm512_mask_storeu_ps(out, keys, sum[r]);
+            }
+        }
+        for (; qi < nq; qi++) {
+            const float *x = q + qi * d + c;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            int i = 0;
+            for (; i + 4 <= w; i += 4) {
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(x[i]), _mm512_load_ps(kt[i]), a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(x[i + 1]), _mm512_load_ps(kt[i + 1]), a1);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(x[i + 2]), _mm512_load_ps(kt[i + 2]), a2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(x[i + 3]), _mm512_load_ps(kt[i + 3]), a3);
+            }
+            for (; i < w; i++)
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(x[i]), _mm512_load_ps(kt[i]), a0);
+            __m512 sum = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+            float *out = s + qi * ld;
+            if (c)
+                sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(keys, out));
+            _mm512_mask_storeu_ps(out, keys, sum);
+        }
+    }
+}
+
+static void attn_pv_f16(int64_t d, const void *v, size_t vstride, int nk, const float *p,
+                        size_t ld, int64_t nq, float *o)
+{
+    float vt[16][TILE_COLS] __attribute__((aligned(64)));
+    for (int64_t c = 0; c < d; c += TILE_COLS) {
+        const int w = d - c < TILE_COLS ? (int)(d - c) : TILE_COLS;
+        for (int j = 0; j < nk; j++) {
+            const uint16_t *r = (const uint16_t *)((const char *)v + (size_t)j * vstride) + c;
+            for (int i = 0; i < w; i += 16)
+                _mm512_store_ps(vt[j] + i, load_f16x16(r + i, cols16(w, i)));
+        }
+        for (int64_t qi = 0; qi < nq; qi++) {
+            const float *pi = p + qi * ld;
+            float *oi = o + qi * d + c;
+            for (int i = 0; i < w; i += 64) { /* 4 accumulators over the tile's rows */
+                __mmask16 k0 = cols16(w, i), k1 = cols16(w, i + 16), k2 = cols16(w, i + 32),
+                          k3 = cols16(w, i + 48);
+                __m512 a0 = _mm512_maskz_loadu_ps(k0, oi + i),
+                       a1 = _mm512_maskz_loadu_ps(k1, oi + i + 16),
+                       a2 = _mm512_maskz_loadu_ps(k2, oi + i + 32),
+                       a3 = _mm512_maskz_loadu_ps(k3, oi + i + 48);
+                for (int j = 0; j < nk; j++) {
+                    __m512 pj = _mm512_set1_ps(pi[j]);
+                    a0 = _mm512_fmadd_ps(pj, _mm512_load_ps(vt[j] + i), a0);
+                    a1 = _mm512_fmadd_ps(pj, _mm512_load_ps(vt[j] + i + 16), a1);
+                    a2 = _mm512_fmadd_ps(pj, _mm512_load_ps(vt[j] + i + 32), a2);
+                    a3 = _mm512_fmadd_ps(pj, _mm512_load_ps(vt[j] + i + 48), a3);
+                }
+                _mm512_mask_storeu_ps(oi + i, k0, a0);
+                _mm512_mask_storeu_ps(oi + i + 16, k1, a1);
+                _mm512_mask_storeu_ps(oi + i + 32, k2, a2);
+                _mm512_mask_storeu_ps(oi + i + 48, k3, a3);
+            }
+        }
     }
 }
 
@@ -877,6 +1015,8 @@ int cm_kernels_avx512(struct cm_kernels *k, int vnni)
     k->dot_rows[CM_TYPE_F16] = dot_rows_f16;
     k->sum_rows[CM_TYPE_F16] = sum_rows_f16;
     k->softmax = softmax_avx512;
+    k->attn_qk[CM_TYPE_F16] = attn_qk_f16;
+    k->attn_pv[CM_TYPE_F16] = attn_pv_f16;
     k->swiglu = swiglu_avx512;
     k->exp_sums = exp_sums_avx512;
     k->quantize[CM_TYPE_Q8_K] = quant_q8_K;

@@ -70,10 +70,12 @@ static void exp_sums_ref(const float *a, const float *b, int64_t n, float shift,
 {
     double s0 = 0, s1 = 0;
     for (int64_t i = 0; i < n; i++) {
-        float e = expf(a[i] - shift);
-        s0 += e;
-        if (b)
-            s1 += (double)e * ((double)a[i] - b[i]); /* exact difference */
+        if (b) { /* KL divergence: double exponentials (see kernels.h) */
+            double e = exp((double)a[i] - shift);
+            s0 += e;
+            s1 += e * ((double)a[i] - b[i]);
+        } else
+            s0 += expf(a[i] - shift);
     }
     out[0] = s0, out[1] = s1;
 }
