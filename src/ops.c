@@ -5,11 +5,21 @@
 
 void cm_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
 {
-    double ss = 0.0; /* double: long rows of large activations lose bits in float */
-    for (int i = 0; i < n; i++)
-        ss += (double)x[i] * x[i];
+    /* double: long rows of large activations lose bits in float; four
+     * partial sums so the additions overlap instead of forming one chain */
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += (double)x[i] * x[i];
+        s1 += (double)x[i + 1] * x[i + 1];
+        s2 += (double)x[i + 2] * x[i + 2];
+        s3 += (double)x[i + 3] * x[i + 3];
+    }
+    for (; i < n; i++)
+        s0 += (double)x[i] * x[i];
+    double ss = (s0 + s1) + (s2 + s3);
     float scale = (float)(1.0 / sqrt(ss / n + eps));
-    for (int i = 0; i < n; i++)
+    for (i = 0; i < n; i++)
         out[i] = x[i] * scale * w[i];
 }
 
