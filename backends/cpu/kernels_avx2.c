@@ -16,6 +16,7 @@
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "quant/blocks.h"
@@ -619,6 +620,85 @@ static void axpy_q8_0(int64_t n, float a, const void *row, float *out)
     }
 }
 
+/* ---- vector exp: softmax and SwiGLU ----------------------------------------
+ * e^x = 2^n e^r, |r| <= ln2/2, e^r by Taylor to r^7; 2^n built in the
+ * exponent bits, so x is clamped to [-87, 88] (below, expf's result is
+ * under 2^-125 and vanishes against the terms these kernels add it to). */
+static __m256 exp8(__m256 x)
+{
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    /* 2^n for n in [-126, 127]: n = 128 (x near 88) is split in two steps */
+    __m256i ni = _mm256_cvtps_epi32(n);
+    __m256i half = _mm256_srai_epi32(ni, 1);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(half, _mm256_set1_epi32(127)), 23));
+    __m256 s2 = _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, half), _mm256_set1_epi32(127)), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+static void softmax_avx2(float *x, int64_t n, float scale, int round_f16)
+{
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] *= scale;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    const __m256 vm = _mm256_set1_ps(mx);
+    __m256 vs = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+        _mm256_storeu_ps(x + i, e);
+        vs = _mm256_add_ps(vs, e);
+    }
+    float sum = hsum_ps(vs);
+    for (; i < n; i++) { /* the tail through a padded vector, same exp */
+        float t[8] = {0};
+        t[0] = x[i] - mx;
+        float e = _mm_cvtss_f32(_mm256_castps256_ps128(exp8(_mm256_loadu_ps(t))));
+        x[i] = e;
+        sum += e;
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / sum);
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), inv);
+        if (round_f16)
+            v = _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        _mm256_storeu_ps(x + i, v);
+    }
+    for (; i < n; i++) {
+        x[i] *= 1.0f / sum;
+        if (round_f16)
+            x[i] = _cvtsh_ss(_cvtss_sh(x[i], 0));
+    }
+}
+
+static void swiglu_avx2(float *a, const float *b, int64_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(a + i);
+        __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(a + i, _mm256_mul_ps(s, _mm256_loadu_ps(b + i)));
+    }
+    for (; i < n; i++)
+        a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+}
+
 static void f16_to_f32(const void *x, float *y, int64_t n)
 {
     const uint16_t *h = x;
@@ -651,6 +731,8 @@ int cm_kernels_avx2(struct cm_kernels *k)
     k->axpy[CM_TYPE_F16] = axpy_f16;
     k->axpy[CM_TYPE_Q8_0] = axpy_q8_0;
     k->to_float[CM_TYPE_F16] = f16_to_f32;
+    k->softmax = softmax_avx2;
+    k->swiglu = swiglu_avx2;
     cm_gemm_avx2_install(k);
     return 0;
 }
