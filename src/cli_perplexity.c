@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "corpus.h"
+#include "pack.h"
 #include "perplexity.h"
 
 static const char PPL_HELP[] =
@@ -28,6 +29,9 @@ static const char PPL_HELP[] =
     "      --max-tokens N      use only the first N tokens of the text\n"
     "      --chunks N          score at most N chunks\n"
     "      --kv-type T         KV cache type: f16 (default) or f32\n"
+    "      --expert NAME       language-expert packs: score this member (a language\n"
+    "                          or \"fallback\"); default: --lang's expert if the pack\n"
+    "                          has one, else the fallback\n"
     "      --save-logits FILE  save this model's log-probabilities of the scored\n"
     "                          positions (f16; --save-f32 for f32) to compare others with\n"
     "      --kld-base FILE     report KL divergence and top-1 agreement against the\n"
@@ -36,7 +40,7 @@ static const char PPL_HELP[] =
     "  -h, --help              this text\n";
 
 typedef struct {
-    const char *model, *file, *corpus, *lang, *split, *save, *base;
+    const char *model, *file, *corpus, *lang, *split, *save, *base, *expert;
     int n_ctx, n_batch, max_tokens, chunks, json, save_f32;
     cm_kv_type kv;
 } ppl_opts;
@@ -46,7 +50,7 @@ static int takes_value(const char *a)
     static const char *const names[] = {
         "-m", "--model", "-f", "--file", "--corpus", "--lang", "--split", "--save-logits",
         "--kld-base", "-c", "--ctx-size", "-b", "--batch-size", "--max-tokens", "--chunks",
-        "--kv-type", "-t", "--threads"};
+        "--kv-type", "-t", "--threads", "--expert"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(a, names[i]))
             return 1;
@@ -59,7 +63,8 @@ static void opt_value(ppl_opts *o, const char *a, const char *v, cm_status *s, c
     const char **str = arg_is(a, "-m", "--model") ? &o->model : arg_is(a, "-f", "--file") ? &o->file
                      : !strcmp(a, "--corpus") ? &o->corpus : !strcmp(a, "--lang") ? &o->lang
                      : !strcmp(a, "--split") ? &o->split : !strcmp(a, "--save-logits") ? &o->save
-                     : !strcmp(a, "--kld-base") ? &o->base : NULL;
+                     : !strcmp(a, "--kld-base") ? &o->base
+                     : !strcmp(a, "--expert") ? &o->expert : NULL;
     if (str)
         *str = v;
     else if (arg_is(a, "-c", "--ctx-size"))
@@ -273,6 +278,25 @@ static cm_status measure(const ppl_opts *o, const cm_model *m, const int32_t *id
     return s;
 }
 
+/* A pack scores --expert, else --lang's expert when it has one (as `run`
+ * routes), else its fallback; the choice goes to stderr. */
+static cm_status pick_expert(const ppl_opts *o, cm_model *m, cm_err *err)
+{
+    if (!m->is_pack)
+        return o->expert ? cm_fail(err, CM_E_USAGE, "--expert needs a language-expert pack; "
+                                   "%s is a single model", o->model)
+                         : CM_OK;
+    const char *pick = o->expert;
+    if (!pick && o->lang && cm_pack_has_member(&m->file, o->lang))
+        pick = o->lang;
+    if (!pick)
+        return CM_OK; /* loaded bound to the pack's default member */
+    cm_status s = cm_model_select_expert(m, pick, err);
+    if (!s)
+        fprintf(stderr, "perplexity: expert %s\n", m->expert);
+    return s;
+}
+
 int cli_perplexity(int argc, char **argv)
 {
     ppl_opts o = {.n_ctx = 512, .n_batch = 512, .kv = CM_KV_F16};
@@ -289,7 +313,9 @@ int cli_perplexity(int argc, char **argv)
     size_t n = 0;
     if (cm_model_load(o.model, &m, &err))
         return cli_fail(&err);
-    cm_status s = m.tok ? CM_OK
+    cm_status s = pick_expert(&o, &m, &err);
+    if (!s)
+        s = m.tok ? CM_OK
                         : cm_fail(&err, CM_E_UNSUPPORTED, "%s has no tokenizer; perplexity needs "
                                   "one", o.model);
     if (!s)

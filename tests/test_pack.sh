@@ -70,6 +70,19 @@ awk -v r="$rss" -v s="$shared" -v o="$own" 'BEGIN { exit !(r <= s + o + 2 + 64) 
 [ "$(sed -n 1p "$TMP/route")" = rust ] || fail "route: rust text detected as $(sed -n 1p "$TMP/route")"
 [ "$(sed -n 2p "$TMP/route")" != rust ] || fail "route: the pack has no rust expert"
 
+# perplexity on a pack scores --lang's expert (or --expert's), like run.
+printf 'def f(x):\n    return x + 1\n\n' >"$TMP/text"
+for i in 1 2 3 4 5 6; do cat "$TMP/text" "$TMP/text" >"$TMP/text2" && mv "$TMP/text2" "$TMP/text"; done
+"$CODEMOE" perplexity -m "$TMP/pack.gguf" -f "$TMP/text" --expert java -c 64 --chunks 1 -t 1 \
+    >/dev/null 2>"$TMP/err" || fail "perplexity --expert java: $(cat "$TMP/err")"
+grep -q "perplexity: expert java" "$TMP/err" || fail "perplexity did not use expert java: $(cat "$TMP/err")"
+"$CODEMOE" perplexity -m "$TMP/pack.gguf" -f "$TMP/text" --expert rust -c 64 --chunks 1 -t 1 \
+    >/dev/null 2>"$TMP/err" && fail "perplexity --expert rust on a pack without it succeeded"
+grep -q "no expert 'rust'" "$TMP/err" || fail "perplexity --expert rust: $(cat "$TMP/err")"
+"$CODEMOE" perplexity -m "$TMP/c.gguf" -f "$TMP/text" --expert c -c 64 --chunks 1 -t 1 \
+    >/dev/null 2>"$TMP/err"
+[ $? = 2 ] || fail "perplexity --expert on a single model should be a usage error"
+
 # Bad packs and routing.
 "$GEN" -o "$TMP/odd.gguf" --n-embd 512 --n-layer 8 --n-head 8 --n-head-kv 4 --n-ff 2048 \
     --type q8_0 --vocab "$VOCAB" >/dev/null 2>&1
