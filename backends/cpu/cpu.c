@@ -254,10 +254,23 @@ static int64_t row_tile(size_t wrow)
 
 static void matmul_rows(cm_vec_dot_fn dot, const char *wd, size_t wrow,
                         int64_t cols, int64_t rows, const char *xq,
-                        size_t xrow, int64_t n_tok, float *y)
+                        size_t xrow, int64_t n_tok, float *y, const cm_gemv *gv)
 {
     const int par = rows * cols * n_tok >= PAR_MIN_MACS; /* OMP_FOR's if clause */
     (void)par;
+    if (n_tok == 1 && gv && gv->dot4) { /* four rows per call, the rest one by one */
+        const int64_t quads = (rows + 3) / 4;
+        OMP_FOR
+        for (int64_t q = 0; q < quads; q++) {
+            int64_t r0 = 4 * q;
+            if (r0 + 4 <= rows)
+                gv->dot4(cols, wd + (size_t)r0 * wrow, wrow, xq, y + r0);
+            else
+                for (int64_t r = r0; r < rows; r++)
+                    y[r] = dot(cols, wd + (size_t)r * wrow, xq);
+        }
+        return;
+    }
     if (n_tok == 1) {
         /* each thread streams one contiguous range of rows.  (Software
          * prefetch a few KiB ahead measured 2-3x slower on an Intel Xeon:
@@ -356,6 +369,7 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
     const size_t wrow = cm_row_bytes(w->type, cols);
     size_t xrow = act_row_bytes(w);
     const char *xq = scratch;
+    const cm_gemv *gv = NULL;
     if (xrow == 0) { /* float weights dot the float activations in place */
         xq = (const char *)x;
         xrow = (size_t)cols * sizeof(float);
@@ -368,7 +382,7 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
         OMP_FOR_TOKENS
         for (int64_t t = 0; t < n_tok; t++)
             quant(x + t * cols, (char *)scratch + (size_t)t * xrow, cols);
-        const cm_gemv *gv = cm_kern.gemv[w->type];
+        gv = cm_kern.gemv[w->type];
         if (gv) { /* rearrange each row once for the gemv's dot */
             const size_t prow = ALIGN64(gv->pack_bytes(cols));
             char *xp = (char *)scratch + ALIGN64(xrow * (size_t)n_tok);
@@ -377,7 +391,7 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
             xq = xp, xrow = prow, dot = gv->dot;
         }
     }
-    matmul_rows(dot, w->data, wrow, cols, rows, xq, xrow, n_tok, y);
+    matmul_rows(dot, w->data, wrow, cols, rows, xq, xrow, n_tok, y, gv);
 }
 
 /* ---- attention helpers ---------------------------------------------------- */

@@ -61,6 +61,10 @@ typedef struct {
     size_t (*pack_bytes)(int64_t cols);
     void (*pack)(int64_t cols, const void *xq, void *dst);
     cm_vec_dot_fn dot; /* dot(cols, weight row, packed x) */
+    /* optional: out[r] = dot of rows w + r * wrow, r < 4, sharing the
+     * activation loads and one reduction (narrow rows are mostly per-row
+     * overhead) */
+    void (*dot4)(int64_t cols, const void *w, size_t wrow, const void *x, float *out);
 } cm_gemv;
 
 /* x[i] = exp(scale*x[i] - max) / sum over the n values (attention

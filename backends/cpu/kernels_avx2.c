@@ -266,7 +266,7 @@ static float gemv_q4_0(int64_t n, const void *w, const void *xp)
     return hsum_ps(_mm256_add_ps(acc0, acc1)) + corr;
 }
 
-static const cm_gemv gemv_q4_0_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0};
+static const cm_gemv gemv_q4_0_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0, NULL};
 
 /* q4_1: unsigned levels straight into maddubs; the min term is m * s. */
 static float dot_q4_1(int64_t n, const void *w, const void *x)

@@ -66,6 +66,19 @@ INLINE __m512 scales2(float d0, float d1)
     return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
 }
 
+/* The four horizontal sums of a, b, c, d in lanes 0, 4, 8 and 12: one
+ * shuffle tree for four keys instead of four reductions. */
+INLINE __m512 hsum4(__m512 a, __m512 b, __m512 c, __m512 d)
+{
+    /* 128-bit lanes [a0 a1 b0 b1] + [a2 a3 b2 b3], likewise c, d */
+    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+    /* [a b c d], each lane a quarter's partial sums */
+    __m512 u = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+    u = _mm512_add_ps(u, _mm512_permute_ps(u, 0x4E));
+    return _mm512_add_ps(u, _mm512_permute_ps(u, 0xB1));
+}
+
 /* ---- float weights ------------------------------------------------------ */
 
 /* No F32 kernel: rows are rarely 64-byte aligned, and 512-bit loads that
@@ -336,6 +349,55 @@ INLINE float gemv_q4_0_k(int64_t n, const void *w, const void *xp, const int vnn
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + _mm256_cvtss_f32(c);
 }
 
+/* Four rows of q4_0 against one packed activation: the group's scales and
+ * terms are loaded once, and the four rows' sums reduced by one shuffle
+ * tree (hsum4).  For rows of a few hundred columns the per-row setup and
+ * reduction cost as much as the blocks. */
+INLINE void gemv4_q4_0_k(int64_t n, const void *w, size_t wrow, const void *xp, float *out,
+                         const int vnni)
+{
+    const block_q4_0 *a[4];
+    for (int r = 0; r < 4; r++)
+        a[r] = (const block_q4_0 *)((const char *)w + (size_t)r * wrow);
+    const q4_0_xgroup *g = xp;
+    const int64_t nb = n / QK4_0;
+    const __m512i lo4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512i hi4 = _mm512_add_epi32(lo4, _mm512_set1_epi32(4));
+    __m512 acc[4][2];
+    __m256 corr[4];
+    for (int r = 0; r < 4; r++)
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps(), corr[r] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= nb; i += 8, g++) {
+        const __m256 dx = _mm256_loadu_ps(g->d), cx = _mm256_loadu_ps(g->c);
+        UNROLL
+        for (int r = 0; r < 4; r++) {
+            __m256 sw = scales8(a[r] + i, sizeof(block_q4_0));
+            __m512 sc = _mm512_castps256_ps512(_mm256_mul_ps(sw, dx));
+            corr[r] = _mm256_fmadd_ps(sw, cx, corr[r]);
+            __m512i p0 = q4_0_half(q4_0_lanes4(a[r] + i), g->q[0], vnni);
+            __m512i p1 = q4_0_half(q4_0_lanes4(a[r] + i + 4), g->q[1], vnni);
+            acc[r][0] = _mm512_fmadd_ps(_mm512_permutexvar_ps(lo4, sc), _mm512_cvtepi32_ps(p0),
+                                        acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(_mm512_permutexvar_ps(hi4, sc), _mm512_cvtepi32_ps(p1),
+                                        acc[r][1]);
+        }
+    }
+    __m512 sum[4];
+    for (int r = 0; r < 4; r++) {
+        __m128 tail_corr = _mm_setzero_ps();
+        int64_t j = i;
+        for (int h = 0; j < nb; j += 4, h++) {
+            const int k = nb - j < 4 ? (int)(nb - j) : 4;
+            acc[r][0] = q4_0_tail(a[r] + j, k, g, h, acc[r][0], &tail_corr, vnni);
+        }
+        __m256 c = _mm256_add_ps(corr[r], _mm256_zextps128_ps256(tail_corr));
+        sum[r] = _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_zextps256_ps512(c));
+    }
+    __m512 h = hsum4(sum[0], sum[1], sum[2], sum[3]);
+    _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, h)));
+}
+
 /* q5_0: the q4_0 kernel with bit 4 of each level from qh (two blocks' 32
  * bits make the 64-bit byte mask, in the order nibbles2() produces) and
  * the offset 16: sum (q - 16) * a = sum q * a - 16 * sum a, |q| <= 31. */
@@ -599,19 +661,6 @@ static void axpy_q8_0(int64_t n, float a, const void *row, float *out)
 INLINE __mmask16 cols16(int64_t n, int64_t i)
 {
     return n - i >= 16 ? (__mmask16)0xFFFF : n - i > 0 ? tail16(n - i) : 0;
-}
-
-/* The four horizontal sums of a, b, c, d in lanes 0, 4, 8 and 12: one
- * shuffle tree for four keys instead of four reductions. */
-INLINE __m512 hsum4(__m512 a, __m512 b, __m512 c, __m512 d)
-{
-    /* 128-bit lanes [a0 a1 b0 b1] + [a2 a3 b2 b3], likewise c, d */
-    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
-    /* [a b c d], each lane a quarter's partial sums */
-    __m512 u = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
-    u = _mm512_add_ps(u, _mm512_permute_ps(u, 0x4E));
-    return _mm512_add_ps(u, _mm512_permute_ps(u, 0xB1));
 }
 
 /* One key row's products with x over 64 columns from c, as 16 lanes. */
@@ -993,8 +1042,20 @@ VARIANTS(dot_q4_K)
 VARIANTS(dot_q5_K)
 VARIANTS(dot_q6_K)
 
-static const cm_gemv gemv_q4_0_vnni_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0_vnni};
-static const cm_gemv gemv_q4_0_plain_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0_plain};
+static void gemv4_q4_0_vnni(int64_t n, const void *w, size_t wrow, const void *x, float *out)
+{
+    gemv4_q4_0_k(n, w, wrow, x, out, 1);
+}
+
+static void gemv4_q4_0_plain(int64_t n, const void *w, size_t wrow, const void *x, float *out)
+{
+    gemv4_q4_0_k(n, w, wrow, x, out, 0);
+}
+
+static const cm_gemv gemv_q4_0_vnni_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0_vnni,
+                                           gemv4_q4_0_vnni};
+static const cm_gemv gemv_q4_0_plain_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0_plain,
+                                            gemv4_q4_0_plain};
 
 int cm_kernels_avx512(struct cm_kernels *k, int vnni)
 {
