@@ -393,10 +393,13 @@ static void test_matmul_once(void)
     check_matmul(CM_TYPE_Q4_0, 4096, 67, 17); /* several row tiles */
     /* rows whose block count leaves every tail of an 8-block group (the
      * q4_0 gemv's), and the anchor models' widths */
-    for (int64_t nb = 1; nb <= 9; nb++)
+    for (int64_t nb = 1; nb <= 9; nb++) {
         check_matmul(CM_TYPE_Q4_0, 32 * nb, 5, 1 + nb % 3);
+        check_matmul(CM_TYPE_Q8_0, 32 * nb, 9, 1 + nb % 3);
+    }
     check_matmul(CM_TYPE_Q4_0, 576, 33, 1);
     check_matmul(CM_TYPE_Q4_0, 896, 33, 2);
+    check_matmul(CM_TYPE_Q8_0, 576, 35, 1);
 }
 
 /* ---- (c') batched products against the references ---------------------- */

@@ -173,6 +173,59 @@ INLINE float dot_q8_0_k(int64_t n, const void *w, const void *x, const int vnni)
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
+/* q8_0 generation, four rows per call (cm_gemv with the activation used
+ * as it is): the activation's scales are converted once per group for the
+ * four rows, and the rows' sums reduced by one shuffle tree. */
+static size_t q8_0_gemv_bytes(int64_t cols)
+{
+    return (size_t)(cols / QK8_0) * sizeof(block_q8_0);
+}
+
+static void q8_0_gemv_pack(int64_t cols, const void *xq, void *dst)
+{
+    memcpy(dst, xq, q8_0_gemv_bytes(cols));
+}
+
+INLINE void gemv4_q8_0_k(int64_t n, const void *w, size_t wrow, const void *xv, float *out,
+                         const int vnni)
+{
+    const block_q8_0 *a[4], *b = xv;
+    for (int r = 0; r < 4; r++)
+        a[r] = (const block_q8_0 *)((const char *)w + (size_t)r * wrow);
+    const int64_t nb = n / QK8_0;
+    __m512 acc[4][2];
+    for (int r = 0; r < 4; r++)
+        acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= nb; i += 8) {
+        const __m256 sx = scales8(b + i, sizeof *b);
+        UNROLL
+        for (int r = 0; r < 4; r++) {
+            __m256 s = _mm256_mul_ps(scales8(a[r] + i, sizeof(block_q8_0)), sx);
+            UNROLL
+            for (int p = 0; p < 4; p += 2) {
+                const block_q8_0 *u = a[r] + i + 2 * p, *v = b + i + 2 * p;
+                __m512i p0 = dot_ss(load2x256(u[0].qs, u[1].qs), load2x256(v[0].qs, v[1].qs), vnni);
+                __m512i p1 = dot_ss(load2x256(u[2].qs, u[3].qs), load2x256(v[2].qs, v[3].qs), vnni);
+                acc[r][0] = _mm512_fmadd_ps(pair_scales(s, p), _mm512_cvtepi32_ps(p0), acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(pair_scales(s, p + 1), _mm512_cvtepi32_ps(p1), acc[r][1]);
+            }
+        }
+    }
+    __m512 sum[4];
+    for (int r = 0; r < 4; r++) {
+        for (int64_t j = i; j < nb; j++) { /* tail blocks in the low half, high half zero */
+            __m512i wq = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)a[r][j].qs));
+            __m512i xq = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)b[j].qs));
+            __m512 d = scales2(F16(a[r][j].d) * F16(b[j].d), 0);
+            acc[r][0] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(dot_ss(wq, xq, vnni)), acc[r][0]);
+        }
+        sum[r] = _mm512_add_ps(acc[r][0], acc[r][1]);
+    }
+    __m512 h = hsum4(sum[0], sum[1], sum[2], sum[3]);
+    _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, h)));
+}
+
 /* Two q4_0 blocks' 32 nibble bytes as 64 levels 0..15 in element order:
  * [lo(b0) hi(b0) lo(b1) hi(b1)], 16 bytes each. */
 INLINE __m512i nibbles2(const uint8_t *q0, const uint8_t *q1)
@@ -1052,6 +1105,20 @@ static void gemv4_q4_0_plain(int64_t n, const void *w, size_t wrow, const void *
     gemv4_q4_0_k(n, w, wrow, x, out, 0);
 }
 
+static void gemv4_q8_0_vnni(int64_t n, const void *w, size_t wrow, const void *x, float *out)
+{
+    gemv4_q8_0_k(n, w, wrow, x, out, 1);
+}
+
+static void gemv4_q8_0_plain(int64_t n, const void *w, size_t wrow, const void *x, float *out)
+{
+    gemv4_q8_0_k(n, w, wrow, x, out, 0);
+}
+
+static const cm_gemv gemv_q8_0_vnni_tab = {q8_0_gemv_bytes, q8_0_gemv_pack, dot_q8_0_vnni,
+                                           gemv4_q8_0_vnni};
+static const cm_gemv gemv_q8_0_plain_tab = {q8_0_gemv_bytes, q8_0_gemv_pack, dot_q8_0_plain,
+                                            gemv4_q8_0_plain};
 static const cm_gemv gemv_q4_0_vnni_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0_vnni,
                                            gemv4_q4_0_vnni};
 static const cm_gemv gemv_q4_0_plain_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0_plain,
@@ -1061,6 +1128,7 @@ int cm_kernels_avx512(struct cm_kernels *k, int vnni)
 {
     k->isa = "avx512";
     k->gemv[CM_TYPE_Q4_0] = vnni ? &gemv_q4_0_vnni_tab : &gemv_q4_0_plain_tab;
+    k->gemv[CM_TYPE_Q8_0] = vnni ? &gemv_q8_0_vnni_tab : &gemv_q8_0_plain_tab;
     k->vec_dot[CM_TYPE_F16] = dot_f16;
     k->vec_dot[CM_TYPE_Q8_0] = vnni ? dot_q8_0_vnni : dot_q8_0_plain;
     k->vec_dot[CM_TYPE_Q4_0] = vnni ? dot_q4_0_vnni : dot_q4_0_plain;
