@@ -396,7 +396,9 @@ static void test_matmul_once(void)
     for (int64_t nb = 1; nb <= 9; nb++) {
         check_matmul(CM_TYPE_Q4_0, 32 * nb, 5, 1 + nb % 3);
         check_matmul(CM_TYPE_Q8_0, 32 * nb, 9, 1 + nb % 3);
+        check_matmul(CM_TYPE_Q5_0, 32 * nb, 7, 1 + nb % 3);
     }
+    check_matmul(CM_TYPE_Q5_0, 576, 35, 1);
     check_matmul(CM_TYPE_Q4_0, 576, 33, 1);
     check_matmul(CM_TYPE_Q4_0, 896, 33, 2);
     check_matmul(CM_TYPE_Q8_0, 576, 35, 1);

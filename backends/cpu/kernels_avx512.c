@@ -503,6 +503,101 @@ INLINE float dot_q5_0_k(int64_t n, const void *w, const void *x, const int vnni)
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + tail;
 }
 
+/* ---- q5_0 generation on the q4_0 gemv's packed activation --------------
+ * Same layout as q4_0 (levels j and j+16 share a byte), so the same packed
+ * activation serves, with the fifth bits from qh and an offset of 16: the
+ * per-block term is twice q4_0's -8 * d * sum. */
+
+/* Levels of k <= 4 consecutive q5_0 blocks, one block per 128-bit lane
+ * (missing lanes zero): elements 0-15 in *lo, 16-31 in *hi. */
+INLINE void q5_0_levels(const block_q5_0 *u, int k, __m512i *lo, __m512i *hi)
+{
+    __m512i v = _mm512_zextsi128_si512(_mm_loadu_si128((const __m128i *)u[0].qs));
+    if (k > 1)
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)u[1].qs), 1);
+    if (k > 2)
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)u[2].qs), 2);
+    if (k > 3)
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)u[3].qs), 3);
+    uint64_t ml = 0, mh = 0;
+    for (int j = 0; j < k; j++) {
+        uint32_t qh;
+        memcpy(&qh, u[j].qh, 4);
+        ml |= (uint64_t)(qh & 0xFFFF) << (16 * j);
+        mh |= (uint64_t)(qh >> 16) << (16 * j);
+    }
+    const __m512i m = _mm512_set1_epi8(0x0F), b4 = _mm512_set1_epi8(0x10);
+    *lo = _mm512_or_si512(_mm512_and_si512(v, m), _mm512_maskz_mov_epi8(ml, b4));
+    *hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(v, 4), m), _mm512_maskz_mov_epi8(mh, b4));
+}
+
+/* acc + one half group (k blocks, half h of group g) of a q5_0 row; the
+ * blocks' offset term goes to *corr.  Scales assembled in a general
+ * register (see scales8). */
+INLINE __m512 q5_0_part(const block_q5_0 *u, int k, const q4_0_xgroup *g, int h, __m512 acc,
+                        __m128 *corr, const int vnni)
+{
+    const __m512i lo4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    uint64_t hs = 0;
+    for (int j = 0; j < k; j++) {
+        uint16_t v;
+        memcpy(&v, &u[j].d, 2);
+        hs |= (uint64_t)v << (16 * j);
+    }
+    __m128 dw = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)hs));
+    __m128 c = _mm_loadu_ps(g->c + 4 * h);
+    *corr = _mm_fmadd_ps(dw, _mm_add_ps(c, c), *corr);
+    __m512 sc = _mm512_permutexvar_ps(lo4, _mm512_castps128_ps512(_mm_mul_ps(dw, _mm_loadu_ps(g->d + 4 * h))));
+    __m512i lo, hi;
+    q5_0_levels(u, k, &lo, &hi);
+    __m512i p = dpbusd(dpbusd(_mm512_setzero_si512(), lo, _mm512_loadu_si512(g->q[h][0]), vnni), hi,
+                       _mm512_loadu_si512(g->q[h][1]), vnni);
+    return _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(p), acc);
+}
+
+/* The sum of one q5_0 row (rows at w + r * wrow, r < nr <= 4) per lane
+ * group, into out[r]. */
+INLINE void gemv_q5_0_rows(int64_t n, const void *w, size_t wrow, int nr, const void *xp,
+                           float *out, const int vnni)
+{
+    const int64_t nb = n / QK5_0;
+    __m512 sum[4];
+    for (int r = 0; r < nr; r++) {
+        const block_q5_0 *a = (const block_q5_0 *)((const char *)w + (size_t)r * wrow);
+        const q4_0_xgroup *g = xp;
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+        __m128 corr = _mm_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 <= nb; i += 8, g++) {
+            acc0 = q5_0_part(a + i, 4, g, 0, acc0, &corr, vnni);
+            acc1 = q5_0_part(a + i + 4, 4, g, 1, acc1, &corr, vnni);
+        }
+        for (int h = 0; i < nb; i += 4, h++)
+            acc0 = q5_0_part(a + i, nb - i < 4 ? (int)(nb - i) : 4, g, h, acc0, &corr, vnni);
+        sum[r] = _mm512_add_ps(_mm512_add_ps(acc0, acc1),
+                               _mm512_zextps128_ps512(corr));
+    }
+    if (nr == 4) {
+        __m512 h = hsum4(sum[0], sum[1], sum[2], sum[3]);
+        _mm_storeu_ps(out, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, h)));
+    } else
+        for (int r = 0; r < nr; r++)
+            out[r] = _mm512_reduce_add_ps(sum[r]);
+}
+
+INLINE float gemv_q5_0_k(int64_t n, const void *w, const void *xp, const int vnni)
+{
+    float out;
+    gemv_q5_0_rows(n, w, 0, 1, xp, &out, vnni);
+    return out;
+}
+
+INLINE void gemv4_q5_0_k(int64_t n, const void *w, size_t wrow, const void *xp, float *out,
+                         const int vnni)
+{
+    gemv_q5_0_rows(n, w, wrow, 4, xp, out, vnni);
+}
+
 /* ---- K-quants against Q8_K ---------------------------------------------- */
 
 /* As kernels_avx2.c: the q4_K/q5_K 6-bit scales (bytes 0-7) and mins
@@ -1090,6 +1185,7 @@ static void quant_q8_K(const float *x, void *y, int64_t n)
 VARIANTS(dot_q8_0)
 VARIANTS(dot_q4_0)
 VARIANTS(gemv_q4_0)
+VARIANTS(gemv_q5_0)
 VARIANTS(dot_q5_0)
 VARIANTS(dot_q4_K)
 VARIANTS(dot_q5_K)
@@ -1119,6 +1215,20 @@ static const cm_gemv gemv_q8_0_vnni_tab = {q8_0_gemv_bytes, q8_0_gemv_pack, dot_
                                            gemv4_q8_0_vnni};
 static const cm_gemv gemv_q8_0_plain_tab = {q8_0_gemv_bytes, q8_0_gemv_pack, dot_q8_0_plain,
                                             gemv4_q8_0_plain};
+static void gemv4_q5_0_vnni(int64_t n, const void *w, size_t wrow, const void *x, float *out)
+{
+    gemv4_q5_0_k(n, w, wrow, x, out, 1);
+}
+
+static void gemv4_q5_0_plain(int64_t n, const void *w, size_t wrow, const void *x, float *out)
+{
+    gemv4_q5_0_k(n, w, wrow, x, out, 0);
+}
+
+static const cm_gemv gemv_q5_0_vnni_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q5_0_vnni,
+                                           gemv4_q5_0_vnni};
+static const cm_gemv gemv_q5_0_plain_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q5_0_plain,
+                                            gemv4_q5_0_plain};
 static const cm_gemv gemv_q4_0_vnni_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0_vnni,
                                            gemv4_q4_0_vnni};
 static const cm_gemv gemv_q4_0_plain_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0_plain,
@@ -1129,6 +1239,7 @@ int cm_kernels_avx512(struct cm_kernels *k, int vnni)
     k->isa = "avx512";
     k->gemv[CM_TYPE_Q4_0] = vnni ? &gemv_q4_0_vnni_tab : &gemv_q4_0_plain_tab;
     k->gemv[CM_TYPE_Q8_0] = vnni ? &gemv_q8_0_vnni_tab : &gemv_q8_0_plain_tab;
+    k->gemv[CM_TYPE_Q5_0] = vnni ? &gemv_q5_0_vnni_tab : &gemv_q5_0_plain_tab;
     k->vec_dot[CM_TYPE_F16] = dot_f16;
     k->vec_dot[CM_TYPE_Q8_0] = vnni ? dot_q8_0_vnni : dot_q8_0_plain;
     k->vec_dot[CM_TYPE_Q4_0] = vnni ? dot_q4_0_vnni : dot_q4_0_plain;
