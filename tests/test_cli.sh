@@ -82,6 +82,16 @@ done
 expect 0 "default model" -- "$CODEMOE" run -p "def add(a, b):" -n 8 --temp 0 -t 1
 [ -s "$TMP/out" ] || fail "the default model printed nothing"
 grep -q "expert" "$TMP/err" || fail "the default model did not report its expert"
+# ... and is a real code model: its rust expert's perplexity on unseen rust
+# (the corpus valid split) is far below a model that knows nothing (~49,000)
+MODELS=$(cd "$(dirname "$0")/../models" && pwd)
+if [ -d "$SHARED/corpus/rust" ]; then
+    expect 0 "default model perplexity" -- "$CODEMOE" perplexity -m "$MODELS/default.gguf" \
+        --corpus "$SHARED/corpus" --lang rust -c 512 --max-tokens 4096 -t 1
+    grep -q "expert rust" "$TMP/err" || fail "perplexity on the pack did not use the rust expert"
+    ppl=$(sed -n 's/^Final estimate: PPL = \([0-9.]*\).*/\1/p' "$TMP/out")
+    awk -v p="${ppl:-1e9}" 'BEGIN { exit !(p < 10) }' || fail "default model rust PPL $ppl, not < 10"
+fi
 
 expect 0 "info" -- "$CODEMOE" info "$FIX/llama-q8_0.gguf"
 grep -q "architecture: *llama" "$TMP/out" || fail "info does not print the architecture"
