@@ -51,6 +51,9 @@
  * each variant's wrapper, where the step is a known function and inlines
  * too. */
 #define BODY static inline __attribute__((always_inline))
+/* Loops over a few rows, blocks or lanes must unroll for their vectors to
+ * stay in registers (-O2 leaves them rolled, arrays on the stack). */
+#define UNROLL _Pragma("GCC unroll 16")
 
 /* acc + the 16 products a[j]*b[j], spread over the 4 int32 lanes.  Which
  * lane gets which product differs between the variants; every caller only
@@ -295,6 +298,144 @@ BODY float q5_1_body(int64_t n, const void *w, const void *x, sdot_fn dot)
         mins += f16(a[i].m) * f16(b[i].s);
     }
     return vaddvq_f32(acc) + mins;
+}
+
+/* ---- generation: q8_0 / q4_0 / q5_0 rows on a packed activation ---------
+ *
+ * cm_gemv for the three formats whose blocks keep elements 0-15 and 16-31
+ * in two 16-byte halves (q4_0/q5_0 as low and high nibbles): those halves
+ * already line up with a q8_0 activation's quants, so the pack reorders
+ * nothing.  It groups 4 blocks so their scales load as one float vector
+ * (no per-row f16 conversion of the activation) and stores each block's
+ * quant sum: the weights' level offset (8, 16) then costs one multiply-
+ * subtract on 4 block sums instead of two byte subtractions per block and
+ * row, and the sums stay exact integers as in the references.  Per row, 4
+ * blocks' lanes fold into one vector by pairwise adds and take one
+ * multiply-add; dot4 loads each activation group once for four rows and
+ * reduces the rows together. */
+typedef struct {
+    int8_t q[4][32]; /* the blocks' quants */
+    float d[4];      /* their scales */
+    int32_t s[4];    /* sums of their quants */
+} gv_group;
+_Static_assert(sizeof(gv_group) == 160, "gv_group layout");
+
+enum { GV_Q8_0, GV_Q4_0, GV_Q5_0 };
+
+static size_t gv_bytes(int64_t cols)
+{
+    return (size_t)((cols / QK8_0 + 3) / 4) * sizeof(gv_group);
+}
+
+/* Blocks past the row's end stay zero (quants, scale and sum), so a short
+ * last group needs no special case on the activation side. */
+static void gv_pack(int64_t cols, const void *xq, void *dst)
+{
+    const block_q8_0 *x = xq;
+    gv_group *g = dst;
+    memset(g, 0, gv_bytes(cols));
+    for (int64_t i = 0; i < cols / QK8_0; i++) {
+        gv_group *gi = g + i / 4;
+        const int j = (int)(i % 4);
+        memcpy(gi->q[j], x[i].qs, QK8_0);
+        gi->d[j] = f16(x[i].d);
+        gi->s[j] = vaddlvq_s8(vld1q_s8(x[i].qs)) + vaddlvq_s8(vld1q_s8(x[i].qs + 16));
+    }
+}
+
+static inline size_t gv_block_bytes(int fmt)
+{
+    return fmt == GV_Q8_0 ? sizeof(block_q8_0)
+                          : fmt == GV_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q5_0);
+}
+
+/* Block i of a row against 32 activation quants, levels without their
+ * offset: q4_0's 0..15 and q5_0's 0..31 are valid signed bytes. */
+BODY int32x4_t gv_block(int fmt, const void *row, int64_t i, const int8_t *x, sdot_fn dot)
+{
+    uint8x16_t lo, hi;
+    if (fmt == GV_Q8_0)
+        return dot32(((const block_q8_0 *)row)[i].qs, x, dot);
+    if (fmt == GV_Q4_0) {
+        nibbles(((const block_q4_0 *)row)[i].qs, &lo, &hi);
+    } else {
+        const block_q5_0 *b = (const block_q5_0 *)row + i;
+        uint8x16_t hlo, hhi;
+        nibbles(b->qs, &lo, &hi);
+        fifth_bits(b->qh, &hlo, &hhi);
+        lo = vorrq_u8(lo, hlo), hi = vorrq_u8(hi, hhi);
+    }
+    return dot32r(s8(lo), s8(hi), x, dot);
+}
+
+/* The scales of blocks i..i+k-1 (k <= 4, lanes past k zero), assembled in
+ * a general register: four narrow stores and a vector reload would stall
+ * store forwarding, on every row.  d leads every block of the three. */
+BODY float32x4_t gv_scales(int fmt, const void *row, int64_t i, int k)
+{
+    const size_t bsz = gv_block_bytes(fmt);
+    const uint8_t *p = (const uint8_t *)row + (size_t)i * bsz;
+    uint64_t h = 0;
+    UNROLL
+    for (int j = 0; j < k; j++) {
+        uint16_t v;
+        memcpy(&v, p + (size_t)j * bsz, 2);
+        h |= (uint64_t)v << (16 * j);
+    }
+    return vcvt_f32_f16(vreinterpret_f16_u16(vcreate_u16(h)));
+}
+
+/* acc + blocks i..i+k-1 of one row against activation group g, lane j
+ * holding block j.  Blocks past k are zero vectors, never loads: the row
+ * may end there. */
+BODY float32x4_t gv_row(int fmt, const void *row, int64_t i, int k, const gv_group *g,
+                        float32x4_t acc, sdot_fn dot)
+{
+    const int off = fmt == GV_Q4_0 ? 8 : fmt == GV_Q5_0 ? 16 : 0;
+    int32x4_t p[4];
+    UNROLL
+    for (int j = 0; j < 4; j++)
+        p[j] = j < k ? gv_block(fmt, row, i + j, g->q[j], dot) : vdupq_n_s32(0);
+    int32x4_t s = vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]));
+    if (off)
+        s = vmlsq_n_s32(s, vld1q_s32(g->s), off);
+    float32x4_t d = vmulq_f32(gv_scales(fmt, row, i, k), vld1q_f32(g->d));
+    return vfmaq_f32(acc, vcvtq_f32_s32(s), d);
+}
+
+/* out[r] = dot of rows w + r * wrow (r < nr, 1 or 4) with the packed x.
+ * Named accumulators, not an array: GCC keeps an array of them on the
+ * stack, a load and a store per group and row.  The four rows' loads of
+ * the same activation bytes merge once inlined. */
+BODY void gv_body(int fmt, int64_t n, const void *w, size_t wrow, int nr, const void *xp,
+                  float *out, sdot_fn dot)
+{
+    const gv_group *g = xp;
+    const int64_t nb = n / QK8_0;
+    const char *w0 = w, *w1 = w0 + wrow, *w2 = w1 + wrow, *w3 = w2 + wrow;
+    float32x4_t a0 = vdupq_n_f32(0), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i < nb; i += 4, g++) {
+        const int k = nb - i < 4 ? (int)(nb - i) : 4;
+        if (k < 4) { /* the row's last 1-3 blocks */
+            a0 = gv_row(fmt, w0, i, k, g, a0, dot);
+            if (nr == 4) {
+                a1 = gv_row(fmt, w1, i, k, g, a1, dot);
+                a2 = gv_row(fmt, w2, i, k, g, a2, dot);
+                a3 = gv_row(fmt, w3, i, k, g, a3, dot);
+            }
+            break;
+        }
+        a0 = gv_row(fmt, w0, i, 4, g, a0, dot);
+        if (nr == 4) {
+            a1 = gv_row(fmt, w1, i, 4, g, a1, dot);
+            a2 = gv_row(fmt, w2, i, 4, g, a2, dot);
+            a3 = gv_row(fmt, w3, i, 4, g, a3, dot);
+        }
+    }
+    if (nr == 1)
+        out[0] = vaddvq_f32(a0);
+    else /* lane r: row r's total */
+        vst1q_f32(out, vpaddq_f32(vpaddq_f32(a0, a1), vpaddq_f32(a2, a3)));
 }
 
 /* ---- activation quantizers ---------------------------------------------- */
@@ -613,6 +754,479 @@ BODY float q3_K_body(int64_t n, const void *w, const void *x, sdot_fn dot)
     return acc;
 }
 
+/* ---- vector exp: softmax, SwiGLU, perplexity's sums ---------------------
+ * e^x = 2^n e^r with n = round(x / ln2) and |r| <= ln2/2 (ln2 in two parts,
+ * the high one short enough that n * hi is exact), e^r by its Taylor
+ * polynomial to r^7 (truncation < 1e-8 relative), 2^n built in the exponent
+ * field.  x is clamped to [-87, 88], where 2^n is a normal float; below -87
+ * the result is flushed to 0: expf's is under 2^-125 there, nothing against
+ * the terms these kernels add it to.  FMAX/FMIN pass NaN on, as expf does. */
+static inline float32x4_t exp4(float32x4_t x)
+{
+    const uint32x4_t under = vcltq_f32(x, vdupq_n_f32(-87.0f));
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0f)), vdupq_n_f32(88.0f));
+    float32x4_t n = vrndnq_f32(vmulq_n_f32(x, 1.44269504088896341f));
+    float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(0.693145751953125f));
+    r = vfmsq_f32(r, n, vdupq_n_f32(1.428606765330187e-06f));
+    static const float inv_fact[] = {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6,
+                                     0.5f,       1.0f,       1.0f};
+    float32x4_t p = vdupq_n_f32(1.0f / 5040);
+    UNROLL
+    for (int k = 0; k < 7; k++)
+        p = vfmaq_f32(vdupq_n_f32(inv_fact[k]), p, r);
+    int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+    float32x4_t y = vmulq_f32(p, vreinterpretq_f32_s32(e));
+    return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(y), under));
+}
+
+/* e^x in double to ~1e-13 relative: the same reduction, Taylor to r^10;
+ * x clamped to [-708, 709] (2^n normal), below -708 flushed to 0. */
+static inline float64x2_t exp2d(float64x2_t x)
+{
+    const uint64x2_t under = vcltq_f64(x, vdupq_n_f64(-708.0));
+    x = vminq_f64(vmaxq_f64(x, vdupq_n_f64(-708.0)), vdupq_n_f64(709.0));
+    float64x2_t n = vrndnq_f64(vmulq_n_f64(x, 1.4426950408889634));
+    float64x2_t r = vfmsq_f64(x, n, vdupq_n_f64(0.6931471805598903));
+    r = vfmsq_f64(r, n, vdupq_n_f64(5.497923018708371e-14));
+    static const double inv_fact[] = {1.0 / 362880, 1.0 / 40320, 1.0 / 5040, 1.0 / 720,
+                                      1.0 / 120,    1.0 / 24,    1.0 / 6,    0.5,
+                                      1.0,          1.0};
+    float64x2_t p = vdupq_n_f64(1.0 / 3628800);
+    UNROLL
+    for (int k = 0; k < 10; k++)
+        p = vfmaq_f64(vdupq_n_f64(inv_fact[k]), p, r);
+    int64x2_t e = vshlq_n_s64(vaddq_s64(vcvtq_s64_f64(n), vdupq_n_s64(1023)), 52);
+    float64x2_t y = vmulq_f64(p, vreinterpretq_f64_s64(e));
+    return vreinterpretq_f64_u64(vbicq_u64(vreinterpretq_u64_f64(y), under));
+}
+
+/* The k < 4 values at p in a vector, the other lanes `fill`; and back. */
+static inline float32x4_t load_tail(const float *p, int64_t k, float fill)
+{
+    float t[4] = {fill, fill, fill, fill};
+    memcpy(t, p, (size_t)k * sizeof *p);
+    return vld1q_f32(t);
+}
+
+static inline void store_tail(float *p, int64_t k, float32x4_t v)
+{
+    float t[4];
+    vst1q_f32(t, v);
+    memcpy(p, t, (size_t)k * sizeof *p);
+}
+
+/* Tails go through padded vectors so every value sees the same exp; -inf
+ * padding has no effect on the max and an exponential of 0. */
+static void softmax_neon(float *x, int64_t n, float scale, int round_f16)
+{
+    const int64_t nv = n & ~(int64_t)3, k = n - nv;
+    float32x4_t vmax = vdupq_n_f32(-INFINITY), vsum = vdupq_n_f32(0);
+    for (int64_t i = 0; i < nv; i += 4) {
+        float32x4_t v = vmulq_n_f32(vld1q_f32(x + i), scale);
+        vst1q_f32(x + i, v);
+        vmax = vmaxq_f32(vmax, v);
+    }
+    if (k) {
+        float32x4_t v = vmulq_n_f32(load_tail(x + nv, k, -INFINITY), scale);
+        store_tail(x + nv, k, v);
+        vmax = vmaxq_f32(vmax, v);
+    }
+    const float32x4_t mx = vdupq_n_f32(vmaxvq_f32(vmax));
+    for (int64_t i = 0; i < n; i += 4) {
+        float32x4_t v = i < nv ? vld1q_f32(x + i) : load_tail(x + i, k, -INFINITY);
+        float32x4_t e = exp4(vsubq_f32(v, mx));
+        if (i < nv)
+            vst1q_f32(x + i, e);
+        else
+            store_tail(x + i, k, e);
+        vsum = vaddq_f32(vsum, e);
+    }
+    const float inv = 1.0f / vaddvq_f32(vsum);
+    for (int64_t i = 0; i < n; i += 4) {
+        float32x4_t v = vmulq_n_f32(i < nv ? vld1q_f32(x + i) : load_tail(x + i, k, 0), inv);
+        if (round_f16) /* FCVTN rounds to nearest even, as cm_f32_to_f16 */
+            v = vcvt_f32_f16(vcvt_f16_f32(v));
+        if (i < nv)
+            vst1q_f32(x + i, v);
+        else
+            store_tail(x + i, k, v);
+    }
+}
+
+/* silu through e^-x clamped at 88: where expf's e^-x is infinite (x < -88)
+ * the result is x / 1.7e38 instead of -0, both nothing. */
+static void swiglu_neon(float *a, const float *b, int64_t n)
+{
+    const float32x4_t one = vdupq_n_f32(1.0f);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t x = vld1q_f32(a + i);
+        float32x4_t s = vdivq_f32(x, vaddq_f32(one, exp4(vnegq_f32(x))));
+        vst1q_f32(a + i, vmulq_f32(s, vld1q_f32(b + i)));
+    }
+    for (; i < n; i++)
+        a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+}
+
+/* KL divergence's sums: double exponentials and differences (kernels.h),
+ * two lanes per vector; the last 0-3 values through libm's exp. */
+static void exp_sums_kl(const float *a, const float *b, int64_t n, float shift, double out[2])
+{
+    const float64x2_t sh = vdupq_n_f64(shift);
+    float64x2_t s0 = vdupq_n_f64(0), s1 = s0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t va = vld1q_f32(a + i), vb = vld1q_f32(b + i);
+        float64x2_t x[2] = {vcvt_f64_f32(vget_low_f32(va)), vcvt_high_f64_f32(va)};
+        float64x2_t y[2] = {vcvt_f64_f32(vget_low_f32(vb)), vcvt_high_f64_f32(vb)};
+        UNROLL
+        for (int h = 0; h < 2; h++) {
+            float64x2_t e = exp2d(vsubq_f64(x[h], sh));
+            s0 = vaddq_f64(s0, e);
+            s1 = vfmaq_f64(s1, e, vsubq_f64(x[h], y[h]));
+        }
+    }
+    double t0 = vaddvq_f64(s0), t1 = vaddvq_f64(s1);
+    for (; i < n; i++) {
+        double e = exp((double)a[i] - shift);
+        t0 += e;
+        t1 += e * ((double)a[i] - b[i]);
+    }
+    out[0] = t0, out[1] = t1;
+}
+
+/* Without b (log-sum-exp for perplexity): float exponentials summed in two
+ * vectors, 32 terms per lane before they move to double, so the float
+ * sums' rounding stays well under the exponentials' own (the reference
+ * sums in double throughout). */
+static void exp_sums_neon(const float *a, const float *b, int64_t n, float shift,
+                          double out[2])
+{
+    if (b) {
+        exp_sums_kl(a, b, n, shift, out);
+        return;
+    }
+    const float32x4_t sh = vdupq_n_f32(shift);
+    double s = 0;
+    int64_t i = 0;
+    while (i + 8 <= n) {
+        float32x4_t f0 = vdupq_n_f32(0), f1 = f0;
+        const int64_t end = n - i < 256 ? i + ((n - i) & ~(int64_t)7) : i + 256;
+        for (; i < end; i += 8) {
+            f0 = vaddq_f32(f0, exp4(vsubq_f32(vld1q_f32(a + i), sh)));
+            f1 = vaddq_f32(f1, exp4(vsubq_f32(vld1q_f32(a + i + 4), sh)));
+        }
+        s += vaddvq_f32(vaddq_f32(f0, f1));
+    }
+    for (; i < n; i += 4) /* -inf padding: exponentials of 0 */
+        s += vaddvq_f32(exp4(vsubq_f32(load_tail(a + i, n - i < 4 ? n - i : 4, -INFINITY), sh)));
+    out[0] = s, out[1] = 0;
+}
+
+/* ---- f16 rows: KV cache conversions and attention ----------------------- */
+
+static inline float32x4_t f16x4(const uint16_t *p)
+{
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+}
+
+/* FCVTN rounds to nearest even and treats overflow, subnormals and NaN
+ * payloads as cm_f32_to_f16 does (FPCR's default: no flush to zero, no
+ * default NaN), so the cache holds the same bits as the scalar path's. */
+static void f32_to_f16(const float *x, void *y, int64_t n)
+{
+    uint16_t *h = y;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        float16x8_t v = vcvt_high_f16_f32(vcvt_f16_f32(vld1q_f32(x + i)), vld1q_f32(x + i + 4));
+        vst1q_u16(h + i, vreinterpretq_u16_f16(v));
+    }
+    for (; i + 4 <= n; i += 4)
+        vst1_u16(h + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(x + i))));
+    for (; i < n; i++)
+        h[i] = cm_f32_to_f16(x[i]);
+}
+
+static void f16_to_f32(const void *x, float *y, int64_t n)
+{
+    const uint16_t *h = x;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        vst1q_f32(y + i, f16x4(h + i));
+    for (; i < n; i++)
+        y[i] = f16(h[i]);
+}
+
+static void axpy_f32(int64_t n, float a, const void *row, float *out)
+{
+    const float *v = row;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        vst1q_f32(out + i, vfmaq_n_f32(vld1q_f32(out + i), vld1q_f32(v + i), a));
+    for (; i < n; i++)
+        out[i] += a * v[i];
+}
+
+static void axpy_f16(int64_t n, float a, const void *row, float *out)
+{
+    const uint16_t *v = row;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        vst1q_f32(out + i, vfmaq_n_f32(vld1q_f32(out + i), f16x4(v + i), a));
+    for (; i < n; i++)
+        out[i] += a * f16(v[i]);
+}
+
+/* out += a * (q * d), the product q * d rounded first as the reference */
+static void axpy_q8_0(int64_t n, float a, const void *row, float *out)
+{
+    const block_q8_0 *b = row;
+    for (int64_t k = 0; k < n / QK8_0; k++, out += QK8_0) {
+        const float d = f16(b[k].d);
+        UNROLL
+        for (int h = 0; h < 2; h++) {
+            int8x16_t q = vld1q_s8(b[k].qs + 16 * h);
+            int16x8_t w[2] = {vmovl_s8(vget_low_s8(q)), vmovl_high_s8(q)};
+            UNROLL
+            for (int j = 0; j < 4; j++) {
+                int16x8_t wj = w[j / 2];
+                int32x4_t i32 = j % 2 ? vmovl_high_s16(wj) : vmovl_s16(vget_low_s16(wj));
+                float32x4_t v = vmulq_n_f32(vcvtq_f32_s32(i32), d);
+                float *o = out + 16 * h + 4 * j;
+                vst1q_f32(o, vfmaq_n_f32(vld1q_f32(o), v, a));
+            }
+        }
+    }
+}
+
+/* Attention scores against an f16 cache: four rows per pass share the
+ * loads of x, two accumulators each (eight FMA chains hide the latency),
+ * and the four totals come out of one pairwise-add tree. */
+static void dot_rows_f16(int64_t n, const void *rows, size_t stride, int64_t m, const void *xv,
+                         float *out)
+{
+    const float *x = xv;
+    int64_t j = 0;
+    for (; j + 4 <= m; j += 4) {
+        const uint16_t *r[4];
+        float32x4_t a[4][2];
+        float tail[4] = {0};
+        UNROLL
+        for (int k = 0; k < 4; k++) {
+            r[k] = (const uint16_t *)((const char *)rows + (size_t)(j + k) * stride);
+            a[k][0] = a[k][1] = vdupq_n_f32(0);
+        }
+        int64_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            float32x4_t x0 = vld1q_f32(x + i), x1 = vld1q_f32(x + i + 4);
+            UNROLL
+            for (int k = 0; k < 4; k++) {
+                float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(r[k] + i));
+                a[k][0] = vfmaq_f32(a[k][0], vcvt_f32_f16(vget_low_f16(h)), x0);
+                a[k][1] = vfmaq_f32(a[k][1], vcvt_high_f32_f16(h), x1);
+            }
+        }
+        for (; i + 4 <= n; i += 4)
+            UNROLL
+            for (int k = 0; k < 4; k++)
+                a[k][0] = vfmaq_f32(a[k][0], f16x4(r[k] + i), vld1q_f32(x + i));
+        for (; i < n; i++)
+            UNROLL
+            for (int k = 0; k < 4; k++)
+                tail[k] += f16(r[k][i]) * x[i];
+        float32x4_t s[4];
+        UNROLL
+        for (int k = 0; k < 4; k++)
+            s[k] = vaddq_f32(a[k][0], a[k][1]);
+        float32x4_t t = vpaddq_f32(vpaddq_f32(s[0], s[1]), vpaddq_f32(s[2], s[3]));
+        vst1q_f32(out + j, vaddq_f32(t, vld1q_f32(tail)));
+    }
+    for (; j < m; j++)
+        out[j] = dot_f16(n, (const char *)rows + (size_t)j * stride, x);
+}
+
+/* The attention-weighted sum of f16 value rows: 32 columns in eight
+ * accumulators while the rows stream past, then 4 and 1 at a time. */
+static void sum_rows_f16(int64_t n, const void *rows, size_t stride, int64_t m, const float *p,
+                         float *out)
+{
+#define ROW(j) ((const uint16_t *)((const char *)rows + (size_t)(j) * stride))
+    int64_t c = 0;
+    for (; c + 32 <= n; c += 32) {
+        float32x4_t a[8];
+        UNROLL
+        for (int k = 0; k < 8; k++)
+            a[k] = vdupq_n_f32(0);
+        for (int64_t j = 0; j < m; j++) {
+            const uint16_t *r = ROW(j) + c;
+            UNROLL
+            for (int k = 0; k < 4; k++) {
+                float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(r + 8 * k));
+                a[2 * k] = vfmaq_n_f32(a[2 * k], vcvt_f32_f16(vget_low_f16(h)), p[j]);
+                a[2 * k + 1] = vfmaq_n_f32(a[2 * k + 1], vcvt_high_f32_f16(h), p[j]);
+            }
+        }
+        UNROLL
+        for (int k = 0; k < 8; k++)
+            vst1q_f32(out + c + 4 * k, a[k]);
+    }
+    for (; c + 4 <= n; c += 4) {
+        float32x4_t a = vdupq_n_f32(0);
+        for (int64_t j = 0; j < m; j++)
+            a = vfmaq_n_f32(a, f16x4(ROW(j) + c), p[j]);
+        vst1q_f32(out + c, a);
+    }
+    for (; c < n; c++) {
+        float s = 0;
+        for (int64_t j = 0; j < m; j++)
+            s += p[j] * f16(ROW(j)[c]);
+        out[c] = s;
+    }
+#undef ROW
+}
+
+/* ---- prompt attention on f16 tiles ---------------------------------------
+ * A tile is nk <= 16 cached rows.  For the scores it is decoded once and
+ * transposed to columns of 16 floats (one per key, keys past nk zero), so a
+ * query's 16 dots are broadcast multiply-adds with no horizontal sums; for
+ * the weighted sum it is decoded once to float rows that every query
+ * reads.  Columns go 128 at a time so the tile stays 8 KiB (in L1). */
+#define TILE_COLS 128
+
+/* kt[i][j] = column c + i of key j, i < w, j < 16: 4x4 blocks through
+ * registers (TRN1/TRN2 on words, then on doublewords). */
+static void tile_transpose(const void *k, size_t kstride, int nk, int64_t c, int w,
+                           float kt[][16])
+{
+    for (int j0 = 0; j0 < 16; j0 += 4) {
+        const uint16_t *r[4];
+        UNROLL
+        for (int t = 0; t < 4; t++)
+            r[t] = (const uint16_t *)((const char *)k + (size_t)(j0 + t) * kstride) + c;
+        int i = 0;
+        for (; i + 4 <= w; i += 4) {
+            float32x4_t v[4];
+            UNROLL
+            for (int t = 0; t < 4; t++)
+                v[t] = j0 + t < nk ? f16x4(r[t] + i) : vdupq_n_f32(0);
+            float64x2_t a = vreinterpretq_f64_f32(vtrn1q_f32(v[0], v[1]));
+            float64x2_t b = vreinterpretq_f64_f32(vtrn2q_f32(v[0], v[1]));
+            float64x2_t e = vreinterpretq_f64_f32(vtrn1q_f32(v[2], v[3]));
+            float64x2_t f = vreinterpretq_f64_f32(vtrn2q_f32(v[2], v[3]));
+            vst1q_f32(kt[i] + j0, vreinterpretq_f32_f64(vtrn1q_f64(a, e)));
+            vst1q_f32(kt[i + 1] + j0, vreinterpretq_f32_f64(vtrn1q_f64(b, f)));
+            vst1q_f32(kt[i + 2] + j0, vreinterpretq_f32_f64(vtrn2q_f64(a, e)));
+            vst1q_f32(kt[i + 3] + j0, vreinterpretq_f32_f64(vtrn2q_f64(b, f)));
+        }
+        for (; i < w; i++)
+            UNROLL
+            for (int t = 0; t < 4; t++)
+                kt[i][j0 + t] = j0 + t < nk ? f16(r[t][i]) : 0;
+    }
+}
+
+/* Scores of nq (1 or 4) queries x + t * d over w tile columns: acc[t][u]
+ * holds keys 4u..4u+3 of query t, sixteen independent FMA chains for four
+ * queries. */
+BODY void qk_rows(const float (*kt)[16], int w, const float *x, int64_t d, int nq,
+                  float32x4_t acc[4][4])
+{
+    UNROLL
+    for (int t = 0; t < nq; t++)
+        UNROLL
+        for (int u = 0; u < 4; u++)
+            acc[t][u] = vdupq_n_f32(0);
+    for (int i = 0; i < w; i++) {
+        float32x4_t k[4];
+        UNROLL
+        for (int u = 0; u < 4; u++)
+            k[u] = vld1q_f32(kt[i] + 4 * u);
+        UNROLL
+        for (int t = 0; t < nq; t++)
+            UNROLL
+            for (int u = 0; u < 4; u++)
+                acc[t][u] = vfmaq_n_f32(acc[t][u], k[u], x[t * d + i]);
+    }
+}
+
+/* out[j] (+)= the 16 lanes' first nk: the row past nk is the caller's. */
+static void store_keys(float *out, const float32x4_t a[4], int nk, int add)
+{
+    float t[16];
+    UNROLL
+    for (int u = 0; u < 4; u++)
+        vst1q_f32(t + 4 * u, a[u]);
+    for (int j = 0; j < nk; j++)
+        out[j] = add ? out[j] + t[j] : t[j];
+}
+
+static void attn_qk_f16(int64_t d, const void *k, size_t kstride, int nk, const float *q,
+                        int64_t nq, float *s, size_t ld)
+{
+    float kt[TILE_COLS][16] __attribute__((aligned(16)));
+    float32x4_t acc[4][4];
+    for (int64_t c = 0; c < d; c += TILE_COLS) {
+        const int w = d - c < TILE_COLS ? (int)(d - c) : TILE_COLS;
+        tile_transpose(k, kstride, nk, c, w, kt);
+        int64_t qi = 0;
+        for (; qi + 4 <= nq; qi += 4) {
+            qk_rows((const float (*)[16])kt, w, q + qi * d + c, d, 4, acc);
+            UNROLL
+            for (int t = 0; t < 4; t++)
+                store_keys(s + (qi + t) * ld, acc[t], nk, c > 0);
+        }
+        for (; qi < nq; qi++) {
+            qk_rows((const float (*)[16])kt, w, q + qi * d + c, d, 1, acc);
+            store_keys(s + qi * ld, acc[0], nk, c > 0);
+        }
+    }
+}
+
+/* o[i] += sum over j < nk of p[j] * vt[j][i], i < w: 16 columns in four
+ * accumulators, then 4 and 1. */
+static void pv_row(const float (*vt)[TILE_COLS], int nk, int w, const float *p, float *o)
+{
+    int i = 0;
+    for (; i + 16 <= w; i += 16) {
+        float32x4_t a[4];
+        UNROLL
+        for (int u = 0; u < 4; u++)
+            a[u] = vld1q_f32(o + i + 4 * u);
+        for (int j = 0; j < nk; j++)
+            UNROLL
+            for (int u = 0; u < 4; u++)
+                a[u] = vfmaq_n_f32(a[u], vld1q_f32(vt[j] + i + 4 * u), p[j]);
+        UNROLL
+        for (int u = 0; u < 4; u++)
+            vst1q_f32(o + i + 4 * u, a[u]);
+    }
+    for (; i + 4 <= w; i += 4) {
+        float32x4_t a = vld1q_f32(o + i);
+        for (int j = 0; j < nk; j++)
+            a = vfmaq_n_f32(a, vld1q_f32(vt[j] + i), p[j]);
+        vst1q_f32(o + i, a);
+    }
+    for (; i < w; i++) {
+        float a = o[i];
+        for (int j = 0; j < nk; j++)
+            a += p[j] * vt[j][i];
+        o[i] = a;
+    }
+}
+
+static void attn_pv_f16(int64_t d, const void *v, size_t vstride, int nk, const float *p,
+                        size_t ld, int64_t nq, float *o)
+{
+    float vt[16][TILE_COLS] __attribute__((aligned(16)));
+    for (int64_t c = 0; c < d; c += TILE_COLS) {
+        const int w = d - c < TILE_COLS ? (int)(d - c) : TILE_COLS;
+        for (int j = 0; j < nk; j++)
+            f16_to_f32((const uint16_t *)((const char *)v + (size_t)j * vstride) + c, vt[j], w);
+        for (int64_t qi = 0; qi < nq; qi++)
+            pv_row((const float (*)[TILE_COLS])vt, nk, w, p + qi * ld, o + qi * d + c);
+    }
+}
+
 /* ---- the two variants and the installer --------------------------------- */
 
 #define WRAP(name, ATTR, sfx, DOT)                                            \
@@ -633,12 +1247,53 @@ INT_TYPES(WRAP, , mull, sdot_mull)
 INT_TYPES(WRAP, DP_ATTR, dp, sdot_dp)
 #endif
 
+/* The gemv's one-row and four-row kernels and their table.  GCC's
+ * scheduler before register allocation interleaves the four rows' sixteen
+ * block decodes until it spills (up to 96 stack accesses per loop pass for
+ * q5_0, none without it), so these kernels go without that pass. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define GV_ATTR __attribute__((optimize("no-schedule-insns")))
+#else
+#define GV_ATTR
+#endif
+
+#define GV_WRAP(t, FMT, ATTR, sfx, DOT)                                       \
+    ATTR GV_ATTR static float gv_dot_##t##_##sfx(int64_t n, const void *w,   \
+                                                 const void *x)              \
+    {                                                                         \
+        float out;                                                            \
+        gv_body(FMT, n, w, 0, 1, x, &out, DOT);                               \
+        return out;                                                           \
+    }                                                                         \
+    ATTR GV_ATTR static void gv_dot4_##t##_##sfx(int64_t n, const void *w,   \
+                                         size_t wrow, const void *x,         \
+                                         float *out)                         \
+    {                                                                         \
+        gv_body(FMT, n, w, wrow, 4, x, out, DOT);                             \
+    }                                                                         \
+    static const cm_gemv gv_##t##_##sfx = {gv_bytes, gv_pack,                 \
+                                           gv_dot_##t##_##sfx,                \
+                                           gv_dot4_##t##_##sfx};
+
+#define GV_TYPES(ATTR, sfx, DOT)                                              \
+    GV_WRAP(q8_0, GV_Q8_0, ATTR, sfx, DOT)                                    \
+    GV_WRAP(q4_0, GV_Q4_0, ATTR, sfx, DOT)                                    \
+    GV_WRAP(q5_0, GV_Q5_0, ATTR, sfx, DOT)
+
+GV_TYPES(, mull, sdot_mull)
+#if CM_NEON_DP
+GV_TYPES(DP_ATTR, dp, sdot_dp)
+#endif
+
 #define SET(T, t, sfx) k->vec_dot[CM_TYPE_##T] = dot_##t##_##sfx;
 #define SET_INT(sfx)                                                          \
     SET(Q8_0, q8_0, sfx) SET(Q4_0, q4_0, sfx) SET(Q4_1, q4_1, sfx)           \
     SET(Q5_0, q5_0, sfx) SET(Q5_1, q5_1, sfx) SET(Q2_K, q2_K, sfx)           \
     SET(Q3_K, q3_K, sfx) SET(Q4_K, q4_K, sfx) SET(Q5_K, q5_K, sfx)           \
-    SET(Q6_K, q6_K, sfx)
+    SET(Q6_K, q6_K, sfx)                                                      \
+    k->gemv[CM_TYPE_Q8_0] = &gv_q8_0_##sfx;                                   \
+    k->gemv[CM_TYPE_Q4_0] = &gv_q4_0_##sfx;                                   \
+    k->gemv[CM_TYPE_Q5_0] = &gv_q5_0_##sfx;
 
 int cm_kernels_neon(struct cm_kernels *k, int dotprod)
 {
@@ -657,6 +1312,18 @@ int cm_kernels_neon(struct cm_kernels *k, int dotprod)
     k->quantize[CM_TYPE_Q8_0] = quant_q8_0;
     k->quantize[CM_TYPE_Q8_1] = quant_q8_1;
     k->quantize[CM_TYPE_Q8_K] = quant_q8_K;
+    k->quantize[CM_TYPE_F16] = f32_to_f16;
+    k->to_float[CM_TYPE_F16] = f16_to_f32;
+    k->axpy[CM_TYPE_F32] = axpy_f32;
+    k->axpy[CM_TYPE_F16] = axpy_f16;
+    k->axpy[CM_TYPE_Q8_0] = axpy_q8_0;
+    k->dot_rows[CM_TYPE_F16] = dot_rows_f16;
+    k->sum_rows[CM_TYPE_F16] = sum_rows_f16;
+    k->attn_qk[CM_TYPE_F16] = attn_qk_f16;
+    k->attn_pv[CM_TYPE_F16] = attn_pv_f16;
+    k->softmax = softmax_neon;
+    k->swiglu = swiglu_neon;
+    k->exp_sums = exp_sums_neon;
     return 0;
 }
 
