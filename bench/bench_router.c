@@ -315,10 +315,12 @@ int main(void)
     snprintf(dir, sizeof dir, "%s/corpus", shared && *shared ? shared : "../shared");
     cm_router *r = NULL;
     cm_err err = {0};
+    double t_load = now();
     if (!rp || cm_router_load(rp, &r, &err) != CM_OK) {
         fprintf(stderr, "skip: %s\n", rp ? err.msg : "no router.bin (set CODEMOE_ROUTER)");
         return 77;
     }
+    t_load = now() - t_load;
     static tally t[CM_N_KNOWN_LANGS];
     int n_files[CM_N_KNOWN_LANGS];
     double us[CM_N_KNOWN_LANGS], worst = 0;
@@ -335,7 +337,7 @@ int main(void)
         worst = us[l] > worst ? us[l] : worst;
         free_docs(&docs);
     }
-    printf("router: %s\n\n", rp);
+    printf("router: %s (loaded in %.1f ms)\n\n", rp, t_load * 1e3);
     print_accuracy(t, n_files);
     printf("\nMedian time to classify a 4 KB prompt (first 4 KB of the language's valid "
            "files, %d runs):\n\n| language | microseconds |\n|---|---:|\n", TIMING_REPS);

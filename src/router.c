@@ -1,7 +1,8 @@
 /* router.c - language detection for routing prompts to language experts.
  *
- * The data format and the features are described in router.h; the trainer
- * (tools/train_router.py) must compute the same features bit for bit. */
+ * The data format and the features are described in router.h.  The trainer
+ * (tools/train_router.c) takes its features from cm_router_features, which
+ * runs the very scanner cm_router_classify runs. */
 #include "router.h"
 
 #include <ctype.h>
@@ -260,8 +261,14 @@ static uint32_t fmix32(uint32_t h)
  * FLUSH_EVERY * 32767 < 2^31) and folded into int64 totals. */
 #define FLUSH_EVERY 32768
 
+/* One scanner serves both users of the features, so that the trainer
+ * (through cm_router_features) and the classifier can never disagree: with
+ * r set, each feature adds its weight row to the sums; with r NULL, its
+ * bucket is written to out (while there is room). */
 typedef struct {
     const cm_router *r;
+    uint32_t *out;       /* bucket output when r is NULL */
+    size_t cap;
     uint32_t mask;
     uint32_t w;          /* the last 4 normalized bytes, newest on top */
     uint32_t tok;        /* FNV-1a of the token being read */
@@ -285,7 +292,14 @@ static void flush(scan *s)
 
 static inline void add(scan *s, uint32_t key)
 {
-    const int16_t *row = s->r->w + (size_t)(fmix32(key) & s->mask) * (size_t)s->r->lanes;
+    uint32_t bucket = fmix32(key) & s->mask;
+    if (!s->r) {
+        if (s->n < s->cap)
+            s->out[s->n] = bucket;
+        s->n++;
+        return;
+    }
+    const int16_t *row = s->r->w + (size_t)bucket * (size_t)s->r->lanes;
     if (s->r->lanes == 8) {
         for (int l = 0; l < 8; l++)
             s->part[l] += row[l];
@@ -359,30 +373,49 @@ static int normalize(unsigned char c)
     return c;
 }
 
-int cm_router_classify(const cm_router *r, const char *text, size_t len, float *probs)
+/* Runs the scanner over the text (its first CM_ROUTER_MAX_TEXT bytes);
+ * s->r, s->out and s->mask are set by the caller. */
+static void scan_text(scan *s, const char *text, size_t len)
 {
-    scan s;
-    memset(&s, 0, sizeof s);
-    s.r = r;
-    s.mask = ((uint32_t)1 << r->bits) - 1;
-    s.bol = 1;
+    s->bol = 1;
     if (len > CM_ROUTER_MAX_TEXT)
         len = CM_ROUTER_MAX_TEXT;
     for (size_t i = 0; i < len; i++) {
         int c = normalize((unsigned char)text[i]);
         if (c < 0)
             continue;
-        s.w = s.w >> 8 | (uint32_t)c << 24;
-        add(&s, s.w);
-        add(&s, s.w >> 8);
-        add(&s, s.w >> 16);
-        add(&s, s.w >> 24);
-        scan_token(&s, (unsigned)c);
+        s->w = s->w >> 8 | (uint32_t)c << 24;
+        add(s, s->w);
+        add(s, s->w >> 8);
+        add(s, s->w >> 16);
+        add(s, s->w >> 24);
+        scan_token(s, (unsigned)c);
     }
-    if (s.kind == 1)
-        emit_token(&s, s.tok);
-    else if (s.kind == 2)
-        emit_token(&s, HASH_ZERO);
+    if (s->kind == 1)
+        emit_token(s, s->tok);
+    else if (s->kind == 2)
+        emit_token(s, HASH_ZERO);
+}
+
+size_t cm_router_features(const char *text, size_t len, unsigned hash_bits, uint32_t *out,
+                          size_t cap)
+{
+    scan s;
+    memset(&s, 0, sizeof s);
+    s.out = out;
+    s.cap = out ? cap : 0;
+    s.mask = hash_bits >= 32 ? 0xFFFFFFFFu : ((uint32_t)1 << hash_bits) - 1;
+    scan_text(&s, text, len);
+    return (size_t)s.n;
+}
+
+int cm_router_classify(const cm_router *r, const char *text, size_t len, float *probs)
+{
+    scan s;
+    memset(&s, 0, sizeof s);
+    s.r = r;
+    s.mask = ((uint32_t)1 << r->bits) - 1;
+    scan_text(&s, text, len);
     flush(&s);
 
     double logit[CM_ROUTER_MAX_LANGS], mx = -INFINITY, z = 0;

@@ -3,11 +3,13 @@
  * Evidence, strongest first: an explicit language, the file name's extension,
  * a shebang or editor modeline in the text, and finally a classifier over
  * the text itself.  The classifier is a linear model over hashed features,
- * trained by tools/train_router.py from the corpus train splits and shipped
- * as models/router.bin.  Everything here is pure and thread-safe: a loaded
- * cm_router is read-only and classification allocates nothing.
+ * trained by tools/train_router.c from the corpus train splits and shipped
+ * as models/router.bin (bench/ROUTER.md: its accuracy, how to retrain).
+ * Everything here is pure and thread-safe: a loaded cm_router is read-only
+ * and classification allocates nothing.
  *
- * Features (the trainer computes exactly the same ones).  The text is read
+ * Features (the trainer takes them from cm_router_features, which runs the
+ * classifier's own scanner, so the two cannot diverge).  The text is read
  * as bytes and normalized byte by byte: '\r' is dropped, bytes >= 0x80 become
  * 0x80, digits 1-9 become '0', other control bytes and DEL become ' ' (tab
  * and newline stay).  Then, with fmix32 the MurmurHash3 finalizer and
@@ -46,6 +48,7 @@
 #define CM_ROUTER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "status.h"
 
@@ -74,6 +77,14 @@ int cm_router_lang_index(const cm_router *r, const char *name);
 /* Softmax probabilities, one per router language, into probs[n_langs].
  * Returns the index of the most probable language. */
 int cm_router_classify(const cm_router *r, const char *text, size_t len, float *probs);
+
+/* The classifier's features of a text, for the trainer: the bucket
+ * (< 2^hash_bits, hash_bits 1..31) of each feature, in the order
+ * cm_router_classify adds them, goes to out while fewer than cap are
+ * written.  Returns how many features the text has (the n of the 1/sqrt(n)
+ * scale): at most 7 * len.  Allocates nothing. */
+size_t cm_router_features(const char *text, size_t len, unsigned hash_bits, uint32_t *out,
+                          size_t cap);
 
 /* Where the data file is: $CODEMOE_ROUTER if set (even if missing, so a
  * typo is reported rather than silently ignored), then the installed copy,
