@@ -136,6 +136,7 @@ int cm_arm_features(int *neon, int *dotprod);
  * their parent; called by the parent's installer). */
 void cm_gemm_avx2_install(struct cm_kernels *k);
 void cm_gemm_avx512_install(struct cm_kernels *k, int vnni);
+void cm_gemm_neon_install(struct cm_kernels *k, int dotprod);
 
 /* OpenBLAS sgemm as a cm_gemm for F32/F16 weights (matmul_blas.c): NULL
  * for other types or in builds without CM_HAVE_OPENBLAS.  min_tok: the

@@ -1309,6 +1309,7 @@ int cm_kernels_neon(struct cm_kernels *k, int dotprod)
 #else
     (void)dotprod; /* compiler cannot target SDOT: the vmull kernels serve */
 #endif
+    cm_gemm_neon_install(k, dotprod);
     k->quantize[CM_TYPE_Q8_0] = quant_q8_0;
     k->quantize[CM_TYPE_Q8_1] = quant_q8_1;
     k->quantize[CM_TYPE_Q8_K] = quant_q8_K;
