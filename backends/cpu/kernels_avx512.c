@@ -1191,48 +1191,22 @@ VARIANTS(dot_q4_K)
 VARIANTS(dot_q5_K)
 VARIANTS(dot_q6_K)
 
-static void gemv4_q4_0_vnni(int64_t n, const void *w, size_t wrow, const void *x, float *out)
-{
-    gemv4_q4_0_k(n, w, wrow, x, out, 1);
-}
-
-static void gemv4_q4_0_plain(int64_t n, const void *w, size_t wrow, const void *x, float *out)
-{
-    gemv4_q4_0_k(n, w, wrow, x, out, 0);
-}
-
-static void gemv4_q8_0_vnni(int64_t n, const void *w, size_t wrow, const void *x, float *out)
-{
-    gemv4_q8_0_k(n, w, wrow, x, out, 1);
-}
-
-static void gemv4_q8_0_plain(int64_t n, const void *w, size_t wrow, const void *x, float *out)
-{
-    gemv4_q8_0_k(n, w, wrow, x, out, 0);
-}
-
-static const cm_gemv gemv_q8_0_vnni_tab = {q8_0_gemv_bytes, q8_0_gemv_pack, dot_q8_0_vnni,
-                                           gemv4_q8_0_vnni};
-static const cm_gemv gemv_q8_0_plain_tab = {q8_0_gemv_bytes, q8_0_gemv_pack, dot_q8_0_plain,
-                                            gemv4_q8_0_plain};
-static void gemv4_q5_0_vnni(int64_t n, const void *w, size_t wrow, const void *x, float *out)
-{
-    gemv4_q5_0_k(n, w, wrow, x, out, 1);
-}
-
-static void gemv4_q5_0_plain(int64_t n, const void *w, size_t wrow, const void *x, float *out)
-{
-    gemv4_q5_0_k(n, w, wrow, x, out, 0);
-}
-
-static const cm_gemv gemv_q5_0_vnni_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q5_0_vnni,
-                                           gemv4_q5_0_vnni};
-static const cm_gemv gemv_q5_0_plain_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q5_0_plain,
-                                            gemv4_q5_0_plain};
-static const cm_gemv gemv_q4_0_vnni_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0_vnni,
-                                           gemv4_q4_0_vnni};
-static const cm_gemv gemv_q4_0_plain_tab = {q4_0_gemv_bytes, q4_0_gemv_pack, gemv_q4_0_plain,
-                                            gemv4_q4_0_plain};
+/* A generation product's table (cm_gemv) per variant: the one-row dot and
+ * the four-row kernel over the activation packed by pack(). */
+#define GEMV_TABLE(t, dot, bytes, pack, sfx, vnni)                            \
+    static void gemv4_##t##_##sfx(int64_t n, const void *w, size_t wrow,      \
+                                  const void *x, float *out)                  \
+    {                                                                         \
+        gemv4_##t##_k(n, w, wrow, x, out, vnni);                              \
+    }                                                                         \
+    static const cm_gemv gemv_##t##_##sfx##_tab = {bytes, pack, dot##_##sfx,  \
+                                                    gemv4_##t##_##sfx};
+#define GEMV_TABLES(t, dot, bytes, pack)          \
+    GEMV_TABLE(t, dot, bytes, pack, vnni, 1)      \
+    GEMV_TABLE(t, dot, bytes, pack, plain, 0)
+GEMV_TABLES(q8_0, dot_q8_0, q8_0_gemv_bytes, q8_0_gemv_pack)
+GEMV_TABLES(q4_0, gemv_q4_0, q4_0_gemv_bytes, q4_0_gemv_pack)
+GEMV_TABLES(q5_0, gemv_q5_0, q4_0_gemv_bytes, q4_0_gemv_pack) /* q5_0 reuses q4_0's packing */
 
 int cm_kernels_avx512(struct cm_kernels *k, int vnni)
 {

@@ -23,34 +23,9 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "backends/cpu/neon_common.h"
 #include "quant/blocks.h"
 
-/* Whether the SDOT variant can be compiled, and the attribute it needs.
- * GCC >= 8 and clang >= 16 take the attribute (their arm_neon.h defines
- * vdotq_s32 under it); older clang only has vdotq_s32 when the whole build
- * targets dotprod, so there it falls back to the vmull variant.  GCC wants
- * the full "arch=armv8.2-a+dotprod": a bare "+dotprod" on an 8.0 baseline
- * does not satisfy arm_neon.h's own target and inlining fails. */
-#if defined(__ARM_FEATURE_DOTPROD)
-#define CM_NEON_DP 1
-#define DP_ATTR
-#elif defined(__clang__)
-#if __clang_major__ >= 16
-#define CM_NEON_DP 1
-#define DP_ATTR __attribute__((target("arch=armv8.2-a+dotprod")))
-#endif
-#elif defined(__GNUC__) && __GNUC__ >= 8
-#define CM_NEON_DP 1
-#define DP_ATTR __attribute__((target("arch=armv8.2-a+dotprod")))
-#endif
-#ifndef CM_NEON_DP
-#define CM_NEON_DP 0
-#endif
-
-/* Kernel bodies are templates over the int8 dot step: always inlined into
- * each variant's wrapper, where the step is a known function and inlines
- * too. */
-#define BODY static inline __attribute__((always_inline))
 /* Loops over a few rows, blocks or lanes must unroll for their vectors to
  * stay in registers (-O2 leaves them rolled, arrays on the stack). */
 #define UNROLL _Pragma("GCC unroll 16")
@@ -75,19 +50,6 @@ DP_ATTR static inline int32x4_t sdot_dp(int32x4_t acc, int8x16_t a, int8x16_t b)
     return vdotq_s32(acc, a, b);
 }
 #endif
-
-/* IEEE half to float; exact, and one FCVT on AArch64. */
-static inline float f16(uint16_t h)
-{
-    __fp16 v;
-    memcpy(&v, &h, sizeof v);
-    return (float)v;
-}
-
-static inline int8x16_t s8(uint8x16_t v)
-{
-    return vreinterpretq_s8_u8(v);
-}
 
 /* Dot of 32 int8 weights with 32 int8 activations, as 4 int32 lanes. */
 BODY int32x4_t dot32(const int8_t *a, const int8_t *b, sdot_fn dot)
@@ -180,31 +142,6 @@ static float dot_bf16(int64_t n, const void *w, const void *x)
 }
 
 /* ---- legacy formats against Q8_0 / Q8_1 -------------------------------- */
-
-/* The 32 nibbles of a 4/5-bit block: lo = low nibbles (elements 0-15),
- * hi = high nibbles (16-31). */
-static inline void nibbles(const uint8_t *qs, uint8x16_t *lo, uint8x16_t *hi)
-{
-    uint8x16_t v = vld1q_u8(qs);
-    *lo = vandq_u8(v, vdupq_n_u8(0x0F));
-    *hi = vshrq_n_u8(v, 4);
-}
-
-/* Bit 4 of each q5 level: byte j = 0x10 where bit j of the 32-bit qh is
- * set.  TBL spreads qh byte j/8 over 8 lanes, CMTST picks bit j%8. */
-static inline void fifth_bits(const uint8_t *qh, uint8x16_t *lo, uint8x16_t *hi)
-{
-    static const uint8_t idx[32] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                    2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
-    uint32_t h;
-    memcpy(&h, qh, 4);
-    uint8x16_t hv = vreinterpretq_u8_u32(vdupq_n_u32(h));
-    uint8x16_t bit = vreinterpretq_u8_u64(vdupq_n_u64(0x8040201008040201ull));
-    uint8x16_t b0 = vtstq_u8(vqtbl1q_u8(hv, vld1q_u8(idx)), bit);
-    uint8x16_t b1 = vtstq_u8(vqtbl1q_u8(hv, vld1q_u8(idx + 16)), bit);
-    *lo = vandq_u8(b0, vdupq_n_u8(0x10));
-    *hi = vandq_u8(b1, vdupq_n_u8(0x10));
-}
 
 /* Two blocks per step into two accumulators so the FMAs overlap. */
 BODY float q8_0_body(int64_t n, const void *w, const void *x, sdot_fn dot)
@@ -1247,25 +1184,15 @@ INT_TYPES(WRAP, , mull, sdot_mull)
 INT_TYPES(WRAP, DP_ATTR, dp, sdot_dp)
 #endif
 
-/* The gemv's one-row and four-row kernels and their table.  GCC's
- * scheduler before register allocation interleaves the four rows' sixteen
- * block decodes until it spills (up to 96 stack accesses per loop pass for
- * q5_0, none without it), so these kernels go without that pass. */
-#if defined(__GNUC__) && !defined(__clang__)
-#define GV_ATTR __attribute__((optimize("no-schedule-insns")))
-#else
-#define GV_ATTR
-#endif
-
 #define GV_WRAP(t, FMT, ATTR, sfx, DOT)                                       \
-    ATTR GV_ATTR static float gv_dot_##t##_##sfx(int64_t n, const void *w,   \
+    ATTR NOSCHED static float gv_dot_##t##_##sfx(int64_t n, const void *w,   \
                                                  const void *x)              \
     {                                                                         \
         float out;                                                            \
         gv_body(FMT, n, w, 0, 1, x, &out, DOT);                               \
         return out;                                                           \
     }                                                                         \
-    ATTR GV_ATTR static void gv_dot4_##t##_##sfx(int64_t n, const void *w,   \
+    ATTR NOSCHED static void gv_dot4_##t##_##sfx(int64_t n, const void *w,   \
                                          size_t wrow, const void *x,         \
                                          float *out)                         \
     {                                                                         \

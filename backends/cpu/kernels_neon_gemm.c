@@ -32,27 +32,9 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "backends/cpu/neon_common.h"
 #include "quant/blocks.h"
 
-/* As kernels_neon.c (which see): whether the SDOT variant can be compiled,
- * and the attribute it needs. */
-#if defined(__ARM_FEATURE_DOTPROD)
-#define CM_NEON_DP 1
-#define DP_ATTR
-#elif defined(__clang__)
-#if __clang_major__ >= 16
-#define CM_NEON_DP 1
-#define DP_ATTR __attribute__((target("arch=armv8.2-a+dotprod")))
-#endif
-#elif defined(__GNUC__) && __GNUC__ >= 8
-#define CM_NEON_DP 1
-#define DP_ATTR __attribute__((target("arch=armv8.2-a+dotprod")))
-#endif
-#ifndef CM_NEON_DP
-#define CM_NEON_DP 0
-#endif
-
-#define BODY static inline __attribute__((always_inline))
 /* Loops over rows, tokens and chunks must unroll for their vectors to stay
  * in registers.  Clang reads "GCC unroll 16" as a count and leaves loops
  * of 8 rolled; it needs its own spelling. */
@@ -60,14 +42,6 @@
 #define UNROLL _Pragma("clang loop unroll(full)")
 #else
 #define UNROLL _Pragma("GCC unroll 16")
-#endif
-/* GCC's scheduler before register allocation interleaves the unrolled
- * rows and blocks until the accumulators spill (as kernels_neon.c's gemv
- * kernels); the micro-kernels go without that pass. */
-#if defined(__GNUC__) && !defined(__clang__)
-#define NOSCHED __attribute__((optimize("no-schedule-insns")))
-#else
-#define NOSCHED
 #endif
 
 #define TR 8 /* weight rows per decoded tile */
@@ -99,19 +73,6 @@
 #define XK_BS 1040
 #define XK_BP 1168
 
-/* IEEE half to float; exact, and one FCVT on AArch64. */
-static inline float f16(uint16_t h)
-{
-    __fp16 v;
-    memcpy(&v, &h, sizeof v);
-    return (float)v;
-}
-
-static inline int8x16_t s8(uint8x16_t v)
-{
-    return vreinterpretq_s8_u8(v);
-}
-
 /* 4x4 transpose of 32-bit elements: v[i] lane j -> v[j] lane i. */
 static inline void transpose4(uint32x4_t v[4])
 {
@@ -126,27 +87,6 @@ static inline void transpose4(uint32x4_t v[4])
 }
 
 /* ---- weight decoding ------------------------------------------------------ */
-
-/* The 32 nibbles of a 4/5-bit block: lo = elements 0-15, hi = 16-31. */
-static inline void nibbles(const uint8_t *qs, uint8x16_t *lo, uint8x16_t *hi)
-{
-    uint8x16_t v = vld1q_u8(qs);
-    *lo = vandq_u8(v, vdupq_n_u8(0x0F));
-    *hi = vshrq_n_u8(v, 4);
-}
-
-/* Byte j = 0x10 where bit j of the 32-bit qh is set (as kernels_neon.c). */
-static inline void fifth_bits(const uint8_t *qh, uint8x16_t *lo, uint8x16_t *hi)
-{
-    static const uint8_t idx[32] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                    2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3};
-    uint32_t h;
-    memcpy(&h, qh, 4);
-    uint8x16_t hv = vreinterpretq_u8_u32(vdupq_n_u32(h));
-    uint8x16_t bit = vreinterpretq_u8_u64(vdupq_n_u64(0x8040201008040201ull));
-    *lo = vandq_u8(vtstq_u8(vqtbl1q_u8(hv, vld1q_u8(idx)), bit), vdupq_n_u8(0x10));
-    *hi = vandq_u8(vtstq_u8(vqtbl1q_u8(hv, vld1q_u8(idx + 16)), bit), vdupq_n_u8(0x10));
-}
 
 static void put_legacy(uint8_t *tb, int i, int8x16_t lo, int8x16_t hi, float d, float m)
 {
