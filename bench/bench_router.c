@@ -13,7 +13,6 @@
  * router.bin.  Exit 77 when the router data or the corpus is missing. */
 #include "router.h"
 
-#include <lzma.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,84 +43,42 @@ static double now(void)
 
 /* ---------------------------------------------------------------- corpus */
 
-/* Decompresses a whole .xz file; NULL on any failure. */
-static char *read_xz(const char *path, size_t *out_len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    lzma_stream s = LZMA_STREAM_INIT;
-    if (lzma_stream_decoder(&s, UINT64_MAX, 0) != LZMA_OK) {
-        fclose(f);
-        return NULL;
-    }
-    size_t cap = 1 << 20, len = 0;
-    char *out = malloc(cap);
-    uint8_t in[1 << 16];
-    lzma_ret rc = LZMA_OK;
-    while (out && rc == LZMA_OK) {
-        if (s.avail_in == 0 && !feof(f)) {
-            s.next_in = in;
-            s.avail_in = fread(in, 1, sizeof in, f);
-        }
-        if (len == cap) {
-            char *o = realloc(out, cap *= 2);
-            if (!o)
-                free(out);
-            out = o;
-            if (!out)
-                break;
-        }
-        s.next_out = (uint8_t *)out + len;
-        s.avail_out = cap - len;
-        rc = lzma_code(&s, feof(f) && s.avail_in == 0 ? LZMA_FINISH : LZMA_RUN);
-        len = cap - s.avail_out;
-    }
-    lzma_end(&s);
-    fclose(f);
-    if (rc != LZMA_STREAM_END) {
-        free(out);
-        return NULL;
-    }
-    *out_len = len;
-    return out;
-}
-
 typedef struct {
     cm_buf *docs;
     int n;
 } doc_list;
 
-/* The "content" of every line of <dir>/<lang>/valid.jsonl.xz. */
+static cm_status keep_doc(void *ctx, const char *text, size_t len, cm_err *err)
+{
+    doc_list *out = ctx;
+    cm_buf *d = realloc(out->docs, (size_t)(out->n + 1) * sizeof *d);
+    if (!d)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    out->docs = d;
+    out->docs[out->n] = (cm_buf){0};
+    if (cm_buf_append(&out->docs[out->n], text, len, err) != CM_OK)
+        return CM_E_NOMEM;
+    out->n++;
+    return CM_OK;
+}
+
+/* The "content" of every line of <dir>/<lang>/valid.jsonl.xz; -1 (with
+ * nothing to free) when it cannot be read. */
 static int load_docs(const char *dir, const char *lang, doc_list *out)
 {
     char path[2048];
-    size_t len;
     snprintf(path, sizeof path, "%s/%s/valid.jsonl.xz", dir, lang);
-    char *data = read_xz(path, &len);
-    if (!data)
-        return -1;
-    out->n = 0;
-    out->docs = NULL;
-    for (size_t pos = 0; pos < len;) {
-        char *nl = memchr(data + pos, '\n', len - pos);
-        size_t end = nl ? (size_t)(nl - data) : len;
-        cm_buf doc = {0};
-        char why[128];
-        if (end > pos && cm_jsonl_content(data + pos, end - pos, &doc, why, sizeof why) == CM_OK) {
-            cm_buf *d = realloc(out->docs, (size_t)(out->n + 1) * sizeof *d);
-            if (!d) {
-                cm_buf_free(&doc);
-                break;
-            }
-            out->docs = d;
-            out->docs[out->n++] = doc;
-        } else
-            cm_buf_free(&doc);
-        pos = end + 1;
-    }
-    free(data);
-    return 0;
+    *out = (doc_list){0};
+    cm_corpus_info info;
+    cm_err err = {0};
+    if (cm_corpus_each_doc(path, keep_doc, out, &info, &err) == CM_OK)
+        return 0;
+    fprintf(stderr, "%s\n", err.msg);
+    for (int i = 0; i < out->n; i++)
+        cm_buf_free(&out->docs[i]);
+    free(out->docs);
+    *out = (doc_list){0};
+    return -1;
 }
 
 static void free_docs(doc_list *d)

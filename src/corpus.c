@@ -351,7 +351,10 @@ cm_status cm_jsonl_content(const char *line, size_t len, cm_buf *out, char *why,
 typedef struct {
     const char *path;
     cm_buf line;     /* a line split across decoder outputs */
-    cm_buf *out;
+    cm_buf *out;     /* documents joined here, or ... */
+    cm_doc_fn on_doc; /* ... each handed to this, decoded into doc */
+    void *ctx;
+    cm_buf doc;
     cm_corpus_info *info;
     size_t max_bytes;
     int stop;        /* max_bytes reached */
@@ -373,9 +376,12 @@ static cm_status one_line(line_feed *lf, const char *p, size_t n, cm_err *err)
     lf->info->n_lines++;
     if (is_blank(p, n))
         return CM_OK;
-    if (lf->out->len && cm_buf_append(lf->out, "\n\n", 2, err))
+    cm_buf *to = lf->on_doc ? &lf->doc : lf->out;
+    if (lf->on_doc)
+        lf->doc.len = 0;
+    else if (lf->out->len && cm_buf_append(lf->out, "\n\n", 2, err))
         return CM_E_NOMEM;
-    cm_status st = cm_jsonl_content(p, n, lf->out, why, sizeof why);
+    cm_status st = cm_jsonl_content(p, n, to, why, sizeof why);
     if (st == CM_E_NOMEM)
         return cm_fail(err, st, "%s: out of memory", lf->path);
     if (st) {
@@ -386,6 +392,8 @@ static cm_status one_line(line_feed *lf, const char *p, size_t n, cm_err *err)
         return CM_OK;
     }
     lf->info->n_docs++;
+    if (lf->on_doc)
+        return lf->on_doc(lf->ctx, lf->doc.p ? lf->doc.p : "", lf->doc.len, err);
     if (lf->max_bytes && lf->out->len >= lf->max_bytes)
         lf->stop = 1;
     return CM_OK;
@@ -476,28 +484,43 @@ static cm_status xz_decode(FILE *f, line_feed *lf, uint8_t *in, uint8_t *outb, c
     return st;
 }
 
-cm_status cm_corpus_read_xz(const char *path, size_t max_bytes, cm_buf *out,
-                            cm_corpus_info *info, cm_err *err)
+static cm_status read_lines(line_feed *lf, cm_err *err)
 {
+    const char *path = lf->path;
+    cm_corpus_info *info = lf->info;
     memset(info, 0, sizeof *info);
-    line_feed lf = {.path = path, .out = out, .info = info, .max_bytes = max_bytes};
     FILE *f = fopen(path, "rb");
     if (!f)
         return cm_fail(err, CM_E_IO, "cannot open %s: %s", path, strerror(errno));
     uint8_t *in = malloc(XZ_IN), *outb = malloc(XZ_OUT);
-    cm_status st = in && outb ? xz_decode(f, &lf, in, outb, err)
+    cm_status st = in && outb ? xz_decode(f, lf, in, outb, err)
                               : cm_fail(err, CM_E_NOMEM, "out of memory");
     /* a last line without a newline still counts */
-    if (!st && !lf.stop && !lf.bad && lf.line.len)
-        st = one_line(&lf, lf.line.p, lf.line.len, err);
-    if (!st && lf.bad)
-        st = cm_fail(err, lf.bad_err.code, "%s", lf.bad_err.msg);
-    info->complete = !st && !lf.stop;
+    if (!st && !lf->stop && !lf->bad && lf->line.len)
+        st = one_line(lf, lf->line.p, lf->line.len, err);
+    if (!st && lf->bad)
+        st = cm_fail(err, lf->bad_err.code, "%s", lf->bad_err.msg);
+    info->complete = !st && !lf->stop;
     free(in);
     free(outb);
-    cm_buf_free(&lf.line);
+    cm_buf_free(&lf->line);
+    cm_buf_free(&lf->doc);
     fclose(f);
     return st;
+}
+
+cm_status cm_corpus_read_xz(const char *path, size_t max_bytes, cm_buf *out,
+                            cm_corpus_info *info, cm_err *err)
+{
+    line_feed lf = {.path = path, .out = out, .info = info, .max_bytes = max_bytes};
+    return read_lines(&lf, err);
+}
+
+cm_status cm_corpus_each_doc(const char *path, cm_doc_fn on_doc, void *ctx,
+                             cm_corpus_info *info, cm_err *err)
+{
+    line_feed lf = {.path = path, .on_doc = on_doc, .ctx = ctx, .info = info};
+    return read_lines(&lf, err);
 }
 
 /* ------------------------------------------------------------- the layout */

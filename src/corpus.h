@@ -50,6 +50,15 @@ cm_status cm_jsonl_content(const char *line, size_t len, cm_buf *out, char *why,
 cm_status cm_corpus_read_xz(const char *path, size_t max_bytes, cm_buf *out,
                             cm_corpus_info *info, cm_err *err);
 
+/* Streams an xz-compressed JSONL file document by document: on_doc gets
+ * each line's decoded content (valid until it returns; blank lines are
+ * skipped).  A status other than CM_OK from on_doc stops the read and is
+ * returned.  Errors as cm_corpus_read_xz; on malformed JSON the documents
+ * before the bad line have been handed over already. */
+typedef cm_status (*cm_doc_fn)(void *ctx, const char *text, size_t len, cm_err *err);
+cm_status cm_corpus_each_doc(const char *path, cm_doc_fn on_doc, void *ctx,
+                             cm_corpus_info *info, cm_err *err);
+
 /* Reads <dir>/<lang>/<split>.jsonl.xz (split NULL means "valid").  A missing
  * directory, an unknown language (the message lists those present) or
  * split is CM_E_IO. */

@@ -188,6 +188,24 @@ static unsigned char *xz_encode(const char *text, size_t len, size_t *out_len)
     return out;
 }
 
+typedef struct {
+    int n, stop_after;
+    char all[64];
+} doc_seen;
+
+static cm_status see_doc(void *ctx, const char *text, size_t len, cm_err *err)
+{
+    doc_seen *d = ctx;
+    size_t at = strlen(d->all);
+    if (at + len + 2 <= sizeof d->all) {
+        memcpy(d->all + at, text, len);
+        memcpy(d->all + at + len, "|", 2);
+    }
+    if (++d->n == d->stop_after)
+        return cm_fail(err, CM_E_RANGE, "enough");
+    return CM_OK;
+}
+
 static void test_xz_reader(void)
 {
     const char *jsonl = "{\"content\": \"one\"}\n\n{\"path\": \"b\", \"content\": \"tw\\u00f6\"}\n"
@@ -208,6 +226,14 @@ static void test_xz_reader(void)
     out.len = 0;
     s = cm_corpus_read_xz(path, 2, &out, &info, &err);
     CHECK(!s && info.n_docs == 1 && !info.complete && !strcmp(out.p, "one"), "max_bytes stop");
+    /* document by document: the same documents, one call each, in order */
+    doc_seen seen = {0};
+    s = cm_corpus_each_doc(path, see_doc, &seen, &info, &err);
+    CHECK(!s && seen.n == 3 && !strcmp(seen.all, "one|tw\xc3\xb6|three|") && info.complete,
+          "each_doc: %s (%d docs: %s)", s ? err.msg : "ok", seen.n, seen.all);
+    seen.stop_after = 2, seen.n = 0, seen.all[0] = 0;
+    s = cm_corpus_each_doc(path, see_doc, &seen, &info, &err);
+    CHECK(s == CM_E_RANGE && seen.n == 2, "each_doc stops on the callback's status: %d", s);
     /* a malformed line is named by file and line */
     const char *badl = "{\"content\": \"ok\"}\n{\"content\": \"x\\q\"}\n";
     free(xz);

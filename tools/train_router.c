@@ -24,7 +24,6 @@
  * per-language biases are calibrated on held-out snippets so that no
  * language lags on 10-line prompts (C and C++ compete for GNU-style code). */
 #include <errno.h>
-#include <lzma.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -331,51 +330,23 @@ static void free_docs(doc_list *l)
     memset(l, 0, sizeof *l);
 }
 
-/* Decompresses a whole .xz file into out (the caller frees it). */
-static cm_status read_xz(const char *path, cm_buf *out, cm_err *err)
+/* cm_corpus_each_doc's callback: a copy of the document, with its hash. */
+static cm_status push_doc(void *ctx, const char *text, size_t len, cm_err *err)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return cm_fail(err, CM_E_IO, "cannot open %s: %s", path, strerror(errno));
-    lzma_stream s = LZMA_STREAM_INIT;
-    lzma_ret rc = lzma_stream_decoder(&s, UINT64_MAX, LZMA_CONCATENATED);
-    static uint8_t in[1 << 16], tmp[1 << 18];
-    cm_status st = CM_OK;
-    while (rc == LZMA_OK && !st) {
-        if (s.avail_in == 0 && !feof(f)) {
-            s.next_in = in;
-            s.avail_in = fread(in, 1, sizeof in, f);
-            if (ferror(f))
-                st = cm_fail(err, CM_E_IO, "cannot read %s: %s", path, strerror(errno));
-        }
-        s.next_out = tmp;
-        s.avail_out = sizeof tmp;
-        rc = lzma_code(&s, feof(f) && s.avail_in == 0 ? LZMA_FINISH : LZMA_RUN);
-        if (!st)
-            st = cm_buf_append(out, tmp, sizeof tmp - s.avail_out, err);
-    }
-    lzma_end(&s);
-    fclose(f);
-    if (!st && rc != LZMA_STREAM_END)
-        st = cm_fail(err, rc == LZMA_MEM_ERROR ? CM_E_NOMEM : CM_E_FORMAT, "%s: %s", path,
-                     rc == LZMA_FORMAT_ERROR ? "not xz-compressed data"
-                     : rc == LZMA_BUF_ERROR  ? "truncated xz data"
-                     : rc == LZMA_MEM_ERROR  ? "out of memory decoding xz"
-                                             : "corrupt xz data");
-    return st;
-}
-
-static cm_status push_doc(doc_list *l, cm_buf *content, cm_err *err)
-{
+    doc_list *l = ctx;
     cm_status st = grow(&l->d, &l->cap, l->n + 1, sizeof *l->d, err);
     if (st)
         return st;
+    char *copy = malloc(len + 1);
+    if (!copy)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    memcpy(copy, text, len);
+    copy[len] = 0;
     doc *d = &l->d[l->n++];
-    d->len = content->len;
-    d->text = content->p ? content->p : calloc(1, 1);
+    d->text = copy;
+    d->len = len;
     sha1(d->text, d->len, d->sha);
-    memset(content, 0, sizeof *content); /* the doc owns the text now */
-    return d->text ? CM_OK : cm_fail(err, CM_E_NOMEM, "out of memory");
+    return CM_OK;
 }
 
 static int cmp_sha(const void *a, const void *b)
@@ -389,29 +360,14 @@ static int is_held_out(const unsigned char *sha)
     return x % 10 == 0;
 }
 
-/* Splits a decompressed JSONL text into documents (cm_jsonl_content, the
- * corpus reader's decoder), then into fit and held-out, sorted by hash so
- * that the random draws do not depend on the corpus's line order. */
-static cm_status split_docs(const char *path, const cm_buf *raw, lang_docs *out, cm_err *err)
+/* Reads the documents of path (the corpus reader's JSONL decoding), then
+ * splits them into fit and held-out, sorted by hash so that the random
+ * draws do not depend on the corpus's line order. */
+static cm_status split_docs(const char *path, lang_docs *out, cm_err *err)
 {
     doc_list all = {0};
-    cm_status st = CM_OK;
-    size_t line = 0;
-    for (size_t pos = 0; pos < raw->len && !st; line++) {
-        const char *p = raw->p + pos, *nl = memchr(p, '\n', raw->len - pos);
-        size_t n = nl ? (size_t)(nl - p) : raw->len - pos;
-        pos += n + 1;
-        if (n == 0)
-            continue;
-        cm_buf content = {0};
-        char why[160];
-        st = cm_jsonl_content(p, n, &content, why, sizeof why);
-        if (st)
-            st = cm_fail(err, st, "%s: line %zu: %s", path, line + 1, why);
-        else
-            st = push_doc(&all, &content, err);
-        cm_buf_free(&content);
-    }
+    cm_corpus_info info;
+    cm_status st = cm_corpus_each_doc(path, push_doc, &all, &info, err);
     if (!st && all.n < 20)
         st = cm_fail(err, CM_E_FORMAT, "%s: %zu documents, too few to train on", path, all.n);
     if (!st) {
@@ -437,11 +393,7 @@ static cm_status load_lang(const char *corpus, const char *lang, lang_docs *out,
     if (stat(corpus, &sb) != 0 || !S_ISDIR(sb.st_mode))
         return cm_fail(err, CM_E_IO, "corpus directory %s not found", corpus);
     snprintf(path, sizeof path, "%s/%s/train.jsonl.xz", corpus, lang);
-    cm_buf raw = {0};
-    cm_status st = read_xz(path, &raw, err);
-    if (!st)
-        st = split_docs(path, &raw, out, err);
-    cm_buf_free(&raw);
+    cm_status st = split_docs(path, out, err);
     if (!st && (out->fit.n == 0 || out->held.n == 0))
         st = cm_fail(err, CM_E_FORMAT, "%s: nothing held out or nothing left to fit", path);
     return st;
