@@ -371,6 +371,7 @@ static void attend_all(cm_ctx *c, int il, int n_tok)
     /* threads only pay off once there is real work: a short context's heads
      * take less time than waking the team */
     long work = (long)n_items * (c->n_past + n_tok) * hp->head_dim;
+    (void)work; /* read only by the OpenMP pragma */
 #pragma omp parallel for schedule(dynamic, 1) if (work > 65536)
     for (int it = 0; it < n_items; it++) {
         int t = it / hp->n_head, h = it % hp->n_head;
