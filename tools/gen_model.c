@@ -21,7 +21,7 @@ static const char HELP[] =
     "(norm weights 1.0) in the shape of a real model, for benchmarks.\n"
     "\n"
     "  -o, --output FILE     the model to write (appears only when complete)\n"
-    "      --preset NAME     smol135m (default), qwen05b or moe8x\n"
+    "      --preset NAME     smol135m (default), smol100m, qwen05b or moe8x\n"
     "      --type TYPE       f32, f16 (default), q8_0, q4_0 or q4_k_m (llama.cpp's\n"
     "                        Q4_K_M mix: Q4_K, with Q6_K for half the attn_v and\n"
     "                        ffn_down layers and the output)\n"
@@ -30,6 +30,8 @@ static const char HELP[] =
     "      --seed N          random seed (default 1234); same seed, same file\n"
     "      --ffn-seed N      a different seed for the feed-forward weights only\n"
     "                        (experts that share everything else, for packs)\n"
+    "      --tied-output     no output.weight: the output reuses the token\n"
+    "                        embedding table (as SmolLM does)\n"
     "      --dry-run         list the tensors, their types and the sizes; write\n"
     "                        nothing (-o not needed)\n"
     "  dimensions (override the preset):\n"
@@ -37,7 +39,9 @@ static const char HELP[] =
     "      --n-vocab N  --n-ctx N  --n-expert N  --n-expert-used N\n"
     "\n"
     "presets (49152-token vocabulary):\n"
-    "  smol135m  n_embd 576, 30 layers, 9 heads, 3 KV heads, ffn 1536\n"
+    "  smol135m  n_embd 576, 30 layers, 9 heads, 3 KV heads, ffn 1536, untied\n"
+    "            output (162.8M parameters)\n"
+    "  smol100m  smol135m's layer with 20 layers and a tied output (99.1M)\n"
     "  qwen05b   n_embd 896, 24 layers, 14 heads, 2 KV heads, ffn 4864\n"
     "  moe8x     n_embd 1024, 16 layers, 16 heads, 4 KV heads, 8 experts of ffn\n"
     "            2816, 2 used per token\n";
@@ -45,12 +49,14 @@ static const char HELP[] =
 typedef struct {
     const char *name;
     int n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx, n_expert, n_expert_used;
+    int tied; /* no output.weight: the output reuses token_embd.weight */
 } gm_dims;
 
 static const gm_dims PRESETS[] = {
-    {"smol135m", 576, 30, 9, 3, 1536, 49152, 2048, 0, 0},
-    {"qwen05b", 896, 24, 14, 2, 4864, 49152, 4096, 0, 0},
-    {"moe8x", 1024, 16, 16, 4, 2816, 49152, 4096, 8, 2},
+    {"smol135m", 576, 30, 9, 3, 1536, 49152, 2048, 0, 0, 0},
+    {"smol100m", 576, 20, 9, 3, 1536, 49152, 2048, 0, 0, 1},
+    {"qwen05b", 896, 24, 14, 2, 4864, 49152, 4096, 0, 0, 0},
+    {"moe8x", 1024, 16, 16, 4, 2816, 49152, 4096, 8, 2, 0},
 };
 
 /* llama.cpp's file types (general.file_type) for the mixes we write. */
@@ -211,7 +217,8 @@ static cm_status plan_model(const gm_opts *o, gm_tensor **out, int *n_out, cm_er
     for (int il = 0; il < d->n_layer; il++)
         n += plan_layer(&t[n], o, il);
     plan_one(&t[n++], o, "output_norm.weight", R_NORM, 0, d->n_embd, 1, 1);
-    plan_one(&t[n++], o, "output.weight", R_OUTPUT, 0, d->n_embd, d->n_vocab, 1);
+    if (!d->tied)
+        plan_one(&t[n++], o, "output.weight", R_OUTPUT, 0, d->n_embd, d->n_vocab, 1);
     *out = t;
     *n_out = n;
     return CM_OK;
@@ -414,7 +421,7 @@ static cm_status parse_named(const char *a, const char *v, gm_opts *o, cm_err *e
                 o->d = PRESETS[k];
                 return CM_OK;
             }
-        return cm_fail(err, CM_E_USAGE, "option --preset: '%s' is not smol135m, qwen05b or moe8x",
+        return cm_fail(err, CM_E_USAGE, "option --preset: '%s' is not smol135m, smol100m, qwen05b or moe8x",
                        v);
     }
     for (size_t k = 0; k < sizeof FTYPES / sizeof FTYPES[0]; k++)
@@ -457,6 +464,10 @@ static cm_status parse_args(int argc, char **argv, gm_opts *o, int *vocab_given,
         }
         if (!strcmp(a, "--dry-run")) {
             o->dry_run = 1;
+            continue;
+        }
+        if (!strcmp(a, "--tied-output")) {
+            o->d.tied = 1;
             continue;
         }
         if ((s = arg_value(argc, argv, &i, &v, err)) || !strcmp(a, "--preset"))
