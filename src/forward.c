@@ -394,10 +394,10 @@ static void project_qkv(cm_ctx *c, const cm_layer *L, int n)
     const cm_hparams *hp = &c->m->hp;
     size_t qd = (size_t)hp->n_head * hp->head_dim, kd = (size_t)hp->n_head_kv * hp->head_dim;
     size_t vd = (size_t)hp->n_head_kv * hp->head_dim_v, all = qd + kd + vd;
-    if (!L->wqkv.data) {
-        cm_matmul(&L->wq, c->h, n, c->q, c->scratch);
-        cm_matmul(&L->wk, c->h, n, c->k, c->scratch);
-        cm_matmul(&L->wv, c->h, n, c->v, c->scratch);
+    if (!L->wqkv.data) { /* one quantization of h for the three */
+        const cm_tensor *w[3] = {&L->wq, &L->wk, &L->wv};
+        float *y[3] = {c->q, c->k, c->v};
+        cm_matmul_n(w, 3, c->h, n, y, c->scratch);
         cm_add_bias(c->q, &L->bq, n, (int)qd);
         cm_add_bias(c->k, &L->bk, n, (int)kd);
         cm_add_bias(c->v, &L->bv, n, (int)vd);
@@ -472,13 +472,16 @@ static void dense_ffn(cm_ctx *c, const cm_layer *L, int n, float *out)
 {
     const cm_hparams *hp = &c->m->hp;
     size_t total = (size_t)n * hp->n_ff;
-    cm_matmul(&L->w_up, c->h, n, c->ff_b, c->scratch);
-    cm_add_bias(c->ff_b, &L->b_up, n, hp->n_ff);
     if (hp->gelu_mlp) {
+        cm_matmul(&L->w_up, c->h, n, c->ff_b, c->scratch);
+        cm_add_bias(c->ff_b, &L->b_up, n, hp->n_ff);
         for (size_t i = 0; i < total; i++)
             c->ff_a[i] = cm_gelu(c->ff_b[i]);
-    } else {
-        cm_matmul(&L->w_gate, c->h, n, c->ff_a, c->scratch);
+    } else { /* up and gate share one quantization of h */
+        const cm_tensor *w[2] = {&L->w_up, &L->w_gate};
+        float *y[2] = {c->ff_b, c->ff_a};
+        cm_matmul_n(w, 2, c->h, n, y, c->scratch);
+        cm_add_bias(c->ff_b, &L->b_up, n, hp->n_ff);
         const int64_t F = hp->n_ff;
 #pragma omp parallel for schedule(static) if (n >= PAR_TOKENS)
         for (int t = 0; t < n; t++)
@@ -550,11 +553,14 @@ static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out, float *o
     cm_add_bias(out, &m->output_b, n_out, hp->n_vocab);
 }
 
-cm_status cm_eval(cm_ctx *c, const int32_t *ids, int n, float *all_logits, cm_err *err)
+cm_status cm_eval_last(cm_ctx *c, const int32_t *ids, int n, int n_out, float *logits,
+                       cm_err *err)
 {
     int n_vocab = c->m->hp.n_vocab;
     if (n <= 0)
         return cm_fail(err, CM_E_RANGE, "nothing to evaluate (0 tokens)");
+    if (n_out < 0 || n_out > n || (n_out > 0 && !logits))
+        return cm_fail(err, CM_E_RANGE, "%d rows of logits asked of %d tokens", n_out, n);
     if (n > c->n_ctx - c->n_past)
         return cm_fail(err, CM_E_RANGE,
                        "%d tokens do not fit in the context (%d of %d positions used); "
@@ -564,16 +570,23 @@ cm_status cm_eval(cm_ctx *c, const int32_t *ids, int n, float *all_logits, cm_er
             return cm_fail(err, CM_E_RANGE,
                            "token id %d at position %d is outside the vocabulary (0..%d)", ids[i],
                            i, n_vocab - 1);
+    const int tail = n - n_out; /* rows from here on give logits */
     for (int done = 0; done < n;) {
         int nb = n - done < c->n_batch ? n - done : c->n_batch;
-        /* intermediate batches of a long prompt need no logits */
-        int n_out = all_logits ? nb : (done + nb == n ? 1 : 0);
-        eval_batch(c, ids + done, nb, n_out,
-                   all_logits ? all_logits + (size_t)done * n_vocab : c->logits);
+        /* the wanted rows are a suffix of the batch; the last row of the
+         * sequence always goes to the context's own row */
+        int want = done + nb > tail ? done + nb - (done > tail ? done : tail) : 0;
+        int n_row = want ? want : (done + nb == n ? 1 : 0);
+        eval_batch(c, ids + done, nb, n_row,
+                   want ? logits + (size_t)(done + nb - want - tail) * n_vocab : c->logits);
         done += nb;
     }
-    if (all_logits) /* keep the last row where cm_ctx_logits finds it */
-        memmove(c->logits, all_logits + (size_t)(n - 1) * n_vocab,
-                (size_t)n_vocab * sizeof(float));
+    if (n_out > 0) /* keep the last row where cm_ctx_logits finds it */
+        memmove(c->logits, logits + (size_t)(n_out - 1) * n_vocab, (size_t)n_vocab * sizeof(float));
     return CM_OK;
+}
+
+cm_status cm_eval(cm_ctx *c, const int32_t *ids, int n, float *all_logits, cm_err *err)
+{
+    return cm_eval_last(c, ids, n, all_logits ? n : 0, all_logits, err);
 }

@@ -29,6 +29,11 @@ size_t cm_ctx_kv_bytes(const cm_ctx *c);
  * available from cm_ctx_logits.  CM_E_RANGE if the context would overflow
  * or an id is outside the vocabulary. */
 cm_status cm_eval(cm_ctx *c, const int32_t *ids, int n, float *all_logits, cm_err *err);
+/* The same, with logits only for the last n_out positions (n_out <= n):
+ * logits receives n_out rows.  Cheaper when only a suffix is scored (the
+ * output product is skipped for the other rows). */
+cm_status cm_eval_last(cm_ctx *c, const int32_t *ids, int n, int n_out, float *logits,
+                       cm_err *err);
 const float *cm_ctx_logits(const cm_ctx *c);
 /* Tokens routed to each expert so far: [n_layer][n_expert] (MoE models). */
 const uint64_t *cm_ctx_expert_tokens(const cm_ctx *c);

@@ -55,8 +55,9 @@ static void run_expert(cm_ctx *c, const cm_layer *L, int e, int n)
     cm_tensor g = expert_view(&L->gate_exps, e), u = expert_view(&L->up_exps, e);
     cm_tensor d = expert_view(&L->down_exps, e);
     size_t nf = (size_t)n * c->m->hp.n_ff_exp;
-    cm_matmul(&g, c->xe, n, c->ff_a, c->scratch);
-    cm_matmul(&u, c->xe, n, c->ff_b, c->scratch);
+    const cm_tensor *w[2] = {&g, &u};
+    float *y[2] = {c->ff_a, c->ff_b};
+    cm_matmul_n(w, 2, c->xe, n, y, c->scratch); /* one quantization of xe */
     cm_swiglu(c->ff_a, c->ff_b, (int64_t)nf);
     cm_matmul(&d, c->ff_a, n, c->ye, c->scratch);
 }
@@ -66,8 +67,9 @@ static void shared_expert(cm_ctx *c, const cm_layer *L, int n, float *out)
 {
     const cm_hparams *hp = &c->m->hp;
     size_t nf = (size_t)n * hp->n_ff_shexp;
-    cm_matmul(&L->gate_shexp, c->h, n, c->ff_a, c->scratch);
-    cm_matmul(&L->up_shexp, c->h, n, c->ff_b, c->scratch);
+    const cm_tensor *w[2] = {&L->gate_shexp, &L->up_shexp};
+    float *y[2] = {c->ff_a, c->ff_b};
+    cm_matmul_n(w, 2, c->h, n, y, c->scratch);
     cm_swiglu(c->ff_a, c->ff_b, (int64_t)nf);
     cm_matmul(&L->down_shexp, c->ff_a, n, c->ye, c->scratch);
     /* the gate's logits reuse the router buffer: the routing is done */

@@ -322,8 +322,9 @@ static double chunk_accumulate(const work *w, ppl_acc *a)
     return sum;
 }
 
-/* Evaluates one chunk: the first half without logits (only the KV cache is
- * needed from it), the second half with a row of logits per position. */
+/* Evaluates one chunk in one pass (each weight tile decoded once per
+ * batch): logits only for the second half; the first half is there for
+ * the KV cache. */
 static cm_status eval_chunk(cm_ctx *ctx, work *w, const int32_t *ids, int n_ctx, cm_err *err)
 {
     int first = n_ctx / 2;
@@ -331,10 +332,7 @@ static cm_status eval_chunk(cm_ctx *ctx, work *w, const int32_t *ids, int n_ctx,
     if (w->bos >= 0)
         w->buf[0] = w->bos;
     cm_ctx_reset(ctx);
-    cm_status s = cm_eval(ctx, w->buf, first, NULL, err);
-    if (!s)
-        s = cm_eval(ctx, w->buf + first, n_ctx - first, w->logits, err);
-    return s;
+    return cm_eval_last(ctx, w->buf, n_ctx, n_ctx - first, w->logits, err);
 }
 
 /* ------------------------------------------------------------ the run */

@@ -292,16 +292,6 @@ static void matmul_rows(cm_vec_dot_fn dot, const char *wd, size_t wrow,
     }
 }
 
-/* Thread `id` of n: its share of whole 16-row tiles, so each thread streams
- * contiguous weights and no two threads write one output cache line. */
-static void thread_rows(int64_t rows, int id, int n, int64_t *r0, int64_t *r1)
-{
-    int64_t tiles = (rows + 15) / 16;
-    *r0 = tiles * id / n * 16;
-    *r1 = tiles * (id + 1) / n * 16;
-    *r1 = *r1 < rows ? *r1 : rows;
-}
-
 /* Quantizes and packs token group i (each thread its own groups, so the
  * quantized rows are still in L1 when packed). */
 static void gemm_group(const cm_gemm *g, cm_quantize_fn quant, int64_t cols, const float *x,
@@ -313,13 +303,31 @@ static void gemm_group(const cm_gemm *g, cm_quantize_fn quant, int64_t cols, con
     g->pack(cols, xq + (size_t)t0 * xrow, xrow, (int)nt, xp + (size_t)i * gb);
 }
 
-/* One parallel region with one barrier: quantize and pack the tokens, then
- * each thread runs the batched kernel over its rows. */
-static void matmul_gemm(const cm_gemm *g, const cm_tensor *w, const float *x,
-                        int64_t n_tok, float *y, char *scratch)
+/* Thread id's part of a weight's rows when the 16-row tiles of several
+ * weights are dealt out as one list (tile0: the weight's first tile in
+ * it): contiguous weights per thread, and no two threads write one output
+ * cache line.  Returns 0 when the thread has none of the weight's rows. */
+static int share_rows(int64_t all_tiles, int id, int n, int64_t tile0, int64_t rows,
+                      int64_t *r0, int64_t *r1)
 {
-    const int64_t cols = w->ne[0], rows = w->ne[1];
-    const size_t wrow = cm_row_bytes(w->type, cols), xrow = act_row_bytes(w);
+    int64_t a = all_tiles * id / n, b = all_tiles * (id + 1) / n, end = tile0 + (rows + 15) / 16;
+    int64_t lo = a > tile0 ? a : tile0, hi = b < end ? b : end;
+    if (lo >= hi)
+        return 0;
+    *r0 = (lo - tile0) * 16;
+    *r1 = (hi - tile0) * 16 < rows ? (hi - tile0) * 16 : rows;
+    return 1;
+}
+
+/* One parallel region with one barrier: quantize and pack the tokens once,
+ * then each thread runs the batched kernel over its share of the rows of
+ * every weight (all nw take the same kernel g, with the same columns). */
+static void matmul_gemm(const cm_gemm *g, const cm_tensor *const *ws, int nw, const float *x,
+                        int64_t n_tok, float *const *ys, char *scratch)
+{
+    const cm_tensor *w = ws[0];
+    const int64_t cols = w->ne[0];
+    const size_t xrow = act_row_bytes(w);
     const size_t wb = ALIGN64(g->work_bytes(cols));
     const size_t gb = g->pack_bytes ? g->pack_bytes(cols) : 0;
     char *xq = scratch, *xp = scratch + ALIGN64(xrow * (size_t)n_tok);
@@ -329,8 +337,11 @@ static void matmul_gemm(const cm_gemm *g, const cm_tensor *w, const float *x,
     if (xrow && (!quant || !gb))
         no_kernel(cm_type_get(w->type)->dot_type);
     const void *xin = gb ? (const void *)xp : (const void *)x;
-    int nth = rows * cols * n_tok >= PAR_MIN_MACS ? max_threads() : 1;
-    nth = nth < (rows + 15) / 16 ? nth : (int)((rows + 15) / 16);
+    int64_t all_rows = 0, all_tiles = 0;
+    for (int i = 0; i < nw; i++)
+        all_rows += ws[i]->ne[1], all_tiles += (ws[i]->ne[1] + 15) / 16;
+    int nth = all_rows * cols * n_tok >= PAR_MIN_MACS ? max_threads() : 1;
+    nth = nth < all_tiles ? nth : (int)all_tiles;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nth)
 #endif
@@ -344,10 +355,14 @@ static void matmul_gemm(const cm_gemm *g, const cm_tensor *w, const float *x,
 #ifdef _OPENMP
         id = omp_get_thread_num(), n = omp_get_num_threads();
 #endif
-        int64_t r0, r1;
-        thread_rows(rows, id, n, &r0, &r1);
-        if (r0 < r1)
-            g->rows(cols, w->data, wrow, r0, r1, xin, n_tok, y, rows, work + (size_t)id * wb);
+        int64_t tile0 = 0, r0, r1;
+        for (int i = 0; i < nw; i++) {
+            const int64_t rows = ws[i]->ne[1];
+            if (share_rows(all_tiles, id, n, tile0, rows, &r0, &r1))
+                g->rows(cols, ws[i]->data, cm_row_bytes(ws[i]->type, cols), r0, r1, xin, n_tok,
+                        ys[i], rows, work + (size_t)id * wb);
+            tile0 += (rows + 15) / 16;
+        }
     }
 }
 
@@ -363,7 +378,7 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
         return;
     const cm_gemm *g = pick_gemm(w, n_tok);
     if (g) {
-        matmul_gemm(g, w, x, n_tok, y, scratch);
+        matmul_gemm(g, &w, 1, x, n_tok, &y, scratch);
         return;
     }
     const size_t wrow = cm_row_bytes(w->type, cols);
@@ -392,6 +407,25 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
         }
     }
     matmul_rows(dot, w->data, wrow, cols, rows, xq, xrow, n_tok, y, gv);
+}
+
+void cm_matmul_n(const cm_tensor *const *ws, int nw, const float *x, int64_t n_tok,
+                 float *const *ys, void *scratch)
+{
+    const cm_gemm *g = nw > 0 && n_tok > 0 ? pick_gemm(ws[0], n_tok) : NULL;
+    int shared = g != NULL;
+    for (int i = 1; i < nw && shared; i++) /* same kernel and packing, same columns */
+        shared = pick_gemm(ws[i], n_tok) == g && ws[i]->ne[0] == ws[0]->ne[0] &&
+                 cm_type_get(ws[i]->type)->dot_type == cm_type_get(ws[0]->type)->dot_type;
+    if (shared) {
+        for (int i = 0; i < nw; i++)
+            if (!cm_type_get(ws[i]->type)->supported || !cm_kern.vec_dot[ws[i]->type])
+                no_kernel(ws[i]->type);
+        matmul_gemm(g, ws, nw, x, n_tok, ys, scratch);
+        return;
+    }
+    for (int i = 0; i < nw; i++)
+        cm_matmul(ws[i], x, n_tok, ys[i], scratch);
 }
 
 /* ---- attention helpers ---------------------------------------------------- */

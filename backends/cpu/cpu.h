@@ -37,6 +37,14 @@ size_t cm_matmul_scratch_bytes(const cm_tensor *w, int64_t n_tok);
 void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
                void *scratch);
 
+/* cm_matmul of the same x with each of nw weights (ys[i] for ws[i]), e.g.
+ * the query, key and value projections.  Where the weights share a batched
+ * kernel, x is quantized and packed once and one parallel region covers
+ * all their rows; otherwise it is nw calls of cm_matmul.  scratch: the
+ * largest cm_matmul_scratch_bytes of the weights. */
+void cm_matmul_n(const cm_tensor *const *ws, int nw, const float *x, int64_t n_tok,
+                 float *const *ys, void *scratch);
+
 /* ---- attention helpers (KV cache rows) ---------------------------------- */
 
 /* dot(row, x) for a row of F32, F16 or BF16; any n. */
