@@ -2,10 +2,12 @@
 #include "perplexity.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -62,13 +64,48 @@ static void acc_result(const ppl_acc *a, int has_kld, cm_ppl_result *r)
 
 /* ------------------------------------------------------------ logits file */
 
+/* The records are mapped, not read or written with stdio: each thread
+ * scoring a position reads its base row or writes its own row in place, so
+ * no thread copies a chunk's 25 MB (n_vocab 49152) while the others wait. */
 typedef struct {
     FILE *f;
     const char *path;
     char tmp[1100];      /* writer: the file being written, renamed when done */
     int f16;
     size_t rec;          /* bytes per scored position */
+    unsigned char *map;  /* the whole file, mapped */
+    size_t map_len;
+    size_t rec_off;      /* where chunk 0's records start */
 } lfile;
+
+/* Chunk c's records in the mapping. */
+static unsigned char *lf_chunk(const lfile *l, int c, size_t n_pred)
+{
+    return l->map + l->rec_off + (size_t)c * n_pred * l->rec;
+}
+
+/* Drops a scored chunk's pages from this process (they stay in the page
+ * cache, dirty ones included): the resident size stays one chunk. */
+static void lf_release(const lfile *l, int c, size_t n_pred)
+{
+    uintptr_t a = (uintptr_t)lf_chunk(l, c, n_pred), b = a + n_pred * l->rec;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    a = (a + pg - 1) / pg * pg, b = b / pg * pg;
+    if (a < b)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+static cm_status lf_map(lfile *l, size_t len, int writable, cm_err *err)
+{
+    int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
+    void *m = mmap(NULL, len, prot, MAP_SHARED, fileno(l->f), 0);
+    if (m == MAP_FAILED)
+        return cm_fail(err, CM_E_IO, "cannot map %s: %s", l->path, strerror(errno));
+    madvise(m, len, MADV_SEQUENTIAL);
+    l->map = m;
+    l->map_len = len;
+    return CM_OK;
+}
 
 static size_t rec_bytes(int f16, int n_vocab)
 {
@@ -89,7 +126,7 @@ static cm_status lf_create(lfile *w, const char *path, int f16, int n_vocab, int
     w->f16 = f16;
     w->rec = rec_bytes(f16, n_vocab);
     snprintf(w->tmp, sizeof w->tmp, "%s.tmp.%ld", path, (long)getpid());
-    if (!(w->f = fopen(w->tmp, "wb")))
+    if (!(w->f = fopen(w->tmp, "w+b"))) /* read too: mapped shared */
         return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
     memcpy(h, LF_MAGIC, 8);
     put_u32(h, 8, LF_VERSION);
@@ -99,14 +136,26 @@ static cm_status lf_create(lfile *w, const char *path, int f16, int n_vocab, int
     put_u32(h, 24, (uint32_t)n_chunk);
     put_u32(h, 28, (uint32_t)(n_ctx / 2));
     put_u64(h, 32, n_tok);
-    if (fwrite(h, 1, sizeof h, w->f) != sizeof h || fwrite(ids, 4, n_tok, w->f) != n_tok)
+    if (fwrite(h, 1, sizeof h, w->f) != sizeof h || fwrite(ids, 4, n_tok, w->f) != n_tok ||
+        fflush(w->f) != 0)
         return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
-    return CM_OK;
+    /* the blocks are reserved now, so a full disk is this error and never
+     * a fault while writing through the mapping */
+    w->rec_off = LF_HEADER + n_tok * 4;
+    size_t n_pred = (size_t)(n_ctx - 1 - n_ctx / 2);
+    size_t len = w->rec_off + (size_t)n_chunk * n_pred * w->rec;
+    int e = posix_fallocate(fileno(w->f), 0, (off_t)len);
+    if (e)
+        return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(e));
+    return lf_map(w, len, 1, err);
 }
 
-static cm_status lf_commit(lfile *w, cm_err *err)
+/* sync: make the file durable first (not for a caller's temporary file) */
+static cm_status lf_commit(lfile *w, int sync, cm_err *err)
 {
-    int bad = fflush(w->f) != 0 || fsync(fileno(w->f)) != 0;
+    int bad = munmap(w->map, w->map_len) != 0;
+    w->map = NULL;
+    bad |= fflush(w->f) != 0 || (sync && fsync(fileno(w->f)) != 0);
     bad |= fclose(w->f) != 0;
     w->f = NULL;
     if (bad || rename(w->tmp, w->path) != 0) {
@@ -120,6 +169,9 @@ static cm_status lf_commit(lfile *w, cm_err *err)
 /* Closes a file; a writer's unfinished file is removed. */
 static void lf_close(lfile *l)
 {
+    if (l->map)
+        munmap(l->map, l->map_len);
+    l->map = NULL;
     if (l->f) {
         fclose(l->f);
         if (l->tmp[0])
@@ -190,9 +242,8 @@ static cm_status lf_open(lfile *rd, const char *path, int n_vocab, int n_ctx,
                            "here): it was made from another text or tokenizer", path, i, t, ids[i]);
     }
     /* records start after all of the base's tokens */
-    if (fseeko(rd->f, LF_HEADER + (off_t)nch * n_ctx * 4, SEEK_SET) != 0)
-        return cm_fail(err, CM_E_IO, "cannot read %s", path);
-    return CM_OK;
+    rd->rec_off = LF_HEADER + (size_t)nch * (size_t)n_ctx * 4;
+    return lf_map(rd, (size_t)st.st_size, 0, err);
 }
 
 /* ------------------------------------------------------------ scoring */
@@ -222,7 +273,8 @@ typedef struct {
     float *logits;               /* [n_ctx - first][n_vocab] */
     double *nll, *kld, *bnll;    /* [n_pred] */
     unsigned char *same;
-    unsigned char *base, *save;  /* [n_pred][rec] records read / to write */
+    const unsigned char *base;   /* [n_pred][rec] this chunk's records in the */
+    unsigned char *save;         /* base file / the file being written */
     float *tmp;                  /* [threads][n_vocab] a base row as floats */
     size_t base_rec, save_rec;
     int base_f16, save_f16;
@@ -263,17 +315,17 @@ static double kld_row(const unsigned char *rec, int f16, const float *x, double 
     return sums[1] / sums[0] + lse_m - lse_b;
 }
 
-static void save_row(unsigned char *rec, int f16, const float *x, double lse, int n, int32_t amax)
+/* tmp: n floats */
+static void save_row(unsigned char *rec, int f16, const float *x, double lse, int n, int32_t amax,
+                     float *tmp)
 {
     memcpy(rec, &amax, 4);
-    for (int i = 0; i < n; i++) {
-        float lp = (float)((double)x[i] - lse);
-        if (f16) {
-            uint16_t h = cm_f32_to_f16(lp);
-            memcpy(rec + 4 + 2 * (size_t)i, &h, 2);
-        } else
-            memcpy(rec + 4 + 4 * (size_t)i, &lp, 4);
-    }
+    for (int i = 0; i < n; i++)
+        tmp[i] = (float)((double)x[i] - lse);
+    if (f16)
+        cm_row_to_f16(tmp, (uint16_t *)(void *)(rec + 4), n);
+    else
+        memcpy(rec + 4, tmp, (size_t)n * sizeof(float));
 }
 
 /* Scores every prediction of the chunk in w->buf (logits already there).
@@ -289,16 +341,16 @@ static void score_chunk(work *w, int first)
         int amax;
         double lse = lse_f32(x, nv, w->base != NULL, &amax);
         w->nll[j] = lse - x[target];
+        float *tmp = w->tmp + (size_t)thread_num() * nv;
         if (w->base) {
             const unsigned char *rec = w->base + (size_t)j * w->base_rec;
-            float *tmp = w->tmp + (size_t)thread_num() * nv;
             int32_t bmax;
             memcpy(&bmax, rec, 4);
             w->kld[j] = kld_row(rec, w->base_f16, x, lse, nv, target, &w->bnll[j], tmp);
             w->same[j] = bmax == amax;
         }
         if (w->save)
-            save_row(w->save + (size_t)j * w->save_rec, w->save_f16, x, lse, nv, amax);
+            save_row(w->save + (size_t)j * w->save_rec, w->save_f16, x, lse, nv, amax, tmp);
     }
 }
 
@@ -340,7 +392,7 @@ static cm_status eval_chunk(cm_ctx *ctx, work *w, const int32_t *ids, int n_ctx,
 static void work_free(work *w)
 {
     free(w->buf), free(w->logits), free(w->nll), free(w->kld), free(w->bnll);
-    free(w->same), free(w->base), free(w->save), free(w->tmp);
+    free(w->same), free(w->tmp);
 }
 
 static cm_status work_alloc(work *w, int n_ctx, const lfile *base, const lfile *save, cm_err *err)
@@ -354,17 +406,17 @@ static cm_status work_alloc(work *w, int n_ctx, const lfile *base, const lfile *
         w->kld = malloc(np * sizeof(double));
         w->bnll = malloc(np * sizeof(double));
         w->same = malloc(np);
-        w->base = malloc(np * base->rec);
         w->base_rec = base->rec;
         w->base_f16 = base->f16;
-        w->tmp = malloc((size_t)max_threads() * (size_t)w->n_vocab * sizeof(float));
-        ok = ok && w->kld && w->bnll && w->same && w->base && w->tmp;
+        ok = ok && w->kld && w->bnll && w->same;
     }
     if (save->f) {
-        w->save = malloc(np * save->rec);
         w->save_rec = save->rec;
         w->save_f16 = save->f16;
-        ok = ok && w->save;
+    }
+    if (base->f || save->f) {
+        w->tmp = malloc((size_t)max_threads() * (size_t)w->n_vocab * sizeof(float));
+        ok = ok && w->tmp;
     }
     return ok ? CM_OK : cm_fail(err, CM_E_NOMEM, "out of memory for %d-token chunks", n_ctx);
 }
@@ -387,11 +439,13 @@ static cm_status run_chunks(cm_ctx *ctx, work *w, const int32_t *ids, int n_chun
         cm_status s = eval_chunk(ctx, w, ids + (size_t)c * p->n_ctx, p->n_ctx, err);
         if (s)
             return s;
-        if (base->f && fread(w->base, base->rec, rec_all, base->f) != rec_all)
-            return cm_fail(err, CM_E_IO, "cannot read %s", base->path);
+        w->base = base->f ? lf_chunk(base, c, rec_all) : NULL;
+        w->save = save->f ? lf_chunk(save, c, rec_all) : NULL;
         score_chunk(w, p->n_ctx / 2);
-        if (save->f && fwrite(w->save, save->rec, rec_all, save->f) != rec_all)
-            return cm_fail(err, CM_E_IO, "cannot write %s: %s", save->path, strerror(errno));
+        if (base->f)
+            lf_release(base, c, rec_all);
+        if (save->f)
+            lf_release(save, c, rec_all);
         double sum = chunk_accumulate(w, &acc);
         if (p->chunk_nll)
             p->chunk_nll[c] = sum;
@@ -450,7 +504,7 @@ cm_status cm_perplexity(const cm_model *m, const int32_t *ids, size_t n_ids,
     if (!s)
         s = run_chunks(ctx, &w, ids, n_chunk, p, &base, &save, r, err);
     if (!s && save.f)
-        s = lf_commit(&save, err);
+        s = lf_commit(&save, !p->save_temporary, err);
     lf_close(&save);
     lf_close(&base);
     cm_ctx_free(ctx);

@@ -60,6 +60,7 @@ typedef struct {
     int max_chunks;          /* 0: as many as the ids allow */
     const char *save_logits; /* write a logits file here (appears only when complete) */
     int save_f32;            /* store f32 log-probabilities instead of f16 */
+    int save_temporary;      /* the caller deletes it soon: no fsync */
     const char *kld_base;    /* compare with this logits file */
     /* Optional, caller-allocated [cm_ppl_n_chunks()]: each chunk's NLL sum. */
     double *chunk_nll;

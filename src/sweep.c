@@ -478,6 +478,7 @@ static cm_status base_pair(cm_sweep *sw, sw_pair *p, const char *dir, cm_err *er
     if (sw->is_pack)
         s = cm_model_select_expert(&sw->base, p->member, err);
     pp.save_logits = path;
+    pp.save_temporary = 1; /* read back by this run, deleted at its end */
     if (!s)
         s = cm_perplexity(&sw->base, L->ids, L->n_ids, &pp, &r, err);
     if (!s && (p->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
