@@ -21,6 +21,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "backends/cpu/avx512_common.h"
 #include "quant/blocks.h"
 
 #define INLINE static inline __attribute__((always_inline))
@@ -1025,14 +1026,17 @@ static void attn_qk_f16(int64_t d, const void *k, size_t kstride, int nk, const 
     const __mmask16 keys = tail16(nk);
     for (int64_t c = 0; c < d; c += TILE_COLS) {
         const int w = d - c < TILE_COLS ? (int)(d - c) : TILE_COLS;
-        for (int j = 0; j < 16; j++) { /* decode, then transpose through the stack */
-            float row[TILE_COLS];
-            const uint16_t *r = (const uint16_t *)((const char *)k + (size_t)j * kstride) + c;
-            for (int i = 0; i < w; i += 16)
-                _mm512_storeu_ps(row + i, j < nk ? load_f16x16(r + i, cols16(w, i))
-                                                 : _mm512_setzero_ps());
-            for (int i = 0; i < w; i++)
-                kt[i][j] = row[i];
+        for (int i = 0; i < w; i += 16) { /* 16 x 16 squares, transposed in registers */
+            __m512 r[16];
+            UNROLL
+            for (int j = 0; j < 16; j++)
+                r[j] = j < nk ? load_f16x16((const uint16_t *)((const char *)k + (size_t)j * kstride) +
+                                                c + i, cols16(w, i))
+                              : _mm512_setzero_ps();
+            transpose16(r);
+            const int n = w - i < 16 ? w - i : 16;
+            for (int t = 0; t < n; t++)
+                _mm512_store_ps(kt[i + t], r[t]);
         }
         int64_t qi = 0;
         for (; qi + 4 <= nq; qi += 4) { /* four queries: 8 independent sums per tile row pair */
@@ -1088,6 +1092,23 @@ static void attn_qk_f16(int64_t d, const void *k, size_t kstride, int nk, const 
     }
 }
 
+/* o[q][i..i+64) += sum_j p[q][j] v[j][i..]: 4 accumulators per query */
+#define PV_LOAD(a, o, i)                                                 \
+    __m512 a##0 = _mm512_maskz_loadu_ps(k0, (o) + (i)),                  \
+           a##1 = _mm512_maskz_loadu_ps(k1, (o) + (i) + 16),             \
+           a##2 = _mm512_maskz_loadu_ps(k2, (o) + (i) + 32),             \
+           a##3 = _mm512_maskz_loadu_ps(k3, (o) + (i) + 48)
+#define PV_STEP(a, pj, vr, i)                                            \
+    a##0 = _mm512_fmadd_ps(pj, _mm512_load_ps((vr) + (i)), a##0);        \
+    a##1 = _mm512_fmadd_ps(pj, _mm512_load_ps((vr) + (i) + 16), a##1);   \
+    a##2 = _mm512_fmadd_ps(pj, _mm512_load_ps((vr) + (i) + 32), a##2);   \
+    a##3 = _mm512_fmadd_ps(pj, _mm512_load_ps((vr) + (i) + 48), a##3)
+#define PV_STORE(a, o, i)                                                \
+    _mm512_mask_storeu_ps((o) + (i), k0, a##0);                          \
+    _mm512_mask_storeu_ps((o) + (i) + 16, k1, a##1);                     \
+    _mm512_mask_storeu_ps((o) + (i) + 32, k2, a##2);                     \
+    _mm512_mask_storeu_ps((o) + (i) + 48, k3, a##3)
+
 static void attn_pv_f16(int64_t d, const void *v, size_t vstride, int nk, const float *p,
                         size_t ld, int64_t nq, float *o)
 {
@@ -1099,31 +1120,41 @@ static void attn_pv_f16(int64_t d, const void *v, size_t vstride, int nk, const 
             for (int i = 0; i < w; i += 16)
                 _mm512_store_ps(vt[j] + i, load_f16x16(r + i, cols16(w, i)));
         }
-        for (int64_t qi = 0; qi < nq; qi++) {
-            const float *pi = p + qi * ld;
-            float *oi = o + qi * d + c;
-            for (int i = 0; i < w; i += 64) { /* 4 accumulators over the tile's rows */
-                __mmask16 k0 = cols16(w, i), k1 = cols16(w, i + 16), k2 = cols16(w, i + 32),
-                          k3 = cols16(w, i + 48);
-                __m512 a0 = _mm512_maskz_loadu_ps(k0, oi + i),
-                       a1 = _mm512_maskz_loadu_ps(k1, oi + i + 16),
-                       a2 = _mm512_maskz_loadu_ps(k2, oi + i + 32),
-                       a3 = _mm512_maskz_loadu_ps(k3, oi + i + 48);
+        for (int i = 0; i < w; i += 64) {
+            const __mmask16 k0 = cols16(w, i), k1 = cols16(w, i + 16), k2 = cols16(w, i + 32),
+                            k3 = cols16(w, i + 48);
+            int64_t qi = 0;
+            /* two queries at a time: 8 independent multiply-add chains,
+             * enough to cover the latency (4 chains run at half rate) */
+            for (; qi + 2 <= nq; qi += 2) {
+                const float *p0 = p + qi * ld, *p1 = p0 + ld;
+                float *o0 = o + qi * d + c, *o1 = o0 + d;
+                PV_LOAD(a, o0, i);
+                PV_LOAD(b, o1, i);
                 for (int j = 0; j < nk; j++) {
-                    __m512 pj = _mm512_set1_ps(pi[j]);
-                    a0 = _mm512_fmadd_ps(pj, _mm512_load_ps(vt[j] + i), a0);
-                    a1 = _mm512_fmadd_ps(pj, _mm512_load_ps(vt[j] + i + 16), a1);
-                    a2 = _mm512_fmadd_ps(pj, _mm512_load_ps(vt[j] + i + 32), a2);
-                    a3 = _mm512_fmadd_ps(pj, _mm512_load_ps(vt[j] + i + 48), a3);
+                    __m512 pa = _mm512_set1_ps(p0[j]), pb = _mm512_set1_ps(p1[j]);
+                    PV_STEP(a, pa, vt[j], i);
+                    PV_STEP(b, pb, vt[j], i);
                 }
-                _mm512_mask_storeu_ps(oi + i, k0, a0);
-                _mm512_mask_storeu_ps(oi + i + 16, k1, a1);
-                _mm512_mask_storeu_ps(oi + i + 32, k2, a2);
-                _mm512_mask_storeu_ps(oi + i + 48, k3, a3);
+                PV_STORE(a, o0, i);
+                PV_STORE(b, o1, i);
+            }
+            for (; qi < nq; qi++) {
+                const float *p0 = p + qi * ld;
+                float *o0 = o + qi * d + c;
+                PV_LOAD(a, o0, i);
+                for (int j = 0; j < nk; j++) {
+                    __m512 pa = _mm512_set1_ps(p0[j]);
+                    PV_STEP(a, pa, vt[j], i);
+                }
+                PV_STORE(a, o0, i);
             }
         }
     }
 }
+#undef PV_LOAD
+#undef PV_STEP
+#undef PV_STORE
 
 static void f16_to_f32(const void *x, float *y, int64_t n)
 {

@@ -27,6 +27,7 @@
     defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__) &&       \
     defined(__F16C__)
 
+#include "backends/cpu/avx512_common.h"
 #include "backends/cpu/gemm_decode.h"
 
 #define G 16   /* tokens per packed group = int32 lanes of a zmm */
@@ -84,39 +85,6 @@ INLINE __m512i dpbusd_bcst(__m512i acc, __m512i u, const void *p, const int vnni
     return dpbusd(acc, u, bcst32(p), vnni);
 }
 
-/* In-register 16x16 transpose of 32-bit elements: r[i] lane j -> r[j]
- * lane i.  Pairs, then quads within 128-bit lanes, then 128-bit lanes. */
-static void transpose16(__m512 r[16])
-{
-    __m512 t[16];
-    UNROLL
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    UNROLL
-    for (int i = 0; i < 4; i++) {
-        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-    }
-    /* now r[4i+j], 128-bit lane L = element 4L+j of rows 4i..4i+3 */
-    UNROLL
-    for (int j = 0; j < 4; j++) {
-        __m512 a = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
-        __m512 b = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
-        __m512 c = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
-        __m512 d = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
-        t[j] = _mm512_shuffle_f32x4(a, c, 0x88);
-        t[8 + j] = _mm512_shuffle_f32x4(a, c, 0xDD);
-        t[4 + j] = _mm512_shuffle_f32x4(b, d, 0x88);
-        t[12 + j] = _mm512_shuffle_f32x4(b, d, 0xDD);
-    }
-    UNROLL
-    for (int i = 0; i < 16; i++)
-        r[i] = t[i];
-}
 
 /* The 16x16 block acc[row][token] into y[token * ldy + row] for the nr
  * rows and nt tokens that exist. */
