@@ -1,27 +1,9 @@
 /* ops.c - norms, rotary embeddings, activations. */
 #include "ops.h"
 
-#include <math.h>
+#include "backends/cpu/cpu.h"
 
-void cm_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
-{
-    /* double: long rows of large activations lose bits in float; four
-     * partial sums so the additions overlap instead of forming one chain */
-    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        s0 += (double)x[i] * x[i];
-        s1 += (double)x[i + 1] * x[i + 1];
-        s2 += (double)x[i + 2] * x[i + 2];
-        s3 += (double)x[i + 3] * x[i + 3];
-    }
-    for (; i < n; i++)
-        s0 += (double)x[i] * x[i];
-    double ss = (s0 + s1) + (s2 + s3);
-    float scale = (float)(1.0 / sqrt(ss / n + eps));
-    for (i = 0; i < n; i++)
-        out[i] = x[i] * scale * w[i];
-}
+#include <math.h>
 
 static void layernorm(float *out, const float *x, const float *w, const float *b, int n,
                       float eps)
@@ -102,12 +84,6 @@ void cm_add_bias(float *y, const cm_tensor *b, int rows, int n)
     for (int r = 0; r < rows; r++)
         for (int i = 0; i < n; i++)
             y[(size_t)r * n + i] += bias[i];
-}
-
-void cm_add(float *x, const float *y, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        x[i] += y[i];
 }
 
 float cm_silu(float x) { return x / (1.0f + expf(-x)); }

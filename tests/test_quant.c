@@ -674,6 +674,43 @@ static void check_swiglu(int64_t n, const struct cm_kernels *ref)
     free(a), free(a2), free(b);
 }
 
+/* RMSNorm and the residual add against the scalar table's; large values
+ * (whose squares need double) and a row of zeros included */
+static void check_rmsnorm_add(int64_t n, const struct cm_kernels *ref)
+{
+    float *x = malloc(n * sizeof(float)), *w = malloc(n * sizeof(float));
+    float *o1 = malloc(n * sizeof(float)), *o2 = malloc(n * sizeof(float));
+    for (int pass = 0; pass < 3; pass++) {
+        fill_normal(x, n, pass == 1 ? 3e4f : 1.0f);
+        if (pass == 2)
+            memset(x, 0, n * sizeof(float));
+        fill_normal(w, n, 1.0f);
+        ref->rmsnorm(o1, x, w, n, 1e-5f);
+        cm_rmsnorm(o2, x, w, (int)n, 1e-5f);
+        int bad = 0;
+        for (int64_t i = 0; i < n; i++)
+            bad += !(fabsf(o1[i] - o2[i]) <= 2e-6f * fabsf(o1[i]) + 1e-30f);
+        CHECK(bad == 0, "%s rmsnorm n=%lld pass %d: %d values off", cm_kern.isa, (long long)n,
+              pass, bad);
+        memcpy(o2, x, n * sizeof(float));
+        cm_rmsnorm(o2, o2, w, (int)n, 1e-5f); /* in place */
+        bad = 0;
+        for (int64_t i = 0; i < n; i++)
+            bad += !(fabsf(o1[i] - o2[i]) <= 2e-6f * fabsf(o1[i]) + 1e-30f);
+        CHECK(bad == 0, "%s rmsnorm in place n=%lld: %d values off", cm_kern.isa, (long long)n,
+              bad);
+    }
+    fill_normal(x, n, 1.0f);
+    fill_normal(w, n, 1.0f);
+    memcpy(o1, x, n * sizeof(float));
+    memcpy(o2, x, n * sizeof(float));
+    ref->add(o1, w, n);
+    cm_add(o2, w, (size_t)n);
+    CHECK(memcmp(o1, o2, n * sizeof(float)) == 0, "%s add n=%lld differs", cm_kern.isa,
+          (long long)n);
+    free(x), free(w), free(o1), free(o2);
+}
+
 /* perplexity's sums of exponentials against the scalar table's */
 static void check_exp_sums(int64_t n, const struct cm_kernels *ref)
 {
@@ -793,6 +830,8 @@ static void test_helpers_once(void)
             check_softmax(ns[i] * 3, r, &ref);
     for (int i = 0; i < 8; i++)
         check_swiglu(ns[i] * 5, &ref);
+    for (int i = 0; i < 8; i++)
+        check_rmsnorm_add(ns[i] * 3 + 1, &ref);
     static const int64_t vocab[] = {1, 17, 1023, 1024, 1025, 49152, 151936};
     for (int i = 0; i < 7; i++)
         check_exp_sums(vocab[i], &ref);

@@ -509,6 +509,16 @@ void cm_attn_softmax(float *x, int64_t n, float scale, int round_f16)
     cm_kern.softmax(x, n, scale, round_f16);
 }
 
+void cm_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    cm_kern.rmsnorm(out, x, w, n, eps);
+}
+
+void cm_add(float *x, const float *y, size_t n)
+{
+    cm_kern.add(x, y, (int64_t)n);
+}
+
 void cm_swiglu(float *a, const float *b, int64_t n)
 {
     cm_kern.swiglu(a, b, n);

@@ -83,6 +83,9 @@ void cm_attn_softmax(float *x, int64_t n, float scale, int round_f16);
 
 /* a[i] = silu(a[i]) * b[i] for i < n: the gated feed-forward's middle. */
 void cm_swiglu(float *a, const float *b, int64_t n);
+/* out = x * w / sqrt(mean(x^2) + eps) (out may be x); x += y */
+void cm_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+void cm_add(float *x, const float *y, size_t n);
 
 /* out[0] = sum of e^(a[i] - shift), out[1] = sum of e^(a[i] - shift) *
  * (a[i] - b[i]) (0 without b), i < n, summed in double. */

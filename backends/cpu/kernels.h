@@ -80,6 +80,13 @@ typedef void (*cm_swiglu_fn)(float *a, const float *b, int64_t n);
  * log-sum-exp for perplexity) the exponentials may be float; with b (KL
  * divergence, where the error of the log of the sum enters undamped) they
  * and the differences a[i] - b[i] are double. */
+/* out[i] = x[i] * s * w[i], s = 1 / sqrt(mean(x^2) + eps), the mean of
+ * squares summed in double (out may be x). */
+typedef void (*cm_rmsnorm_fn)(float *out, const float *x, const float *w, int64_t n, float eps);
+
+/* x[i] += y[i]: the residual additions. */
+typedef void (*cm_add_fn)(float *x, const float *y, int64_t n);
+
 typedef void (*cm_exp_sums_fn)(const float *a, const float *b, int64_t n, float shift,
                                double out[2]);
 
@@ -110,6 +117,8 @@ struct cm_kernels {
     cm_softmax_fn softmax;
     cm_swiglu_fn swiglu;
     cm_exp_sums_fn exp_sums;
+    cm_rmsnorm_fn rmsnorm;
+    cm_add_fn add;
     cm_attn_qk_fn attn_qk[CM_TYPE_COUNT]; /* NULL: cm_dot_rows per query */
     cm_attn_pv_fn attn_pv[CM_TYPE_COUNT]; /* NULL: cm_axpy_f per query and row */
 };

@@ -685,6 +685,41 @@ static void softmax_avx2(float *x, int64_t n, float scale, int round_f16)
     }
 }
 
+/* RMSNorm: squares summed in double, four lanes per half vector */
+static void rmsnorm_avx2(float *out, const float *x, const float *w, int64_t n, float eps)
+{
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        s0 = _mm256_fmadd_pd(lo, lo, s0);
+        s1 = _mm256_fmadd_pd(hi, hi, s1);
+    }
+    __m256d s = _mm256_add_pd(s0, s1);
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    double ss = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+    for (; i < n; i++)
+        ss += (double)x[i] * x[i];
+    const float sc = (float)(1.0 / sqrt(ss / (double)n + eps));
+    const __m256 scale = _mm256_set1_ps(sc);
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), scale),
+                                                _mm256_loadu_ps(w + i)));
+    for (; i < n; i++)
+        out[i] = x[i] * sc * w[i];
+}
+
+static void add_avx2(float *x, const float *y, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        x[i] += y[i];
+}
+
 static void swiglu_avx2(float *a, const float *b, int64_t n)
 {
     const __m256 one = _mm256_set1_ps(1.0f);
@@ -733,6 +768,8 @@ int cm_kernels_avx2(struct cm_kernels *k)
     k->to_float[CM_TYPE_F16] = f16_to_f32;
     k->softmax = softmax_avx2;
     k->swiglu = swiglu_avx2;
+    k->rmsnorm = rmsnorm_avx2;
+    k->add = add_avx2;
     cm_gemm_avx2_install(k);
     return 0;
 }

@@ -998,6 +998,35 @@ static void exp_sums_avx512(const float *a, const float *b, int64_t n, float shi
     out[0] = s0, out[1] = 0;
 }
 
+/* RMSNorm: squares summed in double, eight lanes per half vector */
+static void rmsnorm_avx512(float *out, const float *x, const float *w, int64_t n, float eps)
+{
+    __m512d s0 = _mm512_setzero_pd(), s1 = s0;
+    for (int64_t i = 0; i < n; i += 16) {
+        __m512 v = _mm512_maskz_loadu_ps(cols16(n, i), x + i);
+        __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        s0 = _mm512_fmadd_pd(lo, lo, s0);
+        s1 = _mm512_fmadd_pd(hi, hi, s1);
+    }
+    double ss = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    const __m512 scale = _mm512_set1_ps((float)(1.0 / sqrt(ss / (double)n + eps)));
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = cols16(n, i);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), scale);
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, w + i)));
+    }
+}
+
+static void add_avx512(float *x, const float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = cols16(n, i);
+        _mm512_mask_storeu_ps(x + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, x + i),
+                                                      _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
 /* floats to f16, round to nearest even (as cm_f32_to_f16): KV cache rows */
 static void f32_to_f16(const float *x, void *y, int64_t n)
 {
@@ -1264,6 +1293,8 @@ int cm_kernels_avx512(struct cm_kernels *k, int vnni)
     k->attn_pv[CM_TYPE_F16] = attn_pv_f16;
     k->swiglu = swiglu_avx512;
     k->exp_sums = exp_sums_avx512;
+    k->rmsnorm = rmsnorm_avx512;
+    k->add = add_avx512;
     k->quantize[CM_TYPE_Q8_K] = quant_q8_K;
     cm_gemm_avx512_install(k, vnni);
     return 0;

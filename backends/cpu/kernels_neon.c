@@ -792,6 +792,36 @@ static void softmax_neon(float *x, int64_t n, float scale, int round_f16)
 
 /* silu through e^-x clamped at 88: where expf's e^-x is infinite (x < -88)
  * the result is x / 1.7e38 instead of -0, both nothing. */
+/* RMSNorm: squares summed in double, two lanes per half vector */
+static void rmsnorm_neon(float *out, const float *x, const float *w, int64_t n, float eps)
+{
+    float64x2_t s0 = vdupq_n_f64(0), s1 = s0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t v = vld1q_f32(x + i);
+        float64x2_t lo = vcvt_f64_f32(vget_low_f32(v)), hi = vcvt_high_f64_f32(v);
+        s0 = vfmaq_f64(s0, lo, lo);
+        s1 = vfmaq_f64(s1, hi, hi);
+    }
+    double ss = vaddvq_f64(vaddq_f64(s0, s1));
+    for (; i < n; i++)
+        ss += (double)x[i] * x[i];
+    const float sc = (float)(1.0 / sqrt(ss / (double)n + eps));
+    for (i = 0; i + 4 <= n; i += 4)
+        vst1q_f32(out + i, vmulq_f32(vmulq_n_f32(vld1q_f32(x + i), sc), vld1q_f32(w + i)));
+    for (; i < n; i++)
+        out[i] = x[i] * sc * w[i];
+}
+
+static void add_neon(float *x, const float *y, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        vst1q_f32(x + i, vaddq_f32(vld1q_f32(x + i), vld1q_f32(y + i)));
+    for (; i < n; i++)
+        x[i] += y[i];
+}
+
 static void swiglu_neon(float *a, const float *b, int64_t n)
 {
     const float32x4_t one = vdupq_n_f32(1.0f);
@@ -1251,6 +1281,8 @@ int cm_kernels_neon(struct cm_kernels *k, int dotprod)
     k->attn_pv[CM_TYPE_F16] = attn_pv_f16;
     k->softmax = softmax_neon;
     k->swiglu = swiglu_neon;
+    k->rmsnorm = rmsnorm_neon;
+    k->add = add_neon;
     k->exp_sums = exp_sums_neon;
     return 0;
 }

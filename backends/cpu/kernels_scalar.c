@@ -66,6 +66,32 @@ static void swiglu_ref(float *a, const float *b, int64_t n)
         a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
 }
 
+static void rmsnorm_ref(float *out, const float *x, const float *w, int64_t n, float eps)
+{
+    /* double: long rows of large activations lose bits in float; four
+     * partial sums so the additions overlap instead of forming one chain */
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += (double)x[i] * x[i];
+        s1 += (double)x[i + 1] * x[i + 1];
+        s2 += (double)x[i + 2] * x[i + 2];
+        s3 += (double)x[i + 3] * x[i + 3];
+    }
+    for (; i < n; i++)
+        s0 += (double)x[i] * x[i];
+    double ss = (s0 + s1) + (s2 + s3);
+    float scale = (float)(1.0 / sqrt(ss / (double)n + eps));
+    for (i = 0; i < n; i++)
+        out[i] = x[i] * scale * w[i];
+}
+
+static void add_ref(float *x, const float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] += y[i];
+}
+
 static void exp_sums_ref(const float *a, const float *b, int64_t n, float shift, double out[2])
 {
     double s0 = 0, s1 = 0;
@@ -106,6 +132,8 @@ static void exp_sums_ref(const float *a, const float *b, int64_t n, float shift,
         .softmax = softmax_ref,                                               \
         .swiglu = swiglu_ref,                                                 \
         .exp_sums = exp_sums_ref,                                             \
+        .rmsnorm = rmsnorm_ref,                                               \
+        .add = add_ref,                                                       \
     }
 
 struct cm_kernels cm_kern = SCALAR_TABLE;
