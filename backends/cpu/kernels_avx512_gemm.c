@@ -381,116 +381,120 @@ GEMM(g_q2_K_vnni, pack_q8_K, rows_q2_K_vnni, xbytes_k, work_k16)
 GEMM(g_q2_K_plain, pack_q8_K, rows_q2_K_plain, xbytes_k, work_k16)
 
 /* ---- float weights ---------------------------------------------------------
- * No packing: 4 weight rows x 4 tokens, each lane a partial dot over the
- * row, the 16 accumulators reduced at the end in one shuffle tree.  A tile
- * of 16 rows (widened to F32 first for F16) is reused by every token quad,
- * and each token quad by the tile's 4 row quads while it sits in L1. */
+ * Outer products.  A tile of FR = 32 weight rows is laid out k-major
+ * ([k][32] floats, F16 widened on the way, 16 x 16 squares transposed in
+ * registers); each step of k multiplies its two vectors of 16 rows by one
+ * broadcast activation for each of FT = 14 tokens.  The 28 accumulators
+ * stay in registers over the whole row and are stored once, 16 outputs per
+ * store: no horizontal sums and no scalar stores.  The tile (72 KiB for
+ * 576 columns) is reused by every token while it sits in L2. */
+#define FR 32
+#define FT 14
 
-/* v[i] lane sums into lane i of one vector (pairs, quads, 128-bit lanes). */
-static __m512 hsum16(__m512 v[16])
+static inline __mmask16 mask16(int64_t n, int64_t i)
 {
-    __m512 c[8], d[4], e[2];
-    UNROLL
-    for (int i = 0; i < 8; i++)
-        c[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
-                             _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-    UNROLL
-    for (int i = 0; i < 4; i++)
-        d[i] = _mm512_add_ps(_mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0x44),
-                             _mm512_shuffle_ps(c[2 * i], c[2 * i + 1], 0xEE));
-    UNROLL
-    for (int i = 0; i < 2; i++)
-        e[i] = _mm512_add_ps(_mm512_shuffle_f32x4(d[2 * i], d[2 * i + 1], 0x88),
-                             _mm512_shuffle_f32x4(d[2 * i], d[2 * i + 1], 0xDD));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(e[0], e[1], 0x88),
-                         _mm512_shuffle_f32x4(e[0], e[1], 0xDD));
+    return n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
 }
 
-/* out[4r + t] = dot(w[r], x[t]) over n floats. */
-static void mk_f32(int64_t n, const float *const w[4], const float *const x[4], float out[16])
+/* nr <= FR rows of w (F16 when f16, else F32) -> tile[k][FR], rows past nr
+ * zero */
+static void pack_float_tile(int64_t cols, const uint8_t *w, size_t wrow, int nr, int f16,
+                            float *tile)
 {
-    __m512 acc[16];
-    UNROLL
-    for (int i = 0; i < 16; i++)
-        acc[i] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += 16) {
-        __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-        __m512 wv[4], xv[4];
-        UNROLL
-        for (int r = 0; r < 4; r++)
-            wv[r] = _mm512_maskz_loadu_ps(m, w[r] + i);
-        UNROLL
-        for (int t = 0; t < 4; t++)
-            xv[t] = _mm512_maskz_loadu_ps(m, x[t] + i);
-        UNROLL
-        for (int r = 0; r < 4; r++)
-            UNROLL
-            for (int t = 0; t < 4; t++)
-                acc[4 * r + t] = _mm512_fmadd_ps(wv[r], xv[t], acc[4 * r + t]);
-    }
-    _mm512_storeu_ps(out, hsum16(acc));
-}
-
-/* Rows [0, nr) of a float tile (ws floats apart) against every token.  A
- * short quad repeats its last row or token; the copies are not stored. */
-static void float_tile(int64_t cols, const float *w, int64_t ws, int nr, const float *x,
-                       int64_t n_tok, float *y, int64_t ldy)
-{
-    for (int64_t t0 = 0; t0 < n_tok; t0 += 4) {
-        int nt = n_tok - t0 < 4 ? (int)(n_tok - t0) : 4;
-        const float *xt[4];
-        UNROLL
-        for (int t = 0; t < 4; t++)
-            xt[t] = x + (t0 + (t < nt ? t : nt - 1)) * cols;
-        for (int q = 0; q < nr; q += 4) {
-            int nq = nr - q < 4 ? nr - q : 4;
-            const float *wr[4];
-            float out[16];
-            UNROLL
-            for (int r = 0; r < 4; r++)
-                wr[r] = w + (q + (r < nq ? r : nq - 1)) * ws;
-            mk_f32(cols, wr, xt, out);
-            for (int r = 0; r < nq; r++)
-                for (int t = 0; t < nt; t++)
-                    y[(t0 + t) * ldy + q + r] = out[4 * r + t];
+    for (int64_t k0 = 0; k0 < cols; k0 += 16) {
+        const __mmask16 m = mask16(cols, k0);
+        const int nk = cols - k0 < 16 ? (int)(cols - k0) : 16;
+        for (int h = 0; h < FR / 16; h++) {
+            __m512 r[16];
+            for (int j = 0; j < 16; j++) {
+                const int row = 16 * h + j;
+                const uint8_t *p = w + (size_t)row * wrow;
+                r[j] = row >= nr ? _mm512_setzero_ps()
+                       : f16     ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)p + k0))
+                                 : _mm512_maskz_loadu_ps(m, (const float *)p + k0);
+            }
+            transpose16(r);
+            for (int i = 0; i < nk; i++)
+                _mm512_store_ps(tile + (k0 + i) * FR + 16 * h, r[i]);
         }
+    }
+}
+
+/* y[t][0..32) (masks m0, m1) = tile . x[t] for nt tokens x[t] = x + t * cols */
+INLINE void mk_outer(int64_t cols, const float *tile, const float *x, float *y, int64_t ldy,
+                     __mmask16 m0, __mmask16 m1, const int nt)
+{
+    __m512 a[FT], b[FT];
+    UNROLL
+    for (int t = 0; t < nt; t++)
+        a[t] = b[t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < cols; k++) {
+        const __m512 w0 = _mm512_load_ps(tile + k * FR), w1 = _mm512_load_ps(tile + k * FR + 16);
+        UNROLL
+        for (int t = 0; t < nt; t++) {
+            const __m512 v = _mm512_set1_ps(x[t * cols + k]);
+            a[t] = _mm512_fmadd_ps(w0, v, a[t]);
+            b[t] = _mm512_fmadd_ps(w1, v, b[t]);
+        }
+    }
+    UNROLL
+    for (int t = 0; t < nt; t++) {
+        _mm512_mask_storeu_ps(y + t * ldy, m0, a[t]);
+        _mm512_mask_storeu_ps(y + t * ldy + 16, m1, b[t]);
+    }
+}
+
+/* The last n_tok % FT tokens: one instance per count keeps them in
+ * registers too. */
+static void mk_outer_tail(int64_t cols, const float *tile, const float *x, float *y,
+                          int64_t ldy, __mmask16 m0, __mmask16 m1, int nt)
+{
+    switch (nt) {
+#define TAIL(n)                                          \
+    case n:                                              \
+        mk_outer(cols, tile, x, y, ldy, m0, m1, n);      \
+        break;
+        TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7)
+        TAIL(8) TAIL(9) TAIL(10) TAIL(11) TAIL(12) TAIL(13)
+#undef TAIL
+    default:
+        break;
+    }
+}
+
+static void float_rows(int64_t cols, const void *w, size_t wrow, int64_t r0, int64_t r1,
+                       const float *x, int64_t n_tok, float *y, int64_t ldy, float *tile,
+                       int f16)
+{
+    for (int64_t rt = r0; rt < r1; rt += FR) {
+        const int nr = r1 - rt < FR ? (int)(r1 - rt) : FR;
+        pack_float_tile(cols, (const uint8_t *)w + (size_t)rt * wrow, wrow, nr, f16, tile);
+        const __mmask16 m0 = mask16(nr, 0), m1 = nr > 16 ? mask16(nr, 16) : 0;
+        int64_t t = 0;
+        for (; t + FT <= n_tok; t += FT)
+            mk_outer(cols, tile, x + t * cols, y + t * ldy + rt, ldy, m0, m1, FT);
+        if (t < n_tok)
+            mk_outer_tail(cols, tile, x + t * cols, y + t * ldy + rt, ldy, m0, m1,
+                          (int)(n_tok - t));
     }
 }
 
 static void rows_f32(int64_t cols, const void *w, size_t wrow, int64_t r0, int64_t r1,
                      const void *x, int64_t n_tok, float *y, int64_t ldy, void *work)
 {
-    (void)wrow;
-    (void)work;
-    for (int64_t rt = r0; rt < r1; rt += TR) {
-        int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;
-        float_tile(cols, (const float *)w + rt * cols, cols, nr, x, n_tok, y + rt, ldy);
-    }
+    float_rows(cols, w, wrow, r0, r1, x, n_tok, y, ldy, work, 0);
 }
 
 static void rows_f16(int64_t cols, const void *w, size_t wrow, int64_t r0, int64_t r1,
                      const void *x, int64_t n_tok, float *y, int64_t ldy, void *work)
 {
-    float *tile = work;
-    for (int64_t rt = r0; rt < r1; rt += TR) {
-        int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;
-        for (int i = 0; i < nr; i++) {
-            const uint16_t *h = (const uint16_t *)((const uint8_t *)w + (rt + i) * wrow);
-            for (int64_t k = 0; k < cols; k += 16) {
-                __mmask16 m = cols - k >= 16 ? 0xFFFF : (__mmask16)((1u << (cols - k)) - 1);
-                _mm512_mask_storeu_ps(tile + i * cols + k, m,
-                                      _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, h + k)));
-            }
-        }
-        float_tile(cols, tile, cols, nr, x, n_tok, y + rt, ldy);
-    }
+    float_rows(cols, w, wrow, r0, r1, x, n_tok, y, ldy, work, 1);
 }
 
-static size_t work_f16(int64_t cols) { return (size_t)TR * (size_t)cols * sizeof(float); }
-static size_t work_none(int64_t cols) { (void)cols; return 0; }
+static size_t work_float(int64_t cols) { return (size_t)FR * (size_t)cols * sizeof(float); }
 
-static const cm_gemm g_f32 = {G, NULL, work_none, NULL, rows_f32};
-static const cm_gemm g_f16 = {G, NULL, work_f16, NULL, rows_f16};
+static const cm_gemm g_f32 = {G, NULL, work_float, NULL, rows_f32};
+static const cm_gemm g_f16 = {G, NULL, work_float, NULL, rows_f16};
 
 void cm_gemm_avx512_install(struct cm_kernels *k, int vnni)
 {
