@@ -43,9 +43,17 @@ static const char SWEEP_HELP[] =
     "  -t, --threads N         threads (default: all cores)\n"
     "      --kv-type T         KV cache type: f16 (default) or f32\n"
     "      --cross             packs: measure every expert on every language too\n"
-    "      --tmpdir DIR        where the base model's log-probabilities are kept\n"
-    "                          during the run (default $TMPDIR or /tmp; they need\n"
-    "                          about tokens/2 x 2 x vocabulary bytes per language)\n"
+    "      --order O           auto (default), language or scheme: measure language\n"
+    "                          by language (each base, then every scheme on it; all\n"
+    "                          quantized models loaded at once, one base kept at a\n"
+    "                          time, in memory when it fits in a quarter of the RAM)\n"
+    "                          or scheme by scheme (all bases kept, one quantized\n"
+    "                          model at a time); auto: language by language when the\n"
+    "                          quantized models fit in a quarter of the RAM\n"
+    "      --tmpdir DIR        keep the base model's log-probabilities in files here\n"
+    "                          (default: in memory, one language at a time, when\n"
+    "                          that fits, else in $TMPDIR or /tmp; they take about\n"
+    "                          tokens/2 x 2 x vocabulary bytes per language)\n"
     "  -h, --help              this text\n"
     "\n"
     "columns: scheme, language, bits_per_weight (whole file), model_bytes, ppl,\n"
@@ -68,7 +76,7 @@ static const char SWEEP_HELP[] =
 typedef struct {
     const char *model, *out, *json, *plot, *corpus, *split, *tmpdir;
     const char *bits, *schemes_arg, *langs_arg;
-    int max_tokens, n_ctx, n_batch, cross;
+    int max_tokens, n_ctx, n_batch, cross, order;
     cm_kv_type kv;
     char corpus_buf[1024], lang_buf[1024];
     const char *langs[CM_SWEEP_MAX_LANGS];
@@ -84,7 +92,7 @@ static int takes_value(const char *a)
     static const char *const names[] = {
         "-m", "--model", "--out", "--json", "--plot", "--bits", "--schemes", "--langs",
         "--corpus", "--split", "--max-tokens", "-c", "--ctx-size", "-b", "--batch-size",
-        "-t", "--threads", "--kv-type", "--tmpdir"};
+        "-t", "--threads", "--kv-type", "--tmpdir", "--order"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(a, names[i]))
             return 1;
@@ -111,6 +119,14 @@ static void opt_value(sweep_opts *o, const char *a, const char *v, cm_status *s,
         *s = parse_kv_type(v, &o->kv, err);
     else if (arg_is(a, "-t", "--threads"))
         *s = arg_threads(v, err);
+    else if (!strcmp(a, "--order")) {
+        static const char *const names[] = {"auto", "language", "scheme"};
+        for (o->order = 0; o->order < 3 && strcmp(v, names[o->order]); o->order++)
+            ;
+        if (o->order == 3)
+            *s = cm_fail(err, CM_E_USAGE, "option --order: '%s' is not auto, language or scheme",
+                         v);
+    }
 }
 
 static cm_status add_scheme(sweep_opts *o, const cm_qmix *mix, cm_err *err)
@@ -461,7 +477,7 @@ static int run(const sweep_opts *o, sweep_state *st, cm_err *err)
 {
     cm_sweep_config cfg = {o->model, o->corpus, o->split, o->langs, o->n_langs, o->schemes,
                            o->n_schemes, o->max_tokens, o->n_ctx, o->n_batch, o->kv, o->cross,
-                           o->tmpdir};
+                           o->tmpdir, (cm_sweep_order)o->order};
     cm_sweep_hooks h = {on_log, on_progress, on_row, on_scheme_done, st};
     size_t resumed = st->n;
     if (cm_sweep_open(&cfg, &st->sw, err) || cm_sweep_prepare(st->sw, st->rows, st->n, err))

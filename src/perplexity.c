@@ -117,7 +117,9 @@ static void put_u64(unsigned char *h, size_t off, uint64_t v) { memcpy(h + off, 
 static uint32_t get_u32(const unsigned char *h, size_t off) { uint32_t v; memcpy(&v, h + off, 4); return v; }
 static uint64_t get_u64(const unsigned char *h, size_t off) { uint64_t v; memcpy(&v, h + off, 8); return v; }
 
-static cm_status lf_create(lfile *w, const char *path, int f16, int n_vocab, int n_ctx,
+/* fd >= 0: write into that empty file (opened for reading and writing)
+ * instead, as it is: no temporary name, no rename. */
+static cm_status lf_create(lfile *w, const char *path, int fd, int f16, int n_vocab, int n_ctx,
                            int n_chunk, const int32_t *ids, cm_err *err)
 {
     unsigned char h[LF_HEADER] = {0};
@@ -125,9 +127,19 @@ static cm_status lf_create(lfile *w, const char *path, int f16, int n_vocab, int
     w->path = path;
     w->f16 = f16;
     w->rec = rec_bytes(f16, n_vocab);
-    snprintf(w->tmp, sizeof w->tmp, "%s.tmp.%ld", path, (long)getpid());
-    if (!(w->f = fopen(w->tmp, "w+b"))) /* read too: mapped shared */
-        return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
+    w->tmp[0] = 0;
+    if (fd >= 0) {
+        int d = dup(fd);
+        if (d < 0 || !(w->f = fdopen(d, "w+b"))) {
+            if (d >= 0)
+                close(d);
+            return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
+        }
+    } else {
+        snprintf(w->tmp, sizeof w->tmp, "%s.tmp.%ld", path, (long)getpid());
+        if (!(w->f = fopen(w->tmp, "w+b"))) /* read too: mapped shared */
+            return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
+    }
     memcpy(h, LF_MAGIC, 8);
     put_u32(h, 8, LF_VERSION);
     put_u32(h, 12, f16 ? 1 : 0);
@@ -158,9 +170,10 @@ static cm_status lf_commit(lfile *w, int sync, cm_err *err)
     bad |= fflush(w->f) != 0 || (sync && fsync(fileno(w->f)) != 0);
     bad |= fclose(w->f) != 0;
     w->f = NULL;
-    if (bad || rename(w->tmp, w->path) != 0) {
+    if (bad || (w->tmp[0] && rename(w->tmp, w->path) != 0)) {
         int e = errno;
-        unlink(w->tmp);
+        if (w->tmp[0])
+            unlink(w->tmp);
         return cm_fail(err, CM_E_IO, "cannot write %s: %s", w->path, strerror(e));
     }
     return CM_OK;
@@ -524,7 +537,8 @@ cm_status cm_perplexity(const cm_model *m, const int32_t *ids, size_t n_ids,
     if (p->kld_base)
         s = lf_open(&base, p->kld_base, w.n_vocab, p->n_ctx, ids, &n_chunk, err);
     if (!s && p->save_logits)
-        s = lf_create(&save, p->save_logits, !p->save_f32, w.n_vocab, p->n_ctx, n_chunk, ids, err);
+        s = lf_create(&save, p->save_logits, p->save_to_fd ? p->save_fd : -1, !p->save_f32, w.n_vocab, p->n_ctx,
+                      n_chunk, ids, err);
     if (!s)
         s = work_alloc(&w, p->n_ctx, &base, &save, err);
     if (!s)

@@ -61,6 +61,9 @@ typedef struct {
     const char *save_logits; /* write a logits file here (appears only when complete) */
     int save_f32;            /* store f32 log-probabilities instead of f16 */
     int save_temporary;      /* the caller deletes it soon: no fsync */
+    int save_to_fd;          /* write into the open file save_fd instead */
+    int save_fd;             /* (empty, read-write; save_logits names it in
+                              * messages) */
     const char *kld_base;    /* compare with this logits file */
     /* Optional, caller-allocated [cm_ppl_n_chunks()]: each chunk's NLL sum. */
     double *chunk_nll;

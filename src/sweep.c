@@ -388,16 +388,20 @@ static void pair_label(const cm_sweep *sw, const sw_pair *p, char *buf, size_t c
         snprintf(buf, cap, "%s", L->name);
 }
 
-/* The bytes the base files of the pairs in need take at once. */
-static uint64_t base_bytes(const cm_sweep *sw)
+/* The bytes the base files of the pairs in need take at once: all of
+ * them, or the largest one when they are made one at a time. */
+static uint64_t base_bytes(const cm_sweep *sw, int one_at_a_time)
 {
     int n_ctx = sw->cfg->n_ctx, n_pred = n_ctx - 1 - n_ctx / 2;
-    uint64_t rec = 4 + 2 * (uint64_t)sw->base.hp.n_vocab, sum = 0;
+    uint64_t rec = 4 + 2 * (uint64_t)sw->base.hp.n_vocab, sum = 0, max = 0;
     for (int p = 0; p < sw->n_pairs; p++)
-        if (sw->pairs[p].need)
-            sum += 48 + (uint64_t)sw->langs[sw->pairs[p].lang].n_chunk *
-                            ((uint64_t)n_ctx * 4 + (uint64_t)n_pred * rec);
-    return sum;
+        if (sw->pairs[p].need) {
+            uint64_t b = 48 + (uint64_t)sw->langs[sw->pairs[p].lang].n_chunk *
+                                  ((uint64_t)n_ctx * 4 + (uint64_t)n_pred * rec);
+            sum += b;
+            max = b > max ? b : max;
+        }
+    return one_at_a_time ? max : sum;
 }
 
 static void remove_base_dir(const char *root, const char *name)
@@ -440,31 +444,37 @@ static void remove_stale(const char *root)
     closedir(d);
 }
 
-static cm_status make_tmpdir(const cm_sweep *sw, char *dir, size_t cap, cm_err *err)
+static const char *tmp_root(const cm_sweep *sw)
 {
     const char *root = sw->cfg->tmpdir ? sw->cfg->tmpdir : getenv("TMPDIR");
-    if (!root || !*root)
-        root = "/tmp";
-    remove_stale(root);
+    return root && *root ? root : "/tmp";
+}
+
+static cm_status make_tmpdir(const cm_sweep *sw, int one_at_a_time, char *dir, size_t cap,
+                             cm_err *err)
+{
+    const char *root = tmp_root(sw);
     snprintf(dir, cap, "%s/codemoe-sweep.%ld.XXXXXX", root, (long)getpid());
     if (!mkdtemp(dir))
         return cm_fail(err, CM_E_IO, "cannot create a temporary directory in %s: %s", root,
                        strerror(errno));
     struct statvfs v;
-    uint64_t need = base_bytes(sw);
+    uint64_t need = base_bytes(sw, one_at_a_time);
     if (statvfs(dir, &v) == 0 && need > (uint64_t)v.f_bavail * v.f_frsize) {
         rmdir(dir);
         return cm_fail(err, CM_E_IO, "the base log-probabilities need %.2f GB in %s but only "
                        "%.2f GB are free (--tmpdir DIR elsewhere, or a smaller --max-tokens)",
                        need / 1e9, root, (double)v.f_bavail * v.f_frsize / 1e9);
     }
-    say(sw, "base log-probabilities: %.1f MB in %s (deleted as the run ends)", need / 1e6, root);
+    say(sw, "base log-probabilities: %.1f MB in %s%s (deleted as the run ends)", need / 1e6, root,
+        one_at_a_time ? ", one language at a time" : "");
     return CM_OK;
 }
 
 /* Evaluates the unquantized model on one pair, saving its log-probabilities
- * to a file that is unlinked at once and kept open: nothing is left behind
- * however the run ends, and the KLD runs read it as /proc/self/fd/N. */
+ * to a file in dir that is unlinked at once and kept open, or with dir NULL
+ * to a memfd: nothing is left behind however the run ends, and the KLD
+ * runs read it as /proc/self/fd/N. */
 static cm_status base_pair(cm_sweep *sw, sw_pair *p, const char *dir, cm_err *err)
 {
     const sw_lang *L = &sw->langs[p->lang];
@@ -472,18 +482,27 @@ static cm_status base_pair(cm_sweep *sw, sw_pair *p, const char *dir, cm_err *er
     cm_ppl_result r;
     cm_ppl_params pp = ppl_params(sw, L);
     cm_status s = CM_OK;
-    snprintf(path, sizeof path, "%s/base-%d.lf", dir, (int)(p - sw->pairs));
     pair_label(sw, p, label, sizeof label);
+    if (dir)
+        snprintf(path, sizeof path, "%s/base-%d.lf", dir, (int)(p - sw->pairs));
+    else
+        snprintf(path, sizeof path, "the base log-probabilities of %s (in memory)", label);
     step(sw, L->n_chunk, "base %s", label);
     if (sw->is_pack)
         s = cm_model_select_expert(&sw->base, p->member, err);
     pp.save_logits = path;
     pp.save_temporary = 1; /* read back by this run, deleted at its end */
+    if (!s && !dir) {
+        if ((p->fd = memfd_create("codemoe-sweep-base", MFD_CLOEXEC)) < 0)
+            s = cm_fail(err, CM_E_IO, "memfd_create: %s", strerror(errno));
+        pp.save_to_fd = 1, pp.save_fd = p->fd;
+    }
     if (!s)
         s = cm_perplexity(&sw->base, L->ids, L->n_ids, &pp, &r, err);
-    if (!s && (p->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    if (!s && dir && (p->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
         s = cm_fail(err, CM_E_IO, "cannot open %s: %s", path, strerror(errno));
-    unlink(path);
+    if (dir)
+        unlink(path);
     if (s)
         return s;
     p->base_ppl = r.ppl;
@@ -501,7 +520,7 @@ static cm_status make_bases(cm_sweep *sw, cm_err *err)
         any |= sw->pairs[p].need;
     if (!any)
         return CM_OK;
-    cm_status s = make_tmpdir(sw, dir, sizeof dir, err);
+    cm_status s = make_tmpdir(sw, 0, dir, sizeof dir, err);
     for (int p = 0; p < sw->n_pairs && !s; p++)
         if (sw->pairs[p].need)
             s = base_pair(sw, &sw->pairs[p], dir, err);
@@ -685,12 +704,111 @@ static cm_status run_scheme(cm_sweep *sw, int si, cm_err *err)
     return s;
 }
 
+/* The order of the work.  Language-major -- each language's base, then
+ * every scheme on it -- keeps one base file at a time, which stays in the
+ * page cache while the schemes read it back (at 64k tokens and a 49k
+ * vocabulary it is 3.2 GB; seven of them at once do not stay cached and
+ * are read back from disk five times), but it keeps every quantized model
+ * loaded.  Taken when those fit in a quarter of the RAM (estimated at each
+ * scheme's nominal bits + 2 per weight); otherwise scheme-major: all the
+ * bases first, then one quantized model at a time. */
+static double phys_bytes(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (double)pages * (double)page : 0;
+}
+
+static int language_major(const cm_sweep *sw)
+{
+    double weights = 0, bits = 0;
+    if (sw->cfg->order != CM_SWEEP_AUTO)
+        return sw->cfg->order == CM_SWEEP_LANGUAGE_MAJOR;
+    for (uint64_t i = 0; i < sw->base.file.n_tensors; i++) {
+        const int64_t *ne = sw->base.file.tensors[i].ne;
+        weights += (double)ne[0] * (double)ne[1] * (double)ne[2] * (double)ne[3];
+    }
+    for (int si = 0; si < sw->cfg->n_schemes; si++)
+        bits += cm_sweep_nominal_bits(sw->cfg->schemes[si]) + 2;
+    return weights * bits / 8 <= phys_bytes() / 4;
+}
+
+static int scheme_has_work(const cm_sweep *sw, int si)
+{
+    for (int p = 0; p < sw->n_pairs; p++)
+        if (sw->todo[si * sw->n_pairs + p])
+            return 1;
+    return 0;
+}
+
+/* Quantizes and loads every scheme with rows to measure (loaded[si] = 1). */
+static cm_status load_schemes(cm_sweep *sw, sw_quant *q, cm_model *m, char *loaded, cm_err *err)
+{
+    cm_status s = CM_OK;
+    for (int si = 0; si < sw->cfg->n_schemes && !s; si++)
+        if (scheme_has_work(sw, si) && !(s = quantize_mem(sw, sw->cfg->schemes[si], &q[si], err)))
+            loaded[si] = !(s = cm_model_load(q[si].path, &m[si], err));
+    return s;
+}
+
+static cm_status measure_language_major(cm_sweep *sw, cm_err *err)
+{
+    const int ns = sw->cfg->n_schemes;
+    sw_quant *q = calloc((size_t)ns, sizeof *q);
+    cm_model *m = calloc((size_t)ns, sizeof *m);
+    char *loaded = calloc((size_t)ns, 1), dir[560];
+    if (!q || !m || !loaded) {
+        free(q), free(m), free(loaded);
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    }
+    for (int si = 0; si < ns; si++)
+        q[si].fd = -1;
+    cm_status s = load_schemes(sw, q, m, loaded, err);
+    /* one language's base at a time: in memory when it fits in a quarter
+     * of the RAM and no --tmpdir is asked for (no disk writes and reads at
+     * all), else in the temporary directory */
+    int any = 0, made = 0;
+    int in_memory = !sw->cfg->tmpdir && (double)base_bytes(sw, 1) <= phys_bytes() / 4;
+    for (int p = 0; p < sw->n_pairs; p++)
+        any |= sw->pairs[p].need;
+    if (!s && any && !in_memory)
+        made = !(s = make_tmpdir(sw, 1, dir, sizeof dir, err));
+    else if (!s && any)
+        say(sw, "base log-probabilities: %.1f MB in memory, one language at a time",
+            (double)base_bytes(sw, 1) / 1e6);
+    for (int p = 0; p < sw->n_pairs && (made || in_memory) && !s; p++) {
+        if (!sw->pairs[p].need)
+            continue;
+        s = base_pair(sw, &sw->pairs[p], made ? dir : NULL, err);
+        for (int si = 0; si < ns && !s; si++)
+            if (sw->todo[si * sw->n_pairs + p])
+                s = measure_row(sw, si, p, &m[si], &q[si], err);
+        close(sw->pairs[p].fd); /* its file is gone with it */
+        sw->pairs[p].fd = -1;
+    }
+    if (made)
+        rmdir(dir);
+    for (int si = 0; si < ns; si++) {
+        if (loaded[si])
+            cm_model_free(&m[si]);
+        if (q[si].fd >= 0)
+            close(q[si].fd);
+        if (!s && sw->h && sw->h->scheme_done)
+            sw->h->scheme_done(sw->h->user, sw->cfg->schemes[si]);
+    }
+    free(q), free(m), free(loaded);
+    return s;
+}
+
 cm_status cm_sweep_measure(cm_sweep *sw, const cm_sweep_hooks *h, cm_err *err)
 {
     if (!sw->todo)
         return cm_fail(err, CM_E_USAGE, "cm_sweep_measure before cm_sweep_prepare");
     sw->h = h;
     sw->t0 = now_s();
+    remove_stale(tmp_root(sw));
+    int lm = language_major(sw);
+    say(sw, "order: %s", lm ? "language by language (every quantized model loaded)"
+                            : "scheme by scheme (one quantized model at a time)");
     sw->done_before = 0;
     memset(&sw->prog, 0, sizeof sw->prog);
     for (int p = 0; p < sw->n_pairs; p++) {
@@ -703,9 +821,14 @@ cm_status cm_sweep_measure(cm_sweep *sw, const cm_sweep_hooks *h, cm_err *err)
                 sw->prog.rows_total++;
             }
     }
-    cm_status s = make_bases(sw, err);
-    for (int si = 0; si < sw->cfg->n_schemes && !s; si++)
-        s = run_scheme(sw, si, err);
+    cm_status s;
+    if (lm) {
+        s = measure_language_major(sw, err);
+    } else {
+        s = make_bases(sw, err);
+        for (int si = 0; si < sw->cfg->n_schemes && !s; si++)
+            s = run_scheme(sw, si, err);
+    }
     sw->h = NULL;
     return s;
 }

@@ -57,6 +57,11 @@ typedef struct {
     uint64_t fallback_tensors; /* tensors whose rows did not fit the wanted blocks */
 } cm_sweep_row;
 
+/* Language-major: each language's base, then every scheme on it (all the
+ * quantized models loaded at once).  Scheme-major: every base first, then
+ * one quantized model at a time. */
+typedef enum { CM_SWEEP_AUTO, CM_SWEEP_LANGUAGE_MAJOR, CM_SWEEP_SCHEME_MAJOR } cm_sweep_order;
+
 typedef struct {
     const char *model;        /* f32/f16/bf16 GGUF, or a pack of them */
     const char *corpus;       /* DIR: DIR/<lang>/<split>.jsonl.xz */
@@ -70,6 +75,7 @@ typedef struct {
     cm_kv_type kv;
     int cross;                /* packs: also every (member, language) pair */
     const char *tmpdir;       /* NULL: $TMPDIR, else /tmp */
+    cm_sweep_order order;     /* CM_SWEEP_AUTO: by memory (see cm_sweep_measure) */
 } cm_sweep_config;
 
 typedef struct {

@@ -198,6 +198,29 @@ assert sorted(a) == sorted(b), sorted(a)
 for k in a:
     assert a[k]['ppl'] == b[k]['ppl'] and a[k]['kld'] == b[k]['kld'], (a[k], b[k])
 EOF
+# the two orders of work, and base files in --tmpdir, measure the same values
+mkdir -p "$TMP/td"
+expect 0 "--order scheme" -- "$CODEMOE" sweep -m "$F32" $SMALL --corpus "$CORPUS" --bits 8,4 \
+    --order scheme --out "$TMP/o1.csv"
+grep -q "^sweep: order: scheme by scheme" "$TMP/err" || fail "--order scheme not taken"
+expect 0 "--order language --tmpdir" -- "$CODEMOE" sweep -m "$F32" $SMALL --corpus "$CORPUS" \
+    --bits 8,4 --order language --tmpdir "$TMP/td" --out "$TMP/o2.csv"
+grep -q "^sweep: order: language by language" "$TMP/err" || fail "--order language not taken"
+grep -q "in $TMP/td, one language at a time" "$TMP/err" || fail "--tmpdir not used: $(grep base "$TMP/err")"
+[ -n "$(ls -A "$TMP/td")" ] && fail "files left in --tmpdir: $(ls "$TMP/td")"
+for o in o1 o2; do
+py "--order ($o)" "$TMP/$o.csv" "$TMP/r0.csv" <<'EOF'
+import csv, sys
+a = {(r['scheme'], r['language']): r for r in csv.DictReader(open(sys.argv[1], newline=''))}
+b = {(r['scheme'], r['language']): r for r in csv.DictReader(open(sys.argv[2], newline=''))}
+assert sorted(a) == sorted(b), sorted(a)
+for k in a:
+    assert a[k]['ppl'] == b[k]['ppl'] and a[k]['kld'] == b[k]['kld'], (a[k], b[k])
+EOF
+done
+expect 2 "bad --order" -- "$CODEMOE" sweep -m "$F32" $SMALL --corpus "$CORPUS" --order both \
+    --out "$TMP/o3.csv"
+
 expect 1 "resume with another -c" -- "$CODEMOE" sweep -m "$F32" --langs python,c --max-tokens 2048 -c 64 \
     --corpus "$CORPUS" --bits 8,4 --out "$TMP/r.csv"
 grep -v '^q4_k_m,' "$TMP/r0.csv" >"$TMP/r3.csv"
