@@ -440,7 +440,8 @@ static cm_status work_alloc(work *w, int n_ctx, const lfile *base, const lfile *
 {
     size_t np = (size_t)w->n_pred;
     w->buf = malloc((size_t)n_ctx * sizeof *w->buf);
-    w->logits = malloc((size_t)(n_ctx - n_ctx / 2) * (size_t)w->n_vocab * sizeof(float));
+    size_t lb = (size_t)(n_ctx - n_ctx / 2) * (size_t)w->n_vocab * sizeof(float);
+    w->logits = aligned_alloc(64, (lb + 63) / 64 * 64); /* whole lines: streamed stores */
     w->nll = malloc(np * sizeof(double));
     int ok = w->buf && w->logits && w->nll;
     if (base->f) {

@@ -460,8 +460,9 @@ static int batched_run(const cm_tensor *tw, const float *x, int64_t n_tok,
 {
     int64_t rows = tw->ne[1];
     size_t sb = cm_matmul_scratch_bytes(tw, n_tok);
-    char *scratch = NULL, *y = malloc(rows * n_tok * sizeof(float) + CANARY);
-    if (posix_memalign((void **)&scratch, 64, sb + CANARY) != 0)
+    char *scratch = NULL, *y = NULL; /* y aligned like perplexity's logits */
+    if (posix_memalign((void **)&scratch, 64, sb + CANARY) != 0 ||
+        posix_memalign((void **)&y, 64, rows * n_tok * sizeof(float) + CANARY) != 0)
         abort();
     canary_set(scratch + sb);
     canary_set(y + rows * n_tok * sizeof(float));
@@ -503,6 +504,25 @@ static void check_batched(enum cm_type t, int64_t cols, int64_t rows, int64_t ma
     free(w), free(x), free(ref), free(tol);
 }
 
+/* An output of >= 16 MB, which the kernels write with streaming stores
+ * (whole 16-row tiles, and a partial last one written normally). */
+static void check_streamed(enum cm_type t, int64_t cols)
+{
+    const int64_t rows = 16400, n_tok = 257;
+    size_t rb = cm_row_bytes(t, cols);
+    void *w = malloc(rb * rows);
+    float *x = malloc(cols * n_tok * sizeof(float));
+    double *ref = malloc(rows * n_tok * sizeof(double)), *tol = malloc(rows * n_tok * sizeof(double));
+    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows};
+    fill_weights(t, w, cols * rows, W_RANDOM);
+    fill_acts(x, cols * n_tok, X_RANDOM);
+    batched_refs(t, w, cols, rows, x, n_tok, ref, tol);
+    int bad = batched_run(&tw, x, n_tok, ref, tol);
+    CHECK(bad == 0, "%s streamed %s %lldx%lld n_tok=%lld: %d wrong", cm_kern.isa, tname(t),
+          (long long)rows, (long long)cols, (long long)n_tok, bad);
+    free(w), free(x), free(ref), free(tol);
+}
+
 static void test_batched_once(void)
 {
     for (int k = 0; k < N_TYPES; k++) {
@@ -517,6 +537,9 @@ static void test_batched_once(void)
     check_batched(CM_TYPE_F32, 129, 17, 70);
     check_batched(CM_TYPE_Q4_K, 1024, 50, 34); /* several tiles and groups */
     check_batched(CM_TYPE_Q8_0, 1024, 50, 34);
+    check_streamed(CM_TYPE_Q4_0, 32);
+    check_streamed(CM_TYPE_Q4_K, 256);
+    check_streamed(CM_TYPE_F16, 32);
 }
 
 /* ---- (c'') attention helpers ------------------------------------------------ */

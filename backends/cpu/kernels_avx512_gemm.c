@@ -88,13 +88,24 @@ INLINE __m512i dpbusd_bcst(__m512i acc, __m512i u, const void *p, const int vnni
 
 /* The 16x16 block acc[row][token] into y[token * ldy + row] for the nr
  * rows and nt tokens that exist. */
-static void store_block(__m512 acc[16], float *y, int64_t ldy, int nr, int nt)
+/* stream: the output is far larger than the caches (the logits of a
+ * batch: 50 MB for 256 tokens of a 49k vocabulary), so whole 64-byte lines
+ * bypass them instead of being read in first and evicted later. */
+static void store_block(__m512 acc[16], float *y, int64_t ldy, int nr, int nt, int stream)
 {
     transpose16(acc);
     __mmask16 m = (__mmask16)((1u << nr) - 1);
+    if (stream && nr == 16 && ((uintptr_t)y & 63) == 0 && (ldy & 15) == 0) {
+        for (int t = 0; t < nt; t++)
+            _mm512_stream_ps(y + t * ldy, acc[t]);
+        return;
+    }
     for (int t = 0; t < nt; t++)
         _mm512_mask_storeu_ps(y + t * ldy, m, acc[t]);
 }
+
+/* Outputs from this size are streamed (store_block). */
+#define STREAM_BYTES ((size_t)16 << 20)
 
 /* ---- activation packing ------------------------------------------------- */
 
@@ -297,6 +308,7 @@ INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *ac
                      int64_t ldy, void *work)                                   \
     {                                                                           \
         const int64_t nb = cols / 32;                                           \
+        const int stream = (size_t)ldy * (size_t)n_tok * 4 >= STREAM_BYTES;     \
         for (int64_t rt = r0; rt < r1; rt += TR) {                              \
             int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;                        \
             decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nb, LB,  \
@@ -307,9 +319,11 @@ INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *ac
                 mk_legacy(nb, work, xp, acc, 0, has_m, vnni);                   \
                 mk_legacy(nb, work, xp, acc + MR, MR, has_m, vnni);             \
                 int nt = n_tok - t0 < G ? (int)(n_tok - t0) : G;                \
-                store_block(acc, y + t0 * ldy + rt, ldy, nr, nt);              \
+                store_block(acc, y + t0 * ldy + rt, ldy, nr, nt, stream);      \
             }                                                                   \
         }                                                                       \
+        if (stream) /* order the streamed lines before the caller's barrier */  \
+            _mm_sfence();                                                       \
     }
 
 #define K_ROWS(name, dec, ns, mins, vnni)                                       \
@@ -318,6 +332,7 @@ INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *ac
                      int64_t ldy, void *work)                                   \
     {                                                                           \
         const int64_t nsb = cols / QK_K;                                        \
+        const int stream = (size_t)ldy * (size_t)n_tok * 4 >= STREAM_BYTES;     \
         for (int64_t rt = r0; rt < r1; rt += TR) {                              \
             int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;                        \
             decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nsb,     \
@@ -328,9 +343,11 @@ INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *ac
                 mk_k(nsb, work, xp, acc, 0, ns, mins, vnni);                    \
                 mk_k(nsb, work, xp, acc + MR, MR, ns, mins, vnni);              \
                 int nt = n_tok - t0 < G ? (int)(n_tok - t0) : G;                \
-                store_block(acc, y + t0 * ldy + rt, ldy, nr, nt);              \
+                store_block(acc, y + t0 * ldy + rt, ldy, nr, nt, stream);      \
             }                                                                   \
         }                                                                       \
+        if (stream) /* order the streamed lines before the caller's barrier */  \
+            _mm_sfence();                                                       \
     }
 
 LEGACY_ROWS(rows_q8_0, dec_q8_0, 0, 1)
@@ -422,7 +439,7 @@ static void pack_float_tile(int64_t cols, const uint8_t *w, size_t wrow, int nr,
 
 /* y[t][0..32) (masks m0, m1) = tile . x[t] for nt tokens x[t] = x + t * cols */
 INLINE void mk_outer(int64_t cols, const float *tile, const float *x, float *y, int64_t ldy,
-                     __mmask16 m0, __mmask16 m1, const int nt)
+                     __mmask16 m0, __mmask16 m1, int stream, const int nt)
 {
     __m512 a[FT], b[FT];
     UNROLL
@@ -437,6 +454,14 @@ INLINE void mk_outer(int64_t cols, const float *tile, const float *x, float *y, 
             b[t] = _mm512_fmadd_ps(w1, v, b[t]);
         }
     }
+    if (stream && m1 == 0xFFFF && ((uintptr_t)y & 63) == 0 && (ldy & 15) == 0) {
+        UNROLL
+        for (int t = 0; t < nt; t++) { /* see store_block */
+            _mm512_stream_ps(y + t * ldy, a[t]);
+            _mm512_stream_ps(y + t * ldy + 16, b[t]);
+        }
+        return;
+    }
     UNROLL
     for (int t = 0; t < nt; t++) {
         _mm512_mask_storeu_ps(y + t * ldy, m0, a[t]);
@@ -447,12 +472,12 @@ INLINE void mk_outer(int64_t cols, const float *tile, const float *x, float *y, 
 /* The last n_tok % FT tokens: one instance per count keeps them in
  * registers too. */
 static void mk_outer_tail(int64_t cols, const float *tile, const float *x, float *y,
-                          int64_t ldy, __mmask16 m0, __mmask16 m1, int nt)
+                          int64_t ldy, __mmask16 m0, __mmask16 m1, int stream, int nt)
 {
     switch (nt) {
-#define TAIL(n)                                          \
-    case n:                                              \
-        mk_outer(cols, tile, x, y, ldy, m0, m1, n);      \
+#define TAIL(n)                                             \
+    case n:                                                 \
+        mk_outer(cols, tile, x, y, ldy, m0, m1, stream, n); \
         break;
         TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7)
         TAIL(8) TAIL(9) TAIL(10) TAIL(11) TAIL(12) TAIL(13)
@@ -466,17 +491,20 @@ static void float_rows(int64_t cols, const void *w, size_t wrow, int64_t r0, int
                        const float *x, int64_t n_tok, float *y, int64_t ldy, float *tile,
                        int f16)
 {
+    const int stream = (size_t)ldy * (size_t)n_tok * 4 >= STREAM_BYTES;
     for (int64_t rt = r0; rt < r1; rt += FR) {
         const int nr = r1 - rt < FR ? (int)(r1 - rt) : FR;
         pack_float_tile(cols, (const uint8_t *)w + (size_t)rt * wrow, wrow, nr, f16, tile);
         const __mmask16 m0 = mask16(nr, 0), m1 = nr > 16 ? mask16(nr, 16) : 0;
         int64_t t = 0;
         for (; t + FT <= n_tok; t += FT)
-            mk_outer(cols, tile, x + t * cols, y + t * ldy + rt, ldy, m0, m1, FT);
+            mk_outer(cols, tile, x + t * cols, y + t * ldy + rt, ldy, m0, m1, stream, FT);
         if (t < n_tok)
-            mk_outer_tail(cols, tile, x + t * cols, y + t * ldy + rt, ldy, m0, m1,
+            mk_outer_tail(cols, tile, x + t * cols, y + t * ldy + rt, ldy, m0, m1, stream,
                           (int)(n_tok - t));
     }
+    if (stream)
+        _mm_sfence();
 }
 
 static void rows_f32(int64_t cols, const void *w, size_t wrow, int64_t r0, int64_t r1,
