@@ -341,11 +341,12 @@ static void attend_block(cm_ctx *c, int il, int g, int t0, int t1, float *w)
                ob + (size_t)i * dv, (size_t)dv * sizeof(float));
 }
 
-/* A prompt with a float cache: blocks of tokens per KV head. */
-static void attend_tiled(cm_ctx *c, int il, int n_tok)
+/* A prompt with a float cache: blocks of tokens per KV head, for the
+ * queries of tokens first..n_tok-1. */
+static void attend_tiled(cm_ctx *c, int il, int first, int n_tok)
 {
     const cm_hparams *hp = &c->m->hp;
-    const int tb = tile_tokens(hp), nblk = (n_tok + tb - 1) / tb;
+    const int tb = tile_tokens(hp), nblk = (n_tok - first + tb - 1) / tb;
     const int n_items = hp->n_head_kv * nblk;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int it = 0; it < n_items; it++) {
@@ -354,27 +355,28 @@ static void attend_tiled(cm_ctx *c, int il, int n_tok)
 #else
         int th = 0;
 #endif
-        int g = it / nblk, t0 = it % nblk * tb, t1 = t0 + tb < n_tok ? t0 + tb : n_tok;
+        int g = it / nblk, t0 = first + it % nblk * tb, t1 = t0 + tb < n_tok ? t0 + tb : n_tok;
         attend_block(c, il, g, t0, t1, c->attn_tile + (size_t)th * c->tile_floats);
     }
 }
 
-static void attend_all(cm_ctx *c, int il, int n_tok)
+/* Attention for the queries of tokens first..n_tok-1 (all keys cached). */
+static void attend_all(cm_ctx *c, int il, int first, int n_tok)
 {
-    if (n_tok >= 8 && c->kv_type != CM_KV_Q8_0) {
-        attend_tiled(c, il, n_tok);
+    if (n_tok - first >= 8 && c->kv_type != CM_KV_Q8_0) {
+        attend_tiled(c, il, first, n_tok);
         return;
     }
     const cm_hparams *hp = &c->m->hp;
     int group = hp->n_head / hp->n_head_kv;
-    int n_items = n_tok * hp->n_head;
+    int n_items = (n_tok - first) * hp->n_head;
     /* threads only pay off once there is real work: a short context's heads
      * take less time than waking the team */
     long work = (long)n_items * (c->n_past + n_tok) * hp->head_dim;
     (void)work; /* read only by the OpenMP pragma */
 #pragma omp parallel for schedule(dynamic, 1) if (work > 65536)
     for (int it = 0; it < n_items; it++) {
-        int t = it / hp->n_head, h = it % hp->n_head;
+        int t = first + it / hp->n_head, h = it % hp->n_head;
 #ifdef _OPENMP
         int th = omp_get_thread_num();
 #else
@@ -453,17 +455,19 @@ static void qk_prepare(float *qk, int n_tok, int n_heads, const cm_tensor *norm,
         }
 }
 
-/* out = attention of c->h (n rows), after the output projection. */
-static void attention(cm_ctx *c, const cm_layer *L, int il, int n, float *out)
+/* Rows first..n-1 of out = attention of c->h (n rows), after the output
+ * projection; every row's key and value go to the cache. */
+static void attention(cm_ctx *c, const cm_layer *L, int il, int first, int n, float *out)
 {
     const cm_hparams *hp = &c->m->hp;
+    const size_t qd = (size_t)hp->n_head * hp->head_dim_v, E = (size_t)hp->n_embd;
     project_qkv(c, L, n);
     qk_prepare(c->q, n, hp->n_head, &L->q_norm, c->rope_cs, hp);
     qk_prepare(c->k, n, hp->n_head_kv, &L->k_norm, c->rope_cs, hp);
     kv_store(c, il, n);
-    attend_all(c, il, n);
-    cm_matmul(&L->wo, c->att, n, out, c->scratch);
-    cm_add_bias(out, &L->bo, n, hp->n_embd);
+    attend_all(c, il, first, n);
+    cm_matmul(&L->wo, c->att + first * qd, n - first, out + first * E, c->scratch);
+    cm_add_bias(out + first * E, &L->bo, n - first, hp->n_embd);
 }
 
 /* ---------------------------------------------------------- feed-forward */
@@ -499,22 +503,29 @@ static void ffn(cm_ctx *c, const cm_layer *L, int il, int n, float *out)
         dense_ffn(c, L, n, out);
 }
 
-static void layer(cm_ctx *c, const cm_layer *L, int il, int n)
+/* One layer over n rows.  Only rows first..n-1 of the output are wanted
+ * (the last layer of a batch whose first rows give no logits): the others
+ * still put their keys and values in the cache, but skip the rest. */
+static void layer(cm_ctx *c, const cm_layer *L, int il, int first, int n)
 {
     const cm_hparams *hp = &c->m->hp;
     const int E = hp->n_embd;
+    if (hp->parallel_block || hp->n_expert > 0)
+        first = 0; /* (MoE: its per-expert token counts are user-visible) */
     norm_rows(c->h, c->x, &L->attn_norm, &L->attn_norm_b, n, hp);
-    attention(c, L, il, n, c->y);
+    attention(c, L, il, first, n, c->y);
     if (hp->parallel_block) { /* both branches read the same normalised x */
         ffn(c, L, il, n, c->y2);
         add_rows(c->x, c->y, n, E);
         add_rows(c->x, c->y2, n, E);
         return;
     }
-    add_rows(c->x, c->y, n, E);
-    norm_rows(c->h, c->x, &L->ffn_norm, &L->ffn_norm_b, n, hp);
-    ffn(c, L, il, n, c->y);
-    add_rows(c->x, c->y, n, E);
+    float *x = c->x + (size_t)first * E;
+    const int m = n - first;
+    add_rows(x, c->y + (size_t)first * E, m, E);
+    norm_rows(c->h, x, &L->ffn_norm, &L->ffn_norm_b, m, hp); /* wanted rows from h[0] */
+    ffn(c, L, il, m, c->y);
+    add_rows(x, c->y, m, E);
 }
 
 /* ------------------------------------------------------------- evaluation */
@@ -541,8 +552,8 @@ static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out, float *o
     embed(c, ids, n);
     for (int t = 0; hp->use_rope && t < n; t++)
         cm_rope_table(c->rope_cs + (size_t)t * hp->rope_dim, c->n_past + t, hp);
-    for (int il = 0; il < hp->n_layer; il++)
-        layer(c, &m->layers[il], il, n);
+    for (int il = 0; il < hp->n_layer; il++) /* the last layer: only rows giving logits */
+        layer(c, &m->layers[il], il, il == hp->n_layer - 1 ? n - n_out : 0, n);
     c->n_past += n;
     if (n_out == 0)
         return;
