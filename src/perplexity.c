@@ -7,9 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/magic.h>
 #include <sys/mman.h>
-#include <sys/vfs.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -97,20 +95,10 @@ static void lf_release(const lfile *l, int c, size_t n_pred)
         madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
-/* A file held in memory (a memfd or tmpfs) is mapped whole at once: its
- * pages are there already, and one call is far cheaper than a page fault
- * per 4 KiB (800,000 of them for 3.2 GB). */
-static int in_memory(FILE *f)
-{
-    struct statfs s;
-    return fstatfs(fileno(f), &s) == 0 && s.f_type == TMPFS_MAGIC;
-}
-
 static cm_status lf_map(lfile *l, size_t len, int writable, cm_err *err)
 {
     int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
-    int flags = MAP_SHARED | (in_memory(l->f) ? MAP_POPULATE : 0);
-    void *m = mmap(NULL, len, prot, flags, fileno(l->f), 0);
+    void *m = mmap(NULL, len, prot, MAP_SHARED, fileno(l->f), 0);
     if (m == MAP_FAILED)
         return cm_fail(err, CM_E_IO, "cannot map %s: %s", l->path, strerror(errno));
     madvise(m, len, MADV_SEQUENTIAL);
