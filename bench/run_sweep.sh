@@ -1,11 +1,16 @@
 #!/bin/sh
-# run_sweep.sh - times `codemoe sweep` on a random-weight model and
-# extrapolates the full sweep of the issue (5 schemes x 7 languages x 64k
-# tokens): prints a markdown report for bench/SWEEP.md.
+# run_sweep.sh - times `codemoe sweep` on a random-weight model: the full
+# sweep of the issue (5 schemes x 7 languages x 64k tokens, --full, about a
+# quarter of an hour), or a subset extrapolated to it; prints a markdown
+# report for bench/SWEEP.md.
 #
-#   bench/run_sweep.sh [-t THREADS] [--preset smol135m] [--langs python]
+#   bench/run_sweep.sh [--full] [-t THREADS] [--preset smol100m] [--langs python]
 #                      [--max-tokens 4096] [-c 512] [--bits 8,4,3,2]
 #                      [--full-langs 7] [--full-tokens 65536]
+#
+# A subset misses what only the full run does (e.g. seven languages' base
+# log-probabilities at once, 22 GB, spilling out of the page cache before
+# the sweep ran language by language): quote --full runs.
 #
 # The model (F16, starcoder vocabulary) is generated once into bench/models/
 # (git-ignored; the same file run_bench.sh uses).  A measured subset is
@@ -21,15 +26,20 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${CM_BUILDDIR:-$ROOT}
 SHARED=${CM_SHARED:-$ROOT/../shared}
 MODELS_DIR=$ROOT/bench/models
-THREADS=2 PRESET=smol135m LANGS=python MAXTOK=4096 CTX=512 BITS=8,4,3,2
+THREADS=2 PRESET=smol100m LANGS=python MAXTOK=4096 CTX=512 BITS=8,4,3,2
 FULL_LANGS=7 FULL_TOKENS=65536
 
 usage() {
-    echo "usage: bench/run_sweep.sh [-t N] [--preset P] [--langs L] [--max-tokens N] [-c N]" \
-         "[--bits LIST] [--full-langs N] [--full-tokens N]" >&2
+    echo "usage: bench/run_sweep.sh [--full] [-t N] [--preset P] [--langs L] [--max-tokens N]" \
+         "[-c N] [--bits LIST] [--full-langs N] [--full-tokens N]" >&2
     exit 2
 }
 while [ $# -gt 0 ]; do
+    if [ "$1" = --full ]; then
+        LANGS=c,cpp,python,java,javascript,go,rust MAXTOK=65536
+        shift
+        continue
+    fi
     [ $# -ge 2 ] || usage
     case $1 in
     -t) THREADS=$2 ;; --preset) PRESET=$2 ;; --langs) LANGS=$2 ;; --max-tokens) MAXTOK=$2 ;;
@@ -66,7 +76,7 @@ echo "$start, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'
 echo
 # per step: seconds and tokens, from the log (base, quantizing) and the CSV (rows)
 awk -v full_langs="$FULL_LANGS" -v full_tok="$FULL_TOKENS" -v langs="$LANGS" '
-    FILENAME ~ /log$/ && /^sweep: base / {
+    FILENAME ~ /log$/ && /^sweep: base [^ ]+: PPL / {
         n = split($0, w, " "); tok = w[n - 3]; s = w[n - 1]; sub(/\(/, "", s)
         bt += tok; bs += s }
     FILENAME ~ /log$/ && /^sweep: quantized to / {

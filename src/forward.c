@@ -127,6 +127,13 @@ static int alloc_kv(cm_ctx *c)
 /* Prompt attention works on blocks of this many tokens per KV head: ~96
  * query rows (times the query heads sharing a KV head), enough to amortize
  * decoding each 16-row tile of the cache. */
+/* Prompt batches split the row-wise work (norms, residual adds, RoPE,
+ * SwiGLU, KV cache rows) over the threads by token; below this many tokens one thread does
+ * it, as waking the others would cost more.  (Serial, that work was ~7% of a
+ * two-thread perplexity run, spent with the other thread spinning.)  Each
+ * row is computed as before, so results do not depend on the threads. */
+#define PAR_TOKENS 16
+
 static int tile_tokens(const cm_hparams *hp)
 {
     int group = hp->n_head / hp->n_head_kv;
@@ -149,7 +156,7 @@ static int alloc_buffers(cm_ctx *c)
         ok &= (*bufs[i] = alloc64(sizes[i] * sizeof(float))) != NULL;
     c->scores = alloc64((size_t)c->n_threads * (c->n_ctx + 2 * hp->head_dim) * sizeof(float));
     c->scratch = alloc64(max_scratch(c->m, c->n_batch));
-    c->rope_cs = alloc64(nb * (size_t)(hp->rope_dim / 2 + 1) * 2 * sizeof(float));
+    c->rope_cs = alloc64((size_t)c->n_ctx * (size_t)(hp->rope_dim / 2 + 1) * 2 * sizeof(float));
     size_t rows = (size_t)tile_tokens(hp) * (size_t)(hp->n_head / hp->n_head_kv);
     c->tile_floats = rows * ((size_t)hp->head_dim + (size_t)hp->head_dim_v + (size_t)c->n_ctx + 16);
     c->attn_tile = alloc64((size_t)c->n_threads * c->tile_floats * sizeof(float));
@@ -253,6 +260,7 @@ static void kv_store(cm_ctx *c, int il, int n_tok)
     enum cm_type t = kv_elem_type(c->kv_type);
     size_t kn = (size_t)hp->n_head_kv * hp->head_dim, vn = (size_t)hp->n_head_kv * hp->head_dim_v;
     size_t kb = cm_row_bytes(t, (int64_t)kn), vb = cm_row_bytes(t, (int64_t)vn);
+#pragma omp parallel for schedule(static) if (n_tok >= PAR_TOKENS)
     for (int t_ = 0; t_ < n_tok; t_++) {
         size_t pos = (size_t)c->n_past + t_;
         kv_put(t, c->k + t_ * kn, (char *)c->k_cache[il] + pos * kb, kn);
@@ -415,12 +423,6 @@ static void project_qkv(cm_ctx *c, const cm_layer *L, int n)
     }
 }
 
-/* Prompt batches split the row-wise work (norms, residual adds, RoPE,
- * SwiGLU) over the threads by token; below this many tokens one thread does
- * it, as waking the others would cost more.  (Serial, that work was ~7% of a
- * two-thread perplexity run, spent with the other thread spinning.)  Each
- * row is computed as before, so results do not depend on the threads. */
-#define PAR_TOKENS 16
 
 static void norm_rows(float *out, const float *x, const cm_tensor *w, const cm_tensor *b, int n,
                       const cm_hparams *hp)
@@ -462,8 +464,9 @@ static void attention(cm_ctx *c, const cm_layer *L, int il, int first, int n, fl
     const cm_hparams *hp = &c->m->hp;
     const size_t qd = (size_t)hp->n_head * hp->head_dim_v, E = (size_t)hp->n_embd;
     project_qkv(c, L, n);
-    qk_prepare(c->q, n, hp->n_head, &L->q_norm, c->rope_cs, hp);
-    qk_prepare(c->k, n, hp->n_head_kv, &L->k_norm, c->rope_cs, hp);
+    const float *cs = c->rope_cs + (size_t)c->n_past * hp->rope_dim;
+    qk_prepare(c->q, n, hp->n_head, &L->q_norm, cs, hp);
+    qk_prepare(c->k, n, hp->n_head_kv, &L->k_norm, cs, hp);
     kv_store(c, il, n);
     attend_all(c, il, first, n);
     cm_matmul(&L->wo, c->att + first * qd, n - first, out + first * E, c->scratch);
@@ -550,8 +553,14 @@ static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out, float *o
     const cm_model *m = c->m;
     const cm_hparams *hp = &m->hp;
     embed(c, ids, n);
-    for (int t = 0; hp->use_rope && t < n; t++)
-        cm_rope_table(c->rope_cs + (size_t)t * hp->rope_dim, c->n_past + t, hp);
+    /* angles by absolute position, each computed once per context: chunks
+     * of a perplexity run reuse positions 0..n_ctx-1 */
+    const int upto = c->n_past + n;
+#pragma omp parallel for schedule(static) if (upto - c->rope_done >= PAR_TOKENS)
+    for (int p = c->rope_done; p < upto; p++)
+        if (hp->use_rope)
+            cm_rope_table(c->rope_cs + (size_t)p * hp->rope_dim, p, hp);
+    c->rope_done = upto > c->rope_done ? upto : c->rope_done;
     for (int il = 0; il < hp->n_layer; il++) /* the last layer: only rows giving logits */
         layer(c, &m->layers[il], il, il == hp->n_layer - 1 ? n - n_out : 0, n);
     c->n_past += n;

@@ -22,7 +22,8 @@ struct cm_ctx {
     float *scores;      /* [n_threads][n_ctx] attention weights */
     float *attn_tile;   /* [n_threads][tile_floats] prompt attention tiles */
     size_t tile_floats;
-    float *rope_cs;     /* [n_batch][rope_dim/2] (cos, sin) of the batch's positions */
+    float *rope_cs;     /* [n_ctx][rope_dim/2] (cos, sin) of each position */
+    int rope_done;      /* positions 0..rope_done-1 of rope_cs are filled */
     float *logits;
     void *scratch;      /* activations quantized for the matmul kernels */
     /* mixture of experts */
