@@ -382,7 +382,7 @@ static void score_chunk(work *w, int first)
         int amax;
         double lse = lse_f32(x, nv, w->base != NULL, &amax);
         w->nll[j] = lse - x[target];
-        float *tmp = w->tmp + (size_t)thread_num() * nv;
+        float *tmp = w->tmp ? w->tmp + (size_t)thread_num() * nv : NULL; /* base or save */
         if (w->base) {
             const unsigned char *rec = w->base + (size_t)j * w->base_rec;
             int32_t bmax;
