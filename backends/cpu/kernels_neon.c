@@ -757,7 +757,10 @@ static inline void store_tail(float *p, int64_t k, float32x4_t v)
 static void softmax_neon(float *x, int64_t n, float scale, int round_f16)
 {
     const int64_t nv = n & ~(int64_t)3, k = n - nv;
-    float32x4_t vmax = vdupq_n_f32(-INFINITY), vsum = vdupq_n_f32(0);
+    float32x4_t vmax = vdupq_n_f32(-INFINITY);
+    /* the sum in double: four float lanes over long rows drift past the
+     * reference's 1e-6 (seen at n = 771) */
+    float64x2_t vsum = vdupq_n_f64(0);
     for (int64_t i = 0; i < nv; i += 4) {
         float32x4_t v = vmulq_n_f32(vld1q_f32(x + i), scale);
         vst1q_f32(x + i, v);
@@ -776,9 +779,9 @@ static void softmax_neon(float *x, int64_t n, float scale, int round_f16)
             vst1q_f32(x + i, e);
         else
             store_tail(x + i, k, e);
-        vsum = vaddq_f32(vsum, e);
+        vsum = vaddq_f64(vsum, vaddq_f64(vcvt_f64_f32(vget_low_f32(e)), vcvt_high_f64_f32(e)));
     }
-    const float inv = 1.0f / vaddvq_f32(vsum);
+    const float inv = (float)(1.0 / vaddvq_f64(vsum));
     for (int64_t i = 0; i < n; i += 4) {
         float32x4_t v = vmulq_n_f32(i < nv ? vld1q_f32(x + i) : load_tail(x + i, k, 0), inv);
         if (round_f16) /* FCVTN rounds to nearest even, as cm_f32_to_f16 */
@@ -790,8 +793,6 @@ static void softmax_neon(float *x, int64_t n, float scale, int round_f16)
     }
 }
 
-/* silu through e^-x clamped at 88: where expf's e^-x is infinite (x < -88)
- * the result is x / 1.7e38 instead of -0, both nothing. */
 /* RMSNorm: squares summed in double, two lanes per half vector */
 static void rmsnorm_neon(float *out, const float *x, const float *w, int64_t n, float eps)
 {
@@ -822,6 +823,8 @@ static void add_neon(float *x, const float *y, int64_t n)
         x[i] += y[i];
 }
 
+/* silu through e^-x clamped at 88: where expf's e^-x is infinite (x < -88)
+ * the result is x / 1.7e38 instead of -0, both nothing. */
 static void swiglu_neon(float *a, const float *b, int64_t n)
 {
     const float32x4_t one = vdupq_n_f32(1.0f);

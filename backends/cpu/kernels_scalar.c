@@ -43,10 +43,13 @@ static void axpy_q8_0(int64_t n, float a, const void *row, float *out)
     }
 }
 
-/* The reference: expf from libm, the sum in float in order. */
+/* The reference: expf from libm, the sum in double (as ggml's): a float
+ * sum in order drifts by more than the 1e-6 the vector kernels are held to
+ * over rows of hundreds of positions. */
 static void softmax_ref(float *x, int64_t n, float scale, int round_f16)
 {
-    float mx = -INFINITY, sum = 0.0f;
+    float mx = -INFINITY;
+    double sum = 0.0;
     for (int64_t i = 0; i < n; i++) {
         x[i] *= scale;
         mx = x[i] > mx ? x[i] : mx;
@@ -54,7 +57,7 @@ static void softmax_ref(float *x, int64_t n, float scale, int round_f16)
     for (int64_t i = 0; i < n; i++)
         sum += x[i] = expf(x[i] - mx);
     for (int64_t i = 0; i < n; i++) {
-        x[i] /= sum;
+        x[i] = (float)(x[i] / sum);
         if (round_f16)
             x[i] = cm_f16_to_f32(cm_f32_to_f16(x[i]));
     }
