@@ -681,14 +681,20 @@ static cm_status measure_row(cm_sweep *sw, int si, int pi, cm_model *m, const sw
     return CM_OK;
 }
 
+static int scheme_has_work(const cm_sweep *sw, int si)
+{
+    for (int p = 0; p < sw->n_pairs; p++)
+        if (sw->todo[si * sw->n_pairs + p])
+            return 1;
+    return 0;
+}
+
 static cm_status run_scheme(cm_sweep *sw, int si, cm_err *err)
 {
     const cm_qmix *mix = sw->cfg->schemes[si];
     sw_quant q = {.fd = -1};
     cm_model m;
-    int any = 0, loaded = 0;
-    for (int p = 0; p < sw->n_pairs; p++)
-        any |= sw->todo[si * sw->n_pairs + p];
+    int any = scheme_has_work(sw, si), loaded = 0;
     cm_status s = any ? quantize_mem(sw, mix, &q, err) : CM_OK;
     if (any && !s)
         loaded = !(s = cm_model_load(q.path, &m, err));
@@ -730,14 +736,6 @@ static int language_major(const cm_sweep *sw)
     for (int si = 0; si < sw->cfg->n_schemes; si++)
         bits += cm_sweep_nominal_bits(sw->cfg->schemes[si]) + 2;
     return weights * bits / 8 <= phys_bytes() / 4;
-}
-
-static int scheme_has_work(const cm_sweep *sw, int si)
-{
-    for (int p = 0; p < sw->n_pairs; p++)
-        if (sw->todo[si * sw->n_pairs + p])
-            return 1;
-    return 0;
 }
 
 /* Quantizes and loads every scheme with rows to measure (loaded[si] = 1). */

@@ -185,12 +185,9 @@ assert len(j) == 6, len(j)
 EOF
 grep -q "disparity at 4 bits (q4_0)" "$TMP/err" || fail "resume dropped the disparity lines"
 
-# drop the q4_k_m rows: only they are measured again, to the same values
-grep -v '^q4_k_m,' "$TMP/r0.csv" >"$TMP/r.csv"
-expect 0 "partial resume" -- "$CODEMOE" sweep -m "$F32" $SMALL --corpus "$CORPUS" --bits 8,4 --out "$TMP/r.csv"
-grep -q "^sweep: 2 rows measured" "$TMP/err" || fail "partial resume: $(grep 'rows measured' "$TMP/err")"
-grep -q "^sweep: quantized to q8_0" "$TMP/err" && fail "partial resume quantized q8_0 again"
-py "partial resume" "$TMP/r.csv" "$TMP/r0.csv" <<'EOF'
+# same_rows LABEL A B: two results files hold the same rows with the same PPL and KLD
+same_rows() {
+    py "$1" "$2" "$3" <<'EOF'
 import csv, sys
 a = {(r['scheme'], r['language']): r for r in csv.DictReader(open(sys.argv[1], newline=''))}
 b = {(r['scheme'], r['language']): r for r in csv.DictReader(open(sys.argv[2], newline=''))}
@@ -198,6 +195,14 @@ assert sorted(a) == sorted(b), sorted(a)
 for k in a:
     assert a[k]['ppl'] == b[k]['ppl'] and a[k]['kld'] == b[k]['kld'], (a[k], b[k])
 EOF
+}
+
+# drop the q4_k_m rows: only they are measured again, to the same values
+grep -v '^q4_k_m,' "$TMP/r0.csv" >"$TMP/r.csv"
+expect 0 "partial resume" -- "$CODEMOE" sweep -m "$F32" $SMALL --corpus "$CORPUS" --bits 8,4 --out "$TMP/r.csv"
+grep -q "^sweep: 2 rows measured" "$TMP/err" || fail "partial resume: $(grep 'rows measured' "$TMP/err")"
+grep -q "^sweep: quantized to q8_0" "$TMP/err" && fail "partial resume quantized q8_0 again"
+same_rows "partial resume" "$TMP/r.csv" "$TMP/r0.csv"
 # the two orders of work, and base files in --tmpdir, measure the same values
 mkdir -p "$TMP/td"
 expect 0 "--order scheme" -- "$CODEMOE" sweep -m "$F32" $SMALL --corpus "$CORPUS" --bits 8,4 \
@@ -208,16 +213,7 @@ expect 0 "--order language --tmpdir" -- "$CODEMOE" sweep -m "$F32" $SMALL --corp
 grep -q "^sweep: order: language by language" "$TMP/err" || fail "--order language not taken"
 grep -q "in $TMP/td, one language at a time" "$TMP/err" || fail "--tmpdir not used: $(grep base "$TMP/err")"
 [ -n "$(ls -A "$TMP/td")" ] && fail "files left in --tmpdir: $(ls "$TMP/td")"
-for o in o1 o2; do
-py "--order ($o)" "$TMP/$o.csv" "$TMP/r0.csv" <<'EOF'
-import csv, sys
-a = {(r['scheme'], r['language']): r for r in csv.DictReader(open(sys.argv[1], newline=''))}
-b = {(r['scheme'], r['language']): r for r in csv.DictReader(open(sys.argv[2], newline=''))}
-assert sorted(a) == sorted(b), sorted(a)
-for k in a:
-    assert a[k]['ppl'] == b[k]['ppl'] and a[k]['kld'] == b[k]['kld'], (a[k], b[k])
-EOF
-done
+for o in o1 o2; do same_rows "--order ($o)" "$TMP/$o.csv" "$TMP/r0.csv"; done
 expect 2 "bad --order" -- "$CODEMOE" sweep -m "$F32" $SMALL --corpus "$CORPUS" --order both \
     --out "$TMP/o3.csv"
 

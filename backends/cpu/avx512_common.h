@@ -4,6 +4,19 @@
 #define CM_AVX512_COMMON_H
 
 #include <immintrin.h>
+#include <stdint.h>
+
+/* Mask of the first n lanes (n <= 16). */
+static inline __attribute__((always_inline)) __mmask16 tail16(int64_t n)
+{
+    return (__mmask16)((1u << n) - 1);
+}
+
+/* Mask of the lanes of elements i..i+15 that lie below n. */
+static inline __attribute__((always_inline)) __mmask16 cols16(int64_t n, int64_t i)
+{
+    return n - i >= 16 ? (__mmask16)0xFFFF : n - i > 0 ? tail16(n - i) : 0;
+}
 
 /* In-register 16x16 transpose of 32-bit elements: r[i] lane j -> r[j]
  * lane i.  Pairs, then quads within 128-bit lanes, then 128-bit lanes. */

@@ -759,12 +759,6 @@ INLINE float dot_q6_K_k(int64_t n, const void *w, const void *x, const int vnni)
 
 /* ---- attention helpers and conversions ---------------------------------- */
 
-/* Lanes of a row tail: the low n bits (n < 16). */
-INLINE __mmask16 tail16(int64_t n)
-{
-    return (__mmask16)((1u << n) - 1);
-}
-
 static void axpy_f32(int64_t n, float a, const void *row, float *out)
 {
     const float *v = row;
@@ -804,12 +798,6 @@ static void axpy_q8_0(int64_t n, float a, const void *row, float *out)
         _mm512_storeu_ps(out, _mm512_fmadd_ps(va, v0, _mm512_loadu_ps(out)));
         _mm512_storeu_ps(out + 16, _mm512_fmadd_ps(va, v1, _mm512_loadu_ps(out + 16)));
     }
-}
-
-/* Lanes of the 16-column slice starting at column i of an n-column row. */
-INLINE __mmask16 cols16(int64_t n, int64_t i)
-{
-    return n - i >= 16 ? (__mmask16)0xFFFF : n - i > 0 ? tail16(n - i) : 0;
 }
 
 /* One key row's products with x over 64 columns from c, as 16 lanes. */

@@ -408,18 +408,13 @@ GEMM(g_q2_K_plain, pack_q8_K, rows_q2_K_plain, xbytes_k, work_k16)
 #define FR 32
 #define FT 14
 
-static inline __mmask16 mask16(int64_t n, int64_t i)
-{
-    return n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
-}
-
 /* nr <= FR rows of w (F16 when f16, else F32) -> tile[k][FR], rows past nr
  * zero */
 static void pack_float_tile(int64_t cols, const uint8_t *w, size_t wrow, int nr, int f16,
                             float *tile)
 {
     for (int64_t k0 = 0; k0 < cols; k0 += 16) {
-        const __mmask16 m = mask16(cols, k0);
+        const __mmask16 m = cols16(cols, k0);
         const int nk = cols - k0 < 16 ? (int)(cols - k0) : 16;
         for (int h = 0; h < FR / 16; h++) {
             __m512 r[16];
@@ -495,7 +490,7 @@ static void float_rows(int64_t cols, const void *w, size_t wrow, int64_t r0, int
     for (int64_t rt = r0; rt < r1; rt += FR) {
         const int nr = r1 - rt < FR ? (int)(r1 - rt) : FR;
         pack_float_tile(cols, (const uint8_t *)w + (size_t)rt * wrow, wrow, nr, f16, tile);
-        const __mmask16 m0 = mask16(nr, 0), m1 = nr > 16 ? mask16(nr, 16) : 0;
+        const __mmask16 m0 = cols16(nr, 0), m1 = cols16(nr, 16);
         int64_t t = 0;
         for (; t + FT <= n_tok; t += FT)
             mk_outer(cols, tile, x + t * cols, y + t * ldy + rt, ldy, m0, m1, stream, FT);
