@@ -293,7 +293,7 @@ typedef struct {
     int base_f16, save_f16;
 } work;
 
-/* The row's maximum and the first index holding it.  Blocks of 256 with
+/* The row's maximum and (argmax non-NULL) the first index holding it.  Blocks of 256 with
  * 16 running lanes, a shape the compiler turns into packed max
  * instructions; then only the first block that reached the maximum is
  * searched.  NaNs never win a comparison (as in a plain scan from x[0]). */
@@ -319,10 +319,12 @@ static float row_max(const float *x, int n, int *argmax)
         if (bm > m)
             m = bm, mb = b0;
     }
-    int j = mb;
-    while (j < n && !(x[j] == m))
-        j++;
-    *argmax = j < n ? j : 0;
+    if (argmax) {
+        int j = mb;
+        while (j < n && !(x[j] == m))
+            j++;
+        *argmax = j < n ? j : 0;
+    }
     return m;
 }
 
@@ -347,8 +349,7 @@ static double kld_row(const unsigned char *rec, int f16, const float *x, double 
                       int32_t target, double *bnll, float *tmp)
 {
     cm_row_to_float(f16 ? CM_TYPE_F16 : CM_TYPE_F32, rec + 4, tmp, n);
-    int unused;
-    float mx = row_max(tmp, n, &unused);
+    float mx = row_max(tmp, n, NULL);
     double sums[2];
     cm_exp_sums(tmp, x, n, mx, sums);
     double lse_b = mx + log(sums[0]);
