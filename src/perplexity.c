@@ -328,33 +328,40 @@ static float row_max(const float *x, int n, int *argmax)
     return m;
 }
 
-/* log(sum(exp(x))) (the sum in double), and the first index of the
- * maximum.  precise: double exponentials, for the KL divergence, whose
- * value is a difference of two such logs (passing x as b asks for them). */
-static double lse_f32(const float *x, int n, int precise, int *argmax)
+/* One value of a saved base row */
+static float base_value(const unsigned char *row, int f16, int i)
 {
-    float mx = row_max(x, n, argmax);
-    double sums[2];
-    cm_exp_sums(x, precise ? x : NULL, n, mx, sums);
-    return mx + log(sums[0]);
+    if (f16) {
+        uint16_t h;
+        memcpy(&h, row + 2 * (size_t)i, 2);
+        return cm_f16_to_f32(h);
+    }
+    float v;
+    memcpy(&v, row + 4 * (size_t)i, 4);
+    return v;
 }
 
-/* KLD(base || model) at one position; the base row is renormalised first
- * (its stored log-probabilities carry rounding).  Also the base's NLL.
- * With pb = e^(b - lse_b) and the model's log-probabilities x - lse_m,
- * KLD = sum pb * ((b - x) - lse_b + lse_m) = S1 / S0 + lse_m - lse_b,
- * where S0, S1 are the sums of e^(b - max) and e^(b - max) * (b - x).
- * tmp: n floats for the base row. */
-static double kld_row(const unsigned char *rec, int f16, const float *x, double lse_m, int n,
-                      int32_t target, double *bnll, float *tmp)
+/* KLD(base || model) at one position, from the model's logits x (maximum
+ * mx) and the base's saved record: its argmax, then its log-probabilities,
+ * renormalised here (they carry rounding).  With u = b - max b and
+ * v = x - mx, KLD = E_pb[u - v] + log sum e^v - log sum e^u (kernels.h).
+ * Also the model's log-sum-exp and the base's NLL. */
+static double kld_row(const unsigned char *rec, int f16, const float *x, float mx, int n,
+                      int32_t target, double *lse_m, double *bnll)
 {
-    cm_row_to_float(f16 ? CM_TYPE_F16 : CM_TYPE_F32, rec + 4, tmp, n);
-    float mx = row_max(tmp, n, NULL);
-    double sums[2];
-    cm_exp_sums(tmp, x, n, mx, sums);
-    double lse_b = mx + log(sums[0]);
-    *bnll = lse_b - tmp[target];
-    return sums[1] / sums[0] + lse_m - lse_b;
+    int32_t bmax;
+    memcpy(&bmax, rec, 4);
+    const unsigned char *b = rec + 4;
+    float mb = bmax >= 0 && bmax < n ? base_value(b, f16, bmax) : 0;
+    double s[4];
+    cm_kld_sums(x, b, f16, n, mx, mb, s);
+    if (!(s[3] <= 0 && s[3] > -64)) { /* the saved argmax is not the row's maximum */
+        mb += (float)s[3];
+        cm_kld_sums(x, b, f16, n, mx, mb, s);
+    }
+    *lse_m = mx + log(s[0]);
+    *bnll = mb + log(s[1]) - base_value(b, f16, target);
+    return s[2] / s[1] + log(s[0]) - log(s[1]);
 }
 
 /* tmp: n floats */
@@ -380,17 +387,19 @@ static void score_chunk(work *w, int first)
     for (int j = 0; j < w->n_pred; j++) {
         const float *x = w->logits + (size_t)j * nv;
         int32_t target = w->buf[first + j + 1];
-        int amax;
-        double lse = lse_f32(x, nv, w->base != NULL, &amax);
-        w->nll[j] = lse - x[target];
-        float *tmp = w->tmp ? w->tmp + (size_t)thread_num() * nv : NULL; /* base or save */
+        int amax = 0;
+        float mx = row_max(x, nv, w->base || w->save ? &amax : NULL);
+        double lse;
         if (w->base) {
             const unsigned char *rec = w->base + (size_t)j * w->base_rec;
             int32_t bmax;
             memcpy(&bmax, rec, 4);
-            w->kld[j] = kld_row(rec, w->base_f16, x, lse, nv, target, &w->bnll[j], tmp);
+            w->kld[j] = kld_row(rec, w->base_f16, x, mx, nv, target, &lse, &w->bnll[j]);
             w->same[j] = bmax == amax;
-        }
+        } else
+            lse = mx + log(cm_exp_sum(x, nv, mx));
+        w->nll[j] = lse - x[target];
+        float *tmp = w->tmp ? w->tmp + (size_t)thread_num() * nv : NULL; /* for save_row */
         if (w->save)
             save_row(w->save + (size_t)j * w->save_rec, w->save_f16, x, lse, nv, amax, tmp);
     }
@@ -457,7 +466,7 @@ static cm_status work_alloc(work *w, int n_ctx, const lfile *base, const lfile *
         w->save_rec = save->rec;
         w->save_f16 = save->f16;
     }
-    if (base->f || save->f) {
+    if (save->f) {
         w->tmp = malloc((size_t)max_threads() * (size_t)w->n_vocab * sizeof(float));
         ok = ok && w->tmp;
     }

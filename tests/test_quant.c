@@ -736,29 +736,74 @@ static void check_rmsnorm_add(int64_t n, const struct cm_kernels *ref)
     free(x), free(w), free(o1), free(o2);
 }
 
-/* perplexity's sums of exponentials against the scalar table's */
-static void check_exp_sums(int64_t n, const struct cm_kernels *ref)
+/* The divergence the kernels' sums give (kernels.h) */
+static double kld_from(const double s[4])
 {
-    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
-    fill_normal(a, n, 5.0f);
-    fill_normal(b, n, 5.0f);
-    float mx = a[0];
+    return s[2] / s[1] + log(s[0]) - log(s[1]);
+}
+
+/* KL(base || model) in double throughout, exponentials included */
+static double kld_exact(const float *x, const float *b, int64_t n)
+{
+    double mx = -INFINITY, mb = -INFINITY, sx = 0, sb = 0, d = 0;
     for (int64_t i = 0; i < n; i++)
-        mx = a[i] > mx ? a[i] : mx;
-    double want[2], got[2], got0[2];
-    ref->exp_sums(a, b, n, mx, want);
-    cm_exp_sums(a, b, n, mx, got);
-    cm_exp_sums(a, NULL, n, mx, got0);
-    /* with b the exponentials are double, without they may be float */
-    CHECK(fabs(got[0] - want[0]) <= 1e-9 * want[0] && fabs(got0[0] - want[0]) <= 1e-6 * want[0] &&
-              got0[1] == 0,
-          "%s exp_sums n=%lld: sum %.12g want %.12g", cm_kern.isa, (long long)n, got[0], want[0]);
-    double mag = 0;
+        mx = fmax(mx, x[i]), mb = fmax(mb, b[i]);
     for (int64_t i = 0; i < n; i++)
-        mag += exp((double)a[i] - mx) * fabs((double)a[i] - b[i]);
-    CHECK(fabs(got[1] - want[1]) <= 1e-9 * mag, "%s exp_sums n=%lld: weighted %.12g want %.12g",
-          cm_kern.isa, (long long)n, got[1], want[1]);
-    free(a), free(b);
+        sx += exp(x[i] - mx), sb += exp(b[i] - mb);
+    double lx = mx + log(sx), lb = mb + log(sb);
+    for (int64_t i = 0; i < n; i++)
+        d += exp(b[i] - lb) * ((b[i] - lb) - (x[i] - lx));
+    return d;
+}
+
+/* Perplexity's sums against the scalar table's, and the divergence they
+ * give against one computed in double: a base's log-probabilities (f32,
+ * then rounded to f16 as saved) and a model's logits that differ from
+ * them by noise of size `noise` plus an offset (raw logits). */
+static void check_ppl_sums(int64_t n, float noise, const struct cm_kernels *ref)
+{
+    float *x = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    float *b16f = malloc(n * sizeof(float));
+    uint16_t *b16 = malloc(n * sizeof(uint16_t));
+    fill_normal(b, n, 3.0f);
+    double lse = 0;
+    for (int64_t i = 0; i < n; i++)
+        lse += exp(b[i]);
+    float mx = -INFINITY, mb = -INFINITY, m16 = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        b[i] = (float)(b[i] - log(lse));
+        b16[i] = cm_f32_to_f16(b[i]);
+        b16f[i] = cm_f16_to_f32(b16[i]);
+        x[i] = b[i] + 7.5f + noise * rnd_normal();
+        mx = fmaxf(mx, x[i]), mb = fmaxf(mb, b[i]), m16 = fmaxf(m16, b16f[i]);
+    }
+    double want = ref->exp_sum(x, n, mx), got = cm_exp_sum(x, n, mx);
+    CHECK(fabs(got - want) <= 1e-6 * want, "%s exp_sum n=%lld: %.12g want %.12g", cm_kern.isa,
+          (long long)n, got, want);
+    for (int f16 = 0; f16 < 2; f16++) {
+        const float *bf = f16 ? b16f : b;
+        const void *bp = f16 ? (const void *)b16 : (const void *)b;
+        float sb = f16 ? m16 : mb;
+        double w[4], g[4], mag = 0;
+        ref->kld_sums(x, bp, f16, n, mx, sb, w);
+        cm_kld_sums(x, bp, f16, n, mx, sb, g);
+        for (int64_t i = 0; i < n; i++)
+            mag += exp((double)bf[i] - sb) * fabs(((double)bf[i] - sb) - ((double)x[i] - mx));
+        CHECK(g[0] == got && g[3] == w[3] && g[3] == 0 && fabs(g[1] - w[1]) <= 1e-6 * w[1] &&
+                  fabs(g[2] - w[2]) <= 1e-6 * mag,
+              "%s kld_sums n=%lld f16=%d: %.12g %.12g %.12g %g want %.12g %.12g %.12g %g "
+              "(exp_sum %.12g)", cm_kern.isa, (long long)n, f16, g[0], g[1], g[2], g[3], w[0],
+              w[1], w[2], w[3], got);
+        double k = kld_exact(x, bf, n), kg = kld_from(g);
+        /* float exponentials: ~1e-7 absolute, ten times under what saving
+         * the base in f16 alone moves the divergence by (noise 0, f16) */
+        CHECK(fabs(kg - k) <= 1e-5 * k + 1e-7, "%s kld n=%lld f16=%d noise %g: %.9g want %.9g",
+              cm_kern.isa, (long long)n, f16, noise, kg, k);
+        if (n == 49152 && f16)
+            printf("    %s kld n=%lld noise %g: %.6g (double: %.6g)\n", cm_kern.isa,
+                   (long long)n, noise, kg, k);
+    }
+    free(x), free(b), free(b16f), free(b16);
 }
 
 /* KV cache rows to f16: bit for bit the scalar conversion, overflow,
@@ -859,7 +904,8 @@ static void test_helpers_once(void)
         check_rmsnorm_add(ns[i] * 3 + 1, &ref);
     static const int64_t vocab[] = {1, 17, 1023, 1024, 1025, 49152, 151936};
     for (int i = 0; i < 7; i++)
-        check_exp_sums(vocab[i], &ref);
+        for (int k = 0; k < 3; k++)
+            check_ppl_sums(vocab[i], k == 0 ? 0.0f : k == 1 ? 0.003f : 0.1f, &ref);
     for (int i = 0; i < 8; i++)
         check_row_to_f16(ns[i] + 12);
     static const int64_t dims[] = {16, 64, 80, 128, 200, 256};

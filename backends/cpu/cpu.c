@@ -524,9 +524,15 @@ void cm_swiglu(float *a, const float *b, int64_t n)
     cm_kern.swiglu(a, b, n);
 }
 
-void cm_exp_sums(const float *a, const float *b, int64_t n, float shift, double out[2])
+double cm_exp_sum(const float *x, int64_t n, float shift)
 {
-    cm_kern.exp_sums(a, b, n, shift, out);
+    return cm_kern.exp_sum(x, n, shift);
+}
+
+void cm_kld_sums(const float *x, const void *b, int b_f16, int64_t n, float mx, float mb,
+                 double out[4])
+{
+    cm_kern.kld_sums(x, b, b_f16, n, mx, mb, out);
 }
 
 void cm_row_to_f16(const float *x, uint16_t *y, int64_t n)

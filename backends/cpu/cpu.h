@@ -87,9 +87,12 @@ void cm_swiglu(float *a, const float *b, int64_t n);
 void cm_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 void cm_add(float *x, const float *y, size_t n);
 
-/* out[0] = sum of e^(a[i] - shift), out[1] = sum of e^(a[i] - shift) *
- * (a[i] - b[i]) (0 without b), i < n, summed in double. */
-void cm_exp_sums(const float *a, const float *b, int64_t n, float shift, double out[2]);
+/* sum of e^(x[i] - shift), i < n, summed in double (kernels.h) */
+double cm_exp_sum(const float *x, int64_t n, float shift);
+/* the KL divergence's sums of logits x against base log-probabilities b
+ * (kernels.h, cm_kld_sums_fn) */
+void cm_kld_sums(const float *x, const void *b, int b_f16, int64_t n, float mx, float mb,
+                 double out[4]);
 
 /* n floats to f16 (round to nearest even): KV cache rows. */
 void cm_row_to_f16(const float *x, uint16_t *y, int64_t n);

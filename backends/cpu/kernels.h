@@ -75,11 +75,6 @@ typedef void (*cm_softmax_fn)(float *x, int64_t n, float scale, int round_f16);
 /* a[i] = silu(a[i]) * b[i], silu(x) = x / (1 + e^-x): the SwiGLU gate. */
 typedef void (*cm_swiglu_fn)(float *a, const float *b, int64_t n);
 
-/* out[0] = sum of e^(a[i] - shift); out[1] = sum of e^(a[i] - shift) *
- * (a[i] - b[i]), or 0 when b is NULL.  Sums in double.  Without b (a
- * log-sum-exp for perplexity) the exponentials may be float; with b (KL
- * divergence, where the error of the log of the sum enters undamped) they
- * and the differences a[i] - b[i] are double. */
 /* out[i] = x[i] * s * w[i], s = 1 / sqrt(mean(x^2) + eps), the mean of
  * squares summed in double (out may be x). */
 typedef void (*cm_rmsnorm_fn)(float *out, const float *x, const float *w, int64_t n, float eps);
@@ -87,8 +82,24 @@ typedef void (*cm_rmsnorm_fn)(float *out, const float *x, const float *w, int64_
 /* x[i] += y[i]: the residual additions. */
 typedef void (*cm_add_fn)(float *x, const float *y, int64_t n);
 
-typedef void (*cm_exp_sums_fn)(const float *a, const float *b, int64_t n, float shift,
-                               double out[2]);
+/* The sum of e^(x[i] - shift), i < n, in double (the exponentials may be
+ * float): a log-sum-exp's sum, for perplexity. */
+typedef double (*cm_exp_sum_fn)(const float *x, int64_t n, float shift);
+
+/* The KL divergence's sums over a vocabulary, one pass: a model's logits x
+ * (shifted by their maximum mx) against a base's log-probabilities b (f16
+ * when b_f16, else f32; shifted by mb, meant to be their maximum):
+ *   out[0] = sum e^(x - mx), exactly what exp_sum(x, n, mx) returns,
+ *   out[1] = sum e^(b - mb),
+ *   out[2] = sum e^(b - mb) * ((b - mb) - (x - mx)),
+ *   out[3] = max (b - mb) (> 0: mb was not the maximum).
+ * Then KLD = out[2] / out[1] + log out[0] - log out[1], within ~1e-7 of
+ * the divergence in double with float exponentials (the sums in double):
+ * a tenth of what rounding a base's log-probabilities to f16 moves it by.
+ * The differences of shifted values are small where the probability is,
+ * so no large terms cancel. */
+typedef void (*cm_kld_sums_fn)(const float *x, const void *b, int b_f16, int64_t n, float mx,
+                               float mb, double out[4]);
 
 /* Prompt attention on tiles (see cm_attn_qk / cm_attn_pv in cpu.h): nk <= 16
  * cached rows against nq queries, so a tile's rows are decoded once for
@@ -116,7 +127,8 @@ struct cm_kernels {
     cm_sum_rows_fn sum_rows[CM_TYPE_COUNT];
     cm_softmax_fn softmax;
     cm_swiglu_fn swiglu;
-    cm_exp_sums_fn exp_sums;
+    cm_exp_sum_fn exp_sum;
+    cm_kld_sums_fn kld_sums;
     cm_rmsnorm_fn rmsnorm;
     cm_add_fn add;
     cm_attn_qk_fn attn_qk[CM_TYPE_COUNT]; /* NULL: cm_dot_rows per query */

@@ -685,6 +685,99 @@ static void softmax_avx2(float *x, int64_t n, float scale, int round_f16)
     }
 }
 
+/* ---- perplexity's sums -------------------------------------------------
+ * Float exponentials, eight per lane summed in float (an error under the
+ * exponentials' own), then moved to double lanes; a last 1-7 values
+ * through -inf padding (an exponential of ~1e-38).  kld_sums repeats
+ * exp_sum's steps for its first sum, so the two agree bit for bit. */
+#define RUN 64
+
+static inline __m256d pd_pairs(__m256 f)
+{
+    return _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(f)),
+                         _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)));
+}
+
+static inline double hsum_pd(__m256d s)
+{
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+
+/* k <= 8 floats at p, the other lanes -inf */
+static inline __m256 load_pad(const float *p, int64_t k)
+{
+    if (k == 8)
+        return _mm256_loadu_ps(p);
+    float t[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY,
+                  -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    memcpy(t, p, (size_t)k * sizeof *p);
+    return _mm256_loadu_ps(t);
+}
+
+static double exp_sum_avx2(const float *x, int64_t n, float shift)
+{
+    const __m256 sh = _mm256_set1_ps(shift);
+    __m256d s = _mm256_setzero_pd();
+    for (int64_t c = 0; c < n; c += RUN) {
+        __m256 f = _mm256_setzero_ps();
+        const int64_t end = n - c < RUN ? n : c + RUN;
+        for (int64_t i = c; i < end; i += 8) {
+            __m256 v = load_pad(x + i, end - i < 8 ? end - i : 8);
+            f = _mm256_add_ps(f, exp8(_mm256_sub_ps(v, sh)));
+        }
+        s = _mm256_add_pd(s, pd_pairs(f));
+    }
+    return hsum_pd(s);
+}
+
+/* k <= 8 base values at i (f16 or f32), the other lanes -inf */
+static inline __m256 base8(const void *b, int f16, int64_t i, int64_t k)
+{
+    if (!f16)
+        return load_pad((const float *)b + i, k);
+    if (k == 8)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)b + i)));
+    float t[8];
+    for (int64_t j = 0; j < 8; j++)
+        t[j] = j < k ? _cvtsh_ss(((const uint16_t *)b)[i + j]) : -INFINITY;
+    return _mm256_loadu_ps(t);
+}
+
+static void kld_sums_avx2(const float *x, const void *b, int b_f16, int64_t n, float mx,
+                          float mb, double out[4])
+{
+    const __m256 sx = _mm256_set1_ps(mx), sb = _mm256_set1_ps(mb);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 umax = _mm256_set1_ps(-INFINITY);
+    __m256d sm = _mm256_setzero_pd(), s0 = sm, s1 = sm;
+    for (int64_t c = 0; c < n; c += RUN) {
+        __m256 fm = _mm256_setzero_ps(), f0 = fm, f1 = fm;
+        const int64_t end = n - c < RUN ? n : c + RUN;
+        for (int64_t i = c; i < end; i += 8) {
+            const int64_t k = end - i < 8 ? end - i : 8;
+            __m256 v = _mm256_sub_ps(load_pad(x + i, k), sx);
+            __m256 u = _mm256_sub_ps(base8(b, b_f16, i, k), sb);
+            __m256 e = exp8(u);
+            /* padded lanes: -inf - -inf is NaN */
+            __m256 real = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)k), lane));
+            fm = _mm256_add_ps(fm, exp8(v));
+            f0 = _mm256_add_ps(f0, e);
+            f1 = _mm256_fmadd_ps(e, _mm256_and_ps(_mm256_sub_ps(u, v), real), f1);
+            umax = _mm256_max_ps(umax, u);
+        }
+        sm = _mm256_add_pd(sm, pd_pairs(fm));
+        s0 = _mm256_add_pd(s0, pd_pairs(f0));
+        s1 = _mm256_add_pd(s1, pd_pairs(f1));
+    }
+    out[0] = hsum_pd(sm), out[1] = hsum_pd(s0), out[2] = hsum_pd(s1);
+    float t[8], m = -INFINITY;
+    _mm256_storeu_ps(t, umax);
+    for (int j = 0; j < 8; j++)
+        m = t[j] > m ? t[j] : m;
+    out[3] = m;
+}
+
 /* RMSNorm: squares summed in double, four lanes per half vector */
 static void rmsnorm_avx2(float *out, const float *x, const float *w, int64_t n, float eps)
 {
@@ -768,6 +861,8 @@ int cm_kernels_avx2(struct cm_kernels *k)
     k->to_float[CM_TYPE_F16] = f16_to_f32;
     k->softmax = softmax_avx2;
     k->swiglu = swiglu_avx2;
+    k->exp_sum = exp_sum_avx2;
+    k->kld_sums = kld_sums_avx2;
     k->rmsnorm = rmsnorm_avx2;
     k->add = add_avx2;
     cm_gemm_avx2_install(k);

@@ -932,58 +932,73 @@ static void swiglu_avx512(float *a, const float *b, int64_t n)
     }
 }
 
-/* e^x in double for x <= 0, to ~1e-13 relative: Taylor to r^10 after the
- * same reduction as exp_neg. */
-INLINE __m512d exp_neg_pd(__m512d x)
+/* Float exponentials, four per lane summed in float (an error under the
+ * exponentials' own), then moved to double lanes: the sum of 49k terms is
+ * as precise as the scalar reference's, summed in double throughout.
+ * kld_sums repeats these steps for its first sum, so the two agree bit
+ * for bit. */
+#define RUN 64
+
+/* the 16 float lanes of f, as 8 double lanes of pair sums */
+INLINE __m512d pd_pairs(__m512 f)
 {
-    x = _mm512_max_pd(x, _mm512_set1_pd(-745.0));
-    __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(0.6931471805598903), x);
-    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(5.497923018708371e-14), r);
-    __m512d p = _mm512_set1_pd(1.0 / 3628800);
-    static const double inv_fact[] = {1.0 / 362880, 1.0 / 40320, 1.0 / 5040, 1.0 / 720,
-                                      1.0 / 120,    1.0 / 24,    1.0 / 6,    0.5,
-                                      1.0,          1.0};
-    for (int k = 0; k < 10; k++)
-        p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(inv_fact[k]));
-    return _mm512_scalef_pd(p, n);
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1));
+    return _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(f)), _mm512_cvtps_pd(hi));
 }
 
-/* Without b (log-sum-exp for perplexity): float exponentials summed in
- * float lanes, moved to double every 1024 values, as precise as the scalar
- * reference's sum.  With b (KL divergence): double exponentials, since the
- * divergence takes the log of the sum and its error enters undamped. */
-static void exp_sums_avx512(const float *a, const float *b, int64_t n, float shift,
-                            double out[2])
+static double exp_sum_avx512(const float *x, int64_t n, float shift)
 {
-    if (b) {
-        const __m512d sh = _mm512_set1_pd(shift);
-        __m512d s0 = _mm512_setzero_pd(), s1 = s0;
-        for (int64_t i = 0; i < n; i += 8) {
-            __mmask8 m = n - i >= 8 ? 0xFF : (__mmask8)((1u << (n - i)) - 1);
-            __m512d x = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, a + i));
-            __m512d y = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, b + i));
-            __m512d e = _mm512_maskz_mov_pd(m, exp_neg_pd(_mm512_sub_pd(x, sh)));
-            s0 = _mm512_add_pd(s0, e);
-            s1 = _mm512_fmadd_pd(e, _mm512_sub_pd(x, y), s1);
-        }
-        out[0] = _mm512_reduce_add_pd(s0), out[1] = _mm512_reduce_add_pd(s1);
-        return;
-    }
     const __m512 sh = _mm512_set1_ps(shift);
-    double s0 = 0;
-    for (int64_t c = 0; c < n; c += 1024) {
-        __m512 f0 = _mm512_setzero_ps();
-        int64_t end = n - c < 1024 ? n : c + 1024;
+    __m512d s = _mm512_setzero_pd();
+    for (int64_t c = 0; c < n; c += RUN) {
+        __m512 f = _mm512_setzero_ps();
+        int64_t end = n - c < RUN ? n : c + RUN;
         for (int64_t i = c; i < end; i += 16) {
             __mmask16 m = cols16(end, i);
-            __m512 x = _mm512_maskz_loadu_ps(m, a + i);
-            f0 = _mm512_add_ps(f0, _mm512_maskz_mov_ps(m, exp_neg(_mm512_sub_ps(x, sh))));
+            __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+            f = _mm512_add_ps(f, _mm512_maskz_mov_ps(m, exp_neg(_mm512_sub_ps(v, sh))));
         }
-        s0 += _mm512_reduce_add_ps(f0);
+        s = _mm512_add_pd(s, pd_pairs(f));
     }
-    out[0] = s0, out[1] = 0;
+    return _mm512_reduce_add_pd(s);
+}
+
+INLINE void kld_sums_body(const float *x, const void *b, const int f16, int64_t n, float mx,
+                          float mb, double out[4])
+{
+    const __m512 sx = _mm512_set1_ps(mx), sb = _mm512_set1_ps(mb);
+    __m512 umax = _mm512_set1_ps(-INFINITY);
+    __m512d sm = _mm512_setzero_pd(), s0 = sm, s1 = sm;
+    for (int64_t c = 0; c < n; c += RUN) {
+        __m512 fm = _mm512_setzero_ps(), f0 = fm, f1 = fm;
+        int64_t end = n - c < RUN ? n : c + RUN;
+        for (int64_t i = c; i < end; i += 16) {
+            __mmask16 m = cols16(end, i);
+            __m512 bv = f16 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)b + i))
+                            : _mm512_maskz_loadu_ps(m, (const float *)b + i);
+            __m512 v = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), sx);
+            __m512 u = _mm512_sub_ps(bv, sb);
+            __m512 e = _mm512_maskz_mov_ps(m, exp_neg(u));
+            fm = _mm512_add_ps(fm, _mm512_maskz_mov_ps(m, exp_neg(v)));
+            f0 = _mm512_add_ps(f0, e);
+            f1 = _mm512_fmadd_ps(e, _mm512_sub_ps(u, v), f1);
+            umax = _mm512_mask_max_ps(umax, m, umax, u);
+        }
+        sm = _mm512_add_pd(sm, pd_pairs(fm));
+        s0 = _mm512_add_pd(s0, pd_pairs(f0));
+        s1 = _mm512_add_pd(s1, pd_pairs(f1));
+    }
+    out[0] = _mm512_reduce_add_pd(sm), out[1] = _mm512_reduce_add_pd(s0);
+    out[2] = _mm512_reduce_add_pd(s1), out[3] = _mm512_reduce_max_ps(umax);
+}
+
+static void kld_sums_avx512(const float *x, const void *b, int b_f16, int64_t n, float mx,
+                            float mb, double out[4])
+{
+    if (b_f16)
+        kld_sums_body(x, b, 1, n, mx, mb, out);
+    else
+        kld_sums_body(x, b, 0, n, mx, mb, out);
 }
 
 /* RMSNorm: squares summed in double, eight lanes per half vector */
@@ -1280,7 +1295,8 @@ int cm_kernels_avx512(struct cm_kernels *k, int vnni)
     k->attn_qk[CM_TYPE_F16] = attn_qk_f16;
     k->attn_pv[CM_TYPE_F16] = attn_pv_f16;
     k->swiglu = swiglu_avx512;
-    k->exp_sums = exp_sums_avx512;
+    k->exp_sum = exp_sum_avx512;
+    k->kld_sums = kld_sums_avx512;
     k->rmsnorm = rmsnorm_avx512;
     k->add = add_avx512;
     k->quantize[CM_TYPE_Q8_K] = quant_q8_K;

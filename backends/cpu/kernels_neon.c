@@ -716,27 +716,6 @@ static inline float32x4_t exp4(float32x4_t x)
     return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(y), under));
 }
 
-/* e^x in double to ~1e-13 relative: the same reduction, Taylor to r^10;
- * x clamped to [-708, 709] (2^n normal), below -708 flushed to 0. */
-static inline float64x2_t exp2d(float64x2_t x)
-{
-    const uint64x2_t under = vcltq_f64(x, vdupq_n_f64(-708.0));
-    x = vminq_f64(vmaxq_f64(x, vdupq_n_f64(-708.0)), vdupq_n_f64(709.0));
-    float64x2_t n = vrndnq_f64(vmulq_n_f64(x, 1.4426950408889634));
-    float64x2_t r = vfmsq_f64(x, n, vdupq_n_f64(0.6931471805598903));
-    r = vfmsq_f64(r, n, vdupq_n_f64(5.497923018708371e-14));
-    static const double inv_fact[] = {1.0 / 362880, 1.0 / 40320, 1.0 / 5040, 1.0 / 720,
-                                      1.0 / 120,    1.0 / 24,    1.0 / 6,    0.5,
-                                      1.0,          1.0};
-    float64x2_t p = vdupq_n_f64(1.0 / 3628800);
-    UNROLL
-    for (int k = 0; k < 10; k++)
-        p = vfmaq_f64(vdupq_n_f64(inv_fact[k]), p, r);
-    int64x2_t e = vshlq_n_s64(vaddq_s64(vcvtq_s64_f64(n), vdupq_n_s64(1023)), 52);
-    float64x2_t y = vmulq_f64(p, vreinterpretq_f64_s64(e));
-    return vreinterpretq_f64_u64(vbicq_u64(vreinterpretq_u64_f64(y), under));
-}
-
 /* The k < 4 values at p in a vector, the other lanes `fill`; and back. */
 static inline float32x4_t load_tail(const float *p, int64_t k, float fill)
 {
@@ -838,59 +817,76 @@ static void swiglu_neon(float *a, const float *b, int64_t n)
         a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
 }
 
-/* KL divergence's sums: double exponentials and differences (kernels.h),
- * two lanes per vector; the last 0-3 values through libm's exp. */
-static void exp_sums_kl(const float *a, const float *b, int64_t n, float shift, double out[2])
+/* ---- perplexity's sums -------------------------------------------------
+ * Float exponentials, eight per lane summed in float (an error under the
+ * exponentials' own), then moved to double lanes; the last 1-3 values
+ * through -inf padding (an exponential of 0).  kld_sums repeats exp_sum's
+ * steps for its first sum, so the two agree bit for bit. */
+#define RUN 32
+
+static inline float64x2_t pd_pairs(float32x4_t f)
 {
-    const float64x2_t sh = vdupq_n_f64(shift);
-    float64x2_t s0 = vdupq_n_f64(0), s1 = s0;
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        float32x4_t va = vld1q_f32(a + i), vb = vld1q_f32(b + i);
-        float64x2_t x[2] = {vcvt_f64_f32(vget_low_f32(va)), vcvt_high_f64_f32(va)};
-        float64x2_t y[2] = {vcvt_f64_f32(vget_low_f32(vb)), vcvt_high_f64_f32(vb)};
-        UNROLL
-        for (int h = 0; h < 2; h++) {
-            float64x2_t e = exp2d(vsubq_f64(x[h], sh));
-            s0 = vaddq_f64(s0, e);
-            s1 = vfmaq_f64(s1, e, vsubq_f64(x[h], y[h]));
-        }
-    }
-    double t0 = vaddvq_f64(s0), t1 = vaddvq_f64(s1);
-    for (; i < n; i++) {
-        double e = exp((double)a[i] - shift);
-        t0 += e;
-        t1 += e * ((double)a[i] - b[i]);
-    }
-    out[0] = t0, out[1] = t1;
+    return vaddq_f64(vcvt_f64_f32(vget_low_f32(f)), vcvt_high_f64_f32(f));
 }
 
-/* Without b (log-sum-exp for perplexity): float exponentials summed in two
- * vectors, 32 terms per lane before they move to double, so the float
- * sums' rounding stays well under the exponentials' own (the reference
- * sums in double throughout). */
-static void exp_sums_neon(const float *a, const float *b, int64_t n, float shift,
-                          double out[2])
+static double exp_sum_neon(const float *x, int64_t n, float shift)
 {
-    if (b) {
-        exp_sums_kl(a, b, n, shift, out);
-        return;
-    }
     const float32x4_t sh = vdupq_n_f32(shift);
-    double s = 0;
-    int64_t i = 0;
-    while (i + 8 <= n) {
-        float32x4_t f0 = vdupq_n_f32(0), f1 = f0;
-        const int64_t end = n - i < 256 ? i + ((n - i) & ~(int64_t)7) : i + 256;
-        for (; i < end; i += 8) {
-            f0 = vaddq_f32(f0, exp4(vsubq_f32(vld1q_f32(a + i), sh)));
-            f1 = vaddq_f32(f1, exp4(vsubq_f32(vld1q_f32(a + i + 4), sh)));
+    float64x2_t s = vdupq_n_f64(0);
+    for (int64_t c = 0; c < n; c += RUN) {
+        float32x4_t f = vdupq_n_f32(0);
+        const int64_t end = n - c < RUN ? n : c + RUN;
+        for (int64_t i = c; i < end; i += 4) {
+            float32x4_t v = end - i >= 4 ? vld1q_f32(x + i) : load_tail(x + i, end - i, -INFINITY);
+            f = vaddq_f32(f, exp4(vsubq_f32(v, sh)));
         }
-        s += vaddvq_f32(vaddq_f32(f0, f1));
+        s = vaddq_f64(s, pd_pairs(f));
     }
-    for (; i < n; i += 4) /* -inf padding: exponentials of 0 */
-        s += vaddvq_f32(exp4(vsubq_f32(load_tail(a + i, n - i < 4 ? n - i : 4, -INFINITY), sh)));
-    out[0] = s, out[1] = 0;
+    return vaddvq_f64(s);
+}
+
+/* k <= 4 base values at i (f16 or f32), the other lanes -inf */
+static inline float32x4_t base4(const void *b, int f16, int64_t i, int64_t k)
+{
+    if (f16 && k == 4)
+        return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)b + i)));
+    if (!f16)
+        return k == 4 ? vld1q_f32((const float *)b + i) : load_tail((const float *)b + i, k, -INFINITY);
+    float t[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    for (int64_t j = 0; j < k; j++)
+        t[j] = cm_f16_to_f32(((const uint16_t *)b)[i + j]);
+    return vld1q_f32(t);
+}
+
+static void kld_sums_neon(const float *x, const void *b, int b_f16, int64_t n, float mx,
+                          float mb, double out[4])
+{
+    const float32x4_t sx = vdupq_n_f32(mx), sb = vdupq_n_f32(mb);
+    const int32x4_t lane = {0, 1, 2, 3};
+    float32x4_t umax = vdupq_n_f32(-INFINITY);
+    float64x2_t sm = vdupq_n_f64(0), s0 = sm, s1 = sm;
+    for (int64_t c = 0; c < n; c += RUN) {
+        float32x4_t fm = vdupq_n_f32(0), f0 = fm, f1 = fm;
+        const int64_t end = n - c < RUN ? n : c + RUN;
+        for (int64_t i = c; i < end; i += 4) {
+            const int64_t k = end - i < 4 ? end - i : 4;
+            float32x4_t xv = k == 4 ? vld1q_f32(x + i) : load_tail(x + i, k, -INFINITY);
+            float32x4_t v = vsubq_f32(xv, sx), u = vsubq_f32(base4(b, b_f16, i, k), sb);
+            float32x4_t e = exp4(u);
+            /* padded lanes: -inf - -inf is NaN, and 0 * NaN too */
+            uint32x4_t real = vcltq_s32(lane, vdupq_n_s32((int32_t)k));
+            float32x4_t d = vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(vsubq_f32(u, v)), real));
+            fm = vaddq_f32(fm, exp4(v));
+            f0 = vaddq_f32(f0, e);
+            f1 = vfmaq_f32(f1, e, d);
+            umax = vmaxq_f32(umax, u);
+        }
+        sm = vaddq_f64(sm, pd_pairs(fm));
+        s0 = vaddq_f64(s0, pd_pairs(f0));
+        s1 = vaddq_f64(s1, pd_pairs(f1));
+    }
+    out[0] = vaddvq_f64(sm), out[1] = vaddvq_f64(s0), out[2] = vaddvq_f64(s1);
+    out[3] = vmaxvq_f32(umax);
 }
 
 /* ---- f16 rows: KV cache conversions and attention ----------------------- */
@@ -1286,7 +1282,8 @@ int cm_kernels_neon(struct cm_kernels *k, int dotprod)
     k->swiglu = swiglu_neon;
     k->rmsnorm = rmsnorm_neon;
     k->add = add_neon;
-    k->exp_sums = exp_sums_neon;
+    k->exp_sum = exp_sum_neon;
+    k->kld_sums = kld_sums_neon;
     return 0;
 }
 

@@ -95,18 +95,30 @@ static void add_ref(float *x, const float *y, int64_t n)
         x[i] += y[i];
 }
 
-static void exp_sums_ref(const float *a, const float *b, int64_t n, float shift, double out[2])
+static double exp_sum_ref(const float *x, int64_t n, float shift)
 {
-    double s0 = 0, s1 = 0;
+    double s = 0;
+    for (int64_t i = 0; i < n; i++)
+        s += expf(x[i] - shift);
+    return s;
+}
+
+/* libm's float exponentials (within an ulp) summed in double: the
+ * reference the vector kernels' lane sums are held to. */
+static void kld_sums_ref(const float *x, const void *b, int b_f16, int64_t n, float mx, float mb,
+                         double out[4])
+{
+    double sm = 0, s0 = 0, s1 = 0;
+    float umax = -INFINITY;
     for (int64_t i = 0; i < n; i++) {
-        if (b) { /* KL divergence: double exponentials (see kernels.h) */
-            double e = exp((double)a[i] - shift);
-            s0 += e;
-            s1 += e * ((double)a[i] - b[i]);
-        } else
-            s0 += expf(a[i] - shift);
+        float bi = b_f16 ? cm_f16_to_f32(((const uint16_t *)b)[i]) : ((const float *)b)[i];
+        float u = bi - mb, v = x[i] - mx, e = expf(u);
+        sm += expf(v);
+        s0 += e;
+        s1 += (double)e * ((double)u - v);
+        umax = u > umax ? u : umax;
     }
-    out[0] = s0, out[1] = s1;
+    out[0] = sm, out[1] = s0, out[2] = s1, out[3] = umax;
 }
 
 #define DOT(T, t) [CM_TYPE_##T] = cm_dot_##t
@@ -134,7 +146,8 @@ static void exp_sums_ref(const float *a, const float *b, int64_t n, float shift,
         .gemm = {NULL},                                                       \
         .softmax = softmax_ref,                                               \
         .swiglu = swiglu_ref,                                                 \
-        .exp_sums = exp_sums_ref,                                             \
+        .exp_sum = exp_sum_ref,                                               \
+        .kld_sums = kld_sums_ref,                                             \
         .rmsnorm = rmsnorm_ref,                                               \
         .add = add_ref,                                                       \
     }
