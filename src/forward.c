@@ -363,7 +363,10 @@ static void attend_tiled(cm_ctx *c, int il, int first, int n_tok)
 #else
         int th = 0;
 #endif
-        int g = it / nblk, t0 = first + it % nblk * tb, t1 = t0 + tb < n_tok ? t0 + tb : n_tok;
+        /* latest query blocks (the most keys) first, so the last items
+         * handed out are the short ones and no thread waits long */
+        int g = it % hp->n_head_kv, blk = nblk - 1 - it / hp->n_head_kv;
+        int t0 = first + blk * tb, t1 = t0 + tb < n_tok ? t0 + tb : n_tok;
         attend_block(c, il, g, t0, t1, c->attn_tile + (size_t)th * c->tile_floats);
     }
 }

@@ -320,12 +320,13 @@ static int share_rows(int64_t all_tiles, int id, int n, int64_t tile0, int64_t r
 }
 
 /* One parallel region with one barrier: quantize and pack the tokens once,
- * then each thread runs the batched kernel over its share of the rows of
- * every weight (all nw take the same kernel g, with the same columns). */
-static void matmul_gemm(const cm_gemm *g, const cm_tensor *const *ws, int nw, const float *x,
-                        int64_t n_tok, float *const *ys, char *scratch)
+ * then each thread runs the batched kernels over its share of the rows of
+ * every weight (weight i through gs[i]; all nw pack their input alike). */
+static void matmul_gemm(const cm_gemm *const *gs, const cm_tensor *const *ws, int nw,
+                        const float *x, int64_t n_tok, float *const *ys, char *scratch)
 {
     const cm_tensor *w = ws[0];
+    const cm_gemm *g = gs[0];
     const int64_t cols = w->ne[0];
     const size_t xrow = act_row_bytes(w);
     const size_t wb = ALIGN64(g->work_bytes(cols));
@@ -359,8 +360,8 @@ static void matmul_gemm(const cm_gemm *g, const cm_tensor *const *ws, int nw, co
         for (int i = 0; i < nw; i++) {
             const int64_t rows = ws[i]->ne[1];
             if (share_rows(all_tiles, id, n, tile0, rows, &r0, &r1))
-                g->rows(cols, ws[i]->data, cm_row_bytes(ws[i]->type, cols), r0, r1, xin, n_tok,
-                        ys[i], rows, work + (size_t)id * wb);
+                gs[i]->rows(cols, ws[i]->data, cm_row_bytes(ws[i]->type, cols), r0, r1, xin,
+                            n_tok, ys[i], rows, work + (size_t)id * wb);
             tile0 += (rows + 15) / 16;
         }
     }
@@ -378,7 +379,7 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
         return;
     const cm_gemm *g = pick_gemm(w, n_tok);
     if (g) {
-        matmul_gemm(g, &w, 1, x, n_tok, &y, scratch);
+        matmul_gemm(&g, &w, 1, x, n_tok, &y, scratch);
         return;
     }
     const size_t wrow = cm_row_bytes(w->type, cols);
@@ -409,19 +410,32 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
     matmul_rows(dot, w->data, wrow, cols, rows, xq, xrow, n_tok, y, gv);
 }
 
+/* Whether two batched kernels can share one packing of their input (and
+ * one scratch layout): the same quantization, packing and tile size. */
+static int same_packing(const cm_gemm *a, const cm_gemm *b, const cm_tensor *wa,
+                        const cm_tensor *wb)
+{
+    return a && b && a->group == b->group && a->pack == b->pack &&
+           a->pack_bytes == b->pack_bytes && a->work_bytes == b->work_bytes &&
+           wa->ne[0] == wb->ne[0] &&
+           cm_type_get(wa->type)->dot_type == cm_type_get(wb->type)->dot_type;
+}
+
 void cm_matmul_n(const cm_tensor *const *ws, int nw, const float *x, int64_t n_tok,
                  float *const *ys, void *scratch)
 {
-    const cm_gemm *g = nw > 0 && n_tok > 0 ? pick_gemm(ws[0], n_tok) : NULL;
-    int shared = g != NULL;
-    for (int i = 1; i < nw && shared; i++) /* same kernel and packing, same columns */
-        shared = pick_gemm(ws[i], n_tok) == g && ws[i]->ne[0] == ws[0]->ne[0] &&
-                 cm_type_get(ws[i]->type)->dot_type == cm_type_get(ws[0]->type)->dot_type;
+    enum { MAX_N = 8 };
+    const cm_gemm *gs[MAX_N];
+    int shared = nw > 0 && nw <= MAX_N && n_tok > 0;
+    for (int i = 0; i < nw && shared; i++) {
+        gs[i] = pick_gemm(ws[i], n_tok);
+        shared = same_packing(gs[0], gs[i], ws[0], ws[i]);
+    }
     if (shared) {
         for (int i = 0; i < nw; i++)
             if (!cm_type_get(ws[i]->type)->supported || !cm_kern.vec_dot[ws[i]->type])
                 no_kernel(ws[i]->type);
-        matmul_gemm(g, ws, nw, x, n_tok, ys, scratch);
+        matmul_gemm(gs, ws, nw, x, n_tok, ys, scratch);
         return;
     }
     for (int i = 0; i < nw; i++)

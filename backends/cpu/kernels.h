@@ -93,9 +93,9 @@ typedef double (*cm_exp_sum_fn)(const float *x, int64_t n, float shift);
  *   out[1] = sum e^(b - mb),
  *   out[2] = sum e^(b - mb) * ((b - mb) - (x - mx)),
  *   out[3] = max (b - mb) (> 0: mb was not the maximum).
- * Then KLD = out[2] / out[1] + log out[0] - log out[1], within ~1e-7 of
- * the divergence in double with float exponentials (the sums in double):
- * a tenth of what rounding a base's log-probabilities to f16 moves it by.
+ * Then KLD = out[2] / out[1] + log out[0] - log out[1], within a few 1e-7
+ * of the divergence in double with float exponentials (sums in double):
+ * less than rounding a base's log-probabilities to f16 moves it by.
  * The differences of shifted values are small where the probability is,
  * so no large terms cancel. */
 typedef void (*cm_kld_sums_fn)(const float *x, const void *b, int b_f16, int64_t n, float mx,
