@@ -496,6 +496,10 @@ static cm_status run_chunks(cm_ctx *ctx, work *w, const int32_t *ids, int n_chun
         score_chunk(w, p->n_ctx / 2);
         if (base->f)
             lf_release(base, c, rec_all);
+        for (int j = 0; base->f && j < w->n_pred; j++)
+            if (!isfinite(w->bnll[j])) /* only the base row enters it */
+                return cm_fail(err, CM_E_FORMAT, "%s: the saved row of position %d of chunk %d "
+                               "is not a distribution (corrupt file?)", base->path, j, c);
         if (save->f)
             lf_release(save, c, rec_all);
         double sum = chunk_accumulate(w, &acc);

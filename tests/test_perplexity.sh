@@ -92,6 +92,13 @@ grep -q "base.lg" "$TMP/err" || fail "mismatch message does not name the file"
 expect 1 "base with another -c" -- "$CODEMOE" perplexity -m "$F32" -f "$SAMPLE" -c 128 --kld-base "$TMP/base.lg"
 head -c 100000 "$TMP/base.lg" >"$TMP/trunc.lg"
 expect 1 "truncated base" -- "$CODEMOE" perplexity -m "$F32" -f "$SAMPLE" -c 256 --kld-base "$TMP/trunc.lg"
+# a run of rows overwritten with 0xFF (f16 NaN, argmax -1): an error naming the file
+cp "$TMP/base.lg" "$TMP/nan.lg"
+blocks=$(( $(wc -c <"$TMP/base.lg") / 4096 ))
+head -c $(( blocks / 8 * 4096 )) /dev/zero | tr '\000' '\377' |
+    dd of="$TMP/nan.lg" bs=4096 seek=$(( blocks / 2 )) conv=notrunc 2>/dev/null
+expect 1 "base with corrupt rows" -- "$CODEMOE" perplexity -m "$F32" -f "$SAMPLE" -c 256 --kld-base "$TMP/nan.lg"
+grep -q "nan.lg: .*not a distribution" "$TMP/err" || fail "corrupt rows: $(cat "$TMP/err")"
 expect 1 "base not a logits file" -- "$CODEMOE" perplexity -m "$F32" -f "$SAMPLE" -c 256 --kld-base "$F32"
 expect 1 "missing base" -- "$CODEMOE" perplexity -m "$F32" -f "$SAMPLE" -c 256 --kld-base "$TMP/none.lg"
 expect 1 "unwritable logits" -- "$CODEMOE" perplexity -m "$F32" -f "$SAMPLE" -c 256 --save-logits "$TMP/no/dir/x.lg"
