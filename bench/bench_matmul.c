@@ -70,7 +70,7 @@ static int make_weight(bench_w *b, enum cm_type t, int64_t rows, int64_t cols, s
     }
     for (int c = 1; c < b->ncopy; c++)
         memcpy(b->data + (size_t)c * b->nbytes, b->data, b->nbytes);
-    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, b->data, b->nbytes, NULL, NULL};
+    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, b->data, b->nbytes};
     b->tw = tw;
     free(row);
     return 0;

@@ -197,65 +197,6 @@ cm_status cm_ctx_new(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch, c
     return CM_OK;
 }
 
-/* The dense products' weights of layer L (MoE expert stacks are sliced per
- * expert at run time and decode as they go). */
-static int dense_weights(cm_layer *L, cm_tensor **out)
-{
-    cm_tensor *all[] = {&L->wqkv,  &L->wq,         &L->wk,       &L->wv,
-                        &L->wo,    &L->w_gate,     &L->w_up,     &L->w_down,
-                        &L->gate_shexp, &L->up_shexp, &L->down_shexp};
-    int n = (int)(sizeof all / sizeof all[0]);
-    memcpy(out, all, sizeof all);
-    return n;
-}
-
-/* Sizes (buf NULL) or decodes (buf) the tiles of every dense weight of the
- * copies in c->layers and c->output; returns the bytes. */
-static size_t tile_all(cm_ctx *c, char *buf)
-{
-    size_t off = 0;
-    for (int il = 0; il <= c->m->hp.n_layer; il++) {
-        cm_tensor *ws[16];
-        int nw = 1;
-        if (il < c->m->hp.n_layer)
-            nw = dense_weights(&c->layers[il], ws);
-        else
-            ws[0] = &c->output;
-        for (int i = 0; i < nw; i++) {
-            size_t b = cm_tiles_bytes(ws[i], c->n_batch);
-            if (buf && b)
-                cm_tiles_decode(ws[i], c->n_batch, buf + off);
-            off += b;
-        }
-    }
-    return off;
-}
-
-cm_status cm_ctx_keep_tiles(cm_ctx *c, size_t budget, cm_err *err)
-{
-    const cm_model *m = c->m;
-    if (c->layers)
-        return CM_OK;
-    size_t nl = (size_t)m->hp.n_layer;
-    c->layers = malloc(nl * sizeof *c->layers);
-    if (!c->layers)
-        return cm_fail(err, CM_E_NOMEM, "out of memory for the layer table");
-    memcpy(c->layers, m->layers, nl * sizeof *c->layers);
-    c->output = m->output;
-    size_t bytes = tile_all(c, NULL);
-    if (bytes == 0 || bytes > budget ||
-        !(c->tiles = aligned_alloc(64, (bytes + 63) / 64 * 64))) {
-        free(c->layers);
-        c->layers = NULL;
-        return bytes == 0 || bytes > budget
-                   ? CM_OK
-                   : cm_fail(err, CM_E_NOMEM, "out of memory for %zu MiB of decoded weights",
-                             bytes >> 20);
-    }
-    tile_all(c, c->tiles);
-    return CM_OK;
-}
-
 void cm_ctx_free(cm_ctx *c)
 {
     if (!c)
@@ -271,7 +212,6 @@ void cm_ctx_free(cm_ctx *c)
         free(bufs[i]);
     free(c->scratch), free(c->exp_rows), free(c->exp_count), free(c->expert_tokens);
     cm_expert_cache_free(c->experts);
-    free(c->layers), free(c->tiles);
     free(c);
 }
 
@@ -625,15 +565,14 @@ static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out, float *o
             cm_rope_table(c->rope_cs + (size_t)p * hp->rope_dim, p, hp);
     c->rope_done = upto > c->rope_done ? upto : c->rope_done;
     for (int il = 0; il < hp->n_layer; il++) /* the last layer: only rows giving logits */
-        layer(c, c->layers ? &c->layers[il] : &m->layers[il], il,
-              il == hp->n_layer - 1 ? n - n_out : 0, n);
+        layer(c, &m->layers[il], il, il == hp->n_layer - 1 ? n - n_out : 0, n);
     c->n_past += n;
     if (n_out == 0)
         return;
     const float *last = c->x + (size_t)(n - n_out) * hp->n_embd;
     cm_norm_rows(c->h, last, &m->out_norm, &m->out_norm_b, n_out, hp->n_embd, hp->norm_eps,
                  hp->layer_norm);
-    cm_matmul(c->layers ? &c->output : &m->output, c->h, n_out, out, c->scratch);
+    cm_matmul(&m->output, c->h, n_out, out, c->scratch);
     cm_add_bias(out, &m->output_b, n_out, hp->n_vocab);
 }
 

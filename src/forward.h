@@ -18,12 +18,6 @@ typedef struct cm_ctx cm_ctx;
 cm_status cm_ctx_new(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch,
                      cm_ctx **out, cm_err *err);
 void cm_ctx_free(cm_ctx *c);
-/* For many batches of n_batch tokens (perplexity): decodes the weights of
- * the dense products once into tiles the context keeps (cm_tiles_bytes),
- * instead of once per batch; only when they take at most `budget` bytes
- * (else CM_OK, nothing kept).  Same results.  CM_E_NOMEM if allocation
- * fails. */
-cm_status cm_ctx_keep_tiles(cm_ctx *c, size_t budget, cm_err *err);
 /* Forgets the sequence (the KV cache is simply overwritten later). */
 void cm_ctx_reset(cm_ctx *c);
 int cm_ctx_n_past(const cm_ctx *c);

@@ -34,11 +34,6 @@ struct cm_ctx {
     float *xe, *ye;     /* gathered rows for one expert, its output */
     uint64_t *expert_tokens; /* [n_layer][n_expert] tokens per expert, for stats */
     cm_expert_cache *experts; /* residency under a RAM budget, or NULL */
-    /* cm_ctx_keep_tiles: copies of the model's layers and output whose
-     * weights point at tiles decoded once (NULL: the model's own) */
-    cm_layer *layers;
-    cm_tensor output;
-    void *tiles;
 };
 
 /* out = mixture-of-experts feed-forward of c->h (n rows) */

@@ -480,14 +480,6 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Decoded weights are kept when they take at most an eighth of the RAM
- * (2.2-2.9x a quantized model's bytes) */
-static size_t tile_budget(void)
-{
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    return pages > 0 && page > 0 ? (size_t)pages / 8 * (size_t)page : 0;
-}
-
 static cm_status run_chunks(cm_ctx *ctx, work *w, const int32_t *ids, int n_chunk,
                             const cm_ppl_params *p, lfile *base, lfile *save,
                             cm_ppl_result *r, cm_err *err)
@@ -566,9 +558,6 @@ cm_status cm_perplexity(const cm_model *m, const int32_t *ids, size_t n_ids,
         s = work_alloc(&w, p->n_ctx, &base, &save, err);
     if (!s)
         s = cm_ctx_new(m, p->n_ctx, p->kv, p->n_batch > 0 ? p->n_batch : p->n_ctx, &ctx, err);
-    if (!s && n_chunk > 1) /* decode the weights once, not per chunk; without
-                            * the memory, decoding per chunk still works */
-        (void)cm_ctx_keep_tiles(ctx, tile_budget(), err);
     if (!s)
         s = run_chunks(ctx, &w, ids, n_chunk, p, &base, &save, r, err);
     if (!s && save.f)

@@ -16,10 +16,6 @@ typedef struct {
     int64_t ne[4];
     const void *data; /* read-only, usually inside an mmap */
     size_t nbytes;
-    /* optional: the weights decoded once for batched products (owned by
-     * whoever set them, see cm_tiles_decode) and the kernel they suit */
-    const void *tiles;
-    const void *tiles_for;
 } cm_tensor;
 
 static inline int64_t cm_tensor_rows(const cm_tensor *t)

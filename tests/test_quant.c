@@ -357,7 +357,7 @@ static void check_matmul(enum cm_type t, int64_t cols, int64_t rows, int64_t n_t
     float *xd = malloc(cols * sizeof(float)), *wd = malloc(cols * sizeof(float));
     fill_weights(t, w, cols * rows, W_RANDOM);
     fill_normal(x, cols * n_tok, 1.0f);
-    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows, NULL, NULL};
+    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows};
     void *scratch = aligned_alloc(64, cm_matmul_scratch_bytes(&tw, n_tok) + 64);
     cm_matmul(&tw, x, n_tok, y, scratch);
     enum cm_type dt = dot_type(t);
@@ -484,7 +484,7 @@ static void check_batched(enum cm_type t, int64_t cols, int64_t rows, int64_t ma
     void *w = malloc(rb * rows);
     float *x = malloc(cols * max_tok * sizeof(float));
     double *ref = malloc(rows * max_tok * sizeof(double)), *tol = malloc(rows * max_tok * sizeof(double));
-    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows, NULL, NULL};
+    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows};
     for (int wk = 0; wk < W_NKINDS; wk++) {
         for (int xk = 0; xk < X_NKINDS; xk++) {
             if ((wk != W_RANDOM || xk != X_RANDOM) && (wk == W_RANDOM) == (xk == X_RANDOM))
@@ -513,7 +513,7 @@ static void check_streamed(enum cm_type t, int64_t cols)
     void *w = malloc(rb * rows);
     float *x = malloc(cols * n_tok * sizeof(float));
     double *ref = malloc(rows * n_tok * sizeof(double)), *tol = malloc(rows * n_tok * sizeof(double));
-    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows, NULL, NULL};
+    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows};
     fill_weights(t, w, cols * rows, W_RANDOM);
     fill_acts(x, cols * n_tok, X_RANDOM);
     batched_refs(t, w, cols, rows, x, n_tok, ref, tol);
@@ -539,7 +539,7 @@ static void check_matmul_n(const enum cm_type *types, int nw, int64_t cols, int6
         size_t rb = cm_row_bytes(types[i], cols);
         void *w = malloc(rb * rows);
         fill_weights(types[i], w, cols * rows, W_RANDOM);
-        tw[i] = (cm_tensor){"w", types[i], 2, {cols, rows, 1, 1}, w, rb * rows, NULL, NULL};
+        tw[i] = (cm_tensor){"w", types[i], 2, {cols, rows, 1, 1}, w, rb * rows};
         ws[i] = &tw[i];
         ys[i] = malloc(rows * n_tok * sizeof(float));
         one[i] = malloc(rows * n_tok * sizeof(float));
@@ -558,51 +558,10 @@ static void check_matmul_n(const enum cm_type *types, int nw, int64_t cols, int6
     free(x), free(scratch);
 }
 
-/* Weights decoded once and kept (cm_tiles_decode): the same outputs, bit
- * for bit, as decoding them per product; returns whether the ISA keeps
- * tiles for t at all. */
-static int check_tiles(enum cm_type t, int64_t cols, int64_t rows, int64_t n_tok)
-{
-    size_t rb = cm_row_bytes(t, cols);
-    void *w = malloc(rb * rows);
-    float *x = malloc(cols * n_tok * sizeof(float));
-    float *y1 = malloc(rows * n_tok * sizeof(float)), *y2 = malloc(rows * n_tok * sizeof(float));
-    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows, NULL, NULL};
-    fill_weights(t, w, cols * rows, W_RANDOM);
-    fill_acts(x, cols * n_tok, X_RANDOM);
-    void *scratch = aligned_alloc(64, (cm_matmul_scratch_bytes(&tw, n_tok) + 63) / 64 * 64);
-    cm_matmul(&tw, x, n_tok, y1, scratch);
-    size_t tb = cm_tiles_bytes(&tw, n_tok);
-    void *tiles = tb ? aligned_alloc(64, (tb + 63) / 64 * 64) : NULL;
-    if (tiles) {
-        memset(tiles, 0x5A, tb); /* every byte rows_tiled reads must be written */
-        cm_tiles_decode(&tw, n_tok, tiles);
-        CHECK(tw.tiles == tiles, "%s tiles %s: not attached", cm_kern.isa, tname(t));
-        cm_matmul(&tw, x, n_tok, y2, scratch);
-        CHECK(memcmp(y1, y2, rows * n_tok * sizeof(float)) == 0,
-              "%s kept tiles %s %lldx%lld n_tok=%lld differ from decoding per product",
-              cm_kern.isa, tname(t), (long long)rows, (long long)cols, (long long)n_tok);
-    }
-    free(w), free(x), free(y1), free(y2), free(scratch), free(tiles);
-    return tb > 0;
-}
-
 static void test_batched_once(void)
 {
     static const enum cm_type qkv[] = {CM_TYPE_Q5_0, CM_TYPE_Q5_0, CM_TYPE_Q8_0},
                               mixed[] = {CM_TYPE_Q4_0, CM_TYPE_Q5_1, CM_TYPE_Q4_K, CM_TYPE_F16};
-    int kept = 0;
-    for (int k = 0; k < N_TYPES; k++) {
-        enum cm_type t = all_types[k];
-        if (t == CM_TYPE_Q8_K)
-            continue;
-        int64_t cols = blk(t) == 1 ? 37 : blk(t) == 32 ? 576 : 512;
-        kept += check_tiles(t, cols, 37, 40); /* a partial last tile */
-        kept += check_tiles(t, cols, 64, 300);
-    }
-    if (!strncmp(cm_kern.isa, "avx512", 6)) /* the ISA that keeps tiles: every block */
-        CHECK(kept >= 2 * 9, "%s keeps tiles for %d of 2 x 9 (legacy and K) weights", /* +q8_0 */
-              cm_kern.isa, kept);
     for (int64_t n = 1; n <= 70; n += 23) {
         check_matmul_n(qkv, 3, 576, n);
         check_matmul_n(mixed, 4, 512, n);

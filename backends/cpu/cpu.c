@@ -319,18 +319,6 @@ static int share_rows(int64_t all_tiles, int id, int n, int64_t tile0, int64_t r
     return 1;
 }
 
-/* Rows r0..r1 of w: from its kept tiles when they suit g (cm_tiles_decode),
- * else decoded on the way */
-static void gemm_rows(const cm_gemm *g, const cm_tensor *w, int64_t r0, int64_t r1,
-                      const void *x, int64_t n_tok, float *y, char *work)
-{
-    const int64_t cols = w->ne[0], rows = w->ne[1];
-    if (w->tiles && w->tiles_for == (const void *)g)
-        g->rows_tiled(cols, w->tiles, r0, r1, x, n_tok, y, rows);
-    else
-        g->rows(cols, w->data, cm_row_bytes(w->type, cols), r0, r1, x, n_tok, y, rows, work);
-}
-
 /* One parallel region with one barrier: quantize and pack the tokens once,
  * then each thread runs the batched kernels over its share of the rows of
  * every weight (weight i through gs[i]; all nw pack their input alike). */
@@ -372,7 +360,8 @@ static void matmul_gemm(const cm_gemm *const *gs, const cm_tensor *const *ws, in
         for (int i = 0; i < nw; i++) {
             const int64_t rows = ws[i]->ne[1];
             if (share_rows(all_tiles, id, n, tile0, rows, &r0, &r1))
-                gemm_rows(gs[i], ws[i], r0, r1, xin, n_tok, ys[i], work + (size_t)id * wb);
+                gs[i]->rows(cols, ws[i]->data, cm_row_bytes(ws[i]->type, cols), r0, r1, xin,
+                            n_tok, ys[i], rows, work + (size_t)id * wb);
             tile0 += (rows + 15) / 16;
         }
     }
@@ -451,38 +440,6 @@ void cm_matmul_n(const cm_tensor *const *ws, int nw, const float *x, int64_t n_t
     }
     for (int i = 0; i < nw; i++)
         cm_matmul(ws[i], x, n_tok, ys[i], scratch);
-}
-
-/* ---- kept tiles ------------------------------------------------------------ */
-
-static const cm_gemm *tiling_gemm(const cm_tensor *w, int64_t n_tok)
-{
-    const cm_gemm *g = w->data && w->n_dims == 2 ? pick_gemm(w, n_tok) : NULL;
-    return g && g->decode && g->rows_tiled ? g : NULL;
-}
-
-size_t cm_tiles_bytes(const cm_tensor *w, int64_t n_tok)
-{
-    const cm_gemm *g = tiling_gemm(w, n_tok);
-    return g ? (size_t)((w->ne[1] + 15) / 16) * CM_TILE_STRIDE(g->work_bytes(w->ne[0])) : 0;
-}
-
-void cm_tiles_decode(cm_tensor *w, int64_t n_tok, void *buf)
-{
-    const cm_gemm *g = tiling_gemm(w, n_tok);
-    if (!g)
-        return;
-    const int64_t cols = w->ne[0], rows = w->ne[1], ntiles = (rows + 15) / 16;
-    const size_t stride = CM_TILE_STRIDE(g->work_bytes(cols)), wrow = cm_row_bytes(w->type, cols);
-    const int par = ntiles > 1;
-    (void)par; /* read by OMP_FOR */
-    OMP_FOR
-    for (int64_t k = 0; k < ntiles; k++) {
-        int nr = rows - 16 * k < 16 ? (int)(rows - 16 * k) : 16;
-        g->decode(cols, w->data, wrow, 16 * k, nr, (char *)buf + (size_t)k * stride);
-    }
-    w->tiles = buf;
-    w->tiles_for = g;
 }
 
 /* ---- attention helpers ---------------------------------------------------- */

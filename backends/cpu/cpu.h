@@ -42,16 +42,6 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
  * kernel, x is quantized and packed once and one parallel region covers
  * all their rows; otherwise it is nw calls of cm_matmul.  scratch: the
  * largest cm_matmul_scratch_bytes of the weights. */
-/* Weights decoded once for batched products of n_tok tokens and kept, for
- * runs of many batches (perplexity): cm_tiles_bytes() is the size w's
- * tiles take (0: its kernel here keeps none; 2.2-2.9x the bytes of legacy
- * and K-quant rows); cm_tiles_decode() fills buf (64-byte aligned, that
- * size, owned by the caller) and points w at it.  cm_matmul then reads the
- * tiles instead of decoding w's rows, as long as the kernel it picks is
- * the one they were decoded for. */
-size_t cm_tiles_bytes(const cm_tensor *w, int64_t n_tok);
-void cm_tiles_decode(cm_tensor *w, int64_t n_tok, void *buf);
-
 void cm_matmul_n(const cm_tensor *const *ws, int nw, const float *x, int64_t n_tok,
                  float *const *ys, void *scratch);
 

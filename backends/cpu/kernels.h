@@ -49,18 +49,7 @@ typedef struct {
     /* x: the packed groups (or, when pack_bytes is 0, the float rows) */
     void (*rows)(int64_t cols, const void *w, size_t wrow, int64_t r0, int64_t r1,
                  const void *x, int64_t n_tok, float *y, int64_t ldy, void *work);
-    /* Optional (NULL: none), for weights decoded once and kept across many
-     * batches: decode() writes rows rt..rt+nr-1 (nr <= 16, missing rows
-     * zero) as the 16-row tile rows() would decode into its work buffer;
-     * rows_tiled() is rows() on such tiles, the tile of rows 16k.. at
-     * tiles + k * CM_TILE_STRIDE(work_bytes(cols)); r0 is a multiple of 16. */
-    void (*decode)(int64_t cols, const void *w, size_t wrow, int64_t rt, int nr, void *tile);
-    void (*rows_tiled)(int64_t cols, const void *tiles, int64_t r0, int64_t r1, const void *x,
-                       int64_t n_tok, float *y, int64_t ldy);
 } cm_gemm;
-
-/* Bytes between kept tiles: whole cache lines */
-#define CM_TILE_STRIDE(bytes) (((size_t)(bytes) + 63) & ~(size_t)63)
 
 /* A matrix-vector product (generation) whose activation row is rearranged
  * once into an ISA-private layout that suits the weight format: cm_matmul

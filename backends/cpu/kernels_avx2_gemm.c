@@ -322,16 +322,16 @@ static size_t work_legacy(int64_t cols) { return (size_t)(cols / 32) * LB; }
 static size_t work_k8(int64_t cols) { return (size_t)(cols / QK_K) * KB(8); }
 static size_t work_k16(int64_t cols) { return (size_t)(cols / QK_K) * KB(16); }
 
-static const cm_gemm g_q8_0 = {G2, xbytes_legacy, work_legacy, pack_q8_0_signed, rows_q8_0, NULL, NULL};
-static const cm_gemm g_q4_0 = {G2, xbytes_legacy, work_legacy, pack_q8_0, rows_q4_0, NULL, NULL};
-static const cm_gemm g_q5_0 = {G2, xbytes_legacy, work_legacy, pack_q8_0, rows_q5_0, NULL, NULL};
-static const cm_gemm g_q4_1 = {G2, xbytes_legacy, work_legacy, pack_q8_1, rows_q4_1, NULL, NULL};
-static const cm_gemm g_q5_1 = {G2, xbytes_legacy, work_legacy, pack_q8_1, rows_q5_1, NULL, NULL};
-static const cm_gemm g_q4_K = {G2, xbytes_k, work_k8, pack_q8_K, rows_q4_K, NULL, NULL};
-static const cm_gemm g_q5_K = {G2, xbytes_k, work_k8, pack_q8_K, rows_q5_K, NULL, NULL};
-static const cm_gemm g_q6_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q6_K, NULL, NULL};
-static const cm_gemm g_q3_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q3_K, NULL, NULL};
-static const cm_gemm g_q2_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q2_K, NULL, NULL};
+static const cm_gemm g_q8_0 = {G2, xbytes_legacy, work_legacy, pack_q8_0_signed, rows_q8_0};
+static const cm_gemm g_q4_0 = {G2, xbytes_legacy, work_legacy, pack_q8_0, rows_q4_0};
+static const cm_gemm g_q5_0 = {G2, xbytes_legacy, work_legacy, pack_q8_0, rows_q5_0};
+static const cm_gemm g_q4_1 = {G2, xbytes_legacy, work_legacy, pack_q8_1, rows_q4_1};
+static const cm_gemm g_q5_1 = {G2, xbytes_legacy, work_legacy, pack_q8_1, rows_q5_1};
+static const cm_gemm g_q4_K = {G2, xbytes_k, work_k8, pack_q8_K, rows_q4_K};
+static const cm_gemm g_q5_K = {G2, xbytes_k, work_k8, pack_q8_K, rows_q5_K};
+static const cm_gemm g_q6_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q6_K};
+static const cm_gemm g_q3_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q3_K};
+static const cm_gemm g_q2_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q2_K};
 
 void cm_gemm_avx2_install(struct cm_kernels *k)
 {

@@ -302,78 +302,53 @@ INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *ac
 
 /* ---- drivers ---------------------------------------------------------------- */
 
-static size_t work_legacy(int64_t cols) { return (size_t)(cols / 32) * LB; }
-static size_t work_k8(int64_t cols) { return (size_t)(cols / QK_K) * KB(8); }
-static size_t work_k16(int64_t cols) { return (size_t)(cols / QK_K) * KB(16); }
-
-/* The next kept tile towards L2 while this one is multiplied: kept tiles
- * come from memory (a model's worth of them is far larger than the
- * caches), decoded ones never leave L1. */
-static void prefetch_tile(const uint8_t *t, size_t bytes)
-{
-    for (size_t o = 0; o < bytes; o += 64)
-        _mm_prefetch((const char *)t + o, _MM_HINT_T1);
-}
-
-/* Each format's rows() decodes every 16-row tile into work, and its
- * _tiled() variant reads kept tiles instead (cm_gemm.decode). */
-#define TILED_ROWS(name, dec, blk, bbytes, wbytes, MK)                           \
-    static void name##_on(int64_t cols, const uint8_t *w, size_t wrow,           \
-                          const uint8_t *tiles, int64_t r0, int64_t r1,          \
-                          const void *x, int64_t n_tok, float *y, int64_t ldy,   \
-                          uint8_t *work)                                         \
-    {                                                                            \
-        const int64_t nb = cols / (blk);                                         \
-        const size_t ts = CM_TILE_STRIDE(wbytes(cols)), xg = (size_t)nb * XBYTES; \
-        const int stream = (size_t)ldy * (size_t)n_tok * 4 >= STREAM_BYTES;      \
-        for (int64_t rt = r0; rt < r1; rt += TR) {                               \
-            int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;                         \
-            const uint8_t *tile = work;                                          \
-            if (tiles) {                                                         \
-                tile = tiles + (size_t)(rt / TR) * ts;                           \
-                if (rt + TR < r1)                                                \
-                    prefetch_tile(tile + ts, ts);                                \
-            } else                                                               \
-                decode_tile(dec, w + rt * wrow, wrow, nr, nb, bbytes, work);     \
-            for (int64_t t0 = 0; t0 < n_tok; t0 += G) {                          \
-                const uint8_t *xp = (const uint8_t *)x + (size_t)(t0 / G) * xg;  \
-                __m512 acc[16];                                                  \
-                MK(nb, tile, xp, acc, 0);                                        \
-                MK(nb, tile, xp, acc + MR, MR);                                  \
-                int nt = n_tok - t0 < G ? (int)(n_tok - t0) : G;                 \
-                store_block(acc, y + t0 * ldy + rt, ldy, nr, nt, stream);        \
-            }                                                                    \
-        }                                                                        \
-        if (stream) /* order the streamed lines before the caller's barrier */   \
-            _mm_sfence();                                                        \
-    }                                                                            \
-    static void name(int64_t cols, const void *w, size_t wrow, int64_t r0,       \
-                     int64_t r1, const void *x, int64_t n_tok, float *y,         \
-                     int64_t ldy, void *work)                                    \
-    {                                                                            \
-        name##_on(cols, w, wrow, NULL, r0, r1, x, n_tok, y, ldy, work);          \
-    }                                                                            \
-    static void name##_tiled(int64_t cols, const void *tiles, int64_t r0,        \
-                             int64_t r1, const void *x, int64_t n_tok, float *y, \
-                             int64_t ldy)                                        \
-    {                                                                            \
-        name##_on(cols, NULL, 0, tiles, r0, r1, x, n_tok, y, ldy, NULL);         \
-    }                                                                            \
-    static void name##_decode(int64_t cols, const void *w, size_t wrow,          \
-                              int64_t rt, int nr, void *tile)                    \
-    {                                                                            \
-        decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, cols / (blk), \
-                    bbytes, tile);                                               \
+#define LEGACY_ROWS(name, dec, has_m, vnni)                                     \
+    static void name(int64_t cols, const void *w, size_t wrow, int64_t r0,      \
+                     int64_t r1, const void *x, int64_t n_tok, float *y,        \
+                     int64_t ldy, void *work)                                   \
+    {                                                                           \
+        const int64_t nb = cols / 32;                                           \
+        const int stream = (size_t)ldy * (size_t)n_tok * 4 >= STREAM_BYTES;     \
+        for (int64_t rt = r0; rt < r1; rt += TR) {                              \
+            int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;                        \
+            decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nb, LB,  \
+                        work);                                                  \
+            for (int64_t t0 = 0; t0 < n_tok; t0 += G) {                         \
+                const uint8_t *xp = (const uint8_t *)x + (t0 / G) * nb * XB;    \
+                __m512 acc[16];                                                 \
+                mk_legacy(nb, work, xp, acc, 0, has_m, vnni);                   \
+                mk_legacy(nb, work, xp, acc + MR, MR, has_m, vnni);             \
+                int nt = n_tok - t0 < G ? (int)(n_tok - t0) : G;                \
+                store_block(acc, y + t0 * ldy + rt, ldy, nr, nt, stream);      \
+            }                                                                   \
+        }                                                                       \
+        if (stream) /* order the streamed lines before the caller's barrier */  \
+            _mm_sfence();                                                       \
     }
 
-#define XBYTES XB
-#define LEGACY_ROWS(name, dec, has_m, vnni)                                      \
-    INLINE void name##_mk(int64_t nb, const uint8_t *tile, const uint8_t *xp,    \
-                          __m512 *acc, const int r0)                             \
-    {                                                                            \
-        mk_legacy(nb, tile, xp, acc, r0, has_m, vnni);                           \
-    }                                                                            \
-    TILED_ROWS(name, dec, 32, LB, work_legacy, name##_mk)
+#define K_ROWS(name, dec, ns, mins, vnni)                                       \
+    static void name(int64_t cols, const void *w, size_t wrow, int64_t r0,      \
+                     int64_t r1, const void *x, int64_t n_tok, float *y,        \
+                     int64_t ldy, void *work)                                   \
+    {                                                                           \
+        const int64_t nsb = cols / QK_K;                                        \
+        const int stream = (size_t)ldy * (size_t)n_tok * 4 >= STREAM_BYTES;     \
+        for (int64_t rt = r0; rt < r1; rt += TR) {                              \
+            int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;                        \
+            decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nsb,     \
+                        KB(ns), work);                                          \
+            for (int64_t t0 = 0; t0 < n_tok; t0 += G) {                         \
+                const uint8_t *xp = (const uint8_t *)x + (t0 / G) * nsb * XK;   \
+                __m512 acc[16];                                                 \
+                mk_k(nsb, work, xp, acc, 0, ns, mins, vnni);                    \
+                mk_k(nsb, work, xp, acc + MR, MR, ns, mins, vnni);              \
+                int nt = n_tok - t0 < G ? (int)(n_tok - t0) : G;                \
+                store_block(acc, y + t0 * ldy + rt, ldy, nr, nt, stream);      \
+            }                                                                   \
+        }                                                                       \
+        if (stream) /* order the streamed lines before the caller's barrier */  \
+            _mm_sfence();                                                       \
+    }
 
 LEGACY_ROWS(rows_q8_0, dec_q8_0, 0, 1)
 LEGACY_ROWS(rows_q4_0_vnni, dec_q4_0, 0, 1)
@@ -384,17 +359,6 @@ LEGACY_ROWS(rows_q4_1_vnni, dec_q4_1, 1, 1)
 LEGACY_ROWS(rows_q4_1_plain, dec_q4_1, 1, 0)
 LEGACY_ROWS(rows_q5_1_vnni, dec_q5_1, 1, 1)
 LEGACY_ROWS(rows_q5_1_plain, dec_q5_1, 1, 0)
-#undef XBYTES
-
-#define XBYTES XK
-#define K_ROWS(name, dec, ns, mins, vnni)                                        \
-    INLINE void name##_mk(int64_t nsb, const uint8_t *tile, const uint8_t *xp,   \
-                          __m512 *acc, const int r0)                             \
-    {                                                                            \
-        mk_k(nsb, tile, xp, acc, r0, ns, mins, vnni);                            \
-    }                                                                            \
-    TILED_ROWS(name, dec, QK_K, KB(ns), work_k##ns, name##_mk)
-
 K_ROWS(rows_q4_K_vnni, dec_q4_K, 8, 1, 1)
 K_ROWS(rows_q4_K_plain, dec_q4_K, 8, 1, 0)
 K_ROWS(rows_q5_K_vnni, dec_q5_K, 8, 1, 1)
@@ -405,10 +369,13 @@ K_ROWS(rows_q3_K_vnni, dec_q3_K, 16, 0, 1)
 K_ROWS(rows_q3_K_plain, dec_q3_K, 16, 0, 0)
 K_ROWS(rows_q2_K_vnni, dec_q2_K, 16, 1, 1)
 K_ROWS(rows_q2_K_plain, dec_q2_K, 16, 1, 0)
-#undef XBYTES
+
+static size_t work_legacy(int64_t cols) { return (size_t)(cols / 32) * LB; }
+static size_t work_k8(int64_t cols) { return (size_t)(cols / QK_K) * KB(8); }
+static size_t work_k16(int64_t cols) { return (size_t)(cols / QK_K) * KB(16); }
 
 #define GEMM(name, pack, rows, xb, wb) \
-    static const cm_gemm name = {G, xb, wb, pack, rows, rows##_decode, rows##_tiled};
+    static const cm_gemm name = {G, xb, wb, pack, rows};
 
 GEMM(g_q8_0, pack_q8_0, rows_q8_0, xbytes_legacy, work_legacy)
 GEMM(g_q4_0_vnni, pack_q8_0, rows_q4_0_vnni, xbytes_legacy, work_legacy)
@@ -549,8 +516,8 @@ static void rows_f16(int64_t cols, const void *w, size_t wrow, int64_t r0, int64
 
 static size_t work_float(int64_t cols) { return (size_t)FR * (size_t)cols * sizeof(float); }
 
-static const cm_gemm g_f32 = {G, NULL, work_float, NULL, rows_f32, NULL, NULL};
-static const cm_gemm g_f16 = {G, NULL, work_float, NULL, rows_f16, NULL, NULL};
+static const cm_gemm g_f32 = {G, NULL, work_float, NULL, rows_f32};
+static const cm_gemm g_f16 = {G, NULL, work_float, NULL, rows_f16};
 
 void cm_gemm_avx512_install(struct cm_kernels *k, int vnni)
 {
