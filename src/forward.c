@@ -124,16 +124,17 @@ static int alloc_kv(cm_ctx *c)
     return ok;
 }
 
+/* Prompt batches split the row-wise work (norms, residual adds, RoPE,
+ * SwiGLU, KV cache rows) over the threads by token; below this many tokens
+ * one thread does it, as waking the others would cost more.  (Serial, that
+ * work was ~7% of a two-thread perplexity run, spent with the other thread
+ * spinning.)  Each row is computed as before, so results do not depend on
+ * the threads. */
+#define PAR_TOKENS 16
+
 /* Prompt attention works on blocks of this many tokens per KV head: ~96
  * query rows (times the query heads sharing a KV head), enough to amortize
  * decoding each 16-row tile of the cache. */
-/* Prompt batches split the row-wise work (norms, residual adds, RoPE,
- * SwiGLU, KV cache rows) over the threads by token; below this many tokens one thread does
- * it, as waking the others would cost more.  (Serial, that work was ~7% of a
- * two-thread perplexity run, spent with the other thread spinning.)  Each
- * row is computed as before, so results do not depend on the threads. */
-#define PAR_TOKENS 16
-
 static int tile_tokens(const cm_hparams *hp)
 {
     int group = hp->n_head / hp->n_head_kv;
@@ -425,7 +426,6 @@ static void project_qkv(cm_ctx *c, const cm_layer *L, int n)
         memcpy(c->v + t * vd, row + qd + kd, vd * sizeof(float));
     }
 }
-
 
 static void norm_rows(float *out, const float *x, const cm_tensor *w, const cm_tensor *b, int n,
                       const cm_hparams *hp)

@@ -331,26 +331,19 @@ static float row_max(const float *x, int n, int *argmax)
 /* One value of a saved base row */
 static float base_value(const unsigned char *row, int f16, int i)
 {
-    if (f16) {
-        uint16_t h;
-        memcpy(&h, row + 2 * (size_t)i, 2);
-        return cm_f16_to_f32(h);
-    }
     float v;
-    memcpy(&v, row + 4 * (size_t)i, 4);
+    cm_row_to_float(f16 ? CM_TYPE_F16 : CM_TYPE_F32, row + (size_t)i * (f16 ? 2 : 4), &v, 1);
     return v;
 }
 
 /* KLD(base || model) at one position, from the model's logits x (maximum
- * mx) and the base's saved record: its argmax, then its log-probabilities,
- * renormalised here (they carry rounding).  With u = b - max b and
+ * mx) and the base's saved record (its argmax bmax, read by the caller,
+ * then its log-probabilities), renormalised here (they carry rounding).  With u = b - max b and
  * v = x - mx, KLD = E_pb[u - v] + log sum e^v - log sum e^u (kernels.h).
  * Also the model's log-sum-exp and the base's NLL. */
-static double kld_row(const unsigned char *rec, int f16, const float *x, float mx, int n,
-                      int32_t target, double *lse_m, double *bnll)
+static double kld_row(const unsigned char *rec, int32_t bmax, int f16, const float *x, float mx,
+                      int n, int32_t target, double *lse_m, double *bnll)
 {
-    int32_t bmax;
-    memcpy(&bmax, rec, 4);
     const unsigned char *b = rec + 4;
     float mb = bmax >= 0 && bmax < n ? base_value(b, f16, bmax) : 0;
     double s[4];
@@ -394,7 +387,7 @@ static void score_chunk(work *w, int first)
             const unsigned char *rec = w->base + (size_t)j * w->base_rec;
             int32_t bmax;
             memcpy(&bmax, rec, 4);
-            w->kld[j] = kld_row(rec, w->base_f16, x, mx, nv, target, &lse, &w->bnll[j]);
+            w->kld[j] = kld_row(rec, bmax, w->base_f16, x, mx, nv, target, &lse, &w->bnll[j]);
             w->same[j] = bmax == amax;
         } else
             lse = mx + log(cm_exp_sum(x, nv, mx));

@@ -790,9 +790,7 @@ static void rmsnorm_avx2(float *out, const float *x, const float *w, int64_t n, 
         s0 = _mm256_fmadd_pd(lo, lo, s0);
         s1 = _mm256_fmadd_pd(hi, hi, s1);
     }
-    __m256d s = _mm256_add_pd(s0, s1);
-    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
-    double ss = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+    double ss = hsum_pd(_mm256_add_pd(s0, s1));
     for (; i < n; i++)
         ss += (double)x[i] * x[i];
     const float sc = (float)(1.0 / sqrt(ss / (double)n + eps));

@@ -85,16 +85,15 @@ INLINE __m512i dpbusd_bcst(__m512i acc, __m512i u, const void *p, const int vnni
     return dpbusd(acc, u, bcst32(p), vnni);
 }
 
-
 /* The 16x16 block acc[row][token] into y[token * ldy + row] for the nr
- * rows and nt tokens that exist. */
-/* stream: the output is far larger than the caches (the logits of a
- * batch: 50 MB for 256 tokens of a 49k vocabulary), so whole 64-byte lines
- * bypass them instead of being read in first and evicted later. */
+ * rows and nt tokens that exist.  stream: the output is far larger than
+ * the caches (the logits of a batch: 50 MB for 256 tokens of a 49k
+ * vocabulary), so whole 64-byte lines bypass them instead of being read in
+ * first and evicted later. */
 static void store_block(__m512 acc[16], float *y, int64_t ldy, int nr, int nt, int stream)
 {
     transpose16(acc);
-    __mmask16 m = (__mmask16)((1u << nr) - 1);
+    const __mmask16 m = tail16(nr);
     if (stream && nr == 16 && ((uintptr_t)y & 63) == 0 && (ldy & 15) == 0) {
         for (int t = 0; t < nt; t++)
             _mm512_stream_ps(y + t * ldy, acc[t]);
@@ -302,22 +301,26 @@ INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *ac
 
 /* ---- drivers ---------------------------------------------------------------- */
 
-#define LEGACY_ROWS(name, dec, has_m, vnni)                                     \
+/* rows() of one format: each 16-row tile decoded once, then multiplied by
+ * every group of 16 tokens (MK: the format's micro-kernel, MR rows at a
+ * time; blk elements and bbytes decoded bytes per block, xbytes packed
+ * activation bytes per block and group). */
+#define ROWS(name, dec, blk, bbytes, xbytes, MK)                                \
     static void name(int64_t cols, const void *w, size_t wrow, int64_t r0,      \
                      int64_t r1, const void *x, int64_t n_tok, float *y,        \
                      int64_t ldy, void *work)                                   \
     {                                                                           \
-        const int64_t nb = cols / 32;                                           \
+        const int64_t nb = cols / (blk);                                        \
         const int stream = (size_t)ldy * (size_t)n_tok * 4 >= STREAM_BYTES;     \
         for (int64_t rt = r0; rt < r1; rt += TR) {                              \
             int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;                        \
-            decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nb, LB,  \
-                        work);                                                  \
+            decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nb,      \
+                        bbytes, work);                                          \
             for (int64_t t0 = 0; t0 < n_tok; t0 += G) {                         \
-                const uint8_t *xp = (const uint8_t *)x + (t0 / G) * nb * XB;    \
+                const uint8_t *xp = (const uint8_t *)x + (t0 / G) * nb * xbytes; \
                 __m512 acc[16];                                                 \
-                mk_legacy(nb, work, xp, acc, 0, has_m, vnni);                   \
-                mk_legacy(nb, work, xp, acc + MR, MR, has_m, vnni);             \
+                MK(nb, work, xp, acc, 0);                                       \
+                MK(nb, work, xp, acc + MR, MR);                                 \
                 int nt = n_tok - t0 < G ? (int)(n_tok - t0) : G;                \
                 store_block(acc, y + t0 * ldy + rt, ldy, nr, nt, stream);      \
             }                                                                   \
@@ -326,29 +329,21 @@ INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *ac
             _mm_sfence();                                                       \
     }
 
-#define K_ROWS(name, dec, ns, mins, vnni)                                       \
-    static void name(int64_t cols, const void *w, size_t wrow, int64_t r0,      \
-                     int64_t r1, const void *x, int64_t n_tok, float *y,        \
-                     int64_t ldy, void *work)                                   \
+#define LEGACY_ROWS(name, dec, has_m, vnni)                                     \
+    INLINE void name##_mk(int64_t nb, const uint8_t *tile, const uint8_t *xp,   \
+                          __m512 *acc, const int r0)                            \
     {                                                                           \
-        const int64_t nsb = cols / QK_K;                                        \
-        const int stream = (size_t)ldy * (size_t)n_tok * 4 >= STREAM_BYTES;     \
-        for (int64_t rt = r0; rt < r1; rt += TR) {                              \
-            int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;                        \
-            decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nsb,     \
-                        KB(ns), work);                                          \
-            for (int64_t t0 = 0; t0 < n_tok; t0 += G) {                         \
-                const uint8_t *xp = (const uint8_t *)x + (t0 / G) * nsb * XK;   \
-                __m512 acc[16];                                                 \
-                mk_k(nsb, work, xp, acc, 0, ns, mins, vnni);                    \
-                mk_k(nsb, work, xp, acc + MR, MR, ns, mins, vnni);              \
-                int nt = n_tok - t0 < G ? (int)(n_tok - t0) : G;                \
-                store_block(acc, y + t0 * ldy + rt, ldy, nr, nt, stream);      \
-            }                                                                   \
-        }                                                                       \
-        if (stream) /* order the streamed lines before the caller's barrier */  \
-            _mm_sfence();                                                       \
-    }
+        mk_legacy(nb, tile, xp, acc, r0, has_m, vnni);                          \
+    }                                                                           \
+    ROWS(name, dec, 32, LB, XB, name##_mk)
+
+#define K_ROWS(name, dec, ns, mins, vnni)                                       \
+    INLINE void name##_mk(int64_t nsb, const uint8_t *tile, const uint8_t *xp,  \
+                          __m512 *acc, const int r0)                            \
+    {                                                                           \
+        mk_k(nsb, tile, xp, acc, r0, ns, mins, vnni);                           \
+    }                                                                           \
+    ROWS(name, dec, QK_K, KB(ns), XK, name##_mk)
 
 LEGACY_ROWS(rows_q8_0, dec_q8_0, 0, 1)
 LEGACY_ROWS(rows_q4_0_vnni, dec_q4_0, 0, 1)

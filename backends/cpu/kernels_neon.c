@@ -716,6 +716,12 @@ static inline float32x4_t exp4(float32x4_t x)
     return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(y), under));
 }
 
+/* four f16 values widened */
+static inline float32x4_t f16x4(const uint16_t *p)
+{
+    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+}
+
 /* The k < 4 values at p in a vector, the other lanes `fill`; and back. */
 static inline float32x4_t load_tail(const float *p, int64_t k, float fill)
 {
@@ -849,7 +855,7 @@ static double exp_sum_neon(const float *x, int64_t n, float shift)
 static inline float32x4_t base4(const void *b, int f16, int64_t i, int64_t k)
 {
     if (f16 && k == 4)
-        return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)b + i)));
+        return f16x4((const uint16_t *)b + i);
     if (!f16)
         return k == 4 ? vld1q_f32((const float *)b + i) : load_tail((const float *)b + i, k, -INFINITY);
     float t[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
@@ -891,10 +897,6 @@ static void kld_sums_neon(const float *x, const void *b, int b_f16, int64_t n, f
 
 /* ---- f16 rows: KV cache conversions and attention ----------------------- */
 
-static inline float32x4_t f16x4(const uint16_t *p)
-{
-    return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
-}
 
 /* FCVTN rounds to nearest even and treats overflow, subnormals and NaN
  * payloads as cm_f32_to_f16 does (FPCR's default: no flush to zero, no
