@@ -11,7 +11,7 @@
  *
  * Router data: $CODEMOE_ROUTER, else the installed or source-tree
  * router.bin.  Exit 77 when the router data or the corpus is missing. */
-#include "router.h"
+#include "experts/router.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -19,7 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "corpus.h"
+#include "eval/corpus.h"
 
 #define SNIPPETS_PER_FILE 10
 #define N_KINDS 4 /* whole file, 3, 10, 30 lines */

@@ -3,7 +3,7 @@
  * Encodes the concatenated $CM_SHARED/corpus/<lang>/sample.txt files with
  * the starcoder (BPE) and llama-spm (SentencePiece) vocabularies and prints
  * MB/s.  Exit 77 when the shared data is missing. */
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <glob.h>
 #include <stdio.h>

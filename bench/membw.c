@@ -11,7 +11,7 @@
 #include <omp.h>
 #endif
 
-#include "src/membw.h"
+#include "util/membw.h"
 
 int main(int argc, char **argv)
 {

@@ -21,11 +21,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "src/corpus.h"
-#include "src/forward.h"
-#include "src/model.h"
-#include "src/router.h"
-#include "src/tokenizer.h"
+#include "eval/corpus.h"
+#include "engine/forward.h"
+#include "engine/model.h"
+#include "experts/router.h"
+#include "tokenizer/tokenizer.h"
 
 enum kind { KIND_MODEL, KIND_ROUTER, KIND_JSONL };
 

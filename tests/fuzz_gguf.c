@@ -8,7 +8,7 @@
  *   SECONDS, so CI can fuzz with any compiler.  Exit 0 unless a sanitizer
  *   aborts. */
 #define _GNU_SOURCE
-#include "gguf.h"
+#include "formats/gguf.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "json.h"
-#include "safetensors.h"
+#include "util/json.h"
+#include "formats/safetensors.h"
 
 /* Touches every tensor's first and last element (ASan checks the bounds)
  * and looks every name up. */

@@ -23,14 +23,14 @@
 #include <unistd.h>
 
 #include "backends/cpu/cpu.h"
-#include "convert.h"
-#include "forward.h"
-#include "gguf.h"
-#include "json.h"
-#include "model.h"
+#include "convert/convert.h"
+#include "engine/forward.h"
+#include "formats/gguf.h"
+#include "util/json.h"
+#include "engine/model.h"
 #include "quant/quant.h"
-#include "safetensors.h"
-#include "tokenizer.h"
+#include "formats/safetensors.h"
+#include "tokenizer/tokenizer.h"
 
 int cli_convert(int argc, char **argv);
 

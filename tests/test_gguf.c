@@ -5,7 +5,7 @@
  * Exit 0 pass, 1 fail, 77 skip (shared data missing).  Shared data: $CM_SHARED,
  * else ../shared, else $srcdir/../shared. */
 #define _GNU_SOURCE
-#include "gguf.h"
+#include "formats/gguf.h"
 
 #include <dirent.h>
 #include <errno.h>

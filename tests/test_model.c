@@ -11,8 +11,8 @@
 #include <string.h>
 
 #include "backends/cpu/cpu.h"
-#include "forward.h"
-#include "model.h"
+#include "engine/forward.h"
+#include "engine/model.h"
 
 static int failures;
 static char shared[1024];

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "ops.h"
+#include "engine/ops.h"
 
 static int failures;
 

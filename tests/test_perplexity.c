@@ -6,7 +6,7 @@
  *    must give CM_OK or a clean error (run under ASan by --enable-sanitizers);
  *  - perplexity recomputed here from plain cm_eval logits (a log-softmax NLL
  *    average over the second half of each chunk, written independently of
- *    src/perplexity.c) must match both the library and the `codemoe
+ *    src/eval/perplexity.c) must match both the library and the `codemoe
  *    perplexity` command within 1e-4 relative, on sample.txt and on the corpus.
  */
 #include <lzma.h>
@@ -17,10 +17,10 @@
 #include <unistd.h>
 
 #include "backends/cpu/cpu.h"
-#include "corpus.h"
-#include "forward.h"
-#include "model.h"
-#include "perplexity.h"
+#include "eval/corpus.h"
+#include "engine/forward.h"
+#include "engine/model.h"
+#include "eval/perplexity.h"
 
 static int failures;
 static char shared[1024];

@@ -1094,7 +1094,7 @@ static void test_bf16(void)
  * The fixture models exist in float and in each quantized type; every
  * quantized tensor must dequantize close to its float twin.  A wrong bit
  * layout gives errors near 100%, far above any bound here.  A minimal GGUF
- * walk (the real reader lives in src/gguf.c) finds the tensors. */
+ * walk (the real reader lives in src/formats/gguf.c) finds the tensors. */
 
 typedef struct {
     char name[96];

@@ -25,13 +25,13 @@
 #include <unistd.h>
 
 #include "backends/cpu/cpu.h"
-#include "convert.h"
-#include "forward.h"
-#include "gguf.h"
-#include "json.h"
-#include "model.h"
+#include "convert/convert.h"
+#include "engine/forward.h"
+#include "formats/gguf.h"
+#include "util/json.h"
+#include "engine/model.h"
 #include "quant/quant.h"
-#include "quantize.h"
+#include "convert/quantize.h"
 
 int cli_quantize(int argc, char **argv);
 

@@ -7,7 +7,7 @@
  * its parent, or the build's source tree).  Corpus: $CM_SHARED/corpus
  * (default ../shared).  Exit 0 pass, 1 fail, 77 skip (no router data; the
  * name/hint checks still run and a failure there still fails). */
-#include "router.h"
+#include "experts/router.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -15,7 +15,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "corpus.h"
+#include "eval/corpus.h"
 
 static int failures;
 

@@ -1,6 +1,6 @@
-/* test_sampling.c - standalone checks for src/sampling.c.
+/* test_sampling.c - standalone checks for src/engine/sampling.c.
  * Exit 0 when every check passes, 1 otherwise. */
-#include "sampling.h"
+#include "engine/sampling.h"
 
 #include <math.h>
 #include <stdio.h>

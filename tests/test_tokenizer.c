@@ -3,7 +3,7 @@
  * Data: $CM_SHARED (default ../shared, then $srcdir/../shared) holding
  * vocab/ggml-vocab-*.gguf with llama.cpp's test vectors (.inp/.out) and
  * fixtures/tokenize/<vocab>.jsonl.  Exit 0 pass, 1 fail, 77 skip (no data). */
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <ctype.h>
 #include <stdio.h>

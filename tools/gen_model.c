@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
-#include "gguf.h"
+#include "cli/cli.h"
+#include "formats/gguf.h"
 #include "quant/quant.h"
 
 static const char HELP[] =

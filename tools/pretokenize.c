@@ -25,10 +25,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "corpus.h"
-#include "gguf.h"
-#include "status.h"
-#include "tokenizer.h"
+#include "eval/corpus.h"
+#include "formats/gguf.h"
+#include "util/status.h"
+#include "tokenizer/tokenizer.h"
 
 typedef struct {
     const char *vocab, *corpus, *out;

@@ -6,7 +6,7 @@
  * cm_known_langs (never the valid splits), holds out a tenth of the train
  * files by content hash (SHA-1 bytes 4..7 as a big-endian integer, modulo
  * 10, is 0: the corpus's own split uses bytes 0..3) to calibrate and report
- * on, and writes the model described in src/router.h.  The features come
+ * on, and writes the model described in src/experts/router.h.  The features come
  * from cm_router_features, the classifier's own scanner, so training and
  * serving cannot diverge; before writing, the file is parsed back and
  * cm_router_classify must agree with the trainer on every held-out prompt.
@@ -34,9 +34,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "corpus.h"
-#include "router.h"
-#include "status.h"
+#include "eval/corpus.h"
+#include "experts/router.h"
+#include "util/status.h"
 
 #ifndef CM_SRCDIR
 #define CM_SRCDIR "."
@@ -1012,7 +1012,7 @@ static void put_f32(unsigned char *p, float f)
     put_u32(p, u);
 }
 
-/* router.bin as src/router.h lays it out; the caller frees *out. */
+/* router.bin as src/experts/router.h lays it out; the caller frees *out. */
 static cm_status encode(const qmodel *qm, unsigned char **out, size_t *len, cm_err *err)
 {
     size_t rows = (size_t)1 << qm->bits, n = 32 + NL * 20 + rows * NL * 2 + 4;

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "src/tensor.h"
+#include "engine/tensor.h"
 
 /* Picks kernels from the CPU's features, or from CODEMOE_ISA
  * (scalar|avx2|avx512|neon).  Returns 0, or -1 if CODEMOE_ISA names an ISA

@@ -1,0 +1,173 @@
+/* cli_common.c - argument parsing and small utilities for the CLI. */
+#include "cli/cli.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "config.h"
+
+int arg_is(const char *a, const char *short_name, const char *long_name)
+{
+    return (short_name && !strcmp(a, short_name)) || (long_name && !strcmp(a, long_name));
+}
+
+cm_status arg_value(int argc, char **argv, int *i, const char **out, cm_err *err)
+{
+    if (*i + 1 >= argc)
+        return cm_fail(err, CM_E_USAGE, "option %s needs a value", argv[*i]);
+    *out = argv[++*i];
+    return CM_OK;
+}
+
+cm_status arg_int(const char *flag, const char *s, long lo, long hi, int *out, cm_err *err)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end)
+        return cm_fail(err, CM_E_USAGE, "option %s: '%s' is not an integer", flag, s);
+    if (v < lo || v > hi)
+        return cm_fail(err, CM_E_USAGE, "option %s: %ld is out of range [%ld, %ld]", flag, v, lo, hi);
+    *out = (int)v;
+    return CM_OK;
+}
+
+cm_status arg_float(const char *flag, const char *s, float lo, float hi, float *out, cm_err *err)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !isfinite(v))
+        return cm_fail(err, CM_E_USAGE, "option %s: '%s' is not a number", flag, s);
+    if (v < lo || v > hi)
+        return cm_fail(err, CM_E_USAGE, "option %s: %g is out of range [%g, %g]", flag, v, lo, hi);
+    *out = v;
+    return CM_OK;
+}
+
+cm_status arg_u64(const char *flag, const char *s, uint64_t *out, cm_err *err)
+{
+    char *end;
+    errno = 0;
+    if (*s == '-')
+        return cm_fail(err, CM_E_USAGE, "option %s: '%s' must not be negative", flag, s);
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end)
+        return cm_fail(err, CM_E_USAGE, "option %s: '%s' is not an integer", flag, s);
+    *out = v;
+    return CM_OK;
+}
+
+cm_status arg_size(const char *flag, const char *s, uint64_t *out, cm_err *err)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    double mult = 1;
+    if (errno || end == s || !(v >= 0))
+        return cm_fail(err, CM_E_USAGE, "option %s: '%s' is not a size (e.g. 512M, 2G)", flag, s);
+    switch (*end) {
+    case 'K': case 'k': mult = 1024.0; end++; break;
+    case 'M': case 'm': mult = 1048576.0; end++; break;
+    case 'G': case 'g': mult = 1073741824.0; end++; break;
+    case 'T': case 't': mult = 1099511627776.0; end++; break;
+    }
+    if (mult > 1 && *end == 'i')
+        end++;
+    if (*end == 'B')
+        end++;
+    if (*end || v * mult > 1.8e19)
+        return cm_fail(err, CM_E_USAGE, "option %s: '%s' is not a size (e.g. 512M, 2G)", flag, s);
+    *out = (uint64_t)(v * mult);
+    return CM_OK;
+}
+
+cm_status arg_threads(const char *s, cm_err *err)
+{
+    int n;
+    cm_status st = arg_int("-t", s, 1, 1024, &n, err);
+    if (st)
+        return st;
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+    return CM_OK;
+}
+
+cm_status read_file(const char *path, char **out, size_t *len, cm_err *err)
+{
+    FILE *f = fopen(path, "rb");
+    struct stat st;
+    *out = NULL;
+    if (!f)
+        return cm_fail(err, CM_E_IO, "cannot open %s: %s", path, strerror(errno));
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return cm_fail(err, CM_E_IO, "%s is not a regular file", path);
+    }
+    char *buf = malloc((size_t)st.st_size + 1);
+    if (!buf) {
+        fclose(f);
+        return cm_fail(err, CM_E_NOMEM, "%s: out of memory", path);
+    }
+    size_t got = fread(buf, 1, (size_t)st.st_size, f);
+    int bad = ferror(f);
+    fclose(f);
+    if (bad || got != (size_t)st.st_size) {
+        free(buf);
+        return cm_fail(err, CM_E_IO, "cannot read %s", path);
+    }
+    buf[got] = 0;
+    *out = buf;
+    *len = got;
+    return CM_OK;
+}
+
+static int is_file(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Installed data first, then the source tree so an uninstalled build works. */
+const char *default_model_path(char *buf, size_t cap)
+{
+    const char *dirs[] = {CM_PKGDATADIR, CM_SRCDIR "/models"};
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        snprintf(buf, cap, "%s/default.gguf", dirs[i]);
+        if (is_file(buf))
+            return buf;
+    }
+    return NULL;
+}
+
+int cli_fail(const cm_err *err)
+{
+    fprintf(stderr, "codemoe: %s\n", err->msg);
+    return cm_exit_code(err->code ? err->code : CM_E_FORMAT);
+}
+
+double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+double peak_rss_mib(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0; /* Linux reports KiB */
+}

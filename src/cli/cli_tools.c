@@ -1,0 +1,374 @@
+/* cli_tools.c - `codemoe info`, `codemoe logits`, `codemoe tokenize`. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backends/cpu/cpu.h"
+#include "cli/cli.h"
+#include "engine/forward.h"
+#include "experts/pack.h"
+
+/* ------------------------------------------------------------------ info */
+
+static const char INFO_HELP[] =
+    "usage: codemoe info MODEL [--tensors]\n"
+    "\n"
+    "Prints the architecture, hyper-parameters, tokenizer, tensor types and\n"
+    "sizes of a GGUF model, and the memory needed to run it.\n"
+    "  --tensors   also list every tensor\n";
+
+static void print_type_table(const cm_model *m, int list)
+{
+    uint64_t bytes[CM_TYPE_COUNT] = {0}, count[CM_TYPE_COUNT] = {0};
+    char tb[32];
+    for (uint64_t i = 0; i < m->file.n_tensors; i++) {
+        const gguf_tensor *t = &m->file.tensors[i];
+        bytes[t->type] += t->nbytes;
+        count[t->type]++;
+        if (list)
+            printf("  %-40.*s %-6s [%lld, %lld, %lld] %llu bytes\n", (int)t->name.len, t->name.ptr,
+                   cm_type_name(t->type, tb), (long long)t->ne[0], (long long)t->ne[1],
+                   (long long)t->ne[2], (unsigned long long)t->nbytes);
+    }
+    printf("tensor types:\n");
+    for (int ty = 0; ty < CM_TYPE_COUNT; ty++)
+        if (count[ty])
+            printf("  %-6s %4llu tensors %10.2f MiB\n", cm_type_name((uint32_t)ty, tb),
+                   (unsigned long long)count[ty], bytes[ty] / 1048576.0);
+}
+
+static void print_info(const cm_model *m)
+{
+    const cm_hparams *hp = &m->hp;
+    uint64_t params = 0;
+    for (uint64_t i = 0; i < m->file.n_tensors; i++) {
+        const gguf_tensor *t = &m->file.tensors[i];
+        params += (uint64_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]);
+    }
+    printf("file:            %s (%.2f MiB, GGUF v%u)\n", m->path, m->file.size / 1048576.0,
+           m->file.version);
+    printf("architecture:    %s\n", hp->arch_name);
+    printf("parameters:      %.2f M\n", params / 1e6);
+    printf("layers:          %d\nembedding:       %d\nheads:           %d (KV heads %d, head dim %d)\n",
+           hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim);
+    printf("feed-forward:    %d\nvocabulary:      %d\ncontext (train): %d\n", hp->n_ff, hp->n_vocab,
+           hp->n_ctx_train);
+    if (hp->n_expert > 0)
+        printf("experts:         %d, %d used per token, expert ffn %d%s\n", hp->n_expert,
+               hp->n_expert_used, hp->n_ff_exp, hp->n_ff_shexp ? ", plus a shared expert" : "");
+    printf("rope:            %s, base %g, dims %d, linear scale %g\n",
+           hp->rope_neox ? "neox" : "normal", hp->rope_base, hp->rope_dim, 1.0 / hp->rope_freq_scale);
+    printf("norm eps:        %g\noutput:          %s\n", hp->norm_eps,
+           m->tied_output ? "tied to token embeddings" : "separate");
+    if (m->tok)
+        printf("tokenizer:       %s%s%s, %d tokens, bos %d, eos %d\n", cm_tok_model(m->tok),
+               *cm_tok_pre(m->tok) ? " / " : "", cm_tok_pre(m->tok), cm_tok_n_vocab(m->tok),
+               cm_tok_bos(m->tok), cm_tok_eos(m->tok));
+    else
+        printf("tokenizer:       none (token ids only)\n");
+}
+
+/* Bytes per type of the tensors whose name starts with prefix + '/'. */
+static uint64_t member_bytes(const cm_model *m, const char *prefix, uint64_t by_type[CM_TYPE_COUNT])
+{
+    size_t plen = strlen(prefix);
+    uint64_t total = 0;
+    for (uint64_t i = 0; i < m->file.n_tensors; i++) {
+        const gguf_tensor *t = &m->file.tensors[i];
+        if (t->name.len > plen && !memcmp(t->name.ptr, prefix, plen) && t->name.ptr[plen] == '/') {
+            by_type[t->type] += t->nbytes;
+            total += t->nbytes;
+        }
+    }
+    return total;
+}
+
+static void print_bytes_by_type(const char *label, uint64_t total, const uint64_t *by_type)
+{
+    char tb[32];
+    printf("  %-12s %9.2f MiB  (", label, total / 1048576.0);
+    int first = 1;
+    for (int ty = 0; ty < CM_TYPE_COUNT; ty++)
+        if (by_type[ty]) {
+            printf("%s%s %.2f MiB", first ? "" : ", ", cm_type_name((uint32_t)ty, tb),
+                   by_type[ty] / 1048576.0);
+            first = 0;
+        }
+    printf(")\n");
+}
+
+/* Per member: bytes on disk and resident when routed (its own + shared). */
+static void print_pack(const cm_model *m, size_t ctx_bytes)
+{
+    char names[CM_PACK_MAX_MEMBERS][32];
+    int n = cm_pack_members(&m->file, names, CM_PACK_MAX_MEMBERS);
+    uint64_t shared_t[CM_TYPE_COUNT] = {0}, all = 0, worst = 0;
+    uint64_t shared = member_bytes(m, CM_PACK_SHARED, shared_t);
+    printf("language-expert pack: %d members (bytes on disk by type; resident = shared + member)\n", n);
+    print_bytes_by_type("shared", shared, shared_t);
+    for (int i = 0; i < n; i++) {
+        uint64_t by_type[CM_TYPE_COUNT] = {0};
+        uint64_t own = member_bytes(m, names[i], by_type);
+        print_bytes_by_type(names[i], own, by_type);
+        printf("  %-12s resident when routed: %.2f MiB weights + %.2f MiB context\n", "",
+               (shared + own) / 1048576.0, ctx_bytes / 1048576.0);
+        all += own;
+        worst = own > worst ? own : worst;
+    }
+    printf("all experts resident: %.2f MiB; routed (one expert, the largest): %.2f MiB\n",
+           (shared + all) / 1048576.0, (shared + worst) / 1048576.0);
+}
+
+static void print_memory(const cm_model *m)
+{
+    int n_ctx = m->hp.n_ctx_train < 4096 ? m->hp.n_ctx_train : 4096;
+    size_t ctx_bytes = cm_ctx_bytes_estimate(m, n_ctx, CM_KV_F16, 512);
+    if (m->is_pack)
+        print_pack(m, ctx_bytes);
+    printf("weights read per token: %.2f MiB", cm_model_bytes_per_token(m) / 1048576.0);
+    printf(m->is_pack ? " (member %s)\n" : "%s\n", m->is_pack ? m->expert : "");
+    printf("memory to run:   %.2f MiB (weights %.2f MiB mapped + %.2f MiB KV cache and buffers "
+           "at %d tokens, f16 KV)\n",
+           (m->file.size + ctx_bytes) / 1048576.0, m->file.size / 1048576.0,
+           ctx_bytes / 1048576.0, n_ctx);
+}
+
+int cli_info(int argc, char **argv)
+{
+    const char *path = NULL;
+    int list = 0;
+    cm_err err = {0};
+    for (int i = 1; i < argc; i++) {
+        if (arg_is(argv[i], "-h", "--help")) {
+            fputs(INFO_HELP, stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--tensors"))
+            list = 1;
+        else if (argv[i][0] == '-' && strcmp(argv[i], "-m"))
+            return cm_fail(&err, CM_E_USAGE, "unknown option %s (see codemoe info --help)", argv[i]),
+                   cli_fail(&err);
+        else if (!strcmp(argv[i], "-m") && i + 1 < argc)
+            path = argv[++i];
+        else
+            path = argv[i];
+    }
+    if (!path)
+        return cm_fail(&err, CM_E_USAGE, "usage: codemoe info MODEL"), cli_fail(&err);
+    cm_model m;
+    if (cm_model_load(path, &m, &err))
+        return cli_fail(&err);
+    print_info(&m);
+    print_type_table(&m, list);
+    print_memory(&m);
+    cm_model_free(&m);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- logits */
+
+static const char LOGITS_HELP[] =
+    "usage: codemoe logits -m MODEL --ids 1,2,3 -o OUT.f32 [--kv-type f32|f16] [-t N]\n"
+    "\n"
+    "Evaluates the ids as one sequence and writes the logits of every position\n"
+    "as float32 little-endian rows [n_ids, n_vocab].  The file appears only\n"
+    "when complete.\n";
+
+static cm_status parse_ids(const char *s, int32_t **out, size_t *n, cm_err *err)
+{
+    size_t cap = 1;
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
+    int32_t *ids = malloc(cap * sizeof *ids);
+    if (!ids)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    size_t k = 0;
+    for (const char *p = s;;) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
+            free(ids);
+            return cm_fail(err, CM_E_USAGE, "option --ids: '%s' is not a comma-separated list of "
+                           "token ids", s);
+        }
+        ids[k++] = (int32_t)v;
+        if (!*end)
+            break;
+        p = end + 1;
+    }
+    *out = ids;
+    *n = k;
+    return CM_OK;
+}
+
+/* Writes to a temporary file and renames it, so OUT is complete or absent. */
+static cm_status write_atomic(const char *path, const void *data, size_t bytes, cm_err *err)
+{
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
+    size_t put = fwrite(data, 1, bytes, f);
+    int bad = put != bytes || fflush(f) != 0 || fsync(fileno(f)) != 0;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(e));
+    }
+    return CM_OK;
+}
+
+typedef struct {
+    const char *model, *out, *ids;
+    cm_kv_type kv;
+} logits_opts;
+
+static cm_status parse_logits(int argc, char **argv, logits_opts *o, int *help, cm_err *err)
+{
+    cm_status s = CM_OK;
+    for (int i = 1; i < argc && !s; i++) {
+        const char *a = argv[i], *v;
+        if (arg_is(a, "-h", "--help")) {
+            *help = 1;
+            return CM_OK;
+        }
+        if ((s = arg_value(argc, argv, &i, &v, err)))
+            break;
+        if (arg_is(a, "-m", "--model"))
+            o->model = v;
+        else if (arg_is(a, "-o", "--output"))
+            o->out = v;
+        else if (!strcmp(a, "--ids"))
+            o->ids = v;
+        else if (!strcmp(a, "--kv-type"))
+            s = parse_kv_type(v, &o->kv, err);
+        else if (arg_is(a, "-t", "--threads"))
+            s = arg_threads(v, err);
+        else
+            s = cm_fail(err, CM_E_USAGE, "unknown option %s (see codemoe logits --help)", a);
+    }
+    if (!s && !*help && (!o->model || !o->out || !o->ids))
+        s = cm_fail(err, CM_E_USAGE, "logits needs -m MODEL, --ids LIST and -o OUT");
+    return s;
+}
+
+static cm_status logits_run(const logits_opts *o, cm_err *err)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    float *rows = NULL;
+    cm_ctx *ctx = NULL;
+    cm_model m;
+    cm_status s = parse_ids(o->ids, &ids, &n, err);
+    if (s)
+        return s;
+    if ((s = cm_model_load(o->model, &m, err))) {
+        free(ids);
+        return s;
+    }
+    if (n > (size_t)1 << 20)
+        s = cm_fail(err, CM_E_RANGE, "too many ids (%zu)", n);
+    else if (!(rows = malloc(n * (size_t)m.hp.n_vocab * sizeof(float))))
+        s = cm_fail(err, CM_E_NOMEM, "out of memory for %zu rows of logits", n);
+    if (!s)
+        s = cm_ctx_new(&m, (int)n, o->kv, 512, &ctx, err);
+    if (!s)
+        s = cm_eval(ctx, ids, (int)n, rows, err);
+    if (!s)
+        s = write_atomic(o->out, rows, n * (size_t)m.hp.n_vocab * sizeof(float), err);
+    cm_ctx_free(ctx);
+    free(rows);
+    free(ids);
+    cm_model_free(&m);
+    return s;
+}
+
+int cli_logits(int argc, char **argv)
+{
+    logits_opts o = {.kv = CM_KV_F16};
+    cm_err err = {0};
+    int help = 0;
+    if (parse_logits(argc, argv, &o, &help, &err))
+        return cli_fail(&err);
+    if (help) {
+        fputs(LOGITS_HELP, stdout);
+        return 0;
+    }
+    if (logits_run(&o, &err))
+        return cli_fail(&err);
+    return 0;
+}
+
+/* -------------------------------------------------------------- tokenize */
+
+static const char TOKENIZE_HELP[] =
+    "usage: codemoe tokenize -m MODEL (-p TEXT | -f FILE) [--bos]\n"
+    "\n"
+    "Prints the token ids of the text as a JSON array on one line.  Special-\n"
+    "token text is treated as plain text; no BOS unless --bos.\n";
+
+int cli_tokenize(int argc, char **argv)
+{
+    const char *model = NULL, *text = NULL, *file = NULL;
+    int bos = 0;
+    cm_err err = {0};
+    cm_status s = CM_OK;
+    for (int i = 1; i < argc && !s; i++) {
+        const char *a = argv[i], *v;
+        if (arg_is(a, "-h", "--help")) {
+            fputs(TOKENIZE_HELP, stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--bos")) {
+            bos = 1;
+            continue;
+        }
+        if ((s = arg_value(argc, argv, &i, &v, &err)))
+            break;
+        if (arg_is(a, "-m", "--model"))
+            model = v;
+        else if (arg_is(a, "-p", "--prompt"))
+            text = v;
+        else if (arg_is(a, "-f", "--file"))
+            file = v;
+        else
+            s = cm_fail(&err, CM_E_USAGE, "unknown option %s (see codemoe tokenize --help)", a);
+    }
+    if (!s && (!model || !!text == !!file))
+        s = cm_fail(&err, CM_E_USAGE, "tokenize needs -m MODEL and one of -p TEXT or -f FILE");
+    if (s)
+        return cli_fail(&err);
+
+    char *buf = NULL;
+    size_t len = text ? strlen(text) : 0;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    gguf_file f = {0};
+    cm_tokenizer *tok = NULL;
+    if (file && (s = read_file(file, &buf, &len, &err)))
+        return cli_fail(&err);
+    /* only the tokenizer is loaded, so vocabulary-only files work too */
+    if (!(s = gguf_open(model, &f, &err))) {
+        s = cm_tokenizer_load(&f, &tok, &err);
+        if (s == CM_E_RANGE)
+            s = cm_fail(&err, CM_E_UNSUPPORTED, "%s has no tokenizer", model);
+    }
+    if (!s)
+        s = cm_tokenize(tok, file ? buf : text, len, bos, 0, &ids, &n, &err);
+    if (!s) {
+        putchar('[');
+        for (size_t i = 0; i < n; i++)
+            printf(i ? ", %d" : "%d", ids[i]);
+        puts("]");
+    }
+    free(ids);
+    free(buf);
+    if (tok)
+        cm_tokenizer_free(tok);
+    gguf_close(&f);
+    return s ? cli_fail(&err) : 0;
+}

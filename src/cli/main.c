@@ -1,0 +1,65 @@
+/* main.c - the codemoe command: dispatches to a subcommand. */
+#include <stdio.h>
+#include <string.h>
+
+#include "backends/cpu/cpu.h"
+#include "cli/cli.h"
+#include "config.h"
+
+static const char USAGE[] =
+    "usage: codemoe COMMAND [options]\n"
+    "\n"
+    "commands:\n"
+    "  run         generate a completion for a prompt\n"
+    "  info        describe a model file\n"
+    "  logits      write the logits of every position for a list of token ids\n"
+    "  tokenize    print the token ids of a text\n"
+    "  perplexity  perplexity (and KL divergence against a base) on a text or the code corpus\n"
+    "  convert     convert a Hugging Face folder (safetensors) to GGUF\n"
+    "  pack        build a language-expert pack from per-language models\n"
+    "  route       which programming language (and expert) a prompt goes to\n"
+    "  sweep       PPL and KLD of each quantization scheme on each language\n"
+    "  quantize    requantize a GGUF to q4_k_m, q8_0, ... (llama-quantize's types)\n"
+    "  bench       prompt and generation speed against the memory-bandwidth bound\n"
+    "\n"
+    "`codemoe COMMAND --help` describes each command.\n"
+    "environment: CODEMOE_ISA=scalar|avx2|avx512 forces a kernel set.\n";
+
+int main(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cmds[] = {
+        {"run", cli_run}, {"info", cli_info}, {"logits", cli_logits}, {"tokenize", cli_tokenize},
+        {"perplexity", cli_perplexity},
+        {"convert", cli_convert},
+        {"pack", cli_pack},
+        {"route", cli_route},
+        {"sweep", cli_sweep},
+        {"quantize", cli_quantize},
+        {"bench", cli_bench},
+    };
+    if (argc < 2) {
+        fputs(USAGE, stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        fputs(USAGE, stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("codemoe %s\n", PACKAGE_VERSION);
+        return 0;
+    }
+    char msg[256];
+    if (cm_cpu_init(msg, sizeof msg) != 0) {
+        fprintf(stderr, "codemoe: %s\n", msg);
+        return 1;
+    }
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(argv[1], cmds[i].name))
+            return cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "codemoe: unknown command '%s' (try codemoe --help)\n", argv[1]);
+    return 2;
+}

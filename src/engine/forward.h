@@ -1,0 +1,50 @@
+/* forward.h - running a model: KV cache, batched forward pass, logits. */
+#ifndef CM_FORWARD_H
+#define CM_FORWARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/expert_cache.h"
+#include "engine/model.h"
+#include "util/status.h"
+
+typedef enum { CM_KV_F32 = 0, CM_KV_F16 = 1, CM_KV_Q8_0 = 2 } cm_kv_type;
+
+typedef struct cm_ctx cm_ctx;
+
+/* A context evaluates one sequence of up to n_ctx tokens, n_batch at a time.
+ * Every buffer is allocated here: evaluation never allocates. */
+cm_status cm_ctx_new(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch,
+                     cm_ctx **out, cm_err *err);
+void cm_ctx_free(cm_ctx *c);
+/* Forgets the sequence (the KV cache is simply overwritten later). */
+void cm_ctx_reset(cm_ctx *c);
+int cm_ctx_n_past(const cm_ctx *c);
+int cm_ctx_n_ctx(const cm_ctx *c);
+size_t cm_ctx_kv_bytes(const cm_ctx *c);
+
+/* Appends n tokens to the sequence.  If all_logits is non-NULL it receives
+ * n rows of n_vocab floats (one per position); the last row is always
+ * available from cm_ctx_logits.  CM_E_RANGE if the context would overflow
+ * or an id is outside the vocabulary. */
+cm_status cm_eval(cm_ctx *c, const int32_t *ids, int n, float *all_logits, cm_err *err);
+/* The same, with logits only for the last n_out positions (n_out <= n):
+ * logits receives n_out rows.  Cheaper when only a suffix is scored (the
+ * output product is skipped for the other rows). */
+cm_status cm_eval_last(cm_ctx *c, const int32_t *ids, int n, int n_out, float *logits,
+                       cm_err *err);
+const float *cm_ctx_logits(const cm_ctx *c);
+/* Tokens routed to each expert so far: [n_layer][n_expert] (MoE models). */
+const uint64_t *cm_ctx_expert_tokens(const cm_ctx *c);
+
+/* Bounds the resident bytes of MoE expert weights (LRU; 0 = no bound,
+ * but still measure hits, misses and bytes read from disk). */
+cm_status cm_ctx_set_expert_budget(cm_ctx *c, uint64_t bytes, cm_err *err);
+/* Residency statistics; returns 0 when no budget was set. */
+int cm_ctx_expert_stats(const cm_ctx *c, cm_expert_stats *out);
+
+/* Bytes a context needs besides the weights (KV cache and work buffers). */
+size_t cm_ctx_bytes_estimate(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch);
+
+#endif

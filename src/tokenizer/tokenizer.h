@@ -1,0 +1,65 @@
+/* tokenizer.h - text <-> token ids, from a GGUF file's tokenizer.* metadata.
+ *
+ * Two families, as in llama.cpp:
+ *   tokenizer.ggml.model = "llama": SentencePiece-style (scores, byte
+ *     fallback <0xXX>, the U+2581 space marker, optional space prefix);
+ *   tokenizer.ggml.model = "gpt2": byte-level BPE (merges) with a
+ *     pre-tokenizer chosen by tokenizer.ggml.pre: gpt-2 (also "default"),
+ *     starcoder, refact, deepseek-coder, deepseek-llm, llama3 (llama-bpe),
+ *     qwen2.
+ * Results must equal llama.cpp's token for token. */
+#ifndef CM_TOKENIZER_H
+#define CM_TOKENIZER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "formats/gguf.h"
+#include "util/status.h"
+
+typedef struct cm_tokenizer cm_tokenizer;
+
+/* Builds the tokenizer from f's metadata; the tokenizer copies what it needs
+ * and does not reference f after returning.  CM_E_RANGE if f carries no
+ * tokenizer at all, CM_E_UNSUPPORTED naming the model/pre it does not know. */
+cm_status cm_tokenizer_load(const gguf_file *f, cm_tokenizer **out, cm_err *err);
+void cm_tokenizer_free(cm_tokenizer *t);
+
+int32_t cm_tok_n_vocab(const cm_tokenizer *t);
+int32_t cm_tok_bos(const cm_tokenizer *t);     /* -1 if none */
+int32_t cm_tok_eos(const cm_tokenizer *t);     /* -1 if none */
+int cm_tok_add_bos(const cm_tokenizer *t);     /* whether prompts get BOS by default */
+int cm_tok_is_eog(const cm_tokenizer *t, int32_t id); /* eos, eot, eom, ... */
+const char *cm_tok_model(const cm_tokenizer *t); /* "llama" or "gpt2" */
+const char *cm_tok_pre(const cm_tokenizer *t);   /* pre-tokenizer name or "" */
+
+/* Encodes len bytes of text.  add_bos prepends BOS when the vocabulary has
+ * one.  parse_special: if 1, text equal to a control/special token's text
+ * becomes that token; if 0 special-token text is tokenized as plain text
+ * (user-defined tokens still match, as in llama.cpp).  *ids is malloc'ed;
+ * the caller frees it.  Invalid UTF-8 is handled as llama.cpp does (never a
+ * crash). */
+cm_status cm_tokenize(const cm_tokenizer *t, const char *text, size_t len,
+                      int add_bos, int parse_special,
+                      int32_t **ids, size_t *n_ids, cm_err *err);
+
+/* The bytes token id stands for (byte-level decoding for gpt2, U+2581 ->
+ * space and <0xXX> -> byte for llama).  Control tokens give "" unless
+ * show_special.  Writes at most cap bytes and returns the full length. */
+size_t cm_token_piece(const cm_tokenizer *t, int32_t id, int show_special,
+                      char *buf, size_t cap);
+
+/* Streaming output never splits a UTF-8 character: bytes of an incomplete
+ * sequence are held back until the rest arrives (or flushed at the end). */
+typedef struct {
+    unsigned char pend[4];
+    int n_pend;
+} cm_utf8_stream;
+
+/* Appends n bytes; writes the complete characters to out (capacity n + 4)
+ * and returns how many bytes were written. */
+size_t cm_utf8_stream_push(cm_utf8_stream *s, const char *in, size_t n, char *out);
+/* Returns and clears whatever is pending (an invalid tail) into out[4]. */
+size_t cm_utf8_stream_flush(cm_utf8_stream *s, char *out);
+
+#endif
