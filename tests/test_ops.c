@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "engine/ops.h"
+#include "backends/cpu/ops.h"
 
 static int failures;
 

@@ -5,11 +5,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/backend.h"
 #include "engine/expert_cache.h"
 #include "engine/model.h"
 #include "util/status.h"
-
-typedef enum { CM_KV_F32 = 0, CM_KV_F16 = 1, CM_KV_Q8_0 = 2 } cm_kv_type;
 
 typedef struct cm_ctx cm_ctx;
 
@@ -17,7 +16,12 @@ typedef struct cm_ctx cm_ctx;
  * Every buffer is allocated here: evaluation never allocates. */
 cm_status cm_ctx_new(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch,
                      cm_ctx **out, cm_err *err);
+/* The same on a chosen backend (NULL: the CPU). */
+cm_status cm_ctx_new_on(const cm_model *m, const cm_backend_ops *backend, int n_ctx,
+                        cm_kv_type kv, int n_batch, cm_ctx **out, cm_err *err);
 void cm_ctx_free(cm_ctx *c);
+/* The backend the context runs on (its name, device and fallback counts). */
+cm_backend *cm_ctx_backend(const cm_ctx *c);
 /* Forgets the sequence (the KV cache is simply overwritten later). */
 void cm_ctx_reset(cm_ctx *c);
 int cm_ctx_n_past(const cm_ctx *c);

@@ -1,5 +1,5 @@
 /* ops.c - norms, rotary embeddings, activations. */
-#include "engine/ops.h"
+#include "backends/cpu/ops.h"
 
 #include "backends/cpu/cpu.h"
 

@@ -1,0 +1,367 @@
+/* backend_cpu.c - the CPU backend: host memory, OpenMP threads, and the
+ * kernels of the dispatch table (cpu.h) behind the backend interface.
+ *
+ * Tensors are host memory: weights in the mapped file, activations in
+ * 64-byte aligned buffers.  Row-wise ops run on the threads by token once a
+ * batch is long enough (CM_PAR_TOKENS). */
+#include "backends/cpu/backend_cpu.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "backends/cpu/cpu.h"
+#include "backends/cpu/ops.h"
+
+void *cm_cpu_alloc64(size_t bytes)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? (bytes + 63) / 64 * 64 : 64) != 0)
+        return NULL;
+    return p;
+}
+
+int cm_cpu_max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* ------------------------------------------------------------ the state */
+
+static size_t scratch_for(const cm_tensor *w, int n_batch)
+{
+    return w->data ? cm_matmul_scratch_bytes(w, n_batch) : 0;
+}
+
+/* The largest quantized-activation scratch any product of the model needs. */
+static size_t max_scratch(const cm_model *m, int n_batch)
+{
+    size_t best = scratch_for(&m->output, n_batch);
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        const cm_layer *L = &m->layers[il];
+        const cm_tensor *ws[] = {&L->wqkv, &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate,
+                                 &L->w_up, &L->w_down, &L->gate_inp, &L->gate_exps,
+                                 &L->up_exps, &L->down_exps, &L->gate_inp_shexp,
+                                 &L->gate_shexp, &L->up_shexp, &L->down_shexp};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
+            size_t b = scratch_for(ws[i], n_batch);
+            best = b > best ? b : best;
+        }
+    }
+    return best;
+}
+
+static size_t cpu_state_bytes(const cm_backend_shape *s)
+{
+    return cm_cpu_attention_bytes(s, cm_cpu_max_threads()) + max_scratch(s->m, s->n_batch);
+}
+
+static void cpu_release(cm_backend *be)
+{
+    cm_cpu_state *st = be->state;
+    if (!st)
+        return;
+    cm_cpu_attention_free(st);
+    free(st->rope_cs), free(st->row), free(st->scratch);
+    free(st);
+    be->state = NULL;
+}
+
+static cm_status cpu_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
+{
+    const cm_hparams *hp = &s->m->hp;
+    cm_cpu_state *st = calloc(1, sizeof *st);
+    be->state = st;
+    if (!st)
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating the CPU backend");
+    st->hp = hp;
+    st->n_ctx = s->n_ctx;
+    st->n_threads = cm_cpu_max_threads();
+    int ok = cm_cpu_attention_alloc(st, s);
+    st->rope_cs = cm_cpu_alloc64((size_t)s->n_ctx * (size_t)(hp->rope_dim / 2 + 1) * 2 *
+                                 sizeof(float));
+    st->row = cm_cpu_alloc64((size_t)hp->n_embd * sizeof(float));
+    st->scratch = cm_cpu_alloc64(max_scratch(s->m, s->n_batch));
+    if (!ok || !st->rope_cs || !st->row || !st->scratch) {
+        cpu_release(be);
+        return cm_fail(err, CM_E_NOMEM, "out of memory allocating a %d-token context",
+                       s->n_ctx);
+    }
+    return CM_OK;
+}
+
+static void cpu_describe(const cm_backend *be, char *out, size_t n)
+{
+    const cm_cpu_state *st = be->state;
+    snprintf(out, n, "cpu (%s kernels, %d thread%s)", cm_cpu_isa(), st->n_threads,
+             st->n_threads == 1 ? "" : "s");
+}
+
+/* ------------------------------------------------------------ memory */
+
+static cm_status cpu_buffer_alloc(cm_backend *be, size_t bytes, cm_buffer *buf, cm_err *err)
+{
+    (void)be;
+    buf->host = buf->dev = cm_cpu_alloc64(bytes);
+    buf->size = bytes;
+    if (!buf->host)
+        return cm_fail(err, CM_E_NOMEM, "out of memory allocating %zu bytes", bytes);
+    return CM_OK;
+}
+
+static void cpu_buffer_free(cm_backend *be, cm_buffer *buf)
+{
+    (void)be;
+    free(buf->host);
+    buf->host = buf->dev = NULL;
+}
+
+static void cpu_upload(cm_backend *be, const cm_tensor *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    memcpy((void *)(uintptr_t)dst->data, src, bytes);
+}
+
+static void cpu_download(cm_backend *be, const cm_tensor *src, void *dst, size_t bytes)
+{
+    (void)be;
+    memcpy(dst, src->data, bytes);
+}
+
+static void cpu_synchronize(cm_backend *be) { (void)be; }
+
+/* ------------------------------------------------------------ the ops */
+
+static int64_t rows_of(const cm_tensor *t) { return t->ne[1]; }
+
+static void cpu_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
+                      const int32_t *ids, int n, int p0, cm_tensor *out)
+{
+    cm_cpu_state *st = be->state;
+    const int64_t E = table->ne[0];
+    float *x = cm_f32(out);
+    for (int t = 0; t < n; t++) {
+        cm_tensor_row(table, ids[t], x + (size_t)t * E);
+        if (pos_table && pos_table->data) {
+            cm_tensor_row(pos_table, p0 + t, st->row);
+            cm_add(x + (size_t)t * E, st->row, (size_t)E);
+        }
+    }
+}
+
+static void cpu_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
+                     float eps, int layer_norm, cm_tensor *out)
+{
+    (void)be;
+    const int n = (int)rows_of(x), E = (int)x->ne[0];
+    const float *xs = x->data;
+    float *o = cm_f32(out);
+#pragma omp parallel for schedule(static) if (n >= CM_PAR_TOKENS)
+    for (int t = 0; t < n; t++)
+        cm_norm_rows(o + (size_t)t * E, xs + (size_t)t * E, w, b, 1, E, eps, layer_norm);
+}
+
+static void cpu_matmul(cm_backend *be, int nw, const cm_tensor *const *ws,
+                       const cm_tensor *const *bs, const cm_tensor *x, cm_tensor *const *ys)
+{
+    cm_cpu_state *st = be->state;
+    const int64_t n = rows_of(x);
+    float *y[8];
+    if (nw == 1 || nw > 8) {
+        for (int i = 0; i < nw; i++)
+            cm_matmul(ws[i], x->data, n, cm_f32(ys[i]), st->scratch);
+    } else { /* one quantization of x for all the weights */
+        for (int i = 0; i < nw; i++)
+            y[i] = cm_f32(ys[i]);
+        cm_matmul_n(ws, nw, x->data, n, y, st->scratch);
+    }
+    for (int i = 0; bs && i < nw; i++)
+        cm_add_bias(cm_f32(ys[i]), bs[i], (int)n, (int)ws[i]->ne[1]);
+}
+
+/* Angles by absolute position, each computed once per context: chunks of
+ * a perplexity run reuse positions 0 .. n_ctx - 1. */
+static void rope_fill(cm_cpu_state *st, int upto)
+{
+    const cm_hparams *hp = st->hp;
+    const int from = st->rope_done;
+#pragma omp parallel for schedule(static) if (upto - from >= CM_PAR_TOKENS)
+    for (int p = from; p < upto; p++)
+        cm_rope_table(st->rope_cs + (size_t)p * hp->rope_dim, p, hp);
+    st->rope_done = upto > from ? upto : from;
+}
+
+static void cpu_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
+{
+    cm_cpu_state *st = be->state;
+    const cm_hparams *hp = st->hp;
+    const int n_tok = (int)rows_of(x), d = hp->head_dim, n_heads = (int)(x->ne[0] / d);
+    if (hp->use_rope)
+        rope_fill(st, p0 + n_tok);
+    const float *cs = st->rope_cs + (size_t)p0 * hp->rope_dim;
+    float *qk = cm_f32(x);
+#pragma omp parallel for schedule(static) if (n_tok >= CM_PAR_TOKENS)
+    for (int t = 0; t < n_tok; t++)
+        for (int h = 0; h < n_heads; h++) {
+            float *v = qk + ((size_t)t * n_heads + h) * d;
+            if (norm_w && norm_w->data)
+                cm_rmsnorm(v, v, (const float *)norm_w->data, d, hp->norm_eps);
+            if (hp->use_rope)
+                cm_rope_apply(v, cs + (size_t)t * hp->rope_dim, hp);
+        }
+}
+
+static void cpu_clear(cm_backend *be, cm_tensor *x)
+{
+    (void)be;
+    memset(cm_f32(x), 0, x->nbytes);
+}
+
+static void cpu_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
+{
+    (void)be;
+    const int n = (int)rows_of(a);
+    const int64_t F = a->ne[0];
+    float *av = cm_f32(a);
+    const float *bv = b->data;
+#pragma omp parallel for schedule(static) if (n >= CM_PAR_TOKENS)
+    for (int t = 0; t < n; t++)
+        cm_swiglu(av + t * F, bv + t * F, F);
+}
+
+static void cpu_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out)
+{
+    (void)be;
+    const size_t total = (size_t)x->ne[0] * (size_t)rows_of(x);
+    const float *xv = x->data;
+    float *o = cm_f32(out);
+    for (size_t i = 0; i < total; i++)
+        o[i] = cm_gelu(xv[i]);
+}
+
+static void cpu_add(cm_backend *be, cm_tensor *x, const cm_tensor *y)
+{
+    (void)be;
+    const int n = (int)rows_of(x);
+    const size_t E = (size_t)x->ne[0];
+    float *xv = cm_f32(x);
+    const float *yv = y->data;
+#pragma omp parallel for schedule(static) if (n >= CM_PAR_TOKENS)
+    for (int t = 0; t < n; t++)
+        cm_add(xv + (size_t)t * E, yv + (size_t)t * E, E);
+}
+
+static void cpu_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y,
+                          const cm_tensor *gate)
+{
+    (void)be;
+    const int n = (int)rows_of(out);
+    const size_t E = (size_t)out->ne[0];
+    const float *yv = y->data, *gv = gate ? (const float *)gate->data : NULL;
+    float *o = cm_f32(out);
+    for (int t = 0; t < n; t++) {
+        float g = gv ? 1.0f / (1.0f + expf(-gv[t])) : 1.0f;
+        for (size_t i = 0; i < E; i++)
+            o[(size_t)t * E + i] += g * yv[(size_t)t * E + i];
+    }
+}
+
+/* Softmax of one token's router logits, then its k most probable experts. */
+static void route_row(float *probs, int n_expert, int k, int norm, int32_t *chosen, float *w)
+{
+    float sum = 0.0f;
+    cm_softmax(probs, n_expert);
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int e = 0; e < n_expert; e++) {
+            int taken = 0;
+            for (int i = 0; i < j; i++)
+                taken |= chosen[i] == e;
+            if (!taken && (best < 0 || probs[e] > probs[best]))
+                best = e;
+        }
+        chosen[j] = best;
+        sum += w[j] = probs[best];
+    }
+    for (int j = 0; norm && j < k; j++)
+        w[j] /= sum;
+}
+
+static void cpu_route(cm_backend *be, const cm_tensor *logits, int k, int norm, cm_routing *r)
+{
+    (void)be;
+    const int n = (int)rows_of(logits), X = (int)logits->ne[0];
+    float *lv = (float *)(uintptr_t)logits->data; /* softmax in place: the logits are spent */
+    for (int t = 0; t < n; t++)
+        route_row(lv + (size_t)t * X, X, k, norm, r->expert + (size_t)t * k,
+                  r->weight + (size_t)t * k);
+}
+
+static void cpu_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n,
+                       cm_tensor *dst)
+{
+    (void)be;
+    const size_t E = (size_t)src->ne[0];
+    const float *s = src->data;
+    float *d = cm_f32(dst);
+    for (int i = 0; i < n; i++)
+        memcpy(d + (size_t)i * E, s + (size_t)rows[i] * E, E * sizeof(float));
+}
+
+static void cpu_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src,
+                            const int32_t *rows, const float *wts, int n)
+{
+    (void)be;
+    const size_t E = (size_t)dst->ne[0];
+    const float *s = src->data;
+    float *d = cm_f32(dst);
+    for (int i = 0; i < n; i++)
+        for (size_t j = 0; j < E; j++)
+            d[(size_t)rows[i] * E + j] += wts[i] * s[(size_t)i * E + j];
+}
+
+static void cpu_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w,
+                       const cm_tensor *b, float *host)
+{
+    cm_cpu_state *st = be->state;
+    const int64_t n = rows_of(x);
+    cm_matmul(w, x->data, n, host, st->scratch);
+    cm_add_bias(host, b, (int)n, (int)w->ne[1]);
+}
+
+const cm_backend_ops cm_backend_cpu_ops = {
+    .name = "cpu",
+    .init = cpu_init,
+    .release = cpu_release,
+    .state_bytes = cpu_state_bytes,
+    .describe = cpu_describe,
+    .buffer_alloc = cpu_buffer_alloc,
+    .buffer_free = cpu_buffer_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .synchronize = cpu_synchronize,
+    .kv_store = cm_cpu_kv_store,
+    .attention = cm_cpu_attention,
+    .embed = cpu_embed,
+    .norm = cpu_norm,
+    .matmul = cpu_matmul,
+    .rope = cpu_rope,
+    .clear = cpu_clear,
+    .swiglu = cpu_swiglu,
+    .gelu = cpu_gelu,
+    .add = cpu_add,
+    .add_gated = cpu_add_gated,
+    .route = cpu_route,
+    .gather = cpu_gather,
+    .scatter_add = cpu_scatter_add,
+    .logits = cpu_logits,
+};

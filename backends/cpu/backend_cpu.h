@@ -1,0 +1,45 @@
+/* backend_cpu.h - the CPU backend's context state, shared by its files
+ * (backend_cpu.c: memory and the row-wise ops; attention.c: the KV cache
+ * and attention). */
+#ifndef CM_BACKEND_CPU_H
+#define CM_BACKEND_CPU_H
+
+#include <stddef.h>
+
+#include "engine/backend.h"
+
+typedef struct {
+    const cm_hparams *hp;
+    int n_ctx, n_threads;
+    enum cm_type kv_type; /* F32, F16 or Q8_0 rows, one per position */
+    void **k_cache;       /* [n_layer] -> [n_ctx][n_head_kv * head_dim] */
+    void **v_cache;       /* [n_layer] -> [n_ctx][n_head_kv * head_dim_v] */
+    float *scores;        /* [n_threads][n_ctx + 2 * head_dim] one head's weights */
+    float *attn_tile;     /* [n_threads][tile_floats] prompt attention tiles */
+    size_t tile_floats;
+    float *rope_cs;       /* [n_ctx][rope_dim / 2] (cos, sin) of each position */
+    int rope_done;        /* positions 0 .. rope_done - 1 of rope_cs are filled */
+    float *row;           /* n_embd floats: a learned position's embedding */
+    void *scratch;        /* activations quantized for the matmul kernels */
+} cm_cpu_state;
+
+/* Prompt batches split row-wise work (norms, residual adds, RoPE, SwiGLU,
+ * KV cache rows) over the threads by token; below this many tokens one
+ * thread does it, as waking the others would cost more.  (Serial, that
+ * work was ~7% of a two-thread perplexity run, spent with the other thread
+ * spinning.)  Each row is computed as before, so results do not depend on
+ * the threads. */
+#define CM_PAR_TOKENS 16
+
+void *cm_cpu_alloc64(size_t bytes);
+int cm_cpu_max_threads(void);
+
+/* attention.c */
+enum cm_type cm_kv_elem_type(cm_kv_type kv);
+size_t cm_cpu_attention_bytes(const cm_backend_shape *s, int n_threads);
+int cm_cpu_attention_alloc(cm_cpu_state *st, const cm_backend_shape *s);
+void cm_cpu_attention_free(cm_cpu_state *st);
+void cm_cpu_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_tensor *v, int p0);
+void cm_cpu_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out);
+
+#endif

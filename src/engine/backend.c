@@ -1,0 +1,390 @@
+/* backend.c - choosing a backend, its tensors, and the ops with their CPU
+ * fallback. */
+#include "engine/backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const cm_backend_ops *const compiled[] = {&cm_backend_cpu_ops, &cm_backend_ref_ops};
+#define N_COMPILED (sizeof compiled / sizeof compiled[0])
+
+/* Backends the project knows of but this build lacks, and why. */
+static const char *const known_absent[][2] = {
+    {"cuda", "this build has no CUDA backend"},
+    {"vulkan", "this build has no Vulkan backend"},
+};
+
+const cm_backend_ops *cm_backend_find(const char *name)
+{
+    for (size_t i = 0; i < N_COMPILED; i++)
+        if (strcmp(compiled[i]->name, name) == 0)
+            return compiled[i];
+    return NULL;
+}
+
+const char *cm_backend_names(void)
+{
+    return "cpu ref";
+}
+
+cm_status cm_backend_choose(const char *name, const cm_backend_ops **out, cm_err *err)
+{
+    const char *from = "--backend";
+    if (!name || !*name) {
+        name = getenv("CODEMOE_BACKEND");
+        from = "CODEMOE_BACKEND";
+    }
+    if (!name || !*name)
+        name = "cpu";
+    *out = cm_backend_find(name);
+    if (*out)
+        return CM_OK;
+    for (size_t i = 0; i < sizeof known_absent / sizeof known_absent[0]; i++)
+        if (strcmp(known_absent[i][0], name) == 0)
+            return cm_fail(err, CM_E_UNSUPPORTED, "%s %s: %s (compiled in: %s)", from, name,
+                           known_absent[i][1], cm_backend_names());
+    return cm_fail(err, CM_E_RANGE, "%s: unknown backend '%.40s' (compiled in: %s)", from, name,
+                   cm_backend_names());
+}
+
+cm_status cm_backend_new(const cm_backend_ops *ops, const cm_backend_shape *s,
+                         cm_backend **out, cm_err *err)
+{
+    cm_backend *be = calloc(1, sizeof *be);
+    *out = NULL;
+    if (!be)
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating the %s backend", ops->name);
+    be->ops = ops;
+    be->shape = *s;
+    cm_status st = ops->init(be, s, err);
+    if (st) {
+        free(be);
+        return st;
+    }
+    *out = be;
+    return CM_OK;
+}
+
+void cm_backend_free(cm_backend *be)
+{
+    if (!be)
+        return;
+    cm_backend_free(be->cpu);
+    be->ops->release(be);
+    free(be);
+}
+
+cm_status cm_backend_tensor(cm_backend *be, int64_t cols, int64_t rows, cm_tensor *t,
+                            cm_err *err)
+{
+    memset(t, 0, sizeof *t);
+    t->buf = calloc(1, sizeof *t->buf);
+    if (!t->buf)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    size_t bytes = (size_t)cols * (size_t)rows * sizeof(float);
+    cm_status s = be->ops->buffer_alloc(be, bytes, t->buf, err);
+    if (s) {
+        free(t->buf);
+        t->buf = NULL;
+        return s;
+    }
+    t->type = CM_TYPE_F32;
+    t->n_dims = 2;
+    t->ne[0] = cols, t->ne[1] = rows, t->ne[2] = t->ne[3] = 1;
+    t->data = t->buf->host;
+    t->nbytes = bytes;
+    return CM_OK;
+}
+
+void cm_backend_tensor_free(cm_backend *be, cm_tensor *t)
+{
+    if (t->buf) {
+        be->ops->buffer_free(be, t->buf);
+        free(t->buf);
+    }
+    memset(t, 0, sizeof *t);
+}
+
+cm_tensor cm_rows(const cm_tensor *t, int64_t r0, int64_t n)
+{
+    cm_tensor v = *t;
+    size_t row = cm_row_bytes(t->type, t->ne[0]);
+    v.ne[1] = n, v.ne[2] = v.ne[3] = 1;
+    v.offs += (size_t)r0 * row;
+    v.nbytes = (size_t)n * row;
+    if (t->data)
+        v.data = (const char *)t->data + (size_t)r0 * row;
+    return v;
+}
+
+cm_tensor cm_shaped(const cm_tensor *t, int64_t cols, int64_t rows)
+{
+    cm_tensor v = *t;
+    v.ne[0] = cols, v.ne[1] = rows, v.ne[2] = v.ne[3] = 1;
+    v.nbytes = (size_t)cols * (size_t)rows * sizeof(float);
+    return v;
+}
+
+/* ---------------------------------------------------------- CPU fallback */
+
+static const char *const op_names[CM_OP_COUNT] = {
+#define CM_OP_NAME(name) #name,
+    CM_OP_LIST(CM_OP_NAME)
+#undef CM_OP_NAME
+};
+
+const char *cm_op_name(int op) { return op >= 0 && op < CM_OP_COUNT ? op_names[op] : "?"; }
+
+/* The CPU backend that runs the ops be lacks: no KV cache of its own. */
+static cm_backend *fallback(cm_backend *be, int op)
+{
+    if (!be->fallbacks[op]++)
+        fprintf(stderr, "[codemoe] the %s backend has no %s op: it runs on the CPU\n",
+                be->ops->name, op_names[op]);
+    if (!be->cpu) {
+        cm_backend_shape s = be->shape;
+        cm_err err;
+        s.no_kv = 1;
+        if (cm_backend_new(&cm_backend_cpu_ops, &s, &be->cpu, &err)) {
+            /* an op has no way to fail: the context was sized without it */
+            fprintf(stderr, "codemoe: %s\n", err.msg);
+            exit(1);
+        }
+    }
+    return be->cpu;
+}
+
+/* Operands of a fallback op in host memory: device tensors are copied
+ * down (and written ones back up by unstage). */
+typedef struct {
+    cm_tensor host;
+    void *mem;
+} staged;
+
+static const cm_tensor *stage(cm_backend *be, const cm_tensor *t, staged *s)
+{
+    s->mem = NULL;
+    if (!t || t->data || !t->buf)
+        return t;
+    s->host = *t;
+    s->mem = malloc(t->nbytes ? t->nbytes : 1);
+    if (!s->mem) {
+        fprintf(stderr, "codemoe: out of memory copying a tensor for the CPU\n");
+        exit(1);
+    }
+    be->ops->download(be, t, s->mem, t->nbytes);
+    s->host.data = s->mem;
+    s->host.buf = NULL;
+    s->host.offs = 0;
+    return &s->host;
+}
+
+static void unstage(cm_backend *be, const cm_tensor *t, staged *s, int written)
+{
+    if (s->mem && written)
+        be->ops->upload(be, t, s->mem, t->nbytes);
+    free(s->mem);
+}
+
+void cm_op_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
+                 const int32_t *ids, int n, int p0, cm_tensor *out)
+{
+    if (be->ops->embed) {
+        be->ops->embed(be, table, pos_table, ids, n, p0, out);
+        return;
+    }
+    cm_backend *cpu = fallback(be, CM_OP_embed);
+    staged a, b, o;
+    const cm_tensor *ta = stage(be, table, &a), *tb = stage(be, pos_table, &b);
+    cm_tensor *to = (cm_tensor *)stage(be, out, &o);
+    cpu->ops->embed(cpu, ta, tb, ids, n, p0, to);
+    unstage(be, table, &a, 0), unstage(be, pos_table, &b, 0), unstage(be, out, &o, 1);
+}
+
+void cm_op_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
+                float eps, int layer_norm, cm_tensor *out)
+{
+    if (be->ops->norm) {
+        be->ops->norm(be, x, w, b, eps, layer_norm, out);
+        return;
+    }
+    cm_backend *cpu = fallback(be, CM_OP_norm);
+    staged sx, sw, sb, so;
+    const cm_tensor *tx = stage(be, x, &sx), *tw = stage(be, w, &sw), *tb = stage(be, b, &sb);
+    cm_tensor *to = (cm_tensor *)stage(be, out, &so);
+    cpu->ops->norm(cpu, tx, tw, tb, eps, layer_norm, to);
+    unstage(be, x, &sx, 0), unstage(be, w, &sw, 0), unstage(be, b, &sb, 0);
+    unstage(be, out, &so, 1);
+}
+
+#define MAX_NW 4
+
+void cm_op_matmul(cm_backend *be, int nw, const cm_tensor *const *ws,
+                  const cm_tensor *const *bs, const cm_tensor *x, cm_tensor *const *ys)
+{
+    if (be->ops->matmul) {
+        be->ops->matmul(be, nw, ws, bs, x, ys);
+        return;
+    }
+    if (nw > MAX_NW) { /* fall back one weight at a time */
+        for (int i = 0; i < nw; i++)
+            cm_op_matmul(be, 1, ws + i, bs ? bs + i : NULL, x, ys + i);
+        return;
+    }
+    cm_backend *cpu = fallback(be, CM_OP_matmul);
+    staged sw[MAX_NW], sb[MAX_NW], sy[MAX_NW], sx;
+    const cm_tensor *tw[MAX_NW], *tb[MAX_NW];
+    cm_tensor *ty[MAX_NW];
+    for (int i = 0; i < nw && i < MAX_NW; i++) {
+        tw[i] = stage(be, ws[i], &sw[i]);
+        tb[i] = stage(be, bs ? bs[i] : NULL, &sb[i]);
+        ty[i] = (cm_tensor *)stage(be, ys[i], &sy[i]);
+    }
+    const cm_tensor *tx = stage(be, x, &sx);
+    cpu->ops->matmul(cpu, nw, tw, tb, tx, ty);
+    for (int i = 0; i < nw && i < MAX_NW; i++) {
+        unstage(be, ws[i], &sw[i], 0), unstage(be, bs ? bs[i] : NULL, &sb[i], 0);
+        unstage(be, ys[i], &sy[i], 1);
+    }
+    unstage(be, x, &sx, 0);
+}
+
+void cm_op_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
+{
+    if (be->ops->rope) {
+        be->ops->rope(be, x, norm_w, p0);
+        return;
+    }
+    cm_backend *cpu = fallback(be, CM_OP_rope);
+    staged sx, sn;
+    cm_tensor *tx = (cm_tensor *)stage(be, x, &sx);
+    const cm_tensor *tn = stage(be, norm_w, &sn);
+    cpu->ops->rope(cpu, tx, tn, p0);
+    unstage(be, x, &sx, 1), unstage(be, norm_w, &sn, 0);
+}
+
+void cm_op_clear(cm_backend *be, cm_tensor *x)
+{
+    if (be->ops->clear) {
+        be->ops->clear(be, x);
+        return;
+    }
+    cm_backend *cpu = fallback(be, CM_OP_clear);
+    staged sx;
+    cm_tensor *tx = (cm_tensor *)stage(be, x, &sx);
+    cpu->ops->clear(cpu, tx);
+    unstage(be, x, &sx, 1);
+}
+
+void cm_op_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
+{
+    if (be->ops->swiglu) {
+        be->ops->swiglu(be, a, b);
+        return;
+    }
+    cm_backend *cpu = fallback(be, CM_OP_swiglu);
+    staged sa, sb;
+    cm_tensor *ta = (cm_tensor *)stage(be, a, &sa);
+    const cm_tensor *tb = stage(be, b, &sb);
+    cpu->ops->swiglu(cpu, ta, tb);
+    unstage(be, a, &sa, 1), unstage(be, b, &sb, 0);
+}
+
+void cm_op_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out)
+{
+    if (be->ops->gelu) {
+        be->ops->gelu(be, x, out);
+        return;
+    }
+    cm_backend *cpu = fallback(be, CM_OP_gelu);
+    staged sx, so;
+    const cm_tensor *tx = stage(be, x, &sx);
+    cm_tensor *to = (cm_tensor *)stage(be, out, &so);
+    cpu->ops->gelu(cpu, tx, to);
+    unstage(be, x, &sx, 0), unstage(be, out, &so, 1);
+}
+
+void cm_op_add(cm_backend *be, cm_tensor *x, const cm_tensor *y)
+{
+    if (be->ops->add) {
+        be->ops->add(be, x, y);
+        return;
+    }
+    cm_backend *cpu = fallback(be, CM_OP_add);
+    staged sx, sy;
+    cm_tensor *tx = (cm_tensor *)stage(be, x, &sx);
+    const cm_tensor *ty = stage(be, y, &sy);
+    cpu->ops->add(cpu, tx, ty);
+    unstage(be, x, &sx, 1), unstage(be, y, &sy, 0);
+}
+
+void cm_op_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const cm_tensor *gate)
+{
+    if (be->ops->add_gated) {
+        be->ops->add_gated(be, out, y, gate);
+        return;
+    }
+    cm_backend *cpu = fallback(be, CM_OP_add_gated);
+    staged so, sy, sg;
+    cm_tensor *to = (cm_tensor *)stage(be, out, &so);
+    const cm_tensor *ty = stage(be, y, &sy), *tg = stage(be, gate, &sg);
+    cpu->ops->add_gated(cpu, to, ty, tg);
+    unstage(be, out, &so, 1), unstage(be, y, &sy, 0), unstage(be, gate, &sg, 0);
+}
+
+void cm_op_route(cm_backend *be, const cm_tensor *logits, int k, int norm, cm_routing *r)
+{
+    if (be->ops->route) {
+        be->ops->route(be, logits, k, norm, r);
+        return;
+    }
+    cm_backend *cpu = fallback(be, CM_OP_route);
+    staged sl;
+    cpu->ops->route(cpu, stage(be, logits, &sl), k, norm, r);
+    unstage(be, logits, &sl, 0);
+}
+
+void cm_op_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n,
+                  cm_tensor *dst)
+{
+    if (be->ops->gather) {
+        be->ops->gather(be, src, rows, n, dst);
+        return;
+    }
+    cm_backend *cpu = fallback(be, CM_OP_gather);
+    staged ss, sd;
+    const cm_tensor *ts = stage(be, src, &ss);
+    cm_tensor *td = (cm_tensor *)stage(be, dst, &sd);
+    cpu->ops->gather(cpu, ts, rows, n, td);
+    unstage(be, src, &ss, 0), unstage(be, dst, &sd, 1);
+}
+
+void cm_op_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src,
+                       const int32_t *rows, const float *wts, int n)
+{
+    if (be->ops->scatter_add) {
+        be->ops->scatter_add(be, dst, src, rows, wts, n);
+        return;
+    }
+    cm_backend *cpu = fallback(be, CM_OP_scatter_add);
+    staged sd, ss;
+    cm_tensor *td = (cm_tensor *)stage(be, dst, &sd);
+    const cm_tensor *ts = stage(be, src, &ss);
+    cpu->ops->scatter_add(cpu, td, ts, rows, wts, n);
+    unstage(be, dst, &sd, 1), unstage(be, src, &ss, 0);
+}
+
+void cm_op_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
+                  float *host)
+{
+    if (be->ops->logits) {
+        be->ops->logits(be, x, w, b, host);
+        return;
+    }
+    cm_backend *cpu = fallback(be, CM_OP_logits);
+    staged sx, sw, sb;
+    const cm_tensor *tx = stage(be, x, &sx), *tw = stage(be, w, &sw), *tb = stage(be, b, &sb);
+    cpu->ops->logits(cpu, tx, tw, tb, host);
+    unstage(be, x, &sx, 0), unstage(be, w, &sw, 0), unstage(be, b, &sb, 0);
+}

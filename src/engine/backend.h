@@ -1,0 +1,193 @@
+/* backend.h - what a device provides so the forward pass can run on it.
+ *
+ * forward.c and moe.c are written once, against this table of whole
+ * operations of a transformer layer.  A backend (backends/cpu, backends/ref,
+ * later CUDA and Vulkan) owns everything below it: its memory, its kernels,
+ * its threads, its KV cache and its scratch.  No op returns a status: the
+ * backend reserves all it needs when the context is created, so evaluation
+ * cannot fail half-way.
+ *
+ * Tensors (engine/tensor.h) are (buffer, offset, type, shape).  Weights
+ * live in the host buffer of the mapped model file; activations in buffers
+ * the backend allocated.  A row-major F32 activation tensor has ne[0]
+ * columns and ne[1] rows; cm_rows() views a range of rows.
+ *
+ * An op a backend leaves NULL runs on the CPU backend instead: the engine
+ * (backend.c) copies device operands to host memory and back, logs the
+ * fallback once and counts it (`--verbose`).  Only the context state, the
+ * buffers and the KV cache ops are mandatory. */
+#ifndef CM_BACKEND_H
+#define CM_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/model.h"
+#include "engine/tensor.h"
+#include "util/status.h"
+
+typedef enum { CM_KV_F32 = 0, CM_KV_F16 = 1, CM_KV_Q8_0 = 2 } cm_kv_type;
+
+/* What a backend's context state is sized for. */
+typedef struct {
+    const cm_model *m;
+    int n_ctx;          /* positions in the KV cache */
+    int n_batch;        /* most tokens one op sees */
+    cm_kv_type kv;
+    int no_kv;          /* only running ops another backend lacks: no cache */
+} cm_backend_shape;
+
+/* One token's choice of experts: k indices and their gate weights. */
+typedef struct {
+    int32_t *expert; /* [n][k] */
+    float *weight;   /* [n][k] */
+} cm_routing;
+
+typedef struct cm_backend cm_backend;
+
+typedef struct {
+    const char *name;
+    /* ---- context state: KV cache, scratch, threads (mandatory) ---- */
+    cm_status (*init)(cm_backend *be, const cm_backend_shape *s, cm_err *err);
+    void (*release)(cm_backend *be);
+    /* bytes init would reserve besides activation buffers */
+    size_t (*state_bytes)(const cm_backend_shape *s);
+    /* a one-line description of the device, for info and bench */
+    void (*describe)(const cm_backend *be, char *out, size_t n);
+
+    /* ---- memory (mandatory) ---- */
+    /* buf->host is set when the CPU can address the bytes directly */
+    cm_status (*buffer_alloc)(cm_backend *be, size_t bytes, cm_buffer *buf, cm_err *err);
+    void (*buffer_free)(cm_backend *be, cm_buffer *buf);
+    void (*upload)(cm_backend *be, const cm_tensor *dst, const void *src, size_t bytes);
+    void (*download)(cm_backend *be, const cm_tensor *src, void *dst, size_t bytes);
+    void (*synchronize)(cm_backend *be);
+
+    /* ---- the KV cache (mandatory: it lives in the backend) ---- */
+    /* rows of k and v become cache positions p0, p0 + 1, ... of layer il */
+    void (*kv_store)(cm_backend *be, int il, const cm_tensor *k, const cm_tensor *v, int p0);
+    /* out row t = softmax(q_t K^T / sqrt(d)) V over positions 0 .. p0 + t,
+     * for each query head (grouped onto the KV heads) of q's rows */
+    void (*attention)(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out);
+
+    /* ---- the rest may be NULL (then the CPU runs it) ---- */
+    /* out row t = table[ids[t]] (+ pos_table[p0 + t] when given) */
+    void (*embed)(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
+                  const int32_t *ids, int n, int p0, cm_tensor *out);
+    /* out = RMSNorm(x) * w, or LayerNorm(x) * w + b when layer_norm */
+    void (*norm)(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
+                 float eps, int layer_norm, cm_tensor *out);
+    /* ys[i] = x ws[i]^T (+ bs[i]) for each of nw weights sharing the input x
+     * (biases may be absent: NULL or data-less) */
+    void (*matmul)(cm_backend *be, int nw, const cm_tensor *const *ws,
+                   const cm_tensor *const *bs, const cm_tensor *x, cm_tensor *const *ys);
+    /* every head (head_dim columns) of x's rows: RMSNorm by norm_w when it
+     * has data (qwen3), then the rotary embedding of position p0 + row */
+    void (*rope)(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0);
+    /* x = 0 */
+    void (*clear)(cm_backend *be, cm_tensor *x);
+    /* a = silu(a) * b */
+    void (*swiglu)(cm_backend *be, cm_tensor *a, const cm_tensor *b);
+    /* out = gelu(x), the tanh approximation */
+    void (*gelu)(cm_backend *be, const cm_tensor *x, cm_tensor *out);
+    /* x += y */
+    void (*add)(cm_backend *be, cm_tensor *x, const cm_tensor *y);
+    /* out row t += sigmoid(gate[t]) * y row t; weight 1 when gate is NULL */
+    void (*add_gated)(cm_backend *be, cm_tensor *out, const cm_tensor *y,
+                      const cm_tensor *gate);
+    /* per row of logits (one per token): softmax, the k largest, their
+     * weights renormalised to sum 1 when norm; written to host memory */
+    void (*route)(cm_backend *be, const cm_tensor *logits, int k, int norm, cm_routing *r);
+    /* dst row i = src row rows[i], i < n */
+    void (*gather)(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n,
+                   cm_tensor *dst);
+    /* dst row rows[i] += wts[i] * src row i, i < n */
+    void (*scatter_add)(cm_backend *be, cm_tensor *dst, const cm_tensor *src,
+                        const int32_t *rows, const float *wts, int n);
+    /* logits = x w^T (+ b), delivered to host memory (n rows of w->ne[1]) */
+    void (*logits)(cm_backend *be, const cm_tensor *x, const cm_tensor *w,
+                   const cm_tensor *b, float *host);
+} cm_backend_ops;
+
+#define CM_OP_LIST(X) \
+    X(embed) X(norm) X(matmul) X(rope) X(clear) X(swiglu) X(gelu) X(add) X(add_gated) X(route) \
+    X(gather) X(scatter_add) X(logits)
+
+enum {
+#define CM_OP_ENUM(name) CM_OP_##name,
+    CM_OP_LIST(CM_OP_ENUM)
+#undef CM_OP_ENUM
+    CM_OP_COUNT
+};
+
+struct cm_backend {
+    const cm_backend_ops *ops;
+    cm_backend_shape shape;
+    void *state;               /* the backend's own */
+    cm_backend *cpu;           /* where missing ops run; NULL until first needed */
+    uint64_t fallbacks[CM_OP_COUNT]; /* ops run on the CPU instead */
+    int verbose;               /* log each kind of fallback once on stderr */
+};
+
+/* The backends this build has, by name ("cpu", "ref", ...). */
+const cm_backend_ops *cm_backend_find(const char *name);
+/* Space-separated names of the compiled backends, for --version. */
+const char *cm_backend_names(void);
+/* The backend named by `name`, or by $CODEMOE_BACKEND when name is NULL,
+ * or "cpu": one line naming the choices if unknown or not compiled in. */
+cm_status cm_backend_choose(const char *name, const cm_backend_ops **out, cm_err *err);
+
+cm_status cm_backend_new(const cm_backend_ops *ops, const cm_backend_shape *s,
+                         cm_backend **out, cm_err *err);
+void cm_backend_free(cm_backend *be);
+
+/* An F32 activation tensor of rows x cols in be's memory. */
+cm_status cm_backend_tensor(cm_backend *be, int64_t cols, int64_t rows, cm_tensor *t,
+                            cm_err *err);
+void cm_backend_tensor_free(cm_backend *be, cm_tensor *t);
+
+/* Rows r0 .. r0 + n - 1 of a row-major tensor. */
+cm_tensor cm_rows(const cm_tensor *t, int64_t r0, int64_t n);
+/* The start of an F32 buffer seen as rows x cols (a work buffer sized for
+ * the widest use, holding a narrower one). */
+cm_tensor cm_shaped(const cm_tensor *t, int64_t cols, int64_t rows);
+
+/* The ops, each on be or, where be lacks it, on the CPU. */
+void cm_op_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
+                 const int32_t *ids, int n, int p0, cm_tensor *out);
+void cm_op_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
+                float eps, int layer_norm, cm_tensor *out);
+void cm_op_matmul(cm_backend *be, int nw, const cm_tensor *const *ws,
+                  const cm_tensor *const *bs, const cm_tensor *x, cm_tensor *const *ys);
+void cm_op_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0);
+void cm_op_clear(cm_backend *be, cm_tensor *x);
+void cm_op_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b);
+void cm_op_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out);
+void cm_op_add(cm_backend *be, cm_tensor *x, const cm_tensor *y);
+void cm_op_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const cm_tensor *gate);
+void cm_op_route(cm_backend *be, const cm_tensor *logits, int k, int norm, cm_routing *r);
+void cm_op_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n,
+                  cm_tensor *dst);
+void cm_op_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src,
+                       const int32_t *rows, const float *wts, int n);
+void cm_op_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
+                  float *host);
+static inline void cm_op_kv_store(cm_backend *be, int il, const cm_tensor *k,
+                                  const cm_tensor *v, int p0)
+{
+    be->ops->kv_store(be, il, k, v, p0);
+}
+static inline void cm_op_attention(cm_backend *be, int il, const cm_tensor *q, int p0,
+                                   cm_tensor *out)
+{
+    be->ops->attention(be, il, q, p0, out);
+}
+
+/* Names of the ops, and the number of CPU fallbacks of each so far. */
+const char *cm_op_name(int op);
+
+/* The backends (backends/<name>/). */
+extern const cm_backend_ops cm_backend_cpu_ops;
+extern const cm_backend_ops cm_backend_ref_ops;
+
+#endif
