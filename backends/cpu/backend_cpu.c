@@ -99,11 +99,10 @@ static cm_status cpu_init(cm_backend *be, const cm_backend_shape *s, cm_err *err
     return CM_OK;
 }
 
-static void cpu_describe(const cm_backend *be, char *out, size_t n)
+static void cpu_describe(char *out, size_t n)
 {
-    const cm_cpu_state *st = be->state;
-    snprintf(out, n, "cpu (%s kernels, %d thread%s)", cm_cpu_isa(), st->n_threads,
-             st->n_threads == 1 ? "" : "s");
+    int t = cm_cpu_max_threads();
+    snprintf(out, n, "cpu (%s kernels, %d thread%s)", cm_cpu_isa(), t, t == 1 ? "" : "s");
 }
 
 /* ------------------------------------------------------------ memory */

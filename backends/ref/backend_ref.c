@@ -101,9 +101,8 @@ static cm_status ref_init(cm_backend *be, const cm_backend_shape *s, cm_err *err
     return CM_OK;
 }
 
-static void ref_describe(const cm_backend *be, char *out, size_t n)
+static void ref_describe(char *out, size_t n)
 {
-    (void)be;
     snprintf(out, n, "ref (scalar reference kernels, 1 thread)");
 }
 

@@ -31,6 +31,10 @@ cm_status arg_threads(const char *s, cm_err *err); /* -t N: sets the OpenMP team
 /* A byte count: 1048576, 512K, 300M, 1.5G (powers of 1024; optional "iB"/"B"). */
 cm_status arg_size(const char *flag, const char *s, uint64_t *out, cm_err *err);
 
+/* On stderr: the backend and device a context ran on, and how many ops
+ * of each kind ran on the CPU because the backend lacks them. */
+void print_backend_use(const cm_ctx *c);
+
 cm_status parse_kv_type(const char *s, cm_kv_type *out, cm_err *err);
 
 /* Reads a whole file (NUL-terminated for convenience; *len excludes it). */

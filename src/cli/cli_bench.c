@@ -30,13 +30,15 @@ static const char BENCH_HELP[] =
     "  -t, --threads N         threads (default: all cores)\n"
     "  -r, --repetitions N     timed runs of each test (default 5)\n"
     "      --kv-type T         KV cache type: f16 (default) or f32\n"
+    "      --backend B         cpu (default; CODEMOE_BACKEND sets another) or ref\n"
     "      --bw GBPS           read bandwidth in GB/s to use instead of measuring it\n"
     "  -o, --output FORMAT     md (default) or json\n"
     "      --json              same as -o json\n"
     "  -h, --help              this text\n";
 
 typedef struct {
-    const char *model;
+    const char *model, *backend;
+    const cm_backend_ops *be;
     int n_prompt, n_gen, reps, threads, json;
     cm_kv_type kv;
     float bw; /* GB/s from --bw; 0: measure */
@@ -67,6 +69,8 @@ static cm_status parse_flag(const char *a, const char *v, bench_opts *o, cm_err 
         return s ? s : arg_int(a, v, 1, 1024, &o->threads, err);
     } else if (!strcmp(a, "--kv-type"))
         return parse_kv_type(v, &o->kv, err);
+    else if (!strcmp(a, "--backend"))
+        o->backend = v;
     else if (!strcmp(a, "--bw"))
         return arg_float(a, v, 0.001f, 1e6f, &o->bw, err);
     else if (arg_is(a, "-o", "--output")) {
@@ -187,7 +191,7 @@ static cm_status run_all(const cm_model *m, const bench_opts *o, bench_result *r
     if (!ids)
         return cm_fail(err, CM_E_NOMEM, "out of memory");
     random_ids(ids, n_ids, m->hp.n_vocab);
-    cm_status s = cm_ctx_new(m, n_ids, o->kv, batch, &c, err);
+    cm_status s = cm_ctx_new_on(m, o->be, n_ids, o->kv, batch, &c, err);
     for (int rep = -1; rep < o->reps && !s; rep++)
         s = run_once(c, o, ids, rep, r, err);
     if (!s && o->n_prompt > 0)
@@ -269,9 +273,11 @@ static void print_markdown(const cm_model *m, const bench_opts *o, const bench_r
                model_bytes(m) / 1048576.0, model_params(m) / 1e6, ty, o->threads, k ? "tg" : "pp",
                n, k ? r->tg_med : r->pp_med, k ? r->tg_sd : r->pp_sd);
     }
+    char dev[160];
+    o->be->describe(dev, sizeof dev);
     printf("\nt/s: median ± sample standard deviation of %d run%s after 1 warm-up; each test "
-           "starts from an empty context; kernels %s, KV cache %s\n",
-           o->reps, o->reps == 1 ? "" : "s", cm_cpu_isa(), o->kv == CM_KV_F16 ? "f16" : "f32");
+           "starts from an empty context; backend %s, KV cache %s\n",
+           o->reps, o->reps == 1 ? "" : "s", dev, o->kv == CM_KV_F16 ? "f16" : "f32");
     printf("bandwidth: %.1f GB/s read (%s) | weights read per token: %.1f MB | "
            "bound: %.1f tok/s", r->bw, measured ? "measured: 1 GiB, best of 5" : "given by --bw",
            r->bytes_per_token / 1e6, r->bound);
@@ -315,8 +321,13 @@ static void print_json(const cm_model *m, const bench_opts *o, const bench_resul
     printf(",\n  \"size_bytes\": %llu,\n  \"params\": %llu,\n  \"type\": ",
            (unsigned long long)model_bytes(m), (unsigned long long)model_params(m));
     json_str(ty);
+    char dev[160];
+    o->be->describe(dev, sizeof dev);
     printf(",\n  \"threads\": %d,\n  \"isa\": \"%s\",\n  \"kv_type\": \"%s\",\n", o->threads,
            cm_cpu_isa(), o->kv == CM_KV_F16 ? "f16" : "f32");
+    printf("  \"backend\": \"%s\",\n  \"device\": ", o->be->name);
+    json_str(dev);
+    printf(",\n");
     printf("  \"n_prompt\": %d,\n  \"n_gen\": %d,\n  \"repetitions\": %d,\n", o->n_prompt,
            o->n_gen, o->reps);
     if (o->n_prompt > 0)
@@ -378,7 +389,7 @@ int cli_bench(int argc, char **argv)
         fputs(BENCH_HELP, stdout);
         return 0;
     }
-    if (bench_model(&o, &err))
+    if (cm_backend_choose(o.backend, &o.be, &err) || bench_model(&o, &err))
         return cli_fail(&err);
     return 0;
 }

@@ -171,3 +171,19 @@ double peak_rss_mib(void)
     getrusage(RUSAGE_SELF, &ru);
     return ru.ru_maxrss / 1024.0; /* Linux reports KiB */
 }
+
+void print_backend_use(const cm_ctx *c)
+{
+    const cm_backend *be = cm_ctx_backend(c);
+    char dev[160];
+    int any = 0;
+    be->ops->describe(dev, sizeof dev);
+    fprintf(stderr, "[codemoe] backend %s; ops run on the CPU instead:", dev);
+    for (int op = 0; op < CM_OP_COUNT; op++)
+        if (be->fallbacks[op]) {
+            fprintf(stderr, "%s %s x%llu", any ? "," : "", cm_op_name(op),
+                    (unsigned long long)be->fallbacks[op]);
+            any = 1;
+        }
+    fprintf(stderr, "%s\n", any ? "" : " none");
+}

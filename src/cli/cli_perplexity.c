@@ -29,6 +29,7 @@ static const char PPL_HELP[] =
     "      --max-tokens N      use only the first N tokens of the text\n"
     "      --chunks N          score at most N chunks\n"
     "      --kv-type T         KV cache type: f16 (default) or f32\n"
+    "      --backend B         cpu (default; CODEMOE_BACKEND sets another) or ref\n"
     "      --expert NAME       language-expert packs: score this member (a language\n"
     "                          or \"fallback\"); default: --lang's expert if the pack\n"
     "                          has one, else the fallback\n"
@@ -40,7 +41,8 @@ static const char PPL_HELP[] =
     "  -h, --help              this text\n";
 
 typedef struct {
-    const char *model, *file, *corpus, *lang, *split, *save, *base, *expert;
+    const char *model, *file, *corpus, *lang, *split, *save, *base, *expert, *backend;
+    const cm_backend_ops *be;
     int n_ctx, n_batch, max_tokens, chunks, json, save_f32;
     cm_kv_type kv;
 } ppl_opts;
@@ -50,7 +52,7 @@ static int takes_value(const char *a)
     static const char *const names[] = {
         "-m", "--model", "-f", "--file", "--corpus", "--lang", "--split", "--save-logits",
         "--kld-base", "-c", "--ctx-size", "-b", "--batch-size", "--max-tokens", "--chunks",
-        "--kv-type", "-t", "--threads", "--expert"};
+        "--kv-type", "-t", "--threads", "--expert", "--backend"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(a, names[i]))
             return 1;
@@ -64,7 +66,8 @@ static void opt_value(ppl_opts *o, const char *a, const char *v, cm_status *s, c
                      : !strcmp(a, "--corpus") ? &o->corpus : !strcmp(a, "--lang") ? &o->lang
                      : !strcmp(a, "--split") ? &o->split : !strcmp(a, "--save-logits") ? &o->save
                      : !strcmp(a, "--kld-base") ? &o->base
-                     : !strcmp(a, "--expert") ? &o->expert : NULL;
+                     : !strcmp(a, "--expert") ? &o->expert
+                     : !strcmp(a, "--backend") ? &o->backend : NULL;
     if (str)
         *str = v;
     else if (arg_is(a, "-c", "--ctx-size"))
@@ -119,6 +122,8 @@ static cm_status parse_opts(int argc, char **argv, ppl_opts *o, int *help, cm_er
             break;
         opt_value(o, a, v, &s, err);
     }
+    if (!s && !*help)
+        s = cm_backend_choose(o->backend, &o->be, err);
     return s ? s : check_opts(o, err);
 }
 
@@ -248,7 +253,7 @@ static cm_status measure(const ppl_opts *o, const cm_model *m, const int32_t *id
                          cm_err *err)
 {
     progress_ctx pc = {o->json ? stderr : stdout};
-    cm_ppl_params p = {.n_ctx = o->n_ctx, .n_batch = o->n_batch, .kv = o->kv,
+    cm_ppl_params p = {.n_ctx = o->n_ctx, .n_batch = o->n_batch, .kv = o->kv, .backend = o->be,
                        .max_chunks = o->chunks, .save_logits = o->save, .save_f32 = o->save_f32,
                        .kld_base = o->base, .progress = on_chunk, .user = &pc};
     cm_ppl_result r;

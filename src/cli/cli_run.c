@@ -34,6 +34,9 @@ static const char RUN_HELP[] =
     "  -c, --ctx-size N        context length (default: the model's, at most 4096)\n"
     "  -t, --threads N         threads (default: all cores)\n"
     "      --kv-type T         KV cache type: f16 (default), f32 or q8_0\n"
+    "      --backend B         cpu (default; CODEMOE_BACKEND sets another) or ref (the\n"
+    "                          scalar reference kernels); `codemoe --version` lists them\n"
+    "  -v, --verbose           print the backend and device, and any ops that ran on the CPU\n"
     "      --no-bos            do not add the BOS token to the prompt\n"
     "      --all-experts       with a pack: bring every expert into memory first (to\n"
     "                          compare with routing, which keeps only the one in use)\n"
@@ -51,10 +54,10 @@ typedef struct {
 } prompt_src;
 
 typedef struct {
-    const char *model, *lang;
+    const char *model, *lang, *backend;
     prompt_src prompts[MAX_PROMPTS];
     int n_prompts;
-    int n_predict, n_ctx, no_bos, have_seed, moe_stats, all_experts;
+    int n_predict, n_ctx, no_bos, have_seed, moe_stats, all_experts, verbose;
     uint64_t moe_budget; /* 0: none given */
     cm_kv_type kv;
     cm_sampling_params sp;
@@ -107,6 +110,10 @@ static cm_status parse_run(int argc, char **argv, run_opts *o, int *help, cm_err
             *(a[2] == 'n' ? &o->no_bos : a[2] == 'm' ? &o->moe_stats : &o->all_experts) = 1;
             continue;
         }
+        if (arg_is(a, "-v", "--verbose")) {
+            o->verbose = 1;
+            continue;
+        }
         if ((s = arg_value(argc, argv, &i, &v, err)))
             break;
         if (arg_is(a, "-m", "--model"))
@@ -126,6 +133,8 @@ static cm_status parse_run(int argc, char **argv, run_opts *o, int *help, cm_err
             s = arg_threads(v, err);
         else if (!strcmp(a, "--kv-type"))
             s = parse_kv_type(v, &o->kv, err);
+        else if (!strcmp(a, "--backend"))
+            o->backend = v;
         else if (!strcmp(a, "--moe-ram-budget"))
             s = arg_size(a, v, &o->moe_budget, err);
         else if (!strcmp(a, "--stop")) {
@@ -305,7 +314,10 @@ static cm_status tokenize_prompt(const run_opts *o, const cm_model *m, const cha
 
 static cm_status make_ctx(const run_opts *o, const cm_model *m, cm_ctx **ctx, cm_err *err)
 {
-    cm_status s = cm_ctx_new(m, o->n_ctx, o->kv, 512, ctx, err);
+    const cm_backend_ops *be;
+    cm_status s = cm_backend_choose(o->backend, &be, err);
+    if (!s)
+        s = cm_ctx_new_on(m, be, o->n_ctx, o->kv, 512, ctx, err);
     if (!s && (o->moe_budget || o->moe_stats) && m->hp.n_expert == 0)
         s = cm_fail(err, CM_E_USAGE, "%s is not a mixture-of-experts model: --moe-stats and "
                     "--moe-ram-budget do not apply", o->model);
@@ -391,6 +403,8 @@ static cm_status run_one(const run_opts *o, cm_model *m, const prompt_src *p, do
                 st.n_gen / (st.t_gen > 0 ? st.t_gen : 1e-9), st.stop_reason, peak_rss_mib());
     if (!s && m->hp.n_expert > 0 && (o->moe_stats || o->moe_budget))
         print_moe_stats(m, ctx, o->moe_stats);
+    if (!s && o->verbose)
+        print_backend_use(ctx);
     free(text);
     free(ids);
     cm_ctx_free(ctx);

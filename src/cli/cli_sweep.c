@@ -42,6 +42,8 @@ static const char SWEEP_HELP[] =
     "  -b, --batch-size N      tokens per forward batch (default: the chunk)\n"
     "  -t, --threads N         threads (default: all cores)\n"
     "      --kv-type T         KV cache type: f16 (default) or f32\n"
+    "      --backend B         measure on cpu (default; CODEMOE_BACKEND sets another)\n"
+    "                          or ref; quantizing always runs on the CPU\n"
     "      --cross             packs: measure every expert on every language too\n"
     "      --order O           auto (default), language or scheme: measure language\n"
     "                          by language (each base, then every scheme on it; all\n"
@@ -78,6 +80,8 @@ typedef struct {
     const char *bits, *schemes_arg, *langs_arg;
     int max_tokens, n_ctx, n_batch, cross, order;
     cm_kv_type kv;
+    const char *backend;
+    const cm_backend_ops *be;
     char corpus_buf[1024], lang_buf[1024];
     const char *langs[CM_SWEEP_MAX_LANGS];
     int n_langs;
@@ -92,7 +96,7 @@ static int takes_value(const char *a)
     static const char *const names[] = {
         "-m", "--model", "--out", "--json", "--plot", "--bits", "--schemes", "--langs",
         "--corpus", "--split", "--max-tokens", "-c", "--ctx-size", "-b", "--batch-size",
-        "-t", "--threads", "--kv-type", "--tmpdir", "--order"};
+        "-t", "--threads", "--kv-type", "--tmpdir", "--order", "--backend"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(a, names[i]))
             return 1;
@@ -106,7 +110,7 @@ static void opt_value(sweep_opts *o, const char *a, const char *v, cm_status *s,
                      : !strcmp(a, "--bits") ? &o->bits : !strcmp(a, "--schemes") ? &o->schemes_arg
                      : !strcmp(a, "--langs") ? &o->langs_arg : !strcmp(a, "--corpus") ? &o->corpus
                      : !strcmp(a, "--split") ? &o->split : !strcmp(a, "--tmpdir") ? &o->tmpdir
-                     : NULL;
+                     : !strcmp(a, "--backend") ? &o->backend : NULL;
     if (str)
         *str = v;
     else if (!strcmp(a, "--max-tokens"))
@@ -249,6 +253,8 @@ static cm_status parse_opts(int argc, char **argv, sweep_opts *o, int *help, cm_
             break;
         opt_value(o, a, v, &s, err);
     }
+    if (!s)
+        s = cm_backend_choose(o->backend, &o->be, err);
     return s ? s : check_opts(o, err);
 }
 
@@ -477,7 +483,7 @@ static int run(const sweep_opts *o, sweep_state *st, cm_err *err)
 {
     cm_sweep_config cfg = {o->model, o->corpus, o->split, o->langs, o->n_langs, o->schemes,
                            o->n_schemes, o->max_tokens, o->n_ctx, o->n_batch, o->kv, o->cross,
-                           o->tmpdir, (cm_sweep_order)o->order};
+                           o->tmpdir, (cm_sweep_order)o->order, o->be};
     cm_sweep_hooks h = {on_log, on_progress, on_row, on_scheme_done, st};
     size_t resumed = st->n;
     if (cm_sweep_open(&cfg, &st->sw, err) || cm_sweep_prepare(st->sw, st->rows, st->n, err))

@@ -13,11 +13,12 @@
 /* ------------------------------------------------------------------ info */
 
 static const char INFO_HELP[] =
-    "usage: codemoe info MODEL [--tensors]\n"
+    "usage: codemoe info MODEL [--tensors] [--backend B]\n"
     "\n"
     "Prints the architecture, hyper-parameters, tokenizer, tensor types and\n"
-    "sizes of a GGUF model, and the memory needed to run it.\n"
-    "  --tensors   also list every tensor\n";
+    "sizes of a GGUF model, and the backend and memory needed to run it.\n"
+    "  --tensors     also list every tensor\n"
+    "  --backend B   the backend to size for (default: cpu, or CODEMOE_BACKEND)\n";
 
 static void print_type_table(const cm_model *m, int list)
 {
@@ -121,10 +122,13 @@ static void print_pack(const cm_model *m, size_t ctx_bytes)
            (shared + all) / 1048576.0, (shared + worst) / 1048576.0);
 }
 
-static void print_memory(const cm_model *m)
+static void print_memory(const cm_model *m, const cm_backend_ops *be)
 {
     int n_ctx = m->hp.n_ctx_train < 4096 ? m->hp.n_ctx_train : 4096;
-    size_t ctx_bytes = cm_ctx_bytes_estimate(m, n_ctx, CM_KV_F16, 512);
+    size_t ctx_bytes = cm_ctx_bytes_estimate(m, be, n_ctx, CM_KV_F16, 512);
+    char dev[160];
+    be->describe(dev, sizeof dev);
+    printf("backend:         %s\n", dev);
     if (m->is_pack)
         print_pack(m, ctx_bytes);
     printf("weights read per token: %.2f MiB", cm_model_bytes_per_token(m) / 1048576.0);
@@ -137,7 +141,8 @@ static void print_memory(const cm_model *m)
 
 int cli_info(int argc, char **argv)
 {
-    const char *path = NULL;
+    const char *path = NULL, *backend = NULL;
+    const cm_backend_ops *be;
     int list = 0;
     cm_err err = {0};
     for (int i = 1; i < argc; i++) {
@@ -146,6 +151,8 @@ int cli_info(int argc, char **argv)
             return 0;
         } else if (!strcmp(argv[i], "--tensors"))
             list = 1;
+        else if (!strcmp(argv[i], "--backend") && i + 1 < argc)
+            backend = argv[++i];
         else if (argv[i][0] == '-' && strcmp(argv[i], "-m"))
             return cm_fail(&err, CM_E_USAGE, "unknown option %s (see codemoe info --help)", argv[i]),
                    cli_fail(&err);
@@ -156,12 +163,14 @@ int cli_info(int argc, char **argv)
     }
     if (!path)
         return cm_fail(&err, CM_E_USAGE, "usage: codemoe info MODEL"), cli_fail(&err);
+    if (cm_backend_choose(backend, &be, &err))
+        return cli_fail(&err);
     cm_model m;
     if (cm_model_load(path, &m, &err))
         return cli_fail(&err);
     print_info(&m);
     print_type_table(&m, list);
-    print_memory(&m);
+    print_memory(&m, be);
     cm_model_free(&m);
     return 0;
 }
@@ -169,7 +178,8 @@ int cli_info(int argc, char **argv)
 /* ---------------------------------------------------------------- logits */
 
 static const char LOGITS_HELP[] =
-    "usage: codemoe logits -m MODEL --ids 1,2,3 -o OUT.f32 [--kv-type f32|f16] [-t N]\n"
+    "usage: codemoe logits -m MODEL --ids 1,2,3 -o OUT.f32 [--kv-type f32|f16|q8_0] [-t N]\n"
+    "                      [--backend cpu|ref]\n"
     "\n"
     "Evaluates the ids as one sequence and writes the logits of every position\n"
     "as float32 little-endian rows [n_ids, n_vocab].  The file appears only\n"
@@ -223,7 +233,7 @@ static cm_status write_atomic(const char *path, const void *data, size_t bytes, 
 }
 
 typedef struct {
-    const char *model, *out, *ids;
+    const char *model, *out, *ids, *backend;
     cm_kv_type kv;
 } logits_opts;
 
@@ -248,6 +258,8 @@ static cm_status parse_logits(int argc, char **argv, logits_opts *o, int *help, 
             s = parse_kv_type(v, &o->kv, err);
         else if (arg_is(a, "-t", "--threads"))
             s = arg_threads(v, err);
+        else if (!strcmp(a, "--backend"))
+            o->backend = v;
         else
             s = cm_fail(err, CM_E_USAGE, "unknown option %s (see codemoe logits --help)", a);
     }
@@ -263,7 +275,10 @@ static cm_status logits_run(const logits_opts *o, cm_err *err)
     float *rows = NULL;
     cm_ctx *ctx = NULL;
     cm_model m;
-    cm_status s = parse_ids(o->ids, &ids, &n, err);
+    const cm_backend_ops *be;
+    cm_status s = cm_backend_choose(o->backend, &be, err);
+    if (!s)
+        s = parse_ids(o->ids, &ids, &n, err);
     if (s)
         return s;
     if ((s = cm_model_load(o->model, &m, err))) {
@@ -275,7 +290,7 @@ static cm_status logits_run(const logits_opts *o, cm_err *err)
     else if (!(rows = malloc(n * (size_t)m.hp.n_vocab * sizeof(float))))
         s = cm_fail(err, CM_E_NOMEM, "out of memory for %zu rows of logits", n);
     if (!s)
-        s = cm_ctx_new(&m, (int)n, o->kv, 512, &ctx, err);
+        s = cm_ctx_new_on(&m, be, (int)n, o->kv, 512, &ctx, err);
     if (!s)
         s = cm_eval(ctx, ids, (int)n, rows, err);
     if (!s)

@@ -4,6 +4,7 @@
 
 #include "backends/cpu/cpu.h"
 #include "cli/cli.h"
+#include "engine/backend.h"
 #include "config.h"
 
 static const char USAGE[] =
@@ -23,7 +24,8 @@ static const char USAGE[] =
     "  bench       prompt and generation speed against the memory-bandwidth bound\n"
     "\n"
     "`codemoe COMMAND --help` describes each command.\n"
-    "environment: CODEMOE_ISA=scalar|avx2|avx512 forces a kernel set.\n";
+    "environment: CODEMOE_ISA=scalar|avx2|avx512|neon forces a CPU kernel set;\n"
+    "             CODEMOE_BACKEND=NAME picks the backend where --backend is not given.\n";
 
 int main(int argc, char **argv)
 {
@@ -49,7 +51,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("codemoe %s\n", PACKAGE_VERSION);
+        printf("codemoe %s\nbackends: %s\n", PACKAGE_VERSION, cm_backend_names());
         return 0;
     }
     char msg[256];

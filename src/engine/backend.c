@@ -23,6 +23,11 @@ const cm_backend_ops *cm_backend_find(const char *name)
     return NULL;
 }
 
+const cm_backend_ops *cm_backend_at(size_t i)
+{
+    return i < N_COMPILED ? compiled[i] : NULL;
+}
+
 const char *cm_backend_names(void)
 {
     return "cpu ref";
@@ -44,7 +49,7 @@ cm_status cm_backend_choose(const char *name, const cm_backend_ops **out, cm_err
         if (strcmp(known_absent[i][0], name) == 0)
             return cm_fail(err, CM_E_UNSUPPORTED, "%s %s: %s (compiled in: %s)", from, name,
                            known_absent[i][1], cm_backend_names());
-    return cm_fail(err, CM_E_RANGE, "%s: unknown backend '%.40s' (compiled in: %s)", from, name,
+    return cm_fail(err, CM_E_USAGE, "%s: unknown backend '%.40s' (compiled in: %s)", from, name,
                    cm_backend_names());
 }
 

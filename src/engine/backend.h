@@ -52,8 +52,9 @@ typedef struct {
     void (*release)(cm_backend *be);
     /* bytes init would reserve besides activation buffers */
     size_t (*state_bytes)(const cm_backend_shape *s);
-    /* a one-line description of the device, for info and bench */
-    void (*describe)(const cm_backend *be, char *out, size_t n);
+    /* a one-line description of the device it would run on, for info
+     * and bench */
+    void (*describe)(char *out, size_t n);
 
     /* ---- memory (mandatory) ---- */
     /* buf->host is set when the CPU can address the bytes directly */
@@ -131,6 +132,8 @@ struct cm_backend {
 
 /* The backends this build has, by name ("cpu", "ref", ...). */
 const cm_backend_ops *cm_backend_find(const char *name);
+/* The i-th compiled backend, NULL past the last. */
+const cm_backend_ops *cm_backend_at(size_t i);
 /* Space-separated names of the compiled backends, for --version. */
 const char *cm_backend_names(void);
 /* The backend named by `name`, or by $CODEMOE_BACKEND when name is NULL,

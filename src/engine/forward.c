@@ -65,7 +65,8 @@ static size_t host_row_bytes(const cm_hparams *hp)
            (size_t)hp->n_expert_used * (sizeof(int32_t) + sizeof(float));
 }
 
-size_t cm_ctx_bytes_estimate(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch)
+size_t cm_ctx_bytes_estimate(const cm_model *m, const cm_backend_ops *be, int n_ctx,
+                             cm_kv_type kv, int n_batch)
 {
     const cm_hparams *hp = &m->hp;
     act_spec s[MAX_ACTS];
@@ -74,7 +75,7 @@ size_t cm_ctx_bytes_estimate(const cm_model *m, int n_ctx, cm_kv_type kv, int n_
         per_row += (size_t)s[i].cols * sizeof(float);
     cm_backend_shape shape = {m, n_ctx, n_batch < n_ctx ? n_batch : n_ctx, kv, 0};
     return (size_t)shape.n_batch * (per_row + host_row_bytes(hp)) +
-           (size_t)hp->n_vocab * sizeof(float) + cm_backend_cpu_ops.state_bytes(&shape);
+           (size_t)hp->n_vocab * sizeof(float) + be->state_bytes(&shape);
 }
 
 static cm_tensor *act(cm_ctx *c, size_t off) { return (cm_tensor *)((char *)c + off); }

@@ -49,6 +49,7 @@ cm_status cm_ctx_set_expert_budget(cm_ctx *c, uint64_t bytes, cm_err *err);
 int cm_ctx_expert_stats(const cm_ctx *c, cm_expert_stats *out);
 
 /* Bytes a context needs besides the weights (KV cache and work buffers). */
-size_t cm_ctx_bytes_estimate(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch);
+size_t cm_ctx_bytes_estimate(const cm_model *m, const cm_backend_ops *be, int n_ctx,
+                             cm_kv_type kv, int n_batch);
 
 #endif

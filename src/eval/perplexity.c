@@ -550,7 +550,7 @@ cm_status cm_perplexity(const cm_model *m, const int32_t *ids, size_t n_ids,
     if (!s)
         s = work_alloc(&w, p->n_ctx, &base, &save, err);
     if (!s)
-        s = cm_ctx_new(m, p->n_ctx, p->kv, p->n_batch > 0 ? p->n_batch : p->n_ctx, &ctx, err);
+        s = cm_ctx_new_on(m, p->backend, p->n_ctx, p->kv, p->n_batch > 0 ? p->n_batch : p->n_ctx, &ctx, err);
     if (!s)
         s = run_chunks(ctx, &w, ids, n_chunk, p, &base, &save, r, err);
     if (!s && save.f)

@@ -57,6 +57,7 @@ typedef struct {
     int n_ctx;               /* tokens per chunk, >= 4 */
     int n_batch;             /* tokens per forward batch; 0: n_ctx */
     cm_kv_type kv;
+    const cm_backend_ops *backend; /* NULL: the CPU */
     int max_chunks;          /* 0: as many as the ids allow */
     const char *save_logits; /* write a logits file here (appears only when complete) */
     int save_f32;            /* store f32 log-probabilities instead of f16 */

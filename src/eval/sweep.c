@@ -370,6 +370,7 @@ static cm_ppl_params ppl_params(cm_sweep *sw, const sw_lang *L)
 {
     const cm_sweep_config *c = sw->cfg;
     return (cm_ppl_params){.n_ctx = c->n_ctx, .n_batch = c->n_batch, .kv = c->kv,
+                           .backend = c->backend,
                            .max_chunks = L->n_chunk, .progress = on_chunk, .user = sw};
 }
 

@@ -76,6 +76,7 @@ typedef struct {
     int cross;                /* packs: also every (member, language) pair */
     const char *tmpdir;       /* NULL: $TMPDIR, else /tmp */
     cm_sweep_order order;     /* CM_SWEEP_AUTO: by memory (see cm_sweep_measure) */
+    const cm_backend_ops *backend; /* measures on it (NULL: the CPU); quantizes on the CPU */
 } cm_sweep_config;
 
 typedef struct {

@@ -1,0 +1,680 @@
+/* test_backend.c - backend conformance: every op of every compiled backend
+ * against the reference backend (backends/ref: the scalar references of
+ * quant/), on random inputs and awkward shapes: odd row counts, one token,
+ * batches across the thread and tiling thresholds, the last positions of
+ * the context, every block type, every KV cache type.
+ *
+ * Then whole models: the fixtures' logits on each backend against the
+ * reference, and the fallback path: a simulated device backend whose
+ * memory the CPU cannot address and which implements only what is
+ * mandatory must give the CPU's logits bit for bit, with every op counted
+ * as a fallback.
+ *
+ * A GPU backend runs this same program on the GPU machine. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/cpu/cpu.h"
+#include "engine/backend.h"
+#include "engine/forward.h"
+#include "engine/model.h"
+#include "tests/testlib.h"
+
+/* ------------------------------------------------------------ inputs */
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+
+static float rnd(void) /* uniform in [-1, 1) */
+{
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (float)((rng >> 40) * (1.0 / (1 << 23))) - 1.0f;
+}
+
+static float *rnd_floats(size_t n, float scale)
+{
+    float *v = malloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = scale * rnd();
+    return v;
+}
+
+/* A host tensor of `type` (rows x cols), quantized by the reference. */
+static cm_tensor weight(enum cm_type type, int64_t cols, int64_t rows)
+{
+    cm_tensor t = {0};
+    size_t rb = cm_row_bytes(type, cols);
+    float *f = rnd_floats((size_t)(cols * rows), 0.5f);
+    char *d = malloc(rb * (size_t)rows);
+    for (int64_t r = 0; r < rows; r++)
+        cm_quantize_row(type, f + r * cols, d + (size_t)r * rb, cols);
+    free(f);
+    t.name = "w", t.type = type, t.n_dims = 2;
+    t.ne[0] = cols, t.ne[1] = rows, t.ne[2] = t.ne[3] = 1;
+    t.data = d, t.nbytes = rb * (size_t)rows;
+    return t;
+}
+
+static cm_tensor vec(int64_t n, float scale) /* a 1-D F32 host tensor: a bias, a norm */
+{
+    cm_tensor t = {0};
+    float *f = rnd_floats((size_t)n, scale);
+    t.name = "v", t.type = CM_TYPE_F32, t.n_dims = 1;
+    t.ne[0] = n, t.ne[1] = t.ne[2] = t.ne[3] = 1;
+    t.data = f, t.nbytes = (size_t)n * sizeof(float);
+    return t;
+}
+
+static void free_host(cm_tensor *t) { free((void *)(uintptr_t)t->data); }
+
+/* ------------------------------------------------------------ a pair */
+
+/* The backend under test and the reference, sized alike. */
+typedef struct {
+    cm_backend *be, *ref;
+    cm_model m;
+    cm_layer layers[2];
+} pair;
+
+static cm_hparams hparams(int n_embd, int n_head, int n_head_kv, int head_dim, int neox,
+                          int rope_dim)
+{
+    cm_hparams hp = {0};
+    hp.arch_name = "llama", hp.n_vocab = 300, hp.n_embd = n_embd, hp.n_layer = 2;
+    hp.n_head = n_head, hp.n_head_kv = n_head_kv, hp.head_dim = hp.head_dim_v = head_dim;
+    hp.n_ff = 2 * n_embd, hp.n_ctx_train = 64, hp.norm_eps = 1e-5f, hp.rope_base = 10000.0f;
+    hp.rope_freq_scale = 1.0f, hp.rope_dim = rope_dim, hp.rope_neox = neox, hp.use_rope = 1;
+    hp.n_expert = 8, hp.n_expert_used = 2, hp.n_ff_exp = n_embd;
+    return hp;
+}
+
+/* w sizes the backends' scratch: their products take weights up to its size. */
+static int pair_new(pair *p, const cm_backend_ops *ops, const cm_hparams *hp, const cm_tensor *w,
+                    cm_kv_type kv, int n_ctx)
+{
+    cm_err err;
+    memset(p, 0, sizeof *p);
+    p->m.hp = *hp;
+    p->m.layers = p->layers;
+    p->m.output = *w;
+    cm_backend_shape s = {&p->m, n_ctx, 48, kv, 0};
+    if (cm_backend_new(ops, &s, &p->be, &err) ||
+        cm_backend_new(&cm_backend_ref_ops, &s, &p->ref, &err)) {
+        CHECK(0, "%s: %s", ops->name, err.msg);
+        cm_backend_free(p->be);
+        return 0;
+    }
+    return 1;
+}
+
+static void pair_free(pair *p)
+{
+    cm_backend_free(p->be);
+    cm_backend_free(p->ref);
+}
+
+/* The same activation in both backends' memory. */
+typedef struct {
+    cm_tensor a, b;
+} twin;
+
+static twin twin_new(pair *p, int64_t cols, int64_t rows, const float *init)
+{
+    twin t;
+    cm_err err;
+    if (cm_backend_tensor(p->be, cols, rows, &t.a, &err) ||
+        cm_backend_tensor(p->ref, cols, rows, &t.b, &err)) {
+        fprintf(stderr, "test error: %s\n", err.msg);
+        exit(99);
+    }
+    float *zero = init ? NULL : calloc((size_t)(cols * rows), sizeof(float));
+    p->be->ops->upload(p->be, &t.a, init ? init : zero, t.a.nbytes);
+    p->ref->ops->upload(p->ref, &t.b, init ? init : zero, t.b.nbytes);
+    free(zero);
+    return t;
+}
+
+static twin twin_rnd(pair *p, int64_t cols, int64_t rows, float scale)
+{
+    float *f = rnd_floats((size_t)(cols * rows), scale);
+    twin t = twin_new(p, cols, rows, f);
+    free(f);
+    return t;
+}
+
+static void twin_free(pair *p, twin *t)
+{
+    cm_backend_tensor_free(p->be, &t->a);
+    cm_backend_tensor_free(p->ref, &t->b);
+}
+
+/* max |a - b| over max |b|: both twins read back. */
+static double twin_err(pair *p, const twin *t)
+{
+    size_t n = t->a.nbytes / sizeof(float);
+    float *a = malloc(t->a.nbytes), *b = malloc(t->b.nbytes);
+    p->be->ops->download(p->be, &t->a, a, t->a.nbytes);
+    p->ref->ops->download(p->ref, &t->b, b, t->b.nbytes);
+    double d = 0, mx = 1e-6;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        d = e > d || e != e ? e : d;
+        mx = fabs(b[i]) > mx ? fabs(b[i]) : mx;
+    }
+    free(a), free(b);
+    return d / mx;
+}
+
+/* The worst error seen per op, printed at the end. */
+static double worst[CM_OP_COUNT + 2];
+enum { W_KV = CM_OP_COUNT, W_ATTN };
+
+static const char *op_label(int op) { return op == W_ATTN ? "attention" : cm_op_name(op); }
+
+#define EXPECT_CLOSE(p, t, op, tol, ...)                                                    \
+    do {                                                                                    \
+        double e_ = twin_err(p, t);                                                         \
+        char what_[200];                                                                    \
+        snprintf(what_, sizeof what_, __VA_ARGS__);                                         \
+        worst[op] = e_ > worst[op] || e_ != e_ ? e_ : worst[op];                            \
+        CHECK(e_ <= (tol), "%s %s: error %.3g > %.3g: %s", (p)->be->ops->name, op_label(op), e_,     \
+              (double)(tol), what_);                                                        \
+    } while (0)
+
+/* ------------------------------------------------------------ the ops */
+
+static const enum cm_type all_types[] = {
+    CM_TYPE_F32,  CM_TYPE_F16,  CM_TYPE_BF16, CM_TYPE_Q4_0, CM_TYPE_Q4_1, CM_TYPE_Q5_0, CM_TYPE_Q5_1,
+    CM_TYPE_Q8_0, CM_TYPE_Q2_K, CM_TYPE_Q3_K, CM_TYPE_Q4_K, CM_TYPE_Q5_K, CM_TYPE_Q6_K};
+#define N_TYPES (sizeof all_types / sizeof all_types[0])
+
+static const int tok_counts[] = {1, 2, 4, 7, 16, 33};
+
+static void test_matmul(const cm_backend_ops *ops, const cm_hparams *hp)
+{
+    for (size_t ti = 0; ti < N_TYPES; ti++) {
+        char tn[32];
+        cm_type_name(all_types[ti], tn);
+        for (int cols = 256; cols <= 512; cols += 256) {
+            cm_tensor w = weight(all_types[ti], cols, 37), b = vec(37, 0.3f);
+            pair p;
+            if (!pair_new(&p, ops, hp, &w, CM_KV_F16, 64))
+                return;
+            for (size_t k = 0; k < sizeof tok_counts / sizeof tok_counts[0]; k++) {
+                int n = tok_counts[k];
+                twin x = twin_rnd(&p, cols, n, 1.0f), y = twin_new(&p, 37, n, NULL);
+                const cm_tensor *ws[1] = {&w}, *bs[1] = {&b};
+                cm_tensor *ya[1] = {&y.a}, *yb[1] = {&y.b};
+                cm_op_matmul(p.be, 1, ws, k % 2 ? bs : NULL, &x.a, ya);
+                cm_op_matmul(p.ref, 1, ws, k % 2 ? bs : NULL, &x.b, yb);
+                EXPECT_CLOSE(&p, &y, CM_OP_matmul, 2e-5, "%s %dx37, %d tokens", tn, cols, n);
+                twin_free(&p, &x), twin_free(&p, &y);
+            }
+            pair_free(&p);
+            free_host(&w), free_host(&b);
+        }
+    }
+}
+
+/* Three weights sharing an input, of types that pack alike or not, with
+ * biases, as the q/k/v projections. */
+static void test_matmul_n(const cm_backend_ops *ops, const cm_hparams *hp)
+{
+    static const enum cm_type mixes[][3] = {{CM_TYPE_Q5_0, CM_TYPE_Q5_0, CM_TYPE_Q8_0},
+                                            {CM_TYPE_Q4_K, CM_TYPE_Q4_K, CM_TYPE_Q6_K},
+                                            {CM_TYPE_F16, CM_TYPE_Q8_0, CM_TYPE_F32}};
+    const int rows[3] = {64, 19, 33};
+    for (size_t mi = 0; mi < sizeof mixes / sizeof mixes[0]; mi++) {
+        cm_tensor w[3], b[3];
+        for (int i = 0; i < 3; i++)
+            w[i] = weight(mixes[mi][i], 256, rows[i]), b[i] = vec(rows[i], 0.3f);
+        pair p;
+        if (!pair_new(&p, ops, hp, &w[0], CM_KV_F16, 64))
+            return;
+        for (size_t k = 0; k < sizeof tok_counts / sizeof tok_counts[0]; k++) {
+            int n = tok_counts[k];
+            twin x = twin_rnd(&p, 256, n, 1.0f), y[3];
+            for (int i = 0; i < 3; i++)
+                y[i] = twin_new(&p, rows[i], n, NULL);
+            const cm_tensor *ws[3] = {&w[0], &w[1], &w[2]}, *bs[3] = {&b[0], &b[1], &b[2]};
+            cm_tensor *ya[3] = {&y[0].a, &y[1].a, &y[2].a}, *yb[3] = {&y[0].b, &y[1].b, &y[2].b};
+            cm_op_matmul(p.be, 3, ws, bs, &x.a, ya);
+            cm_op_matmul(p.ref, 3, ws, bs, &x.b, yb);
+            for (int i = 0; i < 3; i++) {
+                EXPECT_CLOSE(&p, &y[i], CM_OP_matmul, 2e-5, "mix %zu weight %d, %d tokens", mi, i, n);
+                twin_free(&p, &y[i]);
+            }
+            twin_free(&p, &x);
+        }
+        pair_free(&p);
+        for (int i = 0; i < 3; i++)
+            free_host(&w[i]), free_host(&b[i]);
+    }
+}
+
+static void test_embed_logits(const cm_backend_ops *ops, const cm_hparams *hp)
+{
+    static const enum cm_type types[] = {CM_TYPE_F32, CM_TYPE_F16, CM_TYPE_Q8_0, CM_TYPE_Q4_K,
+                                         CM_TYPE_Q6_K, CM_TYPE_Q5_1};
+    const int E = hp->n_embd;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        cm_tensor table = weight(types[ti], E, 300), pos = weight(CM_TYPE_F32, E, 64);
+        cm_tensor bias = vec(300, 0.2f);
+        pair p;
+        if (!pair_new(&p, ops, hp, &table, CM_KV_F16, 64))
+            return;
+        for (int n = 1; n <= 33; n += 16) {
+            int32_t ids[33];
+            for (int i = 0; i < n; i++)
+                ids[i] = (int32_t)((i * 97 + 13) % 300);
+            twin x = twin_new(&p, E, n, NULL);
+            int p0 = 64 - n; /* the context's last positions */
+            cm_op_embed(p.be, &table, n > 1 ? &pos : NULL, ids, n, p0, &x.a);
+            cm_op_embed(p.ref, &table, n > 1 ? &pos : NULL, ids, n, p0, &x.b);
+            EXPECT_CLOSE(&p, &x, CM_OP_embed, 0, "type %zu, %d tokens", ti, n);
+            /* the output product into host memory, with a bias */
+            float *la = malloc((size_t)n * 300 * sizeof(float));
+            float *lb = malloc((size_t)n * 300 * sizeof(float));
+            cm_op_logits(p.be, &x.a, &table, &bias, la);
+            cm_op_logits(p.ref, &x.b, &table, &bias, lb);
+            double d = 0, mx = 1e-6;
+            for (int i = 0; i < n * 300; i++) {
+                d = fmax(d, fabs((double)la[i] - lb[i]));
+                mx = fmax(mx, fabs(lb[i]));
+            }
+            worst[CM_OP_logits] = fmax(worst[CM_OP_logits], d / mx);
+            CHECK(d / mx <= 2e-5, "%s logits: error %.3g (type %zu, %d tokens)", ops->name,
+                  d / mx, ti, n);
+            free(la), free(lb);
+            twin_free(&p, &x);
+        }
+        pair_free(&p);
+        free_host(&table), free_host(&pos), free_host(&bias);
+    }
+}
+
+static void test_rowwise(const cm_backend_ops *ops, const cm_hparams *hp)
+{
+    const int E = hp->n_embd;
+    cm_tensor w = weight(CM_TYPE_F32, E, 4), nw = vec(E, 1.0f), nb = vec(E, 0.5f);
+    pair p;
+    if (!pair_new(&p, ops, hp, &w, CM_KV_F16, 64))
+        return;
+    for (int n = 1; n <= 40; n += 13) { /* 1, 14, 27, 40: both sides of the threads' threshold */
+        for (int ln = 0; ln < 2; ln++) {
+            twin x = twin_rnd(&p, E, n, 3.0f), o = twin_new(&p, E, n, NULL);
+            cm_op_norm(p.be, &x.a, &nw, ln ? &nb : NULL, 1e-5f, ln, &o.a);
+            cm_op_norm(p.ref, &x.b, &nw, ln ? &nb : NULL, 1e-5f, ln, &o.b);
+            EXPECT_CLOSE(&p, &o, CM_OP_norm, 1e-6, "%s, %d rows", ln ? "layer" : "rms", n);
+            twin_free(&p, &x), twin_free(&p, &o);
+        }
+        twin a = twin_rnd(&p, 3 * E + 5, n, 6.0f), b = twin_rnd(&p, 3 * E + 5, n, 2.0f);
+        cm_op_swiglu(p.be, &a.a, &b.a);
+        cm_op_swiglu(p.ref, &a.b, &b.b);
+        EXPECT_CLOSE(&p, &a, CM_OP_swiglu, 1e-6, "%d rows of %d", n, 3 * E + 5);
+        twin g = twin_new(&p, 3 * E + 5, n, NULL);
+        cm_op_gelu(p.be, &b.a, &g.a);
+        cm_op_gelu(p.ref, &b.b, &g.b);
+        EXPECT_CLOSE(&p, &g, CM_OP_gelu, 1e-6, "%d rows", n);
+        cm_op_add(p.be, &a.a, &b.a);
+        cm_op_add(p.ref, &a.b, &b.b);
+        EXPECT_CLOSE(&p, &a, CM_OP_add, 1e-6, "%d rows", n);
+        twin gate = twin_rnd(&p, 1, n, 4.0f);
+        cm_op_add_gated(p.be, &g.a, &b.a, n % 2 ? &gate.a : NULL);
+        cm_op_add_gated(p.ref, &g.b, &b.b, n % 2 ? &gate.b : NULL);
+        EXPECT_CLOSE(&p, &g, CM_OP_add_gated, 1e-6, "%d rows", n);
+        cm_op_clear(p.be, &g.a);
+        cm_op_clear(p.ref, &g.b);
+        EXPECT_CLOSE(&p, &g, CM_OP_clear, 0, "%d rows", n);
+        twin_free(&p, &a), twin_free(&p, &b), twin_free(&p, &g), twin_free(&p, &gate);
+    }
+    pair_free(&p);
+    free_host(&w), free_host(&nw), free_host(&nb);
+}
+
+static void test_rope(const cm_backend_ops *ops, const cm_hparams *hp)
+{
+    const int d = hp->head_dim;
+    cm_tensor w = weight(CM_TYPE_F32, hp->n_embd, 4), qn = vec(d, 1.0f);
+    pair p;
+    if (!pair_new(&p, ops, hp, &w, CM_KV_F16, 64))
+        return;
+    static const int cases[][2] = {{1, 0}, {1, 63}, {5, 3}, {20, 44}, {17, 0}}; /* n, p0 */
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int n = cases[i][0], p0 = cases[i][1];
+        twin x = twin_rnd(&p, (int64_t)hp->n_head * d, n, 2.0f);
+        cm_op_rope(p.be, &x.a, i % 2 ? &qn : NULL, p0);
+        cm_op_rope(p.ref, &x.b, i % 2 ? &qn : NULL, p0);
+        EXPECT_CLOSE(&p, &x, CM_OP_rope, 1e-6, "%d rows at %d", n, p0);
+        twin_free(&p, &x);
+    }
+    pair_free(&p);
+    free_host(&w), free_host(&qn);
+}
+
+static void test_moe_ops(const cm_backend_ops *ops, const cm_hparams *hp)
+{
+    const int E = hp->n_embd, X = hp->n_expert, k = hp->n_expert_used;
+    cm_tensor w = weight(CM_TYPE_F32, E, 4);
+    pair p;
+    if (!pair_new(&p, ops, hp, &w, CM_KV_F16, 64))
+        return;
+    for (int n = 1; n <= 33; n += 16) {
+        for (int norm = 0; norm < 2; norm++) {
+            twin lg = twin_rnd(&p, X, n, 3.0f);
+            int32_t ea[128], eb[128];
+            float wa[128], wb[128];
+            cm_routing ra = {ea, wa}, rb = {eb, wb};
+            cm_op_route(p.be, &lg.a, k, norm, &ra);
+            cm_op_route(p.ref, &lg.b, k, norm, &rb);
+            double d = 0;
+            for (int i = 0; i < n * k; i++) {
+                CHECK(ea[i] == eb[i], "%s route: token %d choice %d: expert %d, reference %d",
+                      ops->name, i / k, i % k, ea[i], eb[i]);
+                d = fmax(d, fabs((double)wa[i] - wb[i]));
+            }
+            worst[CM_OP_route] = fmax(worst[CM_OP_route], d);
+            CHECK(d <= 1e-6, "%s route: weights differ by %.3g", ops->name, d);
+            twin_free(&p, &lg);
+        }
+        int32_t rows[33];
+        float wts[33];
+        for (int i = 0; i < n; i++)
+            rows[i] = (i * 7) % n, wts[i] = rnd();
+        twin src = twin_rnd(&p, E, n, 1.0f), dst = twin_new(&p, E, n, NULL);
+        twin out = twin_rnd(&p, E, n, 1.0f);
+        cm_op_gather(p.be, &src.a, rows, n, &dst.a);
+        cm_op_gather(p.ref, &src.b, rows, n, &dst.b);
+        EXPECT_CLOSE(&p, &dst, CM_OP_gather, 0, "%d rows", n);
+        cm_op_scatter_add(p.be, &out.a, &dst.a, rows, wts, n);
+        cm_op_scatter_add(p.ref, &out.b, &dst.b, rows, wts, n);
+        EXPECT_CLOSE(&p, &out, CM_OP_scatter_add, 1e-6, "%d rows", n);
+        twin_free(&p, &src), twin_free(&p, &dst), twin_free(&p, &out);
+    }
+    pair_free(&p);
+    free_host(&w);
+}
+
+/* Keys and values of positions 0 .. p0 + n - 1 cached (in two stores, the
+ * way a prompt and then a token arrive), then attention for the n rows at
+ * p0: the prompt path (n >= 8, tiles) and the per-head path, at the start
+ * and at the end of the context. */
+static void test_attention(const cm_backend_ops *ops, const cm_hparams *hp)
+{
+    static const cm_kv_type kvs[] = {CM_KV_F32, CM_KV_F16, CM_KV_Q8_0};
+    static const int cases[][2] = {{1, 0}, {3, 5}, {8, 0}, {20, 11}, {1, 63}, {9, 55}, {40, 24}};
+    const int nq = hp->n_head * hp->head_dim, nk = hp->n_head_kv * hp->head_dim;
+    const int nv = hp->n_head_kv * hp->head_dim_v;
+    cm_tensor w = weight(CM_TYPE_F32, hp->n_embd, 4);
+    for (size_t ki = 0; ki < sizeof kvs / sizeof kvs[0]; ki++) {
+        if (kvs[ki] == CM_KV_Q8_0 && hp->head_dim % 32)
+            continue;
+        for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+            const int n = cases[ci][0], p0 = cases[ci][1], il = (int)(ci % 2);
+            pair p;
+            if (!pair_new(&p, ops, hp, &w, kvs[ki], 64))
+                return;
+            twin k = twin_rnd(&p, nk, p0 + n, 1.0f), v = twin_rnd(&p, nv, p0 + n, 1.0f);
+            int split = p0 > 0 ? p0 : n; /* first store, then the rest */
+            cm_tensor ka = cm_rows(&k.a, 0, split), kb = cm_rows(&k.b, 0, split);
+            cm_tensor va = cm_rows(&v.a, 0, split), vb = cm_rows(&v.b, 0, split);
+            cm_op_kv_store(p.be, il, &ka, &va, 0);
+            cm_op_kv_store(p.ref, il, &kb, &vb, 0);
+            if (split < p0 + n) {
+                ka = cm_rows(&k.a, split, p0 + n - split), kb = cm_rows(&k.b, split, p0 + n - split);
+                va = cm_rows(&v.a, split, p0 + n - split), vb = cm_rows(&v.b, split, p0 + n - split);
+                cm_op_kv_store(p.be, il, &ka, &va, split);
+                cm_op_kv_store(p.ref, il, &kb, &vb, split);
+            }
+            twin q = twin_rnd(&p, nq, n, 1.0f);
+            twin o = twin_new(&p, (int64_t)hp->n_head * hp->head_dim_v, n, NULL);
+            cm_op_attention(p.be, il, &q.a, p0, &o.a);
+            cm_op_attention(p.ref, il, &q.b, p0, &o.b);
+            /* an f16 cache rounds the weights to f16: where a weight sits on
+             * a rounding boundary the kernels' exponentials may round it the
+             * other way, one f16 step (1e-3 relative) */
+            double tol = kvs[ki] == CM_KV_F16 ? 2e-3 : 2e-5;
+            EXPECT_CLOSE(&p, &o, W_ATTN, tol, "kv %d, %d rows at %d", (int)kvs[ki], n, p0);
+            twin_free(&p, &k), twin_free(&p, &v), twin_free(&p, &q), twin_free(&p, &o);
+            pair_free(&p);
+        }
+    }
+    free_host(&w);
+}
+
+/* ------------------------------------------------------------ fallback */
+
+/* A device the CPU cannot address: buffers have no host pointer, so every
+ * op it lacks (all but the mandatory ones) must go through the engine's
+ * copies to and from the CPU backend. */
+static cm_status dev_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
+{
+    cm_backend *inner;
+    cm_status st = cm_backend_new(&cm_backend_cpu_ops, s, &inner, err);
+    be->state = st ? NULL : inner;
+    return st;
+}
+
+static void dev_release(cm_backend *be) { cm_backend_free(be->state); }
+
+static size_t dev_state_bytes(const cm_backend_shape *s)
+{
+    return cm_backend_cpu_ops.state_bytes(s);
+}
+
+static void dev_describe(char *out, size_t n) { snprintf(out, n, "simulated device"); }
+
+static cm_status dev_alloc(cm_backend *be, size_t bytes, cm_buffer *buf, cm_err *err)
+{
+    (void)be;
+    buf->host = NULL;
+    buf->dev = calloc(1, bytes ? bytes : 1);
+    buf->size = bytes;
+    return buf->dev ? CM_OK : cm_fail(err, CM_E_NOMEM, "out of memory");
+}
+
+static void dev_free(cm_backend *be, cm_buffer *buf)
+{
+    (void)be;
+    free(buf->dev);
+}
+
+static void dev_upload(cm_backend *be, const cm_tensor *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    CHECK(dst->data == NULL, "a device tensor has a host address");
+    memcpy((char *)dst->buf->dev + dst->offs, src, bytes);
+}
+
+static void dev_download(cm_backend *be, const cm_tensor *src, void *dst, size_t bytes)
+{
+    (void)be;
+    memcpy(dst, (const char *)src->buf->dev + src->offs, bytes);
+}
+
+static void dev_sync(cm_backend *be) { (void)be; }
+
+static cm_tensor dev_view(const cm_tensor *t) /* how the device itself reads it */
+{
+    cm_tensor v = *t;
+    v.data = (const char *)t->buf->dev + t->offs;
+    return v;
+}
+
+static void dev_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_tensor *v, int p0)
+{
+    cm_backend *inner = be->state;
+    cm_tensor kh = dev_view(k), vh = dev_view(v);
+    inner->ops->kv_store(inner, il, &kh, &vh, p0);
+}
+
+static void dev_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out)
+{
+    cm_backend *inner = be->state;
+    cm_tensor qh = dev_view(q), oh = dev_view(out);
+    inner->ops->attention(inner, il, &qh, p0, &oh);
+}
+
+static const cm_backend_ops dev_ops = {
+    .name = "simdev",
+    .init = dev_init,
+    .release = dev_release,
+    .state_bytes = dev_state_bytes,
+    .describe = dev_describe,
+    .buffer_alloc = dev_alloc,
+    .buffer_free = dev_free,
+    .upload = dev_upload,
+    .download = dev_download,
+    .synchronize = dev_sync,
+    .kv_store = dev_kv_store,
+    .attention = dev_attention,
+};
+
+/* ------------------------------------------------------------ models */
+
+static float *model_logits(const cm_model *m, const cm_backend_ops *ops, const int32_t *ids,
+                           int n, cm_kv_type kv, int n_batch, cm_ctx **keep)
+{
+    cm_ctx *c;
+    cm_err err;
+    float *out = malloc((size_t)n * m->hp.n_vocab * sizeof(float));
+    if (cm_ctx_new_on(m, ops, n + 8, kv, n_batch, &c, &err) || cm_eval(c, ids, n, out, &err)) {
+        CHECK(0, "%s: %s", ops->name, err.msg);
+        free(out);
+        return NULL;
+    }
+    if (keep)
+        *keep = c;
+    else
+        cm_ctx_free(c);
+    return out;
+}
+
+/* Logits of a fixture on ops and on the reference.  With an f16 cache the
+ * attention weights are rounded to f16, and where one sits on a rounding
+ * boundary, summation order decides which way it goes: f16_tol says how
+ * far that moves this model (0: not compared; kq-q4_k_m's sharp attention
+ * moves logits by 0.1 on one step, as far as llama.cpp is from both). */
+static void test_model(const char *path, const cm_backend_ops *ops, double f16_tol)
+{
+    cm_model m;
+    cm_err err;
+    if (cm_model_load(path, &m, &err)) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
+    int32_t ids[40];
+    const int n = 40;
+    for (int i = 0; i < n; i++)
+        ids[i] = (int32_t)((i * 131 + 7) % m.hp.n_vocab);
+    static const cm_kv_type kvs[] = {CM_KV_F32, CM_KV_F16};
+    for (size_t ki = 0; ki < (f16_tol > 0 ? 2 : 1); ki++) {
+        /* batches of 16 then 16 then 8: prompt paths over a partly filled cache */
+        float *a = model_logits(&m, ops, ids, n, kvs[ki], 16, NULL);
+        float *r = model_logits(&m, &cm_backend_ref_ops, ids, n, kvs[ki], 16, NULL);
+        if (a && r) {
+            double d = 0, mx = 1e-6;
+            for (size_t i = 0; i < (size_t)n * m.hp.n_vocab; i++) {
+                d = fmax(d, fabs((double)a[i] - r[i]));
+                mx = fmax(mx, fabs(r[i]));
+            }
+            printf("  %-40s kv %s: %s vs ref, max error %.2e of max %.2f\n",
+                   strrchr(path, '/') + 1, ki ? "f16" : "f32", ops->name, d, mx);
+            CHECK(d / mx <= (ki ? f16_tol : 1e-5), "%s on %s, kv %d: logits differ from the "
+                  "reference by %.3g (max %.3g)", ops->name, path, (int)kvs[ki], d, mx);
+        }
+        free(a), free(r);
+    }
+    cm_model_free(&m);
+}
+
+/* Every op but the mandatory ones falls back: the same bits as the CPU,
+ * each fallback counted. */
+static void test_fallback(const char *path)
+{
+    cm_model m;
+    cm_err err;
+    if (cm_model_load(path, &m, &err)) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
+    int32_t ids[24];
+    for (int i = 0; i < 24; i++)
+        ids[i] = (int32_t)((i * 37 + 3) % m.hp.n_vocab);
+    cm_ctx *c = NULL;
+    float *cpu = model_logits(&m, &cm_backend_cpu_ops, ids, 24, CM_KV_F32, 16, NULL);
+    float *dev = model_logits(&m, &dev_ops, ids, 24, CM_KV_F32, 16, &c);
+    if (cpu && dev) {
+        CHECK(!memcmp(cpu, dev, 24 * (size_t)m.hp.n_vocab * sizeof(float)),
+              "%s: the fallback path changed the logits", path);
+        const cm_backend *be = cm_ctx_backend(c);
+        for (int op = 0; op < CM_OP_COUNT; op++) {
+            int used = op != CM_OP_gelu && op != CM_OP_add_gated &&
+                       (m.hp.n_expert > 0 || (op != CM_OP_route && op != CM_OP_gather &&
+                                              op != CM_OP_scatter_add && op != CM_OP_clear));
+            CHECK(!used || be->fallbacks[op] > 0, "%s: no fallback counted for %s", path,
+                  cm_op_name(op));
+        }
+    }
+    cm_ctx_free(c);
+    free(cpu), free(dev);
+    cm_model_free(&m);
+}
+
+/* ------------------------------------------------------------ main */
+
+static void test_backend_ops(const cm_backend_ops *ops)
+{
+    /* grouped queries, NeoX rotation; then one KV head per query head,
+     * adjacent pairs, a partial rotation and q8_0-sized heads */
+    const cm_hparams hps[] = {hparams(256, 8, 2, 32, 1, 32), hparams(192, 3, 3, 64, 0, 16)};
+    for (size_t i = 0; i < sizeof hps / sizeof hps[0]; i++) {
+        test_rowwise(ops, &hps[i]);
+        test_rope(ops, &hps[i]);
+        test_attention(ops, &hps[i]);
+        test_moe_ops(ops, &hps[i]);
+    }
+    test_matmul(ops, &hps[0]);
+    test_matmul_n(ops, &hps[0]);
+    test_embed_logits(ops, &hps[0]);
+}
+
+int main(void)
+{
+    char msg[256];
+    if (cm_cpu_init(msg, sizeof msg)) {
+        fprintf(stderr, "test error: %s\n", msg);
+        return 99;
+    }
+    printf("kernels: %s\n", cm_cpu_isa());
+    const cm_backend_ops *ops;
+    for (size_t b = 0; (ops = cm_backend_at(b)); b++) {
+        if (ops == &cm_backend_ref_ops)
+            continue;
+        memset(worst, 0, sizeof worst);
+        test_backend_ops(ops);
+        printf("%s against the reference, worst relative error per op:\n", ops->name);
+        for (int op = 0; op < CM_OP_COUNT; op++)
+            printf("  %-12s %.2e\n", cm_op_name(op), worst[op]);
+        printf("  %-12s %.2e\n", "attention", worst[W_ATTN]);
+    }
+    const char *shared = tl_shared("fixtures/gguf/llama/llama-q8_0.gguf");
+    if (!shared)
+        tl_skip("fixture models not found (set CM_SHARED): the ops were tested, not whole models");
+    static const struct {
+        const char *file;
+        double f16_tol;
+    } models[] = {{"llama/llama-q8_0.gguf", 1e-3}, {"llama/llama-f16.gguf", 1e-3},
+                  {"mixtral/mixtral-q4_0.gguf", 1e-3}, {"mixtral/mixtral-f32.gguf", 1e-3},
+                  {"kquants/kq-q4_k_m.gguf", 0}};
+    char path[1024];
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
+        tl_path(path, sizeof path, "%s/fixtures/gguf/%s", shared, models[i].file);
+        for (size_t b = 0; (ops = cm_backend_at(b)); b++)
+            if (ops != &cm_backend_ref_ops)
+                test_model(path, ops, models[i].f16_tol);
+        test_fallback(path);
+    }
+    return tl_finish("test_backend");
+}
