@@ -80,6 +80,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #ifdef CM_FUZZ_STANDALONE
 #include <time.h>
 
+#include "testlib.h"
+
 typedef struct {
     uint8_t *p;
     size_t n;
@@ -121,22 +123,6 @@ static void mutate(uint64_t *s, uint8_t *p, size_t n)
     }
 }
 
-static int load(const char *path, seed_file *out)
-{
-    FILE *fp = fopen(path, "rb");
-    long n;
-    if (!fp || fseek(fp, 0, SEEK_END) || (n = ftell(fp)) < 0 || fseek(fp, 0, SEEK_SET)) {
-        if (fp)
-            fclose(fp);
-        return -1;
-    }
-    out->n = (size_t)n;
-    out->p = malloc(out->n ? out->n : 1);
-    int ok = out->p && fread(out->p, 1, out->n, fp) == out->n;
-    fclose(fp);
-    return ok ? 0 : -1;
-}
-
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -149,7 +135,7 @@ int main(int argc, char **argv)
     const char *env = getenv("CM_FUZZ_SEED");
     uint64_t s = env ? strtoull(env, NULL, 0) | 1 : 1;
     for (int i = 0; i < ns; i++) {
-        if (load(argv[i + 2], &seeds[i]) != 0) {
+        if (!(seeds[i].p = tl_slurp(argv[i + 2], &seeds[i].n))) {
             fprintf(stderr, "cannot read %s\n", argv[i + 2]);
             return 2;
         }

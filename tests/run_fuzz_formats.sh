@@ -3,19 +3,13 @@
 # loader (+ a short forward pass), the language-expert pack's metadata, the
 # router's classifier file and the corpus's JSONL lines: mutates real files
 # for CM_FUZZ_SECONDS (default 20) seconds.
-SHARED=${CM_SHARED:-../shared}
-BUILD=${CM_BUILDDIR:-.}
-SRC=$(cd "$(dirname "$0")/.." && pwd)
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+. "$(dirname "$0")/lib.sh"
 seeds=$(ls "$SHARED"/fixtures/gguf/llama/llama-q4_0.gguf "$SHARED"/fixtures/gguf/llama/llama-f16.gguf \
     "$SHARED"/fixtures/gguf/kquants/kq-q4_k_m.gguf 2>/dev/null)
-if [ -z "$seeds" ]; then
-    echo "SKIP: no seed models under $SHARED"
-    exit 77
-fi
+[ -n "$seeds" ] || tl_skip "no seed models under $SHARED"
+tl_tmpdir
 # the shipped pack (language experts) and classifier
-for f in "$SRC/models/default.gguf" "$SRC/models/router.bin"; do
+for f in "$TL_SRC/models/default.gguf" "$TL_SRC/models/router.bin"; do
     [ -f "$f" ] && seeds="$seeds $f"
 done
 # JSONL lines: the start of a corpus file, plus escapes the corpus may lack
@@ -24,4 +18,5 @@ if xz -dc "$SHARED/corpus/python/valid.jsonl.xz" 2>/dev/null | head -c 200000 >"
         '{"x": [1, -2.5e3, true, null, {"y": {}}], "content": ""}' >>"$TMP/seed.jsonl"
     seeds="$seeds $TMP/seed.jsonl"
 fi
-exec "$BUILD/tests/fuzz_formats" "${CM_FUZZ_SECONDS:-20}" $seeds
+# not exec: the shell must stay to remove $TMP
+"$BUILD/tests/fuzz_formats" "${CM_FUZZ_SECONDS:-20}" $seeds

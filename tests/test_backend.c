@@ -20,7 +20,7 @@
 #include "engine/backend.h"
 #include "engine/forward.h"
 #include "engine/model.h"
-#include "tests/testlib.h"
+#include "testlib.h"
 
 /* ------------------------------------------------------------ inputs */
 

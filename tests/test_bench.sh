@@ -3,36 +3,12 @@
 # they run, print the llama-bench style rows and the bandwidth bound, fail
 # with one line and the right exit code on bad input, and never crash.
 set -u
-CODEMOE=${CODEMOE:-./codemoe}
-BUILD=${CM_BUILDDIR:-.}
+. "$(dirname "$0")/lib.sh"
 GEN=$BUILD/tools/gen_model
-SHARED=${CM_SHARED:-../shared}
-if [ ! -x "$GEN" ]; then
-    echo "SKIP: $GEN not built"
-    exit 77
-fi
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-fails=0
-
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-
-# expect CODE DESCRIPTION -- command...: checks the exit status; for errors,
-# that stderr is exactly one line naming the program.
-expect() {
-    code=$1; what=$2; shift 3
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    got=$?
-    if [ "$got" != "$code" ]; then
-        fail "$what: exit $got, expected $code; stderr: $(head -c 300 "$TMP/err")"
-        return
-    fi
-    if [ "$code" != 0 ]; then
-        if [ "$(wc -l <"$TMP/err")" != 1 ] || ! grep -q -e '^codemoe: ' -e '^gen-model: ' "$TMP/err"; then
-            fail "$what: error is not one 'codemoe:' or 'gen-model:' line: $(head -c 300 "$TMP/err")"
-        fi
-    fi
-}
+[ -x "$GEN" ] || tl_skip "$GEN not built"
+tl_tmpdir
+# expect (lib.sh): errors are one stderr line naming the program
+TL_ERROR='^(codemoe|gen-model): '
 
 has() { grep -q -e "$1" "$TMP/out" || fail "$2: output lacks '$1': $(head -c 400 "$TMP/out")"; }
 
@@ -115,5 +91,4 @@ while [ $i -lt 24 ]; do
     i=$((i + 1))
 done
 
-[ $fails -eq 0 ] && echo "PASS: test_bench.sh"
-exit $((fails > 0))
+tl_finish

@@ -2,36 +2,11 @@
 # test_cli.sh - the codemoe command as a user meets it: exit codes, one-line
 # errors on bad input, no partial output files, and real runs on fixtures.
 set -u
-CODEMOE=${CODEMOE:-./codemoe}
-SHARED=${CM_SHARED:-../shared}
+. "$(dirname "$0")/lib.sh"
 FIX="$SHARED/fixtures/gguf/llama"
-if [ ! -f "$FIX/llama-f32.gguf" ]; then
-    echo "SKIP: fixtures not found at $SHARED (set CM_SHARED)"
-    exit 77
-fi
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-fails=0
-
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-
-# expect CODE DESCRIPTION -- command...: checks exit status; for errors, that
-# stderr is exactly one line starting with "codemoe:".
-expect() {
-    code=$1; what=$2; shift 3
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    got=$?
-    if [ "$got" != "$code" ]; then
-        fail "$what: exit $got, expected $code; stderr: $(head -c 300 "$TMP/err")"
-        return
-    fi
-    if [ "$code" != 0 ]; then
-        lines=$(wc -l <"$TMP/err")
-        if [ "$lines" != 1 ] || ! grep -q '^codemoe: ' "$TMP/err"; then
-            fail "$what: error is not one 'codemoe:' line: $(head -c 300 "$TMP/err")"
-        fi
-    fi
-}
+[ -f "$FIX/llama-f32.gguf" ] || tl_skip "fixtures not found at $SHARED (set CM_SHARED)"
+tl_tmpdir
+# expect (lib.sh): errors are one stderr line starting "codemoe: "
 
 # ---- usage errors exit 2 ----
 expect 0 "top-level help" -- "$CODEMOE" --help
@@ -138,8 +113,4 @@ print("cli logits vs transformers: max-abs %.2e" % d)
 sys.exit(0 if d <= 1e-3 else 1)
 PY
 
-if [ $fails -ne 0 ]; then
-    echo "$fails CLI test(s) failed"
-    exit 1
-fi
-echo "all CLI tests passed"
+tl_finish

@@ -31,68 +31,17 @@
 #include "quant/quant.h"
 #include "formats/safetensors.h"
 #include "tokenizer/tokenizer.h"
+#include "testlib.h"
 
 int cli_convert(int argc, char **argv);
 
-static int failures;
-static char shared[1024], tmp[512];
-
-#define CHECK(cond, ...)                                                    \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                     \
-            printf(__VA_ARGS__);                                            \
-            printf("\n");                                                   \
-            failures++;                                                     \
-        }                                                                   \
-    } while (0)
+static const char *shared;
+static char tmp[512];
 
 static int exists(const char *p)
 {
     struct stat st;
     return stat(p, &st) == 0;
-}
-
-static int find_shared(void)
-{
-    const char *env = getenv("CM_SHARED"), *srcdir = getenv("srcdir");
-    char probe[1200], alt[1100];
-    const char *cands[3] = {env, "../shared", NULL};
-    if (srcdir) {
-        snprintf(alt, sizeof alt, "%s/../shared", srcdir);
-        cands[2] = alt;
-    }
-    for (int i = 0; i < 3; i++) {
-        if (!cands[i])
-            continue;
-        snprintf(probe, sizeof probe, "%s/fixtures/hf/llama/config.json", cands[i]);
-        if (exists(probe)) {
-            snprintf(shared, sizeof shared, "%s", cands[i]);
-            return 1;
-        }
-    }
-    return 0;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    if (buf)
-        buf[n] = 0;
-    fclose(f);
-    if (len)
-        *len = (size_t)n;
-    return buf;
 }
 
 static void spit(const char *path, const void *data, size_t n)
@@ -415,7 +364,7 @@ static double eval_vs_hf(const cm_model *m, const char *arch, const reference *r
         size_t len;
         cm_ctx *ctx;
         snprintf(path, sizeof path, "%s/logits_%d.f32", hf(arch), i);
-        float *ref = (float *)slurp(path, &len), *got = malloc((size_t)r->n_in[i] * m->hp.n_vocab * 4);
+        float *ref = tl_slurp(path, &len), *got = malloc((size_t)r->n_in[i] * m->hp.n_vocab * 4);
         CHECK(ref && len == (size_t)r->n_in[i] * m->hp.n_vocab * 4, "reference %s", path);
         if (ref && got && !cm_ctx_new(m, r->n_in[i] + 16, CM_KV_F32, 512, &ctx, &e)) {
             CHECK(cm_eval(ctx, r->ids[i], r->n_in[i], got, &e) == CM_OK, "eval: %s", e.msg);
@@ -681,7 +630,7 @@ static void link_fixture(const char *dir, const char *arch, const char *skip)
 static void patch_header(const char *src, const char *dst, const char *from, const char *to)
 {
     size_t n, hl = 0;
-    uint8_t *b = (uint8_t *)slurp(src, &n);
+    uint8_t *b = tl_slurp(src, &n);
     for (int i = 7; b && i >= 0; i--)
         hl = hl << 8 | b[i];
     char *hit = b ? memmem(b + 8, hl, from, strlen(from)) : NULL;
@@ -745,7 +694,7 @@ static void test_bad_inputs(void)
     snprintf(dir, sizeof dir, "%s/shape", tmp);
     link_fixture(dir, "llama", "config.json");
     snprintf(src, sizeof src, "%s/config.json", hf("llama"));
-    cfg = slurp(src, &n);
+    cfg = tl_slurp(src, &n);
     char *at = cfg ? strstr(cfg, "\"intermediate_size\": 128") : NULL;
     CHECK(at, "llama config.json has no intermediate_size 128");
     if (at) {
@@ -854,7 +803,7 @@ static void test_shards(void)
     snprintf(one, sizeof one, "%s/llama-f32.gguf", tmp);
     CHECK(convert(dir, out, CM_TYPE_F32, NULL, &e) == CM_OK, "shards: %s", e.msg);
     size_t na, nb;
-    char *a = slurp(out, &na), *b = slurp(one, &nb);
+    char *a = tl_slurp(out, &na), *b = tl_slurp(one, &nb);
     CHECK(a && b && na == nb && !memcmp(a, b, na), "shards: the GGUF differs from the one-file "
           "conversion");
     printf("two shards + index: the same GGUF, byte for byte, as one model.safetensors\n");
@@ -1081,10 +1030,8 @@ static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ft
 int main(void)
 {
     char msg[256];
-    if (!find_shared()) {
-        printf("SKIP: ../shared fixtures not found (set CM_SHARED)\n");
-        return 77;
-    }
+    if (!(shared = tl_shared("fixtures/hf/llama/config.json")))
+        tl_skip("../shared fixtures not found (set CM_SHARED)");
     if (cm_cpu_init(msg, sizeof msg)) {
         printf("cpu init: %s\n", msg);
         return 1;
@@ -1115,6 +1062,5 @@ int main(void)
     test_bad_inputs();
     test_cli();
     nftw(tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-    printf("%s\n", failures ? "FAILED" : "all convert tests passed");
-    return failures ? 1 : 0;
+    return tl_finish("test_convert");
 }

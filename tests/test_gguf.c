@@ -3,7 +3,7 @@
  * under ASan in CI, so "never crashes" is checked too).
  *
  * Exit 0 pass, 1 fail, 77 skip (shared data missing).  Shared data: $CM_SHARED,
- * else ../shared, else $srcdir/../shared. */
+ * else ../shared (testlib.h's tl_shared). */
 #define _GNU_SOURCE
 #include "formats/gguf.h"
 
@@ -17,16 +17,7 @@
 #include <unistd.h>
 
 #include "quant/quant.h"
-
-static int failures;
-
-#define CHECK(c)                                                         \
-    do {                                                                 \
-        if (!(c)) {                                                      \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-            failures++;                                                  \
-        }                                                                \
-    } while (0)
+#include "testlib.h"
 
 /* ---- a tiny byte builder for hand-made (and hand-broken) files ---- */
 
@@ -157,7 +148,7 @@ static int expect_fail(const buf *b, cm_status code, const char *sub, int line)
     if (!ok) {
         fprintf(stderr, "line %d: expected %d '%s', got %d '%s'\n", line, code,
                 sub ? sub : "", st, e.msg);
-        failures++;
+        tl_failures++;
     }
     CHECK(f.kv == NULL && f.tensors == NULL); /* failed struct left empty */
     gguf_close(&f);
@@ -234,7 +225,7 @@ static void check_byte_compat(const char *path, const gguf_file *f, const char *
     size_t n = fp ? fread(b, 1, f->size + 1, fp) : 0;
     if (n != f->size || memcmp(b, f->base, f->size) != 0) {
         fprintf(stderr, "%s: rewrite differs (%zu vs %zu bytes)\n", path, n, f->size);
-        failures++;
+        tl_failures++;
     }
     if (fp)
         fclose(fp);
@@ -260,7 +251,7 @@ static int test_dir(const char *dir, const char *tmpdir)
         cm_err e = {0};
         if (gguf_open(path, &f, &e) != CM_OK) {
             fprintf(stderr, "FAIL open %s: %s\n", path, e.msg);
-            failures++;
+            tl_failures++;
             continue;
         }
         count++;
@@ -444,7 +435,7 @@ static void test_roundtrip(const char *tmpdir)
             CHECK(access(tmp, F_OK) != 0);
             if (gguf_open(path, &f, &e) != CM_OK) {
                 fprintf(stderr, "roundtrip reopen: %s\n", e.msg);
-                failures++;
+                tl_failures++;
                 continue;
             }
             CHECK(f.version == (uint32_t)v && f.alignment == align);
@@ -533,7 +524,7 @@ static void test_truncations(void)
         memcpy(c, b.p, n);
         if (gguf_parse(c, n, &f, &e) != CM_E_FORMAT) {
             fprintf(stderr, "truncation to %zu bytes was accepted\n", n);
-            failures++;
+            tl_failures++;
         }
         gguf_close(&f);
         free(c);
@@ -817,32 +808,12 @@ static void test_writer_failures(const char *tmpdir)
     gguf_writer_free(NULL);
 }
 
-static const char *find_shared(void)
-{
-    static char p[1024]; /* result only; not state between calls */
-    const char *env = getenv("CM_SHARED"), *src = getenv("srcdir");
-    struct stat sb;
-    if (env && *env)
-        return env;
-    if (stat("../shared/fixtures/gguf", &sb) == 0)
-        return "../shared";
-    if (src) {
-        snprintf(p, sizeof p, "%s/../shared", src);
-        return p;
-    }
-    return "../shared";
-}
-
 int main(void)
 {
-    const char *shared = find_shared();
-    char dir[1024], tmpdir[] = "/tmp/test_gguf.XXXXXX";
-    struct stat sb;
-    join(dir, sizeof dir, shared, "fixtures/gguf");
-    if (stat(dir, &sb) != 0) {
-        printf("SKIP: no shared data at %s (set CM_SHARED)\n", shared);
-        return 77;
-    }
+    const char *shared = tl_shared("fixtures/gguf");
+    char tmpdir[] = "/tmp/test_gguf.XXXXXX";
+    if (!shared)
+        tl_skip("no shared data with fixtures/gguf (set CM_SHARED)");
     if (!mkdtemp(tmpdir)) {
         perror("mkdtemp");
         return 1;
@@ -859,6 +830,5 @@ int main(void)
     test_scale();
     test_writer_failures(tmpdir);
     rmdir(tmpdir);
-    printf("%s: %d failure(s)\n", failures ? "FAIL" : "PASS", failures);
-    return failures ? 1 : 0;
+    return tl_finish("test_gguf");
 }

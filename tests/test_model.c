@@ -13,64 +13,9 @@
 #include "backends/cpu/cpu.h"
 #include "engine/forward.h"
 #include "engine/model.h"
+#include "testlib.h"
 
-static int failures;
-static char shared[1024];
-
-#define CHECK(cond, ...)                                                    \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                     \
-            printf(__VA_ARGS__);                                            \
-            printf("\n");                                                   \
-            failures++;                                                     \
-        }                                                                   \
-    } while (0)
-
-static int find_shared(void)
-{
-    const char *env = getenv("CM_SHARED"), *srcdir = getenv("srcdir");
-    char probe[1200];
-    const char *cands[3] = {env, "../shared", NULL};
-    char tmp[1100];
-    if (srcdir) {
-        snprintf(tmp, sizeof tmp, "%s/../shared", srcdir);
-        cands[2] = tmp;
-    }
-    for (int i = 0; i < 3; i++) {
-        if (!cands[i])
-            continue;
-        snprintf(probe, sizeof probe, "%s/fixtures/gguf/llama/llama-f32.gguf", cands[i]);
-        FILE *f = fopen(probe, "rb");
-        if (f) {
-            fclose(f);
-            snprintf(shared, sizeof shared, "%s", cands[i]);
-            return 1;
-        }
-    }
-    return 0;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    if (buf)
-        buf[n] = 0;
-    fclose(f);
-    if (len)
-        *len = (size_t)n;
-    return buf;
-}
+static const char *shared;
 
 /* Reads the array-of-int-arrays under "key" in reference.json. */
 static int json_int_lists(const char *json, const char *key, int32_t out[][64], int *lens, int max)
@@ -163,7 +108,7 @@ static void test_f32_vs_transformers(const char *arch)
     cm_model m;
     cm_err err = {0};
     snprintf(path, sizeof path, "%s/fixtures/hf/%s/reference.json", shared, arch);
-    json = slurp(path, NULL);
+    json = tl_slurp(path, NULL);
     CHECK(json, "cannot read %s", path);
     if (!json)
         return;
@@ -179,7 +124,7 @@ static void test_f32_vs_transformers(const char *arch)
     for (int i = 0; i < n_in; i++) {
         size_t len;
         snprintf(path, sizeof path, "%s/fixtures/hf/%s/logits_%d.f32", shared, arch, i);
-        float *ref = (float *)slurp(path, &len);
+        float *ref = tl_slurp(path, &len);
         CHECK(ref && len == (size_t)in_len[i] * m.hp.n_vocab * 4, "reference %s", path);
         /* batch sizes 512 and 3 exercise both the batched and the chunked path */
         for (int nb = 512; ref && nb >= 3; nb = nb == 512 ? 3 : 0) {
@@ -229,7 +174,7 @@ static void test_vs_llamacpp(const char *arch, const char *type, double max_abs_
     cm_model m;
     cm_err err = {0};
     snprintf(path, sizeof path, "%s/fixtures/gguf/%s/reference.json", shared, arch);
-    json = slurp(path, NULL);
+    json = tl_slurp(path, NULL);
     int n_in = json ? json_int_lists(json, "inputs", inputs, in_len, 3) : 0;
     snprintf(path, sizeof path, "%s/fixtures/gguf/%s/%s-%s.gguf", shared, arch, arch, type);
     if (cm_model_load(path, &m, &err)) {
@@ -241,7 +186,7 @@ static void test_vs_llamacpp(const char *arch, const char *type, double max_abs_
         size_t len;
         snprintf(path, sizeof path, "%s/fixtures/gguf/%s/llamacpp_%s_logits_%d.f32", shared, arch,
                  type, i);
-        float *ref = (float *)slurp(path, &len);
+        float *ref = tl_slurp(path, &len);
         CHECK(ref && len == (size_t)in_len[i] * m.hp.n_vocab * 4, "reference %s", path);
         if (!ref)
             continue;
@@ -284,7 +229,7 @@ static void test_kquants(const char *type, cm_kv_type kv, double max_abs_limit)
         return;
     }
     snprintf(path, sizeof path, "%s/fixtures/gguf/kquants/llamacpp_%s_logits.f32", shared, type);
-    float *ref = (float *)slurp(path, &len);
+    float *ref = tl_slurp(path, &len);
     CHECK(ref && len == 20 * (size_t)m.hp.n_vocab * 4, "reference %s", path);
     if (ref) {
         float *got = eval_all(&m, ids, 20, kv, 512);
@@ -303,10 +248,8 @@ static void test_kquants(const char *type, cm_kv_type kv, double max_abs_limit)
 int main(void)
 {
     char msg[256];
-    if (!find_shared()) {
-        printf("SKIP: ../shared fixtures not found (set CM_SHARED)\n");
-        return 77;
-    }
+    if (!(shared = tl_shared("fixtures/gguf/llama/llama-f32.gguf")))
+        tl_skip("../shared fixtures not found (set CM_SHARED)");
     if (cm_cpu_init(msg, sizeof msg)) {
         printf("cpu init: %s\n", msg);
         return 1;
@@ -335,6 +278,5 @@ int main(void)
         test_kquants(kq[i].type, CM_KV_F16, kq[i].limit);
     /* a q8_0 KV cache (head dim 64 here): measured 0.13 against f16 KV logits */
     test_kquants("f16", CM_KV_Q8_0, 0.2);
-    printf("%s\n", failures ? "FAILED" : "all model tests passed");
-    return failures ? 1 : 0;
+    return tl_finish("test_model");
 }

@@ -16,18 +16,18 @@
 # compiler, e.g. "clang --target=aarch64-linux-gnu"), CM_NEON_KEEP=1 (keep
 # the build directory).
 set -u
+. "$(dirname "$0")/lib.sh"
 
 host=aarch64-linux-gnu
 cc=${CM_NEON_CC:-$host-gcc}
-skip() { echo "SKIP: $*"; exit 77; }
 
-command -v "${cc%% *}" >/dev/null 2>&1 || skip "no ${cc%% *} (apt-get install gcc-$host libc6-dev-arm64-cross)"
+command -v "${cc%% *}" >/dev/null 2>&1 || tl_skip "no ${cc%% *} (apt-get install gcc-$host libc6-dev-arm64-cross)"
 qemu=$(command -v qemu-aarch64 || command -v qemu-aarch64-static) ||
-    skip "no qemu-aarch64 (apt-get install qemu-user)"
+    tl_skip "no qemu-aarch64 (apt-get install qemu-user)"
 
-srcdir=$(cd "${srcdir:-$(dirname "$0")/..}" && pwd) || exit 99
+srcdir=$(cd "${srcdir:-$TL_SRC}" && pwd) || exit 99
 export srcdir # absolute: the tests look for $srcdir/../shared from elsewhere
-[ -x "$srcdir/configure" ] || skip "$srcdir/configure missing (run ./bootstrap)"
+[ -x "$srcdir/configure" ] || tl_skip "$srcdir/configure missing (run ./bootstrap)"
 if [ -n "${CM_SHARED:-}" ]; then
     CM_SHARED=$(cd "$CM_SHARED" 2>/dev/null && pwd) || CM_SHARED=
 fi
@@ -46,7 +46,7 @@ unset MAKEFLAGS MFLAGS MAKELEVEL CFLAGS CPPFLAGS LDFLAGS LIBS
 src=$srcdir
 if [ -f "$srcdir/config.status" ]; then
     git -C "$srcdir" rev-parse >/dev/null 2>&1 ||
-        skip "$srcdir is configured in place and not a git checkout (make distclean)"
+        tl_skip "$srcdir is configured in place and not a git checkout (make distclean)"
     mkdir "$tmp/src" && src=$tmp/src
     (cd "$srcdir" && { git ls-files -co --exclude-standard; ls -d configure Makefile.in \
         config.h.in aclocal.m4 build-aux; } | tar -cf - -T -) | tar -C "$src" -xf - ||
@@ -58,7 +58,7 @@ mkdir "$tmp/build" && cd "$tmp/build" || exit 99
 # configure insists on liblzma (the corpus reader), here an arm64 one
 printf '#include <lzma.h>\nint main(void){return lzma_stream_decoder(0,0,0);}\n' >lzma.c
 $cc -static lzma.c -o lzma -llzma >/dev/null 2>&1 ||
-    skip "no static arm64 liblzma for $cc (Debian: dpkg --add-architecture arm64; apt-get install liblzma-dev:arm64)"
+    tl_skip "no static arm64 liblzma for $cc (Debian: dpkg --add-architecture arm64; apt-get install liblzma-dev:arm64)"
 if ! "$src/configure" -q --host=$host CC="$cc" CFLAGS="-O2 -g" LDFLAGS=-static \
         --disable-openmp --without-openblas PKG_CONFIG=false >configure.out 2>&1; then
     cat configure.out config.log
@@ -68,25 +68,23 @@ jobs=$(nproc 2>/dev/null || echo 2)
 make -j"$jobs" tests/test_quant tests/test_model >make.out 2>&1 || { cat make.out; exit 99; }
 grep -i warning make.out | grep -v "unknown-pragmas" # visible, not fatal
 
-status=0
 for cpu in cortex-a53 max; do
     echo "== qemu -cpu $cpu: test_quant"
     "$qemu" -cpu $cpu tests/test_quant >quant.$cpu.log 2>&1
     rc=$?
-    grep -E "isa |FAIL|failures|passed" quant.$cpu.log
+    grep -E "isa |FAIL|PASS" quant.$cpu.log
     # the run must really have covered the NEON table, not only scalar
     if [ $rc -ne 0 ] || ! grep -Eq "^ *isa neon +:.* ok\$" quant.$cpu.log; then
-        echo "FAIL: test_quant under -cpu $cpu (rc $rc)"
-        status=1
+        fail "test_quant under -cpu $cpu (rc $rc)"
     fi
     echo "== qemu -cpu $cpu: test_model"
     "$qemu" -cpu $cpu tests/test_model >model.$cpu.log 2>&1
     rc=$?
-    grep -E "^kernels|FAIL|q4_0 vs|all model|SKIP" model.$cpu.log
+    grep -E "^kernels|FAIL|q4_0 vs|PASS|SKIP" model.$cpu.log
     case $rc in
     0) ;;
     77) echo "(test_model skipped: no fixtures; set CM_SHARED)" ;;
-    *) echo "FAIL: test_model under -cpu $cpu (rc $rc)"; status=1 ;;
+    *) fail "test_model under -cpu $cpu (rc $rc)" ;;
     esac
 done
-exit $status
+tl_finish

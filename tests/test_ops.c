@@ -6,18 +6,7 @@
 #include <stdlib.h>
 
 #include "backends/cpu/ops.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                      \
-    do {                                                      \
-        if (!(cond)) {                                        \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);       \
-            printf(__VA_ARGS__);                              \
-            printf("\n");                                     \
-            failures++;                                       \
-        }                                                     \
-    } while (0)
+#include "testlib.h"
 
 static float frand(unsigned *s)
 {
@@ -124,6 +113,5 @@ int main(void)
     test_rope_linear_scaling();
     test_norms();
     test_activations();
-    printf("%s\n", failures ? "FAILED" : "all op tests passed");
-    return failures != 0;
+    return tl_finish("test_ops");
 }

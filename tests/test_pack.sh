@@ -3,19 +3,13 @@
 # a routed run keeps only the shared tensors and its own expert resident,
 # and --moe-ram-budget bounds the resident experts.
 set -u
-CODEMOE=${CODEMOE:-./codemoe}
-BUILD=${CM_BUILDDIR:-.}
-SHARED=${CM_SHARED:-../shared}
+. "$(dirname "$0")/lib.sh"
 GEN="$BUILD/tools/gen_model"
 VOCAB="$SHARED/vocab/ggml-vocab-starcoder.gguf"
 if [ ! -x "$GEN" ] || [ ! -f "$VOCAB" ]; then
-    echo "SKIP: needs tools/gen_model and $VOCAB"
-    exit 77
+    tl_skip "needs tools/gen_model and $VOCAB"
 fi
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+tl_tmpdir
 
 # Four experts that differ only in their feed-forward weights (as experts
 # fine-tuned with frozen embeddings and attention do): 51 MiB each of own
@@ -109,5 +103,4 @@ awk -v p="$peak" 'BEGIN { exit !(p <= 2.0) }' || fail "resident experts peaked a
 "$CODEMOE" run -m "$TMP/c.gguf" -p "x" -n 1 --moe-ram-budget 1M >/dev/null 2>&1
 [ $? = 2 ] || fail "--moe-ram-budget on a dense model should be a usage error"
 
-[ $fails -eq 0 ] && echo "all pack tests passed"
-[ $fails -eq 0 ]
+tl_finish

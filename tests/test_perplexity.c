@@ -21,37 +21,10 @@
 #include "engine/forward.h"
 #include "engine/model.h"
 #include "eval/perplexity.h"
+#include "testlib.h"
 
-static int failures;
-static char shared[1024];
+static const char *shared;
 static char tmpdir[256];
-
-#define CHECK(cond, ...)                                                    \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                     \
-            printf(__VA_ARGS__);                                            \
-            printf("\n");                                                   \
-            failures++;                                                     \
-        }                                                                   \
-    } while (0)
-
-static int find_shared(void)
-{
-    const char *env = getenv("CM_SHARED");
-    const char *cands[] = {env, "../shared", "../../shared"};
-    char probe[1200];
-    for (size_t i = 0; i < sizeof cands / sizeof cands[0]; i++) {
-        if (!cands[i])
-            continue;
-        snprintf(probe, sizeof probe, "%s/fixtures/gguf/llama/llama-f32.gguf", cands[i]);
-        if (access(probe, R_OK) == 0) {
-            snprintf(shared, sizeof shared, "%s", cands[i]);
-            return 1;
-        }
-    }
-    return 0;
-}
 
 /* ------------------------------------------------------------ JSON lines */
 
@@ -440,10 +413,9 @@ int main(void)
     test_json_lines();
     fuzz_json_lines();
     test_xz_reader();
-    if (!find_shared()) {
-        printf("SKIP (partly): ../shared not found (set CM_SHARED)\n");
+    if (!(shared = tl_shared("fixtures/gguf/llama/llama-f32.gguf"))) {
         rmdir(tmpdir);
-        return failures ? 1 : 77;
+        tl_skip("(partly) ../shared not found (set CM_SHARED)");
     }
     if (cm_cpu_init(msg, sizeof msg)) {
         printf("cpu init: %s\n", msg);
@@ -455,6 +427,5 @@ int main(void)
     snprintf(path, sizeof path, "%s/t.jsonl.xz", tmpdir);
     unlink(path);
     rmdir(tmpdir);
-    printf("%s\n", failures ? "FAILED" : "all perplexity tests passed");
-    return failures ? 1 : 0;
+    return tl_finish("test_perplexity");
 }

@@ -5,40 +5,20 @@
 # (The numbers themselves are checked against an independent computation in
 # test_perplexity.c.)
 set -u
-CODEMOE=${CODEMOE:-./codemoe}
-SHARED=${CM_SHARED:-../shared}
+. "$(dirname "$0")/lib.sh"
 FIX="$SHARED/fixtures/gguf/llama"
 CORPUS="$SHARED/corpus"
 if [ ! -f "$FIX/llama-f32.gguf" ] || [ ! -f "$CORPUS/python/valid.jsonl.xz" ]; then
-    echo "SKIP: fixtures or corpus not found at $SHARED (set CM_SHARED)"
-    exit 77
+    tl_skip "fixtures or corpus not found at $SHARED (set CM_SHARED)"
 fi
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-fails=0
+tl_tmpdir
 F32="$FIX/llama-f32.gguf"
 Q8="$FIX/llama-q8_0.gguf"
 SAMPLE="$CORPUS/python/sample.txt"
 
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-
-# expect CODE DESCRIPTION -- command...: exit status, and for errors exactly
-# one stderr line starting "codemoe:" (progress lines start "perplexity:").
-expect() {
-    code=$1; what=$2; shift 3
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    got=$?
-    if [ "$got" != "$code" ]; then
-        fail "$what: exit $got, expected $code; stderr: $(head -c 300 "$TMP/err")"
-        return
-    fi
-    if [ "$code" != 0 ]; then
-        grep -v '^perplexity: ' "$TMP/err" >"$TMP/err1"
-        if [ "$(wc -l <"$TMP/err1")" != 1 ] || ! grep -q '^codemoe: ' "$TMP/err1"; then
-            fail "$what: error is not one 'codemoe:' line: $(head -c 300 "$TMP/err")"
-        fi
-    fi
-}
+# expect (lib.sh): errors are one stderr line starting "codemoe: " besides
+# the progress lines, which start "perplexity: "
+TL_PROGRESS='^perplexity: '
 
 # json_num FILE KEY: the number after "KEY": in a one-line JSON object
 json_num() { sed -n "s/.*\"$2\": \([-0-9.eE+]*\).*/\1/p" "$1"; }
@@ -146,8 +126,4 @@ expect 1 "text shorter than 2 x ctx" -- "$CODEMOE" perplexity -m "$F32" -f "$SAM
 expect 1 "missing text file" -- "$CODEMOE" perplexity -m "$F32" -f "$TMP/none.txt"
 expect 1 "missing model" -- "$CODEMOE" perplexity -m "$TMP/none.gguf" -f "$SAMPLE"
 
-if [ $fails -ne 0 ]; then
-    echo "$fails perplexity CLI checks failed"
-    exit 1
-fi
-echo "all perplexity CLI checks passed"
+tl_finish

@@ -6,8 +6,8 @@
  *      SIMD activation quantizers byte-identical to the scalar ones;
  *  (c) cm_matmul against dequantize-then-dot for n_tok = 1, 3, 17;
  *  (d) f16/bf16 conversions over all 65536 patterns;
- *  (e) tensors of llama.cpp-written fixture files (shared data, found via
- *      CM_SHARED, $srcdir/../shared or ../shared) against their float twins.
+ *  (e) tensors of llama.cpp-written fixture files (shared data, found by
+ *      tl_shared: $CM_SHARED or ../shared) against their float twins.
  * Model-level checks against llama.cpp logits live in the model tests.
  * Exit 0 pass, 1 fail. */
 #include <math.h>
@@ -19,20 +19,7 @@
 #include "backends/cpu/kernels.h"
 #include "quant/blocks.h"
 #include "quant/quant.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
-            failures++;                                                       \
-            if (failures < 50) {                                              \
-                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);          \
-                fprintf(stderr, __VA_ARGS__);                                 \
-                fputc('\n', stderr);                                          \
-            }                                                                 \
-        }                                                                     \
-    } while (0)
+#include "testlib.h"
 
 /* ---- deterministic randomness ------------------------------------------ */
 
@@ -973,13 +960,13 @@ static void test_isas(void)
         }
         CHECK(strcmp(cm_cpu_isa(), isas[i]) == 0, "isa %s reports %s", isas[i],
               cm_cpu_isa());
-        int before = failures;
+        int before = tl_failures;
         test_kernels_once();
         test_matmul_once();
         test_batched_once();
         test_helpers_once();
         printf("  isa %-6s: kernels, matmul, batched, helpers %s\n", isas[i],
-               failures == before ? "ok" : "FAILED");
+               tl_failures == before ? "ok" : "FAILED");
     }
     /* the AVX-512 kernels without VNNI (for CPUs like Skylake-SP), built
      * by hand since this CPU may well have VNNI */
@@ -988,7 +975,7 @@ static void test_isas(void)
     cm_kernels_scalar(&k);
     if (cm_cpu_init(err, sizeof err) == 0 && strcmp(cm_cpu_isa(), "avx512") == 0 &&
         cm_kernels_avx2(&k) == 0 && cm_kernels_avx512(&k, 0) == 0) {
-        int before = failures;
+        int before = tl_failures;
         k.isa = "avx512-novnni";
         cm_kern = k;
         test_kernels_once();
@@ -996,13 +983,13 @@ static void test_isas(void)
         test_batched_once();
         test_helpers_once();
         printf("  isa avx512 without vnni: kernels, matmul, batched, helpers %s\n",
-               failures == before ? "ok" : "FAILED");
+               tl_failures == before ? "ok" : "FAILED");
     }
     /* the NEON kernels without SDOT (Cortex-A53/A72 class), likewise */
     cm_kernels_scalar(&k);
     if (cm_cpu_init(err, sizeof err) == 0 && strcmp(cm_cpu_isa(), "neon") == 0 &&
         cm_kernels_neon(&k, 0) == 0) {
-        int before = failures;
+        int before = tl_failures;
         k.isa = "neon-nodotprod";
         cm_kern = k;
         test_kernels_once();
@@ -1010,7 +997,7 @@ static void test_isas(void)
         test_batched_once();
         test_helpers_once();
         printf("  isa neon without dotprod: kernels, matmul, batched, helpers %s\n",
-               failures == before ? "ok" : "FAILED");
+               tl_failures == before ? "ok" : "FAILED");
     }
     setenv("CODEMOE_ISA", "bogus", 1);
     CHECK(cm_cpu_init(err, sizeof err) == -1, "bogus ISA accepted");
@@ -1165,16 +1152,8 @@ static uint64_t fx_header(fx_file *f, uint64_t *align)
 static int fx_load(const char *path, fx_file *f)
 {
     memset(f, 0, sizeof *f);
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
+    if (!(f->buf = tl_slurp(path, &f->len)))
         return -1;
-    fseek(fp, 0, SEEK_END);
-    f->len = (size_t)ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    f->buf = malloc(f->len);
-    if (fread(f->buf, 1, f->len, fp) != f->len)
-        f->bad = 1;
-    fclose(fp);
     uint64_t align = 32, offs[64];
     uint64_t nt = fx_header(f, &align);
     for (uint64_t i = 0; i < nt && i < 64 && !f->bad; i++, f->n++) {
@@ -1263,39 +1242,18 @@ static int fixture_pair(const char *dir, const char *qname, const char *refname)
     return checked;
 }
 
-static int file_exists(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (f)
-        fclose(f);
-    return f != NULL;
-}
-
-static const char *shared_dir(void)
-{
-    static char buf[1024];
-    char probe[1200];
-    const char *env = getenv("CM_SHARED"), *srcdir = getenv("srcdir");
-    if (env && *env)
-        return env;
-    if (srcdir) {
-        snprintf(buf, sizeof buf, "%s/../shared", srcdir);
-        snprintf(probe, sizeof probe, "%s/fixtures/gguf/llama/llama-f32.gguf", buf);
-        if (file_exists(probe))
-            return buf;
-    }
-    return "../shared";
-}
-
 static void test_fixtures(void)
 {
     static const char *kq[] = {"kq-q2_k.gguf", "kq-q3_k_m.gguf", "kq-q4_k_m.gguf",
                                "kq-q5_k_m.gguf", "kq-q6_k.gguf", "kq-q4_1.gguf",
                                "kq-q5_0.gguf"};
     static const char *ll[] = {"llama-f16.gguf", "llama-q8_0.gguf", "llama-q4_0.gguf"};
+    const char *shared = tl_shared("fixtures/gguf/llama/llama-f32.gguf");
     char dk[1024], dl[1024];
-    snprintf(dk, sizeof dk, "%s/fixtures/gguf/kquants", shared_dir());
-    snprintf(dl, sizeof dl, "%s/fixtures/gguf/llama", shared_dir());
+    if (!shared)
+        shared = "../shared"; /* nothing there either: the fixtures are skipped */
+    snprintf(dk, sizeof dk, "%s/fixtures/gguf/kquants", shared);
+    snprintf(dl, sizeof dl, "%s/fixtures/gguf/llama", shared);
     int total = 0;
     for (int i = 0; i < 7; i++) {
         int c = fixture_pair(dk, kq[i], "kq-f16.gguf");
@@ -1306,7 +1264,7 @@ static void test_fixtures(void)
         total += c > 0 ? c : 0;
     }
     if (total == 0)
-        printf("  skipped: no fixtures under %s (set CM_SHARED)\n", shared_dir());
+        printf("  skipped: no fixtures under %s (set CM_SHARED)\n", shared);
 }
 
 /* ---- type table ---------------------------------------------------------- */
@@ -1341,10 +1299,5 @@ int main(void)
     test_isas();
     printf("llama.cpp-written tensors\n");
     test_fixtures();
-    if (failures) {
-        fprintf(stderr, "%d failures\n", failures);
-        return 1;
-    }
-    printf("all passed\n");
-    return 0;
+    return tl_finish("test_quant");
 }

@@ -32,48 +32,18 @@
 #include "engine/model.h"
 #include "quant/quant.h"
 #include "convert/quantize.h"
+#include "testlib.h"
 
 int cli_quantize(int argc, char **argv);
 
 
-static int failures;
-static char shared[1024], tmp[512];
-
-#define CHECK(cond, ...)                                                    \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                     \
-            printf(__VA_ARGS__);                                            \
-            printf("\n");                                                   \
-            failures++;                                                     \
-        }                                                                   \
-    } while (0)
+static const char *shared;
+static char tmp[512];
 
 static int exists(const char *p)
 {
     struct stat st;
     return stat(p, &st) == 0;
-}
-
-static int find_shared(void)
-{
-    const char *env = getenv("CM_SHARED"), *srcdir = getenv("srcdir");
-    char probe[1200], alt[1100];
-    const char *cands[3] = {env, "../shared", NULL};
-    if (srcdir) {
-        snprintf(alt, sizeof alt, "%s/../shared", srcdir);
-        cands[2] = alt;
-    }
-    for (int i = 0; i < 3; i++) {
-        if (!cands[i])
-            continue;
-        snprintf(probe, sizeof probe, "%s/fixtures/gguf/kquants/kq-f16.gguf", cands[i]);
-        if (exists(probe)) {
-            snprintf(shared, sizeof shared, "%s", cands[i]);
-            return 1;
-        }
-    }
-    return 0;
 }
 
 static const char *fixture(char *buf, size_t cap, const char *rel)
@@ -88,29 +58,10 @@ static const char *tpath(char *buf, size_t cap, const char *name)
     return buf;
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b && len)
-        *len = (size_t)n;
-    return b;
-}
-
 static int same_bytes(const char *a, const char *b)
 {
     size_t la, lb;
-    char *x = slurp(a, &la), *y = slurp(b, &lb);
+    char *x = tl_slurp(a, &la), *y = tl_slurp(b, &lb);
     int same = x && y && la == lb && !memcmp(x, y, la);
     free(x);
     free(y);
@@ -501,7 +452,7 @@ static void logits_vs_llamacpp(const char *model, const char *type, double limit
     cm_err e;
     size_t len = 0;
     snprintf(rel, sizeof rel, "kquants/llamacpp_%s_logits.f32", type);
-    float *ref = (float *)slurp(fixture(p, sizeof p, rel), &len);
+    float *ref = tl_slurp(fixture(p, sizeof p, rel), &len);
     if (!n || !ref || cm_model_load(model, &m, &e)) {
         CHECK(0, "logits %s: cannot read the references or load %s", type, model);
         free(ref);
@@ -632,7 +583,7 @@ static void test_atomic(void)
     char *a2[] = {"quantize", bad, out, "q4_k_m", NULL};
     CHECK(run_cli(4, a2) == 1, "a corrupt input must exit 1");
     size_t n = 0;
-    char *old = slurp(out, &n);
+    char *old = tl_slurp(out, &n);
     CHECK(old && n == 3 && !memcmp(old, "old", 3), "existing output was modified");
     free(old);
 }
@@ -644,7 +595,7 @@ static void test_cli(void)
     tpath(out, sizeof out, "cli.gguf");
     tpath(bad, sizeof bad, "corrupt.gguf");
     size_t n;
-    char *b = slurp(in, &n); /* a truncated copy: a corrupt file */
+    char *b = tl_slurp(in, &n); /* a truncated copy: a corrupt file */
     FILE *f = fopen(bad, "wb");
     if (b && f)
         fwrite(b, 1, n / 3, f);
@@ -753,10 +704,8 @@ static void rm_tree(const char *dir)
 int main(void)
 {
     char msg[256];
-    if (!find_shared()) {
-        printf("SKIP: ../shared/fixtures/gguf/kquants not found (set CM_SHARED)\n");
-        return 77;
-    }
+    if (!(shared = tl_shared("fixtures/gguf/kquants/kq-f16.gguf")))
+        tl_skip("../shared/fixtures/gguf/kquants not found (set CM_SHARED)");
     if (cm_cpu_init(msg, sizeof msg)) {
         printf("cpu init: %s\n", msg);
         return 1;
@@ -785,6 +734,5 @@ int main(void)
     test_convert_mix();
     test_memfd();
     rm_tree(tmp);
-    printf("%s\n", failures ? "FAILED" : "all quantize tests passed");
-    return failures ? 1 : 0;
+    return tl_finish("test_quantize");
 }

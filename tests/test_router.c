@@ -5,8 +5,9 @@
  *
  * Router data: $CODEMOE_ROUTER, else models/router.bin under $srcdir (or
  * its parent, or the build's source tree).  Corpus: $CM_SHARED/corpus
- * (default ../shared).  Exit 0 pass, 1 fail, 77 skip (no router data; the
- * name/hint checks still run and a failure there still fails). */
+ * (default ../shared: testlib.h's tl_shared).  Exit 0 pass, 1 fail, 77 skip
+ * (no router data; the name/hint checks still run and a failure there still
+ * fails). */
 #include "experts/router.h"
 
 #include <stdint.h>
@@ -16,18 +17,7 @@
 #include <sys/stat.h>
 
 #include "eval/corpus.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            failures++;                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fputc('\n', stderr);                                 \
-        }                                                        \
-    } while (0)
+#include "testlib.h"
 
 static int streq(const char *a, const char *b)
 {
@@ -422,22 +412,6 @@ static const char *router_path(char *buf, size_t cap)
     return NULL;
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    unsigned char *p = NULL;
-    long sz;
-    if (f && fseek(f, 0, SEEK_END) == 0 && (sz = ftell(f)) > 0 && fseek(f, 0, SEEK_SET) == 0 &&
-        (p = malloc((size_t)sz)) && fread(p, 1, (size_t)sz, f) != (size_t)sz) {
-        free(p);
-        p = NULL;
-    }
-    if (f)
-        fclose(f);
-    *n = p ? (size_t)sz : 0;
-    return p;
-}
-
 int main(void)
 {
     test_filenames();
@@ -448,23 +422,20 @@ int main(void)
     const char *path = router_path(buf, sizeof buf);
     cm_router *r = NULL;
     cm_err err = {0};
-    if (!path || cm_router_load(path, &r, &err) != CM_OK) {
-        printf("SKIP classifier tests: %s\n", path ? err.msg : "no models/router.bin");
-        return failures ? 1 : 77;
-    }
+    if (!path || cm_router_load(path, &r, &err) != CM_OK)
+        tl_skip("classifier tests: %s", path ? err.msg : "no models/router.bin");
     test_snippets(r);
     test_decide(r);
-    const char *shared = getenv("CM_SHARED");
-    test_valid_files(r, shared && *shared ? shared : "../shared");
+    const char *shared = tl_shared("corpus");
+    test_valid_files(r, shared ? shared : "../shared"); /* none: says what it skips */
     cm_router_free(r);
     size_t n;
-    unsigned char *img = slurp(path, &n);
+    unsigned char *img = tl_slurp(path, &n);
     CHECK(img, "cannot re-read %s", path);
     if (img) {
         test_damage(img, n);
         test_load_errors(img, n);
     }
     free(img);
-    printf("%s\n", failures ? "FAILED" : "ok");
-    return failures ? 1 : 0;
+    return tl_finish("test_router");
 }

@@ -3,19 +3,13 @@
 # and read in place, so the peak RSS of `codemoe run` is at most the file
 # size plus the KV cache plus 64 MiB (issue: "no copies of weights").
 set -u
-CODEMOE=${CODEMOE:-./codemoe}
-BUILD=${CM_BUILDDIR:-.}
-SHARED=${CM_SHARED:-../shared}
+. "$(dirname "$0")/lib.sh"
 GEN="$BUILD/tools/gen_model"
 VOCAB="$SHARED/vocab/ggml-vocab-starcoder.gguf"
 if [ ! -x "$GEN" ] || [ ! -f "$VOCAB" ]; then
-    echo "SKIP: needs tools/gen_model and $VOCAB"
-    exit 77
+    tl_skip "needs tools/gen_model and $VOCAB"
 fi
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-fails=0
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+tl_tmpdir
 
 # SmolLM-135M's shape (30 layers, 3 KV heads of 64) at q8_0: 165 MiB.
 "$GEN" --preset smol135m --type q8_0 --vocab "$VOCAB" -o "$TMP/m.gguf" >/dev/null 2>&1 ||
@@ -40,5 +34,4 @@ for kv in f16 f32; do
         fail "kv $kv: peak RSS $rss MiB is below the file's $file_mib MiB: did the run read the weights?"
 done
 
-[ $fails -eq 0 ] || exit 1
-echo "PASS"
+tl_finish

@@ -7,17 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int failures;
-
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        if (!(cond)) {                                            \
-            failures++;                                           \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);  \
-            fprintf(stderr, __VA_ARGS__);                         \
-            fputc('\n', stderr);                                  \
-        }                                                         \
-    } while (0)
+#include "testlib.h"
 
 /* Everything off: plain softmax(logits / temp) sampling. */
 static cm_sampling_params plain(float temp, uint64_t seed)
@@ -386,10 +376,5 @@ int main(void)
     test_repeat_penalty();
     test_nonfinite();
     test_large_vocab();
-    if (failures) {
-        fprintf(stderr, "test_sampling: %d failure(s)\n", failures);
-        return 1;
-    }
-    printf("test_sampling: ok\n");
-    return 0;
+    return tl_finish("test_sampling");
 }

@@ -5,47 +5,24 @@
 # exit codes for bad usage / bad input / failure, a pack (routed and
 # --cross, checked against the plain model) and a token-MoE model.
 set -u
-CODEMOE=${CODEMOE:-./codemoe}
-SHARED=${CM_SHARED:-../shared}
+. "$(dirname "$0")/lib.sh"
 FIX="$SHARED/fixtures/gguf"
 CORPUS="$SHARED/corpus"
 if [ ! -f "$FIX/llama/llama-f32.gguf" ] || [ ! -f "$CORPUS/python/valid.jsonl.xz" ]; then
-    echo "SKIP: fixtures or corpus not found at $SHARED (set CM_SHARED)"
-    exit 77
+    tl_skip "fixtures or corpus not found at $SHARED (set CM_SHARED)"
 fi
-if ! command -v python3 >/dev/null 2>&1; then
-    echo "SKIP: python3 (checks the CSV, JSON and SVG) not found"
-    exit 77
-fi
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+command -v python3 >/dev/null 2>&1 || tl_skip "python3 (checks the CSV, JSON and SVG) not found"
+tl_tmpdir
 mkdir "$TMP/t"
 TMPDIR="$TMP/t"; export TMPDIR  # the base log-probabilities go here
-fails=0
 F32="$FIX/llama/llama-f32.gguf"
 F16="$FIX/llama/llama-f16.gguf"
 Q8="$FIX/llama/llama-q8_0.gguf"
 SMALL="--langs python,c --max-tokens 2048 -c 128"
 
-fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
-
-# expect CODE DESCRIPTION -- command...: the exit status, and for errors
-# exactly one stderr line starting "codemoe:" (progress lines start "sweep:").
-expect() {
-    code=$1; what=$2; shift 3
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    got=$?
-    if [ "$got" != "$code" ]; then
-        fail "$what: exit $got, expected $code; stderr: $(tail -c 400 "$TMP/err")"
-        return
-    fi
-    if [ "$code" != 0 ]; then
-        grep -v '^sweep: ' "$TMP/err" >"$TMP/err1"
-        if [ "$(wc -l <"$TMP/err1")" != 1 ] || ! grep -q '^codemoe: ' "$TMP/err1"; then
-            fail "$what: error is not one 'codemoe:' line: $(head -c 300 "$TMP/err")"
-        fi
-    fi
-}
+# expect (lib.sh): errors are one stderr line starting "codemoe: " besides
+# the progress lines, which start "sweep: "
+TL_PROGRESS='^sweep: '
 
 # py DESCRIPTION SCRIPT ARGS...: a Python check; it prints what is wrong and exits 1
 py() {
@@ -259,8 +236,4 @@ assert float(r['q8_0']['kld']) < float(r['q2_k']['kld']), r
 EOF
 fi
 
-if [ "$fails" != 0 ]; then
-    echo "$fails failure(s)"
-    exit 1
-fi
-echo "all sweep checks passed"
+tl_finish

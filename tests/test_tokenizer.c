@@ -9,83 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
-static int failures;
-
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        if (!(cond)) {                                            \
-            failures++;                                           \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);  \
-            fprintf(stderr, __VA_ARGS__);                         \
-            fputc('\n', stderr);                                  \
-        }                                                         \
-    } while (0)
+#include "testlib.h"
 
 static const char *const vocabs[] = {"starcoder", "deepseek-coder", "refact",
                                      "gpt-2", "llama-spm", "phi-3"};
 #define N_VOCABS (sizeof vocabs / sizeof *vocabs)
 
 /* ---------------------------------------------------------------- files */
-
-static char *read_all(const char *path, size_t *len)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return NULL;
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap + 1);
-    while (buf && (r = fread(buf + n, 1, cap - n, fp)) > 0) {
-        n += r;
-        if (n == cap) {
-            char *b = realloc(buf, 2 * cap + 1);
-            if (!b) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = b;
-            cap *= 2;
-        }
-    }
-    fclose(fp);
-    if (buf) {
-        buf[n] = 0;
-        *len = n;
-    }
-    return buf;
-}
-
-static int is_dir(const char *p)
-{
-    struct stat sb;
-    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
-}
-
-/* The shared data directory, or NULL. */
-static const char *find_shared(char *buf, size_t cap)
-{
-    const char *env = getenv("CM_SHARED");
-    const char *srcdir = getenv("srcdir");
-    char probe[2048];
-    if (env && *env) {
-        snprintf(buf, cap, "%s", env);
-        snprintf(probe, sizeof probe, "%s/vocab", buf);
-        if (is_dir(probe))
-            return buf;
-    }
-    snprintf(buf, cap, "../shared");
-    if (is_dir("../shared/vocab"))
-        return buf;
-    if (srcdir) {
-        snprintf(buf, cap, "%s/../shared", srcdir);
-        snprintf(probe, sizeof probe, "%s/vocab", buf);
-        if (is_dir(probe))
-            return buf;
-    }
-    return NULL;
-}
 
 typedef struct {
     gguf_file f;
@@ -240,9 +171,9 @@ static void test_vectors(const char *shared, const char *name, const vocab *v)
     char path[2048];
     size_t il = 0, ol = 0;
     snprintf(path, sizeof path, "%s/vocab/ggml-vocab-%s.gguf.inp", shared, name);
-    char *inp = read_all(path, &il);
+    char *inp = tl_slurp(path, &il);
     snprintf(path, sizeof path, "%s/vocab/ggml-vocab-%s.gguf.out", shared, name);
-    char *out = read_all(path, &ol);
+    char *out = tl_slurp(path, &ol);
     CHECK(inp && out, "%s: missing .inp/.out", name);
     int total = 0, pass = 0, rt = 0, shown = 0;
     static int32_t want[1 << 16];
@@ -399,7 +330,7 @@ static void test_jsonl(const char *shared, const char *name, const vocab *v)
     char path[2048];
     size_t fl = 0;
     snprintf(path, sizeof path, "%s/fixtures/tokenize/%s.jsonl", shared, name);
-    char *all = read_all(path, &fl);
+    char *all = tl_slurp(path, &fl);
     if (!all)
         return; /* not every vocabulary has fixtures */
     char *text = malloc(fl + 1);
@@ -817,13 +748,11 @@ static void test_bad_metadata(void)
 
 int main(void)
 {
-    char shared[1024];
     test_stream();
     test_bad_metadata();
-    if (!find_shared(shared, sizeof shared)) {
-        fprintf(stderr, "SKIP: no shared data (set CM_SHARED)\n");
-        return failures ? 1 : 77;
-    }
+    const char *shared = tl_shared("vocab");
+    if (!shared)
+        tl_skip("no shared data (set CM_SHARED)");
     for (size_t i = 0; i < N_VOCABS; i++) {
         vocab v;
         if (!open_vocab(shared, vocabs[i], &v))
@@ -835,7 +764,5 @@ int main(void)
         fuzz_roundtrip(vocabs[i], &v, 0xD1B54A32D192ED03ull + i);
         close_vocab(&v);
     }
-    if (failures)
-        fprintf(stderr, "%d check(s) failed\n", failures);
-    return failures ? 1 : 0;
+    return tl_finish("test_tokenizer");
 }
