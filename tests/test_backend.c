@@ -10,6 +10,9 @@
  * mandatory must give the CPU's logits bit for bit, with every op counted
  * as a fallback.
  *
+ * Its one op, the product, must not run either: its weights are in host
+ * memory, which it cannot read (placement).
+ *
  * A GPU backend runs this same program on the GPU machine. */
 #include <math.h>
 #include <stdio.h>
@@ -516,8 +519,24 @@ static void dev_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm
     inner->ops->attention(inner, il, &qh, p0, &oh);
 }
 
+/* It has a product, but its kernels cannot read host memory: every weight
+ * is in the mapped file, so placement sends each product to the CPU. */
+static void dev_matmul(cm_backend *be, int nw, const cm_tensor *const *ws,
+                       const cm_tensor *const *bs, const cm_tensor *x, cm_tensor *const *ys)
+{
+    cm_backend *inner = be->state;
+    cm_tensor xh = dev_view(x), yh[4], *yp[4];
+    for (int i = 0; i < nw; i++) {
+        CHECK(ws[i]->buf != NULL, "simdev matmul called on a weight in host memory");
+        yh[i] = dev_view(ys[i]), yp[i] = &yh[i];
+    }
+    inner->ops->matmul(inner, nw, ws, bs, &xh, yp);
+}
+
 static const cm_backend_ops dev_ops = {
     .name = "simdev",
+    .reads_host = 0,
+    .matmul = dev_matmul,
     .init = dev_init,
     .release = dev_release,
     .state_bytes = dev_state_bytes,

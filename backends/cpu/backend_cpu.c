@@ -339,6 +339,7 @@ static void cpu_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w,
 
 const cm_backend_ops cm_backend_cpu_ops = {
     .name = "cpu",
+    .reads_host = 1,
     .init = cpu_init,
     .release = cpu_release,
     .state_bytes = cpu_state_bytes,

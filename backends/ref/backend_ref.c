@@ -363,6 +363,7 @@ static void ref_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w,
 
 const cm_backend_ops cm_backend_ref_ops = {
     .name = "ref",
+    .reads_host = 1,
     .init = ref_init,
     .release = ref_release,
     .state_bytes = ref_state_bytes,

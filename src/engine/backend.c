@@ -141,11 +141,26 @@ static const char *const op_names[CM_OP_COUNT] = {
 
 const char *cm_op_name(int op) { return op >= 0 && op < CM_OP_COUNT ? op_names[op] : "?"; }
 
-/* The CPU backend that runs the ops be lacks: no KV cache of its own. */
-static cm_backend *fallback(cm_backend *be, int op)
+/* Whether be's ops can read t where it is: its own buffers, or host
+ * memory when its kernels read that in place.  Absent tensors pass. */
+static int readable(const cm_backend *be, const cm_tensor *t)
+{
+    return !t || !cm_tensor_present(t) || t->buf || be->ops->reads_host;
+}
+
+static int readable2(const cm_backend *be, const cm_tensor *a, const cm_tensor *b)
+{
+    return readable(be, a) && readable(be, b);
+}
+
+/* The CPU backend that runs the ops be lacks or cannot run where their
+ * weights are: no KV cache of its own. */
+static cm_backend *fallback(cm_backend *be, int op, int has_op)
 {
     if (!be->fallbacks[op]++)
-        fprintf(stderr, "[codemoe] the %s backend has no %s op: it runs on the CPU\n",
+        fprintf(stderr, has_op ? "[codemoe] the %s backend cannot read the %s op's weights in "
+                                 "host memory: it runs on the CPU\n"
+                               : "[codemoe] the %s backend has no %s op: it runs on the CPU\n",
                 be->ops->name, op_names[op]);
     if (!be->cpu) {
         cm_backend_shape s = be->shape;
@@ -195,11 +210,11 @@ static void unstage(cm_backend *be, const cm_tensor *t, staged *s, int written)
 void cm_op_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
                  const int32_t *ids, int n, int p0, cm_tensor *out)
 {
-    if (be->ops->embed) {
+    if (be->ops->embed && readable2(be, table, pos_table)) {
         be->ops->embed(be, table, pos_table, ids, n, p0, out);
         return;
     }
-    cm_backend *cpu = fallback(be, CM_OP_embed);
+    cm_backend *cpu = fallback(be, CM_OP_embed, be->ops->embed != NULL);
     staged a, b, o;
     const cm_tensor *ta = stage(be, table, &a), *tb = stage(be, pos_table, &b);
     cm_tensor *to = (cm_tensor *)stage(be, out, &o);
@@ -210,11 +225,11 @@ void cm_op_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_ta
 void cm_op_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
                 float eps, int layer_norm, cm_tensor *out)
 {
-    if (be->ops->norm) {
+    if (be->ops->norm && readable2(be, w, b)) {
         be->ops->norm(be, x, w, b, eps, layer_norm, out);
         return;
     }
-    cm_backend *cpu = fallback(be, CM_OP_norm);
+    cm_backend *cpu = fallback(be, CM_OP_norm, be->ops->norm != NULL);
     staged sx, sw, sb, so;
     const cm_tensor *tx = stage(be, x, &sx), *tw = stage(be, w, &sw), *tb = stage(be, b, &sb);
     cm_tensor *to = (cm_tensor *)stage(be, out, &so);
@@ -225,10 +240,19 @@ void cm_op_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm
 
 #define MAX_NW 4
 
+static int matmul_readable(const cm_backend *be, int nw, const cm_tensor *const *ws,
+                           const cm_tensor *const *bs)
+{
+    for (int i = 0; i < nw; i++)
+        if (!readable2(be, ws[i], bs ? bs[i] : NULL))
+            return 0;
+    return 1;
+}
+
 void cm_op_matmul(cm_backend *be, int nw, const cm_tensor *const *ws,
                   const cm_tensor *const *bs, const cm_tensor *x, cm_tensor *const *ys)
 {
-    if (be->ops->matmul) {
+    if (be->ops->matmul && matmul_readable(be, nw, ws, bs)) {
         be->ops->matmul(be, nw, ws, bs, x, ys);
         return;
     }
@@ -237,7 +261,7 @@ void cm_op_matmul(cm_backend *be, int nw, const cm_tensor *const *ws,
             cm_op_matmul(be, 1, ws + i, bs ? bs + i : NULL, x, ys + i);
         return;
     }
-    cm_backend *cpu = fallback(be, CM_OP_matmul);
+    cm_backend *cpu = fallback(be, CM_OP_matmul, be->ops->matmul != NULL);
     staged sw[MAX_NW], sb[MAX_NW], sy[MAX_NW], sx;
     const cm_tensor *tw[MAX_NW], *tb[MAX_NW];
     cm_tensor *ty[MAX_NW];
@@ -257,11 +281,11 @@ void cm_op_matmul(cm_backend *be, int nw, const cm_tensor *const *ws,
 
 void cm_op_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
 {
-    if (be->ops->rope) {
+    if (be->ops->rope && readable(be, norm_w)) {
         be->ops->rope(be, x, norm_w, p0);
         return;
     }
-    cm_backend *cpu = fallback(be, CM_OP_rope);
+    cm_backend *cpu = fallback(be, CM_OP_rope, be->ops->rope != NULL);
     staged sx, sn;
     cm_tensor *tx = (cm_tensor *)stage(be, x, &sx);
     const cm_tensor *tn = stage(be, norm_w, &sn);
@@ -275,7 +299,7 @@ void cm_op_clear(cm_backend *be, cm_tensor *x)
         be->ops->clear(be, x);
         return;
     }
-    cm_backend *cpu = fallback(be, CM_OP_clear);
+    cm_backend *cpu = fallback(be, CM_OP_clear, be->ops->clear != NULL);
     staged sx;
     cm_tensor *tx = (cm_tensor *)stage(be, x, &sx);
     cpu->ops->clear(cpu, tx);
@@ -288,7 +312,7 @@ void cm_op_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
         be->ops->swiglu(be, a, b);
         return;
     }
-    cm_backend *cpu = fallback(be, CM_OP_swiglu);
+    cm_backend *cpu = fallback(be, CM_OP_swiglu, be->ops->swiglu != NULL);
     staged sa, sb;
     cm_tensor *ta = (cm_tensor *)stage(be, a, &sa);
     const cm_tensor *tb = stage(be, b, &sb);
@@ -302,7 +326,7 @@ void cm_op_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out)
         be->ops->gelu(be, x, out);
         return;
     }
-    cm_backend *cpu = fallback(be, CM_OP_gelu);
+    cm_backend *cpu = fallback(be, CM_OP_gelu, be->ops->gelu != NULL);
     staged sx, so;
     const cm_tensor *tx = stage(be, x, &sx);
     cm_tensor *to = (cm_tensor *)stage(be, out, &so);
@@ -316,7 +340,7 @@ void cm_op_add(cm_backend *be, cm_tensor *x, const cm_tensor *y)
         be->ops->add(be, x, y);
         return;
     }
-    cm_backend *cpu = fallback(be, CM_OP_add);
+    cm_backend *cpu = fallback(be, CM_OP_add, be->ops->add != NULL);
     staged sx, sy;
     cm_tensor *tx = (cm_tensor *)stage(be, x, &sx);
     const cm_tensor *ty = stage(be, y, &sy);
@@ -330,7 +354,7 @@ void cm_op_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const c
         be->ops->add_gated(be, out, y, gate);
         return;
     }
-    cm_backend *cpu = fallback(be, CM_OP_add_gated);
+    cm_backend *cpu = fallback(be, CM_OP_add_gated, be->ops->add_gated != NULL);
     staged so, sy, sg;
     cm_tensor *to = (cm_tensor *)stage(be, out, &so);
     const cm_tensor *ty = stage(be, y, &sy), *tg = stage(be, gate, &sg);
@@ -344,7 +368,7 @@ void cm_op_route(cm_backend *be, const cm_tensor *logits, int k, int norm, cm_ro
         be->ops->route(be, logits, k, norm, r);
         return;
     }
-    cm_backend *cpu = fallback(be, CM_OP_route);
+    cm_backend *cpu = fallback(be, CM_OP_route, be->ops->route != NULL);
     staged sl;
     cpu->ops->route(cpu, stage(be, logits, &sl), k, norm, r);
     unstage(be, logits, &sl, 0);
@@ -357,7 +381,7 @@ void cm_op_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int
         be->ops->gather(be, src, rows, n, dst);
         return;
     }
-    cm_backend *cpu = fallback(be, CM_OP_gather);
+    cm_backend *cpu = fallback(be, CM_OP_gather, be->ops->gather != NULL);
     staged ss, sd;
     const cm_tensor *ts = stage(be, src, &ss);
     cm_tensor *td = (cm_tensor *)stage(be, dst, &sd);
@@ -372,7 +396,7 @@ void cm_op_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src,
         be->ops->scatter_add(be, dst, src, rows, wts, n);
         return;
     }
-    cm_backend *cpu = fallback(be, CM_OP_scatter_add);
+    cm_backend *cpu = fallback(be, CM_OP_scatter_add, be->ops->scatter_add != NULL);
     staged sd, ss;
     cm_tensor *td = (cm_tensor *)stage(be, dst, &sd);
     const cm_tensor *ts = stage(be, src, &ss);
@@ -383,11 +407,11 @@ void cm_op_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src,
 void cm_op_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
                   float *host)
 {
-    if (be->ops->logits) {
+    if (be->ops->logits && readable2(be, w, b)) {
         be->ops->logits(be, x, w, b, host);
         return;
     }
-    cm_backend *cpu = fallback(be, CM_OP_logits);
+    cm_backend *cpu = fallback(be, CM_OP_logits, be->ops->logits != NULL);
     staged sx, sw, sb;
     const cm_tensor *tx = stage(be, x, &sx), *tw = stage(be, w, &sw), *tb = stage(be, b, &sb);
     cpu->ops->logits(cpu, tx, tw, tb, host);

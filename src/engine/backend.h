@@ -12,10 +12,14 @@
  * the backend allocated.  A row-major F32 activation tensor has ne[0]
  * columns and ne[1] rows; cm_rows() views a range of rows.
  *
- * An op a backend leaves NULL runs on the CPU backend instead: the engine
- * (backend.c) copies device operands to host memory and back, logs the
- * fallback once and counts it (`--verbose`).  Only the context state, the
- * buffers and the KV cache ops are mandatory. */
+ * Placement is per tensor: a tensor lives where its buffer is.  Weights in
+ * the mapped file are host memory; a device backend that uploads some of
+ * them (the buffer then is its own) can leave others, MoE experts beyond
+ * its memory say, in host memory.  An op runs on the context's backend when
+ * the backend has it and can read every operand, else on the CPU backend:
+ * the engine (backend.c) copies device operands to host memory and back,
+ * logs the first fallback of each op and counts them all (`run -v`).  Only
+ * the context state, the buffers and the KV cache ops are mandatory. */
 #ifndef CM_BACKEND_H
 #define CM_BACKEND_H
 
@@ -47,6 +51,7 @@ typedef struct cm_backend cm_backend;
 
 typedef struct {
     const char *name;
+    int reads_host; /* its ops read host memory (the mapped weights) in place */
     /* ---- context state: KV cache, scratch, threads (mandatory) ---- */
     cm_status (*init)(cm_backend *be, const cm_backend_shape *s, cm_err *err);
     void (*release)(cm_backend *be);
