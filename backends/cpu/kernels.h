@@ -7,7 +7,7 @@
  * entries an ISA file provides.  cm_kern is the only mutable global in the
  * project and is written only by cm_cpu_init(), before any matmul runs.
  *
- * ISA files (kernels_avx2.c, kernels_avx512.c, later kernels_neon.c) are
+ * ISA files (kernels_avx2*.c, kernels_avx512*.c, kernels_neon*.c) are
  * compiled with their own target flags and export only an install function;
  * generic code never includes immintrin.h or tests __AVX2__. */
 #ifndef CM_KERNELS_H
@@ -110,14 +110,13 @@ typedef void (*cm_attn_pv_fn)(int64_t d, const void *v, size_t vstride, int nk, 
                               size_t ld, int64_t nq, float *o);
 
 struct cm_kernels {
-    const char *isa; /* "scalar", "avx2", "avx512" */
+    const char *isa; /* "scalar", "avx2", "avx512", "neon" */
     cm_vec_dot_fn vec_dot[CM_TYPE_COUNT];
     cm_quantize_fn quantize[CM_TYPE_COUNT];
-    /* Added for the attention helpers and batched products.  The scalar
-     * table fills axpy for F32/F16/BF16/Q8_0; gemm entries start NULL,
-     * meaning "no batched kernel: cm_matmul loops over vec_dot", so an ISA
-     * file that does not know these fields keeps working unchanged.
-     * to_float starts as the scalar dequantizers of every type. */
+    /* The scalar table fills axpy for F32/F16/BF16/Q8_0 and to_float with
+     * the dequantizers of every type; gemm entries start NULL, meaning "no
+     * batched kernel: cm_matmul loops over vec_dot", so an ISA file sets
+     * only what it speeds up. */
     cm_axpy_fn axpy[CM_TYPE_COUNT];
     cm_dequant_fn to_float[CM_TYPE_COUNT];
     const cm_gemm *gemm[CM_TYPE_COUNT];

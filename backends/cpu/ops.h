@@ -1,4 +1,5 @@
-/* ops.h - the small element-wise pieces of a transformer layer. */
+/* ops.h - the small scalar pieces of a transformer layer: norms, rotary
+ * embeddings, activations (the CPU and reference backends' own). */
 #ifndef CM_OPS_H
 #define CM_OPS_H
 
@@ -7,7 +8,8 @@
 #include "engine/model.h"
 
 /* out[r] = norm(x[r]) * w (+ b) for each of rows rows of n floats:
- * RMSNorm, or LayerNorm when b is given (b->data non-NULL). */
+ * LayerNorm when layer_norm (b optional: NULL or data-less for none),
+ * else RMSNorm (b unused). */
 void cm_norm_rows(float *out, const float *x, const cm_tensor *w, const cm_tensor *b, int rows,
                   int n, float eps, int layer_norm);
 /* Rotates the first rope_dim dims of one head vector for position pos. */

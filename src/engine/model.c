@@ -1,4 +1,6 @@
-/* model.c - loading llama / qwen2 / qwen3 GGUF files (llama.cpp's naming). */
+/* model.c - loading GGUF models of the eight architectures (llama, qwen2,
+ * qwen3, qwen2moe, qwen3moe, starcoder, phi2, starcoder2), with llama.cpp's
+ * metadata keys and tensor names. */
 #include "engine/model.h"
 
 #include <stdio.h>
