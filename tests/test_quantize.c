@@ -517,22 +517,35 @@ static int run_cli(int argc, char **argv)
     return rc;
 }
 
-/* A one-layer model with a 32x2 f32 weight, maybe holding a NaN, maybe
- * marked as a pack. */
+/* A one-layer llama model the loader accepts (n_embd 32, one head, ffn 32,
+ * vocabulary 2, tied output), its weights f32, maybe with a NaN in the last
+ * one, maybe marked as a pack. */
 static void write_tiny(const char *path, int nan, int pack)
 {
-    static float w[64];
-    int64_t ne[2] = {32, 2};
+    static const char *const names[] = {
+        "token_embd.weight", "output_norm.weight", "blk.0.attn_norm.weight",
+        "blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight",
+        "blk.0.attn_output.weight", "blk.0.ffn_norm.weight", "blk.0.ffn_gate.weight",
+        "blk.0.ffn_up.weight", "blk.0.ffn_down.weight"};
+    static float w[11][32 * 32];
     cm_err e;
-    for (int i = 0; i < 64; i++)
-        w[i] = (float)(i % 7) - 3.0f;
-    w[40] = nan ? NAN : w[40];
     gguf_writer *g = gguf_writer_new(3);
     gguf_writer_set_str(g, "general.architecture", "llama");
     gguf_writer_set_u32(g, "llama.block_count", 1);
+    gguf_writer_set_u32(g, "llama.embedding_length", 32);
+    gguf_writer_set_u32(g, "llama.attention.head_count", 1);
+    gguf_writer_set_u32(g, "llama.feed_forward_length", 32);
     if (pack)
         gguf_writer_set_u32(g, "codemoe.pack.version", 1);
-    gguf_writer_add_tensor(g, "blk.0.attn_q.weight", CM_TYPE_F32, 2, ne, w, NULL, NULL);
+    for (int t = 0; t < 11; t++) {
+        int norm = strstr(names[t], "norm") != NULL;
+        int64_t ne[2] = {32, t == 0 ? 2 : 32};
+        for (int i = 0; i < 32 * 32; i++)
+            w[t][i] = norm ? 1.0f : (float)((i + t) % 7) - 3.0f;
+        if (nan && t == 10)
+            w[t][40] = NAN;
+        gguf_writer_add_tensor(g, names[t], CM_TYPE_F32, norm ? 1 : 2, ne, w[t], NULL, NULL);
+    }
     CHECK(gguf_writer_finish(g, path, &e) == CM_OK, "tiny: %s", e.msg);
     gguf_writer_free(g);
 }

@@ -16,6 +16,7 @@
 #endif
 
 #include "config.h"
+#include "util/atomic_file.h"
 
 int arg_is(const char *a, const char *short_name, const char *long_name)
 {
@@ -107,14 +108,17 @@ cm_status arg_threads(const char *s, cm_err *err)
 
 cm_status read_file(const char *path, char **out, size_t *len, cm_err *err)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f;
     struct stat st;
     *out = NULL;
-    if (!f)
-        return cm_fail(err, CM_E_IO, "cannot open %s: %s", path, strerror(errno));
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    /* a FIFO or device is refused without blocking: fopen would wait for
+     * a FIFO's writer forever */
+    cm_status s = cm_fopen_regular(path, &f, err);
+    if (s)
+        return s;
+    if (fstat(fileno(f), &st) != 0) {
         fclose(f);
-        return cm_fail(err, CM_E_IO, "%s is not a regular file", path);
+        return cm_fail(err, CM_E_IO, "cannot read %s: %s", path, strerror(errno));
     }
     char *buf = malloc((size_t)st.st_size + 1);
     if (!buf) {

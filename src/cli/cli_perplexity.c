@@ -22,7 +22,7 @@ static const char PPL_HELP[] =
     "  -f, --file FILE         plain text to score\n"
     "      --corpus DIR        the code corpus: reads DIR/L/SPLIT.jsonl.xz,\n"
     "      --lang L            files joined by a blank line (\"\\n\\n\")\n"
-    "      --split S           train or valid (default valid)\n"
+    "      --split S           which DIR/L/S.jsonl.xz to read (default valid)\n"
     "  -c, --ctx-size N        tokens per chunk (default 512)\n"
     "  -b, --batch-size N      tokens per forward batch (default 512)\n"
     "  -t, --threads N         threads (default: all cores)\n"
@@ -92,9 +92,13 @@ static cm_status check_opts(const ppl_opts *o, cm_err *err)
         return cm_fail(err, CM_E_USAGE, "perplexity needs one of -f FILE or --corpus DIR --lang L");
     if (!o->file && (!o->corpus || !o->lang))
         return cm_fail(err, CM_E_USAGE, "--corpus and --lang go together");
-    if (o->split && (o->file || (strcmp(o->split, "train") && strcmp(o->split, "valid"))))
-        return cm_fail(err, CM_E_USAGE, "option --split: '%s' is not train or valid (with "
-                       "--corpus)", o->split);
+    if (o->split && o->file)
+        return cm_fail(err, CM_E_USAGE, "option --split goes with --corpus, not -f");
+    if (o->split) {
+        cm_status s = cm_corpus_check_split(o->corpus, o->lang, o->split, err);
+        if (s)
+            return s;
+    }
     if (o->save_f32 && !o->save)
         return cm_fail(err, CM_E_USAGE, "--save-f32 needs --save-logits FILE");
     return CM_OK;

@@ -207,7 +207,8 @@ static void out_finish(out_stream *s)
 {
     char tail[8];
     size_t n = cm_utf8_stream_flush(&s->utf8, tail);
-    fwrite(s->text, 1, s->len, stdout);
+    if (s->len) /* text is NULL when nothing was generated (-n 0) */
+        fwrite(s->text, 1, s->len, stdout);
     fwrite(tail, 1, n, stdout);
     fflush(stdout);
     free(s->text);

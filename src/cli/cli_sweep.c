@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "util/atomic_file.h"
 #include "util/svg_plot.h"
+#include "eval/corpus.h"
 #include "eval/sweep.h"
 
 static const char SWEEP_HELP[] =
@@ -36,7 +38,7 @@ static const char SWEEP_HELP[] =
     "      --langs LIST        languages (default c,cpp,python,java,javascript,go,rust)\n"
     "      --corpus DIR        the code corpus, DIR/LANG/SPLIT.jsonl.xz (default\n"
     "                          $CM_SHARED/corpus, else the source tree's ../shared/corpus)\n"
-    "      --split S           valid (default) or train\n"
+    "      --split S           the corpus split, DIR/LANG/S.jsonl.xz (default valid)\n"
     "      --max-tokens N      tokens per language (default 65536; 0: the whole split)\n"
     "  -c, --ctx-size N        tokens per chunk (default 512)\n"
     "  -b, --batch-size N      tokens per forward batch (default: the chunk)\n"
@@ -219,8 +221,6 @@ static cm_status check_opts(sweep_opts *o, cm_err *err)
         return cm_fail(err, CM_E_USAGE, "--json - and --plot - cannot both use stdout");
     if (o->bits && o->schemes_arg)
         return cm_fail(err, CM_E_USAGE, "give --bits or --schemes, not both");
-    if (o->split && strcmp(o->split, "train") && strcmp(o->split, "valid"))
-        return cm_fail(err, CM_E_USAGE, "option --split: '%s' is not train or valid", o->split);
     if (!o->corpus) {
         const char *sh = getenv("CM_SHARED");
         snprintf(o->corpus_buf, sizeof o->corpus_buf, "%s/corpus",
@@ -228,7 +228,11 @@ static cm_status check_opts(sweep_opts *o, cm_err *err)
         o->corpus = o->corpus_buf;
     }
     cm_status s = o->schemes_arg ? parse_schemes(o, err) : parse_bits(o, err);
-    return s ? s : parse_langs(o, err);
+    if (!s)
+        s = parse_langs(o, err);
+    for (int l = 0; !s && o->split && l < o->n_langs; l++)
+        s = cm_corpus_check_split(o->corpus, o->langs[l], o->split, err);
+    return s;
 }
 
 static cm_status parse_opts(int argc, char **argv, sweep_opts *o, int *help, cm_err *err)
@@ -390,27 +394,25 @@ static void on_scheme_done(void *user, const cm_qmix *mix)
 
 typedef cm_status (*write_fn)(FILE *f, const sweep_state *st, cm_err *err);
 
-/* "-" is stdout; a file is written to a temporary name and renamed. */
+/* "-" is stdout; a file is written to a temporary file and renamed. */
 static cm_status write_output(const char *path, write_fn fn, const sweep_state *st, cm_err *err)
 {
-    char tmp[1100];
+    cm_atomic_file af;
     if (!strcmp(path, "-")) {
         cm_status s = fn(stdout, st, err);
         if (!s && fflush(stdout) != 0)
             s = cm_fail(err, CM_E_IO, "cannot write to stdout: %s", strerror(errno));
         return s;
     }
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
-    cm_status s = fn(f, st, err);
-    int bad = fclose(f) != 0;
-    if (!s && (bad || rename(tmp, path) != 0))
-        s = cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
+    cm_status s = cm_atomic_open(&af, path, 0666, err);
     if (s)
-        unlink(tmp);
-    return s;
+        return s;
+    FILE *f = cm_atomic_stream(&af);
+    s = f ? fn(f, st, err) : cm_fail(err, CM_E_NOMEM, "cannot write %s: out of memory", path);
+    if (s)
+        cm_atomic_abort(&af);
+    /* no fsync: the JSON and plot are rebuilt from --out, which is synced */
+    return s ? s : cm_atomic_commit(&af, 0, err);
 }
 
 static cm_status write_json(FILE *f, const sweep_state *st, cm_err *err)

@@ -9,6 +9,7 @@
 #include "cli/cli.h"
 #include "engine/forward.h"
 #include "experts/pack.h"
+#include "util/atomic_file.h"
 
 /* ------------------------------------------------------------------ info */
 
@@ -216,20 +217,17 @@ static cm_status parse_ids(const char *s, int32_t **out, size_t *n, cm_err *err)
 /* Writes to a temporary file and renames it, so OUT is complete or absent. */
 static cm_status write_atomic(const char *path, const void *data, size_t bytes, cm_err *err)
 {
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
-    size_t put = fwrite(data, 1, bytes, f);
-    int bad = put != bytes || fflush(f) != 0 || fsync(fileno(f)) != 0;
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(e));
+    cm_atomic_file af;
+    cm_status s = cm_atomic_open(&af, path, 0666, err);
+    if (s)
+        return s;
+    FILE *f = cm_atomic_stream(&af);
+    if (!f || fwrite(data, 1, bytes, f) != bytes) {
+        s = cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(f ? errno : ENOMEM));
+        cm_atomic_abort(&af);
+        return s;
     }
-    return CM_OK;
+    return cm_atomic_commit(&af, CM_ATOMIC_FSYNC, err);
 }
 
 typedef struct {

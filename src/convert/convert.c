@@ -655,6 +655,13 @@ static cm_status check_required(const conv *c, cm_err *err)
                                c->arch->prefix, b, e->hf, name);
         }
     }
+    /* the engine ties a missing output to the embeddings: right only when
+     * config.json does not say otherwise (transformers' default is tied) */
+    int tied = 1;
+    json_get_bool(&c->cfg, json_root(&c->cfg), "tie_word_embeddings", &tied);
+    if (!tied && !find_out(c, "output.weight"))
+        return cm_fail(err, CM_E_FORMAT, "the checkpoint has no lm_head.weight (needed for "
+                       "output.weight: config.json says tie_word_embeddings: false)");
     for (int b = 0; b < c->hp.n_layer; b++) {
         char up[64], exps[64];
         snprintf(up, sizeof up, "blk.%d.ffn_up.weight", b);

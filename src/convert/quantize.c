@@ -15,6 +15,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "engine/model.h"
 #include "experts/pack.h"
 #include "quant/quant.h"
 
@@ -817,10 +818,14 @@ cm_status cm_quantize_file(const char *in, const char *out, const char *type_nam
     if (same_file(in, out))
         return cm_fail(err, CM_E_USAGE, "input and output are the same file (%s); write to a new "
                        "file", out);
-    gguf_file f = {0};
-    cm_status s = gguf_open(in, &f, err);
-    if (!s)
-        s = cm_quantize_to_path(&f, mix, out, o, NULL, err);
-    gguf_close(&f);
+    /* loaded as `run` loads it (hyper-parameters, every tensor's shape and
+     * type, the tokenizer) before anything is written: the output keeps all
+     * of that, so a model the engine rejects would give a file it rejects */
+    cm_model m;
+    cm_status s = cm_model_load(in, &m, err);
+    if (s)
+        return s; /* m is freed already */
+    s = cm_quantize_to_path(&m.file, mix, out, o, NULL, err);
+    cm_model_free(&m);
     return s;
 }

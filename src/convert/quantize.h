@@ -130,9 +130,10 @@ void cm_quantize_job_stats(const cm_quantize_job *j, cm_quantize_stats *s);
 cm_status cm_quantize_to_path(const gguf_file *src, const cm_qmix *mix, const char *path,
                               const cm_quantize_opts *o, cm_quantize_stats *stats, cm_err *err);
 
-/* The whole command: opens in, refuses in == out, quantizes to the target
- * named type_name (CM_E_USAGE, listing the valid ones, if unknown), prints
- * a summary to o->log.  o may be NULL (silent). */
+/* The whole command: refuses in == out, loads in as cm_model_load does (a
+ * model `run` would reject is refused before anything is written),
+ * quantizes to the target named type_name (CM_E_USAGE, listing the valid
+ * ones, if unknown), prints a summary to o->log.  o may be NULL (silent). */
 cm_status cm_quantize_file(const char *in, const char *out, const char *type_name,
                            const cm_quantize_opts *o, cm_err *err);
 

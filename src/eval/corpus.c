@@ -10,6 +10,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "util/atomic_file.h"
+
 #define LINE_MAX_BYTES ((size_t)256 << 20) /* a longer line is surely not JSONL */
 #define JSON_DEPTH 64
 
@@ -489,12 +491,12 @@ static cm_status read_lines(line_feed *lf, cm_err *err)
     const char *path = lf->path;
     cm_corpus_info *info = lf->info;
     memset(info, 0, sizeof *info);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return cm_fail(err, CM_E_IO, "cannot open %s: %s", path, strerror(errno));
+    FILE *f;
+    cm_status st = cm_fopen_regular(path, &f, err); /* a FIFO would block fopen */
+    if (st)
+        return st;
     uint8_t *in = malloc(XZ_IN), *outb = malloc(XZ_OUT);
-    cm_status st = in && outb ? xz_decode(f, lf, in, outb, err)
-                              : cm_fail(err, CM_E_NOMEM, "out of memory");
+    st = in && outb ? xz_decode(f, lf, in, outb, err) : cm_fail(err, CM_E_NOMEM, "out of memory");
     /* a last line without a newline still counts */
     if (!st && !lf->stop && !lf->bad && lf->line.len)
         st = one_line(lf, lf->line.p, lf->line.len, err);
@@ -530,21 +532,28 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* The language folders of dir, sorted, as "c, cpp, go" for a message. */
-static void list_langs(const char *dir, char *buf, size_t cap)
+#define SPLIT_SUFFIX ".jsonl.xz"
+
+/* dir's language folders (suffix NULL) or the names of its files ending in
+ * suffix (without it), sorted, as "c, cpp, go" for a message. */
+static void list_names(const char *dir, const char *suffix, char *buf, size_t cap)
 {
     char *names[64], path[1200];
-    size_t n = 0, used = 0;
+    size_t n = 0, used = 0, sl = suffix ? strlen(suffix) : 0;
     struct stat st;
     DIR *d = opendir(dir);
     buf[0] = 0;
     if (!d)
         return;
     for (struct dirent *e; n < 64 && (e = readdir(d));) {
+        size_t len = strlen(e->d_name);
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        if (e->d_name[0] == '.' || stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+        if (e->d_name[0] == '.' || stat(path, &st) != 0)
             continue;
-        if (!(names[n] = strdup(e->d_name)))
+        if (suffix ? !S_ISREG(st.st_mode) || len <= sl || strcmp(e->d_name + len - sl, suffix)
+                   : !S_ISDIR(st.st_mode))
+            continue;
+        if (!(names[n] = strndup(e->d_name, len - sl)))
             break;
         n++;
     }
@@ -563,27 +572,61 @@ static int is_dir(const char *p)
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-static int bad_name(const char *s)
+int cm_corpus_name_ok(const char *s)
 {
-    return !*s || strchr(s, '/') || !strcmp(s, ".") || !strcmp(s, "..");
+    /* one path component: it cannot leave the corpus folder */
+    return *s && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..") && strlen(s) <= 200;
+}
+
+/* DIR/LANG/SPLIT.jsonl.xz into path; 0 when it does not fit. */
+static int split_path(char *path, size_t cap, const char *dir, const char *lang, const char *split)
+{
+    return (size_t)snprintf(path, cap, "%s/%s/%s" SPLIT_SUFFIX, dir, lang, split) < cap;
+}
+
+cm_status cm_corpus_check_split(const char *dir, const char *lang, const char *split,
+                                cm_err *err)
+{
+    char path[2048], have[400];
+    struct stat st;
+    if (!cm_corpus_name_ok(split))
+        return cm_fail(err, CM_E_USAGE, "option --split: '%s' is not a split name (a file name "
+                       "without '/')", split);
+    snprintf(path, sizeof path, "%s/%s", dir, lang);
+    if (!cm_corpus_name_ok(lang) || !is_dir(path))
+        return CM_OK; /* cm_corpus_load names the problem */
+    if (!split_path(path, sizeof path, dir, lang, split) || stat(path, &st) == 0)
+        return CM_OK;
+    snprintf(path, sizeof path, "%s/%s", dir, lang);
+    list_names(path, SPLIT_SUFFIX, have, sizeof have);
+    return cm_fail(err, CM_E_USAGE, "option --split: corpus %s has no split '%s' for %s (it has: "
+                   "%s)", dir, split, lang, *have ? have : "none");
 }
 
 cm_status cm_corpus_load(const char *dir, const char *lang, const char *split, size_t max_bytes,
                          cm_buf *out, cm_corpus_info *info, cm_err *err)
 {
-    char path[2048], langs[400];
+    char path[2048], have[400];
+    struct stat st;
     if (!split)
         split = "valid";
     if (!is_dir(dir))
         return cm_fail(err, CM_E_IO, "corpus directory %s not found", dir);
-    if (bad_name(lang) || bad_name(split))
+    if (!cm_corpus_name_ok(lang) || !cm_corpus_name_ok(split))
         return cm_fail(err, CM_E_IO, "bad corpus language '%s' or split '%s'", lang, split);
     snprintf(path, sizeof path, "%s/%s", dir, lang);
     if (!is_dir(path)) {
-        list_langs(dir, langs, sizeof langs);
+        list_names(dir, NULL, have, sizeof have);
         return cm_fail(err, CM_E_IO, "corpus %s has no language '%s' (it has: %s)", dir, lang,
-                       *langs ? langs : "none");
+                       *have ? have : "none");
     }
-    snprintf(path, sizeof path, "%s/%s/%s.jsonl.xz", dir, lang, split);
+    if (!split_path(path, sizeof path, dir, lang, split))
+        return cm_fail(err, CM_E_IO, "corpus path %s/%s/%s is too long", dir, lang, split);
+    if (stat(path, &st) != 0 && errno == ENOENT) {
+        snprintf(path, sizeof path, "%s/%s", dir, lang);
+        list_names(path, SPLIT_SUFFIX, have, sizeof have);
+        return cm_fail(err, CM_E_IO, "corpus %s has no split '%s' for %s (it has: %s)", dir,
+                       split, lang, *have ? have : "none");
+    }
     return cm_corpus_read_xz(path, max_bytes, out, info, err);
 }

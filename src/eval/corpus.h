@@ -59,10 +59,20 @@ typedef cm_status (*cm_doc_fn)(void *ctx, const char *text, size_t len, cm_err *
 cm_status cm_corpus_each_doc(const char *path, cm_doc_fn on_doc, void *ctx,
                              cm_corpus_info *info, cm_err *err);
 
-/* Reads <dir>/<lang>/<split>.jsonl.xz (split NULL means "valid").  A missing
- * directory, an unknown language (the message lists those present) or
- * split is CM_E_IO. */
+/* Reads <dir>/<lang>/<split>.jsonl.xz (split NULL means "valid"; any name
+ * cm_corpus_name_ok accepts).  A missing directory, an unknown language or
+ * split (the message lists those present) is CM_E_IO. */
 cm_status cm_corpus_load(const char *dir, const char *lang, const char *split, size_t max_bytes,
                          cm_buf *out, cm_corpus_info *info, cm_err *err);
+
+/* 1 when s can name a language or split: one path component, not "." or
+ * "..", at most 200 bytes (so no name leads outside the corpus folder). */
+int cm_corpus_name_ok(const char *s);
+
+/* For --split: CM_E_USAGE when split is not a name, or when <dir>/<lang>
+ * exists but holds no <split>.jsonl.xz (the message lists the splits it
+ * has).  Other problems are left to cm_corpus_load. */
+cm_status cm_corpus_check_split(const char *dir, const char *lang, const char *split,
+                                cm_err *err);
 
 #endif

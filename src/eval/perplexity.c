@@ -14,6 +14,7 @@
 
 #include "quant/quant.h"
 #include "backends/cpu/cpu.h"
+#include "util/atomic_file.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -70,7 +71,7 @@ static void acc_result(const ppl_acc *a, int has_kld, cm_ppl_result *r)
 typedef struct {
     FILE *f;
     const char *path;
-    char tmp[1100];      /* writer: the file being written, renamed when done */
+    cm_atomic_file af;   /* writer: the temporary, renamed when done (af.tmp NULL: none) */
     int f16;
     size_t rec;          /* bytes per scored position */
     unsigned char *map;  /* the whole file, mapped */
@@ -127,7 +128,6 @@ static cm_status lf_create(lfile *w, const char *path, int fd, int f16, int n_vo
     w->path = path;
     w->f16 = f16;
     w->rec = rec_bytes(f16, n_vocab);
-    w->tmp[0] = 0;
     if (fd >= 0) {
         int d = dup(fd);
         if (d < 0 || !(w->f = fdopen(d, "w+b"))) {
@@ -136,9 +136,11 @@ static cm_status lf_create(lfile *w, const char *path, int fd, int f16, int n_vo
             return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
         }
     } else {
-        snprintf(w->tmp, sizeof w->tmp, "%s.tmp.%ld", path, (long)getpid());
-        if (!(w->f = fopen(w->tmp, "w+b"))) /* read too: mapped shared */
-            return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
+        cm_status s = cm_atomic_open(&w->af, path, 0666, err);
+        if (s)
+            return s;
+        if (!(w->f = cm_atomic_stream(&w->af))) /* read too: mapped shared */
+            return cm_fail(err, CM_E_NOMEM, "cannot write %s: out of memory", path);
     }
     memcpy(h, LF_MAGIC, 8);
     put_u32(h, 8, LF_VERSION);
@@ -165,18 +167,21 @@ static cm_status lf_create(lfile *w, const char *path, int fd, int f16, int n_vo
 /* sync: make the file durable first (not for a caller's temporary file) */
 static cm_status lf_commit(lfile *w, int sync, cm_err *err)
 {
-    int bad = munmap(w->map, w->map_len) != 0;
+    int e = munmap(w->map, w->map_len) != 0 ? errno : 0;
     w->map = NULL;
-    bad |= fflush(w->f) != 0 || (sync && fsync(fileno(w->f)) != 0);
-    bad |= fclose(w->f) != 0;
-    w->f = NULL;
-    if (bad || (w->tmp[0] && rename(w->tmp, w->path) != 0)) {
-        int e = errno;
-        if (w->tmp[0])
-            unlink(w->tmp);
-        return cm_fail(err, CM_E_IO, "cannot write %s: %s", w->path, strerror(e));
+    if (w->af.tmp) { /* the stream is the temporary's: commit or abort closes it */
+        w->f = NULL;
+        if (!e)
+            return cm_atomic_commit(&w->af, sync ? CM_ATOMIC_FSYNC : 0, err);
+        cm_atomic_abort(&w->af);
+    } else {
+        if (!e && (fflush(w->f) != 0 || (sync && fsync(fileno(w->f)) != 0)))
+            e = errno;
+        if (fclose(w->f) != 0 && !e)
+            e = errno;
+        w->f = NULL;
     }
-    return CM_OK;
+    return e ? cm_fail(err, CM_E_IO, "cannot write %s: %s", w->path, strerror(e)) : CM_OK;
 }
 
 /* Closes a file; a writer's unfinished file is removed. */
@@ -185,11 +190,10 @@ static void lf_close(lfile *l)
     if (l->map)
         munmap(l->map, l->map_len);
     l->map = NULL;
-    if (l->f) {
+    if (l->af.tmp)
+        cm_atomic_abort(&l->af); /* closes l->f too */
+    else if (l->f)
         fclose(l->f);
-        if (l->tmp[0])
-            unlink(l->tmp);
-    }
     l->f = NULL;
 }
 
@@ -233,13 +237,14 @@ static cm_status lf_open(lfile *rd, const char *path, int n_vocab, int n_ctx,
     struct stat st;
     uint32_t nch = 0;
     rd->path = path;
-    if (!(rd->f = fopen(path, "rb")))
-        return cm_fail(err, CM_E_IO, "cannot open %s: %s", path, strerror(errno));
-    if (fstat(fileno(rd->f), &st) != 0 || !S_ISREG(st.st_mode))
-        return cm_fail(err, CM_E_IO, "%s is not a regular file", path);
+    cm_status s = cm_fopen_regular(path, &rd->f, err);
+    if (s)
+        return s;
+    if (fstat(fileno(rd->f), &st) != 0)
+        return cm_fail(err, CM_E_IO, "cannot read %s: %s", path, strerror(errno));
     if (fread(h, 1, sizeof h, rd->f) != sizeof h)
         return cm_fail(err, CM_E_FORMAT, "%s is not a codemoe logits file (too short)", path);
-    cm_status s = lf_check_header(h, path, n_vocab, n_ctx, (uint64_t)st.st_size, &nch, err);
+    s = lf_check_header(h, path, n_vocab, n_ctx, (uint64_t)st.st_size, &nch, err);
     if (s)
         return s;
     rd->f16 = get_u32(h, 12) == 1;

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "eval/corpus.h"
+#include "util/atomic_file.h"
 #include "engine/model.h"
 #include "experts/pack.h"
 #include "eval/perplexity.h"
@@ -871,22 +872,20 @@ static void csv_row(FILE *f, const cm_sweep_row *r)
 
 cm_status cm_sweep_csv_write(const char *path, const cm_sweep_row *rows, size_t n, cm_err *err)
 {
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(errno));
+    cm_atomic_file af;
+    cm_status s = cm_atomic_open(&af, path, 0666, err);
+    if (s)
+        return s;
+    FILE *f = cm_atomic_stream(&af);
+    if (!f) {
+        cm_atomic_abort(&af);
+        return cm_fail(err, CM_E_NOMEM, "cannot write %s: out of memory", path);
+    }
     fprintf(f, "%s\r\n", CM_SWEEP_CSV_HEADER);
     for (size_t i = 0; i < n; i++)
         csv_row(f, &rows[i]);
-    int bad = ferror(f) || fflush(f) != 0 || fsync(fileno(f)) != 0;
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(e));
-    }
-    return CM_OK;
+    /* synced: an interrupted sweep resumes from this file */
+    return cm_atomic_commit(&af, CM_ATOMIC_FSYNC, err);
 }
 
 /* The next record of t[*pos..len) split into fields, unquoted.  Returns
@@ -1013,14 +1012,16 @@ cm_status cm_sweep_csv_read(const char *path, cm_sweep_row **rows, size_t *n, cm
 {
     *rows = NULL;
     *n = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return errno == ENOENT ? CM_OK : cm_fail(err, CM_E_IO, "cannot open %s: %s", path,
-                                                 strerror(errno));
+    FILE *f;
+    struct stat sb;
+    if (stat(path, &sb) != 0 && errno == ENOENT)
+        return CM_OK; /* a new sweep */
+    cm_status s = cm_fopen_regular(path, &f, err);
+    if (s)
+        return s;
     cm_buf b = {0};
     char chunk[65536];
     size_t got;
-    cm_status s = CM_OK;
     while (!s && (got = fread(chunk, 1, sizeof chunk, f)) > 0)
         s = cm_buf_append(&b, chunk, got, err);
     if (!s && ferror(f))

@@ -133,8 +133,8 @@ extern const char CM_SWEEP_CSV_HEADER[];
  * rows and CM_OK; another header or a malformed row is CM_E_FORMAT naming
  * the line.  *rows is malloc'ed (caller frees). */
 cm_status cm_sweep_csv_read(const char *path, cm_sweep_row **rows, size_t *n, cm_err *err);
-/* Writes every row to "<path>.tmp.<pid>", syncs and renames it over path,
- * so path always holds a complete CSV. */
+/* Writes every row to a new temporary file beside path (util/atomic_file.h),
+ * syncs and renames it over path, so path always holds a complete CSV. */
 cm_status cm_sweep_csv_write(const char *path, const cm_sweep_row *rows, size_t n, cm_err *err);
 /* A JSON array of row objects (keys as the CSV columns).  Returns 0, or -1
  * on a write error. */
