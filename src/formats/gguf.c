@@ -11,7 +11,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1177,61 +1176,36 @@ static cm_status plan_tensors(gguf_writer *w, cm_err *err)
     return CM_OK;
 }
 
-/* Makes the rename durable: fsync the directory that holds path (best effort). */
-static void sync_dir(const char *path)
-{
-    char *copy = strdup(path);
-    if (!copy)
-        return;
-    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-    free(copy);
-}
-
+/* Written through a temporary beside path (util/atomic_file.h: a fresh
+ * mkostemp name, so nothing planted there is followed), fsynced and renamed
+ * over path: the file is complete or absent. */
 cm_status gguf_writer_finish(gguf_writer *w, const char *path, cm_err *err)
 {
     cm_status st;
+    cm_atomic_file af;
     if (!w || !path)
         return cm_fail(err, CM_E_USAGE, "gguf_writer_finish: no writer or path");
     if (w->pending.code)
         return cm_fail(err, w->pending.code, "%s: %s", path, w->pending.msg);
     if ((st = plan_tensors(w, err)))
         return st;
-    size_t pl = strlen(path);
-    char *tmp = malloc(pl + 5);
     wbuf *b = calloc(1, sizeof *b);
-    if (!tmp || !b) {
-        free(tmp);
-        free(b);
+    if (!b)
         return cm_fail(err, CM_E_NOMEM, "out of memory");
+    if ((st = cm_atomic_open(&af, path, 0644, err))) {
+        free(b);
+        return st;
     }
-    memcpy(tmp, path, pl);
-    memcpy(tmp + pl, ".tmp", 5);
-    b->fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (b->fd < 0) {
-        st = cm_fail(err, CM_E_IO, "cannot create %s: %s", tmp, strerror(errno));
-        goto out;
-    }
+    b->fd = af.fd;
     write_meta(b, w);
     st = write_data(b, w, err);
     wb_flush(b);
-    if (!st && !b->err_no && fsync(b->fd) != 0)
-        b->err_no = errno;
-    if (close(b->fd) != 0 && !b->err_no)
-        b->err_no = errno;
-    if (!st && !b->err_no && rename(tmp, path) != 0)
-        b->err_no = errno;
     if (!st && b->err_no)
-        st = cm_fail(err, CM_E_IO, "cannot write %s: %s", tmp, strerror(b->err_no));
+        st = cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(b->err_no));
     if (st)
-        unlink(tmp);
+        cm_atomic_abort(&af);
     else
-        sync_dir(path);
-out:
-    free(tmp);
+        st = cm_atomic_commit(&af, CM_ATOMIC_FSYNC | CM_ATOMIC_SYNC_DIR, err);
     free(b);
     return st;
 }
