@@ -10,22 +10,43 @@
 # Makefile.am) or, for a run by hand from the top build directory, defaults:
 #   CODEMOE  the codemoe program
 #   BUILD    the top build directory (tools/gen_model, tests/fuzz_*)
-#   SHARED   the reference data: $CM_SHARED, else ../shared, else ../shared
-#            beside the source tree (as the C tests look for it)
+#   SHARED   the reference data: the first of $CM_SHARED, ../shared, ../shared
+#            beside the source tree and the repository's own tests/data
+#            (tests/data/README.md: the same paths) that holds the files the
+#            scripts read (TL_PROBE; tl_shared picks again for other files),
+#            as the C tests look for it (testlib.h's tl_shared)
 #   TL_SRC   the top source directory
 #   fails    the number of failed checks so far
 
 TL_SRC=$(cd "$(dirname "$0")/.." && pwd)
 CODEMOE=${CODEMOE:-./codemoe}
 BUILD=${CM_BUILDDIR:-.}
-if [ -n "${CM_SHARED:-}" ]; then
-    SHARED=$CM_SHARED
-elif [ -d ../shared ]; then
-    SHARED=../shared
-else
-    SHARED=$TL_SRC/../shared
-fi
 fails=0
+
+# tl_shared PATH...: sets SHARED to the first of $CM_SHARED, ../shared,
+# ../shared beside the source tree and $TL_SRC/tests/data that holds every
+# PATH (paths inside it), so a copy lacking a test's files does not hide one
+# that has them.  None does: SHARED is $CM_SHARED, else tests/data (what the
+# skip message names), and the status is 1.
+tl_shared() {
+    for tl_d in "${CM_SHARED:-}" ../shared "$TL_SRC/../shared" "$TL_SRC/tests/data"; do
+        [ -n "$tl_d" ] || continue
+        tl_all=1
+        for tl_p in "$@"; do
+            [ -e "$tl_d/$tl_p" ] || { tl_all=0; break; }
+        done
+        if [ "$tl_all" = 1 ]; then
+            SHARED=$tl_d
+            return 0
+        fi
+    done
+    SHARED=${CM_SHARED:-$TL_SRC/tests/data}
+    return 1
+}
+# What the scripts read (a script may set TL_PROBE before sourcing this).
+TL_PROBE=${TL_PROBE:-fixtures/gguf/llama/llama-f32.gguf vocab/ggml-vocab-starcoder.gguf corpus/python/valid.jsonl.xz}
+# shellcheck disable=SC2086 # TL_PROBE is a list of paths without spaces
+tl_shared $TL_PROBE || :
 
 # fail MESSAGE: counts a failed check and says which.
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }

@@ -99,13 +99,15 @@ static inline char *tl_path(char *buf, size_t n, const char *fmt, ...)
 
 /* The reference data directory, or NULL: $CM_SHARED, else ../shared (from
  * the working directory), $srcdir/../shared (make check), or ../shared beside
- * the source tree (a test run by hand from anywhere).  The first that holds
- * `probe`, a path inside it, wins (NULL: any directory), so a copy lacking a
- * test's files does not hide one that has them. */
+ * the source tree (a test run by hand from anywhere); failing those, the
+ * repository's own copy of what the tests read, tests/data in the source
+ * tree (tests/data/README.md), which mirrors ../shared's paths.  The first
+ * that holds `probe`, a path inside it, wins (NULL: any directory), so a copy
+ * lacking a test's files does not hide one that has them. */
 static inline const char *tl_shared(const char *probe)
 {
     static char dir[1024];
-    char cand[4][1024], full[2048];
+    char cand[7][1024], full[2048];
     const char *env = getenv("CM_SHARED"), *srcdir = getenv("srcdir");
     int n = 0;
     struct stat sb;
@@ -116,6 +118,11 @@ static inline const char *tl_shared(const char *probe)
         tl_path(cand[n++], sizeof cand[0], "%s/../shared", srcdir);
 #ifdef CM_SRCDIR
     tl_path(cand[n++], sizeof cand[0], "%s/../shared", CM_SRCDIR);
+#endif
+    if (srcdir && *srcdir)
+        tl_path(cand[n++], sizeof cand[0], "%s/tests/data", srcdir);
+#ifdef CM_SRCDIR
+    tl_path(cand[n++], sizeof cand[0], "%s/tests/data", CM_SRCDIR);
 #endif
     for (int i = 0; i < n; i++)
         if (stat(tl_path(full, sizeof full, "%s/%s", cand[i], probe ? probe : "."), &sb) == 0)

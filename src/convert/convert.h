@@ -9,8 +9,8 @@
  * architecture, a tensor whose shape disagrees with config.json, a missing
  * shard or a corrupt safetensors header fails with one line naming it and
  * no output file.  Tensor data is then streamed tensor by tensor (the peak
- * memory is about the largest output tensor) into "<out>.tmp", renamed over
- * the output only when complete. */
+ * memory is about the largest output tensor) into a temporary beside the
+ * output, renamed over it only when complete. */
 #ifndef CM_CONVERT_H
 #define CM_CONVERT_H
 

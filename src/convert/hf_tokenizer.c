@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 
 #include "convert/convert.h"
+#include "util/atomic_file.h"
 #include "util/json.h"
 
 enum { TT_NORMAL = 1, TT_UNKNOWN = 2, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5, TT_BYTE = 6 };
@@ -275,10 +276,11 @@ static cm_status parse_spm(const uint8_t *buf, size_t n, const char *path, spm_p
 static cm_status read_all(const char *path, uint8_t **out, size_t *n, cm_err *err)
 {
     struct stat st;
-    FILE *f = fopen(path, "rb");
+    FILE *f;
     *out = NULL;
-    if (!f)
-        return cm_fail(err, CM_E_IO, "cannot open %s: %s", path, strerror(errno));
+    cm_status s = cm_fopen_regular(path, &f, err); /* a FIFO would block fopen */
+    if (s)
+        return s;
     if (fstat(fileno(f), &st) || (uint64_t)st.st_size > MAX_TOKENIZER_BYTES) {
         fclose(f);
         return cm_fail(err, CM_E_FORMAT, "%s is too large", path);

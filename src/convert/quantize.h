@@ -125,8 +125,8 @@ size_t cm_quantize_job_count(const cm_quantize_job *j);
 const cm_qtensor *cm_quantize_job_tensor(const cm_quantize_job *j, size_t i, double *rmse);
 void cm_quantize_job_stats(const cm_quantize_job *j, cm_quantize_stats *s);
 
-/* Job + writer + gguf_writer_finish(path): "<path>.tmp" renamed over path
- * when complete, nothing left behind on failure.  stats may be NULL. */
+/* Job + writer + gguf_writer_finish(path): a temporary beside path renamed
+ * over it when complete, nothing left behind on failure.  stats may be NULL. */
 cm_status cm_quantize_to_path(const gguf_file *src, const cm_qmix *mix, const char *path,
                               const cm_quantize_opts *o, cm_quantize_stats *stats, cm_err *err);
 

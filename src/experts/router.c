@@ -15,6 +15,8 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "util/atomic_file.h"
+
 #ifndef CM_PKGDATADIR
 #define CM_PKGDATADIR "/usr/local/share/codemoe"
 #endif
@@ -189,9 +191,10 @@ cm_status cm_router_parse(const void *buf, size_t len, cm_router **out, cm_err *
 cm_status cm_router_load(const char *path, cm_router **out, cm_err *err)
 {
     *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return cm_fail(err, CM_E_IO, "cannot open router data %s: %s", path, strerror(errno));
+    FILE *f;
+    cm_status os = cm_fopen_regular(path, &f, err); /* a FIFO would block fopen */
+    if (os)
+        return os;
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size > MAX_FILE_BYTES) {
         fclose(f);

@@ -11,7 +11,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +20,7 @@
 #include <unistd.h>
 
 #include "quant/quant.h"
+#include "util/atomic_file.h"
 
 #define GGUF_DEFAULT_ALIGNMENT 32
 #define NO_INDEX UINT64_MAX
@@ -32,7 +32,7 @@
  * tensor info = name length (8) + n_dims (4) + ne[0] (8) + type (4) + offset (8). */
 #define MIN_KV_BYTES 13
 #define MIN_TINFO_BYTES 32
-/* Slots in the name hash tables are uint32 (index + 1). */
+/* Name indexes hold uint32 indices. */
 #define MAX_ENTRIES 0x7fffffffu
 
 /* Byte size of each scalar value type; 0 for STRING and ARRAY (variable). */
@@ -242,74 +242,50 @@ static cm_status parse_header(rd *r, gguf_file *f)
     return CM_OK;
 }
 
-/* ---- name hash tables (duplicate detection and O(1) lookup) ----
- * kv and tensor records both start with a gguf_str, so one table
- * implementation serves both via a stride. */
-
-static uint64_t hash_bytes(const char *p, uint64_t n)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (uint64_t i = 0; i < n; i++)
-        h = (h ^ (uint8_t)p[i]) * 1099511628211ull;
-    return h;
-}
-
-static const gguf_str *name_at(const void *arr, size_t stride, uint64_t i)
-{
-    return (const gguf_str *)(const void *)((const char *)arr + i * stride);
-}
+/* ---- name indexes (duplicate detection and O(1) lookup) ----
+ * kv and tensor records both start with their name, a gguf_str. */
 
 static int str_eq_n(gguf_str s, const char *p, uint64_t n)
 {
     return s.len == n && (n == 0 || memcmp(s.ptr, p, (size_t)n) == 0);
 }
 
-/* Returns the slot holding name, or the empty slot where it would go. */
-static uint64_t index_slot(const void *arr, size_t stride, const uint32_t *tab,
-                           uint64_t cap, const char *p, uint64_t n)
+static cm_name kv_name(const void *arr, uint32_t i)
 {
-    uint64_t s = hash_bytes(p, n) & (cap - 1);
-    while (tab[s] && !str_eq_n(*name_at(arr, stride, tab[s] - 1), p, n))
-        s = (s + 1) & (cap - 1);
-    return s;
+    const gguf_kv *kv = (const gguf_kv *)arr + i;
+    return (cm_name){kv->key.ptr, (size_t)kv->key.len};
 }
 
-/* Builds the table; *dup is the index of the first repeated name or NO_INDEX. */
-static cm_status index_build(const void *arr, size_t stride, uint64_t n,
-                             uint32_t **tab, uint64_t *cap, uint64_t *dup)
+static cm_name tensor_name(const void *arr, uint32_t i)
 {
-    uint64_t c = 8;
-    *dup = NO_INDEX;
-    while (c < 2 * n)
-        c *= 2;
-    *tab = calloc((size_t)c, sizeof **tab);
-    if (!*tab)
-        return CM_E_NOMEM;
-    *cap = c;
-    for (uint64_t i = 0; i < n; i++) {
-        const gguf_str *k = name_at(arr, stride, i);
-        uint64_t s = index_slot(arr, stride, *tab, c, k->ptr, k->len);
-        if ((*tab)[s]) {
-            *dup = i;
-            return CM_OK;
-        }
-        (*tab)[s] = (uint32_t)(i + 1);
-    }
-    return CM_OK;
+    const gguf_tensor *t = (const gguf_tensor *)arr + i;
+    return (cm_name){t->name.ptr, (size_t)t->name.len};
 }
 
-static uint64_t index_find(const void *arr, size_t stride, uint64_t n,
-                           const uint32_t *tab, uint64_t cap, const char *key)
+/* Indexes the n names of arr; returns the index of the first name that
+ * repeats an earlier one, or NO_INDEX. */
+static uint64_t index_build(cm_names *x, cm_name_at at, const void *arr, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        if (cm_names_add(x, at, arr, (uint32_t)i) != CM_NAMES_NONE)
+            return i;
+    return NO_INDEX;
+}
+
+static uint64_t index_find(const cm_names *x, cm_name_at at, const void *arr, uint64_t n,
+                           const char *key)
 {
     size_t len = strlen(key);
-    if (!tab) {
-        for (uint64_t i = 0; i < n; i++)
-            if (str_eq_n(*name_at(arr, stride, i), key, len))
+    if (!x->map) { /* a hand-built gguf_file */
+        for (uint64_t i = 0; i < n; i++) {
+            cm_name nm = at(arr, (uint32_t)i);
+            if (nm.len == len && !memcmp(nm.ptr, key, len))
                 return i;
+        }
         return NO_INDEX;
     }
-    uint64_t s = index_slot(arr, stride, tab, cap, key, len);
-    return tab[s] ? tab[s] - 1 : NO_INDEX;
+    uint32_t i = cm_names_find(x, at, arr, key, len);
+    return i == CM_NAMES_NONE ? NO_INDEX : i;
 }
 
 static cm_status parse_kvs(rd *r, gguf_file *f)
@@ -328,9 +304,7 @@ static cm_status parse_kvs(rd *r, gguf_file *f)
             return st;
     }
     r->label.ptr = NULL;
-    if (index_build(f->kv, sizeof *f->kv, f->n_kv, &f->kv_hash, &f->kv_hash_cap, &dup))
-        return cm_fail(r->err, CM_E_NOMEM, "%s: out of memory", r->name);
-    if (dup != NO_INDEX)
+    if ((dup = index_build(&f->kv_names, kv_name, f->kv, f->n_kv)) != NO_INDEX)
         return ferr(r, "duplicate key '%.*s' (kv %llu)", CLIP(f->kv[dup].key.len),
                     f->kv[dup].key.ptr, (unsigned long long)dup);
     return CM_OK;
@@ -443,9 +417,7 @@ static cm_status parse_tensors(rd *r, gguf_file *f)
             return st;
     }
     r->label.ptr = NULL;
-    if (index_build(f->tensors, sizeof *f->tensors, f->n_tensors, &f->tensor_hash,
-                    &f->tensor_hash_cap, &dup))
-        return cm_fail(r->err, CM_E_NOMEM, "%s: out of memory", r->name);
+    dup = index_build(&f->tensor_names, tensor_name, f->tensors, f->n_tensors);
     if (dup != NO_INDEX)
         return ferr(r, "duplicate tensor name '%.*s' (tensor %llu)",
                     CLIP(f->tensors[dup].name.len), f->tensors[dup].name.ptr,
@@ -462,8 +434,8 @@ static void free_tables(gguf_file *f)
 {
     free(f->kv);
     free(f->tensors);
-    free(f->kv_hash);
-    free(f->tensor_hash);
+    cm_names_free(&f->kv_names);
+    cm_names_free(&f->tensor_names);
 }
 
 static cm_status parse_named(const void *buf, size_t size, const char *name,
@@ -492,15 +464,16 @@ cm_status gguf_parse(const void *buf, size_t size, gguf_file *f, cm_err *err)
 cm_status gguf_open(const char *path, gguf_file *f, cm_err *err)
 {
     struct stat sb;
+    int fd;
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return cm_fail(err, CM_E_IO, "cannot open %s: %s", path, strerror(errno));
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        int e = S_ISDIR(sb.st_mode) ? EISDIR : errno;
+    /* a FIFO would block open(2) and then read(2) forever: refused */
+    cm_status os = cm_open_regular(path, &fd, err);
+    if (os)
+        return os;
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
         close(fd);
-        return cm_fail(err, CM_E_IO, "cannot read %s: %s", path,
-                       e ? strerror(e) : "not a regular file");
+        return cm_fail(err, CM_E_IO, "cannot read %s: %s", path, strerror(e));
     }
     if (sb.st_size == 0) {
         close(fd);
@@ -536,7 +509,7 @@ const gguf_kv *gguf_find(const gguf_file *f, const char *key)
 {
     if (!f || !f->kv || !key)
         return NULL;
-    uint64_t i = index_find(f->kv, sizeof *f->kv, f->n_kv, f->kv_hash, f->kv_hash_cap, key);
+    uint64_t i = index_find(&f->kv_names, kv_name, f->kv, f->n_kv, key);
     return i == NO_INDEX ? NULL : &f->kv[i];
 }
 
@@ -544,8 +517,7 @@ const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name)
 {
     if (!f || !f->tensors || !name)
         return NULL;
-    uint64_t i = index_find(f->tensors, sizeof *f->tensors, f->n_tensors,
-                            f->tensor_hash, f->tensor_hash_cap, name);
+    uint64_t i = index_find(&f->tensor_names, tensor_name, f->tensors, f->n_tensors, name);
     return i == NO_INDEX ? NULL : &f->tensors[i];
 }
 
@@ -1204,61 +1176,36 @@ static cm_status plan_tensors(gguf_writer *w, cm_err *err)
     return CM_OK;
 }
 
-/* Makes the rename durable: fsync the directory that holds path (best effort). */
-static void sync_dir(const char *path)
-{
-    char *copy = strdup(path);
-    if (!copy)
-        return;
-    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-    free(copy);
-}
-
+/* Written through a temporary beside path (util/atomic_file.h: a fresh
+ * mkostemp name, so nothing planted there is followed), fsynced and renamed
+ * over path: the file is complete or absent. */
 cm_status gguf_writer_finish(gguf_writer *w, const char *path, cm_err *err)
 {
     cm_status st;
+    cm_atomic_file af;
     if (!w || !path)
         return cm_fail(err, CM_E_USAGE, "gguf_writer_finish: no writer or path");
     if (w->pending.code)
         return cm_fail(err, w->pending.code, "%s: %s", path, w->pending.msg);
     if ((st = plan_tensors(w, err)))
         return st;
-    size_t pl = strlen(path);
-    char *tmp = malloc(pl + 5);
     wbuf *b = calloc(1, sizeof *b);
-    if (!tmp || !b) {
-        free(tmp);
-        free(b);
+    if (!b)
         return cm_fail(err, CM_E_NOMEM, "out of memory");
+    if ((st = cm_atomic_open(&af, path, 0644, err))) {
+        free(b);
+        return st;
     }
-    memcpy(tmp, path, pl);
-    memcpy(tmp + pl, ".tmp", 5);
-    b->fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (b->fd < 0) {
-        st = cm_fail(err, CM_E_IO, "cannot create %s: %s", tmp, strerror(errno));
-        goto out;
-    }
+    b->fd = af.fd;
     write_meta(b, w);
     st = write_data(b, w, err);
     wb_flush(b);
-    if (!st && !b->err_no && fsync(b->fd) != 0)
-        b->err_no = errno;
-    if (close(b->fd) != 0 && !b->err_no)
-        b->err_no = errno;
-    if (!st && !b->err_no && rename(tmp, path) != 0)
-        b->err_no = errno;
     if (!st && b->err_no)
-        st = cm_fail(err, CM_E_IO, "cannot write %s: %s", tmp, strerror(b->err_no));
+        st = cm_fail(err, CM_E_IO, "cannot write %s: %s", path, strerror(b->err_no));
     if (st)
-        unlink(tmp);
+        cm_atomic_abort(&af);
     else
-        sync_dir(path);
-out:
-    free(tmp);
+        st = cm_atomic_commit(&af, CM_ATOMIC_FSYNC | CM_ATOMIC_SYNC_DIR, err);
     free(b);
     return st;
 }

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/names.h"
 #include "util/status.h"
 
 enum gguf_vtype {
@@ -53,11 +54,10 @@ typedef struct {
     gguf_tensor *tensors;
     uint64_t alignment;  /* general.alignment or 32 */
     uint64_t data_offset;
-    /* Private: open-addressing hash tables over key / tensor names, built by
-     * the parser so lookups are O(1) (slot = index + 1, 0 = empty).  When
-     * NULL (a hand-built gguf_file) the finders fall back to a linear scan. */
-    uint32_t *kv_hash, *tensor_hash;
-    uint64_t kv_hash_cap, tensor_hash_cap;
+    /* Private: seeded indexes of the key / tensor names (util/names.h),
+     * built by the parser so lookups are O(1).  When empty (a hand-built
+     * gguf_file) the finders fall back to a linear scan. */
+    cm_names kv_names, tensor_names;
 } gguf_file;
 
 /* Maps and parses path.  On failure *f is left empty and safe to close. */

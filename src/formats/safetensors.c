@@ -15,6 +15,7 @@
 
 #include "util/json.h"
 #include "quant/quant.h"
+#include "util/atomic_file.h"
 
 static const struct {
     const char *name;
@@ -50,54 +51,23 @@ int64_t st_numel(const st_tensor *t)
     return n;
 }
 
-/* ---- name index ---- */
+/* ---- name index (util/names.h) ---- */
 
-static uint64_t hash_name(const char *s)
+static cm_name tensor_name(const void *arr, uint32_t i)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
-static int rehash(st_model *m, size_t cap)
-{
-    uint32_t *h = calloc(cap, sizeof *h);
-    if (!h)
-        return -1;
-    for (size_t i = 0; i < m->n_tensors; i++) {
-        size_t j = hash_name(m->tensors[i].name) & (cap - 1);
-        while (h[j])
-            j = (j + 1) & (cap - 1);
-        h[j] = (uint32_t)(i + 1);
-    }
-    free(m->hash);
-    m->hash = h;
-    m->hash_cap = cap;
-    return 0;
+    const char *name = ((const st_tensor *)arr)[i].name;
+    return (cm_name){name, strlen(name)};
 }
 
 const st_tensor *st_find(const st_model *m, const char *name)
 {
-    if (!m->hash_cap)
-        return NULL;
-    size_t j = hash_name(name) & (m->hash_cap - 1);
-    for (; m->hash[j]; j = (j + 1) & (m->hash_cap - 1)) {
-        const st_tensor *t = &m->tensors[m->hash[j] - 1];
-        if (!strcmp(t->name, name))
-            return t;
-    }
-    return NULL;
+    uint32_t i = cm_names_find(&m->names, tensor_name, m->tensors, name, strlen(name));
+    return i == CM_NAMES_NONE ? NULL : &m->tensors[i];
 }
 
 /* Appends t (taking its name) unless the name is already present. */
 static cm_status add_tensor(st_model *m, st_tensor *t, const char *what, cm_err *err)
 {
-    if (st_find(m, t->name)) {
-        cm_fail(err, CM_E_FORMAT, "%s: tensor '%s' appears twice in the checkpoint", what, t->name);
-        free(t->name);
-        return CM_E_FORMAT;
-    }
     if (m->n_tensors == m->cap) {
         size_t cap = m->cap ? m->cap * 2 : 256;
         st_tensor *n = cap < UINT32_MAX ? realloc(m->tensors, cap * sizeof *n) : NULL;
@@ -108,15 +78,14 @@ static cm_status add_tensor(st_model *m, st_tensor *t, const char *what, cm_err 
         m->tensors = n;
         m->cap = cap;
     }
-    m->tensors[m->n_tensors++] = *t;
-    /* keep the table at most half full; rehash inserts the new entry too */
-    if (m->n_tensors * 2 > m->hash_cap)
-        return rehash(m, m->hash_cap ? m->hash_cap * 2 : 512)
-                   ? cm_fail(err, CM_E_NOMEM, "out of memory reading %s", what) : CM_OK;
-    size_t j = hash_name(t->name) & (m->hash_cap - 1);
-    while (m->hash[j])
-        j = (j + 1) & (m->hash_cap - 1);
-    m->hash[j] = (uint32_t)m->n_tensors;
+    m->tensors[m->n_tensors] = *t;
+    if (cm_names_add(&m->names, tensor_name, m->tensors, (uint32_t)m->n_tensors) !=
+        CM_NAMES_NONE) {
+        cm_fail(err, CM_E_FORMAT, "%s: tensor '%s' appears twice in the checkpoint", what, t->name);
+        free(t->name);
+        return CM_E_FORMAT;
+    }
+    m->n_tensors++;
     return CM_OK;
 }
 
@@ -254,12 +223,13 @@ cm_status st_open_file(const char *path, st_model *m, cm_err *err)
     if (s)
         return s;
     st_shard *sh = &m->shards[m->n_shards - 1];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return cm_fail(err, CM_E_IO, "cannot open %s: %s", path, strerror(errno));
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    int fd;
+    if ((s = cm_open_regular(path, &fd, err))) /* a FIFO would block open(2) */
+        return s;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
         close(fd);
-        return cm_fail(err, CM_E_IO, "%s is not a regular file", path);
+        return cm_fail(err, CM_E_IO, "cannot read %s: %s", path, strerror(e));
     }
     if (st.st_size < 8) {
         close(fd);
@@ -435,7 +405,7 @@ void st_close(st_model *m)
         free(m->tensors[i].name);
     free(m->shards);
     free(m->tensors);
-    free(m->hash);
+    cm_names_free(&m->names);
     memset(m, 0, sizeof *m);
 }
 

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/names.h"
 #include "util/status.h"
 
 #define ST_MAX_DIMS 8
@@ -48,8 +49,7 @@ typedef struct {
     int n_shards;
     st_tensor *tensors;            /* in shard order, then header order */
     size_t n_tensors, cap;
-    uint32_t *hash;                /* open addressing over names: index + 1 */
-    size_t hash_cap;
+    cm_names names;                /* seeded index of the tensor names */
 } st_model;
 
 /* Parses one file's bytes (kept alive by the caller) and appends its

@@ -13,46 +13,40 @@
 #include <string.h>
 
 #include "tokenizer/tok_internal.h"
+#include "util/ds.h"
 
-static uint64_t mix64(uint64_t x)
+struct cm_merge {
+    uint64_t key; /* left << 32 | right: ids below 2^31, so bits 31 and 63 are clear */
+    struct {
+        int32_t rank, res;
+    } value;
+};
+
+static uint64_t pair_key(int32_t l, int32_t r)
 {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    x *= 0xc4ceb9fe1a85ec53ull;
-    x ^= x >> 33;
-    return x;
+    return ((uint64_t)(uint32_t)l << 32) | (uint32_t)r;
 }
 
+/* stb_ds hashes the key with its seeded mix of the 8 bytes (the seed is
+ * random per process, stb_ds_impl.c). */
 static int pair_find(const cm_pairmap *m, int32_t l, int32_t r, int32_t *rank,
                      int32_t *res)
 {
-    uint64_t key = ((uint64_t)(uint32_t)l << 32) | (uint32_t)r;
-    for (uint64_t i = mix64(key) & m->mask;; i = (i + 1) & m->mask) {
-        if (m->key[i] == key) {
-            *rank = m->rank[i];
-            *res = m->res[i];
-            return 1;
-        }
-        if (m->key[i] == UINT64_MAX)
-            return 0;
-    }
+    struct cm_merge *map = m->map;
+    ptrdiff_t i;
+    if (!map)
+        return 0;
+    if (hmgeti_ts(map, pair_key(l, r), i) < 0)
+        return 0;
+    *rank = map[i].value.rank;
+    *res = map[i].value.res;
+    return 1;
 }
 
-/* Adds the pair unless present: the first (lowest-rank) merge of a pair
- * wins, as in llama.cpp. */
-static void pair_add(cm_pairmap *m, int32_t l, int32_t r, int32_t rank, int32_t res)
+void cm_bpe_free(cm_tokenizer *t)
 {
-    uint64_t key = ((uint64_t)(uint32_t)l << 32) | (uint32_t)r;
-    uint64_t i = mix64(key) & m->mask;
-    while (m->key[i] != UINT64_MAX) {
-        if (m->key[i] == key)
-            return;
-        i = (i + 1) & m->mask;
-    }
-    m->key[i] = key;
-    m->rank[i] = rank;
-    m->res[i] = res;
+    hmfree(t->merges.map);
+    free(t->byte_merge);
 }
 
 /* GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves,
@@ -73,7 +67,7 @@ static void build_byte_map(cm_tokenizer *t)
 /* Interns one merge "left right" (split at the first space after the first
  * byte, so a merge may start with a space character). */
 static cm_status add_merge(cm_tokenizer *t, gguf_str m, uint64_t rank, char **cat,
-                           size_t *cat_cap, cm_err *err)
+                           size_t *cat_cap, struct cm_merge **list, cm_err *err)
 {
     const char *sp = m.len > 1 ? memchr(m.ptr + 1, ' ', m.len - 1) : NULL;
     if (!sp)
@@ -89,32 +83,58 @@ static cm_status add_merge(cm_tokenizer *t, gguf_str m, uint64_t rank, char **ca
     int32_t res = cm_strtab_intern(&t->strs, *cat, ll + rl);
     if (l < 0 || r < 0 || res < 0)
         return cm_fail(err, CM_E_NOMEM, "out of memory for merges");
-    pair_add(&t->merges, l, r, (int32_t)rank, res);
+    struct cm_merge e = {.key = pair_key(l, r), .value = {(int32_t)rank, res}};
+    arrput(*list, e);
     return CM_OK;
 }
 
 static cm_status build_merges(cm_tokenizer *t, const gguf_str *merges, uint64_t n,
                               cm_err *err)
 {
-    size_t slots = 16;
-    while (slots < 2 * n)
-        slots *= 2;
-    cm_pairmap *m = &t->merges;
-    m->key = malloc(slots * sizeof *m->key);
-    m->rank = malloc(slots * sizeof *m->rank);
-    m->res = malloc(slots * sizeof *m->res);
-    if (!m->key || !m->rank || !m->res)
-        return cm_fail(err, CM_E_NOMEM, "out of memory for %llu merges",
-                       (unsigned long long)n);
-    memset(m->key, 0xFF, slots * sizeof *m->key);
-    m->mask = (uint32_t)(slots - 1);
     char *cat = NULL;
     size_t cat_cap = 0;
+    struct cm_merge *list = NULL;
     cm_status st = CM_OK;
+    arrsetcap(list, n ? n : 1);
     for (uint64_t i = 0; i < n && !st; i++)
-        st = add_merge(t, merges[i], i, &cat, &cat_cap, err);
+        st = add_merge(t, merges[i], i, &cat, &cat_cap, &list, err);
+    /* Inserted last rank first, each overwriting: a pair listed twice
+     * keeps its first (lowest-rank) merge, as in llama.cpp. */
+    for (ptrdiff_t i = st ? -1 : arrlen(list) - 1; i >= 0; i--) {
+        int create = !t->merges.map; /* the first insertion makes the table (util/ds.h) */
+        if (create)
+            cm_ds_lock();
+        hmputs(t->merges.map, list[i]);
+        if (create)
+            cm_ds_unlock();
+    }
+    arrfree(list);
     free(cat);
     return st;
+}
+
+/* Fills byte_merge from the merges (byte_sid must be set). */
+static cm_status build_byte_merges(cm_tokenizer *t, cm_err *err)
+{
+    struct cm_merge *map = t->merges.map;
+    int16_t *sid_byte = malloc(((size_t)t->strs.n + 1) * sizeof *sid_byte);
+    t->byte_merge = malloc(65536 * sizeof *t->byte_merge);
+    if (!sid_byte || !t->byte_merge) {
+        free(sid_byte);
+        return cm_fail(err, CM_E_NOMEM, "out of memory for merges");
+    }
+    memset(sid_byte, 0xFF, (size_t)t->strs.n * sizeof *sid_byte);
+    memset(t->byte_merge, 0xFF, 65536 * sizeof *t->byte_merge);
+    for (int b = 0; b < 256; b++)
+        if (t->byte_sid[b] >= 0)
+            sid_byte[t->byte_sid[b]] = (int16_t)b;
+    for (ptrdiff_t i = 0; i < hmlen(map); i++) {
+        int l = sid_byte[map[i].key >> 32], r = sid_byte[(uint32_t)map[i].key];
+        if (l >= 0 && r >= 0)
+            t->byte_merge[l << 8 | r] = (int32_t)i;
+    }
+    free(sid_byte);
+    return CM_OK;
 }
 
 cm_status cm_bpe_build(cm_tokenizer *t, const gguf_str *merges, uint64_t n_merges,
@@ -144,15 +164,31 @@ cm_status cm_bpe_build(cm_tokenizer *t, const gguf_str *merges, uint64_t n_merge
         t->single_byte_tok[b] = s >= 0 ? t->str_tok[s] : -1;
         t->byte_sid[b] = cm_strtab_find(&t->strs, t->byte_utf8[b], t->byte_ulen[b]);
     }
-    return CM_OK;
+    return build_byte_merges(t, err);
 }
 
-static void try_pair(const cm_tokenizer *t, cm_sym *sym, cm_bigram *heap, size_t *n_heap,
-                     int32_t l, int32_t r)
+/* The merge of symbols l and r: single bytes from byte_merge, others
+ * from the map. */
+static int merge_of(const cm_tokenizer *t, const unsigned char *bytes, const cm_sym *sym,
+                    int32_t l, int32_t r, int32_t *rank, int32_t *res)
+{
+    if (sym[l].len == 1 && sym[r].len == 1) {
+        int32_t i = t->byte_merge[bytes[sym[l].start] << 8 | bytes[sym[r].start]];
+        if (i < 0)
+            return 0;
+        *rank = t->merges.map[i].value.rank;
+        *res = t->merges.map[i].value.res;
+        return 1;
+    }
+    return pair_find(&t->merges, sym[l].sid, sym[r].sid, rank, res);
+}
+
+static void try_pair(const cm_tokenizer *t, const unsigned char *bytes, cm_sym *sym,
+                     cm_bigram *heap, size_t *n_heap, int32_t l, int32_t r)
 {
     int32_t rank, res;
     if (l < 0 || r < 0 || sym[l].sid < 0 || sym[r].sid < 0 ||
-        !pair_find(&t->merges, sym[l].sid, sym[r].sid, &rank, &res))
+        !merge_of(t, bytes, sym, l, r, &rank, &res))
         return;
     cm_bigram b;
     b.key = ((uint64_t)(uint32_t)rank << 32) | (uint32_t)l;
@@ -196,7 +232,7 @@ static int32_t whole_piece(const cm_tokenizer *t, const unsigned char *bytes, si
 }
 
 /* Merges one piece of n bytes (w->bytes) and emits its tokens. */
-static cm_status bpe_piece(const cm_tokenizer *t, size_t n, cm_work *w, cm_ids *out)
+static cm_status merge_piece(const cm_tokenizer *t, size_t n, cm_work *w, cm_ids *out)
 {
     const unsigned char *bytes = w->bytes;
     cm_sym *sym = w->sym;
@@ -214,7 +250,7 @@ static cm_status bpe_piece(const cm_tokenizer *t, size_t n, cm_work *w, cm_ids *
     }
     size_t n_heap = 0;
     for (size_t i = 1; i < n; i++)
-        try_pair(t, sym, w->heap, &n_heap, (int32_t)i - 1, (int32_t)i);
+        try_pair(t, bytes, sym, w->heap, &n_heap, (int32_t)i - 1, (int32_t)i);
     while (n_heap) {
         cm_bigram b = cm_heap_pop(w->heap, &n_heap);
         cm_sym *l = &sym[b.left], *r = &sym[b.right];
@@ -226,13 +262,26 @@ static cm_status bpe_piece(const cm_tokenizer *t, size_t n, cm_work *w, cm_ids *
         l->next = r->next;
         if (r->next >= 0)
             sym[r->next].prev = b.left;
-        try_pair(t, sym, w->heap, &n_heap, l->prev, b.left);
-        try_pair(t, sym, w->heap, &n_heap, b.left, l->next);
+        try_pair(t, bytes, sym, w->heap, &n_heap, l->prev, b.left);
+        try_pair(t, bytes, sym, w->heap, &n_heap, b.left, l->next);
     }
     for (int32_t i = 0; i >= 0; i = sym[i].next)
         if (emit(t, bytes, &sym[i], out))
             return CM_E_NOMEM;
     return CM_OK;
+}
+
+/* Emits the tokens of one piece of n bytes (w->bytes): those of an
+ * earlier equal piece of this call, else merged and recorded. */
+static cm_status bpe_piece(const cm_tokenizer *t, size_t n, cm_work *w, cm_ids *out)
+{
+    cm_status st;
+    if (cm_piece_replay(w, w->bytes, n, out, &st))
+        return st;
+    size_t first = out->n;
+    if ((st = merge_piece(t, n, w, out)))
+        return st;
+    return cm_piece_record(w, w->bytes, n, out, first);
 }
 
 /* Decodes text to code points and their classes into w. */

@@ -9,6 +9,7 @@
 
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
+#include "util/names.h"
 
 /* tokenizer.ggml.token_type values. */
 enum {
@@ -32,19 +33,16 @@ typedef enum {
     CM_PRE_QWEN2
 } cm_pre_kind;
 
-/* Interned byte strings: index -> bytes, bytes -> index.  Open addressing
- * with the full hash kept per slot so most probes skip memcmp. */
+/* Interned byte strings: index -> bytes, and bytes -> index through a
+ * seeded index (util/names.h), since the strings come from the file. */
 typedef struct {
     char *bytes;
     size_t nbytes, capbytes;
     uint32_t *off, *len;
     int32_t n, cap;
-    int32_t *slot;       /* string index or -1 */
-    uint32_t *slot_hash;
-    uint32_t mask;       /* slot count - 1 */
+    cm_names index;
 } cm_strtab;
 
-uint32_t cm_hash_bytes(const void *p, size_t n);
 cm_status cm_strtab_init(cm_strtab *t, size_t expected);
 void cm_strtab_free(cm_strtab *t);
 /* Index of the string, or -1. */
@@ -52,12 +50,10 @@ int32_t cm_strtab_find(const cm_strtab *t, const void *s, size_t n);
 /* Index of the string, adding it if new; -1 when out of memory. */
 int32_t cm_strtab_intern(cm_strtab *t, const void *s, size_t n);
 
-/* BPE merges: (left string, right string) -> (rank, merged string). */
+/* BPE merges: (left string, right string) -> (rank, merged string), an
+ * stb_ds hash map keyed by left << 32 | right. */
 typedef struct {
-    uint64_t *key;   /* left << 32 | right, or UINT64_MAX for empty */
-    int32_t *rank;
-    int32_t *res;
-    uint32_t mask;
+    struct cm_merge *map;
 } cm_pairmap;
 
 struct cm_tokenizer {
@@ -85,13 +81,19 @@ struct cm_tokenizer {
     /* SPM: <0xXX> tokens; ASCII characters in no multi-character token */
     int32_t byte_tok[256];
     uint8_t spm_alone[128];
+    /* SPM: the token of each two-byte text (b0 << 8 | b1), or -1: most
+     * candidate pairs are two single bytes, and an array beats a hash */
+    int32_t *text2_tok;
     /* BPE */
     cm_pairmap merges;
     int32_t byte_sid[256];        /* string of the mapped char of byte b */
     uint8_t byte_utf8[256][2];    /* GPT-2 byte -> unicode mapping, as UTF-8 */
     uint8_t byte_ulen[256];
     int16_t byte_inv[0x144];      /* mapped code point -> byte, or -1 */
-    int32_t single_byte_tok[256]; /* token whose text is that one byte */
+    int32_t single_byte_tok[256]; /* token whose text is that one byte (SPM too) */
+    /* the merge of the symbols of bytes b0, b1 (b0 << 8 | b1) as its place
+     * in merges.map, or -1: every piece starts as single bytes */
+    int32_t *byte_merge;
 };
 
 static inline const char *cm_tok_text(const cm_tokenizer *t, int32_t id, size_t *len)
@@ -139,7 +141,21 @@ typedef struct {
     uint8_t *fl;
     uint32_t *ends_a, *ends_b;
     size_t cp_cap;
+    /* the distinct pieces (BPE) or chunks (SPM) seen in this call and their
+     * tokens: code repeats its words and lines, and a repeat then costs one
+     * lookup instead of a merge per token.  Piece i's tokens are
+     * piece_ids[piece_at[i]...], piece_n[i] of them (stb_ds arrays). */
+    cm_strtab pieces;
+    uint32_t *piece_at, *piece_n;
+    int32_t *piece_ids;
 } cm_work;
+
+/* The piece cache: when the n bytes at s were encoded earlier in this call,
+ * pushes their tokens to out and returns 1 (*st: CM_OK or CM_E_NOMEM);
+ * else returns 0.  After encoding such bytes, record remembers the tokens
+ * out got from index first on. */
+int cm_piece_replay(cm_work *w, const void *s, size_t n, cm_ids *out, cm_status *st);
+cm_status cm_piece_record(cm_work *w, const void *s, size_t n, const cm_ids *out, size_t first);
 
 /* Makes *p hold at least need elements of size elem. */
 cm_status cm_reserve(void **p, size_t *cap, size_t need, size_t elem);
@@ -147,7 +163,7 @@ cm_status cm_reserve(void **p, size_t *cap, size_t need, size_t elem);
 cm_status cm_work_symbols(cm_work *w, size_t n);
 
 /* tok_spm.c: text is the raw fragment; prefix adds the U+2581 marker. */
-void cm_spm_build(cm_tokenizer *t);
+cm_status cm_spm_build(cm_tokenizer *t, cm_err *err);
 cm_status cm_spm_encode(const cm_tokenizer *t, const char *text, size_t len,
                         int prefix, cm_work *w, cm_ids *out);
 /* tok_bpe.c */
@@ -155,6 +171,7 @@ cm_status cm_bpe_encode(const cm_tokenizer *t, const char *text, size_t len,
                         cm_work *w, cm_ids *out);
 cm_status cm_bpe_build(cm_tokenizer *t, const gguf_str *merges, uint64_t n_merges,
                        cm_err *err);
+void cm_bpe_free(cm_tokenizer *t);
 size_t cm_bpe_decode(const cm_tokenizer *t, const char *s, size_t n, char *buf,
                      size_t cap);
 

@@ -11,6 +11,7 @@
  * cut at ASCII characters that occur in no multi-character token (newlines,
  * in practice), which cannot take part in any merge, so the pieces on either
  * side are independent and the result is the same with far smaller heaps. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "tokenizer/tok_internal.h"
@@ -24,6 +25,18 @@ static uint32_t float_order(float f)
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+/* The token whose text is the n bytes at s, or -1.  One and two bytes
+ * (most lookups) are read from arrays. */
+static int32_t text_tok(const cm_tokenizer *t, const unsigned char *s, size_t n)
+{
+    if (n == 1)
+        return t->single_byte_tok[s[0]];
+    if (n == 2)
+        return t->text2_tok[s[0] << 8 | s[1]];
+    int32_t k = cm_strtab_find(&t->strs, s, n);
+    return k >= 0 ? t->str_tok[k] : -1;
+}
+
 /* Queues the merge of symbols l and r if their concatenation is a token. */
 static void try_pair(const cm_tokenizer *t, const unsigned char *text, cm_sym *sym,
                      cm_bigram *heap, size_t *n_heap, int32_t l, int32_t r)
@@ -33,10 +46,9 @@ static void try_pair(const cm_tokenizer *t, const unsigned char *text, cm_sym *s
     uint32_t size = sym[l].len + sym[r].len;
     if (size > (uint32_t)t->max_tok_len)
         return; /* no token is that long: skip the hash */
-    int32_t s = cm_strtab_find(&t->strs, text + sym[l].start, size);
-    if (s < 0 || t->str_tok[s] < 0)
+    int32_t tok = text_tok(t, text + sym[l].start, size);
+    if (tok < 0)
         return;
-    int32_t tok = t->str_tok[s];
     cm_bigram b;
     /* Highest score first, then leftmost: invert the score's order. */
     b.key = ((uint64_t)~float_order(t->score[tok]) << 32) | (uint32_t)l;
@@ -77,8 +89,7 @@ static int32_t split_chars(const cm_tokenizer *t, const unsigned char *text, siz
         size_t l = (size_t)cm_utf8_len(text[i]);
         if (l > to - i)
             l = to - i;
-        int32_t s = cm_strtab_find(&t->strs, text + i, l);
-        sym[k].sid = s >= 0 ? t->str_tok[s] : -1;
+        sym[k].sid = text_tok(t, text + i, l);
         sym[k].start = (uint32_t)i;
         sym[k].len = (uint32_t)l;
         sym[k].prev = k - 1;
@@ -135,7 +146,40 @@ static cm_status encode_chunk(const cm_tokenizer *t, const unsigned char *buf, s
     return CM_OK;
 }
 
-void cm_spm_build(cm_tokenizer *t)
+/* encode_chunk through the piece cache: lines repeat in code. */
+static cm_status cached_chunk(const cm_tokenizer *t, const unsigned char *buf, size_t from,
+                              size_t to, cm_work *w, cm_ids *out)
+{
+    cm_status st;
+    if (to - from < 2) /* one character: cheaper to merge than to look up */
+        return encode_chunk(t, buf, from, to, w, out);
+    if (cm_piece_replay(w, buf + from, to - from, out, &st))
+        return st;
+    size_t first = out->n;
+    if ((st = encode_chunk(t, buf, from, to, w, out)))
+        return st;
+    return cm_piece_record(w, buf + from, to - from, out, first);
+}
+
+/* Fills single_byte_tok and text2_tok from the one- and two-byte texts. */
+static cm_status short_texts(cm_tokenizer *t, cm_err *err)
+{
+    t->text2_tok = malloc(65536 * sizeof *t->text2_tok);
+    if (!t->text2_tok)
+        return cm_fail(err, CM_E_NOMEM, "out of memory for the tokenizer");
+    memset(t->text2_tok, 0xFF, 65536 * sizeof *t->text2_tok);
+    memset(t->single_byte_tok, 0xFF, sizeof t->single_byte_tok);
+    for (int32_t k = 0; k < t->strs.n; k++) {
+        const unsigned char *s = (const unsigned char *)t->strs.bytes + t->strs.off[k];
+        if (t->strs.len[k] == 1)
+            t->single_byte_tok[s[0]] = t->str_tok[k];
+        else if (t->strs.len[k] == 2)
+            t->text2_tok[s[0] << 8 | s[1]] = t->str_tok[k];
+    }
+    return CM_OK;
+}
+
+cm_status cm_spm_build(cm_tokenizer *t, cm_err *err)
 {
     memset(t->spm_alone, 1, sizeof t->spm_alone);
     for (int32_t id = 0; id < t->n_vocab; id++) {
@@ -147,6 +191,7 @@ void cm_spm_build(cm_tokenizer *t)
             if (s[i] < 0x80)
                 t->spm_alone[s[i]] = 0;
     }
+    return short_texts(t, err);
 }
 
 cm_status cm_spm_encode(const cm_tokenizer *t, const char *text, size_t len, int prefix,
@@ -164,12 +209,12 @@ cm_status cm_spm_encode(const cm_tokenizer *t, const char *text, size_t len, int
     while (i < n) {
         size_t l = (size_t)cm_utf8_len(buf[i]);
         if (l == 1 && buf[i] < 0x80 && t->spm_alone[buf[i]]) {
-            if (encode_chunk(t, buf, from, i, w, out) ||
+            if (cached_chunk(t, buf, from, i, w, out) ||
                 encode_chunk(t, buf, i, i + 1, w, out))
                 return CM_E_NOMEM;
             from = i + 1;
         }
         i += l;
     }
-    return encode_chunk(t, buf, from, n, w, out);
+    return cached_chunk(t, buf, from, n, w, out);
 }

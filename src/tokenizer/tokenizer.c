@@ -11,35 +11,13 @@
 #include <string.h>
 
 #include "tokenizer/tok_internal.h"
+#include "util/ds.h"
 
 /* Longest text accepted by cm_tokenize: offsets inside are 32-bit and the
  * SentencePiece escape triples spaces. */
 #define MAX_TEXT (256u << 20)
 
 /* ------------------------------------------------------------ utilities */
-
-uint32_t cm_hash_bytes(const void *p, size_t n)
-{
-    const unsigned char *s = p;
-    uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xff51afd7ed558ccdull);
-    while (n >= 8) {
-        uint64_t v;
-        memcpy(&v, s, 8);
-        h = (h ^ v) * 0xff51afd7ed558ccdull;
-        h ^= h >> 32;
-        s += 8;
-        n -= 8;
-    }
-    if (n) {
-        uint64_t v = 0;
-        memcpy(&v, s, n);
-        h = (h ^ v) * 0xc4ceb9fe1a85ec53ull;
-    }
-    h ^= h >> 29;
-    h *= 0xbf58476d1ce4e5b9ull;
-    h ^= h >> 32;
-    return (uint32_t)h;
-}
 
 cm_status cm_reserve(void **p, size_t *cap, size_t need, size_t elem)
 {
@@ -65,6 +43,36 @@ cm_status cm_work_symbols(cm_work *w, size_t n)
     return CM_OK;
 }
 
+/* The piece cache stops taking new pieces at this many bytes of them, so
+ * that a huge text of distinct words cannot double its memory. */
+#define PIECE_CACHE_BYTES (16u << 20)
+
+int cm_piece_replay(cm_work *w, const void *s, size_t n, cm_ids *out, cm_status *st)
+{
+    int32_t k = cm_strtab_find(&w->pieces, s, n);
+    *st = CM_OK;
+    if (k < 0)
+        return 0;
+    for (uint32_t i = 0; i < w->piece_n[k] && !*st; i++)
+        *st = cm_ids_push(out, w->piece_ids[w->piece_at[k] + i]);
+    return 1;
+}
+
+cm_status cm_piece_record(cm_work *w, const void *s, size_t n, const cm_ids *out, size_t first)
+{
+    size_t m = out->n - first;
+    if (w->pieces.nbytes + n > PIECE_CACHE_BYTES)
+        return CM_OK;
+    if (cm_strtab_intern(&w->pieces, s, n) < 0)
+        return CM_E_NOMEM;
+    arrput(w->piece_at, (uint32_t)arrlen(w->piece_ids));
+    arrput(w->piece_n, (uint32_t)m);
+    int32_t *ids = arraddnptr(w->piece_ids, m);
+    if (m) /* a piece may give no token (bytes the vocabulary lacks) */
+        memcpy(ids, out->v + first, m * sizeof *out->v);
+    return CM_OK;
+}
+
 static void work_free(cm_work *w)
 {
     free(w->sym);
@@ -74,6 +82,10 @@ static void work_free(cm_work *w)
     free(w->fl);
     free(w->ends_a);
     free(w->ends_b);
+    cm_strtab_free(&w->pieces);
+    arrfree(w->piece_at);
+    arrfree(w->piece_n);
+    arrfree(w->piece_ids);
 }
 
 cm_status cm_ids_push(cm_ids *o, int32_t id)
@@ -122,18 +134,14 @@ cm_bigram cm_heap_pop(cm_bigram *h, size_t *n)
 
 cm_status cm_strtab_init(cm_strtab *t, size_t expected)
 {
-    size_t slots = 16;
     memset(t, 0, sizeof *t);
-    while (slots < 2 * expected)
-        slots *= 2;
-    if (slots > 0x80000000u)
+    if (expected > INT32_MAX)
         return CM_E_NOMEM;
-    t->slot = malloc(slots * sizeof *t->slot);
-    t->slot_hash = malloc(slots * sizeof *t->slot_hash);
-    if (!t->slot || !t->slot_hash)
+    t->off = malloc((expected ? expected : 1) * sizeof *t->off);
+    t->len = malloc((expected ? expected : 1) * sizeof *t->len);
+    if (!t->off || !t->len)
         return CM_E_NOMEM;
-    memset(t->slot, 0xFF, slots * sizeof *t->slot);
-    t->mask = (uint32_t)(slots - 1);
+    t->cap = (int32_t)(expected ? expected : 1);
     return CM_OK;
 }
 
@@ -142,91 +150,57 @@ void cm_strtab_free(cm_strtab *t)
     free(t->bytes);
     free(t->off);
     free(t->len);
-    free(t->slot);
-    free(t->slot_hash);
+    cm_names_free(&t->index);
     memset(t, 0, sizeof *t);
 }
 
-/* Slot holding the string, or the empty slot where it would go. */
-static uint32_t strtab_slot(const cm_strtab *t, const void *s, size_t n, uint32_t h)
+static cm_name strtab_name(const void *arr, uint32_t i)
 {
-    for (uint32_t i = h & t->mask;; i = (i + 1) & t->mask) {
-        int32_t k = t->slot[i];
-        if (k < 0)
-            return i;
-        if (t->slot_hash[i] == h && t->len[k] == n && !memcmp(t->bytes + t->off[k], s, n))
-            return i;
-    }
+    const cm_strtab *t = arr;
+    return (cm_name){t->bytes + t->off[i], t->len[i]};
 }
 
 int32_t cm_strtab_find(const cm_strtab *t, const void *s, size_t n)
 {
-    return t->slot[strtab_slot(t, s, n, cm_hash_bytes(s, n))];
+    uint32_t i = cm_names_find(&t->index, strtab_name, t, s, n);
+    return i == CM_NAMES_NONE ? -1 : (int32_t)i;
 }
 
-/* Doubles the slot array and reinserts every string. */
-static cm_status strtab_grow(cm_strtab *t)
+/* Room for one more string of n bytes. */
+static cm_status strtab_reserve(cm_strtab *t, size_t n)
 {
-    size_t slots = ((size_t)t->mask + 1) * 2;
-    int32_t *slot = malloc(slots * sizeof *slot);
-    uint32_t *hash = malloc(slots * sizeof *hash);
-    if (!slot || !hash || slots > 0x80000000u) {
-        free(slot);
-        free(hash);
+    if (cm_reserve((void **)&t->bytes, &t->capbytes, t->nbytes + n + 1, 1))
         return CM_E_NOMEM;
-    }
-    memset(slot, 0xFF, slots * sizeof *slot);
-    for (uint32_t i = 0; i <= t->mask; i++) {
-        if (t->slot[i] < 0)
-            continue;
-        size_t j = t->slot_hash[i] & (slots - 1);
-        while (slot[j] >= 0)
-            j = (j + 1) & (slots - 1);
-        slot[j] = t->slot[i];
-        hash[j] = t->slot_hash[i];
-    }
-    free(t->slot);
-    free(t->slot_hash);
-    t->slot = slot;
-    t->slot_hash = hash;
-    t->mask = (uint32_t)(slots - 1);
+    if (t->n < t->cap)
+        return CM_OK;
+    size_t nc = (size_t)t->cap * 2 + 64;
+    if (nc > INT32_MAX)
+        nc = INT32_MAX;
+    void *p = realloc(t->off, nc * sizeof *t->off);
+    if (!p)
+        return CM_E_NOMEM;
+    t->off = p;
+    if (!(p = realloc(t->len, nc * sizeof *t->len)))
+        return CM_E_NOMEM;
+    t->len = p;
+    t->cap = (int32_t)nc;
     return CM_OK;
 }
 
+/* The string is appended first and then offered to the index, which keeps
+ * it only if it is new; a repeat is dropped again. */
 int32_t cm_strtab_intern(cm_strtab *t, const void *s, size_t n)
 {
-    uint32_t h = cm_hash_bytes(s, n);
-    uint32_t i = strtab_slot(t, s, n, h);
-    if (t->slot[i] >= 0)
-        return t->slot[i];
-    if (t->n == INT32_MAX || n > UINT32_MAX || t->nbytes + n > UINT32_MAX)
+    if (t->n == INT32_MAX || n > UINT32_MAX || t->nbytes + n > UINT32_MAX ||
+        strtab_reserve(t, n))
         return -1;
-    if ((size_t)(t->n + 1) * 2 > (size_t)t->mask + 1) {
-        if (strtab_grow(t))
-            return -1;
-        i = strtab_slot(t, s, n, h);
-    }
-    if (cm_reserve((void **)&t->bytes, &t->capbytes, t->nbytes + n + 1, 1))
-        return -1;
-    if (t->n == t->cap) {
-        size_t nc = (size_t)t->cap * 2 + 64;
-        if (nc > INT32_MAX)
-            nc = INT32_MAX;
-        void *p = realloc(t->off, nc * sizeof *t->off);
-        if (!p)
-            return -1;
-        t->off = p;
-        if (!(p = realloc(t->len, nc * sizeof *t->len)))
-            return -1;
-        t->len = p;
-        t->cap = (int32_t)nc;
-    }
     memcpy(t->bytes + t->nbytes, s, n);
     t->off[t->n] = (uint32_t)t->nbytes;
     t->len[t->n] = (uint32_t)n;
+    uint32_t dup = cm_names_add(&t->index, strtab_name, t, (uint32_t)t->n);
+    if (dup != CM_NAMES_NONE)
+        return (int32_t)dup;
     t->nbytes += n;
-    t->slot[i] = t->n;
-    t->slot_hash[i] = h;
     return t->n++;
 }
 
@@ -649,9 +623,8 @@ void cm_tokenizer_free(cm_tokenizer *t)
     free(t->trie_child);
     free(t->trie_sibling);
     free(t->trie_byte);
-    free(t->merges.key);
-    free(t->merges.rank);
-    free(t->merges.res);
+    cm_bpe_free(t);
+    free(t->text2_tok);
     free(t);
 }
 
@@ -682,8 +655,8 @@ cm_status cm_tokenizer_load(const gguf_file *f, cm_tokenizer **out, cm_err *err)
     if (!t->spm && (st = load_bpe(f, t, err)))
         goto fail;
     find_byte_tokens(t);
-    if (t->spm)
-        cm_spm_build(t);
+    if (t->spm && (st = cm_spm_build(t, err)))
+        goto fail;
     if ((st = detect_special(f, t, err)))
         goto fail;
     phi3_rstrip(f, t);

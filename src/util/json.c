@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "util/atomic_file.h"
+
 typedef struct {
     const unsigned char *s;
     size_t len, pos;
@@ -407,12 +409,14 @@ cm_status json_parse_file(const char *path, const char *what, json_doc *doc, cm_
 {
     struct stat st;
     memset(doc, 0, sizeof *doc);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return cm_fail(err, CM_E_IO, "cannot open %s: %s", path, strerror(errno));
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+    FILE *f;
+    cm_status os = cm_fopen_regular(path, &f, err); /* a FIFO would block fopen */
+    if (os)
+        return os;
+    if (fstat(fileno(f), &st) != 0) {
+        int e = errno;
         fclose(f);
-        return cm_fail(err, CM_E_IO, "%s is not a regular file", path);
+        return cm_fail(err, CM_E_IO, "cannot read %s: %s", path, strerror(e));
     }
     if ((uint64_t)st.st_size > JSON_MAX_BYTES) {
         fclose(f);
