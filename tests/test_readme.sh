@@ -73,12 +73,17 @@ cont { cmd = cmd "\n" $0; if (!scan($0)) { cont = 0; finish_cmd() } next }
 cur { print >> (dir "/" cur ".want"); close(dir "/" cur ".want") }
 ' "$README"
 
+# info's memory figure counts per-thread buffers: README's examples were
+# made with two threads
+OMP_NUM_THREADS=2; export OMP_NUM_THREADS
+
 # mask FILE: what varies run to run, replaced by #
 mask() {
     sed -E -e 's/[0-9]+(\.[0-9]+)? (s|ms)([ ,|)]|$)/# \2\3/g' \
         -e 's/[0-9]+(\.[0-9]+)? (tok|tokens)\/s/# \2\/s/g' \
         -e 's/[0-9]+(\.[0-9]+)? GB\/s/# GB\/s/g' \
         -e 's/peak RSS [0-9]+(\.[0-9]+)? [KMG]iB/peak RSS # MiB/g' \
+        -e 's/\([a-z0-9]+ kernels, [0-9]+ threads?\)/(# kernels, # threads)/g' \
         -e "s|$TMP/w/||g" "$1"
 }
 

@@ -56,7 +56,8 @@ size_t cm_cpu_attention_bytes(const cm_backend_shape *s, int n_threads)
     enum cm_type t = cm_kv_elem_type(s->kv);
     size_t kv = s->no_kv ? 0 : (size_t)hp->n_layer * s->n_ctx *
                                    (kv_row_bytes(hp, t, 0) + kv_row_bytes(hp, t, 1));
-    return kv + (size_t)n_threads * (s->n_ctx + 2 * hp->head_dim) * sizeof(float);
+    return kv + (size_t)n_threads * (s->n_ctx + 2 * hp->head_dim) * sizeof(float) +
+           (size_t)n_threads * tile_floats(hp, s->n_ctx) * sizeof(float);
 }
 
 int cm_cpu_attention_alloc(cm_cpu_state *st, const cm_backend_shape *s)

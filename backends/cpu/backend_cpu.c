@@ -62,7 +62,10 @@ static size_t max_scratch(const cm_model *m, int n_batch)
 
 static size_t cpu_state_bytes(const cm_backend_shape *s)
 {
-    return cm_cpu_attention_bytes(s, cm_cpu_max_threads()) + max_scratch(s->m, s->n_batch);
+    const cm_hparams *hp = &s->m->hp;
+    size_t rope = (size_t)s->n_ctx * (size_t)(hp->rope_dim / 2 + 1) * 2 * sizeof(float);
+    return cm_cpu_attention_bytes(s, cm_cpu_max_threads()) + max_scratch(s->m, s->n_batch) +
+           rope + (size_t)hp->n_embd * sizeof(float);
 }
 
 static void cpu_release(cm_backend *be)
