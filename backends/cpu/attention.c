@@ -9,25 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "backends/cpu/backend_cpu.h"
 #include "backends/cpu/cpu.h"
+#include "util/threads.h"
 
 enum cm_type cm_kv_elem_type(cm_kv_type kv)
 {
     return kv == CM_KV_F32 ? CM_TYPE_F32 : kv == CM_KV_F16 ? CM_TYPE_F16 : CM_TYPE_Q8_0;
-}
-
-static int thread_num(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
 }
 
 /* Prompt attention works on blocks of this many tokens per KV head: ~96
@@ -220,7 +208,7 @@ static void attend_tiled(const cm_cpu_state *st, int il, const attn_batch *b)
          * handed out are the short ones and no thread waits long */
         int g = it % hp->n_head_kv, blk = nblk - 1 - it / hp->n_head_kv;
         int t0 = blk * tb, t1 = t0 + tb < b->n ? t0 + tb : b->n;
-        attend_block(st, il, b, g, t0, t1, st->attn_tile + (size_t)thread_num() * st->tile_floats);
+        attend_block(st, il, b, g, t0, t1, st->attn_tile + (size_t)cm_thread_num() * st->tile_floats);
     }
 }
 
@@ -241,7 +229,7 @@ void cm_cpu_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_ten
 #pragma omp parallel for schedule(dynamic, 1) if (work > 65536)
     for (int it = 0; it < n_items; it++) {
         int t = it / hp->n_head, h = it % hp->n_head;
-        float *scores = st->scores + (size_t)thread_num() * (st->n_ctx + 2 * hp->head_dim);
+        float *scores = st->scores + (size_t)cm_thread_num() * (st->n_ctx + 2 * hp->head_dim);
         void *qq = scores + st->n_ctx; /* Q8_0 query: fewer bytes than head_dim floats */
         const float *qh = b.q + ((size_t)t * hp->n_head + h) * hp->head_dim;
         float *o = b.out + ((size_t)t * hp->n_head + h) * hp->head_dim_v;

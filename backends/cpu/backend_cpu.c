@@ -11,12 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "backends/cpu/cpu.h"
 #include "backends/cpu/ops.h"
+#include "util/threads.h"
 
 void *cm_cpu_alloc64(size_t bytes)
 {
@@ -24,15 +21,6 @@ void *cm_cpu_alloc64(size_t bytes)
     if (posix_memalign(&p, 64, bytes ? (bytes + 63) / 64 * 64 : 64) != 0)
         return NULL;
     return p;
-}
-
-int cm_cpu_max_threads(void)
-{
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
 }
 
 /* ------------------------------------------------------------ the state */
@@ -64,7 +52,7 @@ static size_t cpu_state_bytes(const cm_backend_shape *s)
 {
     const cm_hparams *hp = &s->m->hp;
     size_t rope = (size_t)s->n_ctx * (size_t)(hp->rope_dim / 2 + 1) * 2 * sizeof(float);
-    return cm_cpu_attention_bytes(s, cm_cpu_max_threads()) + max_scratch(s->m, s->n_batch) +
+    return cm_cpu_attention_bytes(s, cm_max_threads()) + max_scratch(s->m, s->n_batch) +
            rope + (size_t)hp->n_embd * sizeof(float);
 }
 
@@ -88,7 +76,7 @@ static cm_status cpu_init(cm_backend *be, const cm_backend_shape *s, cm_err *err
         return cm_fail(err, CM_E_NOMEM, "out of memory creating the CPU backend");
     st->hp = hp;
     st->n_ctx = s->n_ctx;
-    st->n_threads = cm_cpu_max_threads();
+    st->n_threads = cm_max_threads();
     int ok = cm_cpu_attention_alloc(st, s);
     st->rope_cs = cm_cpu_alloc64((size_t)s->n_ctx * (size_t)(hp->rope_dim / 2 + 1) * 2 *
                                  sizeof(float));
@@ -104,7 +92,7 @@ static cm_status cpu_init(cm_backend *be, const cm_backend_shape *s, cm_err *err
 
 static void cpu_describe(char *out, size_t n)
 {
-    int t = cm_cpu_max_threads();
+    int t = cm_max_threads();
     snprintf(out, n, "cpu (%s kernels, %d thread%s)", cm_cpu_isa(), t, t == 1 ? "" : "s");
 }
 

@@ -32,7 +32,6 @@ typedef struct {
 #define CM_PAR_TOKENS 16
 
 void *cm_cpu_alloc64(size_t bytes);
-int cm_cpu_max_threads(void);
 
 /* attention.c */
 enum cm_type cm_kv_elem_type(cm_kv_type kv);

@@ -12,6 +12,7 @@
 
 #include "backends/cpu/cpu.h"
 #include "backends/cpu/kernels.h"
+#include "util/threads.h"
 
 /* The x86 kernel files are linked when configure found the compiler flags
  * (CM_HAVE_X86_KERNELS), or always in a plain dev build on x86. */
@@ -163,15 +164,6 @@ const char *cm_cpu_isa(void)
  * they save (a 512 x 512 Q8_0 matrix-vector product is ~9 us on one core). */
 #define PAR_MIN_MACS ((int64_t)1 << 18)
 
-static int max_threads(void)
-{
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 /* Bytes of one quantized activation row; 0 when activations stay float. */
 static size_t act_row_bytes(const cm_tensor *w)
 {
@@ -219,7 +211,7 @@ static size_t gemm_scratch(const cm_gemm *g, const cm_tensor *w, int64_t n_tok)
     if (!g)
         return 0;
     return gemm_pack_bytes(g, w, n_tok) +
-           (size_t)max_threads() * ALIGN64(g->work_bytes(w->ne[0]));
+           (size_t)cm_max_threads() * ALIGN64(g->work_bytes(w->ne[0]));
 }
 
 size_t cm_matmul_scratch_bytes(const cm_tensor *w, int64_t n_tok)
@@ -341,7 +333,7 @@ static void matmul_gemm(const cm_gemm *const *gs, const cm_tensor *const *ws, in
     int64_t all_rows = 0, all_tiles = 0;
     for (int i = 0; i < nw; i++)
         all_rows += ws[i]->ne[1], all_tiles += (ws[i]->ne[1] + 15) / 16;
-    int nth = all_rows * cols * n_tok >= PAR_MIN_MACS ? max_threads() : 1;
+    int nth = all_rows * cols * n_tok >= PAR_MIN_MACS ? cm_max_threads() : 1;
     nth = nth < all_tiles ? nth : (int)all_tiles;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nth)

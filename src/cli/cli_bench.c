@@ -5,14 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "backends/cpu/cpu.h"
 #include "cli/cli.h"
+#include "util/json.h"
 #include "engine/forward.h"
 #include "util/membw.h"
+#include "util/threads.h"
 
 static const char BENCH_HELP[] =
     "usage: codemoe bench -m MODEL [-p 512] [-n 128] [-t N] [-r 5] [options]\n"
@@ -286,22 +284,6 @@ static void print_markdown(const cm_model *m, const bench_opts *o, const bench_r
     printf("\n");
 }
 
-/* JSON strings: escape what JSON requires, pass other bytes through. */
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
 static void json_runs(const char *key, const double *v, int n, double med, double sd)
 {
     printf("  \"%s_tok_s\": [", key);
@@ -317,16 +299,16 @@ static void print_json(const cm_model *m, const bench_opts *o, const bench_resul
     char ty[32];
     type_summary(m, ty, sizeof ty);
     printf("{\n  \"model\": ");
-    json_str(base_name(o->model));
+    json_write_string(stdout, base_name(o->model));
     printf(",\n  \"size_bytes\": %llu,\n  \"params\": %llu,\n  \"type\": ",
            (unsigned long long)model_bytes(m), (unsigned long long)model_params(m));
-    json_str(ty);
+    json_write_string(stdout, ty);
     char dev[160];
     o->be->describe(dev, sizeof dev);
     printf(",\n  \"threads\": %d,\n  \"isa\": \"%s\",\n  \"kv_type\": \"%s\",\n", o->threads,
            cm_cpu_isa(), o->kv == CM_KV_F16 ? "f16" : "f32");
     printf("  \"backend\": \"%s\",\n  \"device\": ", o->be->name);
-    json_str(dev);
+    json_write_string(stdout, dev);
     printf(",\n");
     printf("  \"n_prompt\": %d,\n  \"n_gen\": %d,\n  \"repetitions\": %d,\n", o->n_prompt,
            o->n_gen, o->reps);
@@ -378,11 +360,7 @@ int cli_bench(int argc, char **argv)
     bench_opts o = {.n_prompt = 512, .n_gen = 128, .reps = 5, .kv = CM_KV_F16};
     cm_err err = {0};
     int help = 0;
-#ifdef _OPENMP
-    o.threads = omp_get_max_threads();
-#else
-    o.threads = 1;
-#endif
+    o.threads = cm_max_threads();
     if (parse_bench(argc, argv, &o, &help, &err))
         return cli_fail(&err);
     if (help) {

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "util/json.h"
 #include "eval/corpus.h"
 #include "experts/pack.h"
 #include "eval/perplexity.h"
@@ -207,32 +208,17 @@ static void print_text(const cm_ppl_result *r)
     printf("Final estimate: PPL = %.4f +/- %.5f\n", r->ppl, r->ppl_err);
 }
 
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
 static void print_json(const ppl_opts *o, size_t n_ids, const cm_ppl_result *r,
                        const double *chunk_nll)
 {
     int n_pred = r->n_ctx - 1 - r->n_ctx / 2;
     printf("{\"model\": ");
-    json_str(o->model);
+    json_write_string(stdout, o->model);
     printf(", \"source\": ");
-    json_str(o->file ? o->file : o->corpus);
+    json_write_string(stdout, o->file ? o->file : o->corpus);
     if (o->corpus) {
         printf(", \"lang\": ");
-        json_str(o->lang);
+        json_write_string(stdout, o->lang);
         printf(", \"split\": \"%s\"", o->split ? o->split : "valid");
     }
     printf(", \"n_tokens\": %zu, \"n_ctx\": %d, \"n_chunk\": %d, \"n_scored\": %lld",

@@ -15,10 +15,7 @@
 #include "quant/quant.h"
 #include "backends/cpu/cpu.h"
 #include "util/atomic_file.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "util/threads.h"
 
 #define LF_MAGIC "CMLOGITS"
 #define LF_VERSION 1u
@@ -266,24 +263,6 @@ static cm_status lf_open(lfile *rd, const char *path, int n_vocab, int n_ctx,
 
 /* ------------------------------------------------------------ scoring */
 
-static int max_threads(void)
-{
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
-static int thread_num(void)
-{
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
 typedef struct {
     int n_vocab, n_pred;         /* n_pred = n_ctx - 1 - first */
     int32_t bos;                 /* replaces each chunk's first token, or -1 */
@@ -397,7 +376,7 @@ static void score_chunk(work *w, int first)
         } else
             lse = mx + log(cm_exp_sum(x, nv, mx));
         w->nll[j] = lse - x[target];
-        float *tmp = w->tmp ? w->tmp + (size_t)thread_num() * nv : NULL; /* for save_row */
+        float *tmp = w->tmp ? w->tmp + (size_t)cm_thread_num() * nv : NULL; /* for save_row */
         if (w->save)
             save_row(w->save + (size_t)j * w->save_rec, w->save_f16, x, lse, nv, amax, tmp);
     }
@@ -465,7 +444,7 @@ static cm_status work_alloc(work *w, int n_ctx, const lfile *base, const lfile *
         w->save_f16 = save->f16;
     }
     if (save->f) {
-        w->tmp = malloc((size_t)max_threads() * (size_t)w->n_vocab * sizeof(float));
+        w->tmp = malloc((size_t)cm_max_threads() * (size_t)w->n_vocab * sizeof(float));
         ok = ok && w->tmp;
     }
     return ok ? CM_OK : cm_fail(err, CM_E_NOMEM, "out of memory for %d-token chunks", n_ctx);

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/json.h"
 #include "eval/corpus.h"
 #include "util/atomic_file.h"
 #include "engine/model.h"
@@ -1040,21 +1041,6 @@ cm_status cm_sweep_csv_read(const char *path, cm_sweep_row **rows, size_t *n, cm
 
 /* ------------------------------------------------------------ JSON */
 
-static void json_string(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
-    }
-    fputc('"', f);
-}
-
 /* JSON has no NaN or infinity: a model whose PPL overflowed gets null. */
 static void json_num(FILE *f, const char *key, double v)
 {
@@ -1070,9 +1056,9 @@ int cm_sweep_json_write(FILE *f, const cm_sweep_row *rows, size_t n)
     for (size_t i = 0; i < n; i++) {
         const cm_sweep_row *r = &rows[i];
         fprintf(f, "%s\n  {\"scheme\": ", i ? "," : "");
-        json_string(f, r->scheme);
+        json_write_string(f, r->scheme);
         fprintf(f, ", \"language\": ");
-        json_string(f, r->language);
+        json_write_string(f, r->language);
         json_num(f, "bits_per_weight", r->bits_per_weight);
         fprintf(f, ", \"model_bytes\": %llu", (unsigned long long)r->model_bytes);
         json_num(f, "ppl", r->ppl);
@@ -1082,7 +1068,7 @@ int cm_sweep_json_write(FILE *f, const cm_sweep_row *rows, size_t n)
         fprintf(f, ", \"tokens\": %lld", (long long)r->tokens);
         json_num(f, "seconds", r->seconds);
         fprintf(f, ", \"expert\": ");
-        json_string(f, r->expert);
+        json_write_string(f, r->expert);
         json_num(f, "base_ppl", r->base_ppl);
         fprintf(f, ", \"ctx\": %d, \"fallback_tensors\": %llu}", r->ctx,
                 (unsigned long long)r->fallback_tensors);

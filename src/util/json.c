@@ -521,3 +521,18 @@ const char *json_get_str(const json_doc *d, const json_node *obj, const char *ke
     const json_node *n = json_get_val(d, obj, key);
     return n && n->type == JSON_STRING ? n->str : NULL;
 }
+
+void json_write_string(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "util/status.h"
 
@@ -68,5 +69,9 @@ int json_get_int(const json_doc *d, const json_node *obj, const char *key, int64
 int json_get_num(const json_doc *d, const json_node *obj, const char *key, double *out);
 int json_get_bool(const json_doc *d, const json_node *obj, const char *key, int *out);
 const char *json_get_str(const json_doc *d, const json_node *obj, const char *key);
+
+/* Writes s to f as a JSON string: quotes, with '"', '\\' and control
+ * characters escaped; other bytes (UTF-8) as they are. */
+void json_write_string(FILE *f, const char *s);
 
 #endif
