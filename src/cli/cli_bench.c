@@ -29,6 +29,7 @@ static const char BENCH_HELP[] =
     "  -r, --repetitions N     timed runs of each test (default 5)\n"
     "      --kv-type T         KV cache type: f16 (default) or f32\n"
     "      --backend B         cpu (default; CODEMOE_BACKEND sets another) or ref\n"
+    "  -v, --verbose           print the backend and any ops that ran on the CPU instead\n"
     "      --bw GBPS           read bandwidth in GB/s to use instead of measuring it\n"
     "  -o, --output FORMAT     md (default) or json\n"
     "      --json              same as -o json\n"
@@ -37,7 +38,7 @@ static const char BENCH_HELP[] =
 typedef struct {
     const char *model, *backend;
     const cm_backend_ops *be;
-    int n_prompt, n_gen, reps, threads, json;
+    int n_prompt, n_gen, reps, threads, json, verbose;
     cm_kv_type kv;
     float bw; /* GB/s from --bw; 0: measure */
 } bench_opts;
@@ -89,8 +90,8 @@ static cm_status parse_bench(int argc, char **argv, bench_opts *o, int *help, cm
             *help = 1;
             return CM_OK;
         }
-        if (!strcmp(a, "--json")) {
-            o->json = 1;
+        if (!strcmp(a, "--json") || arg_is(a, "-v", "--verbose")) {
+            *(a[2] == 'j' ? &o->json : &o->verbose) = 1;
             continue;
         }
         if (!(s = arg_value(argc, argv, &i, &v, err)))
@@ -196,6 +197,8 @@ static cm_status run_all(const cm_model *m, const bench_opts *o, bench_result *r
         summarize(r->pp, o->reps, &r->pp_med, &r->pp_sd);
     if (!s && o->n_gen > 0)
         summarize(r->tg, o->reps, &r->tg_med, &r->tg_sd);
+    if (!s && o->verbose)
+        print_backend_use(c);
     cm_ctx_free(c);
     free(ids);
     return s;

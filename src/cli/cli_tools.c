@@ -180,11 +180,12 @@ int cli_info(int argc, char **argv)
 
 static const char LOGITS_HELP[] =
     "usage: codemoe logits -m MODEL --ids 1,2,3 -o OUT.f32 [--kv-type f32|f16|q8_0] [-t N]\n"
-    "                      [--backend cpu|ref]\n"
+    "                      [--backend cpu|ref] [-v]\n"
     "\n"
     "Evaluates the ids as one sequence and writes the logits of every position\n"
     "as float32 little-endian rows [n_ids, n_vocab].  The file appears only\n"
-    "when complete.\n";
+    "when complete.  -v prints the backend and any ops that ran on the CPU\n"
+    "instead of on it.\n";
 
 static cm_status parse_ids(const char *s, int32_t **out, size_t *n, cm_err *err)
 {
@@ -233,6 +234,7 @@ static cm_status write_atomic(const char *path, const void *data, size_t bytes, 
 typedef struct {
     const char *model, *out, *ids, *backend;
     cm_kv_type kv;
+    int verbose;
 } logits_opts;
 
 static cm_status parse_logits(int argc, char **argv, logits_opts *o, int *help, cm_err *err)
@@ -243,6 +245,10 @@ static cm_status parse_logits(int argc, char **argv, logits_opts *o, int *help, 
         if (arg_is(a, "-h", "--help")) {
             *help = 1;
             return CM_OK;
+        }
+        if (arg_is(a, "-v", "--verbose")) {
+            o->verbose = 1;
+            continue;
         }
         if ((s = arg_value(argc, argv, &i, &v, err)))
             break;
@@ -293,6 +299,8 @@ static cm_status logits_run(const logits_opts *o, cm_err *err)
         s = cm_eval(ctx, ids, (int)n, rows, err);
     if (!s)
         s = write_atomic(o->out, rows, n * (size_t)m.hp.n_vocab * sizeof(float), err);
+    if (!s && o->verbose)
+        print_backend_use(ctx);
     cm_ctx_free(ctx);
     free(rows);
     free(ids);
