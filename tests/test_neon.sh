@@ -2,7 +2,7 @@
 # test_neon.sh - the arm64 build and its NEON kernels, under qemu.
 #
 # Cross-compiles the tree for aarch64 in a temporary directory and runs
-# test_quant and test_model under qemu user-mode emulation twice: on a
+# test_quant, test_model and test_backend under qemu user-mode emulation twice: on a
 # Cortex-A53 model (Armv8.0: NEON without SDOT, so the vmull kernels run) and
 # on qemu's "max" model (SDOT present, so the dotprod kernels run).  Binaries
 # are linked statically so qemu needs no arm64 library path.
@@ -65,7 +65,7 @@ if ! "$src/configure" -q --host=$host CC="$cc" CFLAGS="-O2 -g" LDFLAGS=-static \
     exit 99
 fi
 jobs=$(nproc 2>/dev/null || echo 2)
-make -j"$jobs" tests/test_quant tests/test_model >make.out 2>&1 || { cat make.out; exit 99; }
+make -j"$jobs" tests/test_quant tests/test_model tests/test_backend >make.out 2>&1 || { cat make.out; exit 99; }
 grep -i warning make.out | grep -v "unknown-pragmas" # visible, not fatal
 
 for cpu in cortex-a53 max; do
@@ -85,6 +85,16 @@ for cpu in cortex-a53 max; do
     0) ;;
     77) echo "(test_model skipped: no fixtures; set CM_SHARED)" ;;
     *) fail "test_model under -cpu $cpu (rc $rc)" ;;
+    esac
+    echo "== qemu -cpu $cpu: test_backend"
+    "$qemu" -cpu $cpu tests/test_backend >backend.$cpu.log 2>&1
+    rc=$?
+    grep -E "^kernels|FAIL|PASS|SKIP" backend.$cpu.log
+    grep -q "^kernels: neon" backend.$cpu.log || fail "test_backend under -cpu $cpu: not on NEON"
+    case $rc in
+    0) ;;
+    77) echo "(test_backend: ops tested, models skipped: no fixtures)" ;;
+    *) fail "test_backend under -cpu $cpu (rc $rc)" ;;
     esac
 done
 tl_finish
