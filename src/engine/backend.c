@@ -2,16 +2,25 @@
  * fallback. */
 #include "engine/backend.h"
 
+#include "config.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const cm_backend_ops *const compiled[] = {&cm_backend_cpu_ops, &cm_backend_ref_ops};
+static const cm_backend_ops *const compiled[] = {
+    &cm_backend_cpu_ops, &cm_backend_ref_ops,
+#ifdef CM_HAVE_CUDA
+    &cm_backend_cuda_ops,
+#endif
+};
 #define N_COMPILED (sizeof compiled / sizeof compiled[0])
 
 /* Backends the project knows of but this build lacks, and why. */
 static const char *const known_absent[][2] = {
-    {"cuda", "this build has no CUDA backend"},
+#ifndef CM_HAVE_CUDA
+    {"cuda", "this build has no CUDA backend (configure --with-cuda)"},
+#endif
     {"vulkan", "this build has no Vulkan backend"},
 };
 
@@ -30,7 +39,11 @@ const cm_backend_ops *cm_backend_at(size_t i)
 
 const char *cm_backend_names(void)
 {
+#ifdef CM_HAVE_CUDA
+    return "cpu ref cuda";
+#else
     return "cpu ref";
+#endif
 }
 
 cm_status cm_backend_choose(const char *name, const cm_backend_ops **out, cm_err *err)

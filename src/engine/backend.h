@@ -197,5 +197,6 @@ const char *cm_op_name(int op);
 /* The backends (backends/<name>/). */
 extern const cm_backend_ops cm_backend_cpu_ops;
 extern const cm_backend_ops cm_backend_ref_ops;
+extern const cm_backend_ops cm_backend_cuda_ops; /* builds with CM_HAVE_CUDA */
 
 #endif
