@@ -44,6 +44,8 @@ size_t cm_cpu_attention_bytes(const cm_backend_shape *s, int n_threads)
     enum cm_type t = cm_kv_elem_type(s->kv);
     size_t kv = s->no_kv ? 0 : (size_t)hp->n_layer * s->n_ctx *
                                    (kv_row_bytes(hp, t, 0) + kv_row_bytes(hp, t, 1));
+    if (s->no_kv) /* no cache, so never any attention */
+        return 0;
     return kv + (size_t)n_threads * (s->n_ctx + 2 * hp->head_dim) * sizeof(float) +
            (size_t)n_threads * tile_floats(hp, s->n_ctx) * sizeof(float);
 }
@@ -52,14 +54,14 @@ int cm_cpu_attention_alloc(cm_cpu_state *st, const cm_backend_shape *s)
 {
     const cm_hparams *hp = st->hp;
     st->kv_type = cm_kv_elem_type(s->kv);
+    if (s->no_kv) /* no cache, so never any attention */
+        return 1;
     st->scores = cm_cpu_alloc64((size_t)st->n_threads * (st->n_ctx + 2 * hp->head_dim) *
                                 sizeof(float));
     st->tile_floats = tile_floats(hp, st->n_ctx);
     st->attn_tile = cm_cpu_alloc64((size_t)st->n_threads * st->tile_floats * sizeof(float));
     if (!st->scores || !st->attn_tile)
         return 0;
-    if (s->no_kv)
-        return 1;
     st->k_cache = calloc((size_t)hp->n_layer, sizeof(void *));
     st->v_cache = calloc((size_t)hp->n_layer, sizeof(void *));
     if (!st->k_cache || !st->v_cache)

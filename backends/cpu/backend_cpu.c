@@ -27,7 +27,7 @@ void *cm_cpu_alloc64(size_t bytes)
 
 static size_t scratch_for(const cm_tensor *w, int n_batch)
 {
-    return w->data ? cm_matmul_scratch_bytes(w, n_batch) : 0;
+    return cm_tensor_present(w) ? cm_matmul_scratch_bytes(w, n_batch) : 0;
 }
 
 /* The largest quantized-activation scratch any product of the model needs. */

@@ -259,6 +259,11 @@ static const char *base_name(const char *path)
     return s ? s + 1 : path;
 }
 
+static const char *kv_name(cm_kv_type kv)
+{
+    return kv == CM_KV_F16 ? "f16" : kv == CM_KV_Q8_0 ? "q8_0" : "f32";
+}
+
 static void print_markdown(const cm_model *m, const bench_opts *o, const bench_result *r,
                            int measured)
 {
@@ -278,7 +283,7 @@ static void print_markdown(const cm_model *m, const bench_opts *o, const bench_r
     o->be->describe(dev, sizeof dev);
     printf("\nt/s: median ± sample standard deviation of %d run%s after 1 warm-up; each test "
            "starts from an empty context; backend %s, KV cache %s\n",
-           o->reps, o->reps == 1 ? "" : "s", dev, o->kv == CM_KV_F16 ? "f16" : "f32");
+           o->reps, o->reps == 1 ? "" : "s", dev, kv_name(o->kv));
     printf("bandwidth: %.1f GB/s read (%s) | weights read per token: %.1f MB | "
            "bound: %.1f tok/s", r->bw, measured ? "measured: 1 GiB, best of 5" : "given by --bw",
            r->bytes_per_token / 1e6, r->bound);
@@ -309,7 +314,7 @@ static void print_json(const cm_model *m, const bench_opts *o, const bench_resul
     char dev[160];
     o->be->describe(dev, sizeof dev);
     printf(",\n  \"threads\": %d,\n  \"isa\": \"%s\",\n  \"kv_type\": \"%s\",\n", o->threads,
-           cm_cpu_isa(), o->kv == CM_KV_F16 ? "f16" : "f32");
+           cm_cpu_isa(), kv_name(o->kv));
     printf("  \"backend\": \"%s\",\n  \"device\": ", o->be->name);
     json_write_string(stdout, dev);
     printf(",\n");

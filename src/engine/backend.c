@@ -39,11 +39,13 @@ const cm_backend_ops *cm_backend_at(size_t i)
 
 const char *cm_backend_names(void)
 {
+    static const char *const names =
+        "cpu ref"
 #ifdef CM_HAVE_CUDA
-    return "cpu ref cuda";
-#else
-    return "cpu ref";
+        " cuda"
 #endif
+        ;
+    return names;
 }
 
 cm_status cm_backend_choose(const char *name, const cm_backend_ops **out, cm_err *err)
@@ -66,6 +68,15 @@ cm_status cm_backend_choose(const char *name, const cm_backend_ops **out, cm_err
                    cm_backend_names());
 }
 
+/* Whether a backend may hand ops to the CPU: it lacks one, or cannot read
+ * the weights in host memory. */
+static int needs_cpu(const cm_backend_ops *ops)
+{
+    return !ops->reads_host || !ops->embed || !ops->norm || !ops->matmul || !ops->rope ||
+           !ops->clear || !ops->swiglu || !ops->gelu || !ops->add || !ops->add_gated ||
+           !ops->route || !ops->gather || !ops->scatter_add || !ops->logits;
+}
+
 cm_status cm_backend_new(const cm_backend_ops *ops, const cm_backend_shape *s,
                          cm_backend **out, cm_err *err)
 {
@@ -77,11 +88,27 @@ cm_status cm_backend_new(const cm_backend_ops *ops, const cm_backend_shape *s,
     be->shape = *s;
     cm_status st = ops->init(be, s, err);
     if (st) {
+        ops->release(be);
         free(be);
         return st;
     }
+    if (needs_cpu(ops)) { /* made now, so that no op has to fail for want of it */
+        cm_backend_shape cs = *s;
+        cs.no_kv = 1;
+        if ((st = cm_backend_new(&cm_backend_cpu_ops, &cs, &be->cpu, err))) {
+            cm_backend_free(be);
+            return st;
+        }
+    }
     *out = be;
     return CM_OK;
+}
+
+size_t cm_backend_bytes(const cm_backend_ops *ops, const cm_backend_shape *s)
+{
+    cm_backend_shape cs = *s;
+    cs.no_kv = 1;
+    return ops->state_bytes(s) + (needs_cpu(ops) ? cm_backend_cpu_ops.state_bytes(&cs) : 0);
 }
 
 void cm_backend_free(cm_backend *be)
@@ -167,7 +194,7 @@ static int readable2(const cm_backend *be, const cm_tensor *a, const cm_tensor *
 }
 
 /* The CPU backend that runs the ops be lacks or cannot run where their
- * weights are: no KV cache of its own. */
+ * weights are (made by cm_backend_new: no KV cache of its own). */
 static cm_backend *fallback(cm_backend *be, int op, int has_op)
 {
     if (!be->fallbacks[op]++)
@@ -175,21 +202,13 @@ static cm_backend *fallback(cm_backend *be, int op, int has_op)
                                  "host memory: it runs on the CPU\n"
                                : "[codemoe] the %s backend has no %s op: it runs on the CPU\n",
                 be->ops->name, op_names[op]);
-    if (!be->cpu) {
-        cm_backend_shape s = be->shape;
-        cm_err err;
-        s.no_kv = 1;
-        if (cm_backend_new(&cm_backend_cpu_ops, &s, &be->cpu, &err)) {
-            /* an op has no way to fail: the context was sized without it */
-            fprintf(stderr, "codemoe: %s\n", err.msg);
-            exit(1);
-        }
-    }
     return be->cpu;
 }
 
 /* Operands of a fallback op in host memory: device tensors are copied
- * down (and written ones back up by unstage). */
+ * down (and written ones back up by unstage).  The copies are the one
+ * allocation evaluation makes, and only for a backend without host-visible
+ * buffers: a step towards its own ops, not a way to run. */
 typedef struct {
     cm_tensor host;
     void *mem;

@@ -19,7 +19,11 @@
  * the backend has it and can read every operand, else on the CPU backend:
  * the engine (backend.c) copies device operands to host memory and back,
  * logs the first fallback of each op and counts them all (`run -v`).  Only
- * the context state, the buffers and the KV cache ops are mandatory. */
+ * the context state, the buffers and the KV cache ops are mandatory.
+ *
+ * Ops run in the order they are called.  download, route and logits return
+ * once their results are in host memory; a backend whose buffers the CPU
+ * can address (host set) keeps them current whenever no op is running. */
 #ifndef CM_BACKEND_H
 #define CM_BACKEND_H
 
@@ -102,7 +106,8 @@ typedef struct {
     void (*add_gated)(cm_backend *be, cm_tensor *out, const cm_tensor *y,
                       const cm_tensor *gate);
     /* per row of logits (one per token): softmax, the k largest, their
-     * weights renormalised to sum 1 when norm; written to host memory */
+     * weights renormalised to sum 1 when norm; written to host memory.
+     * The logits are spent: a backend may overwrite them. */
     void (*route)(cm_backend *be, const cm_tensor *logits, int k, int norm, cm_routing *r);
     /* dst row i = src row rows[i], i < n */
     void (*gather)(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n,
@@ -130,9 +135,9 @@ struct cm_backend {
     const cm_backend_ops *ops;
     cm_backend_shape shape;
     void *state;               /* the backend's own */
-    cm_backend *cpu;           /* where missing ops run; NULL until first needed */
+    cm_backend *cpu;           /* where missing ops run (made with the backend
+                                * when it may need one: no op fails later) */
     uint64_t fallbacks[CM_OP_COUNT]; /* ops run on the CPU instead */
-    int verbose;               /* log each kind of fallback once on stderr */
 };
 
 /* The backends this build has, by name ("cpu", "ref", ...). */
@@ -148,6 +153,9 @@ cm_status cm_backend_choose(const char *name, const cm_backend_ops **out, cm_err
 cm_status cm_backend_new(const cm_backend_ops *ops, const cm_backend_shape *s,
                          cm_backend **out, cm_err *err);
 void cm_backend_free(cm_backend *be);
+/* Bytes a backend of this shape reserves: its state and, where it may hand
+ * ops to the CPU, the CPU backend's. */
+size_t cm_backend_bytes(const cm_backend_ops *ops, const cm_backend_shape *s);
 
 /* An F32 activation tensor of rows x cols in be's memory. */
 cm_status cm_backend_tensor(cm_backend *be, int64_t cols, int64_t rows, cm_tensor *t,

@@ -75,7 +75,7 @@ size_t cm_ctx_bytes_estimate(const cm_model *m, const cm_backend_ops *be, int n_
         per_row += (size_t)s[i].cols * sizeof(float);
     cm_backend_shape shape = {m, n_ctx, n_batch < n_ctx ? n_batch : n_ctx, kv, 0};
     return (size_t)shape.n_batch * (per_row + host_row_bytes(hp)) +
-           (size_t)hp->n_vocab * sizeof(float) + be->state_bytes(&shape);
+           (size_t)hp->n_vocab * sizeof(float) + cm_backend_bytes(be, &shape);
 }
 
 static cm_tensor *act(cm_ctx *c, size_t off) { return (cm_tensor *)((char *)c + off); }
@@ -188,12 +188,14 @@ size_t cm_ctx_kv_bytes(const cm_ctx *c) { return kv_bytes(&c->m->hp, c->n_ctx, c
 
 /* -------------------------------------------------------------- attention */
 
-/* Rows r0 .. r0 + n - 1 of weight w: a fused projection's part. */
+/* Rows r0 .. r0 + n - 1 of weight w, or values r0 .. r0 + n - 1 of a bias
+ * (one row, whatever n_dims its file gave it): a fused projection's part. */
 static cm_tensor weight_rows(const cm_tensor *w, int64_t r0, int64_t n)
 {
-    cm_tensor v = w->n_dims == 1 ? cm_shaped(w, 1, w->ne[0]) : *w;
+    const int bias = w->ne[1] == 1 && w->ne[2] == 1 && w->ne[3] == 1;
+    cm_tensor v = bias ? cm_shaped(w, 1, w->ne[0]) : *w;
     v = cm_rows(&v, r0, n);
-    if (w->n_dims == 1) /* a bias: one row of n values */
+    if (bias)
         v.ne[0] = n, v.ne[1] = 1;
     return v;
 }
@@ -227,8 +229,10 @@ static void attention(cm_ctx *c, const cm_layer *L, int il, int first, int n, cm
     cm_tensor h = cm_rows(&c->h, 0, n), q = cm_rows(&c->q, 0, n), k = cm_rows(&c->k, 0, n);
     cm_tensor v = cm_rows(&c->v, 0, n);
     project_qkv(c, L, &h, &q, &k, &v);
-    cm_op_rope(c->be, &q, &L->q_norm, c->n_past);
-    cm_op_rope(c->be, &k, &L->k_norm, c->n_past);
+    if (c->m->hp.use_rope || cm_tensor_present(&L->q_norm)) { /* (starcoder: neither) */
+        cm_op_rope(c->be, &q, &L->q_norm, c->n_past);
+        cm_op_rope(c->be, &k, &L->k_norm, c->n_past);
+    }
     cm_op_kv_store(c->be, il, &k, &v, c->n_past);
     cm_tensor qw = cm_rows(&c->q, first, n - first), a = cm_rows(&c->att, first, n - first);
     cm_op_attention(c->be, il, &qw, c->n_past + first, &a);
