@@ -60,7 +60,7 @@ printf '#include <lzma.h>\nint main(void){return lzma_stream_decoder(0,0,0);}\n'
 $cc -static lzma.c -o lzma -llzma >/dev/null 2>&1 ||
     tl_skip "no static arm64 liblzma for $cc (Debian: dpkg --add-architecture arm64; apt-get install liblzma-dev:arm64)"
 if ! "$src/configure" -q --host=$host CC="$cc" CFLAGS="-O2 -g" LDFLAGS=-static \
-        --disable-openmp --without-openblas PKG_CONFIG=false >configure.out 2>&1; then
+        --disable-openmp --without-openblas --without-cuda PKG_CONFIG=false >configure.out 2>&1; then
     cat configure.out config.log
     exit 99
 fi
