@@ -18,8 +18,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backends/cpu/cpu.h"
+#include "convert/convert.h"
 #include "engine/backend.h"
 #include "engine/forward.h"
 #include "engine/model.h"
@@ -625,6 +627,21 @@ static void test_model(const char *path, const cm_backend_ops *ops, double f16_t
     cm_model_free(&m);
 }
 
+/* Whether the forward pass calls op for model m. */
+static int op_used(const cm_model *m, int op)
+{
+    const cm_hparams *hp = &m->hp;
+    const int moe = hp->n_expert > 0;
+    switch (op) {
+    case CM_OP_rope: return hp->use_rope || cm_tensor_present(&m->layers[0].q_norm);
+    case CM_OP_gelu: return hp->gelu_mlp && !moe;
+    case CM_OP_swiglu: return !hp->gelu_mlp || moe;
+    case CM_OP_add_gated: return hp->n_ff_shexp > 0;
+    case CM_OP_route: case CM_OP_gather: case CM_OP_scatter_add: case CM_OP_clear: return moe;
+    default: return 1;
+    }
+}
+
 /* Every op but the mandatory ones falls back: the same bits as the CPU,
  * each fallback counted. */
 static void test_fallback(const char *path)
@@ -646,16 +663,52 @@ static void test_fallback(const char *path)
               "%s: the fallback path changed the logits", path);
         const cm_backend *be = cm_ctx_backend(c);
         for (int op = 0; op < CM_OP_COUNT; op++) {
-            int used = op != CM_OP_gelu && op != CM_OP_add_gated &&
-                       (m.hp.n_expert > 0 || (op != CM_OP_route && op != CM_OP_gather &&
-                                              op != CM_OP_scatter_add && op != CM_OP_clear));
-            CHECK(!used || be->fallbacks[op] > 0, "%s: no fallback counted for %s", path,
-                  cm_op_name(op));
+            CHECK(!op_used(&m, op) || be->fallbacks[op] > 0, "%s: no fallback counted for %s",
+                  path, cm_op_name(op));
         }
     }
     cm_ctx_free(c);
     free(cpu), free(dev);
     cm_model_free(&m);
+}
+
+/* Every architecture the engine runs, from the fixtures' Hugging Face
+ * folders converted to F32 and F16: fused q/k/v with biases (starcoder,
+ * phi2), learned positions, LayerNorm, GELU, the parallel block (phi2),
+ * q/k norms (qwen3), shared experts behind a gate (qwen2moe), partial
+ * rotation... on each backend against the reference, F32 cache; and the
+ * simulated device's fallback, bit for bit. */
+static void test_architectures(const char *shared, const int *here)
+{
+    static const char *const archs[] = {"llama", "qwen2", "qwen3", "mixtral", "qwen2_moe",
+                                        "qwen3_moe", "gpt_bigcode", "phi", "starcoder2"};
+    char dir[1024], out[1024], tmpdir[] = "/tmp/cm-backend.XXXXXX";
+    if (!mkdtemp(tmpdir)) {
+        CHECK(0, "cannot make a temporary folder");
+        return;
+    }
+    for (size_t a = 0; a < sizeof archs / sizeof archs[0]; a++)
+        for (int f16 = 0; f16 < 2; f16++) {
+            cm_convert_opts o = {0};
+            cm_convert_result r;
+            cm_err err;
+            o.hf_dir = tl_path(dir, sizeof dir, "%s/fixtures/hf/%s", shared, archs[a]);
+            o.out_path = tl_path(out, sizeof out, "%s/%s-%s.gguf", tmpdir, archs[a],
+                                 f16 ? "f16" : "f32");
+            o.type = f16 ? CM_TYPE_F16 : CM_TYPE_F32;
+            if (cm_convert(&o, &r, &err)) {
+                CHECK(0, "converting %s: %s", archs[a], err.msg);
+                continue;
+            }
+            const cm_backend_ops *ops;
+            for (size_t b = 0; (ops = cm_backend_at(b)) && b < 16; b++)
+                if (here[b])
+                    test_model(out, ops, 0);
+            if (!f16)
+                test_fallback(out);
+            remove(out);
+        }
+    rmdir(tmpdir);
 }
 
 /* ------------------------------------------------------------ main */
@@ -709,7 +762,7 @@ int main(void)
             printf("  %-12s %.2e\n", cm_op_name(op), worst[op]);
         printf("  %-12s %.2e\n", "attention", worst[W_ATTN]);
     }
-    const char *shared = tl_shared("fixtures/gguf/llama/llama-q8_0.gguf");
+    const char *shared = tl_shared("fixtures/hf/gpt_bigcode/config.json");
     if (!shared)
         tl_skip("fixture models not found (set CM_SHARED): the ops were tested, not whole models");
     static const struct {
@@ -719,6 +772,7 @@ int main(void)
                   {"mixtral/mixtral-q4_0.gguf", 1e-3}, {"mixtral/mixtral-f32.gguf", 1e-3},
                   {"kquants/kq-q4_k_m.gguf", 0}};
     char path[1024];
+    test_architectures(shared, here);
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
         tl_path(path, sizeof path, "%s/fixtures/gguf/%s", shared, models[i].file);
         for (size_t b = 0; (ops = cm_backend_at(b)) && b < 16; b++)
