@@ -13,11 +13,6 @@
 #include "backends/cpu/cpu.h"
 #include "util/threads.h"
 
-enum cm_type cm_kv_elem_type(cm_kv_type kv)
-{
-    return kv == CM_KV_F32 ? CM_TYPE_F32 : kv == CM_KV_F16 ? CM_TYPE_F16 : CM_TYPE_Q8_0;
-}
-
 /* Prompt attention works on blocks of this many tokens per KV head: ~96
  * query rows (times the query heads sharing a KV head), enough to amortize
  * decoding each 16-row tile of the cache. */

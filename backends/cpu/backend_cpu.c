@@ -265,34 +265,13 @@ static void cpu_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y,
     }
 }
 
-/* Softmax of one token's router logits, then its k most probable experts. */
-static void route_row(float *probs, int n_expert, int k, int norm, int32_t *chosen, float *w)
-{
-    float sum = 0.0f;
-    cm_softmax(probs, n_expert);
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        for (int e = 0; e < n_expert; e++) {
-            int taken = 0;
-            for (int i = 0; i < j; i++)
-                taken |= chosen[i] == e;
-            if (!taken && (best < 0 || probs[e] > probs[best]))
-                best = e;
-        }
-        chosen[j] = best;
-        sum += w[j] = probs[best];
-    }
-    for (int j = 0; norm && j < k; j++)
-        w[j] /= sum;
-}
-
 static void cpu_route(cm_backend *be, const cm_tensor *logits, int k, int norm, cm_routing *r)
 {
     (void)be;
     const int n = (int)rows_of(logits), X = (int)logits->ne[0];
     float *lv = (float *)(uintptr_t)logits->data; /* softmax in place: the logits are spent */
     for (int t = 0; t < n; t++)
-        route_row(lv + (size_t)t * X, X, k, norm, r->expert + (size_t)t * k,
+        cm_route_row(lv + (size_t)t * X, X, k, norm, r->expert + (size_t)t * k,
                   r->weight + (size_t)t * k);
 }
 

@@ -34,7 +34,6 @@ typedef struct {
 void *cm_cpu_alloc64(size_t bytes);
 
 /* attention.c */
-enum cm_type cm_kv_elem_type(cm_kv_type kv);
 size_t cm_cpu_attention_bytes(const cm_backend_shape *s, int n_threads);
 int cm_cpu_attention_alloc(cm_cpu_state *st, const cm_backend_shape *s);
 void cm_cpu_attention_free(cm_cpu_state *st);

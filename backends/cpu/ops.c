@@ -104,3 +104,23 @@ void cm_softmax(float *v, int n)
     for (int i = 0; i < n; i++)
         v[i] /= sum;
 }
+
+void cm_route_row(float *probs, int n_expert, int k, int norm, int32_t *chosen, float *w)
+{
+    float sum = 0.0f;
+    cm_softmax(probs, n_expert);
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int e = 0; e < n_expert; e++) {
+            int taken = 0;
+            for (int i = 0; i < j; i++)
+                taken |= chosen[i] == e;
+            if (!taken && (best < 0 || probs[e] > probs[best]))
+                best = e;
+        }
+        chosen[j] = best;
+        sum += w[j] = probs[best];
+    }
+    for (int j = 0; norm && j < k; j++)
+        w[j] /= sum;
+}

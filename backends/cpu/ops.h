@@ -4,6 +4,7 @@
 #define CM_OPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "engine/model.h"
 
@@ -22,6 +23,10 @@ void cm_rope_apply(float *v, const float *cs, const cm_hparams *hp);
 void cm_add_bias(float *y, const cm_tensor *b, int rows, int n);
 float cm_silu(float x);
 float cm_gelu(float x); /* tanh approximation, as gelu_new / gelu_pytorch_tanh */
+/* A token's MoE routing: softmax of its n_expert router logits (in place),
+ * then the k most probable experts (ties to the lower index) and their
+ * probabilities, renormalised to sum 1 when norm. */
+void cm_route_row(float *probs, int n_expert, int k, int norm, int32_t *chosen, float *w);
 /* In-place softmax of n values. */
 void cm_softmax(float *v, int n);
 

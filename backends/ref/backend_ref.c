@@ -41,8 +41,7 @@ static int64_t max_cols(const cm_hparams *hp, int n_ctx)
 static size_t ref_state_bytes(const cm_backend_shape *s)
 {
     const cm_hparams *hp = &s->m->hp;
-    enum cm_type t = s->kv == CM_KV_F32 ? CM_TYPE_F32 : s->kv == CM_KV_F16 ? CM_TYPE_F16
-                                                                           : CM_TYPE_Q8_0;
+    enum cm_type t = cm_kv_elem_type(s->kv);
     size_t kv = (size_t)hp->n_layer * s->n_ctx *
                 (cm_row_bytes(t, (int64_t)hp->n_head_kv * hp->head_dim) +
                  cm_row_bytes(t, (int64_t)hp->n_head_kv * hp->head_dim_v));
@@ -73,8 +72,7 @@ static cm_status ref_init(cm_backend *be, const cm_backend_shape *s, cm_err *err
         return cm_fail(err, CM_E_NOMEM, "out of memory creating the reference backend");
     st->hp = hp;
     st->n_ctx = s->n_ctx;
-    st->kv_type = s->kv == CM_KV_F32 ? CM_TYPE_F32 : s->kv == CM_KV_F16 ? CM_TYPE_F16
-                                                                        : CM_TYPE_Q8_0;
+    st->kv_type = cm_kv_elem_type(s->kv);
     st->krow = cm_row_bytes(st->kv_type, (int64_t)hp->n_head_kv * hp->head_dim);
     st->vrow = cm_row_bytes(st->kv_type, (int64_t)hp->n_head_kv * hp->head_dim_v);
     st->max_cols = max_cols(hp, s->n_ctx);
@@ -308,31 +306,13 @@ static void ref_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y,
     }
 }
 
-/* Top-k by repeated selection: ties go to the lower expert index. */
 static void ref_route(cm_backend *be, const cm_tensor *logits, int k, int norm, cm_routing *r)
 {
     (void)be;
     const int64_t X = logits->ne[0];
-    for (int64_t t = 0; t < logits->ne[1]; t++) {
-        float *p = (float *)(uintptr_t)logits->data + t * X;
-        int32_t *chosen = r->expert + t * k;
-        float *w = r->weight + t * k, sum = 0.0f;
-        cm_softmax(p, (int)X);
-        for (int j = 0; j < k; j++) {
-            int best = -1;
-            for (int e = 0; e < X; e++) {
-                int taken = 0;
-                for (int i = 0; i < j; i++)
-                    taken |= chosen[i] == e;
-                if (!taken && (best < 0 || p[e] > p[best]))
-                    best = e;
-            }
-            chosen[j] = best;
-            sum += w[j] = p[best];
-        }
-        for (int j = 0; norm && j < k; j++)
-            w[j] /= sum;
-    }
+    for (int64_t t = 0; t < logits->ne[1]; t++)
+        cm_route_row((float *)(uintptr_t)logits->data + t * X, (int)X, k, norm,
+                     r->expert + t * k, r->weight + t * k);
 }
 
 static void ref_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n,

@@ -36,6 +36,12 @@
 
 typedef enum { CM_KV_F32 = 0, CM_KV_F16 = 1, CM_KV_Q8_0 = 2 } cm_kv_type;
 
+/* The element type of a KV cache's rows. */
+static inline enum cm_type cm_kv_elem_type(cm_kv_type kv)
+{
+    return kv == CM_KV_F32 ? CM_TYPE_F32 : kv == CM_KV_F16 ? CM_TYPE_F16 : CM_TYPE_Q8_0;
+}
+
 /* What a backend's context state is sized for. */
 typedef struct {
     const cm_model *m;

@@ -22,7 +22,7 @@
 
 static size_t kv_bytes(const cm_hparams *hp, int n_ctx, cm_kv_type kv)
 {
-    enum cm_type t = kv == CM_KV_F32 ? CM_TYPE_F32 : kv == CM_KV_F16 ? CM_TYPE_F16 : CM_TYPE_Q8_0;
+    enum cm_type t = cm_kv_elem_type(kv);
     return (size_t)hp->n_layer * n_ctx *
            (cm_row_bytes(t, (int64_t)hp->n_head_kv * hp->head_dim) +
             cm_row_bytes(t, (int64_t)hp->n_head_kv * hp->head_dim_v));
