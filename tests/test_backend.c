@@ -80,7 +80,29 @@ typedef struct {
     cm_backend *be, *ref;
     cm_model m;
     cm_layer layers[2];
+    cm_buffer wbuf[8]; /* weights copied to a device backend's memory */
+    int n_wbuf;
 } pair;
+
+/* w where p's backend reads it: itself, or (a device backend) a copy in
+ * the backend's memory, freed with the pair. */
+static cm_tensor put_w(pair *p, const cm_tensor *w)
+{
+    cm_err err;
+    if (!w || !w->data || p->be->ops->reads_host || p->n_wbuf == 8)
+        return w ? *w : (cm_tensor){0};
+    cm_buffer *buf = &p->wbuf[p->n_wbuf++];
+    if (p->be->ops->buffer_alloc(p->be, w->nbytes, buf, &err)) {
+        fprintf(stderr, "test error: %s\n", err.msg);
+        exit(99);
+    }
+    cm_tensor v = *w;
+    v.buf = buf;
+    v.offs = 0;
+    v.data = buf->host;
+    p->be->ops->upload(p->be, &v, w->data, w->nbytes);
+    return v;
+}
 
 static cm_hparams hparams(int n_embd, int n_head, int n_head_kv, int head_dim, int neox,
                           int rope_dim)
@@ -128,6 +150,12 @@ static int pair_new(pair *p, const cm_backend_ops *ops, const cm_hparams *hp, co
 
 static void pair_free(pair *p)
 {
+    /* a backend that has an op runs it: ops are tested, not the fallback */
+    for (int op = 0; op < CM_OP_COUNT; op++)
+        CHECK(p->be->fallbacks[op] == 0, "%s: %s ran on the CPU instead", p->be->ops->name,
+              cm_op_name(op));
+    for (int i = 0; i < p->n_wbuf; i++)
+        p->be->ops->buffer_free(p->be, &p->wbuf[i]);
     cm_backend_free(p->be);
     cm_backend_free(p->ref);
 }
@@ -228,12 +256,13 @@ static void test_matmul(const cm_backend_ops *ops, const cm_hparams *hp)
             pair p;
             if (!pair_new(&p, ops, hp, &w, CM_KV_F16, 64))
                 return;
+            cm_tensor wdev = put_w(&p, &w), bdev = put_w(&p, &b);
             for (size_t k = 0; k < sizeof tok_counts / sizeof tok_counts[0]; k++) {
                 int n = tok_counts[k];
                 twin x = twin_rnd(&p, cols, n, 1.0f), y = twin_new(&p, 37, n, NULL);
-                const cm_tensor *ws[1] = {&w}, *bs[1] = {&b};
+                const cm_tensor *ws[1] = {&w}, *bs[1] = {&b}, *wd[1] = {&wdev}, *bd[1] = {&bdev};
                 cm_tensor *ya[1] = {&y.a}, *yb[1] = {&y.b};
-                cm_op_matmul(p.be, 1, ws, k % 2 ? bs : NULL, &x.a, ya);
+                cm_op_matmul(p.be, 1, wd, k % 2 ? bd : NULL, &x.a, ya);
                 cm_op_matmul(p.ref, 1, ws, k % 2 ? bs : NULL, &x.b, yb);
                 EXPECT_CLOSE(&p, &y, CM_OP_matmul, 2e-5, "%s %dx37, %d tokens", tn, cols, n);
                 twin_free(&p, &x), twin_free(&p, &y);
@@ -259,6 +288,9 @@ static void test_matmul_n(const cm_backend_ops *ops, const cm_hparams *hp)
         pair p;
         if (!pair_new_n(&p, ops, hp, w, 3, CM_KV_F16, 64))
             return;
+        cm_tensor wd[3], bd[3];
+        for (int i = 0; i < 3; i++)
+            wd[i] = put_w(&p, &w[i]), bd[i] = put_w(&p, &b[i]);
         for (size_t k = 0; k < sizeof tok_counts / sizeof tok_counts[0]; k++) {
             int n = tok_counts[k];
             twin x = twin_rnd(&p, 256, n, 1.0f), y[3];
@@ -266,7 +298,8 @@ static void test_matmul_n(const cm_backend_ops *ops, const cm_hparams *hp)
                 y[i] = twin_new(&p, rows[i], n, NULL);
             const cm_tensor *ws[3] = {&w[0], &w[1], &w[2]}, *bs[3] = {&b[0], &b[1], &b[2]};
             cm_tensor *ya[3] = {&y[0].a, &y[1].a, &y[2].a}, *yb[3] = {&y[0].b, &y[1].b, &y[2].b};
-            cm_op_matmul(p.be, 3, ws, bs, &x.a, ya);
+            const cm_tensor *wsd[3] = {&wd[0], &wd[1], &wd[2]}, *bsd[3] = {&bd[0], &bd[1], &bd[2]};
+            cm_op_matmul(p.be, 3, wsd, bsd, &x.a, ya);
             cm_op_matmul(p.ref, 3, ws, bs, &x.b, yb);
             for (int i = 0; i < 3; i++) {
                 EXPECT_CLOSE(&p, &y[i], CM_OP_matmul, 2e-5, "mix %zu weight %d, %d tokens", mi, i, n);
@@ -291,19 +324,20 @@ static void test_embed_logits(const cm_backend_ops *ops, const cm_hparams *hp)
         pair p;
         if (!pair_new(&p, ops, hp, &table, CM_KV_F16, 64))
             return;
+        cm_tensor td = put_w(&p, &table), pd = put_w(&p, &pos), bd = put_w(&p, &bias);
         for (int n = 1; n <= 33; n += 16) {
             int32_t ids[33];
             for (int i = 0; i < n; i++)
                 ids[i] = (int32_t)((i * 97 + 13) % 300);
             twin x = twin_new(&p, E, n, NULL);
             int p0 = 64 - n; /* the context's last positions */
-            cm_op_embed(p.be, &table, n > 1 ? &pos : NULL, ids, n, p0, &x.a);
+            cm_op_embed(p.be, &td, n > 1 ? &pd : NULL, ids, n, p0, &x.a);
             cm_op_embed(p.ref, &table, n > 1 ? &pos : NULL, ids, n, p0, &x.b);
             EXPECT_CLOSE(&p, &x, CM_OP_embed, 0, "type %zu, %d tokens", ti, n);
             /* the output product into host memory, with a bias */
             float *la = malloc((size_t)n * 300 * sizeof(float));
             float *lb = malloc((size_t)n * 300 * sizeof(float));
-            cm_op_logits(p.be, &x.a, &table, &bias, la);
+            cm_op_logits(p.be, &x.a, &td, &bd, la);
             cm_op_logits(p.ref, &x.b, &table, &bias, lb);
             double d = 0, mx = 1e-6;
             max_diff(la, lb, (size_t)n * 300, &d, &mx);
@@ -325,10 +359,11 @@ static void test_rowwise(const cm_backend_ops *ops, const cm_hparams *hp)
     pair p;
     if (!pair_new(&p, ops, hp, &w, CM_KV_F16, 64))
         return;
+    cm_tensor nwd = put_w(&p, &nw), nbd = put_w(&p, &nb);
     for (int n = 1; n <= 40; n += 13) { /* 1, 14, 27, 40: both sides of the threads' threshold */
         for (int ln = 0; ln < 2; ln++) {
             twin x = twin_rnd(&p, E, n, 3.0f), o = twin_new(&p, E, n, NULL);
-            cm_op_norm(p.be, &x.a, &nw, ln ? &nb : NULL, 1e-5f, ln, &o.a);
+            cm_op_norm(p.be, &x.a, &nwd, ln ? &nbd : NULL, 1e-5f, ln, &o.a);
             cm_op_norm(p.ref, &x.b, &nw, ln ? &nb : NULL, 1e-5f, ln, &o.b);
             EXPECT_CLOSE(&p, &o, CM_OP_norm, 1e-6, "%s, %d rows", ln ? "layer" : "rms", n);
             twin_free(&p, &x), twin_free(&p, &o);
@@ -364,11 +399,12 @@ static void test_rope(const cm_backend_ops *ops, const cm_hparams *hp)
     pair p;
     if (!pair_new(&p, ops, hp, &w, CM_KV_F16, 64))
         return;
+    cm_tensor qnd = put_w(&p, &qn);
     static const int cases[][2] = {{1, 0}, {1, 63}, {5, 3}, {20, 44}, {17, 0}}; /* n, p0 */
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int n = cases[i][0], p0 = cases[i][1];
         twin x = twin_rnd(&p, (int64_t)hp->n_head * d, n, 2.0f);
-        cm_op_rope(p.be, &x.a, i % 2 ? &qn : NULL, p0);
+        cm_op_rope(p.be, &x.a, i % 2 ? &qnd : NULL, p0);
         cm_op_rope(p.ref, &x.b, i % 2 ? &qn : NULL, p0);
         EXPECT_CLOSE(&p, &x, CM_OP_rope, 1e-6, "%d rows at %d", n, p0);
         twin_free(&p, &x);
@@ -574,13 +610,15 @@ static const cm_backend_ops dev_ops = {
 
 /* ------------------------------------------------------------ models */
 
-static float *model_logits(const cm_model *m, const cm_backend_ops *ops, const int32_t *ids,
-                           int n, cm_kv_type kv, int n_batch, cm_ctx **keep)
+static float *model_logits_placed(const cm_model *m, const cm_backend_ops *ops,
+                                  const cm_place_opts *place, const int32_t *ids, int n,
+                                  cm_kv_type kv, int n_batch, cm_ctx **keep)
 {
     cm_ctx *c;
     cm_err err;
     float *out = malloc((size_t)n * m->hp.n_vocab * sizeof(float));
-    if (cm_ctx_new_on(m, ops, n + 8, kv, n_batch, &c, &err) || cm_eval(c, ids, n, out, &err)) {
+    if (cm_ctx_new_placed(m, ops, place, n + 8, kv, n_batch, &c, &err) ||
+        cm_eval(c, ids, n, out, &err)) {
         CHECK(0, "%s: %s", ops->name, err.msg);
         free(out);
         return NULL;
@@ -590,6 +628,66 @@ static float *model_logits(const cm_model *m, const cm_backend_ops *ops, const i
     else
         cm_ctx_free(c);
     return out;
+}
+
+static float *model_logits(const cm_model *m, const cm_backend_ops *ops, const int32_t *ids,
+                           int n, cm_kv_type kv, int n_batch, cm_ctx **keep)
+{
+    return model_logits_placed(m, ops, NULL, ids, n, kv, n_batch, keep);
+}
+
+/* On a device backend, weights split between its memory and the host's:
+ * the layers below --gpu-layers, or experts beyond a budget, run on the
+ * CPU (experts move in as they are used).  Prompt batches, then tokens
+ * one at a time; the logits as the reference's. */
+static void test_placements(const char *path, const cm_backend_ops *ops)
+{
+    cm_model m;
+    cm_err err;
+    if (!ops->mem_info || ops->reads_host || cm_model_load(path, &m, &err))
+        return;
+    const cm_hparams *hp = &m.hp;
+    uint64_t slot, dense = cm_place_dense_bytes(&m, &slot);
+    const cm_place_opts places[] = {{1, 0}, {hp->n_layer + 1, 0}, {-1, 1}, {-1, 0}};
+    int32_t ids[30];
+    for (int i = 0; i < 30; i++)
+        ids[i] = (int32_t)((i * 53 + 11) % hp->n_vocab);
+    for (size_t i = 0; i < sizeof places / sizeof places[0]; i++) {
+        cm_place_opts po = places[i];
+        if (po.gpu_layers < 0 && po.budget == 1) { /* dense weights and three experts */
+            if (!slot)
+                continue;
+            po.budget = dense + 3 * slot;
+        }
+        float *r = model_logits(&m, &cm_backend_ref_ops, ids, 30, CM_KV_F32, 8, NULL);
+        float *a = malloc((size_t)20 * hp->n_vocab * sizeof(float));
+        cm_ctx *c = NULL;
+        cm_status st = cm_ctx_new_placed(&m, ops, &po, 32, CM_KV_F32, 8, &c, &err);
+        if (!st) /* a prompt in batches of 8, then one token at a time */
+            st = cm_eval(c, ids, 20, a, &err);
+        for (int t = 20; !st && t < 30; t++)
+            st = cm_eval(c, ids + t, 1, NULL, &err);
+        CHECK(!st, "%s: %s", path, err.msg);
+        if (!st && r) {
+            double d = 0, mx = 1e-6;
+            max_diff(cm_ctx_logits(c), r + (size_t)29 * hp->n_vocab, (size_t)hp->n_vocab, &d, &mx);
+            max_diff(a, r, (size_t)20 * hp->n_vocab, &d, &mx);
+            cm_place_stats ps;
+            cm_ctx_place_stats(c, &ps);
+            printf("  %-40s -ngl %d budget %llu: device %.2f MiB, host %.2f MiB, %llu expert "
+                   "runs on the CPU, %llu uploads: max error %.2e\n", strrchr(path, '/') + 1,
+                   po.gpu_layers, (unsigned long long)po.budget,
+                   (ps.dense_dev + ps.exp_dev) / 1048576.0, (ps.dense_host + ps.exp_host) / 1048576.0,
+                   (unsigned long long)ps.host_runs, (unsigned long long)ps.uploads, d / mx);
+            CHECK(d / mx <= 1e-5, "%s, -ngl %d budget %llu: logits differ from the reference by "
+                  "%.3g", path, po.gpu_layers, (unsigned long long)po.budget, d / mx);
+            CHECK(i != 0 || ps.dense_host > 0, "-ngl 1 left no layer on the CPU");
+            CHECK(i != 2 || ps.host_runs > 0, "a budget of three experts ran none on the CPU");
+        }
+        cm_ctx_free(c);
+        free(a), free(r);
+    }
+    cm_model_free(&m);
 }
 
 /* Logits of a fixture on ops and on the reference.  With an f16 cache the
@@ -776,8 +874,10 @@ int main(void)
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
         tl_path(path, sizeof path, "%s/fixtures/gguf/%s", shared, models[i].file);
         for (size_t b = 0; (ops = cm_backend_at(b)) && b < 16; b++)
-            if (here[b])
+            if (here[b]) {
                 test_model(path, ops, models[i].f16_tol);
+                test_placements(path, ops);
+            }
         test_fallback(path);
     }
     return tl_finish("test_backend");

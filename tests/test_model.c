@@ -82,12 +82,15 @@ static cmp_result compare(const float *a, const float *b, int rows, int n_vocab,
     return r;
 }
 
+/* The backend every context runs on: $CODEMOE_BACKEND, else the CPU. */
+static const cm_backend_ops *backend;
+
 static float *eval_all(const cm_model *m, const int32_t *ids, int n, cm_kv_type kv, int n_batch)
 {
     cm_ctx *ctx;
     cm_err err = {0};
     float *out = malloc((size_t)n * m->hp.n_vocab * sizeof(float));
-    if (cm_ctx_new(m, n + 16, kv, n_batch, &ctx, &err)) {
+    if (cm_ctx_new_on(m, backend, n + 16, kv, n_batch, &ctx, &err)) {
         printf("ctx: %s\n", err.msg);
         exit(1);
     }
@@ -141,7 +144,10 @@ static void test_f32_vs_transformers(const char *arch)
     /* greedy generation through the KV cache, one token at a time */
     for (int i = 0; i < n_in; i++) {
         cm_ctx *ctx;
-        cm_ctx_new(&m, 64, CM_KV_F32, 512, &ctx, &err);
+        if (cm_ctx_new_on(&m, backend, 64, CM_KV_F32, 512, &ctx, &err)) {
+            printf("ctx: %s\n", err.msg);
+            exit(1);
+        }
         cm_eval(ctx, inputs[i], in_len[i], NULL, &err);
         int same = 0;
         for (int k = 0; k < g_len[i]; k++) {
@@ -255,6 +261,13 @@ int main(void)
         return 1;
     }
     printf("kernels: %s\n", cm_cpu_isa());
+    cm_err err = {0};
+    if (cm_backend_choose(NULL, &backend, &err)) { /* CODEMOE_BACKEND, else the CPU */
+        printf("%s\n", err.msg);
+        return 1;
+    }
+    backend->describe(msg, sizeof msg);
+    printf("backend: %s\n", msg);
     /* llama (dense) and mixtral (token-level MoE, 4 experts, 2 per token) */
     const char *archs[] = {"llama", "mixtral"};
     for (int a = 0; a < 2; a++) {

@@ -1,48 +1,25 @@
-/* backend_cuda.cu - the CUDA backend: device memory, the KV cache and
- * attention on the GPU.
+/* backend_cuda.cu - the CUDA backend: its state, memory and op table.
  *
- * What it has so far is what a backend must have (buffers, the KV cache,
- * attention); every other op runs on the CPU through the engine's
- * fallback, which copies operands between device and host memory
- * (backend.c) and counts each op it ran there.  Weights stay in the mapped
- * file (reads_host 0: the GPU does not read host memory), so products are
- * computed on the CPU too.  Results are the CPU's arithmetic but for
- * attention, which tests/test_backend holds to the reference.
+ * Weights the engine placed in device memory (engine/placement.h) are
+ * read there by every op; an op whose weights stayed in host memory (MoE
+ * experts beyond the card's memory, layers past --gpu-layers) runs on the
+ * CPU through the engine's fallback.  All work is queued in order on one
+ * stream; download, route and logits wait for it.
  *
- * KV cache: F32 or F16 rows per position, as the CPU backend stores them.
- * Attention: one thread block per (query row, head): scores of every
- * cached position in shared memory, softmax, then the weighted sum of the
- * values; with an F16 cache the query and the weights are rounded to f16
- * first, as the CPU backend and llama.cpp do. */
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
+ * The kernels: matmul.cu (products on quantized weights), attention.cu
+ * (the KV cache and attention), ops.cu (the rest). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backends/cuda/common.cuh"
+
 extern "C" {
-#include "engine/backend.h"
+#include "backends/cpu/ops.h"
 }
 
 namespace {
-
-struct cuda_state {
-    const cm_hparams *hp;
-    int n_ctx, f16;        /* f16: the cache holds halves, else floats */
-    size_t krow, vrow;     /* bytes of one position's keys, values */
-    char **k_cache, **v_cache; /* [n_layer] device pointers */
-    size_t smem;           /* shared bytes an attention block needs */
-};
-
-const int ATTN_THREADS = 128;
-
-/* Device memory for a view: the buffer's device pointer plus the offset. */
-char *dev_ptr(const cm_tensor *t)
-{
-    return (char *)t->buf->dev + t->offs;
-}
 
 cm_status cuda_fail(cm_err *err, cudaError_t e, const char *what)
 {
@@ -50,138 +27,125 @@ cm_status cuda_fail(cm_err *err, cudaError_t e, const char *what)
                    "cuda: %s: %s", what, cudaGetErrorString(e));
 }
 
-/* An op has no status to return: a failed launch or copy is a broken
- * device, reported and fatal, never a silently wrong answer. */
-void check(cudaError_t e, const char *what)
+size_t kv_row(cm_kv_type kv, int cols)
 {
-    if (e != cudaSuccess) {
-        fprintf(stderr, "codemoe: cuda: %s: %s\n", what, cudaGetErrorString(e));
-        exit(1);
-    }
+    return cm_row_bytes(cm_kv_elem_type(kv), cols);
 }
-
-/* ------------------------------------------------------------ kernels */
-
-/* cache row p0 + t of layer il = rows t of x, as floats or halves */
-__global__ void kv_put(const float *x, int n, int cols, void *cache, int p0, int f16)
-{
-    int t = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= n || c >= cols)
-        return;
-    size_t at = (size_t)(p0 + t) * cols + c;
-    float v = x[(size_t)t * cols + c];
-    if (f16)
-        ((__half *)cache)[at] = __float2half_rn(v);
-    else
-        ((float *)cache)[at] = v;
-}
-
-__device__ float cache_at(const void *cache, size_t i, int f16)
-{
-    return f16 ? __half2float(((const __half *)cache)[i]) : ((const float *)cache)[i];
-}
-
-/* Sum of v over the block's threads, in every thread. */
-__device__ float block_sum(float v, float *red)
-{
-    for (int o = 16; o > 0; o /= 2)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (threadIdx.x % 32 == 0)
-        red[threadIdx.x / 32] = v;
-    __syncthreads();
-    float s = 0.0f;
-    for (int w = 0; w < (int)(blockDim.x / 32); w++)
-        s += red[w];
-    __syncthreads();
-    return s;
-}
-
-__device__ float block_max(float v, float *red)
-{
-    for (int o = 16; o > 0; o /= 2)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (threadIdx.x % 32 == 0)
-        red[threadIdx.x / 32] = v;
-    __syncthreads();
-    float m = -INFINITY;
-    for (int w = 0; w < (int)(blockDim.x / 32); w++)
-        m = fmaxf(m, red[w]);
-    __syncthreads();
-    return m;
-}
-
-struct attn_args {
-    const float *q;
-    float *out;
-    const void *k, *v;     /* the layer's cache */
-    int p0, n_head, group, d, dv, kcols, vcols, f16;
-    float scale;
-};
-
-/* Block (t, h): query row t, head h, at position p0 + t. */
-__global__ void attend(attn_args a)
-{
-    extern __shared__ float sh[];
-    const int t = blockIdx.x, h = blockIdx.y, g = h / a.group, m = a.p0 + t + 1;
-    float *q = sh, *s = q + a.d, *red = s + m;
-    for (int i = threadIdx.x; i < a.d; i += blockDim.x) {
-        float x = a.q[((size_t)t * a.n_head + h) * a.d + i];
-        q[i] = a.f16 ? __half2float(__float2half_rn(x)) : x;
-    }
-    __syncthreads();
-    float mx = -INFINITY;
-    for (int j = threadIdx.x; j < m; j += blockDim.x) {
-        size_t base = (size_t)j * a.kcols + (size_t)g * a.d;
-        float dot = 0.0f;
-        for (int i = 0; i < a.d; i++)
-            dot += q[i] * cache_at(a.k, base + i, a.f16);
-        s[j] = dot * a.scale;
-        mx = fmaxf(mx, s[j]);
-    }
-    mx = block_max(mx, red);
-    float sum = 0.0f;
-    for (int j = threadIdx.x; j < m; j += blockDim.x)
-        sum += s[j] = expf(s[j] - mx);
-    sum = block_sum(sum, red);
-    for (int j = threadIdx.x; j < m; j += blockDim.x) {
-        float p = s[j] / sum;
-        s[j] = a.f16 ? __half2float(__float2half_rn(p)) : p;
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < a.dv; i += blockDim.x) {
-        float o = 0.0f;
-        for (int j = 0; j < m; j++)
-            o += s[j] * cache_at(a.v, (size_t)j * a.vcols + (size_t)g * a.dv + i, a.f16);
-        a.out[((size_t)t * a.n_head + h) * a.dv + i] = o;
-    }
-}
-
-/* ------------------------------------------------------------ the backend */
 
 size_t kv_bytes(const cm_backend_shape *s)
 {
     const cm_hparams *hp = &s->m->hp;
-    size_t el = s->kv == CM_KV_F16 ? 2 : 4;
-    return s->no_kv ? 0 : (size_t)hp->n_layer * s->n_ctx * el *
-                              ((size_t)hp->n_head_kv * hp->head_dim +
-                               (size_t)hp->n_head_kv * hp->head_dim_v);
+    return s->no_kv ? 0 : (size_t)hp->n_layer * s->n_ctx *
+                              (kv_row(s->kv, hp->n_head_kv * hp->head_dim) +
+                               kv_row(s->kv, hp->n_head_kv * hp->head_dim_v));
 }
 
-size_t cuda_state_bytes(const cm_backend_shape *s) { return kv_bytes(s); }
+/* Rows of logits computed per download. */
+const int LOGIT_ROWS = 32;
+
+size_t scratch_bytes(const cm_backend_shape *s)
+{
+    const cm_hparams *hp = &s->m->hp;
+    int nb = s->n_batch > 0 ? s->n_batch : 1;
+    return (size_t)s->n_ctx * hp->rope_dim * sizeof(float) + cuda_xq_bytes(hp, nb) +
+           (size_t)nb * 2 * sizeof(float) * (hp->n_expert + 1) +
+           (size_t)LOGIT_ROWS * hp->n_vocab * sizeof(float);
+}
+
+size_t cuda_state_bytes(const cm_backend_shape *s) { return kv_bytes(s) + scratch_bytes(s); }
+
+void note_vram(cuda_state *st)
+{
+    size_t fr = 0, total = 0;
+    if (cudaMemGetInfo(&fr, &total) == cudaSuccess && total - fr > st->vram_peak)
+        st->vram_peak = total - fr;
+}
 
 void cuda_release(cm_backend *be)
 {
-    cuda_state *st = (cuda_state *)be->state;
+    cuda_state *st = cuda_st(be);
     if (!st)
         return;
     for (int il = 0; st->k_cache && il < st->hp->n_layer; il++)
         cudaFree(st->k_cache[il]);
     for (int il = 0; st->v_cache && il < st->hp->n_layer; il++)
         cudaFree(st->v_cache[il]);
+    cudaFree(st->rope_cs), cudaFree(st->xq), cudaFree(st->rows), cudaFree(st->wts);
+    cudaFree(st->logits), cudaFree(st->io_dev);
+    cudaFreeHost(st->io_host), cudaFreeHost(st->logits_host);
+    if (st->graph)
+        cudaGraphExecDestroy(st->graph);
+    free(st->host_route);
+    if (st->stream)
+        cudaStreamDestroy(st->stream);
     free(st->k_cache);
     free(st->v_cache);
     free(st);
     be->state = NULL;
+}
+
+/* cos and sin of every position's rotary angles, as the CPU computes them */
+cudaError_t upload_rope_table(cuda_state *st, int n_ctx)
+{
+    const cm_hparams *hp = st->hp;
+    size_t n = (size_t)n_ctx * hp->rope_dim;
+    cudaError_t e = cudaMalloc(&st->rope_cs, (n ? n : 1) * sizeof(float));
+    if (e != cudaSuccess || !hp->use_rope)
+        return e;
+    float *cs = (float *)malloc(n * sizeof(float));
+    if (!cs)
+        return cudaErrorMemoryAllocation;
+    for (int p = 0; p < n_ctx; p++)
+        cm_rope_table(cs + (size_t)p * hp->rope_dim, p, hp);
+    e = cudaMemcpy(st->rope_cs, cs, n * sizeof(float), cudaMemcpyHostToDevice);
+    free(cs);
+    return e;
+}
+
+cudaError_t alloc_scratch(cuda_state *st, const cm_backend_shape *s)
+{
+    const cm_hparams *hp = st->hp;
+    int nb = s->n_batch > 0 ? s->n_batch : 1;
+    cudaError_t e = upload_rope_table(st, s->n_ctx);
+    st->xq_bytes = cuda_xq_bytes(hp, nb);
+    if (e == cudaSuccess)
+        e = cudaMalloc(&st->xq, st->xq_bytes);
+    if (e == cudaSuccess)
+        e = cudaMalloc(&st->rows, (size_t)nb * sizeof(int32_t));
+    if (e == cudaSuccess)
+        e = cudaMalloc(&st->wts, (size_t)nb * sizeof(float));
+    st->logit_rows = LOGIT_ROWS;
+    if (e == cudaSuccess)
+        e = cudaMalloc(&st->logits, (size_t)LOGIT_ROWS * hp->n_vocab * sizeof(float));
+    if (e == cudaSuccess)
+        e = cudaMalloc(&st->io_dev, (size_t)(nb + 1) * sizeof(int32_t));
+    if (e == cudaSuccess) /* position 0 until a batch says otherwise */
+        e = cudaMemset(st->io_dev, 0, (size_t)(nb + 1) * sizeof(int32_t));
+    if (e == cudaSuccess)
+        e = cudaMallocHost(&st->io_host, (size_t)(nb + 1) * sizeof(int32_t));
+    if (e == cudaSuccess)
+        e = cudaMallocHost(&st->logits_host, (size_t)hp->n_vocab * sizeof(float));
+    st->host_route = (float *)malloc((size_t)nb * (hp->n_expert + 1) * sizeof(float));
+    if (e == cudaSuccess && !st->host_route)
+        e = cudaErrorMemoryAllocation;
+    return e;
+}
+
+cudaError_t alloc_cache(cuda_state *st, const cm_backend_shape *s)
+{
+    const cm_hparams *hp = st->hp;
+    st->k_cache = (char **)calloc(hp->n_layer, sizeof(char *));
+    st->v_cache = (char **)calloc(hp->n_layer, sizeof(char *));
+    if (!st->k_cache || !st->v_cache)
+        return cudaErrorMemoryAllocation;
+    for (int il = 0; il < hp->n_layer; il++) {
+        cudaError_t e = cudaMalloc(&st->k_cache[il], (size_t)s->n_ctx * st->krow);
+        if (e == cudaSuccess)
+            e = cudaMalloc(&st->v_cache[il], (size_t)s->n_ctx * st->vrow);
+        if (e != cudaSuccess)
+            return e;
+    }
+    return cudaSuccess;
 }
 
 cm_status cuda_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
@@ -192,50 +156,33 @@ cm_status cuda_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
     if (e != cudaSuccess || n_dev == 0)
         return cm_fail(err, CM_E_UNSUPPORTED, "cuda: no usable GPU (%s)",
                        e != cudaSuccess ? cudaGetErrorString(e) : "none found");
-    if (s->kv == CM_KV_Q8_0)
-        return cm_fail(err, CM_E_UNSUPPORTED,
-                       "cuda: a q8_0 KV cache is not supported yet: use --kv-type f16");
     cuda_state *st = (cuda_state *)calloc(1, sizeof *st);
     be->state = st;
     if (!st)
         return cm_fail(err, CM_E_NOMEM, "out of memory creating the CUDA backend");
     st->hp = hp;
     st->n_ctx = s->n_ctx;
-    st->f16 = s->kv == CM_KV_F16;
-    size_t el = st->f16 ? 2 : 4;
-    st->krow = el * hp->n_head_kv * hp->head_dim;
-    st->vrow = el * hp->n_head_kv * hp->head_dim_v;
-    st->smem = ((size_t)hp->head_dim + s->n_ctx + ATTN_THREADS / 32) * sizeof(float);
+    st->n_batch = s->n_batch;
+    st->kv = s->kv;
+    st->krow = kv_row(s->kv, hp->n_head_kv * hp->head_dim);
+    st->vrow = kv_row(s->kv, hp->n_head_kv * hp->head_dim_v);
     cudaDeviceProp prop;
-    if ((e = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess) {
-        cuda_release(be);
+    if ((e = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess)
         return cuda_fail(err, e, "reading the device's properties");
-    }
-    if (st->smem > prop.sharedMemPerBlockOptin) {
-        cuda_release(be);
+    st->sm_count = prop.multiProcessorCount;
+    st->cc = prop.major * 10 + prop.minor;
+    if ((e = cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking)) != cudaSuccess)
+        return cuda_fail(err, e, "creating a stream");
+    st->smem = cuda_attention_smem(hp, s->n_ctx);
+    if (st->smem > prop.sharedMemPerBlockOptin)
         return cm_fail(err, CM_E_UNSUPPORTED, "cuda: a %d-token context needs %zu bytes of "
                        "shared memory per attention block, the GPU has %zu: use a smaller -c",
                        s->n_ctx, st->smem, (size_t)prop.sharedMemPerBlockOptin);
-    }
-    check(cudaFuncSetAttribute(attend, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               (int)st->smem), "shared memory for attention");
-    if (s->no_kv)
-        return CM_OK;
-    st->k_cache = (char **)calloc(hp->n_layer, sizeof(char *));
-    st->v_cache = (char **)calloc(hp->n_layer, sizeof(char *));
-    if (!st->k_cache || !st->v_cache) {
-        cuda_release(be);
-        return cm_fail(err, CM_E_NOMEM, "out of memory creating the CUDA backend");
-    }
-    for (int il = 0; il < hp->n_layer; il++) {
-        e = cudaMalloc(&st->k_cache[il], (size_t)s->n_ctx * st->krow);
-        if (e == cudaSuccess)
-            e = cudaMalloc(&st->v_cache[il], (size_t)s->n_ctx * st->vrow);
-        if (e != cudaSuccess) {
-            cuda_release(be);
-            return cuda_fail(err, e, "allocating the KV cache");
-        }
-    }
+    if ((e = alloc_scratch(st, s)) != cudaSuccess)
+        return cuda_fail(err, e, "allocating scratch memory");
+    if (!s->no_kv && (e = alloc_cache(st, s)) != cudaSuccess)
+        return cuda_fail(err, e, "allocating the KV cache");
+    note_vram(st);
     return CM_OK;
 }
 
@@ -254,11 +201,16 @@ void cuda_describe(char *out, size_t n)
 
 cm_status cuda_buffer_alloc(cm_backend *be, size_t bytes, cm_buffer *buf, cm_err *err)
 {
-    (void)be;
     buf->host = NULL;
     buf->size = bytes;
     cudaError_t e = cudaMalloc(&buf->dev, bytes ? bytes : 1);
-    return e == cudaSuccess ? CM_OK : cuda_fail(err, e, "allocating a buffer");
+    if (e != cudaSuccess) {
+        buf->dev = NULL;
+        return cm_fail(err, CM_E_NOMEM, "cuda: allocating %.1f MiB of device memory: %s",
+                       bytes / 1048576.0, cudaGetErrorString(e));
+    }
+    note_vram(cuda_st(be));
+    return CM_OK;
 }
 
 void cuda_buffer_free(cm_backend *be, cm_buffer *buf)
@@ -270,54 +222,127 @@ void cuda_buffer_free(cm_backend *be, cm_buffer *buf)
 
 void cuda_upload(cm_backend *be, const cm_tensor *dst, const void *src, size_t bytes)
 {
-    (void)be;
-    check(cudaMemcpy(dev_ptr(dst), src, bytes, cudaMemcpyHostToDevice), "upload");
+    cuda_check(cudaMemcpyAsync(dev_ptr(dst), src, bytes, cudaMemcpyHostToDevice,
+                               cuda_st(be)->stream), "upload");
 }
 
 void cuda_download(cm_backend *be, const cm_tensor *src, void *dst, size_t bytes)
 {
-    (void)be;
-    check(cudaMemcpy(dst, dev_ptr(src), bytes, cudaMemcpyDeviceToHost), "download");
+    cudaStream_t s = cuda_st(be)->stream;
+    cuda_check(cudaMemcpyAsync(dst, dev_ptr(src), bytes, cudaMemcpyDeviceToHost, s), "download");
+    cuda_check(cudaStreamSynchronize(s), "download");
 }
 
 void cuda_synchronize(cm_backend *be)
 {
-    (void)be;
-    check(cudaDeviceSynchronize(), "synchronize");
+    cuda_check(cudaStreamSynchronize(cuda_st(be)->stream), "synchronize");
 }
 
-void cuda_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_tensor *v, int p0)
+void cuda_mem_info(cm_backend *be, size_t *free_bytes, size_t *total_bytes)
 {
-    cuda_state *st = (cuda_state *)be->state;
-    const int n = (int)k->ne[1];
-    dim3 gk((unsigned)((k->ne[0] + 127) / 128), (unsigned)n), gv((unsigned)((v->ne[0] + 127) / 128), (unsigned)n);
-    kv_put<<<gk, 128>>>((const float *)dev_ptr(k), n, (int)k->ne[0], st->k_cache[il], p0, st->f16);
-    kv_put<<<gv, 128>>>((const float *)dev_ptr(v), n, (int)v->ne[0], st->v_cache[il], p0, st->f16);
-    check(cudaGetLastError(), "kv_store");
+    *free_bytes = *total_bytes = 0;
+    cuda_check(cudaMemGetInfo(free_bytes, total_bytes), "reading free memory");
+    cuda_state *st = cuda_st(be);
+    if (*total_bytes - *free_bytes > st->vram_peak)
+        st->vram_peak = *total_bytes - *free_bytes;
 }
 
-void cuda_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out)
+/* Whether generation steps are recorded and replayed: yes unless
+ * CODEMOE_CUDA_GRAPHS=0 (to measure what they save). */
+bool graphs_wanted()
 {
-    cuda_state *st = (cuda_state *)be->state;
-    const cm_hparams *hp = st->hp;
-    attn_args a;
-    a.q = (const float *)dev_ptr(q);
-    a.out = (float *)dev_ptr(out);
-    a.k = st->k_cache[il];
-    a.v = st->v_cache[il];
-    a.p0 = p0;
-    a.n_head = hp->n_head;
-    a.group = hp->n_head / hp->n_head_kv;
-    a.d = hp->head_dim;
-    a.dv = hp->head_dim_v;
-    a.kcols = hp->n_head_kv * hp->head_dim;
-    a.vcols = hp->n_head_kv * hp->head_dim_v;
-    a.f16 = st->f16;
-    a.scale = 1.0f / sqrtf((float)hp->head_dim);
-    const int n = (int)q->ne[1];
-    size_t smem = ((size_t)a.d + p0 + n + ATTN_THREADS / 32) * sizeof(float);
-    attend<<<dim3((unsigned)n, (unsigned)hp->n_head), ATTN_THREADS, smem>>>(a);
-    check(cudaGetLastError(), "attention");
+    const char *v = getenv("CODEMOE_CUDA_GRAPHS");
+    return !v || strcmp(v, "0") != 0;
+}
+
+/* One generated token (one id, its logits) with every op on the GPU is
+ * recorded as a CUDA graph the first time and replayed after: one launch
+ * instead of hundreds.  Everything that changes between steps (the id,
+ * the position) is read by the kernels from io_dev, which the record
+ * fills from pinned memory; the ops are still called, and only count. */
+void cuda_batch_begin(cm_backend *be, const int32_t *ids, int n, int p0, int n_out,
+                      int replayable)
+{
+    cuda_state *st = cuda_st(be);
+    st->batch_p0 = p0;
+    st->ops_seen = 0;
+    if (!(replayable && n == 1 && n_out == 1 && graphs_wanted())) {
+        st->mode = EAGER;
+        cuda_check(cudaMemcpyAsync(st->io_dev, &p0, sizeof(int32_t), cudaMemcpyHostToDevice,
+                                   st->stream), "batch position");
+        return;
+    }
+    cuda_check(cudaStreamSynchronize(st->stream), "batch"); /* io_host is free */
+    st->io_host[0] = p0;
+    st->io_host[1] = ids[0];
+    if (st->graph) {
+        st->mode = REPLAY;
+        return;
+    }
+    st->mode = CAPTURE;
+    cuda_check(cudaStreamBeginCapture(st->stream, cudaStreamCaptureModeThreadLocal), "capture");
+    cuda_check(cudaMemcpyAsync(st->io_dev, st->io_host, 2 * sizeof(int32_t),
+                               cudaMemcpyHostToDevice, st->stream), "batch ids");
+}
+
+void cuda_batch_end(cm_backend *be)
+{
+    cuda_state *st = cuda_st(be);
+    if (st->mode == CAPTURE) {
+        cudaGraph_t g;
+        cuda_check(cudaStreamEndCapture(st->stream, &g), "capture");
+        cuda_check(cudaGraphInstantiate(&st->graph, g, 0), "instantiating the step");
+        cudaGraphDestroy(g);
+        st->ops_recorded = st->ops_seen;
+    } else if (st->mode == REPLAY && st->ops_seen != st->ops_recorded) {
+        fprintf(stderr, "codemoe: cuda: a replayed step issued %d ops, the record has %d\n",
+                st->ops_seen, st->ops_recorded);
+        exit(1);
+    }
+    if (st->mode != EAGER) {
+        cuda_check(cudaGraphLaunch(st->graph, st->stream), "replaying the step");
+        cuda_check(cudaStreamSynchronize(st->stream), "replaying the step");
+        memcpy(st->logits_dst, st->logits_host, st->logits_bytes);
+    }
+    st->mode = EAGER;
+}
+
+/* Router logits come to the host, where the choice is made as the CPU
+ * makes it (a few dozen values per token). */
+void cuda_route(cm_backend *be, const cm_tensor *logits, int k, int norm, cm_routing *r)
+{
+    cuda_state *st = cuda_st(be);
+    st->ops_seen++; /* (never in a recorded step: the host decides) */
+    const int X = (int)logits->ne[0], n = (int)logits->ne[1];
+    cuda_download(be, logits, st->host_route, (size_t)n * X * sizeof(float));
+    for (int t = 0; t < n; t++)
+        cm_route_row(st->host_route + (size_t)t * X, X, k, norm, r->expert + (size_t)t * k,
+                     r->weight + (size_t)t * k);
+}
+
+void cuda_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
+                 float *host)
+{
+    cuda_state *st = cuda_st(be);
+    const int n = (int)x->ne[1], V = (int)w->ne[1];
+    if (st->mode != EAGER) { /* one row, copied out at the batch's end */
+        st->logits_dst = host;
+        st->logits_bytes = (size_t)V * sizeof(float);
+        if (skip_op(st))
+            return;
+        cuda_matmul_into(st, w, b, (const float *)dev_ptr(x), 1, st->logits);
+        cuda_check(cudaMemcpyAsync(st->logits_host, st->logits, st->logits_bytes,
+                                   cudaMemcpyDeviceToHost, st->stream), "logits");
+        return;
+    }
+    for (int t0 = 0; t0 < n; t0 += st->logit_rows) {
+        const int m = n - t0 < st->logit_rows ? n - t0 : st->logit_rows;
+        cuda_matmul_into(st, w, b, (const float *)dev_ptr(x) + (size_t)t0 * x->ne[0], m,
+                         st->logits);
+        cuda_check(cudaMemcpyAsync(host + (size_t)t0 * V, st->logits, (size_t)m * V * sizeof(float),
+                                   cudaMemcpyDeviceToHost, st->stream), "logits");
+    }
+    cuda_check(cudaStreamSynchronize(st->stream), "logits");
 }
 
 cm_backend_ops make_ops()
@@ -335,8 +360,24 @@ cm_backend_ops make_ops()
     o.upload = cuda_upload;
     o.download = cuda_download;
     o.synchronize = cuda_synchronize;
+    o.mem_info = cuda_mem_info;
+    o.batch_begin = cuda_batch_begin;
+    o.batch_end = cuda_batch_end;
     o.kv_store = cuda_kv_store;
     o.attention = cuda_attention;
+    o.embed = cuda_embed;
+    o.norm = cuda_norm;
+    o.matmul = cuda_matmul;
+    o.rope = cuda_rope;
+    o.clear = cuda_clear;
+    o.swiglu = cuda_swiglu;
+    o.gelu = cuda_gelu;
+    o.add = cuda_add;
+    o.add_gated = cuda_add_gated;
+    o.route = cuda_route;
+    o.gather = cuda_gather;
+    o.scatter_add = cuda_scatter_add;
+    o.logits = cuda_logits;
     return o;
 }
 

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "engine/forward.h"
 #include "util/status.h"
@@ -30,10 +31,20 @@ cm_status arg_u64(const char *flag, const char *s, uint64_t *out, cm_err *err);
 cm_status arg_threads(const char *s, cm_err *err); /* -t N: sets the OpenMP team size */
 /* A byte count: 1048576, 512K, 300M, 1.5G (powers of 1024; optional "iB"/"B"). */
 cm_status arg_size(const char *flag, const char *s, uint64_t *out, cm_err *err);
+/* Placement on a device backend: -ngl/--gpu-layers N, --vram-budget SIZE. */
+int arg_is_place(const char *a);
+cm_status arg_place(const char *a, const char *v, cm_place_opts *o, cm_err *err);
+#define PLACE_HELP                                                                           \
+    "      -ngl, --gpu-layers N  on a GPU backend: the last N layers' weights on the\n"       \
+    "                          device (more than the layers: the output head too)\n"         \
+    "      --vram-budget SIZE  on a GPU backend: device bytes for weights (default: what\n"  \
+    "                          the card has free); experts that do not fit run on the CPU\n"
 
 /* On stderr: the backend and device a context ran on, and how many ops
  * of each kind ran on the CPU because the backend lacks them. */
 void print_backend_use(const cm_ctx *c);
+/* One line: where the weights are, and the device expert cache's counts. */
+void print_placement(const cm_place_stats *ps, FILE *f);
 
 cm_status parse_kv_type(const char *s, cm_kv_type *out, cm_err *err);
 

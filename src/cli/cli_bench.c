@@ -27,8 +27,9 @@ static const char BENCH_HELP[] =
     "  -n, --n-gen N           generated tokens (default 128; 0 skips the tg test)\n"
     "  -t, --threads N         threads (default: all cores)\n"
     "  -r, --repetitions N     timed runs of each test (default 5)\n"
-    "      --kv-type T         KV cache type: f16 (default) or f32\n"
-    "      --backend B         cpu (default; CODEMOE_BACKEND sets another) or ref\n"
+    "      --kv-type T         KV cache type: f16 (default), f32 or q8_0\n"
+    "      --backend B         cpu (default; CODEMOE_BACKEND sets another), ref or cuda\n"
+    PLACE_HELP
     "  -v, --verbose           print the backend and any ops that ran on the CPU instead\n"
     "      --bw GBPS           read bandwidth in GB/s to use instead of measuring it\n"
     "  -o, --output FORMAT     md (default) or json\n"
@@ -40,6 +41,7 @@ typedef struct {
     const cm_backend_ops *be;
     int n_prompt, n_gen, reps, threads, json, verbose;
     cm_kv_type kv;
+    cm_place_opts place;
     float bw; /* GB/s from --bw; 0: measure */
 } bench_opts;
 
@@ -70,6 +72,8 @@ static cm_status parse_flag(const char *a, const char *v, bench_opts *o, cm_err 
         return parse_kv_type(v, &o->kv, err);
     else if (!strcmp(a, "--backend"))
         o->backend = v;
+    else if (arg_is_place(a))
+        return arg_place(a, v, &o->place, err);
     else if (!strcmp(a, "--bw"))
         return arg_float(a, v, 0.001f, 1e6f, &o->bw, err);
     else if (arg_is(a, "-o", "--output")) {
@@ -190,7 +194,7 @@ static cm_status run_all(const cm_model *m, const bench_opts *o, bench_result *r
     if (!ids)
         return cm_fail(err, CM_E_NOMEM, "out of memory");
     random_ids(ids, n_ids, m->hp.n_vocab);
-    cm_status s = cm_ctx_new_on(m, o->be, n_ids, o->kv, batch, &c, err);
+    cm_status s = cm_ctx_new_placed(m, o->be, &o->place, n_ids, o->kv, batch, &c, err);
     for (int rep = -1; rep < o->reps && !s; rep++)
         s = run_once(c, o, ids, rep, r, err);
     if (!s && o->n_prompt > 0)
@@ -365,7 +369,7 @@ static cm_status bench_model(const bench_opts *o, cm_err *err)
 
 int cli_bench(int argc, char **argv)
 {
-    bench_opts o = {.n_prompt = 512, .n_gen = 128, .reps = 5, .kv = CM_KV_F16};
+    bench_opts o = {.n_prompt = 512, .n_gen = 128, .reps = 5, .kv = CM_KV_F16, .place = CM_PLACE_AUTO};
     cm_err err = {0};
     int help = 0;
     o.threads = cm_max_threads();

@@ -94,6 +94,22 @@ cm_status arg_size(const char *flag, const char *s, uint64_t *out, cm_err *err)
     return CM_OK;
 }
 
+int arg_is_place(const char *a)
+{
+    return !strcmp(a, "-ngl") || !strcmp(a, "--gpu-layers") || !strcmp(a, "--n-gpu-layers") ||
+           !strcmp(a, "--vram-budget");
+}
+
+cm_status arg_place(const char *a, const char *v, cm_place_opts *o, cm_err *err)
+{
+    if (strcmp(a, "--vram-budget"))
+        return arg_int(a, v, 0, 1 << 20, &o->gpu_layers, err);
+    cm_status s = arg_size(a, v, &o->budget, err);
+    if (!s && o->budget == 0)
+        s = cm_fail(err, CM_E_USAGE, "option %s: the budget must be more than 0 bytes", a);
+    return s;
+}
+
 cm_status arg_threads(const char *s, cm_err *err)
 {
     int n;
@@ -190,4 +206,23 @@ void print_backend_use(const cm_ctx *c)
             any = 1;
         }
     fprintf(stderr, "%s\n", any ? "" : " none");
+    cm_place_stats ps;
+    cm_ctx_place_stats(c, &ps);
+    if (ps.dense_dev + ps.exp_dev + ps.dense_host + ps.exp_host > 0)
+        print_placement(&ps, stderr);
+}
+
+void print_placement(const cm_place_stats *ps, FILE *f)
+{
+    fprintf(f, "[codemoe] weights on the device %.1f MiB, in host memory %.1f MiB (%d layers, "
+            "head %s, embeddings %s)",
+            (ps->dense_dev + ps->exp_dev) / 1048576.0, (ps->dense_host + ps->exp_host) / 1048576.0,
+            ps->layers_dev, ps->head_dev ? "on the device" : "on the CPU",
+            ps->embd_dev ? "on the device" : "on the CPU");
+    if (ps->experts)
+        fprintf(f, "; experts: %d slots for %d, %llu hits, %llu run on the CPU, %llu uploads "
+                "(%.1f MiB)", ps->slots, ps->experts, (unsigned long long)ps->hits,
+                (unsigned long long)ps->host_runs, (unsigned long long)ps->uploads,
+                ps->bytes_uploaded / 1048576.0);
+    fprintf(f, "\n");
 }

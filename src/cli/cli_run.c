@@ -34,8 +34,9 @@ static const char RUN_HELP[] =
     "  -c, --ctx-size N        context length (default: the model's, at most 4096)\n"
     "  -t, --threads N         threads (default: all cores)\n"
     "      --kv-type T         KV cache type: f16 (default), f32 or q8_0\n"
-    "      --backend B         cpu (default; CODEMOE_BACKEND sets another) or ref (the\n"
-    "                          scalar reference kernels); `codemoe --version` lists them\n"
+    "      --backend B         cpu (default; CODEMOE_BACKEND sets another), ref (the\n"
+    "                          scalar reference kernels) or cuda; `codemoe --version` lists them\n"
+    PLACE_HELP
     "  -v, --verbose           print the backend and device, and any ops that ran on the CPU\n"
     "      --no-bos            do not add the BOS token to the prompt\n"
     "      --all-experts       with a pack: bring every expert into memory first (to\n"
@@ -60,6 +61,7 @@ typedef struct {
     int n_predict, n_ctx, no_bos, have_seed, moe_stats, all_experts, verbose;
     uint64_t moe_budget; /* 0: none given */
     cm_kv_type kv;
+    cm_place_opts place;
     cm_sampling_params sp;
     const char *stops[MAX_STOPS];
     int n_stops;
@@ -135,6 +137,8 @@ static cm_status parse_run(int argc, char **argv, run_opts *o, int *help, cm_err
             s = parse_kv_type(v, &o->kv, err);
         else if (!strcmp(a, "--backend"))
             o->backend = v;
+        else if (arg_is_place(a))
+            s = arg_place(a, v, &o->place, err);
         else if (!strcmp(a, "--moe-ram-budget"))
             s = arg_size(a, v, &o->moe_budget, err);
         else if (!strcmp(a, "--stop")) {
@@ -318,7 +322,7 @@ static cm_status make_ctx(const run_opts *o, const cm_model *m, cm_ctx **ctx, cm
     const cm_backend_ops *be;
     cm_status s = cm_backend_choose(o->backend, &be, err);
     if (!s)
-        s = cm_ctx_new_on(m, be, o->n_ctx, o->kv, 512, ctx, err);
+        s = cm_ctx_new_placed(m, be, &o->place, o->n_ctx, o->kv, 512, ctx, err);
     if (!s && (o->moe_budget || o->moe_stats) && m->hp.n_expert == 0)
         s = cm_fail(err, CM_E_USAGE, "%s is not a mixture-of-experts model: --moe-stats and "
                     "--moe-ram-budget do not apply", o->model);
@@ -457,7 +461,7 @@ static cm_status run_model(run_opts *o, cm_err *err)
 
 int cli_run(int argc, char **argv)
 {
-    run_opts o = {.n_predict = 256, .kv = CM_KV_F16};
+    run_opts o = {.n_predict = 256, .kv = CM_KV_F16, .place = CM_PLACE_AUTO};
     cm_err err = {0};
     int help = 0;
     char path[1024];

@@ -14,12 +14,14 @@
 /* ------------------------------------------------------------------ info */
 
 static const char INFO_HELP[] =
-    "usage: codemoe info MODEL [--tensors] [--backend B]\n"
+    "usage: codemoe info MODEL [--tensors] [--backend B] [-ngl N] [--vram-budget SIZE]\n"
     "\n"
     "Prints the architecture, hyper-parameters, tokenizer, tensor types and\n"
     "sizes of a GGUF model, and the backend and memory needed to run it.\n"
     "  --tensors     also list every tensor\n"
-    "  --backend B   the backend to size for (default: cpu, or CODEMOE_BACKEND)\n";
+    "  --backend B   the backend to size for (default: cpu, or CODEMOE_BACKEND); on a\n"
+    "                GPU backend, where each layer's weights and experts would go\n"
+    "  -ngl N, --vram-budget SIZE   that placement's options (see codemoe run --help)\n";
 
 static void print_type_table(const cm_model *m, int list)
 {
@@ -123,7 +125,40 @@ static void print_pack(const cm_model *m, size_t ctx_bytes)
            (shared + all) / 1048576.0, (shared + worst) / 1048576.0);
 }
 
-static void print_memory(const cm_model *m, const cm_backend_ops *be)
+/* Where a context on a device backend puts each layer's weights and
+ * experts, and the device memory in use then (measured). */
+static void print_placement_plan(const cm_model *m, const cm_backend_ops *be,
+                                 const cm_place_opts *place, int n_ctx)
+{
+    cm_ctx *c = NULL;
+    cm_err err = {0};
+    if (cm_ctx_new_placed(m, be, place, n_ctx, CM_KV_F16, 512, &c, &err)) {
+        printf("placement:       none (%s)\n", err.msg);
+        return;
+    }
+    cm_place_stats ps;
+    cm_ctx_place_stats(c, &ps);
+    print_placement(&ps, stdout);
+    const cm_hparams *hp = &m->hp;
+    for (int il = 0; hp->n_expert > 0 && il < hp->n_layer; il++) {
+        uint64_t eb = cm_expert_bytes(m, il);
+        int on = 0;
+        printf("  layer %2d experts on the device:", il);
+        for (int e = 0; e < hp->n_expert; e++)
+            if (cm_ctx_expert_on_device(c, il, e))
+                printf(" %d", e), on++;
+        printf("%s (%.2f MiB each; %.2f MiB device, %.2f MiB host)\n", on ? "" : " none",
+               eb / 1048576.0, on * eb / 1048576.0, (hp->n_expert - on) * eb / 1048576.0);
+    }
+    size_t fr = 0, total = 0;
+    cm_backend *b = cm_ctx_backend(c);
+    b->ops->mem_info(b, &fr, &total);
+    printf("device memory in use: %.1f MiB of %.1f MiB (cudaMemGetInfo, with a %d-token f16 "
+           "KV cache)\n", (total - fr) / 1048576.0, total / 1048576.0, n_ctx);
+    cm_ctx_free(c);
+}
+
+static void print_memory(const cm_model *m, const cm_backend_ops *be, const cm_place_opts *place)
 {
     int n_ctx = m->hp.n_ctx_train < 4096 ? m->hp.n_ctx_train : 4096;
     size_t ctx_bytes = cm_ctx_bytes_estimate(m, be, n_ctx, CM_KV_F16, 512);
@@ -138,12 +173,15 @@ static void print_memory(const cm_model *m, const cm_backend_ops *be)
            "at %d tokens, f16 KV)\n",
            (m->file.size + ctx_bytes) / 1048576.0, m->file.size / 1048576.0,
            ctx_bytes / 1048576.0, n_ctx);
+    if (!be->reads_host && be->mem_info)
+        print_placement_plan(m, be, place, n_ctx);
 }
 
 int cli_info(int argc, char **argv)
 {
     const char *path = NULL, *backend = NULL;
     const cm_backend_ops *be;
+    cm_place_opts place = CM_PLACE_AUTO;
     int list = 0;
     cm_err err = {0};
     for (int i = 1; i < argc; i++) {
@@ -154,6 +192,11 @@ int cli_info(int argc, char **argv)
             list = 1;
         else if (!strcmp(argv[i], "--backend") && i + 1 < argc)
             backend = argv[++i];
+        else if (arg_is_place(argv[i]) && i + 1 < argc) {
+            if (arg_place(argv[i], argv[i + 1], &place, &err))
+                return cli_fail(&err);
+            i++;
+        }
         else if (argv[i][0] == '-' && strcmp(argv[i], "-m"))
             return cm_fail(&err, CM_E_USAGE, "unknown option %s (see codemoe info --help)", argv[i]),
                    cli_fail(&err);
@@ -171,7 +214,7 @@ int cli_info(int argc, char **argv)
         return cli_fail(&err);
     print_info(&m);
     print_type_table(&m, list);
-    print_memory(&m, be);
+    print_memory(&m, be, &place);
     cm_model_free(&m);
     return 0;
 }
@@ -180,7 +223,7 @@ int cli_info(int argc, char **argv)
 
 static const char LOGITS_HELP[] =
     "usage: codemoe logits -m MODEL --ids 1,2,3 -o OUT.f32 [--kv-type f32|f16|q8_0] [-t N]\n"
-    "                      [--backend cpu|ref] [-v]\n"
+    "                      [--backend cpu|ref|cuda] [-ngl N] [--vram-budget SIZE] [-v]\n"
     "\n"
     "Evaluates the ids as one sequence and writes the logits of every position\n"
     "as float32 little-endian rows [n_ids, n_vocab].  The file appears only\n"
@@ -234,6 +277,7 @@ static cm_status write_atomic(const char *path, const void *data, size_t bytes, 
 typedef struct {
     const char *model, *out, *ids, *backend;
     cm_kv_type kv;
+    cm_place_opts place;
     int verbose;
 } logits_opts;
 
@@ -264,6 +308,8 @@ static cm_status parse_logits(int argc, char **argv, logits_opts *o, int *help, 
             s = arg_threads(v, err);
         else if (!strcmp(a, "--backend"))
             o->backend = v;
+        else if (arg_is_place(a))
+            s = arg_place(a, v, &o->place, err);
         else
             s = cm_fail(err, CM_E_USAGE, "unknown option %s (see codemoe logits --help)", a);
     }
@@ -294,7 +340,7 @@ static cm_status logits_run(const logits_opts *o, cm_err *err)
     else if (!(rows = malloc(n * (size_t)m.hp.n_vocab * sizeof(float))))
         s = cm_fail(err, CM_E_NOMEM, "out of memory for %zu rows of logits", n);
     if (!s)
-        s = cm_ctx_new_on(&m, be, (int)n, o->kv, 512, &ctx, err);
+        s = cm_ctx_new_placed(&m, be, &o->place, (int)n, o->kv, 512, &ctx, err);
     if (!s)
         s = cm_eval(ctx, ids, (int)n, rows, err);
     if (!s)
@@ -310,7 +356,7 @@ static cm_status logits_run(const logits_opts *o, cm_err *err)
 
 int cli_logits(int argc, char **argv)
 {
-    logits_opts o = {.kv = CM_KV_F16};
+    logits_opts o = {.kv = CM_KV_F16, .place = CM_PLACE_AUTO};
     cm_err err = {0};
     int help = 0;
     if (parse_logits(argc, argv, &o, &help, &err))

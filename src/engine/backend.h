@@ -78,6 +78,9 @@ typedef struct {
     void (*upload)(cm_backend *be, const cm_tensor *dst, const void *src, size_t bytes);
     void (*download)(cm_backend *be, const cm_tensor *src, void *dst, size_t bytes);
     void (*synchronize)(cm_backend *be);
+    /* device memory free and in all, NULL for host memory (then no
+     * weights are copied to it) */
+    void (*mem_info)(cm_backend *be, size_t *free_bytes, size_t *total_bytes);
 
     /* ---- the KV cache (mandatory: it lives in the backend) ---- */
     /* rows of k and v become cache positions p0, p0 + 1, ... of layer il */
@@ -85,6 +88,16 @@ typedef struct {
     /* out row t = softmax(q_t K^T / sqrt(d)) V over positions 0 .. p0 + t,
      * for each query head (grouped onto the KV heads) of q's rows */
     void (*attention)(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out);
+
+    /* ---- optional: whole batches ---- */
+    /* A batch of n tokens (ids, from position p0) giving n_out rows of
+     * logits is about to be issued, then ends.  replayable: every op will
+     * run on this backend with nothing decided on the host in between, so
+     * the backend may record the batch's ops once and replay the record
+     * for later batches of the same shape (ops then only update inputs). */
+    void (*batch_begin)(cm_backend *be, const int32_t *ids, int n, int p0, int n_out,
+                        int replayable);
+    void (*batch_end)(cm_backend *be);
 
     /* ---- the rest may be NULL (then the CPU runs it) ---- */
     /* out row t = table[ids[t]] (+ pos_table[p0 + t] when given) */
@@ -194,6 +207,17 @@ void cm_op_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src,
                        const int32_t *rows, const float *wts, int n);
 void cm_op_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
                   float *host);
+static inline void cm_op_batch_begin(cm_backend *be, const int32_t *ids, int n, int p0,
+                                     int n_out, int replayable)
+{
+    if (be->ops->batch_begin)
+        be->ops->batch_begin(be, ids, n, p0, n_out, replayable);
+}
+static inline void cm_op_batch_end(cm_backend *be)
+{
+    if (be->ops->batch_end)
+        be->ops->batch_end(be);
+}
 static inline void cm_op_kv_store(cm_backend *be, int il, const cm_tensor *k,
                                   const cm_tensor *v, int p0)
 {

@@ -104,8 +104,27 @@ static cm_status alloc_buffers(cm_ctx *c, cm_err *err)
     return CM_OK;
 }
 
-cm_status cm_ctx_new_on(const cm_model *m, const cm_backend_ops *backend, int n_ctx,
-                        cm_kv_type kv, int n_batch, cm_ctx **out, cm_err *err)
+/* The context's view of the weights: a copy of m's tensors, and of each
+ * expert's matrices, that placement may point at device memory. */
+static cm_status copy_weights(cm_ctx *c, cm_err *err)
+{
+    const cm_model *m = c->m;
+    const size_t L = (size_t)m->hp.n_layer, X = (size_t)m->hp.n_expert;
+    c->w = *m;
+    c->w.layers = malloc((L ? L : 1) * sizeof *c->w.layers);
+    c->expw = malloc((L * X * 3 + 1) * sizeof *c->expw);
+    if (!c->w.layers || !c->expw)
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating a context");
+    memcpy(c->w.layers, m->layers, L * sizeof *c->w.layers);
+    for (size_t il = 0; il < L; il++)
+        for (size_t e = 0; e < X; e++)
+            cm_expert_views(&m->layers[il], (int)e, c->expw + (il * X + e) * 3);
+    return CM_OK;
+}
+
+cm_status cm_ctx_new_placed(const cm_model *m, const cm_backend_ops *backend,
+                            const cm_place_opts *place, int n_ctx, cm_kv_type kv, int n_batch,
+                            cm_ctx **out, cm_err *err)
 {
     *out = NULL;
     if (n_ctx <= 0 || n_ctx > (1 << 24))
@@ -130,12 +149,30 @@ cm_status cm_ctx_new_on(const cm_model *m, const cm_backend_ops *backend, int n_
     cm_status s = cm_backend_new(backend ? backend : &cm_backend_cpu_ops, &shape, &c->be, err);
     if (!s)
         s = alloc_buffers(c, err);
+    if (!s)
+        s = copy_weights(c, err);
+    if (!s) /* after the buffers: an automatic budget is what they leave */
+        s = cm_place_weights(c->be, m, place ? place : &CM_PLACE_AUTO, &c->w, c->expw,
+                             &c->place, err);
     if (s) {
         cm_ctx_free(c);
         return s;
     }
     *out = c;
     return CM_OK;
+}
+
+cm_status cm_ctx_new_on(const cm_model *m, const cm_backend_ops *backend, int n_ctx,
+                        cm_kv_type kv, int n_batch, cm_ctx **out, cm_err *err)
+{
+    return cm_ctx_new_placed(m, backend, NULL, n_ctx, kv, n_batch, out, err);
+}
+
+void cm_ctx_place_stats(const cm_ctx *c, cm_place_stats *out) { cm_place_get_stats(c->place, out); }
+
+int cm_ctx_expert_on_device(const cm_ctx *c, int il, int e)
+{
+    return cm_place_expert_resident(c->place, il, e);
 }
 
 cm_status cm_ctx_new(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch, cm_ctx **out,
@@ -151,7 +188,10 @@ void cm_ctx_free(cm_ctx *c)
     act_spec s[MAX_ACTS];
     for (int i = 0, n = act_specs(&c->m->hp, s); c->be && i < n; i++)
         cm_backend_tensor_free(c->be, act(c, s[i].off));
+    if (c->be)
+        cm_place_free(c->be, c->place);
     cm_backend_free(c->be);
+    free(c->w.layers), free(c->expw);
     free(c->logits), free(c->routing.expert), free(c->routing.weight);
     free(c->exp_rows), free(c->exp_wts), free(c->exp_count), free(c->expert_tokens);
     cm_expert_cache_free(c->experts);
@@ -304,18 +344,23 @@ static void layer(cm_ctx *c, const cm_layer *L, int il, int first, int n)
  * (the caller's array, or the context's one row). */
 static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out, float *out)
 {
-    const cm_model *m = c->m;
+    const cm_model *m = &c->w;
     const cm_hparams *hp = &m->hp;
     cm_tensor x = cm_rows(&c->x, 0, n);
+    /* a token of generation, all on the device, repeats the same ops */
+    cm_op_batch_begin(c->be, ids, n, c->n_past, n_out,
+                      hp->n_expert == 0 && cm_place_complete(c->place));
     cm_op_embed(c->be, &m->tok_embd, &m->pos_embd, ids, n, c->n_past, &x);
     for (int il = 0; il < hp->n_layer; il++) /* the last layer: only rows giving logits */
         layer(c, &m->layers[il], il, il == hp->n_layer - 1 ? n - n_out : 0, n);
     c->n_past += n;
-    if (n_out == 0)
-        return;
-    cm_tensor last = cm_rows(&c->x, n - n_out, n_out), h = cm_rows(&c->h, 0, n_out);
-    cm_op_norm(c->be, &last, &m->out_norm, &m->out_norm_b, hp->norm_eps, hp->layer_norm, &h);
-    cm_op_logits(c->be, &h, &m->output, &m->output_b, out);
+    if (n_out > 0) {
+        cm_tensor last = cm_rows(&c->x, n - n_out, n_out), h = cm_rows(&c->h, 0, n_out);
+        cm_op_norm(c->be, &last, &m->out_norm, &m->out_norm_b, hp->norm_eps, hp->layer_norm,
+                   &h);
+        cm_op_logits(c->be, &h, &m->output, &m->output_b, out);
+    }
+    cm_op_batch_end(c->be);
 }
 
 cm_status cm_eval_last(cm_ctx *c, const int32_t *ids, int n, int n_out, float *logits,

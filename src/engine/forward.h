@@ -8,6 +8,7 @@
 #include "engine/backend.h"
 #include "engine/expert_cache.h"
 #include "engine/model.h"
+#include "engine/placement.h"
 #include "util/status.h"
 
 typedef struct cm_ctx cm_ctx;
@@ -19,6 +20,15 @@ cm_status cm_ctx_new(const cm_model *m, int n_ctx, cm_kv_type kv, int n_batch,
 /* The same on a chosen backend (NULL: the CPU). */
 cm_status cm_ctx_new_on(const cm_model *m, const cm_backend_ops *backend, int n_ctx,
                         cm_kv_type kv, int n_batch, cm_ctx **out, cm_err *err);
+/* The same with the weights a device backend holds chosen by place
+ * (engine/placement.h; cm_ctx_new_on places automatically). */
+cm_status cm_ctx_new_placed(const cm_model *m, const cm_backend_ops *backend,
+                            const cm_place_opts *place, int n_ctx, cm_kv_type kv, int n_batch,
+                            cm_ctx **out, cm_err *err);
+/* Where the weights are: bytes on the device and in host memory, the
+ * expert cache's counts (all zero on a backend that reads host memory). */
+void cm_ctx_place_stats(const cm_ctx *c, cm_place_stats *out);
+int cm_ctx_expert_on_device(const cm_ctx *c, int il, int e);
 void cm_ctx_free(cm_ctx *c);
 /* The backend the context runs on (its name, device and fallback counts). */
 cm_backend *cm_ctx_backend(const cm_ctx *c);

@@ -7,11 +7,15 @@
 #include "engine/backend.h"
 #include "engine/expert_cache.h"
 #include "engine/forward.h"
+#include "engine/placement.h"
 
 /* A context: one sequence, its backend, and the activations of a batch
  * (n_batch rows each) in the backend's memory. */
 struct cm_ctx {
     const cm_model *m;
+    cm_model w;         /* m's tensors where this context's backend reads them */
+    cm_tensor *expw;    /* [n_layer][n_expert][3]: each expert's gate, up, down */
+    cm_placement *place; /* weights copied to the backend's memory, or NULL */
     int n_ctx, n_batch, n_past;
     cm_kv_type kv_type;
     cm_backend *be;     /* runs every op; owns the KV cache */

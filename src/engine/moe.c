@@ -8,19 +8,6 @@
 
 #include "engine/forward_internal.h"
 
-/* Matrix e of a stacked [ne0, ne1, n_expert] tensor, as a 2-D view. */
-static cm_tensor expert_view(const cm_tensor *t, int e)
-{
-    cm_tensor v = *t;
-    size_t bytes = cm_row_bytes(t->type, t->ne[0]) * (size_t)t->ne[1];
-    v.ne[2] = 1;
-    v.offs += (size_t)e * bytes;
-    if (t->data)
-        v.data = (const char *)t->data + (size_t)e * bytes;
-    v.nbytes = bytes;
-    return v;
-}
-
 /* Sorts the batch's routing into per-expert lists of token rows. */
 static void group_by_expert(cm_ctx *c, int il, int n)
 {
@@ -37,20 +24,19 @@ static void group_by_expert(cm_ctx *c, int il, int n)
 }
 
 /* ye = down(silu(gate xe) * up xe) for the first n rows of xe. */
-static void run_expert(cm_ctx *c, const cm_layer *L, int e, int n)
+static void run_expert(cm_ctx *c, int il, int e, int n)
 {
-    cm_tensor g = expert_view(&L->gate_exps, e), u = expert_view(&L->up_exps, e);
-    cm_tensor d = expert_view(&L->down_exps, e);
+    const cm_tensor *ew = c->expw + ((size_t)il * c->m->hp.n_expert + e) * 3;
+    const cm_tensor *g = &ew[0], *u = &ew[1], *d = &ew[2];
     cm_tensor x = cm_rows(&c->xe, 0, n), y = cm_rows(&c->ye, 0, n);
     cm_tensor a = cm_shaped(&c->ff_a, c->m->hp.n_ff_exp, n);
     cm_tensor b = cm_shaped(&c->ff_b, c->m->hp.n_ff_exp, n);
-    const cm_tensor *w[2] = {&g, &u};
+    const cm_tensor *w[2] = {g, u};
     cm_tensor *ys[2] = {&a, &b};
     cm_op_matmul(c->be, 2, w, NULL, &x, ys); /* one quantization of xe */
     cm_op_swiglu(c->be, &a, &b);
-    const cm_tensor *wd = &d;
     cm_tensor *yd = &y;
-    cm_op_matmul(c->be, 1, &wd, NULL, &a, &yd);
+    cm_op_matmul(c->be, 1, &d, NULL, &a, &yd);
 }
 
 /* out += sigmoid(gate . h) * shared_expert(h), for every token. */
@@ -92,9 +78,10 @@ void cm_moe_ffn(cm_ctx *c, const cm_layer *L, int il, cm_tensor *out)
             continue; /* an expert nobody chose is never read */
         if (c->experts)
             cm_expert_cache_use(c->experts, il, e);
+        cm_place_expert_use(c->place, c->be, il, e, cnt, c->expw);
         cm_tensor xe = cm_rows(&c->xe, 0, cnt), ye = cm_rows(&c->ye, 0, cnt);
         cm_op_gather(c->be, &h, rows, cnt, &xe);
-        run_expert(c, L, e, cnt);
+        run_expert(c, il, e, cnt);
         cm_op_scatter_add(c->be, out, &ye, rows, c->exp_wts + (size_t)e * c->n_batch, cnt);
     }
     if (hp->n_ff_shexp > 0)

@@ -1,0 +1,108 @@
+/* common.cuh - what the CUDA backend's files share: its state, device
+ * pointers of tensors, error checks. */
+#ifndef CM_CUDA_COMMON_CUH
+#define CM_CUDA_COMMON_CUH
+
+#include <cuda_runtime.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+
+extern "C" {
+#include "engine/backend.h"
+}
+
+struct cuda_state {
+    const cm_hparams *hp;
+    cudaStream_t stream;       /* every op is queued here, in order */
+    int n_ctx, n_batch;
+    cm_kv_type kv;
+    size_t krow, vrow;         /* bytes of one position's keys, values */
+    char **k_cache, **v_cache; /* [n_layer] device pointers */
+    size_t smem;               /* shared bytes an attention block may need */
+    float *rope_cs;            /* [n_ctx][rope_dim/2][2] cos, sin */
+    char *xq;                  /* activations quantized for the products */
+    size_t xq_bytes;
+    int32_t *rows;             /* gather / scatter-add row lists */
+    float *wts;
+    float *logits;             /* a chunk of logit rows before their download */
+    int logit_rows;
+    float *host_route;         /* router logits, downloaded */
+    int sm_count, cc;          /* multiprocessors, compute capability x 10 + y */
+    size_t vram_peak;          /* most device memory seen in use */
+    /* the batch's first position and token ids: kernels read the position
+     * from io_dev[0] (plus an offset known when the ops are issued), so a
+     * recorded batch replays at any position */
+    int32_t *io_dev, *io_host; /* [1 + n_batch]; io_host pinned */
+    int batch_p0;
+    /* a recorded generation step (CUDA graph) */
+    int mode;                  /* EAGER, CAPTURE or REPLAY */
+    int ops_seen, ops_recorded;
+    cudaGraphExec_t graph;
+    float *logits_host;        /* pinned: the recorded step's logits */
+    float *logits_dst;         /* where batch_end copies them */
+    size_t logits_bytes;
+};
+
+enum { EAGER = 0, CAPTURE = 1, REPLAY = 2 };
+
+/* Every op counts itself; in a replayed batch that is all it does (the
+ * record runs at the batch's end). */
+static inline bool skip_op(cuda_state *st)
+{
+    st->ops_seen++;
+    return st->mode == REPLAY;
+}
+
+static inline cuda_state *cuda_st(cm_backend *be) { return (cuda_state *)be->state; }
+
+/* Device address of a view: its buffer's memory plus the offset. */
+static inline char *dev_ptr(const cm_tensor *t)
+{
+    return (char *)t->buf->dev + t->offs;
+}
+
+static inline int present(const cm_tensor *t) { return t && (t->data || t->buf); }
+
+/* An op has no status to return: a failed launch or copy is a broken
+ * device, reported and fatal, never a silently wrong answer. */
+static inline void cuda_check(cudaError_t e, const char *what)
+{
+    if (e != cudaSuccess) {
+        fprintf(stderr, "codemoe: cuda: %s: %s\n", what, cudaGetErrorString(e));
+        exit(1);
+    }
+}
+
+static inline unsigned blocks_for(long n, int per) { return (unsigned)((n + per - 1) / per); }
+
+/* Products (matmul.cu): ys[i] = x ws[i]^T (+ bs[i]), weights in device memory. */
+void cuda_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,
+                 const cm_tensor *x, cm_tensor *const *ys);
+/* y (rows x w->ne[1], row stride ld floats) = x w^T (+ b) */
+void cuda_matmul_into(cuda_state *st, const cm_tensor *w, const cm_tensor *b, const float *x,
+                      int n, float *y);
+size_t cuda_xq_bytes(const cm_hparams *hp, int n_batch);
+
+/* The small ops (ops.cu). */
+void cuda_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
+                const int32_t *ids, int n, int p0, cm_tensor *out);
+void cuda_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
+               float eps, int layer_norm, cm_tensor *out);
+void cuda_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0);
+void cuda_clear(cm_backend *be, cm_tensor *x);
+void cuda_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b);
+void cuda_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out);
+void cuda_add(cm_backend *be, cm_tensor *x, const cm_tensor *y);
+void cuda_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const cm_tensor *gate);
+void cuda_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n,
+                 cm_tensor *dst);
+void cuda_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, const int32_t *rows,
+                      const float *wts, int n);
+
+/* The KV cache and attention (attention.cu). */
+void cuda_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_tensor *v, int p0);
+void cuda_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out);
+size_t cuda_attention_smem(const cm_hparams *hp, int n_ctx);
+
+#endif

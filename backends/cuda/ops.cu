@@ -1,0 +1,313 @@
+/* ops.cu - the CUDA backend's small ops: embeddings, norms, rotary
+ * embeddings, activations, residual adds, and the MoE row moves.
+ *
+ * Each follows the CPU backend's arithmetic (backends/cpu/ops.c): the
+ * rotary angles come from the same table (computed on the host at start),
+ * norms sum in float over a tree instead of in double. */
+#include <cuda_fp16.h>
+
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/quant_dev.cuh"
+
+namespace {
+
+const int NORM_THREADS = 256;
+
+__device__ float block_sum(float v, float *red)
+{
+    for (int o = 16; o > 0; o /= 2)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x % 32 == 0)
+        red[threadIdx.x / 32] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x / 32); w++)
+        s += red[w];
+    __syncthreads();
+    return s;
+}
+
+/* A table of rows of one type: where element i of row r is. */
+struct table_ref {
+    const char *data;
+    size_t row;             /* bytes of a row */
+    int type, elems, bytes; /* type, elements and bytes of its blocks */
+};
+
+table_ref table_of(const cm_tensor *t)
+{
+    table_ref r = {NULL, 0, 0, 1, 4};
+    if (!present(t))
+        return r;
+    const cm_type_info *ti = cm_type_get(t->type);
+    r.data = dev_ptr(t);
+    r.row = cm_row_bytes(t->type, t->ne[0]);
+    r.type = t->type;
+    r.elems = (int)ti->block_elems;
+    r.bytes = (int)ti->block_bytes;
+    return r;
+}
+
+__device__ float table_at(const table_ref &t, long r, int i)
+{
+    const char *blk = t.data + (size_t)r * t.row + (size_t)(i / t.elems) * t.bytes;
+    return dequant_elem((enum cm_type)t.type, blk, i % t.elems);
+}
+
+/* Row t = table[ids[t]] (+ pos[p0 + t]), dequantized, p0 = *pos0 + delta. */
+__global__ void embed_rows(table_ref table, table_ref pos, const int32_t *ids,
+                           const int32_t *pos0, int delta, int cols, float *out)
+{
+    const int t = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= cols)
+        return;
+    float v = table_at(table, ids[t], i);
+    if (pos.data)
+        v += table_at(pos, *pos0 + delta + t, i);
+    out[(size_t)t * cols + i] = v;
+}
+
+/* One block per row: RMSNorm, or LayerNorm (mean first) with its bias. */
+__global__ void norm_rows(const float *x, const float *w, const float *b, float *out, int n,
+                          float eps, int layer_norm)
+{
+    __shared__ float red[NORM_THREADS / 32];
+    const float *xi = x + (size_t)blockIdx.x * n;
+    float *o = out + (size_t)blockIdx.x * n;
+    float mean = 0.0f;
+    if (layer_norm) {
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            s += xi[i];
+        mean = block_sum(s, red) / n;
+    }
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        ss += (xi[i] - mean) * (xi[i] - mean);
+    const float scale = rsqrtf(block_sum(ss, red) / n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        o[i] = (xi[i] - mean) * scale * w[i] + (b ? b[i] : 0.0f);
+}
+
+struct rope_args {
+    float *x;
+    const float *norm_w; /* per-head RMSNorm weights, or NULL */
+    const float *cs;     /* the table */
+    const int32_t *p0;   /* the batch's first position; rows from p0 + delta */
+    int delta;
+    int n_heads, d, rope_dim, neox, use_rope;
+    float eps;
+};
+
+/* Block (head, row): the head's RMSNorm when asked, then its rotation. */
+__global__ void rope_heads(rope_args a)
+{
+    __shared__ float red[32];
+    const int h = blockIdx.x, t = blockIdx.y;
+    float *v = a.x + ((size_t)t * a.n_heads + h) * a.d;
+    if (a.norm_w) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < a.d; i += blockDim.x)
+            ss += v[i] * v[i];
+        const float scale = rsqrtf(block_sum(ss, red) / a.d + a.eps);
+        for (int i = threadIdx.x; i < a.d; i += blockDim.x)
+            v[i] = v[i] * scale * a.norm_w[i];
+        __syncthreads();
+    }
+    if (!a.use_rope)
+        return;
+    const int half = a.rope_dim / 2;
+    const float *cs = a.cs + (size_t)(*a.p0 + a.delta + t) * a.rope_dim;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const int p = a.neox ? i : 2 * i, q = a.neox ? i + half : 2 * i + 1;
+        const float c = cs[2 * i], s = cs[2 * i + 1], x0 = v[p], x1 = v[q];
+        v[p] = x0 * c - x1 * s;
+        v[q] = x0 * s + x1 * c;
+    }
+}
+
+__global__ void swiglu_k(float *a, const float *b, long n)
+{
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+}
+
+__global__ void gelu_k(const float *x, float *out, long n)
+{
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    const float k = 0.7978845608028654f, v = x[i];
+    out[i] = 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+}
+
+__global__ void add_k(float *x, const float *y, long n)
+{
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        x[i] += y[i];
+}
+
+__global__ void add_gated_k(float *out, const float *y, const float *gate, int cols, long n)
+{
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    const float g = gate ? 1.0f / (1.0f + expf(-gate[i / cols])) : 1.0f;
+    out[i] += g * y[i];
+}
+
+__global__ void gather_k(const float *src, const int32_t *rows, float *dst, int cols)
+{
+    const int r = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < cols)
+        dst[(size_t)r * cols + i] = src[(size_t)rows[r] * cols + i];
+}
+
+/* Each destination row appears at most once per call (a token picks an
+ * expert once), so no two threads add to one element. */
+__global__ void scatter_add_k(float *dst, const float *src, const int32_t *rows,
+                              const float *wts, int cols)
+{
+    const int r = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < cols)
+        dst[(size_t)rows[r] * cols + i] += wts[r] * src[(size_t)r * cols + i];
+}
+
+long elems(const cm_tensor *t) { return (long)t->ne[0] * (long)t->ne[1]; }
+
+} // namespace
+
+/* In a recorded step the ids are the ones batch_begin put on the device. */
+void cuda_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
+                const int32_t *ids, int n, int p0, cm_tensor *out)
+{
+    cuda_state *st = cuda_st(be);
+    if (skip_op(st))
+        return;
+    const int32_t *ids_dev = st->io_dev + 1;
+    if (st->mode == EAGER) {
+        cuda_check(cudaMemcpyAsync(st->rows, ids, (size_t)n * sizeof(int32_t),
+                                   cudaMemcpyHostToDevice, st->stream), "embed ids");
+        ids_dev = st->rows;
+    }
+    const int cols = (int)table->ne[0];
+    embed_rows<<<dim3(blocks_for(cols, 256), (unsigned)n), 256, 0, st->stream>>>(
+        table_of(table), table_of(pos_table), ids_dev, st->io_dev, p0 - st->batch_p0, cols,
+        (float *)dev_ptr(out));
+    cuda_check(cudaGetLastError(), "embed");
+}
+
+void cuda_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
+               float eps, int layer_norm, cm_tensor *out)
+{
+    if (skip_op(cuda_st(be)))
+        return;
+    cuda_state *st = cuda_st(be);
+    norm_rows<<<(unsigned)x->ne[1], NORM_THREADS, 0, st->stream>>>(
+        (const float *)dev_ptr(x), (const float *)dev_ptr(w),
+        layer_norm && present(b) ? (const float *)dev_ptr(b) : NULL, (float *)dev_ptr(out),
+        (int)x->ne[0], eps, layer_norm);
+    cuda_check(cudaGetLastError(), "norm");
+}
+
+void cuda_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
+{
+    cuda_state *st = cuda_st(be);
+    const cm_hparams *hp = st->hp;
+    rope_args a;
+    a.x = (float *)dev_ptr(x);
+    a.norm_w = present(norm_w) ? (const float *)dev_ptr(norm_w) : NULL;
+    a.d = hp->head_dim;
+    a.n_heads = (int)(x->ne[0] / hp->head_dim);
+    a.rope_dim = hp->rope_dim;
+    a.neox = hp->rope_neox;
+    a.use_rope = hp->use_rope;
+    a.eps = hp->norm_eps;
+    a.cs = st->rope_cs;
+    a.p0 = st->io_dev;
+    a.delta = p0 - st->batch_p0;
+    if (skip_op(st) || (!a.norm_w && !a.use_rope))
+        return;
+    rope_heads<<<dim3((unsigned)a.n_heads, (unsigned)x->ne[1]), 64, 0, st->stream>>>(a);
+    cuda_check(cudaGetLastError(), "rope");
+}
+
+void cuda_clear(cm_backend *be, cm_tensor *x)
+{
+    if (skip_op(cuda_st(be)))
+        return;
+    cuda_check(cudaMemsetAsync(dev_ptr(x), 0, x->nbytes, cuda_st(be)->stream), "clear");
+}
+
+void cuda_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
+{
+    if (skip_op(cuda_st(be)))
+        return;
+    long n = elems(a);
+    swiglu_k<<<blocks_for(n, 256), 256, 0, cuda_st(be)->stream>>>(
+        (float *)dev_ptr(a), (const float *)dev_ptr(b), n);
+    cuda_check(cudaGetLastError(), "swiglu");
+}
+
+void cuda_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out)
+{
+    if (skip_op(cuda_st(be)))
+        return;
+    long n = elems(x);
+    gelu_k<<<blocks_for(n, 256), 256, 0, cuda_st(be)->stream>>>(
+        (const float *)dev_ptr(x), (float *)dev_ptr(out), n);
+    cuda_check(cudaGetLastError(), "gelu");
+}
+
+void cuda_add(cm_backend *be, cm_tensor *x, const cm_tensor *y)
+{
+    if (skip_op(cuda_st(be)))
+        return;
+    long n = elems(x);
+    add_k<<<blocks_for(n, 256), 256, 0, cuda_st(be)->stream>>>((float *)dev_ptr(x),
+                                                                (const float *)dev_ptr(y), n);
+    cuda_check(cudaGetLastError(), "add");
+}
+
+void cuda_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const cm_tensor *gate)
+{
+    if (skip_op(cuda_st(be)))
+        return;
+    long n = elems(out);
+    add_gated_k<<<blocks_for(n, 256), 256, 0, cuda_st(be)->stream>>>(
+        (float *)dev_ptr(out), (const float *)dev_ptr(y),
+        present(gate) ? (const float *)dev_ptr(gate) : NULL, (int)out->ne[0], n);
+    cuda_check(cudaGetLastError(), "add_gated");
+}
+
+void cuda_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n,
+                 cm_tensor *dst)
+{
+    if (skip_op(cuda_st(be)))
+        return;
+    cuda_state *st = cuda_st(be);
+    const int cols = (int)src->ne[0];
+    cuda_check(cudaMemcpyAsync(st->rows, rows, (size_t)n * sizeof(int32_t),
+                               cudaMemcpyHostToDevice, st->stream), "gather rows");
+    gather_k<<<dim3(blocks_for(cols, 256), (unsigned)n), 256, 0, st->stream>>>(
+        (const float *)dev_ptr(src), st->rows, (float *)dev_ptr(dst), cols);
+    cuda_check(cudaGetLastError(), "gather");
+}
+
+void cuda_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, const int32_t *rows,
+                      const float *wts, int n)
+{
+    if (skip_op(cuda_st(be)))
+        return;
+    cuda_state *st = cuda_st(be);
+    const int cols = (int)dst->ne[0];
+    cuda_check(cudaMemcpyAsync(st->rows, rows, (size_t)n * sizeof(int32_t),
+                               cudaMemcpyHostToDevice, st->stream), "scatter rows");
+    cuda_check(cudaMemcpyAsync(st->wts, wts, (size_t)n * sizeof(float), cudaMemcpyHostToDevice,
+                               st->stream), "scatter weights");
+    scatter_add_k<<<dim3(blocks_for(cols, 256), (unsigned)n), 256, 0, st->stream>>>(
+        (float *)dev_ptr(dst), (const float *)dev_ptr(src), st->rows, st->wts, cols);
+    cuda_check(cudaGetLastError(), "scatter_add");
+}
