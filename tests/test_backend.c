@@ -315,10 +315,9 @@ static void test_matmul_n(const cm_backend_ops *ops, const cm_hparams *hp)
 
 static void test_embed_logits(const cm_backend_ops *ops, const cm_hparams *hp)
 {
-    static const enum cm_type types[] = {CM_TYPE_F32, CM_TYPE_F16, CM_TYPE_Q8_0, CM_TYPE_Q4_K,
-                                         CM_TYPE_Q6_K, CM_TYPE_Q5_1};
+    const enum cm_type *types = all_types;
     const int E = hp->n_embd;
-    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+    for (size_t ti = 0; ti < N_TYPES; ti++) {
         cm_tensor table = weight(types[ti], E, 300), pos = weight(CM_TYPE_F32, E, 64);
         cm_tensor bias = vec(300, 0.2f);
         pair p;
@@ -640,7 +639,7 @@ static float *model_logits(const cm_model *m, const cm_backend_ops *ops, const i
  * the layers below --gpu-layers, or experts beyond a budget, run on the
  * CPU (experts move in as they are used).  Prompt batches, then tokens
  * one at a time; the logits as the reference's. */
-static void test_placements(const char *path, const cm_backend_ops *ops)
+static void test_placements(const char *path, const cm_backend_ops *ops, double tol)
 {
     cm_model m;
     cm_err err;
@@ -679,7 +678,7 @@ static void test_placements(const char *path, const cm_backend_ops *ops)
                    po.gpu_layers, (unsigned long long)po.budget,
                    (ps.dense_dev + ps.exp_dev) / 1048576.0, (ps.dense_host + ps.exp_host) / 1048576.0,
                    (unsigned long long)ps.host_runs, (unsigned long long)ps.uploads, d / mx);
-            CHECK(d / mx <= 1e-5, "%s, -ngl %d budget %llu: logits differ from the reference by "
+            CHECK(d / mx <= tol, "%s, -ngl %d budget %llu: logits differ from the reference by "
                   "%.3g", path, po.gpu_layers, (unsigned long long)po.budget, d / mx);
             CHECK(i != 0 || ps.dense_host > 0, "-ngl 1 left no layer on the CPU");
             CHECK(i != 2 || ps.host_runs > 0, "a budget of three experts ran none on the CPU");
@@ -695,7 +694,8 @@ static void test_placements(const char *path, const cm_backend_ops *ops)
  * boundary, summation order decides which way it goes: f16_tol says how
  * far that moves this model (0: not compared; kq-q4_k_m's sharp attention
  * moves logits by 0.1 on one step, as far as llama.cpp is from both). */
-static void test_model(const char *path, const cm_backend_ops *ops, double f16_tol)
+static void test_model(const char *path, const cm_backend_ops *ops, double f32_tol,
+                       double f16_tol)
 {
     cm_model m;
     cm_err err;
@@ -717,7 +717,7 @@ static void test_model(const char *path, const cm_backend_ops *ops, double f16_t
             max_diff(a, r, (size_t)n * m.hp.n_vocab, &d, &mx);
             printf("  %-40s kv %s: %s vs ref, max error %.2e of max %.2f\n",
                    strrchr(path, '/') + 1, ki ? "f16" : "f32", ops->name, d, mx);
-            CHECK(d / mx <= (ki ? f16_tol : 1e-5), "%s on %s, kv %d: logits differ from the "
+            CHECK(d / mx <= (ki ? f16_tol : f32_tol), "%s on %s, kv %d: logits differ from the "
                   "reference by %.3g (max %.3g)", ops->name, path, (int)kvs[ki], d, mx);
         }
         free(a), free(r);
@@ -801,7 +801,7 @@ static void test_architectures(const char *shared, const int *here)
             const cm_backend_ops *ops;
             for (size_t b = 0; (ops = cm_backend_at(b)) && b < 16; b++)
                 if (here[b])
-                    test_model(out, ops, 0);
+                    test_model(out, ops, 1e-5, 0);
             if (!f16)
                 test_fallback(out);
             remove(out);
@@ -863,20 +863,25 @@ int main(void)
     const char *shared = tl_shared("fixtures/hf/gpt_bigcode/config.json");
     if (!shared)
         tl_skip("fixture models not found (set CM_SHARED): the ops were tested, not whole models");
+    /* kq-q4_k_m sits near rounding steps of its quantized activations: a
+     * last-bit difference in any sum flips one, and the attention that
+     * follows is sharp enough to move later logits by 2 % of their range
+     * (the CPU backend against the reference, the whole 24-token prompt in
+     * one batch: 0.11 of 5.31 from token 13 on, `codemoe logits`) */
     static const struct {
         const char *file;
-        double f16_tol;
-    } models[] = {{"llama/llama-q8_0.gguf", 1e-3}, {"llama/llama-f16.gguf", 1e-3},
-                  {"mixtral/mixtral-q4_0.gguf", 1e-3}, {"mixtral/mixtral-f32.gguf", 1e-3},
-                  {"kquants/kq-q4_k_m.gguf", 0}};
+        double f32_tol, f16_tol;
+    } models[] = {{"llama/llama-q8_0.gguf", 1e-5, 1e-3}, {"llama/llama-f16.gguf", 1e-5, 1e-3},
+                  {"llama/llama-q4_0.gguf", 1e-5, 1e-3}, {"mixtral/mixtral-q4_0.gguf", 1e-5, 1e-3},
+                  {"mixtral/mixtral-f32.gguf", 1e-5, 1e-3}, {"kquants/kq-q4_k_m.gguf", 0.05, 0}};
     char path[1024];
     test_architectures(shared, here);
     for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) {
         tl_path(path, sizeof path, "%s/fixtures/gguf/%s", shared, models[i].file);
         for (size_t b = 0; (ops = cm_backend_at(b)) && b < 16; b++)
             if (here[b]) {
-                test_model(path, ops, models[i].f16_tol);
-                test_placements(path, ops);
+                test_model(path, ops, models[i].f32_tol, models[i].f16_tol);
+                test_placements(path, ops, models[i].f32_tol);
             }
         test_fallback(path);
     }

@@ -13,20 +13,6 @@ namespace {
 
 const int NORM_THREADS = 256;
 
-__device__ float block_sum(float v, float *red)
-{
-    for (int o = 16; o > 0; o /= 2)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (threadIdx.x % 32 == 0)
-        red[threadIdx.x / 32] = v;
-    __syncthreads();
-    float s = 0.0f;
-    for (int w = 0; w < (int)(blockDim.x / 32); w++)
-        s += red[w];
-    __syncthreads();
-    return s;
-}
-
 /* A table of rows of one type: where element i of row r is. */
 struct table_ref {
     const char *data;
@@ -67,26 +53,56 @@ __global__ void embed_rows(table_ref table, table_ref pos, const int32_t *ids,
     out[(size_t)t * cols + i] = v;
 }
 
+__device__ double block_sum_d(double v, double *red)
+{
+    for (int o = 16; o > 0; o /= 2)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x % 32 == 0)
+        red[threadIdx.x / 32] = v;
+    __syncthreads();
+    double s = 0.0;
+    for (int w = 0; w < (int)(blockDim.x / 32); w++)
+        s += red[w];
+    __syncthreads();
+    return s;
+}
+
+/* The scale of a row's RMSNorm: sums in double and the reciprocal square
+ * root correctly rounded, as the CPU computes it, so the normalised row
+ * is the CPU's to the bit and so are its quantized products (a model
+ * whose activations sit near rounding steps would otherwise drift). */
+__device__ float rms_scale(const float *v, int n, float eps, double *red)
+{
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        ss += (double)v[i] * v[i];
+    return (float)(1.0 / sqrt(block_sum_d(ss, red) / (double)n + eps));
+}
+
 /* One block per row: RMSNorm, or LayerNorm (mean first) with its bias. */
 __global__ void norm_rows(const float *x, const float *w, const float *b, float *out, int n,
                           float eps, int layer_norm)
 {
-    __shared__ float red[NORM_THREADS / 32];
+    __shared__ double red[NORM_THREADS / 32];
     const float *xi = x + (size_t)blockIdx.x * n;
     float *o = out + (size_t)blockIdx.x * n;
-    float mean = 0.0f;
-    if (layer_norm) {
-        float s = 0.0f;
+    if (!layer_norm) {
+        const float scale = rms_scale(xi, n, eps, red);
         for (int i = threadIdx.x; i < n; i += blockDim.x)
-            s += xi[i];
-        mean = block_sum(s, red) / n;
+            o[i] = __fmul_rn(__fmul_rn(xi[i], scale), w[i]);
+        return;
     }
-    float ss = 0.0f;
+    double s = 0.0;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
-        ss += (xi[i] - mean) * (xi[i] - mean);
-    const float scale = rsqrtf(block_sum(ss, red) / n + eps);
+        s += xi[i];
+    const double mean = block_sum_d(s, red) / n;
+    double var = 0.0;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
-        o[i] = (xi[i] - mean) * scale * w[i] + (b ? b[i] : 0.0f);
+        var += (xi[i] - mean) * (xi[i] - mean);
+    const float scale = (float)(1.0 / sqrt(block_sum_d(var, red) / n + eps));
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        o[i] = __fadd_rn(__fmul_rn(__fmul_rn((float)(xi[i] - mean), scale), w[i]),
+                         b ? b[i] : 0.0f);
 }
 
 struct rope_args {
@@ -102,16 +118,13 @@ struct rope_args {
 /* Block (head, row): the head's RMSNorm when asked, then its rotation. */
 __global__ void rope_heads(rope_args a)
 {
-    __shared__ float red[32];
+    __shared__ double red[32];
     const int h = blockIdx.x, t = blockIdx.y;
     float *v = a.x + ((size_t)t * a.n_heads + h) * a.d;
     if (a.norm_w) {
-        float ss = 0.0f;
+        const float scale = rms_scale(v, a.d, a.eps, red);
         for (int i = threadIdx.x; i < a.d; i += blockDim.x)
-            ss += v[i] * v[i];
-        const float scale = rsqrtf(block_sum(ss, red) / a.d + a.eps);
-        for (int i = threadIdx.x; i < a.d; i += blockDim.x)
-            v[i] = v[i] * scale * a.norm_w[i];
+            v[i] = __fmul_rn(__fmul_rn(v[i], scale), a.norm_w[i]);
         __syncthreads();
     }
     if (!a.use_rope)
@@ -121,8 +134,8 @@ __global__ void rope_heads(rope_args a)
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         const int p = a.neox ? i : 2 * i, q = a.neox ? i + half : 2 * i + 1;
         const float c = cs[2 * i], s = cs[2 * i + 1], x0 = v[p], x1 = v[q];
-        v[p] = x0 * c - x1 * s;
-        v[q] = x0 * s + x1 * c;
+        v[p] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s)); /* no FMA: the CPU's bits */
+        v[q] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
     }
 }
 

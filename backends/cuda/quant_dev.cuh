@@ -11,7 +11,10 @@
  * Bit-identity with the references (quantizers, dequant_elem) assumes the
  * references are built without FMA contraction (the project's x86 flags);
  * device code here uses the _rn intrinsics wherever a fused multiply-add
- * would change a result, so --fmad=true cannot break it.  dot_part is free
+ * would change a result, so --fmad=true cannot break it.  One exception:
+ * NaNs that arithmetic creates (q8_1's s of a block holding an inf) carry
+ * the processor's default NaN bits, which differ between x86, AArch64 and
+ * the GPU; they are still NaNs everywhere.  dot_part is free
  * to fuse: it only has to match cm_vec_dot_ref up to float rounding.
  *
  * Alignment: blocks whose size is a multiple of 4 bytes (q4_1, q5_1, q8_1,
@@ -219,6 +222,11 @@ CM_HD void q8_0_quantize_block(const float *x32, block_q8_0 *out)
     out->d = qd_f32_to_f16(qd_q8_32<false>(x32, out->qs, &sum));
 }
 
+/* A block holding an inf has d = inf and all-zero quants, so s = 0 * inf is
+ * a NaN in the reference too; which NaN is the FPU's default (x86 0xFFC00000
+ * -> half 0xFE00, the GPU 0x7FFFFFFF -> 0x7FFF, AArch64 0x7FC00000 ->
+ * 0x7E00), the one place these bytes can differ from a reference built on
+ * another processor.  Consumers only ever see it as a NaN. */
 CM_HD void q8_1_quantize_block(const float *x32, block_q8_1 *out)
 {
     int sum;
