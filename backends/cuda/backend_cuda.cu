@@ -178,6 +178,8 @@ cm_status cuda_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
         return cm_fail(err, CM_E_UNSUPPORTED, "cuda: a %d-token context needs %zu bytes of "
                        "shared memory per attention block, the GPU has %zu: use a smaller -c",
                        s->n_ctx, st->smem, (size_t)prop.sharedMemPerBlockOptin);
+    st->prompt_attn = cuda_attention_prompt_ok(hp, prop.sharedMemPerBlockOptin);
+    cudaGetLastError(); /* (a refused attribute is an answer, not an error) */
     if ((e = alloc_scratch(st, s)) != cudaSuccess)
         return cuda_fail(err, e, "allocating scratch memory");
     if (!s->no_kv && (e = alloc_cache(st, s)) != cudaSuccess)

@@ -30,6 +30,7 @@ struct cuda_state {
     float *host_route;         /* router logits, downloaded */
     int sm_count, cc;          /* multiprocessors, compute capability x 10 + y */
     size_t vram_peak;          /* most device memory seen in use */
+    bool prompt_attn;          /* attention_prompt.cu's kernel suits the model */
     /* the batch's first position and token ids: kernels read the position
      * from io_dev[0] (plus an offset known when the ops are issued), so a
      * recorded batch replays at any position */
@@ -76,6 +77,22 @@ static inline void cuda_check(cudaError_t e, const char *what)
 
 static inline unsigned blocks_for(long n, int per) { return (unsigned)((n + per - 1) / per); }
 
+/* One product: y (n rows of `rows`) = x w^T (+ bias). */
+struct mm_args {
+    const char *w;      /* weight rows */
+    size_t wrow;        /* bytes of one */
+    const char *x;      /* activation rows (quantized to the dot type, or floats) */
+    size_t xrow;
+    const float *bias;  /* or NULL */
+    float *y;
+    int rows, cols, n;  /* weight rows, columns, tokens */
+};
+
+/* Prompt batches of at least this many tokens go to the tensor-core
+ * kernels (mmq.cu) where the GPU and the type allow: false if not. */
+const int MMQ_MIN_TOKENS = 16;
+bool cuda_mmq(cuda_state *st, enum cm_type t, const mm_args &a);
+
 /* Products (matmul.cu): ys[i] = x ws[i]^T (+ bs[i]), weights in device memory. */
 void cuda_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,
                  const cm_tensor *x, cm_tensor *const *ys);
@@ -104,5 +121,13 @@ void cuda_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, cons
 void cuda_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_tensor *v, int p0);
 void cuda_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out);
 size_t cuda_attention_smem(const cm_hparams *hp, int n_ctx);
+/* Bytes a generated token's split attention keeps in st->xq (cuda_xq_bytes
+ * reserves them). */
+size_t cuda_attention_scratch(const cm_hparams *hp);
+/* Prompt rows (attention_prompt.cu): whether the kernel suits this model
+ * within smem_limit bytes of shared memory, and the kernel itself for the
+ * n rows of q at positions *io_dev + delta ... */
+bool cuda_attention_prompt_ok(const cm_hparams *hp, size_t smem_limit);
+void cuda_attention_prompt(cuda_state *st, int il, const float *q, int n, int delta, float *out);
 
 #endif

@@ -7,22 +7,35 @@
  * byte once: one warp per weight row, its lanes over the row's blocks,
  * several parts of a block per lane group (quant_dev.cuh), up to NT tokens
  * per pass over the row.  F32, F16 and BF16 weights dot with the float
- * activations. */
+ * activations.
+ *
+ * Generation (n <= DEC_N tokens) is bound by launches, not bandwidth, so
+ * its products take one launch per weight type, not two per weight: the
+ * weights sharing an input (q/k/v, gate/up) are one kernel whose blocks
+ * cover all their rows, and each block quantizes x into shared memory
+ * itself, with the same arithmetic as the separate quantization (so the
+ * same bytes, the same results).  Larger batches quantize x once into
+ * st->xq and launch a product per weight (tensor cores from
+ * MMQ_MIN_TOKENS, mmq.cu). */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <stdint.h>
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/quant_dev.cuh"
 
 namespace {
 
-const int WARPS = 4; /* weight rows per thread block */
-
 __device__ float warp_sum(float v)
 {
     for (int o = 16; o > 0; o /= 2)
         v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
+}
+
+bool is_float_type(enum cm_type t)
+{
+    return t == CM_TYPE_F32 || t == CM_TYPE_F16 || t == CM_TYPE_BF16;
 }
 
 /* ------------------------------------------------------------ activations */
@@ -60,136 +73,340 @@ size_t quantize_x(cuda_state *st, enum cm_type dt, const float *x, int cols, int
     }
 }
 
-/* ------------------------------------------------------------ products */
+/* The same quantizers, a block of the dot type by a group of G threads:
+ * q8_0/q8_1 2 threads of 16 values, q8_K 16 threads of 16 (one bsums
+ * group each), so 256 threads quantize 4096 values a round.  Each value
+ * goes through the expressions of quant_dev.cuh's q8_*_quantize_block;
+ * what crosses threads is a maximum (order-free: never a NaN, which the
+ * reference skips too), q8_K's first element of largest magnitude (ties
+ * go to the lower index, as its scan keeps the first) and integer sums.
+ * So the bytes are those of quantize_rows.  Every lane of the warp calls
+ * these (full-mask shuffles); !valid lanes hold zeros and store nothing. */
+const int G32 = 2;
 
-struct mm_args {
-    const char *w;      /* weight rows */
-    size_t wrow;        /* bytes of one */
-    const char *x;      /* activation rows (quantized, or floats) */
-    size_t xrow;
-    const float *bias;  /* or NULL */
-    float *y;
-    int rows, cols, n;  /* weight rows, columns, tokens */
-};
+template <class XB>
+__device__ void quant32_group(const float *x, int s, bool valid, XB *out)
+{
+    constexpr int PER = 32 / G32;
+    constexpr bool Q81 = sizeof(XB) == sizeof(block_q8_1);
+    float amax = 0.0f;
+    for (int k = 0; k < PER; k++)
+        if (fabsf(x[k]) > amax)
+            amax = fabsf(x[k]);
+    for (int o = 1; o < G32; o *= 2) {
+        const float other = __shfl_xor_sync(0xffffffffu, amax, o);
+        amax = other > amax ? other : amax;
+    }
+    float d = qd_div(amax, 127.0f);
+    const bool zero = qd_f32_to_f16(d) == 0;
+    const float id = zero ? 0.0f : qd_div(1.0f, d);
+    int sum = 0;
+    for (int j = 0; j < PER; j += 4) {
+        uint32_t w = 0;
+        for (int k = 0; k < 4; k++) {
+            const int q = zero ? 0 : (int)(int8_t)qd_rne(qd_mul(x[j + k], id));
+            sum += q;
+            w |= (uint32_t)(uint8_t)q << (8 * k);
+        }
+        if (valid)
+            qd_st(out->qs + PER * s + j, w, Q81);
+    }
+    for (int o = 1; o < G32; o *= 2)
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (!valid || s != 0)
+        return;
+    d = zero ? 0.0f : d;
+    out->d = qd_f32_to_f16(d);
+    if constexpr (Q81)
+        out->s = qd_f32_to_f16(qd_mul((float)sum, d));
+}
 
-/* Warp (threadIdx.y) takes weight row r, tokens t0 .. t0 + NT - 1. */
+__device__ void quant256_group(const float *x, int s, bool valid, block_q8_K *out)
+{
+    float amax = 0.0f, max = 0.0f;
+    for (int e = 0; e < 16; e++)
+        if (fabsf(x[e]) > amax) {
+            amax = fabsf(x[e]);
+            max = x[e];
+        }
+    for (int o = 1; o < 16; o *= 2) {
+        const float oa = __shfl_xor_sync(0xffffffffu, amax, o);
+        const float om = __shfl_xor_sync(0xffffffffu, max, o);
+        if (oa > amax || (oa == amax && (s & o))) { /* (s & o): the partner's come first */
+            amax = oa;
+            max = om;
+        }
+    }
+    const float is = amax > 0 ? qd_div(-127.0f, max) : 0.0f;
+    const bool zero = !qd_isfinite(is) || is == 0;
+    int bs = 0;
+    for (int j = 0; j < 16; j += 4) {
+        uint32_t w = 0;
+        for (int k = 0; k < 4; k++) {
+            const float v = qd_mul(is, x[j + k]);
+            int q = !(v > -128.0f) ? -128 : v >= 127.0f ? 127 : qd_rne(v);
+            q = zero ? 0 : q;
+            bs += q;
+            w |= (uint32_t)(uint8_t)q << (8 * k);
+        }
+        if (valid)
+            qd_st(out->qs + 16 * s + j, w, true);
+    }
+    if (!valid)
+        return;
+    out->bsums[s] = (int16_t)bs;
+    if (s == 0)
+        out->d = zero ? 0.0f : qd_div(1.0f, is);
+}
+
+/* Rows 0..n-1 of x (16-byte aligned, cols floats each) quantized to XB
+ * into xs, xrow bytes apart, by all the threads of the block. */
+template <class XB>
+__device__ void quantize_to_shared(const float *x, int cols, int n, char *xs, size_t xrow)
+{
+    constexpr bool K = sizeof(XB) == sizeof(block_q8_K);
+    constexpr int E = K ? 256 : 32, G = K ? 16 : G32, PER = E / G;
+    const int nb = cols / E, tasks = n * nb * G;
+    for (int k0 = 0; k0 < tasks; k0 += blockDim.x) { /* the same trips for all */
+        const int k = k0 + threadIdx.x, s = k % G, b = k / G % nb, t = k / G / nb;
+        const bool valid = k < tasks;
+        const float4 *src = (const float4 *)(x + (size_t)t * cols + (size_t)b * E + s * PER);
+        float v[PER];
+#pragma unroll
+        for (int i = 0; i < PER / 4; i++) {
+            const float4 f = valid ? src[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
+        }
+        XB *out = (XB *)(xs + (size_t)t * xrow) + b;
+        if constexpr (K)
+            quant256_group(v, s, valid, out);
+        else
+            quant32_group<XB>(v, s, valid, out);
+    }
+}
+
+/* ------------------------------------------------------------ row dots */
+
+/* acc[t] = this lane's share of weight row wr . x row t (t < nt), the
+ * rows of x quantized to T's dot type, xrow bytes apart. */
 template <enum cm_type T, int NT>
-__global__ void __launch_bounds__(32 * WARPS) mm_quant(mm_args a)
+__device__ void row_quant(const char *wr, const char *x, size_t xrow, int cols, int nt, int lane,
+                          float *acc)
 {
     using D = qdot<T>;
-    const int r = blockIdx.x * WARPS + threadIdx.y, t0 = blockIdx.y * NT;
-    if (r >= a.rows)
-        return;
-    const int nb = a.cols / D::ELEMS, nt = a.n - t0 < NT ? a.n - t0 : NT;
-    const char *wr = a.w + (size_t)r * a.wrow;
-    float acc[NT];
+    const int nb = cols / D::ELEMS;
 #pragma unroll
     for (int t = 0; t < NT; t++)
         acc[t] = 0.0f;
-    for (int i = threadIdx.x; i < nb * D::PARTS; i += 32) {
+    for (int i = lane; i < nb * D::PARTS; i += 32) {
         const int b = i / D::PARTS, part = i % D::PARTS;
         const void *wb = wr + (size_t)b * sizeof(typename D::wblock);
-        const char *xb = a.x + (size_t)t0 * a.xrow + (size_t)b * sizeof(typename D::xblock);
+        const char *xb = x + (size_t)b * sizeof(typename D::xblock);
 #pragma unroll
         for (int t = 0; t < NT; t++)
             if (t < nt)
-                acc[t] += D::dot_part(wb, xb + (size_t)t * a.xrow, part);
-    }
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        float s = warp_sum(acc[t]);
-        if (threadIdx.x == 0 && t < nt)
-            a.y[(size_t)(t0 + t) * a.rows + r] = s + (a.bias ? a.bias[r] : 0.0f);
+                acc[t] += D::dot_part(wb, xb + (size_t)t * xrow, part);
     }
 }
 
+/* elements i, i + 1 of a float row */
 template <enum cm_type T>
-__device__ float2 load2(const void *w, int i); /* elements i, i + 1 */
-
-template <>
-__device__ float2 load2<CM_TYPE_F32>(const void *w, int i)
+__device__ float2 load2(const void *w, int i)
 {
-    return ((const float2 *)w)[i / 2];
+    if constexpr (T == CM_TYPE_F32)
+        return ((const float2 *)w)[i / 2];
+    else if constexpr (T == CM_TYPE_F16)
+        return __half22float2(((const __half2 *)w)[i / 2]);
+    else
+        return __bfloat1622float2(((const __nv_bfloat162 *)w)[i / 2]);
 }
 
-template <>
-__device__ float2 load2<CM_TYPE_F16>(const void *w, int i)
-{
-    return __half22float2(((const __half2 *)w)[i / 2]);
-}
-
-template <>
-__device__ float2 load2<CM_TYPE_BF16>(const void *w, int i)
-{
-    return __bfloat1622float2(((const __nv_bfloat162 *)w)[i / 2]);
-}
-
+/* The same for float weights and float rows of x. */
 template <enum cm_type T, int NT>
-__global__ void __launch_bounds__(32 * WARPS) mm_float(mm_args a)
+__device__ void row_float(const char *wr, const char *x, size_t xrow, int cols, int nt, int lane,
+                          float *acc)
 {
-    const int r = blockIdx.x * WARPS + threadIdx.y, t0 = blockIdx.y * NT;
-    if (r >= a.rows)
-        return;
-    const int nt = a.n - t0 < NT ? a.n - t0 : NT;
-    const char *wr = a.w + (size_t)r * a.wrow;
-    float acc[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++)
         acc[t] = 0.0f;
-    for (int i = 2 * threadIdx.x; i < a.cols; i += 64) {
+    for (int i = 2 * lane; i < cols; i += 64) {
         float2 wv = load2<T>(wr, i);
 #pragma unroll
         for (int t = 0; t < NT; t++)
             if (t < nt) {
-                float2 xv = *(const float2 *)((const float *)(a.x + (size_t)(t0 + t) * a.xrow) + i);
+                float2 xv = *(const float2 *)((const float *)(x + (size_t)t * xrow) + i);
                 acc[t] += wv.x * xv.x + wv.y * xv.y;
             }
     }
+}
+
+/* y[t][r] = the warp's sums (+ bias), y rows `rows` apart. */
+template <int NT>
+__device__ void store_row(float *y, const float *bias, int rows, int r, int nt, int lane,
+                          float *acc)
+{
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         float s = warp_sum(acc[t]);
-        if (threadIdx.x == 0 && t < nt)
-            a.y[(size_t)(t0 + t) * a.rows + r] = s + (a.bias ? a.bias[r] : 0.0f);
+        if (lane == 0 && t < nt)
+            y[(size_t)t * rows + r] = s + (bias ? bias[r] : 0.0f);
     }
 }
 
-template <enum cm_type T, int NT>
-void launch_nt(cudaStream_t s, const mm_args &a, bool quant)
+/* ------------------------------------------------------------ products */
+
+const int MM_WARPS = 8, MM_THREADS = 32 * MM_WARPS;
+const int MM_BLOCKS_PER_SM = 4;  /* a wave: each multiprocessor quantizes x ~4 times */
+const int DEC_N = 8;             /* tokens per pass over a row; the most a block quantizes */
+const long DEC_QUANT_MAX = 8192; /* n * cols a block quantizes: 2 rounds (a few hundred ns
+                                  * each), at most 9.3 KB of q8_K */
+const int MAX_PARTS = 3;
+
+/* One weight of a multi-weight product. */
+struct mm_part {
+    const char *w;
+    size_t wrow;
+    const float *bias; /* or NULL */
+    float *y;          /* n rows of `rows` */
+    int rows;
+};
+
+/* Weights sharing the input x, the first na of one type, the others of
+ * another with the same dot type (or the same): their rows in order make
+ * one matrix of `total` rows, rpw of them per warp. */
+struct mm_dec_args {
+    mm_part p[MAX_PARTS];
+    int np, na, total;
+    const float *x; /* n rows of cols floats, 16-byte aligned (quantized by each block) */
+    const char *xq; /* or x already quantized (batches); NULL */
+    size_t xrow;    /* bytes of a row as dotted: quantized, or floats */
+    int cols, n, rpw;
+};
+
+/* The weight holding row *r of the whole (its index in *i), *r made its
+ * own row number.  (Constant indices: a dynamic one would copy the
+ * arguments to local memory.) */
+__device__ mm_part part_of(const mm_dec_args &a, int *r, int *i)
 {
-    dim3 grid(blocks_for(a.rows, WARPS), blocks_for(a.n, NT)), block(32, WARPS);
-    if constexpr (T == CM_TYPE_F32 || T == CM_TYPE_F16 || T == CM_TYPE_BF16)
-        mm_float<T, NT><<<grid, block, 0, s>>>(a);
-    else
-        mm_quant<T, NT><<<grid, block, 0, s>>>(a);
-    (void)quant;
+    *i = 0;
+    if (a.np == 1 || *r < a.p[0].rows)
+        return a.p[0];
+    *r -= a.p[0].rows;
+    *i = 1;
+    if (a.np == 2 || *r < a.p[1].rows)
+        return a.p[1];
+    *r -= a.p[1].rows;
+    *i = 2;
+    return a.p[2];
+}
+
+/* Starts row g's bytes towards L1, so they come while the warp does
+ * something else (quantizes x, sums the rows before). */
+__device__ void prefetch_row(const mm_dec_args &a, int g, int lane)
+{
+    if (g >= a.total)
+        return;
+    int r = g, i;
+    const mm_part p = part_of(a, &r, &i);
+    const uintptr_t beg = (uintptr_t)(p.w + (size_t)r * p.wrow), end = beg + p.wrow;
+    for (uintptr_t at = (beg & ~(uintptr_t)127) + 128 * (uintptr_t)lane; at < end; at += 32 * 128)
+        asm volatile("prefetch.global.L1 [%0];" ::"l"(at));
+}
+
+/* Block (b, c): tokens c * NT .. c * NT + NT - 1 times rows b * MM_WARPS *
+ * rpw + warp + k * MM_WARPS (k < rpw) of the whole, neighbouring warps on
+ * neighbouring rows; weights of type T, those past the first na of type
+ * T2 (the same dot type). */
+template <enum cm_type T, enum cm_type T2, int NT>
+__global__ void __launch_bounds__(MM_THREADS) mm_rows(mm_dec_args a)
+{
+    constexpr bool QUANT = !(T == CM_TYPE_F32 || T == CM_TYPE_F16 || T == CM_TYPE_BF16);
+    extern __shared__ __align__(16) char xs[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t0 = blockIdx.y * NT;
+    const int nt = a.n - t0 < NT ? a.n - t0 : NT;
+    int g = blockIdx.x * MM_WARPS * a.rpw + warp;
+    prefetch_row(a, g, lane);
+    if (a.rpw > 1)
+        prefetch_row(a, g + MM_WARPS, lane);
+    const char *x = a.xq ? a.xq + (size_t)t0 * a.xrow
+                         : QUANT ? xs : (const char *)a.x + (size_t)t0 * a.xrow;
+    if constexpr (QUANT)
+        if (!a.xq) { /* (then n <= NT: one chunk of tokens) */
+            quantize_to_shared<typename qdot<T>::xblock>(a.x, a.cols, a.n, xs, a.xrow);
+            __syncthreads();
+        }
+    for (int k = 0; k < a.rpw && g < a.total; k++, g += MM_WARPS) {
+        if (k + 2 < a.rpw) /* two rows ahead: enough bytes in flight for HBM */
+            prefetch_row(a, g + 2 * MM_WARPS, lane);
+        int r = g, i;
+        const mm_part p = part_of(a, &r, &i);
+        const char *wr = p.w + (size_t)r * p.wrow;
+        float acc[NT];
+        if constexpr (T != T2) { /* (a pair: both quantized, one dot type) */
+            static_assert(sizeof(typename qdot<T>::xblock) == sizeof(typename qdot<T2>::xblock),
+                          "a pair shares its dot type");
+            if (i < a.na)
+                row_quant<T, NT>(wr, x, a.xrow, a.cols, nt, lane, acc);
+            else
+                row_quant<T2, NT>(wr, x, a.xrow, a.cols, nt, lane, acc);
+        } else if constexpr (QUANT)
+            row_quant<T, NT>(wr, x, a.xrow, a.cols, nt, lane, acc);
+        else
+            row_float<T, NT>(wr, x, a.xrow, a.cols, nt, lane, acc);
+        store_row<NT>(p.y + (size_t)t0 * p.rows, p.bias, p.rows, r, nt, lane, acc);
+    }
 }
 
 /* Tokens per pass over a weight row: all of them up to 8. */
-template <enum cm_type T>
-void launch(cudaStream_t s, const mm_args &a)
+template <enum cm_type T, enum cm_type T2 = T>
+void launch_rows(cudaStream_t s, const mm_dec_args &a, dim3 grid, size_t smem)
 {
     if (a.n == 1)
-        launch_nt<T, 1>(s, a, true);
+        mm_rows<T, T2, 1><<<grid, MM_THREADS, smem, s>>>(a);
     else if (a.n == 2)
-        launch_nt<T, 2>(s, a, true);
+        mm_rows<T, T2, 2><<<grid, MM_THREADS, smem, s>>>(a);
     else if (a.n <= 4)
-        launch_nt<T, 4>(s, a, true);
+        mm_rows<T, T2, 4><<<grid, MM_THREADS, smem, s>>>(a);
     else
-        launch_nt<T, 8>(s, a, true);
+        mm_rows<T, T2, DEC_N><<<grid, MM_THREADS, smem, s>>>(a);
 }
 
-void launch_type(cudaStream_t s, enum cm_type t, const mm_args &a)
+#define CM_MM_TYPES(X)                                                                        \
+    X(CM_TYPE_F32) X(CM_TYPE_F16) X(CM_TYPE_BF16) X(CM_TYPE_Q4_0) X(CM_TYPE_Q4_1)             \
+    X(CM_TYPE_Q5_0) X(CM_TYPE_Q5_1) X(CM_TYPE_Q8_0) X(CM_TYPE_Q8_1) X(CM_TYPE_Q2_K)           \
+    X(CM_TYPE_Q3_K) X(CM_TYPE_Q4_K) X(CM_TYPE_Q5_K) X(CM_TYPE_Q6_K) X(CM_TYPE_Q8_K)
+
+/* The pairs of types one launch takes: those llama.cpp's mixes give
+ * weights sharing an input (8-expert models' k and v in Q8_0; Q4_K_M's
+ * and Q5_K_M's v in Q6_K). */
+#define CM_MM_PAIRS(X)                                                                        \
+    X(CM_TYPE_Q4_0, CM_TYPE_Q8_0) X(CM_TYPE_Q5_0, CM_TYPE_Q8_0) X(CM_TYPE_Q4_K, CM_TYPE_Q6_K) \
+    X(CM_TYPE_Q5_K, CM_TYPE_Q6_K)
+
+bool pair_supported(enum cm_type t, enum cm_type t2)
 {
+#define CM_PAIR_IS(A, B) if (t == A && t2 == B) return true;
+    CM_MM_PAIRS(CM_PAIR_IS)
+#undef CM_PAIR_IS
+    return false;
+}
+
+void launch_types(cudaStream_t s, enum cm_type t, enum cm_type t2, const mm_dec_args &a,
+                  dim3 grid, size_t smem)
+{
+#define CM_PAIR_CASE(A, B)                      \
+    if (t == A && t2 == B) {                    \
+        launch_rows<A, B>(s, a, grid, smem);    \
+        return;                                 \
+    }
+    CM_MM_PAIRS(CM_PAIR_CASE)
+#undef CM_PAIR_CASE
     switch (t) {
-#define CM_MM_CASE(T) \
-    case T:           \
-        launch<T>(s, a); \
+#define CM_MM_CASE(T)                       \
+    case T:                                 \
+        launch_rows<T>(s, a, grid, smem);   \
         break;
-        CM_MM_CASE(CM_TYPE_F32) CM_MM_CASE(CM_TYPE_F16) CM_MM_CASE(CM_TYPE_BF16)
-        CM_MM_CASE(CM_TYPE_Q4_0) CM_MM_CASE(CM_TYPE_Q4_1) CM_MM_CASE(CM_TYPE_Q5_0)
-        CM_MM_CASE(CM_TYPE_Q5_1) CM_MM_CASE(CM_TYPE_Q8_0) CM_MM_CASE(CM_TYPE_Q8_1)
-        CM_MM_CASE(CM_TYPE_Q2_K) CM_MM_CASE(CM_TYPE_Q3_K) CM_MM_CASE(CM_TYPE_Q4_K)
-        CM_MM_CASE(CM_TYPE_Q5_K) CM_MM_CASE(CM_TYPE_Q6_K) CM_MM_CASE(CM_TYPE_Q8_K)
+        CM_MM_TYPES(CM_MM_CASE)
 #undef CM_MM_CASE
     default:
         fprintf(stderr, "codemoe: cuda: no product for weights of type %d\n", (int)t);
@@ -197,9 +414,123 @@ void launch_type(cudaStream_t s, enum cm_type t, const mm_args &a)
     }
 }
 
-bool is_float_type(enum cm_type t)
+/* One launch for the whole of a: a warp per row while that fills a wave,
+ * more rows per warp beyond, so that x is quantized by a wave's blocks,
+ * not by thousands (and read from L2 a few times per multiprocessor). */
+void launch_mm(cuda_state *st, enum cm_type t, enum cm_type t2, mm_dec_args &a)
 {
-    return t == CM_TYPE_F32 || t == CM_TYPE_F16 || t == CM_TYPE_BF16;
+    const unsigned chunks = blocks_for(a.n, DEC_N);
+    const long wave = (long)MM_WARPS * MM_BLOCKS_PER_SM * (st->sm_count > 0 ? st->sm_count : 1);
+    a.rpw = (int)(((long)a.total * chunks + wave - 1) / wave);
+    const dim3 grid(blocks_for(a.total, MM_WARPS * a.rpw), chunks);
+    const size_t smem = a.xq || is_float_type(t) ? 0 : a.xrow * a.n;
+    launch_types(st->stream, t, t2, a, grid, smem);
+}
+
+/* Batches: x already quantized (st->xq, quantize_x) or floats; one launch
+ * per weight, tensor cores for prompts where mmq.cu has them. */
+void launch_type(cuda_state *st, enum cm_type t, const mm_args &a)
+{
+    if (a.n >= MMQ_MIN_TOKENS && cuda_mmq(st, t, a)) /* prompts: tensor cores */
+        return;
+    mm_dec_args d;
+    d.p[0] = {a.w, a.wrow, a.bias, a.y, a.rows};
+    d.p[1] = d.p[2] = d.p[0];
+    d.np = d.na = 1;
+    d.total = a.rows;
+    d.x = is_float_type(t) ? (const float *)a.x : NULL;
+    d.xq = is_float_type(t) ? NULL : a.x;
+    d.xrow = a.xrow;
+    d.cols = a.cols;
+    d.n = a.n;
+    launch_mm(st, t, t, d);
+}
+
+/* Generation: all np weights (cols columns; the first na of type t, the
+ * others of t2, t itself or a supported pair) times x in one launch, each
+ * block quantizing x; false (nothing done) where the batch is too large
+ * for that. */
+bool launch_dec(cuda_state *st, enum cm_type t, enum cm_type t2, const mm_part *parts, int np,
+                int na, const float *x, int cols, int n)
+{
+    const bool quant = !is_float_type(t);
+    if ((t != t2 && !pair_supported(t, t2)) || n > DEC_N || np > MAX_PARTS ||
+        (quant && (long)n * cols > DEC_QUANT_MAX) || (uintptr_t)x % 16)
+        return false;
+    mm_dec_args a;
+    a.np = np;
+    a.na = na;
+    a.total = 0;
+    for (int i = 0; i < MAX_PARTS; i++) {
+        a.p[i] = parts[i < np ? i : 0];
+        a.total += i < np ? parts[i].rows : 0;
+    }
+    a.x = x;
+    a.xq = NULL;
+    a.xrow = quant ? cm_row_bytes(cm_type_get(t)->dot_type, cols) : (size_t)cols * sizeof(float);
+    a.cols = cols;
+    a.n = n;
+    launch_mm(st, t, t2, a);
+    return true;
+}
+
+mm_part part_for(const cm_tensor *w, const cm_tensor *b, float *y)
+{
+    mm_part p;
+    p.w = dev_ptr(w);
+    p.wrow = cm_row_bytes(w->type, w->ne[0]);
+    p.bias = present(b) ? (const float *)dev_ptr(b) : NULL;
+    p.y = y;
+    p.rows = (int)w->ne[1];
+    return p;
+}
+
+/* Weight p (type t) the batch way: x quantized in st->xq (xrow bytes a
+ * row), or floats. */
+void launch_batch(cuda_state *st, enum cm_type t, const mm_part &p, int cols, const float *xd,
+                  size_t xrow, int n)
+{
+    mm_args a;
+    a.w = p.w;
+    a.wrow = p.wrow;
+    a.cols = cols;
+    a.rows = p.rows;
+    a.n = n;
+    a.bias = p.bias;
+    a.y = p.y;
+    a.x = is_float_type(t) ? (const char *)xd : st->xq;
+    a.xrow = is_float_type(t) ? (size_t)cols * sizeof(float) : xrow;
+    launch_type(st, t, a);
+}
+
+/* The batch path for the weights of ws not done (done NULL: all): x
+ * quantized once per dot type, then a launch per weight. */
+void matmul_batch(cuda_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,
+                  const float *xd, int n, cm_tensor *const *ys, const bool *done)
+{
+    enum cm_type quantized[4];
+    int n_quantized = 0;
+    for (int i = 0; i < nw; i++) {
+        if (done && done[i])
+            continue;
+        enum cm_type dt = cm_type_get(ws[i]->type)->dot_type;
+        int seen = 0;
+        for (int j = 0; j < n_quantized; j++)
+            seen |= quantized[j] == dt;
+        if (seen)
+            continue;
+        size_t xrow = 0;
+        if (!is_float_type(ws[i]->type))
+            xrow = quantize_x(st, dt, xd, (int)ws[i]->ne[0], n);
+        for (int j = i; j < nw; j++) {
+            if ((done && done[j]) || cm_type_get(ws[j]->type)->dot_type != dt)
+                continue;
+            const mm_part p = part_for(ws[j], bs ? bs[j] : NULL, (float *)dev_ptr(ys[j]));
+            launch_batch(st, ws[j]->type, p, (int)ws[j]->ne[0], xd, xrow, n);
+        }
+        if (n_quantized < 4)
+            quantized[n_quantized++] = dt;
+    }
 }
 
 } // namespace
@@ -210,32 +541,57 @@ size_t cuda_xq_bytes(const cm_hparams *hp, int n_batch)
     long w[] = {hp->n_ff, hp->n_ff_exp, hp->n_ff_shexp, (long)hp->n_head * hp->head_dim_v};
     for (long v : w)
         c = v > c ? v : c;
-    /* the largest dot-type row: q8_K's 292 bytes per 256 */
-    return (size_t)n_batch * ((size_t)(c + 255) / 256 * sizeof(block_q8_K) + 64);
+    /* the largest dot-type row: q8_K's 292 bytes per 256; attention's
+     * split sums use the same scratch (ops never overlap) */
+    const size_t rows = (size_t)n_batch * ((size_t)(c + 255) / 256 * sizeof(block_q8_K) + 64);
+    const size_t attn = cuda_attention_scratch(hp);
+    return rows > attn ? rows : attn;
 }
 
 void cuda_matmul_into(cuda_state *st, const cm_tensor *w, const cm_tensor *b, const float *x,
                       int n, float *y)
 {
-    mm_args a;
-    a.w = dev_ptr(w);
-    a.wrow = cm_row_bytes(w->type, w->ne[0]);
-    a.cols = (int)w->ne[0];
-    a.rows = (int)w->ne[1];
-    a.n = n;
-    a.bias = present(b) ? (const float *)dev_ptr(b) : NULL;
-    a.y = y;
-    if (is_float_type(w->type)) {
-        a.x = (const char *)x;
-        a.xrow = (size_t)a.cols * sizeof(float);
-    } else {
-        a.xrow = quantize_x(st, cm_type_get(w->type)->dot_type, x, a.cols, n);
-        a.x = st->xq;
+    const mm_part p = part_for(w, b, y);
+    const int cols = (int)w->ne[0];
+    if (!launch_dec(st, w->type, w->type, &p, 1, 1, x, cols, n)) {
+        const enum cm_type dt = cm_type_get(w->type)->dot_type;
+        const size_t xrow = is_float_type(w->type) ? 0 : quantize_x(st, dt, x, cols, n);
+        launch_batch(st, w->type, p, cols, x, xrow, n);
     }
-    launch_type(st->stream, w->type, a);
     cuda_check(cudaGetLastError(), "matmul");
 }
 
+/* Weights of two types (a supported pair, MAX_PARTS at most) in one
+ * launch, those of the pair's first type first; false if not such. */
+bool matmul_pair(cuda_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,
+                 const float *xd, int n, cm_tensor *const *ys)
+{
+    if (nw < 2 || nw > MAX_PARTS)
+        return false;
+    enum cm_type t = ws[0]->type, t2 = t;
+    for (int i = 1; i < nw; i++)
+        if (ws[i]->type != t)
+            t2 = ws[i]->type;
+    if (t2 == t || !pair_supported(t, t2)) {
+        enum cm_type u = t;
+        t = t2, t2 = u;
+    }
+    if (t2 == t) /* one type: cuda_matmul's own case */
+        return false;
+    mm_part parts[MAX_PARTS];
+    int np = 0, na = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < nw && np < MAX_PARTS; i++)
+            if (ws[i]->type == (pass ? t2 : t)) {
+                parts[np++] = part_for(ws[i], bs ? bs[i] : NULL, (float *)dev_ptr(ys[i]));
+                na += !pass;
+            }
+    return np == nw && launch_dec(st, t, t2, parts, np, na, xd, (int)ws[0]->ne[0], n);
+}
+
+/* Generation: one launch for all the weights where their types allow,
+ * else one per type (up to MAX_PARTS weights each); whatever that cannot
+ * take goes the batch way. */
 void cuda_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,
                  const cm_tensor *x, cm_tensor *const *ys)
 {
@@ -244,36 +600,25 @@ void cuda_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_te
         return;
     const int n = (int)x->ne[1];
     const float *xd = (const float *)dev_ptr(x);
-    /* weights sharing a dot type share one quantization of x */
-    enum cm_type done[4];
-    int n_done = 0;
-    for (int i = 0; i < nw; i++) {
-        enum cm_type dt = cm_type_get(ws[i]->type)->dot_type;
-        int seen = 0;
-        for (int j = 0; j < n_done; j++)
-            seen |= done[j] == dt;
-        if (seen)
-            continue;
-        size_t xrow = 0;
-        if (!is_float_type(ws[i]->type))
-            xrow = quantize_x(st, dt, xd, (int)ws[i]->ne[0], n);
-        for (int j = i; j < nw; j++) {
-            if (cm_type_get(ws[j]->type)->dot_type != dt)
-                continue;
-            mm_args a;
-            a.w = dev_ptr(ws[j]);
-            a.wrow = cm_row_bytes(ws[j]->type, ws[j]->ne[0]);
-            a.cols = (int)ws[j]->ne[0];
-            a.rows = (int)ws[j]->ne[1];
-            a.n = n;
-            a.bias = bs && present(bs[j]) ? (const float *)dev_ptr(bs[j]) : NULL;
-            a.y = (float *)dev_ptr(ys[j]);
-            a.x = is_float_type(ws[j]->type) ? (const char *)xd : st->xq;
-            a.xrow = is_float_type(ws[j]->type) ? (size_t)a.cols * sizeof(float) : xrow;
-            launch_type(st->stream, ws[j]->type, a);
-        }
-        if (n_done < 4)
-            done[n_done++] = dt;
+    if (matmul_pair(st, nw, ws, bs, xd, n, ys)) {
+        cuda_check(cudaGetLastError(), "matmul");
+        return;
     }
+    bool done[8] = {false};
+    for (int i = 0; i < nw && nw <= 8; i++) {
+        if (done[i])
+            continue;
+        mm_part parts[MAX_PARTS];
+        int idx[MAX_PARTS], np = 0;
+        for (int j = i; j < nw && np < MAX_PARTS; j++)
+            if (!done[j] && ws[j]->type == ws[i]->type) {
+                idx[np] = j;
+                parts[np++] = part_for(ws[j], bs ? bs[j] : NULL, (float *)dev_ptr(ys[j]));
+            }
+        if (launch_dec(st, ws[i]->type, ws[i]->type, parts, np, np, xd, (int)ws[i]->ne[0], n))
+            for (int k = 0; k < np; k++)
+                done[idx[k]] = true;
+    }
+    matmul_batch(st, nw, ws, bs, xd, n, ys, nw <= 8 ? done : NULL);
     cuda_check(cudaGetLastError(), "matmul");
 }

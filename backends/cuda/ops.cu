@@ -5,6 +5,7 @@
  * rotary angles come from the same table (computed on the host at start),
  * norms sum in float over a tree instead of in double. */
 #include <cuda_fp16.h>
+#include <string.h>
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/quant_dev.cuh"
@@ -12,6 +13,24 @@
 namespace {
 
 const int NORM_THREADS = 256;
+
+/* Row lists (token ids, MoE rows and their weights) up to this long go to
+ * the kernel in its arguments: no copy to the device before it, one call
+ * fewer on the host, which is what a generated token waits for.  Longer
+ * ones go through st->rows and st->wts. */
+const int ARG_ROWS = 64;
+
+struct row_list {
+    int32_t row[ARG_ROWS];
+    float wt[ARG_ROWS];
+};
+
+/* Entry r of a list: from device memory when dev is set, else from the
+ * arguments (__grid_constant__: read in place, not copied per thread). */
+__device__ int32_t row_at(const int32_t *dev, const row_list &l, int r)
+{
+    return dev ? dev[r] : l.row[r];
+}
 
 /* A table of rows of one type: where element i of row r is. */
 struct table_ref {
@@ -42,12 +61,13 @@ __device__ float table_at(const table_ref &t, long r, int i)
 
 /* Row t = table[ids[t]] (+ pos[p0 + t]), dequantized, p0 = *pos0 + delta. */
 __global__ void embed_rows(table_ref table, table_ref pos, const int32_t *ids,
-                           const int32_t *pos0, int delta, int cols, float *out)
+                           const __grid_constant__ row_list id_list, const int32_t *pos0,
+                           int delta, int cols, float *out)
 {
     const int t = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= cols)
         return;
-    float v = table_at(table, ids[t], i);
+    float v = table_at(table, row_at(ids, id_list, t), i);
     if (pos.data)
         v += table_at(pos, *pos0 + delta + t, i);
     out[(size_t)t * cols + i] = v;
@@ -171,21 +191,44 @@ __global__ void add_gated_k(float *out, const float *y, const float *gate, int c
     out[i] += g * y[i];
 }
 
-__global__ void gather_k(const float *src, const int32_t *rows, float *dst, int cols)
+__global__ void gather_k(const float *src, const int32_t *rows, const __grid_constant__ row_list l,
+                         float *dst, int cols)
 {
     const int r = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < cols)
-        dst[(size_t)r * cols + i] = src[(size_t)rows[r] * cols + i];
+        dst[(size_t)r * cols + i] = src[(size_t)row_at(rows, l, r) * cols + i];
 }
 
 /* Each destination row appears at most once per call (a token picks an
  * expert once), so no two threads add to one element. */
 __global__ void scatter_add_k(float *dst, const float *src, const int32_t *rows,
-                              const float *wts, int cols)
+                              const float *wts, const __grid_constant__ row_list l, int cols)
 {
     const int r = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
+    const float w = wts ? wts[r] : l.wt[r];
     if (i < cols)
-        dst[(size_t)rows[r] * cols + i] += wts[r] * src[(size_t)r * cols + i];
+        dst[(size_t)row_at(rows, l, r) * cols + i] += w * src[(size_t)r * cols + i];
+}
+
+/* n rows (and weights, if given) into l when they fit, else copied to the
+ * device: the device lists the kernels are to read, NULL for l's. */
+const int32_t *put_rows(cuda_state *st, const int32_t *rows, const float *wts, int n,
+                        row_list *l, const float **wts_dev)
+{
+    if (n <= ARG_ROWS) {
+        memcpy(l->row, rows, (size_t)n * sizeof(int32_t));
+        if (wts)
+            memcpy(l->wt, wts, (size_t)n * sizeof(float));
+        *wts_dev = NULL;
+        return NULL;
+    }
+    cuda_check(cudaMemcpyAsync(st->rows, rows, (size_t)n * sizeof(int32_t),
+                               cudaMemcpyHostToDevice, st->stream), "row list");
+    if (wts)
+        cuda_check(cudaMemcpyAsync(st->wts, wts, (size_t)n * sizeof(float),
+                                   cudaMemcpyHostToDevice, st->stream), "row weights");
+    *wts_dev = st->wts;
+    return st->rows;
 }
 
 long elems(const cm_tensor *t) { return (long)t->ne[0] * (long)t->ne[1]; }
@@ -200,14 +243,14 @@ void cuda_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_tab
     if (skip_op(st))
         return;
     const int32_t *ids_dev = st->io_dev + 1;
+    row_list l = {};
     if (st->mode == EAGER) {
-        cuda_check(cudaMemcpyAsync(st->rows, ids, (size_t)n * sizeof(int32_t),
-                                   cudaMemcpyHostToDevice, st->stream), "embed ids");
-        ids_dev = st->rows;
+        const float *unused;
+        ids_dev = put_rows(st, ids, NULL, n, &l, &unused);
     }
     const int cols = (int)table->ne[0];
     embed_rows<<<dim3(blocks_for(cols, 256), (unsigned)n), 256, 0, st->stream>>>(
-        table_of(table), table_of(pos_table), ids_dev, st->io_dev, p0 - st->batch_p0, cols,
+        table_of(table), table_of(pos_table), ids_dev, l, st->io_dev, p0 - st->batch_p0, cols,
         (float *)dev_ptr(out));
     cuda_check(cudaGetLastError(), "embed");
 }
@@ -302,10 +345,11 @@ void cuda_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int 
         return;
     cuda_state *st = cuda_st(be);
     const int cols = (int)src->ne[0];
-    cuda_check(cudaMemcpyAsync(st->rows, rows, (size_t)n * sizeof(int32_t),
-                               cudaMemcpyHostToDevice, st->stream), "gather rows");
+    row_list l = {};
+    const float *unused;
+    const int32_t *rows_dev = put_rows(st, rows, NULL, n, &l, &unused);
     gather_k<<<dim3(blocks_for(cols, 256), (unsigned)n), 256, 0, st->stream>>>(
-        (const float *)dev_ptr(src), st->rows, (float *)dev_ptr(dst), cols);
+        (const float *)dev_ptr(src), rows_dev, l, (float *)dev_ptr(dst), cols);
     cuda_check(cudaGetLastError(), "gather");
 }
 
@@ -316,11 +360,10 @@ void cuda_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, cons
         return;
     cuda_state *st = cuda_st(be);
     const int cols = (int)dst->ne[0];
-    cuda_check(cudaMemcpyAsync(st->rows, rows, (size_t)n * sizeof(int32_t),
-                               cudaMemcpyHostToDevice, st->stream), "scatter rows");
-    cuda_check(cudaMemcpyAsync(st->wts, wts, (size_t)n * sizeof(float), cudaMemcpyHostToDevice,
-                               st->stream), "scatter weights");
+    row_list l = {};
+    const float *wts_dev;
+    const int32_t *rows_dev = put_rows(st, rows, wts, n, &l, &wts_dev);
     scatter_add_k<<<dim3(blocks_for(cols, 256), (unsigned)n), 256, 0, st->stream>>>(
-        (float *)dev_ptr(dst), (const float *)dev_ptr(src), st->rows, st->wts, cols);
+        (float *)dev_ptr(dst), (const float *)dev_ptr(src), rows_dev, wts_dev, l, cols);
     cuda_check(cudaGetLastError(), "scatter_add");
 }
