@@ -39,14 +39,14 @@ done
 
 CODEMOE=$BUILD/codemoe GEN=$BUILD/tools/gen_model
 [ -x "$CODEMOE" ] && [ -x "$GEN" ] || { echo "race_cuda.sh: build codemoe and tools/gen_model in $BUILD first" >&2; exit 1; }
-CC=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d .)
+CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d .)
 GPU=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -n 1)
 LB=$LLAMA_DIR/build/bin/llama-bench
 if [ ! -x "$LB" ]; then
-    echo "building llama.cpp (CUDA, sm_$CC)..." >&2
+    echo "building llama.cpp (CUDA, sm_$CAP)..." >&2
     mkdir -p "$LLAMA_DIR"
     tar xJf "$LLAMA_TARBALL" -C "$LLAMA_DIR" --strip-components=1
-    cmake -S "$LLAMA_DIR" -B "$LLAMA_DIR/build" -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$CC" \
+    cmake -S "$LLAMA_DIR" -B "$LLAMA_DIR/build" -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$CAP" \
         -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
     cmake --build "$LLAMA_DIR/build" -j"$(nproc)" --target llama-bench >/dev/null
 fi
@@ -122,7 +122,7 @@ COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
     echo
     echo "Regenerate with \`bench/race_cuda.sh\` on a machine with an NVIDIA GPU (tests/run_gpu.sh"
     echo "builds codemoe there).  $(date -u +%Y-%m-%d), GPU: $GPU; codemoe $COMMIT, llama.cpp"
-    echo "c392e50 (CUDA build for sm_$CC); random-weight models from tools/gen_model (starcoder"
+    echo "c392e50 (CUDA build for sm_$CAP); random-weight models from tools/gen_model (starcoder"
     echo "vocabulary); \`-p 512 -n 128\`, medians of $REPS runs (llama-bench: means), tok/s;"
     echo "peak device memory (MiB) from nvidia-smi while each ran, less what was in use before."
     echo

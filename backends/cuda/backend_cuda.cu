@@ -179,6 +179,7 @@ cm_status cuda_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
                        "shared memory per attention block, the GPU has %zu: use a smaller -c",
                        s->n_ctx, st->smem, (size_t)prop.sharedMemPerBlockOptin);
     st->prompt_attn = cuda_attention_prompt_ok(hp, prop.sharedMemPerBlockOptin);
+    st->mmq = cuda_mmq_available();
     cudaGetLastError(); /* (a refused attribute is an answer, not an error) */
     if ((e = alloc_scratch(st, s)) != cudaSuccess)
         return cuda_fail(err, e, "allocating scratch memory");

@@ -31,6 +31,7 @@ struct cuda_state {
     int sm_count, cc;          /* multiprocessors, compute capability x 10 + y */
     size_t vram_peak;          /* most device memory seen in use */
     bool prompt_attn;          /* attention_prompt.cu's kernel suits the model */
+    bool mmq;                  /* mmq.cu's tensor-core kernels are in this build */
     /* the batch's first position and token ids: kernels read the position
      * from io_dev[0] (plus an offset known when the ops are issued), so a
      * recorded batch replays at any position */
@@ -92,6 +93,7 @@ struct mm_args {
  * kernels (mmq.cu) where the GPU and the type allow: false if not. */
 const int MMQ_MIN_TOKENS = 16;
 bool cuda_mmq(cuda_state *st, enum cm_type t, const mm_args &a);
+bool cuda_mmq_available(void);
 
 /* Products (matmul.cu): ys[i] = x ws[i]^T (+ bs[i]), weights in device memory. */
 void cuda_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,

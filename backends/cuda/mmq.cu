@@ -42,12 +42,23 @@ __device__ void load_w(const char *row, int s, int8_t *q, float wd[2], float wm[
 
 __device__ int nib(const uint8_t *qs, int i) { return (qs[i & 15] >> (4 * (i >> 4))) & 0xF; }
 
+/* Word k of bytes at a 2-aligned address (most blocks are 2-aligned only). */
+__device__ uint32_t word2(const uint8_t *p, int k)
+{
+    const uint16_t *h = (const uint16_t *)p;
+    return (uint32_t)h[2 * k] | ((uint32_t)h[2 * k + 1] << 16);
+}
+
 template <>
 __device__ void load_w<CM_TYPE_Q4_0>(const char *row, int s, int8_t *q, float wd[2], float wm[2])
 {
     const block_q4_0 *b = (const block_q4_0 *)row + s;
-    for (int i = 0; i < 32; i++)
-        q[i] = (int8_t)(nib(b->qs, i) - 8);
+    uint32_t *qw = (uint32_t *)q; /* bytes j: elements j (low nibble), j + 16 (high) */
+    for (int k = 0; k < 4; k++) {
+        const uint32_t w = word2(b->qs, k);
+        qw[k] = __vsub4(w & 0x0F0F0F0Fu, 0x08080808u);
+        qw[4 + k] = __vsub4((w >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+    }
     wd[0] = wd[1] = qd_f16(b->d);
     wm[0] = wm[1] = 0.0f;
 }
@@ -86,8 +97,8 @@ template <>
 __device__ void load_w<CM_TYPE_Q8_0>(const char *row, int s, int8_t *q, float wd[2], float wm[2])
 {
     const block_q8_0 *b = (const block_q8_0 *)row + s;
-    for (int i = 0; i < 32; i++)
-        q[i] = b->qs[i];
+    for (int k = 0; k < 8; k++)
+        ((uint32_t *)q)[k] = word2((const uint8_t *)b->qs, k);
     wd[0] = wd[1] = qd_f16(b->d);
     wm[0] = wm[1] = 0.0f;
 }
@@ -130,8 +141,9 @@ __device__ void load_w<CM_TYPE_Q4_K>(const char *row, int s, int8_t *q, float wd
 {
     const block_q4_K *b = (const block_q4_K *)row + s / 8;
     const int j = s % 8;
-    for (int i = 0; i < 32; i++)
-        q[i] = (int8_t)((b->qs[32 * (j >> 1) + i] >> (4 * (j & 1))) & 0xF);
+    const uint32_t *qs = (const uint32_t *)(b->qs + 32 * (j >> 1)); /* (block_q4_K: 4-aligned) */
+    for (int k = 0; k < 8; k++)
+        ((uint32_t *)q)[k] = (qs[k] >> (4 * (j & 1))) & 0x0F0F0F0Fu;
     int sc, m;
     qd_k4_scale_min(b->scales, j, &sc, &m);
     wd[0] = wd[1] = qd_f16(b->d) * (float)sc;
@@ -157,10 +169,10 @@ __device__ void load_w<CM_TYPE_Q6_K>(const char *row, int s, int8_t *q, float wd
 {
     const block_q6_K *b = (const block_q6_K *)row + s / 8;
     const int e0 = (s % 8) * 32, c = e0 >> 7, k = (e0 >> 5) & 3;
-    for (int l = 0; l < 32; l++) {
-        const int lo = (b->ql[64 * c + 32 * (k & 1) + l] >> (4 * (k >> 1))) & 0xF;
-        const int hi = (b->qh[32 * c + l] >> (2 * k)) & 3;
-        q[l] = (int8_t)((lo | (hi << 4)) - 32);
+    for (int w = 0; w < 8; w++) {
+        const uint32_t lo = (word2(b->ql + 64 * c + 32 * (k & 1), w) >> (4 * (k >> 1))) & 0x0F0F0F0Fu;
+        const uint32_t hi = (word2(b->qh + 32 * c, w) >> (2 * k)) & 0x03030303u;
+        ((uint32_t *)q)[w] = __vsub4(lo | (hi << 4), 0x20202020u);
     }
     for (int h = 0; h < 2; h++) {
         wd[h] = qd_f16(b->d) * (float)b->scales[e0 / 16 + h];
@@ -178,8 +190,8 @@ __device__ void load_x(const char *row, int s, int8_t *q, float *xd, float xm[2]
     if constexpr (D == CM_TYPE_Q8_K) {
         const block_q8_K *b = (const block_q8_K *)row + s / 8;
         const int j = s % 8;
-        for (int i = 0; i < 32; i++)
-            q[i] = b->qs[32 * j + i];
+        for (int k = 0; k < 8; k++) /* (block_q8_K: 4-aligned) */
+            ((uint32_t *)q)[k] = ((const uint32_t *)(b->qs + 32 * j))[k];
         *xd = b->d;
         xm[0] = b->d * (float)b->bsums[2 * j];
         xm[1] = b->d * (float)b->bsums[2 * j + 1];
@@ -191,8 +203,8 @@ __device__ void load_x(const char *row, int s, int8_t *q, float *xd, float xm[2]
         xm[0] = qd_f16(b->s), xm[1] = 0.0f;
     } else {
         const block_q8_0 *b = (const block_q8_0 *)row + s;
-        for (int i = 0; i < 32; i++)
-            q[i] = b->qs[i];
+        for (int k = 0; k < 8; k++)
+            ((uint32_t *)q)[k] = word2((const uint8_t *)b->qs, k);
         *xd = qd_f16(b->d);
         xm[0] = xm[1] = 0.0f;
     }
@@ -224,8 +236,8 @@ __device__ void load_stage(tile &sm, const mm_args &a, int r0, int t0, int k0, i
         if (r0 + r < a.rows && s < nsteps)
             load_w<T>(a.w + (size_t)(r0 + r) * a.wrow, s, q, wd, wm);
         else
-            for (int i = 0; i < 32; i++)
-                q[i] = 0;
+            for (int k = 0; k < 8; k++)
+                ((uint32_t *)q)[k] = 0;
         for (int h = 0; h < 2; h++)
             sm.wd[ks][h][r] = wd[h], sm.wm[ks][h][r] = wm[h];
     }
@@ -236,15 +248,30 @@ __device__ void load_stage(tile &sm, const mm_args &a, int r0, int t0, int k0, i
         if (t0 + t < a.n && s < nsteps)
             load_x<D>(a.x + (size_t)(t0 + t) * a.xrow, s, q, &xd, xm);
         else
-            for (int i = 0; i < 32; i++)
-                q[i] = 0;
+            for (int k = 0; k < 8; k++)
+                ((uint32_t *)q)[k] = 0;
         sm.xd[ks][t] = xd, sm.xm[ks][0][t] = xm[0], sm.xm[ks][1][t] = xm[1];
     }
+}
+
+/* SPLIT: the halves have scales of their own (q2_K, q3_K, q6_K); MINS:
+ * the format has min terms (q4_1, q5_1, q2_K, q4_K, q5_K). */
+template <enum cm_type T>
+__host__ __device__ constexpr bool split_halves()
+{
+    return T == CM_TYPE_Q2_K || T == CM_TYPE_Q3_K || T == CM_TYPE_Q6_K;
+}
+template <enum cm_type T>
+__host__ __device__ constexpr bool has_mins()
+{
+    return T == CM_TYPE_Q4_1 || T == CM_TYPE_Q5_1 || T == CM_TYPE_Q2_K || T == CM_TYPE_Q4_K ||
+           T == CM_TYPE_Q5_K;
 }
 
 template <enum cm_type T, enum cm_type D>
 __global__ void __launch_bounds__(THREADS) mmq(mm_args a)
 {
+    constexpr bool SPLIT = split_halves<T>(), MINS = has_mins<T>();
     extern __shared__ char smem_raw[];
     tile &sm = *(tile *)smem_raw;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tg = lane % 4;
@@ -268,12 +295,17 @@ __global__ void __launch_bounds__(THREADS) mmq(mm_args a)
                 const int tb = nt * 8;
                 int c0[4] = {0, 0, 0, 0}, c1[4] = {0, 0, 0, 0};
                 mma_s8(c0, a00, a01, *(const int *)&sm.b[tb + g][kb]);
-                mma_s8(c1, a10, a11, *(const int *)&sm.b[tb + g][kb + 16]);
+                /* one scale for both halves: one integer sum over 32 */
+                mma_s8(SPLIT ? c1 : c0, a10, a11, *(const int *)&sm.b[tb + g][kb + 16]);
 #pragma unroll
                 for (int i = 0; i < 4; i++) { /* row g (+8 for i >= 2), token 2 tg + i % 2 */
                     const int ri = i / 2, t = tb + 2 * tg + i % 2;
-                    acc[nt][i] += sm.xd[ks][t] * (wd0[ri] * (float)c0[i] + wd1[ri] * (float)c1[i]) +
-                                  wm0[ri] * sm.xm[ks][0][t] + wm1[ri] * sm.xm[ks][1][t];
+                    float v = SPLIT ? wd0[ri] * (float)c0[i] + wd1[ri] * (float)c1[i]
+                                    : wd0[ri] * (float)c0[i];
+                    v *= sm.xd[ks][t];
+                    if (MINS)
+                        v += wm0[ri] * sm.xm[ks][0][t] + wm1[ri] * sm.xm[ks][1][t];
+                    acc[nt][i] += v;
                 }
             }
         }
@@ -299,9 +331,23 @@ void launch(cudaStream_t s, const mm_args &a)
 
 } // namespace
 
+/* Whether the kernels were compiled with their tensor-core code: PTX for
+ * sm_80 or later (a build holding only compute_75 PTX runs them as JIT on
+ * newer cards without it; sm_75 keeps dp4a: its int8 mma has another
+ * shape). */
+bool cuda_mmq_available(void)
+{
+    cudaFuncAttributes fa;
+    if (cudaFuncGetAttributes(&fa, mmq<CM_TYPE_Q4_0, CM_TYPE_Q8_0>) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return fa.ptxVersion >= 80;
+}
+
 bool cuda_mmq(cuda_state *st, enum cm_type t, const mm_args &a)
 {
-    if (st->cc < 80) /* (sm_75 keeps dp4a: its int8 mma has another shape) */
+    if (!st->mmq)
         return false;
     cudaStream_t s = st->stream;
     switch (t) {

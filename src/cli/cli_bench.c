@@ -288,6 +288,11 @@ static void print_markdown(const cm_model *m, const bench_opts *o, const bench_r
     printf("\nt/s: median ± sample standard deviation of %d run%s after 1 warm-up; each test "
            "starts from an empty context; backend %s, KV cache %s\n",
            o->reps, o->reps == 1 ? "" : "s", dev, kv_name(o->kv));
+    if (!o->be->reads_host) { /* host memory is not what a GPU's products read */
+        printf("weights read per token: %.1f MB (host memory's %.1f GB/s bounds only the CPU)\n",
+               r->bytes_per_token / 1e6, r->bw);
+        return;
+    }
     printf("bandwidth: %.1f GB/s read (%s) | weights read per token: %.1f MB | "
            "bound: %.1f tok/s", r->bw, measured ? "measured: 1 GiB, best of 5" : "given by --bw",
            r->bytes_per_token / 1e6, r->bound);
@@ -330,8 +335,8 @@ static void print_json(const cm_model *m, const bench_opts *o, const bench_resul
         json_runs("tg", r->tg, o->reps, r->tg_med, r->tg_sd);
     printf("  \"bw_gbs\": %.3f,\n  \"bw_measured\": %s,\n  \"bytes_per_token\": %llu,\n", r->bw,
            measured ? "true" : "false", (unsigned long long)r->bytes_per_token);
-    printf("  \"tg_bound\": %.3f", r->bound);
-    if (o->n_gen > 0)
+    printf("  \"tg_bound\": %.3f", r->bound); /* 0: not computed (a GPU backend) */
+    if (o->n_gen > 0 && r->bound > 0)
         printf(",\n  \"tg_over_bound\": %.4f", r->tg_med / r->bound);
     printf("\n}\n");
 }
@@ -358,7 +363,7 @@ static cm_status bench_model(const bench_opts *o, cm_err *err)
         s = cm_fail(err, CM_E_NOMEM, "cannot allocate 1 GiB to measure bandwidth (use --bw)");
     if (!s) {
         r.bytes_per_token = cm_model_bytes_per_token(&m);
-        r.bound = r.bw * 1e9 / (double)r.bytes_per_token;
+        r.bound = o->be->reads_host ? r.bw * 1e9 / (double)r.bytes_per_token : 0.0;
         (o->json ? print_json : print_markdown)(&m, o, &r, !(o->bw > 0));
     }
     free(r.pp);

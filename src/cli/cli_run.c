@@ -280,6 +280,10 @@ static void print_moe_stats(const cm_model *m, const cm_ctx *ctx, int per_expert
                 fprintf(stderr, " %llu", (unsigned long long)tok[(size_t)il * m->hp.n_expert + e]);
             fputc('\n', stderr);
         }
+    cm_place_stats ps; /* a GPU backend's expert cache: hits, uploads, bytes moved */
+    cm_ctx_place_stats(ctx, &ps);
+    if (ps.experts > 0 && ps.dense_dev + ps.exp_dev > 0)
+        print_placement(&ps, stderr);
     if (!cm_ctx_expert_stats(ctx, &st))
         return;
     uint64_t uses = st.hits + st.misses;
