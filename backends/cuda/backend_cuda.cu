@@ -225,6 +225,7 @@ void cuda_buffer_free(cm_backend *be, cm_buffer *buf)
 
 void cuda_upload(cm_backend *be, const cm_tensor *dst, const void *src, size_t bytes)
 {
+    cuda_flush(cuda_st(be));
     cuda_check(cudaMemcpyAsync(dev_ptr(dst), src, bytes, cudaMemcpyHostToDevice,
                                cuda_st(be)->stream), "upload");
 }
@@ -232,12 +233,14 @@ void cuda_upload(cm_backend *be, const cm_tensor *dst, const void *src, size_t b
 void cuda_download(cm_backend *be, const cm_tensor *src, void *dst, size_t bytes)
 {
     cudaStream_t s = cuda_st(be)->stream;
+    cuda_flush(cuda_st(be));
     cuda_check(cudaMemcpyAsync(dst, dev_ptr(src), bytes, cudaMemcpyDeviceToHost, s), "download");
     cuda_check(cudaStreamSynchronize(s), "download");
 }
 
 void cuda_synchronize(cm_backend *be)
 {
+    cuda_flush(cuda_st(be));
     cuda_check(cudaStreamSynchronize(cuda_st(be)->stream), "synchronize");
 }
 
@@ -291,6 +294,8 @@ void cuda_batch_begin(cm_backend *be, const int32_t *ids, int n, int p0, int n_o
 void cuda_batch_end(cm_backend *be)
 {
     cuda_state *st = cuda_st(be);
+    if (st->mode != REPLAY)
+        cuda_flush(st);
     if (st->mode == CAPTURE) {
         cudaGraph_t g;
         cuda_check(cudaStreamEndCapture(st->stream, &g), "capture");
@@ -338,6 +343,7 @@ void cuda_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const c
                                    cudaMemcpyDeviceToHost, st->stream), "logits");
         return;
     }
+    cuda_flush(st);
     for (int t0 = 0; t0 < n; t0 += st->logit_rows) {
         const int m = n - t0 < st->logit_rows ? n - t0 : st->logit_rows;
         cuda_matmul_into(st, w, b, (const float *)dev_ptr(x) + (size_t)t0 * x->ne[0], m,

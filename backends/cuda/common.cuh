@@ -32,6 +32,19 @@ struct cuda_state {
     size_t vram_peak;          /* most device memory seen in use */
     bool prompt_attn;          /* attention_prompt.cu's kernel suits the model */
     bool mmq;                  /* mmq.cu's tensor-core kernels are in this build */
+    /* the rotations of q and k, held back so that one launch does them and
+     * stores k and v in the cache (ops.cu) */
+    struct {
+        float *x;
+        const float *norm_w;
+        int n_heads, rows, delta;
+    } pend_rope[2];
+    int n_pend_rope;
+    struct { /* a residual add, held back for the norm that follows (x NULL: none) */
+        float *x;
+        const float *y;
+        long n;
+    } pend_add;
     /* the batch's first position and token ids: kernels read the position
      * from io_dev[0] (plus an offset known when the ops are issued), so a
      * recorded batch replays at any position */
@@ -48,12 +61,20 @@ struct cuda_state {
 
 enum { EAGER = 0, CAPTURE = 1, REPLAY = 2 };
 
+/* Launches what ops.cu held back to fuse with the op after it. */
+void cuda_flush(cuda_state *st);
+
 /* Every op counts itself; in a replayed batch that is all it does (the
- * record runs at the batch's end). */
-static inline bool skip_op(cuda_state *st)
+ * record runs at the batch's end).  Otherwise work held back runs first,
+ * unless the op is one that may take it over (keep). */
+static inline bool skip_op(cuda_state *st, bool keep = false)
 {
     st->ops_seen++;
-    return st->mode == REPLAY;
+    if (st->mode == REPLAY)
+        return true;
+    if (!keep)
+        cuda_flush(st);
+    return false;
 }
 
 static inline cuda_state *cuda_st(cm_backend *be) { return (cuda_state *)be->state; }
@@ -109,6 +130,9 @@ void cuda_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_tab
 void cuda_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
                float eps, int layer_norm, cm_tensor *out);
 void cuda_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0);
+/* k's and q's held-back rotations, then k and v into layer il's cache, in
+ * one launch: false (nothing done) unless k is the held-back second. */
+bool cuda_rope_store(cuda_state *st, int il, const cm_tensor *k, const cm_tensor *v, int delta);
 void cuda_clear(cm_backend *be, cm_tensor *x);
 void cuda_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b);
 void cuda_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out);

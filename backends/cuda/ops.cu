@@ -100,12 +100,19 @@ __device__ float rms_scale(const float *v, int n, float eps, double *red)
 }
 
 /* One block per row: RMSNorm, or LayerNorm (mean first) with its bias. */
-__global__ void norm_rows(const float *x, const float *w, const float *b, float *out, int n,
-                          float eps, int layer_norm)
+/* add: the residual add held back before it (x += add, the row written
+ * back), or NULL. */
+__global__ void norm_rows(float *x, const float *add, const float *w, const float *b, float *out,
+                          int n, float eps, int layer_norm)
 {
     __shared__ double red[NORM_THREADS / 32];
-    const float *xi = x + (size_t)blockIdx.x * n;
+    float *xi = x + (size_t)blockIdx.x * n;
     float *o = out + (size_t)blockIdx.x * n;
+    if (add) {
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            xi[i] += add[(size_t)blockIdx.x * n + i];
+        __syncthreads();
+    }
     if (!layer_norm) {
         const float scale = rms_scale(xi, n, eps, red);
         for (int i = threadIdx.x; i < n; i += blockDim.x)
@@ -135,12 +142,9 @@ struct rope_args {
     float eps;
 };
 
-/* Block (head, row): the head's RMSNorm when asked, then its rotation. */
-__global__ void rope_heads(rope_args a)
+/* Head v of row t: its RMSNorm when asked, then its rotation (64 threads). */
+__device__ void rope_head(const rope_args &a, float *v, int t, double *red)
 {
-    __shared__ double red[32];
-    const int h = blockIdx.x, t = blockIdx.y;
-    float *v = a.x + ((size_t)t * a.n_heads + h) * a.d;
     if (a.norm_w) {
         const float scale = rms_scale(v, a.d, a.eps, red);
         for (int i = threadIdx.x; i < a.d; i += blockDim.x)
@@ -156,6 +160,60 @@ __global__ void rope_heads(rope_args a)
         const float c = cs[2 * i], s = cs[2 * i + 1], x0 = v[p], x1 = v[q];
         v[p] = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s)); /* no FMA: the CPU's bits */
         v[q] = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+    }
+}
+
+/* Block (head, row). */
+__global__ void rope_heads(rope_args a)
+{
+    __shared__ double red[32];
+    rope_head(a, a.x + ((size_t)blockIdx.y * a.n_heads + blockIdx.x) * a.d, blockIdx.y, red);
+}
+
+/* Head g of a cache row: F32 or F16 values, or Q8_0 blocks (head sizes are
+ * whole blocks then). */
+template <cm_kv_type KV>
+__device__ void put_head(char *row, int g, int d, const float *v)
+{
+    if constexpr (KV == CM_KV_Q8_0) {
+        __syncthreads(); /* every thread's part of v is written */
+        for (int b = threadIdx.x; b < d / 32; b += blockDim.x)
+            q8_0_quantize_block(v + b * 32, (block_q8_0 *)row + (size_t)g * d / 32 + b);
+    } else {
+        for (int i = threadIdx.x; i < d; i += blockDim.x)
+            if constexpr (KV == CM_KV_F16)
+                ((__half *)row)[(size_t)g * d + i] = __float2half_rn(v[i]);
+            else
+                ((float *)row)[(size_t)g * d + i] = v[i];
+    }
+}
+
+struct rope_store_args {
+    rope_args q, k;        /* k.x is also the keys stored */
+    const float *v;
+    char *kc, *vc;         /* the layer's cache */
+    size_t krow, vrow;
+    int dv, n_kv;
+};
+
+/* Block (x, row): x < q heads: rotate a query head; then the key heads,
+ * rotated and stored; then the value heads, stored. */
+template <cm_kv_type KV>
+__global__ void rope_store(rope_store_args a)
+{
+    __shared__ double red[32];
+    const int x = blockIdx.x, t = blockIdx.y, nq = a.q.n_heads;
+    const int pos = *a.k.p0 + a.k.delta + t;
+    if (x < nq) {
+        rope_head(a.q, a.q.x + ((size_t)t * nq + x) * a.q.d, t, red);
+    } else if (x < nq + a.n_kv) {
+        float *kh = a.k.x + ((size_t)t * a.n_kv + (x - nq)) * a.k.d;
+        rope_head(a.k, kh, t, red);
+        __syncthreads();
+        put_head<KV>(a.kc + (size_t)pos * a.krow, x - nq, a.k.d, kh);
+    } else {
+        const int g = x - nq - a.n_kv;
+        put_head<KV>(a.vc + (size_t)pos * a.vrow, g, a.dv, a.v + ((size_t)t * a.n_kv + g) * a.dv);
     }
 }
 
@@ -258,36 +316,102 @@ void cuda_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_tab
 void cuda_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
                float eps, int layer_norm, cm_tensor *out)
 {
-    if (skip_op(cuda_st(be)))
-        return;
     cuda_state *st = cuda_st(be);
+    if (skip_op(st, true))
+        return;
+    const float *add = NULL; /* x += y then its norm: one launch */
+    if (st->pend_add.x == (float *)dev_ptr(x) && st->pend_add.n == (long)x->ne[0] * x->ne[1] &&
+        st->n_pend_rope == 0) {
+        add = st->pend_add.y;
+        st->pend_add.x = NULL;
+    }
+    cuda_flush(st);
     norm_rows<<<(unsigned)x->ne[1], NORM_THREADS, 0, st->stream>>>(
-        (const float *)dev_ptr(x), (const float *)dev_ptr(w),
+        (float *)dev_ptr(x), add, (const float *)dev_ptr(w),
         layer_norm && present(b) ? (const float *)dev_ptr(b) : NULL, (float *)dev_ptr(out),
         (int)x->ne[0], eps, layer_norm);
     cuda_check(cudaGetLastError(), "norm");
 }
 
-void cuda_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
+rope_args rope_of(cuda_state *st, float *x, const float *norm_w, int n_heads, int delta)
 {
-    cuda_state *st = cuda_st(be);
     const cm_hparams *hp = st->hp;
     rope_args a;
-    a.x = (float *)dev_ptr(x);
-    a.norm_w = present(norm_w) ? (const float *)dev_ptr(norm_w) : NULL;
+    a.x = x;
+    a.norm_w = norm_w;
     a.d = hp->head_dim;
-    a.n_heads = (int)(x->ne[0] / hp->head_dim);
+    a.n_heads = n_heads;
     a.rope_dim = hp->rope_dim;
     a.neox = hp->rope_neox;
     a.use_rope = hp->use_rope;
     a.eps = hp->norm_eps;
     a.cs = st->rope_cs;
     a.p0 = st->io_dev;
-    a.delta = p0 - st->batch_p0;
-    if (skip_op(st) || (!a.norm_w && !a.use_rope))
+    a.delta = delta;
+    return a;
+}
+
+/* Held back: the next op may be the cache store that does it (rope of q,
+ * rope of k, store k and v: three launches made one). */
+void cuda_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
+{
+    cuda_state *st = cuda_st(be);
+    if (skip_op(st, true) || (!present(norm_w) && !st->hp->use_rope))
         return;
-    rope_heads<<<dim3((unsigned)a.n_heads, (unsigned)x->ne[1]), 64, 0, st->stream>>>(a);
-    cuda_check(cudaGetLastError(), "rope");
+    if (st->n_pend_rope == 2 || st->pend_add.x) /* (held-back work runs in op order) */
+        cuda_flush(st);
+    auto &p = st->pend_rope[st->n_pend_rope++];
+    p.x = (float *)dev_ptr(x);
+    p.norm_w = present(norm_w) ? (const float *)dev_ptr(norm_w) : NULL;
+    p.n_heads = (int)(x->ne[0] / st->hp->head_dim);
+    p.rows = (int)x->ne[1];
+    p.delta = p0 - st->batch_p0;
+}
+
+void cuda_flush(cuda_state *st)
+{
+    for (int i = 0; i < st->n_pend_rope; i++) {
+        const auto &p = st->pend_rope[i];
+        rope_heads<<<dim3((unsigned)p.n_heads, (unsigned)p.rows), 64, 0, st->stream>>>(
+            rope_of(st, p.x, p.norm_w, p.n_heads, p.delta));
+        cuda_check(cudaGetLastError(), "rope");
+    }
+    st->n_pend_rope = 0;
+    if (st->pend_add.x) {
+        const long n = st->pend_add.n;
+        add_k<<<blocks_for(n, 256), 256, 0, st->stream>>>(st->pend_add.x, st->pend_add.y, n);
+        cuda_check(cudaGetLastError(), "add");
+        st->pend_add.x = NULL;
+    }
+}
+
+bool cuda_rope_store(cuda_state *st, int il, const cm_tensor *k, const cm_tensor *v, int delta)
+{
+    const auto &pq = st->pend_rope[0], &pk = st->pend_rope[1];
+    const int n = (int)k->ne[1];
+    if (st->n_pend_rope != 2 || pk.x != (float *)dev_ptr(k) || pk.rows != n || pq.rows != n ||
+        pq.delta != delta || pk.delta != delta)
+        return false;
+    rope_store_args a;
+    a.q = rope_of(st, pq.x, pq.norm_w, pq.n_heads, delta);
+    a.k = rope_of(st, pk.x, pk.norm_w, pk.n_heads, delta);
+    a.v = (const float *)dev_ptr(v);
+    a.kc = st->k_cache[il];
+    a.vc = st->v_cache[il];
+    a.krow = st->krow;
+    a.vrow = st->vrow;
+    a.dv = st->hp->head_dim_v;
+    a.n_kv = pk.n_heads;
+    const dim3 g((unsigned)(pq.n_heads + 2 * pk.n_heads), (unsigned)n);
+    if (st->kv == CM_KV_Q8_0)
+        rope_store<CM_KV_Q8_0><<<g, 64, 0, st->stream>>>(a);
+    else if (st->kv == CM_KV_F16)
+        rope_store<CM_KV_F16><<<g, 64, 0, st->stream>>>(a);
+    else
+        rope_store<CM_KV_F32><<<g, 64, 0, st->stream>>>(a);
+    cuda_check(cudaGetLastError(), "rope and cache store");
+    st->n_pend_rope = 0;
+    return true;
 }
 
 void cuda_clear(cm_backend *be, cm_tensor *x)
@@ -317,14 +441,15 @@ void cuda_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out)
     cuda_check(cudaGetLastError(), "gelu");
 }
 
+/* Held back: a norm of x usually follows, and does the add too. */
 void cuda_add(cm_backend *be, cm_tensor *x, const cm_tensor *y)
 {
-    if (skip_op(cuda_st(be)))
+    cuda_state *st = cuda_st(be);
+    if (skip_op(st))
         return;
-    long n = elems(x);
-    add_k<<<blocks_for(n, 256), 256, 0, cuda_st(be)->stream>>>((float *)dev_ptr(x),
-                                                                (const float *)dev_ptr(y), n);
-    cuda_check(cudaGetLastError(), "add");
+    st->pend_add.x = (float *)dev_ptr(x);
+    st->pend_add.y = (const float *)dev_ptr(y);
+    st->pend_add.n = elems(x);
 }
 
 void cuda_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const cm_tensor *gate)
