@@ -22,6 +22,12 @@ expect 2 "no prompt" -- "$CODEMOE" run -m "$FIX/llama-f32.gguf" -n 4
 expect 2 "bad --top-p" -- "$CODEMOE" run -m "$FIX/llama-f32.gguf" -p x --top-p 2
 expect 2 "bad --kv-type" -- "$CODEMOE" logits -m "$FIX/llama-f32.gguf" --ids 1 -o "$TMP/x" --kv-type q3
 expect 2 "bad --ids" -- "$CODEMOE" logits -m "$FIX/llama-f32.gguf" --ids 1,x -o "$TMP/x"
+expect 2 "zero --vram-budget" -- "$CODEMOE" run -m "$FIX/llama-f32.gguf" -p x --vram-budget 0
+expect 2 "bad --vram-budget" -- "$CODEMOE" bench -m "$FIX/llama-f32.gguf" --vram-budget 3X
+expect 2 "negative -ngl" -- "$CODEMOE" logits -m "$FIX/llama-f32.gguf" --ids 1 -o "$TMP/x" -ngl -1
+expect 2 "bad --gpu-layers" -- "$CODEMOE" run -m "$FIX/llama-f32.gguf" -p x --gpu-layers many
+# placement options mean nothing to a backend that reads host memory: accepted, no effect
+expect 0 "-ngl on the cpu" -- "$CODEMOE" run -m "$FIX/llama-f32.gguf" -p x -n 2 --temp 0 -ngl 1 --vram-budget 1M
 
 # ---- bad input exits 1 with one line naming the problem ----
 expect 1 "missing model" -- "$CODEMOE" run -m "$TMP/nope.gguf" -p x

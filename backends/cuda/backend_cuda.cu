@@ -156,6 +156,11 @@ cm_status cuda_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
     if (e != cudaSuccess || n_dev == 0)
         return cm_fail(err, CM_E_UNSUPPORTED, "cuda: no usable GPU (%s)",
                        e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    if (s->device >= n_dev)
+        return cm_fail(err, CM_E_USAGE, "cuda: --device %d: there are %d devices (0..%d)",
+                       s->device, n_dev, n_dev - 1);
+    if (s->device >= 0 && (e = cudaSetDevice(s->device)) != cudaSuccess)
+        return cuda_fail(err, e, "choosing the device");
     cuda_state *st = (cuda_state *)calloc(1, sizeof *st);
     be->state = st;
     if (!st)
@@ -167,7 +172,9 @@ cm_status cuda_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
     st->krow = kv_row(s->kv, hp->n_head_kv * hp->head_dim);
     st->vrow = kv_row(s->kv, hp->n_head_kv * hp->head_dim_v);
     cudaDeviceProp prop;
-    if ((e = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess)
+    int dev = 0;
+    cudaGetDevice(&dev);
+    if ((e = cudaGetDeviceProperties(&prop, dev)) != cudaSuccess)
         return cuda_fail(err, e, "reading the device's properties");
     st->sm_count = prop.multiProcessorCount;
     st->cc = prop.major * 10 + prop.minor;
@@ -200,6 +207,28 @@ void cuda_describe(char *out, size_t n)
     }
     snprintf(out, n, "cuda (%s, sm_%d%d, %.1f GiB)", prop.name, prop.major, prop.minor,
              prop.totalGlobalMem / 1073741824.0);
+}
+
+void cuda_list_devices(FILE *f)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        fprintf(f, "cuda: no usable GPU (%s)\n",
+                e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        cudaDeviceProp p;
+        size_t fr = 0, total = 0;
+        if (cudaGetDeviceProperties(&p, i) != cudaSuccess)
+            continue;
+        cudaSetDevice(i);
+        cudaMemGetInfo(&fr, &total);
+        fprintf(f, "cuda %d: %s, sm_%d%d, %d multiprocessors, %.1f GiB (%.1f GiB free)%s\n", i,
+                p.name, p.major, p.minor, p.multiProcessorCount, p.totalGlobalMem / 1073741824.0,
+                fr / 1073741824.0, p.major * 10 + p.minor >= 80 ? ", int8 tensor cores used" : "");
+    }
 }
 
 cm_status cuda_buffer_alloc(cm_backend *be, size_t bytes, cm_buffer *buf, cm_err *err)
@@ -364,6 +393,7 @@ cm_backend_ops make_ops()
     o.release = cuda_release;
     o.state_bytes = cuda_state_bytes;
     o.describe = cuda_describe;
+    o.list_devices = cuda_list_devices;
     o.buffer_alloc = cuda_buffer_alloc;
     o.buffer_free = cuda_buffer_free;
     o.upload = cuda_upload;

@@ -38,7 +38,8 @@ cm_status arg_place(const char *a, const char *v, cm_place_opts *o, cm_err *err)
     "      -ngl, --gpu-layers N  on a GPU backend: the last N layers' weights on the\n"       \
     "                          device (more than the layers: the output head too)\n"         \
     "      --vram-budget SIZE  on a GPU backend: device bytes for weights (default: what\n"  \
-    "                          the card has free); experts that do not fit run on the CPU\n"
+    "                          the card has free); experts that do not fit run on the CPU\n"   \
+    "      --device N          on a GPU backend: its N-th device (codemoe info --devices)\n"
 
 /* On stderr: the backend and device a context ran on, and how many ops
  * of each kind ran on the CPU because the backend lacks them. */

@@ -97,11 +97,13 @@ cm_status arg_size(const char *flag, const char *s, uint64_t *out, cm_err *err)
 int arg_is_place(const char *a)
 {
     return !strcmp(a, "-ngl") || !strcmp(a, "--gpu-layers") || !strcmp(a, "--n-gpu-layers") ||
-           !strcmp(a, "--vram-budget");
+           !strcmp(a, "--vram-budget") || !strcmp(a, "--device");
 }
 
 cm_status arg_place(const char *a, const char *v, cm_place_opts *o, cm_err *err)
 {
+    if (!strcmp(a, "--device"))
+        return arg_int(a, v, 0, 1023, &o->device, err);
     if (strcmp(a, "--vram-budget"))
         return arg_int(a, v, 0, 1 << 20, &o->gpu_layers, err);
     cm_status s = arg_size(a, v, &o->budget, err);

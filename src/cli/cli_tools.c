@@ -15,13 +15,15 @@
 
 static const char INFO_HELP[] =
     "usage: codemoe info MODEL [--tensors] [--backend B] [-ngl N] [--vram-budget SIZE]\n"
+    "       codemoe info --devices\n"
     "\n"
     "Prints the architecture, hyper-parameters, tokenizer, tensor types and\n"
     "sizes of a GGUF model, and the backend and memory needed to run it.\n"
     "  --tensors     also list every tensor\n"
     "  --backend B   the backend to size for (default: cpu, or CODEMOE_BACKEND); on a\n"
     "                GPU backend, where each layer's weights and experts would go\n"
-    "  -ngl N, --vram-budget SIZE   that placement's options (see codemoe run --help)\n";
+    "  -ngl N, --vram-budget SIZE, --device N   that placement's options (codemoe run --help)\n"
+    "  --devices     list the GPUs of the compiled backends (cuda, vulkan) and stop\n";
 
 static void print_type_table(const cm_model *m, int list)
 {
@@ -182,7 +184,7 @@ int cli_info(int argc, char **argv)
     const char *path = NULL, *backend = NULL;
     const cm_backend_ops *be;
     cm_place_opts place = CM_PLACE_AUTO;
-    int list = 0;
+    int list = 0, devices = 0;
     cm_err err = {0};
     for (int i = 1; i < argc; i++) {
         if (arg_is(argv[i], "-h", "--help")) {
@@ -190,6 +192,8 @@ int cli_info(int argc, char **argv)
             return 0;
         } else if (!strcmp(argv[i], "--tensors"))
             list = 1;
+        else if (!strcmp(argv[i], "--devices"))
+            devices = 1;
         else if (!strcmp(argv[i], "--backend") && i + 1 < argc)
             backend = argv[++i];
         else if (arg_is_place(argv[i]) && i + 1 < argc) {
@@ -204,6 +208,16 @@ int cli_info(int argc, char **argv)
             path = argv[++i];
         else
             path = argv[i];
+    }
+    if (devices && !path) { /* the GPUs each compiled backend sees */
+        const cm_backend_ops *o;
+        int any = 0;
+        for (size_t b = 0; (o = cm_backend_at(b)); b++)
+            if (o->list_devices)
+                o->list_devices(stdout), any = 1;
+        if (!any)
+            printf("no GPU backend in this build (compiled in: %s)\n", cm_backend_names());
+        return 0;
     }
     if (!path)
         return cm_fail(&err, CM_E_USAGE, "usage: codemoe info MODEL"), cli_fail(&err);

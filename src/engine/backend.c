@@ -13,6 +13,9 @@ static const cm_backend_ops *const compiled[] = {
 #ifdef CM_HAVE_CUDA
     &cm_backend_cuda_ops,
 #endif
+#ifdef CM_HAVE_VULKAN
+    &cm_backend_vulkan_ops,
+#endif
 };
 #define N_COMPILED (sizeof compiled / sizeof compiled[0])
 
@@ -21,7 +24,10 @@ static const char *const known_absent[][2] = {
 #ifndef CM_HAVE_CUDA
     {"cuda", "this build has no CUDA backend (configure --with-cuda)"},
 #endif
-    {"vulkan", "this build has no Vulkan backend"},
+#ifndef CM_HAVE_VULKAN
+    {"vulkan", "this build has no Vulkan backend (configure --with-vulkan)"},
+#endif
+    {NULL, NULL},
 };
 
 const cm_backend_ops *cm_backend_find(const char *name)
@@ -44,6 +50,9 @@ const char *cm_backend_names(void)
 #ifdef CM_HAVE_CUDA
         " cuda"
 #endif
+#ifdef CM_HAVE_VULKAN
+        " vulkan"
+#endif
         ;
     return names;
 }
@@ -60,7 +69,7 @@ cm_status cm_backend_choose(const char *name, const cm_backend_ops **out, cm_err
     *out = cm_backend_find(name);
     if (*out)
         return CM_OK;
-    for (size_t i = 0; i < sizeof known_absent / sizeof known_absent[0]; i++)
+    for (size_t i = 0; known_absent[i][0]; i++)
         if (strcmp(known_absent[i][0], name) == 0)
             return cm_fail(err, CM_E_UNSUPPORTED, "%s %s: %s (compiled in: %s)", from, name,
                            known_absent[i][1], cm_backend_names());

@@ -29,6 +29,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "engine/model.h"
 #include "engine/tensor.h"
@@ -49,6 +50,7 @@ typedef struct {
     int n_batch;        /* most tokens one op sees */
     cm_kv_type kv;
     int no_kv;          /* only running ops another backend lacks: no cache */
+    int device;         /* which of the backend's devices, -1: its choice */
 } cm_backend_shape;
 
 /* One token's choice of experts: k indices and their gate weights. */
@@ -70,6 +72,8 @@ typedef struct {
     /* a one-line description of the device it would run on, for info
      * and bench */
     void (*describe)(char *out, size_t n);
+    /* optional: one line per device it could run on, for info --devices */
+    void (*list_devices)(FILE *f);
 
     /* ---- memory (mandatory) ---- */
     /* buf->host is set when the CPU can address the bytes directly */
@@ -235,6 +239,7 @@ const char *cm_op_name(int op);
 /* The backends (backends/<name>/). */
 extern const cm_backend_ops cm_backend_cpu_ops;
 extern const cm_backend_ops cm_backend_ref_ops;
-extern const cm_backend_ops cm_backend_cuda_ops; /* builds with CM_HAVE_CUDA */
+extern const cm_backend_ops cm_backend_cuda_ops;   /* builds with CM_HAVE_CUDA */
+extern const cm_backend_ops cm_backend_vulkan_ops; /* builds with CM_HAVE_VULKAN */
 
 #endif

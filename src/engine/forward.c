@@ -73,7 +73,7 @@ size_t cm_ctx_bytes_estimate(const cm_model *m, const cm_backend_ops *be, int n_
     size_t per_row = 0;
     for (int i = 0, n = act_specs(hp, s); i < n; i++)
         per_row += (size_t)s[i].cols * sizeof(float);
-    cm_backend_shape shape = {m, n_ctx, n_batch < n_ctx ? n_batch : n_ctx, kv, 0};
+    cm_backend_shape shape = {m, n_ctx, n_batch < n_ctx ? n_batch : n_ctx, kv, 0, -1};
     return (size_t)shape.n_batch * (per_row + host_row_bytes(hp)) +
            (size_t)hp->n_vocab * sizeof(float) + cm_backend_bytes(be, &shape);
 }
@@ -145,7 +145,7 @@ cm_status cm_ctx_new_placed(const cm_model *m, const cm_backend_ops *backend,
     c->n_ctx = n_ctx;
     c->n_batch = n_batch < n_ctx ? n_batch : n_ctx;
     c->kv_type = kv;
-    cm_backend_shape shape = {m, n_ctx, c->n_batch, kv, 0};
+    cm_backend_shape shape = {m, n_ctx, c->n_batch, kv, 0, place ? place->device : -1};
     cm_status s = cm_backend_new(backend ? backend : &cm_backend_cpu_ops, &shape, &c->be, err);
     if (!s)
         s = alloc_buffers(c, err);

@@ -26,9 +26,10 @@ typedef struct {
     int gpu_layers;      /* -1: automatic under the budget */
     uint64_t budget;     /* device bytes for weights; 0: what the device
                           * has free less a margin */
+    int device;          /* the backend's device number, -1: its choice */
 } cm_place_opts;
 
-#define CM_PLACE_AUTO ((cm_place_opts){-1, 0})
+#define CM_PLACE_AUTO ((cm_place_opts){-1, 0, -1})
 
 typedef struct {
     uint64_t dense_dev, dense_host;   /* non-expert weight bytes */

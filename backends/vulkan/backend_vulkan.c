@@ -1,0 +1,629 @@
+/* backend_vulkan.c - the Vulkan backend: any GPU a laptop has (and Mesa's
+ * lavapipe on the CPU, which CI tests on).
+ *
+ * What it has so far: device selection, memory, the KV cache (F32, F16, Q8_0),
+ * attention, norms, RoPE, the activations, residual adds and the MoE row
+ * moves as compute shaders (backends/vulkan/shaders, compiled to SPIR-V by
+ * glslc at build time and embedded).  The products, embeddings, logits and
+ * routing run on the CPU through the engine's fallback, reading the
+ * device's buffers in place: every buffer is host-visible and mapped, and
+ * every op waits for its dispatch, so the CPU may read and write them
+ * between ops (backend.h's contract for buffers with a host address).
+ * Weights are copied into such buffers by the engine's placement. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <vulkan/vulkan.h>
+
+#include "backends/cpu/ops.h"
+#include "backends/vulkan/vk_internal.h"
+
+
+static cm_status vk_fail(cm_err *err, VkResult r, const char *what)
+{
+    return cm_fail(err, r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY
+                            ? CM_E_NOMEM : CM_E_UNSUPPORTED,
+                   "vulkan: %s failed (VkResult %d)", what, (int)r);
+}
+
+/* An op has no status to return: a failed dispatch is a broken device,
+ * reported and fatal, never a silently wrong answer. */
+void vk_check(VkResult r, const char *what)
+{
+    if (r != VK_SUCCESS) {
+        fprintf(stderr, "codemoe: vulkan: %s failed (VkResult %d)\n", what, (int)r);
+        exit(1);
+    }
+}
+
+/* With CODEMOE_VULKAN_VALIDATION=1 the Khronos validation layer checks
+ * every call; an error it reports ends the program (tests run this way). */
+static VKAPI_ATTR VkBool32 VKAPI_CALL on_validation(VkDebugUtilsMessageSeverityFlagBitsEXT sev,
+                                                    VkDebugUtilsMessageTypeFlagsEXT type,
+                                                    const VkDebugUtilsMessengerCallbackDataEXT *d,
+                                                    void *user)
+{
+    (void)type, (void)user;
+    if (sev >= VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT) {
+        fprintf(stderr, "codemoe: vulkan validation: %s\n", d->pMessage);
+        abort();
+    }
+    return VK_FALSE;
+}
+
+static int validation_wanted(void)
+{
+    const char *v = getenv("CODEMOE_VULKAN_VALIDATION");
+    return v && !strcmp(v, "1");
+}
+
+/* ------------------------------------------------------------ devices */
+
+static VkResult make_instance(vk_state *st)
+{
+    VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
+                             .pApplicationName = "codemoe",
+                             .apiVersion = VK_API_VERSION_1_1};
+    const char *layer = "VK_LAYER_KHRONOS_validation", *ext = VK_EXT_DEBUG_UTILS_EXTENSION_NAME;
+    const int val = validation_wanted();
+    VkInstanceCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO,
+                               .pApplicationInfo = &app,
+                               .enabledLayerCount = val,
+                               .ppEnabledLayerNames = &layer,
+                               .enabledExtensionCount = val,
+                               .ppEnabledExtensionNames = &ext};
+    VkResult r = vkCreateInstance(&ci, NULL, &st->inst);
+    if (r == VK_ERROR_LAYER_NOT_PRESENT || r == VK_ERROR_EXTENSION_NOT_PRESENT) {
+        fprintf(stderr, "[codemoe] CODEMOE_VULKAN_VALIDATION=1, but the Khronos validation layer "
+                        "is not installed (vulkan-validationlayers): running without it\n");
+        ci.enabledLayerCount = ci.enabledExtensionCount = 0;
+        return vkCreateInstance(&ci, NULL, &st->inst);
+    }
+    if (r != VK_SUCCESS || !val)
+        return r;
+    PFN_vkCreateDebugUtilsMessengerEXT create =
+        (PFN_vkCreateDebugUtilsMessengerEXT)vkGetInstanceProcAddr(st->inst,
+                                                                   "vkCreateDebugUtilsMessengerEXT");
+    VkDebugUtilsMessengerCreateInfoEXT mi = {
+        .sType = VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT,
+        .messageSeverity = VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT |
+                           VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT,
+        .messageType = VK_DEBUG_UTILS_MESSAGE_TYPE_GENERAL_BIT_EXT |
+                       VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT,
+        .pfnUserCallback = on_validation};
+    return create ? create(st->inst, &mi, NULL, &st->messenger) : VK_ERROR_EXTENSION_NOT_PRESENT;
+}
+
+/* Devices in order of preference: discrete, integrated, virtual, CPU;
+ * CODEMOE_VULKAN_DEVICE=N picks the N-th of vkEnumeratePhysicalDevices. */
+static int device_rank(VkPhysicalDeviceType t)
+{
+    return t == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU ? 0
+           : t == VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU ? 1
+           : t == VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU ? 2 : 3;
+}
+
+static cm_status pick_device(vk_state *st, int device, cm_err *err)
+{
+    uint32_t n = 0;
+    VkPhysicalDevice devs[16];
+    vkEnumeratePhysicalDevices(st->inst, &n, NULL);
+    n = n > 16 ? 16 : n;
+    if (n == 0 || vkEnumeratePhysicalDevices(st->inst, &n, devs) < 0)
+        return cm_fail(err, CM_E_UNSUPPORTED, "vulkan: no device (install a driver, e.g. "
+                       "mesa-vulkan-drivers)");
+    const char *want = getenv("CODEMOE_VULKAN_DEVICE");
+    if (device < 0 && want && *want) {
+        char *end;
+        device = (int)strtol(want, &end, 10);
+        if (*end || device < 0)
+            return cm_fail(err, CM_E_USAGE, "CODEMOE_VULKAN_DEVICE=%.20s is not a number", want);
+    }
+    if (device >= 0) {
+        if (device >= (int)n)
+            return cm_fail(err, CM_E_USAGE, "vulkan: device %d: there are %u (0..%u; codemoe "
+                           "info --devices)", device, n, n - 1);
+        st->phys = devs[device];
+        return CM_OK;
+    }
+    int best = 4;
+    for (uint32_t i = 0; i < n; i++) {
+        VkPhysicalDeviceProperties p;
+        vkGetPhysicalDeviceProperties(devs[i], &p);
+        if (device_rank(p.deviceType) < best)
+            best = device_rank(p.deviceType), st->phys = devs[i];
+    }
+    return CM_OK;
+}
+
+/* Host-visible, coherent memory (device-local too where the device has
+ * such a heap): the CPU reads and writes buffers in place. */
+static cm_status pick_memory(vk_state *st, cm_err *err)
+{
+    VkPhysicalDeviceMemoryProperties mp;
+    vkGetPhysicalDeviceMemoryProperties(st->phys, &mp);
+    const VkMemoryPropertyFlags need = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT |
+                                       VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+    int best = -1;
+    for (uint32_t i = 0; i < mp.memoryTypeCount; i++) {
+        VkMemoryPropertyFlags f = mp.memoryTypes[i].propertyFlags;
+        if ((f & need) != need)
+            continue;
+        VkDeviceSize heap = mp.memoryHeaps[mp.memoryTypes[i].heapIndex].size;
+        /* device-local only when that heap is large (not a 256 MiB window) */
+        int local = (f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) && heap >= (1ull << 30);
+        if (best < 0 || (local && !(mp.memoryTypes[best].propertyFlags &
+                                    VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT)))
+            best = (int)i;
+    }
+    if (best < 0)
+        return cm_fail(err, CM_E_UNSUPPORTED, "vulkan: the device has no host-visible memory");
+    st->mem_type = (uint32_t)best;
+    st->heap_size = mp.memoryHeaps[mp.memoryTypes[best].heapIndex].size;
+    return CM_OK;
+}
+
+static cm_status make_device(vk_state *st, cm_err *err)
+{
+    uint32_t nq = 0, fam = UINT32_MAX;
+    VkQueueFamilyProperties qf[16];
+    vkGetPhysicalDeviceQueueFamilyProperties(st->phys, &nq, NULL);
+    nq = nq > 16 ? 16 : nq;
+    vkGetPhysicalDeviceQueueFamilyProperties(st->phys, &nq, qf);
+    for (uint32_t i = 0; i < nq && fam == UINT32_MAX; i++)
+        if (qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT)
+            fam = i;
+    if (fam == UINT32_MAX)
+        return cm_fail(err, CM_E_UNSUPPORTED, "vulkan: the device has no compute queue");
+    VkPhysicalDeviceFeatures have, use = {0};
+    vkGetPhysicalDeviceFeatures(st->phys, &have);
+    st->f64 = have.shaderFloat64;
+    use.shaderFloat64 = have.shaderFloat64;
+    float prio = 1.0f;
+    VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
+                                  .queueFamilyIndex = fam, .queueCount = 1,
+                                  .pQueuePriorities = &prio};
+    VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+                             .queueCreateInfoCount = 1, .pQueueCreateInfos = &qi,
+                             .pEnabledFeatures = &use};
+    VkResult r = vkCreateDevice(st->phys, &di, NULL, &st->dev);
+    if (r != VK_SUCCESS)
+        return vk_fail(err, r, "creating the device");
+    vkGetDeviceQueue(st->dev, fam, 0, &st->queue);
+    VkCommandPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+                                  .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
+                                  .queueFamilyIndex = fam};
+    if ((r = vkCreateCommandPool(st->dev, &pi, NULL, &st->cmd_pool)) != VK_SUCCESS)
+        return vk_fail(err, r, "creating a command pool");
+    VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+                                      .commandPool = st->cmd_pool,
+                                      .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+                                      .commandBufferCount = 1};
+    if ((r = vkAllocateCommandBuffers(st->dev, &ai, &st->cmd)) != VK_SUCCESS)
+        return vk_fail(err, r, "allocating a command buffer");
+    VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    if ((r = vkCreateFence(st->dev, &fi, NULL, &st->fence)) != VK_SUCCESS)
+        return vk_fail(err, r, "creating a fence");
+    return CM_OK;
+}
+
+/* One layout for every shader: four storage buffers and 128 bytes of push
+ * constants. */
+static cm_status make_pipelines(vk_state *st, cm_err *err)
+{
+    VkDescriptorSetLayoutBinding b[4];
+    for (uint32_t i = 0; i < 4; i++)
+        b[i] = (VkDescriptorSetLayoutBinding){.binding = i,
+                                              .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                              .descriptorCount = 1,
+                                              .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
+    VkDescriptorSetLayoutCreateInfo li = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+                                          .bindingCount = 4, .pBindings = b};
+    VkResult r = vkCreateDescriptorSetLayout(st->dev, &li, NULL, &st->set_layout);
+    VkPushConstantRange pc = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .size = 128};
+    VkPipelineLayoutCreateInfo pli = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
+                                      .setLayoutCount = 1, .pSetLayouts = &st->set_layout,
+                                      .pushConstantRangeCount = 1, .pPushConstantRanges = &pc};
+    if (r == VK_SUCCESS)
+        r = vkCreatePipelineLayout(st->dev, &pli, NULL, &st->pipe_layout);
+    VkDescriptorPoolSize ps = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 4};
+    VkDescriptorPoolCreateInfo dpi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO,
+                                      .maxSets = 1, .poolSizeCount = 1, .pPoolSizes = &ps};
+    if (r == VK_SUCCESS)
+        r = vkCreateDescriptorPool(st->dev, &dpi, NULL, &st->desc_pool);
+    for (int i = 0; r == VK_SUCCESS && i < VK_SHADER_COUNT; i++) {
+        const vk_shader *sh = vk_shader_for(i, st->f64);
+        VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+                                       .codeSize = sh->bytes, .pCode = sh->code};
+        VkShaderModule mod;
+        if ((r = vkCreateShaderModule(st->dev, &mi, NULL, &mod)) != VK_SUCCESS)
+            break;
+        VkComputePipelineCreateInfo ci = {
+            .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+            .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
+                      .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = mod, .pName = "main"},
+            .layout = st->pipe_layout};
+        r = vkCreateComputePipelines(st->dev, VK_NULL_HANDLE, 1, &ci, NULL, &st->pipe[i]);
+        vkDestroyShaderModule(st->dev, mod, NULL);
+    }
+    return r == VK_SUCCESS ? CM_OK : vk_fail(err, r, "creating the compute pipelines");
+}
+
+/* ------------------------------------------------------------ memory */
+
+VkResult vk_buf_make(vk_state *st, VkDeviceSize size, vk_buf *b)
+{
+    memset(b, 0, sizeof *b);
+    b->size = size ? size : 4;
+    VkBufferCreateInfo bi = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
+                             .size = b->size,
+                             .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT,
+                             .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+    VkResult r = vkCreateBuffer(st->dev, &bi, NULL, &b->buf);
+    if (r != VK_SUCCESS)
+        return r;
+    VkMemoryRequirements req;
+    vkGetBufferMemoryRequirements(st->dev, b->buf, &req);
+    if (!(req.memoryTypeBits & (1u << st->mem_type)))
+        return VK_ERROR_FEATURE_NOT_PRESENT;
+    VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
+                               .allocationSize = req.size, .memoryTypeIndex = st->mem_type};
+    if ((r = vkAllocateMemory(st->dev, &ai, NULL, &b->mem)) != VK_SUCCESS)
+        return r;
+    st->allocated += req.size;
+    if ((r = vkBindBufferMemory(st->dev, b->buf, b->mem, 0)) != VK_SUCCESS)
+        return r;
+    return vkMapMemory(st->dev, b->mem, 0, VK_WHOLE_SIZE, 0, &b->map);
+}
+
+void vk_buf_drop(vk_state *st, vk_buf *b)
+{
+    if (!b || !st->dev)
+        return;
+    if (b->buf)
+        vkDestroyBuffer(st->dev, b->buf, NULL);
+    if (b->mem) {
+        vkFreeMemory(st->dev, b->mem, NULL);
+        st->allocated -= st->allocated >= b->size ? b->size : st->allocated;
+    }
+    memset(b, 0, sizeof *b);
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+/* Runs shader s over grid (x, y, z) with buffers b (NULL: the dummy) and
+ * push constants pc, and waits for it: ops are synchronous, so the CPU
+ * sees their results, and may write buffers, as soon as they return. */
+void vk_dispatch(vk_state *st, int s, vk_buf *const b[4], const void *pc, size_t pc_bytes,
+                 uint32_t x, uint32_t y, uint32_t z)
+{
+    VkDescriptorSet set;
+    VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+                                      .descriptorPool = st->desc_pool, .descriptorSetCount = 1,
+                                      .pSetLayouts = &st->set_layout};
+    vk_check(vkAllocateDescriptorSets(st->dev, &ai, &set), "allocating a descriptor set");
+    VkDescriptorBufferInfo bi[4];
+    VkWriteDescriptorSet w[4];
+    for (int i = 0; i < 4; i++) {
+        const vk_buf *vb = b[i] ? b[i] : &st->dummy;
+        bi[i] = (VkDescriptorBufferInfo){vb->buf, 0, VK_WHOLE_SIZE};
+        w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
+                                      .dstSet = set, .dstBinding = (uint32_t)i,
+                                      .descriptorCount = 1,
+                                      .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                      .pBufferInfo = &bi[i]};
+    }
+    vkUpdateDescriptorSets(st->dev, 4, w, 0, NULL);
+    VkCommandBufferBeginInfo begin = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                      .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+    vk_check(vkBeginCommandBuffer(st->cmd, &begin), "recording");
+    vkCmdBindPipeline(st->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, st->pipe[s]);
+    vkCmdBindDescriptorSets(st->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, st->pipe_layout, 0, 1, &set, 0,
+                            NULL);
+    vkCmdPushConstants(st->cmd, st->pipe_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
+                       (uint32_t)pc_bytes, pc);
+    vkCmdDispatch(st->cmd, x, y, z);
+    /* the shader's writes made visible to the host that reads them next */
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+                          .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
+    vkCmdPipelineBarrier(st->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_HOST_BIT,
+                         0, 1, &mb, 0, NULL, 0, NULL);
+    vk_check(vkEndCommandBuffer(st->cmd), "recording");
+    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1,
+                       .pCommandBuffers = &st->cmd};
+    vk_check(vkQueueSubmit(st->queue, 1, &si, st->fence), "submitting");
+    vk_check(vkWaitForFences(st->dev, 1, &st->fence, VK_TRUE, UINT64_MAX), "waiting");
+    vkResetFences(st->dev, 1, &st->fence);
+    vkResetCommandBuffer(st->cmd, 0);
+    vkResetDescriptorPool(st->dev, st->desc_pool, 0);
+}
+
+
+/* ------------------------------------------------------------ the backend */
+
+/* A cache row of width values per KV head: F32, F16, or Q8_0 blocks of
+ * 34 bytes per 32 values (width a multiple of 32: vk_init checks). */
+static size_t kv_row_bytes(const cm_backend_shape *s, int width)
+{
+    const size_t n = (size_t)s->m->hp.n_head_kv * width;
+    return s->kv == CM_KV_Q8_0 ? n / 32 * 34 : n * (s->kv == CM_KV_F16 ? 2 : 4);
+}
+
+/* A layer's K or V cache: whole uints, as the shaders address it (q8_0
+ * rows are only 2-byte aligned: the last uint may hang over the end). */
+static size_t kv_cache_bytes(const cm_backend_shape *s, int width)
+{
+    return ((size_t)s->n_ctx * kv_row_bytes(s, width) + 3) / 4 * 4;
+}
+
+static size_t vk_state_bytes(const cm_backend_shape *s)
+{
+    const cm_hparams *hp = &s->m->hp;
+    size_t kv = s->no_kv ? 0
+                         : (size_t)hp->n_layer * (kv_cache_bytes(s, hp->head_dim) +
+                                                  kv_cache_bytes(s, hp->head_dim_v));
+    return kv + (size_t)s->n_ctx * hp->rope_dim * sizeof(float) +
+           (size_t)(s->n_batch + 1) * 2 * sizeof(float);
+}
+
+static void vk_release(cm_backend *be)
+{
+    vk_state *st = vk_st(be);
+    if (!st)
+        return;
+    if (st->dev) {
+        vkDeviceWaitIdle(st->dev);
+        for (int il = 0; st->k_cache && il < st->hp->n_layer; il++) {
+            vk_buf_drop(st, st->k_cache[il]), vk_buf_drop(st, st->v_cache[il]);
+            free(st->k_cache[il]), free(st->v_cache[il]);
+        }
+        vk_buf_drop(st, &st->rope_cs), vk_buf_drop(st, &st->rows), vk_buf_drop(st, &st->dummy);
+        for (int i = 0; i < VK_SHADER_COUNT; i++)
+            if (st->pipe[i])
+                vkDestroyPipeline(st->dev, st->pipe[i], NULL);
+        if (st->desc_pool)
+            vkDestroyDescriptorPool(st->dev, st->desc_pool, NULL);
+        if (st->pipe_layout)
+            vkDestroyPipelineLayout(st->dev, st->pipe_layout, NULL);
+        if (st->set_layout)
+            vkDestroyDescriptorSetLayout(st->dev, st->set_layout, NULL);
+        if (st->fence)
+            vkDestroyFence(st->dev, st->fence, NULL);
+        if (st->cmd_pool)
+            vkDestroyCommandPool(st->dev, st->cmd_pool, NULL);
+        vkDestroyDevice(st->dev, NULL);
+    }
+    if (st->messenger) {
+        PFN_vkDestroyDebugUtilsMessengerEXT destroy =
+            (PFN_vkDestroyDebugUtilsMessengerEXT)vkGetInstanceProcAddr(
+                st->inst, "vkDestroyDebugUtilsMessengerEXT");
+        if (destroy)
+            destroy(st->inst, st->messenger, NULL);
+    }
+    if (st->inst)
+        vkDestroyInstance(st->inst, NULL);
+    free(st->k_cache), free(st->v_cache);
+    free(st);
+    be->state = NULL;
+}
+
+/* The cache, the rotary table (the CPU's angles), the row lists of the MoE
+ * moves, and a small buffer bound where a shader has no operand. */
+static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *err)
+{
+    const cm_hparams *hp = st->hp;
+    const size_t n_cs = (size_t)s->n_ctx * hp->rope_dim;
+    VkResult r = vk_buf_make(st, n_cs * sizeof(float), &st->rope_cs);
+    if (r == VK_SUCCESS)
+        r = vk_buf_make(st, (size_t)(s->n_batch + 1) * 2 * sizeof(float), &st->rows);
+    if (r == VK_SUCCESS)
+        r = vk_buf_make(st, 16, &st->dummy);
+    if (r != VK_SUCCESS)
+        return vk_fail(err, r, "allocating buffers");
+    for (int p = 0; hp->use_rope && p < s->n_ctx; p++)
+        cm_rope_table((float *)st->rope_cs.map + (size_t)p * hp->rope_dim, p, hp);
+    if (s->no_kv)
+        return CM_OK;
+    st->k_cache = calloc((size_t)hp->n_layer, sizeof *st->k_cache);
+    st->v_cache = calloc((size_t)hp->n_layer, sizeof *st->v_cache);
+    if (!st->k_cache || !st->v_cache)
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating the Vulkan backend");
+    for (int il = 0; il < hp->n_layer; il++) {
+        st->k_cache[il] = calloc(1, sizeof(vk_buf));
+        st->v_cache[il] = calloc(1, sizeof(vk_buf));
+        if (!st->k_cache[il] || !st->v_cache[il])
+            return cm_fail(err, CM_E_NOMEM, "out of memory creating the Vulkan backend");
+        r = vk_buf_make(st, kv_cache_bytes(s, hp->head_dim), st->k_cache[il]);
+        if (r == VK_SUCCESS)
+            r = vk_buf_make(st, kv_cache_bytes(s, hp->head_dim_v), st->v_cache[il]);
+        if (r != VK_SUCCESS)
+            return vk_fail(err, r, "allocating the KV cache");
+    }
+    return CM_OK;
+}
+
+static cm_status vk_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
+{
+    const cm_hparams *hp = &s->m->hp;
+    /* an f16 row is stored a pair of halves per thread; q8_0 rows are
+     * whole blocks of 32 (the engine checks that too) */
+    const int odd = s->kv == CM_KV_F16 && (hp->n_head_kv * hp->head_dim % 2 ||
+                                           hp->n_head_kv * hp->head_dim_v % 2);
+    const int part = s->kv == CM_KV_Q8_0 && (hp->head_dim % 32 || hp->head_dim_v % 32);
+    if (hp->head_dim > 256 || hp->head_dim_v > 256 || odd || part)
+        return cm_fail(err, CM_E_UNSUPPORTED, "vulkan: heads of %d/%d dimensions are not "
+                       "supported (at most 256, even rows for an f16 cache, multiples of 32 "
+                       "for q8_0)", hp->head_dim, hp->head_dim_v);
+    vk_state *st = calloc(1, sizeof *st);
+    be->state = st;
+    if (!st)
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating the Vulkan backend");
+    st->hp = hp;
+    st->n_ctx = s->n_ctx;
+    st->n_batch = s->n_batch;
+    st->kv = s->kv == CM_KV_Q8_0 ? 2 : s->kv == CM_KV_F16 ? 1 : 0;
+    VkResult r = make_instance(st);
+    if (r != VK_SUCCESS)
+        return cm_fail(err, CM_E_UNSUPPORTED, "vulkan: no usable Vulkan loader or driver "
+                       "(vkCreateInstance: %d)", (int)r);
+    cm_status c = pick_device(st, s->device, err);
+    if (!c)
+        c = pick_memory(st, err);
+    if (!c)
+        c = make_device(st, err);
+    if (!c)
+        c = make_pipelines(st, err);
+    if (!c)
+        c = make_buffers(st, s, err);
+    return c;
+}
+
+static void vk_describe(char *out, size_t n)
+{
+    VkInstance inst;
+    VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
+                             .apiVersion = VK_API_VERSION_1_1};
+    VkInstanceCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO,
+                               .pApplicationInfo = &app};
+    if (vkCreateInstance(&ci, NULL, &inst) != VK_SUCCESS) {
+        snprintf(out, n, "vulkan (no usable loader or driver)");
+        return;
+    }
+    vk_state tmp = {.inst = inst};
+    cm_err err;
+    if (pick_device(&tmp, -1, &err)) {
+        snprintf(out, n, "vulkan (%s)", err.msg);
+    } else {
+        VkPhysicalDeviceProperties p;
+        vkGetPhysicalDeviceProperties(tmp.phys, &p);
+        snprintf(out, n, "vulkan (%s, Vulkan %u.%u)", p.deviceName, VK_API_VERSION_MAJOR(p.apiVersion),
+                 VK_API_VERSION_MINOR(p.apiVersion));
+    }
+    vkDestroyInstance(inst, NULL);
+}
+
+static const char *type_name(VkPhysicalDeviceType t)
+{
+    return t == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU ? "discrete GPU"
+           : t == VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU ? "integrated GPU"
+           : t == VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU ? "virtual GPU"
+           : t == VK_PHYSICAL_DEVICE_TYPE_CPU ? "CPU" : "other";
+}
+
+/* Each device: name, kind, the memory the backend would use, and the
+ * features it looks for (64-bit floats for the norms, subgroup size). */
+static void vk_list_devices(FILE *f)
+{
+    VkInstance inst;
+    VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
+                             .apiVersion = VK_API_VERSION_1_1};
+    VkInstanceCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO,
+                               .pApplicationInfo = &app};
+    if (vkCreateInstance(&ci, NULL, &inst) != VK_SUCCESS) {
+        fprintf(f, "vulkan: no usable loader or driver\n");
+        return;
+    }
+    uint32_t n = 0;
+    VkPhysicalDevice devs[16];
+    vkEnumeratePhysicalDevices(inst, &n, NULL);
+    n = n > 16 ? 16 : n;
+    if (n == 0 || vkEnumeratePhysicalDevices(inst, &n, devs) < 0)
+        fprintf(f, "vulkan: no device (install a driver, e.g. mesa-vulkan-drivers)\n");
+    for (uint32_t i = 0; i < n; i++) {
+        VkPhysicalDeviceProperties p;
+        VkPhysicalDeviceFeatures ft;
+        VkPhysicalDeviceSubgroupProperties sg = {
+            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+        VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                          .pNext = &sg};
+        vkGetPhysicalDeviceProperties(devs[i], &p);
+        vkGetPhysicalDeviceFeatures(devs[i], &ft);
+        vkGetPhysicalDeviceProperties2(devs[i], &p2);
+        vk_state tmp = {.phys = devs[i]};
+        cm_err err;
+        int mem_ok = pick_memory(&tmp, &err) == CM_OK;
+        fprintf(f, "vulkan %u: %s (%s, Vulkan %u.%u), %s%.1f GiB host-visible memory, "
+                "64-bit floats %s, subgroups of %u\n", i, p.deviceName, type_name(p.deviceType),
+                VK_API_VERSION_MAJOR(p.apiVersion), VK_API_VERSION_MINOR(p.apiVersion),
+                mem_ok ? "" : "no usable memory: ", mem_ok ? tmp.heap_size / 1073741824.0 : 0.0,
+                ft.shaderFloat64 ? "yes" : "no (norms sum in float)", sg.subgroupSize);
+    }
+    vkDestroyInstance(inst, NULL);
+}
+
+static cm_status vk_buffer_alloc(cm_backend *be, size_t bytes, cm_buffer *buf, cm_err *err)
+{
+    vk_state *st = vk_st(be);
+    vk_buf *b = calloc(1, sizeof *b);
+    if (!b)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    VkResult r = vk_buf_make(st, bytes, b);
+    if (r != VK_SUCCESS) {
+        vk_buf_drop(st, b);
+        free(b);
+        return cm_fail(err, CM_E_NOMEM, "vulkan: allocating %.1f MiB failed (VkResult %d)",
+                       bytes / 1048576.0, (int)r);
+    }
+    buf->dev = b;
+    buf->host = b->map;
+    buf->size = bytes;
+    return CM_OK;
+}
+
+static void vk_buffer_free(cm_backend *be, cm_buffer *buf)
+{
+    vk_buf_drop(vk_st(be), buf->dev);
+    free(buf->dev);
+    buf->dev = buf->host = NULL;
+}
+
+/* Every op has finished when it returns: the mapped bytes are current. */
+static void vk_upload(cm_backend *be, const cm_tensor *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    memcpy((char *)dst->buf->host + dst->offs, src, bytes);
+}
+
+static void vk_download(cm_backend *be, const cm_tensor *src, void *dst, size_t bytes)
+{
+    (void)be;
+    memcpy(dst, (const char *)src->buf->host + src->offs, bytes);
+}
+
+static void vk_synchronize(cm_backend *be) { (void)be; }
+
+static void vk_mem_info(cm_backend *be, size_t *free_bytes, size_t *total_bytes)
+{
+    vk_state *st = vk_st(be);
+    *total_bytes = st->heap_size;
+    *free_bytes = st->heap_size > st->allocated ? st->heap_size - st->allocated : 0;
+}
+
+const cm_backend_ops cm_backend_vulkan_ops = {
+    .name = "vulkan",
+    .reads_host = 0,
+    .init = vk_init,
+    .release = vk_release,
+    .state_bytes = vk_state_bytes,
+    .describe = vk_describe,
+    .list_devices = vk_list_devices,
+    .buffer_alloc = vk_buffer_alloc,
+    .buffer_free = vk_buffer_free,
+    .upload = vk_upload,
+    .download = vk_download,
+    .synchronize = vk_synchronize,
+    .mem_info = vk_mem_info,
+    .kv_store = vk_kv_store,
+    .attention = vk_attention,
+    .norm = vk_norm,
+    .rope = vk_rope,
+    .clear = vk_clear,
+    .swiglu = vk_swiglu,
+    .gelu = vk_gelu,
+    .add = vk_add,
+    .add_gated = vk_add_gated,
+    .gather = vk_gather,
+    .scatter_add = vk_scatter_add,
+};

@@ -1,0 +1,60 @@
+/* shaders.c - the embedded SPIR-V (the .spvinc files are glslc's C output,
+ * made by the build from backends/vulkan/shaders/NAME.comp). */
+#include "backends/vulkan/shaders.h"
+
+#define SPV(name) static const uint32_t name##_spv[] =
+SPV(add)
+#include "backends/vulkan/shaders/add.spvinc"
+;
+SPV(swiglu)
+#include "backends/vulkan/shaders/swiglu.spvinc"
+;
+SPV(gelu)
+#include "backends/vulkan/shaders/gelu.spvinc"
+;
+SPV(add_gated)
+#include "backends/vulkan/shaders/add_gated.spvinc"
+;
+SPV(gather)
+#include "backends/vulkan/shaders/gather.spvinc"
+;
+SPV(scatter_add)
+#include "backends/vulkan/shaders/scatter_add.spvinc"
+;
+SPV(norm)
+#include "backends/vulkan/shaders/norm.spvinc"
+;
+SPV(norm_f64)
+#include "backends/vulkan/shaders/norm_f64.spvinc"
+;
+SPV(rope)
+#include "backends/vulkan/shaders/rope.spvinc"
+;
+SPV(rope_f64)
+#include "backends/vulkan/shaders/rope_f64.spvinc"
+;
+SPV(kv_store)
+#include "backends/vulkan/shaders/kv_store.spvinc"
+;
+SPV(attention)
+#include "backends/vulkan/shaders/attention.spvinc"
+;
+
+#define ENTRY(name) {name##_spv, sizeof name##_spv}
+static const vk_shader shaders[VK_SHADER_COUNT] = {
+    [VK_SH_ADD] = ENTRY(add),           [VK_SH_SWIGLU] = ENTRY(swiglu),
+    [VK_SH_GELU] = ENTRY(gelu),         [VK_SH_ADD_GATED] = ENTRY(add_gated),
+    [VK_SH_GATHER] = ENTRY(gather),     [VK_SH_SCATTER_ADD] = ENTRY(scatter_add),
+    [VK_SH_NORM] = ENTRY(norm),         [VK_SH_ROPE] = ENTRY(rope),
+    [VK_SH_KV_STORE] = ENTRY(kv_store), [VK_SH_ATTENTION] = ENTRY(attention),
+};
+static const vk_shader norm64 = ENTRY(norm_f64), rope64 = ENTRY(rope_f64);
+
+const vk_shader *vk_shader_for(int id, int f64)
+{
+    if (f64 && id == VK_SH_NORM)
+        return &norm64;
+    if (f64 && id == VK_SH_ROPE)
+        return &rope64;
+    return &shaders[id];
+}

@@ -1,0 +1,32 @@
+/* shaders.h - the Vulkan backend's compute shaders, SPIR-V compiled by
+ * glslc at build time from backends/vulkan/shaders/ and embedded. */
+#ifndef CM_VK_SHADERS_H
+#define CM_VK_SHADERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    VK_SH_ADD,
+    VK_SH_SWIGLU,
+    VK_SH_GELU,
+    VK_SH_ADD_GATED,
+    VK_SH_GATHER,
+    VK_SH_SCATTER_ADD,
+    VK_SH_NORM,
+    VK_SH_ROPE,
+    VK_SH_KV_STORE,
+    VK_SH_ATTENTION,
+    VK_SHADER_COUNT
+};
+
+typedef struct {
+    const uint32_t *code;
+    size_t bytes;
+} vk_shader;
+
+/* Shader id; the variant summing in double where the device has 64-bit
+ * floats (f64), else in float. */
+const vk_shader *vk_shader_for(int id, int f64);
+
+#endif

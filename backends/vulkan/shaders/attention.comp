@@ -1,0 +1,306 @@
+#version 450
+// Workgroup (row t, query head h): out = softmax(q K^T * scale) V over cache
+// positions 0 .. p0 + t, K and V from KV head g = h / group.  Cache row j
+// holds n_kv heads: keys of head g at elements j * krow + g * d + i, values
+// at j * vrow + g * dv + i (elements: floats for F32 (kv 0), halves for F16
+// (kv 1), two per uint, the even one low; for Q8_0 (kv 2) element e is
+// quant e % 32 of block e / 32, GGUF block_q8_0s of 34 bytes one after the
+// other, so 2-byte aligned: read from uints by shifts.  d, dv are then
+// multiples of 32.  The bindings start at this layer's caches).
+//
+// No score is stored, so any context fits: three passes over the keys
+// (the maximum; the sum of exponentials; then 64 positions at a time the
+// weights through shared memory, each thread summing value dimensions
+// tid, tid + 64, ...).  The scores are recomputed by the same code, so
+// every pass sees the same bits.
+//
+// The reference's arithmetic (backends/ref attend(), softmax_ref):
+// - F16 cache: the query rounded to f16, and each weight too;
+// - Q8_0 cache: the query quantized to q8_0 by the reference's quantizer
+//   (the same bits), a score the sum over blocks of the integer dot times
+//   (f16 d of the key * f16 d of the query), that product in float; values
+//   quant * d in float; the weights not rounded;
+// - a score is one position's dot in order, times scale, in float;
+// - weight = exp(s - max) / sum; out[i] += weight * v[i] in position order,
+//   which each thread here does for its dimensions: the same sum.
+// With -DUSE_F64 (optional, needs shaderFloat64) the dots and the sum of
+// exponentials are in double as the reference's are, so the scores are its
+// to the bit; without it they are in float.  d, dv <= 256.  Grid (n_rows, n_head).
+#ifdef USE_F64
+#define acc_t double
+#else
+#define acc_t float
+#endif
+
+layout(local_size_x = 64) in;
+
+layout(std430, set = 0, binding = 0) readonly buffer B_0 { float d[]; } q;
+layout(std430, set = 0, binding = 1) buffer B_1 { float d[]; } o;
+layout(std430, set = 0, binding = 2) readonly buffer B_2 { uint d[]; } kc;
+layout(std430, set = 0, binding = 3) readonly buffer B_3 { uint d[]; } vc;
+
+layout(push_constant) uniform P {
+    uint oq, oo, p0, n_head, group, d, dv, krow, vrow, kv;
+    float scale;
+} p;
+
+shared float qs[256];
+shared acc_t red[64];
+shared float wts[64];
+shared uint qq[64]; // Q8_0: the query's quants, four to a uint (byte 0 low)
+shared float qd[8]; // and its blocks' scales (the f16 values)
+
+// f32 -> f16 bits, round to nearest even: the reference's cm_f32_to_f16
+// bit for bit (packHalf2x16 leaves rounding to the implementation).
+uint f16_bits(uint xb)
+{
+    const uint sign = (xb >> 16) & 0x8000u, a = xb & 0x7FFFFFFFu;
+    if (a > 0x7F800000u)
+        return sign | 0x7E00u | ((a >> 13) & 0x3FFu);
+    if (a >= 0x47800000u)
+        return sign | 0x7C00u;
+    if (a < 0x38800000u) {
+        if (a <= 0x33000000u)
+            return sign;
+        const uint sh = 126u - (a >> 23), m = (a & 0x7FFFFFu) | 0x800000u;
+        uint r = m >> sh;
+        const uint rem = m & ((1u << sh) - 1u), hf = 1u << (sh - 1u);
+        if (rem > hf || (rem == hf && (r & 1u) != 0u))
+            r++;
+        return sign | r;
+    }
+    return sign | ((a - (112u << 23) + 0xFFFu + ((a >> 13) & 1u)) >> 13);
+}
+
+// f16 bits -> f32, exact; subnormal halves built as mant * 2^-24 (a normal
+// float), so no flush-to-zero mode can touch them.
+float f16_val(uint h)
+{
+    const uint sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+    if (e == 0u) {
+        const float v = float(m) * 5.9604644775390625e-8;
+        return sign != 0u ? -v : v;
+    }
+    if (e == 31u)
+        return uintBitsToFloat(sign | 0x7F800000u | (m << 13));
+    return uintBitsToFloat(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+float round_f16(float v) { return f16_val(f16_bits(floatBitsToUint(v))); }
+
+// a / b rounded to nearest (even), for positive normal a and b whose
+// quotient is normal: the significands divided bit by bit in integers, so
+// exactly as IEEE division (GLSL's division may be 2.5 ulp off, and fma()
+// may round twice, so neither can give the reference's bits).
+float div_rn(float a, float b)
+{
+    const uint ab = floatBitsToUint(a), bb = floatBitsToUint(b);
+    const uint m = (bb & 0x7FFFFFu) | 0x800000u;
+    uint r = (ab & 0x7FFFFFu) | 0x800000u, q = 0u;
+    int e = int(ab >> 23) - int(bb >> 23) + 127; // the biased exponent
+    if (r < m) { // the quotient of the significands in [1, 2)
+        r <<= 1;
+        e--;
+    }
+    for (int i = 0; i < 24; i++) {
+        q <<= 1;
+        if (r >= m) {
+            r -= m;
+            q |= 1u;
+        }
+        r <<= 1; // twice the remainder: below 2^25
+    }
+    if (r > m || (r == m && (q & 1u) != 0u))
+        q++;
+    if (q == 0x1000000u) { // rounded up to the next power of two
+        q = 0x800000u;
+        e++;
+    }
+    return uintBitsToFloat((uint(e) << 23) | (q & 0x7FFFFFu));
+}
+
+// One quant: lrintf(x * id) as an int8; a nan (from inf * 0) converts to
+// INT_MIN there, whose low byte is 0.
+uint q8_quant(float x, float id)
+{
+    precise float s = x * id;
+    if ((floatBitsToUint(s) & 0x7FFFFFFFu) > 0x7F800000u)
+        return 0u;
+    return uint(int(roundEven(s))) & 0xFFu;
+}
+
+// The reference's q8_0 block of xv (quant/ref_legacy.c q8_quants,
+// q8_0_block) into qb as halfwords: the f16 bits of d = amax / 127, then
+// the quants roundEven(x * id), id = 1 / d, two to a halfword (the even one
+// low).  Both divisions correctly rounded as the CPU's; a block whose d is 0
+// in f16 (amax below ~3.8e-6) stores d = 0 and zero quants.  amax is the
+// largest |x| bits (ordered as the magnitudes; nans skipped as
+// fabsf(x) > amax skips them), so no flush of subnormals can touch it.
+float xv[32];
+uint qb[17];
+void q8_block()
+{
+    uint amax = 0u;
+    for (uint j = 0u; j < 32u; j++) {
+        const uint a = floatBitsToUint(xv[j]) & 0x7FFFFFFFu;
+        if (a <= 0x7F800000u && a > amax)
+            amax = a;
+    }
+    uint dh = 0u;
+    float id = 0.0;
+    if (amax == 0x7F800000u) // d = inf, id = 0: every quant 0 (or nan: 0)
+        dh = 0x7C00u;
+    else if (amax >= 0x0D800000u) { // below 2^-100, d is 0 in f16
+        const float d = div_rn(uintBitsToFloat(amax), 127.0);
+        dh = f16_bits(floatBitsToUint(d));
+        if (dh != 0u)
+            id = div_rn(1.0, d);
+    }
+    qb[0] = dh;
+    for (uint i = 0u; i < 16u; i++)
+        qb[1u + i] = q8_quant(xv[2u * i], id) | (q8_quant(xv[2u * i + 1u], id) << 8);
+}
+
+// Element e of a cache (an element index, not a uint one): F32 or F16
+// keys, any values.  A Q8_0 block b is halfwords 17 b .. 17 b + 16: d, then
+// the quants; quant i at byte 34 b + 2 + i.
+float kval(uint e)
+{
+    return p.kv == 1u ? f16_val((kc.d[e >> 1] >> ((e & 1u) * 16u)) & 0xFFFFu)
+                      : uintBitsToFloat(kc.d[e]);
+}
+float vval(uint e)
+{
+    if (p.kv == 0u)
+        return uintBitsToFloat(vc.d[e]);
+    if (p.kv == 1u)
+        return f16_val((vc.d[e >> 1] >> ((e & 1u) * 16u)) & 0xFFFFu);
+    const uint h = 17u * (e >> 5), by = 2u * h + 2u + (e & 31u);
+    const float d = f16_val((vc.d[h >> 1] >> ((h & 1u) * 16u)) & 0xFFFFu);
+    precise float v = float(bitfieldExtract(int(vc.d[by >> 2]), int((by & 3u) * 8u), 8)) * d;
+    return v;
+}
+
+// The dot of four int8s packed in a and four in b.
+int dot4(uint a, uint b)
+{
+    const int x = int(a), y = int(b);
+    return bitfieldExtract(x, 0, 8) * bitfieldExtract(y, 0, 8) +
+           bitfieldExtract(x, 8, 8) * bitfieldExtract(y, 8, 8) +
+           bitfieldExtract(x, 16, 8) * bitfieldExtract(y, 16, 8) +
+           bitfieldExtract(x, 24, 8) * bitfieldExtract(y, 24, 8);
+}
+
+uint kbase;
+
+// The scaled score of position j (precise: one rounding per step, the
+// same at each of the three calls).
+float score(uint j)
+{
+    precise acc_t s = acc_t(0);
+    const uint at = j * p.krow + kbase;
+    if (p.kv == 2u) {
+        // cm_dot_q8_0: per block the integer dot, times the scales' product
+        for (uint k = 0u; k < p.d / 32u; k++) {
+            const uint h = 17u * ((at >> 5) + k), w = h >> 1;
+            // h odd: d the high half of uint w, the quants uints w + 1 ..
+            // w + 8; h even: d the low half, quant uint i straddling two
+            const bool odd = (h & 1u) != 0u;
+            const float d = f16_val(odd ? kc.d[w] >> 16 : kc.d[w] & 0xFFFFu);
+            int sum = 0;
+            for (uint i = 0u; i < 8u; i++) {
+                const uint kw = odd ? kc.d[w + 1u + i]
+                                    : (kc.d[w + i] >> 16) | (kc.d[w + i + 1u] << 16);
+                sum += dot4(kw, qq[8u * k + i]);
+            }
+            precise float sc = d * qd[k];
+            precise float t = float(sum) * sc;
+            s += acc_t(t);
+        }
+    } else
+        for (uint i = 0u; i < p.d; i++)
+            s += acc_t(kval(at + i)) * acc_t(qs[i]);
+    precise float r = float(s) * p.scale;
+    return r;
+}
+
+void main()
+{
+    const uint tid = gl_LocalInvocationID.x, t = gl_WorkGroupID.x, h = gl_WorkGroupID.y;
+    const uint g = h / p.group, last = p.p0 + t;
+    const uint qrow = p.oq + (t * p.n_head + h) * p.d, orow = p.oo + (t * p.n_head + h) * p.dv;
+    kbase = g * p.d;
+    const uint vbase = g * p.dv;
+
+    if (p.kv == 2u) {
+        // a thread per block of the query: the reference's q8_0 quantizer
+        if (tid < p.d / 32u) {
+            for (uint i = 0u; i < 32u; i++)
+                xv[i] = q.d[qrow + 32u * tid + i];
+            q8_block();
+            qd[tid] = f16_val(qb[0]);
+            for (uint i = 0u; i < 8u; i++)
+                qq[8u * tid + i] = qb[1u + 2u * i] | (qb[2u + 2u * i] << 16);
+        }
+    } else
+        for (uint i = tid; i < p.d; i += 64u)
+            qs[i] = p.kv == 1u ? round_f16(q.d[qrow + i]) : q.d[qrow + i];
+    barrier();
+
+    // pass 1: the maximum score
+    float mx = uintBitsToFloat(0xFF800000u); // -inf
+    for (uint j = tid; j <= last; j += 64u)
+        mx = max(mx, score(j));
+    red[tid] = acc_t(mx);
+    barrier();
+    for (uint s = 32u; s > 0u; s >>= 1) {
+        if (tid < s)
+            red[tid] = max(red[tid], red[tid + s]);
+        barrier();
+    }
+    mx = float(red[0]);
+    barrier();
+
+    // pass 2: the sum of exponentials (a fixed tree: deterministic)
+    precise acc_t sum = acc_t(0);
+    for (uint j = tid; j <= last; j += 64u) {
+        precise float e = exp(score(j) - mx);
+        sum += acc_t(e);
+    }
+    red[tid] = sum;
+    barrier();
+    for (uint s = 32u; s > 0u; s >>= 1) {
+        if (tid < s)
+            red[tid] += red[tid + s];
+        barrier();
+    }
+    sum = red[0];
+
+    // pass 3: 64 weights at a time, then each thread's value dimensions
+    float acc[4] = float[4](0.0, 0.0, 0.0, 0.0);
+    for (uint c = 0u; c <= last; c += 64u) {
+        const uint j = c + tid;
+        float wt = 0.0;
+        if (j <= last) {
+            precise float e = exp(score(j) - mx);
+            wt = float(acc_t(e) / sum);
+            if (p.kv == 1u)
+                wt = round_f16(wt);
+        }
+        wts[tid] = wt;
+        barrier();
+        const uint m = min(64u, last + 1u - c);
+        for (uint k = 0u; k < 4u; k++) {
+            const uint i = tid + 64u * k;
+            if (i < p.dv)
+                for (uint jj = 0u; jj < m; jj++) {
+                    precise float r = acc[k] + wts[jj] * vval((c + jj) * p.vrow + vbase + i);
+                    acc[k] = r;
+                }
+        }
+        barrier();
+    }
+    for (uint k = 0u; k < 4u; k++)
+        if (tid + 64u * k < p.dv)
+            o.d[orow + tid + 64u * k] = acc[k];
+}

@@ -1,0 +1,75 @@
+#version 450
+// One row per workgroup of 256: RMSNorm  out = x * scale * w,
+// scale = 1 / sqrt(sum(x^2) / n + eps), or LayerNorm (layer_norm == 1)
+// out = (x - mean) * scale * w (+ b), scale from the variance about the mean.
+// Built twice: with -DUSE_F64 (needs shaderFloat64) the sums are in double
+// and the scale is (float)(1.0 / sqrt(ss / n + eps)), as the reference
+// computes it, so the scale (and hence the row) is almost always the
+// reference's to the bit; without it everything is float.
+// Sums: each thread a strided partial, then a fixed shared-memory tree, so
+// the result does not depend on scheduling.  Grid (n_rows).
+#ifdef USE_F64
+#define acc_t double
+#else
+#define acc_t float
+#endif
+
+layout(local_size_x = 256) in;
+
+layout(std430, set = 0, binding = 0) readonly buffer B_0 { float d[]; } x;
+layout(std430, set = 0, binding = 1) readonly buffer B_1 { float d[]; } w;
+layout(std430, set = 0, binding = 2) readonly buffer B_2 { float d[]; } b;
+layout(std430, set = 0, binding = 3) buffer B_3 { float d[]; } o;
+
+layout(push_constant) uniform P { uint ox, ow, ob, oo, n, layer_norm, has_b; float eps; } p;
+
+shared acc_t red[256];
+
+// The sum of every thread's v, returned to all; red is free again after.
+acc_t block_sum(acc_t v)
+{
+    const uint tid = gl_LocalInvocationID.x;
+    red[tid] = v;
+    barrier();
+    for (uint s = 128u; s > 0u; s >>= 1) {
+        if (tid < s)
+            red[tid] += red[tid + s];
+        barrier();
+    }
+    acc_t r = red[0];
+    barrier();
+    return r;
+}
+
+void main()
+{
+    const uint tid = gl_LocalInvocationID.x, n = p.n;
+    const uint xr = p.ox + gl_WorkGroupID.x * n, orow = p.oo + gl_WorkGroupID.x * n;
+    if (p.layer_norm == 0u) {
+        precise acc_t ss = acc_t(0);
+        for (uint i = tid; i < n; i += 256u)
+            ss += acc_t(x.d[xr + i]) * acc_t(x.d[xr + i]); // precise: no FMA in float
+        const float scale = float(acc_t(1) / sqrt(block_sum(ss) / acc_t(n) + acc_t(p.eps)));
+        for (uint i = tid; i < n; i += 256u) {
+            precise float r = x.d[xr + i] * scale * w.d[p.ow + i];
+            o.d[orow + i] = r;
+        }
+        return;
+    }
+    precise acc_t s = acc_t(0);
+    for (uint i = tid; i < n; i += 256u)
+        s += acc_t(x.d[xr + i]);
+    const acc_t mean = block_sum(s) / acc_t(n);
+    precise acc_t var = acc_t(0);
+    for (uint i = tid; i < n; i += 256u) {
+        precise acc_t dx = acc_t(x.d[xr + i]) - mean;
+        var += dx * dx;
+    }
+    const float scale = float(acc_t(1) / sqrt(block_sum(var) / acc_t(n) + acc_t(p.eps)));
+    for (uint i = tid; i < n; i += 256u) {
+        // x - mean rounded to float first, and + 0.0 without a bias, as the reference
+        precise float r = float(acc_t(x.d[xr + i]) - mean) * scale * w.d[p.ow + i] +
+                          (p.has_b != 0u ? b.d[p.ob + i] : 0.0);
+        o.d[orow + i] = r;
+    }
+}

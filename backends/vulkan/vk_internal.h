@@ -1,0 +1,77 @@
+/* vk_internal.h - what the Vulkan backend's files share. */
+#ifndef CM_VK_INTERNAL_H
+#define CM_VK_INTERNAL_H
+
+#include <vulkan/vulkan.h>
+
+#include "backends/vulkan/shaders.h"
+#include "engine/backend.h"
+
+typedef struct {
+    VkBuffer buf;
+    VkDeviceMemory mem;
+    void *map;
+    VkDeviceSize size;
+} vk_buf;
+
+typedef struct {
+    VkInstance inst;
+    VkDebugUtilsMessengerEXT messenger;
+    VkPhysicalDevice phys;
+    VkDevice dev;
+    VkQueue queue;
+    VkCommandPool cmd_pool;
+    VkCommandBuffer cmd;
+    VkFence fence;
+    VkDescriptorSetLayout set_layout;
+    VkPipelineLayout pipe_layout;
+    VkDescriptorPool desc_pool;
+    VkPipeline pipe[VK_SHADER_COUNT];
+    uint32_t mem_type;
+    VkDeviceSize heap_size, allocated;
+    int f64; /* the device has 64-bit floats: norms sum in double, as the CPU */
+    const cm_hparams *hp;
+    int n_ctx, n_batch;
+    int kv; /* the cache's type, as the shaders name it: 0 F32, 1 F16, 2 Q8_0 */
+    vk_buf **k_cache, **v_cache; /* [n_layer] */
+    vk_buf rope_cs, rows, dummy;
+} vk_state;
+
+static inline vk_state *vk_st(cm_backend *be) { return be->state; }
+
+/* A failed call inside an op: reported, fatal. */
+void vk_check(VkResult r, const char *what);
+VkResult vk_buf_make(vk_state *st, VkDeviceSize size, vk_buf *b);
+void vk_buf_drop(vk_state *st, vk_buf *b);
+/* Runs shader s over (x, y, z) workgroups with buffers b (NULL: a dummy)
+ * and push constants pc, and waits for it. */
+void vk_dispatch(vk_state *st, int s, vk_buf *const b[4], const void *pc, size_t pc_bytes,
+                 uint32_t x, uint32_t y, uint32_t z);
+
+static inline vk_buf *vk_buf_of(const cm_tensor *t)
+{
+    return t && t->buf ? (vk_buf *)t->buf->dev : NULL;
+}
+/* A tensor's position in its buffer, in 32-bit elements. */
+static inline uint32_t vk_off(const cm_tensor *t)
+{
+    return t && t->buf ? (uint32_t)(t->offs / 4) : 0;
+}
+static inline uint32_t vk_groups(uint64_t n, uint32_t per) { return (uint32_t)((n + per - 1) / per); }
+
+/* The ops (ops_vulkan.c). */
+void vk_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_tensor *v, int p0);
+void vk_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out);
+void vk_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
+             float eps, int layer_norm, cm_tensor *out);
+void vk_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0);
+void vk_clear(cm_backend *be, cm_tensor *x);
+void vk_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b);
+void vk_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out);
+void vk_add(cm_backend *be, cm_tensor *x, const cm_tensor *y);
+void vk_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const cm_tensor *gate);
+void vk_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n, cm_tensor *dst);
+void vk_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, const int32_t *rows,
+                    const float *wts, int n);
+
+#endif
