@@ -162,9 +162,11 @@ static int has_op(const cm_backend_ops *o, int op)
 static void pair_free(pair *p)
 {
     /* a backend that has an op runs it: ops are tested, not the fallback */
-    for (int op = 0; op < CM_OP_COUNT; op++)
-        CHECK(!has_op(p->be->ops, op) || p->be->fallbacks[op] == 0, "%s: %s ran on the CPU instead",
-              p->be->ops->name, cm_op_name(op));
+    for (int op = 0; op < CM_OP_COUNT; op++) /* (typed ops: checked per type where used) */
+        CHECK(!has_op(p->be->ops, op) || p->be->fallbacks[op] == 0 ||
+                  (p->be->ops->has_type && (op == CM_OP_matmul || op == CM_OP_embed ||
+                                            op == CM_OP_logits)),
+              "%s: %s ran on the CPU instead", p->be->ops->name, cm_op_name(op));
     for (int i = 0; i < p->n_wbuf; i++)
         p->be->ops->buffer_free(p->be, &p->wbuf[i]);
     cm_backend_free(p->be);
@@ -273,7 +275,11 @@ static void test_matmul(const cm_backend_ops *ops, const cm_hparams *hp)
                 twin x = twin_rnd(&p, cols, n, 1.0f), y = twin_new(&p, 37, n, NULL);
                 const cm_tensor *ws[1] = {&w}, *bs[1] = {&b}, *wd[1] = {&wdev}, *bd[1] = {&bdev};
                 cm_tensor *ya[1] = {&y.a}, *yb[1] = {&y.b};
+                const uint64_t before = p.be->fallbacks[CM_OP_matmul];
                 cm_op_matmul(p.be, 1, wd, k % 2 ? bd : NULL, &x.a, ya);
+                CHECK(!ops->matmul || (ops->has_type && !ops->has_type(CM_OP_matmul, all_types[ti])) ||
+                          p.be->fallbacks[CM_OP_matmul] == before,
+                      "%s: matmul of %s ran on the CPU", ops->name, tn);
                 cm_op_matmul(p.ref, 1, ws, k % 2 ? bs : NULL, &x.b, yb);
                 EXPECT_CLOSE(&p, &y, CM_OP_matmul, 2e-5, "%s %dx37, %d tokens", tn, cols, n);
                 twin_free(&p, &x), twin_free(&p, &y);
@@ -658,7 +664,7 @@ static void test_placements(const char *path, const cm_backend_ops *ops, double 
         return;
     const cm_hparams *hp = &m.hp;
     uint64_t slot, dense = cm_place_dense_bytes(&m, &slot);
-    const cm_place_opts places[] = {{1, 0}, {hp->n_layer + 1, 0}, {-1, 1}, {-1, 0}};
+    const cm_place_opts places[] = {{1, 0, -1}, {hp->n_layer + 1, 0, -1}, {-1, 1, -1}, {-1, 0, -1}};
     int32_t ids[30];
     for (int i = 0; i < 30; i++)
         ids[i] = (int32_t)((i * 53 + 11) % hp->n_vocab);

@@ -202,13 +202,19 @@ static int readable2(const cm_backend *be, const cm_tensor *a, const cm_tensor *
     return readable(be, a) && readable(be, b);
 }
 
+/* Whether be's op can read weight w's type (absent weights pass). */
+static int typed(const cm_backend *be, int op, const cm_tensor *w)
+{
+    return !w || !cm_tensor_present(w) || !be->ops->has_type || be->ops->has_type(op, w->type);
+}
+
 /* The CPU backend that runs the ops be lacks or cannot run where their
  * weights are (made by cm_backend_new: no KV cache of its own). */
 static cm_backend *fallback(cm_backend *be, int op, int has_op)
 {
     if (!be->fallbacks[op]++)
-        fprintf(stderr, has_op ? "[codemoe] the %s backend cannot read the %s op's weights in "
-                                 "host memory: it runs on the CPU\n"
+        fprintf(stderr, has_op ? "[codemoe] the %s backend cannot run the %s op on weights in "
+                                 "host memory or of a type it lacks: it runs on the CPU\n"
                                : "[codemoe] the %s backend has no %s op: it runs on the CPU\n",
                 be->ops->name, op_names[op]);
     return be->cpu;
@@ -251,7 +257,8 @@ static void unstage(cm_backend *be, const cm_tensor *t, staged *s, int written)
 void cm_op_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
                  const int32_t *ids, int n, int p0, cm_tensor *out)
 {
-    if (be->ops->embed && readable2(be, table, pos_table)) {
+    if (be->ops->embed && readable2(be, table, pos_table) && typed(be, CM_OP_embed, table) &&
+        typed(be, CM_OP_embed, pos_table)) {
         be->ops->embed(be, table, pos_table, ids, n, p0, out);
         return;
     }
@@ -285,7 +292,7 @@ static int matmul_readable(const cm_backend *be, int nw, const cm_tensor *const 
                            const cm_tensor *const *bs)
 {
     for (int i = 0; i < nw; i++)
-        if (!readable2(be, ws[i], bs ? bs[i] : NULL))
+        if (!readable2(be, ws[i], bs ? bs[i] : NULL) || !typed(be, CM_OP_matmul, ws[i]))
             return 0;
     return 1;
 }
@@ -448,7 +455,7 @@ void cm_op_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src,
 void cm_op_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
                   float *host)
 {
-    if (be->ops->logits && readable2(be, w, b)) {
+    if (be->ops->logits && readable2(be, w, b) && typed(be, CM_OP_logits, w)) {
         be->ops->logits(be, x, w, b, host);
         return;
     }

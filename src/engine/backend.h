@@ -103,6 +103,10 @@ typedef struct {
                         int replayable);
     void (*batch_end)(cm_backend *be);
 
+    /* optional: whether embed, matmul or logits (op) can read weights of
+     * this type; NULL: every type (else the op runs on the CPU for it) */
+    int (*has_type)(int op, enum cm_type type);
+
     /* ---- the rest may be NULL (then the CPU runs it) ---- */
     /* out row t = table[ids[t]] (+ pos_table[p0 + t] when given) */
     void (*embed)(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
