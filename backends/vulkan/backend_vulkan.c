@@ -2,14 +2,18 @@
  * lavapipe on the CPU, which CI tests on).
  *
  * What it has so far: device selection, memory, the KV cache (F32, F16, Q8_0),
- * attention, norms, RoPE, the activations, residual adds and the MoE row
- * moves as compute shaders (backends/vulkan/shaders, compiled to SPIR-V by
- * glslc at build time and embedded).  The products, embeddings, logits and
- * routing run on the CPU through the engine's fallback, reading the
- * device's buffers in place: every buffer is host-visible and mapped, and
- * every op waits for its dispatch, so the CPU may read and write them
- * between ops (backend.h's contract for buffers with a host address).
- * Weights are copied into such buffers by the engine's placement. */
+ * attention, norms, RoPE, the activations, residual adds, the MoE row
+ * moves, and the products (matmul, logits) and embeddings for F32, F16,
+ * Q8_0 and Q4_0 weights, as compute shaders (backends/vulkan/shaders,
+ * compiled to SPIR-V by glslc at build time and embedded).  The products
+ * have the reference's arithmetic: activations quantized to q8_0 for the
+ * quantized weights, integer block dots, then the scales.  Routing, and
+ * the products and embeddings of other weight types (has_type), run on the
+ * CPU through the engine's fallback, reading the device's buffers in
+ * place: every buffer is host-visible and mapped, and every op waits for
+ * its dispatch, so the CPU may read and write them between ops (backend.h's
+ * contract for buffers with a host address).  Weights are copied into such
+ * buffers by the engine's placement. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +180,11 @@ static cm_status make_device(vk_state *st, cm_err *err)
             fam = i;
     if (fam == UINT32_MAX)
         return cm_fail(err, CM_E_UNSUPPORTED, "vulkan: the device has no compute queue");
+    VkPhysicalDeviceProperties props;
+    vkGetPhysicalDeviceProperties(st->phys, &props);
+    st->align = props.limits.minStorageBufferOffsetAlignment;
+    st->align = st->align < 4 ? 4 : st->align;
+    st->max_range = props.limits.maxStorageBufferRange;
     VkPhysicalDeviceFeatures have, use = {0};
     vkGetPhysicalDeviceFeatures(st->phys, &have);
     st->f64 = have.shaderFloat64;
@@ -255,7 +264,8 @@ static cm_status make_pipelines(vk_state *st, cm_err *err)
 VkResult vk_buf_make(vk_state *st, VkDeviceSize size, vk_buf *b)
 {
     memset(b, 0, sizeof *b);
-    b->size = size ? size : 4;
+    /* whole uints: the shaders read 2-byte aligned weights as uints */
+    b->size = size ? (size + 3) / 4 * 4 : 4;
     VkBufferCreateInfo bi = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
                              .size = b->size,
                              .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT,
@@ -298,6 +308,13 @@ void vk_buf_drop(vk_state *st, vk_buf *b)
 void vk_dispatch(vk_state *st, int s, vk_buf *const b[4], const void *pc, size_t pc_bytes,
                  uint32_t x, uint32_t y, uint32_t z)
 {
+    vk_dispatch_at(st, s, b, NULL, NULL, pc, pc_bytes, x, y, z);
+}
+
+void vk_dispatch_at(vk_state *st, int s, vk_buf *const b[4], const VkDeviceSize off[4],
+                    const VkDeviceSize range[4], const void *pc, size_t pc_bytes, uint32_t x,
+                    uint32_t y, uint32_t z)
+{
     VkDescriptorSet set;
     VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
                                       .descriptorPool = st->desc_pool, .descriptorSetCount = 1,
@@ -307,7 +324,8 @@ void vk_dispatch(vk_state *st, int s, vk_buf *const b[4], const void *pc, size_t
     VkWriteDescriptorSet w[4];
     for (int i = 0; i < 4; i++) {
         const vk_buf *vb = b[i] ? b[i] : &st->dummy;
-        bi[i] = (VkDescriptorBufferInfo){vb->buf, 0, VK_WHOLE_SIZE};
+        bi[i] = (VkDescriptorBufferInfo){vb->buf, b[i] && off ? off[i] : 0,
+                                         b[i] && range ? range[i] : VK_WHOLE_SIZE};
         w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
                                       .dstSet = set, .dstBinding = (uint32_t)i,
                                       .descriptorCount = 1,
@@ -358,6 +376,29 @@ static size_t kv_cache_bytes(const cm_backend_shape *s, int width)
     return ((size_t)s->n_ctx * kv_row_bytes(s, width) + 3) / 4 * 4;
 }
 
+/* The quantized activations of the products: n_batch rows of the widest
+ * input (backends/cuda cuda_xq_bytes' widths), 36 bytes per 32 values. */
+static size_t xq_bytes(const cm_backend_shape *s)
+{
+    const cm_hparams *hp = &s->m->hp;
+    int64_t c = hp->n_embd;
+    const int64_t w[] = {hp->n_ff, hp->n_ff_exp, hp->n_ff_shexp,
+                         (int64_t)hp->n_head * hp->head_dim, (int64_t)hp->n_head * hp->head_dim_v};
+    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
+        c = w[i] > c ? w[i] : c;
+    return (size_t)s->n_batch * (size_t)((c + 31) / 32) * 36;
+}
+
+/* The logits of as many tokens as 32 MiB holds (at least one, at most
+ * n_batch), on their way to the caller. */
+static size_t lout_bytes(const cm_backend_shape *s)
+{
+    const size_t row = (size_t)(s->m->hp.n_vocab > 0 ? s->m->hp.n_vocab : 1) * sizeof(float);
+    size_t n = ((size_t)32 << 20) / row;
+    n = n < 1 ? 1 : n > (size_t)s->n_batch ? (size_t)s->n_batch : n;
+    return n * row;
+}
+
 static size_t vk_state_bytes(const cm_backend_shape *s)
 {
     const cm_hparams *hp = &s->m->hp;
@@ -365,7 +406,7 @@ static size_t vk_state_bytes(const cm_backend_shape *s)
                          : (size_t)hp->n_layer * (kv_cache_bytes(s, hp->head_dim) +
                                                   kv_cache_bytes(s, hp->head_dim_v));
     return kv + (size_t)s->n_ctx * hp->rope_dim * sizeof(float) +
-           (size_t)(s->n_batch + 1) * 2 * sizeof(float);
+           (size_t)(s->n_batch + 1) * 2 * sizeof(float) + xq_bytes(s) + lout_bytes(s);
 }
 
 static void vk_release(cm_backend *be)
@@ -380,6 +421,7 @@ static void vk_release(cm_backend *be)
             free(st->k_cache[il]), free(st->v_cache[il]);
         }
         vk_buf_drop(st, &st->rope_cs), vk_buf_drop(st, &st->rows), vk_buf_drop(st, &st->dummy);
+        vk_buf_drop(st, &st->xq), vk_buf_drop(st, &st->lout);
         for (int i = 0; i < VK_SHADER_COUNT; i++)
             if (st->pipe[i])
                 vkDestroyPipeline(st->dev, st->pipe[i], NULL);
@@ -410,7 +452,8 @@ static void vk_release(cm_backend *be)
 }
 
 /* The cache, the rotary table (the CPU's angles), the row lists of the MoE
- * moves, and a small buffer bound where a shader has no operand. */
+ * moves and of the embeddings, the products' scratch, and a small buffer
+ * bound where a shader has no operand. */
 static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *err)
 {
     const cm_hparams *hp = st->hp;
@@ -420,6 +463,11 @@ static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *e
         r = vk_buf_make(st, (size_t)(s->n_batch + 1) * 2 * sizeof(float), &st->rows);
     if (r == VK_SUCCESS)
         r = vk_buf_make(st, 16, &st->dummy);
+    if (r == VK_SUCCESS)
+        r = vk_buf_make(st, xq_bytes(s), &st->xq);
+    if (r == VK_SUCCESS)
+        r = vk_buf_make(st, lout_bytes(s), &st->lout);
+    st->xq_blocks = st->xq.size / 36;
     if (r != VK_SUCCESS)
         return vk_fail(err, r, "allocating buffers");
     for (int p = 0; hp->use_rope && p < s->n_ctx; p++)
@@ -617,7 +665,10 @@ const cm_backend_ops cm_backend_vulkan_ops = {
     .mem_info = vk_mem_info,
     .kv_store = vk_kv_store,
     .attention = vk_attention,
+    .has_type = vk_has_type,
+    .embed = vk_embed,
     .norm = vk_norm,
+    .matmul = vk_matmul,
     .rope = vk_rope,
     .clear = vk_clear,
     .swiglu = vk_swiglu,
@@ -626,4 +677,5 @@ const cm_backend_ops cm_backend_vulkan_ops = {
     .add_gated = vk_add_gated,
     .gather = vk_gather,
     .scatter_add = vk_scatter_add,
+    .logits = vk_logits,
 };

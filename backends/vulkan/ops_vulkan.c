@@ -1,7 +1,10 @@
-/* ops_vulkan.c - the Vulkan backend's ops: each one shader dispatch
+/* ops_vulkan.c - the Vulkan backend's ops: each one shader dispatch, or a
+ * few (the products: the activations quantized, then a dispatch per weight)
  * (the .comp files of backends/vulkan/shaders; their bindings and push constants are
  * listed at the top of each shader, and mirrored by the structs here). */
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "backends/vulkan/vk_internal.h"
@@ -156,4 +159,185 @@ void vk_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, const 
     } pc = {vk_off(dst), vk_off(src), 0, half, (uint32_t)dst->ne[0], (uint32_t)n};
     RUN(st, VK_SH_SCATTER_ADD, vk_buf_of(dst), vk_buf_of(src), &st->rows, &st->rows, pc,
         vk_groups(pc.E, 64), (uint32_t)n, 1);
+}
+
+/* ------------------------------------------------------------ the products */
+
+/* The weight types the products and embeddings read on the device; the
+ * engine runs the others on the CPU. */
+int vk_has_type(int op, enum cm_type type)
+{
+    (void)op;
+    return type == CM_TYPE_F32 || type == CM_TYPE_F16 || type == CM_TYPE_Q8_0 ||
+           type == CM_TYPE_Q4_0;
+}
+
+/* The shaders' names of those types (matmul.comp, embed.comp). */
+static uint32_t type_code(enum cm_type t)
+{
+    return t == CM_TYPE_F32 ? 0 : t == CM_TYPE_F16 ? 1 : t == CM_TYPE_Q8_0 ? 2 : 3;
+}
+
+static int quantized(enum cm_type t) { return t == CM_TYPE_Q8_0 || t == CM_TYPE_Q4_0; }
+
+/* A weight (or bias) bound from the last multiple of st->align at or below
+ * it to its end (rounded up to a whole uint): the binding's offset and
+ * range, and the tensor's first halfword in it.  Binding the tensor, not
+ * the buffer, keeps the shaders' indices small and the range within
+ * maxStorageBufferRange whatever the size of the buffer holding it. */
+typedef struct {
+    vk_buf *b;
+    VkDeviceSize off, range;
+    uint32_t h;
+} vk_view;
+
+static vk_view view_of(vk_state *st, const cm_tensor *t)
+{
+    vk_view v = {vk_buf_of(t), 0, VK_WHOLE_SIZE, 0};
+    if (!v.b)
+        return v;
+    v.off = t->offs / st->align * st->align;
+    VkDeviceSize end = (t->offs + t->nbytes + 3) / 4 * 4;
+    end = end > v.b->size ? v.b->size : end;
+    v.range = end - v.off;
+    v.h = (uint32_t)((t->offs - v.off) / 2);
+    if (v.range > st->max_range || (t->offs & 1)) {
+        fprintf(stderr, "codemoe: vulkan: tensor %s (%.1f MiB at byte %llu) cannot be bound: "
+                "the device binds at most %.1f MiB (maxStorageBufferRange), from even offsets\n",
+                t->name ? t->name : "?", t->nbytes / 1048576.0, (unsigned long long)t->offs,
+                st->max_range / 1048576.0);
+        exit(1);
+    }
+    return v;
+}
+
+/* Rows t0 .. t0 + n - 1 of x (cols floats) to q8_0 blocks in st->xq. */
+static void quantize_rows(vk_state *st, const cm_tensor *x, int64_t cols, int64_t t0, int64_t n)
+{
+    struct {
+        uint32_t ox, cols, n;
+    } pc = {vk_off(x) + (uint32_t)(t0 * cols), (uint32_t)cols, (uint32_t)n};
+    const uint64_t groups = vk_groups((uint64_t)(cols / 32) * n, 64);
+    RUN(st, VK_SH_QUANTIZE, vk_buf_of(x), &st->xq, NULL, NULL, pc,
+        groups > 65535 ? 65535 : (uint32_t)groups, 1, 1);
+}
+
+/* y = x w^T (+ b) for n tokens: x is F32 rows from element ox of xb (F32
+ * and F16 weights) or st->xq's blocks from its start (Q8_0, Q4_0); y rows
+ * of w->ne[1] floats from element oy of yb. */
+static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, vk_buf *xb,
+                    uint32_t ox, int64_t n, vk_buf *yb, uint32_t oy)
+{
+    const int has_b = b && cm_tensor_present(b);
+    const vk_view wv = view_of(st, w), bv = has_b ? view_of(st, b) : (vk_view){0};
+    const uint32_t rows = (uint32_t)w->ne[1];
+    struct {
+        uint32_t type, ox, ow, ob, has_b, oy, cols, rows, n;
+    } pc = {type_code(w->type), ox, wv.h, bv.h, (uint32_t)has_b, oy, (uint32_t)w->ne[0],
+            rows, (uint32_t)n};
+    vk_buf *const bufs[4] = {xb, wv.b, has_b ? bv.b : NULL, yb};
+    const VkDeviceSize off[4] = {0, wv.off, bv.off, 0};
+    const VkDeviceSize range[4] = {VK_WHOLE_SIZE, wv.range, has_b ? bv.range : VK_WHOLE_SIZE,
+                                   VK_WHOLE_SIZE};
+    /* a workgroup per row: (gx, gy) over them, gx within every device's
+     * 65535 */
+    const uint32_t gx = rows < 32768 ? rows : 32768;
+    vk_dispatch_at(st, VK_SH_MATMUL, bufs, off, range, &pc, sizeof pc, gx, vk_groups(rows, gx),
+                   1);
+}
+
+/* How many tokens of cols columns fit st->xq at once (fatal if none). */
+static int64_t xq_tokens(vk_state *st, int64_t cols)
+{
+    const int64_t per = (int64_t)(st->xq_blocks / (uint64_t)(cols / 32));
+    if (per < 1) {
+        fprintf(stderr, "codemoe: vulkan: a product's input of %lld columns is wider than the "
+                "model's (scratch for %llu blocks)\n", (long long)cols,
+                (unsigned long long)st->xq_blocks);
+        exit(1);
+    }
+    return per;
+}
+
+void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,
+               const cm_tensor *x, cm_tensor *const *ys)
+{
+    vk_state *st = vk_st(be);
+    const int64_t n = x->ne[1];
+    int any_q = 0;
+    int64_t cols = 0;
+    /* float weights multiply x itself */
+    for (int i = 0; i < nw; i++) {
+        if (quantized(ws[i]->type)) {
+            any_q = 1, cols = ws[i]->ne[0];
+            continue;
+        }
+        product(st, ws[i], bs ? bs[i] : NULL, vk_buf_of(x), vk_off(x), n, vk_buf_of(ys[i]),
+                vk_off(ys[i]));
+    }
+    if (!any_q)
+        return;
+    /* the quantized ones its q8_0 rows, made once for all of them, as
+     * many tokens at a time as the scratch holds */
+    const int64_t per = xq_tokens(st, cols);
+    for (int64_t t0 = 0; t0 < n; t0 += per) {
+        const int64_t m = n - t0 < per ? n - t0 : per;
+        quantize_rows(st, x, cols, t0, m);
+        for (int i = 0; i < nw; i++)
+            if (quantized(ws[i]->type))
+                product(st, ws[i], bs ? bs[i] : NULL, &st->xq, 0, m, vk_buf_of(ys[i]),
+                        vk_off(ys[i]) + (uint32_t)(t0 * ws[i]->ne[1]));
+    }
+}
+
+/* The product into st->lout, a few tokens at a time, then to host. */
+void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
+               float *host)
+{
+    vk_state *st = vk_st(be);
+    const int64_t n = x->ne[1], cols = w->ne[0], rows = w->ne[1];
+    const int q = quantized(w->type);
+    int64_t per = (int64_t)(st->lout.size / ((uint64_t)rows * sizeof(float)));
+    if (per < 1) {
+        fprintf(stderr, "codemoe: vulkan: logits of %lld rows are more than the model's\n",
+                (long long)rows);
+        exit(1);
+    }
+    if (q) {
+        const int64_t xper = xq_tokens(st, cols);
+        per = xper < per ? xper : per;
+    }
+    for (int64_t t0 = 0; t0 < n; t0 += per) {
+        const int64_t m = n - t0 < per ? n - t0 : per;
+        if (q)
+            quantize_rows(st, x, cols, t0, m);
+        product(st, w, b, q ? &st->xq : vk_buf_of(x), q ? 0 : vk_off(x) + (uint32_t)(t0 * cols),
+                m, &st->lout, 0);
+        memcpy(host + t0 * rows, st->lout.map, (size_t)(m * rows) * sizeof(float));
+    }
+}
+
+/* The ids go through st->rows (n_batch of them at a time). */
+void vk_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
+              const int32_t *ids, int n, int p0, cm_tensor *out)
+{
+    vk_state *st = vk_st(be);
+    const int has_pos = cm_tensor_present(pos_table);
+    const vk_view tv = view_of(st, table), pv = has_pos ? view_of(st, pos_table) : (vk_view){0};
+    const uint32_t E = (uint32_t)table->ne[0];
+    vk_buf *const bufs[4] = {tv.b, has_pos ? pv.b : NULL, &st->rows, vk_buf_of(out)};
+    const VkDeviceSize off[4] = {tv.off, pv.off, 0, 0};
+    const VkDeviceSize range[4] = {tv.range, has_pos ? pv.range : VK_WHOLE_SIZE, VK_WHOLE_SIZE,
+                                   VK_WHOLE_SIZE};
+    for (int t0 = 0; t0 < n; t0 += st->n_batch) {
+        const int m = n - t0 < st->n_batch ? n - t0 : st->n_batch;
+        memcpy(st->rows.map, ids + t0, (size_t)m * sizeof(int32_t));
+        struct {
+            uint32_t tt, ot, pt, op, has_pos, E, n, p0, oo;
+        } pc = {type_code(table->type), tv.h, has_pos ? type_code(pos_table->type) : 0, pv.h,
+                (uint32_t)has_pos, E, (uint32_t)m, (uint32_t)(p0 + t0),
+                vk_off(out) + (uint32_t)t0 * E};
+        vk_dispatch_at(st, VK_SH_EMBED, bufs, off, range, &pc, sizeof pc, vk_groups(E, 64),
+                       (uint32_t)m, 1);
+    }
 }

@@ -39,6 +39,15 @@ SPV(kv_store)
 SPV(attention)
 #include "backends/vulkan/shaders/attention.spvinc"
 ;
+SPV(quantize)
+#include "backends/vulkan/shaders/quantize.spvinc"
+;
+SPV(matmul)
+#include "backends/vulkan/shaders/matmul.spvinc"
+;
+SPV(embed)
+#include "backends/vulkan/shaders/embed.spvinc"
+;
 
 #define ENTRY(name) {name##_spv, sizeof name##_spv}
 static const vk_shader shaders[VK_SHADER_COUNT] = {
@@ -47,6 +56,8 @@ static const vk_shader shaders[VK_SHADER_COUNT] = {
     [VK_SH_GATHER] = ENTRY(gather),     [VK_SH_SCATTER_ADD] = ENTRY(scatter_add),
     [VK_SH_NORM] = ENTRY(norm),         [VK_SH_ROPE] = ENTRY(rope),
     [VK_SH_KV_STORE] = ENTRY(kv_store), [VK_SH_ATTENTION] = ENTRY(attention),
+    [VK_SH_QUANTIZE] = ENTRY(quantize), [VK_SH_MATMUL] = ENTRY(matmul),
+    [VK_SH_EMBED] = ENTRY(embed),
 };
 static const vk_shader norm64 = ENTRY(norm_f64), rope64 = ENTRY(rope_f64);
 

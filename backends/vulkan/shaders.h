@@ -17,6 +17,9 @@ enum {
     VK_SH_ROPE,
     VK_SH_KV_STORE,
     VK_SH_ATTENTION,
+    VK_SH_QUANTIZE,
+    VK_SH_MATMUL,
+    VK_SH_EMBED,
     VK_SHADER_COUNT
 };
 

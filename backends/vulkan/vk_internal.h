@@ -35,6 +35,13 @@ typedef struct {
     int kv; /* the cache's type, as the shaders name it: 0 F32, 1 F16, 2 Q8_0 */
     vk_buf **k_cache, **v_cache; /* [n_layer] */
     vk_buf rope_cs, rows, dummy;
+    /* the products: activation rows quantized to q8_0 (quantize.comp's
+     * 36-byte blocks, xq_blocks of them), and the logits of a few tokens
+     * before they go to the caller's host array */
+    vk_buf xq, lout;
+    uint64_t xq_blocks;
+    VkDeviceSize align;     /* minStorageBufferOffsetAlignment (at least 4) */
+    VkDeviceSize max_range; /* maxStorageBufferRange */
 } vk_state;
 
 static inline vk_state *vk_st(cm_backend *be) { return be->state; }
@@ -47,6 +54,12 @@ void vk_buf_drop(vk_state *st, vk_buf *b);
  * and push constants pc, and waits for it. */
 void vk_dispatch(vk_state *st, int s, vk_buf *const b[4], const void *pc, size_t pc_bytes,
                  uint32_t x, uint32_t y, uint32_t z);
+/* The same with binding i at byte off[i] of its buffer (a multiple of
+ * st->align), range[i] bytes (VK_WHOLE_SIZE: the rest); off, range NULL:
+ * whole buffers. */
+void vk_dispatch_at(vk_state *st, int s, vk_buf *const b[4], const VkDeviceSize off[4],
+                    const VkDeviceSize range[4], const void *pc, size_t pc_bytes, uint32_t x,
+                    uint32_t y, uint32_t z);
 
 static inline vk_buf *vk_buf_of(const cm_tensor *t)
 {
@@ -73,5 +86,13 @@ void vk_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const cm_t
 void vk_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n, cm_tensor *dst);
 void vk_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, const int32_t *rows,
                     const float *wts, int n);
+/* The products (F32, F16, Q8_0 and Q4_0 weights: vk_has_type). */
+int vk_has_type(int op, enum cm_type type);
+void vk_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
+              const int32_t *ids, int n, int p0, cm_tensor *out);
+void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,
+               const cm_tensor *x, cm_tensor *const *ys);
+void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
+               float *host);
 
 #endif
