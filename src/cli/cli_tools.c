@@ -155,8 +155,9 @@ static void print_placement_plan(const cm_model *m, const cm_backend_ops *be,
     size_t fr = 0, total = 0;
     cm_backend *b = cm_ctx_backend(c);
     b->ops->mem_info(b, &fr, &total);
-    printf("device memory in use: %.1f MiB of %.1f MiB (cudaMemGetInfo, with a %d-token f16 "
-           "KV cache)\n", (total - fr) / 1048576.0, total / 1048576.0, n_ctx);
+    printf("device memory in use: %.1f MiB of %.1f MiB (%s, with a %d-token f16 KV cache)\n",
+           (total - fr) / 1048576.0, total / 1048576.0,
+           strcmp(be->name, "cuda") ? "allocated by codemoe" : "cudaMemGetInfo", n_ctx);
     cm_ctx_free(c);
 }
 
