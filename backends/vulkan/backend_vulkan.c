@@ -377,7 +377,7 @@ static size_t kv_cache_bytes(const cm_backend_shape *s, int width)
 }
 
 /* The quantized activations of the products: n_batch rows of the widest
- * input (backends/cuda cuda_xq_bytes' widths), 36 bytes per 32 values. */
+ * input (backends/cuda cuda_xq_bytes' widths), 40 bytes per 32 values (quantize.comp). */
 static size_t xq_bytes(const cm_backend_shape *s)
 {
     const cm_hparams *hp = &s->m->hp;
@@ -386,7 +386,7 @@ static size_t xq_bytes(const cm_backend_shape *s)
                          (int64_t)hp->n_head * hp->head_dim, (int64_t)hp->n_head * hp->head_dim_v};
     for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
         c = w[i] > c ? w[i] : c;
-    return (size_t)s->n_batch * (size_t)((c + 31) / 32) * 36;
+    return (size_t)s->n_batch * (size_t)((c + 31) / 32) * 40;
 }
 
 /* The logits of as many tokens as 32 MiB holds (at least one, at most
@@ -467,7 +467,7 @@ static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *e
         r = vk_buf_make(st, xq_bytes(s), &st->xq);
     if (r == VK_SUCCESS)
         r = vk_buf_make(st, lout_bytes(s), &st->lout);
-    st->xq_blocks = st->xq.size / 36;
+    st->xq_blocks = st->xq.size / 40;
     if (r != VK_SUCCESS)
         return vk_fail(err, r, "allocating buffers");
     for (int p = 0; hp->use_rope && p < s->n_ctx; p++)

@@ -163,22 +163,44 @@ void vk_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, const 
 
 /* ------------------------------------------------------------ the products */
 
-/* The weight types the products and embeddings read on the device; the
- * engine runs the others on the CPU. */
+/* The weight types the products and embeddings read on the device (all
+ * of the engine's but Q3_K); the engine runs the others on the CPU. */
 int vk_has_type(int op, enum cm_type type)
 {
     (void)op;
-    return type == CM_TYPE_F32 || type == CM_TYPE_F16 || type == CM_TYPE_Q8_0 ||
-           type == CM_TYPE_Q4_0;
+    return type == CM_TYPE_F32 || type == CM_TYPE_F16 || type == CM_TYPE_BF16 ||
+           type == CM_TYPE_Q8_0 || type == CM_TYPE_Q4_0 || type == CM_TYPE_Q5_0 ||
+           type == CM_TYPE_Q4_1 || type == CM_TYPE_Q5_1 || type == CM_TYPE_Q2_K ||
+           type == CM_TYPE_Q4_K || type == CM_TYPE_Q5_K || type == CM_TYPE_Q6_K;
 }
 
 /* The shaders' names of those types (matmul.comp, embed.comp). */
 static uint32_t type_code(enum cm_type t)
 {
-    return t == CM_TYPE_F32 ? 0 : t == CM_TYPE_F16 ? 1 : t == CM_TYPE_Q8_0 ? 2 : 3;
+    switch (t) {
+    case CM_TYPE_F32: return 0;
+    case CM_TYPE_F16: return 1;
+    case CM_TYPE_Q8_0: return 2;
+    case CM_TYPE_Q4_0: return 3;
+    case CM_TYPE_Q5_0: return 4;
+    case CM_TYPE_Q4_1: return 5;
+    case CM_TYPE_Q5_1: return 6;
+    case CM_TYPE_Q4_K: return 7;
+    case CM_TYPE_Q6_K: return 8;
+    case CM_TYPE_Q5_K: return 9;
+    case CM_TYPE_BF16: return 10;
+    case CM_TYPE_Q2_K: return 11;
+    default: return 0;
+    }
 }
 
-static int quantized(enum cm_type t) { return t == CM_TYPE_Q8_0 || t == CM_TYPE_Q4_0; }
+/* The block types, whose products read the activations as quantize.comp's
+ * blocks: 1 q8_0/q8_1 (the legacy types), 2 q8_K (the K-quants). */
+static int quantized(enum cm_type t)
+{
+    const uint32_t c = type_code(t);
+    return c == 10 ? 0 : c >= 7 ? 2 : c >= 2 ? 1 : 0;
+}
 
 /* A weight (or bias) bound from the last multiple of st->align at or below
  * it to its end (rounded up to a whole uint): the binding's offset and
@@ -211,19 +233,20 @@ static vk_view view_of(vk_state *st, const cm_tensor *t)
     return v;
 }
 
-/* Rows t0 .. t0 + n - 1 of x (cols floats) to q8_0 blocks in st->xq. */
-static void quantize_rows(vk_state *st, const cm_tensor *x, int64_t cols, int64_t t0, int64_t n)
+/* Rows t0 .. t0 + n - 1 of x (cols floats) to q8_0/q8_1 blocks in st->xq. */
+static void quantize_rows(vk_state *st, const cm_tensor *x, int64_t cols, int64_t t0, int64_t n,
+                          int kind)
 {
     struct {
-        uint32_t ox, cols, n;
-    } pc = {vk_off(x) + (uint32_t)(t0 * cols), (uint32_t)cols, (uint32_t)n};
-    const uint64_t groups = vk_groups((uint64_t)(cols / 32) * n, 64);
+        uint32_t ox, cols, n, k;
+    } pc = {vk_off(x) + (uint32_t)(t0 * cols), (uint32_t)cols, (uint32_t)n, kind == 2};
+    const uint64_t groups = vk_groups((uint64_t)(cols / (kind == 2 ? 256 : 32)) * n, 64);
     RUN(st, VK_SH_QUANTIZE, vk_buf_of(x), &st->xq, NULL, NULL, pc,
         groups > 65535 ? 65535 : (uint32_t)groups, 1, 1);
 }
 
 /* y = x w^T (+ b) for n tokens: x is F32 rows from element ox of xb (F32
- * and F16 weights) or st->xq's blocks from its start (Q8_0, Q4_0); y rows
+ * and F16 weights) or st->xq's blocks from its start (the block types); y rows
  * of w->ne[1] floats from element oy of yb. */
 static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, vk_buf *xb,
                     uint32_t ox, int64_t n, vk_buf *yb, uint32_t oy)
@@ -246,10 +269,12 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, vk_buf
                    1);
 }
 
-/* How many tokens of cols columns fit st->xq at once (fatal if none). */
-static int64_t xq_tokens(vk_state *st, int64_t cols)
+/* How many tokens of cols columns fit st->xq at once (fatal if none): 40
+ * bytes per 32 (q8_0/q8_1, kind 1) or 292 per 256 (q8_K, kind 2). */
+static int64_t xq_tokens(vk_state *st, int64_t cols, int kind)
 {
-    const int64_t per = (int64_t)(st->xq_blocks / (uint64_t)(cols / 32));
+    const int64_t per = kind == 2 ? (int64_t)(st->xq.size / (uint64_t)(cols / 256 * 292))
+                                  : (int64_t)(st->xq_blocks / (uint64_t)(cols / 32));
     if (per < 1) {
         fprintf(stderr, "codemoe: vulkan: a product's input of %lld columns is wider than the "
                 "model's (scratch for %llu blocks)\n", (long long)cols,
@@ -264,29 +289,33 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
 {
     vk_state *st = vk_st(be);
     const int64_t n = x->ne[1];
-    int any_q = 0;
+    int any_q[3] = {0, 0, 0};
     int64_t cols = 0;
     /* float weights multiply x itself */
     for (int i = 0; i < nw; i++) {
-        if (quantized(ws[i]->type)) {
-            any_q = 1, cols = ws[i]->ne[0];
+        const int kind = quantized(ws[i]->type);
+        if (kind) {
+            any_q[kind] = 1, cols = ws[i]->ne[0];
             continue;
         }
         product(st, ws[i], bs ? bs[i] : NULL, vk_buf_of(x), vk_off(x), n, vk_buf_of(ys[i]),
                 vk_off(ys[i]));
     }
-    if (!any_q)
-        return;
-    /* the quantized ones its q8_0 rows, made once for all of them, as
-     * many tokens at a time as the scratch holds */
-    const int64_t per = xq_tokens(st, cols);
-    for (int64_t t0 = 0; t0 < n; t0 += per) {
-        const int64_t m = n - t0 < per ? n - t0 : per;
-        quantize_rows(st, x, cols, t0, m);
-        for (int i = 0; i < nw; i++)
-            if (quantized(ws[i]->type))
-                product(st, ws[i], bs ? bs[i] : NULL, &st->xq, 0, m, vk_buf_of(ys[i]),
-                        vk_off(ys[i]) + (uint32_t)(t0 * ws[i]->ne[1]));
+    /* the quantized ones its q8_0/q8_1 rows, then its q8_K rows, each made
+     * once for all the weights of that kind, as many tokens at a time as
+     * the scratch holds */
+    for (int kind = 1; kind <= 2; kind++) {
+        if (!any_q[kind])
+            continue;
+        const int64_t per = xq_tokens(st, cols, kind);
+        for (int64_t t0 = 0; t0 < n; t0 += per) {
+            const int64_t m = n - t0 < per ? n - t0 : per;
+            quantize_rows(st, x, cols, t0, m, kind);
+            for (int i = 0; i < nw; i++)
+                if (quantized(ws[i]->type) == kind)
+                    product(st, ws[i], bs ? bs[i] : NULL, &st->xq, 0, m, vk_buf_of(ys[i]),
+                            vk_off(ys[i]) + (uint32_t)(t0 * ws[i]->ne[1]));
+        }
     }
 }
 
@@ -304,13 +333,13 @@ void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_
         exit(1);
     }
     if (q) {
-        const int64_t xper = xq_tokens(st, cols);
+        const int64_t xper = xq_tokens(st, cols, q);
         per = xper < per ? xper : per;
     }
     for (int64_t t0 = 0; t0 < n; t0 += per) {
         const int64_t m = n - t0 < per ? n - t0 : per;
         if (q)
-            quantize_rows(st, x, cols, t0, m);
+            quantize_rows(st, x, cols, t0, m, q);
         product(st, w, b, q ? &st->xq : vk_buf_of(x), q ? 0 : vk_off(x) + (uint32_t)(t0 * cols),
                 m, &st->lout, 0);
         memcpy(host + t0 * rows, st->lout.map, (size_t)(m * rows) * sizeof(float));

@@ -1,27 +1,34 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
 // y row t = x row t w^T (+ b): the products (matmul, logits) with the
-// reference's arithmetic (backends/ref ref_matmul1, quant/ref_legacy.c):
-// - type 0 F32, 1 F16: the float activation times each weight (an f16
-//   weight's exact value), summed in float;
-// - type 2 Q8_0, 3 Q4_0: the activation row quantized to q8_0 first
-//   (quantize.comp's blocks, bound as x), then per block the integer dot
-//   of the 32 quant pairs times (f16 d of the weight * d of the
-//   activation), that product in float, summed over blocks in float (the
-//   reference sums in double: within the tests' 2e-5 of the largest
-//   output).
+// reference's arithmetic (backends/ref ref_matmul1, quant/ref_legacy.c,
+// quant/ref_kquants.c):
+// - type 0 F32, 1 F16, 10 BF16: the float activation times each weight
+//   (its exact value), summed in float;
+// - type 2 Q8_0, 3 Q4_0, 4 Q5_0, 5 Q4_1, 6 Q5_1: the activation row
+//   quantized to q8_0/q8_1 first (quantize.comp's blocks, bound as x), then
+//   per block the integer dot of the 32 quant pairs times (f16 d of the
+//   weight * d of the activation) (+ m of the weight * s of the activation
+//   for Q4_1/Q5_1), in float, summed over blocks in float (the reference
+//   sums in double: within the tests' 2e-5 of the largest output);
+// - type 7 Q4_K, 9 Q5_K, 8 Q6_K, 11 Q2_K: the activation row quantized to
+//   q8_K (quantize.comp, k mode), then per sub-block the integer dot times
+//   the scales (minus the min term from the activation's bsums), as the
+//   reference's dots, in float.
 // Weights are GGUF rows of cols elements, one after the other from
 // halfword ow of binding 1 (2-byte aligned, so read from uints by shifts):
-// F32 (a float per two halfwords), F16, block_q8_0 (17 halfwords: f16 d,
-// then 32 int8 quants, element j in byte j), block_q4_0 (9 halfwords: f16
-// d, then 16 bytes, element j in the low nibble of byte j, j + 16 in its
-// high one, value q - 8).
+// F32 (a float per two halfwords), F16, BF16, block_q8_0 (17 halfwords: f16
+// d, then 32 int8 quants, element j in byte j), the 4/5-bit legacy blocks
+// (quant/blocks.h; element j in the low nibble of byte j of qs, j + 16 in
+// its high one, the fifth bit bit j of qh), the K blocks (quant/blocks.h,
+// unpacked as quant/ref_kquants.c does).
 // A workgroup per weight row (linear over the grid: (x, y) with x capped
 // by the host), its 64 threads over the row, each keeping TT tokens' sums
 // (the weights read once per TT tokens), then summed through shared memory.
-// Q8_0/Q4_0: a thread takes a quarter block (8 elements) at a time.
-// x is F32 rows of cols from ox (F32/F16) or quantize.comp's blocks from
-// ox; y rows of `rows` floats from oy; the bias (has_b) floats from
+// Legacy blocks: a thread takes a quarter block (8 elements) at a time; K
+// blocks: a sub-block (16 or 32 elements).
+// x is F32 rows of cols from ox (float types) or quantize.comp's blocks
+// from ox; y rows of `rows` floats from oy; the bias (has_b) floats from
 // halfword ob of binding 2.
 layout(local_size_x = 64) in;
 
@@ -35,12 +42,15 @@ layout(push_constant) uniform P { uint type, ox, ow, ob, has_b, oy, cols, rows, 
 #include "q8_0.glsl"
 
 #define TT 8u
+#define XB 10u // uints per activation block (quantize.comp)
 shared float red[TT * 64u];
 
 // halfword h of the weights
 uint half_at(uint h) { return (w.d[h >> 1] >> ((h & 1u) << 4)) & 0xFFFFu; }
 // the 32 bits at halfword h
 uint word_at(uint h) { return (h & 1u) == 0u ? w.d[h >> 1] : half_at(h) | (half_at(h + 1u) << 16); }
+// byte i of the block from halfword hb
+uint byte_at(uint hb, uint i) { return (half_at(hb + (i >> 1)) >> (8u * (i & 1u))) & 0xFFu; }
 int sbyte(uint v, uint k) { return bitfieldExtract(int(v), int(8u * k), 8); }
 
 void main()
@@ -73,42 +83,155 @@ void main()
                 for (uint tt = 0u; tt < TT; tt++) {
                     if (tt >= nt)
                         break;
-                    const uint xb = p.ox + 9u * ((t0 + tt) * nb + blk);
-                    const uint a0 = x.d[xb + 1u + 2u * q], a1 = x.d[xb + 2u + 2u * q];
+                    const uint xb = p.ox + XB * ((t0 + tt) * nb + blk);
+                    const uint a0 = x.d[xb + 2u + 2u * q], a1 = x.d[xb + 3u + 2u * q];
                     int s = 0;
                     for (uint k = 0u; k < 4u; k++)
                         s += wq[k] * sbyte(a0, k) + wq[4u + k] * sbyte(a1, k);
                     acc[tt] += float(s) * (dw * uintBitsToFloat(x.d[xb]));
                 }
             }
-        } else if (p.type == 3u) {
-            const uint base = p.ow + row * nb * 9u;
-            for (uint i = tid; i < nb * 4u; i += 64u) {
-                const uint blk = i >> 2, q = i & 3u, hb = base + blk * 9u;
-                const float dw = f16_val(half_at(hb));
-                // bytes 4q .. 4q + 3: elements 4q + j (low nibbles) and
-                // 16 + 4q + j (high nibbles)
-                const uint qs = half_at(hb + 1u + 2u * q) | (half_at(hb + 2u + 2u * q) << 16);
-                int lo[4], hi[4];
-                for (uint k = 0u; k < 4u; k++) {
-                    lo[k] = int((qs >> (8u * k)) & 0xFu) - 8;
-                    hi[k] = int((qs >> (8u * k + 4u)) & 0xFu) - 8;
+        } else if (p.type == 8u) {
+            // Q6_K (105 halfwords: ql[128], qh[64], int8 scales[16], f16
+            // d): a thread per sub-block j of 16 (quant/ref_kquants.c
+            // q6k_unpack), the activations q8_K (quantize.comp, k mode)
+            const uint nbk = p.cols / 256u, base = p.ow + row * nbk * 105u;
+            for (uint i = tid; i < nbk * 16u; i += 64u) {
+                const uint blk = i >> 4, j = i & 15u, hb = base + blk * 105u;
+                const float dw = f16_val(half_at(hb + 104u));
+                const int sc = bitfieldExtract(int(byte_at(hb, 192u + j)), 0, 8);
+                const uint c = j >> 3, k = (j >> 1) & 3u, l0 = 16u * (j & 1u);
+                int L[16];
+                for (uint l = 0u; l < 16u; l++) {
+                    const uint lo = (byte_at(hb, 64u * c + 32u * (k & 1u) + l0 + l) >> (4u * (k >> 1))) & 0xFu;
+                    const uint hi = (byte_at(hb, 128u + 32u * c + l0 + l) >> (2u * k)) & 3u;
+                    L[l] = int(lo | (hi << 4)) - 32;
                 }
                 for (uint tt = 0u; tt < TT; tt++) {
                     if (tt >= nt)
                         break;
-                    const uint xb = p.ox + 9u * ((t0 + tt) * nb + blk);
-                    const uint a0 = x.d[xb + 1u + q], a1 = x.d[xb + 5u + q];
+                    const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
+                    int t = 0;
+                    for (uint u = 0u; u < 4u; u++) {
+                        const uint a = x.d[xb + 1u + 4u * j + u];
+                        for (uint b = 0u; b < 4u; b++)
+                            t += L[4u * u + b] * sbyte(a, b);
+                    }
+                    acc[tt] += float(sc * t) * (dw * uintBitsToFloat(x.d[xb]));
+                }
+            }
+        } else if (p.type == 11u) {
+            // Q2_K (42 halfwords: scales[16], qs[64], f16 d, dmin): a
+            // thread per sub-block j of 16 (q2k_unpack, cm_dot_q2_K)
+            const uint nbk = p.cols / 256u, base = p.ow + row * nbk * 42u;
+            for (uint i = tid; i < nbk * 16u; i += 64u) {
+                const uint blk = i >> 4, j = i & 15u, hb = base + blk * 42u;
+                const float dw = f16_val(half_at(hb + 40u)), dmw = f16_val(half_at(hb + 41u));
+                const uint sc = byte_at(hb, j), sh = 2u * ((j >> 1) & 3u);
+                const uint q0 = 16u + 32u * (j >> 3) + 16u * (j & 1u);
+                int L[16];
+                for (uint l = 0u; l < 16u; l++)
+                    L[l] = int((byte_at(hb, q0 + l) >> sh) & 3u);
+                for (uint tt = 0u; tt < TT; tt++) {
+                    if (tt >= nt)
+                        break;
+                    const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
+                    int t = 0;
+                    for (uint u = 0u; u < 4u; u++) {
+                        const uint a = x.d[xb + 1u + 4u * j + u];
+                        for (uint b = 0u; b < 4u; b++)
+                            t += L[4u * u + b] * sbyte(a, b);
+                    }
+                    const int bsum = bitfieldExtract(int(x.d[xb + 65u + (j >> 1)]), int(16u * (j & 1u)), 16);
+                    const float dx = uintBitsToFloat(x.d[xb]);
+                    acc[tt] += float(int(sc & 15u) * t) * (dw * dx) - float(int(sc >> 4) * bsum) * (dmw * dx);
+                }
+            }
+        } else if (p.type == 7u || p.type == 9u) {
+            // Q4_K (72 halfwords: f16 d, dmin, scales[12], qs[128]), Q5_K
+            // (88: qh[32] before qs, the fifth bit of element 64c + 32h + l
+            // bit 2c + h of qh[l]): a thread per sub-block j of 32
+            // (q45k_unpack, cm_k4_scale_min, dot_q45k), the activations q8_K
+            const bool q5 = p.type == 9u;
+            const uint bh = q5 ? 88u : 72u, qo = q5 ? 48u : 16u;
+            const uint nbk = p.cols / 256u, base = p.ow + row * nbk * bh;
+            for (uint i = tid; i < nbk * 8u; i += 64u) {
+                const uint blk = i >> 3, j = i & 7u, hb = base + blk * bh;
+                const float dw = f16_val(half_at(hb)), dmw = f16_val(half_at(hb + 1u));
+                uint sc, m;
+                if (j < 4u) {
+                    sc = byte_at(hb, 4u + j) & 63u;
+                    m = byte_at(hb, 8u + j) & 63u;
+                } else {
+                    sc = (byte_at(hb, 8u + j) & 0xFu) | ((byte_at(hb, j) >> 6) << 4);
+                    m = (byte_at(hb, 8u + j) >> 4) | ((byte_at(hb, 4u + j) >> 6) << 4);
+                }
+                const uint c = j >> 1, h = j & 1u;
+                int L[32];
+                for (uint l = 0u; l < 32u; l++) {
+                    uint v = (byte_at(hb, qo + 32u * c + l) >> (4u * h)) & 0xFu;
+                    if (q5)
+                        v |= ((byte_at(hb, 16u + l) >> j) & 1u) << 4;
+                    L[l] = int(v);
+                }
+                for (uint tt = 0u; tt < TT; tt++) {
+                    if (tt >= nt)
+                        break;
+                    const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
+                    int t = 0;
+                    for (uint u = 0u; u < 8u; u++) {
+                        const uint a = x.d[xb + 1u + 8u * j + u];
+                        for (uint b = 0u; b < 4u; b++)
+                            t += L[4u * u + b] * sbyte(a, b);
+                    }
+                    const uint bw = x.d[xb + 65u + j];
+                    const int bsum = bitfieldExtract(int(bw), 0, 16) + bitfieldExtract(int(bw), 16, 16);
+                    const float dx = uintBitsToFloat(x.d[xb]);
+                    acc[tt] += float(int(sc) * t) * (dw * dx) - float(int(m) * bsum) * (dmw * dx);
+                }
+            }
+        } else if (p.type >= 3u && p.type <= 6u) {
+            // the 4- and 5-bit legacy blocks: f16 d (, f16 m) (, 32 bits
+            // qh: the fifth bit of element j in bit j), 16 bytes qs
+            // (element j in the low nibble of byte j, j + 16 in its high
+            // one), value q - off (Q4_0 8, Q5_0 16) or q d + m
+            const bool hasm = p.type == 5u || p.type == 6u, hash = p.type == 4u || p.type == 6u;
+            const uint bh = 9u + (hasm ? 1u : 0u) + (hash ? 2u : 0u);
+            const uint qo = 1u + (hasm ? 1u : 0u) + (hash ? 2u : 0u);
+            const int off = p.type == 3u ? 8 : p.type == 4u ? 16 : 0;
+            const uint base = p.ow + row * nb * bh;
+            for (uint i = tid; i < nb * 4u; i += 64u) {
+                const uint blk = i >> 2, q = i & 3u, hb = base + blk * bh;
+                const float dw = f16_val(half_at(hb));
+                const float mw = hasm ? f16_val(half_at(hb + 1u)) : 0.0;
+                const uint hq = qo - 2u;
+                const uint qh = hash ? half_at(hb + hq) | (half_at(hb + hq + 1u) << 16) : 0u;
+                // bytes 4q .. 4q + 3: elements 4q + j (low nibbles) and
+                // 16 + 4q + j (high nibbles)
+                const uint qs = half_at(hb + qo + 2u * q) | (half_at(hb + qo + 1u + 2u * q) << 16);
+                int lo[4], hi[4];
+                for (uint k = 0u; k < 4u; k++) {
+                    lo[k] = int(((qs >> (8u * k)) & 0xFu) | (((qh >> (4u * q + k)) & 1u) << 4)) - off;
+                    hi[k] = int(((qs >> (8u * k + 4u)) & 0xFu) | (((qh >> (16u + 4u * q + k)) & 1u) << 4)) - off;
+                }
+                for (uint tt = 0u; tt < TT; tt++) {
+                    if (tt >= nt)
+                        break;
+                    const uint xb = p.ox + XB * ((t0 + tt) * nb + blk);
+                    const uint a0 = x.d[xb + 2u + q], a1 = x.d[xb + 6u + q];
                     int s = 0;
                     for (uint k = 0u; k < 4u; k++)
                         s += lo[k] * sbyte(a0, k) + hi[k] * sbyte(a1, k);
                     acc[tt] += float(s) * (dw * uintBitsToFloat(x.d[xb]));
+                    if (hasm && q == 0u) // the min term once a block: m d_x sum(q_x)
+                        acc[tt] += mw * uintBitsToFloat(x.d[xb + 1u]);
                 }
             }
-        } else if (p.type == 1u) {
+        } else if (p.type == 1u || p.type == 10u) { // F16, BF16 (the top half of a float)
             const uint base = p.ow + row * p.cols;
             for (uint e = tid; e < p.cols; e += 64u) {
-                const float wv = f16_val(half_at(base + e));
+                const float wv = p.type == 1u ? f16_val(half_at(base + e))
+                                              : uintBitsToFloat(half_at(base + e) << 16);
                 for (uint tt = 0u; tt < TT; tt++) {
                     if (tt >= nt)
                         break;

@@ -89,8 +89,11 @@ uint q8_quant(float x, float id)
 // in f16 (amax below ~3.8e-6) stores d = 0 and zero quants.  amax is the
 // largest |x| bits (ordered as the magnitudes; nans skipped as
 // fabsf(x) > amax skips them), so no flush of subnormals can touch it.
+// q8_d is left the unrounded d (0 where the quants are 0 for a small amax),
+// for q8_1's s (quantize.comp).
 float xv[32];
 uint qb[17];
+float q8_d;
 void q8_block()
 {
     uint amax = 0u;
@@ -101,13 +104,17 @@ void q8_block()
     }
     uint dh = 0u;
     float id = 0.0;
-    if (amax == 0x7F800000u) // d = inf, id = 0: every quant 0 (or nan: 0)
+    q8_d = 0.0;
+    if (amax == 0x7F800000u) { // d = inf, id = 0: every quant 0 (or nan: 0)
         dh = 0x7C00u;
-    else if (amax >= 0x0D800000u) { // below 2^-100, d is 0 in f16
+        q8_d = uintBitsToFloat(0x7F800000u);
+    } else if (amax >= 0x0D800000u) { // below 2^-100, d is 0 in f16
         const float d = div_rn(uintBitsToFloat(amax), 127.0);
         dh = f16_bits(floatBitsToUint(d));
-        if (dh != 0u)
+        if (dh != 0u) {
             id = div_rn(1.0, d);
+            q8_d = d;
+        }
     }
     qb[0] = dh;
     for (uint i = 0u; i < 16u; i++)
