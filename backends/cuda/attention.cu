@@ -21,6 +21,7 @@
 #include <stdlib.h>
 
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/kv_cache.cuh"
 #include "backends/cuda/quant_dev.cuh"
 
 namespace {
@@ -114,20 +115,6 @@ size_t smem_for(int dpad, int span)
 {
     const int s = span > ATTN_THREADS * MAX_VEC ? span : ATTN_THREADS * MAX_VEC;
     return ((size_t)ATTN_WARPS + dpad + s) * sizeof(float);
-}
-
-/* Element i of KV head g's part of a cache row. */
-template <cm_kv_type KV>
-__device__ float cache_at(const char *row, int g, int width, int i)
-{
-    if constexpr (KV == CM_KV_F32)
-        return ((const float *)row)[(size_t)g * width + i];
-    else if constexpr (KV == CM_KV_F16)
-        return __half2float(((const __half *)row)[(size_t)g * width + i]);
-    else {
-        const block_q8_0 *b = (const block_q8_0 *)row + ((size_t)g * width + i) / 32;
-        return dequant_elem(CM_TYPE_Q8_0, b, i % 32);
-    }
 }
 
 /* Elements i .. i + VEC - 1 of the same, in one load where VEC > 1: F32

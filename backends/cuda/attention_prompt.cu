@@ -13,6 +13,7 @@
 #include <math.h>
 
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/kv_cache.cuh"
 #include "backends/cuda/quant_dev.cuh"
 
 namespace {
@@ -29,19 +30,6 @@ struct prompt_args {
     float scale;
 };
 
-template <cm_kv_type KV>
-__device__ float cache_elem(const char *row, int g, int width, int i)
-{
-    if constexpr (KV == CM_KV_F32)
-        return ((const float *)row)[(size_t)g * width + i];
-    else if constexpr (KV == CM_KV_F16)
-        return __half2float(((const __half *)row)[(size_t)g * width + i]);
-    else {
-        const block_q8_0 *b = (const block_q8_0 *)row + ((size_t)g * width + i) / 32;
-        return dequant_elem(CM_TYPE_Q8_0, b, i % 32);
-    }
-}
-
 /* Positions kb .. kb + KT - 1 of KV head g into kt (and vt): zero past last. */
 template <cm_kv_type KV>
 __device__ void load_tile(const prompt_args &a, int g, int kb, int last, float *kt, float *vt)
@@ -49,12 +37,12 @@ __device__ void load_tile(const prompt_args &a, int g, int kb, int last, float *
     for (int e = threadIdx.x; e < KT * a.d; e += THREADS) {
         const int j = e / a.d, i = e % a.d;
         kt[j * (a.d + 1) + i] =
-            kb + j <= last ? cache_elem<KV>(a.k + (size_t)(kb + j) * a.krow, g, a.d, i) : 0.0f;
+            kb + j <= last ? cache_at<KV>(a.k + (size_t)(kb + j) * a.krow, g, a.d, i) : 0.0f;
     }
     for (int e = threadIdx.x; vt && e < KT * a.dv; e += THREADS) {
         const int j = e / a.dv, i = e % a.dv;
         vt[j * a.dv + i] =
-            kb + j <= last ? cache_elem<KV>(a.v + (size_t)(kb + j) * a.vrow, g, a.dv, i) : 0.0f;
+            kb + j <= last ? cache_at<KV>(a.v + (size_t)(kb + j) * a.vrow, g, a.dv, i) : 0.0f;
     }
 }
 

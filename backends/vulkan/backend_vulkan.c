@@ -528,14 +528,20 @@ static cm_status vk_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
     return c;
 }
 
-static void vk_describe(char *out, size_t n)
+/* An instance without layers, to look at the devices (describe, list). */
+static VkResult plain_instance(VkInstance *inst)
 {
-    VkInstance inst;
     VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
                              .apiVersion = VK_API_VERSION_1_1};
     VkInstanceCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO,
                                .pApplicationInfo = &app};
-    if (vkCreateInstance(&ci, NULL, &inst) != VK_SUCCESS) {
+    return vkCreateInstance(&ci, NULL, inst);
+}
+
+static void vk_describe(char *out, size_t n)
+{
+    VkInstance inst;
+    if (plain_instance(&inst) != VK_SUCCESS) {
         snprintf(out, n, "vulkan (no usable loader or driver)");
         return;
     }
@@ -565,11 +571,7 @@ static const char *type_name(VkPhysicalDeviceType t)
 static void vk_list_devices(FILE *f)
 {
     VkInstance inst;
-    VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
-                             .apiVersion = VK_API_VERSION_1_1};
-    VkInstanceCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO,
-                               .pApplicationInfo = &app};
-    if (vkCreateInstance(&ci, NULL, &inst) != VK_SUCCESS) {
+    if (plain_instance(&inst) != VK_SUCCESS) {
         fprintf(f, "vulkan: no usable loader or driver\n");
         return;
     }
