@@ -128,7 +128,7 @@ static int pair_new_n(pair *p, const cm_backend_ops *ops, const cm_hparams *hp,
     cm_tensor *slots[3] = {&p->m.output, &p->layers[0].wq, &p->layers[0].wk};
     for (int i = 0; i < nw && i < 3; i++)
         *slots[i] = ws[i];
-    cm_backend_shape s = {&p->m, n_ctx, 48, kv, 0, -1};
+    cm_backend_shape s = {&p->m, n_ctx, 80, kv, 0, -1};
     cm_status st = cm_backend_new(ops, &s, &p->be, &err);
     if (st == CM_E_UNSUPPORTED) { /* what the backend says it cannot do is no failure */
         printf("  %s\n", err.msg);
@@ -296,12 +296,14 @@ static void test_matmul_n(const cm_backend_ops *ops, const cm_hparams *hp)
 {
     static const enum cm_type mixes[][3] = {{CM_TYPE_Q5_0, CM_TYPE_Q5_0, CM_TYPE_Q8_0},
                                             {CM_TYPE_Q4_K, CM_TYPE_Q4_K, CM_TYPE_Q6_K},
-                                            {CM_TYPE_F16, CM_TYPE_Q8_0, CM_TYPE_F32}};
+                                            {CM_TYPE_F16, CM_TYPE_Q8_0, CM_TYPE_F32},
+                                            {CM_TYPE_Q4_0, CM_TYPE_Q4_0, CM_TYPE_Q4_0}};
+    const int cols = 512; /* (the model's widest: prompt products split by columns too) */
     const int rows[3] = {64, 19, 33};
     for (size_t mi = 0; mi < sizeof mixes / sizeof mixes[0]; mi++) {
         cm_tensor w[3], b[3];
         for (int i = 0; i < 3; i++)
-            w[i] = weight(mixes[mi][i], 256, rows[i]), b[i] = vec(rows[i], 0.3f);
+            w[i] = weight(mixes[mi][i], cols, rows[i]), b[i] = vec(rows[i], 0.3f);
         pair p;
         if (!pair_new_n(&p, ops, hp, w, 3, CM_KV_F16, 64))
             return;
@@ -310,7 +312,7 @@ static void test_matmul_n(const cm_backend_ops *ops, const cm_hparams *hp)
             wd[i] = put_w(&p, &w[i]), bd[i] = put_w(&p, &b[i]);
         for (size_t k = 0; k < sizeof tok_counts / sizeof tok_counts[0]; k++) {
             int n = tok_counts[k];
-            twin x = twin_rnd(&p, 256, n, 1.0f), y[3];
+            twin x = twin_rnd(&p, cols, n, 1.0f), y[3];
             for (int i = 0; i < 3; i++)
                 y[i] = twin_new(&p, rows[i], n, NULL);
             const cm_tensor *ws[3] = {&w[0], &w[1], &w[2]}, *bs[3] = {&b[0], &b[1], &b[2]};
@@ -480,7 +482,9 @@ static void test_moe_ops(const cm_backend_ops *ops, const cm_hparams *hp)
 static void test_attention(const cm_backend_ops *ops, const cm_hparams *hp)
 {
     static const cm_kv_type kvs[] = {CM_KV_F32, CM_KV_F16, CM_KV_Q8_0};
-    static const int cases[][2] = {{1, 0}, {3, 5}, {8, 0}, {20, 11}, {1, 63}, {9, 55}, {40, 24}};
+    /* (the last two: more than one tile of 64 keys and of 64 query rows) */
+    static const int cases[][2] = {{1, 0}, {3, 5}, {8, 0}, {20, 11}, {1, 63}, {9, 55}, {40, 24},
+                                   {70, 0}, {67, 53}};
     const int nq = hp->n_head * hp->head_dim, nk = hp->n_head_kv * hp->head_dim;
     const int nv = hp->n_head_kv * hp->head_dim_v;
     cm_tensor w = weight(CM_TYPE_F32, hp->n_embd, 4);
@@ -490,7 +494,7 @@ static void test_attention(const cm_backend_ops *ops, const cm_hparams *hp)
         for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
             const int n = cases[ci][0], p0 = cases[ci][1], il = (int)(ci % 2);
             pair p;
-            if (!pair_new(&p, ops, hp, &w, kvs[ki], 64))
+            if (!pair_new(&p, ops, hp, &w, kvs[ki], 128))
                 break;
             twin k = twin_rnd(&p, nk, p0 + n, 1.0f), v = twin_rnd(&p, nv, p0 + n, 1.0f);
             int split = p0 > 0 ? p0 : n; /* first store, then the rest */

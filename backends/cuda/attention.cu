@@ -497,6 +497,9 @@ void cuda_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tenso
     if (skip_op(st))
         return;
     const int n = (int)q->ne[1];
+    if (n >= PROMPT_ROWS && cuda_attention_tensor(st, il, (const float *)dev_ptr(q), n,
+                                                  p0 - st->batch_p0, (float *)dev_ptr(out)))
+        return;
     if (n >= PROMPT_ROWS && st->prompt_attn) { /* keys shared by 8 rows at a time */
         cuda_attention_prompt(st, il, (const float *)dev_ptr(q), n, p0 - st->batch_p0,
                               (float *)dev_ptr(out));

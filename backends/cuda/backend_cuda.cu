@@ -43,11 +43,20 @@ size_t kv_bytes(const cm_backend_shape *s)
 /* Rows of logits computed per download. */
 const int LOGIT_ROWS = 32;
 
+/* Partial sums of split products: four times a batch of n_embd rows
+ * (mmq.cu splits where they fit). */
+size_t split_floats(const cm_backend_shape *s)
+{
+    const int nb = s->n_batch > 0 ? s->n_batch : 1;
+    return (size_t)4 * nb * s->m->hp.n_embd;
+}
+
 size_t scratch_bytes(const cm_backend_shape *s)
 {
     const cm_hparams *hp = &s->m->hp;
     int nb = s->n_batch > 0 ? s->n_batch : 1;
     return (size_t)s->n_ctx * hp->rope_dim * sizeof(float) + cuda_xq_bytes(hp, nb) +
+           split_floats(s) * sizeof(float) +
            (size_t)nb * 2 * sizeof(float) * (hp->n_expert + 1) +
            (size_t)LOGIT_ROWS * hp->n_vocab * sizeof(float);
 }
@@ -66,11 +75,12 @@ void cuda_release(cm_backend *be)
     cuda_state *st = cuda_st(be);
     if (!st)
         return;
+    cuda_profile_free(st);
     for (int il = 0; st->k_cache && il < st->hp->n_layer; il++)
         cudaFree(st->k_cache[il]);
     for (int il = 0; st->v_cache && il < st->hp->n_layer; il++)
         cudaFree(st->v_cache[il]);
-    cudaFree(st->rope_cs), cudaFree(st->xq), cudaFree(st->rows), cudaFree(st->wts);
+    cudaFree(st->rope_cs), cudaFree(st->xq), cudaFree(st->split_scratch), cudaFree(st->rows), cudaFree(st->wts);
     cudaFree(st->logits), cudaFree(st->io_dev);
     cudaFreeHost(st->io_host), cudaFreeHost(st->logits_host);
     if (st->graph)
@@ -110,6 +120,9 @@ cudaError_t alloc_scratch(cuda_state *st, const cm_backend_shape *s)
     st->xq_bytes = cuda_xq_bytes(hp, nb);
     if (e == cudaSuccess)
         e = cudaMalloc(&st->xq, st->xq_bytes);
+    st->split_floats = split_floats(s);
+    if (e == cudaSuccess)
+        e = cudaMalloc(&st->split_scratch, st->split_floats * sizeof(float));
     if (e == cudaSuccess)
         e = cudaMalloc(&st->rows, (size_t)nb * sizeof(int32_t));
     if (e == cudaSuccess)
@@ -187,6 +200,7 @@ cm_status cuda_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
                        s->n_ctx, st->smem, (size_t)prop.sharedMemPerBlockOptin);
     st->prompt_attn = cuda_attention_prompt_ok(hp, prop.sharedMemPerBlockOptin);
     st->mmq = cuda_mmq_available();
+    st->prof = cuda_profile_new();
     cudaGetLastError(); /* (a refused attribute is an answer, not an error) */
     if ((e = alloc_scratch(st, s)) != cudaSuccess)
         return cuda_fail(err, e, "allocating scratch memory");
@@ -265,12 +279,16 @@ void cuda_download(cm_backend *be, const cm_tensor *src, void *dst, size_t bytes
     cuda_flush(cuda_st(be));
     cuda_check(cudaMemcpyAsync(dst, dev_ptr(src), bytes, cudaMemcpyDeviceToHost, s), "download");
     cuda_check(cudaStreamSynchronize(s), "download");
+    if (cuda_st(be)->prof)
+        cuda_profile_mark(cuda_st(be), "(host)");
 }
 
 void cuda_synchronize(cm_backend *be)
 {
     cuda_flush(cuda_st(be));
     cuda_check(cudaStreamSynchronize(cuda_st(be)->stream), "synchronize");
+    if (cuda_st(be)->prof)
+        cuda_profile_mark(cuda_st(be), "(host)");
 }
 
 void cuda_mem_info(cm_backend *be, size_t *free_bytes, size_t *total_bytes)
@@ -283,11 +301,11 @@ void cuda_mem_info(cm_backend *be, size_t *free_bytes, size_t *total_bytes)
 }
 
 /* Whether generation steps are recorded and replayed: yes unless
- * CODEMOE_CUDA_GRAPHS=0 (to measure what they save). */
-bool graphs_wanted()
+ * CODEMOE_CUDA_GRAPHS=0 (to measure what they save) or profiling. */
+bool graphs_wanted(const cuda_state *st)
 {
     const char *v = getenv("CODEMOE_CUDA_GRAPHS");
-    return !v || strcmp(v, "0") != 0;
+    return !st->prof && (!v || strcmp(v, "0") != 0);
 }
 
 /* One generated token (one id, its logits) with every op on the GPU is
@@ -301,7 +319,7 @@ void cuda_batch_begin(cm_backend *be, const int32_t *ids, int n, int p0, int n_o
     cuda_state *st = cuda_st(be);
     st->batch_p0 = p0;
     st->ops_seen = 0;
-    if (!(replayable && n == 1 && n_out == 1 && graphs_wanted())) {
+    if (!(replayable && n == 1 && n_out == 1 && graphs_wanted(st))) {
         st->mode = EAGER;
         cuda_check(cudaMemcpyAsync(st->io_dev, &p0, sizeof(int32_t), cudaMemcpyHostToDevice,
                                    st->stream), "batch position");
@@ -373,6 +391,8 @@ void cuda_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const c
         return;
     }
     cuda_flush(st);
+    if (st->prof)
+        cuda_profile_mark(st, "logits");
     for (int t0 = 0; t0 < n; t0 += st->logit_rows) {
         const int m = n - t0 < st->logit_rows ? n - t0 : st->logit_rows;
         cuda_matmul_into(st, w, b, (const float *)dev_ptr(x) + (size_t)t0 * x->ne[0], m,
@@ -381,6 +401,8 @@ void cuda_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const c
                                    cudaMemcpyDeviceToHost, st->stream), "logits");
     }
     cuda_check(cudaStreamSynchronize(st->stream), "logits");
+    if (st->prof)
+        cuda_profile_mark(st, "(host)");
 }
 
 cm_backend_ops make_ops()

@@ -23,6 +23,8 @@ struct cuda_state {
     float *rope_cs;            /* [n_ctx][rope_dim/2][2] cos, sin */
     char *xq;                  /* activations quantized for the products */
     size_t xq_bytes;
+    float *split_scratch;      /* partial sums of products split by columns (mmq.cu) */
+    size_t split_floats;
     int32_t *rows;             /* gather / scatter-add row lists */
     float *wts;
     float *logits;             /* a chunk of logit rows before their download */
@@ -57,6 +59,7 @@ struct cuda_state {
     float *logits_host;        /* pinned: the recorded step's logits */
     float *logits_dst;         /* where batch_end copies them */
     size_t logits_bytes;
+    struct cuda_profile *prof; /* NULL unless CODEMOE_CUDA_PROFILE=1 (profile.cu) */
 };
 
 enum { EAGER = 0, CAPTURE = 1, REPLAY = 2 };
@@ -64,18 +67,27 @@ enum { EAGER = 0, CAPTURE = 1, REPLAY = 2 };
 /* Launches what ops.cu held back to fuse with the op after it. */
 void cuda_flush(cuda_state *st);
 
+/* profile.cu: NULL unless profiling is asked for; a mark charges the GPU
+ * time from it to the next mark to name. */
+struct cuda_profile *cuda_profile_new(void);
+void cuda_profile_mark(cuda_state *st, const char *name);
+void cuda_profile_free(cuda_state *st);
+
 /* Every op counts itself; in a replayed batch that is all it does (the
  * record runs at the batch's end).  Otherwise work held back runs first,
  * unless the op is one that may take it over (keep). */
-static inline bool skip_op(cuda_state *st, bool keep = false)
+static inline bool skip_op_named(cuda_state *st, const char *name, bool keep = false)
 {
     st->ops_seen++;
     if (st->mode == REPLAY)
         return true;
     if (!keep)
         cuda_flush(st);
+    if (st->prof)
+        cuda_profile_mark(st, name);
     return false;
 }
+#define skip_op(st, ...) skip_op_named(st, __func__, ##__VA_ARGS__)
 
 static inline cuda_state *cuda_st(cm_backend *be) { return (cuda_state *)be->state; }
 
@@ -112,8 +124,9 @@ struct mm_args {
 
 /* Prompt batches of at least this many tokens go to the tensor-core
  * kernels (mmq.cu) where the GPU and the type allow: false if not. */
-const int MMQ_MIN_TOKENS = 16;
-bool cuda_mmq(cuda_state *st, enum cm_type t, const mm_args &a);
+const int MMQ_MIN_TOKENS = 16, MMQ_PARTS = 3;
+/* parts: up to MMQ_PARTS weights of type t sharing x, cols and n */
+bool cuda_mmq(cuda_state *st, enum cm_type t, const mm_args *parts, int np);
 bool cuda_mmq_available(void);
 
 /* Products (matmul.cu): ys[i] = x ws[i]^T (+ bs[i]), weights in device memory. */
@@ -155,5 +168,8 @@ size_t cuda_attention_scratch(const cm_hparams *hp);
  * n rows of q at positions *io_dev + delta ... */
 bool cuda_attention_prompt_ok(const cm_hparams *hp, size_t smem_limit);
 void cuda_attention_prompt(cuda_state *st, int il, const float *q, int n, int delta, float *out);
+/* attention_tensor.cu: the same on the tensor cores, for an F16 cache and
+ * the head sizes it has kernels for; false (nothing done) otherwise. */
+bool cuda_attention_tensor(cuda_state *st, int il, const float *q, int n, int delta, float *out);
 
 #endif

@@ -56,23 +56,6 @@ __global__ void quantize_rows(const float *x, char *xq, int cols, int n)
         q8_0_quantize_block(in, out);
 }
 
-/* x quantized to dot type dt into st->xq; returns the bytes of one row. */
-size_t quantize_x(cuda_state *st, enum cm_type dt, const float *x, int cols, int n)
-{
-    dim3 g(blocks_for(cols / (dt == CM_TYPE_Q8_K ? 256 : 32), 64), (unsigned)n);
-    switch (dt) {
-    case CM_TYPE_Q8_K:
-        quantize_rows<block_q8_K, 256><<<g, 64, 0, st->stream>>>(x, st->xq, cols, n);
-        return (size_t)cols / 256 * sizeof(block_q8_K);
-    case CM_TYPE_Q8_1:
-        quantize_rows<block_q8_1, 32><<<g, 64, 0, st->stream>>>(x, st->xq, cols, n);
-        return (size_t)cols / 32 * sizeof(block_q8_1);
-    default:
-        quantize_rows<block_q8_0, 32><<<g, 64, 0, st->stream>>>(x, st->xq, cols, n);
-        return (size_t)cols / 32 * sizeof(block_q8_0);
-    }
-}
-
 /* The same quantizers, a block of the dot type by a group of G threads:
  * q8_0/q8_1 2 threads of 16 values, q8_K 16 threads of 16 (one bsums
  * group each), so 256 threads quantize 4096 values a round.  Each value
@@ -182,6 +165,48 @@ __device__ void quantize_to_shared(const float *x, int cols, int n, char *xs, si
             quant256_group(v, s, valid, out);
         else
             quant32_group<XB>(v, s, valid, out);
+    }
+}
+
+/* Rows t0 .. t0 + rpb - 1 of x quantized by one block, its threads in
+ * the group quantizers' groups: reads coalesced, the same bytes. */
+template <class XB>
+__global__ void quantize_rows_grouped(const float *x, char *xq, int cols, int n, int rpb)
+{
+    const int t0 = blockIdx.x * rpb, m = n - t0 < rpb ? n - t0 : rpb;
+    const size_t xrow = (size_t)cols / (sizeof(XB) == sizeof(block_q8_K) ? 256 : 32) * sizeof(XB);
+    quantize_to_shared<XB>(x + (size_t)t0 * cols, cols, m, xq + (size_t)t0 * xrow, xrow);
+}
+
+template <class XB>
+void launch_quantize(cuda_state *st, const float *x, int cols, int n)
+{
+    constexpr bool K = sizeof(XB) == sizeof(block_q8_K);
+    constexpr int E = K ? 256 : 32, THREADS = 256;
+    if ((uintptr_t)x % 16 == 0) { /* (float4 reads) */
+        const int tasks = cols / E * (K ? 16 : G32);
+        const int rpb = tasks < THREADS ? THREADS / tasks : 1;
+        quantize_rows_grouped<XB><<<blocks_for(n, rpb), THREADS, 0, st->stream>>>(x, st->xq, cols, n,
+                                                                                    rpb);
+        return;
+    }
+    dim3 g(blocks_for(cols / E, 64), (unsigned)n);
+    quantize_rows<XB, E><<<g, 64, 0, st->stream>>>(x, st->xq, cols, n);
+}
+
+/* x quantized to dot type dt into st->xq; returns the bytes of one row. */
+size_t quantize_x(cuda_state *st, enum cm_type dt, const float *x, int cols, int n)
+{
+    switch (dt) {
+    case CM_TYPE_Q8_K:
+        launch_quantize<block_q8_K>(st, x, cols, n);
+        return (size_t)cols / 256 * sizeof(block_q8_K);
+    case CM_TYPE_Q8_1:
+        launch_quantize<block_q8_1>(st, x, cols, n);
+        return (size_t)cols / 32 * sizeof(block_q8_1);
+    default:
+        launch_quantize<block_q8_0>(st, x, cols, n);
+        return (size_t)cols / 32 * sizeof(block_q8_0);
     }
 }
 
@@ -431,7 +456,7 @@ void launch_mm(cuda_state *st, enum cm_type t, enum cm_type t2, mm_dec_args &a)
  * per weight, tensor cores for prompts where mmq.cu has them. */
 void launch_type(cuda_state *st, enum cm_type t, const mm_args &a)
 {
-    if (a.n >= MMQ_MIN_TOKENS && cuda_mmq(st, t, a)) /* prompts: tensor cores */
+    if (a.n >= MMQ_MIN_TOKENS && cuda_mmq(st, t, &a, 1)) /* prompts: tensor cores */
         return;
     mm_dec_args d;
     d.p[0] = {a.w, a.wrow, a.bias, a.y, a.rows};
@@ -485,10 +510,10 @@ mm_part part_for(const cm_tensor *w, const cm_tensor *b, float *y)
     return p;
 }
 
-/* Weight p (type t) the batch way: x quantized in st->xq (xrow bytes a
- * row), or floats. */
-void launch_batch(cuda_state *st, enum cm_type t, const mm_part &p, int cols, const float *xd,
-                  size_t xrow, int n)
+/* Weight p (type t) as a batch product's arguments: x quantized in st->xq
+ * (xrow bytes a row), or floats. */
+mm_args batch_args(cuda_state *st, enum cm_type t, const mm_part &p, int cols, const float *xd,
+                   size_t xrow, int n)
 {
     mm_args a;
     a.w = p.w;
@@ -500,16 +525,36 @@ void launch_batch(cuda_state *st, enum cm_type t, const mm_part &p, int cols, co
     a.y = p.y;
     a.x = is_float_type(t) ? (const char *)xd : st->xq;
     a.xrow = is_float_type(t) ? (size_t)cols * sizeof(float) : xrow;
-    launch_type(st, t, a);
+    return a;
+}
+
+/* Weights of type t sharing x: one tensor-core launch for prompts where
+ * mmq.cu takes them, else a launch each. */
+void launch_batch(cuda_state *st, enum cm_type t, const mm_args *parts, int np)
+{
+    if (st->prof) {
+        char name[64];
+        int rows = 0;
+        for (int i = 0; i < np; i++)
+            rows += parts[i].rows;
+        snprintf(name, sizeof name, "product %s %dx%d%s, %d tokens", cm_type_get(t)->name, rows,
+                 parts[0].cols, np > 1 ? " (fused)" : "", parts[0].n);
+        cuda_profile_mark(st, name);
+    }
+    if (parts[0].n >= MMQ_MIN_TOKENS && cuda_mmq(st, t, parts, np))
+        return;
+    for (int i = 0; i < np; i++)
+        launch_type(st, t, parts[i]);
 }
 
 /* The batch path for the weights of ws not done (done NULL: all): x
- * quantized once per dot type, then a launch per weight. */
+ * quantized once per dot type, then a launch per weight type. */
 void matmul_batch(cuda_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,
                   const float *xd, int n, cm_tensor *const *ys, const bool *done)
 {
     enum cm_type quantized[4];
     int n_quantized = 0;
+    bool launched[16] = {false};
     for (int i = 0; i < nw; i++) {
         if (done && done[i])
             continue;
@@ -523,10 +568,22 @@ void matmul_batch(cuda_state *st, int nw, const cm_tensor *const *ws, const cm_t
         if (!is_float_type(ws[i]->type))
             xrow = quantize_x(st, dt, xd, (int)ws[i]->ne[0], n);
         for (int j = i; j < nw; j++) {
-            if ((done && done[j]) || cm_type_get(ws[j]->type)->dot_type != dt)
+            if ((done && done[j]) || cm_type_get(ws[j]->type)->dot_type != dt ||
+                (j < 16 && launched[j]))
                 continue;
-            const mm_part p = part_for(ws[j], bs ? bs[j] : NULL, (float *)dev_ptr(ys[j]));
-            launch_batch(st, ws[j]->type, p, (int)ws[j]->ne[0], xd, xrow, n);
+            mm_args parts[MMQ_PARTS];
+            int np = 0;
+            for (int k = j; k < nw && k < 16 && np < MMQ_PARTS; k++)
+                if (!(done && done[k]) && !launched[k] && ws[k]->type == ws[j]->type) {
+                    const mm_part p = part_for(ws[k], bs ? bs[k] : NULL, (float *)dev_ptr(ys[k]));
+                    parts[np++] = batch_args(st, ws[k]->type, p, (int)ws[k]->ne[0], xd, xrow, n);
+                    launched[k] = true;
+                }
+            if (np == 0) { /* (beyond the first 16: one at a time) */
+                const mm_part p = part_for(ws[j], bs ? bs[j] : NULL, (float *)dev_ptr(ys[j]));
+                parts[np++] = batch_args(st, ws[j]->type, p, (int)ws[j]->ne[0], xd, xrow, n);
+            }
+            launch_batch(st, ws[j]->type, parts, np);
         }
         if (n_quantized < 4)
             quantized[n_quantized++] = dt;
@@ -556,7 +613,8 @@ void cuda_matmul_into(cuda_state *st, const cm_tensor *w, const cm_tensor *b, co
     if (!launch_dec(st, w->type, w->type, &p, 1, 1, x, cols, n)) {
         const enum cm_type dt = cm_type_get(w->type)->dot_type;
         const size_t xrow = is_float_type(w->type) ? 0 : quantize_x(st, dt, x, cols, n);
-        launch_batch(st, w->type, p, cols, x, xrow, n);
+        const mm_args a = batch_args(st, w->type, p, cols, x, xrow, n);
+        launch_batch(st, w->type, &a, 1);
     }
     cuda_check(cudaGetLastError(), "matmul");
 }
