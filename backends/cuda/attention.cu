@@ -461,7 +461,7 @@ size_t cuda_attention_scratch(const cm_hparams *hp)
 void cuda_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_tensor *v, int p0)
 {
     cuda_state *st = cuda_st(be);
-    if (skip_op(st, true) || cuda_rope_store(st, il, k, v, p0 - st->batch_p0))
+    if (skip_op(st, KEEP_HELD) || cuda_rope_store(st, il, k, v, p0 - st->batch_p0))
         return;
     cuda_flush(st);
     kv_put_args a;

@@ -47,6 +47,11 @@ struct cuda_state {
         const float *y;
         long n;
     } pend_add;
+    struct { /* a swiglu, held back for the product that reads its output (a NULL: none) */
+        float *a;
+        const float *b;
+        long n;
+    } pend_swiglu;
     /* the batch's first position and token ids: kernels read the position
      * from io_dev[0] (plus an offset known when the ops are issued), so a
      * recorded batch replays at any position */
@@ -76,12 +81,17 @@ void cuda_profile_free(cuda_state *st);
 /* Every op counts itself; in a replayed batch that is all it does (the
  * record runs at the batch's end).  Otherwise work held back runs first,
  * unless the op is one that may take it over (keep). */
-static inline bool skip_op_named(cuda_state *st, const char *name, bool keep = false)
+enum { KEEP_NONE = 0, KEEP_HELD = 1, KEEP_SWIGLU = 2 };
+
+/* keep: KEEP_HELD for an op that may take over held-back rotations or a
+ * residual add (a held swiglu still runs first); KEEP_SWIGLU for the
+ * product that takes over a held swiglu (nothing else held). */
+static inline bool skip_op_named(cuda_state *st, const char *name, int keep = KEEP_NONE)
 {
     st->ops_seen++;
     if (st->mode == REPLAY)
         return true;
-    if (!keep)
+    if (keep == KEEP_NONE || (keep == KEEP_HELD && st->pend_swiglu.a))
         cuda_flush(st);
     if (st->prof)
         cuda_profile_mark(st, name);
@@ -107,6 +117,12 @@ static inline void cuda_check(cudaError_t e, const char *what)
         fprintf(stderr, "codemoe: cuda: %s: %s\n", what, cudaGetErrorString(e));
         exit(1);
     }
+}
+
+/* SwiGLU of gate value a and up value b, as every kernel computes it */
+static __device__ __forceinline__ float swiglu_value(float a, float b)
+{
+    return a / (1.0f + expf(-a)) * b;
 }
 
 static inline unsigned blocks_for(long n, int per) { return (unsigned)((n + per - 1) / per); }

@@ -221,7 +221,7 @@ __global__ void swiglu_k(float *a, const float *b, long n)
 {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n)
-        a[i] = a[i] / (1.0f + expf(-a[i])) * b[i];
+        a[i] = swiglu_value(a[i], b[i]);
 }
 
 __global__ void gelu_k(const float *x, float *out, long n)
@@ -317,7 +317,7 @@ void cuda_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_
                float eps, int layer_norm, cm_tensor *out)
 {
     cuda_state *st = cuda_st(be);
-    if (skip_op(st, true))
+    if (skip_op(st, KEEP_HELD))
         return;
     const float *add = NULL; /* x += y then its norm: one launch */
     if (st->pend_add.x == (float *)dev_ptr(x) && st->pend_add.n == (long)x->ne[0] * x->ne[1] &&
@@ -356,7 +356,7 @@ rope_args rope_of(cuda_state *st, float *x, const float *norm_w, int n_heads, in
 void cuda_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
 {
     cuda_state *st = cuda_st(be);
-    if (skip_op(st, true) || (!present(norm_w) && !st->hp->use_rope))
+    if (skip_op(st, KEEP_HELD) || (!present(norm_w) && !st->hp->use_rope))
         return;
     if (st->n_pend_rope == 2 || st->pend_add.x) /* (held-back work runs in op order) */
         cuda_flush(st);
@@ -377,6 +377,12 @@ void cuda_flush(cuda_state *st)
         cuda_check(cudaGetLastError(), "rope");
     }
     st->n_pend_rope = 0;
+    if (st->pend_swiglu.a) {
+        const long n = st->pend_swiglu.n;
+        swiglu_k<<<blocks_for(n, 256), 256, 0, st->stream>>>(st->pend_swiglu.a, st->pend_swiglu.b, n);
+        cuda_check(cudaGetLastError(), "swiglu");
+        st->pend_swiglu.a = NULL;
+    }
     if (st->pend_add.x) {
         const long n = st->pend_add.n;
         add_k<<<blocks_for(n, 256), 256, 0, st->stream>>>(st->pend_add.x, st->pend_add.y, n);
@@ -421,14 +427,16 @@ void cuda_clear(cm_backend *be, cm_tensor *x)
     cuda_check(cudaMemsetAsync(dev_ptr(x), 0, x->nbytes, cuda_st(be)->stream), "clear");
 }
 
+/* Held back: the product that reads a next may do it as it quantizes a
+ * (matmul.cu); any other op runs it first (cuda_flush). */
 void cuda_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
 {
-    if (skip_op(cuda_st(be)))
+    cuda_state *st = cuda_st(be);
+    if (skip_op(st))
         return;
-    long n = elems(a);
-    swiglu_k<<<blocks_for(n, 256), 256, 0, cuda_st(be)->stream>>>(
-        (float *)dev_ptr(a), (const float *)dev_ptr(b), n);
-    cuda_check(cudaGetLastError(), "swiglu");
+    st->pend_swiglu.a = (float *)dev_ptr(a);
+    st->pend_swiglu.b = (const float *)dev_ptr(b);
+    st->pend_swiglu.n = elems(a);
 }
 
 void cuda_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out)

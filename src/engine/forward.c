@@ -192,7 +192,7 @@ void cm_ctx_free(cm_ctx *c)
         cm_place_free(c->be, c->place);
     cm_backend_free(c->be);
     free(c->w.layers), free(c->expw);
-    free(c->logits), free(c->routing.expert), free(c->routing.weight);
+    free(c->logits), free(c->routing.expert), free(c->routing.weight), free(c->host_ffn);
     free(c->exp_rows), free(c->exp_wts), free(c->exp_count), free(c->expert_tokens);
     cm_expert_cache_free(c->experts);
     free(c);

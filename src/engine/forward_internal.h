@@ -34,6 +34,7 @@ struct cm_ctx {
     int32_t *exp_count; /* host: [n_expert] */
     uint64_t *expert_tokens; /* [n_layer][n_expert] tokens per expert, for stats */
     cm_expert_cache *experts; /* residency under a RAM budget, or NULL */
+    float *host_ffn;    /* host: rows for experts run on the CPU beside a device (moe.c), or NULL */
 };
 
 /* out = mixture-of-experts feed-forward of c->h (out's rows) */

@@ -4,6 +4,7 @@
  * For a batch, tokens are grouped by expert so each chosen expert's weights
  * stream through the cache once per batch, with no capacity limit, padding
  * or dropped tokens.  Qwen2-MoE adds a shared expert behind a sigmoid gate. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/forward_internal.h"
@@ -23,9 +24,53 @@ static void group_by_expert(cm_ctx *c, int il, int n)
         }
 }
 
+static cm_tensor host_f32(float *p, int64_t cols, int64_t rows)
+{
+    cm_tensor t;
+    memset(&t, 0, sizeof t);
+    t.name = "expert rows (host)";
+    t.type = CM_TYPE_F32;
+    t.n_dims = 2;
+    t.ne[0] = cols, t.ne[1] = rows, t.ne[2] = t.ne[3] = 1;
+    t.data = p;
+    t.nbytes = (size_t)cols * (size_t)rows * sizeof(float);
+    return t;
+}
+
+/* An expert whose weights stayed in host memory while everything else runs
+ * on a device: its rows come down once, gate, up, swiglu and down run on
+ * the CPU, the result goes up once, instead of a copy each way around each
+ * op.  0 if that is not the case (or no memory for the rows: then each op
+ * falls back on its own). */
+static int run_expert_on_cpu(cm_ctx *c, int il, int e, int n)
+{
+    cm_backend *be = c->be, *cpu = be->cpu;
+    const int64_t E = c->m->hp.n_embd, F = c->m->hp.n_ff_exp, B = c->n_batch;
+    const cm_tensor *ew = c->expw + ((size_t)il * c->m->hp.n_expert + e) * 3;
+    if (!cpu || be->ops->reads_host || ew[0].buf || ew[1].buf || ew[2].buf)
+        return 0;
+    if (!c->host_ffn && !(c->host_ffn = malloc((size_t)B * (2 * E + 2 * F) * sizeof(float))))
+        return 0;
+    cm_tensor x = host_f32(c->host_ffn, E, n), y = host_f32(c->host_ffn + B * E, E, n);
+    cm_tensor a = host_f32(c->host_ffn + 2 * B * E, F, n);
+    cm_tensor b = host_f32(c->host_ffn + 2 * B * E + B * F, F, n);
+    cm_tensor xe = cm_rows(&c->xe, 0, n), ye = cm_rows(&c->ye, 0, n);
+    be->ops->download(be, &xe, c->host_ffn, x.nbytes);
+    const cm_tensor *w[2] = {&ew[0], &ew[1]}, *wd = &ew[2];
+    cm_tensor *ys[2] = {&a, &b}, *yd = &y;
+    cm_op_matmul(cpu, 2, w, NULL, &x, ys);
+    cm_op_swiglu(cpu, &a, &b);
+    cm_op_matmul(cpu, 1, &wd, NULL, &a, &yd);
+    be->ops->upload(be, &ye, y.data, y.nbytes);
+    be->fallbacks[CM_OP_matmul] += 2, be->fallbacks[CM_OP_swiglu]++;
+    return 1;
+}
+
 /* ye = down(silu(gate xe) * up xe) for the first n rows of xe. */
 static void run_expert(cm_ctx *c, int il, int e, int n)
 {
+    if (run_expert_on_cpu(c, il, e, n))
+        return;
     const cm_tensor *ew = c->expw + ((size_t)il * c->m->hp.n_expert + e) * 3;
     const cm_tensor *g = &ew[0], *u = &ew[1], *d = &ew[2];
     cm_tensor x = cm_rows(&c->xe, 0, n), y = cm_rows(&c->ye, 0, n);
