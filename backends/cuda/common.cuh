@@ -47,11 +47,15 @@ struct cuda_state {
         const float *y;
         long n;
     } pend_add;
-    struct { /* a swiglu, held back for the product that reads its output (a NULL: none) */
-        float *a;
-        const float *b;
-        long n;
-    } pend_swiglu;
+    struct { /* two products held back for a swiglu of theirs (matmul.cu) */
+        bool held;
+        enum cm_type type;
+        const char *w[2];
+        float *y[2];
+        size_t wrow;
+        const float *x;
+        int rows, cols, n;
+    } pend_gate_up;
     /* the batch's first position and token ids: kernels read the position
      * from io_dev[0] (plus an offset known when the ops are issued), so a
      * recorded batch replays at any position */
@@ -81,17 +85,17 @@ void cuda_profile_free(cuda_state *st);
 /* Every op counts itself; in a replayed batch that is all it does (the
  * record runs at the batch's end).  Otherwise work held back runs first,
  * unless the op is one that may take it over (keep). */
-enum { KEEP_NONE = 0, KEEP_HELD = 1, KEEP_SWIGLU = 2 };
+enum { KEEP_NONE = 0, KEEP_HELD = 1, KEEP_GATE_UP = 2 };
 
 /* keep: KEEP_HELD for an op that may take over held-back rotations or a
- * residual add (a held swiglu still runs first); KEEP_SWIGLU for the
- * product that takes over a held swiglu (nothing else held). */
+ * residual add (held products still run first); KEEP_GATE_UP for the
+ * swiglu that takes over held products (nothing else held then). */
 static inline bool skip_op_named(cuda_state *st, const char *name, int keep = KEEP_NONE)
 {
     st->ops_seen++;
     if (st->mode == REPLAY)
         return true;
-    if (keep == KEEP_NONE || (keep == KEEP_HELD && st->pend_swiglu.a))
+    if (keep == KEEP_NONE || (keep == KEEP_HELD && st->pend_gate_up.held))
         cuda_flush(st);
     if (st->prof)
         cuda_profile_mark(st, name);
@@ -118,6 +122,9 @@ static inline void cuda_check(cudaError_t e, const char *what)
         exit(1);
     }
 }
+
+/* matmul.cu: the held gate and up products, with their swiglu or not */
+void cuda_gate_up_launch(cuda_state *st, bool with_swiglu);
 
 /* SwiGLU of gate value a and up value b, as every kernel computes it */
 static __device__ __forceinline__ float swiglu_value(float a, float b)

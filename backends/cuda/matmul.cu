@@ -143,12 +143,9 @@ __device__ void quant256_group(const float *x, int s, bool valid, block_q8_K *ou
 }
 
 /* Rows 0..n-1 of x (16-byte aligned, cols floats each) quantized to XB
- * into xs, xrow bytes apart, by all the threads of the block.  With xmul,
- * x is first what swiglu(x, xmul) would have written (ops.cu's swiglu_k:
- * the same expression, so the same floats). */
+ * into xs, xrow bytes apart, by all the threads of the block. */
 template <class XB>
-__device__ void quantize_to_shared(const float *x, int cols, int n, char *xs, size_t xrow,
-                                   const float *xmul = nullptr)
+__device__ void quantize_to_shared(const float *x, int cols, int n, char *xs, size_t xrow)
 {
     constexpr bool K = sizeof(XB) == sizeof(block_q8_K);
     constexpr int E = K ? 256 : 32, G = K ? 16 : G32, PER = E / G;
@@ -162,17 +159,6 @@ __device__ void quantize_to_shared(const float *x, int cols, int n, char *xs, si
         for (int i = 0; i < PER / 4; i++) {
             const float4 f = valid ? src[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             v[4 * i] = f.x, v[4 * i + 1] = f.y, v[4 * i + 2] = f.z, v[4 * i + 3] = f.w;
-        }
-        if (xmul) {
-            const float4 *mul = (const float4 *)(xmul + ((const float *)src - x));
-#pragma unroll
-            for (int i = 0; i < PER / 4; i++) {
-                const float4 m = valid ? mul[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                const float mv[4] = {m.x, m.y, m.z, m.w};
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    v[4 * i + e] = swiglu_value(v[4 * i + e], mv[e]);
-            }
         }
         XB *out = (XB *)(xs + (size_t)t * xrow) + b;
         if constexpr (K)
@@ -317,7 +303,7 @@ struct mm_dec_args {
     mm_part p[MAX_PARTS];
     int np, na, total;
     const float *x; /* n rows of cols floats, 16-byte aligned (quantized by each block) */
-    const float *xmul; /* a held-back swiglu's second operand (x := swiglu(x, xmul)), or NULL */
+    bool swiglu;    /* y of part 0 := swiglu(x p0^T, x p1^T): parts 0 and 1 row by row (gate, up) */
     const char *xq; /* or x already quantized (batches); NULL */
     size_t xrow;    /* bytes of a row as dotted: quantized, or floats */
     int cols, n, rpw;
@@ -372,7 +358,7 @@ __global__ void __launch_bounds__(MM_THREADS) mm_rows(mm_dec_args a)
                          : QUANT ? xs : (const char *)a.x + (size_t)t0 * a.xrow;
     if constexpr (QUANT)
         if (!a.xq) { /* (then n <= NT: one chunk of tokens) */
-            quantize_to_shared<typename qdot<T>::xblock>(a.x, a.cols, a.n, xs, a.xrow, a.xmul);
+            quantize_to_shared<typename qdot<T>::xblock>(a.x, a.cols, a.n, xs, a.xrow);
             __syncthreads();
         }
     for (int k = 0; k < a.rpw && g < a.total; k++, g += MM_WARPS) {
@@ -382,6 +368,19 @@ __global__ void __launch_bounds__(MM_THREADS) mm_rows(mm_dec_args a)
         const mm_part p = part_of(a, &r, &i);
         const char *wr = p.w + (size_t)r * p.wrow;
         float acc[NT];
+        if constexpr (T == T2 && QUANT)
+            if (a.swiglu) { /* gate row r, then up row r: one output */
+                float up[NT];
+                row_quant<T, NT>(wr, x, a.xrow, a.cols, nt, lane, acc);
+                row_quant<T, NT>(a.p[1].w + (size_t)r * a.p[1].wrow, x, a.xrow, a.cols, nt, lane, up);
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    const float gs = warp_sum(acc[t]), us = warp_sum(up[t]);
+                    if (lane == 0 && t < nt)
+                        p.y[(size_t)(t0 + t) * p.rows + r] = swiglu_value(gs, us);
+                }
+                continue;
+            }
         if constexpr (T != T2) { /* (a pair: both quantized, one dot type) */
             static_assert(sizeof(typename qdot<T>::xblock) == sizeof(typename qdot<T2>::xblock),
                           "a pair shares its dot type");
@@ -479,7 +478,7 @@ void launch_type(cuda_state *st, enum cm_type t, const mm_args &a)
     d.np = d.na = 1;
     d.total = a.rows;
     d.x = is_float_type(t) ? (const float *)a.x : NULL;
-    d.xmul = NULL;
+    d.swiglu = false;
     d.xq = is_float_type(t) ? NULL : a.x;
     d.xrow = a.xrow;
     d.cols = a.cols;
@@ -492,12 +491,11 @@ void launch_type(cuda_state *st, enum cm_type t, const mm_args &a)
  * block quantizing x; false (nothing done) where the batch is too large
  * for that. */
 bool launch_dec(cuda_state *st, enum cm_type t, enum cm_type t2, const mm_part *parts, int np,
-                int na, const float *x, int cols, int n, const float *xmul = NULL)
+                int na, const float *x, int cols, int n, bool swiglu = false)
 {
     const bool quant = !is_float_type(t);
     if ((t != t2 && !pair_supported(t, t2)) || n > DEC_N || np > MAX_PARTS ||
-        (quant && (long)n * cols > DEC_QUANT_MAX) || (uintptr_t)x % 16 ||
-        (xmul && (!quant || (uintptr_t)xmul % 16)))
+        (quant && (long)n * cols > DEC_QUANT_MAX) || (uintptr_t)x % 16)
         return false;
     mm_dec_args a;
     a.np = np;
@@ -507,8 +505,10 @@ bool launch_dec(cuda_state *st, enum cm_type t, enum cm_type t2, const mm_part *
         a.p[i] = parts[i < np ? i : 0];
         a.total += i < np ? parts[i].rows : 0;
     }
+    if (swiglu)
+        a.total = parts[0].rows; /* (each row of the gate with its row of up) */
     a.x = x;
-    a.xmul = xmul;
+    a.swiglu = swiglu;
     a.xq = NULL;
     a.xrow = quant ? cm_row_bytes(cm_type_get(t)->dot_type, cols) : (size_t)cols * sizeof(float);
     a.cols = cols;
@@ -665,19 +665,47 @@ bool matmul_pair(cuda_state *st, int nw, const cm_tensor *const *ws, const cm_te
     return np == nw && launch_dec(st, t, t2, parts, np, na, xd, (int)ws[0]->ne[0], n);
 }
 
-/* Generation: the product of w with the swiglu ops.cu held back (its
- * output is x), that swiglu done as the block quantizes x, so no launch
- * of its own; false (nothing done, the swiglu still held) where the
- * product is not one the generation kernels take. */
-bool swiglu_product(cuda_state *st, const cm_tensor *w, const cm_tensor *b, const float *x, int n,
-                    cm_tensor *y)
+/* Generation: two weights of one type (or a pair), as many rows, no bias,
+ * x one the generation kernels take: held back (st->pend_gate_up) in case
+ * they are a gate and an up whose swiglu comes next (ops.cu), so one
+ * launch does both products and the swiglu. */
+static bool hold_gate_up(cuda_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,
+                  const float *xd, int n, cm_tensor *const *ys)
 {
-    const mm_part p = part_for(w, b, (float *)dev_ptr(y));
-    if (!launch_dec(st, w->type, w->type, &p, 1, 1, x, (int)w->ne[0], n, st->pend_swiglu.b))
+    const enum cm_type t = ws[0]->type;
+    if (nw != 2 || n > DEC_N || ws[1]->type != t || ws[0]->ne[1] != ws[1]->ne[1] ||
+        ws[0]->ne[0] != ws[1]->ne[0] || (bs && (present(bs[0]) || present(bs[1]))) ||
+        is_float_type(t) || (long)n * ws[0]->ne[0] > DEC_QUANT_MAX || (uintptr_t)xd % 16)
         return false;
-    st->pend_swiglu.a = NULL;
-    cuda_check(cudaGetLastError(), "matmul");
+    auto &g = st->pend_gate_up;
+    g.type = t;
+    g.x = xd;
+    g.cols = (int)ws[0]->ne[0];
+    g.n = n;
+    for (int i = 0; i < 2; i++) {
+        const mm_part p = part_for(ws[i], NULL, (float *)dev_ptr(ys[i]));
+        g.w[i] = p.w, g.y[i] = p.y;
+        g.wrow = p.wrow;
+        g.rows = p.rows;
+    }
+    g.held = true;
     return true;
+}
+
+/* The held gate and up: with their swiglu (y of the gate := swiglu of
+ * both, the up's y untouched) or as plain products. */
+void cuda_gate_up_launch(cuda_state *st, bool with_swiglu)
+{
+    auto &g = st->pend_gate_up;
+    g.held = false;
+    mm_part parts[2];
+    for (int i = 0; i < 2; i++)
+        parts[i] = {g.w[i], g.wrow, NULL, g.y[i], g.rows};
+    if (!launch_dec(st, g.type, g.type, parts, 2, 2, g.x, g.cols, g.n, with_swiglu)) {
+        fprintf(stderr, "codemoe: cuda: a held product was refused\n");
+        exit(1);
+    }
+    cuda_check(cudaGetLastError(), "matmul");
 }
 
 /* Generation: one launch for all the weights where their types allow,
@@ -687,14 +715,12 @@ void cuda_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_te
                  const cm_tensor *x, cm_tensor *const *ys)
 {
     cuda_state *st = cuda_st(be);
-    const float *xd = (const float *)dev_ptr(x);
-    const bool fuse = nw == 1 && st->pend_swiglu.a == xd && !st->n_pend_rope && !st->pend_add.x;
-    if (skip_op(st, fuse ? KEEP_SWIGLU : KEEP_NONE))
+    if (skip_op(st))
         return;
     const int n = (int)x->ne[1];
-    if (fuse && swiglu_product(st, ws[0], bs ? bs[0] : NULL, xd, n, ys[0]))
+    const float *xd = (const float *)dev_ptr(x);
+    if (hold_gate_up(st, nw, ws, bs, xd, n, ys))
         return;
-    cuda_flush(st); /* (a held-back swiglu the product could not take) */
     if (matmul_pair(st, nw, ws, bs, xd, n, ys)) {
         cuda_check(cudaGetLastError(), "matmul");
         return;

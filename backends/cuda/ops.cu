@@ -377,12 +377,8 @@ void cuda_flush(cuda_state *st)
         cuda_check(cudaGetLastError(), "rope");
     }
     st->n_pend_rope = 0;
-    if (st->pend_swiglu.a) {
-        const long n = st->pend_swiglu.n;
-        swiglu_k<<<blocks_for(n, 256), 256, 0, st->stream>>>(st->pend_swiglu.a, st->pend_swiglu.b, n);
-        cuda_check(cudaGetLastError(), "swiglu");
-        st->pend_swiglu.a = NULL;
-    }
+    if (st->pend_gate_up.held)
+        cuda_gate_up_launch(st, false);
     if (st->pend_add.x) {
         const long n = st->pend_add.n;
         add_k<<<blocks_for(n, 256), 256, 0, st->stream>>>(st->pend_add.x, st->pend_add.y, n);
@@ -427,16 +423,24 @@ void cuda_clear(cm_backend *be, cm_tensor *x)
     cuda_check(cudaMemsetAsync(dev_ptr(x), 0, x->nbytes, cuda_st(be)->stream), "clear");
 }
 
-/* Held back: the product that reads a next may do it as it quantizes a
- * (matmul.cu); any other op runs it first (cuda_flush). */
+/* The swiglu of two held-back products (a gate and an up, matmul.cu) is
+ * part of their launch; any other runs on its own. */
 void cuda_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
 {
     cuda_state *st = cuda_st(be);
-    if (skip_op(st))
+    const auto &g = st->pend_gate_up;
+    const bool take = g.held && g.y[0] == (float *)dev_ptr(a) && g.y[1] == (float *)dev_ptr(b) &&
+                      elems(a) == (long)g.rows * g.n && !st->n_pend_rope && !st->pend_add.x;
+    if (skip_op(st, take ? KEEP_GATE_UP : KEEP_NONE))
         return;
-    st->pend_swiglu.a = (float *)dev_ptr(a);
-    st->pend_swiglu.b = (const float *)dev_ptr(b);
-    st->pend_swiglu.n = elems(a);
+    if (take) {
+        cuda_gate_up_launch(st, true);
+        return;
+    }
+    long n = elems(a);
+    swiglu_k<<<blocks_for(n, 256), 256, 0, st->stream>>>((float *)dev_ptr(a),
+                                                         (const float *)dev_ptr(b), n);
+    cuda_check(cudaGetLastError(), "swiglu");
 }
 
 void cuda_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out)
