@@ -61,11 +61,13 @@ for b in $backends; do
     done
     sweep "$b"
     # rows: scheme,language,...,ppl (5),...,kld (7); the same members, the same numbers
+    # within 1e-3 (the q8_0 model's activations are rounded to 8 bits: a
+    # device whose float division rounds differently flips a few of them)
     paste -d, "$TMP/sweep-cpu.csv" "$TMP/sweep-$b.csv" | awk -F, -v b="$b" '
         NR == 1 { n = NF / 2; next }
         { if ($1 != $(n + 1) || $2 != $(n + 2) || $11 != $(n + 11)) { print "row " NR " differs"; bad = 1 }
           d = $5 - $(n + 5); if (d < 0) d = -d
-          if (d > 1e-4 * $5) { print b ": " $2 " ppl " $(n + 5) ", the cpu " $5; bad = 1 }
+          if (d > 1e-3 * $5) { print b ": " $2 " ppl " $(n + 5) ", the cpu " $5; bad = 1 }
           d = $7 - $(n + 7); if (d < 0) d = -d
           if (d > 1e-4 + 0.01 * $7) { print b ": " $2 " kld " $(n + 7) ", the cpu " $7; bad = 1 } }
         END { if (NR != 3) { print "rows: " NR - 1 ", not 2"; bad = 1 } exit bad }' >"$TMP/diff" ||

@@ -1,22 +1,28 @@
 /* backend_vulkan.c - the Vulkan backend: any GPU a laptop has (and Mesa's
  * lavapipe on the CPU, which CI tests on).
  *
- * What it has so far: device selection, memory, the KV cache (F32, F16, Q8_0),
+ * What it has: device selection, memory, the KV cache (F32, F16, Q8_0),
  * attention, norms, RoPE, the activations, residual adds, the MoE row
- * moves, and the products (matmul, logits) and embeddings for F32, F16,
- * Q8_0 and Q4_0 weights, as compute shaders (backends/vulkan/shaders,
- * compiled to SPIR-V by glslc at build time and embedded).  The products
- * have the reference's arithmetic: activations quantized to q8_0 for the
- * quantized weights, integer block dots, then the scales.  Routing, and
- * the products and embeddings of other weight types (has_type), run on the
- * CPU through the engine's fallback, reading the device's buffers in
- * place: every buffer is host-visible and mapped, and every op waits for
- * its dispatch, so the CPU may read and write them between ops (backend.h's
- * contract for buffers with a host address).  Weights are copied into such
- * buffers by the engine's placement. */
+ * moves, and the products (matmul, logits) and embeddings of every weight
+ * type, as compute shaders (backends/vulkan/shaders, compiled to SPIR-V by
+ * glslc at build time and embedded).  The products have the reference's
+ * arithmetic: activations quantized to q8_0/q8_1/q8_K for the quantized
+ * weights, integer block dots, then the scales.  Routing runs on the CPU
+ * through the engine's fallback.
+ *
+ * Ops are recorded, not run: a batch's dispatches go into one command
+ * buffer with a barrier between dependent ones, and are submitted and
+ * waited for only where the host needs their results or is about to write
+ * what they read (download, synchronize, logits, upload; the fallback's
+ * copies are downloads and uploads).  So buffers have no host address for
+ * the engine (buf->host NULL: backend.h's contract for memory the CPU
+ * cannot read at any time); they live in device-local memory, mapped where
+ * the host can map it (integrated GPUs, lavapipe), else reached through a
+ * staging buffer.  Descriptor sets are made once per binding and kept. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <vulkan/vulkan.h>
 
@@ -42,7 +48,8 @@ void vk_check(VkResult r, const char *what)
 }
 
 /* With CODEMOE_VULKAN_VALIDATION=1 the Khronos validation layer checks
- * every call; an error it reports ends the program (tests run this way). */
+ * every call, and the synchronization of the recorded batches where it
+ * can; an error it reports ends the program (tests run this way). */
 static VKAPI_ATTR VkBool32 VKAPI_CALL on_validation(VkDebugUtilsMessageSeverityFlagBitsEXT sev,
                                                     VkDebugUtilsMessageTypeFlagsEXT type,
                                                     const VkDebugUtilsMessengerCallbackDataEXT *d,
@@ -64,24 +71,50 @@ static int validation_wanted(void)
 
 /* ------------------------------------------------------------ devices */
 
+/* Whether the validation layer offers VK_EXT_validation_features (then
+ * its synchronization validation is turned on too: a missing barrier
+ * between recorded dispatches is an error like any other). */
+static int has_validation_features(const char *layer)
+{
+    uint32_t n = 0;
+    if (vkEnumerateInstanceExtensionProperties(layer, &n, NULL) != VK_SUCCESS || n == 0)
+        return 0;
+    VkExtensionProperties *e = calloc(n, sizeof *e);
+    int found = 0;
+    if (e && vkEnumerateInstanceExtensionProperties(layer, &n, e) == VK_SUCCESS)
+        for (uint32_t i = 0; i < n && !found; i++)
+            found = !strcmp(e[i].extensionName, VK_EXT_VALIDATION_FEATURES_EXTENSION_NAME);
+    free(e);
+    return found;
+}
+
 static VkResult make_instance(vk_state *st)
 {
     VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
                              .pApplicationName = "codemoe",
                              .apiVersion = VK_API_VERSION_1_1};
-    const char *layer = "VK_LAYER_KHRONOS_validation", *ext = VK_EXT_DEBUG_UTILS_EXTENSION_NAME;
-    const int val = validation_wanted();
+    const char *layer = "VK_LAYER_KHRONOS_validation";
+    const char *ext[2] = {VK_EXT_DEBUG_UTILS_EXTENSION_NAME,
+                          VK_EXT_VALIDATION_FEATURES_EXTENSION_NAME};
+    const int val = validation_wanted(), sync = val && has_validation_features(layer);
+    const VkValidationFeatureEnableEXT en =
+        VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT;
+    VkValidationFeaturesEXT vf = {.sType = VK_STRUCTURE_TYPE_VALIDATION_FEATURES_EXT,
+                                  .enabledValidationFeatureCount = 1,
+                                  .pEnabledValidationFeatures = &en};
     VkInstanceCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO,
+                               .pNext = sync ? &vf : NULL,
                                .pApplicationInfo = &app,
                                .enabledLayerCount = val,
                                .ppEnabledLayerNames = &layer,
-                               .enabledExtensionCount = val,
-                               .ppEnabledExtensionNames = &ext};
+                               .enabledExtensionCount = (uint32_t)(val + sync),
+                               .ppEnabledExtensionNames = ext};
     VkResult r = vkCreateInstance(&ci, NULL, &st->inst);
     if (r == VK_ERROR_LAYER_NOT_PRESENT || r == VK_ERROR_EXTENSION_NOT_PRESENT) {
         fprintf(stderr, "[codemoe] CODEMOE_VULKAN_VALIDATION=1, but the Khronos validation layer "
                         "is not installed (vulkan-validationlayers): running without it\n");
         ci.enabledLayerCount = ci.enabledExtensionCount = 0;
+        ci.pNext = NULL;
         return vkCreateInstance(&ci, NULL, &st->inst);
     }
     if (r != VK_SUCCESS || !val)
@@ -142,7 +175,13 @@ static cm_status pick_device(vk_state *st, int device, cm_err *err)
 }
 
 /* Host-visible, coherent memory (device-local too where the device has
- * such a heap): the CPU reads and writes buffers in place. */
+ * such a heap), for what the CPU writes or reads in place (row lists, the
+ * rotary table, the logits on their way out, the staging buffer); and the
+ * memory of the weights, activations, cache and scratch: that same type
+ * where it is device-local (integrated GPUs, lavapipe, a large BAR), else
+ * the largest device-local heap, which the CPU reaches through copies
+ * (vk_upload, vk_download): shaders never read a discrete GPU's weights
+ * across the bus. */
 static cm_status pick_memory(vk_state *st, cm_err *err)
 {
     VkPhysicalDeviceMemoryProperties mp;
@@ -163,8 +202,18 @@ static cm_status pick_memory(vk_state *st, cm_err *err)
     }
     if (best < 0)
         return cm_fail(err, CM_E_UNSUPPORTED, "vulkan: the device has no host-visible memory");
-    st->mem_type = (uint32_t)best;
+    st->host_type = st->mem_type = (uint32_t)best;
     st->heap_size = mp.memoryHeaps[mp.memoryTypes[best].heapIndex].size;
+    if (mp.memoryTypes[best].propertyFlags & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT)
+        return CM_OK;
+    VkDeviceSize most = 0;
+    for (uint32_t i = 0; i < mp.memoryTypeCount; i++) {
+        const VkDeviceSize heap = mp.memoryHeaps[mp.memoryTypes[i].heapIndex].size;
+        if ((mp.memoryTypes[i].propertyFlags & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) &&
+            heap > most)
+            most = heap, st->mem_type = i;
+    }
+    st->heap_size = most ? most : st->heap_size;
     return CM_OK;
 }
 
@@ -185,6 +234,10 @@ static cm_status make_device(vk_state *st, cm_err *err)
     st->align = props.limits.minStorageBufferOffsetAlignment;
     st->align = st->align < 4 ? 4 : st->align;
     st->max_range = props.limits.maxStorageBufferRange;
+    /* rows per product workgroup: a subgroup's each (fewer, larger
+     * workgroups measured no faster on lavapipe once each type's
+     * pipeline holds only its own code) */
+    st->mm_rows = 8;
     VkPhysicalDeviceFeatures have, use = {0};
     vkGetPhysicalDeviceFeatures(st->phys, &have);
     st->f64 = have.shaderFloat64;
@@ -217,6 +270,18 @@ static cm_status make_device(vk_state *st, cm_err *err)
     return CM_OK;
 }
 
+static VkResult make_pipeline(vk_state *st, VkShaderModule mod, const VkSpecializationInfo *si,
+                              VkPipeline *out)
+{
+    VkComputePipelineCreateInfo ci = {
+        .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+        .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
+                  .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = mod, .pName = "main",
+                  .pSpecializationInfo = si},
+        .layout = st->pipe_layout};
+    return vkCreateComputePipelines(st->dev, VK_NULL_HANDLE, 1, &ci, NULL, out);
+}
+
 /* One layout for every shader: four storage buffers and 128 bytes of push
  * constants. */
 static cm_status make_pipelines(vk_state *st, cm_err *err)
@@ -236,9 +301,10 @@ static cm_status make_pipelines(vk_state *st, cm_err *err)
                                       .pushConstantRangeCount = 1, .pPushConstantRanges = &pc};
     if (r == VK_SUCCESS)
         r = vkCreatePipelineLayout(st->dev, &pli, NULL, &st->pipe_layout);
-    VkDescriptorPoolSize ps = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 4};
+    VkDescriptorPoolSize ps = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 4 * VK_SET_SLOTS / 2};
     VkDescriptorPoolCreateInfo dpi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO,
-                                      .maxSets = 1, .poolSizeCount = 1, .pPoolSizes = &ps};
+                                      .maxSets = VK_SET_SLOTS / 2, .poolSizeCount = 1,
+                                      .pPoolSizes = &ps};
     if (r == VK_SUCCESS)
         r = vkCreateDescriptorPool(st->dev, &dpi, NULL, &st->desc_pool);
     for (int i = 0; r == VK_SUCCESS && i < VK_SHADER_COUNT; i++) {
@@ -248,42 +314,69 @@ static cm_status make_pipelines(vk_state *st, cm_err *err)
         VkShaderModule mod;
         if ((r = vkCreateShaderModule(st->dev, &mi, NULL, &mod)) != VK_SUCCESS)
             break;
-        VkComputePipelineCreateInfo ci = {
-            .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
-            .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
-                      .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = mod, .pName = "main"},
-            .layout = st->pipe_layout};
-        r = vkCreateComputePipelines(st->dev, VK_NULL_HANDLE, 1, &ci, NULL, &st->pipe[i]);
+        if (i == VK_SH_MATMUL) { /* its pipelines are per type: made when first used */
+            st->mm_module = mod;
+            continue;
+        }
+        r = make_pipeline(st, mod, NULL, &st->pipe[i]);
         vkDestroyShaderModule(st->dev, mod, NULL);
     }
     return r == VK_SUCCESS ? CM_OK : vk_fail(err, r, "creating the compute pipelines");
+}
+
+/* The product's pipeline for weight type code t (matmul.comp's TYPE), made
+ * the first time a weight of that type is multiplied: the dozen types'
+ * pipelines would take most of a context's start on a CPU device. */
+int vk_pipe_matmul(vk_state *st, uint32_t t)
+{
+    const int i = VK_SHADER_COUNT + (int)t;
+    if (st->pipe[i])
+        return i;
+    const uint32_t v[2] = {t, st->mm_rows};
+    const VkSpecializationMapEntry e[2] = {{0, 0, 4}, {1, 4, 4}};
+    const VkSpecializationInfo si = {2, e, sizeof v, v};
+    vk_check(make_pipeline(st, st->mm_module, &si, &st->pipe[i]), "creating a matmul pipeline");
+    return i;
 }
 
 /* ------------------------------------------------------------ memory */
 
 VkResult vk_buf_make(vk_state *st, VkDeviceSize size, vk_buf *b)
 {
+    return vk_buf_make_in(st, size, 0, b);
+}
+
+VkResult vk_buf_make_in(vk_state *st, VkDeviceSize size, int host, vk_buf *b)
+{
+    const uint32_t type = host ? st->host_type : st->mem_type;
     memset(b, 0, sizeof *b);
     /* whole uints: the shaders read 2-byte aligned weights as uints */
     b->size = size ? (size + 3) / 4 * 4 : 4;
     VkBufferCreateInfo bi = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
                              .size = b->size,
-                             .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT,
+                             .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
+                                      VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                                      VK_BUFFER_USAGE_TRANSFER_DST_BIT,
                              .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
     VkResult r = vkCreateBuffer(st->dev, &bi, NULL, &b->buf);
     if (r != VK_SUCCESS)
         return r;
     VkMemoryRequirements req;
     vkGetBufferMemoryRequirements(st->dev, b->buf, &req);
-    if (!(req.memoryTypeBits & (1u << st->mem_type)))
+    if (!(req.memoryTypeBits & (1u << type)))
         return VK_ERROR_FEATURE_NOT_PRESENT;
     VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
-                               .allocationSize = req.size, .memoryTypeIndex = st->mem_type};
+                               .allocationSize = req.size, .memoryTypeIndex = type};
     if ((r = vkAllocateMemory(st->dev, &ai, NULL, &b->mem)) != VK_SUCCESS)
         return r;
-    st->allocated += req.size;
+    st->allocated += type == st->mem_type ? req.size : 0;
     if ((r = vkBindBufferMemory(st->dev, b->buf, b->mem, 0)) != VK_SUCCESS)
         return r;
+    /* device memory the host can map is used in place, unless
+     * CODEMOE_VULKAN_STAGING=1 asks for the copies a discrete GPU needs
+     * (so lavapipe tests them) */
+    if (!host && (type != st->host_type || st->force_staging))
+        return VK_SUCCESS;
     return vkMapMemory(st->dev, b->mem, 0, VK_WHOLE_SIZE, 0, &b->map);
 }
 
@@ -295,16 +388,197 @@ void vk_buf_drop(vk_state *st, vk_buf *b)
         vkDestroyBuffer(st->dev, b->buf, NULL);
     if (b->mem) {
         vkFreeMemory(st->dev, b->mem, NULL);
-        st->allocated -= st->allocated >= b->size ? b->size : st->allocated;
+        if (!b->map || st->mem_type == st->host_type)
+            st->allocated -= st->allocated >= b->size ? b->size : st->allocated;
     }
     memset(b, 0, sizeof *b);
 }
 
+/* ------------------------------------------------------------ recording */
+
+/* Ops record their dispatches into st->cmd; nothing runs until vk_flush
+ * submits the lot (where the host needs results: download, synchronize,
+ * logits, or before the host writes a buffer), so a batch is one submit
+ * and one wait instead of one per dispatch. */
+static void record_begin(vk_state *st)
+{
+    if (st->recording)
+        return;
+    VkCommandBufferBeginInfo begin = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                      .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+    vk_check(vkBeginCommandBuffer(st->cmd, &begin), "recording");
+    st->recording = 1;
+    st->dirty = 0;
+    st->bound = -1;
+}
+
+#define WRITES (VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT)
+#define STAGES (VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT)
+
+/* Everything recorded so far (shader and transfer writes) finished and
+ * visible to what comes next.  One global barrier: ops read and write
+ * parts of shared activation buffers, so finer tracking would buy little;
+ * only the dispatches of one product (vk_group) skip it. */
+static void barrier(vk_state *st)
+{
+    if (!st->dirty)
+        return;
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                          .srcAccessMask = WRITES,
+                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
+                                           VK_ACCESS_TRANSFER_READ_BIT |
+                                           VK_ACCESS_TRANSFER_WRITE_BIT};
+    vkCmdPipelineBarrier(st->cmd, STAGES, STAGES, 0, 1, &mb, 0, NULL, 0, NULL);
+    st->dirty = 0;
+}
+
+void vk_group(vk_state *st, int on)
+{
+    if (on) {
+        record_begin(st);
+        barrier(st); /* the group's inputs are ready; its members are not ordered */
+    }
+    st->grouped = on;
+}
+
+/* Submits what is recorded and waits for it.  keep_arena: an op being
+ * recorded has its host data in the arena already. */
+static void submit_wait(vk_state *st, int keep_arena)
+{
+    if (!st->recording)
+        return;
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                          .srcAccessMask = WRITES,
+                          .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
+    vkCmdPipelineBarrier(st->cmd, STAGES, VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+    vk_check(vkEndCommandBuffer(st->cmd), "recording");
+    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1,
+                       .pCommandBuffers = &st->cmd};
+    vk_check(vkQueueSubmit(st->queue, 1, &si, st->fence), "submitting");
+    vk_check(vkWaitForFences(st->dev, 1, &st->fence, VK_TRUE, UINT64_MAX), "waiting");
+    vk_check(vkResetFences(st->dev, 1, &st->fence), "resetting a fence");
+    vk_check(vkResetCommandBuffer(st->cmd, 0), "resetting a command buffer");
+    st->recording = 0;
+    st->arena_used = keep_arena ? st->arena_used : 0;
+}
+
+/* Then the host may read what the ops wrote, and write what they read. */
+void vk_flush(vk_state *st) { submit_wait(st, 0); }
+
+/* n bytes of st->rows for an op's host data (row ids, weights), at a
+ * 4-byte multiple *at: written now by the host, read when the batch runs,
+ * so each op gets its own (the arena starts over after a flush). */
+void *vk_arena(vk_state *st, size_t n, uint32_t *at)
+{
+    n = (n + 3) / 4 * 4;
+    if (n > st->rows.size) {
+        fprintf(stderr, "codemoe: vulkan: %zu bytes of row lists, more than the %llu reserved\n",
+                n, (unsigned long long)st->rows.size);
+        exit(1);
+    }
+    if (st->arena_used + n > st->rows.size)
+        vk_flush(st);
+    *at = (uint32_t)(st->arena_used / 4);
+    st->arena_used += n;
+    return (char *)st->rows.map + (size_t)*at * 4;
+}
+
+/* ------------------------------------------------------------ descriptor sets */
+
+/* A descriptor set per distinct binding of the four buffers (buffer,
+ * offset, range), made once and kept: a model's ops bind the same few
+ * hundred combinations token after token, so after the first batch a
+ * dispatch allocates and writes nothing.  A full table (or a freed buffer,
+ * whose handle may come back) starts the table and the pool over. */
+static uint64_t set_hash(const VkDescriptorBufferInfo bi[4])
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < 4; i++) {
+        const uint64_t v[3] = {(uint64_t)(uintptr_t)bi[i].buffer, bi[i].offset, bi[i].range};
+        for (int k = 0; k < 3; k++)
+            h = (h ^ v[k]) * 0x100000001b3ull, h ^= h >> 29;
+    }
+    return h;
+}
+
+void vk_sets_reset(vk_state *st)
+{
+    submit_wait(st, 1);
+    vk_check(vkResetDescriptorPool(st->dev, st->desc_pool, 0), "resetting descriptor sets");
+    memset(st->sets, 0, sizeof st->sets);
+    st->n_sets = 0;
+}
+
+static VkDescriptorSet set_for(vk_state *st, const VkDescriptorBufferInfo bi[4])
+{
+    const uint64_t h = set_hash(bi);
+    for (;;) {
+        for (uint32_t k = 0; k < VK_SET_SLOTS; k++) {
+            vk_set_entry *e = &st->sets[(h + k) % VK_SET_SLOTS];
+            if (!e->set)
+                break;
+            if (e->hash == h && !memcmp(e->bi, bi, sizeof e->bi))
+                return e->set;
+        }
+        if (st->n_sets < VK_SET_SLOTS / 2)
+            break;
+        vk_sets_reset(st); /* half full: probes stay short */
+    }
+    vk_set_entry *e = &st->sets[h % VK_SET_SLOTS];
+    for (uint32_t k = 1; e->set; k++)
+        e = &st->sets[(h + k) % VK_SET_SLOTS];
+    VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+                                      .descriptorPool = st->desc_pool, .descriptorSetCount = 1,
+                                      .pSetLayouts = &st->set_layout};
+    vk_check(vkAllocateDescriptorSets(st->dev, &ai, &e->set), "allocating a descriptor set");
+    VkWriteDescriptorSet w[4];
+    for (uint32_t i = 0; i < 4; i++)
+        w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
+                                      .dstSet = e->set, .dstBinding = i, .descriptorCount = 1,
+                                      .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                      .pBufferInfo = &bi[i]};
+    vkUpdateDescriptorSets(st->dev, 4, w, 0, NULL);
+    memcpy(e->bi, bi, sizeof e->bi);
+    e->hash = h;
+    st->n_sets++;
+    return e->set;
+}
+
 /* ------------------------------------------------------------ dispatch */
 
-/* Runs shader s over grid (x, y, z) with buffers b (NULL: the dummy) and
- * push constants pc, and waits for it: ops are synchronous, so the CPU
- * sees their results, and may write buffers, as soon as they return. */
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* CODEMOE_VULKAN_PROFILE=1: every dispatch submitted and waited for on
+ * its own (so the batch is not what runs), its time added to its
+ * shader's, the totals printed when the backend is released. */
+static void profile(vk_state *st, int s, uint32_t groups)
+{
+    const double t0 = now_s();
+    vk_flush(st);
+    st->prof_s[s] += now_s() - t0;
+    st->prof_n[s]++;
+    st->prof_groups[s] += groups;
+}
+
+static void profile_report(vk_state *st)
+{
+    static const char *const names[VK_PIPE_COUNT] = {
+        "add", "swiglu", "gelu", "add_gated", "gather", "scatter_add", "norm",
+        "rope", "kv_store", "attention", "quantize", "matmul", "embed"};
+    fprintf(stderr, "[codemoe] vulkan profile (each dispatch waited for):\n");
+    for (int i = 0; i < VK_PIPE_COUNT; i++)
+        if (st->prof_n[i])
+            fprintf(stderr, "  %-12s %8llu dispatches %10.4f s %12llu workgroups\n",
+                    names[i] ? names[i] : "matmul",
+                    (unsigned long long)st->prof_n[i], st->prof_s[i],
+                    (unsigned long long)st->prof_groups[i]);
+}
+
 void vk_dispatch(vk_state *st, int s, vk_buf *const b[4], const void *pc, size_t pc_bytes,
                  uint32_t x, uint32_t y, uint32_t z)
 {
@@ -315,47 +589,38 @@ void vk_dispatch_at(vk_state *st, int s, vk_buf *const b[4], const VkDeviceSize 
                     const VkDeviceSize range[4], const void *pc, size_t pc_bytes, uint32_t x,
                     uint32_t y, uint32_t z)
 {
-    VkDescriptorSet set;
-    VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
-                                      .descriptorPool = st->desc_pool, .descriptorSetCount = 1,
-                                      .pSetLayouts = &st->set_layout};
-    vk_check(vkAllocateDescriptorSets(st->dev, &ai, &set), "allocating a descriptor set");
     VkDescriptorBufferInfo bi[4];
-    VkWriteDescriptorSet w[4];
     for (int i = 0; i < 4; i++) {
         const vk_buf *vb = b[i] ? b[i] : &st->dummy;
         bi[i] = (VkDescriptorBufferInfo){vb->buf, b[i] && off ? off[i] : 0,
                                          b[i] && range ? range[i] : VK_WHOLE_SIZE};
-        w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
-                                      .dstSet = set, .dstBinding = (uint32_t)i,
-                                      .descriptorCount = 1,
-                                      .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                                      .pBufferInfo = &bi[i]};
     }
-    vkUpdateDescriptorSets(st->dev, 4, w, 0, NULL);
-    VkCommandBufferBeginInfo begin = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
-                                      .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
-    vk_check(vkBeginCommandBuffer(st->cmd, &begin), "recording");
-    vkCmdBindPipeline(st->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, st->pipe[s]);
+    const VkDescriptorSet set = set_for(st, bi); /* before recording: it may flush */
+    record_begin(st);
+    if (!st->grouped)
+        barrier(st);
+    if (st->bound != s) {
+        vkCmdBindPipeline(st->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, st->pipe[s]);
+        st->bound = s;
+    }
     vkCmdBindDescriptorSets(st->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, st->pipe_layout, 0, 1, &set, 0,
                             NULL);
     vkCmdPushConstants(st->cmd, st->pipe_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
                        (uint32_t)pc_bytes, pc);
     vkCmdDispatch(st->cmd, x, y, z);
-    /* the shader's writes made visible to the host that reads them next */
-    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-                          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
-                          .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
-    vkCmdPipelineBarrier(st->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_HOST_BIT,
-                         0, 1, &mb, 0, NULL, 0, NULL);
-    vk_check(vkEndCommandBuffer(st->cmd), "recording");
-    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1,
-                       .pCommandBuffers = &st->cmd};
-    vk_check(vkQueueSubmit(st->queue, 1, &si, st->fence), "submitting");
-    vk_check(vkWaitForFences(st->dev, 1, &st->fence, VK_TRUE, UINT64_MAX), "waiting");
-    vkResetFences(st->dev, 1, &st->fence);
-    vkResetCommandBuffer(st->cmd, 0);
-    vkResetDescriptorPool(st->dev, st->desc_pool, 0);
+    st->dirty = 1;
+    if (st->profile)
+        profile(st, s, x * y * z);
+}
+
+/* bytes bytes of b from byte off (multiples of 4) set to 0, in order with
+ * the dispatches around it. */
+void vk_fill_zero(vk_state *st, vk_buf *b, VkDeviceSize off, VkDeviceSize bytes)
+{
+    record_begin(st);
+    barrier(st);
+    vkCmdFillBuffer(st->cmd, b->buf, off, bytes, 0);
+    st->dirty = 1;
 }
 
 
@@ -399,6 +664,17 @@ static size_t lout_bytes(const cm_backend_shape *s)
     return n * row;
 }
 
+/* The arena of the ops' row lists (vk_arena): room for many ops' lists
+ * (ids, or ids and weights: 8 bytes a row) between flushes. */
+static size_t rows_bytes(const cm_backend_shape *s)
+{
+    const size_t n = (size_t)32 * (s->n_batch + 1) * 2 * sizeof(float);
+    return n < 65536 ? 65536 : n;
+}
+
+/* The staging buffer of copies to and from unmapped device memory. */
+#define STAGE_BYTES ((size_t)4 << 20)
+
 static size_t vk_state_bytes(const cm_backend_shape *s)
 {
     const cm_hparams *hp = &s->m->hp;
@@ -406,7 +682,7 @@ static size_t vk_state_bytes(const cm_backend_shape *s)
                          : (size_t)hp->n_layer * (kv_cache_bytes(s, hp->head_dim) +
                                                   kv_cache_bytes(s, hp->head_dim_v));
     return kv + (size_t)s->n_ctx * hp->rope_dim * sizeof(float) +
-           (size_t)(s->n_batch + 1) * 2 * sizeof(float) + xq_bytes(s) + lout_bytes(s);
+           rows_bytes(s) + xq_bytes(s) + lout_bytes(s) + STAGE_BYTES;
 }
 
 static void vk_release(cm_backend *be)
@@ -415,16 +691,21 @@ static void vk_release(cm_backend *be)
     if (!st)
         return;
     if (st->dev) {
+        vk_flush(st);
+        if (st->profile)
+            profile_report(st);
         vkDeviceWaitIdle(st->dev);
         for (int il = 0; st->k_cache && il < st->hp->n_layer; il++) {
             vk_buf_drop(st, st->k_cache[il]), vk_buf_drop(st, st->v_cache[il]);
             free(st->k_cache[il]), free(st->v_cache[il]);
         }
         vk_buf_drop(st, &st->rope_cs), vk_buf_drop(st, &st->rows), vk_buf_drop(st, &st->dummy);
-        vk_buf_drop(st, &st->xq), vk_buf_drop(st, &st->lout);
-        for (int i = 0; i < VK_SHADER_COUNT; i++)
+        vk_buf_drop(st, &st->xq), vk_buf_drop(st, &st->lout), vk_buf_drop(st, &st->stage);
+        for (int i = 0; i < VK_PIPE_COUNT; i++)
             if (st->pipe[i])
                 vkDestroyPipeline(st->dev, st->pipe[i], NULL);
+        if (st->mm_module)
+            vkDestroyShaderModule(st->dev, st->mm_module, NULL);
         if (st->desc_pool)
             vkDestroyDescriptorPool(st->dev, st->desc_pool, NULL);
         if (st->pipe_layout)
@@ -458,15 +739,17 @@ static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *e
 {
     const cm_hparams *hp = st->hp;
     const size_t n_cs = (size_t)s->n_ctx * hp->rope_dim;
-    VkResult r = vk_buf_make(st, n_cs * sizeof(float), &st->rope_cs);
+    VkResult r = vk_buf_make_in(st, n_cs * sizeof(float), 1, &st->rope_cs);
     if (r == VK_SUCCESS)
-        r = vk_buf_make(st, (size_t)(s->n_batch + 1) * 2 * sizeof(float), &st->rows);
+        r = vk_buf_make_in(st, rows_bytes(s), 1, &st->rows);
     if (r == VK_SUCCESS)
-        r = vk_buf_make(st, 16, &st->dummy);
+        r = vk_buf_make_in(st, 16, 1, &st->dummy);
     if (r == VK_SUCCESS)
         r = vk_buf_make(st, xq_bytes(s), &st->xq);
     if (r == VK_SUCCESS)
-        r = vk_buf_make(st, lout_bytes(s), &st->lout);
+        r = vk_buf_make_in(st, lout_bytes(s), 1, &st->lout);
+    if (r == VK_SUCCESS)
+        r = vk_buf_make_in(st, STAGE_BYTES, 1, &st->stage);
     st->xq_blocks = st->xq.size / 40;
     if (r != VK_SUCCESS)
         return vk_fail(err, r, "allocating buffers");
@@ -512,6 +795,9 @@ static cm_status vk_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
     st->n_ctx = s->n_ctx;
     st->n_batch = s->n_batch;
     st->kv = s->kv == CM_KV_Q8_0 ? 2 : s->kv == CM_KV_F16 ? 1 : 0;
+    const char *prof = getenv("CODEMOE_VULKAN_PROFILE"), *stage = getenv("CODEMOE_VULKAN_STAGING");
+    st->profile = prof && !strcmp(prof, "1");
+    st->force_staging = stage && !strcmp(stage, "1");
     VkResult r = make_instance(st);
     if (r != VK_SUCCESS)
         return cm_fail(err, CM_E_UNSUPPORTED, "vulkan: no usable Vulkan loader or driver "
@@ -617,32 +903,63 @@ static cm_status vk_buffer_alloc(cm_backend *be, size_t bytes, cm_buffer *buf, c
                        bytes / 1048576.0, (int)r);
     }
     buf->dev = b;
-    buf->host = b->map;
+    buf->host = NULL; /* mapped, but current only after a flush: the engine asks */
     buf->size = bytes;
     return CM_OK;
 }
 
 static void vk_buffer_free(cm_backend *be, cm_buffer *buf)
 {
+    vk_sets_reset(vk_st(be)); /* (which waits for any op using it) */
     vk_buf_drop(vk_st(be), buf->dev);
     free(buf->dev);
     buf->dev = buf->host = NULL;
 }
 
-/* Every op has finished when it returns: the mapped bytes are current. */
+/* bytes between host and b from byte off through st->stage, a piece at a
+ * time: a copy recorded and run for each. */
+static void staged(vk_state *st, vk_buf *b, VkDeviceSize off, char *host, size_t bytes, int up)
+{
+    for (size_t done = 0; done < bytes;) {
+        const size_t n = bytes - done < st->stage.size ? bytes - done : st->stage.size;
+        if (up)
+            memcpy(st->stage.map, host + done, n);
+        record_begin(st);
+        const VkBufferCopy c = {up ? 0 : off + done, up ? off + done : 0, n};
+        vkCmdCopyBuffer(st->cmd, up ? st->stage.buf : b->buf, up ? b->buf : st->stage.buf, 1, &c);
+        st->dirty = 1;
+        vk_flush(st);
+        if (!up)
+            memcpy(host + done, st->stage.map, n);
+        done += n;
+    }
+}
+
+/* The recorded ops run first: they may read what is overwritten here, or
+ * write what is read. */
 static void vk_upload(cm_backend *be, const cm_tensor *dst, const void *src, size_t bytes)
 {
-    (void)be;
-    memcpy((char *)dst->buf->host + dst->offs, src, bytes);
+    vk_state *st = vk_st(be);
+    vk_buf *b = vk_buf_of(dst);
+    vk_flush(st);
+    if (b->map)
+        memcpy((char *)b->map + dst->offs, src, bytes);
+    else
+        staged(st, b, dst->offs, (char *)(uintptr_t)src, bytes, 1);
 }
 
 static void vk_download(cm_backend *be, const cm_tensor *src, void *dst, size_t bytes)
 {
-    (void)be;
-    memcpy(dst, (const char *)src->buf->host + src->offs, bytes);
+    vk_state *st = vk_st(be);
+    vk_buf *b = vk_buf_of(src);
+    vk_flush(st);
+    if (b->map)
+        memcpy(dst, (const char *)b->map + src->offs, bytes);
+    else
+        staged(st, b, src->offs, dst, bytes, 0);
 }
 
-static void vk_synchronize(cm_backend *be) { (void)be; }
+static void vk_synchronize(cm_backend *be) { vk_flush(vk_st(be)); }
 
 static void vk_mem_info(cm_backend *be, size_t *free_bytes, size_t *total_bytes)
 {

@@ -1,7 +1,8 @@
 /* ops_vulkan.c - the Vulkan backend's ops: each one shader dispatch, or a
  * few (the products: the activations quantized, then a dispatch per weight)
  * (the .comp files of backends/vulkan/shaders; their bindings and push constants are
- * listed at the top of each shader, and mirrored by the structs here). */
+ * listed at the top of each shader, and mirrored by the structs here).
+ * Each records its dispatches (vk_dispatch); only logits waits for them. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,11 +91,9 @@ void vk_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
         pc, pc.n_heads, (uint32_t)x->ne[1], 1);
 }
 
-/* Every op has finished when another starts: the mapped bytes are free. */
 void vk_clear(cm_backend *be, cm_tensor *x)
 {
-    (void)be;
-    memset((char *)x->buf->host + x->offs, 0, x->nbytes);
+    vk_fill_zero(vk_st(be), vk_buf_of(x), x->offs, x->nbytes);
 }
 
 void vk_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
@@ -135,14 +134,16 @@ void vk_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const cm_t
         NULL, pc, vk_groups((uint64_t)pc.E * pc.n_rows, 64), 1, 1);
 }
 
-/* Row lists go through st->rows: ids in its first half, weights after. */
+/* Row lists (and weights) go through st->rows' arena: each op its own
+ * place, as the batch runs later. */
 void vk_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n, cm_tensor *dst)
 {
     vk_state *st = vk_st(be);
-    memcpy(st->rows.map, rows, (size_t)n * sizeof(int32_t));
+    uint32_t at;
+    memcpy(vk_arena(st, (size_t)n * sizeof(int32_t), &at), rows, (size_t)n * sizeof(int32_t));
     struct {
         uint32_t os, od, orows, E, n;
-    } pc = {vk_off(src), vk_off(dst), 0, (uint32_t)src->ne[0], (uint32_t)n};
+    } pc = {vk_off(src), vk_off(dst), at, (uint32_t)src->ne[0], (uint32_t)n};
     RUN(st, VK_SH_GATHER, vk_buf_of(src), vk_buf_of(dst), &st->rows, NULL, pc,
         vk_groups(pc.E, 64), (uint32_t)n, 1);
 }
@@ -151,12 +152,13 @@ void vk_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, const 
                     const float *wts, int n)
 {
     vk_state *st = vk_st(be);
-    const uint32_t half = (uint32_t)(st->n_batch + 1);
-    memcpy(st->rows.map, rows, (size_t)n * sizeof(int32_t));
-    memcpy((float *)st->rows.map + half, wts, (size_t)n * sizeof(float));
+    uint32_t at;
+    char *a = vk_arena(st, (size_t)n * 2 * sizeof(int32_t), &at);
+    memcpy(a, rows, (size_t)n * sizeof(int32_t));
+    memcpy(a + (size_t)n * sizeof(int32_t), wts, (size_t)n * sizeof(float));
     struct {
         uint32_t od, os, orows, owts, E, n;
-    } pc = {vk_off(dst), vk_off(src), 0, half, (uint32_t)dst->ne[0], (uint32_t)n};
+    } pc = {vk_off(dst), vk_off(src), at, at + (uint32_t)n, (uint32_t)dst->ne[0], (uint32_t)n};
     RUN(st, VK_SH_SCATTER_ADD, vk_buf_of(dst), vk_buf_of(src), &st->rows, &st->rows, pc,
         vk_groups(pc.E, 64), (uint32_t)n, 1);
 }
@@ -164,14 +166,15 @@ void vk_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, const 
 /* ------------------------------------------------------------ the products */
 
 /* The weight types the products and embeddings read on the device (all
- * of the engine's but Q3_K); the engine runs the others on the CPU. */
+ * of the engine's); the engine would run any other on the CPU. */
 int vk_has_type(int op, enum cm_type type)
 {
     (void)op;
     return type == CM_TYPE_F32 || type == CM_TYPE_F16 || type == CM_TYPE_BF16 ||
            type == CM_TYPE_Q8_0 || type == CM_TYPE_Q4_0 || type == CM_TYPE_Q5_0 ||
            type == CM_TYPE_Q4_1 || type == CM_TYPE_Q5_1 || type == CM_TYPE_Q2_K ||
-           type == CM_TYPE_Q4_K || type == CM_TYPE_Q5_K || type == CM_TYPE_Q6_K;
+           type == CM_TYPE_Q3_K || type == CM_TYPE_Q4_K || type == CM_TYPE_Q5_K ||
+           type == CM_TYPE_Q6_K;
 }
 
 /* The shaders' names of those types (matmul.comp, embed.comp). */
@@ -190,6 +193,7 @@ static uint32_t type_code(enum cm_type t)
     case CM_TYPE_Q5_K: return 9;
     case CM_TYPE_BF16: return 10;
     case CM_TYPE_Q2_K: return 11;
+    case CM_TYPE_Q3_K: return 12;
     default: return 0;
     }
 }
@@ -262,11 +266,11 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, vk_buf
     const VkDeviceSize off[4] = {0, wv.off, bv.off, 0};
     const VkDeviceSize range[4] = {VK_WHOLE_SIZE, wv.range, has_b ? bv.range : VK_WHOLE_SIZE,
                                    VK_WHOLE_SIZE};
-    /* a workgroup per row: (gx, gy) over them, gx within every device's
-     * 65535 */
-    const uint32_t gx = rows < 32768 ? rows : 32768;
-    vk_dispatch_at(st, VK_SH_MATMUL, bufs, off, range, &pc, sizeof pc, gx, vk_groups(rows, gx),
-                   1);
+    /* a workgroup per st->mm_rows rows (matmul.comp's RW): (gx, gy) over
+     * them, gx within every device's 65535 */
+    const uint32_t groups = vk_groups(rows, st->mm_rows), gx = groups < 32768 ? groups : 32768;
+    vk_dispatch_at(st, vk_pipe_matmul(st, pc.type), bufs, off, range, &pc, sizeof pc, gx,
+                   vk_groups(groups, gx), 1);
 }
 
 /* How many tokens of cols columns fit st->xq at once (fatal if none): 40
@@ -291,7 +295,9 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
     const int64_t n = x->ne[1];
     int any_q[3] = {0, 0, 0};
     int64_t cols = 0;
-    /* float weights multiply x itself */
+    /* float weights multiply x itself; the products of one input write
+     * different outputs, so they are a group (no barriers between them) */
+    vk_group(st, 1);
     for (int i = 0; i < nw; i++) {
         const int kind = quantized(ws[i]->type);
         if (kind) {
@@ -301,6 +307,7 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
         product(st, ws[i], bs ? bs[i] : NULL, vk_buf_of(x), vk_off(x), n, vk_buf_of(ys[i]),
                 vk_off(ys[i]));
     }
+    vk_group(st, 0);
     /* the quantized ones its q8_0/q8_1 rows, then its q8_K rows, each made
      * once for all the weights of that kind, as many tokens at a time as
      * the scratch holds */
@@ -311,15 +318,18 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
         for (int64_t t0 = 0; t0 < n; t0 += per) {
             const int64_t m = n - t0 < per ? n - t0 : per;
             quantize_rows(st, x, cols, t0, m, kind);
+            vk_group(st, 1);
             for (int i = 0; i < nw; i++)
                 if (quantized(ws[i]->type) == kind)
                     product(st, ws[i], bs ? bs[i] : NULL, &st->xq, 0, m, vk_buf_of(ys[i]),
                             vk_off(ys[i]) + (uint32_t)(t0 * ws[i]->ne[1]));
+            vk_group(st, 0);
         }
     }
 }
 
-/* The product into st->lout, a few tokens at a time, then to host. */
+/* The product into st->lout, a few tokens at a time, each then submitted
+ * (with the batch before it) and waited for, and copied to host. */
 void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
                float *host)
 {
@@ -342,11 +352,12 @@ void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_
             quantize_rows(st, x, cols, t0, m, q);
         product(st, w, b, q ? &st->xq : vk_buf_of(x), q ? 0 : vk_off(x) + (uint32_t)(t0 * cols),
                 m, &st->lout, 0);
+        vk_flush(st);
         memcpy(host + t0 * rows, st->lout.map, (size_t)(m * rows) * sizeof(float));
     }
 }
 
-/* The ids go through st->rows (n_batch of them at a time). */
+/* The ids go through st->rows' arena (n_batch of them at a time). */
 void vk_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
               const int32_t *ids, int n, int p0, cm_tensor *out)
 {
@@ -360,12 +371,14 @@ void vk_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table
                                    VK_WHOLE_SIZE};
     for (int t0 = 0; t0 < n; t0 += st->n_batch) {
         const int m = n - t0 < st->n_batch ? n - t0 : st->n_batch;
-        memcpy(st->rows.map, ids + t0, (size_t)m * sizeof(int32_t));
+        uint32_t at;
+        memcpy(vk_arena(st, (size_t)m * sizeof(int32_t), &at), ids + t0,
+               (size_t)m * sizeof(int32_t));
         struct {
-            uint32_t tt, ot, pt, op, has_pos, E, n, p0, oo;
+            uint32_t tt, ot, pt, op, has_pos, E, n, p0, oo, oi;
         } pc = {type_code(table->type), tv.h, has_pos ? type_code(pos_table->type) : 0, pv.h,
                 (uint32_t)has_pos, E, (uint32_t)m, (uint32_t)(p0 + t0),
-                vk_off(out) + (uint32_t)t0 * E};
+                vk_off(out) + (uint32_t)t0 * E, at};
         vk_dispatch_at(st, VK_SH_EMBED, bufs, off, range, &pc, sizeof pc, vk_groups(E, 64),
                        (uint32_t)m, 1);
     }

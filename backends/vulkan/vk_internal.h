@@ -10,9 +10,23 @@
 typedef struct {
     VkBuffer buf;
     VkDeviceMemory mem;
-    void *map;
+    void *map; /* NULL: device memory the host reaches by copies only */
     VkDeviceSize size;
 } vk_buf;
+
+/* A descriptor set kept for one binding of the four buffers. */
+typedef struct {
+    VkDescriptorBufferInfo bi[4];
+    uint64_t hash;
+    VkDescriptorSet set;
+} vk_set_entry;
+
+/* Pipelines: one per shader, and matmul.comp's per weight type code
+ * (ops_vulkan.c type_code) after them. */
+#define VK_MM_TYPES 13
+#define VK_PIPE_COUNT (VK_SHADER_COUNT + VK_MM_TYPES)
+
+#define VK_SET_SLOTS 4096 /* the table; the pool holds half as many sets */
 
 typedef struct {
     VkInstance inst;
@@ -26,32 +40,53 @@ typedef struct {
     VkDescriptorSetLayout set_layout;
     VkPipelineLayout pipe_layout;
     VkDescriptorPool desc_pool;
-    VkPipeline pipe[VK_SHADER_COUNT];
-    uint32_t mem_type;
-    VkDeviceSize heap_size, allocated;
+    VkPipeline pipe[VK_PIPE_COUNT]; /* the shaders', then matmul's per type */
+    VkShaderModule mm_module;       /* matmul.comp, for those */
+    uint32_t mm_rows;               /* rows per matmul workgroup (its RW) */
+    uint32_t mem_type;  /* the buffers' memory (pick_memory) */
+    uint32_t host_type; /* host-visible, coherent: what the host reads or writes */
+    int force_staging;  /* CODEMOE_VULKAN_STAGING=1: device memory unmapped */
+    VkDeviceSize heap_size, allocated; /* of mem_type's heap */
     int f64; /* the device has 64-bit floats: norms sum in double, as the CPU */
     const cm_hparams *hp;
     int n_ctx, n_batch;
     int kv; /* the cache's type, as the shaders name it: 0 F32, 1 F16, 2 Q8_0 */
     vk_buf **k_cache, **v_cache; /* [n_layer] */
-    vk_buf rope_cs, rows, dummy;
+    vk_buf rope_cs, rows, dummy; /* rows: the arena of the ops' row lists */
     /* the products: activation rows quantized to q8_0 (quantize.comp's
      * 36-byte blocks, xq_blocks of them), and the logits of a few tokens
      * before they go to the caller's host array */
     vk_buf xq, lout;
+    vk_buf stage; /* copies to and from unmapped buffers */
     uint64_t xq_blocks;
     VkDeviceSize align;     /* minStorageBufferOffsetAlignment (at least 4) */
     VkDeviceSize max_range; /* maxStorageBufferRange */
+    /* the batch being recorded (backend_vulkan.c's recording section) */
+    int recording; /* cmd has begun */
+    int dirty;     /* something recorded since the last barrier */
+    int grouped;   /* dispatches of one product: no barriers between them */
+    int bound;     /* the pipeline bound, -1 none */
+    VkDeviceSize arena_used; /* bytes of rows handed out since the last flush */
+    int profile; /* CODEMOE_VULKAN_PROFILE=1: each dispatch timed alone */
+    double prof_s[VK_PIPE_COUNT];
+    uint64_t prof_n[VK_PIPE_COUNT], prof_groups[VK_PIPE_COUNT];
+    vk_set_entry sets[VK_SET_SLOTS];
+    uint32_t n_sets;
 } vk_state;
 
 static inline vk_state *vk_st(cm_backend *be) { return be->state; }
 
 /* A failed call inside an op: reported, fatal. */
 void vk_check(VkResult r, const char *what);
+/* A buffer in the device's memory (mapped where the host can map it); _in
+ * with host 1: in host-visible memory, mapped. */
 VkResult vk_buf_make(vk_state *st, VkDeviceSize size, vk_buf *b);
+VkResult vk_buf_make_in(vk_state *st, VkDeviceSize size, int host, vk_buf *b);
 void vk_buf_drop(vk_state *st, vk_buf *b);
-/* Runs shader s over (x, y, z) workgroups with buffers b (NULL: a dummy)
- * and push constants pc, and waits for it. */
+/* Records pipeline s (a shader id, or vk_pipe_matmul's) over (x, y, z)
+ * workgroups with buffers b (NULL: a dummy) and push constants pc, after a
+ * barrier on what came before (but within a group); it runs at the next
+ * vk_flush. */
 void vk_dispatch(vk_state *st, int s, vk_buf *const b[4], const void *pc, size_t pc_bytes,
                  uint32_t x, uint32_t y, uint32_t z);
 /* The same with binding i at byte off[i] of its buffer (a multiple of
@@ -60,6 +95,20 @@ void vk_dispatch(vk_state *st, int s, vk_buf *const b[4], const void *pc, size_t
 void vk_dispatch_at(vk_state *st, int s, vk_buf *const b[4], const VkDeviceSize off[4],
                     const VkDeviceSize range[4], const void *pc, size_t pc_bytes, uint32_t x,
                     uint32_t y, uint32_t z);
+
+/* The pipeline index of the product of weight type code t (made if new). */
+int vk_pipe_matmul(vk_state *st, uint32_t t);
+/* Submits the recorded ops and waits for them (nothing recorded: nothing). */
+void vk_flush(vk_state *st);
+/* on: the dispatches until the group ends (on 0) are independent of each
+ * other (they write disjoint outputs), so no barriers between them. */
+void vk_group(vk_state *st, int on);
+/* Records a fill of bytes bytes of b from byte off with zeros. */
+void vk_fill_zero(vk_state *st, vk_buf *b, VkDeviceSize off, VkDeviceSize bytes);
+/* n bytes of host data for the op being recorded (in st->rows, at uint *at). */
+void *vk_arena(vk_state *st, size_t n, uint32_t *at);
+/* Forgets every descriptor set (a buffer is going away). */
+void vk_sets_reset(vk_state *st);
 
 static inline vk_buf *vk_buf_of(const cm_tensor *t)
 {
@@ -86,7 +135,7 @@ void vk_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const cm_t
 void vk_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n, cm_tensor *dst);
 void vk_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, const int32_t *rows,
                     const float *wts, int n);
-/* The products (F32, F16, Q8_0 and Q4_0 weights: vk_has_type). */
+/* The products and embeddings (every weight type: vk_has_type). */
 int vk_has_type(int op, enum cm_type type);
 void vk_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
               const int32_t *ids, int n, int p0, cm_tensor *out);

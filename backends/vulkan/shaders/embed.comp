@@ -5,9 +5,10 @@
 // moved as their bits, F16 exact, Q8_0 q * d, Q4_0 (q - 8) * d, Q5_0
 // (q - 16) * d, Q4_1 and Q5_1 q * d + m in float (precise: no multiply-add
 // fused).  Types (tt, pt): 0 F32, 1 F16, 2 Q8_0, 3 Q4_0, 4 Q5_0, 5 Q4_1,
-// 6 Q5_1, 7 Q4_K, 8 Q6_K, 9 Q5_K, 10 BF16, 11 Q2_K (quant/ref_kquants.c's arithmetic); tables are GGUF rows (matmul.comp's
+// 6 Q5_1, 7 Q4_K, 8 Q6_K, 9 Q5_K, 10 BF16, 11 Q2_K, 12 Q3_K
+// (quant/ref_kquants.c's arithmetic); tables are GGUF rows (matmul.comp's
 // layouts) from halfwords ot, op of their bindings; row ids (int32) from
-// the start of binding 2; out rows of E floats from oo.
+// uint oi of binding 2; out rows of E floats from oo.
 // Grid (ceil(E/64), n): x over the columns, y over the tokens.
 layout(local_size_x = 64) in;
 
@@ -16,7 +17,7 @@ layout(std430, set = 0, binding = 1) readonly buffer B_1 { uint d[]; } pos;
 layout(std430, set = 0, binding = 2) readonly buffer B_2 { uint d[]; } ids;
 layout(std430, set = 0, binding = 3) writeonly buffer B_3 { uint d[]; } o;
 
-layout(push_constant) uniform P { uint tt, ot, pt, op, has_pos, E, n, p0, oo; } p;
+layout(push_constant) uniform P { uint tt, ot, pt, op, has_pos, E, n, p0, oo, oi; } p;
 
 #include "q8_0.glsl"
 
@@ -61,6 +62,16 @@ uint value(uint which, uint t, uint base, uint r, uint e)
         const int sc = bitfieldExtract(int(byte_at(which, hb, 192u + f / 16u)), 0, 8);
         precise float ds = f16_val(half_at(which, hb + 104u)) * float(sc);
         precise float v = ds * float(int(lo | (hi << 4)) - 32);
+        return floatBitsToUint(v);
+    }
+    if (t == 12u) { // Q3_K: (d * scale) * L (cm_dequant_q3_K, cm_k3_scales)
+        const uint hb = base + (r * (E / 256u) + e / 256u) * 55u, f = e & 255u, j = f / 16u;
+        const uint lo = (byte_at(which, hb, 32u + 32u * (f >> 7) + (f & 31u)) >> (2u * ((f >> 5) & 3u))) & 3u;
+        const uint hi = (byte_at(which, hb, f & 31u) >> (f >> 5)) & 1u;
+        const uint slo = (byte_at(which, hb, 96u + (j & 7u)) >> (4u * (j >> 3))) & 0xFu;
+        const uint shi = (byte_at(which, hb, 104u + (j & 3u)) >> (2u * (j >> 2))) & 3u;
+        precise float ds = f16_val(half_at(which, hb + 54u)) * float(int(slo | (shi << 4)) - 32);
+        precise float v = ds * float(int(lo | (hi << 2)) - 4);
         return floatBitsToUint(v);
     }
     if (t == 11u) { // Q2_K: (d (sc & 15)) L - dmin (sc >> 4) (cm_dequant_q2_K)
@@ -118,7 +129,7 @@ void main()
     const uint c = gl_GlobalInvocationID.x, t = gl_WorkGroupID.y;
     if (c >= p.E || t >= p.n)
         return;
-    uint v = value(0u, p.tt, p.ot, ids.d[t], c);
+    uint v = value(0u, p.tt, p.ot, ids.d[p.oi + t], c);
     if (p.has_pos != 0u) {
         precise float s = uintBitsToFloat(v) + uintBitsToFloat(value(1u, p.pt, p.op, p.p0 + t, c));
         v = floatBitsToUint(s);

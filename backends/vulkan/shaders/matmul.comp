@@ -1,5 +1,6 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
+#extension GL_KHR_shader_subgroup_basic : require
 // y row t = x row t w^T (+ b): the products (matmul, logits) with the
 // reference's arithmetic (backends/ref ref_matmul1, quant/ref_legacy.c,
 // quant/ref_kquants.c):
@@ -11,7 +12,7 @@
 //   weight * d of the activation) (+ m of the weight * s of the activation
 //   for Q4_1/Q5_1), in float, summed over blocks in float (the reference
 //   sums in double: within the tests' 2e-5 of the largest output);
-// - type 7 Q4_K, 9 Q5_K, 8 Q6_K, 11 Q2_K: the activation row quantized to
+// - type 7 Q4_K, 9 Q5_K, 8 Q6_K, 11 Q2_K, 12 Q3_K: the activation row quantized to
 //   q8_K (quantize.comp, k mode), then per sub-block the integer dot times
 //   the scales (minus the min term from the activation's bsums), as the
 //   reference's dots, in float.
@@ -22,11 +23,14 @@
 // (quant/blocks.h; element j in the low nibble of byte j of qs, j + 16 in
 // its high one, the fifth bit bit j of qh), the K blocks (quant/blocks.h,
 // unpacked as quant/ref_kquants.c does).
-// A workgroup per weight row (linear over the grid: (x, y) with x capped
-// by the host), its 64 threads over the row, each keeping TT tokens' sums
-// (the weights read once per TT tokens), then summed through shared memory.
-// Legacy blocks: a thread takes a quarter block (8 elements) at a time; K
-// blocks: a sub-block (16 or 32 elements).
+// A workgroup per RW weight rows (linear over the grid: (x, y) with x
+// capped by the host), a subgroup per row at a time: its lanes over the
+// row, each keeping TT tokens' sums (the weights read once per TT tokens),
+// then summed through the subgroup's part of shared memory in lane order
+// (subgroup barriers only: no workgroup barrier, which a CPU device pays
+// dearly for, and a fixed order of the sums whatever the device).
+// Legacy blocks: a lane takes a quarter block (8 elements) at a time; K
+// blocks: a sub-block (16 or 32 elements); F16/BF16 two elements.
 // x is F32 rows of cols from ox (float types) or quantize.comp's blocks
 // from ox; y rows of `rows` floats from oy; the bias (has_b) floats from
 // halfword ob of binding 2.
@@ -38,6 +42,13 @@ layout(std430, set = 0, binding = 2) readonly buffer B_2 { uint d[]; } bias;
 layout(std430, set = 0, binding = 3) writeonly buffer B_3 { float d[]; } y;
 
 layout(push_constant) uniform P { uint type, ox, ow, ob, has_b, oy, cols, rows, n; } p;
+
+// The weight type (p.type's value) and the rows per workgroup, fixed when
+// the pipeline is made: a pipeline per type, each with only its own code
+// (one shader holding every type's arrays ran several times slower on
+// lavapipe, even where they were not used).
+layout(constant_id = 0) const uint TYPE = 0u;
+layout(constant_id = 1) const uint RW = 8u;
 
 #include "q8_0.glsl"
 
@@ -53,12 +64,257 @@ uint word_at(uint h) { return (h & 1u) == 0u ? w.d[h >> 1] : half_at(h) | (half_
 uint byte_at(uint hb, uint i) { return (half_at(hb + (i >> 1)) >> (8u * (i & 1u))) & 0xFFu; }
 int sbyte(uint v, uint k) { return bitfieldExtract(int(v), int(8u * k), 8); }
 
-void main()
+float acc[TT];
+
+// acc[tt] = this lane's part of row's dot with token t0 + tt, tt < nt: the
+// row's blocks (or elements) i = lane, lane + nl, ...
+void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
 {
-    const uint row = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
-    if (row >= p.rows) // the whole workgroup: barriers stay uniform
-        return;
-    const uint tid = gl_LocalInvocationID.x, nb = p.cols / 32u;
+    const uint nb = p.cols / 32u;
+    for (uint tt = 0u; tt < TT; tt++)
+        acc[tt] = 0.0;
+    if (TYPE == 2u) {
+        const uint base = p.ow + row * nb * 17u;
+        for (uint i = lane; i < nb * 4u; i += nl) {
+            const uint blk = i >> 2, q = i & 3u, hb = base + blk * 17u;
+            const float dw = f16_val(half_at(hb));
+            int wq[8];
+            for (uint k = 0u; k < 4u; k++) {
+                const uint h = half_at(hb + 1u + 4u * q + k);
+                wq[2u * k] = sbyte(h, 0u);
+                wq[2u * k + 1u] = sbyte(h, 1u);
+            }
+            for (uint tt = 0u; tt < TT; tt++) {
+                if (tt >= nt)
+                    break;
+                const uint xb = p.ox + XB * ((t0 + tt) * nb + blk);
+                const uint a0 = x.d[xb + 2u + 2u * q], a1 = x.d[xb + 3u + 2u * q];
+                int s = 0;
+                for (uint k = 0u; k < 4u; k++)
+                    s += wq[k] * sbyte(a0, k) + wq[4u + k] * sbyte(a1, k);
+                acc[tt] += float(s) * (dw * uintBitsToFloat(x.d[xb]));
+            }
+        }
+    } else if (TYPE == 8u) {
+        // Q6_K (105 halfwords: ql[128], qh[64], int8 scales[16], f16
+        // d): a thread per sub-block j of 16 (quant/ref_kquants.c
+        // q6k_unpack), the activations q8_K (quantize.comp, k mode)
+        const uint nbk = p.cols / 256u, base = p.ow + row * nbk * 105u;
+        for (uint i = lane; i < nbk * 16u; i += nl) {
+            const uint blk = i >> 4, j = i & 15u, hb = base + blk * 105u;
+            const float dw = f16_val(half_at(hb + 104u));
+            const int sc = bitfieldExtract(int(byte_at(hb, 192u + j)), 0, 8);
+            const uint c = j >> 3, k = (j >> 1) & 3u, l0 = 16u * (j & 1u);
+            int L[16];
+            const uint ql = hb + (64u * c + 32u * (k & 1u) + l0) / 2u, qh = hb + 64u + 16u * c + l0 / 2u;
+            for (uint u = 0u; u < 4u; u++) { // four bytes a read
+                const uint lo4 = word_at(ql + 2u * u), hi4 = word_at(qh + 2u * u);
+                for (uint b = 0u; b < 4u; b++) {
+                    const uint lo = (lo4 >> (8u * b + 4u * (k >> 1))) & 0xFu;
+                    const uint hi = (hi4 >> (8u * b + 2u * k)) & 3u;
+                    L[4u * u + b] = int(lo | (hi << 4)) - 32;
+                }
+            }
+            for (uint tt = 0u; tt < TT; tt++) {
+                if (tt >= nt)
+                    break;
+                const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
+                int t = 0;
+                for (uint u = 0u; u < 4u; u++) {
+                    const uint a = x.d[xb + 1u + 4u * j + u];
+                    for (uint b = 0u; b < 4u; b++)
+                        t += L[4u * u + b] * sbyte(a, b);
+                }
+                acc[tt] += float(sc * t) * (dw * uintBitsToFloat(x.d[xb]));
+            }
+        }
+    } else if (TYPE == 12u) {
+        // Q3_K (55 halfwords: hmask[32], qs[64], scales[12], f16 d): a
+        // lane per sub-block j of 16 (q3k_unpack, cm_k3_scales,
+        // cm_dot_q3_K), the activations q8_K
+        const uint nbk = p.cols / 256u, base = p.ow + row * nbk * 55u;
+        for (uint i = lane; i < nbk * 16u; i += nl) {
+            const uint blk = i >> 4, j = i & 15u, hb = base + blk * 55u;
+            const float dw = f16_val(half_at(hb + 54u));
+            const uint slo = (byte_at(hb, 96u + (j & 7u)) >> (4u * (j >> 3))) & 0xFu;
+            const uint shi = (byte_at(hb, 104u + (j & 3u)) >> (2u * (j >> 2))) & 3u;
+            const int sc = int(slo | (shi << 4)) - 32;
+            // elements 16 j + l: low bits from qs[32 (j / 8) + 16 (j & 1) +
+            // l] at bit 2 ((j / 2) & 3), the third bit of hmask[16 (j & 1) +
+            // l] at bit j / 2
+            const uint q0 = 32u + 32u * (j >> 3) + 16u * (j & 1u), sh = 2u * ((j >> 1) & 3u);
+            int L[16];
+            for (uint u = 0u; u < 4u; u++) { // four bytes a read
+                const uint lo4 = word_at(hb + q0 / 2u + 2u * u);
+                const uint hi4 = word_at(hb + 8u * (j & 1u) + 2u * u);
+                for (uint b = 0u; b < 4u; b++) {
+                    const uint lo = (lo4 >> (8u * b + sh)) & 3u;
+                    const uint hi = (hi4 >> (8u * b + (j >> 1))) & 1u;
+                    L[4u * u + b] = int(lo | (hi << 2)) - 4;
+                }
+            }
+            for (uint tt = 0u; tt < TT; tt++) {
+                if (tt >= nt)
+                    break;
+                const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
+                int t = 0;
+                for (uint u = 0u; u < 4u; u++) {
+                    const uint a = x.d[xb + 1u + 4u * j + u];
+                    for (uint b = 0u; b < 4u; b++)
+                        t += L[4u * u + b] * sbyte(a, b);
+                }
+                acc[tt] += float(sc * t) * (dw * uintBitsToFloat(x.d[xb]));
+            }
+        }
+    } else if (TYPE == 11u) {
+        // Q2_K (42 halfwords: scales[16], qs[64], f16 d, dmin): a
+        // thread per sub-block j of 16 (q2k_unpack, cm_dot_q2_K)
+        const uint nbk = p.cols / 256u, base = p.ow + row * nbk * 42u;
+        for (uint i = lane; i < nbk * 16u; i += nl) {
+            const uint blk = i >> 4, j = i & 15u, hb = base + blk * 42u;
+            const float dw = f16_val(half_at(hb + 40u)), dmw = f16_val(half_at(hb + 41u));
+            const uint sc = byte_at(hb, j), sh = 2u * ((j >> 1) & 3u);
+            const uint q0 = 16u + 32u * (j >> 3) + 16u * (j & 1u);
+            int L[16];
+            for (uint u = 0u; u < 4u; u++) { // four bytes a read
+                const uint q4 = word_at(hb + q0 / 2u + 2u * u);
+                for (uint b = 0u; b < 4u; b++)
+                    L[4u * u + b] = int((q4 >> (8u * b + sh)) & 3u);
+            }
+            for (uint tt = 0u; tt < TT; tt++) {
+                if (tt >= nt)
+                    break;
+                const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
+                int t = 0;
+                for (uint u = 0u; u < 4u; u++) {
+                    const uint a = x.d[xb + 1u + 4u * j + u];
+                    for (uint b = 0u; b < 4u; b++)
+                        t += L[4u * u + b] * sbyte(a, b);
+                }
+                const int bsum = bitfieldExtract(int(x.d[xb + 65u + (j >> 1)]), int(16u * (j & 1u)), 16);
+                const float dx = uintBitsToFloat(x.d[xb]);
+                acc[tt] += float(int(sc & 15u) * t) * (dw * dx) - float(int(sc >> 4) * bsum) * (dmw * dx);
+            }
+        }
+    } else if (TYPE == 7u || TYPE == 9u) {
+        // Q4_K (72 halfwords: f16 d, dmin, scales[12], qs[128]), Q5_K
+        // (88: qh[32] before qs, the fifth bit of element 64c + 32h + l
+        // bit 2c + h of qh[l]): a thread per sub-block j of 32
+        // (q45k_unpack, cm_k4_scale_min, dot_q45k), the activations q8_K
+        const bool q5 = TYPE == 9u;
+        const uint bh = q5 ? 88u : 72u, qo = q5 ? 48u : 16u;
+        const uint nbk = p.cols / 256u, base = p.ow + row * nbk * bh;
+        for (uint i = lane; i < nbk * 8u; i += nl) {
+            const uint blk = i >> 3, j = i & 7u, hb = base + blk * bh;
+            const float dw = f16_val(half_at(hb)), dmw = f16_val(half_at(hb + 1u));
+            uint sc, m;
+            if (j < 4u) {
+                sc = byte_at(hb, 4u + j) & 63u;
+                m = byte_at(hb, 8u + j) & 63u;
+            } else {
+                sc = (byte_at(hb, 8u + j) & 0xFu) | ((byte_at(hb, j) >> 6) << 4);
+                m = (byte_at(hb, 8u + j) >> 4) | ((byte_at(hb, 4u + j) >> 6) << 4);
+            }
+            const uint c = j >> 1, h = j & 1u;
+            int L[32];
+            for (uint u = 0u; u < 8u; u++) { // four bytes a read
+                const uint q4 = word_at(hb + (qo + 32u * c) / 2u + 2u * u);
+                const uint h4 = q5 ? word_at(hb + 8u + 2u * u) : 0u;
+                for (uint b = 0u; b < 4u; b++)
+                    L[4u * u + b] = int(((q4 >> (8u * b + 4u * h)) & 0xFu) |
+                                        (((h4 >> (8u * b + j)) & 1u) << 4));
+            }
+            for (uint tt = 0u; tt < TT; tt++) {
+                if (tt >= nt)
+                    break;
+                const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
+                int t = 0;
+                for (uint u = 0u; u < 8u; u++) {
+                    const uint a = x.d[xb + 1u + 8u * j + u];
+                    for (uint b = 0u; b < 4u; b++)
+                        t += L[4u * u + b] * sbyte(a, b);
+                }
+                const uint bw = x.d[xb + 65u + j];
+                const int bsum = bitfieldExtract(int(bw), 0, 16) + bitfieldExtract(int(bw), 16, 16);
+                const float dx = uintBitsToFloat(x.d[xb]);
+                acc[tt] += float(int(sc) * t) * (dw * dx) - float(int(m) * bsum) * (dmw * dx);
+            }
+        }
+    } else if (TYPE >= 3u && TYPE <= 6u) {
+        // the 4- and 5-bit legacy blocks: f16 d (, f16 m) (, 32 bits
+        // qh: the fifth bit of element j in bit j), 16 bytes qs
+        // (element j in the low nibble of byte j, j + 16 in its high
+        // one), value q - off (Q4_0 8, Q5_0 16) or q d + m
+        const bool hasm = TYPE == 5u || TYPE == 6u, hash = TYPE == 4u || TYPE == 6u;
+        const uint bh = 9u + (hasm ? 1u : 0u) + (hash ? 2u : 0u);
+        const uint qo = 1u + (hasm ? 1u : 0u) + (hash ? 2u : 0u);
+        const int off = TYPE == 3u ? 8 : TYPE == 4u ? 16 : 0;
+        const uint base = p.ow + row * nb * bh;
+        for (uint i = lane; i < nb * 4u; i += nl) {
+            const uint blk = i >> 2, q = i & 3u, hb = base + blk * bh;
+            const float dw = f16_val(half_at(hb));
+            const float mw = hasm ? f16_val(half_at(hb + 1u)) : 0.0;
+            const uint hq = qo - 2u;
+            const uint qh = hash ? half_at(hb + hq) | (half_at(hb + hq + 1u) << 16) : 0u;
+            // bytes 4q .. 4q + 3: elements 4q + j (low nibbles) and
+            // 16 + 4q + j (high nibbles)
+            const uint qs = half_at(hb + qo + 2u * q) | (half_at(hb + qo + 1u + 2u * q) << 16);
+            int lo[4], hi[4];
+            for (uint k = 0u; k < 4u; k++) {
+                lo[k] = int(((qs >> (8u * k)) & 0xFu) | (((qh >> (4u * q + k)) & 1u) << 4)) - off;
+                hi[k] = int(((qs >> (8u * k + 4u)) & 0xFu) | (((qh >> (16u + 4u * q + k)) & 1u) << 4)) - off;
+            }
+            for (uint tt = 0u; tt < TT; tt++) {
+                if (tt >= nt)
+                    break;
+                const uint xb = p.ox + XB * ((t0 + tt) * nb + blk);
+                const uint a0 = x.d[xb + 2u + q], a1 = x.d[xb + 6u + q];
+                int s = 0;
+                for (uint k = 0u; k < 4u; k++)
+                    s += lo[k] * sbyte(a0, k) + hi[k] * sbyte(a1, k);
+                acc[tt] += float(s) * (dw * uintBitsToFloat(x.d[xb]));
+                if (hasm && q == 0u) // the min term once a block: m d_x sum(q_x)
+                    acc[tt] += mw * uintBitsToFloat(x.d[xb + 1u]);
+            }
+        }
+    } else if (TYPE == 1u || TYPE == 10u) { // F16, BF16 (the top half of a float)
+        // a pair of elements (one uint) at a time where the row starts
+        // on a whole uint (cols even: every row then)
+        const uint base = p.ow + row * p.cols;
+        const bool pairs = ((base | p.cols) & 1u) == 0u;
+        const uint step = pairs ? 2u : 1u;
+        for (uint e = lane * step; e < p.cols; e += nl * step) {
+            const uint wb = pairs ? w.d[(base + e) >> 1] : half_at(base + e);
+            const float w0 = TYPE == 1u ? f16_val(wb & 0xFFFFu) : uintBitsToFloat(wb << 16);
+            const float w1 = TYPE == 1u ? f16_val(wb >> 16) : uintBitsToFloat(wb & 0xFFFF0000u);
+            for (uint tt = 0u; tt < TT; tt++) {
+                if (tt >= nt)
+                    break;
+                const uint xo = p.ox + (t0 + tt) * p.cols + e;
+                acc[tt] += w0 * uintBitsToFloat(x.d[xo]);
+                if (pairs)
+                    acc[tt] += w1 * uintBitsToFloat(x.d[xo + 1u]);
+            }
+        }
+    } else {
+        const uint base = p.ow + row * p.cols * 2u;
+        for (uint e = lane; e < p.cols; e += nl) {
+            const float wv = uintBitsToFloat(word_at(base + 2u * e));
+            for (uint tt = 0u; tt < TT; tt++) {
+                if (tt >= nt)
+                    break;
+                acc[tt] += wv * uintBitsToFloat(x.d[p.ox + (t0 + tt) * p.cols + e]);
+            }
+        }
+    }
+}
+
+// y row `row` of every token (+ b): per TT tokens the lanes' sums through
+// this subgroup's slots of red, added up by lane tt in lane order (a fixed
+// order: deterministic).  Only subgroup barriers: the workgroup's other
+// subgroups go their own way.
+void row_product(uint row, uint lane, uint nl, uint slot)
+{
     float b = 0.0;
     if (p.has_b != 0u) {
         const uint h = p.ob + 2u * row, lo = bias.d[h >> 1];
@@ -66,200 +322,32 @@ void main()
     }
     for (uint t0 = 0u; t0 < p.n; t0 += TT) {
         const uint nt = min(TT, p.n - t0);
-        float acc[TT];
+        accumulate(row, t0, nt, lane, nl);
         for (uint tt = 0u; tt < TT; tt++)
-            acc[tt] = 0.0;
-        if (p.type == 2u) {
-            const uint base = p.ow + row * nb * 17u;
-            for (uint i = tid; i < nb * 4u; i += 64u) {
-                const uint blk = i >> 2, q = i & 3u, hb = base + blk * 17u;
-                const float dw = f16_val(half_at(hb));
-                int wq[8];
-                for (uint k = 0u; k < 4u; k++) {
-                    const uint h = half_at(hb + 1u + 4u * q + k);
-                    wq[2u * k] = sbyte(h, 0u);
-                    wq[2u * k + 1u] = sbyte(h, 1u);
-                }
-                for (uint tt = 0u; tt < TT; tt++) {
-                    if (tt >= nt)
-                        break;
-                    const uint xb = p.ox + XB * ((t0 + tt) * nb + blk);
-                    const uint a0 = x.d[xb + 2u + 2u * q], a1 = x.d[xb + 3u + 2u * q];
-                    int s = 0;
-                    for (uint k = 0u; k < 4u; k++)
-                        s += wq[k] * sbyte(a0, k) + wq[4u + k] * sbyte(a1, k);
-                    acc[tt] += float(s) * (dw * uintBitsToFloat(x.d[xb]));
-                }
-            }
-        } else if (p.type == 8u) {
-            // Q6_K (105 halfwords: ql[128], qh[64], int8 scales[16], f16
-            // d): a thread per sub-block j of 16 (quant/ref_kquants.c
-            // q6k_unpack), the activations q8_K (quantize.comp, k mode)
-            const uint nbk = p.cols / 256u, base = p.ow + row * nbk * 105u;
-            for (uint i = tid; i < nbk * 16u; i += 64u) {
-                const uint blk = i >> 4, j = i & 15u, hb = base + blk * 105u;
-                const float dw = f16_val(half_at(hb + 104u));
-                const int sc = bitfieldExtract(int(byte_at(hb, 192u + j)), 0, 8);
-                const uint c = j >> 3, k = (j >> 1) & 3u, l0 = 16u * (j & 1u);
-                int L[16];
-                for (uint l = 0u; l < 16u; l++) {
-                    const uint lo = (byte_at(hb, 64u * c + 32u * (k & 1u) + l0 + l) >> (4u * (k >> 1))) & 0xFu;
-                    const uint hi = (byte_at(hb, 128u + 32u * c + l0 + l) >> (2u * k)) & 3u;
-                    L[l] = int(lo | (hi << 4)) - 32;
-                }
-                for (uint tt = 0u; tt < TT; tt++) {
-                    if (tt >= nt)
-                        break;
-                    const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
-                    int t = 0;
-                    for (uint u = 0u; u < 4u; u++) {
-                        const uint a = x.d[xb + 1u + 4u * j + u];
-                        for (uint b = 0u; b < 4u; b++)
-                            t += L[4u * u + b] * sbyte(a, b);
-                    }
-                    acc[tt] += float(sc * t) * (dw * uintBitsToFloat(x.d[xb]));
-                }
-            }
-        } else if (p.type == 11u) {
-            // Q2_K (42 halfwords: scales[16], qs[64], f16 d, dmin): a
-            // thread per sub-block j of 16 (q2k_unpack, cm_dot_q2_K)
-            const uint nbk = p.cols / 256u, base = p.ow + row * nbk * 42u;
-            for (uint i = tid; i < nbk * 16u; i += 64u) {
-                const uint blk = i >> 4, j = i & 15u, hb = base + blk * 42u;
-                const float dw = f16_val(half_at(hb + 40u)), dmw = f16_val(half_at(hb + 41u));
-                const uint sc = byte_at(hb, j), sh = 2u * ((j >> 1) & 3u);
-                const uint q0 = 16u + 32u * (j >> 3) + 16u * (j & 1u);
-                int L[16];
-                for (uint l = 0u; l < 16u; l++)
-                    L[l] = int((byte_at(hb, q0 + l) >> sh) & 3u);
-                for (uint tt = 0u; tt < TT; tt++) {
-                    if (tt >= nt)
-                        break;
-                    const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
-                    int t = 0;
-                    for (uint u = 0u; u < 4u; u++) {
-                        const uint a = x.d[xb + 1u + 4u * j + u];
-                        for (uint b = 0u; b < 4u; b++)
-                            t += L[4u * u + b] * sbyte(a, b);
-                    }
-                    const int bsum = bitfieldExtract(int(x.d[xb + 65u + (j >> 1)]), int(16u * (j & 1u)), 16);
-                    const float dx = uintBitsToFloat(x.d[xb]);
-                    acc[tt] += float(int(sc & 15u) * t) * (dw * dx) - float(int(sc >> 4) * bsum) * (dmw * dx);
-                }
-            }
-        } else if (p.type == 7u || p.type == 9u) {
-            // Q4_K (72 halfwords: f16 d, dmin, scales[12], qs[128]), Q5_K
-            // (88: qh[32] before qs, the fifth bit of element 64c + 32h + l
-            // bit 2c + h of qh[l]): a thread per sub-block j of 32
-            // (q45k_unpack, cm_k4_scale_min, dot_q45k), the activations q8_K
-            const bool q5 = p.type == 9u;
-            const uint bh = q5 ? 88u : 72u, qo = q5 ? 48u : 16u;
-            const uint nbk = p.cols / 256u, base = p.ow + row * nbk * bh;
-            for (uint i = tid; i < nbk * 8u; i += 64u) {
-                const uint blk = i >> 3, j = i & 7u, hb = base + blk * bh;
-                const float dw = f16_val(half_at(hb)), dmw = f16_val(half_at(hb + 1u));
-                uint sc, m;
-                if (j < 4u) {
-                    sc = byte_at(hb, 4u + j) & 63u;
-                    m = byte_at(hb, 8u + j) & 63u;
-                } else {
-                    sc = (byte_at(hb, 8u + j) & 0xFu) | ((byte_at(hb, j) >> 6) << 4);
-                    m = (byte_at(hb, 8u + j) >> 4) | ((byte_at(hb, 4u + j) >> 6) << 4);
-                }
-                const uint c = j >> 1, h = j & 1u;
-                int L[32];
-                for (uint l = 0u; l < 32u; l++) {
-                    uint v = (byte_at(hb, qo + 32u * c + l) >> (4u * h)) & 0xFu;
-                    if (q5)
-                        v |= ((byte_at(hb, 16u + l) >> j) & 1u) << 4;
-                    L[l] = int(v);
-                }
-                for (uint tt = 0u; tt < TT; tt++) {
-                    if (tt >= nt)
-                        break;
-                    const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
-                    int t = 0;
-                    for (uint u = 0u; u < 8u; u++) {
-                        const uint a = x.d[xb + 1u + 8u * j + u];
-                        for (uint b = 0u; b < 4u; b++)
-                            t += L[4u * u + b] * sbyte(a, b);
-                    }
-                    const uint bw = x.d[xb + 65u + j];
-                    const int bsum = bitfieldExtract(int(bw), 0, 16) + bitfieldExtract(int(bw), 16, 16);
-                    const float dx = uintBitsToFloat(x.d[xb]);
-                    acc[tt] += float(int(sc) * t) * (dw * dx) - float(int(m) * bsum) * (dmw * dx);
-                }
-            }
-        } else if (p.type >= 3u && p.type <= 6u) {
-            // the 4- and 5-bit legacy blocks: f16 d (, f16 m) (, 32 bits
-            // qh: the fifth bit of element j in bit j), 16 bytes qs
-            // (element j in the low nibble of byte j, j + 16 in its high
-            // one), value q - off (Q4_0 8, Q5_0 16) or q d + m
-            const bool hasm = p.type == 5u || p.type == 6u, hash = p.type == 4u || p.type == 6u;
-            const uint bh = 9u + (hasm ? 1u : 0u) + (hash ? 2u : 0u);
-            const uint qo = 1u + (hasm ? 1u : 0u) + (hash ? 2u : 0u);
-            const int off = p.type == 3u ? 8 : p.type == 4u ? 16 : 0;
-            const uint base = p.ow + row * nb * bh;
-            for (uint i = tid; i < nb * 4u; i += 64u) {
-                const uint blk = i >> 2, q = i & 3u, hb = base + blk * bh;
-                const float dw = f16_val(half_at(hb));
-                const float mw = hasm ? f16_val(half_at(hb + 1u)) : 0.0;
-                const uint hq = qo - 2u;
-                const uint qh = hash ? half_at(hb + hq) | (half_at(hb + hq + 1u) << 16) : 0u;
-                // bytes 4q .. 4q + 3: elements 4q + j (low nibbles) and
-                // 16 + 4q + j (high nibbles)
-                const uint qs = half_at(hb + qo + 2u * q) | (half_at(hb + qo + 1u + 2u * q) << 16);
-                int lo[4], hi[4];
-                for (uint k = 0u; k < 4u; k++) {
-                    lo[k] = int(((qs >> (8u * k)) & 0xFu) | (((qh >> (4u * q + k)) & 1u) << 4)) - off;
-                    hi[k] = int(((qs >> (8u * k + 4u)) & 0xFu) | (((qh >> (16u + 4u * q + k)) & 1u) << 4)) - off;
-                }
-                for (uint tt = 0u; tt < TT; tt++) {
-                    if (tt >= nt)
-                        break;
-                    const uint xb = p.ox + XB * ((t0 + tt) * nb + blk);
-                    const uint a0 = x.d[xb + 2u + q], a1 = x.d[xb + 6u + q];
-                    int s = 0;
-                    for (uint k = 0u; k < 4u; k++)
-                        s += lo[k] * sbyte(a0, k) + hi[k] * sbyte(a1, k);
-                    acc[tt] += float(s) * (dw * uintBitsToFloat(x.d[xb]));
-                    if (hasm && q == 0u) // the min term once a block: m d_x sum(q_x)
-                        acc[tt] += mw * uintBitsToFloat(x.d[xb + 1u]);
-                }
-            }
-        } else if (p.type == 1u || p.type == 10u) { // F16, BF16 (the top half of a float)
-            const uint base = p.ow + row * p.cols;
-            for (uint e = tid; e < p.cols; e += 64u) {
-                const float wv = p.type == 1u ? f16_val(half_at(base + e))
-                                              : uintBitsToFloat(half_at(base + e) << 16);
-                for (uint tt = 0u; tt < TT; tt++) {
-                    if (tt >= nt)
-                        break;
-                    acc[tt] += wv * uintBitsToFloat(x.d[p.ox + (t0 + tt) * p.cols + e]);
-                }
-            }
-        } else {
-            const uint base = p.ow + row * p.cols * 2u;
-            for (uint e = tid; e < p.cols; e += 64u) {
-                const float wv = uintBitsToFloat(word_at(base + 2u * e));
-                for (uint tt = 0u; tt < TT; tt++) {
-                    if (tt >= nt)
-                        break;
-                    acc[tt] += wv * uintBitsToFloat(x.d[p.ox + (t0 + tt) * p.cols + e]);
-                }
-            }
+            red[tt * 64u + slot + lane] = acc[tt];
+        subgroupBarrier();
+        for (uint tt = lane; tt < nt; tt += nl) {
+            float s = 0.0;
+            for (uint l = 0u; l < nl; l++)
+                s += red[tt * 64u + slot + l];
+            y.d[p.oy + (t0 + tt) * p.rows + row] = s + b;
         }
-        for (uint tt = 0u; tt < TT; tt++)
-            red[tt * 64u + tid] = acc[tt];
-        barrier();
-        for (uint s = 32u; s > 0u; s >>= 1) {
-            if (tid < s)
-                for (uint tt = 0u; tt < TT; tt++)
-                    red[tt * 64u + tid] += red[tt * 64u + tid + s];
-            barrier();
-        }
-        if (tid < nt)
-            y.d[p.oy + (t0 + tid) * p.rows + row] = red[tid * 64u] + b;
-        barrier(); // red is read before the next tokens' sums go in
+        subgroupBarrier(); // red is read before the next tokens' sums go in
+    }
+}
+
+void main()
+{
+    // RW rows per workgroup, each one subgroup's (its lanes along the row);
+    // subgroups are taken to be whole but for the workgroup's last (nl
+    // lanes), numbered from 0, lane l of subgroup s at slot s SZ + l < 64
+    const uint wg = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
+    const uint SZ = gl_SubgroupSize, sg = gl_SubgroupID, lane = gl_SubgroupInvocationID;
+    const uint nl = min(SZ, 64u - sg * SZ);
+    for (uint r = sg; r < RW; r += gl_NumSubgroups) {
+        const uint row = wg * RW + r;
+        if (row >= p.rows) // the whole subgroup: its barriers stay uniform
+            break;
+        row_product(row, lane, nl, sg * SZ);
     }
 }

@@ -28,17 +28,15 @@ uint f16_bits(uint xb)
 }
 
 // f16 bits -> f32, exact; subnormal halves built as mant * 2^-24 (a normal
-// float), so no flush-to-zero mode can touch them.
+// float), so no flush-to-zero mode can touch them.  Every case computed and
+// one selected: no branches for a SIMD device to run both sides of.
 float f16_val(uint h)
 {
     const uint sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
-    if (e == 0u) {
-        const float v = float(m) * 5.9604644775390625e-8;
-        return sign != 0u ? -v : v;
-    }
-    if (e == 31u)
-        return uintBitsToFloat(sign | 0x7F800000u | (m << 13));
-    return uintBitsToFloat(sign | ((e + 112u) << 23) | (m << 13));
+    const uint sub = sign | floatBitsToUint(float(m) * 5.9604644775390625e-8);
+    const uint inf_nan = sign | 0x7F800000u | (m << 13);
+    const uint normal = sign | ((e + 112u) << 23) | (m << 13);
+    return uintBitsToFloat(e == 0u ? sub : e == 31u ? inf_nan : normal);
 }
 
 // a / b rounded to nearest (even), for positive normal a and b whose
