@@ -6,7 +6,8 @@
 #                      [--types "q8_0 q4_0 q4_k_m"]
 #
 # Needs a CUDA build of codemoe (CM_BUILDDIR, default build-gpu beside the
-# sources: tests/run_gpu.sh makes one) and builds llama.cpp from the source
+# sources: tests/run_gpu.sh makes one; CM_COMMIT names its commit where the
+# tree has no git history) and builds llama.cpp from the source
 # tarball of ../shared/anchors (LLAMA_TARBALL) into LLAMA_DIR (default
 # /tmp/llama.cpp-cuda) unless its llama-bench is there already.  Models come
 # from tools/gen_model (random weights in the shapes of real models, the
@@ -116,7 +117,7 @@ case " $MODELS " in *" moe8x "*)
     ;;
 esac
 
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+COMMIT=${CM_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
 {
     echo "# CUDA backend: codemoe against llama.cpp, same GPU, same files, one run"
     echo
