@@ -51,6 +51,14 @@ expect 0 "bench measuring bandwidth, json" -- "$CODEMOE" bench -m "$TMP/tiny.ggu
 has '"tg_over_bound": [0-9]' "bench --json"
 has '"bw_measured": true' "bench --json"
 has '"threads": 2' "bench --json"
+# a CPU that reports its last-level cache: the tiny model's weights fit
+# there, so the bound of reading them from the cache is measured too
+if grep -q '"llc_bytes": [1-9]' "$TMP/out"; then
+    has '"fits_llc": true' "bench --json"
+    has '"tg_bound_resident": [0-9]' "bench --json"
+else
+    has '"llc_bytes": 0' "bench --json"
+fi
 expect 0 "bench pp only" -- "$CODEMOE" bench -m "$TMP/tiny.gguf" -p 8 -n 0 -r 1 --bw 10
 grep -q "| tg" "$TMP/out" && fail "bench -n 0 printed a tg row"
 

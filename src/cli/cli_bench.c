@@ -51,6 +51,9 @@ typedef struct {
     double bw;       /* GB/s */
     uint64_t bytes_per_token;
     double bound;    /* tok/s */
+    size_t llc;      /* bytes of the last-level cache, 0: unknown */
+    double bw_resident, bound_resident; /* reading weights-per-token bytes again and again,
+                                         * where they fit in the cache (else 0) */
 } bench_result;
 
 /* ------------------------------------------------------------ options */
@@ -296,9 +299,19 @@ static void print_markdown(const cm_model *m, const bench_opts *o, const bench_r
     printf("bandwidth: %.1f GB/s read (%s) | weights read per token: %.1f MB | "
            "bound: %.1f tok/s", r->bw, measured ? "measured: 1 GiB, best of 5" : "given by --bw",
            r->bytes_per_token / 1e6, r->bound);
-    if (o->n_gen > 0)
+    if (o->n_gen > 0 && !(r->bound_resident > 0))
         printf(" | tg / bound = %.0f%%", 100.0 * r->tg_med / r->bound);
     printf("\n");
+    if (r->bound_resident > 0) { /* the larger of the two is the bound */
+        const double b = r->bound_resident > r->bound ? r->bound_resident : r->bound;
+        printf("the weights read per token fit in the last-level cache this CPU reports (%.1f MB): "
+               "main memory need not bound them; %.1f MB read again and again: %.1f GB/s, "
+               "bound %.1f tok/s", r->llc / 1e6, r->bytes_per_token / 1e6, r->bw_resident,
+               r->bound_resident);
+        if (o->n_gen > 0)
+            printf(" | tg / larger bound = %.0f%%", 100.0 * r->tg_med / b);
+        printf("\n");
+    }
 }
 
 static void json_runs(const char *key, const double *v, int n, double med, double sd)
@@ -338,10 +351,30 @@ static void print_json(const cm_model *m, const bench_opts *o, const bench_resul
     printf("  \"tg_bound\": %.3f", r->bound); /* 0: not computed (a GPU backend) */
     if (o->n_gen > 0 && r->bound > 0)
         printf(",\n  \"tg_over_bound\": %.4f", r->tg_med / r->bound);
+    printf(",\n  \"llc_bytes\": %zu,\n  \"fits_llc\": %s", r->llc,
+           r->bound_resident > 0 ? "true" : "false");
+    if (r->bound_resident > 0) /* the bound where the weights stay in the cache */
+        printf(",\n  \"bw_resident_gbs\": %.3f,\n  \"tg_bound_resident\": %.3f", r->bw_resident,
+               r->bound_resident);
     printf("\n}\n");
 }
 
 /* ------------------------------------------------------------ command */
+
+/* A CPU whose last-level cache holds the weights read per token (large
+ * server caches hold small models) reads them from there, not from main
+ * memory: then the bound is the bandwidth of reading that many bytes again
+ * and again.  Measured unless --bw gave the bandwidth. */
+static void resident_bound(const bench_opts *o, bench_result *r)
+{
+    r->llc = cm_llc_bytes();
+    if (!o->be->reads_host || o->bw > 0 || !r->llc || r->bytes_per_token > r->llc ||
+        r->bytes_per_token < 4096)
+        return;
+    r->bw_resident = cm_measure_read_bw((size_t)r->bytes_per_token, o->threads, 5);
+    if (r->bw_resident > 0)
+        r->bound_resident = r->bw_resident * 1e9 / (double)r->bytes_per_token;
+}
 
 static cm_status bench_model(const bench_opts *o, cm_err *err)
 {
@@ -364,6 +397,7 @@ static cm_status bench_model(const bench_opts *o, cm_err *err)
     if (!s) {
         r.bytes_per_token = cm_model_bytes_per_token(&m);
         r.bound = o->be->reads_host ? r.bw * 1e9 / (double)r.bytes_per_token : 0.0;
+        resident_bound(o, &r);
         (o->json ? print_json : print_markdown)(&m, o, &r, !(o->bw > 0));
     }
     free(r.pp);

@@ -2,9 +2,11 @@
 #include "util/membw.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -135,4 +137,50 @@ double cm_measure_read_bw(size_t bytes, int threads, int reps)
     (void)keep;
     free(v);
     return best > 0 ? (double)bytes / best / 1e9 : 0.0;
+}
+
+/* Size of sysfs cache index i of cpu0 ("32768K", "1M"), 0 if none, with
+ * its level in *level. */
+static size_t sysfs_cache(int i, int *level)
+{
+    char path[96], buf[32];
+    size_t v = 0;
+    snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/level", i);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    *level = fscanf(f, "%d", level) == 1 ? *level : 0;
+    fclose(f);
+    snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
+    if (!(f = fopen(path, "r")))
+        return 0;
+    if (fgets(buf, sizeof buf, f)) {
+        char *end;
+        v = (size_t)strtoull(buf, &end, 10);
+        v *= *end == 'K' ? 1024 : *end == 'M' ? 1048576 : 1;
+    }
+    fclose(f);
+    return v;
+}
+
+size_t cm_llc_bytes(void)
+{
+    size_t best = 0;
+    int best_level = 0;
+    for (int i = 0; i < 8; i++) {
+        int level = 0;
+        const size_t v = sysfs_cache(i, &level);
+        if (v && level >= best_level)
+            best = v, best_level = level;
+    }
+    if (best)
+        return best;
+#if defined(_SC_LEVEL3_CACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
+    long v = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (v <= 0)
+        v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return v > 0 ? (size_t)v : 0;
+#else
+    return 0;
+#endif
 }

@@ -17,4 +17,9 @@
  * cannot be allocated. */
 double cm_measure_read_bw(size_t bytes, int threads, int reps);
 
+/* Bytes of the largest cache level this CPU reports (sysfs, else the C
+ * library's view of CPUID), or 0 if it reports none.  A model whose
+ * weights per token fit there is not bound by main memory's bandwidth. */
+size_t cm_llc_bytes(void);
+
 #endif
