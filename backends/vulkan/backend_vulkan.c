@@ -7,18 +7,24 @@
  * type, as compute shaders (backends/vulkan/shaders, compiled to SPIR-V by
  * glslc at build time and embedded).  The products have the reference's
  * arithmetic: activations quantized to q8_0/q8_1/q8_K for the quantized
- * weights, integer block dots, then the scales.  Routing runs on the CPU
- * through the engine's fallback.
+ * weights, integer block dots, then the scales.  The routing is decided on
+ * the host from the router's logits as the CPU decides it (vk_route), as
+ * the backend's own op.  The device's optional features (16-bit and 8-bit
+ * storage, half arithmetic, integer dots, subgroup operations, cooperative
+ * matrices, heap sizes) are asked at start-up (query_features) and kept
+ * in st->feat, for info --devices and for choosing shaders by feature;
+ * none is required.
  *
  * Ops are recorded, not run: a batch's dispatches go into one command
  * buffer with a barrier between dependent ones, and are submitted and
  * waited for only where the host needs their results or is about to write
- * what they read (download, synchronize, logits, upload; the fallback's
- * copies are downloads and uploads).  So buffers have no host address for
- * the engine (buf->host NULL: backend.h's contract for memory the CPU
- * cannot read at any time); they live in device-local memory, mapped where
- * the host can map it (integrated GPUs, lavapipe), else reached through a
- * staging buffer.  Descriptor sets are made once per binding and kept. */
+ * what they read (download, synchronize, route, logits, upload; the
+ * fallback's copies are downloads and uploads).  So buffers have no host
+ * address for the engine (buf->host NULL: backend.h's contract for memory
+ * the CPU cannot read at any time); they live in device-local memory,
+ * mapped where the host can map it (integrated GPUs, lavapipe), else
+ * reached through a staging buffer.  Descriptor sets are made once per
+ * binding and kept. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,7 +98,7 @@ static VkResult make_instance(vk_state *st)
 {
     VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
                              .pApplicationName = "codemoe",
-                             .apiVersion = VK_API_VERSION_1_1};
+                             .apiVersion = VK_APP_API};
     const char *layer = "VK_LAYER_KHRONOS_validation";
     const char *ext[2] = {VK_EXT_DEBUG_UTILS_EXTENSION_NAME,
                           VK_EXT_VALIDATION_FEATURES_EXTENSION_NAME};
@@ -174,6 +180,178 @@ static cm_status pick_device(vk_state *st, int device, cm_err *err)
     return CM_OK;
 }
 
+/* ------------------------------------------------------------ features */
+
+/* A device's extensions, for the queries' guards. */
+typedef struct {
+    VkExtensionProperties *e;
+    uint32_t n;
+    uint32_t api; /* the device's version */
+} ext_list;
+
+static void exts_of(VkPhysicalDevice phys, uint32_t api, ext_list *x)
+{
+    *x = (ext_list){NULL, 0, api};
+    if (vkEnumerateDeviceExtensionProperties(phys, NULL, &x->n, NULL) != VK_SUCCESS || !x->n)
+        return;
+    x->e = calloc(x->n, sizeof *x->e);
+    if (!x->e || vkEnumerateDeviceExtensionProperties(phys, NULL, &x->n, x->e) < 0)
+        x->n = 0;
+}
+
+/* Whether a query structure of extension `name`, promoted to core in
+ * version `core` (0: not promoted), may be chained: the device lists the
+ * extension, or it and the instance (VK_APP_API) both have that version.
+ * Chaining it otherwise is invalid usage, which a driver may crash on. */
+static int usable(const ext_list *x, const char *name, uint32_t core)
+{
+    for (uint32_t i = 0; i < x->n; i++)
+        if (!strcmp(x->e[i].extensionName, name))
+            return 1;
+    return core && x->api >= core && VK_APP_API >= core;
+}
+
+/* Appends structure s to the query chain ending at *tail. */
+static void chain(VkBaseOutStructure **tail, void *s)
+{
+    (*tail)->pNext = s;
+    *tail = s;
+}
+
+/* Device-local heaps, and heaps with a host-visible memory type (a heap
+ * may be both, as on integrated GPUs and lavapipe). */
+static void heap_sizes(VkPhysicalDevice phys, vk_features *f)
+{
+    VkPhysicalDeviceMemoryProperties mp;
+    vkGetPhysicalDeviceMemoryProperties(phys, &mp);
+    for (uint32_t h = 0; h < mp.memoryHeapCount; h++) {
+        int host = 0;
+        for (uint32_t i = 0; i < mp.memoryTypeCount; i++)
+            host |= mp.memoryTypes[i].heapIndex == h &&
+                    (mp.memoryTypes[i].propertyFlags & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT);
+        if (mp.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
+            f->local_bytes += mp.memoryHeaps[h].size;
+        if (host)
+            f->host_bytes += mp.memoryHeaps[h].size;
+    }
+}
+
+/* Storage widths, half and int8 arithmetic, integer dot products and
+ * subgroups: one Features2 and one Properties2 chain, each structure in it
+ * only where usable() says so (absent ones read as "no"). */
+static void query_chains(const ext_list *x, VkPhysicalDevice phys, vk_features *f)
+{
+    VkPhysicalDevice16BitStorageFeatures s16 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES};
+    VkPhysicalDevice8BitStorageFeatures s8 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_8BIT_STORAGE_FEATURES};
+    VkPhysicalDeviceShaderFloat16Int8Features h8 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES};
+    VkPhysicalDeviceShaderIntegerDotProductFeatures dot = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};
+    VkPhysicalDeviceSubgroupSizeControlFeatures ssc = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_FEATURES};
+    VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
+    VkPhysicalDeviceSubgroupProperties sg = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+    VkPhysicalDeviceShaderIntegerDotProductProperties dotp = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_PROPERTIES};
+    VkPhysicalDeviceSubgroupSizeControlProperties sscp = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_PROPERTIES};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+    VkBaseOutStructure *ft = (VkBaseOutStructure *)&f2, *pt = (VkBaseOutStructure *)&p2;
+    const int has8 = usable(x, VK_KHR_8BIT_STORAGE_EXTENSION_NAME, VK_API_VERSION_1_2);
+    const int has_h8 = usable(x, VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME, VK_API_VERSION_1_2);
+    const int has_dot = usable(x, VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME,
+                               VK_API_VERSION_1_3);
+    const int has_ssc = usable(x, VK_EXT_SUBGROUP_SIZE_CONTROL_EXTENSION_NAME, VK_API_VERSION_1_3);
+    chain(&ft, &s16); /* core in 1.1, as are the subgroup properties */
+    chain(&pt, &sg);
+    if (has8)
+        chain(&ft, &s8);
+    if (has_h8)
+        chain(&ft, &h8);
+    if (has_dot)
+        chain(&ft, &dot), chain(&pt, &dotp);
+    if (has_ssc)
+        chain(&ft, &ssc), chain(&pt, &sscp);
+    vkGetPhysicalDeviceFeatures2(phys, &f2);
+    vkGetPhysicalDeviceProperties2(phys, &p2);
+    f->f16_storage = s16.storageBuffer16BitAccess;
+    f->i8_storage = s8.storageBuffer8BitAccess;
+    f->f16_math = h8.shaderFloat16;
+    f->i8_math = h8.shaderInt8;
+    f->int_dot = dot.shaderIntegerDotProduct;
+    f->int_dot_fast = f->int_dot && dotp.integerDotProduct4x8BitPackedSignedAccelerated;
+    f->subgroup_size = sg.subgroupSize;
+    /* the operations count only where compute shaders have them */
+    f->subgroup_ops = (sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) ? sg.supportedOperations
+                                                                         : 0;
+    if (ssc.subgroupSizeControl && (sscp.requiredSubgroupSizeStages & VK_SHADER_STAGE_COMPUTE_BIT))
+        f->subgroup_min = sscp.minSubgroupSize, f->subgroup_max = sscp.maxSubgroupSize;
+}
+
+#ifdef VK_KHR_cooperative_matrix
+/* The subgroup-scope shapes the device multiplies (the first few). */
+static void query_coopmat(const ext_list *x, VkInstance inst, VkPhysicalDevice phys,
+                          vk_features *f)
+{
+    if (!usable(x, VK_KHR_COOPERATIVE_MATRIX_EXTENSION_NAME, 0))
+        return;
+    VkPhysicalDeviceCooperativeMatrixFeaturesKHR cf = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_KHR};
+    VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
+                                    .pNext = &cf};
+    vkGetPhysicalDeviceFeatures2(phys, &f2);
+    PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR get =
+        (PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR)vkGetInstanceProcAddr(
+            inst, "vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR");
+    uint32_t n = 0;
+    if (!cf.cooperativeMatrix || !get)
+        return;
+    f->coopmat = 1;
+    if (get(phys, &n, NULL) != VK_SUCCESS || !n)
+        return;
+    VkCooperativeMatrixPropertiesKHR *p = calloc(n, sizeof *p);
+    for (uint32_t i = 0; p && i < n; i++)
+        p[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_KHR;
+    if (p && get(phys, &n, p) >= 0)
+        for (uint32_t i = 0; i < n && f->n_coopmat < VK_COOPMAT_MAX; i++)
+            if (p[i].scope == VK_SCOPE_SUBGROUP_KHR)
+                f->coopmat_shapes[f->n_coopmat++] = (vk_coopmat_shape){
+                    p[i].MSize, p[i].NSize, p[i].KSize, (int)p[i].AType, (int)p[i].ResultType};
+    free(p);
+}
+#else
+/* Vulkan headers before 1.3.255 cannot ask: the extension's name only. */
+static void query_coopmat(const ext_list *x, VkInstance inst, VkPhysicalDevice phys,
+                          vk_features *f)
+{
+    (void)inst, (void)phys;
+    f->coopmat = usable(x, "VK_KHR_cooperative_matrix", 0) ? -1 : 0;
+}
+#endif
+
+/* Everything vk_features holds, for the device phys of instance inst. */
+static void query_features(VkInstance inst, VkPhysicalDevice phys, vk_features *f)
+{
+    VkPhysicalDeviceProperties p;
+    VkPhysicalDeviceFeatures ft;
+    memset(f, 0, sizeof *f);
+    vkGetPhysicalDeviceProperties(phys, &p);
+    vkGetPhysicalDeviceFeatures(phys, &ft);
+    f->api = p.apiVersion;
+    f->f64 = ft.shaderFloat64;
+    heap_sizes(phys, f);
+    if (p.apiVersion < VK_API_VERSION_1_1)
+        return; /* no Features2 for it: the instance has 1.1, not the extension */
+    ext_list x;
+    exts_of(phys, p.apiVersion, &x);
+    query_chains(&x, phys, f);
+    query_coopmat(&x, inst, phys, f);
+    free(x.e);
+}
+
 /* Host-visible, coherent memory (device-local too where the device has
  * such a heap), for what the CPU writes or reads in place (row lists, the
  * rotary table, the logits on their way out, the staging buffer); and the
@@ -238,10 +416,11 @@ static cm_status make_device(vk_state *st, cm_err *err)
      * workgroups measured no faster on lavapipe once each type's
      * pipeline holds only its own code) */
     st->mm_rows = 8;
-    VkPhysicalDeviceFeatures have, use = {0};
-    vkGetPhysicalDeviceFeatures(st->phys, &have);
-    st->f64 = have.shaderFloat64;
-    use.shaderFloat64 = have.shaderFloat64;
+    /* only 64-bit floats are enabled: the other features (st->feat) are
+     * known, for shaders that would use them */
+    VkPhysicalDeviceFeatures use = {0};
+    st->f64 = st->feat.f64;
+    use.shaderFloat64 = (VkBool32)st->feat.f64;
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
                                   .queueFamilyIndex = fam, .queueCount = 1,
@@ -727,14 +906,15 @@ static void vk_release(cm_backend *be)
     }
     if (st->inst)
         vkDestroyInstance(st->inst, NULL);
-    free(st->k_cache), free(st->v_cache);
+    free(st->k_cache), free(st->v_cache), free(st->route_host);
     free(st);
     be->state = NULL;
 }
 
 /* The cache, the rotary table (the CPU's angles), the row lists of the MoE
- * moves and of the embeddings, the products' scratch, and a small buffer
- * bound where a shader has no operand. */
+ * moves and of the embeddings, the products' scratch, a small buffer
+ * bound where a shader has no operand, and the host copy of the router's
+ * logits (vk_route). */
 static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *err)
 {
     const cm_hparams *hp = st->hp;
@@ -753,6 +933,10 @@ static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *e
     st->xq_blocks = st->xq.size / 40;
     if (r != VK_SUCCESS)
         return vk_fail(err, r, "allocating buffers");
+    st->route_floats = (size_t)s->n_batch * (size_t)(hp->n_expert > 0 ? hp->n_expert : 1);
+    st->route_host = malloc(st->route_floats * sizeof(float));
+    if (!st->route_host)
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating the Vulkan backend");
     for (int p = 0; hp->use_rope && p < s->n_ctx; p++)
         cm_rope_table((float *)st->rope_cs.map + (size_t)p * hp->rope_dim, p, hp);
     if (s->no_kv)
@@ -804,6 +988,8 @@ static cm_status vk_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
                        "(vkCreateInstance: %d)", (int)r);
     cm_status c = pick_device(st, s->device, err);
     if (!c)
+        query_features(st->inst, st->phys, &st->feat);
+    if (!c)
         c = pick_memory(st, err);
     if (!c)
         c = make_device(st, err);
@@ -818,7 +1004,7 @@ static cm_status vk_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
 static VkResult plain_instance(VkInstance *inst)
 {
     VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
-                             .apiVersion = VK_API_VERSION_1_1};
+                             .apiVersion = VK_APP_API};
     VkInstanceCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO,
                                .pApplicationInfo = &app};
     return vkCreateInstance(&ci, NULL, inst);
@@ -852,8 +1038,60 @@ static const char *type_name(VkPhysicalDeviceType t)
            : t == VK_PHYSICAL_DEVICE_TYPE_CPU ? "CPU" : "other";
 }
 
-/* Each device: name, kind, the memory the backend would use, and the
- * features it looks for (64-bit floats for the norms, subgroup size). */
+/* The names of VkSubgroupFeatureFlagBits, in their order. */
+static const char *const subgroup_op_names[] = {"basic", "vote", "arithmetic", "ballot",
+                                                "shuffle", "shuffle_relative", "clustered",
+                                                "quad"};
+
+/* VkComponentTypeKHR's names, in its order (the same values as NV's). */
+static const char *component_name(int t)
+{
+    static const char *const n[] = {"f16", "f32", "f64", "s8", "s16", "s32",
+                                    "s64", "u8",  "u16", "u32", "u64"};
+    return t >= 0 && t < (int)(sizeof n / sizeof n[0]) ? n[t] : "?";
+}
+
+static const char *yes_no(int v) { return v ? "yes" : "no"; }
+
+/* Cooperative matrices: no, yes with the shapes (m x n x k, A and B's
+ * type -> C's), or listed but not asked (old headers at build time). */
+static void print_coopmat(FILE *out, const vk_features *f)
+{
+    fprintf(out, ", cooperative matrix %s", f->coopmat < 0 ? "listed (not queried)"
+                                            : yes_no(f->coopmat));
+    for (uint32_t i = 0; i < f->n_coopmat; i++) {
+        const vk_coopmat_shape *c = &f->coopmat_shapes[i];
+        fprintf(out, "%s%ux%ux%u %s->%s", i ? " " : " (", c->m, c->n, c->k, component_name(c->a),
+                component_name(c->c));
+    }
+    fputs(f->n_coopmat ? ")" : "", out);
+}
+
+/* A device's second line: the features, in fixed words and order (for
+ * scripts: a missing feature reads "no", never disappears). */
+static void print_features(FILE *out, const vk_features *f)
+{
+    fprintf(out, "  features: 16-bit storage %s, float16 arithmetic %s, 8-bit storage %s, "
+            "int8 arithmetic %s, integer dot product %s, subgroup operations",
+            yes_no(f->f16_storage), yes_no(f->f16_math), yes_no(f->i8_storage),
+            yes_no(f->i8_math), !f->int_dot ? "no" : f->int_dot_fast ? "yes (accelerated)"
+                                                                      : "yes (not accelerated)");
+    int any = 0;
+    for (int b = 0; b < (int)(sizeof subgroup_op_names / sizeof *subgroup_op_names); b++)
+        if (f->subgroup_ops & (1u << b))
+            fprintf(out, "%s%s", any++ ? "+" : " ", subgroup_op_names[b]);
+    fputs(any ? "" : " none", out);
+    if (f->subgroup_max)
+        fprintf(out, ", subgroup size control %u..%u", f->subgroup_min, f->subgroup_max);
+    else
+        fputs(", subgroup size control no", out);
+    print_coopmat(out, f);
+    fprintf(out, ", memory %.1f GiB device-local, %.1f GiB host-visible\n",
+            f->local_bytes / 1073741824.0, f->host_bytes / 1073741824.0);
+}
+
+/* Each device: name, kind, the memory the backend would use, 64-bit
+ * floats (the norms) and subgroup size; then its features line. */
 static void vk_list_devices(FILE *f)
 {
     VkInstance inst;
@@ -869,14 +1107,9 @@ static void vk_list_devices(FILE *f)
         fprintf(f, "vulkan: no device (install a driver, e.g. mesa-vulkan-drivers)\n");
     for (uint32_t i = 0; i < n; i++) {
         VkPhysicalDeviceProperties p;
-        VkPhysicalDeviceFeatures ft;
-        VkPhysicalDeviceSubgroupProperties sg = {
-            .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
-        VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
-                                          .pNext = &sg};
+        vk_features ft;
         vkGetPhysicalDeviceProperties(devs[i], &p);
-        vkGetPhysicalDeviceFeatures(devs[i], &ft);
-        vkGetPhysicalDeviceProperties2(devs[i], &p2);
+        query_features(inst, devs[i], &ft);
         vk_state tmp = {.phys = devs[i]};
         cm_err err;
         int mem_ok = pick_memory(&tmp, &err) == CM_OK;
@@ -884,7 +1117,8 @@ static void vk_list_devices(FILE *f)
                 "64-bit floats %s, subgroups of %u\n", i, p.deviceName, type_name(p.deviceType),
                 VK_API_VERSION_MAJOR(p.apiVersion), VK_API_VERSION_MINOR(p.apiVersion),
                 mem_ok ? "" : "no usable memory: ", mem_ok ? tmp.heap_size / 1073741824.0 : 0.0,
-                ft.shaderFloat64 ? "yes" : "no (norms sum in float)", sg.subgroupSize);
+                ft.f64 ? "yes" : "no (norms sum in float)", ft.subgroup_size);
+        print_features(f, &ft);
     }
     vkDestroyInstance(inst, NULL);
 }
@@ -961,6 +1195,32 @@ static void vk_download(cm_backend *be, const cm_tensor *src, void *dst, size_t 
 
 static void vk_synchronize(cm_backend *be) { vk_flush(vk_st(be)); }
 
+/* The routing is decided on the host by cm_route_row, the CPU's own
+ * arithmetic (as backends/cuda does: a few experts of each token are no
+ * work for a shader, and the host needs the choice anyway).  The rows are
+ * copied once to host memory first, n_batch at a time: a mapped buffer may
+ * be write-combined memory, slow to read the many times a row's softmax
+ * and top-k read it. */
+static void vk_route(cm_backend *be, const cm_tensor *logits, int k, int norm, cm_routing *r)
+{
+    vk_state *st = vk_st(be);
+    const int64_t X = logits->ne[0], n = logits->ne[1];
+    const int64_t per = (int64_t)(st->route_floats / (size_t)X);
+    if (per < 1) {
+        fprintf(stderr, "codemoe: vulkan: router rows of %lld experts, more than the model's\n",
+                (long long)X);
+        exit(1);
+    }
+    for (int64_t t0 = 0; t0 < n; t0 += per) {
+        const int64_t m = n - t0 < per ? n - t0 : per;
+        const cm_tensor part = cm_rows(logits, t0, m);
+        vk_download(be, &part, st->route_host, (size_t)(m * X) * sizeof(float));
+        for (int64_t t = 0; t < m; t++)
+            cm_route_row(st->route_host + t * X, (int)X, k, norm, r->expert + (t0 + t) * k,
+                         r->weight + (t0 + t) * k);
+    }
+}
+
 static void vk_mem_info(cm_backend *be, size_t *free_bytes, size_t *total_bytes)
 {
     vk_state *st = vk_st(be);
@@ -994,6 +1254,7 @@ const cm_backend_ops cm_backend_vulkan_ops = {
     .gelu = vk_gelu,
     .add = vk_add,
     .add_gated = vk_add_gated,
+    .route = vk_route,
     .gather = vk_gather,
     .scatter_add = vk_scatter_add,
     .logits = vk_logits,

@@ -28,6 +28,39 @@ typedef struct {
 
 #define VK_SET_SLOTS 4096 /* the table; the pool holds half as many sets */
 
+/* The Vulkan version the instance asks for (make_instance): the core
+ * versions of the feature queries are used only up to it. */
+#define VK_APP_API VK_API_VERSION_1_1
+
+/* What a device offers beyond what the shaders need (Vulkan 1.1 compute,
+ * 32-bit storage), asked once at start-up (vk_query_features): printed by
+ * info --devices, kept so that shaders can be chosen by feature.  Nothing
+ * here is enabled on the device yet: every path works without all of it. */
+#define VK_COOPMAT_MAX 8
+typedef struct {
+    uint32_t m, n, k; /* C (m x n) += A (m x k) B (k x n) */
+    int a, c;         /* VkComponentTypeKHR of A and B, of C */
+} vk_coopmat_shape;
+
+typedef struct {
+    uint32_t api;       /* the device's Vulkan version */
+    int f64;            /* shaderFloat64 */
+    int f16_storage;    /* storageBuffer16BitAccess */
+    int f16_math;       /* shaderFloat16 */
+    int i8_storage;     /* storageBuffer8BitAccess */
+    int i8_math;        /* shaderInt8 */
+    int int_dot;        /* shaderIntegerDotProduct */
+    int int_dot_fast;   /* ... with 4x8-bit packed signed dots accelerated */
+    uint32_t subgroup_size;
+    uint32_t subgroup_ops;           /* VkSubgroupFeatureFlags in compute shaders */
+    uint32_t subgroup_min, subgroup_max; /* with subgroup size control, else 0 */
+    int coopmat;        /* VK_KHR_cooperative_matrix: 1 usable, -1 listed but
+                         * not asked (these headers predate it), 0 none */
+    uint32_t n_coopmat; /* its shapes in coopmat_shapes (the first few) */
+    vk_coopmat_shape coopmat_shapes[VK_COOPMAT_MAX];
+    VkDeviceSize local_bytes, host_bytes; /* device-local, host-visible heaps */
+} vk_features;
+
 typedef struct {
     VkInstance inst;
     VkDebugUtilsMessengerEXT messenger;
@@ -48,6 +81,7 @@ typedef struct {
     int force_staging;  /* CODEMOE_VULKAN_STAGING=1: device memory unmapped */
     VkDeviceSize heap_size, allocated; /* of mem_type's heap */
     int f64; /* the device has 64-bit floats: norms sum in double, as the CPU */
+    vk_features feat; /* what else it offers (vk_query_features) */
     const cm_hparams *hp;
     int n_ctx, n_batch;
     int kv; /* the cache's type, as the shaders name it: 0 F32, 1 F16, 2 Q8_0 */
@@ -58,6 +92,8 @@ typedef struct {
      * before they go to the caller's host array */
     vk_buf xq, lout;
     vk_buf stage; /* copies to and from unmapped buffers */
+    float *route_host;   /* the router's logits of n_batch tokens, on the host */
+    size_t route_floats; /* its size */
     uint64_t xq_blocks;
     VkDeviceSize align;     /* minStorageBufferOffsetAlignment (at least 4) */
     VkDeviceSize max_range; /* maxStorageBufferRange */
