@@ -28,7 +28,7 @@ static const char BENCH_HELP[] =
     "  -t, --threads N         threads (default: all cores)\n"
     "  -r, --repetitions N     timed runs of each test (default 5)\n"
     "      --kv-type T         KV cache type: f16 (default), f32 or q8_0\n"
-    "      --backend B         cpu (default; CODEMOE_BACKEND sets another), ref or cuda\n"
+    "      --backend B         cpu (default; CODEMOE_BACKEND sets another), ref, cuda or vulkan\n"
     PLACE_HELP
     "  -v, --verbose           print the backend and any ops that ran on the CPU instead\n"
     "      --bw GBPS           read bandwidth in GB/s to use instead of measuring it\n"

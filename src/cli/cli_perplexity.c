@@ -30,7 +30,7 @@ static const char PPL_HELP[] =
     "      --max-tokens N      use only the first N tokens of the text\n"
     "      --chunks N          score at most N chunks\n"
     "      --kv-type T         KV cache type: f16 (default) or f32\n"
-    "      --backend B         cpu (default; CODEMOE_BACKEND sets another), ref or cuda\n"
+    "      --backend B         cpu (default; CODEMOE_BACKEND sets another), ref, cuda or vulkan\n"
     "      --expert NAME       language-expert packs: score this member (a language\n"
     "                          or \"fallback\"); default: --lang's expert if the pack\n"
     "                          has one, else the fallback\n"

@@ -35,7 +35,8 @@ static const char RUN_HELP[] =
     "  -t, --threads N         threads (default: all cores)\n"
     "      --kv-type T         KV cache type: f16 (default), f32 or q8_0\n"
     "      --backend B         cpu (default; CODEMOE_BACKEND sets another), ref (the\n"
-    "                          scalar reference kernels) or cuda; `codemoe --version` lists them\n"
+    "                          scalar reference kernels), cuda or vulkan; `codemoe\n"
+    "                          --version` lists those built\n"
     PLACE_HELP
     "  -v, --verbose           print the backend and device, and any ops that ran on the CPU\n"
     "      --no-bos            do not add the BOS token to the prompt\n"

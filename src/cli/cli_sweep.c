@@ -45,7 +45,7 @@ static const char SWEEP_HELP[] =
     "  -t, --threads N         threads (default: all cores)\n"
     "      --kv-type T         KV cache type: f16 (default) or f32\n"
     "      --backend B         measure on cpu (default; CODEMOE_BACKEND sets another)\n"
-    "                          ref or cuda; quantizing always runs on the CPU\n"
+    "                          ref, cuda or vulkan; quantizing always runs on the CPU\n"
     "      --cross             packs: measure every expert on every language too\n"
     "      --order O           auto (default), language or scheme: measure language\n"
     "                          by language (each base, then every scheme on it; all\n"

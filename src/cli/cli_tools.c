@@ -238,7 +238,7 @@ int cli_info(int argc, char **argv)
 
 static const char LOGITS_HELP[] =
     "usage: codemoe logits -m MODEL --ids 1,2,3 -o OUT.f32 [--kv-type f32|f16|q8_0] [-t N]\n"
-    "                      [--backend cpu|ref|cuda] [-ngl N] [--vram-budget SIZE] [-v]\n"
+    "                      [--backend cpu|ref|cuda|vulkan] [-ngl N] [--vram-budget SIZE] [-v]\n"
     "\n"
     "Evaluates the ids as one sequence and writes the logits of every position\n"
     "as float32 little-endian rows [n_ids, n_vocab].  The file appears only\n"
