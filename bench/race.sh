@@ -74,17 +74,7 @@ rss() {
     cat "$TMP/rss"
 }
 
-llama_ts() { python3 -c '
-import json, sys
-r = json.load(open(sys.argv[1])); pp = tg = 0
-for x in r:
-    if x["n_prompt"] > 0 and x["n_gen"] == 0: pp = x["avg_ts"]
-    if x["n_gen"] > 0 and x["n_prompt"] == 0: tg = x["avg_ts"]
-print("%.1f %.1f" % (pp, tg))' "$1"; }
-codemoe_ts() { python3 -c '
-import json, sys
-r = json.load(open(sys.argv[1])); print("%.1f %.1f" % (r["pp_median"], r["tg_median"]))' "$1"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+. "$ROOT/bench/race_lib.sh"
 mib() { awk -v k="$1" 'BEGIN { printf "%.0f", k / 1024 }'; }
 
 ROWS=$TMP/rows
