@@ -143,9 +143,10 @@ __device__ void quant256_group(const float *x, int s, bool valid, block_q8_K *ou
 }
 
 /* Rows 0..n-1 of x (16-byte aligned, cols floats each) quantized to XB
- * into xs, xrow bytes apart, by all the threads of the block. */
+ * into xs (shared memory for a generation product, st->xq for a batch),
+ * xrow bytes apart, by all the threads of the block. */
 template <class XB>
-__device__ void quantize_to_shared(const float *x, int cols, int n, char *xs, size_t xrow)
+__device__ void quantize_by_block(const float *x, int cols, int n, char *xs, size_t xrow)
 {
     constexpr bool K = sizeof(XB) == sizeof(block_q8_K);
     constexpr int E = K ? 256 : 32, G = K ? 16 : G32, PER = E / G;
@@ -175,7 +176,7 @@ __global__ void quantize_rows_grouped(const float *x, char *xq, int cols, int n,
 {
     const int t0 = blockIdx.x * rpb, m = n - t0 < rpb ? n - t0 : rpb;
     const size_t xrow = (size_t)cols / (sizeof(XB) == sizeof(block_q8_K) ? 256 : 32) * sizeof(XB);
-    quantize_to_shared<XB>(x + (size_t)t0 * cols, cols, m, xq + (size_t)t0 * xrow, xrow);
+    quantize_by_block<XB>(x + (size_t)t0 * cols, cols, m, xq + (size_t)t0 * xrow, xrow);
 }
 
 template <class XB>
@@ -358,7 +359,7 @@ __global__ void __launch_bounds__(MM_THREADS) mm_rows(mm_dec_args a)
                          : QUANT ? xs : (const char *)a.x + (size_t)t0 * a.xrow;
     if constexpr (QUANT)
         if (!a.xq) { /* (then n <= NT: one chunk of tokens) */
-            quantize_to_shared<typename qdot<T>::xblock>(a.x, a.cols, a.n, xs, a.xrow);
+            quantize_by_block<typename qdot<T>::xblock>(a.x, a.cols, a.n, xs, a.xrow);
             __syncthreads();
         }
     for (int k = 0; k < a.rpw && g < a.total; k++, g += MM_WARPS) {
@@ -665,7 +666,7 @@ bool matmul_pair(cuda_state *st, int nw, const cm_tensor *const *ws, const cm_te
     return np == nw && launch_dec(st, t, t2, parts, np, na, xd, (int)ws[0]->ne[0], n);
 }
 
-/* Generation: two weights of one type (or a pair), as many rows, no bias,
+/* Generation: two weights of one type, as many rows, no bias,
  * x one the generation kernels take: held back (st->pend_gate_up) in case
  * they are a gate and an up whose swiglu comes next (ops.cu), so one
  * launch does both products and the swiglu. */
