@@ -1,4 +1,4 @@
-# race_lib.sh - what race.sh and race_cuda.sh share: reading both engines'
+# race_lib.sh - what race.sh and race_gpu.sh share: reading both engines'
 # JSON results.  Sourced, not run.
 
 # llama_ts FILE: "pp tg" tok/s from llama-bench -o json

@@ -20,19 +20,9 @@ namespace {
 
 const int QT = 8, KT = 32, THREADS = QT * 32, MAX_DV = 256;
 
-struct prompt_args {
-    const float *q;
-    float *out;
-    const char *k, *v;
-    size_t krow, vrow;
-    const int32_t *pos; /* first position of the batch; row t at *pos + delta + t */
-    int delta, n, n_head, group, d, dv;
-    float scale;
-};
-
 /* Positions kb .. kb + KT - 1 of KV head g into kt (and vt): zero past last. */
 template <cm_kv_type KV>
-__device__ void load_tile(const prompt_args &a, int g, int kb, int last, float *kt, float *vt)
+__device__ void load_tile(const attn_prompt_args &a, int g, int kb, int last, float *kt, float *vt)
 {
     for (int e = threadIdx.x; e < KT * a.d; e += THREADS) {
         const int j = e / a.d, i = e % a.d;
@@ -63,7 +53,7 @@ __device__ float warp_sum(float v)
 /* The query row as the reference dots it: rounded to f16 for an F16
  * cache, quantized to q8_0 (and back) for a Q8_0 cache. */
 template <cm_kv_type KV>
-__device__ void load_query(const prompt_args &a, int t, int h, float *qf)
+__device__ void load_query(const attn_prompt_args &a, int t, int h, float *qf)
 {
     const float *src = a.q + ((size_t)t * a.n_head + h) * a.d;
     const int lane = threadIdx.x % 32;
@@ -81,7 +71,7 @@ __device__ void load_query(const prompt_args &a, int t, int h, float *qf)
 }
 
 template <cm_kv_type KV>
-__global__ void __launch_bounds__(THREADS) attend_prompt(prompt_args a)
+__global__ void __launch_bounds__(THREADS) attend_prompt(attn_prompt_args a)
 {
     extern __shared__ float sh[];
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -166,21 +156,7 @@ bool cuda_attention_prompt_ok(const cm_hparams *hp, size_t smem_limit)
 void cuda_attention_prompt(cuda_state *st, int il, const float *q, int n, int delta, float *out)
 {
     const cm_hparams *hp = st->hp;
-    prompt_args a;
-    a.q = q;
-    a.out = out;
-    a.k = st->k_cache[il];
-    a.v = st->v_cache[il];
-    a.krow = st->krow;
-    a.vrow = st->vrow;
-    a.pos = st->io_dev;
-    a.delta = delta;
-    a.n = n;
-    a.n_head = hp->n_head;
-    a.group = hp->n_head / hp->n_head_kv;
-    a.d = hp->head_dim;
-    a.dv = hp->head_dim_v;
-    a.scale = 1.0f / sqrtf((float)hp->head_dim);
+    const attn_prompt_args a = attn_prompt_args_for(st, il, q, n, delta, out);
     const dim3 grid(blocks_for(n, QT), (unsigned)hp->n_head);
     const size_t smem = smem_bytes(hp);
     if (st->kv == CM_KV_Q8_0)

@@ -20,20 +20,11 @@
 #include <stdint.h>
 
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/kv_cache.cuh"
 
 namespace {
 
 const int WARPS = 4, BQ = 16 * WARPS, BK = 64, PAD = 8; /* PAD: halves, off bank conflicts */
-
-struct tc_args {
-    const float *q;
-    float *out;
-    const char *k, *v;
-    size_t krow, vrow;
-    const int32_t *pos; /* first position of the batch; row t at *pos + delta + t */
-    int delta, n, n_head, group;
-    float scale;
-};
 
 template <int D, int DV>
 struct tiles {
@@ -65,7 +56,7 @@ __device__ __forceinline__ uint32_t lds32(const __half *p) { return *(const uint
 /* Keys kb .. kb + BK - 1 of KV head g (and their values, transposed);
  * zeros past last, where the cache holds nothing of this batch. */
 template <int D, int DV>
-__device__ void load_tiles(tiles<D, DV> &sm, const tc_args &a, int g, int kb, int last, bool values)
+__device__ void load_tiles(tiles<D, DV> &sm, const attn_prompt_args &a, int g, int kb, int last, bool values)
 {
     for (int c = threadIdx.x; c < BK * D / 8; c += WARPS * 32) {
         const int j = c / (D / 8), i = c % (D / 8) * 8;
@@ -123,7 +114,7 @@ __device__ __forceinline__ float quad_sum(float v)
 }
 
 template <int D, int DV>
-__global__ void __launch_bounds__(WARPS * 32) attend_tc(tc_args a)
+__global__ void __launch_bounds__(WARPS * 32) attend_tc(attn_prompt_args a)
 {
     __shared__ tiles<D, DV> sm;
     const int w = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tg = lane % 4;
@@ -212,7 +203,7 @@ __global__ void __launch_bounds__(WARPS * 32) attend_tc(tc_args a)
 }
 
 template <int D>
-void launch(cudaStream_t s, const tc_args &a)
+void launch(cudaStream_t s, const attn_prompt_args &a)
 {
     attend_tc<D, D><<<dim3(blocks_for(a.n, BQ), (unsigned)a.n_head), WARPS * 32, 0, s>>>(a);
 }
@@ -226,19 +217,7 @@ bool cuda_attention_tensor(cuda_state *st, int il, const float *q, int n, int de
     if (!st->mmq || st->kv != CM_KV_F16 || hp->head_dim_v != d ||
         (d != 32 && d != 64 && d != 96 && d != 128))
         return false;
-    tc_args a;
-    a.q = q;
-    a.out = out;
-    a.k = st->k_cache[il];
-    a.v = st->v_cache[il];
-    a.krow = st->krow;
-    a.vrow = st->vrow;
-    a.pos = st->io_dev;
-    a.delta = delta;
-    a.n = n;
-    a.n_head = hp->n_head;
-    a.group = hp->n_head / hp->n_head_kv;
-    a.scale = 1.0f / sqrtf((float)d);
+    const attn_prompt_args a = attn_prompt_args_for(st, il, q, n, delta, out);
     switch (d) {
     case 32: launch<32>(st->stream, a); break;
     case 64: launch<64>(st->stream, a); break;

@@ -327,17 +327,26 @@ __device__ mm_part part_of(const mm_dec_args &a, int *r, int *i)
     return a.p[2];
 }
 
+/* Starts the bytes of a row towards L1, a 128-byte line a lane. */
+__device__ void prefetch_bytes(const char *row, size_t bytes, int lane)
+{
+    const uintptr_t beg = (uintptr_t)row, end = beg + bytes;
+    for (uintptr_t at = (beg & ~(uintptr_t)127) + 128 * (uintptr_t)lane; at < end; at += 32 * 128)
+        asm volatile("prefetch.global.L1 [%0];" ::"l"(at));
+}
+
 /* Starts row g's bytes towards L1, so they come while the warp does
- * something else (quantizes x, sums the rows before). */
+ * something else (quantizes x, sums the rows before); with swiglu the up
+ * row too, which the warp reads right after the gate row. */
 __device__ void prefetch_row(const mm_dec_args &a, int g, int lane)
 {
     if (g >= a.total)
         return;
     int r = g, i;
     const mm_part p = part_of(a, &r, &i);
-    const uintptr_t beg = (uintptr_t)(p.w + (size_t)r * p.wrow), end = beg + p.wrow;
-    for (uintptr_t at = (beg & ~(uintptr_t)127) + 128 * (uintptr_t)lane; at < end; at += 32 * 128)
-        asm volatile("prefetch.global.L1 [%0];" ::"l"(at));
+    prefetch_bytes(p.w + (size_t)r * p.wrow, p.wrow, lane);
+    if (a.swiglu)
+        prefetch_bytes(a.p[1].w + (size_t)r * a.p[1].wrow, a.p[1].wrow, lane);
 }
 
 /* Block (b, c): tokens c * NT .. c * NT + NT - 1 times rows b * MM_WARPS *

@@ -1,15 +1,20 @@
 #!/bin/sh
-# race_cuda.sh - codemoe's CUDA backend against llama.cpp's CUDA build, on the
-# same GPU, the same files, in one run; writes bench/CUDA.md.
+# race_gpu.sh - codemoe's CUDA or Vulkan backend against llama.cpp's build
+# for the same API, on the same GPU, the same files, in one run; writes
+# bench/CUDA.md or bench/VULKAN.md.
 #
-#   bench/race_cuda.sh [-r REPS] [-o OUT.md] [--models "smol135m qwen05b moe8x"]
-#                      [--types "q8_0 q4_0 q4_k_m"]
+#   bench/race_gpu.sh [--backend cuda|vulkan] [-r REPS] [-o OUT.md]
+#                     [--models "smol135m qwen05b moe8x"] [--types "q8_0 q4_0 q4_k_m"]
 #
-# Needs a CUDA build of codemoe (CM_BUILDDIR, default build-gpu beside the
-# sources: tests/run_gpu.sh makes one; CM_COMMIT names its commit where the
-# tree has no git history) and builds llama.cpp from the source
-# tarball of ../shared/anchors (LLAMA_TARBALL) into LLAMA_DIR (default
-# /tmp/llama.cpp-cuda) unless its llama-bench is there already.  Models come
+# Needs a build of codemoe with that backend (CM_BUILDDIR, default build-gpu
+# beside the sources: tests/run_gpu.sh makes a CUDA one; CM_COMMIT names its
+# commit where the tree has no git history) and builds llama.cpp from the
+# source tarball of ../shared/anchors (LLAMA_TARBALL) into LLAMA_DIR
+# (default /tmp/llama.cpp-BACKEND) unless its llama-bench is there already;
+# LLAMA_CMAKE_FLAGS adds to its cmake line (a Vulkan build on a machine
+# without the SDK: -DVulkan_INCLUDE_DIR=... -DVulkan_GLSLC_EXECUTABLE=...).
+# With --backend vulkan, where the codemoe build also has CUDA, each row
+# also gives codemoe's CUDA figures and Vulkan's ratio to them.  Models come
 # from tools/gen_model (random weights in the shapes of real models, the
 # starcoder vocabulary) into MODELS_DIR (default /tmp/codemoe-models).
 # Each row: llama-bench -ngl 99 and codemoe bench --backend cuda, one after
@@ -23,32 +28,38 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${CM_BUILDDIR:-$ROOT/build-gpu}
 SHARED=${CM_SHARED:-$ROOT/../shared}
 LLAMA_TARBALL=${LLAMA_TARBALL:-$SHARED/anchors/llama.cpp/llama.cpp-c392e50.tar.xz}
-LLAMA_DIR=${LLAMA_DIR:-/tmp/llama.cpp-cuda}
 MODELS_DIR=${MODELS_DIR:-/tmp/codemoe-models}
-REPS=3 OUT=$ROOT/bench/CUDA.md
+REPS=3 OUT= BACKEND=cuda
 MODELS="smol135m qwen05b moe8x" TYPES="q8_0 q4_0 q4_k_m"
 
-usage() { echo "usage: bench/race_cuda.sh [-r N] [-o OUT.md] [--models LIST] [--types LIST]" >&2; exit 2; }
+usage() { echo "usage: bench/race_gpu.sh [--backend cuda|vulkan] [-r N] [-o OUT.md] [--models LIST] [--types LIST]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     [ $# -ge 2 ] || usage
     case $1 in
-    -r) REPS=$2 ;; -o) OUT=$2 ;; --models) MODELS=$2 ;; --types) TYPES=$2 ;;
+    --backend) BACKEND=$2 ;; -r) REPS=$2 ;; -o) OUT=$2 ;; --models) MODELS=$2 ;; --types) TYPES=$2 ;;
     *) usage ;;
     esac
     shift 2
 done
+case $BACKEND in
+cuda) API=CUDA LLAMA_OPT=-DGGML_CUDA=ON ;;
+vulkan) API=Vulkan LLAMA_OPT=-DGGML_VULKAN=ON ;;
+*) usage ;;
+esac
+LLAMA_DIR=${LLAMA_DIR:-/tmp/llama.cpp-$BACKEND}
+[ -n "$OUT" ] || OUT=$ROOT/bench/$(echo "$BACKEND" | tr a-z A-Z).md
 
 CODEMOE=$BUILD/codemoe GEN=$BUILD/tools/gen_model
-[ -x "$CODEMOE" ] && [ -x "$GEN" ] || { echo "race_cuda.sh: build codemoe and tools/gen_model in $BUILD first" >&2; exit 1; }
+[ -x "$CODEMOE" ] && [ -x "$GEN" ] || { echo "race_gpu.sh: build codemoe and tools/gen_model in $BUILD first" >&2; exit 1; }
 CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d .)
 GPU=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -n 1)
 LB=$LLAMA_DIR/build/bin/llama-bench
 if [ ! -x "$LB" ]; then
-    echo "building llama.cpp (CUDA, sm_$CAP)..." >&2
+    echo "building llama.cpp ($API, sm_$CAP)..." >&2
     mkdir -p "$LLAMA_DIR"
     tar xJf "$LLAMA_TARBALL" -C "$LLAMA_DIR" --strip-components=1
-    cmake -S "$LLAMA_DIR" -B "$LLAMA_DIR/build" -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$CAP" \
-        -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release >/dev/null
+    cmake -S "$LLAMA_DIR" -B "$LLAMA_DIR/build" $LLAMA_OPT -DCMAKE_CUDA_ARCHITECTURES="$CAP" \
+        -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release ${LLAMA_CMAKE_FLAGS:-} >/dev/null
     cmake --build "$LLAMA_DIR/build" -j"$(nproc)" --target llama-bench >/dev/null
 fi
 VOCAB=$SHARED/vocab/ggml-vocab-starcoder.gguf
@@ -75,6 +86,12 @@ peak() {
 
 . "$ROOT/bench/race_lib.sh"
 
+# codemoe's CUDA figures beside its Vulkan ones, where the build has both
+WITH_CUDA=0
+if [ "$BACKEND" = vulkan ] && "$CODEMOE" info --devices 2>/dev/null | grep -q "^cuda [0-9]*:"; then
+    WITH_CUDA=1
+fi
+
 ROWS=$TMP/rows
 : >"$ROWS"
 for m in $MODELS; do
@@ -83,10 +100,16 @@ for m in $MODELS; do
         echo "race $m $t..." >&2
         lmem=$(peak "$LB" -m "$f" -ngl 99 -p 512 -n 128 -r "$REPS" -o json)
         cp "$TMP/out" "$TMP/l.json"
-        cmem=$(peak "$CODEMOE" bench -m "$f" --backend cuda -p 512 -n 128 -r "$REPS" --json)
+        cmem=$(peak "$CODEMOE" bench -m "$f" --backend "$BACKEND" -p 512 -n 128 -r "$REPS" --json)
         cp "$TMP/out" "$TMP/c.json"
         set -- $(llama_ts "$TMP/l.json") $(codemoe_ts "$TMP/c.json")
-        echo "| $m | $t | $1 | $3 | $(ratio "$3" "$1") | $2 | $4 | $(ratio "$4" "$2") | $lmem | $cmem |" >>"$ROWS"
+        row="| $m | $t | $1 | $3 | $(ratio "$3" "$1") | $2 | $4 | $(ratio "$4" "$2") | $lmem | $cmem |"
+        if [ $WITH_CUDA = 1 ]; then
+            "$CODEMOE" bench -m "$f" --backend cuda -p 512 -n 128 -r "$REPS" --json >"$TMP/g.json"
+            set -- "$3" "$4" $(codemoe_ts "$TMP/g.json")
+            row="$row $3 | $(ratio "$1" "$3") | $4 | $(ratio "$2" "$4") |"
+        fi
+        echo "$row" >>"$ROWS"
     done
 done
 
@@ -99,7 +122,7 @@ case " $MODELS " in *" moe8x "*)
     budget=$((size * 2 / 5))
     ngl=$((16 * 2 / 5)) # its 16 layers are nearly all of the file: 40 % of them
     lmem=$(peak "$LB" -m "$f" -ngl "$ngl" -p 512 -n 128 -r "$REPS" -o json); cp "$TMP/out" "$TMP/l.json"
-    cmem=$(peak "$CODEMOE" bench -m "$f" --backend cuda --vram-budget "$budget" -p 512 -n 128 -r "$REPS" --json)
+    cmem=$(peak "$CODEMOE" bench -m "$f" --backend "$BACKEND" --vram-budget "$budget" -p 512 -n 128 -r "$REPS" --json)
     cp "$TMP/out" "$TMP/c.json"
     set -- $(llama_ts "$TMP/l.json") $(codemoe_ts "$TMP/c.json")
     echo "| moe8x | q4_0 | $((budget / 1048576)) MiB (-ngl $ngl) | $1 | $3 | $(ratio "$3" "$1") | $2 | $4 | $(ratio "$4" "$2") | $lmem | $cmem |" >>"$BUDGET_ROWS"
@@ -107,17 +130,23 @@ case " $MODELS " in *" moe8x "*)
 esac
 
 COMMIT=${CM_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)}
+HEAD_ROW="| model | type | llama.cpp pp512 | codemoe pp512 | ratio | llama.cpp tg128 | codemoe tg128 | ratio | llama.cpp MiB | codemoe MiB |"
+RULE="|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+if [ $WITH_CUDA = 1 ]; then
+    HEAD_ROW="$HEAD_ROW codemoe CUDA pp512 | Vulkan/CUDA | codemoe CUDA tg128 | Vulkan/CUDA |"
+    RULE="$RULE---:|---:|---:|---:|"
+fi
 {
-    echo "# CUDA backend: codemoe against llama.cpp, same GPU, same files, one run"
+    echo "# $API backend: codemoe against llama.cpp, same GPU, same files, one run"
     echo
-    echo "Regenerate with \`bench/race_cuda.sh\` on a machine with an NVIDIA GPU (tests/run_gpu.sh"
-    echo "builds codemoe there).  $(date -u +%Y-%m-%d), GPU: $GPU; codemoe $COMMIT, llama.cpp"
-    echo "c392e50 (CUDA build for sm_$CAP); random-weight models from tools/gen_model (starcoder"
-    echo "vocabulary); \`-p 512 -n 128\`, medians of $REPS runs (llama-bench: means), tok/s;"
+    echo "Regenerate with \`bench/race_gpu.sh --backend $BACKEND\` on a machine with an NVIDIA GPU"
+    echo "(tests/run_gpu.sh builds codemoe there).  $(date -u +%Y-%m-%d), GPU: $GPU; codemoe $COMMIT,"
+    echo "llama.cpp c392e50 ($API build${LLAMA_NOTE:+, $LLAMA_NOTE}); random-weight models from tools/gen_model"
+    echo "(starcoder vocabulary); \`-p 512 -n 128\`, medians of $REPS runs (llama-bench: means), tok/s;"
     echo "peak device memory (MiB) from nvidia-smi while each ran, less what was in use before."
     echo
-    echo "| model | type | llama.cpp pp512 | codemoe pp512 | ratio | llama.cpp tg128 | codemoe tg128 | ratio | llama.cpp MiB | codemoe MiB |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "$HEAD_ROW"
+    echo "$RULE"
     cat "$ROWS"
     if [ -s "$BUDGET_ROWS" ]; then
         echo
