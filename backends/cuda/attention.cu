@@ -288,6 +288,8 @@ __device__ void weigh_values(const attn_args &a, float *s, int j0, int j1, int g
 template <cm_kv_type KV, int VEC>
 __global__ void __launch_bounds__(ATTN_THREADS, 2) attend(attn_args a)
 {
+    wait_prior_grid();
+    start_next_grid();
     extern __shared__ float sh[];
     __shared__ block_q8_0 qq[16]; /* the query as q8_0 (head_dim <= 512) */
     const int t = blockIdx.x, h = blockIdx.y, g = h / a.group, m = *a.pos + a.delta + t + 1;
@@ -306,6 +308,8 @@ __global__ void __launch_bounds__(ATTN_THREADS, 2) attend(attn_args a)
 template <cm_kv_type KV, int VEC>
 __global__ void __launch_bounds__(ATTN_THREADS) attend_stats(attn_args a)
 {
+    wait_prior_grid();
+    start_next_grid();
     extern __shared__ float sh[];
     __shared__ block_q8_0 qq[16];
     const int c = blockIdx.x, h = blockIdx.y, g = h / a.group, m = *a.pos + a.delta + 1;
@@ -331,6 +335,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attend_stats(attn_args a)
 template <cm_kv_type KV, int VEC>
 __global__ void __launch_bounds__(ATTN_THREADS) attend_part(attn_args a)
 {
+    wait_prior_grid();
+    start_next_grid();
     extern __shared__ float sh[];
     __shared__ block_q8_0 qq[16];
     const int c = blockIdx.x, h = blockIdx.y, g = h / a.group, m = *a.pos + a.delta + 1;
@@ -360,6 +366,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attend_part(attn_args a)
 /* Split, block h: out = the chunks' sums, in order. */
 __global__ void attend_sum(const float *part, float *out, int n_split, int dv)
 {
+    wait_prior_grid();
+    start_next_grid();
     const float *p = part + (size_t)blockIdx.x * n_split * dv;
     for (int i = threadIdx.x; i < dv; i += blockDim.x) {
         float o = 0.0f;
@@ -394,29 +402,29 @@ int vec_for(cm_kv_type kv, int d, int dv)
 }
 
 template <cm_kv_type KV, int VEC>
-void launch_kv(cudaStream_t s, const attn_args &a, int n, size_t smem)
+void launch_kv(const cuda_state *st, const attn_args &a, int n, size_t smem)
 {
     if (a.n_split <= 1) {
-        attend<KV, VEC><<<dim3((unsigned)n, (unsigned)a.n_head), ATTN_THREADS, smem, s>>>(a);
+        launch_pdl(st, attend<KV, VEC>, dim3((unsigned)n, (unsigned)a.n_head), ATTN_THREADS, smem, a);
         return;
     }
     const dim3 grid((unsigned)a.n_split, (unsigned)a.n_head);
-    attend_stats<KV, VEC><<<grid, ATTN_THREADS, smem, s>>>(a);
-    attend_part<KV, VEC><<<grid, ATTN_THREADS, smem, s>>>(a);
+    launch_pdl(st, attend_stats<KV, VEC>, grid, ATTN_THREADS, smem, a);
+    launch_pdl(st, attend_part<KV, VEC>, grid, ATTN_THREADS, smem, a);
 }
 
-void launch(cudaStream_t s, cm_kv_type kv, int vec, const attn_args &a, int n, size_t smem)
+void launch(const cuda_state *st, cm_kv_type kv, int vec, const attn_args &a, int n, size_t smem)
 {
     if (kv == CM_KV_Q8_0)
-        launch_kv<CM_KV_Q8_0, 4>(s, a, n, smem);
+        launch_kv<CM_KV_Q8_0, 4>(st, a, n, smem);
     else if (kv == CM_KV_F16 && vec == 8)
-        launch_kv<CM_KV_F16, 8>(s, a, n, smem);
+        launch_kv<CM_KV_F16, 8>(st, a, n, smem);
     else if (kv == CM_KV_F16)
-        launch_kv<CM_KV_F16, 1>(s, a, n, smem);
+        launch_kv<CM_KV_F16, 1>(st, a, n, smem);
     else if (vec == 4)
-        launch_kv<CM_KV_F32, 4>(s, a, n, smem);
+        launch_kv<CM_KV_F32, 4>(st, a, n, smem);
     else
-        launch_kv<CM_KV_F32, 1>(s, a, n, smem);
+        launch_kv<CM_KV_F32, 1>(st, a, n, smem);
 }
 
 /* Positions per block for one token that may see m_max positions: 0 for
@@ -536,9 +544,9 @@ void cuda_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tenso
         a.stats = part + (size_t)a.n_head * n_split * a.dv;
     }
     const int vec = vec_for(st->kv, a.d, a.dv);
-    launch(st->stream, st->kv, vec, a, n, smem_for(a.dpad, a.n_split > 1 ? a.chunk : m_max));
+    launch(st, st->kv, vec, a, n, smem_for(a.dpad, a.n_split > 1 ? a.chunk : m_max));
     if (a.n_split > 1)
-        attend_sum<<<(unsigned)a.n_head, 128, 0, st->stream>>>(part, (float *)dev_ptr(out),
-                                                              a.n_split, a.dv);
+        launch_pdl(st, attend_sum, (unsigned)a.n_head, 128, 0, (const float *)part,
+                   (float *)dev_ptr(out), a.n_split, a.dv);
     cuda_check(cudaGetLastError(), "attention");
 }

@@ -200,6 +200,8 @@ cm_status cuda_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
                        s->n_ctx, st->smem, (size_t)prop.sharedMemPerBlockOptin);
     st->prompt_attn = cuda_attention_prompt_ok(hp, prop.sharedMemPerBlockOptin);
     st->mmq = cuda_mmq_available();
+    const char *pdl = getenv("CODEMOE_CUDA_PDL"); /* 0: kernels one after the other (to compare) */
+    st->pdl = st->cc >= 90 && cuda_pdl_available() && !(pdl && strcmp(pdl, "0") == 0);
     st->prof = cuda_profile_new();
     cudaGetLastError(); /* (a refused attribute is an answer, not an error) */
     if ((e = alloc_scratch(st, s)) != cudaSuccess)

@@ -34,6 +34,7 @@ struct cuda_state {
     size_t vram_peak;          /* most device memory seen in use */
     bool prompt_attn;          /* attention_prompt.cu's kernel suits the model */
     bool mmq;                  /* mmq.cu's tensor-core kernels are in this build */
+    bool pdl;                  /* launch_pdl may overlap kernels (sm_90 code on an sm_90+ device) */
     /* the rotations of q and k, held back so that one launch does them and
      * stores k and v in the cache (ops.cu) */
     struct {
@@ -103,6 +104,45 @@ static inline bool skip_op_named(cuda_state *st, const char *name, int keep = KE
 }
 #define skip_op(st, ...) skip_op_named(st, __func__, ##__VA_ARGS__)
 
+/* Programmatic dependent launch (sm_90 and later): a kernel launched by
+ * launch_pdl may start while the one before it ends, so its launch and its
+ * first loads overlap that kernel's tail (a generated token is a chain of
+ * hundreds of short kernels).  Such a kernel calls wait_prior_grid() before
+ * it reads anything an earlier kernel wrote or writes anything, and before
+ * any return: what comes first may only read weights.  Where the code is
+ * older than sm_90 both calls are empty, and st->pdl is off. */
+__device__ __forceinline__ void wait_prior_grid(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* Lets the next kernel in the stream be launched (it waits in turn). */
+__device__ __forceinline__ void start_next_grid(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+template <typename... P, typename... A>
+void launch_pdl(const cuda_state *st, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
+                A... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st->stream;
+    cudaLaunchAttribute overlap;
+    overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    overlap.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &overlap;
+    cfg.numAttrs = st->pdl ? 1 : 0;
+    cudaLaunchKernelEx(&cfg, kernel, args...); /* (its error: the caller's cuda_check) */
+}
+
 static inline cuda_state *cuda_st(cm_backend *be) { return (cuda_state *)be->state; }
 
 /* Device address of a view: its buffer's memory plus the offset. */
@@ -151,6 +191,9 @@ const int MMQ_MIN_TOKENS = 16, MMQ_PARTS = 3;
 /* parts: up to MMQ_PARTS weights of type t sharing x, cols and n */
 bool cuda_mmq(cuda_state *st, enum cm_type t, const mm_args *parts, int np);
 bool cuda_mmq_available(void);
+/* Whether the kernels run here are sm_90 code, whose launches may overlap
+ * (launch_pdl). */
+bool cuda_pdl_available(void);
 
 /* Products (matmul.cu): ys[i] = x ws[i]^T (+ bs[i]), weights in device memory. */
 void cuda_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,

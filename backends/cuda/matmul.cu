@@ -361,9 +361,11 @@ __global__ void __launch_bounds__(MM_THREADS) mm_rows(mm_dec_args a)
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t0 = blockIdx.y * NT;
     const int nt = a.n - t0 < NT ? a.n - t0 : NT;
     int g = blockIdx.x * MM_WARPS * a.rpw + warp;
-    prefetch_row(a, g, lane);
+    prefetch_row(a, g, lane); /* (weights: before the wait) */
     if (a.rpw > 1)
         prefetch_row(a, g + MM_WARPS, lane);
+    wait_prior_grid();
+    start_next_grid();
     const char *x = a.xq ? a.xq + (size_t)t0 * a.xrow
                          : QUANT ? xs : (const char *)a.x + (size_t)t0 * a.xrow;
     if constexpr (QUANT)
@@ -408,16 +410,16 @@ __global__ void __launch_bounds__(MM_THREADS) mm_rows(mm_dec_args a)
 
 /* Tokens per pass over a weight row: all of them up to 8. */
 template <enum cm_type T, enum cm_type T2 = T>
-void launch_rows(cudaStream_t s, const mm_dec_args &a, dim3 grid, size_t smem)
+void launch_rows(const cuda_state *st, const mm_dec_args &a, dim3 grid, size_t smem)
 {
     if (a.n == 1)
-        mm_rows<T, T2, 1><<<grid, MM_THREADS, smem, s>>>(a);
+        launch_pdl(st, mm_rows<T, T2, 1>, grid, MM_THREADS, smem, a);
     else if (a.n == 2)
-        mm_rows<T, T2, 2><<<grid, MM_THREADS, smem, s>>>(a);
+        launch_pdl(st, mm_rows<T, T2, 2>, grid, MM_THREADS, smem, a);
     else if (a.n <= 4)
-        mm_rows<T, T2, 4><<<grid, MM_THREADS, smem, s>>>(a);
+        launch_pdl(st, mm_rows<T, T2, 4>, grid, MM_THREADS, smem, a);
     else
-        mm_rows<T, T2, DEC_N><<<grid, MM_THREADS, smem, s>>>(a);
+        launch_pdl(st, mm_rows<T, T2, DEC_N>, grid, MM_THREADS, smem, a);
 }
 
 #define CM_MM_TYPES(X)                                                                        \
@@ -440,12 +442,12 @@ bool pair_supported(enum cm_type t, enum cm_type t2)
     return false;
 }
 
-void launch_types(cudaStream_t s, enum cm_type t, enum cm_type t2, const mm_dec_args &a,
+void launch_types(const cuda_state *st, enum cm_type t, enum cm_type t2, const mm_dec_args &a,
                   dim3 grid, size_t smem)
 {
 #define CM_PAIR_CASE(A, B)                      \
     if (t == A && t2 == B) {                    \
-        launch_rows<A, B>(s, a, grid, smem);    \
+        launch_rows<A, B>(st, a, grid, smem);   \
         return;                                 \
     }
     CM_MM_PAIRS(CM_PAIR_CASE)
@@ -453,7 +455,7 @@ void launch_types(cudaStream_t s, enum cm_type t, enum cm_type t2, const mm_dec_
     switch (t) {
 #define CM_MM_CASE(T)                       \
     case T:                                 \
-        launch_rows<T>(s, a, grid, smem);   \
+        launch_rows<T>(st, a, grid, smem);  \
         break;
         CM_MM_TYPES(CM_MM_CASE)
 #undef CM_MM_CASE
@@ -473,7 +475,7 @@ void launch_mm(cuda_state *st, enum cm_type t, enum cm_type t2, mm_dec_args &a)
     a.rpw = (int)(((long)a.total * chunks + wave - 1) / wave);
     const dim3 grid(blocks_for(a.total, MM_WARPS * a.rpw), chunks);
     const size_t smem = a.xq || is_float_type(t) ? 0 : a.xrow * a.n;
-    launch_types(st->stream, t, t2, a, grid, smem);
+    launch_types(st, t, t2, a, grid, smem);
 }
 
 /* Batches: x already quantized (st->xq, quantize_x) or floats; one launch
@@ -619,6 +621,16 @@ void matmul_batch(cuda_state *st, int nw, const cm_tensor *const *ws, const cm_t
 }
 
 } // namespace
+
+bool cuda_pdl_available(void)
+{
+    cudaFuncAttributes fa;
+    if (cudaFuncGetAttributes(&fa, mm_rows<CM_TYPE_Q8_0, CM_TYPE_Q8_0, 1>) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return fa.ptxVersion >= 90;
+}
 
 size_t cuda_xq_bytes(const cm_hparams *hp, int n_batch)
 {

@@ -64,6 +64,8 @@ __global__ void embed_rows(table_ref table, table_ref pos, const int32_t *ids,
                            const __grid_constant__ row_list id_list, const int32_t *pos0,
                            int delta, int cols, float *out)
 {
+    wait_prior_grid();
+    start_next_grid();
     const int t = blockIdx.y, i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= cols)
         return;
@@ -105,6 +107,8 @@ __device__ float rms_scale(const float *v, int n, float eps, double *red)
 __global__ void norm_rows(float *x, const float *add, const float *w, const float *b, float *out,
                           int n, float eps, int layer_norm)
 {
+    wait_prior_grid();
+    start_next_grid();
     __shared__ double red[NORM_THREADS / 32];
     float *xi = x + (size_t)blockIdx.x * n;
     float *o = out + (size_t)blockIdx.x * n;
@@ -166,6 +170,8 @@ __device__ void rope_head(const rope_args &a, float *v, int t, double *red)
 /* Block (head, row). */
 __global__ void rope_heads(rope_args a)
 {
+    wait_prior_grid();
+    start_next_grid();
     __shared__ double red[32];
     rope_head(a, a.x + ((size_t)blockIdx.y * a.n_heads + blockIdx.x) * a.d, blockIdx.y, red);
 }
@@ -201,6 +207,8 @@ struct rope_store_args {
 template <cm_kv_type KV>
 __global__ void rope_store(rope_store_args a)
 {
+    wait_prior_grid();
+    start_next_grid();
     __shared__ double red[32];
     const int x = blockIdx.x, t = blockIdx.y, nq = a.q.n_heads;
     const int pos = *a.k.p0 + a.k.delta + t;
@@ -219,6 +227,8 @@ __global__ void rope_store(rope_store_args a)
 
 __global__ void swiglu_k(float *a, const float *b, long n)
 {
+    wait_prior_grid();
+    start_next_grid();
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n)
         a[i] = swiglu_value(a[i], b[i]);
@@ -235,6 +245,8 @@ __global__ void gelu_k(const float *x, float *out, long n)
 
 __global__ void add_k(float *x, const float *y, long n)
 {
+    wait_prior_grid();
+    start_next_grid();
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n)
         x[i] += y[i];
@@ -307,9 +319,9 @@ void cuda_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_tab
         ids_dev = put_rows(st, ids, NULL, n, &l, &unused);
     }
     const int cols = (int)table->ne[0];
-    embed_rows<<<dim3(blocks_for(cols, 256), (unsigned)n), 256, 0, st->stream>>>(
-        table_of(table), table_of(pos_table), ids_dev, l, st->io_dev, p0 - st->batch_p0, cols,
-        (float *)dev_ptr(out));
+    launch_pdl(st, embed_rows, dim3(blocks_for(cols, 256), (unsigned)n), 256, 0, table_of(table),
+               table_of(pos_table), ids_dev, l, (const int32_t *)st->io_dev, p0 - st->batch_p0, cols,
+               (float *)dev_ptr(out));
     cuda_check(cudaGetLastError(), "embed");
 }
 
@@ -326,10 +338,10 @@ void cuda_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_
         st->pend_add.x = NULL;
     }
     cuda_flush(st);
-    norm_rows<<<(unsigned)x->ne[1], NORM_THREADS, 0, st->stream>>>(
-        (float *)dev_ptr(x), add, (const float *)dev_ptr(w),
-        layer_norm && present(b) ? (const float *)dev_ptr(b) : NULL, (float *)dev_ptr(out),
-        (int)x->ne[0], eps, layer_norm);
+    launch_pdl(st, norm_rows, (unsigned)x->ne[1], NORM_THREADS, 0, (float *)dev_ptr(x), add,
+               (const float *)dev_ptr(w),
+               layer_norm && present(b) ? (const float *)dev_ptr(b) : (const float *)NULL,
+               (float *)dev_ptr(out), (int)x->ne[0], eps, layer_norm);
     cuda_check(cudaGetLastError(), "norm");
 }
 
@@ -372,8 +384,8 @@ void cuda_flush(cuda_state *st)
 {
     for (int i = 0; i < st->n_pend_rope; i++) {
         const auto &p = st->pend_rope[i];
-        rope_heads<<<dim3((unsigned)p.n_heads, (unsigned)p.rows), 64, 0, st->stream>>>(
-            rope_of(st, p.x, p.norm_w, p.n_heads, p.delta));
+        launch_pdl(st, rope_heads, dim3((unsigned)p.n_heads, (unsigned)p.rows), 64, 0,
+                   rope_of(st, p.x, p.norm_w, p.n_heads, p.delta));
         cuda_check(cudaGetLastError(), "rope");
     }
     st->n_pend_rope = 0;
@@ -381,7 +393,7 @@ void cuda_flush(cuda_state *st)
         cuda_gate_up_launch(st, false);
     if (st->pend_add.x) {
         const long n = st->pend_add.n;
-        add_k<<<blocks_for(n, 256), 256, 0, st->stream>>>(st->pend_add.x, st->pend_add.y, n);
+        launch_pdl(st, add_k, blocks_for(n, 256), 256, 0, st->pend_add.x, st->pend_add.y, n);
         cuda_check(cudaGetLastError(), "add");
         st->pend_add.x = NULL;
     }
@@ -406,11 +418,11 @@ bool cuda_rope_store(cuda_state *st, int il, const cm_tensor *k, const cm_tensor
     a.n_kv = pk.n_heads;
     const dim3 g((unsigned)(pq.n_heads + 2 * pk.n_heads), (unsigned)n);
     if (st->kv == CM_KV_Q8_0)
-        rope_store<CM_KV_Q8_0><<<g, 64, 0, st->stream>>>(a);
+        launch_pdl(st, rope_store<CM_KV_Q8_0>, g, 64, 0, a);
     else if (st->kv == CM_KV_F16)
-        rope_store<CM_KV_F16><<<g, 64, 0, st->stream>>>(a);
+        launch_pdl(st, rope_store<CM_KV_F16>, g, 64, 0, a);
     else
-        rope_store<CM_KV_F32><<<g, 64, 0, st->stream>>>(a);
+        launch_pdl(st, rope_store<CM_KV_F32>, g, 64, 0, a);
     cuda_check(cudaGetLastError(), "rope and cache store");
     st->n_pend_rope = 0;
     return true;
@@ -438,8 +450,8 @@ void cuda_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
         return;
     }
     long n = elems(a);
-    swiglu_k<<<blocks_for(n, 256), 256, 0, st->stream>>>((float *)dev_ptr(a),
-                                                         (const float *)dev_ptr(b), n);
+    launch_pdl(st, swiglu_k, blocks_for(n, 256), 256, 0, (float *)dev_ptr(a),
+               (const float *)dev_ptr(b), n);
     cuda_check(cudaGetLastError(), "swiglu");
 }
 
