@@ -332,6 +332,36 @@ static void test_matmul_n(const cm_backend_ops *ops, const cm_hparams *hp)
     }
 }
 
+/* Products wider and longer than a GPU's prompt tile (64 rows x 64 tokens
+ * in backends/vulkan's matmul_tiled.comp): whole tiles, a partial last one
+ * both ways, every type. */
+static void test_matmul_tiles(const cm_backend_ops *ops, const cm_hparams *hp)
+{
+    static const int counts[] = {16, 65, 80};
+    const int cols = 512, rows = 150;
+    for (size_t ti = 0; ti < N_TYPES; ti++) {
+        char tn[32];
+        cm_type_name(all_types[ti], tn);
+        cm_tensor w = weight(all_types[ti], cols, rows), b = vec(rows, 0.3f);
+        pair p;
+        if (!pair_new(&p, ops, hp, &w, CM_KV_F16, 64))
+            return;
+        cm_tensor wdev = put_w(&p, &w), bdev = put_w(&p, &b);
+        for (size_t k = 0; k < sizeof counts / sizeof counts[0]; k++) {
+            const int n = counts[k];
+            twin x = twin_rnd(&p, cols, n, 1.0f), y = twin_new(&p, rows, n, NULL);
+            const cm_tensor *ws[1] = {&w}, *bs[1] = {&b}, *wd[1] = {&wdev}, *bd[1] = {&bdev};
+            cm_tensor *ya[1] = {&y.a}, *yb[1] = {&y.b};
+            cm_op_matmul(p.be, 1, wd, k % 2 ? bd : NULL, &x.a, ya);
+            cm_op_matmul(p.ref, 1, ws, k % 2 ? bs : NULL, &x.b, yb);
+            EXPECT_CLOSE(&p, &y, CM_OP_matmul, 2e-5, "%s %dx%d, %d tokens", tn, cols, rows, n);
+            twin_free(&p, &x), twin_free(&p, &y);
+        }
+        pair_free(&p);
+        free_host(&w), free_host(&b);
+    }
+}
+
 static void test_embed_logits(const cm_backend_ops *ops, const cm_hparams *hp)
 {
     const enum cm_type *types = all_types;
@@ -857,6 +887,7 @@ static void test_backend_ops(const cm_backend_ops *ops)
         test_moe_ops(ops, &hps[i]);
     }
     test_matmul(ops, &hps[0]);
+    test_matmul_tiles(ops, &hps[0]);
     test_matmul_n(ops, &hps[0]);
     test_embed_logits(ops, &hps[0]);
 }
@@ -871,8 +902,12 @@ int main(void)
     printf("kernels: %s\n", cm_cpu_isa());
     const cm_backend_ops *ops;
     int here[16] = {0}; /* the compiled backends that can run on this machine */
+    /* CM_TEST_OPS_OF=NAME: that backend's ops alone, no models (a second
+     * run of one backend's kernels under other settings) */
+    const char *only = getenv("CM_TEST_OPS_OF");
     for (size_t b = 0; (ops = cm_backend_at(b)) && b < 16; b++) {
-        if (ops == &cm_backend_ref_ops || !(here[b] = available(ops)))
+        if (ops == &cm_backend_ref_ops || (only && strcmp(only, ops->name) != 0) ||
+            !(here[b] = available(ops)))
             continue;
         memset(worst, 0, sizeof worst);
         test_backend_ops(ops);
@@ -881,6 +916,8 @@ int main(void)
             printf("  %-12s %.2e\n", cm_op_name(op), worst[op]);
         printf("  %-12s %.2e\n", "attention", worst[W_ATTN]);
     }
+    if (only)
+        return tl_finish("test_backend");
     const char *shared = tl_shared("fixtures/hf/gpt_bigcode/config.json");
     if (!shared)
         tl_skip("fixture models not found (set CM_SHARED): the ops were tested, not whole models");

@@ -360,6 +360,23 @@ static void query_features(VkInstance inst, VkPhysicalDevice phys, vk_features *
  * the largest device-local heap, which the CPU reaches through copies
  * (vk_upload, vk_download): shaders never read a discrete GPU's weights
  * across the bus. */
+static void pick_read_memory(vk_state *st, const VkPhysicalDeviceMemoryProperties *mp)
+{
+    const VkMemoryPropertyFlags need = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT |
+                                       VK_MEMORY_PROPERTY_HOST_COHERENT_BIT |
+                                       VK_MEMORY_PROPERTY_HOST_CACHED_BIT;
+    int best = -1;
+    for (uint32_t i = 0; i < mp->memoryTypeCount; i++) {
+        const VkMemoryPropertyFlags f = mp->memoryTypes[i].propertyFlags;
+        if ((f & need) == need && (best < 0 || !(f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT)))
+            best = (int)i;
+    }
+    st->read_type = best >= 0 ? (uint32_t)best : st->host_type;
+    st->slow_reads = st->read_type != st->host_type &&
+                     (mp->memoryTypes[st->host_type].propertyFlags & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) &&
+                     !(mp->memoryTypes[st->host_type].propertyFlags & VK_MEMORY_PROPERTY_HOST_CACHED_BIT);
+}
+
 static cm_status pick_memory(vk_state *st, cm_err *err)
 {
     VkPhysicalDeviceMemoryProperties mp;
@@ -382,6 +399,7 @@ static cm_status pick_memory(vk_state *st, cm_err *err)
         return cm_fail(err, CM_E_UNSUPPORTED, "vulkan: the device has no host-visible memory");
     st->host_type = st->mem_type = (uint32_t)best;
     st->heap_size = mp.memoryHeaps[mp.memoryTypes[best].heapIndex].size;
+    pick_read_memory(st, &mp);
     if (mp.memoryTypes[best].propertyFlags & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT)
         return CM_OK;
     VkDeviceSize most = 0;
@@ -393,6 +411,31 @@ static cm_status pick_memory(vk_state *st, cm_err *err)
     }
     st->heap_size = most ? most : st->heap_size;
     return CM_OK;
+}
+
+/* A non-negative number from the environment variable name, else def. */
+static uint32_t env_count(const char *name, uint32_t def)
+{
+    const char *v = getenv(name);
+    char *end;
+    if (!v || !*v)
+        return def;
+    const long n = strtol(v, &end, 10);
+    return *end || n < 0 ? def : (uint32_t)n;
+}
+
+/* Which products take the tiled shader (matmul_tiled.comp): those of the
+ * block types over at least st->tile_min tokens, 16 by default (below
+ * that matmul.comp reads the weights only a few times, and a tile would
+ * be mostly padding; lavapipe, whose workgroup barriers are dear, runs
+ * prompts faster tiled too); CODEMOE_VULKAN_TILED=N sets the count (0:
+ * never; 1: every product).  And whether it uses integer dot product
+ * instructions: where the device has them, unless CODEMOE_VULKAN_INT_DOT=0
+ * (the portable shader, for comparison and tests). */
+static void pick_products(vk_state *st)
+{
+    st->tile_min = env_count("CODEMOE_VULKAN_TILED", 16);
+    st->int_dot = st->feat.int_dot && env_count("CODEMOE_VULKAN_INT_DOT", 1) != 0;
 }
 
 static cm_status make_device(vk_state *st, cm_err *err)
@@ -416,17 +459,27 @@ static cm_status make_device(vk_state *st, cm_err *err)
      * workgroups measured no faster on lavapipe once each type's
      * pipeline holds only its own code) */
     st->mm_rows = 8;
-    /* only 64-bit floats are enabled: the other features (st->feat) are
-     * known, for shaders that would use them */
+    pick_products(st);
+    /* 64-bit floats and integer dot products are enabled where the device
+     * has them (the extension: the instance asks for Vulkan 1.1, before
+     * they were core; st->feat.int_dot implies the device lists it); the
+     * other features (st->feat) are known, for shaders that would use them */
     VkPhysicalDeviceFeatures use = {0};
     st->f64 = st->feat.f64;
     use.shaderFloat64 = (VkBool32)st->feat.f64;
+    VkPhysicalDeviceShaderIntegerDotProductFeatures dot = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES,
+        .shaderIntegerDotProduct = VK_TRUE};
+    const char *dot_ext = VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME;
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
                                   .queueFamilyIndex = fam, .queueCount = 1,
                                   .pQueuePriorities = &prio};
     VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+                             .pNext = st->int_dot ? &dot : NULL,
                              .queueCreateInfoCount = 1, .pQueueCreateInfos = &qi,
+                             .enabledExtensionCount = st->int_dot ? 1 : 0,
+                             .ppEnabledExtensionNames = &dot_ext,
                              .pEnabledFeatures = &use};
     VkResult r = vkCreateDevice(st->phys, &di, NULL, &st->dev);
     if (r != VK_SUCCESS)
@@ -487,14 +540,15 @@ static cm_status make_pipelines(vk_state *st, cm_err *err)
     if (r == VK_SUCCESS)
         r = vkCreateDescriptorPool(st->dev, &dpi, NULL, &st->desc_pool);
     for (int i = 0; r == VK_SUCCESS && i < VK_SHADER_COUNT; i++) {
-        const vk_shader *sh = vk_shader_for(i, st->f64);
+        const vk_shader *sh = vk_shader_for(i, st->f64, st->int_dot);
         VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
                                        .codeSize = sh->bytes, .pCode = sh->code};
         VkShaderModule mod;
         if ((r = vkCreateShaderModule(st->dev, &mi, NULL, &mod)) != VK_SUCCESS)
             break;
-        if (i == VK_SH_MATMUL) { /* its pipelines are per type: made when first used */
-            st->mm_module = mod;
+        if (i == VK_SH_MATMUL || i == VK_SH_MATMUL_TILED) {
+            /* their pipelines are per type: made when first used */
+            *(i == VK_SH_MATMUL ? &st->mm_module : &st->mt_module) = mod;
             continue;
         }
         r = make_pipeline(st, mod, NULL, &st->pipe[i]);
@@ -503,18 +557,19 @@ static cm_status make_pipelines(vk_state *st, cm_err *err)
     return r == VK_SUCCESS ? CM_OK : vk_fail(err, r, "creating the compute pipelines");
 }
 
-/* The product's pipeline for weight type code t (matmul.comp's TYPE), made
+/* The product's pipeline for weight type code t (the shaders' TYPE), made
  * the first time a weight of that type is multiplied: the dozen types'
  * pipelines would take most of a context's start on a CPU device. */
-int vk_pipe_matmul(vk_state *st, uint32_t t)
+int vk_pipe_matmul(vk_state *st, uint32_t t, int tiled)
 {
-    const int i = VK_SHADER_COUNT + (int)t;
+    const int i = VK_SHADER_COUNT + (tiled ? VK_MM_TYPES : 0) + (int)t;
     if (st->pipe[i])
         return i;
     const uint32_t v[2] = {t, st->mm_rows};
     const VkSpecializationMapEntry e[2] = {{0, 0, 4}, {1, 4, 4}};
-    const VkSpecializationInfo si = {2, e, sizeof v, v};
-    vk_check(make_pipeline(st, st->mm_module, &si, &st->pipe[i]), "creating a matmul pipeline");
+    const VkSpecializationInfo si = {tiled ? 1 : 2, e, sizeof v, v};
+    vk_check(make_pipeline(st, tiled ? st->mt_module : st->mm_module, &si, &st->pipe[i]),
+             "creating a matmul pipeline");
     return i;
 }
 
@@ -527,7 +582,7 @@ VkResult vk_buf_make(vk_state *st, VkDeviceSize size, vk_buf *b)
 
 VkResult vk_buf_make_in(vk_state *st, VkDeviceSize size, int host, vk_buf *b)
 {
-    const uint32_t type = host ? st->host_type : st->mem_type;
+    const uint32_t type = host == VK_READBACK ? st->read_type : host ? st->host_type : st->mem_type;
     memset(b, 0, sizeof *b);
     /* whole uints: the shaders read 2-byte aligned weights as uints */
     b->size = size ? (size + 3) / 4 * 4 : 4;
@@ -548,7 +603,8 @@ VkResult vk_buf_make_in(vk_state *st, VkDeviceSize size, int host, vk_buf *b)
                                .allocationSize = req.size, .memoryTypeIndex = type};
     if ((r = vkAllocateMemory(st->dev, &ai, NULL, &b->mem)) != VK_SUCCESS)
         return r;
-    st->allocated += type == st->mem_type ? req.size : 0;
+    b->counted = type == st->mem_type ? req.size : 0;
+    st->allocated += b->counted;
     if ((r = vkBindBufferMemory(st->dev, b->buf, b->mem, 0)) != VK_SUCCESS)
         return r;
     /* device memory the host can map is used in place, unless
@@ -567,8 +623,7 @@ void vk_buf_drop(vk_state *st, vk_buf *b)
         vkDestroyBuffer(st->dev, b->buf, NULL);
     if (b->mem) {
         vkFreeMemory(st->dev, b->mem, NULL);
-        if (!b->map || st->mem_type == st->host_type)
-            st->allocated -= st->allocated >= b->size ? b->size : st->allocated;
+        st->allocated -= st->allocated >= b->counted ? b->counted : st->allocated;
     }
     memset(b, 0, sizeof *b);
 }
@@ -746,14 +801,15 @@ static void profile(vk_state *st, int s, uint32_t groups)
 
 static void profile_report(vk_state *st)
 {
-    static const char *const names[VK_PIPE_COUNT] = {
+    static const char *const names[VK_SHADER_COUNT] = {
         "add", "swiglu", "gelu", "add_gated", "gather", "scatter_add", "norm",
-        "rope", "kv_store", "attention", "quantize", "matmul", "embed"};
+        "rope", "kv_store", "attention", "quantize", "matmul", "embed", "matmul_tiled"};
     fprintf(stderr, "[codemoe] vulkan profile (each dispatch waited for):\n");
     for (int i = 0; i < VK_PIPE_COUNT; i++)
         if (st->prof_n[i])
             fprintf(stderr, "  %-12s %8llu dispatches %10.4f s %12llu workgroups\n",
-                    names[i] ? names[i] : "matmul",
+                    i < VK_SHADER_COUNT ? names[i]
+                    : i < VK_SHADER_COUNT + VK_MM_TYPES ? "matmul" : "matmul_tiled",
                     (unsigned long long)st->prof_n[i], st->prof_s[i],
                     (unsigned long long)st->prof_groups[i]);
 }
@@ -885,6 +941,8 @@ static void vk_release(cm_backend *be)
                 vkDestroyPipeline(st->dev, st->pipe[i], NULL);
         if (st->mm_module)
             vkDestroyShaderModule(st->dev, st->mm_module, NULL);
+        if (st->mt_module)
+            vkDestroyShaderModule(st->dev, st->mt_module, NULL);
         if (st->desc_pool)
             vkDestroyDescriptorPool(st->dev, st->desc_pool, NULL);
         if (st->pipe_layout)
@@ -927,9 +985,9 @@ static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *e
     if (r == VK_SUCCESS)
         r = vk_buf_make(st, xq_bytes(s), &st->xq);
     if (r == VK_SUCCESS)
-        r = vk_buf_make_in(st, lout_bytes(s), 1, &st->lout);
+        r = vk_buf_make_in(st, lout_bytes(s), VK_READBACK, &st->lout);
     if (r == VK_SUCCESS)
-        r = vk_buf_make_in(st, STAGE_BYTES, 1, &st->stage);
+        r = vk_buf_make_in(st, STAGE_BYTES, VK_READBACK, &st->stage);
     st->xq_blocks = st->xq.size / 40;
     if (r != VK_SUCCESS)
         return vk_fail(err, r, "allocating buffers");
@@ -1187,7 +1245,7 @@ static void vk_download(cm_backend *be, const cm_tensor *src, void *dst, size_t 
     vk_state *st = vk_st(be);
     vk_buf *b = vk_buf_of(src);
     vk_flush(st);
-    if (b->map)
+    if (b->map && !st->slow_reads)
         memcpy(dst, (const char *)b->map + src->offs, bytes);
     else
         staged(st, b, src->offs, dst, bytes, 0);

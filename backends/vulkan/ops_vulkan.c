@@ -266,10 +266,16 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, vk_buf
     const VkDeviceSize off[4] = {0, wv.off, bv.off, 0};
     const VkDeviceSize range[4] = {VK_WHOLE_SIZE, wv.range, has_b ? bv.range : VK_WHOLE_SIZE,
                                    VK_WHOLE_SIZE};
+    if (quantized(w->type) && st->tile_min && n >= st->tile_min) {
+        /* matmul_tiled.comp: a workgroup per tile of rows x tokens */
+        vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, 1), bufs, off, range, &pc, sizeof pc,
+                       vk_groups(rows, VK_TILE_ROWS), vk_groups((uint64_t)n, VK_TILE_TOKENS), 1);
+        return;
+    }
     /* a workgroup per st->mm_rows rows (matmul.comp's RW): (gx, gy) over
      * them, gx within every device's 65535 */
     const uint32_t groups = vk_groups(rows, st->mm_rows), gx = groups < 32768 ? groups : 32768;
-    vk_dispatch_at(st, vk_pipe_matmul(st, pc.type), bufs, off, range, &pc, sizeof pc, gx,
+    vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, 0), bufs, off, range, &pc, sizeof pc, gx,
                    vk_groups(groups, gx), 1);
 }
 

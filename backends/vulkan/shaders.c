@@ -48,6 +48,12 @@ SPV(matmul)
 SPV(embed)
 #include "backends/vulkan/shaders/embed.spvinc"
 ;
+SPV(matmul_tiled)
+#include "backends/vulkan/shaders/matmul_tiled.spvinc"
+;
+SPV(matmul_tiled_dot)
+#include "backends/vulkan/shaders/matmul_tiled_dot.spvinc"
+;
 
 #define ENTRY(name) {name##_spv, sizeof name##_spv}
 static const vk_shader shaders[VK_SHADER_COUNT] = {
@@ -57,12 +63,15 @@ static const vk_shader shaders[VK_SHADER_COUNT] = {
     [VK_SH_NORM] = ENTRY(norm),         [VK_SH_ROPE] = ENTRY(rope),
     [VK_SH_KV_STORE] = ENTRY(kv_store), [VK_SH_ATTENTION] = ENTRY(attention),
     [VK_SH_QUANTIZE] = ENTRY(quantize), [VK_SH_MATMUL] = ENTRY(matmul),
-    [VK_SH_EMBED] = ENTRY(embed),
+    [VK_SH_EMBED] = ENTRY(embed),       [VK_SH_MATMUL_TILED] = ENTRY(matmul_tiled),
 };
 static const vk_shader norm64 = ENTRY(norm_f64), rope64 = ENTRY(rope_f64);
+static const vk_shader tiled_dot = ENTRY(matmul_tiled_dot);
 
-const vk_shader *vk_shader_for(int id, int f64)
+const vk_shader *vk_shader_for(int id, int f64, int int_dot)
 {
+    if (int_dot && id == VK_SH_MATMUL_TILED)
+        return &tiled_dot;
     if (f64 && id == VK_SH_NORM)
         return &norm64;
     if (f64 && id == VK_SH_ROPE)

@@ -20,6 +20,7 @@ enum {
     VK_SH_QUANTIZE,
     VK_SH_MATMUL,
     VK_SH_EMBED,
+    VK_SH_MATMUL_TILED,
     VK_SHADER_COUNT
 };
 
@@ -29,7 +30,8 @@ typedef struct {
 } vk_shader;
 
 /* Shader id; the variant summing in double where the device has 64-bit
- * floats (f64), else in float. */
-const vk_shader *vk_shader_for(int id, int f64);
+ * floats (f64), else in float; the tiled product's variant with integer
+ * dot product instructions where the device has them enabled (int_dot). */
+const vk_shader *vk_shader_for(int id, int f64, int int_dot);
 
 #endif

@@ -12,6 +12,7 @@ typedef struct {
     VkDeviceMemory mem;
     void *map; /* NULL: device memory the host reaches by copies only */
     VkDeviceSize size;
+    VkDeviceSize counted; /* bytes of it in vk_state's allocated (mem_type's heap) */
 } vk_buf;
 
 /* A descriptor set kept for one binding of the four buffers. */
@@ -21,10 +22,13 @@ typedef struct {
     VkDescriptorSet set;
 } vk_set_entry;
 
-/* Pipelines: one per shader, and matmul.comp's per weight type code
- * (ops_vulkan.c type_code) after them. */
+/* Pipelines: one per shader, then matmul.comp's per weight type code
+ * (ops_vulkan.c type_code), then matmul_tiled.comp's. */
 #define VK_MM_TYPES 13
-#define VK_PIPE_COUNT (VK_SHADER_COUNT + VK_MM_TYPES)
+#define VK_PIPE_COUNT (VK_SHADER_COUNT + 2 * VK_MM_TYPES)
+/* matmul_tiled.comp's tile: weight rows (its BM) by tokens (its BN) */
+#define VK_TILE_ROWS 64
+#define VK_TILE_TOKENS 64
 
 #define VK_SET_SLOTS 4096 /* the table; the pool holds half as many sets */
 
@@ -73,11 +77,23 @@ typedef struct {
     VkDescriptorSetLayout set_layout;
     VkPipelineLayout pipe_layout;
     VkDescriptorPool desc_pool;
-    VkPipeline pipe[VK_PIPE_COUNT]; /* the shaders', then matmul's per type */
+    VkPipeline pipe[VK_PIPE_COUNT]; /* the shaders', then the products' per type */
     VkShaderModule mm_module;       /* matmul.comp, for those */
+    VkShaderModule mt_module;       /* matmul_tiled.comp (its int_dot variant or not) */
     uint32_t mm_rows;               /* rows per matmul workgroup (its RW) */
+    /* products of the block types over at least this many tokens take
+     * matmul_tiled.comp (0: never); int_dot: shaderIntegerDotProduct is
+     * enabled, and that shader uses it */
+    uint32_t tile_min;
+    int int_dot;
     uint32_t mem_type;  /* the buffers' memory (pick_memory) */
     uint32_t host_type; /* host-visible, coherent: what the host reads or writes */
+    /* host-visible, coherent and cached where the device has such memory:
+     * what the host reads back (reads of device-local memory mapped through
+     * the bus are uncached and crawl); slow_reads: host_type is such
+     * device-local memory, so downloads go through st->stage */
+    uint32_t read_type;
+    int slow_reads;
     int force_staging;  /* CODEMOE_VULKAN_STAGING=1: device memory unmapped */
     VkDeviceSize heap_size, allocated; /* of mem_type's heap */
     int f64; /* the device has 64-bit floats: norms sum in double, as the CPU */
@@ -117,6 +133,8 @@ void vk_check(VkResult r, const char *what);
 /* A buffer in the device's memory (mapped where the host can map it); _in
  * with host 1: in host-visible memory, mapped. */
 VkResult vk_buf_make(vk_state *st, VkDeviceSize size, vk_buf *b);
+/* host: 0 device memory, 1 host_type, VK_READBACK read_type */
+enum { VK_READBACK = 2 };
 VkResult vk_buf_make_in(vk_state *st, VkDeviceSize size, int host, vk_buf *b);
 void vk_buf_drop(vk_state *st, vk_buf *b);
 /* Records pipeline s (a shader id, or vk_pipe_matmul's) over (x, y, z)
@@ -132,8 +150,9 @@ void vk_dispatch_at(vk_state *st, int s, vk_buf *const b[4], const VkDeviceSize 
                     const VkDeviceSize range[4], const void *pc, size_t pc_bytes, uint32_t x,
                     uint32_t y, uint32_t z);
 
-/* The pipeline index of the product of weight type code t (made if new). */
-int vk_pipe_matmul(vk_state *st, uint32_t t);
+/* The pipeline index of the product of weight type code t (made if new):
+ * matmul.comp's, or matmul_tiled.comp's (tiled). */
+int vk_pipe_matmul(vk_state *st, uint32_t t, int tiled);
 /* Submits the recorded ops and waits for them (nothing recorded: nothing). */
 void vk_flush(vk_state *st);
 /* on: the dispatches until the group ends (on 0) are independent of each

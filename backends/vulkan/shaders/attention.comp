@@ -9,11 +9,14 @@
 // other, so 2-byte aligned: read from uints by shifts.  d, dv are then
 // multiples of 32.  The bindings start at this layer's caches).
 //
-// No score is stored, so any context fits: three passes over the keys
-// (the maximum; the sum of exponentials; then 64 positions at a time the
-// weights through shared memory, each thread summing value dimensions
-// tid, tid + 64, ...).  The scores are recomputed by the same code, so
-// every pass sees the same bits.
+// Three passes over the keys (the maximum; the sum of exponentials; then
+// 64 positions at a time the weights through shared memory, each thread
+// summing value dimensions tid, tid + 64, ...).  The first pass keeps the
+// scores of the first SC positions in shared memory (position j by thread
+// j % 64, which alone reads it back: no barrier needed), so the others
+// read them instead of computing them again (most of the work of a prompt's
+// rows); past SC they are recomputed by the same code, so any context fits
+// and every pass sees the same bits.
 //
 // The reference's arithmetic (backends/ref attend(), softmax_ref):
 // - F16 cache: the query rounded to f16, and each weight too;
@@ -50,6 +53,8 @@ shared acc_t red[64];
 shared float wts[64];
 shared uint qq[64]; // Q8_0: the query's quants, four to a uint (byte 0 low)
 shared float qd[8]; // and its blocks' scales (the f16 values)
+#define SC 2048u
+shared float scores[SC];
 
 #include "q8_0.glsl"
 
@@ -118,6 +123,9 @@ float score(uint j)
     return r;
 }
 
+// The score of position j once more: kept by the first pass, or computed.
+float score_again(uint j) { return j < SC ? scores[j] : score(j); }
+
 void main()
 {
     const uint tid = gl_LocalInvocationID.x, t = gl_WorkGroupID.x, h = gl_WorkGroupID.y;
@@ -143,8 +151,12 @@ void main()
 
     // pass 1: the maximum score
     float mx = uintBitsToFloat(0xFF800000u); // -inf
-    for (uint j = tid; j <= last; j += 64u)
-        mx = max(mx, score(j));
+    for (uint j = tid; j <= last; j += 64u) {
+        const float s = score(j);
+        if (j < SC)
+            scores[j] = s;
+        mx = max(mx, s);
+    }
     red[tid] = acc_t(mx);
     barrier();
     for (uint s = 32u; s > 0u; s >>= 1) {
@@ -158,7 +170,7 @@ void main()
     // pass 2: the sum of exponentials (a fixed tree: deterministic)
     precise acc_t sum = acc_t(0);
     for (uint j = tid; j <= last; j += 64u) {
-        precise float e = exp(score(j) - mx);
+        precise float e = exp(score_again(j) - mx);
         sum += acc_t(e);
     }
     red[tid] = sum;
@@ -176,7 +188,7 @@ void main()
         const uint j = c + tid;
         float wt = 0.0;
         if (j <= last) {
-            precise float e = exp(score(j) - mx);
+            precise float e = exp(score_again(j) - mx);
             wt = float(acc_t(e) / sum);
             if (p.kv == 1u)
                 wt = round_f16(wt);

@@ -1,7 +1,9 @@
 #!/bin/sh
-# Compiles every compute shader here to SPIR-V (Vulkan 1.1), and norm, rope
+# Compiles every compute shader here to SPIR-V (Vulkan 1.1), norm, rope
 # and attention a second time with -DUSE_F64 into their _f64 variants (for
-# devices with shaderFloat64).  Fails on the first error.
+# devices with shaderFloat64), and matmul_tiled with -DINT_DOT into
+# matmul_tiled_dot (for devices with shaderIntegerDotProduct).  Fails on
+# the first error.
 #   sh backends/vulkan/shaders/check.sh [OUTDIR]
 # OUTDIR (created if missing) keeps the .spv files; without it they go to a
 # temporary directory removed at the end.  GLSLC overrides the compiler.
@@ -23,6 +25,10 @@ for src in "$here"/*.comp; do
     case $name in
     norm | rope | attention)
         "$glslc" --target-env=vulkan1.1 -O -DUSE_F64 "$src" -o "$out/${name}_f64.spv"
+        n=$((n + 1))
+        ;;
+    matmul_tiled)
+        "$glslc" --target-env=vulkan1.1 -O -DINT_DOT "$src" -o "$out/${name}_dot.spv"
         n=$((n + 1))
         ;;
     esac

@@ -1,0 +1,375 @@
+#version 450
+#extension GL_GOOGLE_include_directive : require
+#ifdef INT_DOT
+#extension GL_EXT_spirv_intrinsics : require
+#endif
+// y row t = x row t w^T (+ b) for many tokens (prompts): the products of
+// the block types (TYPE: matmul.comp's codes 2 .. 9, 11, 12), with
+// matmul.comp's arithmetic (see its header): per 32-element block of the
+// legacy types the integer dot of the quants times (d_w * d_x) (+ m_w *
+// s_x), summed in float; per 256-element K super-block the reference's
+// integer sums (quant/ref_kquants.c: isum = sum of scale * sub-block dot,
+// mins = sum of min * bsum) times d_w d_x and dmin_w d_x, summed in float.
+// Same bindings, push constants and weight and activation layouts as
+// matmul.comp; only the work is split differently.
+//
+// A workgroup makes a BM x BN tile of y (BM weight rows, BN tokens),
+// stepping through the row KC chunks of 32 elements at a time: the chunks'
+// weights unpacked to signed int8 (the exact quant values, offsets taken
+// off) and their scales go to shared memory with the activation quants and
+// scales, then each invocation takes a TM x TN sub-tile (rows tx + RX i,
+// tokens ty + RY j) from there: every weight quant read from memory once
+// per BN tokens and every activation once per BM rows, where matmul.comp
+// reads the weights once per 8 tokens.  Rows and tokens past the end are
+// read as the last one (their sums are dropped).
+//
+// INT_DOT (a second compile, for devices with shaderIntegerDotProduct):
+// the four-quant dots are SPIR-V's OpSDot on packed 4x8-bit vectors
+// (exact: no saturation), through GL_EXT_spirv_intrinsics (glslang before
+// 12 has no GL_EXT_integer_dot_product); otherwise four multiplies.
+layout(local_size_x = 256) in;
+
+layout(std430, set = 0, binding = 0) readonly buffer B_0 { uint d[]; } x;
+layout(std430, set = 0, binding = 1) readonly buffer B_1 { uint d[]; } w;
+layout(std430, set = 0, binding = 2) readonly buffer B_2 { uint d[]; } bias;
+layout(std430, set = 0, binding = 3) writeonly buffer B_3 { float d[]; } y;
+
+layout(push_constant) uniform P { uint type, ox, ow, ob, has_b, oy, cols, rows, n; } p;
+
+// the weight type (p.type), fixed when the pipeline is made: one pipeline
+// per type, each with only its own unpacking
+layout(constant_id = 0) const uint TYPE = 2u;
+
+#include "q8_0.glsl"
+
+// (ops_vulkan.c's dispatch counts BM x BN tiles: VK_TILE_ROWS, VK_TILE_TOKENS)
+#define BM 64u  // weight rows per workgroup
+#define BN 64u  // tokens per workgroup
+#define TM 4u   // rows per invocation
+#define TN 4u   // tokens per invocation
+#define RX (BM / TM) // invocation (tx, ty): rows tx + RX i, tokens ty + RY j
+#define RY (BN / TN)
+#define NT 256u // invocations: RX RY (local_size_x)
+#define KC 4u   // 32-element chunks per step between barriers
+
+const bool KT = TYPE == 7u || TYPE == 8u || TYPE == 9u || TYPE == 11u || TYPE == 12u;
+const bool LMIN = TYPE == 5u || TYPE == 6u;                // legacy m_w s_x term
+const bool KMIN = TYPE == 7u || TYPE == 9u || TYPE == 11u; // K dmin term
+const bool SC16 = TYPE == 8u || TYPE == 11u || TYPE == 12u; // 16-element sub-blocks
+
+// halfwords per block (K: per super-block)
+const uint BH = TYPE == 2u ? 17u : TYPE == 3u ? 9u : TYPE == 4u ? 11u : TYPE == 5u ? 10u :
+                TYPE == 6u ? 12u : TYPE == 7u ? 72u : TYPE == 8u ? 105u : TYPE == 9u ? 88u :
+                TYPE == 11u ? 42u : 55u;
+
+// Chunk c of the step, half h (16 elements, four to a uint as the
+// activations' quants: element 4k + b in byte b), at [(2 c + h) WS + row]
+// and [(2 c + h) XS + token] (a row of padding between the halves: the
+// loads' stores, (c, h) fastest, fall in different banks).  The weights'
+// scales at [c BM + row]: d, the second scale (m of Q4_1/Q5_1, dmin of the
+// K types), the K types' integer scales and mins of the chunk's two
+// 16-element halves (int16 pairs); the activations' at [c BN + token]: d,
+// and s (legacy, float bits) or the halves' two bsums (K, int16 pair).
+#define WS (BM + 1u)
+#define XS (BN + 1u)
+shared uvec4 s_wq[KC * 2u * WS];
+shared uvec4 s_xq[KC * 2u * XS];
+shared float s_wd[KC * BM], s_wm[KC * BM], s_xd[KC * BN];
+shared uint s_wsc[KC * BM], s_wmn[KC * BM], s_xs[KC * BN];
+
+uint half_at(uint h) { return (w.d[h >> 1] >> ((h & 1u) << 4)) & 0xFFFFu; }
+uint word_at(uint h) { return (h & 1u) == 0u ? w.d[h >> 1] : half_at(h) | (half_at(h + 1u) << 16); }
+uint byte_at(uint hb, uint i) { return (half_at(hb + (i >> 1)) >> (8u * (i & 1u))) & 0xFFu; }
+// the 8 bytes from (even) halfword h
+uvec2 bytes8(uint h) { return uvec2(word_at(h), word_at(h + 2u)); }
+// four bits b to bit 0 of byte b
+uint spread4(uint v) { return (v & 1u) | ((v & 2u) << 7) | ((v & 4u) << 14) | ((v & 8u) << 21); }
+// each byte (below 128) minus off, as a signed int8
+uvec2 minus(uvec2 v, uint off)
+{
+    const uint o = off * 0x01010101u;
+    return ((v | 0x80808080u) - o) ^ 0x80808080u;
+}
+uint pack16(int a, int b) { return (uint(a) & 0xFFFFu) | (uint(b) << 16); }
+
+// Elements 8 q .. 8 q + 7 of chunk j (0 for the legacy types, 0 .. 7 of a
+// K super-block) of the block at halfword hb, as int8s (quant/blocks.h,
+// unpacked as quant/ref_legacy.c and ref_kquants.c do).
+uvec2 wquants(uint hb, uint j, uint q)
+{
+    if (TYPE == 2u)
+        return bytes8(hb + 1u + 4u * q);
+    if (TYPE <= 6u) {
+        // f16 d (, m) (, 32 bits qh), 16 bytes qs: element e in the low
+        // nibble of byte e (e < 16) or the high one of byte e - 16, its
+        // fifth bit bit e of qh
+        const bool hash = TYPE == 4u || TYPE == 6u;
+        const uint qo = 1u + (LMIN ? 1u : 0u) + (hash ? 2u : 0u);
+        uvec2 v = (bytes8(hb + qo + 4u * (q & 1u)) >> (4u * (q >> 1))) & 0x0F0F0F0Fu;
+        if (hash) {
+            const uint qh = word_at(hb + qo - 2u) >> (8u * q);
+            v |= uvec2(spread4(qh), spread4(qh >> 4)) << 4;
+        }
+        return minus(v, TYPE == 3u ? 8u : TYPE == 4u ? 16u : 0u);
+    }
+    if (TYPE == 7u || TYPE == 9u) {
+        // Q4_K (d, dmin, scales[12], qs[128]), Q5_K (qh[32] before qs):
+        // element 32 j + l in nibble j & 1 of qs[32 (j / 2) + l], its fifth
+        // bit bit j of qh[l]
+        const bool q5 = TYPE == 9u;
+        uvec2 v = (bytes8(hb + (q5 ? 24u : 8u) + 16u * (j >> 1) + 4u * q) >> (4u * (j & 1u))) &
+                  0x0F0F0F0Fu;
+        if (q5)
+            v |= ((bytes8(hb + 8u + 4u * q) >> j) & 0x01010101u) << 4;
+        return v;
+    }
+    if (TYPE == 8u) {
+        // Q6_K (ql[128], qh[64], scales[16], d): element 32 j + l, c = j /
+        // 4, k = j % 4: nibble k / 2 of ql[64 c + 32 (k & 1) + l], bits 2 k
+        // of qh[32 c + l] above it, minus 32
+        const uint c = j >> 2, k = j & 3u;
+        const uvec2 lo = (bytes8(hb + 32u * c + 16u * (k & 1u) + 4u * q) >> (4u * (k >> 1))) &
+                         0x0F0F0F0Fu;
+        const uvec2 hi = (bytes8(hb + 64u + 16u * c + 4u * q) >> (2u * k)) & 0x03030303u;
+        return minus(lo | (hi << 4), 32u);
+    }
+    // Q3_K (hmask[32], qs[64], scales[12], d), Q2_K (scales[16], qs[64],
+    // d, dmin): element 32 j + l in bits 2 (j % 4) of qs[32 (j / 4) + l];
+    // Q3_K's third bit bit j of hmask[l], minus 4
+    const uvec2 lo = (bytes8(hb + (TYPE == 12u ? 16u : 8u) + 16u * (j >> 2) + 4u * q) >>
+                      (2u * (j & 3u))) & 0x03030303u;
+    if (TYPE == 11u)
+        return lo;
+    return minus(lo | (((bytes8(hb + 4u * q) >> j) & 0x01010101u) << 2), 4u);
+}
+
+// The scales of chunk j of the block at hb into slot i of the weights'.
+void wscales(uint hb, uint j, uint i)
+{
+    float d = 0.0, m = 0.0;
+    uint sc = 0u, mn = 0u;
+    if (TYPE <= 6u) {
+        d = f16_val(half_at(hb));
+        m = LMIN ? f16_val(half_at(hb + 1u)) : 0.0;
+    } else if (TYPE == 7u || TYPE == 9u) { // cm_k4_scale_min
+        d = f16_val(half_at(hb));
+        m = f16_val(half_at(hb + 1u));
+        uint s, n;
+        if (j < 4u) {
+            s = byte_at(hb, 4u + j) & 63u;
+            n = byte_at(hb, 8u + j) & 63u;
+        } else {
+            s = (byte_at(hb, 8u + j) & 0xFu) | ((byte_at(hb, j) >> 6) << 4);
+            n = (byte_at(hb, 8u + j) >> 4) | ((byte_at(hb, 4u + j) >> 6) << 4);
+        }
+        sc = s, mn = n;
+    } else if (TYPE == 8u) { // int8 scales[2 j], [2 j + 1]
+        d = f16_val(half_at(hb + 104u));
+        const uint h = half_at(hb + 96u + j);
+        sc = pack16(bitfieldExtract(int(h), 0, 8), bitfieldExtract(int(h), 8, 8));
+    } else if (TYPE == 12u) { // cm_k3_scales of sub-blocks 2 j, 2 j + 1
+        d = f16_val(half_at(hb + 54u));
+        int s[2];
+        for (uint u = 0u; u < 2u; u++) {
+            const uint k = 2u * j + u;
+            const uint lo = (byte_at(hb, 96u + (k & 7u)) >> (4u * (k >> 3))) & 0xFu;
+            const uint hi = (byte_at(hb, 104u + (k & 3u)) >> (2u * (k >> 2))) & 3u;
+            s[u] = int(lo | (hi << 4)) - 32;
+        }
+        sc = pack16(s[0], s[1]);
+    } else { // Q2_K: scale and min nibbles of bytes 2 j, 2 j + 1
+        d = f16_val(half_at(hb + 40u));
+        m = f16_val(half_at(hb + 41u));
+        const uint h = half_at(hb + j);
+        sc = (h & 0xFu) | ((h & 0xF00u) << 8);
+        mn = ((h >> 4) & 0xFu) | ((h >> 12) << 16);
+    }
+    s_wd[i] = d;
+    s_wm[i] = m;
+    s_wsc[i] = sc;
+    s_wmn[i] = mn;
+}
+
+// The block at halfword hb holding chunk kb of row r0 + r (the last row
+// for those past it), and the chunk's index j in it.
+uint block_of(uint r0, uint r, uint kb, out uint j)
+{
+    const uint row = min(r0 + r, p.rows - 1u), nb = p.cols / (KT ? 256u : 32u);
+    j = KT ? kb & 7u : 0u;
+    return p.ow + (row * nb + (KT ? kb >> 3 : kb)) * BH;
+}
+
+// The weights of chunks k0 .. k0 + kc - 1 of rows r0 ..: an invocation per
+// (row, chunk, half), (chunk, half) fastest (neighbours read neighbouring
+// bytes of a row); then an invocation per (row, chunk) for the scales.
+void load_weights(uint r0, uint k0, uint kc, uint tid)
+{
+    for (uint i = tid; i < BM * kc * 2u; i += NT) {
+        const uint r = i / (2u * kc), ch = i % (2u * kc), h = ch & 1u;
+        uint j;
+        const uint hb = block_of(r0, r, k0 + (ch >> 1), j);
+        s_wq[ch * WS + r] = uvec4(wquants(hb, j, 2u * h), wquants(hb, j, 2u * h + 1u));
+    }
+    for (uint i = tid; i < BM * kc; i += NT) {
+        const uint r = i / kc, c = i % kc;
+        uint j;
+        const uint hb = block_of(r0, r, k0 + c, j);
+        wscales(hb, j, c * BM + r);
+    }
+}
+
+// The activations of those chunks, tokens t0 ..: quantize.comp's blocks
+// (q8_0/q8_1: 10 uints, d, s, 8 of quants; q8_K: 73 a super-block, d, 64
+// of quants, 8 of bsum pairs).
+void load_acts(uint t0, uint k0, uint kc, uint tid)
+{
+    for (uint i = tid; i < BN * kc * 2u; i += NT) {
+        const uint t = i / (2u * kc), c = (i % (2u * kc)) >> 1, h = i & 1u;
+        const uint tok = min(t0 + t, p.n - 1u), kb = k0 + c;
+        uint base, q;
+        if (KT) {
+            base = p.ox + 73u * (tok * (p.cols / 256u) + (kb >> 3));
+            q = base + 1u + 8u * (kb & 7u) + 4u * h;
+        } else {
+            base = p.ox + 10u * (tok * (p.cols / 32u) + kb);
+            q = base + 2u + 4u * h;
+        }
+        s_xq[(2u * c + h) * XS + t] = uvec4(x.d[q], x.d[q + 1u], x.d[q + 2u], x.d[q + 3u]);
+        if (h == 0u) {
+            s_xd[c * BN + t] = uintBitsToFloat(x.d[base]);
+            s_xs[c * BN + t] = KT ? x.d[base + 65u + (kb & 7u)] : x.d[base + 1u];
+        }
+    }
+}
+
+#ifdef INT_DOT
+spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [6019, 6018],
+                  id = 4450)
+int sdot(uint a, uint b, spirv_literal int packed_4x8);
+int dot4(uint a, uint b) { return sdot(a, b, 0); }
+#else
+int dot4(uint a, uint b)
+{
+    int s = 0;
+    for (int k = 0; k < 32; k += 8)
+        s += bitfieldExtract(int(a), k, 8) * bitfieldExtract(int(b), k, 8);
+    return s;
+}
+#endif
+int dot16(uvec4 a, uvec4 b) { return dot4(a.x, b.x) + dot4(a.y, b.y) + dot4(a.z, b.z) + dot4(a.w, b.w); }
+
+float acc[TM * TN];
+int isum[TM * TN], mins[TM * TN], t16[TM * TN];
+
+// The K types' sums of a finished super-block into acc, as the reference:
+// d_w d_x isum - dmin_w d_x mins.
+void flush_k(uint c, uint tx, uint ty)
+{
+    for (uint i = 0u; i < TM; i++) {
+        const uint wi = c * BM + tx + RX * i;
+        const float dw = s_wd[wi], dm = s_wm[wi];
+        for (uint jj = 0u; jj < TN; jj++) {
+            const float dx = s_xd[c * BN + ty + RY * jj];
+            const uint o = i * TN + jj;
+            acc[o] += KMIN ? (dw * dx) * float(isum[o]) - (dm * dx) * float(mins[o])
+                           : (dw * dx) * float(isum[o]);
+            isum[o] = 0;
+            mins[o] = 0;
+        }
+    }
+}
+
+// Chunk c of the step (chunk kb of the row) into this invocation's sums:
+// the two halves' integer dots, then per type the block's float term
+// (legacy) or the scaled sums of the super-block (K).
+void compute_chunk(uint c, uint kb, uint tx, uint ty)
+{
+    int s0[TM], s1[TM]; // 16-element sub-blocks' scales
+    for (uint i = 0u; i < TM; i++) {
+        const int sc = int(s_wsc[c * BM + tx + RX * i]);
+        s0[i] = bitfieldExtract(sc, 0, 16);
+        s1[i] = bitfieldExtract(sc, 16, 16);
+    }
+    for (uint h = 0u; h < 2u; h++) {
+        uvec4 a[TM], b[TN];
+        for (uint i = 0u; i < TM; i++)
+            a[i] = s_wq[(2u * c + h) * WS + tx + RX * i];
+        for (uint jj = 0u; jj < TN; jj++)
+            b[jj] = s_xq[(2u * c + h) * XS + ty + RY * jj];
+        for (uint i = 0u; i < TM; i++)
+            for (uint jj = 0u; jj < TN; jj++) {
+                const uint o = i * TN + jj;
+                const int d = dot16(a[i], b[jj]);
+                if (h == 0u)
+                    t16[o] = d;
+                else if (SC16)
+                    isum[o] += s0[i] * t16[o] + s1[i] * d;
+                else
+                    t16[o] += d;
+            }
+    }
+    if (KT && !SC16) { // one scale for the chunk
+        for (uint i = 0u; i < TM; i++)
+            for (uint jj = 0u; jj < TN; jj++)
+                isum[i * TN + jj] += int(s_wsc[c * BM + tx + RX * i]) * t16[i * TN + jj];
+    } else if (!KT) { // legacy: the block's float term
+        for (uint i = 0u; i < TM; i++) {
+            const float dw = s_wd[c * BM + tx + RX * i], mw = s_wm[c * BM + tx + RX * i];
+            for (uint jj = 0u; jj < TN; jj++) {
+                const uint xi = c * BN + ty + RY * jj, o = i * TN + jj;
+                acc[o] += float(t16[o]) * (dw * s_xd[xi]);
+                if (LMIN)
+                    acc[o] += mw * uintBitsToFloat(s_xs[xi]);
+            }
+        }
+    }
+    if (KMIN) { // min * bsum of each half (Q4_K/Q5_K: the chunk's one min)
+        for (uint i = 0u; i < TM; i++) {
+            const uint mn = s_wmn[c * BM + tx + RX * i];
+            const int m0 = int(mn & 0xFFFFu), m1 = TYPE == 11u ? int(mn >> 16) : m0;
+            for (uint jj = 0u; jj < TN; jj++) {
+                const int bs = int(s_xs[c * BN + ty + RY * jj]);
+                mins[i * TN + jj] += m0 * bitfieldExtract(bs, 0, 16) + m1 * bitfieldExtract(bs, 16, 16);
+            }
+        }
+    }
+    if (KT && (kb & 7u) == 7u)
+        flush_k(c, tx, ty);
+}
+
+void main()
+{
+    const uint tid = gl_LocalInvocationIndex, tx = tid % RX, ty = tid / RX;
+    const uint r0 = gl_WorkGroupID.x * BM, t0 = gl_WorkGroupID.y * BN;
+    const uint nk = p.cols / 32u;
+    for (uint o = 0u; o < TM * TN; o++) {
+        acc[o] = 0.0;
+        isum[o] = 0;
+        mins[o] = 0;
+    }
+    for (uint k0 = 0u; k0 < nk; k0 += KC) {
+        const uint kc = min(KC, nk - k0);
+        if (k0 > 0u)
+            barrier(); // the last step's chunks are read
+        load_weights(r0, k0, kc, tid);
+        load_acts(t0, k0, kc, tid);
+        barrier();
+        for (uint c = 0u; c < kc; c++)
+            compute_chunk(c, k0 + c, tx, ty);
+    }
+    for (uint i = 0u; i < TM; i++) {
+        const uint row = r0 + tx + RX * i;
+        if (row >= p.rows)
+            break;
+        float b = 0.0;
+        if (p.has_b != 0u) {
+            const uint h = p.ob + 2u * row, lo = bias.d[h >> 1];
+            b = uintBitsToFloat((h & 1u) == 0u ? lo : (lo >> 16) | (bias.d[(h >> 1) + 1u] << 16));
+        }
+        for (uint jj = 0u; jj < TN; jj++) {
+            const uint tok = t0 + ty + RY * jj;
+            if (tok < p.n)
+                y.d[p.oy + tok * p.rows + row] = acc[i * TN + jj] + b;
+        }
+    }
+}
