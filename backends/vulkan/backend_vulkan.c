@@ -25,6 +25,7 @@
  * mapped where the host can map it (integrated GPUs, lavapipe), else
  * reached through a staging buffer.  Descriptor sets are made once per
  * binding and kept. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,7 +95,7 @@ static int has_validation_features(const char *layer)
     return found;
 }
 
-static VkResult make_instance(vk_state *st)
+static VkResult create_instance(VkInstance *inst, int *validated)
 {
     VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
                              .pApplicationName = "codemoe",
@@ -115,16 +116,44 @@ static VkResult make_instance(vk_state *st)
                                .ppEnabledLayerNames = &layer,
                                .enabledExtensionCount = (uint32_t)(val + sync),
                                .ppEnabledExtensionNames = ext};
-    VkResult r = vkCreateInstance(&ci, NULL, &st->inst);
+    VkResult r = vkCreateInstance(&ci, NULL, inst);
+    *validated = val && r == VK_SUCCESS;
     if (r == VK_ERROR_LAYER_NOT_PRESENT || r == VK_ERROR_EXTENSION_NOT_PRESENT) {
         fprintf(stderr, "[codemoe] CODEMOE_VULKAN_VALIDATION=1, but the Khronos validation layer "
                         "is not installed (vulkan-validationlayers): running without it\n");
         ci.enabledLayerCount = ci.enabledExtensionCount = 0;
         ci.pNext = NULL;
-        return vkCreateInstance(&ci, NULL, &st->inst);
+        return vkCreateInstance(&ci, NULL, inst);
     }
-    if (r != VK_SUCCESS || !val)
-        return r;
+    return r;
+}
+
+/* The process's instance, made by the first backend and kept until exit:
+ * NVIDIA's driver refuses vkCreateInstance (-9, incompatible driver) after
+ * many create-and-destroy cycles in one process (tests/test_backend makes
+ * hundreds of backends), so backends share one and each makes and destroys
+ * only its device and debug messenger.  Written once, under pthread_once. */
+static struct {
+    pthread_once_t once;
+    VkInstance inst;
+    int validated; /* made with the validation layer */
+    VkResult r;
+} process_vk = {PTHREAD_ONCE_INIT, VK_NULL_HANDLE, 0, VK_SUCCESS};
+
+static void make_process_instance(void)
+{
+    process_vk.r = create_instance(&process_vk.inst, &process_vk.validated);
+}
+
+/* The shared instance, and the validation layer's messenger where asked. */
+static VkResult make_instance(vk_state *st)
+{
+    pthread_once(&process_vk.once, make_process_instance);
+    if (process_vk.r != VK_SUCCESS)
+        return process_vk.r;
+    st->inst = process_vk.inst;
+    if (!process_vk.validated)
+        return VK_SUCCESS;
     PFN_vkCreateDebugUtilsMessengerEXT create =
         (PFN_vkCreateDebugUtilsMessengerEXT)vkGetInstanceProcAddr(st->inst,
                                                                    "vkCreateDebugUtilsMessengerEXT");
@@ -962,8 +991,6 @@ static void vk_release(cm_backend *be)
         if (destroy)
             destroy(st->inst, st->messenger, NULL);
     }
-    if (st->inst)
-        vkDestroyInstance(st->inst, NULL);
     free(st->k_cache), free(st->v_cache), free(st->route_host);
     free(st);
     be->state = NULL;
