@@ -16,6 +16,8 @@ set -u
     tl_skip "$BUILD/tests/test_model or test_backend not built"
 CODEMOE_BACKEND=vulkan CODEMOE_VULKAN_VALIDATION=1 "$BUILD/tests/test_model" || exit 1
 # The prompt products' shader without integer dot products (lavapipe has
-# them, a device without them takes this variant), for every product size.
-CODEMOE_VULKAN_TILED=1 CODEMOE_VULKAN_INT_DOT=0 CODEMOE_VULKAN_VALIDATION=1 CM_TEST_OPS_OF=vulkan \
+# them, a device without them takes this variant), for every product size,
+# and the prompt attention variant for heads up to 128 on the small heads.
+CODEMOE_VULKAN_TILED=1 CODEMOE_VULKAN_INT_DOT=0 CODEMOE_VULKAN_PROMPT_ATTN_WIDE=1 \
+    CODEMOE_VULKAN_VALIDATION=1 CM_TEST_OPS_OF=vulkan \
     "$BUILD/tests/test_backend" || exit 1

@@ -461,10 +461,17 @@ static uint32_t env_count(const char *name, uint32_t def)
  * never; 1: every product).  And whether it uses integer dot product
  * instructions: where the device has them, unless CODEMOE_VULKAN_INT_DOT=0
  * (the portable shader, for comparison and tests). */
+/* Likewise the prompt attention shader (attention_prompt.comp) from
+ * st->attn_min query rows: CODEMOE_VULKAN_PROMPT_ATTN=N (0: never,
+ * attention.comp for every row; 1: every batch, a generated token's too),
+ * 16 by default; CODEMOE_VULKAN_PROMPT_ATTN_WIDE=1 takes its variant for
+ * heads up to 128 even for smaller heads (for the tests). */
 static void pick_products(vk_state *st)
 {
     st->tile_min = env_count("CODEMOE_VULKAN_TILED", 16);
     st->int_dot = st->feat.int_dot && env_count("CODEMOE_VULKAN_INT_DOT", 1) != 0;
+    st->attn_min = env_count("CODEMOE_VULKAN_PROMPT_ATTN", 16);
+    st->attn_wide = env_count("CODEMOE_VULKAN_PROMPT_ATTN_WIDE", 0) != 0;
 }
 
 static cm_status make_device(vk_state *st, cm_err *err)
@@ -832,7 +839,8 @@ static void profile_report(vk_state *st)
 {
     static const char *const names[VK_SHADER_COUNT] = {
         "add", "swiglu", "gelu", "add_gated", "gather", "scatter_add", "norm",
-        "rope", "kv_store", "attention", "quantize", "matmul", "embed", "matmul_tiled"};
+        "rope", "kv_store", "attention", "quantize", "matmul", "embed", "matmul_tiled",
+        "attn_prompt", "attn_prompt128"};
     fprintf(stderr, "[codemoe] vulkan profile (each dispatch waited for):\n");
     for (int i = 0; i < VK_PIPE_COUNT; i++)
         if (st->prof_n[i])

@@ -42,10 +42,40 @@ void vk_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_tensor *v,
     }
 }
 
+/* attention_prompt.comp: heads of multiples of 32 up to 128 (values of 4),
+ * each cached head whole blocks for Q8_0 */
+static int prompt_attention(vk_state *st, int il, const cm_tensor *q, int p0, cm_tensor *out)
+{
+    const cm_hparams *hp = st->hp;
+    const uint32_t n = (uint32_t)q->ne[1];
+    int wide = st->attn_wide;
+    const uint32_t min_rows = st->attn_min;
+    const int d = hp->head_dim, dv = hp->head_dim_v;
+    if (!min_rows || n < min_rows || d % 32 || dv % 4 || (st->kv == 2 && dv % 32) || d > 128 ||
+        dv > 128)
+        return 0;
+    wide |= d > 64 || dv > 64;
+    struct {
+        uint32_t oq, oo, p0, n, n_head, group, d, dv, krow, vrow, kv;
+        float scale;
+    } pc = {vk_off(q), vk_off(out), (uint32_t)p0, n, (uint32_t)hp->n_head,
+            (uint32_t)(hp->n_head / hp->n_head_kv), (uint32_t)d, (uint32_t)dv,
+            (uint32_t)(hp->n_head_kv * d), (uint32_t)(hp->n_head_kv * dv), (uint32_t)st->kv,
+            1.0f / sqrtf((float)d)};
+    /* workgroups of 32 rows (16 for the wide variant) of one head */
+    const uint32_t br = wide ? 16 : 32;
+    RUN(st, wide ? VK_SH_ATTENTION_PROMPT_128 : VK_SH_ATTENTION_PROMPT, vk_buf_of(q),
+        vk_buf_of(out), st->k_cache[il], st->v_cache[il], pc, (n + br - 1) / br,
+        (uint32_t)hp->n_head, 1);
+    return 1;
+}
+
 void vk_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out)
 {
     vk_state *st = vk_st(be);
     const cm_hparams *hp = st->hp;
+    if (prompt_attention(st, il, q, p0, out))
+        return;
     struct {
         uint32_t oq, oo, p0, n_head, group, d, dv, krow, vrow, kv;
         float scale;

@@ -54,6 +54,12 @@ SPV(matmul_tiled)
 SPV(matmul_tiled_dot)
 #include "backends/vulkan/shaders/matmul_tiled_dot.spvinc"
 ;
+SPV(attention_prompt)
+#include "backends/vulkan/shaders/attention_prompt.spvinc"
+;
+SPV(attention_prompt_128)
+#include "backends/vulkan/shaders/attention_prompt_128.spvinc"
+;
 
 #define ENTRY(name) {name##_spv, sizeof name##_spv}
 static const vk_shader shaders[VK_SHADER_COUNT] = {
@@ -64,6 +70,8 @@ static const vk_shader shaders[VK_SHADER_COUNT] = {
     [VK_SH_KV_STORE] = ENTRY(kv_store), [VK_SH_ATTENTION] = ENTRY(attention),
     [VK_SH_QUANTIZE] = ENTRY(quantize), [VK_SH_MATMUL] = ENTRY(matmul),
     [VK_SH_EMBED] = ENTRY(embed),       [VK_SH_MATMUL_TILED] = ENTRY(matmul_tiled),
+    [VK_SH_ATTENTION_PROMPT] = ENTRY(attention_prompt),
+    [VK_SH_ATTENTION_PROMPT_128] = ENTRY(attention_prompt_128),
 };
 static const vk_shader norm64 = ENTRY(norm_f64), rope64 = ENTRY(rope_f64);
 static const vk_shader tiled_dot = ENTRY(matmul_tiled_dot);

@@ -21,6 +21,8 @@ enum {
     VK_SH_MATMUL,
     VK_SH_EMBED,
     VK_SH_MATMUL_TILED,
+    VK_SH_ATTENTION_PROMPT,     /* heads up to 64 */
+    VK_SH_ATTENTION_PROMPT_128, /* heads up to 128 */
     VK_SHADER_COUNT
 };
 

@@ -86,6 +86,10 @@ typedef struct {
      * enabled, and that shader uses it */
     uint32_t tile_min;
     int int_dot;
+    /* prompt attention (attention_prompt.comp) from attn_min query rows (0:
+     * never); attn_wide: its variant for heads up to 128 for any head */
+    uint32_t attn_min;
+    int attn_wide;
     uint32_t mem_type;  /* the buffers' memory (pick_memory) */
     uint32_t host_type; /* host-visible, coherent: what the host reads or writes */
     /* host-visible, coherent and cached where the device has such memory:

@@ -2,7 +2,8 @@
 # Compiles every compute shader here to SPIR-V (Vulkan 1.1), norm, rope
 # and attention a second time with -DUSE_F64 into their _f64 variants (for
 # devices with shaderFloat64), and matmul_tiled with -DINT_DOT into
-# matmul_tiled_dot (for devices with shaderIntegerDotProduct).  Fails on
+# matmul_tiled_dot (for devices with shaderIntegerDotProduct), and
+# attention_prompt with -DDMAX=128 (heads up to 128).  Fails on
 # the first error.
 #   sh backends/vulkan/shaders/check.sh [OUTDIR]
 # OUTDIR (created if missing) keeps the .spv files; without it they go to a
@@ -29,6 +30,10 @@ for src in "$here"/*.comp; do
         ;;
     matmul_tiled)
         "$glslc" --target-env=vulkan1.1 -O -DINT_DOT "$src" -o "$out/${name}_dot.spv"
+        n=$((n + 1))
+        ;;
+    attention_prompt)
+        "$glslc" --target-env=vulkan1.1 -O -DDMAX=128 "$src" -o "$out/${name}_128.spv"
         n=$((n + 1))
         ;;
     esac
