@@ -886,6 +886,9 @@ static void test_backend_ops(const cm_backend_ops *ops)
         test_attention(ops, &hps[i]);
         test_moe_ops(ops, &hps[i]);
     }
+    /* heads of 128 (grouped by 2): the wide tiles of the GPUs' prompt attention */
+    const cm_hparams wide = hparams(512, 4, 2, 128, 1, 128);
+    test_attention(ops, &wide);
     test_matmul(ops, &hps[0]);
     test_matmul_tiles(ops, &hps[0]);
     test_matmul_n(ops, &hps[0]);
