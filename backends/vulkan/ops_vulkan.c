@@ -289,9 +289,9 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, vk_buf
     const vk_view wv = view_of(st, w), bv = has_b ? view_of(st, b) : (vk_view){0};
     const uint32_t rows = (uint32_t)w->ne[1];
     struct {
-        uint32_t type, ox, ow, ob, has_b, oy, cols, rows, n;
+        uint32_t type, ox, ow, ob, has_b, oy, cols, rows, n, tpc;
     } pc = {type_code(w->type), ox, wv.h, bv.h, (uint32_t)has_b, oy, (uint32_t)w->ne[0],
-            rows, (uint32_t)n};
+            rows, (uint32_t)n, 0};
     vk_buf *const bufs[4] = {xb, wv.b, has_b ? bv.b : NULL, yb};
     const VkDeviceSize off[4] = {0, wv.off, bv.off, 0};
     const VkDeviceSize range[4] = {VK_WHOLE_SIZE, wv.range, has_b ? bv.range : VK_WHOLE_SIZE,
@@ -303,10 +303,20 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, vk_buf
         return;
     }
     /* a workgroup per st->mm_rows rows (matmul.comp's RW): (gx, gy) over
-     * them, gx within every device's 65535 */
+     * them, gx within every device's 65535; where that makes fewer than
+     * MM_SPREAD workgroups, the tokens split along z in chunks of whole
+     * passes (8 tokens), each chunk reading the weights again */
+    enum { MM_SPREAD = 256, MM_PASS = 8 };
     const uint32_t groups = vk_groups(rows, st->mm_rows), gx = groups < 32768 ? groups : 32768;
+    uint32_t chunks = 1;
+    if (groups < MM_SPREAD && n > MM_PASS) {
+        const uint32_t passes = vk_groups((uint64_t)n, MM_PASS), want = vk_groups(MM_SPREAD, groups);
+        chunks = want < passes ? want : passes;
+        pc.tpc = vk_groups(passes, chunks) * MM_PASS;
+        chunks = vk_groups((uint64_t)n, pc.tpc);
+    }
     vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, 0), bufs, off, range, &pc, sizeof pc, gx,
-                   vk_groups(groups, gx), 1);
+                   vk_groups(groups, gx), chunks);
 }
 
 /* How many tokens of cols columns fit st->xq at once (fatal if none): 40

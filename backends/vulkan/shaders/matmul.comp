@@ -41,7 +41,9 @@ layout(std430, set = 0, binding = 1) readonly buffer B_1 { uint d[]; } w;
 layout(std430, set = 0, binding = 2) readonly buffer B_2 { uint d[]; } bias;
 layout(std430, set = 0, binding = 3) writeonly buffer B_3 { float d[]; } y;
 
-layout(push_constant) uniform P { uint type, ox, ow, ob, has_b, oy, cols, rows, n; } p;
+// tpc: tokens per workgroup along z (0: all n), so that a product of few
+// rows over many tokens (a router's) still spreads over the device
+layout(push_constant) uniform P { uint type, ox, ow, ob, has_b, oy, cols, rows, n, tpc; } p;
 
 // The weight type (p.type's value) and the rows per workgroup, fixed when
 // the pipeline is made: a pipeline per type, each with only its own code
@@ -320,8 +322,9 @@ void row_product(uint row, uint lane, uint nl, uint slot)
         const uint h = p.ob + 2u * row, lo = bias.d[h >> 1];
         b = uintBitsToFloat((h & 1u) == 0u ? lo : (lo >> 16) | (bias.d[(h >> 1) + 1u] << 16));
     }
-    for (uint t0 = 0u; t0 < p.n; t0 += TT) {
-        const uint nt = min(TT, p.n - t0);
+    const uint tb = gl_WorkGroupID.z * p.tpc, te = p.tpc == 0u ? p.n : min(p.n, tb + p.tpc);
+    for (uint t0 = tb; t0 < te; t0 += TT) {
+        const uint nt = min(TT, te - t0);
         accumulate(row, t0, nt, lane, nl);
         for (uint tt = 0u; tt < TT; tt++)
             red[tt * 64u + slot + lane] = acc[tt];
