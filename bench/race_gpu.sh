@@ -55,6 +55,10 @@ CAP=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr 
 GPU=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -n 1)
 LB=$LLAMA_DIR/build/bin/llama-bench
 if [ ! -x "$LB" ]; then
+    if [ "$BACKEND" = vulkan ] && ! command -v glslc >/dev/null 2>&1; then
+        echo "race_gpu.sh: llama.cpp's Vulkan build needs glslc on PATH (its shader generator looks there)" >&2
+        exit 1
+    fi
     echo "building llama.cpp ($API, sm_$CAP)..." >&2
     mkdir -p "$LLAMA_DIR"
     tar xJf "$LLAMA_TARBALL" -C "$LLAMA_DIR" --strip-components=1
