@@ -56,12 +56,47 @@ static size_t cpu_state_bytes(const cm_backend_shape *s)
            rope + (size_t)hp->n_embd * sizeof(float);
 }
 
+/* The model's matmul weights in the kernels' repacked layout, where the
+ * ISA has one (cm_cpu_repack_acquire; shared by the model's contexts).  A
+ * helper for another backend's missing ops (no_kv) repacks nothing: the
+ * weights it multiplies (experts left in host memory) are few, and the
+ * rest are on the device.  Copies are found by address, so its products
+ * use the copies of a CPU context on the same model while that context
+ * lives: contexts of one model are freed before it, on the thread that
+ * uses them. */
+static void repack_weights(cm_cpu_state *st, const cm_backend_shape *s)
+{
+    const cm_model *m = s->m;
+    if (s->no_kv || !m->file.mapped || !m->layers)
+        return;
+    enum { PER_LAYER = 16 };
+    size_t n = 0, cap = (size_t)m->hp.n_layer * PER_LAYER + 1;
+    const cm_tensor **ws = malloc(cap * sizeof *ws);
+    if (!ws)
+        return;
+    ws[n++] = &m->output;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        const cm_layer *L = &m->layers[il];
+        const cm_tensor *lw[PER_LAYER] = {&L->wqkv, &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate,
+                                          &L->w_up, &L->w_down, &L->gate_inp, &L->gate_exps,
+                                          &L->up_exps, &L->down_exps, &L->gate_inp_shexp,
+                                          &L->gate_shexp, &L->up_shexp, &L->down_shexp};
+        for (int i = 0; i < PER_LAYER; i++)
+            ws[n++] = lw[i];
+    }
+    if (cm_cpu_repack_acquire(m, ws, (int)n, m->file.base, m->file.size))
+        st->repack_key = m;
+    free(ws);
+}
+
 static void cpu_release(cm_backend *be)
 {
     cm_cpu_state *st = be->state;
     if (!st)
         return;
     cm_cpu_attention_free(st);
+    if (st->repack_key)
+        cm_cpu_repack_release(st->repack_key);
     free(st->rope_cs), free(st->row), free(st->scratch);
     free(st);
     be->state = NULL;
@@ -87,6 +122,7 @@ static cm_status cpu_init(cm_backend *be, const cm_backend_shape *s, cm_err *err
         return cm_fail(err, CM_E_NOMEM, "out of memory allocating a %d-token context",
                        s->n_ctx);
     }
+    repack_weights(st, s);
     return CM_OK;
 }
 

@@ -21,6 +21,7 @@ typedef struct {
     int rope_done;        /* positions 0 .. rope_done - 1 of rope_cs are filled */
     float *row;           /* n_embd floats: a learned position's embedding */
     void *scratch;        /* activations quantized for the matmul kernels */
+    const void *repack_key; /* the model whose weights cm_cpu_repack_acquire took */
 } cm_cpu_state;
 
 /* Prompt batches split row-wise work (norms, residual adds, RoPE, SwiGLU,

@@ -6,9 +6,12 @@
 #include "config.h"
 #endif
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "backends/cpu/cpu.h"
 #include "backends/cpu/kernels.h"
@@ -75,7 +78,11 @@ static cpu_features detect(void)
 /* On AMD Zen the 256-bit generation kernels of q8_0 and q4_0 weights beat
  * the 512-bit ones (Zen 5, one thread, qwen05b: q8_0 52.8 against 31.6
  * tok/s, q4_0 59.2 against 49.7; the K-quants' 512-bit ones win), so the
- * AVX-512 table keeps AVX2's there.  Intel keeps its 512-bit kernels. */
+ * AVX-512 table keeps AVX2's there.  Intel keeps its 512-bit kernels.
+ * These per-row kernels now serve only q8_0/q4_0 weights that are not
+ * repacked (cm_cpu_repack_acquire: rows not a multiple of 16, weights not
+ * in a file mapping, CODEMOE_REPACK=0); the repacked tiles' 512-bit
+ * kernels run everything else, on both vendors. */
 static void keep_ymm_generation(struct cm_kernels *k512, const struct cm_kernels *k2)
 {
     static const enum cm_type types[] = {CM_TYPE_Q8_0, CM_TYPE_Q4_0};
@@ -84,6 +91,11 @@ static void keep_ymm_generation(struct cm_kernels *k512, const struct cm_kernels
         k512->vec_dot[types[i]] = k2->vec_dot[types[i]];
     }
 }
+
+/* Whether the repacked generation kernels prefetch ahead (cm_repack's
+ * gemv_pf): on AMD Zen 5 it measured 1.10-1.15x faster; on Intel, prefetch
+ * ahead measured slower (see matmul_rows), so Intel keeps gemv. */
+static int rp_prefetch;
 
 /* tabs[i] = the table for ISA i, ok[i] = whether this CPU and build run
  * it (an ISA file compiled without its flags declines); returns the best. */
@@ -141,6 +153,7 @@ int cm_cpu_init(char *err_msg, size_t err_len)
         }
     }
     cm_kern = tabs[isa];
+    rp_prefetch = f.amd;
     return 0;
 }
 
@@ -242,8 +255,264 @@ size_t cm_matmul_scratch_bytes(const cm_tensor *w, int64_t n_tok)
      * crosses going up, and every kernel's need grows with n_tok; below
      * the batched kernel's threshold a gemv may pack each row */
     size_t gemv = ALIGN64(gemv_row_bytes(w)) * (size_t)n_tok;
+    const cm_repack *rp = w->type < CM_TYPE_COUNT ? cm_kern.repack[w->type] : NULL;
+    size_t rpx = rp && act ? ALIGN64(rp->x_bytes(w->ne[0])) * (size_t)n_tok : 0;
+    gemv = rpx > gemv ? rpx : gemv;
     size_t gemm = gemm_scratch(pick_gemm(w, n_tok), w, n_tok);
     return ALIGN64(act) + (gemv > gemm ? gemv : gemm);
+}
+
+/* ---- repacked weights (cm_cpu_repack_acquire) ---------------------------- */
+
+typedef struct {
+    const char *src; /* the tensor's bytes in the mapping */
+    size_t bytes;
+    char *dst;       /* the same bytes repacked, tile t at 16 * t * row bytes */
+    int64_t cols;
+    enum cm_type type;
+    const cm_repack *rp;
+    size_t mat_bytes;    /* one matrix (ne[0] x ne[1]) */
+    int64_t n_mat;       /* matrices (experts) */
+    unsigned char *done; /* [n_mat]: repacked yet (experts: at first use) */
+} rp_entry;
+
+typedef struct rp_set {
+    const void *key;
+    int refs;
+    rp_entry *e; /* sorted by src */
+    size_t n, bytes;
+    void *mem;
+    struct rp_set *next;
+} rp_set;
+
+static rp_set *rp_sets; /* read without the lock only to test for NULL */
+static pthread_mutex_t rp_lock = PTHREAD_MUTEX_INITIALIZER;
+
+#define RP_ALIGN ((size_t)2 << 20) /* transparent huge pages where allowed */
+
+static size_t tensor_bytes(const cm_tensor *w)
+{
+    return cm_row_bytes(w->type, w->ne[0]) * (size_t)cm_tensor_rows(w);
+}
+
+static int rp_candidate(const cm_tensor *w, const char *lo, size_t map_bytes)
+{
+    if (!w || !w->data || w->buf || w->type >= CM_TYPE_COUNT || !cm_kern.repack[w->type])
+        return 0;
+    const cm_type_info *ti = cm_type_get(w->type);
+    if (!ti || !ti->supported || ti->block_elems != 32 || w->ne[0] <= 0 || w->ne[0] % 32 ||
+        w->ne[1] <= 0 || w->ne[1] % 16)
+        return 0;
+    const char *d = w->data;
+    return d >= lo && tensor_bytes(w) <= map_bytes && (size_t)(d - lo) <= map_bytes - tensor_bytes(w);
+}
+
+static int rp_cmp(const void *a, const void *b)
+{
+    const char *x = ((const rp_entry *)a)->src, *y = ((const rp_entry *)b)->src;
+    return (x > y) - (x < y);
+}
+
+/* Drops the whole pages inside [p, p + n) from this process. */
+static void drop_pages(const char *p, size_t n)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t b = ((uintptr_t)p + n) & ~(uintptr_t)(page - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+/* Repacks matrix mi of e (with the lock held, outside parallel regions)
+ * and drops its pages in the mapping. */
+static void rp_pack_matrix(rp_entry *e, int64_t mi)
+{
+    const size_t wrow = cm_row_bytes(e->type, e->cols), tile = 16 * wrow;
+    const int64_t tiles = (int64_t)(e->mat_bytes / tile);
+    const char *src = e->src + (size_t)mi * e->mat_bytes;
+    char *dst = e->dst + (size_t)mi * e->mat_bytes;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (int64_t t = 0; t < tiles; t++)
+        e->rp->pack(e->cols, src + (size_t)t * tile, wrow, dst + (size_t)t * tile);
+    drop_pages(src, e->mat_bytes);
+    e->done[mi] = 1;
+}
+
+/* Lays the copies out in set->mem, 2-D weights first, and repacks those
+ * now (on transparent huge pages where the system allows them on request);
+ * the experts of 3-D weights wait for their first use (rp_find), so the
+ * experts the router never picks take no memory, as in the mapping (on
+ * 4 KiB pages: a huge page would bring in its unused neighbours too). */
+static int rp_fill(rp_set *set)
+{
+    char *at = set->mem;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < set->n; i++) {
+            rp_entry *e = &set->e[i];
+            if ((e->n_mat > 1) != pass)
+                continue;
+            e->dst = at;
+            at += ALIGN64(e->bytes);
+        }
+#ifdef MADV_HUGEPAGE
+    size_t flat = 0;
+    for (size_t i = 0; i < set->n; i++)
+        flat += set->e[i].n_mat == 1 ? ALIGN64(set->e[i].bytes) : 0;
+    if (flat >= RP_ALIGN)
+        madvise(set->mem, flat / RP_ALIGN * RP_ALIGN, MADV_HUGEPAGE);
+#endif
+    for (size_t i = 0; i < set->n; i++) {
+        rp_entry *e = &set->e[i];
+        if (!(e->done = calloc((size_t)e->n_mat, 1)))
+            return -1;
+        if (e->n_mat == 1)
+            rp_pack_matrix(e, 0);
+    }
+    return 0;
+}
+
+int cm_cpu_repack_acquire(const void *key, const cm_tensor *const *ws, int nw,
+                          const void *map, size_t map_bytes)
+{
+    pthread_mutex_lock(&rp_lock);
+    for (rp_set *s = rp_sets; s; s = s->next)
+        if (s->key == key) {
+            s->refs++;
+            pthread_mutex_unlock(&rp_lock);
+            return 1;
+        }
+    rp_set *set = calloc(1, sizeof *set);
+    if (!set) {
+        pthread_mutex_unlock(&rp_lock);
+        return 0;
+    }
+    set->key = key, set->refs = 1;
+    const char *env = getenv("CODEMOE_REPACK");
+    set->e = nw > 0 ? calloc((size_t)nw, sizeof *set->e) : NULL;
+    if (set->e && !(env && strcmp(env, "0") == 0)) {
+        for (int i = 0; i < nw; i++)
+            if (rp_candidate(ws[i], map, map_bytes))
+                set->e[set->n++] = (rp_entry){ws[i]->data, tensor_bytes(ws[i]), NULL, ws[i]->ne[0],
+                                              ws[i]->type, cm_kern.repack[ws[i]->type],
+                                              cm_row_bytes(ws[i]->type, ws[i]->ne[0]) *
+                                                  (size_t)ws[i]->ne[1],
+                                              cm_tensor_rows(ws[i]) / ws[i]->ne[1], NULL};
+        qsort(set->e, set->n, sizeof *set->e, rp_cmp);
+        size_t n = 0; /* one copy per tensor (a tied output is the embedding) */
+        for (size_t i = 0; i < set->n; i++)
+            if (n == 0 || set->e[i].src >= set->e[n - 1].src + set->e[n - 1].bytes)
+                set->e[n++] = set->e[i];
+        set->n = n;
+        for (size_t i = 0; i < n; i++)
+            set->bytes += ALIGN64(set->e[i].bytes);
+        long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        int fits = pages <= 0 || psz <= 0 || set->bytes <= (size_t)pages * (size_t)psz / 2;
+        if (n && fits && posix_memalign(&set->mem, RP_ALIGN, set->bytes) == 0) {
+            if (rp_fill(set) != 0) { /* no memory for the flags: nothing repacked */
+                for (size_t i = 0; i < set->n; i++)
+                    free(set->e[i].done);
+                free(set->mem);
+                set->mem = NULL, set->n = set->bytes = 0;
+            }
+        } else {
+            set->n = set->bytes = 0;
+        }
+    }
+    set->next = rp_sets;
+    __atomic_store_n(&rp_sets, set, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&rp_lock);
+    return 1;
+}
+
+void cm_cpu_repack_release(const void *key)
+{
+    pthread_mutex_lock(&rp_lock);
+    for (rp_set **p = &rp_sets; *p; p = &(*p)->next) {
+        rp_set *s = *p;
+        if (s->key != key || --s->refs > 0)
+            continue;
+        __atomic_store_n(p, s->next, __ATOMIC_RELEASE);
+        for (size_t i = 0; i < s->n; i++)
+            free(s->e[i].done);
+        free(s->mem), free(s->e), free(s);
+        break;
+    }
+    pthread_mutex_unlock(&rp_lock);
+}
+
+void cm_cpu_repack_drop_experts(const void *key)
+{
+    pthread_mutex_lock(&rp_lock);
+    for (rp_set *s = rp_sets; s; s = s->next) {
+        if (s->key != key)
+            continue;
+        size_t n = 0;
+        for (size_t i = 0; i < s->n; i++) {
+            rp_entry *e = &s->e[i];
+            if (e->n_mat == 1) {
+                s->e[n++] = *e;
+                continue;
+            }
+            drop_pages(e->dst, e->bytes); /* (anonymous: the copies are gone) */
+            s->bytes -= ALIGN64(e->bytes);
+            free(e->done);
+        }
+        s->n = n;
+    }
+    pthread_mutex_unlock(&rp_lock);
+}
+
+size_t cm_cpu_repacked_bytes(void)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&rp_lock);
+    for (rp_set *s = rp_sets; s; s = s->next)
+        n += s->bytes;
+    pthread_mutex_unlock(&rp_lock);
+    return n;
+}
+
+/* The repacked copy of w (whole 16-row tiles of a repacked tensor): its
+ * kernels in *rp and its bytes in *data; 0 when w is used as it is.  Only
+ * copies made for the table in use count: after cm_cpu_init picks another
+ * (CODEMOE_ISA, tests), older copies are not the layout, nor the scratch,
+ * that cm_matmul_scratch_bytes sized for, and w is read as it is. */
+static int rp_find(const cm_tensor *w, const cm_repack **rp, const char **data)
+{
+    if (w->type >= CM_TYPE_COUNT || !cm_kern.repack[w->type] ||
+        !__atomic_load_n(&rp_sets, __ATOMIC_ACQUIRE) || !w->data || w->ne[1] % 16)
+        return 0;
+    const char *d = w->data;
+    int found = 0;
+    pthread_mutex_lock(&rp_lock);
+    for (rp_set *s = rp_sets; s && !found; s = s->next) {
+        size_t lo = 0, hi = s->n; /* lo: the entries with src <= d */
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (s->e[mid].src <= d)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo == 0)
+            continue;
+        rp_entry *e = &s->e[lo - 1];
+        const size_t wrow = cm_row_bytes(e->type, e->cols), off = (size_t)(d - e->src);
+        if (d >= e->src && off < e->bytes && e->type == w->type && e->cols == w->ne[0] &&
+            e->rp == cm_kern.repack[w->type] &&
+            off % (16 * wrow) == 0 && (size_t)w->ne[1] * wrow <= e->bytes - off) {
+            const size_t end = off + (size_t)w->ne[1] * wrow;
+            for (size_t mi = off / e->mat_bytes; mi * e->mat_bytes < end; mi++)
+                if (!e->done[mi])
+                    rp_pack_matrix(e, (int64_t)mi);
+            *rp = e->rp, *data = e->dst + off;
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&rp_lock);
+    return found;
 }
 
 static void no_kernel(enum cm_type type)
@@ -378,6 +647,58 @@ static void matmul_gemm(const cm_gemm *const *gs, const cm_tensor *const *ws, in
     }
 }
 
+/* Generation on repacked weights: each activation row quantized and
+ * packed once, then one parallel loop over the 16-row tiles of all nw
+ * weights (the same columns and dot type), so a projection group (query,
+ * key, value; gate, up) costs one fork and one barrier. */
+static void matmul_repacked(const cm_repack *const *rps, const char *const *wd,
+                            const cm_tensor *const *ws, int nw, const float *x, int64_t n_tok,
+                            float *const *ys, char *scratch)
+{
+    enum { MAX_N = 8 };
+    const cm_tensor *w = ws[0];
+    const int64_t cols = w->ne[0];
+    const cm_type_info *ti = cm_type_get(w->type);
+    const size_t xrow = act_row_bytes(w), wrow = cm_row_bytes(w->type, cols);
+    const size_t prow = ALIGN64(rps[0]->x_bytes(cols));
+    cm_quantize_fn quant = cm_kern.quantize[ti->dot_type];
+    if (!quant)
+        no_kernel(ti->dot_type);
+    char *xp = scratch + ALIGN64(xrow * (size_t)n_tok);
+    for (int64_t t = 0; t < n_tok; t++) {
+        quant(x + t * cols, scratch + (size_t)t * xrow, cols);
+        rps[0]->x_pack(cols, scratch + (size_t)t * xrow, xp + (size_t)t * prow);
+    }
+    int64_t first[MAX_N + 1], all = 0;
+    for (int i = 0; i < nw; i++)
+        first[i] = all, all += ws[i]->ne[1] / 16;
+    first[nw] = all;
+    const int par = all * 16 * cols * n_tok >= PAR_MIN_MACS; /* OMP_FOR's if clause */
+    (void)par;
+    OMP_FOR
+    for (int64_t q = 0; q < all; q++) {
+        int i = 0;
+        while (q >= first[i + 1])
+            i++;
+        const int64_t tile = q - first[i], rows = ws[i]->ne[1];
+        const char *tw = wd[i] + (size_t)tile * 16 * wrow;
+        void (*gemv)(int64_t, const void *, const void *, float *) =
+            rp_prefetch && rps[i]->gemv_pf ? rps[i]->gemv_pf : rps[i]->gemv;
+        for (int64_t t = 0; t < n_tok; t++)
+            gemv(cols, tw, xp + (size_t)t * prow, ys[i] + t * rows + 16 * tile);
+    }
+}
+
+/* Whether weights i > 0 can share weight 0's repacked generation pass. */
+static int same_repack(const cm_repack *const *rps, const cm_tensor *const *ws, int nw)
+{
+    for (int i = 1; i < nw; i++)
+        if (rps[i]->x_pack != rps[0]->x_pack || ws[i]->ne[0] != ws[0]->ne[0] ||
+            ws[i]->type != ws[0]->type)
+            return 0;
+    return 1;
+}
+
 void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
                void *scratch)
 {
@@ -389,6 +710,19 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
     if (n_tok <= 0 || rows <= 0)
         return;
     const cm_gemm *g = pick_gemm(w, n_tok);
+    const cm_repack *rp;
+    const char *rd;
+    if (rp_find(w, &rp, &rd)) {
+        if (g && rp->gemm) { /* the batched kernel on the tiles */
+            cm_tensor v = *w;
+            const cm_tensor *pv = &v;
+            v.data = rd, g = rp->gemm;
+            matmul_gemm(&g, &pv, 1, x, n_tok, &y, scratch);
+        } else {
+            matmul_repacked(&rp, &rd, &w, 1, x, n_tok, &y, scratch);
+        }
+        return;
+    }
     if (g) {
         matmul_gemm(&g, &w, 1, x, n_tok, &y, scratch);
         return;
@@ -437,16 +771,32 @@ void cm_matmul_n(const cm_tensor *const *ws, int nw, const float *x, int64_t n_t
 {
     enum { MAX_N = 8 };
     const cm_gemm *gs[MAX_N];
-    int shared = nw > 0 && nw <= MAX_N && n_tok > 0;
+    const cm_repack *rps[MAX_N];
+    const char *rds[MAX_N];
+    cm_tensor views[MAX_N];
+    const cm_tensor *vs[MAX_N];
+    int shared = nw > 0 && nw <= MAX_N && n_tok > 0, all_rp = shared;
     for (int i = 0; i < nw && shared; i++) {
         gs[i] = pick_gemm(ws[i], n_tok);
-        shared = same_packing(gs[0], gs[i], ws[0], ws[i]);
+        vs[i] = ws[i];
+        int r = rp_find(ws[i], &rps[i], &rds[i]);
+        if (r && gs[i] && rps[i]->gemm) { /* the same packing, on the tiles */
+            views[i] = *ws[i], views[i].data = rds[i];
+            vs[i] = &views[i], gs[i] = rps[i]->gemm;
+        }
+        all_rp = all_rp && r;
     }
+    for (int i = 0; i < nw && shared; i++)
+        shared = same_packing(gs[0], gs[i], vs[0], vs[i]);
     if (shared) {
         for (int i = 0; i < nw; i++)
             if (!cm_type_get(ws[i]->type)->supported || !cm_kern.vec_dot[ws[i]->type])
                 no_kernel(ws[i]->type);
-        matmul_gemm(gs, ws, nw, x, n_tok, ys, scratch);
+        matmul_gemm(gs, vs, nw, x, n_tok, ys, scratch);
+        return;
+    }
+    if (all_rp && nw <= MAX_N && n_tok < GEMM_MIN_TOK && same_repack(rps, ws, nw)) {
+        matmul_repacked(rps, rds, ws, nw, x, n_tok, ys, scratch);
         return;
     }
     for (int i = 0; i < nw; i++)

@@ -45,6 +45,28 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
 void cm_matmul_n(const cm_tensor *const *ws, int nw, const float *x, int64_t n_tok,
                  float *const *ys, void *scratch);
 
+/* Weights repacked for the ISA's kernels (kernels.h, cm_repack): every
+ * tensor of ws that the table repacks (its type, whole 16-row tiles, host
+ * bytes inside the read-only file mapping [map, map + map_bytes)) is
+ * copied once into the interleaved layout (2-D weights here, each expert
+ * matrix of a 3-D one at its first use), and the mapping's pages of it
+ * are dropped (MADV_DONTNEED: they re-read from the file if anything
+ * touches them again), so the resident size stays that of the weights.
+ * cm_matmul and cm_matmul_n then use the copy for those tensors (or any
+ * view of whole 16-row tiles of them, e.g. one expert's matrix).  Counted
+ * per key (the model): the first acquire repacks, the last release frees.
+ * CODEMOE_REPACK=0 turns it off; nothing is repacked when the copies
+ * would take more than half the machine's memory. */
+int cm_cpu_repack_acquire(const void *key, const cm_tensor *const *ws, int nw,
+                          const void *map, size_t map_bytes); /* 0: out of memory, nothing held */
+void cm_cpu_repack_release(const void *key);
+/* The experts of key's 3-D weights go back to the mapping (their copies
+ * freed, none made later): where an expert cache governs which experts
+ * are resident through the mapping's pages (engine/expert_cache.c). */
+void cm_cpu_repack_drop_experts(const void *key);
+/* Bytes of weights repacked now (all keys). */
+size_t cm_cpu_repacked_bytes(void);
+
 /* ---- attention helpers (KV cache rows) ---------------------------------- */
 
 /* dot(row, x) for a row of F32, F16 or BF16; any n. */

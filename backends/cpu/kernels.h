@@ -67,6 +67,32 @@ typedef struct {
     void (*dot4)(int64_t cols, const void *w, size_t wrow, const void *x, float *out);
 } cm_gemv;
 
+/* Weights repacked once, when a context is created (cm_cpu_repack_acquire),
+ * into tiles of 16 rows that the ISA streams without shuffles: per 32-element
+ * block, one 64-byte vector holds the same 4 quant bytes of all 16 rows (an
+ * int32 lane per row), so vpdpbusd against an activation dword broadcast
+ * gives 16 rows' partial sums at once, no horizontal sums; the tile's f16
+ * row scales follow its quants.  A tile takes exactly the bytes of its 16
+ * rows in the file (16 * row bytes), so tile t sits where row 16t was.
+ * Integer block sums are the scalar reference's (q4_0 levels 0..15 with the
+ * -8 folded into one per-block term; q8_0 stored as w + 128 with -128 *
+ * sum x); only float summation order differs. */
+typedef struct {
+    /* 16 rows of w, wrow bytes apart (cols / 32 blocks) -> 16 * wrow bytes */
+    void (*pack)(int64_t cols, const void *w, size_t wrow, void *dst);
+    /* the activation (a row of the dot type) rearranged for gemv */
+    size_t (*x_bytes)(int64_t cols);
+    void (*x_pack)(int64_t cols, const void *xq, void *dst);
+    /* y[r], r < 16: the tile's rows against one packed activation */
+    void (*gemv)(int64_t cols, const void *tile, const void *xp, float *y);
+    /* the same with software prefetch ahead in the tiles (cm_cpu_init
+     * picks it where it measured faster: AMD Zen) */
+    void (*gemv_pf)(int64_t cols, const void *tile, const void *xp, float *y);
+    /* batched products on the tiles (rows r0, r1 multiples of 16, w and
+     * wrow as for the unpacked matrix) */
+    const cm_gemm *gemm;
+} cm_repack;
+
 /* x[i] = exp(scale*x[i] - max) / sum over the n values (attention
  * weights); with round_f16, each result rounded to f16 precision, as
  * llama.cpp rounds the weights that multiply an f16 value cache. */
@@ -121,6 +147,7 @@ struct cm_kernels {
     cm_dequant_fn to_float[CM_TYPE_COUNT];
     const cm_gemm *gemm[CM_TYPE_COUNT];
     const cm_gemv *gemv[CM_TYPE_COUNT]; /* NULL: vec_dot on the dot-type row */
+    const cm_repack *repack[CM_TYPE_COUNT]; /* NULL: weights used as in the file */
     /* NULL: cm_dot_rows / cm_sum_rows loop over vec_dot / axpy */
     cm_dot_rows_fn dot_rows[CM_TYPE_COUNT];
     cm_sum_rows_fn sum_rows[CM_TYPE_COUNT];

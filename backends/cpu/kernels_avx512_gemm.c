@@ -514,6 +514,244 @@ static size_t work_float(int64_t cols) { return (size_t)FR * (size_t)cols * size
 static const cm_gemm g_f32 = {G, NULL, work_float, NULL, rows_f32};
 static const cm_gemm g_f16 = {G, NULL, work_float, NULL, rows_f16};
 
+/* ---- repacked q4_0 / q8_0 tiles (cm_repack) ------------------------------
+ * Tile of 16 rows, nb = cols / 32 blocks, NV = 4 (q4_0) or 8 (q8_0)
+ * vectors per block:
+ *   quants: [nb][NV][16 rows][4 bytes]   (block k, vector j, lane = row)
+ *   scales: [nb][16] f16                 (after all the quants)
+ * q4_0: vector j holds quant bytes 4j..4j+3 of each row (elements 4j..4j+3
+ * in the low nibbles, 16+4j.. in the high ones), as in the file.  q8_0:
+ * vector j holds elements 4j..4j+3 as w + 128 (unsigned for vpdpbusd).
+ * Both take 16 * row bytes: 16 * (2 + 16) or 16 * (2 + 32) per block. */
+
+typedef struct {
+    int8_t qs[32];
+    float d;   /* the activation block's scale */
+    int32_t c; /* -8 (q4_0) or -128 (q8_0) times the sum of its quants */
+} rp_xblock;
+_Static_assert(sizeof(rp_xblock) == 40, "rp_xblock layout");
+
+INLINE void rp_pack_k(int64_t cols, const void *w, size_t wrow, void *dst, const int q8)
+{
+    const int64_t nb = cols / 32;
+    const int nv = q8 ? 8 : 4;
+    const size_t bsz = q8 ? sizeof(block_q8_0) : sizeof(block_q4_0);
+    uint8_t *q = dst;
+    uint16_t *sc = (uint16_t *)(q + (size_t)nb * 64 * nv);
+    for (int r = 0; r < 16; r++) {
+        const uint8_t *row = (const uint8_t *)w + (size_t)r * wrow;
+        for (int64_t k = 0; k < nb; k++) {
+            const uint8_t *b = row + (size_t)k * bsz; /* d, then the quants */
+            memcpy(sc + 16 * k + r, b, 2);
+            for (int j = 0; j < nv; j++) {
+                uint8_t *o = q + ((size_t)k * nv + j) * 64 + 4 * r;
+                for (int e = 0; e < 4; e++)
+                    o[e] = q8 ? (uint8_t)(b[2 + 4 * j + e] ^ 0x80) : b[2 + 4 * j + e];
+            }
+        }
+    }
+}
+
+static void rp_pack_q4_0(int64_t cols, const void *w, size_t wrow, void *dst)
+{
+    rp_pack_k(cols, w, wrow, dst, 0);
+}
+
+static void rp_pack_q8_0(int64_t cols, const void *w, size_t wrow, void *dst)
+{
+    rp_pack_k(cols, w, wrow, dst, 1);
+}
+
+static size_t rp_x_bytes(int64_t cols) { return (size_t)(cols / 32) * sizeof(rp_xblock); }
+
+INLINE void rp_x_pack_k(int64_t cols, const void *xq, void *dst, const int off)
+{
+    const block_q8_0 *x = xq;
+    rp_xblock *o = dst;
+    for (int64_t k = 0; k < cols / 32; k++) {
+        __m256i v = load256(x[k].qs);
+        memcpy(o[k].qs, x[k].qs, 32);
+        o[k].d = F16(x[k].d);
+        o[k].c = -off * sum_s8x32(v);
+    }
+}
+
+static void rp_x_pack_q4_0(int64_t cols, const void *xq, void *dst)
+{
+    rp_x_pack_k(cols, xq, dst, 8);
+}
+
+static void rp_x_pack_q8_0(int64_t cols, const void *xq, void *dst)
+{
+    rp_x_pack_k(cols, xq, dst, 128);
+}
+
+/* One block of a tile: the 16 rows' integer sums (with the offset term). */
+INLINE __m512i rp_block(const uint8_t *q, const rp_xblock *x, const int q8, const int vnni)
+{
+    __m512i s0 = _mm512_set1_epi32(x->c), s1 = _mm512_setzero_si512();
+    if (q8) {
+        UNROLL
+        for (int j = 0; j < 8; j += 2) {
+            s0 = dpbusd_bcst(s0, _mm512_loadu_si512(q + 64 * j), x->qs + 4 * j, vnni);
+            s1 = dpbusd_bcst(s1, _mm512_loadu_si512(q + 64 * j + 64), x->qs + 4 * j + 4, vnni);
+        }
+    } else {
+        const __m512i m = _mm512_set1_epi8(0x0F);
+        UNROLL
+        for (int j = 0; j < 4; j++) {
+            __m512i v = _mm512_loadu_si512(q + 64 * j);
+            s0 = dpbusd_bcst(s0, _mm512_and_si512(v, m), x->qs + 4 * j, vnni);
+            s1 = dpbusd_bcst(s1, _mm512_and_si512(_mm512_srli_epi16(v, 4), m),
+                             x->qs + 16 + 4 * j, vnni);
+        }
+    }
+    return _mm512_add_epi32(s0, s1);
+}
+
+/* Software prefetch distance of the generation kernels' prefetching
+ * variant (bytes ahead in the tiles).  Zen 5, one thread, qwen05b q4_0:
+ * 4-6 KiB ahead 1.10-1.15x faster than none (70 -> 78 tok/s), 1-2 KiB no
+ * gain, 16 KiB slower, prefetcht1 slower than prefetcht0.  (On an Intel
+ * Xeon, prefetch ahead of the old per-row kernels measured 2-3x slower:
+ * cpu.c picks the variant by vendor.) */
+#define RP_PF 6144
+
+INLINE void rp_gemv_k(int64_t cols, const void *tile, const void *xp, float *y, const int q8,
+                      const int vnni, const int pf)
+{
+    const int64_t nb = cols / 32;
+    const int vb = q8 ? 512 : 256; /* quant bytes per block */
+    const uint8_t *q = tile;
+    const uint16_t *sc = (const uint16_t *)(q + (size_t)nb * vb);
+    const rp_xblock *x = xp;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    int64_t k = 0;
+    for (; k + 2 <= nb; k += 2) {
+        if (pf) {
+            UNROLL
+            for (int l = 0; l < 2 * vb; l += 64)
+                _mm_prefetch((const char *)q + k * vb + RP_PF + l, _MM_HINT_T0);
+        }
+        __m512i i0 = rp_block(q + k * vb, x + k, q8, vnni);
+        __m512i i1 = rp_block(q + (k + 1) * vb, x + k + 1, q8, vnni);
+        __m512 f0 = _mm512_mul_ps(_mm512_cvtepi32_ps(i0), _mm512_set1_ps(x[k].d));
+        __m512 f1 = _mm512_mul_ps(_mm512_cvtepi32_ps(i1), _mm512_set1_ps(x[k + 1].d));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtph_ps(load256(sc + 16 * k)), f0, acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtph_ps(load256(sc + 16 * k + 16)), f1, acc1);
+    }
+    if (k < nb) {
+        __m512i i0 = rp_block(q + k * vb, x + k, q8, vnni);
+        __m512 f0 = _mm512_mul_ps(_mm512_cvtepi32_ps(i0), _mm512_set1_ps(x[k].d));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtph_ps(load256(sc + 16 * k)), f0, acc0);
+    }
+    _mm512_storeu_ps(y, _mm512_add_ps(acc0, acc1));
+}
+
+#define RP_GEMV(name, q8, vnni, pf)                                              \
+    static void name(int64_t cols, const void *t, const void *xp, float *y)     \
+    {                                                                           \
+        rp_gemv_k(cols, t, xp, y, q8, vnni, pf);                                \
+    }
+RP_GEMV(rp_gemv_q4_0_vnni, 0, 1, 0)
+RP_GEMV(rp_gemv_q4_0_plain, 0, 0, 0)
+RP_GEMV(rp_gemv_q8_0_vnni, 1, 1, 0)
+RP_GEMV(rp_gemv_q4_0_vnni_pf, 0, 1, 1)
+RP_GEMV(rp_gemv_q4_0_plain_pf, 0, 0, 1)
+RP_GEMV(rp_gemv_q8_0_vnni_pf, 1, 1, 1)
+
+/* A repacked tile into gemm_decode.h's legacy layout (levels [16][32] s8,
+ * scales, corrections): the block's vectors are the levels' dwords with
+ * rows as lanes, so one 16x16 transpose puts each row's 8 dwords together. */
+INLINE void rp_decode_k(const uint8_t *tile, int64_t nb, uint8_t *work, const int q8,
+                        const int vnni)
+{
+    const int vb = q8 ? 512 : 256;
+    const uint16_t *sc = (const uint16_t *)(tile + (size_t)nb * vb);
+    const __m512i m = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+    const __m512i flip = _mm512_set1_epi8(-128), one = _mm512_set1_epi8(1);
+    for (int64_t k = 0; k < nb; k++) {
+        const uint8_t *q = tile + k * vb;
+        uint8_t *tb = work + k * LB;
+        __m512i lev[8];
+        if (q8) {
+            UNROLL
+            for (int j = 0; j < 8; j++)
+                lev[j] = _mm512_xor_si512(_mm512_loadu_si512(q + 64 * j), flip);
+        } else {
+            UNROLL
+            for (int j = 0; j < 4; j++) {
+                __m512i v = _mm512_loadu_si512(q + 64 * j);
+                lev[j] = _mm512_sub_epi8(_mm512_and_si512(v, m), eight);
+                lev[4 + j] = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), m), eight);
+            }
+        }
+        __m512i sum = _mm512_setzero_si512();
+        __m512 r[16];
+        UNROLL
+        for (int j = 0; j < 8; j++) {
+            sum = dpbusd(sum, one, lev[j], vnni);
+            r[j] = _mm512_castsi512_ps(lev[j]);
+            r[8 + j] = _mm512_setzero_ps();
+        }
+        transpose16(r);
+        UNROLL
+        for (int i = 0; i < 16; i++)
+            _mm256_storeu_ps((float *)(tb + 32 * i), _mm512_castps512_ps256(r[i]));
+        _mm512_storeu_ps((float *)(tb + 512), _mm512_cvtph_ps(load256(sc + 16 * k)));
+        _mm512_storeu_si512(tb + 576, _mm512_sub_epi32(_mm512_setzero_si512(),
+                                                       _mm512_slli_epi32(sum, 7)));
+        _mm512_storeu_ps((float *)(tb + 640), _mm512_setzero_ps());
+    }
+}
+
+/* rows() on repacked tiles: as ROWS, each tile decoded once for every
+ * token group (r0 and r1 are multiples of 16). */
+#define RP_ROWS(name, q8, vnni)                                                 \
+    INLINE void name##_mk(int64_t nb, const uint8_t *tile, const uint8_t *xp,   \
+                          __m512 *acc, const int r0)                            \
+    {                                                                           \
+        mk_legacy(nb, tile, xp, acc, r0, 0, vnni);                              \
+    }                                                                           \
+    static void name(int64_t cols, const void *w, size_t wrow, int64_t r0,      \
+                     int64_t r1, const void *x, int64_t n_tok, float *y,        \
+                     int64_t ldy, void *work)                                   \
+    {                                                                           \
+        const int64_t nb = cols / 32;                                           \
+        const int stream = (size_t)ldy * (size_t)n_tok * 4 >= STREAM_BYTES;     \
+        for (int64_t rt = r0; rt < r1; rt += TR) {                              \
+            rp_decode_k((const uint8_t *)w + rt * wrow, nb, work, q8, vnni);    \
+            for (int64_t t0 = 0; t0 < n_tok; t0 += G) {                         \
+                const uint8_t *xp = (const uint8_t *)x + (t0 / G) * nb * XB;    \
+                __m512 acc[16];                                                 \
+                name##_mk(nb, work, xp, acc, 0);                                \
+                name##_mk(nb, work, xp, acc + MR, MR);                          \
+                int nt = n_tok - t0 < G ? (int)(n_tok - t0) : G;                \
+                store_block(acc, y + t0 * ldy + rt, ldy, TR, nt, stream);      \
+            }                                                                   \
+        }                                                                       \
+        if (stream)                                                             \
+            _mm_sfence();                                                       \
+    }
+
+RP_ROWS(rp_rows_q4_0_vnni, 0, 1)
+RP_ROWS(rp_rows_q4_0_plain, 0, 0)
+RP_ROWS(rp_rows_q8_0_vnni, 1, 1)
+
+GEMM(g_rp_q4_0_vnni, pack_q8_0, rp_rows_q4_0_vnni, xbytes_legacy, work_legacy)
+GEMM(g_rp_q4_0_plain, pack_q8_0, rp_rows_q4_0_plain, xbytes_legacy, work_legacy)
+GEMM(g_rp_q8_0_vnni, pack_q8_0, rp_rows_q8_0_vnni, xbytes_legacy, work_legacy)
+
+static const cm_repack rp_q4_0_vnni = {rp_pack_q4_0, rp_x_bytes, rp_x_pack_q4_0,
+                                       rp_gemv_q4_0_vnni, rp_gemv_q4_0_vnni_pf,
+                                       &g_rp_q4_0_vnni};
+static const cm_repack rp_q4_0_plain = {rp_pack_q4_0, rp_x_bytes, rp_x_pack_q4_0,
+                                        rp_gemv_q4_0_plain, rp_gemv_q4_0_plain_pf,
+                                        &g_rp_q4_0_plain};
+static const cm_repack rp_q8_0_vnni = {rp_pack_q8_0, rp_x_bytes, rp_x_pack_q8_0,
+                                       rp_gemv_q8_0_vnni, rp_gemv_q8_0_vnni_pf,
+                                       &g_rp_q8_0_vnni};
+
 void cm_gemm_avx512_install(struct cm_kernels *k, int vnni)
 {
 #define PICK(T, g) k->gemm[CM_TYPE_##T] = vnni ? &g##_vnni : &g##_plain
@@ -531,6 +769,9 @@ void cm_gemm_avx512_install(struct cm_kernels *k, int vnni)
 #undef PICK
     k->gemm[CM_TYPE_F32] = &g_f32;
     k->gemm[CM_TYPE_F16] = &g_f16;
+    k->repack[CM_TYPE_Q4_0] = vnni ? &rp_q4_0_vnni : &rp_q4_0_plain;
+    if (vnni) /* q8_0 stored as w + 128: maddubs pairs would saturate */
+        k->repack[CM_TYPE_Q8_0] = &rp_q8_0_vnni;
 }
 
 #else /* built without the AVX-512 flags */

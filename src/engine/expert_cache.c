@@ -1,6 +1,8 @@
 /* expert_cache.c - LRU residency of MoE experts under a RAM budget. */
 #include "engine/expert_cache.h"
 
+#include "backends/cpu/cpu.h"
+
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -57,6 +59,8 @@ cm_status cm_expert_cache_new(const cm_model *m, uint64_t budget, cm_expert_cach
     c->m = m;
     c->budget = c->st.budget = budget;
     c->page = (size_t)sysconf(_SC_PAGESIZE);
+    /* residency is the mapping's pages here: no repacked copies beside them */
+    cm_cpu_repack_drop_experts(m);
     *out = c;
     return CM_OK;
 }
