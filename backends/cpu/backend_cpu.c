@@ -63,11 +63,13 @@ static size_t cpu_state_bytes(const cm_backend_shape *s)
  * rest are on the device.  Copies are found by address, so its products
  * use the copies of a CPU context on the same model while that context
  * lives: contexts of one model are freed before it, on the thread that
- * uses them. */
+ * uses them.  Nor does a language-expert pack: which member is resident is
+ * the mapping's pages there (cm_model_select_expert releases the previous
+ * member's), and copies would outlive a switch while a context holds them. */
 static void repack_weights(cm_cpu_state *st, const cm_backend_shape *s)
 {
     const cm_model *m = s->m;
-    if (s->no_kv || !m->file.mapped || !m->layers)
+    if (s->no_kv || !m->file.mapped || !m->layers || m->is_pack)
         return;
     enum { PER_LAYER = 16 };
     size_t n = 0, cap = (size_t)m->hp.n_layer * PER_LAYER + 1;
