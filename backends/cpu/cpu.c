@@ -324,19 +324,27 @@ static void drop_pages(const char *p, size_t n)
 }
 
 /* Repacks matrix mi of e (with the lock held, outside parallel regions)
- * and drops its pages in the mapping. */
+ * and drops its pages in the mapping, a few MiB at a time: the copy grows
+ * as the mapping shrinks, so a large matrix (an embedding table) does not
+ * sit in memory twice. */
 static void rp_pack_matrix(rp_entry *e, int64_t mi)
 {
+    enum { STEP_BYTES = 4 << 20 };
     const size_t wrow = cm_row_bytes(e->type, e->cols), tile = 16 * wrow;
     const int64_t tiles = (int64_t)(e->mat_bytes / tile);
+    const int64_t step = tile < STEP_BYTES ? (int64_t)(STEP_BYTES / tile) : 1;
     const char *src = e->src + (size_t)mi * e->mat_bytes;
     char *dst = e->dst + (size_t)mi * e->mat_bytes;
+    for (int64_t t0 = 0; t0 < tiles; t0 += step) {
+        const int64_t t1 = t0 + step < tiles ? t0 + step : tiles;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
 #endif
-    for (int64_t t = 0; t < tiles; t++)
-        e->rp->pack(e->cols, src + (size_t)t * tile, wrow, dst + (size_t)t * tile);
-    drop_pages(src, e->mat_bytes);
+        for (int64_t t = t0; t < t1; t++)
+            e->rp->pack(e->cols, src + (size_t)t * tile, wrow, dst + (size_t)t * tile);
+        drop_pages(src + (size_t)t0 * tile, (size_t)(t1 - t0) * tile);
+    }
+    drop_pages(src, e->mat_bytes); /* (the pages the steps' edges cut) */
     e->done[mi] = 1;
 }
 
