@@ -39,6 +39,7 @@
 #include "backends/cpu/cpu.h"
 #include "backends/cpu/kernels.h"
 #include "quant/quant.h"
+#include "dotref.h"
 #include "testlib.h"
 
 /* ---- deterministic randomness (as test_quant) ---------------------------- */
@@ -253,46 +254,12 @@ static size_t expected_bytes(void) { return repacked_bytes_of(1); }
 
 static float xs[MAX_TOK * MAX_COLS]; /* the activations, token t at t * cols */
 
-/* Zeroes the levels of each block (keeping the scale): dequantized, the
- * per-element offset term (q4_0: -8d, q5_0: -16d). */
-static void zero_levels(enum cm_type t, void *w, int64_t n)
-{
-    const cm_type_info *ti = cm_type_get(t);
-    for (int64_t b = 0; b < n / ti->block_elems; b++)
-        memset((uint8_t *)w + b * ti->block_bytes + 2, 0, ti->block_bytes - 2);
-}
-
-/* ref[t * rows + r] = cm_vec_dot_ref of row r with token t quantized by the
- * scalar reference, tol[] test_quant's batched bound: 4e-7 * (8 + blocks)
- * * sum(|w| + |offset|) |x|. */
+/* ref[t * rows + r] and tol[] for every token of xs: dotref.h's batched
+ * references (test_quant's bound). */
 static void refs(enum cm_type type, int64_t cols, int64_t rows, const char *w, double *ref,
                  double *tol)
 {
-    enum cm_type dt = cm_type_get(type)->dot_type;
-    size_t rb = cm_row_bytes(type, cols);
-    void *xq = malloc(cm_row_bytes(dt, cols)), *w0 = malloc(rb);
-    float *xd = malloc((size_t)cols * sizeof *xd), *wd = malloc((size_t)cols * sizeof *wd);
-    float *wmag = malloc((size_t)(rows * cols) * sizeof *wmag);
-    for (int64_t r = 0; r < rows; r++) {
-        memcpy(w0, w + (size_t)r * rb, rb);
-        zero_levels(type, w0, cols);
-        cm_dequantize_row(type, w + (size_t)r * rb, wd, cols);
-        cm_dequantize_row(type, w0, wmag + r * cols, cols);
-        for (int64_t i = 0; i < cols; i++)
-            wmag[r * cols + i] = fabsf(wmag[r * cols + i]) + fabsf(wd[i]);
-    }
-    for (int64_t t = 0; t < MAX_TOK; t++) {
-        cm_quantize_row(dt, xs + t * cols, xq, cols);
-        cm_dequantize_row(dt, xq, xd, cols);
-        for (int64_t r = 0; r < rows; r++) {
-            double mag = 0;
-            for (int64_t i = 0; i < cols; i++)
-                mag += (double)wmag[r * cols + i] * fabsf(xd[i]);
-            ref[t * rows + r] = cm_vec_dot_ref(type, cols, w + (size_t)r * rb, xq);
-            tol[t * rows + r] = 4e-7 * (8 + (double)(cols / 32)) * mag + 1e-37;
-        }
-    }
-    free(xq), free(w0), free(xd), free(wd), free(wmag);
+    batched_refs(type, w, cols, rows, xs, MAX_TOK, ref, tol);
 }
 
 typedef struct {
