@@ -324,7 +324,7 @@ static void check_matmul(enum cm_type t, int64_t cols, int64_t rows, int64_t n_t
     float *xd = malloc(cols * sizeof(float)), *wd = malloc(cols * sizeof(float));
     fill_weights(t, w, cols * rows, W_RANDOM);
     fill_normal(x, cols * n_tok, 1.0f);
-    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows};
+    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows, NULL, 0};
     void *scratch = aligned_alloc(64, cm_matmul_scratch_bytes(&tw, n_tok) + 64);
     cm_matmul(&tw, x, n_tok, y, scratch);
     enum cm_type dt = dot_type(t);
@@ -417,7 +417,7 @@ static void check_batched(enum cm_type t, int64_t cols, int64_t rows, int64_t ma
     void *w = malloc(rb * rows);
     float *x = malloc(cols * max_tok * sizeof(float));
     double *ref = malloc(rows * max_tok * sizeof(double)), *tol = malloc(rows * max_tok * sizeof(double));
-    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows};
+    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows, NULL, 0};
     for (int wk = 0; wk < W_NKINDS; wk++) {
         for (int xk = 0; xk < X_NKINDS; xk++) {
             if ((wk != W_RANDOM || xk != X_RANDOM) && (wk == W_RANDOM) == (xk == X_RANDOM))
@@ -446,7 +446,7 @@ static void check_streamed(enum cm_type t, int64_t cols)
     void *w = malloc(rb * rows);
     float *x = malloc(cols * n_tok * sizeof(float));
     double *ref = malloc(rows * n_tok * sizeof(double)), *tol = malloc(rows * n_tok * sizeof(double));
-    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows};
+    cm_tensor tw = {"w", t, 2, {cols, rows, 1, 1}, w, rb * rows, NULL, 0};
     fill_weights(t, w, cols * rows, W_RANDOM);
     fill_acts(x, cols * n_tok, X_RANDOM);
     batched_refs(t, w, cols, rows, x, n_tok, ref, tol);
@@ -472,7 +472,7 @@ static void check_matmul_n(const enum cm_type *types, int nw, int64_t cols, int6
         size_t rb = cm_row_bytes(types[i], cols);
         void *w = malloc(rb * rows);
         fill_weights(types[i], w, cols * rows, W_RANDOM);
-        tw[i] = (cm_tensor){"w", types[i], 2, {cols, rows, 1, 1}, w, rb * rows};
+        tw[i] = (cm_tensor){"w", types[i], 2, {cols, rows, 1, 1}, w, rb * rows, NULL, 0};
         ws[i] = &tw[i];
         ys[i] = malloc(rows * n_tok * sizeof(float));
         one[i] = malloc(rows * n_tok * sizeof(float));

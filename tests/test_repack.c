@@ -1,7 +1,7 @@
 /* test_repack.c - weights repacked for the ISA's kernels
  * (cm_cpu_repack_acquire) against the scalar references.
  *
- * Random Q4_0 / Q8_0 (and Q5_0, which no table repacks) weights, quantized
+ * Random Q4_0 / Q5_0 / Q8_0 / Q4_K (and Q4_1, which no table repacks) weights, quantized
  * by quant/'s reference quantizers, are written to a temporary file and
  * mapped read-only and private, as gguf_open maps a model; the repack is
  * acquired on the mapping, then cm_matmul and cm_matmul_n (the q/k/v and
@@ -24,9 +24,10 @@
  * another loaded in its place) must repack the new bytes.  Under ASan,
  * the leak check at exit holds every release to its acquire.
  *
- * Skips (77) where the selected kernels repack nothing: not AVX-512, or
- * CODEMOE_ISA=scalar|avx2, or CODEMOE_REPACK=0.  On an AVX-512 VNNI CPU
- * the table without VNNI (q4_0 repacked, q8_0 not) runs as well. */
+ * Skips (77) where the selected kernels repack nothing: not x86 with AVX2,
+ * or CODEMOE_ISA=scalar, or CODEMOE_REPACK=0.  On an AVX-512 VNNI CPU the
+ * table without VNNI (q4_0 and q5_0 repacked, q8_0 not) and the AVX2 table
+ * (the same types, its own kernels) run as well. */
 #include <fcntl.h>
 #include <math.h>
 #include <stdint.h>
@@ -100,10 +101,16 @@ enum {
     W_Q4_ONE,   /* one block a row, one tile */
     W_Q4_R40,   /* rows not a multiple of 16: never repacked */
     W_Q8_R24,
-    W_Q5,       /* a type no table repacks */
+    W_Q5,       /* 9 blocks a row */
+    W_Q5_BIG,
+    W_Q41,      /* a type no table repacks */
+    W_K4,       /* q4_K: two super-blocks a row */
+    W_K4_BIG,
     W_Q4_EXP,   /* 3-D: experts (gate_exps, up_exps) */
     W_Q4_EXP2,
     W_Q8_EXP,
+    W_Q5_EXP,
+    W_K4_EXP,
     W_Q,        /* q, k, v */
     W_K,
     W_V,
@@ -122,6 +129,9 @@ static const wspec specs[N_W] = {
     [W_Q4_ODD] = {CM_TYPE_Q4_0, 288, 64, 1},   [W_Q8_ODD] = {CM_TYPE_Q8_0, 288, 48, 1},
     [W_Q4_ONE] = {CM_TYPE_Q4_0, 32, 16, 1},    [W_Q4_R40] = {CM_TYPE_Q4_0, 320, 40, 1},
     [W_Q8_R24] = {CM_TYPE_Q8_0, 288, 24, 1},   [W_Q5] = {CM_TYPE_Q5_0, 288, 32, 1},
+    [W_Q5_BIG] = {CM_TYPE_Q5_0, 1024, 64, 1},  [W_Q41] = {CM_TYPE_Q4_1, 288, 32, 1},
+    [W_Q5_EXP] = {CM_TYPE_Q5_0, 256, 16, 3},   [W_K4] = {CM_TYPE_Q4_K, 512, 32, 1},
+    [W_K4_BIG] = {CM_TYPE_Q4_K, 1024, 48, 1},  [W_K4_EXP] = {CM_TYPE_Q4_K, 256, 16, 3},
     [W_Q4_EXP] = {CM_TYPE_Q4_0, 256, 32, 4},   [W_Q4_EXP2] = {CM_TYPE_Q4_0, 256, 32, 4},
     [W_Q8_EXP] = {CM_TYPE_Q8_0, 256, 48, 3},   [W_Q] = {CM_TYPE_Q4_0, 320, 64, 1},
     [W_K] = {CM_TYPE_Q4_0, 320, 32, 1},        [W_V] = {CM_TYPE_Q4_0, 320, 32, 1},
@@ -373,13 +383,14 @@ static void check_gemv(const tfile *f, const cm_tensor *w)
     cm_tensor v = *w;
     v.ne[1] = 16, v.ne[2] = 1;
     wref r = wref_new(f, &v);
-    char *tile = xalloc(16 * rb), *xq = xalloc(cm_row_bytes(CM_TYPE_Q8_0, cols));
+    const enum cm_type dt = cm_type_get(w->type)->dot_type;
+    char *tile = xalloc(16 * rb), *xq = xalloc(cm_row_bytes(dt, cols));
     char *xp = xalloc(rp->x_bytes(cols) + CANARY);
     rp->pack(cols, truth(f, w), rb, tile);
     int bad = 0, differ = 0;
     for (int64_t t = 0; t < MAX_TOK; t++) {
         float y[16], ypf[16];
-        cm_quantize_row(CM_TYPE_Q8_0, xs + t * cols, xq, cols);
+        cm_quantize_row(dt, xs + t * cols, xq, cols);
         canary_set(xp + rp->x_bytes(cols));
         rp->x_pack(cols, xq, xp);
         bad += !canary_ok(xp + rp->x_bytes(cols));
@@ -511,10 +522,15 @@ static void run_suite(void)
     check_gemv(&f, &f.t[W_Q4_ODD]);
     check_gemv(&f, &f.t[W_Q8_ODD]);
     check_gemv(&f, &f.t[W_Q4_ONE]);
+    check_gemv(&f, &f.t[W_Q5]);
+    check_gemv(&f, &f.t[W_Q5_BIG]);
+    check_gemv(&f, &f.t[W_K4]);
+    check_gemv(&f, &f.t[W_K4_BIG]);
 
     /* single weights: whole, views of whole tiles, views of other rows */
     static const int two_d[] = {W_Q4_BIG, W_Q8_BIG, W_Q4_ODD, W_Q8_ODD, W_Q4_ONE,
-                                W_Q4_R40, W_Q8_R24, W_Q5, W_Q, W_GATE};
+                                W_Q4_R40, W_Q8_R24, W_Q5, W_Q5_BIG, W_Q41, W_K4, W_K4_BIG,
+                                W_Q, W_GATE};
     for (size_t k = 0; k < sizeof two_d / sizeof two_d[0]; k++)
         check_matmul(&f, &f.t[two_d[k]], "2-D");
     check_matmul(&f, &on_heap, "in the heap");
@@ -523,8 +539,8 @@ static void run_suite(void)
     v = view(&f, W_Q8_BIG, 0, 240, 16), check_matmul(&f, &v, "rows 240..255");
     v = view(&f, W_Q4_BIG, 0, 8, 16), check_matmul(&f, &v, "rows 8..23 (mapping)");
     v = view(&f, W_Q8_BIG, 0, 0, 24), check_matmul(&f, &v, "rows 0..23 (mapping)");
-    static const int three_d[] = {W_Q4_EXP, W_Q4_EXP2, W_Q8_EXP};
-    for (size_t k = 0; k < 3; k++) {
+    static const int three_d[] = {W_Q4_EXP, W_Q4_EXP2, W_Q8_EXP, W_Q5_EXP, W_K4_EXP};
+    for (size_t k = 0; k < sizeof three_d / sizeof three_d[0]; k++) {
         int i = three_d[k];
         /* expert 1 first: experts repack at their first use, in any order */
         for (int64_t mi = specs[i].nmat - 1; mi >= 0; mi--) {
@@ -550,6 +566,10 @@ static void run_suite(void)
     check_matmul_n(&f, mixed_rows, 3, "repacked + rows 40");
     const cm_tensor *mixed_types[] = {&f.t[W_Q], &f.t[W_GATE]};
     check_matmul_n(&f, mixed_types, 2, "q4_0 + q8_0");
+    const cm_tensor *mixed_q5[] = {&f.t[W_Q5], &f.t[W_Q4_ODD], &f.t[W_Q41]};
+    check_matmul_n(&f, mixed_q5, 3, "q5_0 + q4_0 + q4_1");
+    const cm_tensor *k4s[] = {&f.t[W_K4], &f.t[W_K4]};
+    check_matmul_n(&f, k4s, 2, "q4_K twice");
     const cm_tensor *mixed_heap[] = {&on_heap, &f.t[W_V]};
     check_matmul_n(&f, mixed_heap, 2, "heap + repacked");
 
@@ -574,8 +594,11 @@ static void run_suite(void)
     cm_cpu_repack_release(&f); /* one too many: nothing to do */
     tfile_free(&f, 1);
     free(heap);
-    printf("  %s: repacked %zu bytes (q4_0 %s, q8_0 %s): matmul, matmul_n %s\n", cm_kern.isa,
-           want, cm_kern.repack[CM_TYPE_Q4_0] ? "yes" : "no",
+    printf("  %s: repacked %zu bytes (q4_0 %s, q5_0 %s, q4_K %s, q8_0 %s): "
+           "matmul, matmul_n %s\n",
+           cm_kern.isa, want, cm_kern.repack[CM_TYPE_Q4_0] ? "yes" : "no",
+           cm_kern.repack[CM_TYPE_Q5_0] ? "yes" : "no",
+           cm_kern.repack[CM_TYPE_Q4_K] ? "yes" : "no",
            cm_kern.repack[CM_TYPE_Q8_0] ? "yes" : "no", tl_failures == before ? "ok" : "FAILED");
 }
 
@@ -682,16 +705,26 @@ int main(void)
     if (env && strcmp(env, "0") == 0)
         tl_skip("CODEMOE_REPACK=0: nothing is repacked");
     if (!cm_kern.repack[CM_TYPE_Q4_0] && !cm_kern.repack[CM_TYPE_Q8_0])
-        tl_skip("the %s kernels repack no weights (AVX-512 repacks q4_0, with VNNI q8_0 too)",
-                cm_cpu_isa());
+        tl_skip("the %s kernels repack no weights (AVX2 and AVX-512 repack q4_0 and q5_0, "
+                "AVX-512 with VNNI q8_0 too)", cm_cpu_isa());
     run_suite();
     test_lifetimes();
-    /* the AVX-512 table without VNNI (q4_0 only), as test_quant builds it */
+    /* the AVX-512 table without VNNI (q4_0 and q5_0), as test_quant builds
+     * it, and the AVX2 table (its own kernels on the same tiles), which a
+     * CPU with AVX-512 runs too */
     struct cm_kernels k;
     cm_kernels_scalar(&k);
     if (strcmp(cm_cpu_isa(), "avx512") == 0 && cm_kern.repack[CM_TYPE_Q8_0] &&
         cm_kernels_avx2(&k) == 0 && cm_kernels_avx512(&k, 0) == 0) {
         k.isa = "avx512-novnni";
+        test_table_switch(&k);
+        cm_kern = k;
+        run_suite();
+        test_lifetimes();
+        CHECK(cm_cpu_init(err, sizeof err) == 0, "cm_cpu_init again: %s", err);
+    }
+    cm_kernels_scalar(&k);
+    if (strcmp(cm_cpu_isa(), "avx512") == 0 && cm_kernels_avx2(&k) == 0) {
         test_table_switch(&k);
         cm_kern = k;
         run_suite();

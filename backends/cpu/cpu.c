@@ -300,7 +300,7 @@ static int rp_candidate(const cm_tensor *w, const char *lo, size_t map_bytes)
     if (!w || !w->data || w->buf || w->type >= CM_TYPE_COUNT || !cm_kern.repack[w->type])
         return 0;
     const cm_type_info *ti = cm_type_get(w->type);
-    if (!ti || !ti->supported || ti->block_elems != 32 || w->ne[0] <= 0 || w->ne[0] % 32 ||
+    if (!ti || !ti->supported || w->ne[0] <= 0 || w->ne[0] % ti->block_elems ||
         w->ne[1] <= 0 || w->ne[1] % 16)
         return 0;
     const char *d = w->data;

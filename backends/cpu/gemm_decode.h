@@ -325,4 +325,223 @@ static void decode_tile(dec_fn dec, const uint8_t *w, size_t wrow, int nr, int64
         dec(w + (size_t)i * wrow, nblk, tile, i);
 }
 
+/* ---- repacked q4_0 / q5_0 / q8_0 tiles (cm_repack) --------------------------
+ * Made once per weight (cpu.c's repack registry) for the generation
+ * kernels of kernels_avx2_gemm.c and kernels_avx512_gemm.c, which stream a
+ * tile of 16 rows with no shuffles and no horizontal sums: per 32-element
+ * block, one 64-byte vector holds the same 4 quant bytes of all 16 rows (an
+ * int32 lane per row; AVX2 reads it as two ymm of 8 rows), so a product
+ * against an activation dword broadcast gives 16 rows' partial sums.
+ * Per block (QB quant bytes for 16 rows):
+ *   q4_0: 4 vectors, vector j = quant bytes 4j..4j+3 of each row (elements
+ *         4j.. in the low nibbles, 16+4j.. in the high ones)     QB = 256
+ *   q5_0: those 4, then the rows' 32 fifth bits permuted (below)  QB = 320
+ *   q8_0: 8 vectors, vector j = elements 4j..4j+3 as w + 128      QB = 512
+ * and the 16 rows' f16 scales (32 bytes).  Blocks go in pairs, the pair's
+ * scales after its quants -- [quants 2p][quants 2p+1][scales 2p][scales
+ * 2p+1] -- so a tile is one forward stream (the scales used to sit at its
+ * end: a second stream, cold at every tile's start) and a pair is whole
+ * 64-byte lines; an odd last block is [quants][scales].  A tile takes
+ * exactly the bytes of its 16 rows in the file (16 * row bytes), so tile t
+ * sits where row 16t was.
+ *
+ * q5_0's fifth bits: bit 8e + b of a row's 32-bit word is the fifth bit of
+ * element 16h + 4j + e for b = 4h + j, so the bits that vector j's low
+ * (h = 0) or high (h = 1) nibbles need sit at bit b of every byte: one
+ * shift of the word by 4 - b puts them at bit 4 (16) of their bytes.
+ *
+ * Integer block sums are the scalar reference's: levels stay unsigned
+ * (q4_0 0..15, q5_0 0..31, q8_0 w + 128) and the offset is folded into
+ * one per-block term of the activation, c = -offset * sum x. */
+enum { RP_Q4_0, RP_Q5_0, RP_Q8_0 };
+
+static inline int rp_qb(int kind)
+{
+    return kind == RP_Q8_0 ? 512 : kind == RP_Q5_0 ? 320 : 256;
+}
+
+/* Offsets in a tile of block k's quants and of its 16 scales. */
+static inline size_t rp_qoff(int64_t k, int qb)
+{
+    return (size_t)(k >> 1) * (size_t)(2 * qb + 64) + (size_t)(k & 1) * (size_t)qb;
+}
+
+static inline size_t rp_soff(int64_t k, int64_t nb, int qb)
+{
+    size_t pair = (size_t)(k >> 1) * (size_t)(2 * qb + 64);
+    return pair + (k & 1 ? (size_t)(2 * qb + 32) : k + 1 < nb ? (size_t)(2 * qb) : (size_t)qb);
+}
+
+/* A row's q5_0 qh (bit i = element i) in the tile's order. */
+static inline uint32_t rp_qh_permute(uint32_t qh)
+{
+    uint32_t p = 0;
+    for (int i = 0; i < 32; i++)
+        p |= ((qh >> i) & 1u) << (8 * (i & 3) + (i >> 2));
+    return p;
+}
+
+/* 16 rows of w, wrow bytes apart, into one tile at dst. */
+static inline void rp_pack_tile(int kind, int64_t cols, const void *w, size_t wrow, void *dst)
+{
+    const int64_t nb = cols / 32;
+    const int qb = rp_qb(kind), nv = kind == RP_Q8_0 ? 8 : 4;
+    const size_t bsz = kind == RP_Q8_0 ? sizeof(block_q8_0)
+                       : kind == RP_Q5_0 ? sizeof(block_q5_0) : sizeof(block_q4_0);
+    const size_t qs = kind == RP_Q5_0 ? 6 : 2; /* quants' offset in a block */
+    uint8_t *t = dst;
+    for (int r = 0; r < 16; r++)
+        for (int64_t k = 0; k < nb; k++) {
+            const uint8_t *b = (const uint8_t *)w + (size_t)r * wrow + (size_t)k * bsz;
+            uint8_t *q = t + rp_qoff(k, qb);
+            memcpy(t + rp_soff(k, nb, qb) + 2 * r, b, 2); /* d */
+            for (int j = 0; j < nv; j++)
+                for (int e = 0; e < 4; e++)
+                    q[64 * j + 4 * r + e] = kind == RP_Q8_0 ? (uint8_t)(b[qs + 4 * j + e] ^ 0x80)
+                                                            : b[qs + 4 * j + e];
+            if (kind == RP_Q5_0) {
+                uint32_t qh;
+                memcpy(&qh, b + 2, 4);
+                qh = rp_qh_permute(qh);
+                memcpy(q + 256 + 4 * r, &qh, 4);
+            }
+        }
+}
+
+/* An activation block as the generation kernels read it. */
+typedef struct {
+    int8_t qs[32];
+    float d;   /* the activation block's scale */
+    int32_t c; /* -8 (q4_0), -16 (q5_0) or -128 (q8_0) times the sum of its quants */
+} rp_xblock;
+_Static_assert(sizeof(rp_xblock) == 40, "rp_xblock layout");
+
+static inline size_t rp_x_bytes(int64_t cols)
+{
+    return (size_t)(cols / 32) * sizeof(rp_xblock);
+}
+
+static inline void rp_x_pack(int64_t cols, const void *xq, void *dst, int off)
+{
+    const block_q8_0 *x = xq;
+    rp_xblock *o = dst;
+    for (int64_t k = 0; k < cols / 32; k++) {
+        memcpy(o[k].qs, x[k].qs, 32);
+        o[k].d = F16(x[k].d);
+        o[k].c = -off * sum_s8x32(load256(x[k].qs));
+    }
+}
+
+/* Row i's signed levels of tile block k, in element order (the batched
+ * kernels' decoded layout: q4_0 as q - 8, q5_0 as q - 16, q8_0 as w). */
+static inline __m256i rp_row_levels(int kind, const uint8_t *q, int i)
+{
+    int32_t d[8];
+    for (int j = 0; j < (kind == RP_Q8_0 ? 8 : 4); j++)
+        memcpy(&d[j], q + 64 * j + 4 * i, 4);
+    if (kind == RP_Q8_0)
+        return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)d), _mm256_set1_epi8(-128));
+    __m128i b = _mm_loadu_si128((const __m128i *)d), m = _mm_set1_epi8(0x0F);
+    __m256i lev = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
+    if (kind == RP_Q4_0)
+        return _mm256_sub_epi8(lev, _mm256_set1_epi8(8));
+    /* element i's fifth bit: bit i >> 2 of byte i & 3 of the permuted word */
+    int32_t p;
+    memcpy(&p, q + 256 + 4 * i, 4);
+    const __m256i bit = _mm256_setr_epi8(1, 1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4, 8, 8, 8, 8, 16, 16,
+                                         16, 16, 32, 32, 32, 32, 64, 64, 64, 64, -128, -128,
+                                         -128, -128);
+    const __m256i shuf = _mm256_setr_epi8(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1,
+                                          2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(p), shuf);
+    v = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit),
+                         _mm256_set1_epi8(0x10));
+    return _mm256_sub_epi8(_mm256_or_si256(lev, v), _mm256_set1_epi8(16));
+}
+
+/* A tile into the legacy decoded layout (LB bytes a block). */
+static inline void rp_decode_tile(int kind, const uint8_t *tile, int64_t nb, uint8_t *work)
+{
+    const int qb = rp_qb(kind);
+    for (int64_t k = 0; k < nb; k++) {
+        const uint8_t *q = tile + rp_qoff(k, qb);
+        const uint16_t *sc = (const uint16_t *)(tile + rp_soff(k, nb, qb));
+        for (int i = 0; i < 16; i++)
+            put_legacy(work + k * LB, i, rp_row_levels(kind, q, i), F16(sc[i]), 0);
+    }
+}
+
+/* ---- repacked q4_K tiles ------------------------------------------------------
+ * 16 rows, per 256-element super-block (16 * 144 bytes, as in the file):
+ *   header: d[16] f16 | dmin[16] f16 | w0[16] | w1[16] | w2[16]   256 bytes
+ *           (wk: dword k of each row's 12 packed 6-bit scales and mins)
+ *   quants: 32 vectors, vector j = quant bytes 4j..4j+3 of each row  2048
+ * Quant byte 32c + l holds element 64c + l (sub-block 2c) in its low
+ * nibble and 64c + 32 + l (sub-block 2c + 1) in its high one, so vectors
+ * 8c..8c+7 are sub-blocks 2c and 2c+1.  The scales stay packed (unpacked
+ * they would not fit the file's bytes) and are unpacked per super-block
+ * for all 16 rows at once, lanes being rows. */
+#define RP_K4_SB 2304 /* tile bytes per super-block */
+
+static inline void rp_pack_q4_K(int64_t cols, const void *w, size_t wrow, void *dst)
+{
+    uint8_t *t = dst;
+    for (int64_t s = 0; s < cols / QK_K; s++, t += RP_K4_SB)
+        for (int r = 0; r < 16; r++) {
+            const block_q4_K *b = (const block_q4_K *)((const uint8_t *)w + (size_t)r * wrow) + s;
+            memcpy(t + 2 * r, &b->d, 2);
+            memcpy(t + 32 + 2 * r, &b->dmin, 2);
+            for (int k = 0; k < 3; k++)
+                memcpy(t + 64 + 64 * k + 4 * r, b->scales + 4 * k, 4);
+            for (int j = 0; j < 32; j++)
+                memcpy(t + 256 + 64 * j + 4 * r, b->qs + 4 * j, 4);
+        }
+}
+
+/* The batched kernels' decoder on a tile (decode_tile's dec: row i of the
+ * tile at `row`, so the tile starts i row bytes before it): each super-block
+ * of row i back into a block_q4_K, then dec_q4_K. */
+static inline void dec_rp_q4_K(const void *row, int64_t nsb, uint8_t *tile, int i)
+{
+    const uint8_t *t = (const uint8_t *)row - (size_t)i * (size_t)nsb * sizeof(block_q4_K);
+    for (int64_t s = 0; s < nsb; s++, t += RP_K4_SB) {
+        block_q4_K b;
+        memcpy(&b.d, t + 2 * i, 2);
+        memcpy(&b.dmin, t + 32 + 2 * i, 2);
+        for (int k = 0; k < 3; k++)
+            memcpy(b.scales + 4 * k, t + 64 + 64 * k + 4 * i, 4);
+        for (int j = 0; j < 32; j++)
+            memcpy(b.qs + 4 * j, t + 256 + 64 * j + 4 * i, 4);
+        dec_q4_K(&b, 1, tile + s * KB(8), i);
+    }
+}
+
+/* A Q8_K activation super-block as the q4_K generation kernels read it:
+ * bs[p] = the sum of sub-block p's 32 quants (two Q8_K bsums). */
+typedef struct {
+    int8_t qs[QK_K];
+    float d;
+    int16_t bs[8];
+    int32_t pad[3];
+} rp_kxblock;
+_Static_assert(sizeof(rp_kxblock) == 288, "rp_kxblock layout");
+
+static inline size_t rp_kx_bytes(int64_t cols)
+{
+    return (size_t)(cols / QK_K) * sizeof(rp_kxblock);
+}
+
+static inline void rp_kx_pack(int64_t cols, const void *xq, void *dst)
+{
+    const block_q8_K *x = xq;
+    rp_kxblock *o = dst;
+    for (int64_t s = 0; s < cols / QK_K; s++) {
+        memcpy(o[s].qs, x[s].qs, QK_K);
+        o[s].d = x[s].d;
+        for (int p = 0; p < 8; p++)
+            o[s].bs[p] = (int16_t)(x[s].bsums[2 * p] + x[s].bsums[2 * p + 1]);
+        memset(o[s].pad, 0, sizeof o[s].pad);
+    }
+}
+
 #endif

@@ -68,15 +68,16 @@ typedef struct {
 } cm_gemv;
 
 /* Weights repacked once, when a context is created (cm_cpu_repack_acquire),
- * into tiles of 16 rows that the ISA streams without shuffles: per 32-element
- * block, one 64-byte vector holds the same 4 quant bytes of all 16 rows (an
- * int32 lane per row), so vpdpbusd against an activation dword broadcast
- * gives 16 rows' partial sums at once, no horizontal sums; the tile's f16
- * row scales follow its quants.  A tile takes exactly the bytes of its 16
- * rows in the file (16 * row bytes), so tile t sits where row 16t was.
- * Integer block sums are the scalar reference's (q4_0 levels 0..15 with the
- * -8 folded into one per-block term; q8_0 stored as w + 128 with -128 *
- * sum x); only float summation order differs. */
+ * into tiles of 16 rows that the ISA streams without shuffles: per block,
+ * one 64-byte vector holds the same 4 quant bytes of all 16 rows (an int32
+ * lane per row), so vpdpbusd (AVX-512) or vpmaddubsw (AVX2, half a vector
+ * at a time) against an activation dword broadcast gives 16 rows' partial
+ * sums at once, no horizontal sums; the rows' scales sit next to their
+ * quants, so a tile is one forward stream.  A tile takes exactly the bytes
+ * of its 16 rows in the file (16 * row bytes), so tile t sits where row 16t
+ * was.  Layouts (q4_0, q5_0, q8_0, q4_K): gemm_decode.h.  Integer block
+ * sums are the scalar reference's (offsets folded into one per-block
+ * activation term); only float summation order differs. */
 typedef struct {
     /* 16 rows of w, wrow bytes apart (cols / 32 blocks) -> 16 * wrow bytes */
     void (*pack)(int64_t cols, const void *w, size_t wrow, void *dst);

@@ -257,6 +257,25 @@ static void store_block(const float out[TR][G2], float *y, int64_t ldy, int nr, 
             y[t * ldy + r] = out[r][t];
 }
 
+/* A decoded legacy tile (nr rows, at y's column 0) against every token
+ * group of x. */
+INLINE void legacy_groups(int64_t nb, const uint8_t *work, const void *x, int64_t n_tok,
+                          float *y, int64_t ldy, int nr, const int has_m, const int q8)
+{
+    for (int64_t t0 = 0; t0 < n_tok; t0 += G2) {
+        const uint8_t *xp = (const uint8_t *)x + (t0 / G2) * nb * XB2;
+        float out[TR][G2];
+        for (int q = 0; q < TR; q += MR2) {
+            __m256 acc[MR2];
+            mk_legacy(nb, work, xp, acc, q, has_m, q8);
+            for (int r = 0; r < MR2; r++)
+                _mm256_storeu_ps(out[q + r], acc[r]);
+        }
+        int nt = n_tok - t0 < G2 ? (int)(n_tok - t0) : G2;
+        store_block(out, y + t0 * ldy, ldy, nr, nt);
+    }
+}
+
 #define LEGACY_ROWS(name, dec, has_m, q8)                                       \
     static void name(int64_t cols, const void *w, size_t wrow, int64_t r0,      \
                      int64_t r1, const void *x, int64_t n_tok, float *y,        \
@@ -267,18 +286,7 @@ static void store_block(const float out[TR][G2], float *y, int64_t ldy, int nr, 
             int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;                        \
             decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nb, LB,  \
                         work);                                                  \
-            for (int64_t t0 = 0; t0 < n_tok; t0 += G2) {                        \
-                const uint8_t *xp = (const uint8_t *)x + (t0 / G2) * nb * XB2;  \
-                float out[TR][G2];                                              \
-                for (int q = 0; q < TR; q += MR2) {                             \
-                    __m256 acc[MR2];                                            \
-                    mk_legacy(nb, work, xp, acc, q, has_m, q8);                 \
-                    for (int r = 0; r < MR2; r++)                               \
-                        _mm256_storeu_ps(out[q + r], acc[r]);                   \
-                }                                                               \
-                int nt = n_tok - t0 < G2 ? (int)(n_tok - t0) : G2;              \
-                store_block(out, y + t0 * ldy + rt, ldy, nr, nt);              \
-            }                                                                   \
+            legacy_groups(nb, work, x, n_tok, y + rt, ldy, nr, has_m, q8);      \
         }                                                                       \
     }
 
@@ -333,6 +341,266 @@ static const cm_gemm g_q6_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q6_K};
 static const cm_gemm g_q3_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q3_K};
 static const cm_gemm g_q2_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q2_K};
 
+/* ---- repacked q4_0 / q5_0 / q8_0 tiles (cm_repack) -------------------------
+ * gemm_decode.h's tiles (the AVX-512 table's layout), each 64-byte vector
+ * read as two ymm of 8 rows.  Without vpdpbusd: vpmaddubsw (u8 levels x s8
+ * activations -> s16 pairs), whose pairs cannot saturate (2 * 31 * 127 <
+ * 32767), then one vpmaddwd per block: a q4_0 block's 8 pair vectors add
+ * up in s16 (8 * 2 * 15 * 127 = 30480), q5_0's 4 at a time (4 * 7874).
+ * q8_0's stored w + 128 would saturate the pairs: its kernel turns them
+ * back into w and moves w's sign onto x (|w| <= 128, |x| <= 127: pairs
+ * <= 32512), one vpmaddwd per vector. */
+
+/* q5_0's fifth bits for bit b of the word's bytes, at bit 4 (16). */
+INLINE __m256i rp2_bit4(__m256i hw, const int b)
+{
+    __m256i v = b <= 4 ? _mm256_slli_epi32(hw, 4 - b) : _mm256_srli_epi32(hw, b - 4);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
+INLINE __m256i rp2_levels(__m256i v, __m256i hw, int j, const int h, const int q5)
+{
+    const __m256i m = _mm256_set1_epi8(0x0F);
+    __m256i u = _mm256_and_si256(h ? _mm256_srli_epi16(v, 4) : v, m);
+    return q5 ? _mm256_or_si256(u, rp2_bit4(hw, 4 * h + j)) : u;
+}
+
+/* q8_0's block: the 16 rows' sums of w * x (no offset term). */
+INLINE void rp2_block_q8(const uint8_t *q, const rp_xblock *x, __m256i out[2])
+{
+    const __m256i one = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(-128);
+    out[0] = out[1] = _mm256_setzero_si256();
+    UNROLL
+    for (int j = 0; j < 8; j++) {
+        const __m256i xb = bcst32_256(x->qs + 4 * j);
+        UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i w = _mm256_xor_si256(load256(q + 64 * j + 32 * h), flip);
+            __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(xb, w));
+            out[h] = _mm256_add_epi32(out[h], _mm256_madd_epi16(p, one));
+        }
+    }
+}
+
+/* One block of a tile: rows 0..7 and 8..15's integer sums (with the
+ * offset term) in out[0], out[1]. */
+INLINE void rp2_block(const uint8_t *q, const rp_xblock *x, const int kind, __m256i out[2])
+{
+    if (kind == RP_Q8_0) {
+        rp2_block_q8(q, x, out);
+        return;
+    }
+    const int q5 = kind == RP_Q5_0;
+    __m256i s0[2], s1[2], hw[2];
+    UNROLL
+    for (int h = 0; h < 2; h++) {
+        s0[h] = s1[h] = _mm256_setzero_si256();
+        hw[h] = q5 ? load256(q + 256 + 32 * h) : _mm256_setzero_si256();
+    }
+    UNROLL
+    for (int j = 0; j < 4; j++) {
+        const __m256i xl = bcst32_256(x->qs + 4 * j), xh = bcst32_256(x->qs + 16 + 4 * j);
+        UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i v = load256(q + 64 * j + 32 * h);
+            __m256i p0 = _mm256_maddubs_epi16(rp2_levels(v, hw[h], j, 0, q5), xl);
+            s0[h] = _mm256_add_epi16(s0[h], p0);
+            __m256i p = _mm256_maddubs_epi16(rp2_levels(v, hw[h], j, 1, q5), xh);
+            if (q5)
+                s1[h] = _mm256_add_epi16(s1[h], p);
+            else
+                s0[h] = _mm256_add_epi16(s0[h], p);
+        }
+    }
+    const __m256i one = _mm256_set1_epi16(1), c = _mm256_set1_epi32(x->c);
+    UNROLL
+    for (int h = 0; h < 2; h++) {
+        __m256i i = _mm256_add_epi32(c, _mm256_madd_epi16(s0[h], one));
+        out[h] = q5 ? _mm256_add_epi32(i, _mm256_madd_epi16(s1[h], one)) : i;
+    }
+}
+
+/* acc[h] += d_w * (d_x * isum[h]), sc: the block's 16 f16 scales */
+INLINE void rp2_scale(__m256 acc[2], const __m256i isum[2], const uint8_t *sc, float dx)
+{
+    const __m256 d = _mm256_set1_ps(dx);
+    UNROLL
+    for (int h = 0; h < 2; h++) {
+        __m256 w = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + 16 * h)));
+        acc[h] = _mm256_fmadd_ps(w, _mm256_mul_ps(_mm256_cvtepi32_ps(isum[h]), d), acc[h]);
+    }
+}
+
+/* Prefetch distance of gemv_pf: kernels_avx512_gemm.c's RP_PF. */
+#define RP2_PF 6144
+
+INLINE void rp2_gemv_k(int64_t cols, const void *tile, const void *xp, float *y, const int kind,
+                       const int pf)
+{
+    const int64_t nb = cols / 32;
+    const int qb = rp_qb(kind), pb = 2 * qb + 64;
+    const uint8_t *q = tile;
+    const rp_xblock *x = xp;
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256i i0[2], i1[2];
+    int64_t k = 0;
+    for (; k + 2 <= nb; k += 2, q += pb) {
+        if (pf) {
+            UNROLL
+            for (int l = 0; l < pb; l += 64)
+                _mm_prefetch((const char *)q + RP2_PF + l, _MM_HINT_T0);
+        }
+        rp2_block(q, x + k, kind, i0);
+        rp2_block(q + qb, x + k + 1, kind, i1);
+        rp2_scale(acc, i0, q + 2 * qb, x[k].d);
+        rp2_scale(acc, i1, q + 2 * qb + 32, x[k + 1].d);
+    }
+    if (k < nb) {
+        rp2_block(q, x + k, kind, i0);
+        rp2_scale(acc, i0, q + qb, x[k].d);
+    }
+    _mm256_storeu_ps(y, acc[0]);
+    _mm256_storeu_ps(y + 8, acc[1]);
+}
+
+/* rows() on repacked tiles (r0, r1 multiples of 16): each tile decoded
+ * once into the legacy layout for every token group. */
+INLINE void rp2_rows(int64_t cols, const void *w, size_t wrow, int64_t r0, int64_t r1,
+                     const void *x, int64_t n_tok, float *y, int64_t ldy, void *work,
+                     const int kind)
+{
+    const int64_t nb = cols / 32;
+    for (int64_t rt = r0; rt < r1; rt += TR) {
+        rp_decode_tile(kind, (const uint8_t *)w + rt * wrow, nb, work);
+        legacy_groups(nb, work, x, n_tok, y + rt, ldy, TR, 0, kind == RP_Q8_0);
+    }
+}
+
+/* (xoff: the activation's offset term; xpack: the batched kernels'
+ * packing, signed activations for q8_0 as g_q8_0) */
+#define RP2_FNS(t, kind, xoff, xpack)                                            \
+    static void rp2_pack_##t(int64_t cols, const void *w, size_t wrow, void *dst) \
+    {                                                                            \
+        rp_pack_tile(kind, cols, w, wrow, dst);                                  \
+    }                                                                            \
+    static void rp2_x_pack_##t(int64_t cols, const void *xq, void *dst)          \
+    {                                                                            \
+        rp_x_pack(cols, xq, dst, xoff);                                          \
+    }                                                                            \
+    static void rp2_gemv_##t(int64_t cols, const void *tl, const void *xp, float *y) \
+    {                                                                            \
+        rp2_gemv_k(cols, tl, xp, y, kind, 0);                                    \
+    }                                                                            \
+    static void rp2_gemv_pf_##t(int64_t cols, const void *tl, const void *xp, float *y) \
+    {                                                                            \
+        rp2_gemv_k(cols, tl, xp, y, kind, 1);                                    \
+    }                                                                            \
+    static void rp2_rows_##t(int64_t cols, const void *w, size_t wrow, int64_t r0, \
+                             int64_t r1, const void *x, int64_t n_tok, float *y,   \
+                             int64_t ldy, void *work)                              \
+    {                                                                            \
+        rp2_rows(cols, w, wrow, r0, r1, x, n_tok, y, ldy, work, kind);           \
+    }                                                                            \
+    static const cm_gemm g_rp2_##t = {G2, xbytes_legacy, work_legacy, xpack,     \
+                                      rp2_rows_##t};                             \
+    static const cm_repack rp2_##t = {rp2_pack_##t, rp_x_bytes, rp2_x_pack_##t,  \
+                                      rp2_gemv_##t, rp2_gemv_pf_##t, &g_rp2_##t};
+RP2_FNS(q4_0, RP_Q4_0, 8, pack_q8_0)
+RP2_FNS(q5_0, RP_Q5_0, 16, pack_q8_0)
+RP2_FNS(q8_0, RP_Q8_0, 0, pack_q8_0_signed)
+
+/* ---- repacked q4_K tiles (gemm_decode.h's layout) -------------------------
+ * Per half tile (8 rows), a sub-block's 8 vpmaddubsw pair vectors add up in
+ * s16 (8 * 2 * 15 * 127 = 30480), and one vpmaddwd against the rows' scale
+ * (in both halves of the dword) both sums the pairs and scales them. */
+
+/* Byte b of every dword in both of its int16 halves (b1 != b: bytes b
+ * and b1, a pair of mins). */
+INLINE __m256i k4_dup(__m256i v, const int b, const int b1)
+{
+    const __m128i i = _mm_setr_epi8(b, -1, b1, -1, 4 + b, -1, 4 + b1, -1, 8 + b, -1, 8 + b1, -1,
+                                    12 + b, -1, 12 + b1, -1);
+    return _mm256_shuffle_epi8(v, _mm256_set_m128i(i, i));
+}
+
+/* Half h of one super-block: rows 8h..8h+7's d-part and min-part sums. */
+INLINE void rp2_k4_half(const uint8_t *t, const rp_kxblock *x, int h, __m256i *isum,
+                        __m256i *msum)
+{
+    const __m256i w0 = load256(t + 64 + 32 * h), w1 = load256(t + 128 + 32 * h);
+    const __m256i w2 = load256(t + 192 + 32 * h), m6 = _mm256_set1_epi8(0x3F);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    __m256i sc[2], mn[2];
+    sc[0] = _mm256_and_si256(w0, m6);
+    sc[1] = _mm256_or_si256(_mm256_and_si256(w2, m4),
+                            _mm256_and_si256(_mm256_srli_epi32(w0, 2), m30));
+    mn[0] = _mm256_and_si256(w1, m6);
+    mn[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), m4),
+                            _mm256_and_si256(_mm256_srli_epi32(w1, 2), m30));
+    __m256i is = _mm256_setzero_si256(), ms = _mm256_setzero_si256();
+    const uint8_t *q = t + 256 + 32 * h;
+    UNROLL
+    for (int c = 0; c < 4; c++) {
+        __m256i lo = _mm256_setzero_si256(), hi = lo;
+        UNROLL
+        for (int j = 0; j < 8; j++) {
+            __m256i v = load256(q + 64 * (8 * c + j));
+            lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(_mm256_and_si256(v, m4),
+                                                           bcst32_256(x->qs + 64 * c + 4 * j)));
+            hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(
+                                          _mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                                          bcst32_256(x->qs + 64 * c + 32 + 4 * j)));
+        }
+        const int b = 2 * (c & 1);
+        is = _mm256_add_epi32(is, _mm256_madd_epi16(lo, k4_dup(sc[c >> 1], b, b)));
+        is = _mm256_add_epi32(is, _mm256_madd_epi16(hi, k4_dup(sc[c >> 1], b + 1, b + 1)));
+        ms = _mm256_add_epi32(ms, _mm256_madd_epi16(k4_dup(mn[c >> 1], b, b + 1),
+                                                    bcst32_256(x->bs + 2 * c)));
+    }
+    *isum = is, *msum = ms;
+}
+
+INLINE void rp2_gemv_k4(int64_t cols, const void *tile, const void *xp, float *y, const int pf)
+{
+    const uint8_t *t = tile;
+    const rp_kxblock *x = xp;
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t s = 0; s < cols / QK_K; s++, t += RP_K4_SB) {
+        if (pf) {
+            UNROLL
+            for (int l = 0; l < RP_K4_SB; l += 64)
+                _mm_prefetch((const char *)t + RP2_PF + l, _MM_HINT_T0);
+        }
+        const __m256 dx = _mm256_set1_ps(x[s].d);
+        UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i is, ms;
+            rp2_k4_half(t, x + s, h, &is, &ms);
+            __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(t + 16 * h)));
+            __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(t + 32 + 16 * h)));
+            acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(d, dx), acc[h]);
+            acc[h] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dm, dx), acc[h]);
+        }
+    }
+    _mm256_storeu_ps(y, acc[0]);
+    _mm256_storeu_ps(y + 8, acc[1]);
+}
+
+static void rp2_gemv_q4_K(int64_t cols, const void *t, const void *xp, float *y)
+{
+    rp2_gemv_k4(cols, t, xp, y, 0);
+}
+
+static void rp2_gemv_pf_q4_K(int64_t cols, const void *t, const void *xp, float *y)
+{
+    rp2_gemv_k4(cols, t, xp, y, 1);
+}
+
+K_ROWS(rp2_rows_q4_K, dec_rp_q4_K, 8, 1)
+static const cm_gemm g_rp2_q4_K = {G2, xbytes_k, work_k8, pack_q8_K, rp2_rows_q4_K};
+static const cm_repack rp2_q4_K = {rp_pack_q4_K, rp_kx_bytes, rp_kx_pack, rp2_gemv_q4_K,
+                                   rp2_gemv_pf_q4_K, &g_rp2_q4_K};
+
 void cm_gemm_avx2_install(struct cm_kernels *k)
 {
     k->gemm[CM_TYPE_Q8_0] = &g_q8_0;
@@ -345,6 +613,10 @@ void cm_gemm_avx2_install(struct cm_kernels *k)
     k->gemm[CM_TYPE_Q6_K] = &g_q6_K;
     k->gemm[CM_TYPE_Q3_K] = &g_q3_K;
     k->gemm[CM_TYPE_Q2_K] = &g_q2_K;
+    k->repack[CM_TYPE_Q4_0] = &rp2_q4_0;
+    k->repack[CM_TYPE_Q5_0] = &rp2_q5_0;
+    k->repack[CM_TYPE_Q8_0] = &rp2_q8_0;
+    k->repack[CM_TYPE_Q4_K] = &rp2_q4_K;
 }
 
 #else /* built without -mavx2 -mfma -mf16c */

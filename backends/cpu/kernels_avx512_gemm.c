@@ -514,96 +514,57 @@ static size_t work_float(int64_t cols) { return (size_t)FR * (size_t)cols * size
 static const cm_gemm g_f32 = {G, NULL, work_float, NULL, rows_f32};
 static const cm_gemm g_f16 = {G, NULL, work_float, NULL, rows_f16};
 
-/* ---- repacked q4_0 / q8_0 tiles (cm_repack) ------------------------------
- * Tile of 16 rows, nb = cols / 32 blocks, NV = 4 (q4_0) or 8 (q8_0)
- * vectors per block:
- *   quants: [nb][NV][16 rows][4 bytes]   (block k, vector j, lane = row)
- *   scales: [nb][16] f16                 (after all the quants)
- * q4_0: vector j holds quant bytes 4j..4j+3 of each row (elements 4j..4j+3
- * in the low nibbles, 16+4j.. in the high ones), as in the file.  q8_0:
- * vector j holds elements 4j..4j+3 as w + 128 (unsigned for vpdpbusd).
- * Both take 16 * row bytes: 16 * (2 + 16) or 16 * (2 + 32) per block. */
+/* ---- repacked q4_0 / q5_0 / q8_0 tiles (cm_repack) ------------------------
+ * The tile layout and its packing are gemm_decode.h's (rp_pack_tile), shared
+ * with the AVX2 table. */
 
-typedef struct {
-    int8_t qs[32];
-    float d;   /* the activation block's scale */
-    int32_t c; /* -8 (q4_0) or -128 (q8_0) times the sum of its quants */
-} rp_xblock;
-_Static_assert(sizeof(rp_xblock) == 40, "rp_xblock layout");
-
-INLINE void rp_pack_k(int64_t cols, const void *w, size_t wrow, void *dst, const int q8)
-{
-    const int64_t nb = cols / 32;
-    const int nv = q8 ? 8 : 4;
-    const size_t bsz = q8 ? sizeof(block_q8_0) : sizeof(block_q4_0);
-    uint8_t *q = dst;
-    uint16_t *sc = (uint16_t *)(q + (size_t)nb * 64 * nv);
-    for (int r = 0; r < 16; r++) {
-        const uint8_t *row = (const uint8_t *)w + (size_t)r * wrow;
-        for (int64_t k = 0; k < nb; k++) {
-            const uint8_t *b = row + (size_t)k * bsz; /* d, then the quants */
-            memcpy(sc + 16 * k + r, b, 2);
-            for (int j = 0; j < nv; j++) {
-                uint8_t *o = q + ((size_t)k * nv + j) * 64 + 4 * r;
-                for (int e = 0; e < 4; e++)
-                    o[e] = q8 ? (uint8_t)(b[2 + 4 * j + e] ^ 0x80) : b[2 + 4 * j + e];
-            }
-        }
+#define RP_FNS(t, kind, off)                                                    \
+    static void rp_pack_##t(int64_t cols, const void *w, size_t wrow, void *dst) \
+    {                                                                           \
+        rp_pack_tile(kind, cols, w, wrow, dst);                                 \
+    }                                                                           \
+    static void rp_x_pack_##t(int64_t cols, const void *xq, void *dst)          \
+    {                                                                           \
+        rp_x_pack(cols, xq, dst, off);                                          \
     }
+RP_FNS(q4_0, RP_Q4_0, 8)
+RP_FNS(q5_0, RP_Q5_0, 16)
+RP_FNS(q8_0, RP_Q8_0, 128)
+
+/* q5_0: the fifth bits at bit b of the word's bytes moved to bit 4 (16),
+ * the rest cleared (gemm_decode.h). */
+INLINE __m512i rp_bit4(__m512i hw, const int b)
+{
+    __m512i v = b <= 4 ? _mm512_slli_epi32(hw, 4 - b) : _mm512_srli_epi32(hw, b - 4);
+    return _mm512_and_si512(v, _mm512_set1_epi8(0x10));
 }
 
-static void rp_pack_q4_0(int64_t cols, const void *w, size_t wrow, void *dst)
+/* Vector j's levels, unsigned: the low (h = 0) or high nibbles of q4_0 and
+ * q5_0 (with their fifth bits from hw). */
+INLINE __m512i rp_levels(__m512i v, __m512i hw, int j, const int h, const int kind)
 {
-    rp_pack_k(cols, w, wrow, dst, 0);
-}
-
-static void rp_pack_q8_0(int64_t cols, const void *w, size_t wrow, void *dst)
-{
-    rp_pack_k(cols, w, wrow, dst, 1);
-}
-
-static size_t rp_x_bytes(int64_t cols) { return (size_t)(cols / 32) * sizeof(rp_xblock); }
-
-INLINE void rp_x_pack_k(int64_t cols, const void *xq, void *dst, const int off)
-{
-    const block_q8_0 *x = xq;
-    rp_xblock *o = dst;
-    for (int64_t k = 0; k < cols / 32; k++) {
-        __m256i v = load256(x[k].qs);
-        memcpy(o[k].qs, x[k].qs, 32);
-        o[k].d = F16(x[k].d);
-        o[k].c = -off * sum_s8x32(v);
-    }
-}
-
-static void rp_x_pack_q4_0(int64_t cols, const void *xq, void *dst)
-{
-    rp_x_pack_k(cols, xq, dst, 8);
-}
-
-static void rp_x_pack_q8_0(int64_t cols, const void *xq, void *dst)
-{
-    rp_x_pack_k(cols, xq, dst, 128);
+    const __m512i m = _mm512_set1_epi8(0x0F);
+    __m512i u = _mm512_and_si512(h ? _mm512_srli_epi16(v, 4) : v, m);
+    return kind == RP_Q5_0 ? _mm512_or_si512(u, rp_bit4(hw, 4 * h + j)) : u;
 }
 
 /* One block of a tile: the 16 rows' integer sums (with the offset term). */
-INLINE __m512i rp_block(const uint8_t *q, const rp_xblock *x, const int q8, const int vnni)
+INLINE __m512i rp_block(const uint8_t *q, const rp_xblock *x, const int kind, const int vnni)
 {
     __m512i s0 = _mm512_set1_epi32(x->c), s1 = _mm512_setzero_si512();
-    if (q8) {
+    if (kind == RP_Q8_0) {
         UNROLL
         for (int j = 0; j < 8; j += 2) {
             s0 = dpbusd_bcst(s0, _mm512_loadu_si512(q + 64 * j), x->qs + 4 * j, vnni);
             s1 = dpbusd_bcst(s1, _mm512_loadu_si512(q + 64 * j + 64), x->qs + 4 * j + 4, vnni);
         }
     } else {
-        const __m512i m = _mm512_set1_epi8(0x0F);
+        const __m512i hw = kind == RP_Q5_0 ? _mm512_loadu_si512(q + 256) : _mm512_setzero_si512();
         UNROLL
         for (int j = 0; j < 4; j++) {
             __m512i v = _mm512_loadu_si512(q + 64 * j);
-            s0 = dpbusd_bcst(s0, _mm512_and_si512(v, m), x->qs + 4 * j, vnni);
-            s1 = dpbusd_bcst(s1, _mm512_and_si512(_mm512_srli_epi16(v, 4), m),
-                             x->qs + 16 + 4 * j, vnni);
+            s0 = dpbusd_bcst(s0, rp_levels(v, hw, j, 0, kind), x->qs + 4 * j, vnni);
+            s1 = dpbusd_bcst(s1, rp_levels(v, hw, j, 1, kind), x->qs + 16 + 4 * j, vnni);
         }
     }
     return _mm512_add_epi32(s0, s1);
@@ -617,73 +578,78 @@ INLINE __m512i rp_block(const uint8_t *q, const rp_xblock *x, const int q8, cons
  * cpu.c picks the variant by vendor.) */
 #define RP_PF 6144
 
-INLINE void rp_gemv_k(int64_t cols, const void *tile, const void *xp, float *y, const int q8,
+/* y[r] += the float sum of block pairs: acc += d_w * (d_x * isum). */
+INLINE __m512 rp_scale(__m512 acc, __m512i isum, const void *sc, float dx)
+{
+    __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(dx));
+    return _mm512_fmadd_ps(_mm512_cvtph_ps(load256(sc)), f, acc);
+}
+
+INLINE void rp_gemv_k(int64_t cols, const void *tile, const void *xp, float *y, const int kind,
                       const int vnni, const int pf)
 {
     const int64_t nb = cols / 32;
-    const int vb = q8 ? 512 : 256; /* quant bytes per block */
+    const int qb = rp_qb(kind), pb = 2 * qb + 64; /* a pair of blocks */
     const uint8_t *q = tile;
-    const uint16_t *sc = (const uint16_t *)(q + (size_t)nb * vb);
     const rp_xblock *x = xp;
     __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
     int64_t k = 0;
-    for (; k + 2 <= nb; k += 2) {
+    for (; k + 2 <= nb; k += 2, q += pb) {
         if (pf) {
             UNROLL
-            for (int l = 0; l < 2 * vb; l += 64)
-                _mm_prefetch((const char *)q + k * vb + RP_PF + l, _MM_HINT_T0);
+            for (int l = 0; l < pb; l += 64)
+                _mm_prefetch((const char *)q + RP_PF + l, _MM_HINT_T0);
         }
-        __m512i i0 = rp_block(q + k * vb, x + k, q8, vnni);
-        __m512i i1 = rp_block(q + (k + 1) * vb, x + k + 1, q8, vnni);
-        __m512 f0 = _mm512_mul_ps(_mm512_cvtepi32_ps(i0), _mm512_set1_ps(x[k].d));
-        __m512 f1 = _mm512_mul_ps(_mm512_cvtepi32_ps(i1), _mm512_set1_ps(x[k + 1].d));
-        acc0 = _mm512_fmadd_ps(_mm512_cvtph_ps(load256(sc + 16 * k)), f0, acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_cvtph_ps(load256(sc + 16 * k + 16)), f1, acc1);
+        __m512i i0 = rp_block(q, x + k, kind, vnni);
+        __m512i i1 = rp_block(q + qb, x + k + 1, kind, vnni);
+        acc0 = rp_scale(acc0, i0, q + 2 * qb, x[k].d);
+        acc1 = rp_scale(acc1, i1, q + 2 * qb + 32, x[k + 1].d);
     }
-    if (k < nb) {
-        __m512i i0 = rp_block(q + k * vb, x + k, q8, vnni);
-        __m512 f0 = _mm512_mul_ps(_mm512_cvtepi32_ps(i0), _mm512_set1_ps(x[k].d));
-        acc0 = _mm512_fmadd_ps(_mm512_cvtph_ps(load256(sc + 16 * k)), f0, acc0);
-    }
+    if (k < nb)
+        acc0 = rp_scale(acc0, rp_block(q, x + k, kind, vnni), q + qb, x[k].d);
     _mm512_storeu_ps(y, _mm512_add_ps(acc0, acc1));
 }
 
-#define RP_GEMV(name, q8, vnni, pf)                                              \
+#define RP_GEMV(name, kind, vnni)                                               \
     static void name(int64_t cols, const void *t, const void *xp, float *y)     \
     {                                                                           \
-        rp_gemv_k(cols, t, xp, y, q8, vnni, pf);                                \
+        rp_gemv_k(cols, t, xp, y, kind, vnni, 0);                               \
+    }                                                                           \
+    static void name##_pf(int64_t cols, const void *t, const void *xp, float *y) \
+    {                                                                           \
+        rp_gemv_k(cols, t, xp, y, kind, vnni, 1);                               \
     }
-RP_GEMV(rp_gemv_q4_0_vnni, 0, 1, 0)
-RP_GEMV(rp_gemv_q4_0_plain, 0, 0, 0)
-RP_GEMV(rp_gemv_q8_0_vnni, 1, 1, 0)
-RP_GEMV(rp_gemv_q4_0_vnni_pf, 0, 1, 1)
-RP_GEMV(rp_gemv_q4_0_plain_pf, 0, 0, 1)
-RP_GEMV(rp_gemv_q8_0_vnni_pf, 1, 1, 1)
+RP_GEMV(rp_gemv_q4_0_vnni, RP_Q4_0, 1)
+RP_GEMV(rp_gemv_q4_0_plain, RP_Q4_0, 0)
+RP_GEMV(rp_gemv_q5_0_vnni, RP_Q5_0, 1)
+RP_GEMV(rp_gemv_q5_0_plain, RP_Q5_0, 0)
+RP_GEMV(rp_gemv_q8_0_vnni, RP_Q8_0, 1)
 
 /* A repacked tile into gemm_decode.h's legacy layout (levels [16][32] s8,
  * scales, corrections): the block's vectors are the levels' dwords with
  * rows as lanes, so one 16x16 transpose puts each row's 8 dwords together. */
-INLINE void rp_decode_k(const uint8_t *tile, int64_t nb, uint8_t *work, const int q8,
+INLINE void rp_decode_k(const uint8_t *tile, int64_t nb, uint8_t *work, const int kind,
                         const int vnni)
 {
-    const int vb = q8 ? 512 : 256;
-    const uint16_t *sc = (const uint16_t *)(tile + (size_t)nb * vb);
-    const __m512i m = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+    const int qb = rp_qb(kind);
+    const __m512i off = _mm512_set1_epi8(kind == RP_Q5_0 ? 16 : 8);
     const __m512i flip = _mm512_set1_epi8(-128), one = _mm512_set1_epi8(1);
     for (int64_t k = 0; k < nb; k++) {
-        const uint8_t *q = tile + k * vb;
+        const uint8_t *q = tile + rp_qoff(k, qb);
         uint8_t *tb = work + k * LB;
         __m512i lev[8];
-        if (q8) {
+        if (kind == RP_Q8_0) {
             UNROLL
             for (int j = 0; j < 8; j++)
                 lev[j] = _mm512_xor_si512(_mm512_loadu_si512(q + 64 * j), flip);
         } else {
+            const __m512i hw = kind == RP_Q5_0 ? _mm512_loadu_si512(q + 256)
+                                               : _mm512_setzero_si512();
             UNROLL
             for (int j = 0; j < 4; j++) {
                 __m512i v = _mm512_loadu_si512(q + 64 * j);
-                lev[j] = _mm512_sub_epi8(_mm512_and_si512(v, m), eight);
-                lev[4 + j] = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), m), eight);
+                lev[j] = _mm512_sub_epi8(rp_levels(v, hw, j, 0, kind), off);
+                lev[4 + j] = _mm512_sub_epi8(rp_levels(v, hw, j, 1, kind), off);
             }
         }
         __m512i sum = _mm512_setzero_si512();
@@ -698,7 +664,7 @@ INLINE void rp_decode_k(const uint8_t *tile, int64_t nb, uint8_t *work, const in
         UNROLL
         for (int i = 0; i < 16; i++)
             _mm256_storeu_ps((float *)(tb + 32 * i), _mm512_castps512_ps256(r[i]));
-        _mm512_storeu_ps((float *)(tb + 512), _mm512_cvtph_ps(load256(sc + 16 * k)));
+        _mm512_storeu_ps((float *)(tb + 512), _mm512_cvtph_ps(load256(tile + rp_soff(k, nb, qb))));
         _mm512_storeu_si512(tb + 576, _mm512_sub_epi32(_mm512_setzero_si512(),
                                                        _mm512_slli_epi32(sum, 7)));
         _mm512_storeu_ps((float *)(tb + 640), _mm512_setzero_ps());
@@ -707,7 +673,7 @@ INLINE void rp_decode_k(const uint8_t *tile, int64_t nb, uint8_t *work, const in
 
 /* rows() on repacked tiles: as ROWS, each tile decoded once for every
  * token group (r0 and r1 are multiples of 16). */
-#define RP_ROWS(name, q8, vnni)                                                 \
+#define RP_ROWS(name, kind, vnni)                                               \
     INLINE void name##_mk(int64_t nb, const uint8_t *tile, const uint8_t *xp,   \
                           __m512 *acc, const int r0)                            \
     {                                                                           \
@@ -720,7 +686,7 @@ INLINE void rp_decode_k(const uint8_t *tile, int64_t nb, uint8_t *work, const in
         const int64_t nb = cols / 32;                                           \
         const int stream = (size_t)ldy * (size_t)n_tok * 4 >= STREAM_BYTES;     \
         for (int64_t rt = r0; rt < r1; rt += TR) {                              \
-            rp_decode_k((const uint8_t *)w + rt * wrow, nb, work, q8, vnni);    \
+            rp_decode_k((const uint8_t *)w + rt * wrow, nb, work, kind, vnni);  \
             for (int64_t t0 = 0; t0 < n_tok; t0 += G) {                         \
                 const uint8_t *xp = (const uint8_t *)x + (t0 / G) * nb * XB;    \
                 __m512 acc[16];                                                 \
@@ -734,23 +700,121 @@ INLINE void rp_decode_k(const uint8_t *tile, int64_t nb, uint8_t *work, const in
             _mm_sfence();                                                       \
     }
 
-RP_ROWS(rp_rows_q4_0_vnni, 0, 1)
-RP_ROWS(rp_rows_q4_0_plain, 0, 0)
-RP_ROWS(rp_rows_q8_0_vnni, 1, 1)
+RP_ROWS(rp_rows_q4_0_vnni, RP_Q4_0, 1)
+RP_ROWS(rp_rows_q4_0_plain, RP_Q4_0, 0)
+RP_ROWS(rp_rows_q5_0_vnni, RP_Q5_0, 1)
+RP_ROWS(rp_rows_q5_0_plain, RP_Q5_0, 0)
+RP_ROWS(rp_rows_q8_0_vnni, RP_Q8_0, 1)
 
 GEMM(g_rp_q4_0_vnni, pack_q8_0, rp_rows_q4_0_vnni, xbytes_legacy, work_legacy)
 GEMM(g_rp_q4_0_plain, pack_q8_0, rp_rows_q4_0_plain, xbytes_legacy, work_legacy)
+GEMM(g_rp_q5_0_vnni, pack_q8_0, rp_rows_q5_0_vnni, xbytes_legacy, work_legacy)
+GEMM(g_rp_q5_0_plain, pack_q8_0, rp_rows_q5_0_plain, xbytes_legacy, work_legacy)
 GEMM(g_rp_q8_0_vnni, pack_q8_0, rp_rows_q8_0_vnni, xbytes_legacy, work_legacy)
 
-static const cm_repack rp_q4_0_vnni = {rp_pack_q4_0, rp_x_bytes, rp_x_pack_q4_0,
-                                       rp_gemv_q4_0_vnni, rp_gemv_q4_0_vnni_pf,
-                                       &g_rp_q4_0_vnni};
-static const cm_repack rp_q4_0_plain = {rp_pack_q4_0, rp_x_bytes, rp_x_pack_q4_0,
-                                        rp_gemv_q4_0_plain, rp_gemv_q4_0_plain_pf,
-                                        &g_rp_q4_0_plain};
-static const cm_repack rp_q8_0_vnni = {rp_pack_q8_0, rp_x_bytes, rp_x_pack_q8_0,
-                                       rp_gemv_q8_0_vnni, rp_gemv_q8_0_vnni_pf,
-                                       &g_rp_q8_0_vnni};
+#define REPACK(name, t, gemv, gemm)                                             \
+    static const cm_repack name = {rp_pack_##t, rp_x_bytes, rp_x_pack_##t, gemv, gemv##_pf, \
+                                   &gemm};
+REPACK(rp_q4_0_vnni, q4_0, rp_gemv_q4_0_vnni, g_rp_q4_0_vnni)
+REPACK(rp_q4_0_plain, q4_0, rp_gemv_q4_0_plain, g_rp_q4_0_plain)
+REPACK(rp_q5_0_vnni, q5_0, rp_gemv_q5_0_vnni, g_rp_q5_0_vnni)
+REPACK(rp_q5_0_plain, q5_0, rp_gemv_q5_0_plain, g_rp_q5_0_plain)
+REPACK(rp_q8_0_vnni, q8_0, rp_gemv_q8_0_vnni, g_rp_q8_0_vnni)
+
+/* ---- repacked q4_K tiles (gemm_decode.h's layout) ------------------------- */
+
+/* Byte b of every dword, as an int32 (a per-row scale). */
+INLINE __m512i k4_byte(__m512i v, const int b)
+{
+    return _mm512_and_si512(_mm512_srli_epi32(v, 8 * b), _mm512_set1_epi32(0xFF));
+}
+
+/* Bytes b, b + 1 (b = 0 or 2) of every dword as two int16 (a row's pair
+ * of mins). */
+INLINE __m512i k4_pair(__m512i v, const int b)
+{
+    __m512i hi = b ? _mm512_srli_epi32(v, 8 * b - 8) : _mm512_slli_epi32(v, 8);
+    return _mm512_or_si512(k4_byte(v, b), _mm512_and_si512(hi, _mm512_set1_epi32(0xFF0000)));
+}
+
+/* One super-block of a tile: the 16 rows' sums d-part (*isum) and
+ * min-part (*msum), the scales unpacked as k4_scales_mins does, per lane. */
+INLINE void rp_k4_block(const uint8_t *t, const rp_kxblock *x, __m512i *isum, __m512i *msum,
+                        const int vnni)
+{
+    const __m512i w0 = _mm512_loadu_si512(t + 64), w1 = _mm512_loadu_si512(t + 128);
+    const __m512i w2 = _mm512_loadu_si512(t + 192), m6 = _mm512_set1_epi8(0x3F);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    __m512i sc[2], mn[2];
+    sc[0] = _mm512_and_si512(w0, m6);
+    sc[1] = _mm512_or_si512(_mm512_and_si512(w2, m4),
+                            _mm512_and_si512(_mm512_srli_epi32(w0, 2), m30));
+    mn[0] = _mm512_and_si512(w1, m6);
+    mn[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(w2, 4), m4),
+                            _mm512_and_si512(_mm512_srli_epi32(w1, 2), m30));
+    __m512i is = _mm512_setzero_si512(), ms = _mm512_setzero_si512();
+    const uint8_t *q = t + 256;
+    UNROLL
+    for (int c = 0; c < 4; c++) {
+        __m512i lo = _mm512_setzero_si512(), hi = lo;
+        UNROLL
+        for (int j = 0; j < 8; j++) {
+            __m512i v = _mm512_loadu_si512(q + 64 * (8 * c + j));
+            lo = dpbusd_bcst(lo, _mm512_and_si512(v, m4), x->qs + 64 * c + 4 * j, vnni);
+            hi = dpbusd_bcst(hi, _mm512_and_si512(_mm512_srli_epi16(v, 4), m4),
+                             x->qs + 64 * c + 32 + 4 * j, vnni);
+        }
+        is = _mm512_add_epi32(is, _mm512_mullo_epi32(lo, k4_byte(sc[c >> 1], 2 * (c & 1))));
+        is = _mm512_add_epi32(is, _mm512_mullo_epi32(hi, k4_byte(sc[c >> 1], 2 * (c & 1) + 1)));
+        ms = dpwssd(ms, k4_pair(mn[c >> 1], 2 * (c & 1)), bcst32(x->bs + 2 * c), vnni);
+    }
+    *isum = is, *msum = ms;
+}
+
+INLINE void rp_gemv_k4(int64_t cols, const void *tile, const void *xp, float *y,
+                       const int vnni, const int pf)
+{
+    const uint8_t *t = tile;
+    const rp_kxblock *x = xp;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t s = 0; s < cols / QK_K; s++, t += RP_K4_SB) {
+        if (pf) {
+            UNROLL
+            for (int l = 0; l < RP_K4_SB; l += 64)
+                _mm_prefetch((const char *)t + RP_PF + l, _MM_HINT_T0);
+        }
+        __m512i is, ms;
+        rp_k4_block(t, x + s, &is, &ms, vnni);
+        const __m512 dx = _mm512_set1_ps(x[s].d);
+        __m512 d = _mm512_mul_ps(_mm512_cvtph_ps(load256(t)), dx);
+        __m512 dm = _mm512_mul_ps(_mm512_cvtph_ps(load256(t + 32)), dx);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), d, acc);
+        acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(ms), dm, acc);
+    }
+    _mm512_storeu_ps(y, acc);
+}
+
+#define RP_GEMV_K4(name, vnni)                                                  \
+    static void name(int64_t cols, const void *t, const void *xp, float *y)     \
+    {                                                                           \
+        rp_gemv_k4(cols, t, xp, y, vnni, 0);                                    \
+    }                                                                           \
+    static void name##_pf(int64_t cols, const void *t, const void *xp, float *y) \
+    {                                                                           \
+        rp_gemv_k4(cols, t, xp, y, vnni, 1);                                    \
+    }
+RP_GEMV_K4(rp_gemv_q4_K_vnni, 1)
+RP_GEMV_K4(rp_gemv_q4_K_plain, 0)
+
+K_ROWS(rp_rows_q4_K_vnni, dec_rp_q4_K, 8, 1, 1)
+K_ROWS(rp_rows_q4_K_plain, dec_rp_q4_K, 8, 1, 0)
+GEMM(g_rp_q4_K_vnni, pack_q8_K, rp_rows_q4_K_vnni, xbytes_k, work_k8)
+GEMM(g_rp_q4_K_plain, pack_q8_K, rp_rows_q4_K_plain, xbytes_k, work_k8)
+static const cm_repack rp_q4_K_vnni = {rp_pack_q4_K, rp_kx_bytes, rp_kx_pack, rp_gemv_q4_K_vnni,
+                                       rp_gemv_q4_K_vnni_pf, &g_rp_q4_K_vnni};
+static const cm_repack rp_q4_K_plain = {rp_pack_q4_K, rp_kx_bytes, rp_kx_pack,
+                                        rp_gemv_q4_K_plain, rp_gemv_q4_K_plain_pf,
+                                        &g_rp_q4_K_plain};
 
 void cm_gemm_avx512_install(struct cm_kernels *k, int vnni)
 {
@@ -770,8 +834,12 @@ void cm_gemm_avx512_install(struct cm_kernels *k, int vnni)
     k->gemm[CM_TYPE_F32] = &g_f32;
     k->gemm[CM_TYPE_F16] = &g_f16;
     k->repack[CM_TYPE_Q4_0] = vnni ? &rp_q4_0_vnni : &rp_q4_0_plain;
-    if (vnni) /* q8_0 stored as w + 128: maddubs pairs would saturate */
-        k->repack[CM_TYPE_Q8_0] = &rp_q8_0_vnni;
+    k->repack[CM_TYPE_Q5_0] = vnni ? &rp_q5_0_vnni : &rp_q5_0_plain; /* levels <= 31 */
+    k->repack[CM_TYPE_Q4_K] = vnni ? &rp_q4_K_vnni : &rp_q4_K_plain;
+    /* q8_0 stored as w + 128: this file's maddubs pairs would saturate;
+     * without VNNI (Skylake-X) q8_0 keeps its per-row kernels, not the
+     * AVX2 table's repacked ones, which were measured on Zen 5 only */
+    k->repack[CM_TYPE_Q8_0] = vnni ? &rp_q8_0_vnni : NULL;
 }
 
 #else /* built without the AVX-512 flags */
