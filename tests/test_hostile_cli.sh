@@ -152,6 +152,27 @@ expect 1 "tokenize -f FIFO" -- "$CODEMOE" tokenize -m "$F32" -f "$TMP/fifo"
 expect 1 "perplexity -f FIFO" -- "$CODEMOE" perplexity -m "$F32" -f "$TMP/fifo"
 expect 1 "perplexity --kld-base FIFO" -- "$CODEMOE" perplexity -m "$F32" -f "$TMP/sample.c" \
     -c 64 --kld-base "$TMP/fifo"
+expect 1 "run --infill --prefix-file FIFO" -- "$CODEMOE" run -m "$F32" --infill \
+    --prefix-file "$TMP/fifo" --suffix x -n 1
+err_has "not a regular file" "run --prefix-file FIFO"
+# standard input as the prompt (-f -, or piped): a folder or junk is refused
+# or run, never a crash or a hang; a terminal or /dev/null is not read
+expect 1 "run -f - from a folder" -- "$CODEMOE" run -m "$F32" -f - -n 1 <"$TMP"
+expect 2 "run with a folder on stdin and no prompt" -- "$CODEMOE" run -m "$F32" -n 1 <"$TMP"
+head -c 3000 /dev/urandom >"$TMP/junk.bin"
+timeout "$LIMIT" "$CODEMOE" run -m "$F32" -n 2 -c 4096 <"$TMP/junk.bin" >/dev/null 2>"$TMP/err"
+rc=$?
+[ $rc -le 1 ] || fail "run on random bytes from stdin exited $rc: $(cat "$TMP/err")"
+timeout "$LIMIT" "$CODEMOE" tokenize -m "$F32" -f - <"$TMP/junk.bin" >/dev/null 2>"$TMP/err" ||
+    fail "tokenize -f - on random bytes: $(cat "$TMP/err")"
+# hostile flags: glued, repeated, cut short, or values shaped like flags
+expect 2 "a value-taking flag glued to nothing" -- "$CODEMOE" run -m "$F32" -p x --n-predict=
+expect 2 "-c above the limit" -- "$CODEMOE" run -m "$F32" -p x -c 99999999999
+expect 2 "-n below -1" -- "$CODEMOE" run -m "$F32" -p x -n -99
+expect 2 "--=x" -- "$CODEMOE" run -m "$F32" -p x --=x
+expect 2 "a long unknown flag" -- "$CODEMOE" run -m "$F32" -p x "--$(printf '%0300d' 0)"
+expect 0 "-e with an unfinished escape in --stop" -- "$CODEMOE" run -m "$F32" -e -p x --stop '\x0' -n 1
+expect 0 "-e with an unfinished escape in -p" -- "$CODEMOE" run -m "$F32" -e -p 'x\' -n 1
 mkdir -p "$TMP/fcorpus/c"
 mkfifo "$TMP/fcorpus/c/valid.jsonl.xz"
 expect 1 "perplexity on a FIFO corpus file" -- "$CODEMOE" perplexity -m "$F32" \

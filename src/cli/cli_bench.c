@@ -58,52 +58,44 @@ typedef struct {
 
 /* ------------------------------------------------------------ options */
 
-static cm_status parse_flag(const char *a, const char *v, bench_opts *o, cm_err *err)
+enum { OPT_KV = CLI_LONG, OPT_BACKEND, OPT_BW, OPT_JSON };
+
+static const struct option BENCH_OPTS[] = {
+    {"model", required_argument, 0, 'm'}, {"n-prompt", required_argument, 0, 'p'},
+    {"n-gen", required_argument, 0, 'n'}, {"repetitions", required_argument, 0, 'r'},
+    {"threads", required_argument, 0, 't'}, {"kv-type", required_argument, 0, OPT_KV},
+    {"backend", required_argument, 0, OPT_BACKEND}, {"bw", required_argument, 0, OPT_BW},
+    {"output", required_argument, 0, 'o'}, {"json", no_argument, 0, OPT_JSON},
+    {"verbose", no_argument, 0, 'v'}, CLI_PLACE_OPTIONS, {0}};
+
+static cm_status bench_opt(void *user, int id, const char *a, const char *v, cm_err *err)
 {
-    if (arg_is(a, "-m", "--model"))
-        o->model = v;
-    else if (arg_is(a, "-p", "--n-prompt"))
-        return arg_int(a, v, 0, 1 << 16, &o->n_prompt, err);
-    else if (arg_is(a, "-n", "--n-gen"))
-        return arg_int(a, v, 0, 1 << 16, &o->n_gen, err);
-    else if (arg_is(a, "-r", "--repetitions"))
-        return arg_int(a, v, 1, 1000, &o->reps, err);
-    else if (arg_is(a, "-t", "--threads")) {
-        cm_status s = arg_threads(v, err);
-        return s ? s : arg_int(a, v, 1, 1024, &o->threads, err);
-    } else if (!strcmp(a, "--kv-type"))
-        return parse_kv_type(v, &o->kv, err);
-    else if (!strcmp(a, "--backend"))
-        o->backend = v;
-    else if (arg_is_place(a))
-        return arg_place(a, v, &o->place, err);
-    else if (!strcmp(a, "--bw"))
-        return arg_float(a, v, 0.001f, 1e6f, &o->bw, err);
-    else if (arg_is(a, "-o", "--output")) {
+    bench_opts *o = user;
+    cm_status s;
+    switch (id) {
+    case CLI_POS: return cli_stray("bench", v, err);
+    case 'm': o->model = v; return CM_OK;
+    case 'p': return arg_int(a, v, 0, 1 << 16, &o->n_prompt, err);
+    case 'n': return arg_int(a, v, 0, 1 << 16, &o->n_gen, err);
+    case 'r': return arg_int(a, v, 1, 1000, &o->reps, err);
+    case 't': return (s = arg_threads(v, err)) ? s : arg_int(a, v, 1, 1024, &o->threads, err);
+    case OPT_KV: return parse_kv_type(v, &o->kv, err);
+    case OPT_BACKEND: o->backend = v; return CM_OK;
+    case OPT_BW: return arg_float(a, v, 0.001f, 1e6f, &o->bw, err);
+    case OPT_JSON: o->json = 1; return CM_OK;
+    case 'v': o->verbose = 1; return CM_OK;
+    case 'o':
         if (strcmp(v, "md") && strcmp(v, "json"))
             return cm_fail(err, CM_E_USAGE, "option %s: '%s' is not md or json", a, v);
         o->json = !strcmp(v, "json");
-    } else
-        return cm_fail(err, CM_E_USAGE, "unknown option %s (see codemoe bench --help)", a);
-    return CM_OK;
+        return CM_OK;
+    default: return cli_place_opt(id, a, v, &o->place, err);
+    }
 }
 
 static cm_status parse_bench(int argc, char **argv, bench_opts *o, int *help, cm_err *err)
 {
-    cm_status s = CM_OK;
-    for (int i = 1; i < argc && !s; i++) {
-        const char *a = argv[i], *v;
-        if (arg_is(a, "-h", "--help")) {
-            *help = 1;
-            return CM_OK;
-        }
-        if (!strcmp(a, "--json") || arg_is(a, "-v", "--verbose")) {
-            *(a[2] == 'j' ? &o->json : &o->verbose) = 1;
-            continue;
-        }
-        if (!(s = arg_value(argc, argv, &i, &v, err)))
-            s = parse_flag(a, v, o, err);
-    }
+    cm_status s = cli_getopt(argc, argv, "bench", BENCH_OPTS, bench_opt, o, help, err);
     if (!s && !*help && !o->model)
         s = cm_fail(err, CM_E_USAGE, "bench needs -m MODEL (see codemoe bench --help)");
     if (!s && !*help && o->n_prompt == 0 && o->n_gen == 0)

@@ -42,37 +42,34 @@ static cm_status type_option(cm_convert_opts *o, const char *v, cm_err *err)
     return cm_fail(err, CM_E_USAGE, "option --type: '%s' is not one of %s", v, names);
 }
 
+enum { OPT_TYPE = CLI_LONG };
+
+static const struct option CONVERT_OPTS[] = {
+    {"output", required_argument, 0, 'o'}, {"type", required_argument, 0, OPT_TYPE},
+    {"outtype", required_argument, 0, OPT_TYPE}, {"threads", required_argument, 0, 't'},
+    {"verbose", no_argument, 0, 'v'}, {0}};
+
+static cm_status convert_opt(void *user, int id, const char *flag, const char *v, cm_err *err)
+{
+    cm_convert_opts *o = user;
+    (void)flag;
+    switch (id) {
+    case CLI_POS:
+        if (o->hf_dir)
+            return cm_fail(err, CM_E_USAGE, "convert takes one folder (got '%s' and '%s')",
+                           o->hf_dir, v);
+        o->hf_dir = v;
+        return CM_OK;
+    case 'o': o->out_path = v; return CM_OK;
+    case OPT_TYPE: return type_option(o, v, err);
+    case 't': return arg_threads(v, err);
+    default: o->verbose = 1; return CM_OK;
+    }
+}
+
 static cm_status parse_convert(int argc, char **argv, cm_convert_opts *o, int *help, cm_err *err)
 {
-    cm_status s = CM_OK;
-    for (int i = 1; i < argc && !s; i++) {
-        const char *a = argv[i], *v;
-        if (arg_is(a, "-h", "--help")) {
-            *help = 1;
-            return CM_OK;
-        }
-        if (arg_is(a, "-v", "--verbose")) {
-            o->verbose = 1;
-            continue;
-        }
-        if (a[0] != '-') {
-            if (o->hf_dir)
-                return cm_fail(err, CM_E_USAGE, "convert takes one folder (got '%s' and '%s')",
-                               o->hf_dir, a);
-            o->hf_dir = a;
-            continue;
-        }
-        if ((s = arg_value(argc, argv, &i, &v, err)))
-            break;
-        if (arg_is(a, "-o", "--output"))
-            o->out_path = v;
-        else if (!strcmp(a, "--type") || !strcmp(a, "--outtype"))
-            s = type_option(o, v, err);
-        else if (arg_is(a, "-t", "--threads"))
-            s = arg_threads(v, err);
-        else
-            s = cm_fail(err, CM_E_USAGE, "unknown option %s (see codemoe convert --help)", a);
-    }
+    cm_status s = cli_getopt(argc, argv, "convert", CONVERT_OPTS, convert_opt, o, help, err);
     if (!s && !*help && (!o->hf_dir || !o->out_path))
         s = cm_fail(err, CM_E_USAGE, "convert needs HF_DIR and -o OUT.gguf (see codemoe convert "
                     "--help)");

@@ -26,45 +26,64 @@ static cm_status parse_expert(const char *v, cm_pack_input *in, cm_err *err)
     return CM_OK;
 }
 
-int cli_pack(int argc, char **argv)
-{
+enum { OPT_EXPERT = CLI_LONG, OPT_FALLBACK };
+
+static const struct option PACK_OPTS[] = {
+    {"output", required_argument, 0, 'o'}, {"expert", required_argument, 0, OPT_EXPERT},
+    {"fallback", required_argument, 0, OPT_FALLBACK}, {0}};
+
+typedef struct {
     cm_pack_input in[CM_PACK_MAX_MEMBERS];
     char names[CM_PACK_MAX_MEMBERS][32];
-    const char *out = NULL;
-    int n = 0;
-    cm_err err = {0};
-    cm_status s = CM_OK;
-    for (int i = 1; i < argc && !s; i++) {
-        const char *a = argv[i], *v;
-        if (arg_is(a, "-h", "--help")) {
-            fputs(PACK_HELP, stdout);
-            return 0;
-        }
-        if ((s = arg_value(argc, argv, &i, &v, &err)))
-            break;
-        if ((!strcmp(a, "--expert") || !strcmp(a, "--fallback")) && n == CM_PACK_MAX_MEMBERS)
-            s = cm_fail(&err, CM_E_USAGE, "at most %d members", CM_PACK_MAX_MEMBERS);
-        else if (!strcmp(a, "--expert") && !(s = parse_expert(v, &in[n], &err))) {
-            size_t len = (size_t)(strchr(v, '=') - v);
-            memcpy(names[n], v, len);
-            names[n][len] = 0;
-            in[n].name = names[n];
-            n++;
-        } else if (!strcmp(a, "--fallback")) {
-            snprintf(names[n], sizeof names[n], "%s", CM_PACK_FALLBACK);
-            in[n].name = names[n];
-            in[n++].path = v;
-        } else if (arg_is(a, "-o", "--output"))
-            out = v;
-        else if (strcmp(a, "--expert"))
-            s = cm_fail(&err, CM_E_USAGE, "unknown option %s (see codemoe pack --help)", a);
+    const char *out;
+    int n;
+} pack_args;
+
+static cm_status pack_opt(void *user, int id, const char *flag, const char *v, cm_err *err)
+{
+    pack_args *p = user;
+    (void)flag;
+    if (id == CLI_POS)
+        return cli_stray("pack", v, err);
+    if (id == 'o') {
+        p->out = v;
+        return CM_OK;
     }
-    if (!s && (!out || n == 0))
+    if (p->n == CM_PACK_MAX_MEMBERS)
+        return cm_fail(err, CM_E_USAGE, "at most %d members", CM_PACK_MAX_MEMBERS);
+    if (id == OPT_FALLBACK) {
+        snprintf(p->names[p->n], sizeof p->names[p->n], "%s", CM_PACK_FALLBACK);
+        p->in[p->n].name = p->names[p->n];
+        p->in[p->n++].path = v;
+        return CM_OK;
+    }
+    cm_status s = parse_expert(v, &p->in[p->n], err);
+    if (!s) { /* the name, NUL-terminated in our copy */
+        size_t len = (size_t)(strchr(v, '=') - v);
+        memcpy(p->names[p->n], v, len);
+        p->names[p->n][len] = 0;
+        p->in[p->n].name = p->names[p->n];
+        p->n++;
+    }
+    return s;
+}
+
+int cli_pack(int argc, char **argv)
+{
+    pack_args p = {.n = 0};
+    cm_err err = {0};
+    int help = 0;
+    cm_status s = cli_getopt(argc, argv, "pack", PACK_OPTS, pack_opt, &p, &help, &err);
+    if (!s && help) {
+        fputs(PACK_HELP, stdout);
+        return 0;
+    }
+    if (!s && (!p.out || p.n == 0))
         s = cm_fail(&err, CM_E_USAGE, "pack needs -o OUT.gguf and at least one --expert LANG=FILE");
-    for (int i = 0; !s && i < n; i++)
-        if (!strcmp(in[i].path, out))
-            s = cm_fail(&err, CM_E_USAGE, "the output %s is also an input", out);
+    for (int i = 0; !s && i < p.n; i++)
+        if (!strcmp(p.in[i].path, p.out))
+            s = cm_fail(&err, CM_E_USAGE, "the output %s is also an input", p.out);
     if (!s)
-        s = cm_pack_build(in, n, out, stderr, &err);
+        s = cm_pack_build(p.in, p.n, p.out, stderr, &err);
     return s ? cli_fail(&err) : 0;
 }

@@ -48,41 +48,45 @@ typedef struct {
     cm_kv_type kv;
 } ppl_opts;
 
-static int takes_value(const char *a)
-{
-    static const char *const names[] = {
-        "-m", "--model", "-f", "--file", "--corpus", "--lang", "--split", "--save-logits",
-        "--kld-base", "-c", "--ctx-size", "-b", "--batch-size", "--max-tokens", "--chunks",
-        "--kv-type", "-t", "--threads", "--expert", "--backend"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (!strcmp(a, names[i]))
-            return 1;
-    return 0;
-}
+enum { OPT_CORPUS = CLI_LONG, OPT_LANG, OPT_SPLIT, OPT_SAVE, OPT_BASE, OPT_MAX_TOKENS,
+       OPT_CHUNKS, OPT_KV, OPT_EXPERT, OPT_BACKEND, OPT_JSON, OPT_SAVE_F32 };
 
-/* Stores the value of flag a (one takes_value accepts). */
-static void opt_value(ppl_opts *o, const char *a, const char *v, cm_status *s, cm_err *err)
+static const struct option PPL_OPTS[] = {
+    {"model", required_argument, 0, 'm'}, {"file", required_argument, 0, 'f'},
+    {"corpus", required_argument, 0, OPT_CORPUS}, {"lang", required_argument, 0, OPT_LANG},
+    {"split", required_argument, 0, OPT_SPLIT}, {"save-logits", required_argument, 0, OPT_SAVE},
+    {"kld-base", required_argument, 0, OPT_BASE}, {"ctx-size", required_argument, 0, 'c'},
+    {"batch-size", required_argument, 0, 'b'}, {"max-tokens", required_argument, 0, OPT_MAX_TOKENS},
+    {"chunks", required_argument, 0, OPT_CHUNKS}, {"kv-type", required_argument, 0, OPT_KV},
+    {"threads", required_argument, 0, 't'}, {"expert", required_argument, 0, OPT_EXPERT},
+    {"backend", required_argument, 0, OPT_BACKEND}, {"json", no_argument, 0, OPT_JSON},
+    {"save-f32", no_argument, 0, OPT_SAVE_F32}, {0}};
+
+/* Stores the value of flag a. */
+static cm_status ppl_opt(void *user, int id, const char *a, const char *v, cm_err *err)
 {
-    const char **str = arg_is(a, "-m", "--model") ? &o->model : arg_is(a, "-f", "--file") ? &o->file
-                     : !strcmp(a, "--corpus") ? &o->corpus : !strcmp(a, "--lang") ? &o->lang
-                     : !strcmp(a, "--split") ? &o->split : !strcmp(a, "--save-logits") ? &o->save
-                     : !strcmp(a, "--kld-base") ? &o->base
-                     : !strcmp(a, "--expert") ? &o->expert
-                     : !strcmp(a, "--backend") ? &o->backend : NULL;
-    if (str)
-        *str = v;
-    else if (arg_is(a, "-c", "--ctx-size"))
-        *s = arg_int(a, v, 4, 1 << 20, &o->n_ctx, err);
-    else if (arg_is(a, "-b", "--batch-size"))
-        *s = arg_int(a, v, 1, 1 << 20, &o->n_batch, err);
-    else if (!strcmp(a, "--max-tokens"))
-        *s = arg_int(a, v, 1, 0x7fffffff, &o->max_tokens, err);
-    else if (!strcmp(a, "--chunks"))
-        *s = arg_int(a, v, 1, 0x7fffffff, &o->chunks, err);
-    else if (!strcmp(a, "--kv-type"))
-        *s = parse_kv_type(v, &o->kv, err);
-    else if (arg_is(a, "-t", "--threads"))
-        *s = arg_threads(v, err);
+    ppl_opts *o = user;
+    switch (id) {
+    case CLI_POS: return cli_stray("perplexity", v, err);
+    case 'm': o->model = v; break;
+    case 'f': o->file = v; break;
+    case OPT_CORPUS: o->corpus = v; break;
+    case OPT_LANG: o->lang = v; break;
+    case OPT_SPLIT: o->split = v; break;
+    case OPT_SAVE: o->save = v; break;
+    case OPT_BASE: o->base = v; break;
+    case OPT_EXPERT: o->expert = v; break;
+    case OPT_BACKEND: o->backend = v; break;
+    case OPT_JSON: o->json = 1; break;
+    case OPT_SAVE_F32: o->save_f32 = 1; break;
+    case 'c': return arg_int(a, v, 4, 1 << 20, &o->n_ctx, err);
+    case 'b': return arg_int(a, v, 1, 1 << 20, &o->n_batch, err);
+    case OPT_MAX_TOKENS: return arg_int(a, v, 1, 0x7fffffff, &o->max_tokens, err);
+    case OPT_CHUNKS: return arg_int(a, v, 1, 0x7fffffff, &o->chunks, err);
+    case OPT_KV: return parse_kv_type(v, &o->kv, err);
+    default: return arg_threads(v, err);
+    }
+    return CM_OK;
 }
 
 static cm_status check_opts(const ppl_opts *o, cm_err *err)
@@ -107,28 +111,10 @@ static cm_status check_opts(const ppl_opts *o, cm_err *err)
 
 static cm_status parse_opts(int argc, char **argv, ppl_opts *o, int *help, cm_err *err)
 {
-    cm_status s = CM_OK;
-    for (int i = 1; i < argc && !s; i++) {
-        const char *a = argv[i], *v;
-        if (arg_is(a, "-h", "--help")) {
-            *help = 1;
-            return CM_OK;
-        }
-        if (!strcmp(a, "--json") || !strcmp(a, "--save-f32")) {
-            *(a[2] == 'j' ? &o->json : &o->save_f32) = 1;
-            continue;
-        }
-        if (a[0] != '-' || !strcmp(a, "-"))
-            return cm_fail(err, CM_E_USAGE, "unexpected argument '%s' (see codemoe perplexity "
-                           "--help)", a);
-        if (!takes_value(a))
-            return cm_fail(err, CM_E_USAGE, "unknown option %s (see codemoe perplexity --help)", a);
-        if ((s = arg_value(argc, argv, &i, &v, err)))
-            break;
-        opt_value(o, a, v, &s, err);
-    }
-    if (!s && !*help)
-        s = cm_backend_choose(o->backend, &o->be, err);
+    cm_status s = cli_getopt(argc, argv, "perplexity", PPL_OPTS, ppl_opt, o, help, err);
+    if (s || *help)
+        return s;
+    s = cm_backend_choose(o->backend, &o->be, err);
     return s ? s : check_opts(o, err);
 }
 

@@ -37,34 +37,35 @@ typedef struct {
     cm_quantize_opts o;
 } qargs;
 
+enum { OPT_PURE = CLI_LONG };
+
+static const struct option QUANTIZE_OPTS[] = {
+    {"quiet", no_argument, 0, 'q'}, {"pure", no_argument, 0, OPT_PURE},
+    {"threads", required_argument, 0, 't'}, {0}};
+
+static cm_status quantize_opt(void *user, int id, const char *flag, const char *v, cm_err *err)
+{
+    qargs *q = user;
+    (void)flag;
+    switch (id) {
+    case CLI_POS:
+        if (q->n_pos == 3)
+            return cm_fail(err, CM_E_USAGE, "quantize takes IN OUT TYPE (extra argument '%s')", v);
+        q->pos[q->n_pos++] = v;
+        return CM_OK;
+    case 'q': q->o.quiet = 1; return CM_OK;
+    case OPT_PURE: q->o.pure = 1; return CM_OK;
+    default: return arg_threads(v, err);
+    }
+}
+
 static cm_status parse_quantize(int argc, char **argv, qargs *q, cm_err *err)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        cm_status s;
-        if (arg_is(a, "-h", "--help")) {
-            q->help = 1;
-            return CM_OK;
-        }
-        if (arg_is(a, "-q", "--quiet")) {
-            q->o.quiet = 1;
-        } else if (!strcmp(a, "--pure")) {
-            q->o.pure = 1;
-        } else if (arg_is(a, "-t", "--threads")) {
-            if ((s = arg_value(argc, argv, &i, &v, err)) || (s = arg_threads(v, err)))
-                return s;
-        } else if (a[0] == '-' && a[1]) {
-            return cm_fail(err, CM_E_USAGE, "unknown option %s (see codemoe quantize --help)", a);
-        } else if (q->n_pos == 3) {
-            return cm_fail(err, CM_E_USAGE, "quantize takes IN OUT TYPE (extra argument '%s')", a);
-        } else {
-            q->pos[q->n_pos++] = a;
-        }
-    }
-    if (q->n_pos != 3)
-        return cm_fail(err, CM_E_USAGE, "usage: codemoe quantize IN.gguf OUT.gguf TYPE (see "
-                       "codemoe quantize --help)");
-    return CM_OK;
+    cm_status s = cli_getopt(argc, argv, "quantize", QUANTIZE_OPTS, quantize_opt, q, &q->help, err);
+    if (!s && !q->help && q->n_pos != 3)
+        s = cm_fail(err, CM_E_USAGE, "usage: codemoe quantize IN.gguf OUT.gguf TYPE (see "
+                    "codemoe quantize --help)");
+    return s;
 }
 
 int cli_quantize(int argc, char **argv)

@@ -45,51 +45,34 @@ static cm_status check_lang(const char *v, cm_err *err)
                    v);
 }
 
-/* Stores the value of an option that takes one (see takes_value). */
-static void set_value(route_opts *o, const char *a, const char *v, cm_status *s, cm_err *err)
-{
-    if (arg_is(a, "-m", "--model"))
-        o->model = v;
-    else if (arg_is(a, "-p", "--prompt"))
-        o->text = v;
-    else if (arg_is(a, "-f", "--file"))
-        o->file = v;
-    else if (arg_is(a, NULL, "--lang"))
-        *s = check_lang(o->lang = v, err);
-    else if (arg_is(a, NULL, "--threshold"))
-        *s = arg_float(a, v, 0.0f, 1.0f, &o->threshold, err);
-}
+enum { OPT_NO_EXT = CLI_LONG, OPT_LANG, OPT_THRESHOLD };
 
-static int takes_value(const char *a)
+static const struct option ROUTE_OPTS[] = {
+    {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
+    {"file", required_argument, 0, 'f'}, {"no-extension", no_argument, 0, OPT_NO_EXT},
+    {"lang", required_argument, 0, OPT_LANG}, {"threshold", required_argument, 0, OPT_THRESHOLD},
+    {0}};
+
+static cm_status route_opt(void *user, int id, const char *flag, const char *v, cm_err *err)
 {
-    static const char *const opts[] = {"-m", "--model", "-p", "--prompt", "-f",
-                                       "--file", "--lang", "--threshold"};
-    for (size_t i = 0; i < sizeof opts / sizeof *opts; i++)
-        if (!strcmp(a, opts[i]))
-            return 1;
-    return 0;
+    route_opts *o = user;
+    switch (id) {
+    case CLI_POS: return cm_fail(err, CM_E_USAGE, "unexpected argument '%s' (a file needs -f)", v);
+    case 'm': o->model = v; break;
+    case 'p': o->text = v; break;
+    case 'f': o->file = v; break;
+    case OPT_NO_EXT: o->no_extension = 1; break;
+    case OPT_LANG: return check_lang(o->lang = v, err);
+    default: return arg_float(flag, v, 0.0f, 1.0f, &o->threshold, err);
+    }
+    return CM_OK;
 }
 
 /* Returns CM_OK with *help set for -h. */
 static cm_status parse(int argc, char **argv, route_opts *o, int *help, cm_err *err)
 {
-    cm_status s = CM_OK;
-    for (int i = 1; i < argc && !s; i++) {
-        const char *a = argv[i], *v;
-        if (arg_is(a, "-h", "--help")) {
-            *help = 1;
-            return CM_OK;
-        }
-        if (arg_is(a, NULL, "--no-extension"))
-            o->no_extension = 1;
-        else if (a[0] != '-')
-            s = cm_fail(err, CM_E_USAGE, "unexpected argument '%s' (a file needs -f)", a);
-        else if (!takes_value(a))
-            s = cm_fail(err, CM_E_USAGE, "unknown option %s (see codemoe route --help)", a);
-        else if (!(s = arg_value(argc, argv, &i, &v, err)))
-            set_value(o, a, v, &s, err);
-    }
-    if (!s && !o->text == !o->file)
+    cm_status s = cli_getopt(argc, argv, "route", ROUTE_OPTS, route_opt, o, help, err);
+    if (!s && !*help && !o->text == !o->file)
         s = cm_fail(err, CM_E_USAGE, "route needs one of -p TEXT or -f FILE");
     return s;
 }

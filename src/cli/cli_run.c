@@ -1,8 +1,11 @@
 /* cli_run.c - `codemoe run`: stream a completion to stdout. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "experts/pack.h"
@@ -14,30 +17,43 @@
 
 static const char RUN_HELP[] =
     "usage: codemoe run [-m MODEL] (-p PROMPT | -f FILE) [options]\n"
+    "       codemoe run [-m MODEL] --infill --prefix-file A --suffix-file B [options]\n"
     "\n"
     "Streams the model's continuation of the prompt to stdout; timings and\n"
     "peak memory go to stderr.  Without -m the installed default model is used.\n"
+    "Without -p or -f, a prompt piped or redirected to standard input is read.\n"
     "\n"
     "  -m, --model FILE        GGUF model (llama, qwen2, qwen3 architectures)\n"
     "  -p, --prompt TEXT       prompt text (repeatable: prompts run one after another)\n"
-    "  -f, --file FILE         read a prompt from FILE (repeatable)\n"
+    "  -f, --file FILE         read a prompt from FILE, - for standard input (repeatable)\n"
+    "  -e, --escape            turn \\n \\r \\t \\' \\\" \\\\ \\xHH in -p, --prefix, --suffix and\n"
+    "                          --stop into the characters (--no-escape: off, the default)\n"
     "      --lang L            with a language-expert pack: use the expert for L\n"
     "                          (c, cpp, python, java, javascript, go, rust) instead of routing\n"
-    "  -n, --n-predict N       tokens to generate (default 256; stops early at end of text)\n"
+    "  -n, --n-predict N       tokens to generate (default 256; -1: until end of text or\n"
+    "                          the context is full; stops early at end of text)\n"
+    "      --ignore-eos        never end at an end-of-text token (-n still limits)\n"
     "      --temp T            temperature, 0 = greedy (default 0.8)\n"
     "      --top-k K           keep the K most likely tokens, 0 = off (default 40)\n"
     "      --top-p P           nucleus sampling, 1 = off (default 0.95)\n"
     "      --min-p P           drop tokens below P x the best probability (default 0.05)\n"
     "      --repeat-penalty R  penalise the last 64 tokens, 1 = off (default 1.0)\n"
-    "      --seed S            random seed (default: from the clock, printed on stderr)\n"
+    "      --repeat-last-n N   how many last tokens the penalty sees (default 64)\n"
+    "  -s, --seed S            random seed (default or -1: from the clock, printed on stderr)\n"
     "      --stop STR          stop before STR is printed (repeatable)\n"
-    "  -c, --ctx-size N        context length (default: the model's, at most 4096)\n"
+    "  -c, --ctx-size N        context length (default: the model's, at most 4096; 0: the\n"
+    "                          model's trained context; more than that warns)\n"
     "  -t, --threads N         threads (default: all cores)\n"
     "      --kv-type T         KV cache type: f16 (default), f32 or q8_0\n"
     "      --backend B         cpu (default; CODEMOE_BACKEND sets another), ref (the\n"
     "                          scalar reference kernels), cuda or vulkan; `codemoe\n"
     "                          --version` lists those built\n"
     PLACE_HELP
+    "      --infill            fill in the middle: generate what goes between --prefix\n"
+    "                          and --suffix, with the model's FIM tokens (<fim_prefix>,\n"
+    "                          <PRE>, ...; a model without them is refused)\n"
+    "      --prefix TEXT, --prefix-file FILE   the code before the gap\n"
+    "      --suffix TEXT, --suffix-file FILE   the code after it\n"
     "  -v, --verbose           print the backend and device, and any ops that ran on the CPU\n"
     "      --no-bos            do not add the BOS token to the prompt\n"
     "      --all-experts       with a pack: bring every expert into memory first (to\n"
@@ -46,25 +62,27 @@ static const char RUN_HELP[] =
     "      --moe-ram-budget S  keep at most S bytes of expert weights resident (e.g. 512M):\n"
     "                          least recently used experts are released; prints hit rate\n"
     "                          and bytes read from disk\n"
-    "  -h, --help              this text\n";
+    "      -no-cnv             accepted for llama-cli's sake: run never chats\n"
+    "  -h, --help              this text\n"
+    "\n"
+    "On a terminal, prompts of more than 512 tokens show their progress on stderr.\n";
 
 #define MAX_PROMPTS 64
-
-typedef struct {
-    const char *text; /* from -p, or NULL */
-    const char *file; /* from -f, or NULL */
-} prompt_src;
+#define RUN_BATCH 512 /* tokens per forward batch; progress is reported between them */
 
 typedef struct {
     const char *model, *lang, *backend;
-    prompt_src prompts[MAX_PROMPTS];
+    cli_text prompts[MAX_PROMPTS];
     int n_prompts;
+    cli_text prefix, suffix;
+    int infill, escape, ignore_eos, stdin_used;
     int n_predict, n_ctx, no_bos, have_seed, moe_stats, all_experts, verbose;
     uint64_t moe_budget; /* 0: none given */
     cm_kv_type kv;
     cm_place_opts place;
     cm_sampling_params sp;
     const char *stops[MAX_STOPS];
+    char *stop_copies[MAX_STOPS]; /* -e: the unescaped stops */
     int n_stops;
 } run_opts;
 
@@ -81,79 +99,151 @@ cm_status parse_kv_type(const char *s, cm_kv_type *out, cm_err *err)
     return CM_OK;
 }
 
-static cm_status parse_sampling(const char *a, const char *v, run_opts *o, cm_err *err)
+enum {
+    OPT_TEMP = CLI_LONG, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT, OPT_REPEAT_N, OPT_STOP,
+    OPT_LANG, OPT_KV, OPT_BACKEND, OPT_NO_BOS, OPT_ALL_EXPERTS, OPT_MOE_STATS, OPT_MOE_BUDGET,
+    OPT_NO_ESCAPE, OPT_IGNORE_EOS, OPT_INFILL, OPT_PREFIX, OPT_SUFFIX, OPT_PREFIX_FILE,
+    OPT_SUFFIX_FILE, OPT_CHAT, OPT_NO_CHAT
+};
+
+static const struct option RUN_OPTS[] = {
+    {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
+    {"file", required_argument, 0, 'f'}, {"escape", no_argument, 0, 'e'},
+    {"no-escape", no_argument, 0, OPT_NO_ESCAPE}, {"lang", required_argument, 0, OPT_LANG},
+    {"n-predict", required_argument, 0, 'n'}, {"predict", required_argument, 0, 'n'},
+    {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS}, {"temp", required_argument, 0, OPT_TEMP},
+    {"top-k", required_argument, 0, OPT_TOP_K}, {"top-p", required_argument, 0, OPT_TOP_P},
+    {"min-p", required_argument, 0, OPT_MIN_P},
+    {"repeat-penalty", required_argument, 0, OPT_REPEAT},
+    {"repeat-last-n", required_argument, 0, OPT_REPEAT_N}, {"seed", required_argument, 0, 's'},
+    {"stop", required_argument, 0, OPT_STOP}, {"ctx-size", required_argument, 0, 'c'},
+    {"threads", required_argument, 0, 't'}, {"kv-type", required_argument, 0, OPT_KV},
+    {"backend", required_argument, 0, OPT_BACKEND}, CLI_PLACE_OPTIONS,
+    {"verbose", no_argument, 0, 'v'}, {"no-bos", no_argument, 0, OPT_NO_BOS},
+    {"all-experts", no_argument, 0, OPT_ALL_EXPERTS}, {"moe-stats", no_argument, 0, OPT_MOE_STATS},
+    {"moe-ram-budget", required_argument, 0, OPT_MOE_BUDGET},
+    {"infill", no_argument, 0, OPT_INFILL}, {"prefix", required_argument, 0, OPT_PREFIX},
+    {"suffix", required_argument, 0, OPT_SUFFIX},
+    {"prefix-file", required_argument, 0, OPT_PREFIX_FILE},
+    {"suffix-file", required_argument, 0, OPT_SUFFIX_FILE},
+    {"interactive", no_argument, 0, 'i'}, {"conversation", no_argument, 0, OPT_CHAT},
+    {"cnv", no_argument, 0, OPT_CHAT}, {"no-cnv", no_argument, 0, OPT_NO_CHAT},
+    {"no-conversation", no_argument, 0, OPT_NO_CHAT}, {0}};
+
+static cm_status sampling_opt(int id, const char *a, const char *v, run_opts *o, cm_err *err)
 {
-    if (!strcmp(a, "--temp"))
-        return arg_float(a, v, 0.0f, 100.0f, &o->sp.temp, err);
-    if (!strcmp(a, "--top-k"))
-        return arg_int(a, v, 0, 1 << 24, &o->sp.top_k, err);
-    if (!strcmp(a, "--top-p"))
-        return arg_float(a, v, 0.0f, 1.0f, &o->sp.top_p, err);
-    if (!strcmp(a, "--min-p"))
-        return arg_float(a, v, 0.0f, 1.0f, &o->sp.min_p, err);
-    if (!strcmp(a, "--repeat-penalty"))
-        return arg_float(a, v, 0.0f, 100.0f, &o->sp.repeat_penalty, err);
-    if (!strcmp(a, "--seed")) {
-        o->have_seed = 1;
-        return arg_u64(a, v, &o->sp.seed, err);
+    switch (id) {
+    case OPT_TEMP: return arg_float(a, v, 0.0f, 100.0f, &o->sp.temp, err);
+    case OPT_TOP_K: return arg_int(a, v, 0, 1 << 24, &o->sp.top_k, err);
+    case OPT_TOP_P: return arg_float(a, v, 0.0f, 1.0f, &o->sp.top_p, err);
+    case OPT_MIN_P: return arg_float(a, v, 0.0f, 1.0f, &o->sp.min_p, err);
+    case OPT_REPEAT: return arg_float(a, v, 0.0f, 100.0f, &o->sp.repeat_penalty, err);
+    case OPT_REPEAT_N: return arg_int(a, v, 0, 1 << 16, &o->sp.repeat_last_n, err);
+    case OPT_IGNORE_EOS: o->ignore_eos = 1; return CM_OK;
+    case 's':
+        o->have_seed = strcmp(v, "-1") != 0; /* llama.cpp's -1: a random seed */
+        return o->have_seed ? arg_u64(a, v, &o->sp.seed, err) : CM_OK;
+    case 'n': return arg_int(a, v, -1, 1 << 24, &o->n_predict, err);
+    default: return cli_place_opt(id, a, v, &o->place, err);
     }
-    return cm_fail(err, CM_E_USAGE, "unknown option %s (see codemoe run --help)", a);
+}
+
+static cm_status add_prompt(run_opts *o, int id, const char *a, const char *v, cm_err *err)
+{
+    if (o->n_prompts == MAX_PROMPTS)
+        return cm_fail(err, CM_E_USAGE, "at most %d prompts", MAX_PROMPTS);
+    if (id == 'f' && !strcmp(v, "-") && o->stdin_used++)
+        return cm_fail(err, CM_E_USAGE, "option %s: standard input can be read only once", a);
+    return cli_text_set(&o->prompts[o->n_prompts++], a, v, id == 'f', err);
+}
+
+static cm_status add_stop(run_opts *o, const char *v, cm_err *err)
+{
+    if (o->n_stops == MAX_STOPS)
+        return cm_fail(err, CM_E_USAGE, "at most %d --stop strings", MAX_STOPS);
+    if (!*v)
+        return cm_fail(err, CM_E_USAGE, "option --stop: empty string");
+    o->stops[o->n_stops++] = v;
+    return CM_OK;
+}
+
+static cm_status run_opt(void *user, int id, const char *a, const char *v, cm_err *err)
+{
+    run_opts *o = user;
+    int *flag = id == 'e' ? &o->escape : id == 'v' ? &o->verbose : id == OPT_NO_BOS ? &o->no_bos
+              : id == OPT_ALL_EXPERTS ? &o->all_experts : id == OPT_MOE_STATS ? &o->moe_stats
+              : id == OPT_INFILL ? &o->infill : NULL;
+    if (flag)
+        return *flag = 1, CM_OK;
+    switch (id) {
+    case CLI_POS:
+        return cm_fail(err, CM_E_USAGE, "unexpected argument '%s' (a prompt goes after -p, in "
+                       "quotes if it has spaces; see codemoe run --help)", v);
+    case 'm': o->model = v; return CM_OK;
+    case 'p': case 'f': return add_prompt(o, id, a, v, err);
+    case OPT_PREFIX: case OPT_PREFIX_FILE:
+        return cli_text_set(&o->prefix, a, v, id == OPT_PREFIX_FILE, err);
+    case OPT_SUFFIX: case OPT_SUFFIX_FILE:
+        return cli_text_set(&o->suffix, a, v, id == OPT_SUFFIX_FILE, err);
+    case OPT_NO_ESCAPE: o->escape = 0; return CM_OK;
+    case OPT_LANG: o->lang = v; return CM_OK;
+    case 'c': return arg_int(a, v, 0, 1 << 24, &o->n_ctx, err);
+    case 't': return arg_threads(v, err);
+    case OPT_KV: return parse_kv_type(v, &o->kv, err);
+    case OPT_BACKEND: o->backend = v; return CM_OK;
+    case OPT_MOE_BUDGET: return arg_size(a, v, &o->moe_budget, err);
+    case OPT_STOP: return add_stop(o, v, err);
+    case OPT_NO_CHAT: return CM_OK; /* llama-cli chats by default; run never does */
+    case OPT_CHAT: case 'i':
+        return cm_fail(err, CM_E_USAGE, "option %s: interactive chat is not supported yet "
+                       "(run completes each -p prompt)", a);
+    default: return sampling_opt(id, a, v, o, err);
+    }
+}
+
+/* A prompt piped or redirected to standard input, when no -p or -f is given
+ * (a terminal or /dev/null is not read: that would wait or read nothing). */
+static int stdin_has_prompt(void)
+{
+    struct stat st;
+    if (isatty(0) || fstat(0, &st) != 0)
+        return 0;
+    return S_ISFIFO(st.st_mode) || S_ISREG(st.st_mode) || S_ISSOCK(st.st_mode);
+}
+
+static cm_status check_run(run_opts *o, cm_err *err)
+{
+    if (o->infill && (o->n_prompts || !o->prefix.set || !o->suffix.set))
+        return cm_fail(err, CM_E_USAGE, "--infill needs --prefix/--prefix-file and "
+                       "--suffix/--suffix-file, and no -p or -f");
+    if (!o->infill && (o->prefix.set || o->suffix.set))
+        return cm_fail(err, CM_E_USAGE, "--prefix and --suffix go with --infill");
+    if (o->infill && o->prefix.file && o->suffix.file && !strcmp(o->prefix.file, "-") &&
+        !strcmp(o->suffix.file, "-"))
+        return cm_fail(err, CM_E_USAGE, "standard input can be read only once");
+    if (!o->infill && o->n_prompts == 0 && stdin_has_prompt())
+        add_prompt(o, 'f', "-f", "-", err);
+    if (!o->infill && o->n_prompts == 0)
+        return cm_fail(err, CM_E_USAGE, "give a prompt with -p PROMPT or -f FILE, or pipe one "
+                       "in (see codemoe run --help)");
+    for (int i = 0; o->escape && i < o->n_stops; i++) {
+        size_t n = strlen(o->stops[i]);
+        if (!(o->stop_copies[i] = malloc(n + 1)))
+            return cm_fail(err, CM_E_NOMEM, "out of memory");
+        memcpy(o->stop_copies[i], o->stops[i], n + 1);
+        cli_unescape(o->stop_copies[i], n);
+        if (!o->stop_copies[i][0]) /* "\x00": a stop at every position */
+            return cm_fail(err, CM_E_USAGE, "option --stop: '%s' is empty once unescaped",
+                           o->stops[i]);
+        o->stops[i] = o->stop_copies[i];
+    }
+    return CM_OK;
 }
 
 static cm_status parse_run(int argc, char **argv, run_opts *o, int *help, cm_err *err)
 {
-    cm_status s = CM_OK;
-    for (int i = 1; i < argc && !s; i++) {
-        const char *a = argv[i], *v = NULL;
-        if (arg_is(a, "-h", "--help")) {
-            *help = 1;
-            return CM_OK;
-        }
-        if (!strcmp(a, "--no-bos") || !strcmp(a, "--moe-stats") || !strcmp(a, "--all-experts")) {
-            *(a[2] == 'n' ? &o->no_bos : a[2] == 'm' ? &o->moe_stats : &o->all_experts) = 1;
-            continue;
-        }
-        if (arg_is(a, "-v", "--verbose")) {
-            o->verbose = 1;
-            continue;
-        }
-        if ((s = arg_value(argc, argv, &i, &v, err)))
-            break;
-        if (arg_is(a, "-m", "--model"))
-            o->model = v;
-        else if (arg_is(a, "-p", "--prompt") || arg_is(a, "-f", "--file")) {
-            if (o->n_prompts == MAX_PROMPTS)
-                return cm_fail(err, CM_E_USAGE, "at most %d prompts", MAX_PROMPTS);
-            o->prompts[o->n_prompts].text = a[1] == 'p' || a[2] == 'p' ? v : NULL;
-            o->prompts[o->n_prompts++].file = a[1] == 'p' || a[2] == 'p' ? NULL : v;
-        } else if (!strcmp(a, "--lang"))
-            o->lang = v;
-        else if (arg_is(a, "-n", "--n-predict"))
-            s = arg_int(a, v, 0, 1 << 24, &o->n_predict, err);
-        else if (arg_is(a, "-c", "--ctx-size"))
-            s = arg_int(a, v, 1, 1 << 24, &o->n_ctx, err);
-        else if (arg_is(a, "-t", "--threads"))
-            s = arg_threads(v, err);
-        else if (!strcmp(a, "--kv-type"))
-            s = parse_kv_type(v, &o->kv, err);
-        else if (!strcmp(a, "--backend"))
-            o->backend = v;
-        else if (arg_is_place(a))
-            s = arg_place(a, v, &o->place, err);
-        else if (!strcmp(a, "--moe-ram-budget"))
-            s = arg_size(a, v, &o->moe_budget, err);
-        else if (!strcmp(a, "--stop")) {
-            if (o->n_stops == MAX_STOPS)
-                return cm_fail(err, CM_E_USAGE, "at most %d --stop strings", MAX_STOPS);
-            if (!*v)
-                return cm_fail(err, CM_E_USAGE, "option --stop: empty string");
-            o->stops[o->n_stops++] = v;
-        } else
-            s = parse_sampling(a, v, o, err);
-    }
-    if (!s && !*help && o->n_prompts == 0)
-        s = cm_fail(err, CM_E_USAGE, "give a prompt with -p PROMPT or -f FILE (see codemoe run --help)");
-    return s;
+    cm_status s = cli_getopt(argc, argv, "run", RUN_OPTS, run_opt, o, help, err);
+    return s || *help ? s : check_run(o, err);
 }
 
 /* ---- output: whole UTF-8 characters only, never any part of a stop string */
@@ -227,23 +317,61 @@ typedef struct {
     const char *stop_reason;
 } run_stats;
 
-static cm_status generate(const cm_model *m, cm_ctx *ctx, const run_opts *o, int32_t *ids,
-                          size_t n_ids, run_stats *st, cm_err *err)
+/* Progress of a long prompt on a terminal: tokens done, speed and time
+ * left, redrawn in place and erased when the prompt is done. */
+static void prompt_progress(int done, int n, double t0, int tty)
 {
-    cm_sampler *smp = cm_sampler_new(&o->sp, m->hp.n_vocab);
-    out_stream out = {.o = o};
-    cm_status s = CM_OK;
-    if (!smp)
-        return cm_fail(err, CM_E_NOMEM, "out of memory creating the sampler");
-    for (size_t i = 0; i < n_ids; i++)
-        cm_sampler_accept(smp, ids[i]);
+    if (!tty || n <= RUN_BATCH)
+        return;
+    if (done == n) {
+        fputs("\r\033[K", stderr);
+        return;
+    }
+    double dt = now_seconds() - t0, rate = done / (dt > 0 ? dt : 1e-9);
+    fprintf(stderr, "\r\033[K[codemoe] prompt %d/%d tokens (%.0f%%)", done, n, 100.0 * done / n);
+    if (done > 0)
+        fprintf(stderr, ", %.1f tok/s, ETA %.0f s", rate, (n - done) / rate);
+    fflush(stderr);
+}
+
+/* The prompt, one batch per call so its progress can be shown: the same
+ * batches cm_eval would make of it, so the same numbers. */
+static cm_status eval_prompt(cm_ctx *ctx, const int32_t *ids, int n, cm_err *err)
+{
+    int tty = isatty(2);
     double t0 = now_seconds();
-    s = cm_eval(ctx, ids, (int)n_ids, NULL, err);
-    st->t_prompt = now_seconds() - t0;
-    st->stop_reason = "token limit";
-    t0 = now_seconds();
-    for (int i = 0; !s && i < o->n_predict; i++) {
+    cm_status s = CM_OK;
+    for (int done = 0; !s && done < n; done += RUN_BATCH) {
+        prompt_progress(done, n, t0, tty);
+        s = cm_eval(ctx, ids + done, n - done < RUN_BATCH ? n - done : RUN_BATCH, NULL, err);
+    }
+    prompt_progress(n, n, t0, tty);
+    return s;
+}
+
+/* --ignore-eos: every end-of-generation token, to be masked out. */
+static int32_t *eog_ids(const cm_model *m, int *n)
+{
+    int32_t *ids = malloc(sizeof *ids * (size_t)m->hp.n_vocab);
+    *n = 0;
+    for (int32_t id = 0; ids && id < m->hp.n_vocab && id < cm_tok_n_vocab(m->tok); id++)
+        if (cm_tok_is_eog(m->tok, id))
+            ids[(*n)++] = id;
+    return ids;
+}
+
+/* Samples and prints until -n, end of text, a stop string or a full context. */
+static cm_status decode_loop(const cm_model *m, cm_ctx *ctx, const run_opts *o, cm_sampler *smp,
+                             run_stats *st, cm_err *err)
+{
+    int n_mask = 0;
+    int32_t *mask = o->ignore_eos ? eog_ids(m, &n_mask) : NULL;
+    out_stream out = {.o = o};
+    cm_status s = o->ignore_eos && !mask ? cm_fail(err, CM_E_NOMEM, "out of memory") : CM_OK;
+    for (int i = 0; !s && (o->n_predict < 0 || i < o->n_predict); i++) {
         float *logits = (float *)cm_ctx_logits(ctx);
+        for (int k = 0; k < n_mask; k++)
+            logits[mask[k]] = -INFINITY;
         int32_t id = cm_sampler_sample(smp, logits);
         if (cm_tok_is_eog(m->tok, id)) {
             st->stop_reason = "end of text";
@@ -263,8 +391,27 @@ static cm_status generate(const cm_model *m, cm_ctx *ctx, const run_opts *o, int
         cm_sampler_accept(smp, id);
         s = cm_eval(ctx, &id, 1, NULL, err);
     }
-    st->t_gen = now_seconds() - t0;
     out_finish(&out);
+    free(mask);
+    return s;
+}
+
+static cm_status generate(const cm_model *m, cm_ctx *ctx, const run_opts *o, int32_t *ids,
+                          size_t n_ids, run_stats *st, cm_err *err)
+{
+    cm_sampler *smp = cm_sampler_new(&o->sp, m->hp.n_vocab);
+    if (!smp)
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating the sampler");
+    for (size_t i = 0; i < n_ids; i++)
+        cm_sampler_accept(smp, ids[i]);
+    double t0 = now_seconds();
+    cm_status s = eval_prompt(ctx, ids, (int)n_ids, err);
+    st->t_prompt = now_seconds() - t0;
+    st->stop_reason = "token limit";
+    t0 = now_seconds();
+    if (!s)
+        s = decode_loop(m, ctx, o, smp, st, err);
+    st->t_gen = now_seconds() - t0;
     cm_sampler_free(smp);
     return s;
 }
@@ -297,37 +444,91 @@ static void print_moe_stats(const cm_model *m, const cm_ctx *ctx, int per_expert
             st.peak_resident / 1048576.0, st.budget ? "set" : "none");
 }
 
-static cm_status read_prompt(const prompt_src *p, char **text, size_t *len, cm_err *err)
+/* A text of the prompt, with -e's escapes turned into characters (given
+ * texts only: a file holds the characters already). */
+static cm_status read_text(const run_opts *o, const cli_text *t, cli_buf *b, cm_err *err)
 {
-    if (p->file)
-        return read_file(p->file, text, len, err);
-    *len = strlen(p->text);
-    *text = malloc(*len + 1);
-    if (!*text)
-        return cm_fail(err, CM_E_NOMEM, "out of memory");
-    memcpy(*text, p->text, *len + 1);
+    cm_status s = cli_text_read(t, b, err);
+    if (!s && o->escape && t->text)
+        b->len = cli_unescape(b->p, b->len);
+    if (!s && t->file && !strcmp(t->file, "-") && b->len == 0)
+        s = cm_fail(err, CM_E_RANGE, "the prompt from standard input is empty");
+    return s;
+}
+
+/* The file name routing may go by: not standard input's "-". */
+static const char *route_file(const cli_text *t)
+{
+    return t->file && strcmp(t->file, "-") ? t->file : NULL;
+}
+
+static cm_status check_fits(const run_opts *o, const cm_model *m, size_t n, cm_err *err)
+{
+    if (n == 0)
+        return cm_fail(err, CM_E_RANGE, "the prompt is empty");
+    if (n >= (size_t)o->n_ctx)
+        return cm_fail(err, CM_E_RANGE, "the prompt is %zu tokens but the context holds %d "
+                       "(raise -c, the model was trained on %d)", n, o->n_ctx, m->hp.n_ctx_train);
     return CM_OK;
 }
 
-static cm_status tokenize_prompt(const run_opts *o, const cm_model *m, const char *text,
-                                 size_t len, int32_t **ids, size_t *n, cm_err *err)
+static cm_status route_to_expert(const run_opts *o, cm_model *m, const char *file,
+                                 const char *text, size_t len, cm_err *err);
+
+/* --infill: <PRE> prefix <SUF> suffix <MID>; a pack is routed on both. */
+static cm_status infill_ids(const run_opts *o, cm_model *m, int32_t **ids, size_t *n, cm_err *err)
 {
-    cm_status s = cm_tokenize(m->tok, text, len, !o->no_bos && cm_tok_add_bos(m->tok), 1, ids, n,
-                              err);
-    if (!s && *n == 0)
-        s = cm_fail(err, CM_E_RANGE, "the prompt is empty");
-    if (!s && *n >= (size_t)o->n_ctx)
-        s = cm_fail(err, CM_E_RANGE, "the prompt is %zu tokens but the context holds %d "
-                    "(raise -c, the model was trained on %d)", *n, o->n_ctx, m->hp.n_ctx_train);
-    return s;
+    cli_buf pre = {0}, suf = {0};
+    cm_status s = read_text(o, &o->prefix, &pre, err);
+    if (!s)
+        s = read_text(o, &o->suffix, &suf, err);
+    char *both = s ? NULL : malloc(pre.len + suf.len + 2);
+    if (!s && !both)
+        s = cm_fail(err, CM_E_NOMEM, "out of memory");
+    if (!s && m->is_pack) {
+        memcpy(both, pre.p, pre.len);
+        both[pre.len] = '\n';
+        memcpy(both + pre.len + 1, suf.p, suf.len + 1);
+        s = route_to_expert(o, m, route_file(&o->prefix), both, pre.len + suf.len + 1, err);
+    }
+    if (!s && (cm_tok_fim(m->tok, CM_FIM_PRE) < 0 || cm_tok_fim(m->tok, CM_FIM_SUF) < 0 ||
+               cm_tok_fim(m->tok, CM_FIM_MID) < 0))
+        s = cm_fail(err, CM_E_UNSUPPORTED, "%s has no fill-in-the-middle tokens (%s), so "
+                    "--infill cannot be used", o->model, CLI_FIM_KNOWN);
+    if (!s)
+        s = cm_tokenize_infill(m->tok, pre.p, pre.len, suf.p, suf.len,
+                               !o->no_bos && cm_tok_add_bos(m->tok), ids, n, err);
+    free(both);
+    free(pre.p);
+    free(suf.p);
+    return s ? s : check_fits(o, m, *n, err);
+}
+
+/* The token ids of prompt p (routing a pack to its expert first). */
+static cm_status prompt_ids(const run_opts *o, cm_model *m, const cli_text *p, int32_t **ids,
+                            size_t *n, cm_err *err)
+{
+    cli_buf b = {0};
+    cm_status s = read_text(o, p, &b, err);
+    if (!s && m->is_pack)
+        s = route_to_expert(o, m, route_file(p), b.p, b.len, err);
+    if (!s)
+        s = cm_tokenize(m->tok, b.p, b.len, !o->no_bos && cm_tok_add_bos(m->tok), 1, ids, n, err);
+    free(b.p);
+    return s ? s : check_fits(o, m, *n, err);
 }
 
 static cm_status make_ctx(const run_opts *o, const cm_model *m, cm_ctx **ctx, cm_err *err)
 {
     const cm_backend_ops *be;
+    static int hinted;
     cm_status s = cm_backend_choose(o->backend, &be, err);
+    /* llama-cli users type -ngl 99 by habit: say why it changes nothing here */
+    if (!s && o->place.gpu_layers > 0 && be->reads_host && !hinted++)
+        fprintf(stderr, "[codemoe] -ngl: the %s backend runs every layer in host memory "
+                "(--backend cuda or vulkan places layers on a GPU)\n", be->name);
     if (!s)
-        s = cm_ctx_new_placed(m, be, &o->place, o->n_ctx, o->kv, 512, ctx, err);
+        s = cm_ctx_new_placed(m, be, &o->place, o->n_ctx, o->kv, RUN_BATCH, ctx, err);
     if (!s && (o->moe_budget || o->moe_stats) && m->hp.n_expert == 0)
         s = cm_fail(err, CM_E_USAGE, "%s is not a mixture-of-experts model: --moe-stats and "
                     "--moe-ram-budget do not apply", o->model);
@@ -384,20 +585,26 @@ static cm_status route_to_expert(const run_opts *o, cm_model *m, const char *fil
     return s ? s : cm_model_select_expert(m, chosen, err);
 }
 
-/* One prompt: route (packs), tokenize, generate, report. */
-static cm_status run_one(const run_opts *o, cm_model *m, const prompt_src *p, double t_load,
+static void print_stats(const run_stats *st, double t_load)
+{
+    fprintf(stderr,
+            "\n[codemoe] load %.2f s | prompt %d tok, %.1f tok/s | generated %d tok, %.1f tok/s "
+            "(%s) | peak RSS %.1f MiB\n",
+            t_load, st->n_prompt, st->n_prompt / (st->t_prompt > 0 ? st->t_prompt : 1e-9),
+            st->n_gen, st->n_gen / (st->t_gen > 0 ? st->t_gen : 1e-9), st->stop_reason,
+            peak_rss_mib());
+}
+
+/* One prompt (p, or the infill texts when p is NULL): route (packs),
+ * tokenize, generate, report. */
+static cm_status run_one(const run_opts *o, cm_model *m, const cli_text *p, double t_load,
                          cm_err *err)
 {
-    char *text = NULL;
-    size_t len = 0, n_ids = 0;
+    size_t n_ids = 0;
     int32_t *ids = NULL;
     cm_ctx *ctx = NULL;
     run_stats st = {0};
-    cm_status s = read_prompt(p, &text, &len, err);
-    if (!s && m->is_pack)
-        s = route_to_expert(o, m, p->file, text, len, err);
-    if (!s)
-        s = tokenize_prompt(o, m, text, len, &ids, &n_ids, err);
+    cm_status s = p ? prompt_ids(o, m, p, &ids, &n_ids, err) : infill_ids(o, m, &ids, &n_ids, err);
     if (!s)
         s = make_ctx(o, m, &ctx, err);
     if (!s && !o->have_seed && o->sp.temp > 0) /* so a run can be repeated */
@@ -406,16 +613,11 @@ static cm_status run_one(const run_opts *o, cm_model *m, const prompt_src *p, do
     if (!s)
         s = generate(m, ctx, o, ids, n_ids, &st, err);
     if (!s)
-        fprintf(stderr,
-                "\n[codemoe] load %.2f s | prompt %d tok, %.1f tok/s | generated %d tok, %.1f tok/s "
-                "(%s) | peak RSS %.1f MiB\n",
-                t_load, st.n_prompt, st.n_prompt / (st.t_prompt > 0 ? st.t_prompt : 1e-9), st.n_gen,
-                st.n_gen / (st.t_gen > 0 ? st.t_gen : 1e-9), st.stop_reason, peak_rss_mib());
+        print_stats(&st, t_load);
     if (!s && m->hp.n_expert > 0 && (o->moe_stats || o->moe_budget))
         print_moe_stats(m, ctx, o->moe_stats);
     if (!s && o->verbose)
         print_backend_use(ctx);
-    free(text);
     free(ids);
     cm_ctx_free(ctx);
     return s;
@@ -437,6 +639,20 @@ static uint64_t touch_all(const cm_model *m)
     return bytes;
 }
 
+/* -c: absent, the model's context up to 4096; 0, the model's; above the
+ * model's, a warning (RoPE models run past it, worse). */
+static void choose_ctx(run_opts *o, const cm_model *m)
+{
+    int train = m->hp.n_ctx_train > 0 ? m->hp.n_ctx_train : 4096;
+    if (o->n_ctx < 0)
+        o->n_ctx = train < 4096 ? train : 4096;
+    else if (o->n_ctx == 0)
+        o->n_ctx = train;
+    else if (o->n_ctx > train)
+        fprintf(stderr, "[codemoe] warning: -c %d is more than the %d tokens %s was trained on; "
+                "text past them may be worse\n", o->n_ctx, train, o->model);
+}
+
 static cm_status run_model(run_opts *o, cm_err *err)
 {
     cm_model m;
@@ -448,14 +664,16 @@ static cm_status run_model(run_opts *o, cm_err *err)
     if (!m.tok)
         s = cm_fail(err, CM_E_UNSUPPORTED, "%s has no tokenizer, so it cannot run on text "
                     "(codemoe logits evaluates token ids)", o->model);
-    if (o->n_ctx == 0)
-        o->n_ctx = m.hp.n_ctx_train < 4096 ? m.hp.n_ctx_train : 4096;
+    if (!s)
+        choose_ctx(o, &m);
     if (!s && o->all_experts && !m.is_pack)
         s = cm_fail(err, CM_E_USAGE, "--all-experts applies to language-expert packs only");
     if (!s && o->all_experts)
         fprintf(stderr, "[codemoe] all experts resident: %.1f MiB touched\n",
                 touch_all(&m) / 1048576.0);
-    for (int i = 0; !s && i < o->n_prompts; i++) {
+    if (!s && o->infill)
+        s = run_one(o, &m, NULL, t_load, err);
+    for (int i = 0; !s && !o->infill && i < o->n_prompts; i++) {
         if (i > 0)
             putchar('\n'); /* completions of successive prompts on their own lines */
         s = run_one(o, &m, &o->prompts[i], i == 0 ? t_load : 0.0, err);
@@ -466,26 +684,22 @@ static cm_status run_model(run_opts *o, cm_err *err)
 
 int cli_run(int argc, char **argv)
 {
-    run_opts o = {.n_predict = 256, .kv = CM_KV_F16, .place = CM_PLACE_AUTO};
+    run_opts o = {.n_predict = 256, .n_ctx = -1, .kv = CM_KV_F16, .place = CM_PLACE_AUTO};
     cm_err err = {0};
     int help = 0;
     char path[1024];
     cm_sampling_defaults(&o.sp);
     cm_status s = parse_run(argc, argv, &o, &help, &err);
-    if (s)
-        return cli_fail(&err);
-    if (help) {
+    if (!s && help)
         fputs(RUN_HELP, stdout);
-        return 0;
-    }
-    if (!o.have_seed)
+    if (!s && !help && !o.have_seed)
         o.sp.seed = (uint64_t)time(NULL);
-    if (!o.model && !(o.model = default_model_path(path, sizeof path))) {
-        cm_fail(&err, CM_E_IO, "no model given and no default model is installed: "
-                "pass -m FILE.gguf (a GGUF model such as llama.cpp uses)");
-        return cli_fail(&err);
-    }
-    if ((s = run_model(&o, &err)))
-        return cli_fail(&err);
-    return 0;
+    if (!s && !help && !o.model && !(o.model = default_model_path(path, sizeof path)))
+        s = cm_fail(&err, CM_E_IO, "no model given and no default model is installed: "
+                    "pass -m FILE.gguf (a GGUF model such as llama.cpp uses)");
+    if (!s && !help)
+        s = run_model(&o, &err);
+    for (int i = 0; i < o.n_stops; i++)
+        free(o.stop_copies[i]);
+    return s ? cli_fail(&err) : 0;
 }

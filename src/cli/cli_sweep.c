@@ -93,46 +93,55 @@ typedef struct {
 
 /* ------------------------------------------------------------ options */
 
-static int takes_value(const char *a)
+enum { OPT_OUT = CLI_LONG, OPT_JSON, OPT_PLOT, OPT_BITS, OPT_SCHEMES, OPT_LANGS, OPT_CORPUS,
+       OPT_SPLIT, OPT_MAX_TOKENS, OPT_KV, OPT_TMPDIR, OPT_ORDER, OPT_BACKEND, OPT_CROSS };
+
+static const struct option SWEEP_OPTS[] = {
+    {"model", required_argument, 0, 'm'}, {"out", required_argument, 0, OPT_OUT},
+    {"json", required_argument, 0, OPT_JSON}, {"plot", required_argument, 0, OPT_PLOT},
+    {"bits", required_argument, 0, OPT_BITS}, {"schemes", required_argument, 0, OPT_SCHEMES},
+    {"langs", required_argument, 0, OPT_LANGS}, {"corpus", required_argument, 0, OPT_CORPUS},
+    {"split", required_argument, 0, OPT_SPLIT}, {"max-tokens", required_argument, 0, OPT_MAX_TOKENS},
+    {"ctx-size", required_argument, 0, 'c'}, {"batch-size", required_argument, 0, 'b'},
+    {"threads", required_argument, 0, 't'}, {"kv-type", required_argument, 0, OPT_KV},
+    {"tmpdir", required_argument, 0, OPT_TMPDIR}, {"order", required_argument, 0, OPT_ORDER},
+    {"backend", required_argument, 0, OPT_BACKEND}, {"cross", no_argument, 0, OPT_CROSS}, {0}};
+
+static cm_status parse_order(sweep_opts *o, const char *v, cm_err *err)
 {
-    static const char *const names[] = {
-        "-m", "--model", "--out", "--json", "--plot", "--bits", "--schemes", "--langs",
-        "--corpus", "--split", "--max-tokens", "-c", "--ctx-size", "-b", "--batch-size",
-        "-t", "--threads", "--kv-type", "--tmpdir", "--order", "--backend"};
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (!strcmp(a, names[i]))
-            return 1;
-    return 0;
+    static const char *const names[] = {"auto", "language", "scheme"};
+    for (o->order = 0; o->order < 3 && strcmp(v, names[o->order]); o->order++)
+        ;
+    if (o->order == 3)
+        return cm_fail(err, CM_E_USAGE, "option --order: '%s' is not auto, language or scheme", v);
+    return CM_OK;
 }
 
-static void opt_value(sweep_opts *o, const char *a, const char *v, cm_status *s, cm_err *err)
+static cm_status sweep_opt(void *user, int id, const char *a, const char *v, cm_err *err)
 {
-    const char **str = arg_is(a, "-m", "--model") ? &o->model : !strcmp(a, "--out") ? &o->out
-                     : !strcmp(a, "--json") ? &o->json : !strcmp(a, "--plot") ? &o->plot
-                     : !strcmp(a, "--bits") ? &o->bits : !strcmp(a, "--schemes") ? &o->schemes_arg
-                     : !strcmp(a, "--langs") ? &o->langs_arg : !strcmp(a, "--corpus") ? &o->corpus
-                     : !strcmp(a, "--split") ? &o->split : !strcmp(a, "--tmpdir") ? &o->tmpdir
-                     : !strcmp(a, "--backend") ? &o->backend : NULL;
-    if (str)
-        *str = v;
-    else if (!strcmp(a, "--max-tokens"))
-        *s = arg_int(a, v, 0, 0x7fffffff, &o->max_tokens, err);
-    else if (arg_is(a, "-c", "--ctx-size"))
-        *s = arg_int(a, v, 4, 1 << 20, &o->n_ctx, err);
-    else if (arg_is(a, "-b", "--batch-size"))
-        *s = arg_int(a, v, 1, 1 << 20, &o->n_batch, err);
-    else if (!strcmp(a, "--kv-type"))
-        *s = parse_kv_type(v, &o->kv, err);
-    else if (arg_is(a, "-t", "--threads"))
-        *s = arg_threads(v, err);
-    else if (!strcmp(a, "--order")) {
-        static const char *const names[] = {"auto", "language", "scheme"};
-        for (o->order = 0; o->order < 3 && strcmp(v, names[o->order]); o->order++)
-            ;
-        if (o->order == 3)
-            *s = cm_fail(err, CM_E_USAGE, "option --order: '%s' is not auto, language or scheme",
-                         v);
+    sweep_opts *o = user;
+    switch (id) {
+    case CLI_POS: return cli_stray("sweep", v, err);
+    case 'm': o->model = v; break;
+    case OPT_OUT: o->out = v; break;
+    case OPT_JSON: o->json = v; break;
+    case OPT_PLOT: o->plot = v; break;
+    case OPT_BITS: o->bits = v; break;
+    case OPT_SCHEMES: o->schemes_arg = v; break;
+    case OPT_LANGS: o->langs_arg = v; break;
+    case OPT_CORPUS: o->corpus = v; break;
+    case OPT_SPLIT: o->split = v; break;
+    case OPT_TMPDIR: o->tmpdir = v; break;
+    case OPT_BACKEND: o->backend = v; break;
+    case OPT_CROSS: o->cross = 1; break;
+    case OPT_MAX_TOKENS: return arg_int(a, v, 0, 0x7fffffff, &o->max_tokens, err);
+    case 'c': return arg_int(a, v, 4, 1 << 20, &o->n_ctx, err);
+    case 'b': return arg_int(a, v, 1, 1 << 20, &o->n_batch, err);
+    case OPT_KV: return parse_kv_type(v, &o->kv, err);
+    case OPT_ORDER: return parse_order(o, v, err);
+    default: return arg_threads(v, err);
     }
+    return CM_OK;
 }
 
 static cm_status add_scheme(sweep_opts *o, const cm_qmix *mix, cm_err *err)
@@ -237,28 +246,10 @@ static cm_status check_opts(sweep_opts *o, cm_err *err)
 
 static cm_status parse_opts(int argc, char **argv, sweep_opts *o, int *help, cm_err *err)
 {
-    cm_status s = CM_OK;
-    for (int i = 1; i < argc && !s; i++) {
-        const char *a = argv[i], *v;
-        if (arg_is(a, "-h", "--help")) {
-            *help = 1;
-            return CM_OK;
-        }
-        if (!strcmp(a, "--cross")) {
-            o->cross = 1;
-            continue;
-        }
-        if (a[0] != '-' || !strcmp(a, "-"))
-            return cm_fail(err, CM_E_USAGE, "unexpected argument '%s' (see codemoe sweep --help)",
-                           a);
-        if (!takes_value(a))
-            return cm_fail(err, CM_E_USAGE, "unknown option %s (see codemoe sweep --help)", a);
-        if ((s = arg_value(argc, argv, &i, &v, err)))
-            break;
-        opt_value(o, a, v, &s, err);
-    }
-    if (!s)
-        s = cm_backend_choose(o->backend, &o->be, err);
+    cm_status s = cli_getopt(argc, argv, "sweep", SWEEP_OPTS, sweep_opt, o, help, err);
+    if (s || *help)
+        return s;
+    s = cm_backend_choose(o->backend, &o->be, err);
     return s ? s : check_opts(o, err);
 }
 

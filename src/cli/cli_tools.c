@@ -180,36 +180,51 @@ static void print_memory(const cm_model *m, const cm_backend_ops *be, const cm_p
         print_placement_plan(m, be, place, n_ctx);
 }
 
+enum { OPT_TENSORS = CLI_LONG, OPT_DEVICES, OPT_BACKEND };
+
+static const struct option INFO_OPTS[] = {
+    {"model", required_argument, 0, 'm'}, {"tensors", no_argument, 0, OPT_TENSORS},
+    {"devices", no_argument, 0, OPT_DEVICES}, {"backend", required_argument, 0, OPT_BACKEND},
+    CLI_PLACE_OPTIONS, {0}};
+
+typedef struct {
+    const char *path, *backend;
+    cm_place_opts place;
+    int list, devices;
+} info_opts;
+
+static cm_status info_opt(void *user, int id, const char *flag, const char *v, cm_err *err)
+{
+    info_opts *o = user;
+    switch (id) {
+    case CLI_POS:
+    case 'm':
+        if (o->path)
+            return cm_fail(err, CM_E_USAGE, "info takes one model (got '%s' and '%s')", o->path, v);
+        o->path = v;
+        return CM_OK;
+    case OPT_TENSORS: o->list = 1; return CM_OK;
+    case OPT_DEVICES: o->devices = 1; return CM_OK;
+    case OPT_BACKEND: o->backend = v; return CM_OK;
+    default: return cli_place_opt(id, flag, v, &o->place, err);
+    }
+}
+
 int cli_info(int argc, char **argv)
 {
-    const char *path = NULL, *backend = NULL;
+    info_opts o = {.place = CM_PLACE_AUTO};
     const cm_backend_ops *be;
-    cm_place_opts place = CM_PLACE_AUTO;
-    int list = 0, devices = 0;
     cm_err err = {0};
-    for (int i = 1; i < argc; i++) {
-        if (arg_is(argv[i], "-h", "--help")) {
-            fputs(INFO_HELP, stdout);
-            return 0;
-        } else if (!strcmp(argv[i], "--tensors"))
-            list = 1;
-        else if (!strcmp(argv[i], "--devices"))
-            devices = 1;
-        else if (!strcmp(argv[i], "--backend") && i + 1 < argc)
-            backend = argv[++i];
-        else if (arg_is_place(argv[i]) && i + 1 < argc) {
-            if (arg_place(argv[i], argv[i + 1], &place, &err))
-                return cli_fail(&err);
-            i++;
-        }
-        else if (argv[i][0] == '-' && strcmp(argv[i], "-m"))
-            return cm_fail(&err, CM_E_USAGE, "unknown option %s (see codemoe info --help)", argv[i]),
-                   cli_fail(&err);
-        else if (!strcmp(argv[i], "-m") && i + 1 < argc)
-            path = argv[++i];
-        else
-            path = argv[i];
+    int help = 0;
+    if (cli_getopt(argc, argv, "info", INFO_OPTS, info_opt, &o, &help, &err))
+        return cli_fail(&err);
+    if (help) {
+        fputs(INFO_HELP, stdout);
+        return 0;
     }
+    const char *path = o.path, *backend = o.backend;
+    int list = o.list, devices = o.devices;
+    cm_place_opts place = o.place;
     if (devices && !path) { /* the GPUs each compiled backend sees */
         const cm_backend_ops *o;
         int any = 0;
@@ -296,38 +311,33 @@ typedef struct {
     int verbose;
 } logits_opts;
 
+enum { OPT_IDS = CLI_LONG, OPT_KV, OPT_LBACKEND };
+
+static const struct option LOGITS_OPTS[] = {
+    {"model", required_argument, 0, 'm'}, {"output", required_argument, 0, 'o'},
+    {"ids", required_argument, 0, OPT_IDS}, {"kv-type", required_argument, 0, OPT_KV},
+    {"threads", required_argument, 0, 't'}, {"backend", required_argument, 0, OPT_LBACKEND},
+    {"verbose", no_argument, 0, 'v'}, CLI_PLACE_OPTIONS, {0}};
+
+static cm_status logits_opt(void *user, int id, const char *flag, const char *v, cm_err *err)
+{
+    logits_opts *o = user;
+    switch (id) {
+    case CLI_POS: return cli_stray("logits", v, err);
+    case 'm': o->model = v; return CM_OK;
+    case 'o': o->out = v; return CM_OK;
+    case OPT_IDS: o->ids = v; return CM_OK;
+    case OPT_KV: return parse_kv_type(v, &o->kv, err);
+    case 't': return arg_threads(v, err);
+    case OPT_LBACKEND: o->backend = v; return CM_OK;
+    case 'v': o->verbose = 1; return CM_OK;
+    default: return cli_place_opt(id, flag, v, &o->place, err);
+    }
+}
+
 static cm_status parse_logits(int argc, char **argv, logits_opts *o, int *help, cm_err *err)
 {
-    cm_status s = CM_OK;
-    for (int i = 1; i < argc && !s; i++) {
-        const char *a = argv[i], *v;
-        if (arg_is(a, "-h", "--help")) {
-            *help = 1;
-            return CM_OK;
-        }
-        if (arg_is(a, "-v", "--verbose")) {
-            o->verbose = 1;
-            continue;
-        }
-        if ((s = arg_value(argc, argv, &i, &v, err)))
-            break;
-        if (arg_is(a, "-m", "--model"))
-            o->model = v;
-        else if (arg_is(a, "-o", "--output"))
-            o->out = v;
-        else if (!strcmp(a, "--ids"))
-            o->ids = v;
-        else if (!strcmp(a, "--kv-type"))
-            s = parse_kv_type(v, &o->kv, err);
-        else if (arg_is(a, "-t", "--threads"))
-            s = arg_threads(v, err);
-        else if (!strcmp(a, "--backend"))
-            o->backend = v;
-        else if (arg_is_place(a))
-            s = arg_place(a, v, &o->place, err);
-        else
-            s = cm_fail(err, CM_E_USAGE, "unknown option %s (see codemoe logits --help)", a);
-    }
+    cm_status s = cli_getopt(argc, argv, "logits", LOGITS_OPTS, logits_opt, o, help, err);
     if (!s && !*help && (!o->model || !o->out || !o->ids))
         s = cm_fail(err, CM_E_USAGE, "logits needs -m MODEL, --ids LIST and -o OUT");
     return s;
@@ -389,58 +399,105 @@ int cli_logits(int argc, char **argv)
 
 static const char TOKENIZE_HELP[] =
     "usage: codemoe tokenize -m MODEL (-p TEXT | -f FILE) [--bos]\n"
+    "       codemoe tokenize -m MODEL --infill (--prefix TEXT | --prefix-file FILE)\n"
+    "                        (--suffix TEXT | --suffix-file FILE) [--bos]\n"
     "\n"
     "Prints the token ids of the text as a JSON array on one line.  Special-\n"
-    "token text is treated as plain text; no BOS unless --bos.\n";
+    "token text is treated as plain text; no BOS unless --bos.  -f - reads\n"
+    "standard input.  --infill prints the fill-in-the-middle prompt `codemoe run\n"
+    "--infill` evaluates: <PRE> prefix <SUF> suffix <MID> with the model's own\n"
+    "FIM tokens (a vocabulary without them is refused).\n";
+
+enum { OPT_BOS = CLI_LONG, OPT_INFILL, OPT_PREFIX, OPT_SUFFIX, OPT_PREFIX_FILE, OPT_SUFFIX_FILE };
+
+static const struct option TOKENIZE_OPTS[] = {
+    {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
+    {"file", required_argument, 0, 'f'}, {"bos", no_argument, 0, OPT_BOS},
+    {"infill", no_argument, 0, OPT_INFILL}, {"prefix", required_argument, 0, OPT_PREFIX},
+    {"suffix", required_argument, 0, OPT_SUFFIX},
+    {"prefix-file", required_argument, 0, OPT_PREFIX_FILE},
+    {"suffix-file", required_argument, 0, OPT_SUFFIX_FILE}, {0}};
+
+typedef struct {
+    const char *model;
+    cli_text text, prefix, suffix;
+    int bos, infill;
+} tokenize_opts;
+
+static cm_status tokenize_opt(void *user, int id, const char *flag, const char *v, cm_err *err)
+{
+    tokenize_opts *o = user;
+    switch (id) {
+    case CLI_POS: return cli_stray("tokenize", v, err);
+    case 'm': o->model = v; return CM_OK;
+    case OPT_BOS: o->bos = 1; return CM_OK;
+    case OPT_INFILL: o->infill = 1; return CM_OK;
+    case 'p': case 'f': return cli_text_set(&o->text, flag, v, id == 'f', err);
+    case OPT_PREFIX: case OPT_PREFIX_FILE:
+        return cli_text_set(&o->prefix, flag, v, id == OPT_PREFIX_FILE, err);
+    default: return cli_text_set(&o->suffix, flag, v, id == OPT_SUFFIX_FILE, err);
+    }
+}
+
+static cm_status check_tokenize(const tokenize_opts *o, cm_err *err)
+{
+    if (!o->model)
+        return cm_fail(err, CM_E_USAGE, "tokenize needs -m MODEL (see codemoe tokenize --help)");
+    if (o->infill && (o->text.set || !o->prefix.set || !o->suffix.set))
+        return cm_fail(err, CM_E_USAGE, "--infill needs --prefix/--prefix-file and "
+                       "--suffix/--suffix-file, and no -p or -f");
+    if (!o->infill && (o->prefix.set || o->suffix.set))
+        return cm_fail(err, CM_E_USAGE, "--prefix and --suffix go with --infill");
+    if (!o->infill && !o->text.set)
+        return cm_fail(err, CM_E_USAGE, "tokenize needs -m MODEL and one of -p TEXT or -f FILE");
+    return CM_OK;
+}
+
+static cm_status tokenize_texts(const tokenize_opts *o, const cm_tokenizer *tok, int32_t **ids,
+                                size_t *n, cm_err *err)
+{
+    cli_buf a = {0}, b = {0};
+    cm_status s = cli_text_read(o->infill ? &o->prefix : &o->text, &a, err);
+    if (!s && o->infill)
+        s = cli_text_read(&o->suffix, &b, err);
+    if (!s && o->infill) {
+        s = cm_tokenize_infill(tok, a.p, a.len, b.p, b.len, o->bos, ids, n, err);
+        if (s == CM_E_UNSUPPORTED)
+            s = cm_fail(err, s, "%s has no fill-in-the-middle tokens (%s), so --infill cannot "
+                        "be used", o->model, CLI_FIM_KNOWN);
+    } else if (!s)
+        s = cm_tokenize(tok, a.p, a.len, o->bos, 0, ids, n, err);
+    free(a.p);
+    free(b.p);
+    return s;
+}
 
 int cli_tokenize(int argc, char **argv)
 {
-    const char *model = NULL, *text = NULL, *file = NULL;
-    int bos = 0;
+    tokenize_opts o = {0};
+    int help = 0;
     cm_err err = {0};
-    cm_status s = CM_OK;
-    for (int i = 1; i < argc && !s; i++) {
-        const char *a = argv[i], *v;
-        if (arg_is(a, "-h", "--help")) {
-            fputs(TOKENIZE_HELP, stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--bos")) {
-            bos = 1;
-            continue;
-        }
-        if ((s = arg_value(argc, argv, &i, &v, &err)))
-            break;
-        if (arg_is(a, "-m", "--model"))
-            model = v;
-        else if (arg_is(a, "-p", "--prompt"))
-            text = v;
-        else if (arg_is(a, "-f", "--file"))
-            file = v;
-        else
-            s = cm_fail(&err, CM_E_USAGE, "unknown option %s (see codemoe tokenize --help)", a);
+    cm_status s = cli_getopt(argc, argv, "tokenize", TOKENIZE_OPTS, tokenize_opt, &o, &help, &err);
+    if (!s && help) {
+        fputs(TOKENIZE_HELP, stdout);
+        return 0;
     }
-    if (!s && (!model || !!text == !!file))
-        s = cm_fail(&err, CM_E_USAGE, "tokenize needs -m MODEL and one of -p TEXT or -f FILE");
+    if (!s)
+        s = check_tokenize(&o, &err);
     if (s)
         return cli_fail(&err);
-
-    char *buf = NULL;
-    size_t len = text ? strlen(text) : 0;
     int32_t *ids = NULL;
     size_t n = 0;
     gguf_file f = {0};
     cm_tokenizer *tok = NULL;
-    if (file && (s = read_file(file, &buf, &len, &err)))
-        return cli_fail(&err);
     /* only the tokenizer is loaded, so vocabulary-only files work too */
-    if (!(s = gguf_open(model, &f, &err))) {
+    if (!(s = gguf_open(o.model, &f, &err))) {
         s = cm_tokenizer_load(&f, &tok, &err);
         if (s == CM_E_RANGE)
-            s = cm_fail(&err, CM_E_UNSUPPORTED, "%s has no tokenizer", model);
+            s = cm_fail(&err, CM_E_UNSUPPORTED, "%s has no tokenizer", o.model);
     }
     if (!s)
-        s = cm_tokenize(tok, file ? buf : text, len, bos, 0, &ids, &n, &err);
+        s = tokenize_texts(&o, tok, &ids, &n, &err);
     if (!s) {
         putchar('[');
         for (size_t i = 0; i < n; i++)
@@ -448,7 +505,6 @@ int cli_tokenize(int argc, char **argv)
         puts("]");
     }
     free(ids);
-    free(buf);
     if (tok)
         cm_tokenizer_free(tok);
     gguf_close(&f);

@@ -68,6 +68,7 @@ struct cm_tokenizer {
     uint8_t *attr;            /* CM_TA_* */
     float *score;             /* SPM merge scores */
     int32_t bos, eos, unk, eot, eom, pad;
+    int32_t fim[3];           /* fill-in-the-middle prefix, suffix, middle; -1: none */
     int add_bos, add_space_prefix, ignore_merges;
     int max_tok_len;
     /* special tokens split off before pre-tokenization, longest first */

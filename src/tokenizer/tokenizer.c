@@ -480,6 +480,7 @@ static cm_status detect_special(const gguf_file *f, cm_tokenizer *t, cm_err *err
             mark_eog(t, k);
         }
     }
+    memcpy(t->fim, fim, sizeof t->fim);
     mark_eog(t, fim[3]); /* pad, repo and file separator end generation too */
     mark_eog(t, fim[4]);
     mark_eog(t, fim[5]);
@@ -900,6 +901,60 @@ const char *cm_tok_pre(const cm_tokenizer *t) { return t->pre_name; }
 int cm_tok_is_eog(const cm_tokenizer *t, int32_t id)
 {
     return id >= 0 && id < t->n_vocab && (t->attr[id] & CM_TA_EOG);
+}
+
+int32_t cm_tok_fim(const cm_tokenizer *t, cm_fim_part part)
+{
+    return part >= CM_FIM_PRE && part <= CM_FIM_MID ? t->fim[part] : -1;
+}
+
+/* Appends n ids to *dst (of *len, grown as needed). */
+static cm_status append_ids(int32_t **dst, size_t *len, const int32_t *ids, size_t n, cm_err *err)
+{
+    int32_t *p = realloc(*dst, (*len + n + 1) * sizeof *p);
+    if (!p)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    memcpy(p + *len, ids, n * sizeof *p);
+    *dst = p;
+    *len += n;
+    return CM_OK;
+}
+
+/* llama.cpp's infill prompt (prefix-suffix-middle order, as its server's
+ * format_infill): the texts as plain text, so a file that contains
+ * "<fim_middle>" cannot end the prefix early. */
+cm_status cm_tokenize_infill(const cm_tokenizer *t, const char *prefix, size_t plen,
+                             const char *suffix, size_t slen, int add_bos, int32_t **ids,
+                             size_t *n_ids, cm_err *err)
+{
+    int32_t *pre = NULL, *suf = NULL, *out = NULL;
+    size_t np = 0, ns = 0, n = 0;
+    *ids = NULL;
+    *n_ids = 0;
+    if (t->fim[0] < 0 || t->fim[1] < 0 || t->fim[2] < 0)
+        return cm_fail(err, CM_E_UNSUPPORTED, "the vocabulary has no fill-in-the-middle tokens");
+    cm_status s = cm_tokenize(t, prefix, plen, 0, 0, &pre, &np, err);
+    if (!s)
+        s = cm_tokenize(t, suffix, slen, 0, 0, &suf, &ns, err);
+    if (!s && add_bos && t->bos >= 0)
+        s = append_ids(&out, &n, &t->bos, 1, err);
+    if (!s)
+        s = append_ids(&out, &n, &t->fim[CM_FIM_PRE], 1, err);
+    if (!s)
+        s = append_ids(&out, &n, pre, np, err);
+    if (!s)
+        s = append_ids(&out, &n, &t->fim[CM_FIM_SUF], 1, err);
+    if (!s)
+        s = append_ids(&out, &n, suf, ns, err);
+    if (!s)
+        s = append_ids(&out, &n, &t->fim[CM_FIM_MID], 1, err);
+    free(pre);
+    free(suf);
+    if (s)
+        free(out);
+    else
+        *ids = out, *n_ids = n;
+    return s;
 }
 
 /* ------------------------------------------------------ UTF-8 streaming */

@@ -30,6 +30,12 @@ int32_t cm_tok_bos(const cm_tokenizer *t);     /* -1 if none */
 int32_t cm_tok_eos(const cm_tokenizer *t);     /* -1 if none */
 int cm_tok_add_bos(const cm_tokenizer *t);     /* whether prompts get BOS by default */
 int cm_tok_is_eog(const cm_tokenizer *t, int32_t id); /* eos, eot, eom, ... */
+/* Fill-in-the-middle tokens: from tokenizer.ggml.fim_{pre,suf,mid}_token_id,
+ * else found by their texts as llama.cpp finds them (StarCoder/SantaCoder
+ * <fim_prefix>, DeepSeek-Coder <｜fim▁begin｜>, CodeLlama <PRE> <SUF> <MID>,
+ * Qwen2.5-Coder and CodeGemma <|fim_prefix|>, ...); -1 where absent. */
+typedef enum { CM_FIM_PRE, CM_FIM_SUF, CM_FIM_MID } cm_fim_part;
+int32_t cm_tok_fim(const cm_tokenizer *t, cm_fim_part part);
 const char *cm_tok_model(const cm_tokenizer *t); /* "llama" or "gpt2" */
 const char *cm_tok_pre(const cm_tokenizer *t);   /* pre-tokenizer name or "" */
 
@@ -42,6 +48,13 @@ const char *cm_tok_pre(const cm_tokenizer *t);   /* pre-tokenizer name or "" */
 cm_status cm_tokenize(const cm_tokenizer *t, const char *text, size_t len,
                       int add_bos, int parse_special,
                       int32_t **ids, size_t *n_ids, cm_err *err);
+
+/* [BOS] <PRE> prefix <SUF> suffix <MID>: the prompt a fill-in-the-middle
+ * model completes with the middle.  BOS when add_bos and the vocabulary has
+ * one.  CM_E_UNSUPPORTED when it lacks any of the three FIM tokens. */
+cm_status cm_tokenize_infill(const cm_tokenizer *t, const char *prefix, size_t plen,
+                             const char *suffix, size_t slen, int add_bos, int32_t **ids,
+                             size_t *n_ids, cm_err *err);
 
 /* The bytes token id stands for (byte-level decoding for gpt2, U+2581 ->
  * space and <0xXX> -> byte for llama).  Control tokens give "" unless
