@@ -529,9 +529,12 @@ static cm_status make_device(vk_state *st, cm_err *err)
     VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
                                       .commandPool = st->cmd_pool,
                                       .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
-                                      .commandBufferCount = 1};
-    if ((r = vkAllocateCommandBuffers(st->dev, &ai, &st->cmd)) != VK_SUCCESS)
-        return vk_fail(err, r, "allocating a command buffer");
+                                      .commandBufferCount = 2};
+    VkCommandBuffer cmds[2];
+    if ((r = vkAllocateCommandBuffers(st->dev, &ai, cmds)) != VK_SUCCESS)
+        return vk_fail(err, r, "allocating command buffers");
+    st->cmd = st->eager_cmd = cmds[0];
+    st->replay_cmd = cmds[1];
     VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     if ((r = vkCreateFence(st->dev, &fi, NULL, &st->fence)) != VK_SUCCESS)
         return vk_fail(err, r, "creating a fence");
@@ -550,18 +553,18 @@ static VkResult make_pipeline(vk_state *st, VkShaderModule mod, const VkSpeciali
     return vkCreateComputePipelines(st->dev, VK_NULL_HANDLE, 1, &ci, NULL, out);
 }
 
-/* One layout for every shader: four storage buffers and 128 bytes of push
- * constants. */
+/* One layout for every shader: VK_BINDINGS storage buffers and 128 bytes
+ * of push constants. */
 static cm_status make_pipelines(vk_state *st, cm_err *err)
 {
-    VkDescriptorSetLayoutBinding b[4];
-    for (uint32_t i = 0; i < 4; i++)
+    VkDescriptorSetLayoutBinding b[VK_BINDINGS];
+    for (uint32_t i = 0; i < VK_BINDINGS; i++)
         b[i] = (VkDescriptorSetLayoutBinding){.binding = i,
                                               .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                               .descriptorCount = 1,
                                               .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
     VkDescriptorSetLayoutCreateInfo li = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
-                                          .bindingCount = 4, .pBindings = b};
+                                          .bindingCount = VK_BINDINGS, .pBindings = b};
     VkResult r = vkCreateDescriptorSetLayout(st->dev, &li, NULL, &st->set_layout);
     VkPushConstantRange pc = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .size = 128};
     VkPipelineLayoutCreateInfo pli = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
@@ -569,7 +572,7 @@ static cm_status make_pipelines(vk_state *st, cm_err *err)
                                       .pushConstantRangeCount = 1, .pPushConstantRanges = &pc};
     if (r == VK_SUCCESS)
         r = vkCreatePipelineLayout(st->dev, &pli, NULL, &st->pipe_layout);
-    VkDescriptorPoolSize ps = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 4 * VK_SET_SLOTS / 2};
+    VkDescriptorPoolSize ps = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, VK_BINDINGS * VK_SET_SLOTS / 2};
     VkDescriptorPoolCreateInfo dpi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO,
                                       .maxSets = VK_SET_SLOTS / 2, .poolSizeCount = 1,
                                       .pPoolSizes = &ps};
@@ -664,237 +667,6 @@ void vk_buf_drop(vk_state *st, vk_buf *b)
     memset(b, 0, sizeof *b);
 }
 
-/* ------------------------------------------------------------ recording */
-
-/* Ops record their dispatches into st->cmd; nothing runs until vk_flush
- * submits the lot (where the host needs results: download, synchronize,
- * logits, or before the host writes a buffer), so a batch is one submit
- * and one wait instead of one per dispatch. */
-static void record_begin(vk_state *st)
-{
-    if (st->recording)
-        return;
-    VkCommandBufferBeginInfo begin = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
-                                      .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
-    vk_check(vkBeginCommandBuffer(st->cmd, &begin), "recording");
-    st->recording = 1;
-    st->dirty = 0;
-    st->bound = -1;
-}
-
-#define WRITES (VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT)
-#define STAGES (VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT)
-
-/* Everything recorded so far (shader and transfer writes) finished and
- * visible to what comes next.  One global barrier: ops read and write
- * parts of shared activation buffers, so finer tracking would buy little;
- * only the dispatches of one product (vk_group) skip it. */
-static void barrier(vk_state *st)
-{
-    if (!st->dirty)
-        return;
-    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-                          .srcAccessMask = WRITES,
-                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
-                                           VK_ACCESS_TRANSFER_READ_BIT |
-                                           VK_ACCESS_TRANSFER_WRITE_BIT};
-    vkCmdPipelineBarrier(st->cmd, STAGES, STAGES, 0, 1, &mb, 0, NULL, 0, NULL);
-    st->dirty = 0;
-}
-
-void vk_group(vk_state *st, int on)
-{
-    if (on) {
-        record_begin(st);
-        barrier(st); /* the group's inputs are ready; its members are not ordered */
-    }
-    st->grouped = on;
-}
-
-/* Submits what is recorded and waits for it.  keep_arena: an op being
- * recorded has its host data in the arena already. */
-static void submit_wait(vk_state *st, int keep_arena)
-{
-    if (!st->recording)
-        return;
-    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-                          .srcAccessMask = WRITES,
-                          .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
-    vkCmdPipelineBarrier(st->cmd, STAGES, VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
-    vk_check(vkEndCommandBuffer(st->cmd), "recording");
-    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1,
-                       .pCommandBuffers = &st->cmd};
-    vk_check(vkQueueSubmit(st->queue, 1, &si, st->fence), "submitting");
-    vk_check(vkWaitForFences(st->dev, 1, &st->fence, VK_TRUE, UINT64_MAX), "waiting");
-    vk_check(vkResetFences(st->dev, 1, &st->fence), "resetting a fence");
-    vk_check(vkResetCommandBuffer(st->cmd, 0), "resetting a command buffer");
-    st->recording = 0;
-    st->arena_used = keep_arena ? st->arena_used : 0;
-}
-
-/* Then the host may read what the ops wrote, and write what they read. */
-void vk_flush(vk_state *st) { submit_wait(st, 0); }
-
-/* n bytes of st->rows for an op's host data (row ids, weights), at a
- * 4-byte multiple *at: written now by the host, read when the batch runs,
- * so each op gets its own (the arena starts over after a flush). */
-void *vk_arena(vk_state *st, size_t n, uint32_t *at)
-{
-    n = (n + 3) / 4 * 4;
-    if (n > st->rows.size) {
-        fprintf(stderr, "codemoe: vulkan: %zu bytes of row lists, more than the %llu reserved\n",
-                n, (unsigned long long)st->rows.size);
-        exit(1);
-    }
-    if (st->arena_used + n > st->rows.size)
-        vk_flush(st);
-    *at = (uint32_t)(st->arena_used / 4);
-    st->arena_used += n;
-    return (char *)st->rows.map + (size_t)*at * 4;
-}
-
-/* ------------------------------------------------------------ descriptor sets */
-
-/* A descriptor set per distinct binding of the four buffers (buffer,
- * offset, range), made once and kept: a model's ops bind the same few
- * hundred combinations token after token, so after the first batch a
- * dispatch allocates and writes nothing.  A full table (or a freed buffer,
- * whose handle may come back) starts the table and the pool over. */
-static uint64_t set_hash(const VkDescriptorBufferInfo bi[4])
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (int i = 0; i < 4; i++) {
-        const uint64_t v[3] = {(uint64_t)(uintptr_t)bi[i].buffer, bi[i].offset, bi[i].range};
-        for (int k = 0; k < 3; k++)
-            h = (h ^ v[k]) * 0x100000001b3ull, h ^= h >> 29;
-    }
-    return h;
-}
-
-void vk_sets_reset(vk_state *st)
-{
-    submit_wait(st, 1);
-    vk_check(vkResetDescriptorPool(st->dev, st->desc_pool, 0), "resetting descriptor sets");
-    memset(st->sets, 0, sizeof st->sets);
-    st->n_sets = 0;
-}
-
-static VkDescriptorSet set_for(vk_state *st, const VkDescriptorBufferInfo bi[4])
-{
-    const uint64_t h = set_hash(bi);
-    for (;;) {
-        for (uint32_t k = 0; k < VK_SET_SLOTS; k++) {
-            vk_set_entry *e = &st->sets[(h + k) % VK_SET_SLOTS];
-            if (!e->set)
-                break;
-            if (e->hash == h && !memcmp(e->bi, bi, sizeof e->bi))
-                return e->set;
-        }
-        if (st->n_sets < VK_SET_SLOTS / 2)
-            break;
-        vk_sets_reset(st); /* half full: probes stay short */
-    }
-    vk_set_entry *e = &st->sets[h % VK_SET_SLOTS];
-    for (uint32_t k = 1; e->set; k++)
-        e = &st->sets[(h + k) % VK_SET_SLOTS];
-    VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
-                                      .descriptorPool = st->desc_pool, .descriptorSetCount = 1,
-                                      .pSetLayouts = &st->set_layout};
-    vk_check(vkAllocateDescriptorSets(st->dev, &ai, &e->set), "allocating a descriptor set");
-    VkWriteDescriptorSet w[4];
-    for (uint32_t i = 0; i < 4; i++)
-        w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
-                                      .dstSet = e->set, .dstBinding = i, .descriptorCount = 1,
-                                      .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                                      .pBufferInfo = &bi[i]};
-    vkUpdateDescriptorSets(st->dev, 4, w, 0, NULL);
-    memcpy(e->bi, bi, sizeof e->bi);
-    e->hash = h;
-    st->n_sets++;
-    return e->set;
-}
-
-/* ------------------------------------------------------------ dispatch */
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-/* CODEMOE_VULKAN_PROFILE=1: every dispatch submitted and waited for on
- * its own (so the batch is not what runs), its time added to its
- * shader's, the totals printed when the backend is released. */
-static void profile(vk_state *st, int s, uint32_t groups)
-{
-    const double t0 = now_s();
-    vk_flush(st);
-    st->prof_s[s] += now_s() - t0;
-    st->prof_n[s]++;
-    st->prof_groups[s] += groups;
-}
-
-static void profile_report(vk_state *st)
-{
-    static const char *const names[VK_SHADER_COUNT] = {
-        "add", "swiglu", "gelu", "add_gated", "gather", "scatter_add", "norm",
-        "rope", "kv_store", "attention", "quantize", "matmul", "embed", "matmul_tiled",
-        "attn_prompt", "attn_prompt128"};
-    fprintf(stderr, "[codemoe] vulkan profile (each dispatch waited for):\n");
-    for (int i = 0; i < VK_PIPE_COUNT; i++)
-        if (st->prof_n[i])
-            fprintf(stderr, "  %-12s %8llu dispatches %10.4f s %12llu workgroups\n",
-                    i < VK_SHADER_COUNT ? names[i]
-                    : i < VK_SHADER_COUNT + VK_MM_TYPES ? "matmul" : "matmul_tiled",
-                    (unsigned long long)st->prof_n[i], st->prof_s[i],
-                    (unsigned long long)st->prof_groups[i]);
-}
-
-void vk_dispatch(vk_state *st, int s, vk_buf *const b[4], const void *pc, size_t pc_bytes,
-                 uint32_t x, uint32_t y, uint32_t z)
-{
-    vk_dispatch_at(st, s, b, NULL, NULL, pc, pc_bytes, x, y, z);
-}
-
-void vk_dispatch_at(vk_state *st, int s, vk_buf *const b[4], const VkDeviceSize off[4],
-                    const VkDeviceSize range[4], const void *pc, size_t pc_bytes, uint32_t x,
-                    uint32_t y, uint32_t z)
-{
-    VkDescriptorBufferInfo bi[4];
-    for (int i = 0; i < 4; i++) {
-        const vk_buf *vb = b[i] ? b[i] : &st->dummy;
-        bi[i] = (VkDescriptorBufferInfo){vb->buf, b[i] && off ? off[i] : 0,
-                                         b[i] && range ? range[i] : VK_WHOLE_SIZE};
-    }
-    const VkDescriptorSet set = set_for(st, bi); /* before recording: it may flush */
-    record_begin(st);
-    if (!st->grouped)
-        barrier(st);
-    if (st->bound != s) {
-        vkCmdBindPipeline(st->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, st->pipe[s]);
-        st->bound = s;
-    }
-    vkCmdBindDescriptorSets(st->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, st->pipe_layout, 0, 1, &set, 0,
-                            NULL);
-    vkCmdPushConstants(st->cmd, st->pipe_layout, VK_SHADER_STAGE_COMPUTE_BIT, 0,
-                       (uint32_t)pc_bytes, pc);
-    vkCmdDispatch(st->cmd, x, y, z);
-    st->dirty = 1;
-    if (st->profile)
-        profile(st, s, x * y * z);
-}
-
-/* bytes bytes of b from byte off (multiples of 4) set to 0, in order with
- * the dispatches around it. */
-void vk_fill_zero(vk_state *st, vk_buf *b, VkDeviceSize off, VkDeviceSize bytes)
-{
-    record_begin(st);
-    barrier(st);
-    vkCmdFillBuffer(st->cmd, b->buf, off, bytes, 0);
-    st->dirty = 1;
-}
-
 
 /* ------------------------------------------------------------ the backend */
 
@@ -954,7 +726,8 @@ static size_t vk_state_bytes(const cm_backend_shape *s)
                          : (size_t)hp->n_layer * (kv_cache_bytes(s, hp->head_dim) +
                                                   kv_cache_bytes(s, hp->head_dim_v));
     return kv + (size_t)s->n_ctx * hp->rope_dim * sizeof(float) +
-           rows_bytes(s) + xq_bytes(s) + lout_bytes(s) + STAGE_BYTES;
+           rows_bytes(s) + xq_bytes(s) + lout_bytes(s) + STAGE_BYTES +
+           (size_t)(s->n_batch + 1) * sizeof(int32_t);
 }
 
 static void vk_release(cm_backend *be)
@@ -965,13 +738,15 @@ static void vk_release(cm_backend *be)
     if (st->dev) {
         vk_flush(st);
         if (st->profile)
-            profile_report(st);
+            vk_profile_report(st);
+        vk_stats_report(st);
         vkDeviceWaitIdle(st->dev);
         for (int il = 0; st->k_cache && il < st->hp->n_layer; il++) {
             vk_buf_drop(st, st->k_cache[il]), vk_buf_drop(st, st->v_cache[il]);
             free(st->k_cache[il]), free(st->v_cache[il]);
         }
         vk_buf_drop(st, &st->rope_cs), vk_buf_drop(st, &st->rows), vk_buf_drop(st, &st->dummy);
+        vk_buf_drop(st, &st->io);
         vk_buf_drop(st, &st->xq), vk_buf_drop(st, &st->lout), vk_buf_drop(st, &st->stage);
         for (int i = 0; i < VK_PIPE_COUNT; i++)
             if (st->pipe[i])
@@ -1018,6 +793,8 @@ static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *e
     if (r == VK_SUCCESS)
         r = vk_buf_make_in(st, 16, 1, &st->dummy);
     if (r == VK_SUCCESS)
+        r = vk_buf_make_in(st, (size_t)(s->n_batch + 1) * sizeof(int32_t), 1, &st->io);
+    if (r == VK_SUCCESS)
         r = vk_buf_make(st, xq_bytes(s), &st->xq);
     if (r == VK_SUCCESS)
         r = vk_buf_make_in(st, lout_bytes(s), VK_READBACK, &st->lout);
@@ -1026,6 +803,7 @@ static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *e
     st->xq_blocks = st->xq.size / 40;
     if (r != VK_SUCCESS)
         return vk_fail(err, r, "allocating buffers");
+    memset(st->io.map, 0, st->io.size); /* position 0 until a batch says */
     st->route_floats = (size_t)s->n_batch * (size_t)(hp->n_expert > 0 ? hp->n_expert : 1);
     st->route_host = malloc(st->route_floats * sizeof(float));
     if (!st->route_host)
@@ -1075,6 +853,10 @@ static cm_status vk_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
     const char *prof = getenv("CODEMOE_VULKAN_PROFILE"), *stage = getenv("CODEMOE_VULKAN_STAGING");
     st->profile = prof && !strcmp(prof, "1");
     st->force_staging = stage && !strcmp(stage, "1");
+    const char *fuse = getenv("CODEMOE_VULKAN_FUSE");
+    st->fuse = !fuse || strcmp(fuse, "0") != 0;
+    const char *track = getenv("CODEMOE_VULKAN_TRACK");
+    st->track = !track || strcmp(track, "0") != 0;
     VkResult r = make_instance(st);
     if (r != VK_SUCCESS)
         return cm_fail(err, CM_E_UNSUPPORTED, "vulkan: no usable Vulkan loader or driver "
@@ -1251,10 +1033,10 @@ static void staged(vk_state *st, vk_buf *b, VkDeviceSize off, char *host, size_t
         const size_t n = bytes - done < st->stage.size ? bytes - done : st->stage.size;
         if (up)
             memcpy(st->stage.map, host + done, n);
-        record_begin(st);
-        const VkBufferCopy c = {up ? 0 : off + done, up ? off + done : 0, n};
-        vkCmdCopyBuffer(st->cmd, up ? st->stage.buf : b->buf, up ? b->buf : st->stage.buf, 1, &c);
-        st->dirty = 1;
+        if (up)
+            vk_copy(st, &st->stage, 0, b, off + done, n);
+        else
+            vk_copy(st, b, off + done, &st->stage, 0, n);
         vk_flush(st);
         if (!up)
             memcpy(host + done, st->stage.map, n);
@@ -1337,6 +1119,8 @@ const cm_backend_ops cm_backend_vulkan_ops = {
     .mem_info = vk_mem_info,
     .kv_store = vk_kv_store,
     .attention = vk_attention,
+    .batch_begin = vk_batch_begin,
+    .batch_end = vk_batch_end,
     .has_type = vk_has_type,
     .embed = vk_embed,
     .norm = vk_norm,

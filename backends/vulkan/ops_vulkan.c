@@ -10,27 +10,48 @@
 
 #include "backends/vulkan/vk_internal.h"
 
-#define RUN(st, s, b0, b1, b2, b3, pc, x, y, z)                                   \
+#define RUN(st, s, b0, b1, b2, b3, pc, x, y, z) RUN5(st, s, b0, b1, b2, b3, NULL, pc, x, y, z)
+#define RUN5(st, s, b0, b1, b2, b3, b4, pc, x, y, z)                             \
     do {                                                                         \
-        vk_buf *const bufs_[4] = {b0, b1, b2, b3};                               \
+        vk_buf *const bufs_[VK_OPERANDS] = {b0, b1, b2, b3, b4};                 \
         vk_dispatch(st, s, bufs_, &(pc), sizeof(pc), x, y, z);                   \
     } while (0)
+
+/* An op's start: nothing to do while a recorded step replays; otherwise
+ * what was held back runs first, unless the op takes it over (keep). */
+static int op_begin(vk_state *st, int keep)
+{
+    if (vk_replaying(st))
+        return 1;
+    if (!keep)
+        vk_emit_held(st);
+    return 0;
+}
+
+/* A position as the shaders take it: relative to the batch's first
+ * (io.glsl), so that a recorded step holds no position of its own. */
+static uint32_t rel_pos(const vk_state *st, int p)
+{
+    return (uint32_t)p - st->batch_p0;
+}
 
 void vk_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_tensor *v, int p0)
 {
     vk_state *st = vk_st(be);
+    if (op_begin(st, 0))
+        return;
     const cm_tensor *src[2] = {k, v};
     vk_buf *dst[2] = {st->k_cache[il], st->v_cache[il]};
     for (int i = 0; i < 2; i++) {
         struct {
             uint32_t ox, cols, n, p0, kv;
-        } pc = {vk_off(src[i]), (uint32_t)src[i]->ne[0], (uint32_t)src[i]->ne[1], (uint32_t)p0,
-                (uint32_t)st->kv};
+        } pc = {vk_off(src[i]), (uint32_t)src[i]->ne[0], (uint32_t)src[i]->ne[1],
+                rel_pos(st, p0), (uint32_t)st->kv};
         if (st->kv == 2) {
             /* one thread per pair of q8_0 blocks (17 uints) of the cache
-             * holding one of the blocks stored (all n rows, one grid row) */
-            const uint64_t nb = pc.cols / 32, b0 = (uint64_t)pc.p0 * nb;
-            const uint64_t pairs = ((b0 + pc.n * nb + 1) / 2) - b0 / 2;
+             * holding one of the blocks stored (all n rows, one grid row):
+             * at most n nb / 2 + 1 pairs, whatever the position */
+            const uint64_t pairs = (uint64_t)pc.n * (pc.cols / 32) / 2 + 1;
             RUN(st, VK_SH_KV_STORE, vk_buf_of(src[i]), dst[i], NULL, NULL, pc,
                 vk_groups(pairs, 64), 1, 1);
             continue;
@@ -58,7 +79,7 @@ static int prompt_attention(vk_state *st, int il, const cm_tensor *q, int p0, cm
     struct {
         uint32_t oq, oo, p0, n, n_head, group, d, dv, krow, vrow, kv;
         float scale;
-    } pc = {vk_off(q), vk_off(out), (uint32_t)p0, n, (uint32_t)hp->n_head,
+    } pc = {vk_off(q), vk_off(out), rel_pos(st, p0), n, (uint32_t)hp->n_head,
             (uint32_t)(hp->n_head / hp->n_head_kv), (uint32_t)d, (uint32_t)dv,
             (uint32_t)(hp->n_head_kv * d), (uint32_t)(hp->n_head_kv * dv), (uint32_t)st->kv,
             1.0f / sqrtf((float)d)};
@@ -74,12 +95,12 @@ void vk_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor 
 {
     vk_state *st = vk_st(be);
     const cm_hparams *hp = st->hp;
-    if (prompt_attention(st, il, q, p0, out))
+    if (op_begin(st, 0) || prompt_attention(st, il, q, p0, out))
         return;
     struct {
         uint32_t oq, oo, p0, n_head, group, d, dv, krow, vrow, kv;
         float scale;
-    } pc = {vk_off(q), vk_off(out), (uint32_t)p0, (uint32_t)hp->n_head,
+    } pc = {vk_off(q), vk_off(out), rel_pos(st, p0), (uint32_t)hp->n_head,
             (uint32_t)(hp->n_head / hp->n_head_kv), (uint32_t)hp->head_dim,
             (uint32_t)hp->head_dim_v, 0, 0, (uint32_t)st->kv,
             1.0f / sqrtf((float)hp->head_dim)};
@@ -90,18 +111,31 @@ void vk_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor 
         (uint32_t)q->ne[1], (uint32_t)hp->n_head, 1);
 }
 
+static int same_tensor(const cm_tensor *a, const cm_tensor *b)
+{
+    return a->buf == b->buf && a->offs == b->offs && a->ne[0] == b->ne[0] && a->ne[1] == b->ne[1];
+}
+
+/* The norm of x, after the residual add held back for it (x += y, one
+ * dispatch for both) when that add was to this x. */
 void vk_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
              float eps, int layer_norm, cm_tensor *out)
 {
     vk_state *st = vk_st(be);
+    const int fuse = st->pend_add.held && same_tensor(&st->pend_add.x, x);
+    if (op_begin(st, fuse))
+        return;
+    const cm_tensor *y = fuse ? &st->pend_add.y : NULL;
+    st->pend_add.held = 0;
     const int has_b = layer_norm && cm_tensor_present(b);
     struct {
         uint32_t ox, ow, ob, oo, n, layer_norm, has_b;
         float eps;
+        uint32_t has_y, oy;
     } pc = {vk_off(x), vk_off(w), has_b ? vk_off(b) : 0, vk_off(out), (uint32_t)x->ne[0],
-            (uint32_t)layer_norm, (uint32_t)has_b, eps};
-    RUN(st, VK_SH_NORM, vk_buf_of(x), vk_buf_of(w), has_b ? vk_buf_of(b) : NULL, vk_buf_of(out),
-        pc, (uint32_t)x->ne[1], 1, 1);
+            (uint32_t)layer_norm, (uint32_t)has_b, eps, (uint32_t)(y != NULL), vk_off(y)};
+    RUN5(st, VK_SH_NORM, vk_buf_of(x), vk_buf_of(w), has_b ? vk_buf_of(b) : NULL,
+         vk_buf_of(out), vk_buf_of(y), pc, (uint32_t)x->ne[1], 1, 1);
 }
 
 void vk_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
@@ -109,34 +143,70 @@ void vk_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
     vk_state *st = vk_st(be);
     const cm_hparams *hp = st->hp;
     const int has_norm = cm_tensor_present(norm_w);
-    if (!has_norm && !hp->use_rope)
+    if (op_begin(st, 0) || (!has_norm && !hp->use_rope))
         return;
     struct {
         uint32_t ox, onw, n_heads, head_dim, rope_dim, neox, use_rope, has_norm, p0;
         float eps;
     } pc = {vk_off(x), has_norm ? vk_off(norm_w) : 0, (uint32_t)(x->ne[0] / hp->head_dim),
             (uint32_t)hp->head_dim, (uint32_t)hp->rope_dim, (uint32_t)hp->rope_neox,
-            (uint32_t)hp->use_rope, (uint32_t)has_norm, (uint32_t)p0, hp->norm_eps};
+            (uint32_t)hp->use_rope, (uint32_t)has_norm, rel_pos(st, p0), hp->norm_eps};
     RUN(st, VK_SH_ROPE, vk_buf_of(x), has_norm ? vk_buf_of(norm_w) : NULL, &st->rope_cs, NULL,
         pc, pc.n_heads, (uint32_t)x->ne[1], 1);
 }
 
 void vk_clear(cm_backend *be, cm_tensor *x)
 {
+    if (op_begin(vk_st(be), 0))
+        return;
     vk_fill_zero(vk_st(be), vk_buf_of(x), x->offs, x->nbytes);
 }
 
-void vk_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
+static void swiglu_now(vk_state *st, const cm_tensor *a, const cm_tensor *b)
 {
     struct {
         uint32_t oa, ob, n;
     } pc = {vk_off(a), vk_off(b), (uint32_t)(a->ne[0] * a->ne[1])};
-    RUN(vk_st(be), VK_SH_SWIGLU, vk_buf_of(a), vk_buf_of(b), NULL, NULL, pc, vk_groups(pc.n, 64),
-        1, 1);
+    RUN(st, VK_SH_SWIGLU, vk_buf_of(a), vk_buf_of(b), NULL, NULL, pc, vk_groups(pc.n, 64), 1, 1);
+}
+
+static void add_now(vk_state *st, const cm_tensor *x, const cm_tensor *y)
+{
+    struct {
+        uint32_t ox, oy, n;
+    } pc = {vk_off(x), vk_off(y), (uint32_t)(x->ne[0] * x->ne[1])};
+    RUN(st, VK_SH_ADD, vk_buf_of(x), vk_buf_of(y), NULL, NULL, pc, vk_groups(pc.n, 64), 1, 1);
+}
+
+/* What is held back runs as an op of its own after all: the next op was
+ * not one to take it over, or the batch is being submitted. */
+void vk_emit_held(vk_state *st)
+{
+    if (st->pend_add.held) {
+        st->pend_add.held = 0;
+        add_now(st, &st->pend_add.x, &st->pend_add.y);
+    }
+    if (st->pend_glu.held) {
+        st->pend_glu.held = 0;
+        swiglu_now(st, &st->pend_glu.a, &st->pend_glu.b);
+    }
+}
+
+/* Held back: the product of a that follows may compute it as it reads a
+ * (vk_matmul), so a itself is then never written.  The forward pass reads
+ * a swiglu's result only as the input of the next product. */
+void vk_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
+{
+    vk_state *st = vk_st(be);
+    if (op_begin(st, 0))
+        return;
+    swiglu_now(st, a, b);
 }
 
 void vk_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out)
 {
+    if (op_begin(vk_st(be), 0))
+        return;
     struct {
         uint32_t ox, oo, n;
     } pc = {vk_off(x), vk_off(out), (uint32_t)(x->ne[0] * x->ne[1])};
@@ -144,17 +214,26 @@ void vk_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out)
         1, 1);
 }
 
+/* Held back for the norm of x that usually follows (the residual stream:
+ * vk_norm adds and normalises in one dispatch). */
 void vk_add(cm_backend *be, cm_tensor *x, const cm_tensor *y)
 {
-    struct {
-        uint32_t ox, oy, n;
-    } pc = {vk_off(x), vk_off(y), (uint32_t)(x->ne[0] * x->ne[1])};
-    RUN(vk_st(be), VK_SH_ADD, vk_buf_of(x), vk_buf_of(y), NULL, NULL, pc, vk_groups(pc.n, 64), 1,
-        1);
+    vk_state *st = vk_st(be);
+    if (op_begin(st, 0))
+        return;
+    if (st->fuse) {
+        st->pend_add.held = 1;
+        st->pend_add.x = *x;
+        st->pend_add.y = *y;
+        return;
+    }
+    add_now(st, x, y);
 }
 
 void vk_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const cm_tensor *gate)
 {
+    if (op_begin(vk_st(be), 0))
+        return;
     const int has_gate = cm_tensor_present(gate);
     struct {
         uint32_t oo, oy, og, E, n_rows, has_gate;
@@ -169,6 +248,8 @@ void vk_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const cm_t
 void vk_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n, cm_tensor *dst)
 {
     vk_state *st = vk_st(be);
+    if (op_begin(st, 0))
+        return;
     uint32_t at;
     memcpy(vk_arena(st, (size_t)n * sizeof(int32_t), &at), rows, (size_t)n * sizeof(int32_t));
     struct {
@@ -182,6 +263,8 @@ void vk_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, const 
                     const float *wts, int n)
 {
     vk_state *st = vk_st(be);
+    if (op_begin(st, 0))
+        return;
     uint32_t at;
     char *a = vk_arena(st, (size_t)n * 2 * sizeof(int32_t), &at);
     memcpy(a, rows, (size_t)n * sizeof(int32_t));
@@ -292,10 +375,11 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, vk_buf
         uint32_t type, ox, ow, ob, has_b, oy, cols, rows, n, tpc;
     } pc = {type_code(w->type), ox, wv.h, bv.h, (uint32_t)has_b, oy, (uint32_t)w->ne[0],
             rows, (uint32_t)n, 0};
-    vk_buf *const bufs[4] = {xb, wv.b, has_b ? bv.b : NULL, yb};
-    const VkDeviceSize off[4] = {0, wv.off, bv.off, 0};
-    const VkDeviceSize range[4] = {VK_WHOLE_SIZE, wv.range, has_b ? bv.range : VK_WHOLE_SIZE,
-                                   VK_WHOLE_SIZE};
+    vk_buf *const bufs[VK_OPERANDS] = {xb, wv.b, has_b ? bv.b : NULL, yb, NULL};
+    const VkDeviceSize off[VK_OPERANDS] = {0, wv.off, bv.off, 0, 0};
+    const VkDeviceSize range[VK_OPERANDS] = {VK_WHOLE_SIZE, wv.range,
+                                             has_b ? bv.range : VK_WHOLE_SIZE, VK_WHOLE_SIZE,
+                                             VK_WHOLE_SIZE};
     if (quantized(w->type) && st->tile_min && n >= st->tile_min) {
         /* matmul_tiled.comp: a workgroup per tile of rows x tokens */
         vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, 1), bufs, off, range, &pc, sizeof pc,
@@ -338,6 +422,8 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
                const cm_tensor *x, cm_tensor *const *ys)
 {
     vk_state *st = vk_st(be);
+    if (op_begin(st, 0))
+        return;
     const int64_t n = x->ne[1];
     int any_q[3] = {0, 0, 0};
     int64_t cols = 0;
@@ -375,12 +461,19 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
 }
 
 /* The product into st->lout, a few tokens at a time, each then submitted
- * (with the batch before it) and waited for, and copied to host. */
+ * (with the batch before it) and waited for, and copied to host; the one
+ * row of a recorded step is copied when the step has run (vk_batch_end). */
 void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
                float *host)
 {
     vk_state *st = vk_st(be);
     const int64_t n = x->ne[1], cols = w->ne[0], rows = w->ne[1];
+    if (st->mode != VK_EAGER && n == 1) {
+        st->logits_dst = host;
+        st->logits_bytes = (size_t)rows * sizeof(float);
+    }
+    if (op_begin(st, 0))
+        return;
     const int q = quantized(w->type);
     int64_t per = (int64_t)(st->lout.size / ((uint64_t)rows * sizeof(float)));
     if (per < 1) {
@@ -398,32 +491,41 @@ void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_
             quantize_rows(st, x, cols, t0, m, q);
         product(st, w, b, q ? &st->xq : vk_buf_of(x), q ? 0 : vk_off(x) + (uint32_t)(t0 * cols),
                 m, &st->lout, 0);
+        if (st->mode == VK_CAPTURE) /* (copied once the step has run) */
+            return;
         vk_flush(st);
         memcpy(host + t0 * rows, st->lout.map, (size_t)(m * rows) * sizeof(float));
     }
 }
 
-/* The ids go through st->rows' arena (n_batch of them at a time). */
+/* The batch's own ids are read from st->io (batch_begin put them there:
+ * so a recorded step reads each step's id); others go through st->rows'
+ * arena (n_batch of them at a time). */
 void vk_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,
               const int32_t *ids, int n, int p0, cm_tensor *out)
 {
     vk_state *st = vk_st(be);
+    if (op_begin(st, 0))
+        return;
     const int has_pos = cm_tensor_present(pos_table);
+    const int batch = ids == st->batch_ids && n == st->batch_n && n <= st->n_batch;
     const vk_view tv = view_of(st, table), pv = has_pos ? view_of(st, pos_table) : (vk_view){0};
     const uint32_t E = (uint32_t)table->ne[0];
-    vk_buf *const bufs[4] = {tv.b, has_pos ? pv.b : NULL, &st->rows, vk_buf_of(out)};
-    const VkDeviceSize off[4] = {tv.off, pv.off, 0, 0};
-    const VkDeviceSize range[4] = {tv.range, has_pos ? pv.range : VK_WHOLE_SIZE, VK_WHOLE_SIZE,
-                                   VK_WHOLE_SIZE};
+    vk_buf *const bufs[VK_OPERANDS] = {tv.b, has_pos ? pv.b : NULL, batch ? &st->io : &st->rows,
+                                       vk_buf_of(out), NULL};
+    const VkDeviceSize off[VK_OPERANDS] = {tv.off, pv.off, 0, 0, 0};
+    const VkDeviceSize range[VK_OPERANDS] = {tv.range, has_pos ? pv.range : VK_WHOLE_SIZE,
+                                             VK_WHOLE_SIZE, VK_WHOLE_SIZE, VK_WHOLE_SIZE};
     for (int t0 = 0; t0 < n; t0 += st->n_batch) {
         const int m = n - t0 < st->n_batch ? n - t0 : st->n_batch;
-        uint32_t at;
-        memcpy(vk_arena(st, (size_t)m * sizeof(int32_t), &at), ids + t0,
-               (size_t)m * sizeof(int32_t));
+        uint32_t at = 1; /* (io: the ids after the position) */
+        if (!batch)
+            memcpy(vk_arena(st, (size_t)m * sizeof(int32_t), &at), ids + t0,
+                   (size_t)m * sizeof(int32_t));
         struct {
             uint32_t tt, ot, pt, op, has_pos, E, n, p0, oo, oi;
         } pc = {type_code(table->type), tv.h, has_pos ? type_code(pos_table->type) : 0, pv.h,
-                (uint32_t)has_pos, E, (uint32_t)m, (uint32_t)(p0 + t0),
+                (uint32_t)has_pos, E, (uint32_t)m, rel_pos(st, p0 + t0),
                 vk_off(out) + (uint32_t)t0 * E, at};
         vk_dispatch_at(st, VK_SH_EMBED, bufs, off, range, &pc, sizeof pc, vk_groups(E, 64),
                        (uint32_t)m, 1);

@@ -15,9 +15,15 @@ typedef struct {
     VkDeviceSize counted; /* bytes of it in vk_state's allocated (mem_type's heap) */
 } vk_buf;
 
-/* A descriptor set kept for one binding of the four buffers. */
+/* Every shader's bindings: operands 0 .. VK_OPERANDS - 1 (as each shader
+ * declares them), then the batch's io words (io.glsl). */
+#define VK_OPERANDS 5
+#define VK_IO_BINDING 5
+#define VK_BINDINGS 6
+
+/* A descriptor set kept for one binding of the buffers. */
 typedef struct {
-    VkDescriptorBufferInfo bi[4];
+    VkDescriptorBufferInfo bi[VK_BINDINGS];
     uint64_t hash;
     VkDescriptorSet set;
 } vk_set_entry;
@@ -31,6 +37,11 @@ typedef struct {
 #define VK_TILE_TOKENS 64
 
 #define VK_SET_SLOTS 4096 /* the table; the pool holds half as many sets */
+#define VK_TRACK 24       /* buffers followed between barriers (record.c) */
+
+/* How a batch's ops reach the device (record.c): recorded and submitted,
+ * recorded as a generation step to replay, or that record replayed. */
+enum { VK_EAGER = 0, VK_CAPTURE = 1, VK_REPLAY = 2 };
 
 /* The Vulkan version the instance asks for (make_instance): the core
  * versions of the feature queries are used only up to it. */
@@ -72,7 +83,8 @@ typedef struct {
     VkDevice dev;
     VkQueue queue;
     VkCommandPool cmd_pool;
-    VkCommandBuffer cmd;
+    VkCommandBuffer cmd; /* the one being recorded: eager_cmd or replay_cmd */
+    VkCommandBuffer eager_cmd, replay_cmd;
     VkFence fence;
     VkDescriptorSetLayout set_layout;
     VkPipelineLayout pipe_layout;
@@ -117,11 +129,43 @@ typedef struct {
     uint64_t xq_blocks;
     VkDeviceSize align;     /* minStorageBufferOffsetAlignment (at least 4) */
     VkDeviceSize max_range; /* maxStorageBufferRange */
-    /* the batch being recorded (backend_vulkan.c's recording section) */
-    int recording; /* cmd has begun */
-    int dirty;     /* something recorded since the last barrier */
+    /* the batch being recorded (record.c) */
+    int recording;    /* cmd has begun */
+    int after_submit; /* nothing recorded since it began: the next waits */
+    VkBuffer wrote[VK_TRACK], read[VK_TRACK]; /* since the last barrier */
+    int n_wrote, n_read;                      /* n_wrote -1: lost count */
     int grouped;   /* dispatches of one product: no barriers between them */
+    VkBuffer group_wrote[VK_TRACK]; /* written by the group's members */
+    int n_group;
+    int track;     /* barriers only on hazards (else before every dispatch:
+                    * CODEMOE_VULKAN_TRACK=0) */
     int bound;     /* the pipeline bound, -1 none */
+    uint64_t dispatches, barriers; /* recorded so far (vk_stats_report) */
+    uint64_t captures, replays;
+    /* io: host-visible words the shaders read at binding VK_IO_BINDING:
+     * [0] the batch's first position (ops push positions relative to it),
+     * [1 ..] its token ids */
+    vk_buf io;
+    uint32_t batch_p0;
+    const int32_t *batch_ids; /* the batch's ids (embed reads them from io) */
+    int batch_n;
+    int mode;                 /* VK_EAGER, VK_CAPTURE or VK_REPLAY */
+    int ops_seen, ops_recorded;
+    int replay_ready;         /* replay_cmd holds a generation step */
+    int replay_off, capture_breaks;
+    float *logits_dst;        /* logits in lout, copied there after the wait */
+    size_t logits_bytes;
+    /* ops held back to run fused with the op after them (ops_vulkan.c),
+     * unless CODEMOE_VULKAN_FUSE=0 (fuse 0) */
+    int fuse;
+    struct {
+        int held;
+        cm_tensor x, y;
+    } pend_add;  /* x += y, for the norm of x that follows */
+    struct {
+        int held;
+        cm_tensor a, b;
+    } pend_glu;  /* a = silu(a) * b, for the product of a that follows */
     VkDeviceSize arena_used; /* bytes of rows handed out since the last flush */
     int profile; /* CODEMOE_VULKAN_PROFILE=1: each dispatch timed alone */
     double prof_s[VK_PIPE_COUNT];
@@ -145,14 +189,14 @@ void vk_buf_drop(vk_state *st, vk_buf *b);
  * workgroups with buffers b (NULL: a dummy) and push constants pc, after a
  * barrier on what came before (but within a group); it runs at the next
  * vk_flush. */
-void vk_dispatch(vk_state *st, int s, vk_buf *const b[4], const void *pc, size_t pc_bytes,
-                 uint32_t x, uint32_t y, uint32_t z);
+void vk_dispatch(vk_state *st, int s, vk_buf *const b[VK_OPERANDS], const void *pc,
+                 size_t pc_bytes, uint32_t x, uint32_t y, uint32_t z);
 /* The same with binding i at byte off[i] of its buffer (a multiple of
  * st->align), range[i] bytes (VK_WHOLE_SIZE: the rest); off, range NULL:
  * whole buffers. */
-void vk_dispatch_at(vk_state *st, int s, vk_buf *const b[4], const VkDeviceSize off[4],
-                    const VkDeviceSize range[4], const void *pc, size_t pc_bytes, uint32_t x,
-                    uint32_t y, uint32_t z);
+void vk_dispatch_at(vk_state *st, int s, vk_buf *const b[VK_OPERANDS],
+                    const VkDeviceSize off[VK_OPERANDS], const VkDeviceSize range[VK_OPERANDS],
+                    const void *pc, size_t pc_bytes, uint32_t x, uint32_t y, uint32_t z);
 
 /* The pipeline index of the product of weight type code t (made if new):
  * matmul.comp's, or matmul_tiled.comp's (tiled). */
@@ -168,6 +212,19 @@ void vk_fill_zero(vk_state *st, vk_buf *b, VkDeviceSize off, VkDeviceSize bytes)
 void *vk_arena(vk_state *st, size_t n, uint32_t *at);
 /* Forgets every descriptor set (a buffer is going away). */
 void vk_sets_reset(vk_state *st);
+/* Records a copy of n bytes from byte so of src to byte d of dst. */
+void vk_copy(vk_state *st, vk_buf *src, VkDeviceSize so, vk_buf *dst, VkDeviceSize d,
+             VkDeviceSize n);
+/* The backend's batch_begin and batch_end (record.c). */
+void vk_batch_begin(cm_backend *be, const int32_t *ids, int n, int p0, int n_out, int replayable);
+void vk_batch_end(cm_backend *be);
+/* Every op starts with it: 1 when a recorded step replays (the op has
+ * nothing to do). */
+int vk_replaying(vk_state *st);
+/* Records the ops held back for fusion (ops_vulkan.c): before a submit. */
+void vk_emit_held(vk_state *st);
+void vk_profile_report(vk_state *st);
+void vk_stats_report(const vk_state *st);
 
 static inline vk_buf *vk_buf_of(const cm_tensor *t)
 {

@@ -57,6 +57,7 @@ shared float qd[8]; // and its blocks' scales (the f16 values)
 shared float scores[SC];
 
 #include "q8_0.glsl"
+#include "io.glsl"
 
 float round_f16(float v) { return f16_val(f16_bits(floatBitsToUint(v))); }
 
@@ -129,7 +130,7 @@ float score_again(uint j) { return j < SC ? scores[j] : score(j); }
 void main()
 {
     const uint tid = gl_LocalInvocationID.x, t = gl_WorkGroupID.x, h = gl_WorkGroupID.y;
-    const uint g = h / p.group, last = p.p0 + t;
+    const uint g = h / p.group, last = batch_pos(p.p0) + t;
     const uint qrow = p.oq + (t * p.n_head + h) * p.d, orow = p.oo + (t * p.n_head + h) * p.dv;
     kbase = g * p.d;
     const uint vbase = g * p.dv;

@@ -65,6 +65,7 @@ shared vec4 vs[BK * D4];
 shared float ps[BR * PS]; // the weights (and first the combining of maxima)
 
 #include "q8_0.glsl"
+#include "io.glsl"
 
 float round_f16(float v) { return f16_val(f16_bits(floatBitsToUint(v))); }
 
@@ -146,9 +147,9 @@ void main()
     const uint tid = gl_LocalInvocationID.x, r = tid / TPR, c = tid % TPR;
     const uint blk = gl_NumWorkGroups.x - 1u - gl_WorkGroupID.x, h = gl_WorkGroupID.y;
     const uint g = h / p.group, t0 = blk * BR, rows = min(BR, p.n - t0);
-    const uint last = p.p0 + t0 + rows - 1u; // the block's last key
+    const uint p0 = batch_pos(p.p0), last = p0 + t0 + rows - 1u; // the block's last key
     const bool valid = r < rows;
-    const uint mine = p.p0 + t0 + r; // this row's last key (when valid)
+    const uint mine = p0 + t0 + r; // this row's last key (when valid)
     const float ninf = uintBitsToFloat(0xFF800000u);
 
     // the block's queries, as the reference dots them

@@ -20,6 +20,7 @@ layout(std430, set = 0, binding = 3) writeonly buffer B_3 { uint d[]; } o;
 layout(push_constant) uniform P { uint tt, ot, pt, op, has_pos, E, n, p0, oo, oi; } p;
 
 #include "q8_0.glsl"
+#include "io.glsl"
 
 // halfword h of the table (which 0) or of the positions (which 1)
 uint half_at(uint which, uint h)
@@ -131,7 +132,7 @@ void main()
         return;
     uint v = value(0u, p.tt, p.ot, ids.d[p.oi + t], c);
     if (p.has_pos != 0u) {
-        precise float s = uintBitsToFloat(v) + uintBitsToFloat(value(1u, p.pt, p.op, p.p0 + t, c));
+        precise float s = uintBitsToFloat(v) + uintBitsToFloat(value(1u, p.pt, p.op, batch_pos(p.p0) + t, c));
         v = floatBitsToUint(s);
     }
     o.d[p.oo + t * p.E + c] = v;

@@ -22,11 +22,14 @@ layout(std430, set = 0, binding = 1) buffer B_1 { uint d[]; } cache;
 layout(push_constant) uniform P { uint ox, cols, n, p0, kv; } p;
 
 #include "q8_0.glsl"
+#include "io.glsl"
+
+uint p0;
 
 // Q8_0: blocks 2P and 2P + 1 of the cache, those of them being stored.
 void store_q8()
 {
-    const uint nb = p.cols / 32u, b0 = p.p0 * nb, b1 = (p.p0 + p.n) * nb;
+    const uint nb = p.cols / 32u, b0 = p0 * nb, b1 = (p0 + p.n) * nb;
     const uint P = b0 / 2u + gl_GlobalInvocationID.x;
     if (2u * P >= b1)
         return;
@@ -37,7 +40,7 @@ void store_q8()
         has[k] = b >= b0 && b < b1;
         if (!has[k])
             continue;
-        const uint src = p.ox + (b / nb - p.p0) * p.cols + (b % nb) * 32u;
+        const uint src = p.ox + (b / nb - p0) * p.cols + (b % nb) * 32u;
         for (uint j = 0u; j < 32u; j++)
             xv[j] = x.d[src + j];
         q8_block();
@@ -58,6 +61,7 @@ void store_q8()
 
 void main()
 {
+    p0 = batch_pos(p.p0);
     if (p.kv == 2u) {
         store_q8();
         return;
@@ -65,7 +69,7 @@ void main()
     const uint c = gl_GlobalInvocationID.x, t = gl_WorkGroupID.y;
     if (t >= p.n)
         return;
-    const uint src = p.ox + t * p.cols, row = (p.p0 + t) * p.cols;
+    const uint src = p.ox + t * p.cols, row = (p0 + t) * p.cols;
     if (p.kv == 0u) {
         if (c < p.cols)
             cache.d[row + c] = floatBitsToUint(x.d[src + c]);

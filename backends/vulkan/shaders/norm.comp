@@ -6,6 +6,9 @@
 // and the scale is (float)(1.0 / sqrt(ss / n + eps)), as the reference
 // computes it, so the scale (and hence the row) is almost always the
 // reference's to the bit; without it everything is float.
+// has_y: x += y first (the residual add held back for this norm, one
+// dispatch for both), each element written back by the thread that reads
+// it after, as the float sum the reference's add stores.
 // Sums: each thread a strided partial, then a fixed shared-memory tree, so
 // the result does not depend on scheduling.  Grid (n_rows).
 #ifdef USE_F64
@@ -16,12 +19,17 @@
 
 layout(local_size_x = 256) in;
 
-layout(std430, set = 0, binding = 0) readonly buffer B_0 { float d[]; } x;
+layout(std430, set = 0, binding = 0) buffer B_0 { float d[]; } x;
 layout(std430, set = 0, binding = 1) readonly buffer B_1 { float d[]; } w;
 layout(std430, set = 0, binding = 2) readonly buffer B_2 { float d[]; } b;
 layout(std430, set = 0, binding = 3) buffer B_3 { float d[]; } o;
+layout(std430, set = 0, binding = 4) readonly buffer B_4 { float d[]; } y;
 
-layout(push_constant) uniform P { uint ox, ow, ob, oo, n, layer_norm, has_b; float eps; } p;
+layout(push_constant) uniform P {
+    uint ox, ow, ob, oo, n, layer_norm, has_b;
+    float eps;
+    uint has_y, oy;
+} p;
 
 shared acc_t red[256];
 
@@ -45,6 +53,13 @@ void main()
 {
     const uint tid = gl_LocalInvocationID.x, n = p.n;
     const uint xr = p.ox + gl_WorkGroupID.x * n, orow = p.oo + gl_WorkGroupID.x * n;
+    if (p.has_y != 0u) {
+        const uint yr = p.oy + gl_WorkGroupID.x * n;
+        for (uint i = tid; i < n; i += 256u) {
+            precise float s = x.d[xr + i] + y.d[yr + i];
+            x.d[xr + i] = s;
+        }
+    }
     if (p.layer_norm == 0u) {
         precise acc_t ss = acc_t(0);
         for (uint i = tid; i < n; i += 256u)

@@ -25,6 +25,9 @@ layout(push_constant) uniform P {
     float eps;
 } p;
 
+#extension GL_GOOGLE_include_directive : require
+#include "io.glsl"
+
 shared acc_t red[64];
 
 acc_t block_sum(acc_t v)
@@ -67,7 +70,7 @@ void main()
         scale = float(acc_t(1) / sqrt(block_sum(ss) / acc_t(hd) + acc_t(p.eps)));
     }
     const uint half_ = p.use_rope != 0u ? p.rope_dim / 2u : 0u;
-    const uint row = (p.p0 + t) * p.rope_dim;
+    const uint row = (batch_pos(p.p0) + t) * p.rope_dim;
     for (uint i = tid; i < half_; i += 64u) {
         const uint a = p.neox != 0u ? i : 2u * i, b = p.neox != 0u ? i + half_ : 2u * i + 1u;
         const float c = cs.d[row + 2u * i], s = cs.d[row + 2u * i + 1u];
