@@ -200,6 +200,12 @@ void vk_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
     vk_state *st = vk_st(be);
     if (op_begin(st, 0))
         return;
+    if (st->fuse && st->inline_n) {
+        st->pend_glu.held = 1;
+        st->pend_glu.a = *a;
+        st->pend_glu.b = *b;
+        return;
+    }
     swiglu_now(st, a, b);
 }
 
@@ -362,28 +368,42 @@ static void quantize_rows(vk_state *st, const cm_tensor *x, int64_t cols, int64_
         groups > 65535 ? 65535 : (uint32_t)groups, 1, 1);
 }
 
-/* y = x w^T (+ b) for n tokens: x is F32 rows from element ox of xb (F32
- * and F16 weights) or st->xq's blocks from its start (the block types); y rows
- * of w->ne[1] floats from element oy of yb. */
-static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, vk_buf *xb,
-                    uint32_t ox, int64_t n, vk_buf *yb, uint32_t oy)
+/* Where a product's activations come from: quantize.comp's blocks at
+ * element ox of b (or F32 rows there, for the float weights), or, with
+ * in_ set, F32 rows the product quantizes itself (matmul.comp's XS), of
+ * silu(x) * g when glu. */
+typedef struct {
+    vk_buf *b;
+    uint32_t ox;
+    int in_;
+    vk_buf *g;
+    uint32_t og;
+    int glu;
+} vk_act;
+
+/* y = x w^T (+ b) for n tokens: y rows of w->ne[1] floats from element oy
+ * of yb. */
+static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, const vk_act *x,
+                    int64_t n, vk_buf *yb, uint32_t oy)
 {
     const int has_b = b && cm_tensor_present(b);
     const vk_view wv = view_of(st, w), bv = has_b ? view_of(st, b) : (vk_view){0};
     const uint32_t rows = (uint32_t)w->ne[1];
     struct {
-        uint32_t type, ox, ow, ob, has_b, oy, cols, rows, n, tpc;
-    } pc = {type_code(w->type), ox, wv.h, bv.h, (uint32_t)has_b, oy, (uint32_t)w->ne[0],
-            rows, (uint32_t)n, 0};
-    vk_buf *const bufs[VK_OPERANDS] = {xb, wv.b, has_b ? bv.b : NULL, yb, NULL};
+        uint32_t type, ox, ow, ob, has_b, oy, cols, rows, n, tpc, xf, glu, og;
+    } pc = {type_code(w->type), x->in_ ? 0 : x->ox, wv.h, bv.h, (uint32_t)has_b, oy,
+            (uint32_t)w->ne[0], rows, (uint32_t)n, 0, x->ox, (uint32_t)x->glu, x->og};
+    vk_buf *const bufs[VK_OPERANDS] = {x->b, wv.b, has_b ? bv.b : NULL, yb,
+                                       x->glu ? x->g : NULL};
     const VkDeviceSize off[VK_OPERANDS] = {0, wv.off, bv.off, 0, 0};
     const VkDeviceSize range[VK_OPERANDS] = {VK_WHOLE_SIZE, wv.range,
                                              has_b ? bv.range : VK_WHOLE_SIZE, VK_WHOLE_SIZE,
                                              VK_WHOLE_SIZE};
-    if (quantized(w->type) && st->tile_min && n >= st->tile_min) {
+    if (!x->in_ && quantized(w->type) && st->tile_min && n >= st->tile_min) {
         /* matmul_tiled.comp: a workgroup per tile of rows x tokens */
-        vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, 1), bufs, off, range, &pc, sizeof pc,
-                       vk_groups(rows, VK_TILE_ROWS), vk_groups((uint64_t)n, VK_TILE_TOKENS), 1);
+        vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, VK_MM_TILED), bufs, off, range, &pc,
+                       sizeof pc, vk_groups(rows, VK_TILE_ROWS),
+                       vk_groups((uint64_t)n, VK_TILE_TOKENS), 1);
         return;
     }
     /* a workgroup per st->mm_rows rows (matmul.comp's RW): (gx, gy) over
@@ -393,14 +413,14 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, vk_buf
     enum { MM_SPREAD = 256, MM_PASS = 8 };
     const uint32_t groups = vk_groups(rows, st->mm_rows), gx = groups < 32768 ? groups : 32768;
     uint32_t chunks = 1;
-    if (groups < MM_SPREAD && n > MM_PASS) {
+    if (!x->in_ && groups < MM_SPREAD && n > MM_PASS) {
         const uint32_t passes = vk_groups((uint64_t)n, MM_PASS), want = vk_groups(MM_SPREAD, groups);
         chunks = want < passes ? want : passes;
         pc.tpc = vk_groups(passes, chunks) * MM_PASS;
         chunks = vk_groups((uint64_t)n, pc.tpc);
     }
-    vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, 0), bufs, off, range, &pc, sizeof pc, gx,
-                   vk_groups(groups, gx), chunks);
+    vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, x->in_ ? VK_MM_INLINE : VK_MM_PLAIN), bufs,
+                   off, range, &pc, sizeof pc, gx, vk_groups(groups, gx), chunks);
 }
 
 /* How many tokens of cols columns fit st->xq at once (fatal if none): 40
@@ -418,26 +438,46 @@ static int64_t xq_tokens(vk_state *st, int64_t cols, int kind)
     return per;
 }
 
+/* Whether products of x (n rows) by these weights quantize x themselves:
+ * few tokens, every weight a block type, within the shared memory
+ * reserved (pick_inline).  Then a generated token's products need no
+ * quantize.comp dispatch and no barrier after one. */
+static int inline_ok(const vk_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *x)
+{
+    if (x->ne[1] > st->inline_n || x->ne[0] * x->ne[1] > (int64_t)st->xs_uints / 10 * 32)
+        return 0;
+    for (int i = 0; i < nw; i++)
+        if (!quantized(ws[i]->type))
+            return 0;
+    return 1;
+}
+
 void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,
                const cm_tensor *x, cm_tensor *const *ys)
 {
     vk_state *st = vk_st(be);
-    if (op_begin(st, 0))
+    const int in_ = inline_ok(st, nw, ws, x);
+    const int glu = in_ && st->pend_glu.held && same_tensor(&st->pend_glu.a, x);
+    if (op_begin(st, glu))
         return;
+    st->pend_glu.held = 0;
     const int64_t n = x->ne[1];
+    vk_act a = {vk_buf_of(x), vk_off(x), in_, NULL, 0, glu};
+    if (glu)
+        a.g = vk_buf_of(&st->pend_glu.b), a.og = vk_off(&st->pend_glu.b);
     int any_q[3] = {0, 0, 0};
     int64_t cols = 0;
-    /* float weights multiply x itself; the products of one input write
-     * different outputs, so they are a group (no barriers between them) */
+    /* float weights multiply x itself, inline products quantize it; the
+     * products of one input write different outputs, so they are a group
+     * (no barriers between them) */
     vk_group(st, 1);
     for (int i = 0; i < nw; i++) {
         const int kind = quantized(ws[i]->type);
-        if (kind) {
+        if (kind && !in_) {
             any_q[kind] = 1, cols = ws[i]->ne[0];
             continue;
         }
-        product(st, ws[i], bs ? bs[i] : NULL, vk_buf_of(x), vk_off(x), n, vk_buf_of(ys[i]),
-                vk_off(ys[i]));
+        product(st, ws[i], bs ? bs[i] : NULL, &a, n, vk_buf_of(ys[i]), vk_off(ys[i]));
     }
     vk_group(st, 0);
     /* the quantized ones its q8_0/q8_1 rows, then its q8_K rows, each made
@@ -450,10 +490,11 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
         for (int64_t t0 = 0; t0 < n; t0 += per) {
             const int64_t m = n - t0 < per ? n - t0 : per;
             quantize_rows(st, x, cols, t0, m, kind);
+            const vk_act q = {&st->xq, 0, 0, NULL, 0, 0};
             vk_group(st, 1);
             for (int i = 0; i < nw; i++)
                 if (quantized(ws[i]->type) == kind)
-                    product(st, ws[i], bs ? bs[i] : NULL, &st->xq, 0, m, vk_buf_of(ys[i]),
+                    product(st, ws[i], bs ? bs[i] : NULL, &q, m, vk_buf_of(ys[i]),
                             vk_off(ys[i]) + (uint32_t)(t0 * ws[i]->ne[1]));
             vk_group(st, 0);
         }
@@ -485,12 +526,14 @@ void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_
         const int64_t xper = xq_tokens(st, cols, q);
         per = xper < per ? xper : per;
     }
+    const int in_ = inline_ok(st, 1, &w, x);
     for (int64_t t0 = 0; t0 < n; t0 += per) {
         const int64_t m = n - t0 < per ? n - t0 : per;
-        if (q)
+        if (q && !in_)
             quantize_rows(st, x, cols, t0, m, q);
-        product(st, w, b, q ? &st->xq : vk_buf_of(x), q ? 0 : vk_off(x) + (uint32_t)(t0 * cols),
-                m, &st->lout, 0);
+        const vk_act a = {q && !in_ ? &st->xq : vk_buf_of(x),
+                          q && !in_ ? 0 : vk_off(x) + (uint32_t)(t0 * cols), in_, NULL, 0, 0};
+        product(st, w, b, &a, m, &st->lout, 0);
         if (st->mode == VK_CAPTURE) /* (copied once the step has run) */
             return;
         vk_flush(st);

@@ -36,14 +36,24 @@
 // halfword ob of binding 2.
 layout(local_size_x = 64) in;
 
+#define TT 8u
+#define XB 10u // uints per activation block (quantize.comp)
+
 layout(std430, set = 0, binding = 0) readonly buffer B_0 { uint d[]; } x;
 layout(std430, set = 0, binding = 1) readonly buffer B_1 { uint d[]; } w;
 layout(std430, set = 0, binding = 2) readonly buffer B_2 { uint d[]; } bias;
 layout(std430, set = 0, binding = 3) writeonly buffer B_3 { float d[]; } y;
+layout(std430, set = 0, binding = 4) readonly buffer B_4 { float d[]; } g;
 
 // tpc: tokens per workgroup along z (0: all n), so that a product of few
-// rows over many tokens (a router's) still spreads over the device
-layout(push_constant) uniform P { uint type, ox, ow, ob, has_b, oy, cols, rows, n, tpc; } p;
+// rows over many tokens (a router's) still spreads over the device.
+// Inline quantization (XS > 1, the block types): x is F32 rows of cols
+// from xf, quantized by the workgroup into shared memory first (ox 0), and
+// with glu != 0 it is silu(x) * g (g's rows from og), swiglu.comp's
+// arithmetic: the swiglu held back before the product, never stored.
+layout(push_constant) uniform P {
+    uint type, ox, ow, ob, has_b, oy, cols, rows, n, tpc, xf, glu, og;
+} p;
 
 // The weight type (p.type's value) and the rows per workgroup, fixed when
 // the pipeline is made: a pipeline per type, each with only its own code
@@ -51,11 +61,45 @@ layout(push_constant) uniform P { uint type, ox, ow, ob, has_b, oy, cols, rows, 
 // lavapipe, even where they were not used).
 layout(constant_id = 0) const uint TYPE = 0u;
 layout(constant_id = 1) const uint RW = 8u;
+// uints of shared memory for the inline-quantized activation blocks of
+// all n tokens (1: none, the blocks come quantized in x)
+layout(constant_id = 2) const uint XS = 1u;
 
 #include "q8_0.glsl"
 
-#define TT 8u
-#define XB 10u // uints per activation block (quantize.comp)
+shared uint xs[XS];
+
+// The activation's uint i: from the workgroup's own blocks, or from x.
+uint xin(uint i) { return XS > 1u ? xs[i] : x.d[i]; }
+
+float act(uint i)
+{
+    const float v = uintBitsToFloat(x.d[i]);
+    if (p.glu == 0u)
+        return v;
+    precise float r = v / (1.0 + exp(-v)) * g.d[p.og + (i - p.xf)];
+    return r;
+}
+
+#define ACT(i) act(i)
+#define XQ_STORE(i, v) xs[i] = (v)
+#include "quantize.glsl"
+
+// The n tokens' activation blocks into xs, a block per thread at a time.
+void quantize_inline()
+{
+    const bool k = TYPE >= 7u && TYPE != 10u;
+    const uint per = k ? 256u : 32u, nb = p.cols / per, total = nb * p.n;
+    for (uint i = gl_LocalInvocationIndex; i < total; i += 64u) {
+        const uint src = p.xf + (i / nb) * p.cols + (i % nb) * per;
+        if (k)
+            quantize_q8k(src, 73u * i);
+        else
+            quantize_q8(src, XB * i);
+    }
+    barrier();
+}
+
 shared float red[TT * 64u];
 
 // halfword h of the weights
@@ -90,11 +134,11 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
                 if (tt >= nt)
                     break;
                 const uint xb = p.ox + XB * ((t0 + tt) * nb + blk);
-                const uint a0 = x.d[xb + 2u + 2u * q], a1 = x.d[xb + 3u + 2u * q];
+                const uint a0 = xin(xb + 2u + 2u * q), a1 = xin(xb + 3u + 2u * q);
                 int s = 0;
                 for (uint k = 0u; k < 4u; k++)
                     s += wq[k] * sbyte(a0, k) + wq[4u + k] * sbyte(a1, k);
-                acc[tt] += float(s) * (dw * uintBitsToFloat(x.d[xb]));
+                acc[tt] += float(s) * (dw * uintBitsToFloat(xin(xb)));
             }
         }
     } else if (TYPE == 8u) {
@@ -123,11 +167,11 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
                 const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
                 int t = 0;
                 for (uint u = 0u; u < 4u; u++) {
-                    const uint a = x.d[xb + 1u + 4u * j + u];
+                    const uint a = xin(xb + 1u + 4u * j + u);
                     for (uint b = 0u; b < 4u; b++)
                         t += L[4u * u + b] * sbyte(a, b);
                 }
-                acc[tt] += float(sc * t) * (dw * uintBitsToFloat(x.d[xb]));
+                acc[tt] += float(sc * t) * (dw * uintBitsToFloat(xin(xb)));
             }
         }
     } else if (TYPE == 12u) {
@@ -161,11 +205,11 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
                 const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
                 int t = 0;
                 for (uint u = 0u; u < 4u; u++) {
-                    const uint a = x.d[xb + 1u + 4u * j + u];
+                    const uint a = xin(xb + 1u + 4u * j + u);
                     for (uint b = 0u; b < 4u; b++)
                         t += L[4u * u + b] * sbyte(a, b);
                 }
-                acc[tt] += float(sc * t) * (dw * uintBitsToFloat(x.d[xb]));
+                acc[tt] += float(sc * t) * (dw * uintBitsToFloat(xin(xb)));
             }
         }
     } else if (TYPE == 11u) {
@@ -189,12 +233,12 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
                 const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
                 int t = 0;
                 for (uint u = 0u; u < 4u; u++) {
-                    const uint a = x.d[xb + 1u + 4u * j + u];
+                    const uint a = xin(xb + 1u + 4u * j + u);
                     for (uint b = 0u; b < 4u; b++)
                         t += L[4u * u + b] * sbyte(a, b);
                 }
-                const int bsum = bitfieldExtract(int(x.d[xb + 65u + (j >> 1)]), int(16u * (j & 1u)), 16);
-                const float dx = uintBitsToFloat(x.d[xb]);
+                const int bsum = bitfieldExtract(int(xin(xb + 65u + (j >> 1))), int(16u * (j & 1u)), 16);
+                const float dx = uintBitsToFloat(xin(xb));
                 acc[tt] += float(int(sc & 15u) * t) * (dw * dx) - float(int(sc >> 4) * bsum) * (dmw * dx);
             }
         }
@@ -232,13 +276,13 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
                 const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
                 int t = 0;
                 for (uint u = 0u; u < 8u; u++) {
-                    const uint a = x.d[xb + 1u + 8u * j + u];
+                    const uint a = xin(xb + 1u + 8u * j + u);
                     for (uint b = 0u; b < 4u; b++)
                         t += L[4u * u + b] * sbyte(a, b);
                 }
-                const uint bw = x.d[xb + 65u + j];
+                const uint bw = xin(xb + 65u + j);
                 const int bsum = bitfieldExtract(int(bw), 0, 16) + bitfieldExtract(int(bw), 16, 16);
-                const float dx = uintBitsToFloat(x.d[xb]);
+                const float dx = uintBitsToFloat(xin(xb));
                 acc[tt] += float(int(sc) * t) * (dw * dx) - float(int(m) * bsum) * (dmw * dx);
             }
         }
@@ -270,13 +314,13 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
                 if (tt >= nt)
                     break;
                 const uint xb = p.ox + XB * ((t0 + tt) * nb + blk);
-                const uint a0 = x.d[xb + 2u + q], a1 = x.d[xb + 6u + q];
+                const uint a0 = xin(xb + 2u + q), a1 = xin(xb + 6u + q);
                 int s = 0;
                 for (uint k = 0u; k < 4u; k++)
                     s += lo[k] * sbyte(a0, k) + hi[k] * sbyte(a1, k);
-                acc[tt] += float(s) * (dw * uintBitsToFloat(x.d[xb]));
+                acc[tt] += float(s) * (dw * uintBitsToFloat(xin(xb)));
                 if (hasm && q == 0u) // the min term once a block: m d_x sum(q_x)
-                    acc[tt] += mw * uintBitsToFloat(x.d[xb + 1u]);
+                    acc[tt] += mw * uintBitsToFloat(xin(xb + 1u));
             }
         }
     } else if (TYPE == 1u || TYPE == 10u) { // F16, BF16 (the top half of a float)
@@ -293,9 +337,9 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
                 if (tt >= nt)
                     break;
                 const uint xo = p.ox + (t0 + tt) * p.cols + e;
-                acc[tt] += w0 * uintBitsToFloat(x.d[xo]);
+                acc[tt] += w0 * uintBitsToFloat(xin(xo));
                 if (pairs)
-                    acc[tt] += w1 * uintBitsToFloat(x.d[xo + 1u]);
+                    acc[tt] += w1 * uintBitsToFloat(xin(xo + 1u));
             }
         }
     } else {
@@ -305,7 +349,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
             for (uint tt = 0u; tt < TT; tt++) {
                 if (tt >= nt)
                     break;
-                acc[tt] += wv * uintBitsToFloat(x.d[p.ox + (t0 + tt) * p.cols + e]);
+                acc[tt] += wv * uintBitsToFloat(xin(p.ox + (t0 + tt) * p.cols + e));
             }
         }
     }
@@ -347,6 +391,8 @@ void main()
     const uint wg = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
     const uint SZ = gl_SubgroupSize, sg = gl_SubgroupID, lane = gl_SubgroupInvocationID;
     const uint nl = min(SZ, 64u - sg * SZ);
+    if (XS > 1u)
+        quantize_inline();
     for (uint r = sg; r < RW; r += gl_NumSubgroups) {
         const uint row = wg * RW + r;
         if (row >= p.rows) // the whole subgroup: its barriers stay uniform
