@@ -6,7 +6,8 @@
 # device (mesa-vulkan-drivers).  tests/test_backend holds every op of the
 # backend to the reference in the same build; here it runs a second time on
 # the Vulkan ops alone, with the prompt products' shader variant that a
-# device without integer dot products takes, and a third time with every
+# device without integer dot products takes and the products that quantize
+# their own input (CODEMOE_VULKAN_INLINE=1), and a third time with every
 # generation shortcut off (replayed steps, hazard-tracked barriers, fused
 # ops, inline quantization), so both paths stay held to the reference.
 # Last, a generation whose steps are replayed must replay (the statistics
@@ -23,6 +24,7 @@ CODEMOE_BACKEND=vulkan CODEMOE_VULKAN_VALIDATION=1 "$BUILD/tests/test_model" || 
 # them, a device without them takes this variant), for every product size,
 # and the prompt attention variant for heads up to 128 on the small heads.
 CODEMOE_VULKAN_TILED=1 CODEMOE_VULKAN_INT_DOT=0 CODEMOE_VULKAN_PROMPT_ATTN_WIDE=1 \
+    CODEMOE_VULKAN_INLINE=1 \
     CODEMOE_VULKAN_VALIDATION=1 CM_TEST_OPS_OF=vulkan \
     "$BUILD/tests/test_backend" || exit 1
 CODEMOE_VULKAN_REPLAY=0 CODEMOE_VULKAN_TRACK=0 CODEMOE_VULKAN_FUSE=0 CODEMOE_VULKAN_INLINE=0 \
