@@ -24,7 +24,7 @@ CODEMOE_BACKEND=vulkan CODEMOE_VULKAN_VALIDATION=1 "$BUILD/tests/test_model" || 
 # them, a device without them takes this variant), for every product size,
 # and the prompt attention variant for heads up to 128 on the small heads.
 CODEMOE_VULKAN_TILED=1 CODEMOE_VULKAN_INT_DOT=0 CODEMOE_VULKAN_PROMPT_ATTN_WIDE=1 \
-    CODEMOE_VULKAN_INLINE=1 \
+    CODEMOE_VULKAN_INLINE=1 CODEMOE_VULKAN_MM_ROWS=2 \
     CODEMOE_VULKAN_VALIDATION=1 CM_TEST_OPS_OF=vulkan \
     "$BUILD/tests/test_backend" || exit 1
 CODEMOE_VULKAN_REPLAY=0 CODEMOE_VULKAN_TRACK=0 CODEMOE_VULKAN_FUSE=0 CODEMOE_VULKAN_INLINE=0 \

@@ -497,6 +497,19 @@ static void pick_inline(vk_state *st, uint32_t max_shared)
     st->xs_uints = (uint32_t)(n * per);
 }
 
+/* Rows per generation product workgroup (matmul.comp's RW, 64 threads):
+ * on a GPU one per subgroup, so every subgroup streams its own row at once
+ * (an H100 generated qwen05b Q4_0 at 338 tok/s with 2 rows, 252 with 8:
+ * a subgroup's four rows one after the other); on a CPU device 8 (fewer,
+ * larger workgroups measured no slower on lavapipe).
+ * CODEMOE_VULKAN_MM_ROWS=N sets it. */
+static uint32_t mm_rows_for(const VkPhysicalDeviceProperties *props, uint32_t subgroup)
+{
+    if (props->deviceType == VK_PHYSICAL_DEVICE_TYPE_CPU || !subgroup || subgroup > 64)
+        return 8;
+    return 64 / subgroup;
+}
+
 static cm_status make_device(vk_state *st, cm_err *err)
 {
     uint32_t nq = 0, fam = UINT32_MAX;
@@ -514,10 +527,8 @@ static cm_status make_device(vk_state *st, cm_err *err)
     st->align = props.limits.minStorageBufferOffsetAlignment;
     st->align = st->align < 4 ? 4 : st->align;
     st->max_range = props.limits.maxStorageBufferRange;
-    /* rows per product workgroup: a subgroup's each (fewer, larger
-     * workgroups measured no faster on lavapipe once each type's
-     * pipeline holds only its own code) */
-    st->mm_rows = 8;
+    st->mm_rows = env_count("CODEMOE_VULKAN_MM_ROWS", mm_rows_for(&props, st->feat.subgroup_size));
+    st->mm_rows = st->mm_rows ? st->mm_rows : 8;
     pick_products(st);
     pick_inline(st, props.limits.maxComputeSharedMemorySize);
     /* 64-bit floats and integer dot products are enabled where the device
