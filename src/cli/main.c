@@ -22,6 +22,7 @@ static const char USAGE[] =
     "  sweep       PPL and KLD of each quantization scheme on each language\n"
     "  quantize    requantize a GGUF to q4_k_m, q8_0, ... (llama-quantize's types)\n"
     "  bench       prompt and generation speed against the memory-bandwidth bound\n"
+    "  serve       an HTTP server: OpenAI completions and chat, llama.cpp's /infill\n"
     "\n"
     "`codemoe COMMAND --help` describes each command.\n"
     "environment: CODEMOE_ISA=scalar|avx2|avx512|neon forces a CPU kernel set;\n"
@@ -41,6 +42,7 @@ int main(int argc, char **argv)
         {"sweep", cli_sweep},
         {"quantize", cli_quantize},
         {"bench", cli_bench},
+        {"serve", cli_serve},
     };
     if (argc < 2) {
         fputs(USAGE, stderr);

@@ -1,0 +1,586 @@
+/* engine.c - the one model and slot of `codemoe serve`, and token-by-token
+ * generation with the same choices as `codemoe run` (same prompt ids,
+ * batches, sampler and stop-string handling: a greedy request answers
+ * exactly what `codemoe run --temp 0` prints). */
+#include "server/engine.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "experts/pack.h"
+#include "util/threads.h"
+
+/* ---- the slot */
+
+int srv_engine_acquire(srv_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    while (e->busy && !atomic_load(&e->stopping))
+        pthread_cond_wait(&e->cond, &e->lock);
+    int ok = !atomic_load(&e->stopping);
+    if (ok)
+        e->busy = 1;
+    pthread_mutex_unlock(&e->lock);
+#ifdef _OPENMP
+    /* the team size is per thread: a connection's thread starts with the
+     * process default, and the context's scratch was sized for n_threads */
+    if (ok)
+        omp_set_num_threads(e->o.n_threads);
+#endif
+    return ok;
+}
+
+void srv_engine_release(srv_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    e->busy = 0;
+    pthread_cond_broadcast(&e->cond);
+    pthread_mutex_unlock(&e->lock);
+}
+
+void srv_engine_stop(srv_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    atomic_store(&e->stopping, 1);
+    pthread_cond_broadcast(&e->cond);
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* ---- loading */
+
+static cm_status make_ctx(srv_engine *e, cm_err *err)
+{
+    cm_ctx_free(e->ctx);
+    e->ctx = NULL;
+    cm_status s = cm_ctx_new_placed(&e->m, e->be, &e->o.place, e->o.n_ctx, e->o.kv, SRV_BATCH,
+                                    &e->ctx, err);
+    snprintf(e->ctx_expert, sizeof e->ctx_expert, "%s", e->m.expert);
+    return s;
+}
+
+/* The chat template from the GGUF, and <|im_end|> when it is one token. */
+static void load_template(srv_engine *e)
+{
+    gguf_str t = {0};
+    cm_err ignore;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    const char *end;
+    if (gguf_get_str(&e->m.file, "tokenizer.chat_template", &t, &ignore))
+        t.ptr = NULL, t.len = 0;
+    e->tmpl_ok = !srv_template_detect(t.ptr, t.len, &e->tmpl, &e->tmpl_err);
+    e->chat_end_id = -1;
+    end = srv_template_end(e->tmpl);
+    if (!cm_tokenize(e->m.tok, end, strlen(end), 0, 1, &ids, &n, &ignore) && n == 1)
+        e->chat_end_id = ids[0];
+    free(ids);
+}
+
+/* -c as `codemoe run` takes it: absent, the model's context up to 4096;
+ * 0, the model's. */
+static void choose_ctx(srv_engine *e)
+{
+    int train = e->m.hp.n_ctx_train > 0 ? e->m.hp.n_ctx_train : 4096;
+    if (e->o.n_ctx < 0)
+        e->o.n_ctx = train < 4096 ? train : 4096;
+    else if (e->o.n_ctx == 0)
+        e->o.n_ctx = train;
+}
+
+cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
+{
+    char path[1024];
+    memset(e, 0, sizeof *e);
+    e->o = *o;
+    pthread_mutex_init(&e->lock, NULL);
+    pthread_cond_init(&e->cond, NULL);
+    cm_status s = cm_backend_choose(o->backend, &e->be, err);
+    if (!s)
+        s = cm_model_load(o->model, &e->m, err);
+    e->loaded = !s;
+    if (!s && !e->m.tok)
+        s = cm_fail(err, CM_E_UNSUPPORTED, "%s has no tokenizer, so it cannot serve text",
+                    o->model);
+    const char *rpath = !s && e->m.is_pack ? cm_router_default_path(path, sizeof path) : NULL;
+    if (rpath)
+        s = cm_router_load(rpath, &e->router, err);
+    if (!s) {
+        choose_ctx(e);
+        s = make_ctx(e, err);
+    }
+    if (s) {
+        srv_engine_free(e);
+        return s;
+    }
+    load_template(e);
+    const char *base = strrchr(o->model, '/');
+    snprintf(e->name, sizeof e->name, "%s", base ? base + 1 : o->model);
+    e->created = (long long)time(NULL);
+    return CM_OK;
+}
+
+void srv_engine_free(srv_engine *e)
+{
+    cm_ctx_free(e->ctx); /* contexts before their model */
+    cm_router_free(e->router);
+    if (e->loaded)
+        cm_model_free(&e->m);
+    pthread_mutex_destroy(&e->lock);
+    pthread_cond_destroy(&e->cond);
+    memset(e, 0, sizeof *e);
+}
+
+/* ---- tokenize / detokenize */
+
+cm_status srv_tokenize(srv_engine *e, const srv_request *r, int32_t **ids, size_t *n,
+                       cm_err *err)
+{
+    int bos = r->add_special && cm_tok_add_bos(e->m.tok);
+    return cm_tokenize(e->m.tok, r->prompt.p, r->prompt.len, bos, 1, ids, n, err);
+}
+
+static cm_status check_ids(const srv_engine *e, const int32_t *ids, size_t n, cm_err *err)
+{
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] >= e->m.hp.n_vocab || ids[i] >= cm_tok_n_vocab(e->m.tok))
+            return cm_fail(err, CM_E_RANGE, "token id %d is outside the vocabulary (%d tokens)",
+                           ids[i], e->m.hp.n_vocab);
+    return CM_OK;
+}
+
+/* Appends id's text (special tokens shown) to a growing buffer. */
+static cm_status append_piece(const cm_tokenizer *t, int32_t id, int special, char **buf,
+                              size_t *len, size_t *cap, cm_err *err)
+{
+    size_t need = cm_token_piece(t, id, special, NULL, 0);
+    if (*len + need + 8 > *cap) {
+        size_t c = (*len + need + 8) * 2;
+        char *p = realloc(*buf, c);
+        if (!p)
+            return cm_fail(err, CM_E_NOMEM, "out of memory");
+        *buf = p, *cap = c;
+    }
+    *len += cm_token_piece(t, id, special, *buf + *len, *cap - *len);
+    (*buf)[*len] = 0;
+    return CM_OK;
+}
+
+cm_status srv_detokenize(srv_engine *e, const srv_request *r, char **text, size_t *len,
+                         cm_err *err)
+{
+    size_t cap = 0;
+    cm_status s = check_ids(e, r->ids, r->n_ids, err);
+    *text = NULL, *len = 0;
+    for (size_t i = 0; !s && i < r->n_ids; i++)
+        s = append_piece(e->m.tok, r->ids[i], 1, text, len, &cap, err);
+    if (s) {
+        free(*text);
+        *text = NULL;
+    }
+    return s;
+}
+
+/* ---- prompts */
+
+typedef struct {
+    int32_t *p;
+    size_t n, cap;
+} idvec;
+
+static cm_status ids_push(idvec *v, const int32_t *ids, size_t n, cm_err *err)
+{
+    if (v->n + n > v->cap) {
+        size_t c = (v->n + n) * 2 + 16;
+        int32_t *p = realloc(v->p, c * sizeof *p);
+        if (!p)
+            return cm_fail(err, CM_E_NOMEM, "out of memory");
+        v->p = p, v->cap = c;
+    }
+    memcpy(v->p + v->n, ids, n * sizeof *ids);
+    v->n += n;
+    return CM_OK;
+}
+
+/* Tokenizes text (special-token text a token only when special) onto v. */
+static cm_status ids_text(const srv_engine *e, idvec *v, const char *text, size_t len,
+                          int special, cm_err *err)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    cm_status s = cm_tokenize(e->m.tok, text, len, 0, special, &ids, &n, err);
+    if (!s)
+        s = ids_push(v, ids, n, err);
+    free(ids);
+    return s;
+}
+
+static cm_status ids_bos(const srv_engine *e, idvec *v, cm_err *err)
+{
+    int32_t bos = cm_tok_bos(e->m.tok);
+    return cm_tok_add_bos(e->m.tok) && bos >= 0 ? ids_push(v, &bos, 1, err) : CM_OK;
+}
+
+/* Chat: consecutive plain pieces are tokenized as one text, so messages
+ * split the way one text would. */
+static cm_status chat_ids(const srv_engine *e, const srv_request *r, idvec *v, cm_err *err)
+{
+    srv_piece *pc = NULL;
+    int np = 0;
+    char *buf = NULL;
+    size_t total = 0, len = 0;
+    if (!e->tmpl_ok)
+        return *err = e->tmpl_err, err->code;
+    cm_status s = srv_chat_render(r, e->tmpl, &pc, &np, err);
+    for (int i = 0; i < np; i++)
+        total += pc[i].len;
+    if (!s && !(buf = malloc(total + 1)))
+        s = cm_fail(err, CM_E_NOMEM, "out of memory");
+    if (!s)
+        s = ids_bos(e, v, err);
+    for (int i = 0; !s && i < np; i++) {
+        if (pc[i].special) {
+            s = ids_text(e, v, pc[i].p, pc[i].len, 1, err);
+            continue;
+        }
+        memcpy(buf + len, pc[i].p, pc[i].len);
+        len += pc[i].len;
+        if (i + 1 == np || pc[i + 1].special) {
+            s = ids_text(e, v, buf, len, 0, err);
+            len = 0;
+        }
+    }
+    free(buf);
+    free(pc);
+    return s;
+}
+
+/* llama.cpp's /infill without repository tokens: each input_extra chunk
+ * after a "--- snippet ---" line, all before <PRE>; `prompt` after <MID>. */
+static cm_status infill_ids(const srv_engine *e, const srv_request *r, idvec *v, cm_err *err)
+{
+    static const char sep[] = "\n\n--- snippet ---\n\n";
+    const cm_tokenizer *t = e->m.tok;
+    int32_t *fim = NULL;
+    size_t nf = 0;
+    if (cm_tok_fim(t, CM_FIM_PRE) < 0 || cm_tok_fim(t, CM_FIM_SUF) < 0 ||
+        cm_tok_fim(t, CM_FIM_MID) < 0)
+        return cm_fail(err, CM_E_UNSUPPORTED, "%s has no fill-in-the-middle tokens "
+                       "(<fim_prefix>, <PRE>, ...), so /infill cannot be used", e->name);
+    int bos = cm_tok_add_bos(t);
+    cm_status s = cm_tokenize_infill(t, r->prefix.p, r->prefix.len, r->suffix.p, r->suffix.len,
+                                     bos, &fim, &nf, err);
+    size_t skip = !s && bos && nf && fim[0] == cm_tok_bos(t); /* BOS stays first */
+    if (!s)
+        s = ids_push(v, fim, skip, err);
+    for (int i = 0; !s && i < r->n_extra; i++) {
+        s = ids_text(e, v, sep, sizeof sep - 1, 0, err);
+        if (!s)
+            s = ids_text(e, v, r->extra[i].text.p, r->extra[i].text.len, 0, err);
+    }
+    if (!s)
+        s = ids_push(v, fim + skip, nf - skip, err);
+    if (!s && r->prompt.len)
+        s = ids_text(e, v, r->prompt.p, r->prompt.len, 0, err);
+    free(fim);
+    return s;
+}
+
+static cm_status prompt_ids(const srv_engine *e, const srv_request *r, idvec *v, cm_err *err)
+{
+    switch (r->kind) {
+    case SRV_CHAT: return chat_ids(e, r, v, err);
+    case SRV_INFILL: return infill_ids(e, r, v, err);
+    default:
+        if (r->prompt_is_ids) {
+            cm_status s = check_ids(e, r->ids, r->n_ids, err);
+            return s ? s : ids_push(v, r->ids, r->n_ids, err);
+        } /* as `codemoe run`: BOS by default, special-token text a token */
+        int32_t *ids = NULL;
+        size_t n = 0;
+        cm_status s = cm_tokenize(e->m.tok, r->prompt.p, r->prompt.len,
+                                  cm_tok_add_bos(e->m.tok), 1, &ids, &n, err);
+        if (!s)
+            s = ids_push(v, ids, n, err);
+        free(ids);
+        return s;
+    }
+}
+
+/* ---- routing (packs): as `codemoe run` decides, on the same text */
+
+/* The text a pack routes on: the prompt, the infill's prefix and suffix
+ * joined by a newline (as run --infill), the last user message.  NULL with
+ * *len 0 when there is none (token ids). */
+static char *route_text(const srv_request *r, size_t *len)
+{
+    srv_str a = r->prompt, b = {0};
+    int join = r->kind == SRV_INFILL;
+    if (join)
+        a = r->prefix, b = r->suffix;
+    for (int i = 0; r->kind == SRV_CHAT && i < r->n_msgs; i++)
+        if (r->msgs[i].role.len == 4 && !memcmp(r->msgs[i].role.p, "user", 4))
+            a = r->msgs[i].content;
+    char *t = r->prompt_is_ids ? NULL : malloc(a.len + b.len + 2);
+    *len = 0;
+    if (t) {
+        memcpy(t, a.p ? a.p : "", a.len);
+        if (join)
+            t[a.len] = '\n', memcpy(t + a.len + 1, b.p ? b.p : "", b.len);
+        *len = a.len + join + (join ? b.len : 0);
+        t[*len] = 0;
+    }
+    return t;
+}
+
+static void pick_member(const srv_engine *e, const cm_route *rt, int explicit_lang, char *out)
+{
+    char names[CM_PACK_MAX_MEMBERS][32];
+    int n = cm_pack_members(&e->m.file, names, CM_PACK_MAX_MEMBERS);
+    const char *member = NULL;
+    float best = -1;
+    if (cm_pack_has_member(&e->m.file, rt->lang))
+        member = rt->lang;
+    else if (cm_pack_has_member(&e->m.file, CM_PACK_FALLBACK))
+        member = CM_PACK_FALLBACK;
+    /* no fallback: the likeliest language the pack has */
+    for (int i = 0; !member && !explicit_lang && i < n; i++) {
+        int li = e->router ? cm_router_lang_index(e->router, names[i]) : -1;
+        float p = li >= 0 && li < rt->n_langs ? rt->probs[li] : 0.0f;
+        if (p > best)
+            best = p, snprintf(out, 32, "%.31s", names[i]);
+    }
+    if (member) /* a language name from the router or the request: short, or no member */
+        snprintf(out, 32, "%.31s", member);
+}
+
+/* Binds the pack's expert for r; a new context when it changes (a device
+ * backend placed the previous member's weights). */
+static cm_status route(srv_engine *e, const srv_request *r, cm_err *err)
+{
+    char lang[32], member[32] = "";
+    size_t len;
+    if (!e->m.is_pack)
+        return CM_OK;
+    snprintf(lang, sizeof lang, "%.*s", (int)(r->language.len < 31 ? r->language.len : 31),
+             r->language.p ? r->language.p : "");
+    cm_route_opts ro = {lang[0] ? lang : NULL, NULL, 0, CM_ROUTER_DEFAULT_THRESHOLD};
+    cm_route rt;
+    char *text = route_text(r, &len);
+    cm_route_decide(lang[0] ? NULL : e->router, &ro, text ? text : "", len, &rt);
+    pick_member(e, &rt, lang[0] != 0, member);
+    free(text);
+    if (!member[0])
+        return cm_fail(err, CM_E_RANGE, "%s has no expert for '%s' and no fallback", e->name,
+                       lang);
+    cm_status s = cm_model_select_expert(&e->m, member, err);
+    if (!s && strcmp(e->ctx_expert, e->m.expert))
+        s = make_ctx(e, err);
+    return s;
+}
+
+/* ---- generation */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static cm_status eval_prompt(srv_engine *e, const idvec *v, cm_err *err)
+{
+    cm_status s = CM_OK;
+    cm_ctx_reset(e->ctx);
+    for (size_t done = 0; !s && done < v->n; done += SRV_BATCH) {
+        int n = v->n - done < SRV_BATCH ? (int)(v->n - done) : SRV_BATCH;
+        s = cm_eval(e->ctx, v->p + done, n, NULL, err);
+        if (atomic_load(&e->abort))
+            s = cm_fail(err, CM_E_RANGE, "the server is shutting down");
+    }
+    return s;
+}
+
+static cm_status gen_setup(srv_engine *e, const srv_request *r, srv_gen *g, cm_err *err)
+{
+    memset(g, 0, sizeof *g);
+    g->r = r;
+    g->end_id = -1;
+    g->finish = "limit";
+    for (int i = 0; i < r->n_stops; i++)
+        g->stops[g->n_stops++] = r->stops[i];
+    if (r->kind == SRV_CHAT) { /* the end of the assistant's turn */
+        const char *end = srv_template_end(e->tmpl);
+        g->end_id = e->chat_end_id;
+        g->stops[g->n_stops++] = (srv_str){end, strlen(end)};
+    }
+    cm_sampling_params sp = r->sp;
+    if (!r->have_seed) /* a different draw for every request */
+        sp.seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)(now_s() * 1e9) ^
+                  atomic_fetch_add(&e->seeds, 1);
+    if (!(g->smp = cm_sampler_new(&sp, e->m.hp.n_vocab)))
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating the sampler");
+    return CM_OK;
+}
+
+cm_status srv_gen_start(srv_engine *e, const srv_request *r, srv_gen *g, cm_err *err)
+{
+    idvec v = {0};
+    cm_status s = gen_setup(e, r, g, err);
+    if (!s)
+        s = route(e, r, err);
+    snprintf(g->expert, sizeof g->expert, "%s", e->m.expert);
+    if (!s)
+        s = prompt_ids(e, r, &v, err);
+    if (!s && v.n == 0)
+        s = cm_fail(err, CM_E_RANGE, "the prompt is empty");
+    if (!s && v.n >= (size_t)cm_ctx_n_ctx(e->ctx))
+        s = cm_fail(err, CM_E_RANGE, "the prompt is %zu tokens but the context holds %d "
+                    "(start the server with a larger -c)", v.n, cm_ctx_n_ctx(e->ctx));
+    for (size_t i = 0; !s && i < v.n; i++)
+        cm_sampler_accept(g->smp, v.p[i]);
+    g->n_prompt = (int)v.n;
+    double t0 = now_s();
+    if (!s)
+        s = eval_prompt(e, &v, err);
+    g->t_prompt = now_s() - t0;
+    free(v.p);
+    return s;
+}
+
+static cm_status grow(char **p, size_t *cap, size_t need, cm_err *err)
+{
+    if (need <= *cap)
+        return CM_OK;
+    size_t c = need * 2 + 64;
+    char *q = realloc(*p, c);
+    if (!q)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    *p = q, *cap = c;
+    return CM_OK;
+}
+
+/* The earliest place a stop string starts in the pending text, or -1. */
+static long first_stop(const srv_gen *g)
+{
+    long best = -1;
+    for (int k = 0; k < g->n_stops; k++) {
+        size_t sl = g->stops[k].len;
+        for (size_t i = 0; sl <= g->pend_len && i + sl <= g->pend_len; i++)
+            if (!memcmp(g->pend + i, g->stops[k].p, sl)) {
+                if (best < 0 || (long)i < best)
+                    best = (long)i;
+                break;
+            }
+    }
+    return best;
+}
+
+/* Length of the longest tail of the pending text that starts a stop. */
+static size_t held_tail(const srv_gen *g)
+{
+    size_t best = 0;
+    for (int k = 0; k < g->n_stops; k++) {
+        size_t sl = g->stops[k].len;
+        for (size_t t = sl - 1 < g->pend_len ? sl - 1 : g->pend_len; t > best; t--)
+            if (!memcmp(g->pend + g->pend_len - t, g->stops[k].p, t)) {
+                best = t;
+                break;
+            }
+    }
+    return best;
+}
+
+/* Moves n bytes of the pending text to emit. */
+static cm_status emit(srv_gen *g, size_t n, cm_err *err)
+{
+    cm_status s = grow(&g->emit, &g->emit_cap, g->emit_len + n + 1, err);
+    if (s)
+        return s;
+    memcpy(g->emit + g->emit_len, g->pend, n);
+    g->emit_len += n;
+    memmove(g->pend, g->pend + n, g->pend_len - n);
+    g->pend_len -= n;
+    return CM_OK;
+}
+
+/* The end: what is pending (no stop string completed) and any bytes of an
+ * unfinished UTF-8 character go out, as `codemoe run` prints them. */
+static cm_status finish(srv_gen *g, const char *why, cm_err *err)
+{
+    char tail[8];
+    size_t n = cm_utf8_stream_flush(&g->utf8, tail);
+    cm_status s = grow(&g->pend, &g->pend_cap, g->pend_len + n + 1, err);
+    if (!s) {
+        memcpy(g->pend + g->pend_len, tail, n);
+        g->pend_len += n;
+        s = emit(g, g->pend_len, err);
+    }
+    g->done = 1;
+    g->finish = why;
+    return s;
+}
+
+/* Adds a token's text; emits what is safe; ends at a stop string. */
+static cm_status push_piece(srv_gen *g, const char *piece, size_t n, cm_err *err)
+{
+    cm_status s = grow(&g->pend, &g->pend_cap, g->pend_len + n + 8, err);
+    if (s)
+        return s;
+    g->pend_len += cm_utf8_stream_push(&g->utf8, piece, n, g->pend + g->pend_len);
+    long hit = first_stop(g);
+    if (hit >= 0) {
+        s = emit(g, (size_t)hit, err);
+        g->pend_len = 0;
+        g->done = 1, g->finish = "word";
+        return s;
+    }
+    return emit(g, g->pend_len - held_tail(g), err);
+}
+
+static cm_status next_token(srv_engine *e, srv_gen *g, cm_err *err)
+{
+    const cm_model *m = &e->m;
+    const srv_request *r = g->r;
+    if (atomic_load(&e->abort) || (r->n_predict >= 0 && g->n_gen >= r->n_predict))
+        return finish(g, "limit", err);
+    int32_t id = cm_sampler_sample(g->smp, (float *)cm_ctx_logits(e->ctx));
+    if (cm_tok_is_eog(m->tok, id) || id == g->end_id)
+        return finish(g, "eos", err);
+    char piece[256], *big = NULL;
+    size_t pn = cm_token_piece(m->tok, id, 0, piece, sizeof piece);
+    if (pn > sizeof piece && (big = malloc(pn)))
+        cm_token_piece(m->tok, id, 0, big, pn);
+    g->n_gen++;
+    cm_status s = push_piece(g, big ? big : piece, big || pn <= sizeof piece ? pn : sizeof piece,
+                             err);
+    free(big);
+    if (s || g->done)
+        return s;
+    if (cm_ctx_n_past(e->ctx) >= cm_ctx_n_ctx(e->ctx))
+        return finish(g, "limit", err);
+    cm_sampler_accept(g->smp, id);
+    return cm_eval(e->ctx, &id, 1, NULL, err);
+}
+
+cm_status srv_gen_next(srv_engine *e, srv_gen *g, cm_err *err)
+{
+    g->emit_len = 0;
+    if (g->done)
+        return CM_OK;
+    double t0 = now_s();
+    cm_status s = next_token(e, g, err);
+    g->t_gen += now_s() - t0;
+    if (s)
+        g->done = 1;
+    return s;
+}
+
+void srv_gen_free(srv_gen *g)
+{
+    cm_sampler_free(g->smp);
+    free(g->pend);
+    free(g->emit);
+    memset(g, 0, sizeof *g);
+}
