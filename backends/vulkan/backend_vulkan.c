@@ -15,11 +15,10 @@
  * in st->feat, for info --devices and for choosing shaders by feature;
  * none is required.
  *
- * Ops are recorded, not run: a batch's dispatches go into one command
- * buffer with a barrier between dependent ones, and are submitted and
- * waited for only where the host needs their results or is about to write
- * what they read (download, synchronize, route, logits, upload; the
- * fallback's copies are downloads and uploads).  So buffers have no host
+ * Ops are recorded, not run (record.c: a batch's dispatches in one
+ * command buffer with barriers between dependent ones, submitted where the
+ * host needs results or is about to write what they read; generation steps
+ * recorded once and replayed).  So buffers have no host
  * address for the engine (buf->host NULL: backend.h's contract for memory
  * the CPU cannot read at any time); they live in device-local memory,
  * mapped where the host can map it (integrated GPUs, lavapipe), else
