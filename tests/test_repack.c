@@ -1,7 +1,7 @@
 /* test_repack.c - weights repacked for the ISA's kernels
  * (cm_cpu_repack_acquire) against the scalar references.
  *
- * Random Q4_0 / Q5_0 / Q8_0 / Q4_K (and Q4_1, which no table repacks) weights, quantized
+ * Random Q4_0 / Q5_0 / Q8_0 / Q4_K / Q6_K (and Q4_1, which no table repacks) weights, quantized
  * by quant/'s reference quantizers, are written to a temporary file and
  * mapped read-only and private, as gguf_open maps a model; the repack is
  * acquired on the mapping, then cm_matmul and cm_matmul_n (the q/k/v and
@@ -106,11 +106,14 @@ enum {
     W_Q41,      /* a type no table repacks */
     W_K4,       /* q4_K: two super-blocks a row */
     W_K4_BIG,
+    W_K6,       /* q6_K: two super-blocks a row (large rows: the s16 sums' bound) */
+    W_K6_BIG,
     W_Q4_EXP,   /* 3-D: experts (gate_exps, up_exps) */
     W_Q4_EXP2,
     W_Q8_EXP,
     W_Q5_EXP,
     W_K4_EXP,
+    W_K6_EXP,
     W_Q,        /* q, k, v */
     W_K,
     W_V,
@@ -132,6 +135,8 @@ static const wspec specs[N_W] = {
     [W_Q5_BIG] = {CM_TYPE_Q5_0, 1024, 64, 1},  [W_Q41] = {CM_TYPE_Q4_1, 288, 32, 1},
     [W_Q5_EXP] = {CM_TYPE_Q5_0, 256, 16, 3},   [W_K4] = {CM_TYPE_Q4_K, 512, 32, 1},
     [W_K4_BIG] = {CM_TYPE_Q4_K, 1024, 48, 1},  [W_K4_EXP] = {CM_TYPE_Q4_K, 256, 16, 3},
+    [W_K6] = {CM_TYPE_Q6_K, 512, 32, 1},       [W_K6_BIG] = {CM_TYPE_Q6_K, 1024, 48, 1},
+    [W_K6_EXP] = {CM_TYPE_Q6_K, 256, 16, 3},
     [W_Q4_EXP] = {CM_TYPE_Q4_0, 256, 32, 4},   [W_Q4_EXP2] = {CM_TYPE_Q4_0, 256, 32, 4},
     [W_Q8_EXP] = {CM_TYPE_Q8_0, 256, 48, 3},   [W_Q] = {CM_TYPE_Q4_0, 320, 64, 1},
     [W_K] = {CM_TYPE_Q4_0, 320, 32, 1},        [W_V] = {CM_TYPE_Q4_0, 320, 32, 1},
@@ -526,10 +531,13 @@ static void run_suite(void)
     check_gemv(&f, &f.t[W_Q5_BIG]);
     check_gemv(&f, &f.t[W_K4]);
     check_gemv(&f, &f.t[W_K4_BIG]);
+    check_gemv(&f, &f.t[W_K6]);
+    check_gemv(&f, &f.t[W_K6_BIG]);
 
     /* single weights: whole, views of whole tiles, views of other rows */
     static const int two_d[] = {W_Q4_BIG, W_Q8_BIG, W_Q4_ODD, W_Q8_ODD, W_Q4_ONE,
                                 W_Q4_R40, W_Q8_R24, W_Q5, W_Q5_BIG, W_Q41, W_K4, W_K4_BIG,
+                                W_K6, W_K6_BIG,
                                 W_Q, W_GATE};
     for (size_t k = 0; k < sizeof two_d / sizeof two_d[0]; k++)
         check_matmul(&f, &f.t[two_d[k]], "2-D");
@@ -539,7 +547,8 @@ static void run_suite(void)
     v = view(&f, W_Q8_BIG, 0, 240, 16), check_matmul(&f, &v, "rows 240..255");
     v = view(&f, W_Q4_BIG, 0, 8, 16), check_matmul(&f, &v, "rows 8..23 (mapping)");
     v = view(&f, W_Q8_BIG, 0, 0, 24), check_matmul(&f, &v, "rows 0..23 (mapping)");
-    static const int three_d[] = {W_Q4_EXP, W_Q4_EXP2, W_Q8_EXP, W_Q5_EXP, W_K4_EXP};
+    static const int three_d[] = {W_Q4_EXP, W_Q4_EXP2, W_Q8_EXP, W_Q5_EXP, W_K4_EXP,
+                                  W_K6_EXP};
     for (size_t k = 0; k < sizeof three_d / sizeof three_d[0]; k++) {
         int i = three_d[k];
         /* expert 1 first: experts repack at their first use, in any order */
@@ -570,6 +579,8 @@ static void run_suite(void)
     check_matmul_n(&f, mixed_q5, 3, "q5_0 + q4_0 + q4_1");
     const cm_tensor *k4s[] = {&f.t[W_K4], &f.t[W_K4]};
     check_matmul_n(&f, k4s, 2, "q4_K twice");
+    const cm_tensor *k6s[] = {&f.t[W_K6], &f.t[W_K6]};
+    check_matmul_n(&f, k6s, 2, "q6_K twice");
     const cm_tensor *mixed_heap[] = {&on_heap, &f.t[W_V]};
     check_matmul_n(&f, mixed_heap, 2, "heap + repacked");
 
@@ -594,11 +605,12 @@ static void run_suite(void)
     cm_cpu_repack_release(&f); /* one too many: nothing to do */
     tfile_free(&f, 1);
     free(heap);
-    printf("  %s: repacked %zu bytes (q4_0 %s, q5_0 %s, q4_K %s, q8_0 %s): "
+    printf("  %s: repacked %zu bytes (q4_0 %s, q5_0 %s, q4_K %s, q6_K %s, q8_0 %s): "
            "matmul, matmul_n %s\n",
            cm_kern.isa, want, cm_kern.repack[CM_TYPE_Q4_0] ? "yes" : "no",
            cm_kern.repack[CM_TYPE_Q5_0] ? "yes" : "no",
            cm_kern.repack[CM_TYPE_Q4_K] ? "yes" : "no",
+           cm_kern.repack[CM_TYPE_Q6_K] ? "yes" : "no",
            cm_kern.repack[CM_TYPE_Q8_0] ? "yes" : "no", tl_failures == before ? "ok" : "FAILED");
 }
 

@@ -323,6 +323,42 @@ static void drop_pages(const char *p, size_t n)
         madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
+/* Keeps reads of the unpacked tensors from mapping e's dropped pages back.
+ * The kernel maps a large page-cache folio (a file read in by readahead)
+ * whole on one fault where the folio lies within the faulting mapping
+ * (VMA), and a 2 MiB one with one PMD: a norm sitting between two
+ * repacked matrices, read every token, kept up to 2 MiB of each resident
+ * (qwen05b q4_k_m: 50-80 MiB more peak RSS).  MADV_NOHUGEPAGE over the
+ * whole pages inside e makes e a VMA of its own, which no unpacked tensor
+ * shares (the pages e shares with a neighbour stay outside it), and the
+ * kernel then maps a folio crossing its edges page by page. */
+static void no_huge_map(const char *p, size_t n)
+{
+#ifdef MADV_NOHUGEPAGE
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t b = ((uintptr_t)p + n) & ~(uintptr_t)(page - 1);
+    if (b > a)
+        madvise((void *)a, b - a, MADV_NOHUGEPAGE);
+#else
+    (void)p, (void)n;
+#endif
+}
+
+/* Drops [p, p + n) of e's bytes in the mapping, widened to the 2 MiB
+ * blocks around it within e: inside e's own VMA (no_huge_map) reading an
+ * expert's first bytes still maps the rest of its folio, the tail of the
+ * expert packed before it or the head of one not used yet (which is read
+ * again only to be packed). */
+static void drop_folios(const rp_entry *e, const char *p, size_t n)
+{
+    const uintptr_t blk = (uintptr_t)2 << 20, lo = (uintptr_t)e->src, hi = lo + e->bytes;
+    uintptr_t a = (uintptr_t)p & ~(blk - 1), b = ((uintptr_t)p + n + blk - 1) & ~(blk - 1);
+    a = a > lo ? a : lo;
+    b = b < hi ? b : hi;
+    drop_pages((const char *)a, b - a);
+}
+
 /* Repacks matrix mi of e (with the lock held, outside parallel regions)
  * and drops its pages in the mapping, a few MiB at a time: the copy grows
  * as the mapping shrinks, so a large matrix (an embedding table) does not
@@ -342,9 +378,8 @@ static void rp_pack_matrix(rp_entry *e, int64_t mi)
 #endif
         for (int64_t t = t0; t < t1; t++)
             e->rp->pack(e->cols, src + (size_t)t * tile, wrow, dst + (size_t)t * tile);
-        drop_pages(src + (size_t)t0 * tile, (size_t)(t1 - t0) * tile);
+        drop_folios(e, src + (size_t)t0 * tile, (size_t)(t1 - t0) * tile);
     }
-    drop_pages(src, e->mat_bytes); /* (the pages the steps' edges cut) */
     e->done[mi] = 1;
 }
 
@@ -371,6 +406,8 @@ static int rp_fill(rp_set *set)
     if (flat >= RP_ALIGN)
         madvise(set->mem, flat / RP_ALIGN * RP_ALIGN, MADV_HUGEPAGE);
 #endif
+    for (size_t i = 0; i < set->n; i++)
+        no_huge_map(set->e[i].src, set->e[i].bytes);
     for (size_t i = 0; i < set->n; i++) {
         rp_entry *e = &set->e[i];
         if (!(e->done = calloc((size_t)e->n_mat, 1)))

@@ -544,4 +544,85 @@ static inline void rp_kx_pack(int64_t cols, const void *xq, void *dst)
     }
 }
 
+/* ---- repacked q6_K tiles ------------------------------------------------------
+ * 16 rows, per 256-element super-block (16 * 210 bytes, as in the file):
+ *   sc:  4 vectors, vector k = scales 4k..4k+3 (s8) of each row      256
+ *   ql: 32 vectors, vector j = ql bytes 4j..4j+3 of each row        2048
+ *   qh: 16 vectors, vector j = qh bytes 4j..4j+3 of each row        1024
+ *   d[16] f16                                                         32
+ * For half c and l = 4g (g < 8), vectors A = ql 16c + g, B = ql 16c + 8 + g
+ * and H = qh 8c + g hold elements 128c + 32q + l .. + 3 (q < 4) of every
+ * row, in sub-block 8c + 2q + g / 4, as 6-bit levels (0..63):
+ *   q = 0: A & 15 | (H & 3) << 4       q = 1: B & 15 | (H >> 2 & 3) << 4
+ *   q = 2: A >> 4 | (H >> 4 & 3) << 4  q = 3: B >> 4 | (H >> 6) << 4
+ * The -32 offset is one per-row term: 32 * sum_s scale_s * bsum_s. */
+#define RP_K6_SB 3360 /* tile bytes per super-block */
+#define RP_K6_QL 256
+#define RP_K6_QH 2304
+#define RP_K6_D 3328
+
+static inline void rp_pack_q6_K(int64_t cols, const void *w, size_t wrow, void *dst)
+{
+    uint8_t *t = dst;
+    for (int64_t s = 0; s < cols / QK_K; s++, t += RP_K6_SB)
+        for (int r = 0; r < 16; r++) {
+            const block_q6_K *b = (const block_q6_K *)((const uint8_t *)w + (size_t)r * wrow) + s;
+            for (int k = 0; k < 4; k++)
+                memcpy(t + 64 * k + 4 * r, b->scales + 4 * k, 4);
+            for (int j = 0; j < 32; j++)
+                memcpy(t + RP_K6_QL + 64 * j + 4 * r, b->ql + 4 * j, 4);
+            for (int j = 0; j < 16; j++)
+                memcpy(t + RP_K6_QH + 64 * j + 4 * r, b->qh + 4 * j, 4);
+            memcpy(t + RP_K6_D + 2 * r, &b->d, 2);
+        }
+}
+
+/* dec_rp_q4_K's counterpart: row i of a q6_K tile back into block_q6_K. */
+static inline void dec_rp_q6_K(const void *row, int64_t nsb, uint8_t *tile, int i)
+{
+    const uint8_t *t = (const uint8_t *)row - (size_t)i * (size_t)nsb * sizeof(block_q6_K);
+    for (int64_t s = 0; s < nsb; s++, t += RP_K6_SB) {
+        block_q6_K b;
+        for (int k = 0; k < 4; k++)
+            memcpy(b.scales + 4 * k, t + 64 * k + 4 * i, 4);
+        for (int j = 0; j < 32; j++)
+            memcpy(b.ql + 4 * j, t + RP_K6_QL + 64 * j + 4 * i, 4);
+        for (int j = 0; j < 16; j++)
+            memcpy(b.qh + 4 * j, t + RP_K6_QH + 64 * j + 4 * i, 4);
+        memcpy(&b.d, t + RP_K6_D + 2 * i, 2);
+        dec_q6_K(&b, 1, tile + s * KB(16), i);
+    }
+}
+
+/* A Q8_K activation super-block as the q6_K generation kernels read it:
+ * the 16 sums in the order the scales pair up as int16 in a dword (bytes
+ * 0, 2 then 1, 3: bs[4k], bs[4k + 2], bs[4k + 1], bs[4k + 3]). */
+typedef struct {
+    int8_t qs[QK_K];
+    int16_t bs[16];
+    float d;
+    int32_t pad[7];
+} rp_k6xblock;
+_Static_assert(sizeof(rp_k6xblock) == 320, "rp_k6xblock layout");
+
+static inline size_t rp_k6x_bytes(int64_t cols)
+{
+    return (size_t)(cols / QK_K) * sizeof(rp_k6xblock);
+}
+
+static inline void rp_k6x_pack(int64_t cols, const void *xq, void *dst)
+{
+    const block_q8_K *x = xq;
+    rp_k6xblock *o = dst;
+    for (int64_t s = 0; s < cols / QK_K; s++) {
+        memcpy(o[s].qs, x[s].qs, QK_K);
+        for (int k = 0; k < 4; k++) {
+            o[s].bs[4 * k] = x[s].bsums[4 * k], o[s].bs[4 * k + 1] = x[s].bsums[4 * k + 2];
+            o[s].bs[4 * k + 2] = x[s].bsums[4 * k + 1], o[s].bs[4 * k + 3] = x[s].bsums[4 * k + 3];
+        }
+        o[s].d = x[s].d;
+        memset(o[s].pad, 0, sizeof o[s].pad);
+    }
+}
+
 #endif

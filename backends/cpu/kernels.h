@@ -75,7 +75,7 @@ typedef struct {
  * sums at once, no horizontal sums; the rows' scales sit next to their
  * quants, so a tile is one forward stream.  A tile takes exactly the bytes
  * of its 16 rows in the file (16 * row bytes), so tile t sits where row 16t
- * was.  Layouts (q4_0, q5_0, q8_0, q4_K): gemm_decode.h.  Integer block
+ * was.  Layouts (q4_0, q5_0, q8_0, q4_K, q6_K): gemm_decode.h.  Integer block
  * sums are the scalar reference's (offsets folded into one per-block
  * activation term); only float summation order differs. */
 typedef struct {

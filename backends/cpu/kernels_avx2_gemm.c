@@ -601,6 +601,112 @@ static const cm_gemm g_rp2_q4_K = {G2, xbytes_k, work_k8, pack_q8_K, rp2_rows_q4
 static const cm_repack rp2_q4_K = {rp_pack_q4_K, rp_kx_bytes, rp_kx_pack, rp2_gemv_q4_K,
                                    rp2_gemv_pf_q4_K, &g_rp2_q4_K};
 
+/* ---- repacked q6_K tiles (gemm_decode.h's layout) -------------------------
+ * Per half tile (8 rows), two vpmaddubsw of 6-bit levels add up in s16
+ * (2 * 2 * 63 * 128 = 32256), then one vpmaddwd against the rows' scale
+ * (in both halves of the dword) sums the pairs and scales them. */
+
+/* Byte b of every dword sign-extended into both of its int16 halves. */
+INLINE __m256i k6_dup(__m256i v, const int b)
+{
+    const __m128i i = _mm_setr_epi8(-1, b, -1, b, -1, 4 + b, -1, 4 + b, -1, 8 + b, -1, 8 + b,
+                                    -1, 12 + b, -1, 12 + b);
+    return _mm256_srai_epi16(_mm256_shuffle_epi8(v, _mm256_set_m128i(i, i)), 8);
+}
+
+/* Levels q of vectors a (ql), b (ql), hb (qh) for element run q (gemm_decode.h). */
+INLINE __m256i k6_lev(__m256i a, __m256i b, __m256i hb, const int q)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+    __m256i lo = q == 0 ? a : q == 1 ? b : _mm256_srli_epi16(q == 2 ? a : b, 4);
+    __m256i hi = q == 0 ? _mm256_slli_epi16(hb, 4) : q == 1 ? _mm256_slli_epi16(hb, 2)
+               : q == 2 ? hb : _mm256_srli_epi16(hb, 2);
+    return _mm256_or_si256(_mm256_and_si256(lo, m4), _mm256_and_si256(hi, m30));
+}
+
+/* Half h of one super-block: rows 8h..8h+7's scale * level . x sums and
+ * scale * bsum sums. */
+INLINE void rp2_k6_half(const uint8_t *t, const rp_k6xblock *x, int h, __m256i *isum,
+                        __m256i *msum)
+{
+    const uint8_t *ql = t + RP_K6_QL + 32 * h, *qh = t + RP_K6_QH + 32 * h;
+    __m256i sc[4], is = _mm256_setzero_si256(), ms = _mm256_setzero_si256();
+    UNROLL
+    for (int k = 0; k < 4; k++) {
+        sc[k] = load256(t + 64 * k + 32 * h);
+        __m256i lo = _mm256_srai_epi16(_mm256_slli_epi16(sc[k], 8), 8); /* bytes 0, 2 */
+        ms = _mm256_add_epi32(ms, _mm256_madd_epi16(lo, bcst32_256(x->bs + 4 * k)));
+        ms = _mm256_add_epi32(ms, _mm256_madd_epi16(_mm256_srai_epi16(sc[k], 8),
+                                                    bcst32_256(x->bs + 4 * k + 2)));
+    }
+    UNROLL
+    for (int c = 0; c < 2; c++) {
+        UNROLL
+        for (int gp = 0; gp < 4; gp++) { /* g = 2gp, 2gp + 1: sub-blocks 8c + 2q + gp / 2 */
+            __m256i sq[4];
+            UNROLL
+            for (int q = 0; q < 4; q++)
+                sq[q] = _mm256_setzero_si256();
+            UNROLL
+            for (int g = 2 * gp; g < 2 * gp + 2; g++) {
+                const __m256i a = load256(ql + 64 * (16 * c + g));
+                const __m256i b = load256(ql + 64 * (16 * c + 8 + g));
+                const __m256i hb = load256(qh + 64 * (8 * c + g));
+                UNROLL
+                for (int q = 0; q < 4; q++)
+                    sq[q] = _mm256_add_epi16(sq[q], _mm256_maddubs_epi16(k6_lev(a, b, hb, q),
+                                             bcst32_256(x->qs + 128 * c + 32 * q + 4 * g)));
+            }
+            UNROLL
+            for (int q = 0; q < 4; q++) {
+                const int sub = 8 * c + 2 * q + gp / 2;
+                is = _mm256_add_epi32(is, _mm256_madd_epi16(sq[q], k6_dup(sc[sub / 4], sub % 4)));
+            }
+        }
+    }
+    *isum = is, *msum = ms;
+}
+
+INLINE void rp2_gemv_k6(int64_t cols, const void *tile, const void *xp, float *y, const int pf)
+{
+    const uint8_t *t = tile;
+    const rp_k6xblock *x = xp;
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t s = 0; s < cols / QK_K; s++, t += RP_K6_SB) {
+        if (pf) {
+            UNROLL
+            for (int l = 0; l < RP_K6_SB; l += 64)
+                _mm_prefetch((const char *)t + RP2_PF + l, _MM_HINT_T0);
+        }
+        const __m256 dx = _mm256_set1_ps(x[s].d);
+        UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m256i is, ms;
+            rp2_k6_half(t, x + s, h, &is, &ms);
+            is = _mm256_sub_epi32(is, _mm256_slli_epi32(ms, 5));
+            __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(t + RP_K6_D + 16 * h)));
+            acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(d, dx), acc[h]);
+        }
+    }
+    _mm256_storeu_ps(y, acc[0]);
+    _mm256_storeu_ps(y + 8, acc[1]);
+}
+
+static void rp2_gemv_q6_K(int64_t cols, const void *t, const void *xp, float *y)
+{
+    rp2_gemv_k6(cols, t, xp, y, 0);
+}
+
+static void rp2_gemv_pf_q6_K(int64_t cols, const void *t, const void *xp, float *y)
+{
+    rp2_gemv_k6(cols, t, xp, y, 1);
+}
+
+K_ROWS(rp2_rows_q6_K, dec_rp_q6_K, 16, 0)
+static const cm_gemm g_rp2_q6_K = {G2, xbytes_k, work_k16, pack_q8_K, rp2_rows_q6_K};
+static const cm_repack rp2_q6_K = {rp_pack_q6_K, rp_k6x_bytes, rp_k6x_pack, rp2_gemv_q6_K,
+                                   rp2_gemv_pf_q6_K, &g_rp2_q6_K};
+
 void cm_gemm_avx2_install(struct cm_kernels *k)
 {
     k->gemm[CM_TYPE_Q8_0] = &g_q8_0;
@@ -617,6 +723,7 @@ void cm_gemm_avx2_install(struct cm_kernels *k)
     k->repack[CM_TYPE_Q5_0] = &rp2_q5_0;
     k->repack[CM_TYPE_Q8_0] = &rp2_q8_0;
     k->repack[CM_TYPE_Q4_K] = &rp2_q4_K;
+    k->repack[CM_TYPE_Q6_K] = &rp2_q6_K;
 }
 
 #else /* built without -mavx2 -mfma -mf16c */

@@ -816,6 +816,106 @@ static const cm_repack rp_q4_K_plain = {rp_pack_q4_K, rp_kx_bytes, rp_kx_pack,
                                         rp_gemv_q4_K_plain, rp_gemv_q4_K_plain_pf,
                                         &g_rp_q4_K_plain};
 
+/* ---- repacked q6_K tiles (gemm_decode.h's layout) ------------------------- */
+
+/* Byte b of every dword, sign-extended (a row's s8 sub-block scale). */
+INLINE __m512i k6_byte(__m512i v, const int b)
+{
+    return _mm512_srai_epi32(_mm512_slli_epi32(v, 24 - 8 * b), 24);
+}
+
+/* One super-block of a q6_K tile: the 16 rows' sums of scale * level . x
+ * (levels 0..63, *isum) and of scale * bsum (the -32 offset's term, *msum). */
+INLINE void rp_k6_block(const uint8_t *t, const rp_k6xblock *x, __m512i *isum, __m512i *msum,
+                        const int vnni)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    const uint8_t *ql = t + RP_K6_QL, *qh = t + RP_K6_QH;
+    __m512i sc[4], is = _mm512_setzero_si512(), ms = _mm512_setzero_si512();
+    UNROLL
+    for (int k = 0; k < 4; k++) {
+        sc[k] = _mm512_loadu_si512(t + 64 * k);
+        __m512i lo = _mm512_srai_epi16(_mm512_slli_epi16(sc[k], 8), 8); /* bytes 0, 2 */
+        ms = dpwssd(ms, lo, bcst32(x->bs + 4 * k), vnni);
+        ms = dpwssd(ms, _mm512_srai_epi16(sc[k], 8), bcst32(x->bs + 4 * k + 2), vnni);
+    }
+    UNROLL
+    for (int c = 0; c < 2; c++) {
+        UNROLL
+        for (int h = 0; h < 2; h++) { /* g = 4h..4h+3: sub-blocks 8c + 2q + h */
+            __m512i sq[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(),
+                             _mm512_setzero_si512(), _mm512_setzero_si512()};
+            UNROLL
+            for (int g = 4 * h; g < 4 * h + 4; g++) {
+                const __m512i a = _mm512_loadu_si512(ql + 64 * (16 * c + g));
+                const __m512i b = _mm512_loadu_si512(ql + 64 * (16 * c + 8 + g));
+                const __m512i hb = _mm512_loadu_si512(qh + 64 * (8 * c + g));
+                const int8_t *xq = x->qs + 128 * c + 4 * g;
+                sq[0] = dpbusd_bcst(sq[0], _mm512_ternarylogic_epi32(_mm512_and_si512(a, m4),
+                                    _mm512_slli_epi16(hb, 4), m30, 0xF8), xq, vnni);
+                sq[1] = dpbusd_bcst(sq[1], _mm512_ternarylogic_epi32(_mm512_and_si512(b, m4),
+                                    _mm512_slli_epi16(hb, 2), m30, 0xF8), xq + 32, vnni);
+                sq[2] = dpbusd_bcst(sq[2], _mm512_ternarylogic_epi32(
+                                    _mm512_and_si512(_mm512_srli_epi16(a, 4), m4), hb, m30, 0xF8),
+                                    xq + 64, vnni);
+                sq[3] = dpbusd_bcst(sq[3], _mm512_ternarylogic_epi32(
+                                    _mm512_and_si512(_mm512_srli_epi16(b, 4), m4),
+                                    _mm512_srli_epi16(hb, 2), m30, 0xF8), xq + 96, vnni);
+            }
+            UNROLL
+            for (int q = 0; q < 4; q++) {
+                const int sub = 8 * c + 2 * q + h;
+                is = _mm512_add_epi32(is, _mm512_mullo_epi32(sq[q], k6_byte(sc[sub / 4], sub % 4)));
+            }
+        }
+    }
+    *isum = is, *msum = ms;
+}
+
+INLINE void rp_gemv_k6(int64_t cols, const void *tile, const void *xp, float *y,
+                       const int vnni, const int pf)
+{
+    const uint8_t *t = tile;
+    const rp_k6xblock *x = xp;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t s = 0; s < cols / QK_K; s++, t += RP_K6_SB) {
+        if (pf) {
+            UNROLL
+            for (int l = 0; l < RP_K6_SB; l += 64)
+                _mm_prefetch((const char *)t + RP_PF + l, _MM_HINT_T0);
+        }
+        __m512i is, ms;
+        rp_k6_block(t, x + s, &is, &ms, vnni);
+        is = _mm512_sub_epi32(is, _mm512_slli_epi32(ms, 5));
+        const __m512 d = _mm512_mul_ps(_mm512_cvtph_ps(load256(t + RP_K6_D)),
+                                       _mm512_set1_ps(x[s].d));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), d, acc);
+    }
+    _mm512_storeu_ps(y, acc);
+}
+
+#define RP_GEMV_K6(name, vnni)                                                  \
+    static void name(int64_t cols, const void *t, const void *xp, float *y)     \
+    {                                                                           \
+        rp_gemv_k6(cols, t, xp, y, vnni, 0);                                    \
+    }                                                                           \
+    static void name##_pf(int64_t cols, const void *t, const void *xp, float *y) \
+    {                                                                           \
+        rp_gemv_k6(cols, t, xp, y, vnni, 1);                                    \
+    }
+RP_GEMV_K6(rp_gemv_q6_K_vnni, 1)
+RP_GEMV_K6(rp_gemv_q6_K_plain, 0)
+
+K_ROWS(rp_rows_q6_K_vnni, dec_rp_q6_K, 16, 0, 1)
+K_ROWS(rp_rows_q6_K_plain, dec_rp_q6_K, 16, 0, 0)
+GEMM(g_rp_q6_K_vnni, pack_q8_K, rp_rows_q6_K_vnni, xbytes_k, work_k16)
+GEMM(g_rp_q6_K_plain, pack_q8_K, rp_rows_q6_K_plain, xbytes_k, work_k16)
+static const cm_repack rp_q6_K_vnni = {rp_pack_q6_K, rp_k6x_bytes, rp_k6x_pack, rp_gemv_q6_K_vnni,
+                                       rp_gemv_q6_K_vnni_pf, &g_rp_q6_K_vnni};
+static const cm_repack rp_q6_K_plain = {rp_pack_q6_K, rp_k6x_bytes, rp_k6x_pack,
+                                        rp_gemv_q6_K_plain, rp_gemv_q6_K_plain_pf,
+                                        &g_rp_q6_K_plain};
+
 void cm_gemm_avx512_install(struct cm_kernels *k, int vnni)
 {
 #define PICK(T, g) k->gemm[CM_TYPE_##T] = vnni ? &g##_vnni : &g##_plain
@@ -836,6 +936,7 @@ void cm_gemm_avx512_install(struct cm_kernels *k, int vnni)
     k->repack[CM_TYPE_Q4_0] = vnni ? &rp_q4_0_vnni : &rp_q4_0_plain;
     k->repack[CM_TYPE_Q5_0] = vnni ? &rp_q5_0_vnni : &rp_q5_0_plain; /* levels <= 31 */
     k->repack[CM_TYPE_Q4_K] = vnni ? &rp_q4_K_vnni : &rp_q4_K_plain;
+    k->repack[CM_TYPE_Q6_K] = vnni ? &rp_q6_K_vnni : &rp_q6_K_plain; /* levels <= 63 */
     /* q8_0 stored as w + 128: this file's maddubs pairs would saturate;
      * without VNNI (Skylake-X) q8_0 keeps its per-row kernels, not the
      * AVX2 table's repacked ones, which were measured on Zen 5 only */
