@@ -11,7 +11,9 @@
 # generation shortcut off (replayed steps, hazard-tracked barriers, fused
 # ops, inline quantization), so both paths stay held to the reference.
 # Last, a generation whose steps are replayed must replay (the statistics
-# say so) and give the text of the same generation run eagerly.
+# say so) and give the text of the same generation run eagerly, for a dense
+# model and for a token-level MoE (its experts chosen on the device), whose
+# tokens per expert must also be the CPU's.
 set -u
 . "$(dirname "$0")/lib.sh"
 "$CODEMOE" --version | grep -q vulkan || tl_skip "this build has no Vulkan backend"
@@ -41,3 +43,16 @@ grep -q "1 steps recorded to replay, [1-9][0-9]* replayed, 0 recordings ended" "
     { echo "FAIL: the generation's steps were not replayed:"; cat "$TMP/err"; exit 1; }
 [ "$eager" = "$replayed" ] || { echo "FAIL: replayed and eager generations differ"; exit 1; }
 echo "replayed: $(grep -o '[0-9]* replayed' "$TMP/err")"
+tl_shared fixtures/gguf/mixtral/mixtral-q4_0.gguf
+M="$SHARED/fixtures/gguf/mixtral/mixtral-q4_0.gguf"
+[ -f "$M" ] || tl_skip "$M missing"
+eager=$(gen CODEMOE_VULKAN_REPLAY=0) || exit 1
+replayed=$(gen CODEMOE_VULKAN_REPLAY=1) || exit 1
+grep -q "1 steps recorded to replay, [1-9][0-9]* replayed, 0 recordings ended" "$TMP/err" ||
+    { echo "FAIL: the MoE generation's steps were not replayed:"; cat "$TMP/err"; exit 1; }
+[ "$eager" = "$replayed" ] || { echo "FAIL: replayed and eager MoE generations differ"; exit 1; }
+stats() { "$CODEMOE" run -m "$M" --backend "$1" -p "def fib(n):" -n 24 --temp 0 --moe-stats 2>&1 |
+    grep "tokens per expert"; }
+[ "$(stats vulkan)" = "$(stats cpu)" ] && [ -n "$(stats cpu)" ] ||
+    { echo "FAIL: tokens per expert differ from the CPU's:"; stats vulkan; stats cpu; exit 1; }
+echo "MoE replayed: $(grep -o '[0-9]* replayed' "$TMP/err")"

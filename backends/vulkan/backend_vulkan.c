@@ -762,6 +762,7 @@ static size_t vk_state_bytes(const cm_backend_shape *s)
                                                   kv_cache_bytes(s, hp->head_dim_v));
     return kv + (size_t)s->n_ctx * hp->rope_dim * sizeof(float) +
            rows_bytes(s) + xq_bytes(s) + lout_bytes(s) + STAGE_BYTES +
+           (size_t)hp->n_layer * (size_t)(hp->n_expert_used + 1) * 3 * sizeof(uint32_t) +
            (size_t)(s->n_batch + 1) * sizeof(int32_t);
 }
 
@@ -781,7 +782,7 @@ static void vk_release(cm_backend *be)
             free(st->k_cache[il]), free(st->v_cache[il]);
         }
         vk_buf_drop(st, &st->rope_cs), vk_buf_drop(st, &st->rows), vk_buf_drop(st, &st->dummy);
-        vk_buf_drop(st, &st->io);
+        vk_buf_drop(st, &st->io), vk_buf_drop(st, &st->route), vk_buf_drop(st, &st->route_out);
         vk_buf_drop(st, &st->xq), vk_buf_drop(st, &st->lout), vk_buf_drop(st, &st->stage);
         for (int i = 0; i < VK_PIPE_COUNT; i++)
             if (st->pipe[i])
@@ -809,7 +810,7 @@ static void vk_release(cm_backend *be)
         if (destroy)
             destroy(st->inst, st->messenger, NULL);
     }
-    free(st->k_cache), free(st->v_cache), free(st->route_host);
+    free(st->k_cache), free(st->v_cache), free(st->route_host), free(st->moe_dst);
     free(st);
     be->state = NULL;
 }
@@ -835,9 +836,16 @@ static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *e
         r = vk_buf_make_in(st, lout_bytes(s), VK_READBACK, &st->lout);
     if (r == VK_SUCCESS)
         r = vk_buf_make_in(st, STAGE_BYTES, VK_READBACK, &st->stage);
+    const size_t routes = (size_t)hp->n_layer * (size_t)(hp->n_expert_used > 0 ? hp->n_expert_used : 1);
+    if (r == VK_SUCCESS)
+        r = vk_buf_make(st, 2 * routes * sizeof(uint32_t), &st->route);
+    if (r == VK_SUCCESS)
+        r = vk_buf_make_in(st, routes * sizeof(uint32_t), VK_READBACK, &st->route_out);
     st->xq_blocks = st->xq.size / 40;
     if (r != VK_SUCCESS)
         return vk_fail(err, r, "allocating buffers");
+    if (!(st->moe_dst = calloc((size_t)hp->n_layer + 1, sizeof *st->moe_dst)))
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating the Vulkan backend");
     memset(st->io.map, 0, st->io.size); /* position 0 until a batch says */
     st->route_floats = (size_t)s->n_batch * (size_t)(hp->n_expert > 0 ? hp->n_expert : 1);
     st->route_host = malloc(st->route_floats * sizeof(float));
@@ -1167,6 +1175,7 @@ const cm_backend_ops cm_backend_vulkan_ops = {
     .add = vk_add,
     .add_gated = vk_add_gated,
     .route = vk_route,
+    .moe_ffn = vk_moe_ffn,
     .gather = vk_gather,
     .scatter_add = vk_scatter_add,
     .logits = vk_logits,

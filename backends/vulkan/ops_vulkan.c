@@ -381,24 +381,44 @@ typedef struct {
     int glu;
 } vk_act;
 
+/* An expert product (vk_moe_ffn): for each of k slots, the weights of
+ * the expert route names at uint oe + slot, n_expert matrices of stride
+ * bytes from w's; the slot's activations xstep uints after the last's
+ * (0: all read the same row); its output row after the last's. */
+typedef struct {
+    int k, n_expert;
+    size_t stride;
+    uint32_t oe, xstep;
+} vk_experts;
+
 /* y = x w^T (+ b) for n tokens: y rows of w->ne[1] floats from element oy
- * of yb. */
+ * of yb; with ex, one token's products by its k experts (bias-less). */
 static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, const vk_act *x,
-                    int64_t n, vk_buf *yb, uint32_t oy)
+                    int64_t n, vk_buf *yb, uint32_t oy, const vk_experts *ex)
 {
     const int has_b = b && cm_tensor_present(b);
-    const vk_view wv = view_of(st, w), bv = has_b ? view_of(st, b) : (vk_view){0};
+    cm_tensor all = *w; /* (every expert's matrix, for an expert product) */
+    if (ex)
+        all.nbytes = ex->stride * (size_t)(ex->n_expert - 1) + w->nbytes;
+    const vk_view wv = view_of(st, &all), bv = has_b ? view_of(st, b) : (vk_view){0};
     const uint32_t rows = (uint32_t)w->ne[1];
     struct {
-        uint32_t type, ox, ow, ob, has_b, oy, cols, rows, n, tpc, xf, glu, og;
+        uint32_t type, ox, ow, ob, has_b, oy, cols, rows, n, tpc, xf, glu, og, es, oe, xstep;
     } pc = {type_code(w->type), x->in_ ? 0 : x->ox, wv.h, bv.h, (uint32_t)has_b, oy,
-            (uint32_t)w->ne[0], rows, (uint32_t)n, 0, x->ox, (uint32_t)x->glu, x->og};
-    vk_buf *const bufs[VK_OPERANDS] = {x->b, wv.b, has_b ? bv.b : NULL, yb,
+            (uint32_t)w->ne[0], rows, (uint32_t)n, 0, x->ox, (uint32_t)x->glu, x->og,
+            ex ? (uint32_t)(ex->stride / 2) : 0, ex ? ex->oe : 0, ex ? ex->xstep : 0};
+    vk_buf *const bufs[VK_OPERANDS] = {x->b, wv.b, ex ? &st->route : has_b ? bv.b : NULL, yb,
                                        x->glu ? x->g : NULL};
-    const VkDeviceSize off[VK_OPERANDS] = {0, wv.off, bv.off, 0, 0};
+    const VkDeviceSize off[VK_OPERANDS] = {0, wv.off, ex ? 0 : bv.off, 0, 0};
     const VkDeviceSize range[VK_OPERANDS] = {VK_WHOLE_SIZE, wv.range,
                                              has_b ? bv.range : VK_WHOLE_SIZE, VK_WHOLE_SIZE,
                                              VK_WHOLE_SIZE};
+    if (ex) { /* a slot along z */
+        const uint32_t groups = vk_groups(rows, st->mm_rows), gx = groups < 32768 ? groups : 32768;
+        vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, VK_MM_PLAIN), bufs, off, range, &pc,
+                       sizeof pc, gx, vk_groups(groups, gx), (uint32_t)ex->k);
+        return;
+    }
     if (!x->in_ && quantized(w->type) && st->tile_min && n >= st->tile_min) {
         /* matmul_tiled.comp: a workgroup per tile of rows x tokens */
         vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, VK_MM_TILED), bufs, off, range, &pc,
@@ -477,7 +497,7 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
             any_q[kind] = 1, cols = ws[i]->ne[0];
             continue;
         }
-        product(st, ws[i], bs ? bs[i] : NULL, &a, n, vk_buf_of(ys[i]), vk_off(ys[i]));
+        product(st, ws[i], bs ? bs[i] : NULL, &a, n, vk_buf_of(ys[i]), vk_off(ys[i]), NULL);
     }
     vk_group(st, 0);
     /* the quantized ones its q8_0/q8_1 rows, then its q8_K rows, each made
@@ -495,10 +515,113 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
             for (int i = 0; i < nw; i++)
                 if (quantized(ws[i]->type) == kind)
                     product(st, ws[i], bs ? bs[i] : NULL, &q, m, vk_buf_of(ys[i]),
-                            vk_off(ys[i]) + (uint32_t)(t0 * ws[i]->ne[1]));
+                            vk_off(ys[i]) + (uint32_t)(t0 * ws[i]->ne[1]), NULL);
             vk_group(st, 0);
         }
     }
+}
+
+/* ---------------------------------------------- MoE routed on the device */
+
+/* uints from one row's activations to the next's, as a product reads
+ * them: F32 rows (kind 0), quantize.comp's q8_0/q8_1 (1) or q8_K (2) blocks. */
+static uint32_t act_row_uints(int64_t cols, int kind)
+{
+    return (uint32_t)(kind == 0 ? cols : kind == 1 ? cols / 32 * 10 : cols / 256 * 73);
+}
+
+/* ys[i] row s = x row s (or row 0: rows_in 1) times the weights ws[i] of
+ * slot s's expert, for each of ex's slots; per kind of activation, x
+ * quantized once for all the weights of that kind. */
+static void expert_products(vk_state *st, int nw, const cm_tensor *const *ws,
+                            const size_t *stride, const cm_tensor *x, int rows_in,
+                            vk_experts ex, cm_tensor *const *ys)
+{
+    const int64_t cols = x->ne[0];
+    for (int kind = 0; kind <= 2; kind++) {
+        int any = 0;
+        for (int i = 0; i < nw; i++)
+            any |= quantized(ws[i]->type) == kind;
+        if (!any)
+            continue;
+        if (kind)
+            quantize_rows(st, x, cols, 0, rows_in, kind);
+        const vk_act act = {kind ? &st->xq : vk_buf_of(x), kind ? 0 : vk_off(x), 0, NULL, 0, 0};
+        ex.xstep = rows_in > 1 ? act_row_uints(cols, kind) : 0;
+        vk_group(st, 1);
+        for (int i = 0; i < nw; i++)
+            if (quantized(ws[i]->type) == kind) {
+                ex.stride = stride[i];
+                product(st, ws[i], NULL, &act, 1, vk_buf_of(ys[i]), vk_off(ys[i]), &ex);
+            }
+        vk_group(st, 0);
+    }
+}
+
+/* Whether the device path takes these shapes: one token, route.comp's
+ * bounds, every expert matrix of a weight bindable at once, the experts'
+ * activations within the products' scratch. */
+static int moe_fits(const vk_state *st, const cm_moe_args *a)
+{
+    const int k = a->k, X = (int)a->logits->ne[0];
+    if (a->x->ne[1] != 1 || k < 1 || k > 16 || X > 256 || k > X || a->layer < 0 ||
+        a->layer >= st->hp->n_layer || k > (st->hp->n_expert_used > 0 ? st->hp->n_expert_used : 0))
+        return 0;
+    for (int i = 0; i < 3; i++) {
+        const cm_tensor *w = a->w[i];
+        const int kind = quantized(w->type), rows_in = i == 2 ? k : 1;
+        const VkDeviceSize lead = w->offs % st->align;
+        if (!vk_buf_of(w) || !vk_has_type(CM_OP_matmul, w->type) || ((w->offs | a->stride[i]) & 1) ||
+            lead + a->stride[i] * (size_t)(X - 1) + w->nbytes + 4 > st->max_range)
+            return 0;
+        if (kind && st->xq.size / 4 < (uint64_t)act_row_uints(w->ne[0], kind) * (uint64_t)rows_in)
+            return 0;
+    }
+    return 1;
+}
+
+/* route.comp chooses the token's experts into st->route; the gate and up
+ * products of each chosen expert, swiglu, the down products, and
+ * moe_sum.comp's weighted sum follow with no host in between. */
+int vk_moe_ffn(cm_backend *be, const cm_moe_args *a)
+{
+    vk_state *st = vk_st(be);
+    if (!moe_fits(st, a))
+        return 0;
+    const uint32_t k = (uint32_t)a->k, il = (uint32_t)a->layer, E = (uint32_t)a->out->ne[0];
+    st->moe_dst[il] = a->chosen;
+    st->moe_pending = 1;
+    if (op_begin(st, 0))
+        return 1;
+    struct {
+        uint32_t ol, X, k, norm, oo, oh;
+    } rp = {vk_off(a->logits), (uint32_t)a->logits->ne[0], k, (uint32_t)a->norm, 2 * k * il, k * il};
+    RUN5(st, VK_SH_ROUTE, vk_buf_of(a->logits), NULL, NULL, &st->route, &st->route_out, rp, 1,
+         1, 1);
+    const vk_experts ex = {a->k, (int)a->logits->ne[0], 0, 2 * k * il, 0};
+    const cm_tensor *gu[2] = {a->w[0], a->w[1]}, *down = a->w[2];
+    cm_tensor *ab[2] = {a->a, a->b}, *y = a->y;
+    expert_products(st, 2, gu, a->stride, a->x, 1, ex, ab);
+    swiglu_now(st, a->a, a->b);
+    expert_products(st, 1, &down, a->stride + 2, a->a, a->k, ex, &y);
+    struct {
+        uint32_t oy, oo, oout, E, k;
+    } sp = {vk_off(a->y), 2 * k * il, vk_off(a->out), E, k};
+    RUN(st, VK_SH_MOE_SUM, vk_buf_of(a->y), NULL, &st->route, vk_buf_of(a->out), sp,
+        vk_groups(E, 64), 1, 1);
+    return 1;
+}
+
+void vk_moe_copy_chosen(vk_state *st)
+{
+    const int k = st->hp->n_expert_used;
+    for (int il = 0; il < st->hp->n_layer; il++)
+        if (st->moe_dst[il]) {
+            memcpy(st->moe_dst[il], (const uint32_t *)st->route_out.map + (size_t)il * k,
+                   (size_t)k * sizeof(int32_t));
+            st->moe_dst[il] = NULL;
+        }
+    st->moe_pending = 0;
 }
 
 /* The product into st->lout, a few tokens at a time, each then submitted
@@ -533,7 +656,7 @@ void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_
             quantize_rows(st, x, cols, t0, m, q);
         const vk_act a = {q && !in_ ? &st->xq : vk_buf_of(x),
                           q && !in_ ? 0 : vk_off(x) + (uint32_t)(t0 * cols), in_, NULL, 0, 0};
-        product(st, w, b, &a, m, &st->lout, 0);
+        product(st, w, b, &a, m, &st->lout, 0, NULL);
         if (st->mode == VK_CAPTURE) /* (copied once the step has run) */
             return;
         vk_flush(st);

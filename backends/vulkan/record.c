@@ -455,6 +455,10 @@ void vk_batch_end(cm_backend *be)
     }
     st->mode = VK_EAGER;
     st->batch_ids = NULL;
+    if (st->moe_pending) {
+        vk_flush(st);
+        vk_moe_copy_chosen(st);
+    }
 }
 
 /* An op's start: counted, and skipped when a record replays. */

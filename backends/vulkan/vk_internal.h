@@ -130,6 +130,12 @@ typedef struct {
     vk_buf xq, lout;
     vk_buf stage; /* copies to and from unmapped buffers */
     float *route_host;   /* the router's logits of n_batch tokens, on the host */
+    /* routing on the device (vk_moe_ffn, one token): per layer, k expert
+     * ids then k weights in route, the ids again in route_out for the
+     * host, copied to moe_dst[layer] (the engine's) when the batch ends */
+    vk_buf route, route_out;
+    int32_t **moe_dst;
+    int moe_pending;
     size_t route_floats; /* its size */
     uint64_t xq_blocks;
     VkDeviceSize align;     /* minStorageBufferOffsetAlignment (at least 4) */
@@ -256,6 +262,9 @@ void vk_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const cm_t
 void vk_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n, cm_tensor *dst);
 void vk_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, const int32_t *rows,
                     const float *wts, int n);
+int vk_moe_ffn(cm_backend *be, const cm_moe_args *a);
+/* The device's expert choices to the engine's arrays (after the batch ran). */
+void vk_moe_copy_chosen(vk_state *st);
 /* The products and embeddings (every weight type: vk_has_type). */
 int vk_has_type(int op, enum cm_type type);
 void vk_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,

@@ -97,7 +97,9 @@ static cm_status alloc_buffers(cm_ctx *c, cm_err *err)
     c->exp_wts = malloc((nb * X + 1) * sizeof(float));
     c->exp_count = malloc((X + 1) * sizeof(int32_t));
     c->expert_tokens = calloc((size_t)hp->n_layer * X + 1, sizeof(uint64_t));
-    if (!c->logits || !c->routing.expert || !c->routing.weight || !c->exp_rows ||
+    c->dev_chosen = calloc((size_t)hp->n_layer * (size_t)hp->n_expert_used + 1, sizeof(int32_t));
+    c->dev_routed = calloc((size_t)hp->n_layer + 1, 1);
+    if (!c->dev_chosen || !c->dev_routed || !c->logits || !c->routing.expert || !c->routing.weight || !c->exp_rows ||
         !c->exp_wts || !c->exp_count || !c->expert_tokens)
         return cm_fail(err, CM_E_NOMEM, "out of memory allocating a %d-token context",
                        c->n_ctx);
@@ -194,6 +196,7 @@ void cm_ctx_free(cm_ctx *c)
     free(c->w.layers), free(c->expw);
     free(c->logits), free(c->routing.expert), free(c->routing.weight), free(c->host_ffn);
     free(c->exp_rows), free(c->exp_wts), free(c->exp_count), free(c->expert_tokens);
+    free(c->dev_chosen), free(c->dev_routed);
     cm_expert_cache_free(c->experts);
     free(c);
 }
@@ -349,7 +352,7 @@ static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out, float *o
     cm_tensor x = cm_rows(&c->x, 0, n);
     /* a token of generation, all on the device, repeats the same ops */
     cm_op_batch_begin(c->be, ids, n, c->n_past, n_out,
-                      hp->n_expert == 0 && cm_place_complete(c->place));
+                      (hp->n_expert == 0 || cm_moe_on_device(c)) && cm_place_complete(c->place));
     cm_op_embed(c->be, &m->tok_embd, &m->pos_embd, ids, n, c->n_past, &x);
     for (int il = 0; il < hp->n_layer; il++) /* the last layer: only rows giving logits */
         layer(c, &m->layers[il], il, il == hp->n_layer - 1 ? n - n_out : 0, n);
@@ -361,6 +364,7 @@ static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out, float *o
         cm_op_logits(c->be, &h, &m->output, &m->output_b, out);
     }
     cm_op_batch_end(c->be);
+    cm_moe_count_device(c);
 }
 
 cm_status cm_eval_last(cm_ctx *c, const int32_t *ids, int n, int n_out, float *logits,
