@@ -116,8 +116,28 @@ static int same_tensor(const cm_tensor *a, const cm_tensor *b)
     return a->buf == b->buf && a->offs == b->offs && a->ne[0] == b->ne[0] && a->ne[1] == b->ne[1];
 }
 
+/* The norm held in st->pend_norm, its rows also quantized to kind q's
+ * blocks in st->xq when q != 0 (norm.comp). */
+static void norm_now(vk_state *st, int q)
+{
+    const cm_tensor *x = &st->pend_norm.x, *y = st->pend_norm.has_y ? &st->pend_norm.y : NULL;
+    const cm_tensor *out = &st->pend_norm.out;
+    struct {
+        uint32_t ox, ow, ob, oo, n, layer_norm, has_b;
+        float eps;
+        uint32_t has_y, oy, q;
+    } pc = {vk_off(x), vk_off(&st->pend_norm.w), 0, vk_off(out), (uint32_t)x->ne[0],
+            (uint32_t)st->pend_norm.layer_norm, 0, st->pend_norm.eps, (uint32_t)(y != NULL),
+            vk_off(y), (uint32_t)q};
+    st->pend_norm.held = 0;
+    RUN5(st, VK_SH_NORM, vk_buf_of(x), vk_buf_of(&st->pend_norm.w), q ? &st->xq : NULL,
+         vk_buf_of(out), vk_buf_of(y), pc, (uint32_t)x->ne[1], 1, 1);
+}
+
 /* The norm of x, after the residual add held back for it (x += y, one
- * dispatch for both) when that add was to this x. */
+ * dispatch for both) when that add was to this x.  Without a bias it is
+ * held back in turn: the product of out that follows has the norm
+ * quantize out for it (vk_matmul), one dispatch and barrier fewer. */
 void vk_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
              float eps, int layer_norm, cm_tensor *out)
 {
@@ -128,14 +148,25 @@ void vk_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_te
     const cm_tensor *y = fuse ? &st->pend_add.y : NULL;
     st->pend_add.held = 0;
     const int has_b = layer_norm && cm_tensor_present(b);
+    if (!has_b) {
+        st->pend_norm.held = 1;
+        st->pend_norm.x = *x, st->pend_norm.w = *w, st->pend_norm.out = *out;
+        st->pend_norm.has_y = y != NULL;
+        if (y)
+            st->pend_norm.y = *y;
+        st->pend_norm.eps = eps, st->pend_norm.layer_norm = layer_norm;
+        if (!st->fuse) /* (held only to share this code) */
+            norm_now(st, 0);
+        return;
+    }
     struct {
         uint32_t ox, ow, ob, oo, n, layer_norm, has_b;
         float eps;
-        uint32_t has_y, oy;
-    } pc = {vk_off(x), vk_off(w), has_b ? vk_off(b) : 0, vk_off(out), (uint32_t)x->ne[0],
-            (uint32_t)layer_norm, (uint32_t)has_b, eps, (uint32_t)(y != NULL), vk_off(y)};
-    RUN5(st, VK_SH_NORM, vk_buf_of(x), vk_buf_of(w), has_b ? vk_buf_of(b) : NULL,
-         vk_buf_of(out), vk_buf_of(y), pc, (uint32_t)x->ne[1], 1, 1);
+        uint32_t has_y, oy, q;
+    } pc = {vk_off(x), vk_off(w), vk_off(b), vk_off(out), (uint32_t)x->ne[0],
+            (uint32_t)layer_norm, 1, eps, (uint32_t)(y != NULL), vk_off(y), 0};
+    RUN5(st, VK_SH_NORM, vk_buf_of(x), vk_buf_of(w), vk_buf_of(b), vk_buf_of(out),
+         vk_buf_of(y), pc, (uint32_t)x->ne[1], 1, 1);
 }
 
 void vk_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
@@ -190,17 +221,19 @@ void vk_emit_held(vk_state *st)
         st->pend_glu.held = 0;
         swiglu_now(st, &st->pend_glu.a, &st->pend_glu.b);
     }
+    if (st->pend_norm.held)
+        norm_now(st, 0);
 }
 
-/* Held back: the product of a that follows may compute it as it reads a
- * (vk_matmul), so a itself is then never written.  The forward pass reads
- * a swiglu's result only as the input of the next product. */
+/* Held back: the product of a that follows may compute it as it reads or
+ * quantizes a (vk_matmul), so a itself is then never written.  The forward
+ * pass reads a swiglu's result only as the input of the next product. */
 void vk_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
 {
     vk_state *st = vk_st(be);
     if (op_begin(st, 0))
         return;
-    if (st->fuse && st->inline_n) {
+    if (st->fuse) {
         st->pend_glu.held = 1;
         st->pend_glu.a = *a;
         st->pend_glu.b = *b;
@@ -356,15 +389,17 @@ static vk_view view_of(vk_state *st, const cm_tensor *t)
     return v;
 }
 
-/* Rows t0 .. t0 + n - 1 of x (cols floats) to q8_0/q8_1 blocks in st->xq. */
+/* Rows t0 .. t0 + n - 1 of x (cols floats) to q8_0/q8_1 blocks in st->xq;
+ * of silu(x) * g instead where g is given (a swiglu held back). */
 static void quantize_rows(vk_state *st, const cm_tensor *x, int64_t cols, int64_t t0, int64_t n,
-                          int kind)
+                          int kind, const cm_tensor *g)
 {
     struct {
-        uint32_t ox, cols, n, k;
-    } pc = {vk_off(x) + (uint32_t)(t0 * cols), (uint32_t)cols, (uint32_t)n, kind == 2};
+        uint32_t ox, cols, n, k, glu, og;
+    } pc = {vk_off(x) + (uint32_t)(t0 * cols), (uint32_t)cols, (uint32_t)n, kind == 2,
+            g != NULL, g ? vk_off(g) + (uint32_t)(t0 * cols) : 0};
     const uint64_t groups = vk_groups((uint64_t)(cols / (kind == 2 ? 256 : 32)) * n, 64);
-    RUN(st, VK_SH_QUANTIZE, vk_buf_of(x), &st->xq, NULL, NULL, pc,
+    RUN(st, VK_SH_QUANTIZE, vk_buf_of(x), &st->xq, g ? vk_buf_of(g) : NULL, NULL, pc,
         groups > 65535 ? 65535 : (uint32_t)groups, 1, 1);
 }
 
@@ -472,19 +507,44 @@ static int inline_ok(const vk_state *st, int nw, const cm_tensor *const *ws, con
     return 1;
 }
 
+/* The kind of blocks a held norm whose output is x makes for these
+ * weights' products (0: no such norm, the products quantize x inline, or
+ * no weight of a block type). */
+static int norm_fold_kind(vk_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *x,
+                          int in_)
+{
+    if (!st->pend_norm.held || in_ || !same_tensor(&st->pend_norm.out, x))
+        return 0;
+    for (int i = 0; i < nw; i++) {
+        const int kind = quantized(ws[i]->type);
+        if (kind && x->ne[1] <= xq_tokens(st, ws[i]->ne[0], kind))
+            return kind;
+    }
+    return 0;
+}
+
 void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,
                const cm_tensor *x, cm_tensor *const *ys)
 {
     vk_state *st = vk_st(be);
     const int in_ = inline_ok(st, nw, ws, x);
-    const int glu = in_ && st->pend_glu.held && same_tensor(&st->pend_glu.a, x);
-    if (op_begin(st, glu))
+    int all_q = 1;
+    for (int i = 0; i < nw; i++)
+        all_q &= quantized(ws[i]->type) != 0;
+    /* a held swiglu computed by the products (inline) or by their
+     * quantization; a held norm of x quantizing it for them */
+    const int glu = st->pend_glu.held && same_tensor(&st->pend_glu.a, x) && (in_ || all_q);
+    const int nq = norm_fold_kind(st, nw, ws, x, in_);
+    if (op_begin(st, glu || nq))
         return;
+    if (nq)
+        norm_now(st, nq);
     st->pend_glu.held = 0;
+    const cm_tensor g = st->pend_glu.b;
     const int64_t n = x->ne[1];
     vk_act a = {vk_buf_of(x), vk_off(x), in_, NULL, 0, glu};
     if (glu)
-        a.g = vk_buf_of(&st->pend_glu.b), a.og = vk_off(&st->pend_glu.b);
+        a.g = vk_buf_of(&g), a.og = vk_off(&g);
     int any_q[3] = {0, 0, 0};
     int64_t cols = 0;
     /* float weights multiply x itself, inline products quantize it; the
@@ -501,15 +561,16 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
     }
     vk_group(st, 0);
     /* the quantized ones its q8_0/q8_1 rows, then its q8_K rows, each made
-     * once for all the weights of that kind, as many tokens at a time as
-     * the scratch holds */
+     * once for all the weights of that kind (by the norm before, for its
+     * kind), as many tokens at a time as the scratch holds */
     for (int kind = 1; kind <= 2; kind++) {
         if (!any_q[kind])
             continue;
         const int64_t per = xq_tokens(st, cols, kind);
         for (int64_t t0 = 0; t0 < n; t0 += per) {
             const int64_t m = n - t0 < per ? n - t0 : per;
-            quantize_rows(st, x, cols, t0, m, kind);
+            if (kind != nq) /* (nq: all n rows fit, one pass) */
+                quantize_rows(st, x, cols, t0, m, kind, glu && !in_ ? &g : NULL);
             const vk_act q = {&st->xq, 0, 0, NULL, 0, 0};
             vk_group(st, 1);
             for (int i = 0; i < nw; i++)
@@ -545,7 +606,7 @@ static void expert_products(vk_state *st, int nw, const cm_tensor *const *ws,
         if (!any)
             continue;
         if (kind)
-            quantize_rows(st, x, cols, 0, rows_in, kind);
+            quantize_rows(st, x, cols, 0, rows_in, kind, NULL);
         const vk_act act = {kind ? &st->xq : vk_buf_of(x), kind ? 0 : vk_off(x), 0, NULL, 0, 0};
         ex.xstep = rows_in > 1 ? act_row_uints(cols, kind) : 0;
         vk_group(st, 1);
@@ -653,7 +714,7 @@ void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_
     for (int64_t t0 = 0; t0 < n; t0 += per) {
         const int64_t m = n - t0 < per ? n - t0 : per;
         if (q && !in_)
-            quantize_rows(st, x, cols, t0, m, q);
+            quantize_rows(st, x, cols, t0, m, q, NULL);
         const vk_act a = {q && !in_ ? &st->xq : vk_buf_of(x),
                           q && !in_ ? 0 : vk_off(x) + (uint32_t)(t0 * cols), in_, NULL, 0, 0};
         product(st, w, b, &a, m, &st->lout, 0, NULL);

@@ -177,6 +177,12 @@ typedef struct {
         int held;
         cm_tensor a, b;
     } pend_glu;  /* a = silu(a) * b, for the product of a that follows */
+    struct {
+        int held, layer_norm, has_y;
+        cm_tensor x, w, out, y;
+        float eps;
+    } pend_norm; /* out = norm(x (+= y)), for the product of out that follows
+                  * to have it quantized by the norm's own dispatch */
     VkDeviceSize arena_used; /* bytes of rows handed out since the last flush */
     int profile; /* CODEMOE_VULKAN_PROFILE=1: each dispatch timed alone */
     double prof_s[VK_PIPE_COUNT];
