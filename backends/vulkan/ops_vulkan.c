@@ -513,7 +513,12 @@ static int inline_ok(const vk_state *st, int nw, const cm_tensor *const *ws, con
 static int norm_fold_kind(vk_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *x,
                           int in_)
 {
-    if (!st->pend_norm.held || in_ || !same_tensor(&st->pend_norm.out, x))
+    /* norm.comp's ROW_MAX; a few rows only (generation): a norm's
+     * workgroup quantizes a row with a thread per block, fewer threads
+     * than quantize.comp spreads a prompt's blocks over */
+    enum { ROW_MAX = 3072, ROWS_MAX = 8 };
+    if (!st->pend_norm.held || in_ || !same_tensor(&st->pend_norm.out, x) ||
+        x->ne[0] > ROW_MAX || x->ne[1] > ROWS_MAX)
         return 0;
     for (int i = 0; i < nw; i++) {
         const int kind = quantized(ws[i]->type);
@@ -528,12 +533,14 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
 {
     vk_state *st = vk_st(be);
     const int in_ = inline_ok(st, nw, ws, x);
-    int all_q = 1;
+    int all_q8 = 1;
     for (int i = 0; i < nw; i++)
-        all_q &= quantized(ws[i]->type) != 0;
+        all_q8 &= quantized(ws[i]->type) == 1;
     /* a held swiglu computed by the products (inline) or by their
-     * quantization; a held norm of x quantizing it for them */
-    const int glu = st->pend_glu.held && same_tensor(&st->pend_glu.a, x) && (in_ || all_q);
+     * quantization (to q8_0/q8_1 blocks: a q8_K block is one thread's 256
+     * values, each read twice, too slow to compute them there); a held
+     * norm of x quantizing it for them */
+    const int glu = st->pend_glu.held && same_tensor(&st->pend_glu.a, x) && (in_ || all_q8);
     const int nq = norm_fold_kind(st, nw, ws, x, in_);
     if (op_begin(st, glu || nq))
         return;
