@@ -1,0 +1,308 @@
+/* merge.c - merging fine-tunes of a common base, in F32.
+ *
+ *   average           theta = mean_i theta_i
+ *   task-arithmetic   theta = base + lambda sum_i (theta_i - base)   (Ilharco et al. 2023)
+ *   ties              theta = base + lambda tau_m                     (Yadav et al. 2023)
+ *
+ * TIES: each task vector tau_i = theta_i - base is trimmed to its
+ * density-fraction of largest magnitudes (per tensor: the file is merged a
+ * tensor at a time), a sign is elected per element as the sign of the sum
+ * of the trimmed values (the larger total mass), and tau_m is the mean of
+ * the trimmed values that agree with it (the "disjoint mean"; 0 where none
+ * do).  Every input is decoded to F32 whatever its type; sums are in
+ * double. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/model.h"
+#include "quant/quant.h"
+#include "surgery/surgery_internal.h"
+
+/* ------------------------------------------------------------ TIES */
+
+static void swapf(float *a, float *b)
+{
+    float t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* Quickselect (Hoare's FIND) for the k-th largest of |x|, with a
+ * three-way partition so that runs of equal values (a task vector is
+ * mostly zeros where a fine-tune did not move) stay linear. */
+float cm_kth_magnitude(const float *x, int64_t n, int64_t k, float *v)
+{
+    if (n <= 0 || k <= 0)
+        return INFINITY;
+    if (k > n)
+        k = n;
+    for (int64_t i = 0; i < n; i++)
+        v[i] = fabsf(x[i]);
+    int64_t lo = 0, hi = n - 1, want = k - 1; /* an index in descending order */
+    while (lo < hi) {
+        float a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi];
+        float p = a > b ? (b > c ? b : (a > c ? c : a)) : (a > c ? a : (b > c ? c : b));
+        int64_t gt = lo, i = lo, lt = hi; /* [lo,gt) > p, [gt,i) == p, (lt,hi] < p */
+        while (i <= lt) {
+            if (v[i] > p)
+                swapf(&v[i++], &v[gt++]);
+            else if (v[i] < p)
+                swapf(&v[i], &v[lt--]);
+            else
+                i++;
+        }
+        if (want < gt)
+            hi = gt - 1;
+        else if (want > lt)
+            lo = lt + 1;
+        else
+            return p;
+    }
+    return v[want];
+}
+
+void cm_ties_merge(float *const *tau, const float *thr, int n_models, int64_t n, float *out)
+{
+    for (int i = 0; i < n_models; i++)
+        for (int64_t e = 0; e < n; e++)
+            if (!(fabsf(tau[i][e]) >= thr[i]))
+                tau[i][e] = 0;
+    for (int64_t e = 0; e < n; e++) {
+        double mass = 0, sum = 0;
+        int cnt = 0;
+        for (int i = 0; i < n_models; i++)
+            mass += tau[i][e];
+        for (int i = 0; i < n_models && mass != 0; i++)
+            if ((tau[i][e] > 0 && mass > 0) || (tau[i][e] < 0 && mass < 0)) {
+                sum += tau[i][e];
+                cnt++;
+            }
+        out[e] = cnt ? (float)(sum / cnt) : 0.0f;
+    }
+}
+
+/* ------------------------------------------------------------ files */
+
+typedef struct mjob mjob;
+
+typedef struct {
+    const mjob *job;
+    const gguf_tensor *base;     /* NULL without a base */
+    const gguf_tensor **in;      /* [n_models] */
+    uint32_t type;
+    char name[128];
+} mrec;
+
+struct mjob {
+    const cm_merge_opts *o;
+    int n_models;
+    mrec *rec;
+    size_t n;
+};
+
+static cm_status decode_all(const gguf_tensor *t, float *dst, cm_err *err)
+{
+    return surg_decode_rows(t, 0, surg_rows(t->ne), dst, err);
+}
+
+/* The merged tensor in F32 into acc; x holds n_models + 1 tensors' room. */
+static cm_status merge_f32(const mrec *r, float *acc, float *x, int64_t n, cm_err *err)
+{
+    const mjob *j = r->job;
+    const cm_merge_opts *o = j->o;
+    float *b = x + (size_t)j->n_models * (size_t)n;
+    cm_status s = r->base ? decode_all(r->base, b, err) : CM_OK;
+    for (int i = 0; !s && i < j->n_models; i++)
+        s = decode_all(r->in[i], x + (size_t)i * (size_t)n, err);
+    if (s || o->method == CM_MERGE_TIES)
+        return s;
+    for (int64_t e = 0; e < n; e++) {
+        double sum = 0;
+        for (int i = 0; i < j->n_models; i++)
+            sum += o->method == CM_MERGE_AVERAGE ? (double)x[(size_t)i * n + e]
+                                                 : (double)x[(size_t)i * n + e] - b[e];
+        acc[e] = o->method == CM_MERGE_AVERAGE ? (float)(sum / j->n_models)
+                                               : (float)(b[e] + o->lambda * sum);
+    }
+    return CM_OK;
+}
+
+static cm_status merge_ties(const mrec *r, float *acc, float *x, int64_t n, cm_err *err)
+{
+    const mjob *j = r->job;
+    float *b = x + (size_t)j->n_models * (size_t)n;
+    float **tau = malloc((size_t)j->n_models * sizeof *tau);
+    float *thr = malloc((size_t)j->n_models * sizeof *thr);
+    int64_t k = (int64_t)ceil((double)j->o->density * (double)n);
+    if (!tau || !thr) {
+        free(tau);
+        free(thr);
+        return cm_fail(err, CM_E_NOMEM, "out of memory for %s", r->name);
+    }
+    for (int i = 0; i < j->n_models; i++) {
+        tau[i] = x + (size_t)i * (size_t)n;
+        for (int64_t e = 0; e < n; e++)
+            tau[i][e] -= b[e];
+        /* acc is free until the merge: the selection's scratch */
+        thr[i] = k >= n ? 0.0f : cm_kth_magnitude(tau[i], n, k < 1 ? 1 : k, acc);
+    }
+    cm_ties_merge(tau, thr, j->n_models, n, acc);
+    for (int64_t e = 0; e < n; e++)
+        acc[e] = b[e] + j->o->lambda * acc[e];
+    free(tau);
+    free(thr);
+    return CM_OK;
+}
+
+static cm_status fill(void *ctx, void *dst, uint64_t nbytes, cm_err *err)
+{
+    const mrec *r = ctx;
+    const gguf_tensor *t = r->in[0];
+    int64_t n = t->ne[0] * surg_rows(t->ne);
+    size_t nm = (size_t)r->job->n_models + 1;
+    float *acc = malloc((size_t)n * sizeof *acc), *x = malloc(nm * (size_t)n * sizeof *x);
+    cm_status s = acc && x ? CM_OK : cm_fail(err, CM_E_NOMEM, "out of memory for %s", r->name);
+    (void)nbytes;
+    if (!s)
+        s = merge_f32(r, acc, x, n, err);
+    if (!s && r->job->o->method == CM_MERGE_TIES)
+        s = merge_ties(r, acc, x, n, err);
+    if (!s)
+        s = surg_encode_rows(r->type, acc, t->ne[0], surg_rows(t->ne), dst, r->name, err);
+    free(acc);
+    free(x);
+    return s;
+}
+
+static int same_shape(const gguf_tensor *a, const gguf_tensor *b)
+{
+    return !memcmp(a->ne, b->ne, sizeof a->ne);
+}
+
+static cm_status check_arch(const cm_model *ref, const cm_model *m, cm_err *err)
+{
+    if (strcmp(ref->hp.arch_name, m->hp.arch_name))
+        return cm_fail(err, CM_E_FORMAT, "%s is %s, %s is %s: merge needs one architecture",
+                       m->path, m->hp.arch_name, ref->path, ref->hp.arch_name);
+    if (m->is_pack || ref->is_pack)
+        return cm_fail(err, CM_E_UNSUPPORTED, "merge takes model files, not language-expert "
+                       "packs (%s)", m->is_pack ? m->path : ref->path);
+    if (m->file.n_tensors != ref->file.n_tensors)
+        return cm_fail(err, CM_E_FORMAT, "%s has %llu tensors, %s %llu", m->path,
+                       (unsigned long long)m->file.n_tensors, ref->path,
+                       (unsigned long long)ref->file.n_tensors);
+    return CM_OK;
+}
+
+/* Finds tensor `name` of ref in m with the same shape. */
+static cm_status match(const cm_model *m, const gguf_tensor *t, const char *name,
+                       const gguf_tensor **out, cm_err *err)
+{
+    char tb[32];
+    const gguf_tensor *u = gguf_find_tensor(&m->file, name);
+    if (!u)
+        return cm_fail(err, CM_E_FORMAT, "%s has no tensor %s", m->path, name);
+    if (!same_shape(t, u))
+        return cm_fail(err, CM_E_FORMAT, "tensor %s: shape [%lld, %lld, %lld] in %s, [%lld, "
+                       "%lld, %lld] in the first model", name, (long long)u->ne[0],
+                       (long long)u->ne[1], (long long)u->ne[2], m->path, (long long)t->ne[0],
+                       (long long)t->ne[1], (long long)t->ne[2]);
+    if (!surg_type_ok(u->type))
+        return cm_fail(err, CM_E_UNSUPPORTED, "tensor %s in %s has type %s, which codemoe "
+                       "cannot decode", name, m->path, cm_type_name(u->type, tb));
+    *out = u;
+    return CM_OK;
+}
+
+static cm_status plan(mjob *j, const cm_model *base, const cm_model *ms, cm_err *err)
+{
+    const cm_model *ref = &ms[0];
+    cm_status s = CM_OK;
+    for (uint64_t i = 0; !s && i < ref->file.n_tensors; i++) {
+        const gguf_tensor *t = &ref->file.tensors[i];
+        mrec *r = &j->rec[j->n++];
+        r->job = j;
+        r->in = calloc((size_t)j->n_models, sizeof *r->in);
+        if (!r->in)
+            return cm_fail(err, CM_E_NOMEM, "out of memory");
+        if (surg_name(t, r->name, sizeof r->name))
+            return cm_fail(err, CM_E_FORMAT, "tensor name longer than 127 bytes: %.60s...",
+                           t->name.ptr);
+        for (int m = 0; !s && m < j->n_models; m++)
+            s = match(&ms[m], t, r->name, &r->in[m], err);
+        if (!s && base)
+            s = match(base, t, r->name, &r->base, err);
+        r->type = surg_out_type(j->o->type, t->type, r->name, t->ne);
+    }
+    return s;
+}
+
+static cm_status check_opts(const char *base, int n_models, const cm_merge_opts *o,
+                            cm_err *err)
+{
+    if (n_models < 1)
+        return cm_fail(err, CM_E_USAGE, "merge needs at least one model to merge");
+    if (!base && o->method != CM_MERGE_AVERAGE)
+        return cm_fail(err, CM_E_USAGE, "task-arithmetic and ties need --base");
+    if (!(o->density > 0 && o->density <= 1))
+        return cm_fail(err, CM_E_USAGE, "--density must be in (0, 1]");
+    if (!isfinite(o->lambda) || o->type == CM_SURG_SAME)
+        return cm_fail(err, CM_E_USAGE, "--lambda must be finite and --type a type");
+    return CM_OK;
+}
+
+static cm_status write_out(mjob *j, const cm_model *src, const char *out, cm_err *err)
+{
+    gguf_writer *w = gguf_writer_new(3);
+    if (!w)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    cm_status s = gguf_writer_copy_kv(w, &src->file, NULL, NULL);
+    if (!s && surg_file_type(j->o->type) >= 0)
+        s = gguf_writer_set_u32(w, "general.file_type", (uint32_t)surg_file_type(j->o->type));
+    for (size_t i = 0; !s && i < j->n; i++)
+        s = gguf_writer_add_tensor(w, j->rec[i].name, j->rec[i].type,
+                                   surg_dims(j->rec[i].in[0]->ne), j->rec[i].in[0]->ne, NULL,
+                                   fill, &j->rec[i]);
+    s = surg_finish(w, out, NULL, 0, 0, NULL, NULL, err);
+    gguf_writer_free(w);
+    return s;
+}
+
+cm_status cm_merge(const char *base, const char *const *models, int n_models, const char *out,
+                   const cm_merge_opts *o, cm_err *err)
+{
+    cm_status s = check_opts(base, n_models, o, err);
+    if (s)
+        return s;
+    cm_model *ms = calloc((size_t)n_models + 1, sizeof *ms), *b = base ? &ms[n_models] : NULL;
+    mjob j = {.o = o, .n_models = n_models};
+    int loaded = 0;
+    if (!ms)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    for (int i = 0; !s && i <= n_models; i++) {
+        const char *p = i < n_models ? models[i] : base;
+        if (!p)
+            break;
+        if (!(s = surg_distinct(p, out, err)) && !(s = cm_model_load(p, &ms[i], err)))
+            loaded = i + 1;
+        if (!s)
+            s = check_arch(&ms[0], &ms[i], err);
+    }
+    if (!s && !(j.rec = calloc(ms[0].file.n_tensors + 1, sizeof *j.rec)))
+        s = cm_fail(err, CM_E_NOMEM, "out of memory");
+    if (!s)
+        s = plan(&j, b, ms, err);
+    if (!s && o->log)
+        fprintf(o->log, "merge: %d model%s%s%s -> %s\n", n_models, n_models > 1 ? "s" : "",
+                base ? " onto " : "", base ? base : "", out);
+    if (!s)
+        s = write_out(&j, b ? b : &ms[0], out, err);
+    for (size_t i = 0; i < j.n; i++)
+        free(j.rec[i].in);
+    free(j.rec);
+    for (int i = 0; i < loaded; i++)
+        cm_model_free(&ms[i]);
+    free(ms);
+    return s;
+}
