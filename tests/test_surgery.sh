@@ -49,6 +49,29 @@ expect 0 "grow upcycled" -- "$CODEMOE" grow "$OUT/moe.gguf" "$OUT/bigup.gguf" --
 grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow upcycled check: $(cat "$TMP/out")"
 rm -f "$OUT"/big*.gguf "$OUT"/moe16.gguf "$OUT"/moe8.gguf
 
+# the other architectures, converted from the Hugging Face fixtures at f32:
+# qwen2 -> qwen2moe, qwen3 -> qwen3moe; every one grows (GELU MLPs with
+# biases, phi2's parallel block, qwen MoE with a shared expert)
+for a in qwen2 qwen3 gpt_bigcode phi starcoder2 qwen2_moe qwen3_moe; do
+    tl_shared "fixtures/hf/$a/config.json" || { echo "(no fixtures/hf/$a: not tested)"; continue; }
+    "$CODEMOE" convert "$SHARED/fixtures/hf/$a" -o "$TMP/$a.gguf" --type f32 >/dev/null 2>&1 ||
+        { fail "convert $a"; continue; }
+    case $a in
+    qwen2 | qwen3)
+        expect 0 "upcycle $a" -- "$CODEMOE" upcycle "$TMP/$a.gguf" "$TMP/$a-moe.gguf" \
+            --experts 4 --top-k 2
+        grep -q "(${a}moe, 4 experts" "$TMP/out" || fail "upcycle $a: not ${a}moe: $(cat "$TMP/out")"
+        grep -q 'limit 1e-05: ok$' "$TMP/out" || fail "upcycle $a check: $(cat "$TMP/out")" ;;
+    gpt_bigcode | phi | starcoder2)
+        expect 1 "upcycle $a (GELU)" -- "$CODEMOE" upcycle "$TMP/$a.gguf" "$TMP/$a-moe.gguf" \
+            --experts 4 --top-k 2 ;;
+    esac
+    expect 0 "grow $a" -- "$CODEMOE" grow "$TMP/$a.gguf" "$TMP/$a-big.gguf" --width-mult 1.5 \
+        --add-layers 2
+    grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow $a check: $(cat "$TMP/out")"
+    rm -f "$TMP/$a"*.gguf
+done
+
 # ---- merge
 expect 0 "merge average" -- "$CODEMOE" merge --method average "$LLAMA" "$G/llama/llama-f16.gguf" \
     -o "$OUT/avg.gguf"
@@ -80,9 +103,16 @@ expect 2 "bad density" -- "$CODEMOE" merge --base "$LLAMA" --method ties --densi
 expect 2 "merge type same" -- "$CODEMOE" merge --method average --type same "$LLAMA" \
     -o "$OUT/x.gguf"
 for c in upcycle grow merge; do
-    "$CODEMOE" "$c" --help >"$TMP/help" 2>&1 || fail "$c --help exits non-zero"
-    grep -q "^usage: codemoe $c" "$TMP/help" || fail "$c --help"
+    expect 0 "$c --help" -- "$CODEMOE" "$c" --help
+    grep -q "^usage: codemoe $c" "$TMP/out" || fail "$c --help has no usage line"
+    expect 0 "$c -h" -- "$CODEMOE" "$c" -h
+    expect 2 "$c --bogus" -- "$CODEMOE" "$c" --bogus
+    grep -q "unknown option --bogus" "$TMP/err" || fail "$c --bogus: $(cat "$TMP/err")"
+    expect 2 "$c -Z" -- "$CODEMOE" "$c" -Z
+    grep -q "unknown option -Z" "$TMP/err" || fail "$c -Z: $(cat "$TMP/err")"
 done
+expect 2 "stray argument" -- "$CODEMOE" upcycle "$LLAMA" "$OUT/x.gguf" stray --experts 2 --top-k 1
+grep -q "'stray'" "$TMP/err" || fail "the stray argument is not named: $(cat "$TMP/err")"
 
 # ---- bad input: one line, exit 1, nothing written
 expect 1 "missing input" -- "$CODEMOE" upcycle "$TMP/none.gguf" "$OUT/x.gguf" --experts 2 --top-k 1

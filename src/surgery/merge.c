@@ -293,9 +293,18 @@ cm_status cm_merge(const char *base, const char *const *models, int n_models, co
         s = cm_fail(err, CM_E_NOMEM, "out of memory");
     if (!s)
         s = plan(&j, b, ms, err);
-    if (!s && o->log)
-        fprintf(o->log, "merge: %d model%s%s%s -> %s\n", n_models, n_models > 1 ? "s" : "",
-                base ? " onto " : "", base ? base : "", out);
+    if (!s && o->log) {
+        static const char *const names[] = {"average", "task arithmetic", "ties"};
+        char tb[32];
+        fprintf(o->log, "merge: %s", names[o->method]);
+        if (o->method == CM_MERGE_TIES)
+            fprintf(o->log, " (density %g, lambda %g)", o->density, o->lambda);
+        else if (o->method == CM_MERGE_TASK_ARITHMETIC)
+            fprintf(o->log, " (lambda %g)", o->lambda);
+        fprintf(o->log, " of %d model%s%s%s -> %s: %zu tensors, %s\n", n_models,
+                n_models > 1 ? "s" : "", base ? " onto " : "", base ? base : "", out, j.n,
+                cm_type_name(o->type, tb));
+    }
     if (!s)
         s = write_out(&j, b ? b : &ms[0], out, err);
     for (size_t i = 0; i < j.n; i++)
