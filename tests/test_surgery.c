@@ -376,6 +376,36 @@ static void test_merge(const char *base)
     }
 }
 
+static int same_bytes(const char *a, const char *b)
+{
+    size_t na, nb;
+    char *x = tl_slurp(a, &na), *y = tl_slurp(b, &nb);
+    int same = x && y && na == nb && !memcmp(x, y, na);
+    free(x);
+    free(y);
+    return same;
+}
+
+/* Merging a few rows at a time gives the same file as whole tensors. */
+static void test_merge_chunks(const char *base)
+{
+    char a[512], b[512], o1[512], o2[512];
+    cm_err err = {0};
+    tpath(a, sizeof a, "ft_a.gguf");
+    tpath(b, sizeof b, "ft_b.gguf");
+    tpath(o1, sizeof o1, "whole.gguf");
+    tpath(o2, sizeof o2, "chunked.gguf");
+    const char *two[2] = {a, b};
+    for (int m = 0; m < 3; m++) {
+        cm_merge_opts o = {.type = CM_TYPE_F32, .method = (cm_merge_method)m, .density = 0.3f,
+                           .lambda = 0.7f};
+        CHECK(cm_merge(base, two, 2, o1, &o, &err) == CM_OK, "merge: %s", err.msg);
+        o.chunk = 150; /* two rows of 64 */
+        CHECK(cm_merge(base, two, 2, o2, &o, &err) == CM_OK, "merge: %s", err.msg);
+        CHECK(same_bytes(o1, o2), "method %d: merging in chunks changes the result", m);
+    }
+}
+
 static void test_merge_types(const char *dir)
 {
     char f16[512], q8[512], f32[512], out[512];
@@ -442,6 +472,7 @@ int main(void)
     CHECK(cm_upcycle(llama, up, &u, NULL, &err) == CM_OK, "upcycle 8: %s", err.msg);
     test_grow(up, 1);
     test_merge(llama);
+    test_merge_chunks(llama);
     test_check_fails(llama);
     tl_path(dir, sizeof dir, "%s/fixtures/gguf/llama", sh);
     test_merge_types(dir);

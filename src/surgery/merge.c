@@ -10,7 +10,9 @@
  * of the trimmed values (the larger total mass), and tau_m is the mean of
  * the trimmed values that agree with it (the "disjoint mean"; 0 where none
  * do).  Every input is decoded to F32 whatever its type; sums are in
- * double. */
+ * double.  A tensor is merged a stretch of rows at a time; TIES first
+ * finds each model's threshold over the whole tensor (three tensors of
+ * floats at once). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,22 +103,62 @@ struct mjob {
     size_t n;
 };
 
-static cm_status decode_all(const gguf_tensor *t, float *dst, cm_err *err)
+/* TIES's trimming thresholds: the k-th largest |theta_i - base| of the
+ * whole tensor, for each model (memory: three tensors of floats). */
+static cm_status ties_thresholds(const mrec *r, int64_t n, float *thr, cm_err *err)
 {
-    return surg_decode_rows(t, 0, surg_rows(t->ne), dst, err);
+    const mjob *j = r->job;
+    int64_t k = (int64_t)ceil((double)j->o->density * (double)n), rows = surg_rows(r->base->ne);
+    float *b = malloc((size_t)n * sizeof *b), *t = malloc((size_t)n * sizeof *t);
+    float *v = malloc((size_t)n * sizeof *v);
+    cm_status s = b && t && v ? CM_OK : cm_fail(err, CM_E_NOMEM, "out of memory for %s", r->name);
+    if (!s && k < n)
+        s = surg_decode_rows(r->base, 0, rows, b, err);
+    for (int i = 0; !s && i < j->n_models; i++) {
+        thr[i] = 0.0f; /* density 1: nothing is trimmed */
+        if (k >= n)
+            continue;
+        s = surg_decode_rows(r->in[i], 0, rows, t, err);
+        for (int64_t e = 0; !s && e < n; e++)
+            t[e] -= b[e];
+        if (!s)
+            thr[i] = cm_kth_magnitude(t, n, k < 1 ? 1 : k, v);
+    }
+    free(b);
+    free(t);
+    free(v);
+    return s;
 }
 
-/* The merged tensor in F32 into acc; x holds n_models + 1 tensors' room. */
-static cm_status merge_f32(const mrec *r, float *acc, float *x, int64_t n, cm_err *err)
+/* Merges rows [r0, r0 + nr) into acc; x has room for n_models + 1 such
+ * stretches (the models', then the base's). */
+static cm_status merge_rows(const mrec *r, int64_t r0, int64_t nr, const float *thr, float *acc,
+                            float *x, cm_err *err)
 {
     const mjob *j = r->job;
     const cm_merge_opts *o = j->o;
+    const int64_t n = nr * r->in[0]->ne[0];
     float *b = x + (size_t)j->n_models * (size_t)n;
-    cm_status s = r->base ? decode_all(r->base, b, err) : CM_OK;
+    cm_status s = r->base ? surg_decode_rows(r->base, r0, nr, b, err) : CM_OK;
     for (int i = 0; !s && i < j->n_models; i++)
-        s = decode_all(r->in[i], x + (size_t)i * (size_t)n, err);
-    if (s || o->method == CM_MERGE_TIES)
+        s = surg_decode_rows(r->in[i], r0, nr, x + (size_t)i * (size_t)n, err);
+    if (s)
         return s;
+    if (o->method == CM_MERGE_TIES) {
+        float **tau = malloc((size_t)j->n_models * sizeof *tau);
+        if (!tau)
+            return cm_fail(err, CM_E_NOMEM, "out of memory for %s", r->name);
+        for (int i = 0; i < j->n_models; i++) {
+            tau[i] = x + (size_t)i * (size_t)n;
+            for (int64_t e = 0; e < n; e++)
+                tau[i][e] -= b[e];
+        }
+        cm_ties_merge(tau, thr, j->n_models, n, acc);
+        for (int64_t e = 0; e < n; e++)
+            acc[e] = b[e] + o->lambda * acc[e];
+        free(tau);
+        return CM_OK;
+    }
     for (int64_t e = 0; e < n; e++) {
         double sum = 0;
         for (int i = 0; i < j->n_models; i++)
@@ -128,50 +170,33 @@ static cm_status merge_f32(const mrec *r, float *acc, float *x, int64_t n, cm_er
     return CM_OK;
 }
 
-static cm_status merge_ties(const mrec *r, float *acc, float *x, int64_t n, cm_err *err)
-{
-    const mjob *j = r->job;
-    float *b = x + (size_t)j->n_models * (size_t)n;
-    float **tau = malloc((size_t)j->n_models * sizeof *tau);
-    float *thr = malloc((size_t)j->n_models * sizeof *thr);
-    int64_t k = (int64_t)ceil((double)j->o->density * (double)n);
-    if (!tau || !thr) {
-        free(tau);
-        free(thr);
-        return cm_fail(err, CM_E_NOMEM, "out of memory for %s", r->name);
-    }
-    for (int i = 0; i < j->n_models; i++) {
-        tau[i] = x + (size_t)i * (size_t)n;
-        for (int64_t e = 0; e < n; e++)
-            tau[i][e] -= b[e];
-        /* acc is free until the merge: the selection's scratch */
-        thr[i] = k >= n ? 0.0f : cm_kth_magnitude(tau[i], n, k < 1 ? 1 : k, acc);
-    }
-    cm_ties_merge(tau, thr, j->n_models, n, acc);
-    for (int64_t e = 0; e < n; e++)
-        acc[e] = b[e] + j->o->lambda * acc[e];
-    free(tau);
-    free(thr);
-    return CM_OK;
-}
-
+/* The merged tensor, a stretch of rows (about 1M elements) at a time. */
 static cm_status fill(void *ctx, void *dst, uint64_t nbytes, cm_err *err)
 {
     const mrec *r = ctx;
     const gguf_tensor *t = r->in[0];
-    int64_t n = t->ne[0] * surg_rows(t->ne);
-    size_t nm = (size_t)r->job->n_models + 1;
-    float *acc = malloc((size_t)n * sizeof *acc), *x = malloc(nm * (size_t)n * sizeof *x);
-    cm_status s = acc && x ? CM_OK : cm_fail(err, CM_E_NOMEM, "out of memory for %s", r->name);
+    const int64_t len = t->ne[0], rows = surg_rows(t->ne);
+    const int64_t want = r->job->o->chunk > 0 ? r->job->o->chunk : 1 << 20;
+    const int64_t chunk = len >= want ? 1 : (want / len < rows ? want / len : rows);
+    const size_t nm = (size_t)r->job->n_models + 1, rb = cm_row_bytes(r->type, len);
+    float *acc = malloc((size_t)(chunk * len) * sizeof *acc);
+    float *x = malloc(nm * (size_t)(chunk * len) * sizeof *x);
+    float *thr = calloc(nm, sizeof *thr);
+    cm_status s = acc && x && thr ? CM_OK
+                                  : cm_fail(err, CM_E_NOMEM, "out of memory for %s", r->name);
     (void)nbytes;
-    if (!s)
-        s = merge_f32(r, acc, x, n, err);
     if (!s && r->job->o->method == CM_MERGE_TIES)
-        s = merge_ties(r, acc, x, n, err);
-    if (!s)
-        s = surg_encode_rows(r->type, acc, t->ne[0], surg_rows(t->ne), dst, r->name, err);
+        s = ties_thresholds(r, len * rows, thr, err);
+    for (int64_t r0 = 0; !s && r0 < rows; r0 += chunk) {
+        int64_t nr = rows - r0 < chunk ? rows - r0 : chunk;
+        s = merge_rows(r, r0, nr, thr, acc, x, err);
+        if (!s)
+            s = surg_encode_rows(r->type, acc, len, nr, (uint8_t *)dst + (size_t)r0 * rb, r->name,
+                                 err);
+    }
     free(acc);
     free(x);
+    free(thr);
     return s;
 }
 

@@ -51,6 +51,7 @@ typedef struct {
     cm_merge_method method;
     float density;     /* TIES: the fraction of each task vector kept */
     float lambda;      /* task arithmetic, TIES: the scale of the merged task vector */
+    int64_t chunk;     /* elements merged at a time (0: about 1M; the result is the same) */
 } cm_merge_opts;
 
 /* The result of a self-check: logits of OUT against IN on sample tokens. */
