@@ -440,6 +440,31 @@ static void test_refusals(const char *dir)
           "shape mismatch: %s", err.msg);
     ms[1] = mixtral;
     CHECK(cm_merge(NULL, ms, 2, out, &o, &err) == CM_E_FORMAT, "MoE with dense: %s", err.msg);
+    /* a model with one tensor more than the first */
+    char extra[512];
+    tpath(extra, sizeof extra, "extra.gguf");
+    gguf_file f;
+    if (gguf_open(llama, &f, &err) == CM_OK) {
+        gguf_writer *w = gguf_writer_new(3);
+        static const float z[4];
+        gguf_writer_copy_kv(w, &f, NULL, NULL);
+        for (uint64_t i = 0; i < f.n_tensors; i++) {
+            const gguf_tensor *t = &f.tensors[i];
+            char name[128];
+            snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
+            gguf_writer_add_tensor(w, name, t->type, t->n_dims, t->ne, t->data, NULL, NULL);
+        }
+        gguf_writer_add_tensor(w, "extra.weight", CM_TYPE_F32, 1, (const int64_t[]){4}, z, NULL,
+                               NULL);
+        CHECK(gguf_writer_finish(w, extra, &err) == CM_OK, "%s", err.msg);
+        gguf_writer_free(w);
+        gguf_close(&f);
+        ms[1] = extra;
+        CHECK(cm_merge(NULL, ms, 2, out, &o, &err) == CM_E_FORMAT &&
+                  strstr(err.msg, "tensor extra.weight"), "extra tensor: %s", err.msg);
+        CHECK(cm_merge(extra, ms, 1, out, &o, &err) == CM_E_FORMAT &&
+                  strstr(err.msg, "tensor extra.weight"), "extra tensor in the base: %s", err.msg);
+    }
     cm_upcycle_opts u = {.c = {.type = CM_SURG_SAME}, .n_expert = 4, .n_expert_used = 2};
     CHECK(cm_upcycle(mixtral, out, &u, NULL, &err) == CM_E_UNSUPPORTED, "upcycle of a MoE: %s",
           err.msg);

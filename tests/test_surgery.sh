@@ -118,6 +118,11 @@ grep -q "'stray'" "$TMP/err" || fail "the stray argument is not named: $(cat "$T
 expect 1 "missing input" -- "$CODEMOE" upcycle "$TMP/none.gguf" "$OUT/x.gguf" --experts 2 --top-k 1
 expect 1 "upcycle a MoE" -- "$CODEMOE" upcycle "$MIXTRAL" "$OUT/x.gguf" --experts 2 --top-k 1
 expect 1 "merge dense + MoE" -- "$CODEMOE" merge --method average "$LLAMA" "$MIXTRAL" -o "$OUT/x.gguf"
+grep -q "no tensor blk\.0\.ffn_" "$TMP/err" || fail "dense + MoE names no tensor: $(cat "$TMP/err")"
+expect 1 "merge MoE + dense" -- "$CODEMOE" merge --method average "$MIXTRAL" "$LLAMA" -o "$OUT/x.gguf"
+grep -q "no tensor blk\.0\.ffn_.*_exps" "$TMP/err" || fail "MoE + dense names no tensor: $(cat "$TMP/err")"
+expect 1 "merge extra tensor" -- "$CODEMOE" merge --method average "$LLAMA" "$OUT/moe.gguf" \
+    -o "$OUT/x.gguf"
 "$CODEMOE" grow "$LLAMA" "$TMP/wide.gguf" --width-mult 2 >/dev/null 2>&1 || fail "grow wide"
 expect 1 "merge shape mismatch" -- "$CODEMOE" merge --method average "$LLAMA" "$TMP/wide.gguf" \
     -o "$OUT/x.gguf"

@@ -213,11 +213,23 @@ static cm_status check_arch(const cm_model *ref, const cm_model *m, cm_err *err)
     if (m->is_pack || ref->is_pack)
         return cm_fail(err, CM_E_UNSUPPORTED, "merge takes model files, not language-expert "
                        "packs (%s)", m->is_pack ? m->path : ref->path);
-    if (m->file.n_tensors != ref->file.n_tensors)
-        return cm_fail(err, CM_E_FORMAT, "%s has %llu tensors, %s %llu", m->path,
-                       (unsigned long long)m->file.n_tensors, ref->path,
-                       (unsigned long long)ref->file.n_tensors);
     return CM_OK;
+}
+
+/* After every tensor of ref was found in m: a tensor of m that ref lacks. */
+static cm_status check_extra(const cm_model *ref, const cm_model *m, cm_err *err)
+{
+    for (uint64_t i = 0; m->file.n_tensors > ref->file.n_tensors && i < m->file.n_tensors; i++) {
+        const gguf_str n = m->file.tensors[i].name;
+        char name[128];
+        snprintf(name, sizeof name, "%.*s", (int)(n.len < 127 ? n.len : 127), n.ptr);
+        if (!gguf_find_tensor(&ref->file, name))
+            return cm_fail(err, CM_E_FORMAT, "%s has tensor %s, which %s lacks", m->path, name,
+                           ref->path);
+    }
+    return m->file.n_tensors == ref->file.n_tensors
+               ? CM_OK
+               : cm_fail(err, CM_E_FORMAT, "%s and %s hold different tensors", m->path, ref->path);
 }
 
 /* Finds tensor `name` of ref in m with the same shape. */
@@ -260,6 +272,10 @@ static cm_status plan(mjob *j, const cm_model *base, const cm_model *ms, cm_err 
             s = match(base, t, r->name, &r->base, err);
         r->type = surg_out_type(j->o->type, t->type, r->name, t->ne);
     }
+    for (int m = 1; !s && m < j->n_models; m++)
+        s = check_extra(ref, &ms[m], err);
+    if (!s && base)
+        s = check_extra(ref, base, err);
     return s;
 }
 
