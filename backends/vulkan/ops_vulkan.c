@@ -91,30 +91,61 @@ static int prompt_attention(vk_state *st, int il, const cm_tensor *q, int p0, cm
     return 1;
 }
 
-void vk_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out)
+/* The attention held in st->pend_attn; its output also quantized to
+ * q8_0/q8_1 blocks in st->xq when q8 (attention.comp). */
+static void attention_now(vk_state *st, int q8)
 {
-    vk_state *st = vk_st(be);
     const cm_hparams *hp = st->hp;
-    if (op_begin(st, 0) || prompt_attention(st, il, q, p0, out))
-        return;
+    const cm_tensor *q = &st->pend_attn.q, *out = &st->pend_attn.out;
+    const int il = st->pend_attn.il;
     struct {
         uint32_t oq, oo, p0, n_head, group, d, dv, krow, vrow, kv;
         float scale;
-    } pc = {vk_off(q), vk_off(out), rel_pos(st, p0), (uint32_t)hp->n_head,
+        uint32_t q8;
+    } pc = {vk_off(q), vk_off(out), rel_pos(st, st->pend_attn.p0), (uint32_t)hp->n_head,
             (uint32_t)(hp->n_head / hp->n_head_kv), (uint32_t)hp->head_dim,
             (uint32_t)hp->head_dim_v, 0, 0, (uint32_t)st->kv,
-            1.0f / sqrtf((float)hp->head_dim)};
+            1.0f / sqrtf((float)hp->head_dim), (uint32_t)q8};
     /* rows in elements (floats, halves two to a word, or q8_0 quants) */
     pc.krow = (uint32_t)(hp->n_head_kv * hp->head_dim);
     pc.vrow = (uint32_t)(hp->n_head_kv * hp->head_dim_v);
-    RUN(st, VK_SH_ATTENTION, vk_buf_of(q), vk_buf_of(out), st->k_cache[il], st->v_cache[il], pc,
-        (uint32_t)q->ne[1], (uint32_t)hp->n_head, 1);
+    st->pend_attn.held = 0;
+    RUN5(st, VK_SH_ATTENTION, vk_buf_of(q), vk_buf_of(out), st->k_cache[il], st->v_cache[il],
+         q8 ? &st->xq : NULL, pc, (uint32_t)q->ne[1], (uint32_t)hp->n_head, 1);
+}
+
+/* A prompt's rows take attention_prompt.comp; a generated token's are
+ * held back for the output product (vk_matmul) to have them quantized. */
+void vk_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out)
+{
+    vk_state *st = vk_st(be);
+    if (op_begin(st, 0) || prompt_attention(st, il, q, p0, out))
+        return;
+    st->pend_attn.held = 1;
+    st->pend_attn.il = il, st->pend_attn.p0 = p0;
+    st->pend_attn.q = *q, st->pend_attn.out = *out;
+    if (!st->fuse || q->ne[1] > 8)
+        attention_now(st, 0);
 }
 
 static int same_tensor(const cm_tensor *a, const cm_tensor *b)
 {
     return a->buf == b->buf && a->offs == b->offs && a->ne[0] == b->ne[0] && a->ne[1] == b->ne[1];
 }
+
+/* A small F32 weight (a norm's) in the weights' large buffer, bound from
+ * the aligned offset at or below it to its end, which keeps the binding
+ * within maxStorageBufferRange whatever the model's size: binding i's
+ * offset and range set, its first float's index in the binding returned. */
+static uint32_t weight_binding(const vk_state *st, const cm_tensor *t, int i, VkDeviceSize *off,
+                               VkDeviceSize *range)
+{
+    off[i] = t->offs / st->align * st->align;
+    range[i] = (t->offs + t->nbytes + 3) / 4 * 4 - off[i];
+    return (uint32_t)((t->offs - off[i]) / 4);
+}
+
+#define WHOLE5 {VK_WHOLE_SIZE, VK_WHOLE_SIZE, VK_WHOLE_SIZE, VK_WHOLE_SIZE, VK_WHOLE_SIZE}
 
 /* The norm held in st->pend_norm, its rows also quantized to kind q's
  * blocks in st->xq when q != 0 (norm.comp). */
@@ -130,8 +161,11 @@ static void norm_now(vk_state *st, int q)
             (uint32_t)st->pend_norm.layer_norm, 0, st->pend_norm.eps, (uint32_t)(y != NULL),
             vk_off(y), (uint32_t)q};
     st->pend_norm.held = 0;
-    RUN5(st, VK_SH_NORM, vk_buf_of(x), vk_buf_of(&st->pend_norm.w), q ? &st->xq : NULL,
-         vk_buf_of(out), vk_buf_of(y), pc, (uint32_t)x->ne[1], 1, 1);
+    VkDeviceSize off[VK_OPERANDS] = {0}, range[VK_OPERANDS] = WHOLE5;
+    pc.ow = weight_binding(st, &st->pend_norm.w, 1, off, range);
+    vk_buf *const bufs[VK_OPERANDS] = {vk_buf_of(x), vk_buf_of(&st->pend_norm.w),
+                                       q ? &st->xq : NULL, vk_buf_of(out), vk_buf_of(y)};
+    vk_dispatch_at(st, VK_SH_NORM, bufs, off, range, &pc, sizeof pc, (uint32_t)x->ne[1], 1, 1);
 }
 
 /* The norm of x, after the residual add held back for it (x += y, one
@@ -165,8 +199,12 @@ void vk_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_te
         uint32_t has_y, oy, q;
     } pc = {vk_off(x), vk_off(w), vk_off(b), vk_off(out), (uint32_t)x->ne[0],
             (uint32_t)layer_norm, 1, eps, (uint32_t)(y != NULL), vk_off(y), 0};
-    RUN5(st, VK_SH_NORM, vk_buf_of(x), vk_buf_of(w), vk_buf_of(b), vk_buf_of(out),
-         vk_buf_of(y), pc, (uint32_t)x->ne[1], 1, 1);
+    VkDeviceSize off[VK_OPERANDS] = {0}, range[VK_OPERANDS] = WHOLE5;
+    pc.ow = weight_binding(st, w, 1, off, range);
+    pc.ob = weight_binding(st, b, 2, off, range);
+    vk_buf *const bufs[VK_OPERANDS] = {vk_buf_of(x), vk_buf_of(w), vk_buf_of(b), vk_buf_of(out),
+                                       vk_buf_of(y)};
+    vk_dispatch_at(st, VK_SH_NORM, bufs, off, range, &pc, sizeof pc, (uint32_t)x->ne[1], 1, 1);
 }
 
 void vk_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
@@ -182,8 +220,13 @@ void vk_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
     } pc = {vk_off(x), has_norm ? vk_off(norm_w) : 0, (uint32_t)(x->ne[0] / hp->head_dim),
             (uint32_t)hp->head_dim, (uint32_t)hp->rope_dim, (uint32_t)hp->rope_neox,
             (uint32_t)hp->use_rope, (uint32_t)has_norm, rel_pos(st, p0), hp->norm_eps};
-    RUN(st, VK_SH_ROPE, vk_buf_of(x), has_norm ? vk_buf_of(norm_w) : NULL, &st->rope_cs, NULL,
-        pc, pc.n_heads, (uint32_t)x->ne[1], 1);
+    VkDeviceSize off[VK_OPERANDS] = {0}, range[VK_OPERANDS] = WHOLE5;
+    if (has_norm)
+        pc.onw = weight_binding(st, norm_w, 1, off, range);
+    vk_buf *const bufs[VK_OPERANDS] = {vk_buf_of(x), has_norm ? vk_buf_of(norm_w) : NULL,
+                                       &st->rope_cs, NULL, NULL};
+    vk_dispatch_at(st, VK_SH_ROPE, bufs, off, range, &pc, sizeof pc, pc.n_heads,
+                   (uint32_t)x->ne[1], 1);
 }
 
 void vk_clear(cm_backend *be, cm_tensor *x)
@@ -223,6 +266,8 @@ void vk_emit_held(vk_state *st)
     }
     if (st->pend_norm.held)
         norm_now(st, 0);
+    if (st->pend_attn.held)
+        attention_now(st, 0);
 }
 
 /* Held back: the product of a that follows may compute it as it reads or
@@ -541,11 +586,15 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
      * values, each read twice, too slow to compute them there); a held
      * norm of x quantizing it for them */
     const int glu = st->pend_glu.held && same_tensor(&st->pend_glu.a, x) && (in_ || all_q8);
-    const int nq = norm_fold_kind(st, nw, ws, x, in_);
-    if (op_begin(st, glu || nq))
+    int nq = norm_fold_kind(st, nw, ws, x, in_);
+    const int aq = st->pend_attn.held && !in_ && all_q8 && same_tensor(&st->pend_attn.out, x) &&
+                   st->hp->head_dim_v % 32 == 0;
+    if (op_begin(st, glu || nq || aq))
         return;
     if (nq)
         norm_now(st, nq);
+    if (aq)
+        attention_now(st, 1), nq = 1; /* (the blocks made, as a norm's) */
     st->pend_glu.held = 0;
     const cm_tensor g = st->pend_glu.b;
     const int64_t n = x->ne[1];

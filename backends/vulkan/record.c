@@ -324,7 +324,9 @@ static uint32_t written_by(int s, vk_buf *const b[VK_OPERANDS])
     case VK_SH_ADD: case VK_SH_SWIGLU: case VK_SH_ADD_GATED: case VK_SH_SCATTER_ADD:
     case VK_SH_ROPE:
         return 1u << 0;
-    case VK_SH_GELU: case VK_SH_GATHER: case VK_SH_KV_STORE: case VK_SH_ATTENTION:
+    case VK_SH_ATTENTION: /* and the quantized output, when asked */
+        return 1u << 1 | (b[4] ? 1u << 4 : 0u);
+    case VK_SH_GELU: case VK_SH_GATHER: case VK_SH_KV_STORE:
     case VK_SH_QUANTIZE: case VK_SH_ATTENTION_PROMPT: case VK_SH_ATTENTION_PROMPT_128:
         return 1u << 1;
     case VK_SH_NORM: /* with a residual to add (binding 4), x too; binding

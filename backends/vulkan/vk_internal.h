@@ -183,6 +183,11 @@ typedef struct {
         float eps;
     } pend_norm; /* out = norm(x (+= y)), for the product of out that follows
                   * to have it quantized by the norm's own dispatch */
+    struct {
+        int held, il, p0;
+        cm_tensor q, out;
+    } pend_attn; /* a generated token's attention, for the output product
+                  * to have it quantized by the attention's own dispatch */
     VkDeviceSize arena_used; /* bytes of rows handed out since the last flush */
     int profile; /* CODEMOE_VULKAN_PROFILE=1: each dispatch timed alone */
     double prof_s[VK_PIPE_COUNT];
