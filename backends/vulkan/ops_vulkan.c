@@ -270,8 +270,8 @@ void vk_emit_held(vk_state *st)
         attention_now(st, 0);
 }
 
-/* Held back: the product of a that follows may compute it as it reads or
- * quantizes a (vk_matmul), so a itself is then never written.  The forward
+/* Held back: the quantization of a for the product that follows may
+ * compute it (vk_matmul), so a itself is then never written.  The forward
  * pass reads a swiglu's result only as the input of the next product. */
 void vk_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
 {
@@ -449,16 +449,10 @@ static void quantize_rows(vk_state *st, const cm_tensor *x, int64_t cols, int64_
 }
 
 /* Where a product's activations come from: quantize.comp's blocks at
- * element ox of b (or F32 rows there, for the float weights), or, with
- * in_ set, F32 rows the product quantizes itself (matmul.comp's XS), of
- * silu(x) * g when glu. */
+ * uint ox of b, or F32 rows there for the float weights. */
 typedef struct {
     vk_buf *b;
     uint32_t ox;
-    int in_;
-    vk_buf *g;
-    uint32_t og;
-    int glu;
 } vk_act;
 
 /* An expert product (vk_moe_ffn): for each of k slots, the weights of
@@ -483,12 +477,12 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, const 
     const vk_view wv = view_of(st, &all), bv = has_b ? view_of(st, b) : (vk_view){0};
     const uint32_t rows = (uint32_t)w->ne[1];
     struct {
-        uint32_t type, ox, ow, ob, has_b, oy, cols, rows, n, tpc, xf, glu, og, es, oe, xstep;
-    } pc = {type_code(w->type), x->in_ ? 0 : x->ox, wv.h, bv.h, (uint32_t)has_b, oy,
-            (uint32_t)w->ne[0], rows, (uint32_t)n, 0, x->ox, (uint32_t)x->glu, x->og,
-            ex ? (uint32_t)(ex->stride / 2) : 0, ex ? ex->oe : 0, ex ? ex->xstep : 0};
+        uint32_t type, ox, ow, ob, has_b, oy, cols, rows, n, tpc, es, oe, xstep;
+    } pc = {type_code(w->type), x->ox, wv.h, bv.h, (uint32_t)has_b, oy, (uint32_t)w->ne[0], rows,
+            (uint32_t)n, 0, ex ? (uint32_t)(ex->stride / 2) : 0, ex ? ex->oe : 0,
+            ex ? ex->xstep : 0};
     vk_buf *const bufs[VK_OPERANDS] = {x->b, wv.b, ex ? &st->route : has_b ? bv.b : NULL, yb,
-                                       x->glu ? x->g : NULL};
+                                       NULL};
     const VkDeviceSize off[VK_OPERANDS] = {0, wv.off, ex ? 0 : bv.off, 0, 0};
     const VkDeviceSize range[VK_OPERANDS] = {VK_WHOLE_SIZE, wv.range,
                                              has_b ? bv.range : VK_WHOLE_SIZE, VK_WHOLE_SIZE,
@@ -499,7 +493,7 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, const 
                        sizeof pc, gx, vk_groups(groups, gx), (uint32_t)ex->k);
         return;
     }
-    if (!x->in_ && quantized(w->type) && st->tile_min && n >= st->tile_min) {
+    if (quantized(w->type) && st->tile_min && n >= st->tile_min) {
         /* matmul_tiled.comp: a workgroup per tile of rows x tokens */
         vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, VK_MM_TILED), bufs, off, range, &pc,
                        sizeof pc, vk_groups(rows, VK_TILE_ROWS),
@@ -513,13 +507,13 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, const 
     enum { MM_SPREAD = 256, MM_PASS = 8 };
     const uint32_t groups = vk_groups(rows, st->mm_rows), gx = groups < 32768 ? groups : 32768;
     uint32_t chunks = 1;
-    if (!x->in_ && groups < MM_SPREAD && n > MM_PASS) {
+    if (groups < MM_SPREAD && n > MM_PASS) {
         const uint32_t passes = vk_groups((uint64_t)n, MM_PASS), want = vk_groups(MM_SPREAD, groups);
         chunks = want < passes ? want : passes;
         pc.tpc = vk_groups(passes, chunks) * MM_PASS;
         chunks = vk_groups((uint64_t)n, pc.tpc);
     }
-    vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, x->in_ ? VK_MM_INLINE : VK_MM_PLAIN), bufs,
+    vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, VK_MM_PLAIN), bufs,
                    off, range, &pc, sizeof pc, gx, vk_groups(groups, gx), chunks);
 }
 
@@ -538,31 +532,15 @@ static int64_t xq_tokens(vk_state *st, int64_t cols, int kind)
     return per;
 }
 
-/* Whether products of x (n rows) by these weights quantize x themselves:
- * few tokens, every weight a block type, within the shared memory
- * reserved (pick_inline).  Then a generated token's products need no
- * quantize.comp dispatch and no barrier after one. */
-static int inline_ok(const vk_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *x)
-{
-    if (x->ne[1] > st->inline_n || x->ne[0] * x->ne[1] > (int64_t)st->xs_uints / 10 * 32)
-        return 0;
-    for (int i = 0; i < nw; i++)
-        if (!quantized(ws[i]->type))
-            return 0;
-    return 1;
-}
-
 /* The kind of blocks a held norm whose output is x makes for these
- * weights' products (0: no such norm, the products quantize x inline, or
- * no weight of a block type). */
-static int norm_fold_kind(vk_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *x,
-                          int in_)
+ * weights' products (0: no such norm, or no weight of a block type). */
+static int norm_fold_kind(vk_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *x)
 {
     /* norm.comp's ROW_MAX; a few rows only (generation): a norm's
      * workgroup quantizes a row with a thread per block, fewer threads
      * than quantize.comp spreads a prompt's blocks over */
     enum { ROW_MAX = 3072, ROWS_MAX = 8 };
-    if (!st->pend_norm.held || in_ || !same_tensor(&st->pend_norm.out, x) ||
+    if (!st->pend_norm.held || !same_tensor(&st->pend_norm.out, x) ||
         x->ne[0] > ROW_MAX || x->ne[1] > ROWS_MAX)
         return 0;
     for (int i = 0; i < nw; i++) {
@@ -577,17 +555,16 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
                const cm_tensor *x, cm_tensor *const *ys)
 {
     vk_state *st = vk_st(be);
-    const int in_ = inline_ok(st, nw, ws, x);
     int all_q8 = 1;
     for (int i = 0; i < nw; i++)
         all_q8 &= quantized(ws[i]->type) == 1;
-    /* a held swiglu computed by the products (inline) or by their
-     * quantization (to q8_0/q8_1 blocks: a q8_K block is one thread's 256
-     * values, each read twice, too slow to compute them there); a held
-     * norm of x quantizing it for them */
-    const int glu = st->pend_glu.held && same_tensor(&st->pend_glu.a, x) && (in_ || all_q8);
-    int nq = norm_fold_kind(st, nw, ws, x, in_);
-    const int aq = st->pend_attn.held && !in_ && all_q8 && same_tensor(&st->pend_attn.out, x) &&
+    /* a held swiglu computed by the quantization of x (to q8_0/q8_1
+     * blocks: a q8_K block is one thread's 256 values, each read twice, too
+     * slow to compute them there); a held norm or attention of x
+     * quantizing it for the products */
+    const int glu = st->pend_glu.held && same_tensor(&st->pend_glu.a, x) && all_q8;
+    int nq = norm_fold_kind(st, nw, ws, x);
+    const int aq = st->pend_attn.held && all_q8 && same_tensor(&st->pend_attn.out, x) &&
                    st->hp->head_dim_v % 32 == 0;
     if (op_begin(st, glu || nq || aq))
         return;
@@ -598,18 +575,15 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
     st->pend_glu.held = 0;
     const cm_tensor g = st->pend_glu.b;
     const int64_t n = x->ne[1];
-    vk_act a = {vk_buf_of(x), vk_off(x), in_, NULL, 0, glu};
-    if (glu)
-        a.g = vk_buf_of(&g), a.og = vk_off(&g);
+    const vk_act a = {vk_buf_of(x), vk_off(x)};
     int any_q[3] = {0, 0, 0};
     int64_t cols = 0;
-    /* float weights multiply x itself, inline products quantize it; the
-     * products of one input write different outputs, so they are a group
-     * (no barriers between them) */
+    /* float weights multiply x itself; the products of one input write
+     * different outputs, so they are a group (no barriers between them) */
     vk_group(st, 1);
     for (int i = 0; i < nw; i++) {
         const int kind = quantized(ws[i]->type);
-        if (kind && !in_) {
+        if (kind) {
             any_q[kind] = 1, cols = ws[i]->ne[0];
             continue;
         }
@@ -626,8 +600,8 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
         for (int64_t t0 = 0; t0 < n; t0 += per) {
             const int64_t m = n - t0 < per ? n - t0 : per;
             if (kind != nq) /* (nq: all n rows fit, one pass) */
-                quantize_rows(st, x, cols, t0, m, kind, glu && !in_ ? &g : NULL);
-            const vk_act q = {&st->xq, 0, 0, NULL, 0, 0};
+                quantize_rows(st, x, cols, t0, m, kind, glu ? &g : NULL);
+            const vk_act q = {&st->xq, 0};
             vk_group(st, 1);
             for (int i = 0; i < nw; i++)
                 if (quantized(ws[i]->type) == kind)
@@ -663,7 +637,7 @@ static void expert_products(vk_state *st, int nw, const cm_tensor *const *ws,
             continue;
         if (kind)
             quantize_rows(st, x, cols, 0, rows_in, kind, NULL);
-        const vk_act act = {kind ? &st->xq : vk_buf_of(x), kind ? 0 : vk_off(x), 0, NULL, 0, 0};
+        const vk_act act = {kind ? &st->xq : vk_buf_of(x), kind ? 0 : vk_off(x)};
         ex.xstep = rows_in > 1 ? act_row_uints(cols, kind) : 0;
         vk_group(st, 1);
         for (int i = 0; i < nw; i++)
@@ -766,13 +740,11 @@ void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_
         const int64_t xper = xq_tokens(st, cols, q);
         per = xper < per ? xper : per;
     }
-    const int in_ = inline_ok(st, 1, &w, x);
     for (int64_t t0 = 0; t0 < n; t0 += per) {
         const int64_t m = n - t0 < per ? n - t0 : per;
-        if (q && !in_)
+        if (q)
             quantize_rows(st, x, cols, t0, m, q, NULL);
-        const vk_act a = {q && !in_ ? &st->xq : vk_buf_of(x),
-                          q && !in_ ? 0 : vk_off(x) + (uint32_t)(t0 * cols), in_, NULL, 0, 0};
+        const vk_act a = {q ? &st->xq : vk_buf_of(x), q ? 0 : vk_off(x) + (uint32_t)(t0 * cols)};
         product(st, w, b, &a, m, &st->lout, 0, NULL);
         if (st->mode == VK_CAPTURE) /* (copied once the step has run) */
             return;

@@ -29,11 +29,11 @@ typedef struct {
 } vk_set_entry;
 
 /* Pipelines: one per shader, then per weight type code (ops_vulkan.c
- * type_code) matmul.comp's, matmul_tiled.comp's, and matmul.comp's with
- * inline quantization (vk_pipe_matmul's variants). */
+ * type_code) matmul.comp's and matmul_tiled.comp's (vk_pipe_matmul's
+ * variants). */
 #define VK_MM_TYPES 13
-enum { VK_MM_PLAIN = 0, VK_MM_TILED = 1, VK_MM_INLINE = 2 };
-#define VK_PIPE_COUNT (VK_SHADER_COUNT + 3 * VK_MM_TYPES)
+enum { VK_MM_PLAIN = 0, VK_MM_TILED = 1 };
+#define VK_PIPE_COUNT (VK_SHADER_COUNT + 2 * VK_MM_TYPES)
 /* matmul_tiled.comp's tile: weight rows (its BM) by tokens (its BN) */
 #define VK_TILE_ROWS 64
 #define VK_TILE_TOKENS 64
@@ -95,9 +95,6 @@ typedef struct {
     VkShaderModule mm_module;       /* matmul.comp, for those */
     VkShaderModule mt_module;       /* matmul_tiled.comp (its int_dot variant or not) */
     uint32_t mm_rows;               /* rows per matmul workgroup (its RW) */
-    /* products of at most inline_n tokens quantize their activations
-     * themselves, into xs_uints of shared memory (0: never) */
-    uint32_t inline_n, xs_uints;
     /* products of the block types over at least this many tokens take
      * matmul_tiled.comp (0: never); int_dot: shaderIntegerDotProduct is
      * enabled, and that shader uses it */

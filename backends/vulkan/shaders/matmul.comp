@@ -43,21 +43,16 @@ layout(std430, set = 0, binding = 0) readonly buffer B_0 { uint d[]; } x;
 layout(std430, set = 0, binding = 1) readonly buffer B_1 { uint d[]; } w;
 layout(std430, set = 0, binding = 2) readonly buffer B_2 { uint d[]; } bias;
 layout(std430, set = 0, binding = 3) writeonly buffer B_3 { float d[]; } y;
-layout(std430, set = 0, binding = 4) readonly buffer B_4 { float d[]; } g;
 
 // tpc: tokens per workgroup along z (0: all n), so that a product of few
 // rows over many tokens (a router's) still spreads over the device.
-// Inline quantization (XS > 1, the block types): x is F32 rows of cols
-// from xf, quantized by the workgroup into shared memory first (ox 0), and
-// with glu != 0 it is silu(x) * g (g's rows from og), swiglu.comp's
-// arithmetic: the swiglu held back before the product, never stored.
 // Expert products (es != 0, one token, MoE on the device): workgroup z is
 // a slot of the token's chosen experts, whose expert route.comp left at
 // uint oe + z of binding 2 (no bias then); the expert's matrix is es
 // halfwords after expert 0's (ow), the slot's activations xstep uints
 // after the last slot's, its output row `rows` floats after the last's.
 layout(push_constant) uniform P {
-    uint type, ox, ow, ob, has_b, oy, cols, rows, n, tpc, xf, glu, og, es, oe, xstep;
+    uint type, ox, ow, ob, has_b, oy, cols, rows, n, tpc, es, oe, xstep;
 } p;
 
 // where this workgroup's weights, activations and outputs start
@@ -69,44 +64,11 @@ uint OW, OX, OY;
 // lavapipe, even where they were not used).
 layout(constant_id = 0) const uint TYPE = 0u;
 layout(constant_id = 1) const uint RW = 8u;
-// uints of shared memory for the inline-quantized activation blocks of
-// all n tokens (1: none, the blocks come quantized in x)
-layout(constant_id = 2) const uint XS = 1u;
 
 #include "q8_0.glsl"
 
-shared uint xs[XS];
-
-// The activation's uint i: from the workgroup's own blocks, or from x.
-uint xin(uint i) { return XS > 1u ? xs[i] : x.d[i]; }
-
-float act(uint i)
-{
-    const float v = uintBitsToFloat(x.d[i]);
-    if (p.glu == 0u)
-        return v;
-    precise float r = v / (1.0 + exp(-v)) * g.d[p.og + (i - p.xf)];
-    return r;
-}
-
-#define ACT(i) act(i)
-#define XQ_STORE(i, v) xs[i] = (v)
-#include "quantize.glsl"
-
-// The n tokens' activation blocks into xs, a block per thread at a time.
-void quantize_inline()
-{
-    const bool k = TYPE >= 7u && TYPE != 10u;
-    const uint per = k ? 256u : 32u, nb = p.cols / per, total = nb * p.n;
-    for (uint i = gl_LocalInvocationIndex; i < total; i += 64u) {
-        const uint src = p.xf + (i / nb) * p.cols + (i % nb) * per;
-        if (k)
-            quantize_q8k(src, 73u * i);
-        else
-            quantize_q8(src, XB * i);
-    }
-    barrier();
-}
+// the activation's uint i
+uint xin(uint i) { return x.d[i]; }
 
 shared float red[TT * 64u];
 
@@ -406,8 +368,6 @@ void main()
         OX += slot * p.xstep;
         OY += slot * p.rows;
     }
-    if (XS > 1u)
-        quantize_inline();
     for (uint r = sg; r < RW; r += gl_NumSubgroups) {
         const uint row = wg * RW + r;
         if (row >= p.rows) // the whole subgroup: its barriers stay uniform
