@@ -23,6 +23,7 @@ static const char USAGE[] =
     "  quantize    requantize a GGUF to q4_k_m, q8_0, ... (llama-quantize's types)\n"
     "  bench       prompt and generation speed against the memory-bandwidth bound\n"
     "  serve       an HTTP server: OpenAI completions and chat, llama.cpp's /infill\n"
+    "  eval        HumanEval / MultiPL-E pass@k, programs run in a sandbox\n"
     "\n"
     "`codemoe COMMAND --help` describes each command.\n"
     "environment: CODEMOE_ISA=scalar|avx2|avx512|neon forces a CPU kernel set;\n"
@@ -43,6 +44,7 @@ int main(int argc, char **argv)
         {"quantize", cli_quantize},
         {"bench", cli_bench},
         {"serve", cli_serve},
+        {"eval", cli_eval},
     };
     if (argc < 2) {
         fputs(USAGE, stderr);
