@@ -322,12 +322,18 @@ int cm_ev_status_parse(const char *name)
     return -1;
 }
 
-static void first_line(char *dst, size_t cap, const cm_sb_result *r)
+/* The last non-empty line of stderr (else stdout): where compilers and
+ * interpreters put the reason. */
+static void last_line(char *dst, size_t cap, const cm_sb_result *r)
 {
     const char *s = r->err_len ? r->err : r->out ? r->out : "";
-    while (*s == '\n' || *s == ' ')
-        s++;
-    snprintf(dst, cap, "%.*s", (int)strcspn(s, "\n"), s);
+    size_t end = strlen(s);
+    while (end > 0 && (s[end - 1] == '\n' || s[end - 1] == ' ' || s[end - 1] == '\r'))
+        end--;
+    size_t start = end;
+    while (start > 0 && s[start - 1] != '\n')
+        start--;
+    snprintf(dst, cap, "%.*s", (int)(end - start), s + start);
 }
 
 static cm_ev_status classify(const cm_eval_lang *l, const cm_sb_result *r, int compile_step)
@@ -370,7 +376,7 @@ static cm_status run_steps(const cm_sandbox *sb, const cm_eval_lang *l, const ch
         out->seconds += r.seconds;
         out->status = classify(l, &r, step == 0);
         if (out->status != CM_EV_PASS)
-            first_line(out->detail, sizeof out->detail, &r);
+            last_line(out->detail, sizeof out->detail, &r);
         cm_sb_result_free(&r);
     }
     return s;

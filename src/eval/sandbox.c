@@ -25,6 +25,7 @@
 #define SB_NOBODY 65534
 #define SB_SETUP_FAIL 125 /* exit status of a child whose setup failed */
 #define SB_SYS_PATH "/usr/local/bin:/usr/bin:/bin"
+#define SB_INFO_FD 3
 
 struct cm_sandbox {
     cm_sb_kind kind;
@@ -292,8 +293,15 @@ static void child_namespaces(const child_args *a)
     pid_t b = fork();
     if (b < 0)
         die_setup("fork");
-    if (b == 0)
+    if (b == 0) {
+        close(SB_INFO_FD);
         ns_init(a);
+    }
+    char msg[32];
+    int n = snprintf(msg, sizeof msg, "\"child-pid\": %d\n", (int)b);
+    if (write(SB_INFO_FD, msg, (size_t)n) < 0)
+        kill(b, SIGKILL);
+    close(SB_INFO_FD);
     int st = 0;
     while (waitpid(b, &st, 0) < 0 && errno == EINTR)
         ;
@@ -314,6 +322,7 @@ static void child_bwrap(const child_args *a)
     if (sb->cache[0])
         argv[n++] = "--bind", argv[n++] = (char *)sb->cache, argv[n++] = (char *)sb->cache;
     argv[n++] = "--chdir", argv[n++] = (char *)a->scratch;
+    argv[n++] = "--info-fd", argv[n++] = "3";
     argv[n++] = "--", argv[n++] = "/bin/sh", argv[n++] = "-c", argv[n++] = (char *)a->cmd;
     argv[n] = NULL;
     if (sb->drop_uid)
@@ -323,19 +332,23 @@ static void child_bwrap(const child_args *a)
     die_setup("exec bwrap");
 }
 
-static void child_main(const child_args *a, int out_fd, int err_fd)
+/* fd 3 (SB_INFO_FD) tells the parent the PID of the namespace's init, so
+ * that it can kill it and wait for the whole namespace to be gone. */
+static void child_main(const child_args *a, int out_fd, int err_fd, int info_fd)
 {
     setpgid(0, 0);
     int null = open("/dev/null", O_RDONLY);
-    if (null < 0 || dup2(null, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0)
+    if (null < 0 || dup2(null, 0) < 0 || dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0 ||
+        dup2(info_fd, SB_INFO_FD) < 0)
         _exit(SB_SETUP_FAIL);
-    for (int fd = 3; fd < 1024; fd++)
+    for (int fd = SB_INFO_FD + 1; fd < 1024; fd++)
         close(fd);
     signal(SIGPIPE, SIG_DFL);
     switch (a->sb->kind) {
     case CM_SB_BWRAP: child_bwrap(a); break;
     case CM_SB_NAMESPACES: child_namespaces(a); break;
     default:
+        close(SB_INFO_FD);
         if (a->sb->drop_uid)
             drop_to_nobody();
         apply_limits(a);
@@ -460,11 +473,48 @@ static void fill_status(cm_sb_result *r, int st, int reaped)
         r->exit_code = WEXITSTATUS(st);
 }
 
+/* The namespace's init, as A (pid) reported it, if A is still its parent. */
+static pid_t ns_init_pid(int info_fd, pid_t pid)
+{
+    char buf[256], path[64], stat[512];
+    ssize_t n = read(info_fd, buf, sizeof buf - 1);
+    const char *p = n > 0 ? (buf[n] = 0, strstr(buf, "\"child-pid\":")) : NULL;
+    long c = p ? strtol(p + 12, NULL, 10) : 0;
+    if (c <= 1)
+        return 0;
+    snprintf(path, sizeof path, "/proc/%ld/stat", c);
+    FILE *f = fopen(path, "r");
+    size_t got = f ? fread(stat, 1, sizeof stat - 1, f) : 0;
+    if (f)
+        fclose(f);
+    stat[got] = 0;
+    const char *rp = strrchr(stat, ')'); /* then: state, ppid */
+    long ppid = 0;
+    if (!rp || sscanf(rp + 1, " %*c %ld", &ppid) != 1 || ppid != pid)
+        return 0;
+    return (pid_t)c;
+}
+
+/* Kills everything: the namespace's init first, so that A's exit (which
+ * waits for it) means the whole namespace is gone; then the group. */
+static void kill_all(pid_t pid, int info_fd, int *st, int *reaped)
+{
+    pid_t init = *reaped ? 0 : ns_init_pid(info_fd, pid);
+    if (init > 0)
+        kill(init, SIGKILL);
+    if (!*reaped && init > 0)
+        *reaped = waitpid(pid, st, 0) == pid;
+    kill(-pid, SIGKILL);
+    kill(pid, SIGKILL);
+    if (!*reaped)
+        *reaped = waitpid(pid, st, 0) == pid;
+}
+
 cm_status cm_sb_run(const cm_sandbox *sb, const char *scratch, const cm_sb_limits *lim,
                     const char *cmd, const char *const *env, cm_sb_result *res, cm_err *err)
 {
     memset(res, 0, sizeof *res);
-    int po[2], pe[2];
+    int po[2], pe[2], pi[2];
     char **envp = make_env(sb, scratch, env);
     cap_buf bufs[2] = {{malloc(lim->out_cap + 1), 0, lim->out_cap},
                        {malloc(lim->out_cap + 1), 0, lim->out_cap}};
@@ -472,7 +522,8 @@ cm_status cm_sb_run(const cm_sandbox *sb, const char *scratch, const cm_sb_limit
         free_env(envp), free(bufs[0].buf), free(bufs[1].buf);
         return cm_fail(err, CM_E_NOMEM, "out of memory");
     }
-    if (pipe2(po, O_CLOEXEC) != 0 || pipe2(pe, O_CLOEXEC) != 0) {
+    if (pipe2(po, O_CLOEXEC) != 0 || pipe2(pe, O_CLOEXEC) != 0 ||
+        pipe2(pi, O_CLOEXEC | O_NONBLOCK) != 0) {
         free_env(envp), free(bufs[0].buf), free(bufs[1].buf);
         return cm_fail(err, CM_E_IO, "pipe: %s", strerror(errno));
     }
@@ -481,18 +532,15 @@ cm_status cm_sb_run(const cm_sandbox *sb, const char *scratch, const cm_sb_limit
     double t0 = mono_now();
     pid_t pid = fork();
     if (pid == 0)
-        child_main(&a, po[1], pe[1]);
-    close(po[1]), close(pe[1]);
+        child_main(&a, po[1], pe[1], pi[1]);
+    close(po[1]), close(pe[1]), close(pi[1]);
     int st = 0, reaped = 0;
     if (pid > 0) {
         setpgid(pid, pid); /* also here: no race with the kill below */
         collect(pid, (int[2]){po[0], pe[0]}, lim, bufs, res, &st, &reaped);
-        kill(-pid, SIGKILL);
-        kill(pid, SIGKILL);
-        if (!reaped)
-            reaped = waitpid(pid, &st, 0) == pid;
+        kill_all(pid, pi[0], &st, &reaped);
     }
-    close(po[0]), close(pe[0]);
+    close(po[0]), close(pe[0]), close(pi[0]);
     free_env(envp);
     res->seconds = mono_now() - t0;
     bufs[0].buf[bufs[0].len] = 0, bufs[1].buf[bufs[1].len] = 0;
@@ -582,7 +630,7 @@ cm_status cm_sb_new(cm_sb_kind want, const char *tmp_base, const char *cache_dir
         return cm_fail(err, CM_E_NOMEM, "out of memory");
     sb->drop_uid = geteuid() == 0;
     cm_status s = sb_paths(sb, tmp_base, cache_dir, err);
-    char why[3][200] = {"not installed", "", ""};
+    char why[3][600] = {"not installed", "", ""};
     int ok = 0;
     for (int k = CM_SB_BWRAP; !s && !ok && k <= CM_SB_PLAIN; k++) {
         if (want != CM_SB_AUTO && (cm_sb_kind)k != want)
