@@ -69,5 +69,5 @@ if [ "$(id -u)" = 0 ] || unshare -Urn true 2>/dev/null; then
     run_all namespaces 'py:*'
 fi
 [ "$ran" -gt 0 ] || tl_skip "no toolchain for any hostile program"
-[ "$fails" -eq 0 ] && echo "PASS: $ran hostile programs contained"
-exit $((fails > 0))
+echo "$ran hostile programs run"
+tl_finish

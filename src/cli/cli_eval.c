@@ -584,8 +584,8 @@ static const char *evalsets_dir(const eval_opts *o, char *buf, size_t cap)
 /* Loads the problems of each language whose toolchain is here. */
 static cm_status load_sets(eval_run *r, cm_err *err)
 {
-    char dir[900], path[1024], missing[256];
-    evalsets_dir(r->o, dir, sizeof dir);
+    char buf[900], path[1024], missing[256];
+    const char *dir = evalsets_dir(r->o, buf, sizeof buf);
     cm_status s = CM_OK;
     for (int i = 0; !s && i < r->o->n_langs; i++) {
         const cm_eval_lang *l = r->o->lang[i];

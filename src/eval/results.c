@@ -69,6 +69,14 @@ static const char *parse_record(const char *s, size_t n, cm_ev_records *rs, cm_e
     return why;
 }
 
+cm_status cm_ev_records_parse_line(const char *line, size_t len, cm_ev_records *rs, cm_err *err)
+{
+    const char *why = parse_record(line, len, rs, err);
+    if (why && !strcmp(why, "out of memory"))
+        return CM_E_NOMEM;
+    return why ? cm_fail(err, CM_E_FORMAT, "results line: %s", why) : CM_OK;
+}
+
 cm_status cm_ev_records_load(const char *path, cm_ev_records *rs, int *dropped, cm_err *err)
 {
     FILE *f = fopen(path, "rb");

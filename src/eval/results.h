@@ -37,6 +37,9 @@ typedef struct {
  * malformed lines skipped (a cut-off last line); NULL to make any malformed
  * line an error. */
 cm_status cm_ev_records_load(const char *path, cm_ev_records *rs, int *dropped, cm_err *err);
+/* One results.jsonl line (no newline) appended to rs; CM_E_FORMAT when it
+ * is not a complete record. */
+cm_status cm_ev_records_parse_line(const char *line, size_t len, cm_ev_records *rs, cm_err *err);
 cm_status cm_ev_records_add(cm_ev_records *rs, const cm_ev_record *r, cm_err *err); /* copies */
 void cm_ev_records_free(cm_ev_records *rs);
 /* Sorts by (lang, problem, sample); duplicates keep the first.  Then
