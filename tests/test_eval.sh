@@ -72,6 +72,15 @@ strip "$TMP/merged/results.jsonl" | cmp -s - "$TMP/full.sorted" || fail "merged 
 cmp -s "$TMP/merged/summary.json" "$TMP/full/summary.json" || fail "merged summary.json differs"
 cmp -s "$TMP/merged/summary.md" "$TMP/full/summary.md" || fail "merged summary.md differs"
 
+# --estimate: the counts follow from the options; the instance table is read
+el=${gl%%,*}
+expect 0 "estimate" -- "$CODEMOE" eval --estimate -m "$MODEL" --bench multipl-e $EV --langs $el \
+    --limit 2 -n 3 --max-tokens 8
+grep -q "^total: 2 problems, 6 completions (n = 3), 6 program runs" "$TMP/out" ||
+    fail "estimate counts: $(cat "$TMP/out")"
+grep -q "at most (--max-tokens 8)" "$TMP/out" && grep -q "^g5.xlarge  *A10G" "$TMP/out" ||
+    fail "estimate: $(cat "$TMP/out")"
+
 # bad usage and bad input: one line, exit 2 / 1
 expect 2 "bad shard" -- "$CODEMOE" eval $GEN --shard 4/3 --out "$TMP/x"
 expect 2 "bad bench" -- "$CODEMOE" eval --bench nope --out "$TMP/x"

@@ -2,6 +2,7 @@
  * a sandbox (src/eval/sandbox.h), results resumable and shardable. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,7 @@
 #include "tokenizer/tokenizer.h"
 #include "util/atomic_file.h"
 #include "util/json.h"
+#include "util/membw.h"
 
 static const char EVAL_HELP[] =
     "usage: codemoe eval -m MODEL --bench humaneval|multipl-e --out DIR [options]\n"
@@ -58,6 +60,10 @@ static const char EVAL_HELP[] =
     "  -c, --ctx-size N        context length (default: the model's, at most 4096)\n"
     "  -t, --threads N         threads (default: all cores)\n"
     "      --backend B         cpu (default), ref, cuda or vulkan\n"
+    "      --estimate          print what the run would take: tokens, program runs, the\n"
+    "                          time here (from a short measured run: one completion and\n"
+    "                          program per language) and on the GPU instances of\n"
+    "                          --instances FILE (default bench/instances.tsv), with cost\n"
     "      --check             list the toolchains installed and the apt-get line for\n"
     "                          the missing ones, and the sandbox in use\n"
     "  -h, --help              this text\n";
@@ -70,14 +76,15 @@ typedef struct {
     cm_bench bench;
     const cm_eval_lang *lang[MAX_LANGS];
     int n_langs, samples, max_tokens, limit, shard_i, shard_n, canonical, check, n_ctx;
-    int ks[MAX_KS], n_ks, temp_set;
+    int ks[MAX_KS], n_ks, temp_set, estimate;
+    const char *instances;
     double timeout;
     cm_sampling_params sp;
 } eval_opts;
 
 enum { OPT_BENCH = CLI_LONG, OPT_LANGS, OPT_EVALSETS, OPT_TEMP, OPT_TOP_P, OPT_TOP_K, OPT_MAXTOK,
        OPT_LIMIT, OPT_SHARD, OPT_EXPERT, OPT_CANONICAL, OPT_TIMEOUT, OPT_SANDBOX, OPT_BACKEND,
-       OPT_CHECK, OPT_OUT, OPT_LANG };
+       OPT_CHECK, OPT_OUT, OPT_LANG, OPT_ESTIMATE, OPT_INSTANCES };
 
 static const struct option EVAL_OPTS[] = {
     {"model", required_argument, 0, 'm'}, {"bench", required_argument, 0, OPT_BENCH},
@@ -90,7 +97,9 @@ static const struct option EVAL_OPTS[] = {
     {"canonical", no_argument, 0, OPT_CANONICAL}, {"timeout", required_argument, 0, OPT_TIMEOUT},
     {"sandbox", required_argument, 0, OPT_SANDBOX}, {"ctx-size", required_argument, 0, 'c'},
     {"threads", required_argument, 0, 't'}, {"backend", required_argument, 0, OPT_BACKEND},
-    {"check", no_argument, 0, OPT_CHECK}, {"out", required_argument, 0, OPT_OUT}, {0}};
+    {"check", no_argument, 0, OPT_CHECK}, {"out", required_argument, 0, OPT_OUT},
+    {"estimate", no_argument, 0, OPT_ESTIMATE}, {"instances", required_argument, 0, OPT_INSTANCES},
+    {0}};
 
 static cm_status parse_ks(const char *a, const char *v, eval_opts *o, cm_err *err)
 {
@@ -151,6 +160,8 @@ static cm_status eval_opt(void *user, int id, const char *a, const char *v, cm_e
     case OPT_SANDBOX: o->sandbox = v; return CM_OK;
     case OPT_CANONICAL: o->canonical = 1; return CM_OK;
     case OPT_CHECK: o->check = 1; return CM_OK;
+    case OPT_ESTIMATE: o->estimate = 1; return CM_OK;
+    case OPT_INSTANCES: o->instances = v; return CM_OK;
     case 'n': return arg_int(a, v, 1, 100000, &o->samples, err);
     case OPT_TEMP: o->temp_set = 1; return arg_float(a, v, 0.0f, 100.0f, &o->sp.temp, err);
     case OPT_TOP_P: return arg_float(a, v, 0.0f, 1.0f, &o->sp.top_p, err);
@@ -185,8 +196,10 @@ static cm_status check_eval(eval_opts *o, cm_err *err)
                                          : o->langs ? o->langs : "cpp,java,js,go,rs,py", o, err);
     if (!s && o->bench == CM_BENCH_HUMANEVAL && o->langs && strcmp(o->langs, "py"))
         s = cm_fail(err, CM_E_USAGE, "--bench humaneval is Python only (--langs py)");
-    if (!s && !o->out)
+    if (!s && !o->out && !o->estimate)
         s = cm_fail(err, CM_E_USAGE, "give the output directory with --out DIR");
+    if (!s && o->estimate && o->canonical)
+        s = cm_fail(err, CM_E_USAGE, "--estimate is for model runs, not --canonical");
     if (!s && o->canonical && (o->model || o->samples > 1))
         s = cm_fail(err, CM_E_USAGE, "--canonical runs no model: no -m, and one sample");
     if (!o->temp_set)
@@ -703,6 +716,180 @@ static cm_status eval_main(eval_opts *o, cm_err *err)
     return s;
 }
 
+/* ---- --estimate: the run's size, and its time and cost from a measured sample ---- */
+
+typedef struct {
+    long problems, completions, runs, prompt_tok;
+    double run_s, gen_tok; /* measured: one program's seconds, one completion's tokens */
+} est_lang;
+
+typedef struct {
+    double pp_s, pp_tok, tg_s, tg_tok, bw;
+    est_lang l[MAX_LANGS];
+} est_state;
+
+/* Counts the language's prompt tokens; returns the first problem in the shard, or -1. */
+static int count_prompts(eval_run *r, int li, est_lang *el, cm_err *err, cm_status *s)
+{
+    long base = shard_base(r, li);
+    int first = -1;
+    for (int i = 0; !*s && i < problem_count(r, li); i++) {
+        const cm_problem *p = &r->sets[li].p[i];
+        int32_t *ids = NULL;
+        size_t n = 0;
+        if (!in_shard(r->o, base + i))
+            continue;
+        *s = cm_tokenize(r->m.tok, p->prompt, strlen(p->prompt), cm_tok_add_bos(r->m.tok), 0,
+                         &ids, &n, err);
+        free(ids);
+        el->problems++, el->prompt_tok += (long)n;
+        first = first < 0 ? i : first;
+    }
+    el->completions = el->problems * r->o->samples;
+    el->runs = el->completions * (r->o->lang[li]->compile ? 2 : 1);
+    return first;
+}
+
+/* Times the first problem's prompt, one completion of it and its program. */
+static cm_status measure_lang(eval_run *r, int li, est_state *e, cm_err *err)
+{
+    const cm_eval_lang *l = r->o->lang[li];
+    cm_status s = CM_OK;
+    int first = count_prompts(r, li, &e->l[li], err, &s);
+    if (s || first < 0)
+        return s;
+    const cm_backend_ops *be;
+    const cm_problem *p = &r->sets[li].p[first];
+    cm_ctx *ctx = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0, plen = 0;
+    comp_buf cb = {NULL, 0, 0, p};
+    int tokens = 0;
+    s = bind_expert(r, l, err);
+    if (!s)
+        s = cm_backend_choose(r->o->backend, &be, err);
+    if (!s)
+        s = cm_ctx_new_on(&r->m, be, r->o->n_ctx, CM_KV_F16, 512, &ctx, err);
+    if (!s)
+        s = cm_tokenize(r->m.tok, p->prompt, strlen(p->prompt), cm_tok_add_bos(r->m.tok), 0, &ids,
+                        &n, err);
+    if (!s && (n < 2 || (int)n + 1 >= cm_ctx_n_ctx(ctx)))
+        s = cm_fail(err, CM_E_RANGE, "%s %s: the prompt does not fit the context", l->name,
+                    p->name);
+    double t0 = now_seconds();
+    if (!s)
+        s = eval_prompt_ids(ctx, ids, (int)n - 1, err);
+    e->pp_s += now_seconds() - t0, e->pp_tok += (double)n - 1;
+    t0 = now_seconds();
+    if (!s)
+        s = sample_one(r, ctx, ids, (int)n, item_seed(r->o->sp.seed, l->name, p->name, 0), &cb,
+                       &tokens, err);
+    e->tg_s += now_seconds() - t0, e->tg_tok += tokens;
+    e->l[li].gen_tok = tokens;
+    char *prog = s ? NULL : cm_problem_program(p, cb.p, &plen);
+    cm_ev_outcome oc;
+    if (!s && prog)
+        cm_problem_cut(p, cb.p, cb.len), free(prog), prog = cm_problem_program(p, cb.p, &plen);
+    if (!s && prog && !(s = cm_eval_program(r->sb, l, prog, plen, r->o->timeout, &oc, err)))
+        e->l[li].run_s = oc.seconds;
+    free(prog), free(cb.p), free(ids);
+    cm_ctx_free(ctx);
+    return s;
+}
+
+static void hours(char *buf, size_t cap, double s)
+{
+    snprintf(buf, cap, "%.0f:%02.0f h", floor(s / 3600), floor(fmod(s, 3600) / 60));
+}
+
+static void print_instances(const eval_opts *o, double t_model, double t_prog, double tg,
+                            double bw)
+{
+    char def[1024], line[512], name[64], gpu[32], th[32];
+    const char *path = o->instances;
+    if (!path) { /* the source tree's (edited there), else the installed copy */
+        snprintf(def, sizeof def, "%s/bench/instances.tsv", CM_SRCDIR), path = def;
+        if (access(def, R_OK) != 0)
+            snprintf(def, sizeof def, "%s/instances.tsv", CM_PKGDATADIR);
+    }
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        printf("(no instance table: %s: %s)\n", path, strerror(errno));
+        return;
+    }
+    printf("\n%-12s %-5s %10s %10s %12s %12s   (%s)\n", "instance", "GPU", "gen tok/s", "total",
+           "on-demand $", "spot $", path);
+    while (fgets(line, sizeof line, f)) {
+        double gbw, tf, floor_ms, od, spot;
+        if (line[0] == '#' || sscanf(line, "%63s %31s %lf %lf %lf %lf %lf", name, gpu, &gbw, &tf,
+                                     &floor_ms, &od, &spot) != 7)
+            continue;
+        double tg_gpu = tg * gbw / (bw > 0 ? bw : 1), cap = floor_ms > 0 ? 1000 / floor_ms : 1e9;
+        tg_gpu = tg_gpu < cap ? tg_gpu : cap;
+        double total = t_model * tg / tg_gpu + t_prog;
+        hours(th, sizeof th, total);
+        printf("%-12s %-5s %10.0f %10s %12.2f %12.2f\n", name, gpu, tg_gpu, th,
+               total / 3600 * od, total / 3600 * spot);
+    }
+    fclose(f);
+}
+
+static void print_estimate(const eval_run *r, const est_state *e)
+{
+    const eval_opts *o = r->o;
+    long problems = 0, completions = 0, runs = 0, ptok = 0;
+    double gen_exp = 0, t_prog = 0, pp = e->pp_tok / (e->pp_s > 0 ? e->pp_s : 1e-9);
+    double tg = e->tg_tok / (e->tg_s > 0 ? e->tg_s : 1e-9);
+    char a[32], b[32], c[32];
+    for (int li = 0; li < o->n_langs; li++) {
+        const est_lang *l = &e->l[li];
+        problems += l->problems, completions += l->completions, runs += l->runs;
+        ptok += l->prompt_tok, gen_exp += l->completions * l->gen_tok;
+        t_prog += l->completions * l->run_s;
+        if (l->problems)
+            printf("%-5s %4ld problems, %7ld completions, one measured: %4.0f tokens, program "
+                   "%.2f s\n", o->lang[li]->name, l->problems, l->completions, l->gen_tok,
+                   l->run_s);
+    }
+    printf("total: %ld problems, %ld completions (n = %d), %ld program runs (compile + run)\n",
+           problems, completions, o->samples, runs);
+    printf("prompt tokens: %ld (each prompt evaluated once)\n", ptok);
+    printf("generated tokens: %.0f expected (the measured completions' lengths), %.0f at most "
+           "(--max-tokens %d)\n", gen_exp, (double)completions * o->max_tokens, o->max_tokens);
+    printf("measured here: prompt %.0f tok/s, generation %.1f tok/s, memory read %.1f GB/s\n", pp,
+           tg, e->bw);
+    double t_model = ptok / pp + gen_exp / tg;
+    hours(a, sizeof a, t_model), hours(b, sizeof b, t_prog), hours(c, sizeof c, t_model + t_prog);
+    printf("time here: model %s, programs %s (one at a time), total %s\n", a, b, c);
+    print_instances(o, t_model, t_prog, tg, e->bw);
+}
+
+static cm_status estimate_main(eval_opts *o, cm_err *err)
+{
+    eval_run r = {.o = o};
+    est_state e = {0};
+    char cache[1024];
+    cm_status s = open_sandbox(o, cache, sizeof cache, &r.sb, err);
+    if (s)
+        return s;
+    s = load_sets(&r, err);
+    if (!s)
+        s = load_model(&r, err);
+    for (int li = 0; !s && li < o->n_langs; li++)
+        if (r.ready[li])
+            s = measure_lang(&r, li, &e, err);
+    e.bw = s ? 0 : cm_measure_read_bw(0, 0, 2);
+    if (!s)
+        print_estimate(&r, &e);
+    for (int i = 0; i < MAX_LANGS; i++)
+        cm_problems_free(&r.sets[i]);
+    if (r.have_model)
+        cm_model_free(&r.m);
+    cm_sb_free(r.sb);
+    cm_sb_scratch_remove(cache);
+    return s;
+}
+
 /* ---- codemoe eval merge ---- */
 
 static cm_status merge_main(int argc, char **argv, cm_err *err)
@@ -846,7 +1033,9 @@ int cli_eval(int argc, char **argv)
                     "FILE.gguf");
     if (!s && !help && o.check)
         return eval_check(&o);
-    if (!s && !help)
+    if (!s && !help && o.estimate)
+        s = estimate_main(&o, &err);
+    else if (!s && !help)
         s = eval_main(&o, &err);
     return s ? cli_fail(&err) : 0;
 }
