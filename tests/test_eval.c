@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "eval/compare.h"
 #include "eval/problems.h"
 #include "eval/results.h"
 #include "testlib.h"
@@ -138,8 +139,45 @@ static void test_records(void)
     rmdir(dir);
 }
 
+/* Three problems, two samples each: per-problem pass@1 baseline 0, .5, 0
+ * and model 1, .5, .5; differences 1, 0, .5: mean .5, sd .5, 95% CI
+ * .5 +/- 1.96 * .5 / sqrt(3) = [-.0658, 1.0658], which contains 0. */
+static void test_compare(void)
+{
+    cm_ev_records sets[2] = {{0}};
+    cm_err err;
+    const int pass_base[3][2] = {{0, 0}, {1, 0}, {0, 0}}, pass_model[3][2] = {{1, 1}, {0, 1}, {1, 0}};
+    const char *probs[3] = {"A", "B", "C"}, *names[2] = {"base", "model"};
+    for (int p = 0; p < 3; p++)
+        for (int k = 0; k < 2; k++) {
+            cm_ev_record rb = {"py", (char *)probs[p], "", k, 0,
+                               pass_base[p][k] ? CM_EV_PASS : CM_EV_FAIL, 0};
+            cm_ev_record rm = rb;
+            rm.status = pass_model[p][k] ? CM_EV_PASS : CM_EV_FAIL;
+            CHECK(cm_ev_records_add(&sets[0], &rb, &err) == CM_OK);
+            CHECK(cm_ev_records_add(&sets[1], &rm, &err) == CM_OK);
+        }
+    cm_ev_records_index(&sets[0], &err);
+    cm_ev_records_index(&sets[1], &err);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    int ks[] = {1, 2};
+    CHECK(f && cm_ev_compare(sets, names, 2, 0, ks, 2, f, &err) == CM_OK);
+    fclose(f);
+    CHECK(text && strstr(text, "| model | py | 3 | 66.7% | +50.0 [-6.6, +106.6] noise |"),
+          "%s", text ? text : "");
+    CHECK(text && strstr(text, "| base | py | 3 | 16.7% | (baseline) |"), "%s", text ? text : "");
+    /* pass@2 (n = 2): baseline 0, 1, 0; model 1, 1, 1: differences 1, 0, 1 */
+    CHECK(text && strstr(text, "| 100.0% | +66.7 [+1.3, +132.0] |"), "%s", text ? text : "");
+    free(text);
+    cm_ev_records_free(&sets[0]);
+    cm_ev_records_free(&sets[1]);
+}
+
 int main(void)
 {
+    test_compare();
     test_pass_at_k();
     test_parse();
     test_records();

@@ -81,6 +81,17 @@ grep -q "^total: 2 problems, 6 completions (n = 3), 6 program runs" "$TMP/out" |
 grep -q "at most (--max-tokens 8)" "$TMP/out" && grep -q "^g5.xlarge  *A10G" "$TMP/out" ||
     fail "estimate: $(cat "$TMP/out")"
 
+# --compare: the pack routed, its fallback and a "merged" model (here the
+# same pack) on the same problems; the baseline's row and a CI per model
+expect 0 "compare" -- "$CODEMOE" eval --compare -m "$MODEL" --merged "$MODEL" --bench multipl-e \
+    $EV --langs $el --limit 2 -n 2 --max-tokens 8 --out "$TMP/cmp"
+for m in routed merged; do
+    grep -q "^| $m | $el | 2 | .*% | [-+][0-9.]* \[" "$TMP/cmp/compare.md" || fail "compare: no $m row"
+done
+grep -q "^| baseline | $el | 2 | .*(baseline)" "$TMP/cmp/compare.md" || fail "compare: no baseline row"
+[ "$(wc -l <"$TMP/cmp/baseline/results.jsonl")" = 4 ] || fail "compare: baseline results"
+expect 2 "compare with --expert" -- "$CODEMOE" eval --compare --expert go -m "$MODEL" --out "$TMP/y"
+
 # bad usage and bad input: one line, exit 2 / 1
 expect 2 "bad shard" -- "$CODEMOE" eval $GEN --shard 4/3 --out "$TMP/x"
 expect 2 "bad bench" -- "$CODEMOE" eval --bench nope --out "$TMP/x"

@@ -13,6 +13,7 @@
 #include "cli/cli.h"
 #include "engine/generate.h"
 #include "engine/sampling.h"
+#include "eval/compare.h"
 #include "eval/problems.h"
 #include "eval/results.h"
 #include "eval/sandbox.h"
@@ -53,6 +54,10 @@ static const char EVAL_HELP[] =
     "      --shard I/N         this machine's share: problems i with i mod N = I-1\n"
     "      --expert NAME       language-expert packs: use this member for every\n"
     "                          language (default: the language's expert, else fallback)\n"
+    "      --compare           with a pack: run it routed (DIR/routed), its fallback\n"
+    "                          (DIR/baseline) and --merged FILE (DIR/merged) on the same\n"
+    "                          problems and samples; DIR/compare.md: pass@k per model and\n"
+    "                          language, the difference to the baseline, its 95%% CI\n"
     "      --canonical         no model: HumanEval's canonical solutions (all must\n"
     "                          pass) or, for MultiPL-E, a wrong completion (all must fail)\n"
     "      --timeout S         wall-clock seconds per compile and per run (default 15)\n"
@@ -76,15 +81,15 @@ typedef struct {
     cm_bench bench;
     const cm_eval_lang *lang[MAX_LANGS];
     int n_langs, samples, max_tokens, limit, shard_i, shard_n, canonical, check, n_ctx;
-    int ks[MAX_KS], n_ks, temp_set, estimate;
-    const char *instances;
+    int ks[MAX_KS], n_ks, temp_set, estimate, compare;
+    const char *instances, *merged;
     double timeout;
     cm_sampling_params sp;
 } eval_opts;
 
 enum { OPT_BENCH = CLI_LONG, OPT_LANGS, OPT_EVALSETS, OPT_TEMP, OPT_TOP_P, OPT_TOP_K, OPT_MAXTOK,
        OPT_LIMIT, OPT_SHARD, OPT_EXPERT, OPT_CANONICAL, OPT_TIMEOUT, OPT_SANDBOX, OPT_BACKEND,
-       OPT_CHECK, OPT_OUT, OPT_LANG, OPT_ESTIMATE, OPT_INSTANCES };
+       OPT_CHECK, OPT_OUT, OPT_LANG, OPT_ESTIMATE, OPT_INSTANCES, OPT_COMPARE, OPT_MERGED };
 
 static const struct option EVAL_OPTS[] = {
     {"model", required_argument, 0, 'm'}, {"bench", required_argument, 0, OPT_BENCH},
@@ -99,6 +104,7 @@ static const struct option EVAL_OPTS[] = {
     {"threads", required_argument, 0, 't'}, {"backend", required_argument, 0, OPT_BACKEND},
     {"check", no_argument, 0, OPT_CHECK}, {"out", required_argument, 0, OPT_OUT},
     {"estimate", no_argument, 0, OPT_ESTIMATE}, {"instances", required_argument, 0, OPT_INSTANCES},
+    {"compare", no_argument, 0, OPT_COMPARE}, {"merged", required_argument, 0, OPT_MERGED},
     {0}};
 
 static cm_status parse_ks(const char *a, const char *v, eval_opts *o, cm_err *err)
@@ -161,6 +167,8 @@ static cm_status eval_opt(void *user, int id, const char *a, const char *v, cm_e
     case OPT_CANONICAL: o->canonical = 1; return CM_OK;
     case OPT_CHECK: o->check = 1; return CM_OK;
     case OPT_ESTIMATE: o->estimate = 1; return CM_OK;
+    case OPT_COMPARE: o->compare = 1; return CM_OK;
+    case OPT_MERGED: o->merged = v; return CM_OK;
     case OPT_INSTANCES: o->instances = v; return CM_OK;
     case 'n': return arg_int(a, v, 1, 100000, &o->samples, err);
     case OPT_TEMP: o->temp_set = 1; return arg_float(a, v, 0.0f, 100.0f, &o->sp.temp, err);
@@ -198,6 +206,11 @@ static cm_status check_eval(eval_opts *o, cm_err *err)
         s = cm_fail(err, CM_E_USAGE, "--bench humaneval is Python only (--langs py)");
     if (!s && !o->out && !o->estimate)
         s = cm_fail(err, CM_E_USAGE, "give the output directory with --out DIR");
+    if (!s && (o->compare || o->merged) && (o->canonical || o->estimate || o->expert))
+        s = cm_fail(err, CM_E_USAGE, "--compare runs the pack routed and its fallback: no "
+                    "--canonical, --estimate or --expert");
+    if (!s && o->merged && !o->compare)
+        s = cm_fail(err, CM_E_USAGE, "--merged FILE goes with --compare");
     if (!s && o->estimate && o->canonical)
         s = cm_fail(err, CM_E_USAGE, "--estimate is for model runs, not --canonical");
     if (!s && o->canonical && (o->model || o->samples > 1))
@@ -652,11 +665,11 @@ static const char SUMMARY_TITLE[] = "pass@k per language (codemoe eval)";
 
 /* Prints summary.md; for --canonical, whether every canonical solution
  * passed (HumanEval) or every wrong completion failed (MultiPL-E). */
-static cm_status report(const eval_run *r, const char *dir, cm_err *err)
+static cm_status report(const eval_run *r, const char *dir, const char *name, cm_err *err)
 {
     char path[1024], *md = NULL;
     size_t len = 0;
-    snprintf(path, sizeof path, "%s/summary.md", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
     cm_status s = read_file(path, &md, &len, err);
     if (!s)
         fputs(md, stdout);
@@ -705,7 +718,7 @@ static cm_status eval_main(eval_opts *o, cm_err *err)
     if (!s)
         s = cm_ev_summarize(&r.rs, o->ks, o->n_ks, o->out, SUMMARY_TITLE, err);
     if (!s)
-        s = report(&r, o->out, err);
+        s = report(&r, o->out, "summary.md", err);
     for (int i = 0; i < MAX_LANGS; i++)
         cm_problems_free(&r.sets[i]);
     cm_ev_records_free(&r.rs);
@@ -890,6 +903,50 @@ static cm_status estimate_main(eval_opts *o, cm_err *err)
     return s;
 }
 
+/* ---- --compare ---- */
+
+static cm_status compare_main(eval_opts *o, cm_err *err)
+{
+    const char *names[3] = {"routed", "baseline", "merged"};
+    const char *models[3] = {o->model, o->model, o->merged};
+    const char *experts[3] = {NULL, CM_PACK_FALLBACK, NULL};
+    int n = o->merged ? 3 : 2, ks[2] = {1, 10};
+    char dirs[3][1024], path[1100];
+    cm_ev_records rs[3] = {{0}};
+    cm_status s = mkdir(o->out, 0755) != 0 && errno != EEXIST
+                      ? cm_fail(err, CM_E_IO, "cannot create %s: %s", o->out, strerror(errno))
+                      : CM_OK;
+    for (int i = 0; !s && i < n; i++) {
+        eval_opts c = *o;
+        snprintf(dirs[i], sizeof dirs[i], "%s/%s", o->out, names[i]);
+        c.out = dirs[i], c.model = models[i], c.expert = experts[i], c.compare = 0;
+        fprintf(stderr, "[eval] --compare: %s (%s%s%s) into %s\n", names[i], models[i],
+                experts[i] ? ", expert " : "", experts[i] ? experts[i] : "", dirs[i]);
+        s = eval_main(&c, err);
+        snprintf(path, sizeof path, "%s/results.jsonl", dirs[i]);
+        if (!s)
+            s = cm_ev_records_load(path, &rs[i], NULL, err);
+        if (!s)
+            s = cm_ev_records_index(&rs[i], err);
+    }
+    cm_atomic_file a;
+    snprintf(path, sizeof path, "%s/compare.md", o->out);
+    FILE *f = NULL;
+    if (!s && !(s = cm_atomic_open(&a, path, 0644, err)) && !(f = cm_atomic_stream(&a)))
+        cm_atomic_abort(&a), s = cm_fail(err, CM_E_NOMEM, "out of memory");
+    if (f)
+        s = cm_ev_compare(rs, names, n, 1, ks, 2, f, err);
+    if (f && s)
+        cm_atomic_abort(&a);
+    else if (f)
+        s = cm_atomic_commit(&a, 0, err);
+    if (!s)
+        s = report(NULL, o->out, "compare.md", err);
+    for (int i = 0; i < 3; i++)
+        cm_ev_records_free(&rs[i]);
+    return s;
+}
+
 /* ---- codemoe eval merge ---- */
 
 static cm_status merge_main(int argc, char **argv, cm_err *err)
@@ -950,7 +1007,7 @@ static cm_status merge_main(int argc, char **argv, cm_err *err)
     if (!s)
         s = cm_ev_summarize(&rs, ks, n_ks, out, SUMMARY_TITLE, err);
     if (!s)
-        s = report(NULL, out, err);
+        s = report(NULL, out, "summary.md", err);
     free(config);
     cm_ev_records_free(&rs);
     return s;
@@ -1033,7 +1090,9 @@ int cli_eval(int argc, char **argv)
                     "FILE.gguf");
     if (!s && !help && o.check)
         return eval_check(&o);
-    if (!s && !help && o.estimate)
+    if (!s && !help && o.compare)
+        s = compare_main(&o, &err);
+    else if (!s && !help && o.estimate)
         s = estimate_main(&o, &err);
     else if (!s && !help)
         s = eval_main(&o, &err);
