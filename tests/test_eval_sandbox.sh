@@ -15,6 +15,9 @@ echo keep >"$TMP/home/keep"
 HOSTILE="$TL_SRC/tests/eval_hostile"
 "$CODEMOE" eval --check >"$TMP/check" 2>&1 || { cat "$TMP/check"; fail "eval --check"; }
 grep '^sandbox:' "$TMP/check"
+# the plain fallback (no namespaces here) isolates neither the network nor
+# /tmp: it is named as such, and those two attacks are not run against it
+PLAIN=$(grep -c '^sandbox: plain' "$TMP/check")
 
 # a listener on the host's loopback: a sandboxed connect must not reach it
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 9)
@@ -35,6 +38,9 @@ for f in "$HOSTILE"/*; do
     # by default every attack in py and cpp, the fork bomb elsewhere (time);
     # CM_EVAL_HOSTILE_ALL=1: all of them
     eval "case \$lang:\$name:\${CM_EVAL_HOSTILE_ALL:-0} in $2) ;; *) continue ;; esac"
+    case $1:$PLAIN:$name in
+    auto:1:socket*|auto:1:outside*) echo "not run: $name (plain sandbox)"; continue ;;
+    esac
     sed -e "s|@OUTSIDE@|$TMP/outside|g" -e "s|@HOME@|$TMP/home|g" -e "s|@PORT@|$PORT|g" \
         "$f" >"$TMP/progs/$name"
     start=$(date +%s)
@@ -65,7 +71,7 @@ ran=0
 # CM_EVAL_HOSTILE_ALL=1: all of them
 run_all auto 'py:*|cpp:*|*:*forkbomb*|*:1'
 # the fallback without bubblewrap, where it works here
-if [ "$(id -u)" = 0 ] || unshare -Urn true 2>/dev/null; then
+if "$CODEMOE" eval --check --sandbox namespaces >/dev/null 2>&1; then
     run_all namespaces 'py:*'
 fi
 [ "$ran" -gt 0 ] || tl_skip "no toolchain for any hostile program"
