@@ -66,8 +66,8 @@ static const char EVAL_HELP[] =
     "  -t, --threads N         threads (default: all cores)\n"
     "      --backend B         cpu (default), ref, cuda or vulkan\n"
     "      --estimate          print what the run would take: tokens, program runs, the\n"
-    "                          time here (from a short measured run: one completion and\n"
-    "                          program per language) and on the GPU instances of\n"
+    "                          time here (from a short measured run: a completion and its\n"
+    "                          program for 3 problems a language) and on the GPU instances of\n"
     "                          --instances FILE (default bench/instances.tsv), with cost\n"
     "      --check             list the toolchains installed and the apt-get line for\n"
     "                          the missing ones, and the sandbox in use\n"
@@ -256,8 +256,7 @@ static int eval_check(const eval_opts *o)
     for (int i = 0; cm_eval_lang_at(i); i++) {
         const cm_eval_lang *l = cm_eval_lang_at(i);
         int ok = cm_eval_lang_ready(l, cm_sb_path(sb), missing, sizeof missing);
-        printf("%-5s %s%s%s\n", l->name, ok ? "ready" : "missing: ", ok ? "" : missing,
-               ok ? "" : "");
+        printf("%-5s %s%s\n", l->name, ok ? "ready" : "missing: ", ok ? "" : missing);
         if (!ok && strlen(apt) + strlen(l->apt) + 2 < sizeof apt)
             strcat(strcat(apt, " "), l->apt);
     }
@@ -363,11 +362,11 @@ static cm_status score(eval_run *r, const cm_eval_lang *l, const cm_problem *p, 
                        char *completion, size_t len, int tokens, cm_err *err)
 {
     cm_ev_outcome oc;
-    size_t n = cm_problem_cut(p, completion, len), plen = 0;
+    size_t plen = 0;
+    cm_problem_cut(p, completion, len);
     char *prog = cm_problem_program(p, completion, &plen);
     if (!prog)
         return cm_fail(err, CM_E_NOMEM, "out of memory");
-    (void)n;
     cm_status s = cm_eval_program(r->sb, l, prog, plen, r->o->timeout, &oc, err);
     free(prog);
     return s ? s : record(r, l->name, p, sample, completion, tokens, &oc, err);
@@ -733,7 +732,8 @@ static cm_status eval_main(eval_opts *o, cm_err *err)
 
 typedef struct {
     long problems, completions, runs, prompt_tok;
-    double run_s, gen_tok; /* measured: one program's seconds, one completion's tokens */
+    double run_s, gen_tok; /* measured means: a program's seconds, a completion's tokens */
+    int measured;          /* problems measured */
 } est_lang;
 
 typedef struct {
@@ -763,29 +763,19 @@ static int count_prompts(eval_run *r, int li, est_lang *el, cm_err *err, cm_stat
     return first;
 }
 
-/* Times the first problem's prompt, one completion of it and its program. */
-static cm_status measure_lang(eval_run *r, int li, est_state *e, cm_err *err)
+#define EST_PROBLEMS 3 /* problems per language the estimate measures */
+
+/* Times problem p's prompt, one completion of it and its program. */
+static cm_status measure_one(eval_run *r, cm_ctx *ctx, int li, const cm_problem *p, est_state *e,
+                             cm_err *err)
 {
     const cm_eval_lang *l = r->o->lang[li];
-    cm_status s = CM_OK;
-    int first = count_prompts(r, li, &e->l[li], err, &s);
-    if (s || first < 0)
-        return s;
-    const cm_backend_ops *be;
-    const cm_problem *p = &r->sets[li].p[first];
-    cm_ctx *ctx = NULL;
     int32_t *ids = NULL;
     size_t n = 0, plen = 0;
     comp_buf cb = {NULL, 0, 0, p};
     int tokens = 0;
-    s = bind_expert(r, l, err);
-    if (!s)
-        s = cm_backend_choose(r->o->backend, &be, err);
-    if (!s)
-        s = cm_ctx_new_on(&r->m, be, r->o->n_ctx, CM_KV_F16, 512, &ctx, err);
-    if (!s)
-        s = cm_tokenize(r->m.tok, p->prompt, strlen(p->prompt), cm_tok_add_bos(r->m.tok), 0, &ids,
-                        &n, err);
+    cm_status s = cm_tokenize(r->m.tok, p->prompt, strlen(p->prompt), cm_tok_add_bos(r->m.tok), 0,
+                              &ids, &n, err);
     if (!s && (n < 2 || (int)n + 1 >= cm_ctx_n_ctx(ctx)))
         s = cm_fail(err, CM_E_RANGE, "%s %s: the prompt does not fit the context", l->name,
                     p->name);
@@ -798,21 +788,46 @@ static cm_status measure_lang(eval_run *r, int li, est_state *e, cm_err *err)
         s = sample_one(r, ctx, ids, (int)n, item_seed(r->o->sp.seed, l->name, p->name, 0), &cb,
                        &tokens, err);
     e->tg_s += now_seconds() - t0, e->tg_tok += tokens;
-    e->l[li].gen_tok = tokens;
-    char *prog = s ? NULL : cm_problem_program(p, cb.p, &plen);
+    e->l[li].gen_tok += tokens;
     cm_ev_outcome oc;
-    if (!s && prog)
-        cm_problem_cut(p, cb.p, cb.len), free(prog), prog = cm_problem_program(p, cb.p, &plen);
+    if (!s)
+        cm_problem_cut(p, cb.p, cb.len);
+    char *prog = s ? NULL : cm_problem_program(p, cb.p, &plen);
     if (!s && prog && !(s = cm_eval_program(r->sb, l, prog, plen, r->o->timeout, &oc, err)))
-        e->l[li].run_s = oc.seconds;
+        e->l[li].run_s += oc.seconds;
     free(prog), free(cb.p), free(ids);
+    return s;
+}
+
+/* The first EST_PROBLEMS problems of the language's share, measured; the
+ * means are kept. */
+static cm_status measure_lang(eval_run *r, int li, est_state *e, cm_err *err)
+{
+    cm_status s = CM_OK;
+    int first = count_prompts(r, li, &e->l[li], err, &s), done = 0;
+    if (s || first < 0)
+        return s;
+    const cm_backend_ops *be;
+    cm_ctx *ctx = NULL;
+    long base = shard_base(r, li);
+    s = bind_expert(r, r->o->lang[li], err);
+    if (!s)
+        s = cm_backend_choose(r->o->backend, &be, err);
+    if (!s)
+        s = cm_ctx_new_on(&r->m, be, r->o->n_ctx, CM_KV_F16, 512, &ctx, err);
+    for (int i = first; !s && i < problem_count(r, li) && done < EST_PROBLEMS; i++)
+        if (in_shard(r->o, base + i))
+            s = measure_one(r, ctx, li, &r->sets[li].p[i], e, err), done++;
+    e->l[li].gen_tok /= done ? done : 1, e->l[li].run_s /= done ? done : 1;
+    e->l[li].measured = done;
     cm_ctx_free(ctx);
     return s;
 }
 
 static void hours(char *buf, size_t cap, double s)
 {
-    snprintf(buf, cap, "%.0f:%02.0f h", floor(s / 3600), floor(fmod(s, 3600) / 60));
+    snprintf(buf, cap, "%.0f:%02.0f:%02.0f", floor(s / 3600), floor(fmod(s, 3600) / 60),
+             floor(fmod(s, 60)));
 }
 
 static void print_instances(const eval_opts *o, double t_model, double t_prog, double tg,
@@ -830,7 +845,7 @@ static void print_instances(const eval_opts *o, double t_model, double t_prog, d
         printf("(no instance table: %s: %s)\n", path, strerror(errno));
         return;
     }
-    printf("\n%-12s %-5s %10s %10s %12s %12s   (%s)\n", "instance", "GPU", "gen tok/s", "total",
+    printf("\n%-12s %-5s %10s %10s %12s %12s   (%s)\n", "instance", "GPU", "gen tok/s", "h:mm:ss",
            "on-demand $", "spot $", path);
     while (fgets(line, sizeof line, f)) {
         double gbw, tf, floor_ms, od, spot;
@@ -860,9 +875,9 @@ static void print_estimate(const eval_run *r, const est_state *e)
         ptok += l->prompt_tok, gen_exp += l->completions * l->gen_tok;
         t_prog += l->completions * l->run_s;
         if (l->problems)
-            printf("%-5s %4ld problems, %7ld completions, one measured: %4.0f tokens, program "
-                   "%.2f s\n", o->lang[li]->name, l->problems, l->completions, l->gen_tok,
-                   l->run_s);
+            printf("%-5s %4ld problems, %7ld completions; %d measured: %4.0f tokens, program "
+                   "%.2f s (means)\n", o->lang[li]->name, l->problems, l->completions,
+                   l->measured, l->gen_tok, l->run_s);
     }
     printf("total: %ld problems, %ld completions (n = %d), %ld program runs (compile + run)\n",
            problems, completions, o->samples, runs);
@@ -873,7 +888,7 @@ static void print_estimate(const eval_run *r, const est_state *e)
            tg, e->bw);
     double t_model = ptok / pp + gen_exp / tg;
     hours(a, sizeof a, t_model), hours(b, sizeof b, t_prog), hours(c, sizeof c, t_model + t_prog);
-    printf("time here: model %s, programs %s (one at a time), total %s\n", a, b, c);
+    printf("time here (h:mm:ss): model %s, programs %s (one at a time), total %s\n", a, b, c);
     print_instances(o, t_model, t_prog, tg, e->bw);
 }
 
