@@ -26,6 +26,7 @@ static const char USAGE[] =
     "  merge       merge fine-tunes of one base (average, task arithmetic, TIES)\n"
     "  bench       prompt and generation speed against the memory-bandwidth bound\n"
     "  serve       an HTTP server: OpenAI completions and chat, llama.cpp's /infill\n"
+    "  eval        HumanEval / MultiPL-E pass@k, programs run in a sandbox\n"
     "\n"
     "`codemoe COMMAND --help` describes each command.\n"
     "environment: CODEMOE_ISA=scalar|avx2|avx512|neon forces a CPU kernel set;\n"
@@ -47,6 +48,7 @@ int main(int argc, char **argv)
         {"upcycle", cli_upcycle}, {"grow", cli_grow}, {"merge", cli_merge},
         {"bench", cli_bench},
         {"serve", cli_serve},
+        {"eval", cli_eval},
     };
     if (argc < 2) {
         fputs(USAGE, stderr);

@@ -202,6 +202,9 @@ void cm_ctx_free(cm_ctx *c)
 }
 
 void cm_ctx_reset(cm_ctx *c) { c->n_past = 0; }
+/* Keeps the first n positions: what follows is overwritten by later cm_eval
+ * calls (attention only reads positions < n_past). */
+void cm_ctx_truncate(cm_ctx *c, int n) { c->n_past = n >= 0 && n < c->n_past ? n : c->n_past; }
 int cm_ctx_n_past(const cm_ctx *c) { return c->n_past; }
 int cm_ctx_n_ctx(const cm_ctx *c) { return c->n_ctx; }
 const float *cm_ctx_logits(const cm_ctx *c) { return c->logits; }

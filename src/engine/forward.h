@@ -34,6 +34,9 @@ void cm_ctx_free(cm_ctx *c);
 cm_backend *cm_ctx_backend(const cm_ctx *c);
 /* Forgets the sequence (the KV cache is simply overwritten later). */
 void cm_ctx_reset(cm_ctx *c);
+/* Goes back to the first n tokens (n < n_past), e.g. to reuse a prompt's KV
+ * cache for another completion.  The logits are not restored. */
+void cm_ctx_truncate(cm_ctx *c, int n);
 int cm_ctx_n_past(const cm_ctx *c);
 int cm_ctx_n_ctx(const cm_ctx *c);
 size_t cm_ctx_kv_bytes(const cm_ctx *c);
