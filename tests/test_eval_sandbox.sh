@@ -7,6 +7,14 @@
 # time limit, and leave nothing behind: no scratch directory, no file
 # outside it, the (fake) home directory intact, no process still running.
 . "$(dirname "$0")/lib.sh"
+# The sandboxed programs of both eval tests run as one user (nobody, when
+# root runs the tests), whose process limit they share: the hostile fork
+# bombs would starve the other test's programs under make -j, so the two
+# take turns.
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$BUILD/tests/eval-sandbox.lock"
+    flock 9
+fi
 tl_tmpdir
 chmod 755 "$TMP" # the sandbox user (nobody, when run as root) must reach it
 mkdir -p "$TMP/scratch" "$TMP/home" "$TMP/outside" "$TMP/progs"
