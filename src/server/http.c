@@ -232,10 +232,19 @@ static enum MHD_Result get_metrics(server *sv, struct MHD_Connection *c, req_ctx
     FILE *f = open_memstream(&buf, &len);
     if (!f)
         return MHD_NO;
-    pthread_mutex_lock(&sv->e->lock);
-    int busy = sv->e->busy;
-    pthread_mutex_unlock(&sv->e->lock);
-    srv_metrics_write(&sv->metrics, f, busy, atomic_load(&sv->in_flight));
+    srv_engine *e = sv->e;
+    char names[CM_PACK_MAX_MEMBERS][32];
+    unsigned long long counts[CM_PACK_MAX_MEMBERS];
+    int n = e->m.is_pack ? cm_pack_members(&e->m.file, names, CM_PACK_MAX_MEMBERS) : 0;
+    pthread_mutex_lock(&e->lock);
+    int busy = e->n_busy;
+    memcpy(counts, e->expert_requests, sizeof counts);
+    pthread_mutex_unlock(&e->lock);
+    srv_metrics_write(&sv->metrics, f, busy, e->n_slots, atomic_load(&sv->in_flight));
+    fputs("# HELP codemoe_expert_requests_total Generating requests routed to each expert of "
+          "a language-expert pack.\n# TYPE codemoe_expert_requests_total counter\n", f);
+    for (int i = 0; i < n; i++)
+        fprintf(f, "codemoe_expert_requests_total{expert=\"%s\"} %llu\n", names[i], counts[i]);
     fclose(f);
     return send_buf(c, q, 200, "text/plain; version=0.0.4; charset=utf-8", buf, len);
 }
@@ -323,8 +332,9 @@ static void write_whole(server *sv, FILE *f, const srv_request *r, const srv_gen
 
 static void log_gen(const srv_gen *g)
 {
-    fprintf(stderr, "[codemoe] prompt %d tok, %.1f tok/s | generated %d tok, %.1f tok/s (%s)%s%s\n",
-            g->n_prompt, g->n_prompt / (g->t_prompt > 0 ? g->t_prompt : 1e-9), g->n_gen,
+    fprintf(stderr, "[codemoe] slot %d | prompt %d tok (%d cached), %.1f tok/s | generated %d tok, "
+            "%.1f tok/s (%s)%s%s\n", g->slot ? g->slot->id : -1, g->n_prompt, g->n_reused,
+            (g->n_prompt - g->n_reused) / (g->t_prompt > 0 ? g->t_prompt : 1e-9), g->n_gen,
             g->n_gen / (g->t_gen > 0 ? g->t_gen : 1e-9), g->finish, g->expert[0] ? " | expert " : "",
             g->expert);
 }

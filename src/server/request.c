@@ -161,6 +161,8 @@ static cm_status parse_generation(const json_doc *d, const json_node *o, srv_req
         s = parse_stops(d, o, r, err);
     if (!s)
         s = opt_str(d, o, "language", &r->language, err);
+    if (!s)
+        s = opt_bool(d, o, "cache_prompt", &r->cache_prompt, err);
     return s;
 }
 
@@ -354,6 +356,7 @@ cm_status srv_parse_request(srv_kind kind, const char *body, size_t len,
     r->kind = kind;
     r->sp = *defaults;
     r->n_predict = default_n_predict;
+    r->cache_prompt = 1;
     if (len == 0)
         return cm_fail(err, CM_E_FORMAT, "the request has no body (a JSON object is expected)");
     cm_status s = json_parse(body, len, "the request body", &r->doc, err);

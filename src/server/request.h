@@ -61,6 +61,7 @@ typedef struct {
     /* generation */
     int n_predict;         /* -1: until end of text or a full context */
     int stream, include_usage, have_seed, add_special;
+    int cache_prompt;      /* reuse a slot's cached prefix (llama.cpp's field; default on) */
     cm_sampling_params sp;
     srv_str stops[SRV_MAX_STOPS];
     int n_stops;
