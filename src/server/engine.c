@@ -103,6 +103,7 @@ cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
     if (!s)
         s = cm_model_load(o->model, &e->m, err);
     e->loaded = !s;
+    e->m.keep_members = e->n_slots > 1; /* slots on different members take turns */
     if (!s && !e->m.tok)
         s = cm_fail(err, CM_E_UNSUPPORTED, "%s has no tokenizer, so it cannot serve text",
                     o->model);

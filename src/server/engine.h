@@ -44,6 +44,7 @@ typedef struct {
     int id;                /* the context's sequence */
     int busy;              /* a request holds it */
     int queued;            /* tokens[n_done ..] handed to the scheduler */
+    int turn;              /* handed logits, its request not yet back */
     int keep;              /* >= 0: the scheduler first cuts the cache to this */
     char expert[32];       /* the pack member its cache was made with ("" none) */
     int32_t *tokens;
@@ -77,6 +78,7 @@ typedef struct {
     int sched_started, quit;
     int n_busy;            /* slots held by requests */
     unsigned long long clock;
+    unsigned long long steps, step_seqs, step_tokens, reused_tokens; /* for /metrics */
     unsigned long long expert_requests[CM_PACK_MAX_MEMBERS]; /* by member index */
     atomic_int stopping;   /* no new generation may start */
     atomic_int abort;      /* a running generation ends at its next token */

@@ -239,8 +239,19 @@ static enum MHD_Result get_metrics(server *sv, struct MHD_Connection *c, req_ctx
     pthread_mutex_lock(&e->lock);
     int busy = e->n_busy;
     memcpy(counts, e->expert_requests, sizeof counts);
+    unsigned long long steps = e->steps, seqs = e->step_seqs, toks = e->step_tokens;
+    unsigned long long reused = e->reused_tokens;
     pthread_mutex_unlock(&e->lock);
     srv_metrics_write(&sv->metrics, f, busy, e->n_slots, atomic_load(&sv->in_flight));
+    fprintf(f, "# HELP codemoe_batches_total Forward batches run (each holds tokens of one or "
+            "more slots).\n# TYPE codemoe_batches_total counter\ncodemoe_batches_total %llu\n"
+            "# HELP codemoe_batch_slots_total Slots in those batches, summed.\n"
+            "# TYPE codemoe_batch_slots_total counter\ncodemoe_batch_slots_total %llu\n"
+            "# HELP codemoe_batch_tokens_total Tokens in those batches, summed.\n"
+            "# TYPE codemoe_batch_tokens_total counter\ncodemoe_batch_tokens_total %llu\n"
+            "# HELP codemoe_prompt_tokens_cached_total Prompt tokens found in a slot's cache "
+            "(not evaluated again).\n# TYPE codemoe_prompt_tokens_cached_total counter\n"
+            "codemoe_prompt_tokens_cached_total %llu\n", steps, seqs, toks, reused);
     fputs("# HELP codemoe_expert_requests_total Generating requests routed to each expert of "
           "a language-expert pack.\n# TYPE codemoe_expert_requests_total counter\n", f);
     for (int i = 0; i < n; i++)
@@ -310,8 +321,8 @@ static void write_whole(server *sv, FILE *f, const srv_request *r, const srv_gen
         srv_json_str(f, text, len);
         fputs(", \"stop\": true, \"model\": ", f);
         srv_json_str(f, e->name, strlen(e->name));
-        fprintf(f, ", \"tokens_predicted\": %d, \"tokens_evaluated\": %d, \"stop_type\": \"%s\", ",
-                g->n_gen, g->n_prompt, g->finish);
+        fprintf(f, ", \"tokens_predicted\": %d, \"tokens_evaluated\": %d, \"tokens_cached\": %d, "
+                "\"stop_type\": \"%s\", ", g->n_gen, g->n_prompt, g->n_reused, g->finish);
         write_usage(f, g);
         fputs("}\n", f);
         return;
@@ -691,9 +702,10 @@ cm_status srv_serve(srv_engine *e, const srv_http_opts *o, cm_err *err)
                     strerror(errno));
     } else {
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-        fprintf(stderr, "[codemoe] listening on http://%s%s%s:%u (model %s, context %d, 1 slot%s)\n",
+        fprintf(stderr, "[codemoe] listening on http://%s%s%s:%u (model %s, context %d, %d slot%s%s)\n",
                 v6 ? "[" : "", o->host, v6 ? "]" : "", di ? di->port : (unsigned)o->port,
-                e->name, cm_ctx_n_ctx(e->ctx), o->api_key ? ", API key required" : "");
+                e->name, cm_ctx_n_ctx(e->ctx), e->n_slots, e->n_slots == 1 ? "" : "s",
+                o->api_key ? ", API key required" : "");
         MHD_socket ls = wait_for_signal(&sv, d, &set);
         MHD_stop_daemon(d);
         if (ls != MHD_INVALID_SOCKET)

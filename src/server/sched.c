@@ -9,9 +9,12 @@
  * steps beside the others' tokens. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "server/engine.h"
 #include "util/threads.h"
+
+#define SRV_TURN_WAIT_MS 20
 
 typedef struct {
     int32_t *ids, *seq;
@@ -90,6 +93,7 @@ static void finish_batch(srv_engine *e, batch *b, cm_status s, const cm_err *err
 {
     const size_t V = (size_t)e->m.hp.n_vocab;
     int row = 0;
+    e->steps++, e->step_seqs += b->n_slots, e->step_tokens += b->n;
     for (int i = 0; i < b->n_slots; i++) {
         srv_slot *sl = &e->slots[b->slot[i]];
         sl->n_done += b->count[i];
@@ -98,10 +102,31 @@ static void finish_batch(srv_engine *e, batch *b, cm_status s, const cm_err *err
             sl->n_tokens = sl->n_done = 0; /* its cache is not to be trusted */
         } else if (sl->n_done == sl->n_tokens) {
             memcpy(sl->logits, b->logits + row++ * V, V * sizeof(float));
-            sl->st = CM_OK, sl->queued = 0;
+            sl->st = CM_OK, sl->queued = 0, sl->turn = 1;
         }
     }
     pthread_cond_broadcast(&e->done);
+}
+
+/* Waits (lock held) until the requests handed logits by the last step have
+ * sampled and queued their next token, or left, so that the next batch
+ * holds them all; a request busy elsewhere (a client slow to read its
+ * stream) is waited for only a few milliseconds. */
+static void wait_turns(srv_engine *e)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_nsec += SRV_TURN_WAIT_MS * 1000000L;
+    until.tv_sec += until.tv_nsec / 1000000000L, until.tv_nsec %= 1000000000L;
+    for (;;) {
+        int pending = 0;
+        for (int i = 0; i < e->n_slots; i++)
+            pending |= e->slots[i].turn;
+        if (!pending || e->quit || pthread_cond_timedwait(&e->work, &e->lock, &until))
+            break;
+    }
+    for (int i = 0; i < e->n_slots; i++)
+        e->slots[i].turn = 0;
 }
 
 static void *sched_main(void *arg)
@@ -116,6 +141,7 @@ static void *sched_main(void *arg)
     int ok = keep && batch_alloc(&b, SRV_BATCH, e->n_slots, e->m.hp.n_vocab);
     pthread_mutex_lock(&e->lock);
     while (!e->quit) {
+        wait_turns(e);
         form_batch(e, &b, &rr, expert);
         if (!ok || b.n == 0) {
             if (!ok) /* no memory for a batch: every request fails */
@@ -224,6 +250,9 @@ srv_slot *srv_slot_take(srv_engine *e, const char *expert, const int32_t *ids, i
     sl->keep = k;
     snprintf(sl->expert, sizeof sl->expert, "%s", expert);
     *reused = k;
+    pthread_mutex_lock(&e->lock);
+    e->reused_tokens += k;
+    pthread_mutex_unlock(&e->lock);
     for (int i = k; i < n; i++)
         if (srv_slot_push(sl, ids[i], err)) {
             srv_slot_give(e, sl);
@@ -249,6 +278,7 @@ cm_status srv_slot_eval(srv_engine *e, srv_slot *sl, cm_err *err)
 {
     pthread_mutex_lock(&e->lock);
     sl->queued = 1;
+    sl->turn = 0;
     pthread_cond_signal(&e->work);
     while (sl->queued && !e->quit)
         pthread_cond_wait(&e->done, &e->lock);
@@ -265,8 +295,9 @@ void srv_slot_give(srv_engine *e, srv_slot *sl)
     while (sl->queued && !e->quit) /* (never: its request waits for its work) */
         pthread_cond_wait(&e->done, &e->lock);
     sl->n_tokens = sl->n_done; /* what its cache holds, for the next prompt */
-    sl->busy = 0;
+    sl->busy = 0, sl->turn = 0;
     sl->used = ++e->clock;
+    pthread_cond_signal(&e->work);
     e->n_busy--;
     pthread_cond_broadcast(&e->done);
     pthread_mutex_unlock(&e->lock);
