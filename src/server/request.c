@@ -438,37 +438,12 @@ cm_status srv_chat_render(const srv_request *r, srv_template t, srv_piece **piec
 
 /* ---- output */
 
-/* Length of the valid UTF-8 character at s (n bytes left), 0 if invalid. */
-static size_t utf8_char(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0], cp, min;
-    size_t k;
-    if (c < 0x80)
-        return 1;
-    if ((c & 0xE0) == 0xC0)
-        k = 2, cp = c & 0x1F, min = 0x80;
-    else if ((c & 0xF0) == 0xE0)
-        k = 3, cp = c & 0x0F, min = 0x800;
-    else if ((c & 0xF8) == 0xF0)
-        k = 4, cp = c & 0x07, min = 0x10000;
-    else
-        return 0;
-    if (k > n)
-        return 0;
-    for (size_t i = 1; i < k; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3F);
-    }
-    return cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) ? 0 : k;
-}
-
 void srv_json_str(FILE *f, const char *s, size_t n)
 {
     const unsigned char *u = (const unsigned char *)s;
     fputc('"', f);
     for (size_t i = 0; i < n;) {
-        size_t k = utf8_char(u + i, n - i);
+        size_t k = json_utf8_len(u + i, n - i);
         if (k == 0) {
             fputs("\\ufffd", f);
             i++;
