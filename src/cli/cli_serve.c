@@ -33,6 +33,8 @@ static const char SERVE_HELP[] =
     "  -c, --ctx-size N        context length of each slot (default: the model's, at\n"
     "                          most 4096; 0: the model's trained context)\n"
     "  -np, --parallel N       slots: requests generated together (default 1)\n"
+    "      --chat-template NAME  chatml, llama2 (= codellama), llama3, deepseek-coder,\n"
+    "                          zephyr or gemma (default: the model's, by its markers)\n"
     "  -t, --threads N         threads (default: all cores)\n"
     "      --kv-type T         KV cache type: f16 (default), f32 or q8_0\n"
     "      --backend B         cpu (default), ref, cuda or vulkan (codemoe --version)\n"
@@ -41,7 +43,7 @@ static const char SERVE_HELP[] =
 
 enum {
     OPT_HOST = CLI_LONG, OPT_PORT, OPT_API_KEY, OPT_MAX_BODY, OPT_TIMEOUT, OPT_KV, OPT_BACKEND,
-    OPT_PARALLEL
+    OPT_PARALLEL, OPT_TEMPLATE
 };
 
 static const struct option SERVE_OPTS[] = {
@@ -51,10 +53,11 @@ static const struct option SERVE_OPTS[] = {
     {"timeout", required_argument, 0, OPT_TIMEOUT}, {"ctx-size", required_argument, 0, 'c'},
     {"threads", required_argument, 0, 't'}, {"kv-type", required_argument, 0, OPT_KV},
     {"backend", required_argument, 0, OPT_BACKEND}, {"parallel", required_argument, 0, OPT_PARALLEL},
-    {"np", required_argument, 0, OPT_PARALLEL}, CLI_PLACE_OPTIONS, {0}};
+    {"np", required_argument, 0, OPT_PARALLEL},
+    {"chat-template", required_argument, 0, OPT_TEMPLATE}, CLI_PLACE_OPTIONS, {0}};
 
 typedef struct {
-    const char *model, *host, *api_key, *backend;
+    const char *model, *host, *api_key, *backend, *chat_template;
     int port, timeout, n_ctx, n_slots;
     uint64_t max_body;
     cm_kv_type kv;
@@ -84,6 +87,7 @@ static cm_status serve_opt(void *user, int id, const char *a, const char *v, cm_
     case OPT_KV: return parse_kv_type(v, &o->kv, err);
     case OPT_BACKEND: o->backend = v; return CM_OK;
     case OPT_PARALLEL: return arg_int(a, v, 1, 256, &o->n_slots, err);
+    case OPT_TEMPLATE: o->chat_template = v; return CM_OK;
     default: return cli_place_opt(id, a, v, &o->place, err);
     }
 }
@@ -93,7 +97,7 @@ static cm_status serve(const serve_opts *o, cm_err *err)
 {
     srv_engine e;
     srv_engine_opts eo = {o->model, o->backend, o->place, o->n_ctx, o->kv, cm_max_threads(),
-                          o->n_slots};
+                          o->n_slots, o->chat_template};
     srv_http_opts ho = {o->host, o->port, o->api_key, (size_t)o->max_body, (unsigned)o->timeout};
     double t0 = now_seconds();
     cm_status s = srv_engine_init(&e, &eo, err);
@@ -105,6 +109,8 @@ static cm_status serve(const serve_opts *o, cm_err *err)
             e.n_slots == 1 ? "" : "s", e.o.n_ctx);
     if (!e.tmpl_ok)
         fprintf(stderr, "[codemoe] chat is refused: %s\n", e.tmpl_err.msg);
+    else
+        fprintf(stderr, "[codemoe] chat template: %s\n", srv_template_name(e.tmpl));
     s = srv_serve(&e, &ho, err);
     srv_engine_free(&e);
     if (!s)

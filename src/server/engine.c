@@ -61,7 +61,8 @@ cm_status srv_engine_bind(srv_engine *e, const char *expert, cm_err *err)
     return s;
 }
 
-/* The chat template from the GGUF, and <|im_end|> when it is one token. */
+/* The chat template (--chat-template, else the GGUF's), and the marker
+ * ending a turn when it is one token. */
 static void load_template(srv_engine *e)
 {
     gguf_str t = {0};
@@ -71,7 +72,10 @@ static void load_template(srv_engine *e)
     const char *end;
     if (gguf_get_str(&e->m.file, "tokenizer.chat_template", &t, &ignore))
         t.ptr = NULL, t.len = 0;
-    e->tmpl_ok = !srv_template_detect(t.ptr, t.len, &e->tmpl, &e->tmpl_err);
+    if (e->o.chat_template) /* checked by srv_engine_init */
+        e->tmpl_ok = !srv_template_by_name(e->o.chat_template, &e->tmpl, &e->tmpl_err);
+    else
+        e->tmpl_ok = !srv_template_detect(t.ptr, t.len, &e->tmpl, &e->tmpl_err);
     e->chat_end_id = -1;
     end = srv_template_end(e->tmpl);
     if (!cm_tokenize(e->m.tok, end, strlen(end), 0, 1, &ids, &n, &ignore) && n == 1)
@@ -99,7 +103,10 @@ cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->work, NULL);
     pthread_cond_init(&e->done, NULL);
-    cm_status s = cm_backend_choose(o->backend, &e->be, err);
+    srv_template forced;
+    cm_status s = o->chat_template ? srv_template_by_name(o->chat_template, &forced, err) : CM_OK;
+    if (!s)
+        s = cm_backend_choose(o->backend, &e->be, err);
     if (!s)
         s = cm_model_load(o->model, &e->m, err);
     e->loaded = !s;

@@ -35,6 +35,7 @@ typedef struct {
     cm_kv_type kv;
     int n_threads;         /* the OpenMP team of the scheduler thread */
     int n_slots;           /* --parallel: sequences decoded together */
+    const char *chat_template; /* a srv_template_by_name name, or NULL: the GGUF's */
 } srv_engine_opts;
 
 /* A sequence of the context.  Its cache holds tokens[0 .. n_done); the
@@ -68,7 +69,7 @@ typedef struct {
     srv_template tmpl;     /* the chat template, when tmpl_ok */
     int tmpl_ok;
     cm_err tmpl_err;       /* why chat is refused otherwise */
-    int32_t chat_end_id;   /* <|im_end|> as one token, or -1 */
+    int32_t chat_end_id;   /* the template's end of turn as one token, or -1 */
     char name[128];        /* the model's id in /v1/models: its file name */
     long long created;     /* when it was loaded (Unix seconds) */
     pthread_mutex_t lock;

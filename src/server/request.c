@@ -373,69 +373,6 @@ void srv_request_free(srv_request *r)
     memset(r, 0, sizeof *r);
 }
 
-/* ---- chat templates */
-
-/* Markers of the families people meet, to say which one was found. */
-static const struct {
-    const char *marker, *name;
-} families[] = {
-    {"<|start_header_id|>", "Llama 3"}, {"[INST]", "Llama 2 / Mistral / CodeLlama-Instruct"},
-    {"<start_of_turn>", "Gemma"}, {"<|user|>", "Zephyr / Phi-3"},
-    {"### Instruction", "DeepSeek-Coder"}, {"<\xef\xbd\x9cUser\xef\xbd\x9c>", "DeepSeek-V2/V3"},
-};
-
-static int contains(const char *s, size_t n, const char *what)
-{
-    size_t k = strlen(what);
-    for (size_t i = 0; i + k <= n; i++)
-        if (!memcmp(s + i, what, k))
-            return 1;
-    return 0;
-}
-
-cm_status srv_template_detect(const char *tmpl, size_t len, srv_template *out, cm_err *err)
-{
-    *out = SRV_TMPL_CHATML;
-    if (!tmpl || len == 0 || contains(tmpl, len, "<|im_start|>"))
-        return CM_OK;
-    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
-        if (contains(tmpl, len, families[i].marker))
-            return cm_fail(err, CM_E_UNSUPPORTED, "the model's chat template (%s) is not "
-                           "supported yet: only ChatML templates are rendered", families[i].name);
-    return cm_fail(err, CM_E_UNSUPPORTED, "the model's chat template is not one this server "
-                   "renders (only ChatML is supported yet)");
-}
-
-const char *srv_template_end(srv_template t)
-{
-    (void)t;
-    return "<|im_end|>";
-}
-
-/* ChatML: <|im_start|>role\ncontent<|im_end|>\n ... <|im_start|>assistant\n */
-cm_status srv_chat_render(const srv_request *r, srv_template t, srv_piece **pieces, int *n,
-                          cm_err *err)
-{
-    (void)t;
-    srv_piece *p = malloc(sizeof *p * ((size_t)r->n_msgs * 6 + 2));
-    int k = 0;
-    if (!p)
-        return cm_fail(err, CM_E_NOMEM, "out of memory");
-    for (int i = 0; i < r->n_msgs; i++) {
-        const srv_msg *m = &r->msgs[i];
-        p[k++] = (srv_piece){"<|im_start|>", 12, 1};
-        p[k++] = (srv_piece){m->role.p, m->role.len, 0};
-        p[k++] = (srv_piece){"\n", 1, 0};
-        p[k++] = (srv_piece){m->content.p, m->content.len, 0};
-        p[k++] = (srv_piece){"<|im_end|>", 10, 1};
-        p[k++] = (srv_piece){"\n", 1, 0};
-    }
-    p[k++] = (srv_piece){"<|im_start|>", 12, 1};
-    p[k++] = (srv_piece){"assistant\n", 10, 0};
-    *pieces = p, *n = k;
-    return CM_OK;
-}
-
 /* ---- output */
 
 void srv_json_str(FILE *f, const char *s, size_t n)
