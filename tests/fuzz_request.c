@@ -85,6 +85,8 @@ static void run_case(const char *buf, size_t len, FILE *sink, unsigned long *ok)
                     for (int i = 0; i < n; i++)
                         srv_json_str(sink, p[i].p, p[i].len);
             srv_json_str(sink, r.prompt.p ? r.prompt.p : "", r.prompt.len);
+            if (r.has_fields) /* the body is JSON too: pick its members */
+                srv_json_fields(sink, buf, len, r.fields, r.n_fields);
         } else
             srv_json_str(sink, err.msg, strlen(err.msg));
         srv_request_free(&r);

@@ -19,7 +19,7 @@ SAMPLE="$SHARED/corpus/c/sample.txt"
 [ -f "$SAMPLE" ] || tl_skip "no corpus sample at $SAMPLE"
 tl_tmpdir
 SPID=
-trap '[ -n "$SPID" ] && kill -9 "$SPID" 2>/dev/null; rm -rf "$TMP"' EXIT
+trap '[ -n "$SPID" ] && kill -9 "$SPID" 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$TMP"' EXIT
 
 # start_server LOG ARGS...: a server on a free port; sets SPID and URL
 start_server() {
@@ -50,7 +50,7 @@ post() {
     echo "$secs" >"$TMP/$1.t"
 }
 jget() {
-    python3 -c 'import json, sys
+    python3 -c 'import json, os, sys
 d = json.load(open(sys.argv[1], encoding="utf-8"))
 sys.stdout.write(str(eval(sys.argv[2])))' "$1" "$2" 2>/dev/null
 }
@@ -88,12 +88,45 @@ sys.exit(0 if a >= 5 * b else "first %.3f s, second %.3f s: %.1fx, not 5x" % (a,
     "$(cat "$TMP/first.t")" "$(cat "$TMP/second.t")" || fail "prefix reuse is not 5x faster"
 
 # ---- a client leaving mid-stream frees its slot
-echo '{"prompt": "def f(x):", "max_tokens": 3000, "stream": true, "temperature": 1, "cache_prompt": false}' >"$TMP/long.json"
+echo '{"prompt": "1, 2, 3, 4, 5,", "max_tokens": 3000, "stream": true, "temperature": 0, "cache_prompt": false}' >"$TMP/long.json"
 curl -s -N --max-time 1 -X POST --data-binary @"$TMP/long.json" "$URL/v1/completions" >/dev/null 2>&1
 i=0
 while [ "$(metric codemoe_slots_busy)" != 0 ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
 [ "$(metric codemoe_slots_busy)" = 0 ] || fail "the slot stayed busy after its client left"
 [ "$(metric codemoe_requests_cancelled_total)" -ge 1 ] || fail "the stream was not counted cancelled"
+
+# ---- llama.vim's requests, shaped exactly as its autoload/llama.vim sends
+# them (ggml-org/llama.vim a1c8e6e): the ring-buffer update (n_predict 0,
+# input_extra only) then the completion at the cursor, twice (the second
+# finds the prompt in the cache), answering just its response_fields
+python3 - "$TMP" <<'PY'
+import json, sys
+extra = [{"text": "import os\nimport sys\n\ndef helper(x):\n    return x * 2\n",
+          "time": [1738322518, 123456], "filename": "util.py"}]
+ring = {"id_slot": 0, "input_prefix": "", "input_suffix": "", "input_extra": extra, "prompt": "",
+        "n_predict": 0, "temperature": 0.0, "samplers": [], "stream": False, "cache_prompt": True,
+        "t_max_prompt_ms": 1, "t_max_predict_ms": 1, "response_fields": [""]}
+fim = {"id_slot": 0, "input_prefix": "def main():\n    args = sys.argv[1:]\n",
+       "input_suffix": "\n    return 0\n", "input_extra": extra, "prompt": "    for a in ",
+       "n_predict": 128, "stop": [], "n_indent": 4, "top_k": 40, "top_p": 0.90,
+       "samplers": ["top_k", "top_p", "infill"], "stream": False, "cache_prompt": True,
+       "t_max_prompt_ms": 500, "t_max_predict_ms": 1000,
+       "response_fields": ["content", "timings/prompt_n", "timings/prompt_ms",
+                           "timings/prompt_per_token_ms", "timings/prompt_per_second",
+                           "timings/predicted_n", "timings/predicted_ms",
+                           "timings/predicted_per_token_ms", "timings/predicted_per_second",
+                           "truncated", "tokens_cached"]}
+json.dump(ring, open(sys.argv[1] + "/vim_ring.json", "w"))
+json.dump(fim, open(sys.argv[1] + "/vim_fim.json", "w"))
+PY
+post vim_ring /infill "$TMP/vim_ring.json"
+[ "$(jget "$TMP/vim_ring" 'd == {}')" = True ] || fail "llama.vim ring update: $(cat "$TMP/vim_ring")"
+post vim_fim1 /infill "$TMP/vim_fim.json"
+post vim_fim2 /infill "$TMP/vim_fim.json"
+[ "$(jget "$TMP/vim_fim1" 'sorted(d) == sorted(json.load(open(os.path.dirname(sys.argv[1]) + "/vim_fim.json"))["response_fields"]) and type(d["content"]) is str and d["timings/predicted_n"] > 0')" = True ] ||
+    fail "llama.vim completion: $(head -c 400 "$TMP/vim_fim1")"
+[ "$(jget "$TMP/vim_fim2" 'd["tokens_cached"] > 20 and d["timings/prompt_n"] < 5')" = True ] ||
+    fail "llama.vim's second completion did not reuse the cache: $(head -c 400 "$TMP/vim_fim2")"
 
 # ---- requests together, each equal to itself alone (greedy).  The default
 # model's products quantize their activations, and a batch of several rows
@@ -111,7 +144,7 @@ together() {
     done
 }
 for k in 0 1 2 3 4 5 6 7; do
-    python3 -c 'import json, sys
+    python3 -c 'import json, os, sys
 k = int(sys.argv[1])
 p = ["def fibonacci(n):", "import os\n\ndef walk(d):", "class Stack:\n    def push(self, x):",
      "def main():\n    args =", "def fibonacci(n):", "#include <stdio.h>\nint main(void) {",

@@ -311,20 +311,51 @@ static void write_usage(FILE *f, const srv_gen *g)
             "\"total_tokens\": %d}", g->n_prompt, g->n_gen, g->n_prompt + g->n_gen);
 }
 
+/* llama.cpp's timings of a generation (milliseconds). */
+static void write_timings(FILE *f, const srv_gen *g)
+{
+    int pn = g->n_prompt - g->n_reused;
+    double pms = g->t_prompt * 1e3, gms = g->t_gen * 1e3;
+    fprintf(f, "\"timings\": {\"prompt_n\": %d, \"prompt_ms\": %.3f, \"prompt_per_token_ms\": "
+            "%.3f, \"prompt_per_second\": %.2f, \"predicted_n\": %d, \"predicted_ms\": %.3f, "
+            "\"predicted_per_token_ms\": %.3f, \"predicted_per_second\": %.2f}", pn, pms,
+            pn ? pms / pn : 0.0, pms > 0 ? pn * 1e3 / pms : 0.0, g->n_gen, gms,
+            g->n_gen ? gms / g->n_gen : 0.0, gms > 0 ? g->n_gen * 1e3 / gms : 0.0);
+}
+
+static void write_infill(server *sv, FILE *f, const srv_gen *g, const char *text, size_t len)
+{
+    const srv_engine *e = sv->e;
+    fputs("{\"content\": ", f);
+    srv_json_str(f, text, len);
+    fputs(", \"stop\": true, \"model\": ", f);
+    srv_json_str(f, e->name, strlen(e->name));
+    fprintf(f, ", \"tokens_predicted\": %d, \"tokens_evaluated\": %d, \"tokens_cached\": %d, "
+            "\"truncated\": false, \"stop_type\": \"%s\", ", g->n_gen, g->n_prompt, g->n_reused,
+            g->finish);
+    write_timings(f, g);
+    fputs(", ", f);
+    write_usage(f, g);
+    fputs("}\n", f);
+}
+
 static void write_whole(server *sv, FILE *f, const srv_request *r, const srv_gen *g,
                         const char *text, size_t len)
 {
     const srv_engine *e = sv->e;
     unsigned long long id = atomic_fetch_add(&sv->ids, 1);
     if (r->kind == SRV_INFILL) { /* llama.cpp's /infill answer */
-        fputs("{\"content\": ", f);
-        srv_json_str(f, text, len);
-        fputs(", \"stop\": true, \"model\": ", f);
-        srv_json_str(f, e->name, strlen(e->name));
-        fprintf(f, ", \"tokens_predicted\": %d, \"tokens_evaluated\": %d, \"tokens_cached\": %d, "
-                "\"stop_type\": \"%s\", ", g->n_gen, g->n_prompt, g->n_reused, g->finish);
-        write_usage(f, g);
-        fputs("}\n", f);
+        char *all = NULL;
+        size_t n = 0;
+        FILE *a = r->has_fields ? open_memstream(&all, &n) : f;
+        if (!a)
+            return;
+        write_infill(sv, a, g, text, len);
+        if (a != f) {
+            fclose(a);
+            srv_json_fields(f, all, n, r->fields, r->n_fields);
+            free(all);
+        }
         return;
     }
     int chat = r->kind == SRV_CHAT;

@@ -294,6 +294,27 @@ static cm_status parse_extra(const json_doc *d, const json_node *o, srv_request 
     return s;
 }
 
+/* llama.cpp's response_fields: the answer holds only these (paths into it
+ * such as "timings/prompt_n" become flat keys). */
+static cm_status parse_fields(const json_doc *d, const json_node *o, srv_request *r, cm_err *err)
+{
+    const json_node *a = json_get_val(d, o, "response_fields");
+    const char *what = "an array of strings";
+    if (!a)
+        return CM_OK;
+    if (a->type != JSON_ARRAY)
+        return field_error(err, "response_fields", what);
+    if (a->n > SRV_MAX_FIELDS)
+        return cm_fail(err, CM_E_RANGE, "field 'response_fields': at most %d", SRV_MAX_FIELDS);
+    r->has_fields = 1;
+    for (const json_node *c = json_first(d, a); c; c = json_next(d, c)) {
+        if (c->type != JSON_STRING)
+            return field_error(err, "response_fields", what);
+        r->fields[r->n_fields++] = (srv_str){c->str, c->len};
+    }
+    return CM_OK;
+}
+
 static cm_status parse_infill(const json_doc *d, const json_node *o, srv_request *r, cm_err *err)
 {
     cm_status s = opt_str(d, o, "input_prefix", &r->prefix, err);
@@ -303,6 +324,8 @@ static cm_status parse_infill(const json_doc *d, const json_node *o, srv_request
         s = opt_str(d, o, "prompt", &r->prompt, err);
     if (!s)
         s = parse_extra(d, o, r, err);
+    if (!s)
+        s = parse_fields(d, o, r, err);
     return s;
 }
 
@@ -399,4 +422,62 @@ void srv_json_str(FILE *f, const char *s, size_t n)
         }
     }
     fputc('"', f);
+}
+
+static void write_node(FILE *f, const json_doc *d, const json_node *n)
+{
+    switch (n->type) {
+    case JSON_NULL: fputs("null", f); return;
+    case JSON_FALSE: fputs("false", f); return;
+    case JSON_TRUE: fputs("true", f); return;
+    case JSON_STRING: srv_json_str(f, n->str, n->len); return;
+    case JSON_NUMBER:
+        if (n->is_int)
+            fprintf(f, "%lld", (long long)n->i);
+        else
+            fprintf(f, "%.17g", n->num);
+        return;
+    default: break;
+    }
+    int obj = n->type == JSON_OBJECT;
+    fputc(obj ? '{' : '[', f);
+    for (const json_node *c = json_first(d, n); c; c = json_next(d, c)) {
+        if (c != json_first(d, n))
+            fputs(", ", f);
+        if (obj)
+            srv_json_str(f, c->key, c->key_len), fputs(": ", f);
+        write_node(f, d, c);
+    }
+    fputc(obj ? '}' : ']', f);
+}
+
+void srv_json_fields(FILE *f, const char *json, size_t len, const srv_str *fields, int n)
+{
+    json_doc d;
+    cm_err err;
+    if (json_parse(json, len, "the answer", &d, &err)) {
+        fwrite(json, 1, len, f);
+        return;
+    }
+    fputc('{', f);
+    for (int i = 0, out = 0; i < n; i++) {
+        const json_node *v = json_root(&d);
+        char key[128];
+        const char *p = fields[i].p, *end = p + fields[i].len;
+        while (v && p < end) { /* "a/b": member b of member a */
+            const char *slash = memchr(p, '/', (size_t)(end - p));
+            size_t k = (size_t)((slash ? slash : end) - p);
+            snprintf(key, sizeof key, "%.*s", (int)(k < 127 ? k : 127), p);
+            v = k < 128 ? json_get(&d, v, key) : NULL;
+            p += k + (slash != NULL);
+        }
+        if (!v || fields[i].len == 0)
+            continue;
+        fputs(out++ ? ", " : "", f);
+        srv_json_str(f, fields[i].p, fields[i].len);
+        fputs(": ", f);
+        write_node(f, &d, v);
+    }
+    fputs("}\n", f);
+    json_free(&d);
 }

@@ -17,6 +17,7 @@
 #include "util/status.h"
 
 #define SRV_MAX_STOPS 16
+#define SRV_MAX_FIELDS 32
 #define SRV_MAX_MESSAGES 4096
 #define SRV_MAX_EXTRA 1024
 
@@ -62,6 +63,8 @@ typedef struct {
     int n_predict;         /* -1: until end of text or a full context */
     int stream, include_usage, have_seed, add_special;
     int cache_prompt;      /* reuse a slot's cached prefix (llama.cpp's field; default on) */
+    srv_str fields[SRV_MAX_FIELDS]; /* /infill's response_fields, when has_fields */
+    int n_fields, has_fields;
     cm_sampling_params sp;
     srv_str stops[SRV_MAX_STOPS];
     int n_stops;
@@ -121,5 +124,9 @@ const char *srv_template_end(srv_template t);
  * characters escaped, and bytes that are not valid UTF-8 (a model may emit
  * half a character) as U+FFFD, so every response is valid JSON. */
 void srv_json_str(FILE *f, const char *s, size_t n);
+/* The members of the JSON object json named by fields (paths such as
+ * "timings/prompt_n" as flat keys, as llama.cpp's response_fields), as a
+ * JSON object; absent ones left out. */
+void srv_json_fields(FILE *f, const char *json, size_t len, const srv_str *fields, int n);
 
 #endif
