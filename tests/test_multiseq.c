@@ -120,6 +120,23 @@ static void together(const cm_model *m, const cm_backend_ops *ops, int32_t ids[N
     CHECK(cm_eval_batch(c, many, one, 64 - LEN + 1, NULL, NULL, &err) == CM_E_RANGE);
     CHECK(cm_ctx_seq_past(c, 2) == LEN);
     CHECK(cm_eval(c, many, 1, NULL, &err) == CM_E_UNSUPPORTED);
+    cm_ctx_free(c);
+    /* one sequence (serve --parallel 1): a prompt, then tokens one by one */
+    if (cm_ctx_new_multi(m, ops, NULL, 64, CM_KV_F32, 8, 1, &c, &err)) {
+        CHECK(0, "%s: %s", ops->name, err.msg);
+        free(out);
+        return;
+    }
+    int32_t zero[LEN] = {0};
+    memset(want, 0, LEN);
+    want[19] = 1;
+    CHECK(!cm_eval_batch(c, ids[2], zero, 20, want, out, &err), "%s", err.msg);
+    d = max_diff(out, ref + (2 * LEN + 19) * V, V);
+    for (int i = 20; i < LEN; i++) {
+        CHECK(!cm_eval_batch(c, ids[2] + i, zero, 1, want + 19, out, &err), "%s", err.msg);
+        d = fmax(d, max_diff(out, ref + (2 * LEN + i) * V, V));
+    }
+    CHECK(d < 1e-4 && cm_ctx_seq_past(c, 0) == LEN, "%s: one sequence: %g", ops->name, d);
     free(out);
     cm_ctx_free(c);
 }

@@ -569,6 +569,16 @@ cm_status cm_eval_batch(cm_ctx *c, const int32_t *ids, const int32_t *seq, int n
     cm_status s = check_multi(c, ids, seq, n, want, logits, err);
     if (s)
         return s;
+    int only_last = 1; /* one sequence wanting at most its last row: cm_eval_last's path,
+                        * whose generation steps a device backend may replay */
+    for (int i = 0; want && i < n - 1; i++)
+        only_last &= !want[i];
+    if (c->n_seq == 1 && only_last) {
+        c->n_past = c->seq_past[0];
+        s = cm_eval_last(c, ids, n, want && want[n - 1], logits, err);
+        c->seq_past[0] = c->n_past;
+        return s;
+    }
     const size_t n_vocab = (size_t)c->m->hp.n_vocab;
     for (int done = 0; done < n;) {
         int nb = n - done < c->n_batch ? n - done : c->n_batch, rows = 0;
