@@ -111,6 +111,7 @@ cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
         s = cm_model_load(o->model, &e->m, err);
     e->loaded = !s;
     e->m.keep_members = e->n_slots > 1; /* slots on different members take turns */
+    e->n_vocab = e->m.hp.n_vocab; /* (the scheduler rebinds e->m: requests read this) */
     if (!s && !e->m.tok)
         s = cm_fail(err, CM_E_UNSUPPORTED, "%s has no tokenizer, so it cannot serve text",
                     o->model);
@@ -163,9 +164,9 @@ cm_status srv_tokenize(srv_engine *e, const srv_request *r, int32_t **ids, size_
 static cm_status check_ids(const srv_engine *e, const int32_t *ids, size_t n, cm_err *err)
 {
     for (size_t i = 0; i < n; i++)
-        if (ids[i] >= e->m.hp.n_vocab || ids[i] >= cm_tok_n_vocab(e->m.tok))
+        if (ids[i] >= e->n_vocab || ids[i] >= cm_tok_n_vocab(e->m.tok))
             return cm_fail(err, CM_E_RANGE, "token id %d is outside the vocabulary (%d tokens)",
-                           ids[i], e->m.hp.n_vocab);
+                           ids[i], e->n_vocab);
     return CM_OK;
 }
 
@@ -437,7 +438,7 @@ static cm_status gen_setup(srv_engine *e, const srv_request *r, srv_gen *g, cm_e
     if (!r->have_seed) /* a different draw for every request */
         sp.seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)(now_s() * 1e9) ^
                   atomic_fetch_add(&e->seeds, 1);
-    if (!(g->smp = cm_sampler_new(&sp, e->m.hp.n_vocab)))
+    if (!(g->smp = cm_sampler_new(&sp, e->n_vocab)))
         return cm_fail(err, CM_E_NOMEM, "out of memory creating the sampler");
     return CM_OK;
 }

@@ -58,7 +58,8 @@ typedef struct {
 
 typedef struct {
     srv_engine_opts o;
-    cm_model m;
+    cm_model m;            /* its tensors rebound by the scheduler (packs) */
+    int n_vocab;
     int loaded;
     cm_ctx *ctx;           /* n_slots sequences; the scheduler's alone */
     char ctx_expert[32];   /* the pack member the context reads */

@@ -218,7 +218,7 @@ static enum MHD_Result get_models(server *sv, struct MHD_Connection *c, req_ctx 
     srv_json_str(f, e->name, strlen(e->name));
     fprintf(f, ", \"object\": \"model\", \"created\": %lld, \"owned_by\": \"codemoe\", "
             "\"meta\": {\"n_ctx\": %d, \"n_ctx_train\": %d, \"n_vocab\": %d, \"architecture\": ",
-            e->created, cm_ctx_n_ctx(e->ctx), e->m.hp.n_ctx_train, e->m.hp.n_vocab);
+            e->created, e->o.n_ctx, e->m.hp.n_ctx_train, e->n_vocab);
     srv_json_str(f, e->m.hp.arch_name, strlen(e->m.hp.arch_name));
     fprintf(f, ", \"language_expert_pack\": %s}}]}\n", e->m.is_pack ? "true" : "false");
     fclose(f);
