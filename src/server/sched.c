@@ -150,7 +150,8 @@ static void *sched_main(void *arg)
                         e->slots[i].queued = 0,
                         e->slots[i].st = cm_fail(&e->slots[i].err, CM_E_NOMEM, "out of memory");
             pthread_cond_broadcast(&e->done);
-            pthread_cond_wait(&e->work, &e->lock);
+            if (!e->quit) /* (wait_turns may have seen it set) */
+                pthread_cond_wait(&e->work, &e->lock);
             continue;
         }
         for (int i = 0; i < b.n_slots; i++)
