@@ -135,9 +135,23 @@ post vim_fim2 /infill "$TMP/vim_fim.json"
 # the default model requests of four experts (batched per expert: alone).
 # together K...: requests K.. at once; fails when an answer differs
 together() {
-    CPIDS=
-    for k in "$@"; do post together$k /v1/completions "$TMP/p$k.json" & CPIDS="$CPIDS $!"; done
-    for p in $CPIDS; do wait "$p"; done
+    # threads released by one barrier: the requests arrive within a millisecond
+    python3 - "$URL" "$TMP" "$@" <<'PY' || fail "requests together: $*"
+import http.client, sys, threading, urllib.parse
+u = urllib.parse.urlparse(sys.argv[1])
+gate = threading.Barrier(len(sys.argv) - 3)
+def one(k):
+    body = open("%s/p%s.json" % (sys.argv[2], k), "rb").read()
+    c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    gate.wait()
+    c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    open("%s/together%s" % (sys.argv[2], k), "wb").write(r.read())
+    sys.exit(0 if r.status == 200 else 1)
+ts = [threading.Thread(target=one, args=(k,)) for k in sys.argv[3:]]
+[t.start() for t in ts]
+[t.join() for t in ts]
+PY
     for k in "$@"; do
         a=$(jget "$TMP/alone$k" 'd["choices"][0]["text"]') t=$(jget "$TMP/together$k" 'd["choices"][0]["text"]')
         [ -n "$a" ] && [ "$a" = "$t" ] || fail "request $k together: '$t', alone: '$a'"
