@@ -235,10 +235,13 @@ static double twin_err(pair *p, const twin *t)
 }
 
 /* The worst error seen per op, printed at the end. */
-static double worst[CM_OP_COUNT + 2];
-enum { W_KV = CM_OP_COUNT, W_ATTN };
+static double worst[CM_OP_COUNT + 3];
+enum { W_KV = CM_OP_COUNT, W_ATTN, W_MOE };
 
-static const char *op_label(int op) { return op == W_ATTN ? "attention" : cm_op_name(op); }
+static const char *op_label(int op)
+{
+    return op == W_ATTN ? "attention" : op == W_MOE ? "moe_ffn" : cm_op_name(op);
+}
 
 #define EXPECT_CLOSE(p, t, op, tol, ...)                                                    \
     do {                                                                                    \
@@ -503,6 +506,74 @@ static void test_moe_ops(const cm_backend_ops *ops, const cm_hparams *hp)
     }
     pair_free(&p);
     free_host(&w);
+}
+
+/* An expert view of a stack of n_expert matrices (rows each). */
+static cm_tensor expert0(const cm_tensor *stack, int64_t rows)
+{
+    cm_tensor v = *stack;
+    v.ne[1] = rows;
+    v.nbytes = cm_row_bytes(v.type, v.ne[0]) * (size_t)rows;
+    return v;
+}
+
+/* The MoE feed-forward routed on the device (an optional op): one token,
+ * the experts' weights of each kind stacked in one buffer, gate and up of
+ * one type and down of another as in the K-quant mixes; choices and
+ * output against the reference's. */
+static void test_moe_ffn(const cm_backend_ops *ops, const cm_hparams *hp)
+{
+    static const enum cm_type types[][2] = {{CM_TYPE_Q8_0, CM_TYPE_Q8_0}, {CM_TYPE_Q4_0, CM_TYPE_Q4_0},
+                                            {CM_TYPE_Q4_K, CM_TYPE_Q6_K}, {CM_TYPE_F16, CM_TYPE_F16},
+                                            {CM_TYPE_Q5_1, CM_TYPE_Q4_1}, {CM_TYPE_Q2_K, CM_TYPE_Q5_K}};
+    const int E = hp->n_embd, F = hp->n_ff_exp, X = hp->n_expert, k = hp->n_expert_used;
+    if (!ops->moe_ffn)
+        return;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        cm_tensor st[3] = {weight(types[ti][0], E, (int64_t)X * F),
+                           weight(types[ti][0], E, (int64_t)X * F),
+                           weight(types[ti][1], F, (int64_t)X * E)};
+        pair p;
+        if (!pair_new_n(&p, ops, hp, st, 3, CM_KV_F16, 64))
+            break;
+        cm_tensor dev[3], w0[3], r0[3];
+        size_t stride[3];
+        for (int i = 0; i < 3; i++) {
+            dev[i] = put_w(&p, &st[i]);
+            const int64_t rows = i == 2 ? E : F;
+            w0[i] = expert0(&dev[i], rows), r0[i] = expert0(&st[i], rows);
+            stride[i] = w0[i].nbytes;
+        }
+        for (int norm = 0; norm < 2; norm++) {
+            twin x = twin_rnd(&p, E, 1, 1.0f), lg = twin_rnd(&p, X, 1, 3.0f);
+            twin out = twin_rnd(&p, E, 1, 1.0f), a = twin_new(&p, F, k, NULL);
+            twin b = twin_new(&p, F, k, NULL), y = twin_new(&p, E, k, NULL);
+            int32_t ca[16] = {0}, cb[16] = {0};
+            cm_moe_args ma = {&x.a, &lg.a, &out.a, {&w0[0], &w0[1], &w0[2]},
+                              {stride[0], stride[1], stride[2]}, k, norm, 1, &a.a, &b.a, &y.a, ca};
+            cm_moe_args mb = {&x.b, &lg.b, &out.b, {&r0[0], &r0[1], &r0[2]},
+                              {stride[0], stride[1], stride[2]}, k, norm, 1, &a.b, &b.b, &y.b, cb};
+            const int32_t id = 0;
+            cm_op_batch_begin(p.be, &id, 1, 0, 0, 0);
+            const int ran = cm_op_moe_ffn(p.be, &ma);
+            cm_op_batch_end(p.be);
+            CHECK(ran, "%s moe_ffn: declined %s/%s experts", ops->name,
+                  cm_type_get(types[ti][0])->name, cm_type_get(types[ti][1])->name);
+            cm_op_moe_ffn(p.ref, &mb);
+            for (int j = 0; ran && j < k; j++)
+                CHECK(ca[j] == cb[j], "%s moe_ffn: choice %d: expert %d, reference %d", ops->name,
+                      j, ca[j], cb[j]);
+            if (ran)
+                EXPECT_CLOSE(&p, &out, W_MOE, 2e-5, "%s/%s experts, norm %d",
+                             cm_type_get(types[ti][0])->name, cm_type_get(types[ti][1])->name,
+                             norm);
+            twin_free(&p, &x), twin_free(&p, &lg), twin_free(&p, &out);
+            twin_free(&p, &a), twin_free(&p, &b), twin_free(&p, &y);
+        }
+        pair_free(&p);
+        for (int i = 0; i < 3; i++)
+            free_host(&st[i]);
+    }
 }
 
 /* Keys and values of positions 0 .. p0 + n - 1 cached (in two stores, the
@@ -893,6 +964,7 @@ static void test_backend_ops(const cm_backend_ops *ops)
     test_matmul_tiles(ops, &hps[0]);
     test_matmul_n(ops, &hps[0]);
     test_embed_logits(ops, &hps[0]);
+    test_moe_ffn(ops, &hps[0]);
 }
 
 int main(void)
@@ -918,6 +990,8 @@ int main(void)
         for (int op = 0; op < CM_OP_COUNT; op++)
             printf("  %-12s %.2e\n", cm_op_name(op), worst[op]);
         printf("  %-12s %.2e\n", "attention", worst[W_ATTN]);
+        if (ops->moe_ffn)
+            printf("  %-12s %.2e\n", "moe_ffn", worst[W_MOE]);
     }
     if (only)
         return tl_finish("test_backend");

@@ -3,7 +3,7 @@
  * sequences' (prompts and single generated tokens mixed, runs split across
  * batches, sequences cut back with cm_ctx_seq_keep), equal its logits
  * evaluated alone in a one-sequence context, on every backend that runs
- * here, for a dense and a mixture-of-experts fixture model; cm_ctx_keep
+ * here, for a dense and a mixture-of-experts fixture model; cm_ctx_truncate
  * continues a one-sequence context from a kept prefix as if evaluated anew. */
 #include <math.h>
 #include <stdio.h>
@@ -43,11 +43,11 @@ static int alone(const cm_model *m, const cm_backend_ops *ops, int32_t ids[N_SEQ
     }
     /* kept prefix: positions 25.. evaluated again after keeping 25 */
     float *again = malloc(LEN * V * sizeof(float));
-    cm_ctx_keep(c, 25);
+    cm_ctx_truncate(c, 25);
     CHECK(cm_ctx_n_past(c) == 25);
     CHECK(!cm_eval(c, ids[N_SEQ - 1] + 25, LEN - 25, again, &err), "%s", err.msg);
     double d = max_diff(again, out + ((N_SEQ - 1) * LEN + 25) * V, (LEN - 25) * V);
-    CHECK(d < 1e-4, "%s: logits after cm_ctx_keep differ by %g", ops->name, d);
+    CHECK(d < 1e-4, "%s: logits after cm_ctx_truncate differ by %g", ops->name, d);
     free(again);
     cm_ctx_free(c);
     return 1;

@@ -6,12 +6,14 @@
 # device (mesa-vulkan-drivers).  tests/test_backend holds every op of the
 # backend to the reference in the same build; here it runs a second time on
 # the Vulkan ops alone, with the prompt products' shader variant that a
-# device without integer dot products takes and the products that quantize
-# their own input (CODEMOE_VULKAN_INLINE=1), and a third time with every
-# generation shortcut off (replayed steps, hazard-tracked barriers, fused
-# ops, inline quantization), so both paths stay held to the reference.
+# device without integer dot products takes and two rows per generation
+# product workgroup, and a third time with every generation shortcut off
+# (replayed steps, hazard-tracked barriers, fused ops), so both paths stay
+# held to the reference.
 # Last, a generation whose steps are replayed must replay (the statistics
-# say so) and give the text of the same generation run eagerly.
+# say so) and give the text of the same generation run eagerly, for a dense
+# model and for a token-level MoE (its experts chosen on the device), whose
+# tokens per expert must also be the CPU's.
 set -u
 . "$(dirname "$0")/lib.sh"
 "$CODEMOE" --version | grep -q vulkan || tl_skip "this build has no Vulkan backend"
@@ -24,10 +26,10 @@ CODEMOE_BACKEND=vulkan CODEMOE_VULKAN_VALIDATION=1 "$BUILD/tests/test_model" || 
 # them, a device without them takes this variant), for every product size,
 # and the prompt attention variant for heads up to 128 on the small heads.
 CODEMOE_VULKAN_TILED=1 CODEMOE_VULKAN_INT_DOT=0 CODEMOE_VULKAN_PROMPT_ATTN_WIDE=1 \
-    CODEMOE_VULKAN_INLINE=1 CODEMOE_VULKAN_MM_ROWS=2 \
+    CODEMOE_VULKAN_MM_ROWS=2 \
     CODEMOE_VULKAN_VALIDATION=1 CM_TEST_OPS_OF=vulkan \
     "$BUILD/tests/test_backend" || exit 1
-CODEMOE_VULKAN_REPLAY=0 CODEMOE_VULKAN_TRACK=0 CODEMOE_VULKAN_FUSE=0 CODEMOE_VULKAN_INLINE=0 \
+CODEMOE_VULKAN_REPLAY=0 CODEMOE_VULKAN_TRACK=0 CODEMOE_VULKAN_FUSE=0 \
     CODEMOE_VULKAN_VALIDATION=1 "$BUILD/tests/test_backend" || exit 1
 tl_tmpdir
 tl_shared fixtures/gguf/llama/llama-q4_0.gguf
@@ -41,3 +43,16 @@ grep -q "1 steps recorded to replay, [1-9][0-9]* replayed, 0 recordings ended" "
     { echo "FAIL: the generation's steps were not replayed:"; cat "$TMP/err"; exit 1; }
 [ "$eager" = "$replayed" ] || { echo "FAIL: replayed and eager generations differ"; exit 1; }
 echo "replayed: $(grep -o '[0-9]* replayed' "$TMP/err")"
+tl_shared fixtures/gguf/mixtral/mixtral-q4_0.gguf
+M="$SHARED/fixtures/gguf/mixtral/mixtral-q4_0.gguf"
+[ -f "$M" ] || tl_skip "$M missing"
+eager=$(gen CODEMOE_VULKAN_REPLAY=0) || exit 1
+replayed=$(gen CODEMOE_VULKAN_REPLAY=1) || exit 1
+grep -q "1 steps recorded to replay, [1-9][0-9]* replayed, 0 recordings ended" "$TMP/err" ||
+    { echo "FAIL: the MoE generation's steps were not replayed:"; cat "$TMP/err"; exit 1; }
+[ "$eager" = "$replayed" ] || { echo "FAIL: replayed and eager MoE generations differ"; exit 1; }
+stats() { "$CODEMOE" run -m "$M" --backend "$1" -p "def fib(n):" -n 24 --temp 0 --moe-stats 2>&1 |
+    grep "tokens per expert"; }
+[ "$(stats vulkan)" = "$(stats cpu)" ] && [ -n "$(stats cpu)" ] ||
+    { echo "FAIL: tokens per expert differ from the CPU's:"; stats vulkan; stats cpu; exit 1; }
+echo "MoE replayed: $(grep -o '[0-9]* replayed' "$TMP/err")"

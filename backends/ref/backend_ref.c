@@ -315,6 +315,52 @@ static void ref_route(cm_backend *be, const cm_tensor *logits, int k, int norm, 
                      r->expert + t * k, r->weight + t * k);
 }
 
+/* Expert e's matrix of a stack: expert 0's view moved e strides on. */
+static cm_tensor expert_view(const cm_tensor *w0, size_t stride, int e)
+{
+    cm_tensor w = *w0;
+    w.data = (const char *)w0->data + (size_t)e * stride;
+    return w;
+}
+
+/* Routing, then the chosen experts of each token in increasing order
+ * (the order moe.c adds them in: the same sums), one token at a time. */
+static int ref_moe_ffn(cm_backend *be, const cm_moe_args *a)
+{
+    const int64_t E = a->out->ne[0], X = a->logits->ne[0], F = a->w[0]->ne[1];
+    const int k = a->k;
+    if (k > 64)
+        return 0;
+    for (int64_t t = 0; t < a->x->ne[1]; t++) {
+        int32_t *ch = a->chosen + t * k;
+        float wt[64];
+        cm_route_row(cm_f32(a->logits) + t * X, (int)X, k, a->norm, ch, wt);
+        for (int j = 1; j < k; j++) /* (increasing expert order, as promised) */
+            for (int i = j; i > 0 && ch[i - 1] > ch[i]; i--) {
+                int32_t e = ch[i];
+                float v = wt[i];
+                ch[i] = ch[i - 1], wt[i] = wt[i - 1];
+                ch[i - 1] = e, wt[i - 1] = v;
+            }
+        const cm_tensor xt = cm_rows(a->x, t, 1);
+        float *out = cm_f32(a->out) + t * E;
+        memset(out, 0, (size_t)E * sizeof(float));
+        for (int j = 0; j < k; j++) {
+            const cm_tensor g = expert_view(a->w[0], a->stride[0], ch[j]);
+            const cm_tensor u = expert_view(a->w[1], a->stride[1], ch[j]);
+            const cm_tensor d = expert_view(a->w[2], a->stride[2], ch[j]);
+            cm_tensor ta = cm_shaped(a->a, F, 1), tb = cm_shaped(a->b, F, 1);
+            ref_matmul1(be->state, &g, NULL, &xt, cm_f32(&ta));
+            ref_matmul1(be->state, &u, NULL, &xt, cm_f32(&tb));
+            ref_swiglu(be, &ta, &tb);
+            ref_matmul1(be->state, &d, NULL, &ta, cm_f32(a->y));
+            for (int64_t i = 0; i < E; i++)
+                out[i] += wt[j] * cm_f32(a->y)[i];
+        }
+    }
+    return 1;
+}
+
 static void ref_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n,
                        cm_tensor *dst)
 {
@@ -365,6 +411,7 @@ const cm_backend_ops cm_backend_ref_ops = {
     .add = ref_add,
     .add_gated = ref_add_gated,
     .route = ref_route,
+    .moe_ffn = ref_moe_ffn,
     .gather = ref_gather,
     .scatter_add = ref_scatter_add,
     .logits = ref_logits,

@@ -473,29 +473,6 @@ static void pick_products(vk_state *st)
     st->attn_wide = env_count("CODEMOE_VULKAN_PROMPT_ATTN_WIDE", 0) != 0;
 }
 
-/* Inline quantization (matmul.comp's XS): the blocks of a token's widest
- * product input (40 bytes per 32 values, more than q8_K's 292 per 256) for
- * as many tokens, up to 4, as 24 KiB holds beside the shader's 2 KiB of
- * sums, within the device's shared memory, with CODEMOE_VULKAN_INLINE=1 (on an H100 every
- * workgroup quantizing the whole input made generation 142.8 tok/s against
- * 244.3 with the quantize dispatch, whose threads take a block each). */
-static void pick_inline(vk_state *st, uint32_t max_shared)
-{
-    const cm_hparams *hp = st->hp;
-    int64_t c = hp->n_embd;
-    const int64_t w[] = {hp->n_ff, hp->n_ff_exp, hp->n_ff_shexp,
-                         (int64_t)hp->n_head * hp->head_dim, (int64_t)hp->n_head * hp->head_dim_v};
-    for (size_t i = 0; i < sizeof w / sizeof w[0]; i++)
-        c = w[i] > c ? w[i] : c;
-    const uint64_t per = (uint64_t)((c + 31) / 32) * 10;
-    uint64_t room = max_shared > 4096 ? max_shared - 4096 : 0;
-    room = (room < 24576 ? room : 24576) / 4;
-    uint64_t n = per ? room / per : 0;
-    n = n > 4 ? 4 : n;
-    st->inline_n = env_count("CODEMOE_VULKAN_INLINE", 0) ? (uint32_t)n : 0;
-    st->xs_uints = (uint32_t)(n * per);
-}
-
 /* Rows per generation product workgroup (matmul.comp's RW, 64 threads):
  * on a GPU one per subgroup, so every subgroup streams its own row at once
  * (an H100 generated qwen05b Q4_0 at 338 tok/s with 2 rows, 252 with 8:
@@ -529,7 +506,6 @@ static cm_status make_device(vk_state *st, cm_err *err)
     st->mm_rows = env_count("CODEMOE_VULKAN_MM_ROWS", mm_rows_for(&props, st->feat.subgroup_size));
     st->mm_rows = st->mm_rows ? st->mm_rows : 8;
     pick_products(st);
-    pick_inline(st, props.limits.maxComputeSharedMemorySize);
     /* 64-bit floats and integer dot products are enabled where the device
      * has them (the extension: the instance asks for Vulkan 1.1, before
      * they were core; st->feat.int_dot implies the device lists it); the
@@ -639,9 +615,9 @@ int vk_pipe_matmul(vk_state *st, uint32_t t, int variant)
     if (st->pipe[i])
         return i;
     const int tiled = variant == VK_MM_TILED;
-    const uint32_t v[3] = {t, st->mm_rows, variant == VK_MM_INLINE ? st->xs_uints : 1};
-    const VkSpecializationMapEntry e[3] = {{0, 0, 4}, {1, 4, 4}, {2, 8, 4}};
-    const VkSpecializationInfo si = {tiled ? 1 : 3, e, sizeof v, v};
+    const uint32_t v[2] = {t, st->mm_rows};
+    const VkSpecializationMapEntry e[2] = {{0, 0, 4}, {1, 4, 4}};
+    const VkSpecializationInfo si = {tiled ? 1 : 2, e, sizeof v, v};
     vk_check(make_pipeline(st, tiled ? st->mt_module : st->mm_module, &si, &st->pipe[i]),
              "creating a matmul pipeline");
     return i;
@@ -762,6 +738,7 @@ static size_t vk_state_bytes(const cm_backend_shape *s)
                                                   kv_cache_bytes(s, hp->head_dim_v));
     return kv + (size_t)s->n_ctx * hp->rope_dim * sizeof(float) +
            rows_bytes(s) + xq_bytes(s) + lout_bytes(s) + STAGE_BYTES +
+           (size_t)hp->n_layer * (size_t)(hp->n_expert_used + 1) * 3 * sizeof(uint32_t) +
            (size_t)(s->n_batch + 1) * sizeof(int32_t);
 }
 
@@ -781,7 +758,7 @@ static void vk_release(cm_backend *be)
             free(st->k_cache[il]), free(st->v_cache[il]);
         }
         vk_buf_drop(st, &st->rope_cs), vk_buf_drop(st, &st->rows), vk_buf_drop(st, &st->dummy);
-        vk_buf_drop(st, &st->io);
+        vk_buf_drop(st, &st->io), vk_buf_drop(st, &st->route), vk_buf_drop(st, &st->route_out);
         vk_buf_drop(st, &st->xq), vk_buf_drop(st, &st->lout), vk_buf_drop(st, &st->stage);
         for (int i = 0; i < VK_PIPE_COUNT; i++)
             if (st->pipe[i])
@@ -809,7 +786,7 @@ static void vk_release(cm_backend *be)
         if (destroy)
             destroy(st->inst, st->messenger, NULL);
     }
-    free(st->k_cache), free(st->v_cache), free(st->route_host);
+    free(st->k_cache), free(st->v_cache), free(st->route_host), free(st->moe_dst);
     free(st);
     be->state = NULL;
 }
@@ -835,9 +812,16 @@ static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *e
         r = vk_buf_make_in(st, lout_bytes(s), VK_READBACK, &st->lout);
     if (r == VK_SUCCESS)
         r = vk_buf_make_in(st, STAGE_BYTES, VK_READBACK, &st->stage);
+    const size_t routes = (size_t)hp->n_layer * (size_t)(hp->n_expert_used > 0 ? hp->n_expert_used : 1);
+    if (r == VK_SUCCESS)
+        r = vk_buf_make(st, 2 * routes * sizeof(uint32_t), &st->route);
+    if (r == VK_SUCCESS)
+        r = vk_buf_make_in(st, routes * sizeof(uint32_t), VK_READBACK, &st->route_out);
     st->xq_blocks = st->xq.size / 40;
     if (r != VK_SUCCESS)
         return vk_fail(err, r, "allocating buffers");
+    if (!(st->moe_dst = calloc((size_t)hp->n_layer + 1, sizeof *st->moe_dst)))
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating the Vulkan backend");
     memset(st->io.map, 0, st->io.size); /* position 0 until a batch says */
     st->route_floats = (size_t)s->n_batch * (size_t)(hp->n_expert > 0 ? hp->n_expert : 1);
     st->route_host = malloc(st->route_floats * sizeof(float));
@@ -1167,6 +1151,7 @@ const cm_backend_ops cm_backend_vulkan_ops = {
     .add = vk_add,
     .add_gated = vk_add_gated,
     .route = vk_route,
+    .moe_ffn = vk_moe_ffn,
     .gather = vk_gather,
     .scatter_add = vk_scatter_add,
     .logits = vk_logits,

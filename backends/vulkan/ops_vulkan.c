@@ -91,24 +91,41 @@ static int prompt_attention(vk_state *st, int il, const cm_tensor *q, int p0, cm
     return 1;
 }
 
-void vk_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out)
+/* The attention held in st->pend_attn; its output also quantized to
+ * q8_0/q8_1 blocks in st->xq when q8 (attention.comp). */
+static void attention_now(vk_state *st, int q8)
 {
-    vk_state *st = vk_st(be);
     const cm_hparams *hp = st->hp;
-    if (op_begin(st, 0) || prompt_attention(st, il, q, p0, out))
-        return;
+    const cm_tensor *q = &st->pend_attn.q, *out = &st->pend_attn.out;
+    const int il = st->pend_attn.il;
     struct {
         uint32_t oq, oo, p0, n_head, group, d, dv, krow, vrow, kv;
         float scale;
-    } pc = {vk_off(q), vk_off(out), rel_pos(st, p0), (uint32_t)hp->n_head,
+        uint32_t q8;
+    } pc = {vk_off(q), vk_off(out), rel_pos(st, st->pend_attn.p0), (uint32_t)hp->n_head,
             (uint32_t)(hp->n_head / hp->n_head_kv), (uint32_t)hp->head_dim,
             (uint32_t)hp->head_dim_v, 0, 0, (uint32_t)st->kv,
-            1.0f / sqrtf((float)hp->head_dim)};
+            1.0f / sqrtf((float)hp->head_dim), (uint32_t)q8};
     /* rows in elements (floats, halves two to a word, or q8_0 quants) */
     pc.krow = (uint32_t)(hp->n_head_kv * hp->head_dim);
     pc.vrow = (uint32_t)(hp->n_head_kv * hp->head_dim_v);
-    RUN(st, VK_SH_ATTENTION, vk_buf_of(q), vk_buf_of(out), st->k_cache[il], st->v_cache[il], pc,
-        (uint32_t)q->ne[1], (uint32_t)hp->n_head, 1);
+    st->pend_attn.held = 0;
+    RUN5(st, VK_SH_ATTENTION, vk_buf_of(q), vk_buf_of(out), st->k_cache[il], st->v_cache[il],
+         q8 ? &st->xq : NULL, pc, (uint32_t)q->ne[1], (uint32_t)hp->n_head, 1);
+}
+
+/* A prompt's rows take attention_prompt.comp; a generated token's are
+ * held back for the output product (vk_matmul) to have them quantized. */
+void vk_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out)
+{
+    vk_state *st = vk_st(be);
+    if (op_begin(st, 0) || prompt_attention(st, il, q, p0, out))
+        return;
+    st->pend_attn.held = 1;
+    st->pend_attn.il = il, st->pend_attn.p0 = p0;
+    st->pend_attn.q = *q, st->pend_attn.out = *out;
+    if (!st->fuse || q->ne[1] > 8)
+        attention_now(st, 0);
 }
 
 static int same_tensor(const cm_tensor *a, const cm_tensor *b)
@@ -116,8 +133,45 @@ static int same_tensor(const cm_tensor *a, const cm_tensor *b)
     return a->buf == b->buf && a->offs == b->offs && a->ne[0] == b->ne[0] && a->ne[1] == b->ne[1];
 }
 
+/* A small F32 weight (a norm's) in the weights' large buffer, bound from
+ * the aligned offset at or below it to its end, which keeps the binding
+ * within maxStorageBufferRange whatever the model's size: binding i's
+ * offset and range set, its first float's index in the binding returned. */
+static uint32_t weight_binding(const vk_state *st, const cm_tensor *t, int i, VkDeviceSize *off,
+                               VkDeviceSize *range)
+{
+    off[i] = t->offs / st->align * st->align;
+    range[i] = (t->offs + t->nbytes + 3) / 4 * 4 - off[i];
+    return (uint32_t)((t->offs - off[i]) / 4);
+}
+
+#define WHOLE5 {VK_WHOLE_SIZE, VK_WHOLE_SIZE, VK_WHOLE_SIZE, VK_WHOLE_SIZE, VK_WHOLE_SIZE}
+
+/* The norm held in st->pend_norm, its rows also quantized to kind q's
+ * blocks in st->xq when q != 0 (norm.comp). */
+static void norm_now(vk_state *st, int q)
+{
+    const cm_tensor *x = &st->pend_norm.x, *y = st->pend_norm.has_y ? &st->pend_norm.y : NULL;
+    const cm_tensor *out = &st->pend_norm.out;
+    struct {
+        uint32_t ox, ow, ob, oo, n, layer_norm, has_b;
+        float eps;
+        uint32_t has_y, oy, q;
+    } pc = {vk_off(x), vk_off(&st->pend_norm.w), 0, vk_off(out), (uint32_t)x->ne[0],
+            (uint32_t)st->pend_norm.layer_norm, 0, st->pend_norm.eps, (uint32_t)(y != NULL),
+            vk_off(y), (uint32_t)q};
+    st->pend_norm.held = 0;
+    VkDeviceSize off[VK_OPERANDS] = {0}, range[VK_OPERANDS] = WHOLE5;
+    pc.ow = weight_binding(st, &st->pend_norm.w, 1, off, range);
+    vk_buf *const bufs[VK_OPERANDS] = {vk_buf_of(x), vk_buf_of(&st->pend_norm.w),
+                                       q ? &st->xq : NULL, vk_buf_of(out), vk_buf_of(y)};
+    vk_dispatch_at(st, VK_SH_NORM, bufs, off, range, &pc, sizeof pc, (uint32_t)x->ne[1], 1, 1);
+}
+
 /* The norm of x, after the residual add held back for it (x += y, one
- * dispatch for both) when that add was to this x. */
+ * dispatch for both) when that add was to this x.  Without a bias it is
+ * held back in turn: the product of out that follows has the norm
+ * quantize out for it (vk_matmul), one dispatch and barrier fewer. */
 void vk_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,
              float eps, int layer_norm, cm_tensor *out)
 {
@@ -128,14 +182,29 @@ void vk_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_te
     const cm_tensor *y = fuse ? &st->pend_add.y : NULL;
     st->pend_add.held = 0;
     const int has_b = layer_norm && cm_tensor_present(b);
+    if (!has_b) {
+        st->pend_norm.held = 1;
+        st->pend_norm.x = *x, st->pend_norm.w = *w, st->pend_norm.out = *out;
+        st->pend_norm.has_y = y != NULL;
+        if (y)
+            st->pend_norm.y = *y;
+        st->pend_norm.eps = eps, st->pend_norm.layer_norm = layer_norm;
+        if (!st->fuse) /* (held only to share this code) */
+            norm_now(st, 0);
+        return;
+    }
     struct {
         uint32_t ox, ow, ob, oo, n, layer_norm, has_b;
         float eps;
-        uint32_t has_y, oy;
-    } pc = {vk_off(x), vk_off(w), has_b ? vk_off(b) : 0, vk_off(out), (uint32_t)x->ne[0],
-            (uint32_t)layer_norm, (uint32_t)has_b, eps, (uint32_t)(y != NULL), vk_off(y)};
-    RUN5(st, VK_SH_NORM, vk_buf_of(x), vk_buf_of(w), has_b ? vk_buf_of(b) : NULL,
-         vk_buf_of(out), vk_buf_of(y), pc, (uint32_t)x->ne[1], 1, 1);
+        uint32_t has_y, oy, q;
+    } pc = {vk_off(x), vk_off(w), vk_off(b), vk_off(out), (uint32_t)x->ne[0],
+            (uint32_t)layer_norm, 1, eps, (uint32_t)(y != NULL), vk_off(y), 0};
+    VkDeviceSize off[VK_OPERANDS] = {0}, range[VK_OPERANDS] = WHOLE5;
+    pc.ow = weight_binding(st, w, 1, off, range);
+    pc.ob = weight_binding(st, b, 2, off, range);
+    vk_buf *const bufs[VK_OPERANDS] = {vk_buf_of(x), vk_buf_of(w), vk_buf_of(b), vk_buf_of(out),
+                                       vk_buf_of(y)};
+    vk_dispatch_at(st, VK_SH_NORM, bufs, off, range, &pc, sizeof pc, (uint32_t)x->ne[1], 1, 1);
 }
 
 void vk_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
@@ -151,8 +220,13 @@ void vk_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int p0)
     } pc = {vk_off(x), has_norm ? vk_off(norm_w) : 0, (uint32_t)(x->ne[0] / hp->head_dim),
             (uint32_t)hp->head_dim, (uint32_t)hp->rope_dim, (uint32_t)hp->rope_neox,
             (uint32_t)hp->use_rope, (uint32_t)has_norm, rel_pos(st, p0), hp->norm_eps};
-    RUN(st, VK_SH_ROPE, vk_buf_of(x), has_norm ? vk_buf_of(norm_w) : NULL, &st->rope_cs, NULL,
-        pc, pc.n_heads, (uint32_t)x->ne[1], 1);
+    VkDeviceSize off[VK_OPERANDS] = {0}, range[VK_OPERANDS] = WHOLE5;
+    if (has_norm)
+        pc.onw = weight_binding(st, norm_w, 1, off, range);
+    vk_buf *const bufs[VK_OPERANDS] = {vk_buf_of(x), has_norm ? vk_buf_of(norm_w) : NULL,
+                                       &st->rope_cs, NULL, NULL};
+    vk_dispatch_at(st, VK_SH_ROPE, bufs, off, range, &pc, sizeof pc, pc.n_heads,
+                   (uint32_t)x->ne[1], 1);
 }
 
 void vk_clear(cm_backend *be, cm_tensor *x)
@@ -190,17 +264,21 @@ void vk_emit_held(vk_state *st)
         st->pend_glu.held = 0;
         swiglu_now(st, &st->pend_glu.a, &st->pend_glu.b);
     }
+    if (st->pend_norm.held)
+        norm_now(st, 0);
+    if (st->pend_attn.held)
+        attention_now(st, 0);
 }
 
-/* Held back: the product of a that follows may compute it as it reads a
- * (vk_matmul), so a itself is then never written.  The forward pass reads
- * a swiglu's result only as the input of the next product. */
+/* Held back: the quantization of a for the product that follows may
+ * compute it (vk_matmul), so a itself is then never written.  The forward
+ * pass reads a swiglu's result only as the input of the next product. */
 void vk_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
 {
     vk_state *st = vk_st(be);
     if (op_begin(st, 0))
         return;
-    if (st->fuse && st->inline_n) {
+    if (st->fuse) {
         st->pend_glu.held = 1;
         st->pend_glu.a = *a;
         st->pend_glu.b = *b;
@@ -356,50 +434,66 @@ static vk_view view_of(vk_state *st, const cm_tensor *t)
     return v;
 }
 
-/* Rows t0 .. t0 + n - 1 of x (cols floats) to q8_0/q8_1 blocks in st->xq. */
+/* Rows t0 .. t0 + n - 1 of x (cols floats) to q8_0/q8_1 blocks in st->xq;
+ * of silu(x) * g instead where g is given (a swiglu held back). */
 static void quantize_rows(vk_state *st, const cm_tensor *x, int64_t cols, int64_t t0, int64_t n,
-                          int kind)
+                          int kind, const cm_tensor *g)
 {
     struct {
-        uint32_t ox, cols, n, k;
-    } pc = {vk_off(x) + (uint32_t)(t0 * cols), (uint32_t)cols, (uint32_t)n, kind == 2};
+        uint32_t ox, cols, n, k, glu, og;
+    } pc = {vk_off(x) + (uint32_t)(t0 * cols), (uint32_t)cols, (uint32_t)n, kind == 2,
+            g != NULL, g ? vk_off(g) + (uint32_t)(t0 * cols) : 0};
     const uint64_t groups = vk_groups((uint64_t)(cols / (kind == 2 ? 256 : 32)) * n, 64);
-    RUN(st, VK_SH_QUANTIZE, vk_buf_of(x), &st->xq, NULL, NULL, pc,
+    RUN(st, VK_SH_QUANTIZE, vk_buf_of(x), &st->xq, g ? vk_buf_of(g) : NULL, NULL, pc,
         groups > 65535 ? 65535 : (uint32_t)groups, 1, 1);
 }
 
 /* Where a product's activations come from: quantize.comp's blocks at
- * element ox of b (or F32 rows there, for the float weights), or, with
- * in_ set, F32 rows the product quantizes itself (matmul.comp's XS), of
- * silu(x) * g when glu. */
+ * uint ox of b, or F32 rows there for the float weights. */
 typedef struct {
     vk_buf *b;
     uint32_t ox;
-    int in_;
-    vk_buf *g;
-    uint32_t og;
-    int glu;
 } vk_act;
 
+/* An expert product (vk_moe_ffn): for each of k slots, the weights of
+ * the expert route names at uint oe + slot, n_expert matrices of stride
+ * bytes from w's; the slot's activations xstep uints after the last's
+ * (0: all read the same row); its output row after the last's. */
+typedef struct {
+    int k, n_expert;
+    size_t stride;
+    uint32_t oe, xstep;
+} vk_experts;
+
 /* y = x w^T (+ b) for n tokens: y rows of w->ne[1] floats from element oy
- * of yb. */
+ * of yb; with ex, one token's products by its k experts (bias-less). */
 static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, const vk_act *x,
-                    int64_t n, vk_buf *yb, uint32_t oy)
+                    int64_t n, vk_buf *yb, uint32_t oy, const vk_experts *ex)
 {
     const int has_b = b && cm_tensor_present(b);
-    const vk_view wv = view_of(st, w), bv = has_b ? view_of(st, b) : (vk_view){0};
+    cm_tensor all = *w; /* (every expert's matrix, for an expert product) */
+    if (ex)
+        all.nbytes = ex->stride * (size_t)(ex->n_expert - 1) + w->nbytes;
+    const vk_view wv = view_of(st, &all), bv = has_b ? view_of(st, b) : (vk_view){0};
     const uint32_t rows = (uint32_t)w->ne[1];
     struct {
-        uint32_t type, ox, ow, ob, has_b, oy, cols, rows, n, tpc, xf, glu, og;
-    } pc = {type_code(w->type), x->in_ ? 0 : x->ox, wv.h, bv.h, (uint32_t)has_b, oy,
-            (uint32_t)w->ne[0], rows, (uint32_t)n, 0, x->ox, (uint32_t)x->glu, x->og};
-    vk_buf *const bufs[VK_OPERANDS] = {x->b, wv.b, has_b ? bv.b : NULL, yb,
-                                       x->glu ? x->g : NULL};
-    const VkDeviceSize off[VK_OPERANDS] = {0, wv.off, bv.off, 0, 0};
+        uint32_t type, ox, ow, ob, has_b, oy, cols, rows, n, tpc, es, oe, xstep;
+    } pc = {type_code(w->type), x->ox, wv.h, bv.h, (uint32_t)has_b, oy, (uint32_t)w->ne[0], rows,
+            (uint32_t)n, 0, ex ? (uint32_t)(ex->stride / 2) : 0, ex ? ex->oe : 0,
+            ex ? ex->xstep : 0};
+    vk_buf *const bufs[VK_OPERANDS] = {x->b, wv.b, ex ? &st->route : has_b ? bv.b : NULL, yb,
+                                       NULL};
+    const VkDeviceSize off[VK_OPERANDS] = {0, wv.off, ex ? 0 : bv.off, 0, 0};
     const VkDeviceSize range[VK_OPERANDS] = {VK_WHOLE_SIZE, wv.range,
                                              has_b ? bv.range : VK_WHOLE_SIZE, VK_WHOLE_SIZE,
                                              VK_WHOLE_SIZE};
-    if (!x->in_ && quantized(w->type) && st->tile_min && n >= st->tile_min) {
+    if (ex) { /* a slot along z */
+        const uint32_t groups = vk_groups(rows, st->mm_rows), gx = groups < 32768 ? groups : 32768;
+        vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, VK_MM_PLAIN), bufs, off, range, &pc,
+                       sizeof pc, gx, vk_groups(groups, gx), (uint32_t)ex->k);
+        return;
+    }
+    if (quantized(w->type) && st->tile_min && n >= st->tile_min) {
         /* matmul_tiled.comp: a workgroup per tile of rows x tokens */
         vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, VK_MM_TILED), bufs, off, range, &pc,
                        sizeof pc, vk_groups(rows, VK_TILE_ROWS),
@@ -413,13 +507,13 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, const 
     enum { MM_SPREAD = 256, MM_PASS = 8 };
     const uint32_t groups = vk_groups(rows, st->mm_rows), gx = groups < 32768 ? groups : 32768;
     uint32_t chunks = 1;
-    if (!x->in_ && groups < MM_SPREAD && n > MM_PASS) {
+    if (groups < MM_SPREAD && n > MM_PASS) {
         const uint32_t passes = vk_groups((uint64_t)n, MM_PASS), want = vk_groups(MM_SPREAD, groups);
         chunks = want < passes ? want : passes;
         pc.tpc = vk_groups(passes, chunks) * MM_PASS;
         chunks = vk_groups((uint64_t)n, pc.tpc);
     }
-    vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, x->in_ ? VK_MM_INLINE : VK_MM_PLAIN), bufs,
+    vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, VK_MM_PLAIN), bufs,
                    off, range, &pc, sizeof pc, gx, vk_groups(groups, gx), chunks);
 }
 
@@ -438,67 +532,187 @@ static int64_t xq_tokens(vk_state *st, int64_t cols, int kind)
     return per;
 }
 
-/* Whether products of x (n rows) by these weights quantize x themselves:
- * few tokens, every weight a block type, within the shared memory
- * reserved (pick_inline).  Then a generated token's products need no
- * quantize.comp dispatch and no barrier after one. */
-static int inline_ok(const vk_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *x)
+/* The kind of blocks a held norm whose output is x makes for these
+ * weights' products (0: no such norm, or no weight of a block type). */
+static int norm_fold_kind(vk_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *x)
 {
-    if (x->ne[1] > st->inline_n || x->ne[0] * x->ne[1] > (int64_t)st->xs_uints / 10 * 32)
+    /* norm.comp's ROW_MAX; a few rows only (generation): a norm's
+     * workgroup quantizes a row with a thread per block, fewer threads
+     * than quantize.comp spreads a prompt's blocks over */
+    enum { ROW_MAX = 3072, ROWS_MAX = 8 };
+    if (!st->pend_norm.held || !same_tensor(&st->pend_norm.out, x) ||
+        x->ne[0] > ROW_MAX || x->ne[1] > ROWS_MAX)
         return 0;
-    for (int i = 0; i < nw; i++)
-        if (!quantized(ws[i]->type))
-            return 0;
-    return 1;
+    for (int i = 0; i < nw; i++) {
+        const int kind = quantized(ws[i]->type);
+        if (kind && x->ne[1] <= xq_tokens(st, ws[i]->ne[0], kind))
+            return kind;
+    }
+    return 0;
 }
 
 void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tensor *const *bs,
                const cm_tensor *x, cm_tensor *const *ys)
 {
     vk_state *st = vk_st(be);
-    const int in_ = inline_ok(st, nw, ws, x);
-    const int glu = in_ && st->pend_glu.held && same_tensor(&st->pend_glu.a, x);
-    if (op_begin(st, glu))
+    int all_q8 = 1;
+    for (int i = 0; i < nw; i++)
+        all_q8 &= quantized(ws[i]->type) == 1;
+    /* a held swiglu computed by the quantization of x (to q8_0/q8_1
+     * blocks: a q8_K block is one thread's 256 values, each read twice, too
+     * slow to compute them there); a held norm or attention of x
+     * quantizing it for the products */
+    const int glu = st->pend_glu.held && same_tensor(&st->pend_glu.a, x) && all_q8;
+    int nq = norm_fold_kind(st, nw, ws, x);
+    const int aq = st->pend_attn.held && all_q8 && same_tensor(&st->pend_attn.out, x) &&
+                   st->hp->head_dim_v % 32 == 0;
+    if (op_begin(st, glu || nq || aq))
         return;
+    if (nq)
+        norm_now(st, nq);
+    if (aq)
+        attention_now(st, 1), nq = 1; /* (the blocks made, as a norm's) */
     st->pend_glu.held = 0;
+    const cm_tensor g = st->pend_glu.b;
     const int64_t n = x->ne[1];
-    vk_act a = {vk_buf_of(x), vk_off(x), in_, NULL, 0, glu};
-    if (glu)
-        a.g = vk_buf_of(&st->pend_glu.b), a.og = vk_off(&st->pend_glu.b);
+    const vk_act a = {vk_buf_of(x), vk_off(x)};
     int any_q[3] = {0, 0, 0};
     int64_t cols = 0;
-    /* float weights multiply x itself, inline products quantize it; the
-     * products of one input write different outputs, so they are a group
-     * (no barriers between them) */
+    /* float weights multiply x itself; the products of one input write
+     * different outputs, so they are a group (no barriers between them) */
     vk_group(st, 1);
     for (int i = 0; i < nw; i++) {
         const int kind = quantized(ws[i]->type);
-        if (kind && !in_) {
+        if (kind) {
             any_q[kind] = 1, cols = ws[i]->ne[0];
             continue;
         }
-        product(st, ws[i], bs ? bs[i] : NULL, &a, n, vk_buf_of(ys[i]), vk_off(ys[i]));
+        product(st, ws[i], bs ? bs[i] : NULL, &a, n, vk_buf_of(ys[i]), vk_off(ys[i]), NULL);
     }
     vk_group(st, 0);
     /* the quantized ones its q8_0/q8_1 rows, then its q8_K rows, each made
-     * once for all the weights of that kind, as many tokens at a time as
-     * the scratch holds */
+     * once for all the weights of that kind (by the norm before, for its
+     * kind), as many tokens at a time as the scratch holds */
     for (int kind = 1; kind <= 2; kind++) {
         if (!any_q[kind])
             continue;
         const int64_t per = xq_tokens(st, cols, kind);
         for (int64_t t0 = 0; t0 < n; t0 += per) {
             const int64_t m = n - t0 < per ? n - t0 : per;
-            quantize_rows(st, x, cols, t0, m, kind);
-            const vk_act q = {&st->xq, 0, 0, NULL, 0, 0};
+            if (kind != nq) /* (nq: all n rows fit, one pass) */
+                quantize_rows(st, x, cols, t0, m, kind, glu ? &g : NULL);
+            const vk_act q = {&st->xq, 0};
             vk_group(st, 1);
             for (int i = 0; i < nw; i++)
                 if (quantized(ws[i]->type) == kind)
                     product(st, ws[i], bs ? bs[i] : NULL, &q, m, vk_buf_of(ys[i]),
-                            vk_off(ys[i]) + (uint32_t)(t0 * ws[i]->ne[1]));
+                            vk_off(ys[i]) + (uint32_t)(t0 * ws[i]->ne[1]), NULL);
             vk_group(st, 0);
         }
     }
+}
+
+/* ---------------------------------------------- MoE routed on the device */
+
+/* uints from one row's activations to the next's, as a product reads
+ * them: F32 rows (kind 0), quantize.comp's q8_0/q8_1 (1) or q8_K (2) blocks. */
+static uint32_t act_row_uints(int64_t cols, int kind)
+{
+    return (uint32_t)(kind == 0 ? cols : kind == 1 ? cols / 32 * 10 : cols / 256 * 73);
+}
+
+/* ys[i] row s = x row s (or row 0: rows_in 1) times the weights ws[i] of
+ * slot s's expert, for each of ex's slots; per kind of activation, x
+ * quantized once for all the weights of that kind. */
+static void expert_products(vk_state *st, int nw, const cm_tensor *const *ws,
+                            const size_t *stride, const cm_tensor *x, int rows_in,
+                            vk_experts ex, cm_tensor *const *ys)
+{
+    const int64_t cols = x->ne[0];
+    for (int kind = 0; kind <= 2; kind++) {
+        int any = 0;
+        for (int i = 0; i < nw; i++)
+            any |= quantized(ws[i]->type) == kind;
+        if (!any)
+            continue;
+        if (kind)
+            quantize_rows(st, x, cols, 0, rows_in, kind, NULL);
+        const vk_act act = {kind ? &st->xq : vk_buf_of(x), kind ? 0 : vk_off(x)};
+        ex.xstep = rows_in > 1 ? act_row_uints(cols, kind) : 0;
+        vk_group(st, 1);
+        for (int i = 0; i < nw; i++)
+            if (quantized(ws[i]->type) == kind) {
+                ex.stride = stride[i];
+                product(st, ws[i], NULL, &act, 1, vk_buf_of(ys[i]), vk_off(ys[i]), &ex);
+            }
+        vk_group(st, 0);
+    }
+}
+
+/* Whether the device path takes these shapes: one token, route.comp's
+ * bounds, every expert matrix of a weight bindable at once, the experts'
+ * activations within the products' scratch. */
+static int moe_fits(const vk_state *st, const cm_moe_args *a)
+{
+    const int k = a->k, X = (int)a->logits->ne[0];
+    if (a->x->ne[1] != 1 || k < 1 || k > 16 || X > 256 || k > X || a->layer < 0 ||
+        a->layer >= st->hp->n_layer || k > (st->hp->n_expert_used > 0 ? st->hp->n_expert_used : 0))
+        return 0;
+    for (int i = 0; i < 3; i++) {
+        const cm_tensor *w = a->w[i];
+        const int kind = quantized(w->type), rows_in = i == 2 ? k : 1;
+        const VkDeviceSize lead = w->offs % st->align;
+        if (!vk_buf_of(w) || !vk_has_type(CM_OP_matmul, w->type) || ((w->offs | a->stride[i]) & 1) ||
+            lead + a->stride[i] * (size_t)(X - 1) + w->nbytes + 4 > st->max_range)
+            return 0;
+        if (kind && st->xq.size / 4 < (uint64_t)act_row_uints(w->ne[0], kind) * (uint64_t)rows_in)
+            return 0;
+    }
+    return 1;
+}
+
+/* route.comp chooses the token's experts into st->route; the gate and up
+ * products of each chosen expert, swiglu, the down products, and
+ * moe_sum.comp's weighted sum follow with no host in between. */
+int vk_moe_ffn(cm_backend *be, const cm_moe_args *a)
+{
+    vk_state *st = vk_st(be);
+    if (!moe_fits(st, a))
+        return 0;
+    const uint32_t k = (uint32_t)a->k, il = (uint32_t)a->layer, E = (uint32_t)a->out->ne[0];
+    st->moe_dst[il] = a->chosen;
+    st->moe_pending = 1;
+    if (op_begin(st, 0))
+        return 1;
+    struct {
+        uint32_t ol, X, k, norm, oo, oh;
+    } rp = {vk_off(a->logits), (uint32_t)a->logits->ne[0], k, (uint32_t)a->norm, 2 * k * il, k * il};
+    RUN5(st, VK_SH_ROUTE, vk_buf_of(a->logits), NULL, NULL, &st->route, &st->route_out, rp, 1,
+         1, 1);
+    const vk_experts ex = {a->k, (int)a->logits->ne[0], 0, 2 * k * il, 0};
+    const cm_tensor *gu[2] = {a->w[0], a->w[1]}, *down = a->w[2];
+    cm_tensor *ab[2] = {a->a, a->b}, *y = a->y;
+    expert_products(st, 2, gu, a->stride, a->x, 1, ex, ab);
+    swiglu_now(st, a->a, a->b);
+    expert_products(st, 1, &down, a->stride + 2, a->a, a->k, ex, &y);
+    struct {
+        uint32_t oy, oo, oout, E, k;
+    } sp = {vk_off(a->y), 2 * k * il, vk_off(a->out), E, k};
+    RUN(st, VK_SH_MOE_SUM, vk_buf_of(a->y), NULL, &st->route, vk_buf_of(a->out), sp,
+        vk_groups(E, 64), 1, 1);
+    return 1;
+}
+
+void vk_moe_copy_chosen(vk_state *st)
+{
+    const int k = st->hp->n_expert_used;
+    for (int il = 0; il < st->hp->n_layer; il++)
+        if (st->moe_dst[il]) {
+            memcpy(st->moe_dst[il], (const uint32_t *)st->route_out.map + (size_t)il * k,
+                   (size_t)k * sizeof(int32_t));
+            st->moe_dst[il] = NULL;
+        }
+    st->moe_pending = 0;
 }
 
 /* The product into st->lout, a few tokens at a time, each then submitted
@@ -526,14 +740,12 @@ void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_
         const int64_t xper = xq_tokens(st, cols, q);
         per = xper < per ? xper : per;
     }
-    const int in_ = inline_ok(st, 1, &w, x);
     for (int64_t t0 = 0; t0 < n; t0 += per) {
         const int64_t m = n - t0 < per ? n - t0 : per;
-        if (q && !in_)
-            quantize_rows(st, x, cols, t0, m, q);
-        const vk_act a = {q && !in_ ? &st->xq : vk_buf_of(x),
-                          q && !in_ ? 0 : vk_off(x) + (uint32_t)(t0 * cols), in_, NULL, 0, 0};
-        product(st, w, b, &a, m, &st->lout, 0);
+        if (q)
+            quantize_rows(st, x, cols, t0, m, q, NULL);
+        const vk_act a = {q ? &st->xq : vk_buf_of(x), q ? 0 : vk_off(x) + (uint32_t)(t0 * cols)};
+        product(st, w, b, &a, m, &st->lout, 0, NULL);
         if (st->mode == VK_CAPTURE) /* (copied once the step has run) */
             return;
         vk_flush(st);

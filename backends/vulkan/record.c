@@ -324,11 +324,16 @@ static uint32_t written_by(int s, vk_buf *const b[VK_OPERANDS])
     case VK_SH_ADD: case VK_SH_SWIGLU: case VK_SH_ADD_GATED: case VK_SH_SCATTER_ADD:
     case VK_SH_ROPE:
         return 1u << 0;
-    case VK_SH_GELU: case VK_SH_GATHER: case VK_SH_KV_STORE: case VK_SH_ATTENTION:
+    case VK_SH_ATTENTION: /* and the quantized output, when asked */
+        return 1u << 1 | (b[4] ? 1u << 4 : 0u);
+    case VK_SH_GELU: case VK_SH_GATHER: case VK_SH_KV_STORE:
     case VK_SH_QUANTIZE: case VK_SH_ATTENTION_PROMPT: case VK_SH_ATTENTION_PROMPT_128:
         return 1u << 1;
-    case VK_SH_NORM: /* with a residual to add (binding 4), x too */
-        return 1u << 3 | (b[4] ? 1u << 0 : 0u);
+    case VK_SH_NORM: /* with a residual to add (binding 4), x too; binding
+                      * 2 when it is the quantized rows (taken to be so) */
+        return 1u << 3 | (b[4] ? 1u << 0 : 0u) | (b[2] ? 1u << 2 : 0u);
+    case VK_SH_ROUTE: /* the choices, and their copy for the host */
+        return 1u << 3 | 1u << 4;
     default: /* the products, embed */
         return 1u << 3;
     }
@@ -455,6 +460,10 @@ void vk_batch_end(cm_backend *be)
     }
     st->mode = VK_EAGER;
     st->batch_ids = NULL;
+    if (st->moe_pending) {
+        vk_flush(st);
+        vk_moe_copy_chosen(st);
+    }
 }
 
 /* An op's start: counted, and skipped when a record replays. */

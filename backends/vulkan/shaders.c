@@ -60,6 +60,12 @@ SPV(attention_prompt)
 SPV(attention_prompt_128)
 #include "backends/vulkan/shaders/attention_prompt_128.spvinc"
 ;
+SPV(route)
+#include "backends/vulkan/shaders/route.spvinc"
+;
+SPV(moe_sum)
+#include "backends/vulkan/shaders/moe_sum.spvinc"
+;
 
 #define ENTRY(name) {name##_spv, sizeof name##_spv}
 static const vk_shader shaders[VK_SHADER_COUNT] = {
@@ -72,6 +78,7 @@ static const vk_shader shaders[VK_SHADER_COUNT] = {
     [VK_SH_EMBED] = ENTRY(embed),       [VK_SH_MATMUL_TILED] = ENTRY(matmul_tiled),
     [VK_SH_ATTENTION_PROMPT] = ENTRY(attention_prompt),
     [VK_SH_ATTENTION_PROMPT_128] = ENTRY(attention_prompt_128),
+    [VK_SH_ROUTE] = ENTRY(route),       [VK_SH_MOE_SUM] = ENTRY(moe_sum),
 };
 static const vk_shader norm64 = ENTRY(norm_f64), rope64 = ENTRY(rope_f64);
 static const vk_shader tiled_dot = ENTRY(matmul_tiled_dot);

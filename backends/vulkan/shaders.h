@@ -23,6 +23,8 @@ enum {
     VK_SH_MATMUL_TILED,
     VK_SH_ATTENTION_PROMPT,     /* heads up to 64 */
     VK_SH_ATTENTION_PROMPT_128, /* heads up to 128 */
+    VK_SH_ROUTE,
+    VK_SH_MOE_SUM,
     VK_SHADER_COUNT
 };
 

@@ -29,11 +29,11 @@ typedef struct {
 } vk_set_entry;
 
 /* Pipelines: one per shader, then per weight type code (ops_vulkan.c
- * type_code) matmul.comp's, matmul_tiled.comp's, and matmul.comp's with
- * inline quantization (vk_pipe_matmul's variants). */
+ * type_code) matmul.comp's and matmul_tiled.comp's (vk_pipe_matmul's
+ * variants). */
 #define VK_MM_TYPES 13
-enum { VK_MM_PLAIN = 0, VK_MM_TILED = 1, VK_MM_INLINE = 2 };
-#define VK_PIPE_COUNT (VK_SHADER_COUNT + 3 * VK_MM_TYPES)
+enum { VK_MM_PLAIN = 0, VK_MM_TILED = 1 };
+#define VK_PIPE_COUNT (VK_SHADER_COUNT + 2 * VK_MM_TYPES)
 /* matmul_tiled.comp's tile: weight rows (its BM) by tokens (its BN) */
 #define VK_TILE_ROWS 64
 #define VK_TILE_TOKENS 64
@@ -95,9 +95,6 @@ typedef struct {
     VkShaderModule mm_module;       /* matmul.comp, for those */
     VkShaderModule mt_module;       /* matmul_tiled.comp (its int_dot variant or not) */
     uint32_t mm_rows;               /* rows per matmul workgroup (its RW) */
-    /* products of at most inline_n tokens quantize their activations
-     * themselves, into xs_uints of shared memory (0: never) */
-    uint32_t inline_n, xs_uints;
     /* products of the block types over at least this many tokens take
      * matmul_tiled.comp (0: never); int_dot: shaderIntegerDotProduct is
      * enabled, and that shader uses it */
@@ -130,6 +127,12 @@ typedef struct {
     vk_buf xq, lout;
     vk_buf stage; /* copies to and from unmapped buffers */
     float *route_host;   /* the router's logits of n_batch tokens, on the host */
+    /* routing on the device (vk_moe_ffn, one token): per layer, k expert
+     * ids then k weights in route, the ids again in route_out for the
+     * host, copied to moe_dst[layer] (the engine's) when the batch ends */
+    vk_buf route, route_out;
+    int32_t **moe_dst;
+    int moe_pending;
     size_t route_floats; /* its size */
     uint64_t xq_blocks;
     VkDeviceSize align;     /* minStorageBufferOffsetAlignment (at least 4) */
@@ -171,6 +174,17 @@ typedef struct {
         int held;
         cm_tensor a, b;
     } pend_glu;  /* a = silu(a) * b, for the product of a that follows */
+    struct {
+        int held, layer_norm, has_y;
+        cm_tensor x, w, out, y;
+        float eps;
+    } pend_norm; /* out = norm(x (+= y)), for the product of out that follows
+                  * to have it quantized by the norm's own dispatch */
+    struct {
+        int held, il, p0;
+        cm_tensor q, out;
+    } pend_attn; /* a generated token's attention, for the output product
+                  * to have it quantized by the attention's own dispatch */
     VkDeviceSize arena_used; /* bytes of rows handed out since the last flush */
     int profile; /* CODEMOE_VULKAN_PROFILE=1: each dispatch timed alone */
     double prof_s[VK_PIPE_COUNT];
@@ -256,6 +270,9 @@ void vk_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const cm_t
 void vk_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n, cm_tensor *dst);
 void vk_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src, const int32_t *rows,
                     const float *wts, int n);
+int vk_moe_ffn(cm_backend *be, const cm_moe_args *a);
+/* The device's expert choices to the engine's arrays (after the batch ran). */
+void vk_moe_copy_chosen(vk_state *st);
 /* The products and embeddings (every weight type: vk_has_type). */
 int vk_has_type(int op, enum cm_type type);
 void vk_embed(cm_backend *be, const cm_tensor *table, const cm_tensor *pos_table,

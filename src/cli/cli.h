@@ -22,6 +22,10 @@ int cli_bench(int argc, char **argv);
 int cli_route(int argc, char **argv);
 int cli_sweep(int argc, char **argv);
 int cli_serve(int argc, char **argv);
+int cli_upcycle(int argc, char **argv);
+int cli_grow(int argc, char **argv);
+int cli_merge(int argc, char **argv);
+int cli_eval(int argc, char **argv);
 
 /* ---- getopt_long for every subcommand ----
  * A table is a struct option array ending in {0}: an option whose val is an

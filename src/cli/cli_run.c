@@ -11,6 +11,7 @@
 #include "experts/pack.h"
 #include "experts/router.h"
 #include "engine/forward.h"
+#include "engine/generate.h"
 #include "engine/sampling.h"
 
 #define MAX_STOPS 16
@@ -360,6 +361,8 @@ static int32_t *eog_ids(const cm_model *m, int *n)
     return ids;
 }
 
+static int out_piece(void *user, const char *bytes, size_t n) { return out_push(user, bytes, n); }
+
 /* Samples and prints until -n, end of text, a stop string or a full context. */
 static cm_status decode_loop(const cm_model *m, cm_ctx *ctx, const run_opts *o, cm_sampler *smp,
                              run_stats *st, cm_err *err)
@@ -367,30 +370,12 @@ static cm_status decode_loop(const cm_model *m, cm_ctx *ctx, const run_opts *o, 
     int n_mask = 0;
     int32_t *mask = o->ignore_eos ? eog_ids(m, &n_mask) : NULL;
     out_stream out = {.o = o};
-    cm_status s = o->ignore_eos && !mask ? cm_fail(err, CM_E_NOMEM, "out of memory") : CM_OK;
-    for (int i = 0; !s && (o->n_predict < 0 || i < o->n_predict); i++) {
-        float *logits = (float *)cm_ctx_logits(ctx);
-        for (int k = 0; k < n_mask; k++)
-            logits[mask[k]] = -INFINITY;
-        int32_t id = cm_sampler_sample(smp, logits);
-        if (cm_tok_is_eog(m->tok, id)) {
-            st->stop_reason = "end of text";
-            break;
-        }
-        char piece[256];
-        size_t pn = cm_token_piece(m->tok, id, 0, piece, sizeof piece);
-        st->n_gen++;
-        if (out_push(&out, piece, pn < sizeof piece ? pn : sizeof piece)) {
-            st->stop_reason = "stop string";
-            break;
-        }
-        if (cm_ctx_n_past(ctx) >= cm_ctx_n_ctx(ctx)) {
-            st->stop_reason = "context full";
-            break;
-        }
-        cm_sampler_accept(smp, id);
-        s = cm_eval(ctx, &id, 1, NULL, err);
-    }
+    cm_gen_opts go = {o->n_predict, mask, n_mask, out_piece, &out};
+    cm_gen_result gr = {0, "token limit"};
+    cm_status s = o->ignore_eos && !mask ? cm_fail(err, CM_E_NOMEM, "out of memory")
+                                         : cm_generate(m, ctx, smp, &go, &gr, err);
+    st->n_gen += gr.n_gen;
+    st->stop_reason = gr.stop_reason;
     out_finish(&out);
     free(mask);
     return s;

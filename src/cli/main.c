@@ -21,8 +21,12 @@ static const char USAGE[] =
     "  route       which programming language (and expert) a prompt goes to\n"
     "  sweep       PPL and KLD of each quantization scheme on each language\n"
     "  quantize    requantize a GGUF to q4_k_m, q8_0, ... (llama-quantize's types)\n"
+    "  upcycle     a dense model into a mixture of experts, checked to compute the same\n"
+    "  grow        widen and deepen a model, checked to compute the same (Net2Net)\n"
+    "  merge       merge fine-tunes of one base (average, task arithmetic, TIES)\n"
     "  bench       prompt and generation speed against the memory-bandwidth bound\n"
     "  serve       an HTTP server: OpenAI completions and chat, llama.cpp's /infill\n"
+    "  eval        HumanEval / MultiPL-E pass@k, programs run in a sandbox\n"
     "\n"
     "`codemoe COMMAND --help` describes each command.\n"
     "environment: CODEMOE_ISA=scalar|avx2|avx512|neon forces a CPU kernel set;\n"
@@ -41,8 +45,10 @@ int main(int argc, char **argv)
         {"route", cli_route},
         {"sweep", cli_sweep},
         {"quantize", cli_quantize},
+        {"upcycle", cli_upcycle}, {"grow", cli_grow}, {"merge", cli_merge},
         {"bench", cli_bench},
         {"serve", cli_serve},
+        {"eval", cli_eval},
     };
     if (argc < 2) {
         fputs(USAGE, stderr);

@@ -61,6 +61,24 @@ typedef struct {
 
 typedef struct cm_backend cm_backend;
 
+/* A token-level MoE feed-forward with its routing left on the device
+ * (moe_ffn): out row t = the sum over row t's chosen experts e of
+ * weight * down_e(silu(gate_e x_t) * up_e x_t), chosen and weighted as
+ * route does from row t of logits (spent).  Expert e's weights are w[i]
+ * (expert 0's gate, up, down) e * stride[i] bytes further on. */
+typedef struct {
+    const cm_tensor *x, *logits;
+    cm_tensor *out;
+    const cm_tensor *w[3];
+    size_t stride[3];
+    int k, norm;
+    int layer;       /* which layer's (a backend may keep state per layer) */
+    cm_tensor *a, *b; /* scratch: n k rows of the experts' width */
+    cm_tensor *y;    /* scratch: n k rows of out's width */
+    int32_t *chosen; /* the n x k choices, each token's in increasing order,
+                      * in host memory by batch_end */
+} cm_moe_args;
+
 typedef struct {
     const char *name;
     int reads_host; /* its ops read host memory (the mapped weights) in place */
@@ -136,6 +154,11 @@ typedef struct {
      * weights renormalised to sum 1 when norm; written to host memory.
      * The logits are spent: a backend may overwrite them. */
     void (*route)(cm_backend *be, const cm_tensor *logits, int k, int norm, cm_routing *r);
+    /* Optional.  The MoE feed-forward of cm_moe_args, routing included,
+     * without a host round trip (a generation step then replays whole);
+     * 0 when this backend cannot for these shapes (nothing done: the
+     * engine routes on the host). */
+    int (*moe_ffn)(cm_backend *be, const cm_moe_args *a);
     /* dst row i = src row rows[i], i < n */
     void (*gather)(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n,
                    cm_tensor *dst);
@@ -211,6 +234,12 @@ void cm_op_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y, const c
 void cm_op_route(cm_backend *be, const cm_tensor *logits, int k, int norm, cm_routing *r);
 void cm_op_gather(cm_backend *be, const cm_tensor *src, const int32_t *rows, int n,
                   cm_tensor *dst);
+/* be's moe_ffn; 0 when it has none or cannot (never the CPU's instead:
+ * the caller's host routing is the fallback). */
+static inline int cm_op_moe_ffn(cm_backend *be, const cm_moe_args *a)
+{
+    return be->ops->moe_ffn && be->ops->moe_ffn(be, a);
+}
 void cm_op_scatter_add(cm_backend *be, cm_tensor *dst, const cm_tensor *src,
                        const int32_t *rows, const float *wts, int n);
 void cm_op_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_tensor *b,

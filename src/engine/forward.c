@@ -97,7 +97,9 @@ static cm_status alloc_buffers(cm_ctx *c, cm_err *err)
     c->exp_wts = malloc((nb * X + 1) * sizeof(float));
     c->exp_count = malloc((X + 1) * sizeof(int32_t));
     c->expert_tokens = calloc((size_t)hp->n_layer * X + 1, sizeof(uint64_t));
-    if (!c->logits || !c->routing.expert || !c->routing.weight || !c->exp_rows ||
+    c->dev_chosen = calloc((size_t)hp->n_layer * (size_t)hp->n_expert_used + 1, sizeof(int32_t));
+    c->dev_routed = calloc((size_t)hp->n_layer + 1, 1);
+    if (!c->dev_chosen || !c->dev_routed || !c->logits || !c->routing.expert || !c->routing.weight || !c->exp_rows ||
         !c->exp_wts || !c->exp_count || !c->expert_tokens)
         return cm_fail(err, CM_E_NOMEM, "out of memory allocating a %d-token context",
                        c->n_ctx);
@@ -239,6 +241,7 @@ void cm_ctx_free(cm_ctx *c)
     free(c->w.layers), free(c->expw);
     free(c->logits), free(c->routing.expert), free(c->routing.weight), free(c->host_ffn);
     free(c->exp_rows), free(c->exp_wts), free(c->exp_count), free(c->expert_tokens);
+    free(c->dev_chosen), free(c->dev_routed);
     cm_expert_cache_free(c->experts);
     free(c->seq_past), free(c->runs), free(c->out_rows), free(c->kvm.layers);
     free(c);
@@ -251,7 +254,9 @@ void cm_ctx_reset(cm_ctx *c)
         c->seq_past[s] = 0;
 }
 
-void cm_ctx_keep(cm_ctx *c, int n) { c->n_past = n < 0 ? 0 : n < c->n_past ? n : c->n_past; }
+/* Keeps the first n positions: what follows is overwritten by later cm_eval
+ * calls (attention only reads positions < n_past). */
+void cm_ctx_truncate(cm_ctx *c, int n) { c->n_past = n >= 0 && n < c->n_past ? n : c->n_past; }
 int cm_ctx_n_past(const cm_ctx *c) { return c->n_past; }
 int cm_ctx_n_seq(const cm_ctx *c) { return c->n_seq; }
 int cm_ctx_seq_past(const cm_ctx *c, int seq)
@@ -448,7 +453,7 @@ static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out, float *o
     const cm_hparams *hp = &m->hp;
     /* a token of generation, all on the device, repeats the same ops */
     cm_op_batch_begin(c->be, ids, n, c->n_past, n_out,
-                      hp->n_expert == 0 && cm_place_complete(c->place));
+                      (hp->n_expert == 0 || cm_moe_on_device(c)) && cm_place_complete(c->place));
     c->n_runs = 1;
     c->runs[0] = (cm_run){0, 0, n, c->n_past};
     run_layers(c, ids, n, n - n_out);
@@ -460,6 +465,7 @@ static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out, float *o
         cm_op_logits(c->be, &h, &m->output, &m->output_b, out);
     }
     cm_op_batch_end(c->be);
+    cm_moe_count_device(c);
 }
 
 cm_status cm_eval_last(cm_ctx *c, const int32_t *ids, int n, int n_out, float *logits,
@@ -534,6 +540,7 @@ static void eval_multi(cm_ctx *c, const int32_t *ids, const int32_t *seq, int n,
         cm_op_logits(c->be, &h, &m->output, &m->output_b, out);
     }
     cm_op_batch_end(c->be);
+    cm_moe_count_device(c);
 }
 
 static cm_status check_multi(const cm_ctx *c, const int32_t *ids, const int32_t *seq, int n,

@@ -34,10 +34,10 @@ void cm_ctx_free(cm_ctx *c);
 cm_backend *cm_ctx_backend(const cm_ctx *c);
 /* Forgets the sequence (the KV cache is simply overwritten later). */
 void cm_ctx_reset(cm_ctx *c);
+/* Goes back to the first n tokens (n < n_past), e.g. to reuse a prompt's KV
+ * cache for another completion.  The logits are not restored. */
+void cm_ctx_truncate(cm_ctx *c, int n);
 int cm_ctx_n_past(const cm_ctx *c);
-/* Keeps the first n tokens of the sequence (nothing when n >= n_past): the
- * next evaluation continues at position n, reusing the cache before it. */
-void cm_ctx_keep(cm_ctx *c, int n);
 int cm_ctx_n_ctx(const cm_ctx *c);
 size_t cm_ctx_kv_bytes(const cm_ctx *c);
 
@@ -71,7 +71,7 @@ cm_status cm_ctx_new_multi(const cm_model *m, const cm_backend_ops *backend,
                            int n_seq, cm_ctx **out, cm_err *err);
 int cm_ctx_n_seq(const cm_ctx *c);
 int cm_ctx_seq_past(const cm_ctx *c, int seq);
-/* cm_ctx_keep for one sequence of the context. */
+/* cm_ctx_truncate for one sequence of the context. */
 void cm_ctx_seq_keep(cm_ctx *c, int seq, int n);
 /* Appends token i to sequence seq[i], at its next position (a sequence's
  * tokens in order; they need not be adjacent).  Each token with want[i]

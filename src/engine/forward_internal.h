@@ -48,11 +48,18 @@ struct cm_ctx {
     float *exp_wts;     /* host: [n_expert][n_batch] their gate weights */
     int32_t *exp_count; /* host: [n_expert] */
     uint64_t *expert_tokens; /* [n_layer][n_expert] tokens per expert, for stats */
+    int32_t *dev_chosen; /* host: [n_layer][n_expert_used] a device-routed token's choices */
+    uint8_t *dev_routed; /* host: [n_layer] whether the batch routed that layer on the device */
     cm_expert_cache *experts; /* residency under a RAM budget, or NULL */
     float *host_ffn;    /* host: rows for experts run on the CPU beside a device (moe.c), or NULL */
 };
 
 /* out = mixture-of-experts feed-forward of c->h (out's rows) */
 void cm_moe_ffn(cm_ctx *c, const cm_layer *L, int il, cm_tensor *out);
+/* Whether every layer's experts can be routed on the device (moe_ffn),
+ * so a generated token needs no host round trip. */
+int cm_moe_on_device(const cm_ctx *c);
+/* Counts the choices the device made in the batch just ended. */
+void cm_moe_count_device(cm_ctx *c);
 
 #endif

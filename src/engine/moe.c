@@ -106,6 +106,77 @@ static void shared_expert(cm_ctx *c, const cm_layer *L, cm_tensor *out)
     cm_op_add_gated(c->be, out, &y, &g);
 }
 
+/* Layer il's experts in the backend's own memory, each weight's experts
+ * one after the other at a fixed stride in one buffer (all of them
+ * placed, no residency budget): what moe_ffn reads.  0 otherwise. */
+static int experts_stacked(const cm_ctx *c, int il, size_t stride[3])
+{
+    const int X = c->m->hp.n_expert;
+    const cm_tensor *ew = c->expw + (size_t)il * (size_t)X * 3;
+    if (X < 2 || c->experts || !c->be->ops->moe_ffn)
+        return 0;
+    for (int i = 0; i < 3; i++) {
+        if (!ew[i].buf || ew[3 + i].offs <= ew[i].offs)
+            return 0;
+        stride[i] = ew[3 + i].offs - ew[i].offs;
+        for (int e = 2; e < X; e++)
+            if (ew[3 * e + i].buf != ew[i].buf ||
+                ew[3 * e + i].offs != ew[i].offs + (size_t)e * stride[i])
+                return 0;
+    }
+    return 1;
+}
+
+int cm_moe_on_device(const cm_ctx *c)
+{
+    size_t stride[3];
+    if (c->n_batch < c->m->hp.n_expert_used)
+        return 0;
+    for (int il = 0; il < c->m->hp.n_layer; il++)
+        if (!experts_stacked(c, il, stride))
+            return 0;
+    return 1;
+}
+
+void cm_moe_count_device(cm_ctx *c)
+{
+    const cm_hparams *hp = &c->m->hp;
+    const int k = hp->n_expert_used;
+    for (int il = 0; il < hp->n_layer && hp->n_expert > 0; il++) {
+        if (!c->dev_routed[il])
+            continue;
+        c->dev_routed[il] = 0;
+        for (int j = 0; j < k; j++) {
+            const int32_t e = c->dev_chosen[(size_t)il * k + j];
+            if (e >= 0 && e < hp->n_expert)
+                c->expert_tokens[(size_t)il * hp->n_expert + e]++;
+        }
+    }
+}
+
+/* One token's experts chosen and run on the device (moe_ffn): 0 when the
+ * backend cannot, and the host routes. */
+static int moe_on_device(cm_ctx *c, int il, cm_tensor *h, cm_tensor *r, cm_tensor *out)
+{
+    const cm_hparams *hp = &c->m->hp;
+    const int k = hp->n_expert_used;
+    cm_moe_args a;
+    if (out->ne[1] != 1 || c->n_batch < k || !experts_stacked(c, il, a.stride))
+        return 0;
+    const cm_tensor *ew = c->expw + (size_t)il * hp->n_expert * 3;
+    cm_tensor ta = cm_shaped(&c->ff_a, hp->n_ff_exp, k), tb = cm_shaped(&c->ff_b, hp->n_ff_exp, k);
+    cm_tensor ty = cm_rows(&c->ye, 0, k);
+    a.x = h, a.logits = r, a.out = out;
+    a.w[0] = &ew[0], a.w[1] = &ew[1], a.w[2] = &ew[2];
+    a.k = k, a.norm = hp->expert_norm, a.layer = il;
+    a.a = &ta, a.b = &tb, a.y = &ty;
+    a.chosen = c->dev_chosen + (size_t)il * k;
+    if (!cm_op_moe_ffn(c->be, &a))
+        return 0;
+    c->dev_routed[il] = 1;
+    return 1;
+}
+
 void cm_moe_ffn(cm_ctx *c, const cm_layer *L, int il, cm_tensor *out)
 {
     const cm_hparams *hp = &c->m->hp;
@@ -113,6 +184,11 @@ void cm_moe_ffn(cm_ctx *c, const cm_layer *L, int il, cm_tensor *out)
     cm_tensor h = cm_rows(&c->h, 0, n), r = cm_rows(&c->router, 0, n), *rp = &r;
     const cm_tensor *wr = &L->gate_inp;
     cm_op_matmul(c->be, 1, &wr, NULL, &h, &rp);
+    if (moe_on_device(c, il, &h, &r, out)) {
+        if (hp->n_ff_shexp > 0)
+            shared_expert(c, L, out);
+        return;
+    }
     cm_op_route(c->be, &r, hp->n_expert_used, hp->expert_norm, &c->routing);
     group_by_expert(c, il, n);
     cm_op_clear(c->be, out);

@@ -999,6 +999,13 @@ cm_status gguf_writer_copy_kv(gguf_writer *w, const gguf_file *src,
     return CM_OK;
 }
 
+cm_status gguf_writer_copy_kv_as(gguf_writer *w, const gguf_kv *kv, const char *key)
+{
+    if (!w || !kv || !key)
+        return CM_E_USAGE;
+    return copy_one(w, kv, key);
+}
+
 cm_status gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type,
                                  uint32_t n_dims, const int64_t *ne,
                                  const void *data, gguf_fill_fn fill, void *fill_ctx)

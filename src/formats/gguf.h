@@ -113,6 +113,8 @@ cm_status gguf_writer_set_str_arr(gguf_writer *w, const char *key,
 /* Copies every key/value of src except those for which skip(key) returns 1. */
 cm_status gguf_writer_copy_kv(gguf_writer *w, const gguf_file *src,
                               int (*skip)(const char *key, void *ctx), void *ctx);
+/* Copies one key/value of a parsed file under the name key (a rename). */
+cm_status gguf_writer_copy_kv_as(gguf_writer *w, const gguf_kv *kv, const char *key);
 
 typedef cm_status (*gguf_fill_fn)(void *ctx, void *dst, uint64_t nbytes, cm_err *err);
 /* ne[0..n_dims-1]; nbytes is computed from type and dims. data or fill. */

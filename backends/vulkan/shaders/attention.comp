@@ -30,6 +30,9 @@
 // With -DUSE_F64 (optional, needs shaderFloat64) the dots and the sum of
 // exponentials are in double as the reference's are, so the scores are its
 // to the bit; without it they are in float.  d, dv <= 256.  Grid (n_rows, n_head).
+// q8 != 0: the head's output also quantized to quantize.comp's q8_0/q8_1
+// blocks (dv a multiple of 32) into binding 4, for the output product that
+// reads it next, which then needs no quantize.comp dispatch.
 #ifdef USE_F64
 #define acc_t double
 #else
@@ -39,13 +42,15 @@
 layout(local_size_x = 64) in;
 
 layout(std430, set = 0, binding = 0) readonly buffer B_0 { float d[]; } q;
-layout(std430, set = 0, binding = 1) buffer B_1 { float d[]; } o;
+layout(std430, set = 0, binding = 1) buffer B_1 { float d[]; } outp;
 layout(std430, set = 0, binding = 2) readonly buffer B_2 { uint d[]; } kc;
 layout(std430, set = 0, binding = 3) readonly buffer B_3 { uint d[]; } vc;
+layout(std430, set = 0, binding = 4) writeonly buffer B_4 { uint d[]; } xq;
 
 layout(push_constant) uniform P {
     uint oq, oo, p0, n_head, group, d, dv, krow, vrow, kv;
     float scale;
+    uint q8;
 } p;
 
 shared float qs[256];
@@ -58,6 +63,11 @@ shared float scores[SC];
 
 #include "q8_0.glsl"
 #include "io.glsl"
+
+shared float ov[256]; // the head's output, for its quantization (q8)
+#define ACT(i) ov[i]
+#define XQ_STORE(i, v) xq.d[i] = (v)
+#include "quantize.glsl"
 
 float round_f16(float v) { return f16_val(f16_bits(floatBitsToUint(v))); }
 
@@ -208,6 +218,13 @@ void main()
         barrier();
     }
     for (uint k = 0u; k < 4u; k++)
-        if (tid + 64u * k < p.dv)
-            o.d[orow + tid + 64u * k] = acc[k];
+        if (tid + 64u * k < p.dv) {
+            outp.d[orow + tid + 64u * k] = acc[k];
+            ov[tid + 64u * k] = acc[k];
+        }
+    if (p.q8 != 0u) {
+        barrier();
+        if (tid < p.dv / 32u)
+            quantize_q8(32u * tid, 10u * ((t * p.n_head + h) * p.dv / 32u + tid));
+    }
 }

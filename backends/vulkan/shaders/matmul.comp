@@ -43,17 +43,20 @@ layout(std430, set = 0, binding = 0) readonly buffer B_0 { uint d[]; } x;
 layout(std430, set = 0, binding = 1) readonly buffer B_1 { uint d[]; } w;
 layout(std430, set = 0, binding = 2) readonly buffer B_2 { uint d[]; } bias;
 layout(std430, set = 0, binding = 3) writeonly buffer B_3 { float d[]; } y;
-layout(std430, set = 0, binding = 4) readonly buffer B_4 { float d[]; } g;
 
 // tpc: tokens per workgroup along z (0: all n), so that a product of few
 // rows over many tokens (a router's) still spreads over the device.
-// Inline quantization (XS > 1, the block types): x is F32 rows of cols
-// from xf, quantized by the workgroup into shared memory first (ox 0), and
-// with glu != 0 it is silu(x) * g (g's rows from og), swiglu.comp's
-// arithmetic: the swiglu held back before the product, never stored.
+// Expert products (es != 0, one token, MoE on the device): workgroup z is
+// a slot of the token's chosen experts, whose expert route.comp left at
+// uint oe + z of binding 2 (no bias then); the expert's matrix is es
+// halfwords after expert 0's (ow), the slot's activations xstep uints
+// after the last slot's, its output row `rows` floats after the last's.
 layout(push_constant) uniform P {
-    uint type, ox, ow, ob, has_b, oy, cols, rows, n, tpc, xf, glu, og;
+    uint type, ox, ow, ob, has_b, oy, cols, rows, n, tpc, es, oe, xstep;
 } p;
+
+// where this workgroup's weights, activations and outputs start
+uint OW, OX, OY;
 
 // The weight type (p.type's value) and the rows per workgroup, fixed when
 // the pipeline is made: a pipeline per type, each with only its own code
@@ -61,44 +64,11 @@ layout(push_constant) uniform P {
 // lavapipe, even where they were not used).
 layout(constant_id = 0) const uint TYPE = 0u;
 layout(constant_id = 1) const uint RW = 8u;
-// uints of shared memory for the inline-quantized activation blocks of
-// all n tokens (1: none, the blocks come quantized in x)
-layout(constant_id = 2) const uint XS = 1u;
 
 #include "q8_0.glsl"
 
-shared uint xs[XS];
-
-// The activation's uint i: from the workgroup's own blocks, or from x.
-uint xin(uint i) { return XS > 1u ? xs[i] : x.d[i]; }
-
-float act(uint i)
-{
-    const float v = uintBitsToFloat(x.d[i]);
-    if (p.glu == 0u)
-        return v;
-    precise float r = v / (1.0 + exp(-v)) * g.d[p.og + (i - p.xf)];
-    return r;
-}
-
-#define ACT(i) act(i)
-#define XQ_STORE(i, v) xs[i] = (v)
-#include "quantize.glsl"
-
-// The n tokens' activation blocks into xs, a block per thread at a time.
-void quantize_inline()
-{
-    const bool k = TYPE >= 7u && TYPE != 10u;
-    const uint per = k ? 256u : 32u, nb = p.cols / per, total = nb * p.n;
-    for (uint i = gl_LocalInvocationIndex; i < total; i += 64u) {
-        const uint src = p.xf + (i / nb) * p.cols + (i % nb) * per;
-        if (k)
-            quantize_q8k(src, 73u * i);
-        else
-            quantize_q8(src, XB * i);
-    }
-    barrier();
-}
+// the activation's uint i
+uint xin(uint i) { return x.d[i]; }
 
 shared float red[TT * 64u];
 
@@ -120,7 +90,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
     for (uint tt = 0u; tt < TT; tt++)
         acc[tt] = 0.0;
     if (TYPE == 2u) {
-        const uint base = p.ow + row * nb * 17u;
+        const uint base = OW + row * nb * 17u;
         for (uint i = lane; i < nb * 4u; i += nl) {
             const uint blk = i >> 2, q = i & 3u, hb = base + blk * 17u;
             const float dw = f16_val(half_at(hb));
@@ -133,7 +103,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
             for (uint tt = 0u; tt < TT; tt++) {
                 if (tt >= nt)
                     break;
-                const uint xb = p.ox + XB * ((t0 + tt) * nb + blk);
+                const uint xb = OX + XB * ((t0 + tt) * nb + blk);
                 const uint a0 = xin(xb + 2u + 2u * q), a1 = xin(xb + 3u + 2u * q);
                 int s = 0;
                 for (uint k = 0u; k < 4u; k++)
@@ -145,7 +115,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
         // Q6_K (105 halfwords: ql[128], qh[64], int8 scales[16], f16
         // d): a thread per sub-block j of 16 (quant/ref_kquants.c
         // q6k_unpack), the activations q8_K (quantize.comp, k mode)
-        const uint nbk = p.cols / 256u, base = p.ow + row * nbk * 105u;
+        const uint nbk = p.cols / 256u, base = OW + row * nbk * 105u;
         for (uint i = lane; i < nbk * 16u; i += nl) {
             const uint blk = i >> 4, j = i & 15u, hb = base + blk * 105u;
             const float dw = f16_val(half_at(hb + 104u));
@@ -164,7 +134,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
             for (uint tt = 0u; tt < TT; tt++) {
                 if (tt >= nt)
                     break;
-                const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
+                const uint xb = OX + 73u * ((t0 + tt) * nbk + blk);
                 int t = 0;
                 for (uint u = 0u; u < 4u; u++) {
                     const uint a = xin(xb + 1u + 4u * j + u);
@@ -178,7 +148,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
         // Q3_K (55 halfwords: hmask[32], qs[64], scales[12], f16 d): a
         // lane per sub-block j of 16 (q3k_unpack, cm_k3_scales,
         // cm_dot_q3_K), the activations q8_K
-        const uint nbk = p.cols / 256u, base = p.ow + row * nbk * 55u;
+        const uint nbk = p.cols / 256u, base = OW + row * nbk * 55u;
         for (uint i = lane; i < nbk * 16u; i += nl) {
             const uint blk = i >> 4, j = i & 15u, hb = base + blk * 55u;
             const float dw = f16_val(half_at(hb + 54u));
@@ -202,7 +172,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
             for (uint tt = 0u; tt < TT; tt++) {
                 if (tt >= nt)
                     break;
-                const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
+                const uint xb = OX + 73u * ((t0 + tt) * nbk + blk);
                 int t = 0;
                 for (uint u = 0u; u < 4u; u++) {
                     const uint a = xin(xb + 1u + 4u * j + u);
@@ -215,7 +185,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
     } else if (TYPE == 11u) {
         // Q2_K (42 halfwords: scales[16], qs[64], f16 d, dmin): a
         // thread per sub-block j of 16 (q2k_unpack, cm_dot_q2_K)
-        const uint nbk = p.cols / 256u, base = p.ow + row * nbk * 42u;
+        const uint nbk = p.cols / 256u, base = OW + row * nbk * 42u;
         for (uint i = lane; i < nbk * 16u; i += nl) {
             const uint blk = i >> 4, j = i & 15u, hb = base + blk * 42u;
             const float dw = f16_val(half_at(hb + 40u)), dmw = f16_val(half_at(hb + 41u));
@@ -230,7 +200,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
             for (uint tt = 0u; tt < TT; tt++) {
                 if (tt >= nt)
                     break;
-                const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
+                const uint xb = OX + 73u * ((t0 + tt) * nbk + blk);
                 int t = 0;
                 for (uint u = 0u; u < 4u; u++) {
                     const uint a = xin(xb + 1u + 4u * j + u);
@@ -249,7 +219,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
         // (q45k_unpack, cm_k4_scale_min, dot_q45k), the activations q8_K
         const bool q5 = TYPE == 9u;
         const uint bh = q5 ? 88u : 72u, qo = q5 ? 48u : 16u;
-        const uint nbk = p.cols / 256u, base = p.ow + row * nbk * bh;
+        const uint nbk = p.cols / 256u, base = OW + row * nbk * bh;
         for (uint i = lane; i < nbk * 8u; i += nl) {
             const uint blk = i >> 3, j = i & 7u, hb = base + blk * bh;
             const float dw = f16_val(half_at(hb)), dmw = f16_val(half_at(hb + 1u));
@@ -273,7 +243,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
             for (uint tt = 0u; tt < TT; tt++) {
                 if (tt >= nt)
                     break;
-                const uint xb = p.ox + 73u * ((t0 + tt) * nbk + blk);
+                const uint xb = OX + 73u * ((t0 + tt) * nbk + blk);
                 int t = 0;
                 for (uint u = 0u; u < 8u; u++) {
                     const uint a = xin(xb + 1u + 8u * j + u);
@@ -295,7 +265,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
         const uint bh = 9u + (hasm ? 1u : 0u) + (hash ? 2u : 0u);
         const uint qo = 1u + (hasm ? 1u : 0u) + (hash ? 2u : 0u);
         const int off = TYPE == 3u ? 8 : TYPE == 4u ? 16 : 0;
-        const uint base = p.ow + row * nb * bh;
+        const uint base = OW + row * nb * bh;
         for (uint i = lane; i < nb * 4u; i += nl) {
             const uint blk = i >> 2, q = i & 3u, hb = base + blk * bh;
             const float dw = f16_val(half_at(hb));
@@ -313,7 +283,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
             for (uint tt = 0u; tt < TT; tt++) {
                 if (tt >= nt)
                     break;
-                const uint xb = p.ox + XB * ((t0 + tt) * nb + blk);
+                const uint xb = OX + XB * ((t0 + tt) * nb + blk);
                 const uint a0 = xin(xb + 2u + q), a1 = xin(xb + 6u + q);
                 int s = 0;
                 for (uint k = 0u; k < 4u; k++)
@@ -326,7 +296,7 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
     } else if (TYPE == 1u || TYPE == 10u) { // F16, BF16 (the top half of a float)
         // a pair of elements (one uint) at a time where the row starts
         // on a whole uint (cols even: every row then)
-        const uint base = p.ow + row * p.cols;
+        const uint base = OW + row * p.cols;
         const bool pairs = ((base | p.cols) & 1u) == 0u;
         const uint step = pairs ? 2u : 1u;
         for (uint e = lane * step; e < p.cols; e += nl * step) {
@@ -336,20 +306,20 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
             for (uint tt = 0u; tt < TT; tt++) {
                 if (tt >= nt)
                     break;
-                const uint xo = p.ox + (t0 + tt) * p.cols + e;
+                const uint xo = OX + (t0 + tt) * p.cols + e;
                 acc[tt] += w0 * uintBitsToFloat(xin(xo));
                 if (pairs)
                     acc[tt] += w1 * uintBitsToFloat(xin(xo + 1u));
             }
         }
     } else {
-        const uint base = p.ow + row * p.cols * 2u;
+        const uint base = OW + row * p.cols * 2u;
         for (uint e = lane; e < p.cols; e += nl) {
             const float wv = uintBitsToFloat(word_at(base + 2u * e));
             for (uint tt = 0u; tt < TT; tt++) {
                 if (tt >= nt)
                     break;
-                acc[tt] += wv * uintBitsToFloat(xin(p.ox + (t0 + tt) * p.cols + e));
+                acc[tt] += wv * uintBitsToFloat(xin(OX + (t0 + tt) * p.cols + e));
             }
         }
     }
@@ -377,7 +347,7 @@ void row_product(uint row, uint lane, uint nl, uint slot)
             float s = 0.0;
             for (uint l = 0u; l < nl; l++)
                 s += red[tt * 64u + slot + l];
-            y.d[p.oy + (t0 + tt) * p.rows + row] = s + b;
+            y.d[OY + (t0 + tt) * p.rows + row] = s + b;
         }
         subgroupBarrier(); // red is read before the next tokens' sums go in
     }
@@ -391,8 +361,13 @@ void main()
     const uint wg = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
     const uint SZ = gl_SubgroupSize, sg = gl_SubgroupID, lane = gl_SubgroupInvocationID;
     const uint nl = min(SZ, 64u - sg * SZ);
-    if (XS > 1u)
-        quantize_inline();
+    OW = p.ow, OX = p.ox, OY = p.oy;
+    if (p.es != 0u) {
+        const uint slot = gl_WorkGroupID.z;
+        OW += bias.d[p.oe + slot] * p.es;
+        OX += slot * p.xstep;
+        OY += slot * p.rows;
+    }
     for (uint r = sg; r < RW; r += gl_NumSubgroups) {
         const uint row = wg * RW + r;
         if (row >= p.rows) // the whole subgroup: its barriers stay uniform

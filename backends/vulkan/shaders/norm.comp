@@ -11,6 +11,13 @@
 // it after, as the float sum the reference's add stores.
 // Sums: each thread a strided partial, then a fixed shared-memory tree, so
 // the result does not depend on scheduling.  Grid (n_rows).
+// q != 0: the normalised rows also quantized for the product that reads
+// them next (quantize.comp's blocks and layouts, kind 1 q8_0/q8_1 or 2
+// q8_K, into binding 2, row r's from block r cols / per), so that product
+// needs no quantize.comp dispatch; never with a bias (binding 2's other
+// use), for rows of at most ROW_MAX (the row is kept in shared memory for
+// it: a thread quantizes a block, reading values other threads made).
+#extension GL_GOOGLE_include_directive : require
 #ifdef USE_F64
 #define acc_t double
 #else
@@ -21,15 +28,35 @@ layout(local_size_x = 256) in;
 
 layout(std430, set = 0, binding = 0) buffer B_0 { float d[]; } x;
 layout(std430, set = 0, binding = 1) readonly buffer B_1 { float d[]; } w;
-layout(std430, set = 0, binding = 2) readonly buffer B_2 { float d[]; } b;
-layout(std430, set = 0, binding = 3) buffer B_3 { float d[]; } o;
+layout(std430, set = 0, binding = 2) buffer B_2 { uint d[]; } b; // the bias's floats, or xq
+layout(std430, set = 0, binding = 3) buffer B_3 { float d[]; } outp;
 layout(std430, set = 0, binding = 4) readonly buffer B_4 { float d[]; } y;
 
 layout(push_constant) uniform P {
     uint ox, ow, ob, oo, n, layer_norm, has_b;
     float eps;
-    uint has_y, oy;
+    uint has_y, oy, q;
 } p;
+
+#define ROW_MAX 3072u // 12 KiB: with red, within the 16 KiB every device has
+shared float row[ROW_MAX];
+
+#include "q8_0.glsl"
+#define ACT(i) row[i]
+#define XQ_STORE(i, v) b.d[i] = (v)
+#include "quantize.glsl"
+
+// This workgroup's row, in row[], quantized by its threads a block each.
+void quantize_row()
+{
+    barrier();
+    const uint per = p.q == 2u ? 256u : 32u, nb = p.n / per, r = gl_WorkGroupID.x;
+    for (uint i = gl_LocalInvocationID.x; i < nb; i += 256u)
+        if (p.q == 2u)
+            quantize_q8k(i * per, 73u * (r * nb + i));
+        else
+            quantize_q8(i * per, 10u * (r * nb + i));
+}
 
 shared acc_t red[256];
 
@@ -67,8 +94,12 @@ void main()
         const float scale = float(acc_t(1) / sqrt(block_sum(ss) / acc_t(n) + acc_t(p.eps)));
         for (uint i = tid; i < n; i += 256u) {
             precise float r = x.d[xr + i] * scale * w.d[p.ow + i];
-            o.d[orow + i] = r;
+            outp.d[orow + i] = r;
+            if (p.q != 0u)
+                row[i] = r;
         }
+        if (p.q != 0u)
+            quantize_row();
         return;
     }
     precise acc_t s = acc_t(0);
@@ -84,7 +115,11 @@ void main()
     for (uint i = tid; i < n; i += 256u) {
         // x - mean rounded to float first, and + 0.0 without a bias, as the reference
         precise float r = float(acc_t(x.d[xr + i]) - mean) * scale * w.d[p.ow + i] +
-                          (p.has_b != 0u ? b.d[p.ob + i] : 0.0);
-        o.d[orow + i] = r;
+                          (p.has_b != 0u ? uintBitsToFloat(b.d[p.ob + i]) : 0.0);
+        outp.d[orow + i] = r;
+        if (p.q != 0u)
+            row[i] = r;
     }
+    if (p.q != 0u)
+        quantize_row();
 }

@@ -15,8 +15,12 @@ layout(local_size_x = 64) in;
 
 layout(std430, set = 0, binding = 0) readonly buffer B_0 { float d[]; } x;
 layout(std430, set = 0, binding = 1) writeonly buffer B_1 { uint d[]; } xq;
+layout(std430, set = 0, binding = 2) readonly buffer B_2 { float d[]; } g;
 
-layout(push_constant) uniform P { uint ox, cols, n, k; } p;
+// glu != 0: the rows quantized are silu(x) * g (g's rows from og), the
+// swiglu held back before the product (swiglu.comp's arithmetic), which
+// is then never stored.
+layout(push_constant) uniform P { uint ox, cols, n, k, glu, og; } p;
 
 // k != 0: q8_K instead (the dot type of Q4_K, Q6_K), as the reference's
 // cm_quant_q8_K: 73 uints per 256 values, block b of row t at uint
@@ -28,7 +32,16 @@ layout(push_constant) uniform P { uint ox, cols, n, k; } p;
 
 #include "q8_0.glsl"
 
-#define ACT(i) x.d[i]
+float act(uint i)
+{
+    const float v = x.d[i];
+    if (p.glu == 0u)
+        return v;
+    precise float r = v / (1.0 + exp(-v)) * g.d[p.og + (i - p.ox)];
+    return r;
+}
+
+#define ACT(i) act(i)
 #define XQ_STORE(i, v) xq.d[i] = (v)
 #include "quantize.glsl"
 

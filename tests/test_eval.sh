@@ -1,0 +1,111 @@
+#!/bin/sh
+# test_eval.sh - `codemoe eval` end to end on small subsets (--limit): the
+# canonical HumanEval solutions pass and the deliberately wrong MultiPL-E
+# completions fail in every language installed; the default model's
+# completions are scored, deterministic with --seed, resumed after an
+# interruption (a cut-off line), and three shards merged give the unsharded
+# run's results and summary; bad usage and bad files are one-line errors.
+TL_PROBE="evalsets/HumanEval.jsonl.gz"
+. "$(dirname "$0")/lib.sh"
+[ -f "$SHARED/evalsets/HumanEval.jsonl.gz" ] || tl_skip "no evalsets under $SHARED"
+tl_tmpdir
+chmod 755 "$TMP"
+export TMPDIR="$TMP" # scratch directories: the test checks none is left
+MODEL="$TL_SRC/models/default.gguf"
+EV="--evalsets $SHARED/evalsets"
+TL_PROGRESS='^\[eval\] '
+"$CODEMOE" eval --check >"$TMP/check" || fail "eval --check"
+langs=$(awk '$2 == "ready" { printf "%s%s", sep, $1; sep = "," }' "$TMP/check")
+echo "toolchains ready: ${langs:-none}"
+
+# canonical solutions: all pass; wrong completions: all fail
+if grep -q '^py *ready' "$TMP/check"; then
+    expect 0 "HumanEval canonical" -- "$CODEMOE" eval --canonical --bench humaneval $EV \
+        --limit 8 --out "$TMP/canon"
+    grep -q "canonical check: 8/8 canonical solutions pass" "$TMP/out" || fail "canonical: $(cat "$TMP/out")"
+fi
+if [ -n "$langs" ]; then
+    expect 0 "MultiPL-E wrong completions" -- "$CODEMOE" eval --canonical --bench multipl-e \
+        $EV --langs "$langs" --limit 2 --out "$TMP/wrong"
+    n=$(echo "$langs" | tr ',' '\n' | wc -l)
+    grep -q "canonical check: $((2 * n))/$((2 * n)) wrong completions fail" "$TMP/out" ||
+        fail "wrong completions: $(cat "$TMP/out")"
+fi
+
+# generation: py and js where installed (fast to run), 2 samples at T=0.8
+gl=$(echo "$langs" | tr ',' '\n' | grep -E '^(py|js)$' | paste -sd, -)
+[ -n "$gl" ] || tl_skip "neither python3 nor node installed"
+[ -f "$MODEL" ] || tl_skip "no default model"
+GEN="-m $MODEL --bench multipl-e $EV --langs $gl --limit 3 -n 2 --temp 0.8 --seed 7 --max-tokens 24 -k 1,2"
+expect 0 "generate" -- "$CODEMOE" eval $GEN --out "$TMP/full"
+want=$(( $(echo "$gl" | tr ',' '\n' | wc -l) * 6 ))
+[ "$(wc -l <"$TMP/full/results.jsonl")" = "$want" ] || fail "results.jsonl: want $want lines"
+grep -vqE '"status": "(pass|fail|timeout|compile-error|crash)"' "$TMP/full/results.jsonl" &&
+    fail "a result without a known status"
+grep -q '^| py\|^| js' "$TMP/full/summary.md" || fail "summary.md has no language rows"
+head -1 "$TMP/full/summary.csv" | grep -q '^lang,problems,completions,.*,pass@1,pass@2$' ||
+    fail "summary.csv header: $(head -1 "$TMP/full/summary.csv")"
+# what a run writes, less its timings
+strip() { sed 's/"seconds": [0-9.]*, //' "$1" | sort; }
+strip "$TMP/full/results.jsonl" >"$TMP/full.sorted"
+
+# resume: drop the last two lines, cut the one before in half
+mkdir "$TMP/resumed"
+cp "$TMP/full/config.json" "$TMP/resumed/"
+head -n $((want - 3)) "$TMP/full/results.jsonl" >"$TMP/resumed/results.jsonl"
+sed -n "$((want - 2))p" "$TMP/full/results.jsonl" | head -c 40 >>"$TMP/resumed/results.jsonl"
+expect 0 "resume" -- "$CODEMOE" eval $GEN --out "$TMP/resumed"
+grep -q "resuming: $((want - 3)) completions" "$TMP/err" || fail "resume: $(cat "$TMP/err")"
+strip "$TMP/resumed/results.jsonl" | cmp -s - "$TMP/full.sorted" ||
+    fail "resumed results differ from the uninterrupted run (determinism)"
+cmp -s "$TMP/resumed/summary.json" "$TMP/full/summary.json" || fail "resumed summary differs"
+# a finished run resumed does nothing more
+expect 0 "resume finished" -- "$CODEMOE" eval $GEN --out "$TMP/resumed"
+[ "$(wc -l <"$TMP/resumed/results.jsonl")" = "$want" ] || fail "a finished run grew"
+
+# three shards, merged
+for i in 1 2 3; do
+    expect 0 "shard $i/3" -- "$CODEMOE" eval $GEN --shard $i/3 --out "$TMP/s$i"
+done
+expect 0 "merge" -- "$CODEMOE" eval merge -k 1,2 --out "$TMP/merged" "$TMP/s1" "$TMP/s2" "$TMP/s3"
+strip "$TMP/merged/results.jsonl" | cmp -s - "$TMP/full.sorted" || fail "merged results differ"
+cmp -s "$TMP/merged/summary.json" "$TMP/full/summary.json" || fail "merged summary.json differs"
+cmp -s "$TMP/merged/summary.md" "$TMP/full/summary.md" || fail "merged summary.md differs"
+
+# --estimate: the counts follow from the options; the instance table is read
+el=${gl%%,*}
+expect 0 "estimate" -- "$CODEMOE" eval --estimate -m "$MODEL" --bench multipl-e $EV --langs $el \
+    --limit 2 -n 3 --max-tokens 8
+grep -q "^total: 2 problems, 6 completions (n = 3), 6 program runs" "$TMP/out" ||
+    fail "estimate counts: $(cat "$TMP/out")"
+grep -q "at most (--max-tokens 8)" "$TMP/out" && grep -q "^g5.xlarge  *A10G" "$TMP/out" ||
+    fail "estimate: $(cat "$TMP/out")"
+
+# --compare: the pack routed, its fallback and a "merged" model (here the
+# same pack) on the same problems; the baseline's row and a CI per model
+expect 0 "compare" -- "$CODEMOE" eval --compare -m "$MODEL" --merged "$MODEL" --bench multipl-e \
+    $EV --langs $el --limit 2 -n 2 --max-tokens 8 --out "$TMP/cmp"
+for m in routed merged; do
+    grep -q "^| $m | $el | 2 | .*% | [-+][0-9.]* \[" "$TMP/cmp/compare.md" || fail "compare: no $m row"
+done
+grep -q "^| baseline | $el | 2 | .*(baseline)" "$TMP/cmp/compare.md" || fail "compare: no baseline row"
+[ "$(wc -l <"$TMP/cmp/baseline/results.jsonl")" = 4 ] || fail "compare: baseline results"
+expect 2 "compare with --expert" -- "$CODEMOE" eval --compare --expert go -m "$MODEL" --out "$TMP/y"
+
+# bad usage and bad input: one line, exit 2 / 1
+expect 2 "bad shard" -- "$CODEMOE" eval $GEN --shard 4/3 --out "$TMP/x"
+expect 2 "bad bench" -- "$CODEMOE" eval --bench nope --out "$TMP/x"
+expect 2 "bad lang" -- "$CODEMOE" eval --langs cobol --out "$TMP/x"
+expect 2 "other settings" -- "$CODEMOE" eval $GEN --seed 8 --out "$TMP/full"
+expect 2 "merge other settings" -- "$CODEMOE" eval merge --out "$TMP/m2" "$TMP/full" "$TMP/canon"
+mkdir "$TMP/badsets"
+head -c 300 "$SHARED/evalsets/multipl-e-humaneval-py.jsonl.gz" >"$TMP/badsets/multipl-e-humaneval-py.jsonl.gz"
+printf '{"name": "x"}\n' | gzip >"$TMP/badsets/multipl-e-humaneval-js.jsonl.gz"
+for l in py js; do
+    echo "$gl" | grep -q $l || continue
+    expect 1 "corrupt $l file" -- "$CODEMOE" eval --canonical --bench multipl-e --langs $l \
+        --evalsets "$TMP/badsets" --out "$TMP/bad$l"
+done
+[ -z "$(ls -d "$TMP"/codemoe-sb-* "$TMP"/codemoe-cache-* 2>/dev/null)" ] ||
+    fail "scratch directories left behind: $(ls -d "$TMP"/codemoe-*)"
+tl_finish
