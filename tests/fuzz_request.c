@@ -80,11 +80,13 @@ static void run_case(const char *buf, size_t len, FILE *sink, unsigned long *ok)
             srv_piece *p = NULL;
             int n = 0;
             ++*ok;
-            if (k == SRV_CHAT && srv_chat_render(&r, SRV_TMPL_CHATML, &p, &n, &err) == CM_OK)
-                for (int i = 0; i < n; i++)
-                    srv_json_str(sink, p[i].p, p[i].len);
-            free(p);
+            for (int t = 0; k == SRV_CHAT && t < SRV_TMPL_COUNT; t++, free(p), p = NULL, n = 0)
+                if (srv_chat_render(&r, (srv_template)t, &p, &n, &err) == CM_OK)
+                    for (int i = 0; i < n; i++)
+                        srv_json_str(sink, p[i].p, p[i].len);
             srv_json_str(sink, r.prompt.p ? r.prompt.p : "", r.prompt.len);
+            if (r.has_fields) /* the body is JSON too: pick its members */
+                srv_json_fields(sink, buf, len, r.fields, r.n_fields);
         } else
             srv_json_str(sink, err.msg, strlen(err.msg));
         srv_request_free(&r);

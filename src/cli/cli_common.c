@@ -111,7 +111,7 @@ cm_status cli_place_opt(int id, const char *flag, const char *v, cm_place_opts *
 
 /* llama.cpp's options spelled with one dash and several letters: getopt
  * would read -ngl as -n gl, so they become --ngl where the table has it. */
-static const char *const single_dash_long[] = {"--ngl", "--cnv", "--no-cnv", NULL};
+static const char *const single_dash_long[] = {"--ngl", "--cnv", "--no-cnv", "--np", NULL};
 
 static const char *single_dash_alias(const char *a)
 {

@@ -19,7 +19,9 @@ static const char SERVE_HELP[] =
     "request finish).  Endpoints: POST /v1/completions, /v1/chat/completions\n"
     "(OpenAI's fields, stream: true for server-sent events), /infill (llama.cpp's\n"
     "fields), /tokenize, /detokenize; GET /v1/models, /health, /metrics\n"
-    "(Prometheus).  One request generates at a time; others wait their turn.\n"
+    "(Prometheus).  --parallel N requests generate together (their tokens\n"
+    "batched); more wait for a slot.  A prompt that starts with what a slot's\n"
+    "cache holds (an editor resending a file) evaluates only the rest.\n"
     "\n"
     "  -m, --model FILE        GGUF model (default: the installed default model)\n"
     "      --host ADDR         address to listen on (default 127.0.0.1: this machine\n"
@@ -28,8 +30,11 @@ static const char SERVE_HELP[] =
     "      --api-key KEY       require Authorization: Bearer KEY (not for /health)\n"
     "      --max-body BYTES    largest request body, e.g. 4M (default 4M; more: 413)\n"
     "      --timeout S         close a connection idle for S seconds (default 600)\n"
-    "  -c, --ctx-size N        context length (default: the model's, at most 4096;\n"
-    "                          0: the model's trained context)\n"
+    "  -c, --ctx-size N        context length of each slot (default: the model's, at\n"
+    "                          most 4096; 0: the model's trained context)\n"
+    "  -np, --parallel N       slots: requests generated together (default 1)\n"
+    "      --chat-template NAME  chatml, llama2 (= codellama), llama3, deepseek-coder,\n"
+    "                          zephyr or gemma (default: the model's, by its markers)\n"
     "  -t, --threads N         threads (default: all cores)\n"
     "      --kv-type T         KV cache type: f16 (default), f32 or q8_0\n"
     "      --backend B         cpu (default), ref, cuda or vulkan (codemoe --version)\n"
@@ -37,7 +42,8 @@ static const char SERVE_HELP[] =
     "  -h, --help              this text\n";
 
 enum {
-    OPT_HOST = CLI_LONG, OPT_PORT, OPT_API_KEY, OPT_MAX_BODY, OPT_TIMEOUT, OPT_KV, OPT_BACKEND
+    OPT_HOST = CLI_LONG, OPT_PORT, OPT_API_KEY, OPT_MAX_BODY, OPT_TIMEOUT, OPT_KV, OPT_BACKEND,
+    OPT_PARALLEL, OPT_TEMPLATE
 };
 
 static const struct option SERVE_OPTS[] = {
@@ -46,11 +52,13 @@ static const struct option SERVE_OPTS[] = {
     {"max-body", required_argument, 0, OPT_MAX_BODY},
     {"timeout", required_argument, 0, OPT_TIMEOUT}, {"ctx-size", required_argument, 0, 'c'},
     {"threads", required_argument, 0, 't'}, {"kv-type", required_argument, 0, OPT_KV},
-    {"backend", required_argument, 0, OPT_BACKEND}, CLI_PLACE_OPTIONS, {0}};
+    {"backend", required_argument, 0, OPT_BACKEND}, {"parallel", required_argument, 0, OPT_PARALLEL},
+    {"np", required_argument, 0, OPT_PARALLEL},
+    {"chat-template", required_argument, 0, OPT_TEMPLATE}, CLI_PLACE_OPTIONS, {0}};
 
 typedef struct {
-    const char *model, *host, *api_key, *backend;
-    int port, timeout, n_ctx;
+    const char *model, *host, *api_key, *backend, *chat_template;
+    int port, timeout, n_ctx, n_slots;
     uint64_t max_body;
     cm_kv_type kv;
     cm_place_opts place;
@@ -78,6 +86,8 @@ static cm_status serve_opt(void *user, int id, const char *a, const char *v, cm_
     case 't': return arg_threads(v, err);
     case OPT_KV: return parse_kv_type(v, &o->kv, err);
     case OPT_BACKEND: o->backend = v; return CM_OK;
+    case OPT_PARALLEL: return arg_int(a, v, 1, 256, &o->n_slots, err);
+    case OPT_TEMPLATE: o->chat_template = v; return CM_OK;
     default: return cli_place_opt(id, a, v, &o->place, err);
     }
 }
@@ -86,16 +96,21 @@ static cm_status serve_opt(void *user, int id, const char *a, const char *v, cm_
 static cm_status serve(const serve_opts *o, cm_err *err)
 {
     srv_engine e;
-    srv_engine_opts eo = {o->model, o->backend, o->place, o->n_ctx, o->kv, cm_max_threads()};
+    srv_engine_opts eo = {o->model, o->backend, o->place, o->n_ctx, o->kv, cm_max_threads(),
+                          o->n_slots, o->chat_template};
     srv_http_opts ho = {o->host, o->port, o->api_key, (size_t)o->max_body, (unsigned)o->timeout};
     double t0 = now_seconds();
     cm_status s = srv_engine_init(&e, &eo, err);
     if (s)
         return s;
-    fprintf(stderr, "[codemoe] loaded %s in %.2f s (%s%s)\n", o->model, now_seconds() - t0,
-            e.m.hp.arch_name, e.m.is_pack ? ", language-expert pack routed per request" : "");
+    fprintf(stderr, "[codemoe] loaded %s in %.2f s (%s%s), %d slot%s of %d tokens\n", o->model,
+            now_seconds() - t0, e.m.hp.arch_name,
+            e.m.is_pack ? ", language-expert pack routed per request" : "", e.n_slots,
+            e.n_slots == 1 ? "" : "s", e.o.n_ctx);
     if (!e.tmpl_ok)
         fprintf(stderr, "[codemoe] chat is refused: %s\n", e.tmpl_err.msg);
+    else
+        fprintf(stderr, "[codemoe] chat template: %s\n", srv_template_name(e.tmpl));
     s = srv_serve(&e, &ho, err);
     srv_engine_free(&e);
     if (!s)
@@ -114,7 +129,7 @@ static cm_status serve(const serve_opts *o, cm_err *err)
 
 int cli_serve(int argc, char **argv)
 {
-    serve_opts o = {.host = "127.0.0.1", .port = 8080, .timeout = 600, .n_ctx = -1,
+    serve_opts o = {.host = "127.0.0.1", .port = 8080, .timeout = 600, .n_ctx = -1, .n_slots = 1,
                     .max_body = 4u << 20, .kv = CM_KV_F16, .place = CM_PLACE_AUTO};
     cm_err err = {0};
     int help = 0;

@@ -124,9 +124,35 @@ static cm_status copy_weights(cm_ctx *c, cm_err *err)
     return CM_OK;
 }
 
-cm_status cm_ctx_new_placed(const cm_model *m, const cm_backend_ops *backend,
-                            const cm_place_opts *place, int n_ctx, cm_kv_type kv, int n_batch,
-                            cm_ctx **out, cm_err *err)
+/* The model the backend is shaped with: m itself for one sequence; for
+ * n_seq, a copy with n_seq times the layers (the extra ones empty: the
+ * backend sizes its cache by n_layer and its scratch by the present
+ * weights), so cache layer s * n_layer + il is layer il of sequence s. */
+static cm_status kv_model(cm_ctx *c, const cm_model *m, int n_seq, cm_err *err)
+{
+    const size_t L = (size_t)m->hp.n_layer;
+    c->n_seq = n_seq;
+    c->seq_past = calloc((size_t)n_seq, sizeof *c->seq_past);
+    c->runs = malloc((size_t)c->n_batch * sizeof *c->runs);
+    c->out_rows = malloc((size_t)c->n_batch * sizeof *c->out_rows);
+    if (!c->seq_past || !c->runs || !c->out_rows)
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating a context");
+    if (n_seq == 1)
+        return CM_OK;
+    if ((int64_t)L * n_seq > (1 << 20))
+        return cm_fail(err, CM_E_RANGE, "%d sequences are too many", n_seq);
+    c->kvm = *m;
+    c->kvm.hp.n_layer = (int)L * n_seq;
+    c->kvm.layers = calloc(L * (size_t)n_seq + 1, sizeof *c->kvm.layers);
+    if (!c->kvm.layers)
+        return cm_fail(err, CM_E_NOMEM, "out of memory creating a context");
+    memcpy(c->kvm.layers, m->layers, L * sizeof *m->layers);
+    return CM_OK;
+}
+
+static cm_status ctx_new(const cm_model *m, const cm_backend_ops *backend,
+                         const cm_place_opts *place, int n_ctx, cm_kv_type kv, int n_batch,
+                         int n_seq, cm_ctx **out, cm_err *err)
 {
     *out = NULL;
     if (n_ctx <= 0 || n_ctx > (1 << 24))
@@ -136,6 +162,8 @@ cm_status cm_ctx_new_placed(const cm_model *m, const cm_backend_ops *backend,
                        "has learned embeddings for", n_ctx, m->hp.n_ctx_train);
     if (n_batch <= 0)
         return cm_fail(err, CM_E_RANGE, "batch size %d is out of range", n_batch);
+    if (n_seq <= 0 || n_seq > 4096)
+        return cm_fail(err, CM_E_RANGE, "%d sequences is out of range", n_seq);
     if (kv == CM_KV_Q8_0 && (m->hp.head_dim % 32 || m->hp.head_dim_v % 32))
         return cm_fail(err, CM_E_UNSUPPORTED, "a q8_0 KV cache needs head dimensions that are "
                        "multiples of 32 (this model's are %d/%d): use --kv-type f16",
@@ -145,10 +173,13 @@ cm_status cm_ctx_new_placed(const cm_model *m, const cm_backend_ops *backend,
         return cm_fail(err, CM_E_NOMEM, "out of memory creating a context");
     c->m = m;
     c->n_ctx = n_ctx;
-    c->n_batch = n_batch < n_ctx ? n_batch : n_ctx;
+    c->n_batch = n_batch < n_ctx * n_seq ? n_batch : n_ctx * n_seq;
     c->kv_type = kv;
-    cm_backend_shape shape = {m, n_ctx, c->n_batch, kv, 0, place ? place->device : -1};
-    cm_status s = cm_backend_new(backend ? backend : &cm_backend_cpu_ops, &shape, &c->be, err);
+    cm_status s = kv_model(c, m, n_seq, err);
+    cm_backend_shape shape = {n_seq > 1 ? &c->kvm : m, n_ctx, c->n_batch, kv, 0,
+                              place ? place->device : -1};
+    if (!s)
+        s = cm_backend_new(backend ? backend : &cm_backend_cpu_ops, &shape, &c->be, err);
     if (!s)
         s = alloc_buffers(c, err);
     if (!s)
@@ -162,6 +193,20 @@ cm_status cm_ctx_new_placed(const cm_model *m, const cm_backend_ops *backend,
     }
     *out = c;
     return CM_OK;
+}
+
+cm_status cm_ctx_new_placed(const cm_model *m, const cm_backend_ops *backend,
+                            const cm_place_opts *place, int n_ctx, cm_kv_type kv, int n_batch,
+                            cm_ctx **out, cm_err *err)
+{
+    return ctx_new(m, backend, place, n_ctx, kv, n_batch, 1, out, err);
+}
+
+cm_status cm_ctx_new_multi(const cm_model *m, const cm_backend_ops *backend,
+                           const cm_place_opts *place, int n_ctx, cm_kv_type kv, int n_batch,
+                           int n_seq, cm_ctx **out, cm_err *err)
+{
+    return ctx_new(m, backend, place, n_ctx, kv, n_batch, n_seq, out, err);
 }
 
 cm_status cm_ctx_new_on(const cm_model *m, const cm_backend_ops *backend, int n_ctx,
@@ -198,14 +243,42 @@ void cm_ctx_free(cm_ctx *c)
     free(c->exp_rows), free(c->exp_wts), free(c->exp_count), free(c->expert_tokens);
     free(c->dev_chosen), free(c->dev_routed);
     cm_expert_cache_free(c->experts);
+    free(c->seq_past), free(c->runs), free(c->out_rows), free(c->kvm.layers);
     free(c);
 }
 
-void cm_ctx_reset(cm_ctx *c) { c->n_past = 0; }
+void cm_ctx_reset(cm_ctx *c)
+{
+    c->n_past = 0;
+    for (int s = 0; s < c->n_seq; s++)
+        c->seq_past[s] = 0;
+}
+
 /* Keeps the first n positions: what follows is overwritten by later cm_eval
  * calls (attention only reads positions < n_past). */
 void cm_ctx_truncate(cm_ctx *c, int n) { c->n_past = n >= 0 && n < c->n_past ? n : c->n_past; }
 int cm_ctx_n_past(const cm_ctx *c) { return c->n_past; }
+int cm_ctx_n_seq(const cm_ctx *c) { return c->n_seq; }
+int cm_ctx_seq_past(const cm_ctx *c, int seq)
+{
+    return seq >= 0 && seq < c->n_seq ? c->seq_past[seq] : 0;
+}
+
+void cm_ctx_seq_keep(cm_ctx *c, int seq, int n)
+{
+    if (seq >= 0 && seq < c->n_seq && n < c->seq_past[seq])
+        c->seq_past[seq] = n < 0 ? 0 : n;
+}
+
+cm_status cm_ctx_rebind(cm_ctx *c, cm_err *err)
+{
+    if (c->place && !c->be->ops->reads_host)
+        return cm_fail(err, CM_E_UNSUPPORTED, "the %s backend placed this context's weights: "
+                       "another expert needs a new context", c->be->ops->name);
+    free(c->w.layers), free(c->expw);
+    c->w.layers = NULL, c->expw = NULL;
+    return copy_weights(c, err);
+}
 int cm_ctx_n_ctx(const cm_ctx *c) { return c->n_ctx; }
 const float *cm_ctx_logits(const cm_ctx *c) { return c->logits; }
 const uint64_t *cm_ctx_expert_tokens(const cm_ctx *c) { return c->expert_tokens; }
@@ -269,19 +342,31 @@ static void project_qkv(cm_ctx *c, const cm_layer *L, const cm_tensor *h, cm_ten
 }
 
 /* Rows first..n-1 of out = attention of c->h (n rows), after the output
- * projection; every row's key and value go to the cache. */
+ * projection; every row's key and value go to the cache.  The products see
+ * the whole batch; rotation, cache and attention go run by run, each at its
+ * sequence's positions in its sequence's cache layers. */
 static void attention(cm_ctx *c, const cm_layer *L, int il, int first, int n, cm_tensor *out)
 {
     cm_tensor h = cm_rows(&c->h, 0, n), q = cm_rows(&c->q, 0, n), k = cm_rows(&c->k, 0, n);
     cm_tensor v = cm_rows(&c->v, 0, n);
     project_qkv(c, L, &h, &q, &k, &v);
-    if (c->m->hp.use_rope || cm_tensor_present(&L->q_norm)) { /* (starcoder: neither) */
-        cm_op_rope(c->be, &q, &L->q_norm, c->n_past);
-        cm_op_rope(c->be, &k, &L->k_norm, c->n_past);
+    for (int r = 0; r < c->n_runs; r++) {
+        const cm_run *u = &c->runs[r];
+        const int kl = u->seq * c->m->hp.n_layer + il, f = first > u->r0 ? first - u->r0 : 0;
+        cm_tensor qr = cm_rows(&c->q, u->r0, u->n), kr = cm_rows(&c->k, u->r0, u->n);
+        cm_tensor vr = cm_rows(&c->v, u->r0, u->n);
+        if (c->m->hp.use_rope || cm_tensor_present(&L->q_norm)) { /* (starcoder: neither) */
+            cm_op_rope(c->be, &qr, &L->q_norm, u->p0);
+            cm_op_rope(c->be, &kr, &L->k_norm, u->p0);
+        }
+        cm_op_kv_store(c->be, kl, &kr, &vr, u->p0);
+        if (f >= u->n)
+            continue;
+        cm_tensor qw = cm_rows(&c->q, u->r0 + f, u->n - f);
+        cm_tensor a = cm_rows(&c->att, u->r0 + f, u->n - f);
+        cm_op_attention(c->be, kl, &qw, u->p0 + f, &a);
     }
-    cm_op_kv_store(c->be, il, &k, &v, c->n_past);
-    cm_tensor qw = cm_rows(&c->q, first, n - first), a = cm_rows(&c->att, first, n - first);
-    cm_op_attention(c->be, il, &qw, c->n_past + first, &a);
+    cm_tensor a = cm_rows(&c->att, first, n - first);
     cm_tensor o = cm_rows(out, first, n - first), *op = &o;
     const cm_tensor *wo = &L->wo, *bo = &L->bo;
     cm_op_matmul(c->be, 1, &wo, &bo, &a, &op);
@@ -346,19 +431,32 @@ static void layer(cm_ctx *c, const cm_layer *L, int il, int first, int n)
 
 /* ------------------------------------------------------------- evaluation */
 
-/* Runs one batch (n <= n_batch); logits of the last n_out rows go to out
- * (the caller's array, or the context's one row). */
+/* The layers over a batch of n rows (c->runs set); the last layer only
+ * for rows from `first` on. */
+static void run_layers(cm_ctx *c, const int32_t *ids, int n, int first)
+{
+    const cm_model *m = &c->w;
+    for (int r = 0; r < c->n_runs; r++) {
+        const cm_run *u = &c->runs[r];
+        cm_tensor x = cm_rows(&c->x, u->r0, u->n);
+        cm_op_embed(c->be, &m->tok_embd, &m->pos_embd, ids + u->r0, u->n, u->p0, &x);
+    }
+    for (int il = 0; il < m->hp.n_layer; il++)
+        layer(c, &m->layers[il], il, il == m->hp.n_layer - 1 ? first : 0, n);
+}
+
+/* Runs one batch of one sequence (n <= n_batch); logits of the last n_out
+ * rows go to out (the caller's array, or the context's one row). */
 static void eval_batch(cm_ctx *c, const int32_t *ids, int n, int n_out, float *out)
 {
     const cm_model *m = &c->w;
     const cm_hparams *hp = &m->hp;
-    cm_tensor x = cm_rows(&c->x, 0, n);
     /* a token of generation, all on the device, repeats the same ops */
     cm_op_batch_begin(c->be, ids, n, c->n_past, n_out,
                       (hp->n_expert == 0 || cm_moe_on_device(c)) && cm_place_complete(c->place));
-    cm_op_embed(c->be, &m->tok_embd, &m->pos_embd, ids, n, c->n_past, &x);
-    for (int il = 0; il < hp->n_layer; il++) /* the last layer: only rows giving logits */
-        layer(c, &m->layers[il], il, il == hp->n_layer - 1 ? n - n_out : 0, n);
+    c->n_runs = 1;
+    c->runs[0] = (cm_run){0, 0, n, c->n_past};
+    run_layers(c, ids, n, n - n_out);
     c->n_past += n;
     if (n_out > 0) {
         cm_tensor last = cm_rows(&c->x, n - n_out, n_out), h = cm_rows(&c->h, 0, n_out);
@@ -374,6 +472,8 @@ cm_status cm_eval_last(cm_ctx *c, const int32_t *ids, int n, int n_out, float *l
                        cm_err *err)
 {
     int n_vocab = c->m->hp.n_vocab;
+    if (c->n_seq > 1)
+        return cm_fail(err, CM_E_UNSUPPORTED, "a context of several sequences takes cm_eval_batch");
     if (n <= 0)
         return cm_fail(err, CM_E_RANGE, "nothing to evaluate (0 tokens)");
     if (n_out < 0 || n_out > n || (n_out > 0 && !logits))
@@ -406,4 +506,94 @@ cm_status cm_eval_last(cm_ctx *c, const int32_t *ids, int n, int n_out, float *l
 cm_status cm_eval(cm_ctx *c, const int32_t *ids, int n, float *all_logits, cm_err *err)
 {
     return cm_eval_last(c, ids, n, all_logits ? n : 0, all_logits, err);
+}
+
+/* ---------------------------------------------------- several sequences */
+
+/* One batch of several sequences (n <= n_batch): runs of consecutive
+ * tokens of one sequence; the wanted rows' logits to out, in order. */
+static void eval_multi(cm_ctx *c, const int32_t *ids, const int32_t *seq, int n,
+                       const uint8_t *want, float *out)
+{
+    const cm_model *m = &c->w;
+    const cm_hparams *hp = &m->hp;
+    int n_out = 0;
+    c->n_runs = 0;
+    for (int i = 0; i < n; i++) {
+        cm_run *u = c->n_runs ? &c->runs[c->n_runs - 1] : NULL;
+        if (u && u->seq == seq[i])
+            u->n++;
+        else
+            c->runs[c->n_runs++] = (cm_run){seq[i], i, 1, c->seq_past[seq[i]]};
+        c->seq_past[seq[i]]++;
+        if (want && want[i])
+            c->out_rows[n_out++] = i;
+    }
+    /* positions are each run's own: nothing to replay, none relative to p0 */
+    cm_op_batch_begin(c->be, ids, n, 0, n_out, 0);
+    run_layers(c, ids, n, 0);
+    if (n_out > 0) {
+        cm_tensor x = cm_rows(&c->x, 0, n), y = cm_rows(&c->y, 0, n_out);
+        cm_tensor h = cm_rows(&c->h, 0, n_out);
+        cm_op_gather(c->be, &x, c->out_rows, n_out, &y);
+        cm_op_norm(c->be, &y, &m->out_norm, &m->out_norm_b, hp->norm_eps, hp->layer_norm, &h);
+        cm_op_logits(c->be, &h, &m->output, &m->output_b, out);
+    }
+    cm_op_batch_end(c->be);
+    cm_moe_count_device(c);
+}
+
+static cm_status check_multi(const cm_ctx *c, const int32_t *ids, const int32_t *seq, int n,
+                             const uint8_t *want, const float *logits, cm_err *err)
+{
+    if (n <= 0)
+        return cm_fail(err, CM_E_RANGE, "nothing to evaluate (0 tokens)");
+    int *add = calloc((size_t)c->n_seq, sizeof *add), wanted = 0;
+    if (!add)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    cm_status s = CM_OK;
+    for (int i = 0; !s && i < n; i++) {
+        wanted |= want && want[i];
+        if (seq[i] < 0 || seq[i] >= c->n_seq)
+            s = cm_fail(err, CM_E_RANGE, "sequence %d of token %d is not one of the context's %d",
+                        seq[i], i, c->n_seq);
+        else if (ids[i] < 0 || ids[i] >= c->m->hp.n_vocab)
+            s = cm_fail(err, CM_E_RANGE, "token id %d at position %d is outside the vocabulary "
+                        "(0..%d)", ids[i], i, c->m->hp.n_vocab - 1);
+        else if (c->seq_past[seq[i]] + ++add[seq[i]] > c->n_ctx)
+            s = cm_fail(err, CM_E_RANGE, "sequence %d's tokens do not fit in its %d positions",
+                        seq[i], c->n_ctx);
+    }
+    free(add);
+    if (!s && wanted && !logits)
+        s = cm_fail(err, CM_E_RANGE, "logits asked for with nowhere to put them");
+    return s;
+}
+
+cm_status cm_eval_batch(cm_ctx *c, const int32_t *ids, const int32_t *seq, int n,
+                        const uint8_t *want, float *logits, cm_err *err)
+{
+    cm_status s = check_multi(c, ids, seq, n, want, logits, err);
+    if (s)
+        return s;
+    int only_last = 1; /* one sequence wanting at most its last row: cm_eval_last's path,
+                        * whose generation steps a device backend may replay */
+    for (int i = 0; want && i < n - 1; i++)
+        only_last &= !want[i];
+    if (c->n_seq == 1 && only_last) {
+        c->n_past = c->seq_past[0];
+        s = cm_eval_last(c, ids, n, want && want[n - 1], logits, err);
+        c->seq_past[0] = c->n_past;
+        return s;
+    }
+    const size_t n_vocab = (size_t)c->m->hp.n_vocab;
+    for (int done = 0; done < n;) {
+        int nb = n - done < c->n_batch ? n - done : c->n_batch, rows = 0;
+        eval_multi(c, ids + done, seq + done, nb, want ? want + done : NULL, logits);
+        for (int i = 0; want && i < nb; i++)
+            rows += want[done + i] != 0;
+        logits += rows * n_vocab;
+        done += nb;
+    }
+    return CM_OK;
 }

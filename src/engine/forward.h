@@ -61,6 +61,30 @@ cm_status cm_ctx_set_expert_budget(cm_ctx *c, uint64_t bytes, cm_err *err);
 /* Residency statistics; returns 0 when no budget was set. */
 int cm_ctx_expert_stats(const cm_ctx *c, cm_expert_stats *out);
 
+/* Several sequences in one context, evaluated together: each has its own
+ * region of the KV cache (n_ctx positions) and its own position.  A batch's
+ * products, norms and feed-forward see all its tokens at once; rotation,
+ * cache and attention go per run of one sequence's tokens.  (cm_eval and
+ * cm_eval_last are for one-sequence contexts.) */
+cm_status cm_ctx_new_multi(const cm_model *m, const cm_backend_ops *backend,
+                           const cm_place_opts *place, int n_ctx, cm_kv_type kv, int n_batch,
+                           int n_seq, cm_ctx **out, cm_err *err);
+int cm_ctx_n_seq(const cm_ctx *c);
+int cm_ctx_seq_past(const cm_ctx *c, int seq);
+/* cm_ctx_truncate for one sequence of the context. */
+void cm_ctx_seq_keep(cm_ctx *c, int seq, int n);
+/* Appends token i to sequence seq[i], at its next position (a sequence's
+ * tokens in order; they need not be adjacent).  Each token with want[i]
+ * set gives a row of n_vocab logits, in batch order (want NULL: none).
+ * CM_E_RANGE for a sequence outside the context, an id outside the
+ * vocabulary or a sequence that would overflow (then nothing is done). */
+cm_status cm_eval_batch(cm_ctx *c, const int32_t *ids, const int32_t *seq, int n,
+                        const uint8_t *want, float *logits, cm_err *err);
+/* Reads the weights again from the model (a language-expert pack switched
+ * member: cm_model_select_expert); the caches stay.  CM_E_UNSUPPORTED on a
+ * backend that placed the weights in its own memory. */
+cm_status cm_ctx_rebind(cm_ctx *c, cm_err *err);
+
 /* Bytes a context needs besides the weights (KV cache and work buffers). */
 size_t cm_ctx_bytes_estimate(const cm_model *m, const cm_backend_ops *be, int n_ctx,
                              cm_kv_type kv, int n_batch);

@@ -9,14 +9,29 @@
 #include "engine/forward.h"
 #include "engine/placement.h"
 
-/* A context: one sequence, its backend, and the activations of a batch
- * (n_batch rows each) in the backend's memory. */
+/* Rows r0 .. r0 + n - 1 of a batch: tokens of sequence seq at positions
+ * p0 .. p0 + n - 1. */
+typedef struct {
+    int seq, r0, n, p0;
+} cm_run;
+
+/* A context: one sequence (or n_seq), its backend, and the activations of
+ * a batch (n_batch rows each) in the backend's memory. */
 struct cm_ctx {
     const cm_model *m;
     cm_model w;         /* m's tensors where this context's backend reads them */
     cm_tensor *expw;    /* [n_layer][n_expert][3]: each expert's gate, up, down */
     cm_placement *place; /* weights copied to the backend's memory, or NULL */
     int n_ctx, n_batch, n_past;
+    /* several sequences (n_seq > 1): sequence s's cache is layers
+     * s * n_layer .. of kvm, a copy of m whose n_layer counts them all, so
+     * that the backend's cache ops need no notion of sequences */
+    int n_seq;
+    int *seq_past;      /* [n_seq] tokens in each sequence's cache */
+    cm_model kvm;       /* what the backend was shaped with when n_seq > 1 */
+    cm_run *runs;       /* [n_batch] the current batch's runs */
+    int n_runs;
+    int32_t *out_rows;  /* [n_batch] rows whose logits a batch of several sequences wants */
     cm_kv_type kv_type;
     cm_backend *be;     /* runs every op; owns the KV cache */
     cm_tensor x;        /* the residual stream */

@@ -428,7 +428,7 @@ cm_status cm_model_select_expert(cm_model *m, const char *expert, cm_err *err)
     snprintf(old, sizeof old, "%s", m->expert);
     snprintf(m->expert, sizeof m->expert, "%s", expert);
     cm_status s = bind_tensors(m, err);
-    if (s == CM_OK)
+    if (s == CM_OK && !m->keep_members)
         release_member(m, old);
     return s;
 }

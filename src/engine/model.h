@@ -84,6 +84,8 @@ typedef struct {
      * bound to; "" for an ordinary model file */
     int is_pack;
     char expert[32];
+    int keep_members;  /* cm_model_select_expert leaves the previous member's pages
+                        * mapped (a server switching back and forth between them) */
 } cm_model;
 
 /* Opens, validates and maps path.  Every tensor the architecture needs must

@@ -12,40 +12,25 @@
 #include "experts/pack.h"
 #include "util/threads.h"
 
-/* ---- the slot */
+/* ---- the gate: no generation starts once stopping */
 
-int srv_engine_acquire(srv_engine *e)
-{
-    pthread_mutex_lock(&e->lock);
-    while (e->busy && !atomic_load(&e->stopping))
-        pthread_cond_wait(&e->cond, &e->lock);
-    int ok = !atomic_load(&e->stopping);
-    if (ok)
-        e->busy = 1;
-    pthread_mutex_unlock(&e->lock);
-#ifdef _OPENMP
-    /* the team size is per thread: a connection's thread starts with the
-     * process default, and the context's scratch was sized for n_threads */
-    if (ok)
-        omp_set_num_threads(e->o.n_threads);
-#endif
-    return ok;
-}
-
-void srv_engine_release(srv_engine *e)
-{
-    pthread_mutex_lock(&e->lock);
-    e->busy = 0;
-    pthread_cond_broadcast(&e->cond);
-    pthread_mutex_unlock(&e->lock);
-}
+int srv_engine_acquire(srv_engine *e) { return !atomic_load(&e->stopping); }
+void srv_engine_release(srv_engine *e) { (void)e; }
 
 void srv_engine_stop(srv_engine *e)
 {
     pthread_mutex_lock(&e->lock);
     atomic_store(&e->stopping, 1);
-    pthread_cond_broadcast(&e->cond);
+    pthread_cond_broadcast(&e->done);
     pthread_mutex_unlock(&e->lock);
+}
+
+int srv_engine_slots_busy(srv_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    int n = e->n_busy;
+    pthread_mutex_unlock(&e->lock);
+    return n;
 }
 
 /* ---- loading */
@@ -54,13 +39,30 @@ static cm_status make_ctx(srv_engine *e, cm_err *err)
 {
     cm_ctx_free(e->ctx);
     e->ctx = NULL;
-    cm_status s = cm_ctx_new_placed(&e->m, e->be, &e->o.place, e->o.n_ctx, e->o.kv, SRV_BATCH,
-                                    &e->ctx, err);
+    cm_status s = cm_ctx_new_multi(&e->m, e->be, &e->o.place, e->o.n_ctx, e->o.kv, SRV_BATCH,
+                                   e->n_slots, &e->ctx, err);
     snprintf(e->ctx_expert, sizeof e->ctx_expert, "%s", e->m.expert);
     return s;
 }
 
-/* The chat template from the GGUF, and <|im_end|> when it is one token. */
+/* A context on a device backend holds its member's weights: with one slot
+ * (whose cache the new member's request does not reuse) a new context. */
+cm_status srv_engine_bind(srv_engine *e, const char *expert, cm_err *err)
+{
+    if (!e->m.is_pack || !strcmp(e->ctx_expert, expert))
+        return CM_OK;
+    cm_status s = cm_model_select_expert(&e->m, expert, err);
+    if (!s)
+        s = cm_ctx_rebind(e->ctx, err);
+    if (s == CM_E_UNSUPPORTED && e->n_slots == 1)
+        return make_ctx(e, err);
+    if (!s)
+        snprintf(e->ctx_expert, sizeof e->ctx_expert, "%s", e->m.expert);
+    return s;
+}
+
+/* The chat template (--chat-template, else the GGUF's), and the marker
+ * ending a turn when it is one token. */
 static void load_template(srv_engine *e)
 {
     gguf_str t = {0};
@@ -70,7 +72,10 @@ static void load_template(srv_engine *e)
     const char *end;
     if (gguf_get_str(&e->m.file, "tokenizer.chat_template", &t, &ignore))
         t.ptr = NULL, t.len = 0;
-    e->tmpl_ok = !srv_template_detect(t.ptr, t.len, &e->tmpl, &e->tmpl_err);
+    if (e->o.chat_template) /* checked by srv_engine_init */
+        e->tmpl_ok = !srv_template_by_name(e->o.chat_template, &e->tmpl, &e->tmpl_err);
+    else
+        e->tmpl_ok = !srv_template_detect(t.ptr, t.len, &e->tmpl, &e->tmpl_err);
     e->chat_end_id = -1;
     end = srv_template_end(e->tmpl);
     if (!cm_tokenize(e->m.tok, end, strlen(end), 0, 1, &ids, &n, &ignore) && n == 1)
@@ -94,12 +99,19 @@ cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
     char path[1024];
     memset(e, 0, sizeof *e);
     e->o = *o;
+    e->n_slots = o->n_slots > 0 ? o->n_slots : 1;
     pthread_mutex_init(&e->lock, NULL);
-    pthread_cond_init(&e->cond, NULL);
-    cm_status s = cm_backend_choose(o->backend, &e->be, err);
+    pthread_cond_init(&e->work, NULL);
+    pthread_cond_init(&e->done, NULL);
+    srv_template forced;
+    cm_status s = o->chat_template ? srv_template_by_name(o->chat_template, &forced, err) : CM_OK;
+    if (!s)
+        s = cm_backend_choose(o->backend, &e->be, err);
     if (!s)
         s = cm_model_load(o->model, &e->m, err);
     e->loaded = !s;
+    e->m.keep_members = e->n_slots > 1; /* slots on different members take turns */
+    e->n_vocab = e->m.hp.n_vocab; /* (the scheduler rebinds e->m: requests read this) */
     if (!s && !e->m.tok)
         s = cm_fail(err, CM_E_UNSUPPORTED, "%s has no tokenizer, so it cannot serve text",
                     o->model);
@@ -110,6 +122,12 @@ cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
         choose_ctx(e);
         s = make_ctx(e, err);
     }
+    cm_err ignore;
+    if (!s && e->m.is_pack && e->n_slots > 1 && cm_ctx_rebind(e->ctx, &ignore))
+        s = cm_fail(err, CM_E_UNSUPPORTED, "the %s backend holds one expert's weights per "
+                    "context: serve this language-expert pack with --parallel 1", e->be->name);
+    if (!s)
+        s = srv_sched_start(e, err);
     if (s) {
         srv_engine_free(e);
         return s;
@@ -123,12 +141,14 @@ cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
 
 void srv_engine_free(srv_engine *e)
 {
+    srv_sched_stop(e);
     cm_ctx_free(e->ctx); /* contexts before their model */
     cm_router_free(e->router);
     if (e->loaded)
         cm_model_free(&e->m);
     pthread_mutex_destroy(&e->lock);
-    pthread_cond_destroy(&e->cond);
+    pthread_cond_destroy(&e->work);
+    pthread_cond_destroy(&e->done);
     memset(e, 0, sizeof *e);
 }
 
@@ -144,9 +164,9 @@ cm_status srv_tokenize(srv_engine *e, const srv_request *r, int32_t **ids, size_
 static cm_status check_ids(const srv_engine *e, const int32_t *ids, size_t n, cm_err *err)
 {
     for (size_t i = 0; i < n; i++)
-        if (ids[i] >= e->m.hp.n_vocab || ids[i] >= cm_tok_n_vocab(e->m.tok))
+        if (ids[i] >= e->n_vocab || ids[i] >= cm_tok_n_vocab(e->m.tok))
             return cm_fail(err, CM_E_RANGE, "token id %d is outside the vocabulary (%d tokens)",
-                           ids[i], e->m.hp.n_vocab);
+                           ids[i], e->n_vocab);
     return CM_OK;
 }
 
@@ -355,17 +375,25 @@ static void pick_member(const srv_engine *e, const cm_route *rt, int explicit_la
         snprintf(out, 32, "%.31s", member);
 }
 
-/* Binds the pack's expert for r; a new context when it changes (a device
- * backend placed the previous member's weights). */
-static cm_status route(srv_engine *e, const srv_request *r, cm_err *err)
+/* The pack member for r (packs; "" otherwise), counted for /metrics. */
+static cm_status route(srv_engine *e, const srv_request *r, char *member, cm_err *err)
 {
-    char lang[32], member[32] = "";
+    char lang[32];
     size_t len;
+    member[0] = 0;
     if (!e->m.is_pack)
         return CM_OK;
     snprintf(lang, sizeof lang, "%.*s", (int)(r->language.len < 31 ? r->language.len : 31),
              r->language.p ? r->language.p : "");
-    cm_route_opts ro = {lang[0] ? lang : NULL, NULL, 0, CM_ROUTER_DEFAULT_THRESHOLD};
+    char file[256] = "";
+    for (int i = 0; i < r->n_extra && !file[0]; i++) { /* the editor's file names */
+        const srv_str *f = &r->extra[i].filename;
+        snprintf(file, sizeof file, "%.*s", (int)(f->len < 255 ? f->len : 255), f->p ? f->p : "");
+        if (strlen(file) != f->len || !cm_lang_from_filename(file))
+            file[0] = 0;
+    }
+    cm_route_opts ro = {lang[0] ? lang : NULL, file[0] ? file : NULL, 0,
+                        CM_ROUTER_DEFAULT_THRESHOLD};
     cm_route rt;
     char *text = route_text(r, &len);
     cm_route_decide(lang[0] ? NULL : e->router, &ro, text ? text : "", len, &rt);
@@ -374,10 +402,13 @@ static cm_status route(srv_engine *e, const srv_request *r, cm_err *err)
     if (!member[0])
         return cm_fail(err, CM_E_RANGE, "%s has no expert for '%s' and no fallback", e->name,
                        lang);
-    cm_status s = cm_model_select_expert(&e->m, member, err);
-    if (!s && strcmp(e->ctx_expert, e->m.expert))
-        s = make_ctx(e, err);
-    return s;
+    char names[CM_PACK_MAX_MEMBERS][32];
+    int n = cm_pack_members(&e->m.file, names, CM_PACK_MAX_MEMBERS);
+    pthread_mutex_lock(&e->lock);
+    for (int i = 0; i < n; i++)
+        e->expert_requests[i] += !strcmp(names[i], member);
+    pthread_mutex_unlock(&e->lock);
+    return CM_OK;
 }
 
 /* ---- generation */
@@ -389,23 +420,11 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static cm_status eval_prompt(srv_engine *e, const idvec *v, cm_err *err)
-{
-    cm_status s = CM_OK;
-    cm_ctx_reset(e->ctx);
-    for (size_t done = 0; !s && done < v->n; done += SRV_BATCH) {
-        int n = v->n - done < SRV_BATCH ? (int)(v->n - done) : SRV_BATCH;
-        s = cm_eval(e->ctx, v->p + done, n, NULL, err);
-        if (atomic_load(&e->abort))
-            s = cm_fail(err, CM_E_RANGE, "the server is shutting down");
-    }
-    return s;
-}
-
 static cm_status gen_setup(srv_engine *e, const srv_request *r, srv_gen *g, cm_err *err)
 {
     memset(g, 0, sizeof *g);
     g->r = r;
+    g->e = e;
     g->end_id = -1;
     g->finish = "limit";
     for (int i = 0; i < r->n_stops; i++)
@@ -419,7 +438,7 @@ static cm_status gen_setup(srv_engine *e, const srv_request *r, srv_gen *g, cm_e
     if (!r->have_seed) /* a different draw for every request */
         sp.seed = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ (uint64_t)(now_s() * 1e9) ^
                   atomic_fetch_add(&e->seeds, 1);
-    if (!(g->smp = cm_sampler_new(&sp, e->m.hp.n_vocab)))
+    if (!(g->smp = cm_sampler_new(&sp, e->n_vocab)))
         return cm_fail(err, CM_E_NOMEM, "out of memory creating the sampler");
     return CM_OK;
 }
@@ -429,21 +448,23 @@ cm_status srv_gen_start(srv_engine *e, const srv_request *r, srv_gen *g, cm_err 
     idvec v = {0};
     cm_status s = gen_setup(e, r, g, err);
     if (!s)
-        s = route(e, r, err);
-    snprintf(g->expert, sizeof g->expert, "%s", e->m.expert);
+        s = route(e, r, g->expert, err);
     if (!s)
         s = prompt_ids(e, r, &v, err);
     if (!s && v.n == 0)
         s = cm_fail(err, CM_E_RANGE, "the prompt is empty");
-    if (!s && v.n >= (size_t)cm_ctx_n_ctx(e->ctx))
+    if (!s && v.n >= (size_t)e->o.n_ctx)
         s = cm_fail(err, CM_E_RANGE, "the prompt is %zu tokens but the context holds %d "
-                    "(start the server with a larger -c)", v.n, cm_ctx_n_ctx(e->ctx));
+                    "(start the server with a larger -c)", v.n, e->o.n_ctx);
     for (size_t i = 0; !s && i < v.n; i++)
         cm_sampler_accept(g->smp, v.p[i]);
     g->n_prompt = (int)v.n;
     double t0 = now_s();
+    if (!s && !(g->slot = srv_slot_take(e, g->expert, v.p, (int)v.n, r->cache_prompt,
+                                        &g->n_reused, err)))
+        s = err->code;
     if (!s)
-        s = eval_prompt(e, &v, err);
+        s = srv_slot_eval(e, g->slot, err);
     g->t_prompt = now_s() - t0;
     free(v.p);
     return s;
@@ -545,7 +566,7 @@ static cm_status next_token(srv_engine *e, srv_gen *g, cm_err *err)
     const srv_request *r = g->r;
     if (atomic_load(&e->abort) || (r->n_predict >= 0 && g->n_gen >= r->n_predict))
         return finish(g, "limit", err);
-    int32_t id = cm_sampler_sample(g->smp, (float *)cm_ctx_logits(e->ctx));
+    int32_t id = cm_sampler_sample(g->smp, g->slot->logits);
     if (cm_tok_is_eog(m->tok, id) || id == g->end_id)
         return finish(g, "eos", err);
     char piece[256], *big = NULL;
@@ -558,10 +579,11 @@ static cm_status next_token(srv_engine *e, srv_gen *g, cm_err *err)
     free(big);
     if (s || g->done)
         return s;
-    if (cm_ctx_n_past(e->ctx) >= cm_ctx_n_ctx(e->ctx))
+    if (g->slot->n_tokens >= e->o.n_ctx)
         return finish(g, "limit", err);
     cm_sampler_accept(g->smp, id);
-    return cm_eval(e->ctx, &id, 1, NULL, err);
+    cm_status s2 = srv_slot_push(g->slot, id, err);
+    return s2 ? s2 : srv_slot_eval(e, g->slot, err);
 }
 
 cm_status srv_gen_next(srv_engine *e, srv_gen *g, cm_err *err)
@@ -579,6 +601,8 @@ cm_status srv_gen_next(srv_engine *e, srv_gen *g, cm_err *err)
 
 void srv_gen_free(srv_gen *g)
 {
+    if (g->slot)
+        srv_slot_give(g->e, g->slot);
     cm_sampler_free(g->smp);
     free(g->pend);
     free(g->emit);

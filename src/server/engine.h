@@ -1,11 +1,16 @@
 /* engine.h - the model behind `codemoe serve`: one loaded model, one
- * context (one slot), and generation one token at a time so that a
- * streamed response can send each piece as it comes.
+ * context holding --parallel sequences (slots), and generation one token
+ * at a time so that a streamed response can send each piece as it comes.
  *
- * One slot: requests that generate take it in turn (srv_engine_acquire
- * waits for it).  Tokenizing needs no slot (the tokenizer is read-only).
- * Everything that reads or changes the model's bound expert or the context
- * happens between acquire and release, on the thread that acquired. */
+ * A request takes a free slot (waiting for one), preferring the slot whose
+ * cache starts with the most of its prompt (those tokens are not evaluated
+ * again).  One scheduler thread (sched.c) runs every evaluation: each step
+ * it batches the work of all slots waiting on it (a generating slot's one
+ * token, a new request's prompt), so requests join the running batch.  A
+ * connection's thread samples its own slot's logits.  Language-expert
+ * packs: a request's expert is chosen when it starts; a step batches the
+ * slots of one expert, the context rebound to it.  Tokenizing needs no slot
+ * (the tokenizer is read-only). */
 #ifndef CM_SRV_ENGINE_H
 #define CM_SRV_ENGINE_H
 
@@ -16,6 +21,7 @@
 
 #include "engine/forward.h"
 #include "engine/sampling.h"
+#include "experts/pack.h"
 #include "experts/router.h"
 #include "server/request.h"
 #include "tokenizer/tokenizer.h"
@@ -27,26 +33,55 @@ typedef struct {
     cm_place_opts place;
     int n_ctx;             /* < 0: the model's, at most 4096; 0: the model's */
     cm_kv_type kv;
-    int n_threads;         /* the OpenMP team of every thread that generates */
+    int n_threads;         /* the OpenMP team of the scheduler thread */
+    int n_slots;           /* --parallel: sequences decoded together */
+    const char *chat_template; /* a srv_template_by_name name, or NULL: the GGUF's */
 } srv_engine_opts;
+
+/* A sequence of the context.  Its cache holds tokens[0 .. n_done); the
+ * tokens after that are queued for the scheduler.  While queued, only the
+ * scheduler touches it (under the engine's lock: the counters). */
+typedef struct {
+    int id;                /* the context's sequence */
+    int busy;              /* a request holds it */
+    int queued;            /* tokens[n_done ..] handed to the scheduler */
+    int turn;              /* handed logits, its request not yet back */
+    int keep;              /* >= 0: the scheduler first cuts the cache to this */
+    char expert[32];       /* the pack member its cache was made with ("" none) */
+    int32_t *tokens;
+    int n_tokens, n_done, cap;
+    float *logits;         /* [n_vocab] after its last token, once not queued */
+    cm_status st;          /* the scheduler's verdict on the last work */
+    cm_err err;
+    unsigned long long used; /* when it was last released (LRU) */
+} srv_slot;
 
 typedef struct {
     srv_engine_opts o;
-    cm_model m;
+    cm_model m;            /* its tensors rebound by the scheduler (packs) */
+    int n_vocab;
     int loaded;
-    cm_ctx *ctx;
-    char ctx_expert[32];   /* the pack member bound when ctx was made */
+    cm_ctx *ctx;           /* n_slots sequences; the scheduler's alone */
+    char ctx_expert[32];   /* the pack member the context reads */
+    srv_slot *slots;
+    int n_slots;
     cm_router *router;     /* packs: the language classifier, or NULL */
     const cm_backend_ops *be;
     srv_template tmpl;     /* the chat template, when tmpl_ok */
     int tmpl_ok;
     cm_err tmpl_err;       /* why chat is refused otherwise */
-    int32_t chat_end_id;   /* <|im_end|> as one token, or -1 */
+    int32_t chat_end_id;   /* the template's end of turn as one token, or -1 */
     char name[128];        /* the model's id in /v1/models: its file name */
     long long created;     /* when it was loaded (Unix seconds) */
     pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int busy;
+    pthread_cond_t work;   /* the scheduler waits for queued slots */
+    pthread_cond_t done;   /* requests wait for their slot's work or a free slot */
+    pthread_t sched;
+    int sched_started, quit;
+    int n_busy;            /* slots held by requests */
+    unsigned long long clock;
+    unsigned long long steps, step_seqs, step_tokens, reused_tokens; /* for /metrics */
+    unsigned long long expert_requests[CM_PACK_MAX_MEMBERS]; /* by member index */
     atomic_int stopping;   /* no new generation may start */
     atomic_int abort;      /* a running generation ends at its next token */
     atomic_ullong seeds;   /* mixed into the clock for requests without a seed */
@@ -56,11 +91,31 @@ typedef struct {
  * left freed. */
 cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err);
 void srv_engine_free(srv_engine *e);
-/* Waits for the slot; 0 (not acquired) once the server is stopping. */
+/* 0 once the server is stopping (no new generation may start). */
 int srv_engine_acquire(srv_engine *e);
 void srv_engine_release(srv_engine *e);
 /* Stops new generation and wakes every waiter (they get 0 from acquire). */
 void srv_engine_stop(srv_engine *e);
+int srv_engine_slots_busy(srv_engine *e);
+/* Binds the pack member named expert to the model and the context (the
+ * scheduler thread only). */
+cm_status srv_engine_bind(srv_engine *e, const char *expert, cm_err *err);
+
+/* sched.c: the scheduler thread and the slots. */
+cm_status srv_sched_start(srv_engine *e, cm_err *err);
+void srv_sched_stop(srv_engine *e);
+/* Takes a free slot for a prompt of n ids run by expert (waits for one;
+ * NULL once stopping): the one whose cache shares the longest prefix with
+ * ids (reuse) or the least recently used.  Its tokens become ids, the
+ * shared prefix (at most n - 1) kept: *reused says how many. */
+srv_slot *srv_slot_take(srv_engine *e, const char *expert, const int32_t *ids, int n,
+                        int reuse, int *reused, cm_err *err);
+/* Appends a token to the slot's sequence (not yet evaluated). */
+cm_status srv_slot_push(srv_slot *sl, int32_t id, cm_err *err);
+/* Hands the slot's unevaluated tokens to the scheduler and waits until
+ * they are in its cache and sl->logits follow the last. */
+cm_status srv_slot_eval(srv_engine *e, srv_slot *sl, cm_err *err);
+void srv_slot_give(srv_engine *e, srv_slot *sl);
 
 /* /tokenize and /detokenize (no slot needed).  *ids / *text are malloc'ed;
  * the caller frees them.  CM_E_RANGE for an id outside the vocabulary. */
@@ -86,10 +141,13 @@ typedef struct {
                               * stop string) or "limit" (tokens or context) */
     char expert[32];         /* the pack member that ran, or "" */
     double t_prompt, t_gen;
+    srv_engine *e;           /* whose slot it holds */
+    srv_slot *slot;
+    int n_reused;            /* prompt tokens found in the slot's cache */
 } srv_gen;
 
-/* Routes (packs), tokenizes and checks r's prompt, then evaluates it.  Call
- * with the slot held.  CM_E_RANGE: the prompt does not fit the context or
+/* Routes (packs), tokenizes and checks r's prompt, takes a slot, then
+ * evaluates what its cache lacks.  CM_E_RANGE: the prompt does not fit the context or
  * is empty; CM_E_UNSUPPORTED: the model lacks what r needs (FIM tokens, a
  * chat template it can render). */
 cm_status srv_gen_start(srv_engine *e, const srv_request *r, srv_gen *g, cm_err *err);

@@ -218,7 +218,7 @@ static enum MHD_Result get_models(server *sv, struct MHD_Connection *c, req_ctx 
     srv_json_str(f, e->name, strlen(e->name));
     fprintf(f, ", \"object\": \"model\", \"created\": %lld, \"owned_by\": \"codemoe\", "
             "\"meta\": {\"n_ctx\": %d, \"n_ctx_train\": %d, \"n_vocab\": %d, \"architecture\": ",
-            e->created, cm_ctx_n_ctx(e->ctx), e->m.hp.n_ctx_train, e->m.hp.n_vocab);
+            e->created, e->o.n_ctx, e->m.hp.n_ctx_train, e->n_vocab);
     srv_json_str(f, e->m.hp.arch_name, strlen(e->m.hp.arch_name));
     fprintf(f, ", \"language_expert_pack\": %s}}]}\n", e->m.is_pack ? "true" : "false");
     fclose(f);
@@ -232,10 +232,30 @@ static enum MHD_Result get_metrics(server *sv, struct MHD_Connection *c, req_ctx
     FILE *f = open_memstream(&buf, &len);
     if (!f)
         return MHD_NO;
-    pthread_mutex_lock(&sv->e->lock);
-    int busy = sv->e->busy;
-    pthread_mutex_unlock(&sv->e->lock);
-    srv_metrics_write(&sv->metrics, f, busy, atomic_load(&sv->in_flight));
+    srv_engine *e = sv->e;
+    char names[CM_PACK_MAX_MEMBERS][32];
+    unsigned long long counts[CM_PACK_MAX_MEMBERS];
+    int n = e->m.is_pack ? cm_pack_members(&e->m.file, names, CM_PACK_MAX_MEMBERS) : 0;
+    pthread_mutex_lock(&e->lock);
+    int busy = e->n_busy;
+    memcpy(counts, e->expert_requests, sizeof counts);
+    unsigned long long steps = e->steps, seqs = e->step_seqs, toks = e->step_tokens;
+    unsigned long long reused = e->reused_tokens;
+    pthread_mutex_unlock(&e->lock);
+    srv_metrics_write(&sv->metrics, f, busy, e->n_slots, atomic_load(&sv->in_flight));
+    fprintf(f, "# HELP codemoe_batches_total Forward batches run (each holds tokens of one or "
+            "more slots).\n# TYPE codemoe_batches_total counter\ncodemoe_batches_total %llu\n"
+            "# HELP codemoe_batch_slots_total Slots in those batches, summed.\n"
+            "# TYPE codemoe_batch_slots_total counter\ncodemoe_batch_slots_total %llu\n"
+            "# HELP codemoe_batch_tokens_total Tokens in those batches, summed.\n"
+            "# TYPE codemoe_batch_tokens_total counter\ncodemoe_batch_tokens_total %llu\n"
+            "# HELP codemoe_prompt_tokens_cached_total Prompt tokens found in a slot's cache "
+            "(not evaluated again).\n# TYPE codemoe_prompt_tokens_cached_total counter\n"
+            "codemoe_prompt_tokens_cached_total %llu\n", steps, seqs, toks, reused);
+    fputs("# HELP codemoe_expert_requests_total Generating requests routed to each expert of "
+          "a language-expert pack.\n# TYPE codemoe_expert_requests_total counter\n", f);
+    for (int i = 0; i < n; i++)
+        fprintf(f, "codemoe_expert_requests_total{expert=\"%s\"} %llu\n", names[i], counts[i]);
     fclose(f);
     return send_buf(c, q, 200, "text/plain; version=0.0.4; charset=utf-8", buf, len);
 }
@@ -291,20 +311,51 @@ static void write_usage(FILE *f, const srv_gen *g)
             "\"total_tokens\": %d}", g->n_prompt, g->n_gen, g->n_prompt + g->n_gen);
 }
 
+/* llama.cpp's timings of a generation (milliseconds). */
+static void write_timings(FILE *f, const srv_gen *g)
+{
+    int pn = g->n_prompt - g->n_reused;
+    double pms = g->t_prompt * 1e3, gms = g->t_gen * 1e3;
+    fprintf(f, "\"timings\": {\"prompt_n\": %d, \"prompt_ms\": %.3f, \"prompt_per_token_ms\": "
+            "%.3f, \"prompt_per_second\": %.2f, \"predicted_n\": %d, \"predicted_ms\": %.3f, "
+            "\"predicted_per_token_ms\": %.3f, \"predicted_per_second\": %.2f}", pn, pms,
+            pn ? pms / pn : 0.0, pms > 0 ? pn * 1e3 / pms : 0.0, g->n_gen, gms,
+            g->n_gen ? gms / g->n_gen : 0.0, gms > 0 ? g->n_gen * 1e3 / gms : 0.0);
+}
+
+static void write_infill(server *sv, FILE *f, const srv_gen *g, const char *text, size_t len)
+{
+    const srv_engine *e = sv->e;
+    fputs("{\"content\": ", f);
+    srv_json_str(f, text, len);
+    fputs(", \"stop\": true, \"model\": ", f);
+    srv_json_str(f, e->name, strlen(e->name));
+    fprintf(f, ", \"tokens_predicted\": %d, \"tokens_evaluated\": %d, \"tokens_cached\": %d, "
+            "\"truncated\": false, \"stop_type\": \"%s\", ", g->n_gen, g->n_prompt, g->n_reused,
+            g->finish);
+    write_timings(f, g);
+    fputs(", ", f);
+    write_usage(f, g);
+    fputs("}\n", f);
+}
+
 static void write_whole(server *sv, FILE *f, const srv_request *r, const srv_gen *g,
                         const char *text, size_t len)
 {
     const srv_engine *e = sv->e;
     unsigned long long id = atomic_fetch_add(&sv->ids, 1);
     if (r->kind == SRV_INFILL) { /* llama.cpp's /infill answer */
-        fputs("{\"content\": ", f);
-        srv_json_str(f, text, len);
-        fputs(", \"stop\": true, \"model\": ", f);
-        srv_json_str(f, e->name, strlen(e->name));
-        fprintf(f, ", \"tokens_predicted\": %d, \"tokens_evaluated\": %d, \"stop_type\": \"%s\", ",
-                g->n_gen, g->n_prompt, g->finish);
-        write_usage(f, g);
-        fputs("}\n", f);
+        char *all = NULL;
+        size_t n = 0;
+        FILE *a = r->has_fields ? open_memstream(&all, &n) : f;
+        if (!a)
+            return;
+        write_infill(sv, a, g, text, len);
+        if (a != f) {
+            fclose(a);
+            srv_json_fields(f, all, n, r->fields, r->n_fields);
+            free(all);
+        }
         return;
     }
     int chat = r->kind == SRV_CHAT;
@@ -323,8 +374,9 @@ static void write_whole(server *sv, FILE *f, const srv_request *r, const srv_gen
 
 static void log_gen(const srv_gen *g)
 {
-    fprintf(stderr, "[codemoe] prompt %d tok, %.1f tok/s | generated %d tok, %.1f tok/s (%s)%s%s\n",
-            g->n_prompt, g->n_prompt / (g->t_prompt > 0 ? g->t_prompt : 1e-9), g->n_gen,
+    fprintf(stderr, "[codemoe] slot %d | prompt %d tok (%d cached), %.1f tok/s | generated %d tok, "
+            "%.1f tok/s (%s)%s%s\n", g->slot ? g->slot->id : -1, g->n_prompt, g->n_reused,
+            (g->n_prompt - g->n_reused) / (g->t_prompt > 0 ? g->t_prompt : 1e-9), g->n_gen,
             g->n_gen / (g->t_gen > 0 ? g->t_gen : 1e-9), g->finish, g->expert[0] ? " | expert " : "",
             g->expert);
 }
@@ -681,9 +733,10 @@ cm_status srv_serve(srv_engine *e, const srv_http_opts *o, cm_err *err)
                     strerror(errno));
     } else {
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-        fprintf(stderr, "[codemoe] listening on http://%s%s%s:%u (model %s, context %d, 1 slot%s)\n",
+        fprintf(stderr, "[codemoe] listening on http://%s%s%s:%u (model %s, context %d, %d slot%s%s)\n",
                 v6 ? "[" : "", o->host, v6 ? "]" : "", di ? di->port : (unsigned)o->port,
-                e->name, cm_ctx_n_ctx(e->ctx), o->api_key ? ", API key required" : "");
+                e->name, cm_ctx_n_ctx(e->ctx), e->n_slots, e->n_slots == 1 ? "" : "s",
+                o->api_key ? ", API key required" : "");
         MHD_socket ls = wait_for_signal(&sv, d, &set);
         MHD_stop_daemon(d);
         if (ls != MHD_INVALID_SOCKET)

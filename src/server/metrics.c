@@ -90,7 +90,7 @@ static void write_requests(const srv_metrics *m, FILE *f)
     }
 }
 
-void srv_metrics_write(srv_metrics *m, FILE *f, int slot_busy, int in_flight)
+void srv_metrics_write(srv_metrics *m, FILE *f, int slot_busy, int n_slots, int in_flight)
 {
     pthread_mutex_lock(&m->lock);
     write_requests(m, f);
@@ -115,12 +115,12 @@ void srv_metrics_write(srv_metrics *m, FILE *f, int slot_busy, int in_flight)
             "codemoe_slots_busy %d\n"
             "# HELP codemoe_slots Slots (sequences generated at once).\n"
             "# TYPE codemoe_slots gauge\n"
-            "codemoe_slots 1\n"
+            "codemoe_slots %d\n"
             "# HELP codemoe_requests_in_flight Requests being answered now.\n"
             "# TYPE codemoe_requests_in_flight gauge\n"
             "codemoe_requests_in_flight %d\n",
             (unsigned long long)m->prompt_tokens, (unsigned long long)m->generated_tokens,
             m->prompt_seconds, m->generation_seconds, (unsigned long long)m->cancelled,
-            slot_busy, in_flight);
+            slot_busy, n_slots, in_flight);
     pthread_mutex_unlock(&m->lock);
 }

@@ -33,6 +33,6 @@ void srv_metrics_tokens(srv_metrics *m, int prompt, int generated, double t_prom
                         double t_gen);
 /* A streamed generation ended early because its client went away. */
 void srv_metrics_cancelled(srv_metrics *m);
-void srv_metrics_write(srv_metrics *m, FILE *f, int slot_busy, int in_flight);
+void srv_metrics_write(srv_metrics *m, FILE *f, int slot_busy, int n_slots, int in_flight);
 
 #endif

@@ -161,6 +161,8 @@ static cm_status parse_generation(const json_doc *d, const json_node *o, srv_req
         s = parse_stops(d, o, r, err);
     if (!s)
         s = opt_str(d, o, "language", &r->language, err);
+    if (!s)
+        s = opt_bool(d, o, "cache_prompt", &r->cache_prompt, err);
     return s;
 }
 
@@ -292,6 +294,27 @@ static cm_status parse_extra(const json_doc *d, const json_node *o, srv_request 
     return s;
 }
 
+/* llama.cpp's response_fields: the answer holds only these (paths into it
+ * such as "timings/prompt_n" become flat keys). */
+static cm_status parse_fields(const json_doc *d, const json_node *o, srv_request *r, cm_err *err)
+{
+    const json_node *a = json_get_val(d, o, "response_fields");
+    const char *what = "an array of strings";
+    if (!a)
+        return CM_OK;
+    if (a->type != JSON_ARRAY)
+        return field_error(err, "response_fields", what);
+    if (a->n > SRV_MAX_FIELDS)
+        return cm_fail(err, CM_E_RANGE, "field 'response_fields': at most %d", SRV_MAX_FIELDS);
+    r->has_fields = 1;
+    for (const json_node *c = json_first(d, a); c; c = json_next(d, c)) {
+        if (c->type != JSON_STRING)
+            return field_error(err, "response_fields", what);
+        r->fields[r->n_fields++] = (srv_str){c->str, c->len};
+    }
+    return CM_OK;
+}
+
 static cm_status parse_infill(const json_doc *d, const json_node *o, srv_request *r, cm_err *err)
 {
     cm_status s = opt_str(d, o, "input_prefix", &r->prefix, err);
@@ -301,6 +324,8 @@ static cm_status parse_infill(const json_doc *d, const json_node *o, srv_request
         s = opt_str(d, o, "prompt", &r->prompt, err);
     if (!s)
         s = parse_extra(d, o, r, err);
+    if (!s)
+        s = parse_fields(d, o, r, err);
     return s;
 }
 
@@ -354,6 +379,7 @@ cm_status srv_parse_request(srv_kind kind, const char *body, size_t len,
     r->kind = kind;
     r->sp = *defaults;
     r->n_predict = default_n_predict;
+    r->cache_prompt = 1;
     if (len == 0)
         return cm_fail(err, CM_E_FORMAT, "the request has no body (a JSON object is expected)");
     cm_status s = json_parse(body, len, "the request body", &r->doc, err);
@@ -370,102 +396,14 @@ void srv_request_free(srv_request *r)
     memset(r, 0, sizeof *r);
 }
 
-/* ---- chat templates */
-
-/* Markers of the families people meet, to say which one was found. */
-static const struct {
-    const char *marker, *name;
-} families[] = {
-    {"<|start_header_id|>", "Llama 3"}, {"[INST]", "Llama 2 / Mistral / CodeLlama-Instruct"},
-    {"<start_of_turn>", "Gemma"}, {"<|user|>", "Zephyr / Phi-3"},
-    {"### Instruction", "DeepSeek-Coder"}, {"<\xef\xbd\x9cUser\xef\xbd\x9c>", "DeepSeek-V2/V3"},
-};
-
-static int contains(const char *s, size_t n, const char *what)
-{
-    size_t k = strlen(what);
-    for (size_t i = 0; i + k <= n; i++)
-        if (!memcmp(s + i, what, k))
-            return 1;
-    return 0;
-}
-
-cm_status srv_template_detect(const char *tmpl, size_t len, srv_template *out, cm_err *err)
-{
-    *out = SRV_TMPL_CHATML;
-    if (!tmpl || len == 0 || contains(tmpl, len, "<|im_start|>"))
-        return CM_OK;
-    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
-        if (contains(tmpl, len, families[i].marker))
-            return cm_fail(err, CM_E_UNSUPPORTED, "the model's chat template (%s) is not "
-                           "supported yet: only ChatML templates are rendered", families[i].name);
-    return cm_fail(err, CM_E_UNSUPPORTED, "the model's chat template is not one this server "
-                   "renders (only ChatML is supported yet)");
-}
-
-const char *srv_template_end(srv_template t)
-{
-    (void)t;
-    return "<|im_end|>";
-}
-
-/* ChatML: <|im_start|>role\ncontent<|im_end|>\n ... <|im_start|>assistant\n */
-cm_status srv_chat_render(const srv_request *r, srv_template t, srv_piece **pieces, int *n,
-                          cm_err *err)
-{
-    (void)t;
-    srv_piece *p = malloc(sizeof *p * ((size_t)r->n_msgs * 6 + 2));
-    int k = 0;
-    if (!p)
-        return cm_fail(err, CM_E_NOMEM, "out of memory");
-    for (int i = 0; i < r->n_msgs; i++) {
-        const srv_msg *m = &r->msgs[i];
-        p[k++] = (srv_piece){"<|im_start|>", 12, 1};
-        p[k++] = (srv_piece){m->role.p, m->role.len, 0};
-        p[k++] = (srv_piece){"\n", 1, 0};
-        p[k++] = (srv_piece){m->content.p, m->content.len, 0};
-        p[k++] = (srv_piece){"<|im_end|>", 10, 1};
-        p[k++] = (srv_piece){"\n", 1, 0};
-    }
-    p[k++] = (srv_piece){"<|im_start|>", 12, 1};
-    p[k++] = (srv_piece){"assistant\n", 10, 0};
-    *pieces = p, *n = k;
-    return CM_OK;
-}
-
 /* ---- output */
-
-/* Length of the valid UTF-8 character at s (n bytes left), 0 if invalid. */
-static size_t utf8_char(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0], cp, min;
-    size_t k;
-    if (c < 0x80)
-        return 1;
-    if ((c & 0xE0) == 0xC0)
-        k = 2, cp = c & 0x1F, min = 0x80;
-    else if ((c & 0xF0) == 0xE0)
-        k = 3, cp = c & 0x0F, min = 0x800;
-    else if ((c & 0xF8) == 0xF0)
-        k = 4, cp = c & 0x07, min = 0x10000;
-    else
-        return 0;
-    if (k > n)
-        return 0;
-    for (size_t i = 1; i < k; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3F);
-    }
-    return cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF) ? 0 : k;
-}
 
 void srv_json_str(FILE *f, const char *s, size_t n)
 {
     const unsigned char *u = (const unsigned char *)s;
     fputc('"', f);
     for (size_t i = 0; i < n;) {
-        size_t k = utf8_char(u + i, n - i);
+        size_t k = json_utf8_len(u + i, n - i);
         if (k == 0) {
             fputs("\\ufffd", f);
             i++;
@@ -484,4 +422,62 @@ void srv_json_str(FILE *f, const char *s, size_t n)
         }
     }
     fputc('"', f);
+}
+
+static void write_node(FILE *f, const json_doc *d, const json_node *n)
+{
+    switch (n->type) {
+    case JSON_NULL: fputs("null", f); return;
+    case JSON_FALSE: fputs("false", f); return;
+    case JSON_TRUE: fputs("true", f); return;
+    case JSON_STRING: srv_json_str(f, n->str, n->len); return;
+    case JSON_NUMBER:
+        if (n->is_int)
+            fprintf(f, "%lld", (long long)n->i);
+        else
+            fprintf(f, "%.17g", n->num);
+        return;
+    default: break;
+    }
+    int obj = n->type == JSON_OBJECT;
+    fputc(obj ? '{' : '[', f);
+    for (const json_node *c = json_first(d, n); c; c = json_next(d, c)) {
+        if (c != json_first(d, n))
+            fputs(", ", f);
+        if (obj)
+            srv_json_str(f, c->key, c->key_len), fputs(": ", f);
+        write_node(f, d, c);
+    }
+    fputc(obj ? '}' : ']', f);
+}
+
+void srv_json_fields(FILE *f, const char *json, size_t len, const srv_str *fields, int n)
+{
+    json_doc d;
+    cm_err err;
+    if (json_parse(json, len, "the answer", &d, &err)) {
+        fwrite(json, 1, len, f);
+        return;
+    }
+    fputc('{', f);
+    for (int i = 0, out = 0; i < n; i++) {
+        const json_node *v = json_root(&d);
+        char key[128];
+        const char *p = fields[i].p, *end = p + fields[i].len;
+        while (v && p < end) { /* "a/b": member b of member a */
+            const char *slash = memchr(p, '/', (size_t)(end - p));
+            size_t k = (size_t)((slash ? slash : end) - p);
+            snprintf(key, sizeof key, "%.*s", (int)(k < 127 ? k : 127), p);
+            v = k < 128 ? json_get(&d, v, key) : NULL;
+            p += k + (slash != NULL);
+        }
+        if (!v || fields[i].len == 0)
+            continue;
+        fputs(out++ ? ", " : "", f);
+        srv_json_str(f, fields[i].p, fields[i].len);
+        fputs(": ", f);
+        write_node(f, &d, v);
+    }
+    fputs("}\n", f);
+    json_free(&d);
 }

@@ -17,6 +17,7 @@
 #include "util/status.h"
 
 #define SRV_MAX_STOPS 16
+#define SRV_MAX_FIELDS 32
 #define SRV_MAX_MESSAGES 4096
 #define SRV_MAX_EXTRA 1024
 
@@ -61,6 +62,9 @@ typedef struct {
     /* generation */
     int n_predict;         /* -1: until end of text or a full context */
     int stream, include_usage, have_seed, add_special;
+    int cache_prompt;      /* reuse a slot's cached prefix (llama.cpp's field; default on) */
+    srv_str fields[SRV_MAX_FIELDS]; /* /infill's response_fields, when has_fields */
+    int n_fields, has_fields;
     cm_sampling_params sp;
     srv_str stops[SRV_MAX_STOPS];
     int n_stops;
@@ -87,14 +91,30 @@ typedef struct {
     int special;
 } srv_piece;
 
-typedef enum { SRV_TMPL_CHATML } srv_template;
+/* The chat formats rendered (chat.c), each as its family documents it. */
+typedef enum {
+    SRV_TMPL_CHATML,   /* <|im_start|>role\ncontent<|im_end|>\n (Qwen, Yi, ...) */
+    SRV_TMPL_LLAMA2,   /* [INST] <<SYS>>..<</SYS>> .. [/INST] (Llama 2, CodeLlama-Instruct) */
+    SRV_TMPL_LLAMA3,   /* <|start_header_id|>role<|end_header_id|>\n\n..<|eot_id|> */
+    SRV_TMPL_DEEPSEEK, /* ### Instruction:\n..\n### Response:\n (DeepSeek-Coder) */
+    SRV_TMPL_ZEPHYR,   /* <|role|>\ncontent</s>\n */
+    SRV_TMPL_GEMMA,    /* <start_of_turn>user\n..<end_of_turn>\n */
+    SRV_TMPL_COUNT
+} srv_template;
 
-/* Which template a GGUF's tokenizer.chat_template (NULL or empty: none) is:
- * CM_E_UNSUPPORTED, with a line naming what it looks like, for one this
- * step cannot render (only ChatML is known yet; no template means ChatML). */
+/* Which template a GGUF's tokenizer.chat_template (NULL or empty: none) is,
+ * by the markers each family's template carries; no template means ChatML.
+ * CM_E_UNSUPPORTED, with a line naming what it looks like, for one that
+ * cannot be rendered. */
 cm_status srv_template_detect(const char *tmpl, size_t len, srv_template *out, cm_err *err);
-/* The prompt of r's messages with an open assistant turn.  *pieces is
- * malloc'ed (the caller frees it); texts point into r and static strings. */
+/* A template by name (--chat-template): chatml, llama2, codellama, llama3,
+ * deepseek-coder, zephyr, gemma; CM_E_USAGE naming them otherwise. */
+cm_status srv_template_by_name(const char *name, srv_template *out, cm_err *err);
+const char *srv_template_name(srv_template t);
+/* The prompt of r's messages with an open assistant turn, without the BOS
+ * token the tokenizer puts first.  *pieces is malloc'ed (the caller frees
+ * it); texts point into r and static strings.  CM_E_RANGE for a role the
+ * template has no place for. */
 cm_status srv_chat_render(const srv_request *r, srv_template t, srv_piece **pieces, int *n,
                           cm_err *err);
 /* The marker that ends an assistant turn in template t ("<|im_end|>"). */
@@ -104,5 +124,9 @@ const char *srv_template_end(srv_template t);
  * characters escaped, and bytes that are not valid UTF-8 (a model may emit
  * half a character) as U+FFFD, so every response is valid JSON. */
 void srv_json_str(FILE *f, const char *s, size_t n);
+/* The members of the JSON object json named by fields (paths such as
+ * "timings/prompt_n" as flat keys, as llama.cpp's response_fields), as a
+ * JSON object; absent ones left out. */
+void srv_json_fields(FILE *f, const char *json, size_t len, const srv_str *fields, int n);
 
 #endif

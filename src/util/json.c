@@ -105,9 +105,7 @@ static size_t put_utf8(char *o, unsigned cp)
     return 4;
 }
 
-/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid:
- * no overlong forms, no encoded surrogates, nothing above U+10FFFF. */
-static size_t utf8_len(const unsigned char *s, size_t n)
+size_t json_utf8_len(const unsigned char *s, size_t n)
 {
     unsigned c = s[0];
     size_t k;
@@ -186,7 +184,7 @@ static cm_status parse_string(jparser *p, const char **out, size_t *out_len)
             o += k;
             continue;
         }
-        size_t k = utf8_len(p->s + p->pos, p->len - p->pos);
+        size_t k = json_utf8_len(p->s + p->pos, p->len - p->pos);
         if (!k)
             return jfail(p, "invalid UTF-8 in string");
         memcpy(o, p->s + p->pos, k);

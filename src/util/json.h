@@ -74,4 +74,8 @@ const char *json_get_str(const json_doc *d, const json_node *obj, const char *ke
  * characters escaped; other bytes (UTF-8) as they are. */
 void json_write_string(FILE *f, const char *s);
 
+/* Length of the valid UTF-8 sequence at s (at most n bytes), 0 if invalid:
+ * no overlong forms, no encoded surrogates, nothing above U+10FFFF. */
+size_t json_utf8_len(const unsigned char *s, size_t n);
+
 #endif

@@ -1,0 +1,184 @@
+/* test_multiseq.c - several sequences in one context (cm_ctx_new_multi,
+ * cm_eval_batch): each sequence's logits, its tokens batched with other
+ * sequences' (prompts and single generated tokens mixed, runs split across
+ * batches, sequences cut back with cm_ctx_seq_keep), equal its logits
+ * evaluated alone in a one-sequence context, on every backend that runs
+ * here, for a dense and a mixture-of-experts fixture model; cm_ctx_truncate
+ * continues a one-sequence context from a kept prefix as if evaluated anew. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/cpu/cpu.h"
+#include "engine/forward.h"
+#include "engine/model.h"
+#include "testlib.h"
+
+#define N_SEQ 3
+#define LEN 40
+
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double d = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        d = e > d || isnan(e) ? e : d;
+    }
+    return d;
+}
+
+/* Every sequence alone: all its logits, [LEN][n_vocab]. */
+static int alone(const cm_model *m, const cm_backend_ops *ops, int32_t ids[N_SEQ][LEN],
+                 float *out)
+{
+    const size_t V = (size_t)m->hp.n_vocab;
+    cm_err err;
+    cm_ctx *c;
+    if (cm_ctx_new_on(m, ops, 64, CM_KV_F32, 16, &c, &err))
+        return 0;
+    for (int s = 0; s < N_SEQ; s++) {
+        cm_ctx_reset(c);
+        CHECK(!cm_eval(c, ids[s], LEN, out + s * LEN * V, &err), "%s", err.msg);
+    }
+    /* kept prefix: positions 25.. evaluated again after keeping 25 */
+    float *again = malloc(LEN * V * sizeof(float));
+    cm_ctx_truncate(c, 25);
+    CHECK(cm_ctx_n_past(c) == 25);
+    CHECK(!cm_eval(c, ids[N_SEQ - 1] + 25, LEN - 25, again, &err), "%s", err.msg);
+    double d = max_diff(again, out + ((N_SEQ - 1) * LEN + 25) * V, (LEN - 25) * V);
+    CHECK(d < 1e-4, "%s: logits after cm_ctx_truncate differ by %g", ops->name, d);
+    free(again);
+    cm_ctx_free(c);
+    return 1;
+}
+
+/* The schedule: step k gives sequence s a chunk of tokens (prompt-sized
+ * chunks early, then one at a time), sequences joining at different steps. */
+static int chunk_of(int step, int s, int done)
+{
+    if (step < s || done >= LEN)
+        return 0;
+    int n = step == s ? 11 + 4 * s : 1;
+    return done + n > LEN ? LEN - done : n;
+}
+
+static void together(const cm_model *m, const cm_backend_ops *ops, int32_t ids[N_SEQ][LEN],
+                     const float *ref)
+{
+    const size_t V = (size_t)m->hp.n_vocab;
+    cm_err err;
+    cm_ctx *c;
+    if (cm_ctx_new_multi(m, ops, NULL, 64, CM_KV_F32, 8, N_SEQ, &c, &err)) {
+        CHECK(0, "%s: %s", ops->name, err.msg);
+        return;
+    }
+    int32_t bids[N_SEQ * LEN], bseq[N_SEQ * LEN];
+    uint8_t want[N_SEQ * LEN];
+    float *out = malloc(N_SEQ * LEN * V * sizeof(float));
+    int done[N_SEQ] = {0}, pos[N_SEQ * LEN];
+    double worst = 0;
+    for (int step = 0, any = 1; any; step++) {
+        int n = 0;
+        any = 0;
+        for (int s = N_SEQ - 1; s >= 0; s--) /* (not in sequence order) */
+            for (int k = chunk_of(step, s, done[s]); k > 0; k--, done[s]++, n++)
+                bids[n] = ids[s][done[s]], bseq[n] = s, want[n] = 1, pos[n] = done[s];
+        if (!n)
+            continue;
+        any = 1;
+        CHECK(!cm_eval_batch(c, bids, bseq, n, want, out, &err), "%s", err.msg);
+        for (int i = 0; i < n; i++) {
+            double d = max_diff(out + i * V, ref + (bseq[i] * LEN + pos[i]) * V, V);
+            worst = d > worst ? d : worst;
+        }
+    }
+    for (int s = 0; s < N_SEQ; s++)
+        CHECK(cm_ctx_seq_past(c, s) == LEN, "sequence %d holds %d", s, cm_ctx_seq_past(c, s));
+    /* sequence 1 cut back to 30 and continued beside sequence 0's fresh start */
+    cm_ctx_seq_keep(c, 1, 30);
+    cm_ctx_seq_keep(c, 0, 0);
+    int n = 0;
+    for (int i = 30; i < LEN; i++)
+        bids[n] = ids[1][i], bseq[n] = 1, want[n++] = i == LEN - 1;
+    for (int i = 0; i < 5; i++)
+        bids[n] = ids[0][i], bseq[n] = 0, want[n++] = i == 4;
+    CHECK(!cm_eval_batch(c, bids, bseq, n, want, out, &err), "%s", err.msg);
+    double d = max_diff(out, ref + (1 * LEN + LEN - 1) * V, V);
+    d = fmax(d, max_diff(out + V, ref + 4 * V, V));
+    worst = d > worst ? d : worst;
+    printf("%s: %d sequences together against alone: max |diff| %.2e\n", ops->name, N_SEQ,
+           worst);
+    CHECK(worst < 1e-4, "%s: logits of sequences together differ from alone by %g", ops->name,
+          worst);
+    /* overflowing a sequence, or naming one it lacks, changes nothing */
+    bseq[0] = N_SEQ;
+    CHECK(cm_eval_batch(c, bids, bseq, 1, NULL, NULL, &err) == CM_E_RANGE);
+    int32_t many[LEN * 2], one[LEN * 2];
+    for (int i = 0; i < LEN * 2; i++)
+        many[i] = ids[2][i % LEN], one[i] = 2;
+    CHECK(cm_eval_batch(c, many, one, 64 - LEN + 1, NULL, NULL, &err) == CM_E_RANGE);
+    CHECK(cm_ctx_seq_past(c, 2) == LEN);
+    CHECK(cm_eval(c, many, 1, NULL, &err) == CM_E_UNSUPPORTED);
+    cm_ctx_free(c);
+    /* one sequence (serve --parallel 1): a prompt, then tokens one by one */
+    if (cm_ctx_new_multi(m, ops, NULL, 64, CM_KV_F32, 8, 1, &c, &err)) {
+        CHECK(0, "%s: %s", ops->name, err.msg);
+        free(out);
+        return;
+    }
+    int32_t zero[LEN] = {0};
+    memset(want, 0, LEN);
+    want[19] = 1;
+    CHECK(!cm_eval_batch(c, ids[2], zero, 20, want, out, &err), "%s", err.msg);
+    d = max_diff(out, ref + (2 * LEN + 19) * V, V);
+    for (int i = 20; i < LEN; i++) {
+        CHECK(!cm_eval_batch(c, ids[2] + i, zero, 1, want + 19, out, &err), "%s", err.msg);
+        d = fmax(d, max_diff(out, ref + (2 * LEN + i) * V, V));
+    }
+    CHECK(d < 1e-4 && cm_ctx_seq_past(c, 0) == LEN, "%s: one sequence: %g", ops->name, d);
+    free(out);
+    cm_ctx_free(c);
+}
+
+static void test_file(const char *path)
+{
+    cm_model m;
+    cm_err err;
+    if (cm_model_load(path, &m, &err)) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
+    printf("%s\n", path);
+    int32_t ids[N_SEQ][LEN];
+    uint32_t r = 12345;
+    for (int s = 0; s < N_SEQ; s++)
+        for (int i = 0; i < LEN; i++)
+            r = r * 1664525u + 1013904223u, ids[s][i] = (int32_t)((r >> 8) % m.hp.n_vocab);
+    float *ref = malloc((size_t)N_SEQ * LEN * m.hp.n_vocab * sizeof(float));
+    const cm_backend_ops *ops;
+    for (size_t b = 0; ref && (ops = cm_backend_at(b)) && b < 16; b++) {
+        if (!alone(&m, ops, ids, ref)) {
+            printf("%s: cannot run here\n", ops->name);
+            continue;
+        }
+        together(&m, ops, ids, ref);
+    }
+    free(ref);
+    cm_model_free(&m);
+}
+
+int main(void)
+{
+    char msg[256], path[1024];
+    if (cm_cpu_init(msg, sizeof msg)) {
+        fprintf(stderr, "test error: %s\n", msg);
+        return 99;
+    }
+    const char *shared = tl_shared("fixtures/gguf/mixtral/mixtral-f32.gguf");
+    if (!shared)
+        tl_skip("fixture models not found (set CM_SHARED)");
+    test_file(tl_path(path, sizeof path, "%s/fixtures/gguf/llama/llama-f32.gguf", shared));
+    test_file(tl_path(path, sizeof path, "%s/fixtures/gguf/mixtral/mixtral-q4_0.gguf", shared));
+    return tl_finish("test_multiseq");
+}
