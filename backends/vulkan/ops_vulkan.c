@@ -133,16 +133,46 @@ static int same_tensor(const cm_tensor *a, const cm_tensor *b)
     return a->buf == b->buf && a->offs == b->offs && a->ne[0] == b->ne[0] && a->ne[1] == b->ne[1];
 }
 
-/* A small F32 weight (a norm's) in the weights' large buffer, bound from
- * the aligned offset at or below it to its end, which keeps the binding
- * within maxStorageBufferRange whatever the model's size: binding i's
- * offset and range set, its first float's index in the binding returned. */
-static uint32_t weight_binding(const vk_state *st, const cm_tensor *t, int i, VkDeviceSize *off,
+/* A weight (or bias) bound from the last multiple of st->align at or below
+ * it to its end (rounded up to a whole uint): the binding's offset and
+ * range, and the tensor's first halfword in it.  Binding the tensor, not
+ * the buffer, keeps the shaders' indices small and the range within
+ * maxStorageBufferRange whatever the size of the buffer holding it. */
+typedef struct {
+    vk_buf *b;
+    VkDeviceSize off, range;
+    uint32_t h;
+} vk_view;
+
+static vk_view view_of(vk_state *st, const cm_tensor *t)
+{
+    vk_view v = {vk_buf_of(t), 0, VK_WHOLE_SIZE, 0};
+    if (!v.b)
+        return v;
+    v.off = t->offs / st->align * st->align;
+    VkDeviceSize end = (t->offs + t->nbytes + 3) / 4 * 4;
+    end = end > v.b->size ? v.b->size : end;
+    v.range = end - v.off;
+    v.h = (uint32_t)((t->offs - v.off) / 2);
+    if (v.range > st->max_range || (t->offs & 1)) {
+        fprintf(stderr, "codemoe: vulkan: tensor %s (%.1f MiB at byte %llu) cannot be bound: "
+                "the device binds at most %.1f MiB (maxStorageBufferRange), from even offsets\n",
+                t->name ? t->name : "?", t->nbytes / 1048576.0, (unsigned long long)t->offs,
+                st->max_range / 1048576.0);
+        exit(1);
+    }
+    return v;
+}
+
+/* A small F32 weight (a norm's) bound as view_of binds the products'
+ * weights: binding i's offset and range set, its first float's index in
+ * the binding returned. */
+static uint32_t weight_binding(vk_state *st, const cm_tensor *t, int i, VkDeviceSize *off,
                                VkDeviceSize *range)
 {
-    off[i] = t->offs / st->align * st->align;
-    range[i] = (t->offs + t->nbytes + 3) / 4 * 4 - off[i];
-    return (uint32_t)((t->offs - off[i]) / 4);
+    const vk_view v = view_of(st, t);
+    off[i] = v.off, range[i] = v.range;
+    return v.h / 2;
 }
 
 #define WHOLE5 {VK_WHOLE_SIZE, VK_WHOLE_SIZE, VK_WHOLE_SIZE, VK_WHOLE_SIZE, VK_WHOLE_SIZE}
@@ -401,37 +431,6 @@ static int quantized(enum cm_type t)
 {
     const uint32_t c = type_code(t);
     return c == 10 ? 0 : c >= 7 ? 2 : c >= 2 ? 1 : 0;
-}
-
-/* A weight (or bias) bound from the last multiple of st->align at or below
- * it to its end (rounded up to a whole uint): the binding's offset and
- * range, and the tensor's first halfword in it.  Binding the tensor, not
- * the buffer, keeps the shaders' indices small and the range within
- * maxStorageBufferRange whatever the size of the buffer holding it. */
-typedef struct {
-    vk_buf *b;
-    VkDeviceSize off, range;
-    uint32_t h;
-} vk_view;
-
-static vk_view view_of(vk_state *st, const cm_tensor *t)
-{
-    vk_view v = {vk_buf_of(t), 0, VK_WHOLE_SIZE, 0};
-    if (!v.b)
-        return v;
-    v.off = t->offs / st->align * st->align;
-    VkDeviceSize end = (t->offs + t->nbytes + 3) / 4 * 4;
-    end = end > v.b->size ? v.b->size : end;
-    v.range = end - v.off;
-    v.h = (uint32_t)((t->offs - v.off) / 2);
-    if (v.range > st->max_range || (t->offs & 1)) {
-        fprintf(stderr, "codemoe: vulkan: tensor %s (%.1f MiB at byte %llu) cannot be bound: "
-                "the device binds at most %.1f MiB (maxStorageBufferRange), from even offsets\n",
-                t->name ? t->name : "?", t->nbytes / 1048576.0, (unsigned long long)t->offs,
-                st->max_range / 1048576.0);
-        exit(1);
-    }
-    return v;
 }
 
 /* Rows t0 .. t0 + n - 1 of x (cols floats) to q8_0/q8_1 blocks in st->xq;
