@@ -77,6 +77,26 @@ def write_folder(folder, cfg, tensors, tok_dir, meta):
         shutil.copyfile(os.path.join(tok_dir, fn), os.path.join(folder, fn))
 
 
+def write_moe(path, base, cfg, out, tok_dir):
+    """moe: the base's shared tensors with the token-level MoE's experts and routers (train.py moe),
+    as a MixtralForCausalLM folder."""
+    moe, meta = sio.load(path)
+    n, k = int(meta["experts"]), int(meta["top_k"])
+    for i in range(cfg["num_hidden_layers"]):
+        for j in range(n):
+            for w, src in (("w1", "gate_proj"), ("w2", "down_proj"), ("w3", "up_proj")):
+                t = moe.get("model.layers.%d.block_sparse_moe.experts.%d.%s.weight" % (i, j, w))
+                ref = base["model.layers.%d.mlp.%s.weight" % (i, src)]
+                if t is None or t.shape != ref.shape:
+                    raise SystemExit("%s: layer %d expert %d %s is missing or misshapen" % (path, i, j, w))
+    mcfg = dict(cfg, architectures=["MixtralForCausalLM"], model_type="mixtral", num_local_experts=n,
+                num_experts_per_tok=k, router_aux_loss_coef=0.01, output_router_logits=False)
+    tensors = {kk: t for kk, t in base.items() if not is_mlp(kk)}
+    tensors.update(moe)
+    write_folder(os.path.join(out, "moe"), mcfg, tensors, tok_dir, {"model": "moe"})
+    print("moe: base + %d experts (top %d) of %s" % (n, k, path))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dev", required=True, help="folder with base.safetensors and mlp_<name>.safetensors")
@@ -112,6 +132,9 @@ def main():
         tensors = {k: (mlp[k] if is_mlp(k) else t) for k, t in base.items()}
         write_folder(os.path.join(a.out, name), cfg, tensors, tok_dir, {"model": name})
         print("%s: base + MLP of %s" % (name, path))
+    moe_path = os.path.join(a.dev, "moe.safetensors")
+    if os.path.exists(moe_path):
+        write_moe(moe_path, base, cfg, a.out, tok_dir)
     experts = [n for n in LANGS if n in conts]
     if a.no_merge or len(experts) < 2:
         return

@@ -53,6 +53,8 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 LANGS = ("c", "cpp", "go", "java", "javascript", "python", "rust")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: only for the small local pipeline test
+EOT, FIM_PRE, FIM_MID, FIM_SUF = 0, 1, 2, 3  # StarCoder's <|endoftext|>, <fim_prefix>, <fim_middle>, <fim_suffix>
 T0 = time.time()
 LOG = None
 
@@ -63,6 +65,11 @@ def log(*a):
     if LOG:
         with open(LOG, "a") as f:
             f.write(s + "\n")
+
+
+def sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
 
 
 class Incomplete(Exception):
@@ -110,7 +117,12 @@ class Attention(nn.Module):
         if self.KV != self.H:  # Hugging Face's repeat_kv: kv head j serves q heads j*r .. j*r+r-1
             k = k.repeat_interleave(self.H // self.KV, dim=1)
             v = v.repeat_interleave(self.H // self.KV, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if hasattr(F, "scaled_dot_product_attention"):
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # torch < 2.0 (Debian's, for the CPU test)
+            a = (q @ k.transpose(-1, -2)) / math.sqrt(self.D)
+            a = a.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+            o = a.softmax(-1) @ v
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.H * self.D))
 
 
@@ -126,13 +138,48 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+class SparseMoE(nn.Module):
+    """Mixtral's block_sparse_moe: softmax router, top-k, weights renormalised over the k.  The experts
+    are small, so every expert runs on every token (three batched products) and the router's weights
+    (zero for the unchosen) mix them: faster on a GPU than gathering tokens per expert."""
+
+    def __init__(self, c):
+        super().__init__()
+        E, Fd, n = c["hidden_size"], c["intermediate_size"], c["num_local_experts"]
+        self.k = c["num_experts_per_tok"]
+        self.gate = nn.Linear(E, n, bias=False)
+        self.w1 = nn.Parameter(torch.empty(n, Fd, E))  # gate_proj of each expert
+        self.w3 = nn.Parameter(torch.empty(n, Fd, E))  # up_proj
+        self.w2 = nn.Parameter(torch.empty(n, E, Fd))  # down_proj
+
+    def forward(self, x):
+        shape, n = x.shape, self.w1.shape[0]
+        x = x.reshape(-1, shape[-1])
+        prob = self.gate(x).float().softmax(-1)
+        top_w, top_i = prob.topk(self.k, -1)
+        mix = torch.zeros_like(prob).scatter(-1, top_i, top_w / top_w.sum(-1, keepdim=True))
+        # Switch-style balance: n * sum_e (share of choices for e) * (mean router probability of e)
+        share = torch.zeros_like(prob).scatter(-1, top_i, 1.0).mean(0) / self.k
+        aux = n * (share * prob.mean(0)).sum()
+        h = F.silu(torch.einsum("te,nfe->ntf", x, self.w1)) * torch.einsum("te,nfe->ntf", x, self.w3)
+        y = torch.einsum("ntf,nef->nte", h, self.w2)
+        return (y * mix.t().to(y.dtype)[:, :, None]).sum(0).reshape(shape), aux
+
+
 class Layer(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.input_layernorm = RMSNorm(c["hidden_size"], c["rms_norm_eps"])
         self.self_attn = Attention(c)
         self.post_attention_layernorm = RMSNorm(c["hidden_size"], c["rms_norm_eps"])
-        self.mlp = MLP(c)
+        if c.get("num_local_experts"):
+            self.block_sparse_moe = SparseMoE(c)
+        else:
+            self.mlp = MLP(c)
+
+    def ffn(self, x):
+        """The feed-forward's output and its load-balancing loss (0 for a dense layer)."""
+        return self.block_sparse_moe(x) if hasattr(self, "block_sparse_moe") else (self.mlp(x), 0.0)
 
 
 class Inner(nn.Module):
@@ -160,23 +207,28 @@ class CodeLlama(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 continue
-            s = std / math.sqrt(2 * L) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+            s = std / math.sqrt(2 * L) if name.endswith(("o_proj.weight", "down_proj.weight", ".w2")) else std
             nn.init.normal_(p, 0.0, s)
 
     def forward(self, idx, targets=None):
         m = self.model
-        h = m.embed_tokens(idx)
+        h, aux = m.embed_tokens(idx), 0.0
         for layer in m.layers:
             h = h + layer.self_attn(layer.input_layernorm(h), self.cos, self.sin)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            f, a = layer.ffn(layer.post_attention_layernorm(h))
+            h, aux = h + f, aux + a
         logits = F.linear(m.norm(h), m.embed_tokens.weight)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        if self.c.get("num_local_experts"):
+            loss = loss + self.c.get("router_aux_loss_coef", 0.01) * aux / len(m.layers)
+        return loss
 
 
 def is_mlp(name):
-    return ".mlp." in name
+    """The feed-forward tensors: what continuations train (the MoE's experts and router too)."""
+    return ".mlp." in name or ".block_sparse_moe." in name
 
 
 # ------------------------------------------------------------------ weights in and out
@@ -254,12 +306,66 @@ class Data:
     def n_tokens(self):
         return int(self.lens.sum())
 
-    def batch(self, g, B, T):
+    def batch(self, g, B, T, fim_rate=0.0):
         li = torch.randint(0, len(self.langs), (B,), generator=g, device=self.device)
         span = (self.lens[li] - T - 1).clamp(min=1)
         off = self.starts[li] + (torch.rand(B, generator=g, device=self.device) * span).long()
         w = self.tok[off[:, None] + torch.arange(T + 1, device=self.device)].long()
+        if fim_rate > 0:
+            w = fim_permute(w, g, fim_rate)[0]
         return w[:, :-1], w[:, 1:]
+
+
+def fim_permute(w, g, rate):
+    """Fill-in-the-middle training rows, as StarCoder/SantaCoder made them, on a whole batch at once.
+
+    w: (B, N) windows of the token streams.  A `rate` share of the rows is rearranged, half of those
+    as prefix-suffix-middle  <fim_prefix> P <fim_suffix> S <fim_middle> M
+    and half as suffix-prefix-middle  <fim_prefix> <fim_suffix> S <fim_middle> P M,
+    where P M S is the window's first document (up to its <|endoftext|>, which then follows the
+    middle, so the model learns to end an infill) cut at two uniform points.  Such a row is made from
+    its first N-3 tokens plus the three sentinels, so every row stays N long; the others are
+    unchanged.  Returns (rows, mode, a, b, e): mode 0 plain, 1 PSM, 2 SPM; cuts a <= b <= e."""
+    B, N = w.shape
+    L, dev = N - 3, w.device
+    eot = w[:, 1:L] == EOT
+    e = torch.where(eot.any(1), eot.float().argmax(1) + 1, torch.full((B,), L, device=dev, dtype=torch.long))
+    r = torch.rand(B, 4, generator=g, device=dev)
+    cut = torch.minimum((r[:, :2] * (e[:, None] + 1).float()).long(), e[:, None])
+    a, b = cut.min(1).values, cut.max(1).values
+    mode = torch.where(r[:, 2] < rate, torch.where(r[:, 3] < 0.5, 1, 2), 0)
+    p = torch.arange(N, device=dev)[None, :]
+    a, b, e = a[:, None], b[:, None], e[:, None]
+    s = e - b  # the suffix's length; negative source indices stand for the sentinels
+    psm = torch.where(p == 0, -1, torch.where(p <= a, p - 1, torch.where(p == a + 1, -3, torch.where(
+        p <= a + 1 + s, b + p - a - 2, torch.where(p == a + 2 + s, -2, torch.where(p <= e + 2, p - 3 - s, p - 3))))))
+    spm = torch.where(p == 0, -1, torch.where(p == 1, -3, torch.where(p <= 1 + s, b + p - 2, torch.where(
+        p == 2 + s, -2, torch.where(p <= e + 2, p - 3 - s, p - 3)))))
+    m = mode[:, None]
+    idx = torch.where(m == 0, p.expand(B, N), torch.where(m == 1, psm, spm))
+    out = w.gather(1, idx.clamp(min=0))
+    for code, tok in ((-1, FIM_PRE), (-2, FIM_MID), (-3, FIM_SUF)):
+        out = torch.where(idx == code, torch.full_like(out, tok), out)
+    return out, mode, a[:, 0], b[:, 0], e[:, 0]
+
+
+def fim_check(w, out, mode, a, b, e):
+    """The rearranged rows hold exactly their window's tokens: prefix + middle + suffix == document."""
+    for i in range(w.shape[0]):
+        row, src, ai, bi, ei = out[i].tolist(), w[i].tolist(), int(a[i]), int(b[i]), int(e[i])
+        si = ei - bi
+        if mode[i] == 0:
+            assert row == src
+            continue
+        if mode[i] == 1:
+            pre, suf, mid = row[1:ai + 1], row[ai + 2:ai + 2 + si], row[ai + 3 + si:ei + 3]
+            assert row[0] == FIM_PRE and row[ai + 1] == FIM_SUF and row[ai + 2 + si] == FIM_MID
+        else:
+            suf, pm = row[2:2 + si], row[3 + si:ei + 3]
+            pre, mid = pm[:ai], pm[ai:]
+            assert row[:2] == [FIM_PRE, FIM_SUF] and row[2 + si] == FIM_MID
+        assert pre + mid + suf == src[:ei], i
+        assert row[ei + 3:] == src[ei:len(src) - 3], i
 
 
 @torch.no_grad()
@@ -273,7 +379,7 @@ def evaluate(model, valid, T=512, max_windows=128, bs=32):
         y = s[1:n * T + 1].view(n, T).long()
         tot = 0.0
         for i in range(0, n, bs):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(DEV, dtype=torch.bfloat16):
                 logits = model(x[i:i + bs])
             tot += F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y[i:i + bs].reshape(-1),
                                    reduction="sum").item()
@@ -305,10 +411,11 @@ def train_phase(model, data, a, name, trainable, steps, seconds, peak, warmup, b
     groups = [{"params": decay, "weight_decay": a.wd}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=peak, betas=(0.9, 0.95), eps=1e-8, fused=True)
+    fused = {"fused": True} if DEV == "cuda" else {}
+    opt = torch.optim.AdamW(groups, lr=peak, betas=(0.9, 0.95), eps=1e-8, **fused)
     total, step0 = steps, 0
     if a.resume and os.path.exists(ckpt):
-        st = torch.load(ckpt, map_location="cuda", weights_only=False)
+        st = torch.load(ckpt, map_location=DEV, weights_only=False)
         if st["phase"] != name:
             raise ValueError("%s holds phase %s, not %s" % (ckpt, st["phase"], name))
         model.load_state_dict(st["model"])
@@ -326,7 +433,7 @@ def train_phase(model, data, a, name, trainable, steps, seconds, peak, warmup, b
             fwd = torch.compile(model)
         except Exception as e:  # noqa: BLE001
             log("torch.compile unavailable (%s); eager" % e)
-    g = torch.Generator(device="cuda")
+    g = torch.Generator(device=DEV)
     model.train()
     t_start, t_meas, s_meas = time.time(), None, None
     losses, step = [], step0
@@ -341,21 +448,21 @@ def train_phase(model, data, a, name, trainable, steps, seconds, peak, warmup, b
         for gr in opt.param_groups:
             gr["lr"] = lr
         g.manual_seed(a.seed * 1000003 + step * 7919 + zlib.crc32(name.encode()) % 9973)
-        x, y = data.batch(g, batch, a.ctx)
+        x, y = data.batch(g, batch, a.ctx, a.fim_rate)
         if step == step0 and fwd is not model:
             try:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+                with torch.autocast(DEV, dtype=torch.bfloat16):
                     loss = fwd(x, y)
                 loss.backward()
             except Exception as e:  # noqa: BLE001
                 log("torch.compile failed (%s); eager" % (str(e).splitlines() or [""])[0][:200])
                 fwd = model
                 opt.zero_grad(set_to_none=True)
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+                with torch.autocast(DEV, dtype=torch.bfloat16):
                     loss = fwd(x, y)
                 loss.backward()
         else:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(DEV, dtype=torch.bfloat16):
                 loss = fwd(x, y)
             loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in params], a.clip)
@@ -364,10 +471,10 @@ def train_phase(model, data, a, name, trainable, steps, seconds, peak, warmup, b
         step += 1
         losses.append(loss.detach())
         if step - step0 == 10:
-            torch.cuda.synchronize()
+            sync()
             t_meas, s_meas = time.time(), step
         if seconds and t_meas and step - step0 == 40:
-            torch.cuda.synchronize()
+            sync()
             rate = (step - s_meas) / (time.time() - t_meas)
             total = min(total, step + int(rate * (seconds - (time.time() - t_start))))
             log("%s: %.2f steps/s, %.0f tokens/s: schedule set to %d steps (%.1fM tokens)"
@@ -386,7 +493,7 @@ def train_phase(model, data, a, name, trainable, steps, seconds, peak, warmup, b
             save_ckpt(step)
             raise Incomplete("%s: deadline reached at step %d of %d; saved %s (run again with --resume)"
                              % (name, step, total, ckpt))
-    torch.cuda.synchronize()
+    sync()
     el = time.time() - t_start
     for _, p in params:
         p.requires_grad_(False)
@@ -419,8 +526,8 @@ def phase_base(a, cfg, valid):
         log("base: %s exists; skipped" % path)
         return
     torch.manual_seed(a.seed)
-    model = CodeLlama(cfg).cuda()
-    data = Data(a.data, LANGS, "train", "cuda", a.max_train_tokens)
+    model = CodeLlama(cfg).to(DEV)
+    data = Data(a.data, LANGS, "train", DEV, a.max_train_tokens)
     st = train_phase(model, data, a, "base", lambda n: True, a.steps, a.seconds, a.lr, a.warmup, a.batch,
                      os.path.join(a.out, "ckpt_base.pt"), a.deadline_t, a.compile)
     round_to_f16(model)
@@ -432,7 +539,7 @@ def phase_base(a, cfg, valid):
 
 
 def phase_cont(a, cfg, valid):
-    model = CodeLlama(cfg).cuda()
+    model = CodeLlama(cfg).to(DEV)
     load_weights(model, a.init)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     ev0 = evaluate(model, valid, a.ctx, a.eval_windows)
@@ -447,7 +554,7 @@ def phase_cont(a, cfg, valid):
         if name != "baseline" and name not in LANGS:
             raise ValueError("unknown continuation %r (baseline or one of %s)" % (name, ",".join(LANGS)))
         model.load_state_dict(base)
-        data = Data(a.data, langs, "train", "cuda", a.max_train_tokens)
+        data = Data(a.data, langs, "train", DEV, a.max_train_tokens)
         st = train_phase(model, data, a, "cont_" + name, is_mlp, a.steps, 0, a.lr, a.warmup, a.batch,
                          os.path.join(a.out, "ckpt_cont_%s.pt" % name), a.deadline_t, a.compile)
         round_to_f16(model)
@@ -461,7 +568,89 @@ def phase_cont(a, cfg, valid):
         log("cont %s: saved %s; valid ppl %s" % (name, path, fmt_ppl(st["eval"])))
         results_update(a.out, "cont_" + name, st)
         del data
-        torch.cuda.empty_cache()
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+
+
+def moe_config(cfg, a):
+    return dict(cfg, architectures=["MixtralForCausalLM"], model_type="mixtral", num_local_experts=a.experts,
+                num_experts_per_tok=a.top_k, router_aux_loss_coef=a.aux_coef, output_router_logits=False)
+
+
+def load_upcycled(model, path):
+    """The experts and routers `codemoe upcycle` wrote (F32/F16 GGUF, llama.cpp's stacked layout:
+    ffn_gate_exps is (experts, ff, hidden) in numpy order, what SparseMoE.w1 holds)."""
+    import gguf_read
+    meta, tensors = gguf_read.read(path)
+    names = {"ffn_gate_inp": "gate.weight", "ffn_gate_exps": "w1", "ffn_up_exps": "w3", "ffn_down_exps": "w2"}
+    sd, n = model.state_dict(), 0
+    with torch.no_grad():
+        for i in range(len(model.model.layers)):
+            for g, t in names.items():
+                key = "model.layers.%d.block_sparse_moe.%s" % (i, t)
+                typ, shape, raw = tensors["blk.%d.%s.weight" % (i, g)]
+                v = torch.frombuffer(bytearray(raw), dtype=torch.float32 if typ == 0 else torch.float16)
+                if tuple(sd[key].shape) != shape:
+                    raise ValueError("%s: %s is %s, the model wants %s" % (path, g, shape, tuple(sd[key].shape)))
+                sd[key].copy_(v.view(shape).float())
+                n += 1
+    return meta, n
+
+
+def moe_export(model):
+    """The MoE tensors under Hugging Face's MixtralForCausalLM names (f16)."""
+    out = {}
+    for i, layer in enumerate(model.model.layers):
+        moe, pre = layer.block_sparse_moe, "model.layers.%d.block_sparse_moe." % i
+        out[pre + "gate.weight"] = to_st(moe.gate.weight)
+        for j in range(moe.w1.shape[0]):
+            for w in ("w1", "w2", "w3"):
+                out[pre + "experts.%d.%s.weight" % (j, w)] = to_st(getattr(moe, w)[j])
+    return out
+
+
+def phase_moe(a, cfg, valid):
+    """A token-level MoE from the base: `codemoe upcycle`'s experts and router (--upcycled), the base's
+    other tensors (--init), then the experts and routers trained on all languages, the rest frozen."""
+    path = os.path.join(a.out, "moe.safetensors")
+    if os.path.exists(path) and not a.force:
+        log("moe: %s exists; skipped" % path)
+        return
+    dense = CodeLlama(cfg).to(DEV)
+    load_weights(dense, a.init)
+    mcfg = moe_config(cfg, a)
+    model = CodeLlama(mcfg).to(DEV)
+    load_weights(model, a.init, only=lambda k: not is_mlp(k))
+    meta, n = load_upcycled(model, a.upcycled)
+    if meta.get("llama.expert_count") != a.experts or meta.get("llama.expert_used_count") != a.top_k:
+        raise ValueError("%s has %s experts, %s used; asked for %d, %d" % (
+            a.upcycled, meta.get("llama.expert_count"), meta.get("llama.expert_used_count"), a.experts, a.top_k))
+    dense.eval(), model.eval()
+    x = valid.per_lang["python"][:256].long()[None]
+    with torch.no_grad():
+        ld, lm = dense(x).float(), model(x).float()
+    d = (ld - lm).abs().max().item()
+    log("moe: %s (%d tensors): upcycled vs dense max logit difference %.3g (logits up to %.3g)"
+        % (a.upcycled, n, d, ld.abs().max().item()))
+    if not d <= 1e-3 * ld.abs().max().item():
+        raise AssertionError("the upcycled MoE does not compute the dense function")
+    del dense
+    model.train()
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if not is_mlp(k)}
+    data = Data(a.data, LANGS, "train", DEV, a.max_train_tokens)
+    st = train_phase(model, data, a, "moe", is_mlp, a.steps, 0, a.lr, a.warmup, a.batch,
+                     os.path.join(a.out, "ckpt_moe.pt"), a.deadline_t, a.compile)
+    round_to_f16(model)
+    sd = model.state_dict()
+    for k, v in frozen.items():
+        if not torch.equal(sd[k], v):
+            raise AssertionError("moe changed frozen tensor %s" % k)
+    sio.save(path, moe_export(model), {"format": "pt", "phase": "moe", "steps": str(st["steps"]),
+                                       "experts": str(a.experts), "top_k": str(a.top_k)})
+    st["eval"] = evaluate(model, valid, a.ctx, a.eval_windows)
+    st["experts"], st["top_k"] = a.experts, a.top_k
+    log("moe: saved %s; valid ppl %s" % (path, fmt_ppl(st["eval"])))
+    results_update(a.out, "moe", st)
 
 
 def hf_check(cfg, folder):
@@ -474,7 +663,7 @@ def hf_check(cfg, folder):
         log("smoke: transformers check skipped (%s)" % e)
         return
     torch.manual_seed(5)
-    m = CodeLlama(cfg).cuda()
+    m = CodeLlama(cfg).to(DEV)
     with torch.no_grad():
         for n, p in m.named_parameters():
             if n.endswith("norm.weight"):
@@ -491,8 +680,8 @@ def hf_check(cfg, folder):
             hf = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32)
         except TypeError:
             hf = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
-        hf = hf.cuda().eval()
-        x = torch.randint(0, cfg["vocab_size"], (2, 300), device="cuda")
+        hf = hf.to(DEV).eval()
+        x = torch.randint(0, cfg["vocab_size"], (2, 300), device=DEV)
         with torch.no_grad():
             ours = m(x)
             theirs = hf(x).logits.float()
@@ -519,8 +708,8 @@ def phase_smoke(a, cfg, valid):
     b = copy.copy(a)
     b.batch, b.log_every, b.ckpt_every, b.compile, b.warmup, b.resume = 4, 2, 0, False, 2, False
     torch.manual_seed(a.seed)
-    model = CodeLlama(cfg).cuda()
-    data = Data(a.data, LANGS, "train", "cuda", 200000)
+    model = CodeLlama(cfg).to(DEV)
+    data = Data(a.data, LANGS, "train", DEV, 200000)
     init = copy.deepcopy(model.state_dict())
     train_phase(model, data, b, "smoke", lambda n: True, 6, 0, 1e-3, 2, 4, os.path.join(out, "ck.pt"), 0, False)
     ref = copy.deepcopy(model.state_dict())
@@ -532,7 +721,7 @@ def phase_smoke(a, cfg, valid):
         raise AssertionError("the deadline did not stop the run")
     except Incomplete as e:
         log("smoke: %s" % e)
-    model2 = CodeLlama(cfg).cuda()
+    model2 = CodeLlama(cfg).to(DEV)
     b.resume = True
     train_phase(model2, data, b, "smoke", lambda n: True, 6, 0, 1e-3, 2, 4, os.path.join(out, "ck.pt"), 0,
                 False)
@@ -547,7 +736,7 @@ def phase_smoke(a, cfg, valid):
     folder = os.path.join(out, "hf")
     write_hf_config(cfg, folder)
     save_weights(model2, os.path.join(folder, "model.safetensors"))
-    m3 = CodeLlama(cfg).cuda()
+    m3 = CodeLlama(cfg).to(DEV)
     load_weights(m3, os.path.join(folder, "model.safetensors"))
     x = valid.per_lang["c"][:256].long()[None]
     with torch.no_grad():
@@ -557,7 +746,7 @@ def phase_smoke(a, cfg, valid):
     hf_check(cfg, os.path.join(out, "hf_check"))
     # a continuation: only MLP weights move
     before = {k: v.clone() for k, v in model2.state_dict().items()}
-    dc = Data(a.data, ("python",), "train", "cuda", 100000)
+    dc = Data(a.data, ("python",), "train", DEV, 100000)
     b.resume = False
     train_phase(model2, dc, b, "smoke_cont", is_mlp, 3, 0, 1e-3, 1, 4, os.path.join(out, "ck2.pt"), 0, False)
     after = model2.state_dict()
@@ -566,17 +755,41 @@ def phase_smoke(a, cfg, valid):
     save_weights(model2, os.path.join(out, "mlp.safetensors"), only=is_mlp)
     ev = evaluate(model2, valid, a.ctx, 4)
     log("smoke: %d MLP tensors moved, nothing else; eval %s" % (len(moved), fmt_ppl(ev)))
+    g = torch.Generator(device=DEV)
+    g.manual_seed(7)
+    w = data.batch(g, 64, 128)[0]
+    out, mode, fa, fb, fe = fim_permute(w, g, 0.5)
+    fim_check(w, out, mode, fa, fb, fe)
+    log("smoke: fill-in-the-middle rows: %d plain, %d PSM, %d SPM, each holding its window's tokens"
+        % tuple(int((mode == i).sum()) for i in range(3)))
+    # identical experts with renormalised top-k weights compute the dense feed-forward
+    mc = dict(cfg, num_local_experts=4, num_experts_per_tok=2)
+    moe, mlp = SparseMoE(mc).to(DEV), model2.model.layers[0].mlp
+    with torch.no_grad():
+        moe.gate.weight.normal_(0, 0.02)
+        for w_, src in (("w1", mlp.gate_proj), ("w3", mlp.up_proj), ("w2", mlp.down_proj)):
+            getattr(moe, w_).copy_(src.weight[None].expand_as(getattr(moe, w_)))
+        xx = torch.randn(3, 5, cfg["hidden_size"], device=DEV)
+        d = (moe(xx)[0] - mlp(xx)).abs().max().item()
+    log("smoke: MoE of identical experts vs the dense MLP: max difference %.3g" % d)
+    assert d < 1e-4
     log("smoke: OK")
 
 
 def main():
     global LOG
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=("smoke", "base", "cont"))
+    p.add_argument("phase", choices=("smoke", "base", "cont", "moe"))
     p.add_argument("--data", required=True, help="folder of <lang>.<split>.u16.xz")
     p.add_argument("--out", required=True)
     p.add_argument("--config", default=os.path.join(HERE, "model_config.json"))
-    p.add_argument("--init", help="cont: the base weights (safetensors)")
+    p.add_argument("--init", help="cont, moe: the base weights (safetensors)")
+    p.add_argument("--upcycled", help="moe: `codemoe upcycle`'s GGUF of the base (F32/F16)")
+    p.add_argument("--experts", type=int, default=8, help="moe: experts per layer")
+    p.add_argument("--top-k", type=int, default=2, help="moe: experts per token")
+    p.add_argument("--aux-coef", type=float, default=0.01, help="moe: load-balancing loss weight")
+    p.add_argument("--fim-rate", type=float, default=0.5,
+                   help="share of training rows rearranged for fill-in-the-middle (0: none)")
     p.add_argument("--names", default="baseline," + ",".join(LANGS), help="cont: continuations to train")
     p.add_argument("--steps", type=int, help="steps (base default 20000, capped by --seconds; cont 400)")
     p.add_argument("--seconds", type=float, default=0, help="base: fit the schedule into this many seconds")
@@ -600,11 +813,13 @@ def main():
     a = p.parse_args()
     base_defaults = {"steps": 20000, "batch": 128, "lr": 2e-3, "warmup": 200}
     cont_defaults = {"steps": 400, "batch": 64, "lr": 6e-4, "warmup": 40}
-    for k, v in (cont_defaults if a.phase == "cont" else base_defaults).items():
+    for k, v in (cont_defaults if a.phase in ("cont", "moe") else base_defaults).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
-    if a.phase == "cont" and not a.init:
-        p.error("cont needs --init")
+    if a.phase in ("cont", "moe") and not a.init:
+        p.error("%s needs --init" % a.phase)
+    if a.phase == "moe" and not a.upcycled:
+        p.error("moe needs --upcycled")
     a.deadline_t = a.deadline_at or (T0 + a.deadline if a.deadline else 0)
     os.makedirs(a.out, exist_ok=True)
     LOG = os.path.join(a.out, "train.log")
@@ -612,12 +827,12 @@ def main():
         cfg = json.load(f)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    log("train.py %s: torch %s, %s, args %s" % (a.phase, torch.__version__, torch.cuda.get_device_name(0),
+    log("train.py %s: torch %s, %s, args %s" % (a.phase, torch.__version__, torch.cuda.get_device_name(0) if DEV == "cuda" else "CPU",
                                                 {k: v for k, v in vars(a).items() if k != "deadline_t"}))
-    valid = Data(a.data, LANGS, "valid", "cuda")
+    valid = Data(a.data, LANGS, "valid", DEV)
     t = time.time()
     try:
-        {"smoke": phase_smoke, "base": phase_base, "cont": phase_cont}[a.phase](a, cfg, valid)
+        {"smoke": phase_smoke, "base": phase_base, "cont": phase_cont, "moe": phase_moe}[a.phase](a, cfg, valid)
     except Incomplete as e:
         log(str(e))
         sys.exit(3)

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""fim_eval.py - fill-in-the-middle exact match of a model, through `codemoe run --infill`.
+
+    python3 train/fim_eval.py --codemoe ./codemoe -m MODEL.gguf --corpus ../shared/corpus \
+        [--langs c,cpp,...] [-n 50] [--jobs 8] [--json OUT.json]
+
+For each language, the first -n files of the corpus valid split (held out
+from training) that have at least 8 lines: one line is masked (chosen with a
+fixed seed among the lines with at least 8 non-blank characters, not in the
+first or last 3), the model gets up to 40 lines before it as the prefix and up
+to 20 lines after it as the suffix, and generates (greedy, at most 64 tokens).
+A sample is an exact match when the generated text's first line equals the
+masked line (trailing whitespace ignored).  Prints one line per language and
+writes the counts and a few samples as JSON.
+"""
+import argparse
+import concurrent.futures as cf
+import json
+import lzma
+import os
+import random
+import subprocess
+import sys
+import tempfile
+
+LANGS = ("c", "cpp", "go", "java", "javascript", "python", "rust")
+
+
+def samples(corpus, lang, n, seed):
+    out = []
+    with lzma.open(os.path.join(corpus, lang, "valid.jsonl.xz"), "rt", encoding="utf-8") as f:
+        for line in f:
+            text = json.loads(line)["content"]
+            lines = text.split("\n")
+            cand = [i for i in range(3, len(lines) - 3) if len(lines[i].strip()) >= 8]
+            if len(lines) < 8 or not cand:
+                continue
+            i = random.Random("%s:%d:%s" % (lang, seed, len(out))).choice(cand)
+            prefix = "\n".join(lines[max(0, i - 40):i]) + "\n"
+            suffix = "\n".join(lines[i + 1:i + 21])
+            out.append({"lang": lang, "line": lines[i], "prefix": prefix, "suffix": suffix})
+            if len(out) == n:
+                break
+    return out
+
+
+def run_one(a, s, tmp):
+    fd, pf = tempfile.mkstemp(dir=tmp)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(s["prefix"])
+    fd, sf = tempfile.mkstemp(dir=tmp)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(s["suffix"])
+    cmd = [a.codemoe, "run", "-m", a.model, "--infill", "--prefix-file", pf, "--suffix-file", sf,
+           "-n", "64", "--temp", "0", "-t", "1"]
+    r = subprocess.run(cmd, capture_output=True, timeout=300)
+    os.unlink(pf), os.unlink(sf)
+    if r.returncode != 0:
+        raise RuntimeError("%s: %s" % (" ".join(cmd), r.stderr.decode(errors="replace").strip()[-300:]))
+    got = r.stdout.decode("utf-8", errors="replace")
+    first = got.split("\n", 1)[0]
+    return dict(s, generated=got, exact=first.rstrip() == s["line"].rstrip())
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--codemoe", default="./codemoe")
+    p.add_argument("-m", "--model", required=True)
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--langs", default=",".join(LANGS))
+    p.add_argument("-n", type=int, default=50, help="files per language")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--json", help="write the results here")
+    a = p.parse_args()
+    work = [s for lang in a.langs.split(",") for s in samples(a.corpus, lang, a.n, a.seed)]
+    with tempfile.TemporaryDirectory() as tmp, cf.ThreadPoolExecutor(a.jobs) as ex:
+        res = list(ex.map(lambda s: run_one(a, s, tmp), work))
+    summary = {}
+    for lang in a.langs.split(","):
+        r = [x for x in res if x["lang"] == lang]
+        summary[lang] = {"files": len(r), "exact": sum(x["exact"] for x in r)}
+        print("%-10s %3d/%3d exact (%.1f %%)" % (lang, summary[lang]["exact"], len(r),
+                                                 100.0 * summary[lang]["exact"] / max(1, len(r))))
+    tot = sum(v["exact"] for v in summary.values()), sum(v["files"] for v in summary.values())
+    print("%-10s %3d/%3d exact (%.1f %%)" % ("all", tot[0], tot[1], 100.0 * tot[0] / max(1, tot[1])))
+    if a.json:
+        shown = [{k: x[k] for k in ("lang", "line", "generated", "exact")} for x in res[::max(1, len(res) // 14)]]
+        with open(a.json + ".tmp", "w") as f:
+            json.dump({"model": a.model, "n": a.n, "seed": a.seed, "summary": summary, "all": list(tot),
+                       "samples": shown}, f, indent=1)
+        os.replace(a.json + ".tmp", a.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
