@@ -22,6 +22,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import assemble  # noqa: E402
+import gguf_read  # noqa: E402
 import make_tokenizer  # noqa: E402
 import safetensors_io as sio  # noqa: E402
 
@@ -102,6 +103,15 @@ def fake_dev(dev, cfg):
     for name in ("baseline", "c", "python", "rust"):
         mlp = {k: rnd(t.shape) for k, t in T.items() if ".mlp." in k}
         sio.save(os.path.join(dev, "mlp_%s.safetensors" % name), mlp)
+    moe = {}
+    for i in range(L):
+        p = "model.layers.%d.block_sparse_moe." % i
+        moe[p + "gate.weight"] = rnd((2, E))
+        for j in range(2):
+            moe[p + "experts.%d.w1.weight" % j] = rnd((Fd, E))
+            moe[p + "experts.%d.w2.weight" % j] = rnd((E, Fd))
+            moe[p + "experts.%d.w3.weight" % j] = rnd((Fd, E))
+    sio.save(os.path.join(dev, "moe.safetensors"), moe, {"experts": "2", "top_k": "1"})
 
 
 def test_pipeline(codemoe, vocab, corpus):
@@ -118,7 +128,7 @@ def test_pipeline(codemoe, vocab, corpus):
     run([sys.executable, os.path.join(HERE, "assemble.py"), "--dev", dev, "--out", out, "--vocab", vocab,
          "--config", cfg_path])
     names = sorted(n for n in os.listdir(out) if not n.startswith("_"))
-    check(names == sorted(["base", "baseline", "c", "python", "rust", "merged_avg", "merged_ties"]),
+    check(names == sorted(["base", "baseline", "c", "python", "rust", "merged_avg", "merged_ties", "moe"]),
           "assemble: folders %s" % names)
     base, _ = sio.load(os.path.join(dev, "base.safetensors"))
     c, _ = sio.load(os.path.join(out, "c", "model.safetensors"))
@@ -148,7 +158,36 @@ def test_pipeline(codemoe, vocab, corpus):
     ppl = run([codemoe, "perplexity", "-m", os.path.join(tmp, "merged_ties.gguf"), "-f", sample, "-c", "128",
                "--chunks", "2"])
     check("PPL" in ppl or "ppl" in ppl.lower(), "convert: a merged folder runs in codemoe perplexity")
+    test_moe(codemoe, dev, tmp)
     print("(scratch files in %s)" % tmp)
+
+
+def test_moe(codemoe, dev, tmp):
+    """The MoE folder converts as Mixtral, and gguf_read (how train.py reads `codemoe upcycle`'s
+    output) gets the stacked experts back in train.py's layout, values unchanged."""
+    meta, t = gguf_read.read(os.path.join(tmp, "moe.gguf"))
+    check(meta.get("llama.expert_count") == 2 and meta.get("llama.expert_used_count") == 1,
+          "moe: converted as a 2-expert, top-1 Mixtral")
+    moe, _ = sio.load(os.path.join(dev, "moe.safetensors"))
+    typ, shape, raw = t["blk.1.ffn_down_exps.weight"]
+    e1 = moe["model.layers.1.block_sparse_moe.experts.1.w2.weight"]
+    half = len(raw) // 2
+    check(typ == 1 and shape == (2,) + tuple(e1.shape) and raw[half:] == e1.data,
+          "gguf_read: ffn_down_exps is (experts, hidden, ff), expert 1 = experts.1.w2 bit for bit")
+    up = os.path.join(tmp, "up.gguf")
+    run([codemoe, "upcycle", os.path.join(tmp, "base.gguf"), up, "--experts", "3", "--top-k", "2"])
+    meta, t = gguf_read.read(up)
+    typ, shape, raw = t["blk.0.ffn_gate_exps.weight"]
+    check(meta.get("llama.expert_count") == 3 and shape[0] == 3 and raw[:len(raw) // 3] == raw[len(raw) // 3:2 * len(raw) // 3],
+          "gguf_read: codemoe upcycle's experts are identical copies")
+    bad = os.path.join(tmp, "bad.gguf")
+    with open(up, "rb") as f, open(bad, "wb") as g:
+        g.write(f.read()[:-1000])
+    try:
+        gguf_read.read(bad)
+        check(False, "gguf_read: a truncated file is refused")
+    except ValueError as e:
+        check("truncated" in str(e), "gguf_read: a truncated file is refused (%s)" % e)
 
 
 def test_data(data):
