@@ -134,6 +134,8 @@ expect 2 "bad density" -- "$CODEMOE" merge --base "$LLAMA" --method ties --densi
     -o "$OUT/x.gguf"
 expect 2 "bad ties scope" -- "$CODEMOE" merge --base "$LLAMA" --method ties --ties-scope layer \
     "$LLAMA" -o "$OUT/x.gguf"
+expect 2 "ties scope, not ties" -- "$CODEMOE" merge --base "$LLAMA" --method average \
+    --ties-scope model "$LLAMA" -o "$OUT/x.gguf"
 expect 2 "embd-mult < 1" -- "$CODEMOE" grow "$LLAMA" "$OUT/x.gguf" --embd-mult 0.5
 expect 2 "merge type same" -- "$CODEMOE" merge --method average --type same "$LLAMA" \
     -o "$OUT/x.gguf"

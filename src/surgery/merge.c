@@ -434,6 +434,8 @@ static cm_status check_opts(const char *base, int n_models, const cm_merge_opts 
         return cm_fail(err, CM_E_USAGE, "task-arithmetic and ties need --base");
     if (!(o->density > 0 && o->density <= 1))
         return cm_fail(err, CM_E_USAGE, "--density must be in (0, 1]");
+    if (o->scope == CM_TIES_MODEL && o->method != CM_MERGE_TIES)
+        return cm_fail(err, CM_E_USAGE, "--ties-scope model is for --method ties");
     if (!isfinite(o->lambda) || o->type == CM_SURG_SAME)
         return cm_fail(err, CM_E_USAGE, "--lambda must be finite and --type a type");
     return CM_OK;
