@@ -595,6 +595,61 @@ static double moved(const char *out, const char *base, const char *T)
     return n ? (double)diff / (double)n : -1;
 }
 
+typedef struct {
+    int64_t kept, wrong; /* one model: weights kept; moved or not against the threshold */
+    double maxd;         /* two models: max |merged - reference| */
+} ties_ref;
+
+/* Tensor `name` of f: 0 the base, 1 and 2 the fine-tunes, 3 the merge of 1
+ * alone, 4 the merge of both, against the threshold rule and cm_ties_merge. */
+static void compare_tensor(const gguf_file *f, const char *name, const float thr[2], ties_ref *r)
+{
+    int64_t m = 0, m1, m2, m3, m4;
+    float *x = tensor_f32(&f[0], name, &m), *y = tensor_f32(&f[1], name, &m1);
+    float *y2 = tensor_f32(&f[2], name, &m2), *z = tensor_f32(&f[3], name, &m3);
+    float *z2 = tensor_f32(&f[4], name, &m4), *ref = malloc((size_t)m * sizeof *ref + 1);
+    if (!x || !y || !y2 || !z || !z2 || !ref) {
+        r->maxd = INFINITY;
+        m = 0;
+    }
+    for (int64_t e = 0; e < m; e++) {
+        int want = fabsf(y[e] - x[e]) >= thr[0];
+        r->kept += want;
+        r->wrong += want != (z[e] != x[e]);
+        y[e] -= x[e];
+        y2[e] -= x[e];
+    }
+    float *tau[2] = {y, y2};
+    if (m)
+        cm_ties_merge(tau, thr, 2, m, ref);
+    for (int64_t e = 0; e < m; e++)
+        r->maxd = fmax(r->maxd, fabs((double)z2[e] - ((double)x[e] + ref[e])));
+    free(x);
+    free(y);
+    free(y2);
+    free(z);
+    free(z2);
+    free(ref);
+}
+
+static void compare_ties(const char *const path[5], const float thr[2], ties_ref *r)
+{
+    gguf_file f[5];
+    cm_err err;
+    int opened = 0;
+    while (opened < 5 && gguf_open(path[opened], &f[opened], &err) == CM_OK)
+        opened++;
+    r->maxd = opened == 5 ? 0 : INFINITY;
+    for (uint64_t i = 0; opened == 5 && i < f[0].n_tensors; i++) {
+        char name[128];
+        snprintf(name, sizeof name, "%.*s", (int)f[0].tensors[i].name.len,
+                 f[0].tensors[i].name.ptr);
+        compare_tensor(f, name, thr, r);
+    }
+    while (opened > 0)
+        gguf_close(&f[--opened]);
+}
+
 /* TIES over the whole model: the weights kept are exactly those with
  * |tau| >= the model's k-th largest |tau| (a sort of all of them), so a
  * tensor that moved ten times as much keeps most of its weights, where
@@ -627,51 +682,11 @@ static void test_merge_model_scope(const char *base)
     tpath(out2, sizeof out2, "ties_model2.gguf");
     CHECK(cm_merge(base, two, 1, out, &o, &err) == CM_OK, "merge: %s", err.msg);
     CHECK(cm_merge(base, two, 2, out2, &o, &err) == CM_OK, "merge: %s", err.msg);
-    /* one model: a weight moves iff its |tau| reaches the threshold */
-    gguf_file fo, fo2, fb, fa, fb2;
-    int64_t kept = 0, wrong = 0;
-    double maxd = INFINITY;
-    if (!gguf_open(out, &fo, &err) && !gguf_open(out2, &fo2, &err) &&
-        !gguf_open(base, &fb, &err) && !gguf_open(a, &fa, &err) && !gguf_open(b, &fb2, &err)) {
-        maxd = 0;
-        for (uint64_t i = 0; i < fb.n_tensors; i++) {
-            char name[128];
-            int64_t m, m1, m2, m3;
-            snprintf(name, sizeof name, "%.*s", (int)fb.tensors[i].name.len,
-                     fb.tensors[i].name.ptr);
-            float *x = tensor_f32(&fb, name, &m), *y = tensor_f32(&fa, name, &m1);
-            float *y2 = tensor_f32(&fb2, name, &m1), *z = tensor_f32(&fo, name, &m2);
-            float *z2 = tensor_f32(&fo2, name, &m3), *ref = malloc((size_t)m * sizeof *ref);
-            if (!x || !y || !y2 || !z || !z2 || !ref) {
-                maxd = INFINITY;
-                m = 0;
-            }
-            for (int64_t e = 0; e < m; e++) {
-                int want = fabsf(y[e] - x[e]) >= thr[0];
-                kept += want;
-                wrong += want != (z[e] != x[e]);
-                y[e] -= x[e];
-                y2[e] -= x[e];
-            }
-            /* two models: against cm_ties_merge with the exact thresholds */
-            float *tau[2] = {y, y2};
-            if (m)
-                cm_ties_merge(tau, thr, 2, m, ref);
-            for (int64_t e = 0; e < m; e++)
-                maxd = fmax(maxd, fabs((double)z2[e] - ((double)x[e] + ref[e])));
-            free(x);
-            free(y);
-            free(y2);
-            free(z);
-            free(z2);
-            free(ref);
-        }
-        gguf_close(&fo);
-        gguf_close(&fo2);
-        gguf_close(&fb);
-        gguf_close(&fa);
-        gguf_close(&fb2);
-    }
+    const char *files[5] = {base, a, b, out, out2};
+    ties_ref ref = {0};
+    compare_ties(files, thr, &ref);
+    const int64_t kept = ref.kept, wrong = ref.wrong;
+    const double maxd = ref.maxd;
     CHECK(maxd <= 1e-6, "two models, model-scope TIES: %g from the reference", maxd);
     CHECK(wrong == 0 && kept >= k && kept < k + k / 50, "model-scope TIES: %lld weights kept "
           "or trimmed against the exact threshold %g; %lld kept for k = %lld", (long long)wrong,
