@@ -67,6 +67,48 @@ static void test_kth(void)
     CHECK(cm_kth_magnitude(z, N, 10, v) == 0.0f);
 }
 
+/* The k-th largest |x| by the streamed radix select, x fed in pieces. */
+static float stream_kth(cm_kth_stream *ks, const float *x, int n, int64_t k)
+{
+    float got = -1;
+    cm_kth_stream_init(ks, k);
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < n; i += 777)
+            cm_kth_stream_add(ks, x + i, n - i < 777 ? n - i : 777);
+        CHECK(cm_kth_stream_next(ks, &got) == pass);
+    }
+    return got;
+}
+
+/* The streamed radix select against quickselect: repeats, values that
+ * share their high bits, and a rank past the end. */
+static void test_kth_stream(void)
+{
+    enum { N = 5000 };
+    float *x = malloc(N * sizeof *x), *v = malloc(N * sizeof *v);
+    cm_kth_stream *ks = malloc(sizeof *ks);
+    unsigned s = 7;
+    if (!x || !v || !ks)
+        return;
+    for (int i = 0; i < N; i++) {
+        s = s * 1103515245u + 12345u;
+        x[i] = (float)((int)(s >> 8) % 20001 - 10000) * (i % 3 ? 1e-4f : 3e-7f);
+        if (i % 11 == 0)
+            x[i] = x[i / 2];
+        if (i % 13 == 0) /* same high 16 bits as 1.0 */
+            x[i] = 1.0f + (float)(i % 100) * 1e-6f;
+    }
+    for (int64_t k = 1; k <= N; k += k < 60 ? 1 : 397) {
+        float got = stream_kth(ks, x, N, k), want = cm_kth_magnitude(x, N, k, v);
+        CHECK(got == want, "k=%lld: %g, want %g", (long long)k, got, want);
+    }
+    CHECK(stream_kth(ks, x, N, N) == cm_kth_magnitude(x, N, N, v));
+    CHECK(stream_kth(ks, x, N, N + 1) == INFINITY);
+    free(x);
+    free(v);
+    free(ks);
+}
+
 /* The worked example of the TIES paper's figure: trim, elect, disjoint mean. */
 static void test_ties_example(void)
 {
@@ -209,6 +251,90 @@ static void test_grow(const char *in, int moe)
     gguf_close(&d);
 }
 
+/* Residual width: E = 64 grows to E2 (128: every unit twice; 96: units
+ * 0..31 twice, 32..63 once), the heads by whole KV groups (2 KV heads of
+ * 2 query heads each, head size 16). */
+static void test_grow_embd(const char *in, int moe, float mult)
+{
+    char out[512], name[64];
+    cm_err err = {0};
+    cm_surg_check chk;
+    cm_grow_opts o = {.c = {.type = CM_SURG_SAME, .seed = 1}, .width_mult = 1.5f,
+                      .embd_mult = mult, .add_layers = 1};
+    tpath(out, sizeof out, "wide_embd.gguf");
+    CHECK(cm_grow(in, out, &o, &chk, &err) == CM_OK, "grow --embd-mult %g %s: %s", mult, in,
+          err.msg);
+    CHECK(chk.max_abs <= 1e-4 && chk.argmax_same == chk.n_tokens, "embd %g check %g", mult,
+          chk.max_abs);
+    printf("grow %s --embd-mult %g --width-mult 1.5 --add-layers 1: max-abs %.3g\n",
+           moe ? "moe" : "dense", mult, chk.max_abs);
+    gguf_file f, d;
+    if (gguf_open(out, &f, &err) || gguf_open(in, &d, &err)) {
+        CHECK(0, "open: %s", err.msg);
+        return;
+    }
+    const int64_t E = 64, E2 = (int64_t)(64 * mult + 0.5f), kv2 = E2 / 32;
+    const double r = (double)E2 / E;
+    CHECK(meta_u32(&f, "llama.embedding_length") == E2 &&
+              meta_u32(&f, "llama.attention.head_count") == 2 * kv2 &&
+              meta_u32(&f, "llama.attention.head_count_kv") == kv2 &&
+              meta_u32(&f, "llama.attention.key_length") == 16,
+          "metadata: embd %u heads %u/%u", meta_u32(&f, "llama.embedding_length"),
+          meta_u32(&f, "llama.attention.head_count"),
+          meta_u32(&f, "llama.attention.head_count_kv"));
+    int64_t n0, n1;
+    /* the copies of unit i carry a_k x_i with the sum of a_k^2 over them = r */
+    float *e0 = tensor_f32(&d, "token_embd.weight", &n0);
+    float *e1 = tensor_f32(&f, "token_embd.weight", &n1);
+    float *w0 = tensor_f32(&d, "blk.0.attn_norm.weight", &n0);
+    float *w1 = tensor_f32(&f, "blk.0.attn_norm.weight", &n1);
+    for (int64_t k = 0; e0 && e1 && w0 && w1 && k < E2; k++) {
+        int64_t i = k % E, c = (E2 - E > i) ? 2 : 1;
+        double a = sqrt(r / (double)c);
+        for (int t = 0; t < 1000; t += 97)
+            CHECK(fabs(e1[t * E2 + k] - a * e0[t * E + i]) <= 1e-6 * fabs(e0[t * E + i]) + 1e-12,
+                  "token_embd[%d][%lld]", t, (long long)k);
+        CHECK(fabs(w1[k] - w0[i] * a / r) <= 1e-6 * fabs(w0[i]), "attn_norm[%lld]", (long long)k);
+    }
+    free(e0);
+    free(e1);
+    free(w0);
+    free(w1);
+    /* query head h' (group h' / 2) copies head (h' / 2 mod 2) 2 + h' mod 2,
+     * its rows reading the copied columns; attn_output's columns of a head
+     * whose group has c copies are 1/c of the old ones */
+    float *q0 = tensor_f32(&d, "blk.1.attn_q.weight", &n0);
+    float *q1 = tensor_f32(&f, "blk.2.attn_q.weight", &n1); /* a new layer's */
+    CHECK(q0 && q1 && n1 == E2 * 2 * kv2 * 16, "attn_q shape");
+    for (int64_t row = 0; q0 && q1 && row < 2 * kv2 * 16; row++) {
+        int64_t h = row / 16, src = ((h / 2) % 2 * 2 + h % 2) * 16 + row % 16;
+        for (int64_t k = 0; k < E2; k++)
+            CHECK(q1[row * E2 + k] == q0[src * E + k % E], "attn_q [%lld, %lld]", (long long)row,
+                  (long long)k);
+    }
+    free(q0);
+    free(q1);
+    float *o0 = tensor_f32(&d, "blk.1.attn_output.weight", &n0);
+    float *o1 = tensor_f32(&f, "blk.1.attn_output.weight", &n1); /* blk.2's is zero */
+    for (int64_t k = 0; o0 && o1 && k < E2; k++)
+        for (int64_t col = 0; col < 2 * kv2 * 16; col++) {
+            int64_t h = col / 16, g = (h / 2) % 2, c = 1 + (kv2 - 2 > g);
+            int64_t i = k % E, ce = (E2 - E > i) ? 2 : 1, src = (g * 2 + h % 2) * 16 + col % 16;
+            double want = o0[i * 64 + src] / (double)c * sqrt(r / (double)ce);
+            CHECK(fabs(o1[k * 2 * kv2 * 16 + col] - want) <= 1e-6 * fabs(want) + 1e-12,
+                  "attn_output [%lld, %lld]: %g, want %g", (long long)k, (long long)col,
+                  o1[k * 2 * kv2 * 16 + col], want);
+        }
+    free(o0);
+    free(o1);
+    /* the router and the experts read the wider stream too */
+    snprintf(name, sizeof name, "blk.0.%s", moe ? "ffn_gate_inp.weight" : "ffn_up.weight");
+    const gguf_tensor *t = gguf_find_tensor(&f, name);
+    CHECK(t && t->ne[0] == E2, "%s: ne[0] %lld", name, t ? (long long)t->ne[0] : -1LL);
+    gguf_close(&f);
+    gguf_close(&d);
+}
+
 /* ------------------------------------------------------------ merge */
 
 /* A "fine-tune" of in: every weight + amp * N(0, 1) from seed (written by
@@ -234,9 +360,10 @@ static cm_status fill_pert(void *ctx, void *dst, uint64_t nbytes, cm_err *err)
 }
 
 /* Writes the perturbed model to out with gguf_writer_finish or, when
- * check_tol > 0, with surg_finish checked against in. */
-static int perturb_as(const char *in, const char *out, float amp, unsigned seed, double check_tol,
-                      cm_err *err)
+ * check_tol > 0, with surg_finish checked against in; tensor `loud` (when
+ * non-NULL) moves ten times as much as the others. */
+static int perturb_loud(const char *in, const char *out, float amp, unsigned seed,
+                        double check_tol, const char *loud, cm_err *err)
 {
     gguf_file f;
     if (gguf_open(in, &f, err))
@@ -248,7 +375,8 @@ static int perturb_as(const char *in, const char *out, float amp, unsigned seed,
         char name[128];
         const gguf_tensor *t = &f.tensors[i];
         snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
-        p[i] = (pert){t, strstr(name, "norm") ? 0.0f : amp, seed + (unsigned)i};
+        float a = loud && !strcmp(name, loud) ? 10 * amp : amp;
+        p[i] = (pert){t, strstr(name, "norm") ? 0.0f : a, seed + (unsigned)i};
         gguf_writer_add_tensor(w, name, t->type, t->n_dims, t->ne, NULL, fill_pert, &p[i]);
     }
     cm_status s = check_tol > 0 ? surg_finish(w, out, in, 8, check_tol, NULL, NULL, err)
@@ -257,6 +385,12 @@ static int perturb_as(const char *in, const char *out, float amp, unsigned seed,
     free(p);
     gguf_close(&f);
     return s ? -1 : 0;
+}
+
+static int perturb_as(const char *in, const char *out, float amp, unsigned seed, double check_tol,
+                      cm_err *err)
+{
+    return perturb_loud(in, out, amp, seed, check_tol, NULL, err);
 }
 
 static int perturb(const char *in, const char *out, float amp, unsigned seed)
@@ -396,14 +530,178 @@ static void test_merge_chunks(const char *base)
     tpath(o1, sizeof o1, "whole.gguf");
     tpath(o2, sizeof o2, "chunked.gguf");
     const char *two[2] = {a, b};
-    for (int m = 0; m < 3; m++) {
-        cm_merge_opts o = {.type = CM_TYPE_F32, .method = (cm_merge_method)m, .density = 0.3f,
-                           .lambda = 0.7f};
+    for (int m = 0; m < 4; m++) { /* 3: TIES over the whole model */
+        cm_merge_opts o = {.type = CM_TYPE_F32, .method = (cm_merge_method)(m < 3 ? m : 2),
+                           .density = 0.3f, .lambda = 0.7f,
+                           .scope = m == 3 ? CM_TIES_MODEL : CM_TIES_TENSOR};
         CHECK(cm_merge(base, two, 2, o1, &o, &err) == CM_OK, "merge: %s", err.msg);
         o.chunk = 150; /* two rows of 64 */
         CHECK(cm_merge(base, two, 2, o2, &o, &err) == CM_OK, "merge: %s", err.msg);
         CHECK(same_bytes(o1, o2), "method %d: merging in chunks changes the result", m);
     }
+}
+
+/* Every |a - base| of the model (float differences, as merge takes them),
+ * sorted in descending order; *n receives their count. */
+static float *all_tau(const char *base, const char *a, int64_t *n)
+{
+    gguf_file fb, fa;
+    cm_err err;
+    float *all = NULL;
+    *n = 0;
+    if (gguf_open(base, &fb, &err))
+        return NULL;
+    if (gguf_open(a, &fa, &err) == CM_OK) {
+        for (uint64_t i = 0; i < fb.n_tensors; i++) {
+            char name[128];
+            int64_t nb, na;
+            snprintf(name, sizeof name, "%.*s", (int)fb.tensors[i].name.len,
+                     fb.tensors[i].name.ptr);
+            float *x = tensor_f32(&fb, name, &nb), *y = tensor_f32(&fa, name, &na);
+            float *grown = x && y ? realloc(all, (size_t)(*n + nb) * sizeof *all) : NULL;
+            if (grown) {
+                all = grown;
+                for (int64_t e = 0; e < nb; e++)
+                    all[(*n)++] = fabsf(y[e] - x[e]);
+            }
+            free(x);
+            free(y);
+        }
+        gguf_close(&fa);
+    }
+    gguf_close(&fb);
+    if (all)
+        qsort(all, (size_t)*n, sizeof *all, cmp_desc);
+    return all;
+}
+
+/* The fraction of tensor T of out that differs from base. */
+static double moved(const char *out, const char *base, const char *T)
+{
+    gguf_file fo, fb;
+    cm_err err;
+    int64_t n = 0, n1, diff = 0;
+    if (gguf_open(out, &fo, &err))
+        return -1;
+    if (gguf_open(base, &fb, &err) == CM_OK) {
+        float *x = tensor_f32(&fo, T, &n), *y = tensor_f32(&fb, T, &n1);
+        for (int64_t i = 0; x && y && i < n; i++)
+            diff += x[i] != y[i];
+        free(x);
+        free(y);
+        gguf_close(&fb);
+    }
+    gguf_close(&fo);
+    return n ? (double)diff / (double)n : -1;
+}
+
+typedef struct {
+    int64_t kept, wrong; /* one model: weights kept; moved or not against the threshold */
+    double maxd;         /* two models: max |merged - reference| */
+} ties_ref;
+
+/* Tensor `name` of f: 0 the base, 1 and 2 the fine-tunes, 3 the merge of 1
+ * alone, 4 the merge of both, against the threshold rule and cm_ties_merge. */
+static void compare_tensor(const gguf_file *f, const char *name, const float thr[2], ties_ref *r)
+{
+    int64_t m = 0, m1, m2, m3, m4;
+    float *x = tensor_f32(&f[0], name, &m), *y = tensor_f32(&f[1], name, &m1);
+    float *y2 = tensor_f32(&f[2], name, &m2), *z = tensor_f32(&f[3], name, &m3);
+    float *z2 = tensor_f32(&f[4], name, &m4), *ref = malloc((size_t)m * sizeof *ref + 1);
+    if (!x || !y || !y2 || !z || !z2 || !ref) {
+        r->maxd = INFINITY;
+        m = 0;
+    }
+    for (int64_t e = 0; e < m; e++) {
+        int want = fabsf(y[e] - x[e]) >= thr[0];
+        r->kept += want;
+        r->wrong += want != (z[e] != x[e]);
+        y[e] -= x[e];
+        y2[e] -= x[e];
+    }
+    float *tau[2] = {y, y2};
+    if (m)
+        cm_ties_merge(tau, thr, 2, m, ref);
+    for (int64_t e = 0; e < m; e++)
+        r->maxd = fmax(r->maxd, fabs((double)z2[e] - ((double)x[e] + ref[e])));
+    free(x);
+    free(y);
+    free(y2);
+    free(z);
+    free(z2);
+    free(ref);
+}
+
+static void compare_ties(const char *const path[5], const float thr[2], ties_ref *r)
+{
+    gguf_file f[5];
+    cm_err err;
+    int opened = 0;
+    while (opened < 5 && gguf_open(path[opened], &f[opened], &err) == CM_OK)
+        opened++;
+    r->maxd = opened == 5 ? 0 : INFINITY;
+    for (uint64_t i = 0; opened == 5 && i < f[0].n_tensors; i++) {
+        char name[128];
+        snprintf(name, sizeof name, "%.*s", (int)f[0].tensors[i].name.len,
+                 f[0].tensors[i].name.ptr);
+        compare_tensor(f, name, thr, r);
+    }
+    while (opened > 0)
+        gguf_close(&f[--opened]);
+}
+
+/* TIES over the whole model: the weights kept are exactly those with
+ * |tau| >= the model's k-th largest |tau| (a sort of all of them), so a
+ * tensor that moved ten times as much keeps most of its weights, where
+ * per-tensor trimming keeps 20% of each; two models merge as
+ * cm_ties_merge with the exact thresholds does. */
+static void test_merge_model_scope(const char *base)
+{
+    char a[512], b[512], out[512];
+    cm_err err = {0};
+    const char *loud = "output.weight";
+    tpath(a, sizeof a, "loud_a.gguf");
+    tpath(b, sizeof b, "loud_b.gguf");
+    tpath(out, sizeof out, "ties_model.gguf");
+    CHECK(perturb_loud(base, a, 0.01f, 21, 0, loud, &err) == 0 &&
+          perturb_loud(base, b, 0.01f, 4242, 0, loud, &err) == 0, "%s", err.msg);
+    int64_t n = 0, nb = 0;
+    float *sa = all_tau(base, a, &n), *sb = all_tau(base, b, &nb);
+    if (!sa || !sb || n != nb) {
+        CHECK(0, "reference task vectors");
+        free(sa);
+        free(sb);
+        return;
+    }
+    cm_merge_opts o = {.type = CM_TYPE_F32, .method = CM_MERGE_TIES, .density = 0.2f,
+                       .lambda = 1.0f, .scope = CM_TIES_MODEL};
+    const int64_t k = (int64_t)ceil((double)o.density * (double)n);
+    const float thr[2] = {sa[k - 1], sb[k - 1]};
+    const char *two[2] = {a, b};
+    char out2[512];
+    tpath(out2, sizeof out2, "ties_model2.gguf");
+    CHECK(cm_merge(base, two, 1, out, &o, &err) == CM_OK, "merge: %s", err.msg);
+    CHECK(cm_merge(base, two, 2, out2, &o, &err) == CM_OK, "merge: %s", err.msg);
+    const char *files[5] = {base, a, b, out, out2};
+    ties_ref ref = {0};
+    compare_ties(files, thr, &ref);
+    const int64_t kept = ref.kept, wrong = ref.wrong;
+    const double maxd = ref.maxd;
+    CHECK(maxd <= 1e-6, "two models, model-scope TIES: %g from the reference", maxd);
+    CHECK(wrong == 0 && kept >= k && kept < k + k / 50, "model-scope TIES: %lld weights kept "
+          "or trimmed against the exact threshold %g; %lld kept for k = %lld", (long long)wrong,
+          thr[0], (long long)kept, (long long)k);
+    double loud_model = moved(out, base, loud);
+    o.scope = CM_TIES_TENSOR;
+    CHECK(cm_merge(base, two, 1, out, &o, &err) == CM_OK, "merge: %s", err.msg);
+    double loud_tensor = moved(out, base, loud);
+    CHECK(loud_model > 0.5 && loud_tensor > 0.15 && loud_tensor < 0.25,
+          "%s moved: %.3f with the model's threshold, %.3f with its own", loud, loud_model,
+          loud_tensor);
+    printf("ties density 0.2: %s kept %.3f (model scope), %.3f (tensor scope); threshold %g\n",
+           loud, loud_model, loud_tensor, thr[0]);
+    free(sa);
+    free(sb);
 }
 
 static void test_merge_types(const char *dir)
@@ -464,6 +762,14 @@ static void test_refusals(const char *dir)
                   strstr(err.msg, "tensor extra.weight"), "extra tensor: %s", err.msg);
         CHECK(cm_merge(extra, ms, 1, out, &o, &err) == CM_E_FORMAT &&
                   strstr(err.msg, "tensor extra.weight"), "extra tensor in the base: %s", err.msg);
+        /* a tensor whose use of the residual stream is unknown: refused
+         * when n_embd grows, copied when only the feed-forward grows */
+        cm_grow_opts ge = {.c = {.type = CM_SURG_SAME}, .width_mult = 1, .embd_mult = 2};
+        CHECK(cm_grow(extra, out, &ge, NULL, &err) == CM_E_UNSUPPORTED &&
+                  strstr(err.msg, "tensor extra.weight"), "grow --embd-mult, extra: %s", err.msg);
+        CHECK(access(out, F_OK) != 0, "a refused grow left %s", out);
+        ge.embd_mult = 0.5f;
+        CHECK(cm_grow(llama, out, &ge, NULL, &err) == CM_E_USAGE, "embd-mult 0.5: %s", err.msg);
     }
     cm_upcycle_opts u = {.c = {.type = CM_SURG_SAME}, .n_expert = 4, .n_expert_used = 2};
     CHECK(cm_upcycle(mixtral, out, &u, NULL, &err) == CM_E_UNSUPPORTED, "upcycle of a MoE: %s",
@@ -474,6 +780,7 @@ static void test_refusals(const char *dir)
 int main(void)
 {
     test_kth();
+    test_kth_stream();
     test_ties_example();
     const char *sh = tl_shared("fixtures/gguf/mixtral/mixtral-f32.gguf");
     if (!sh)
@@ -496,8 +803,13 @@ int main(void)
                          .n_expert_used = 2, .router_std = 0.02f};
     CHECK(cm_upcycle(llama, up, &u, NULL, &err) == CM_OK, "upcycle 8: %s", err.msg);
     test_grow(up, 1);
+    test_grow_embd(llama, 0, 2.0f);
+    test_grow_embd(llama, 0, 1.5f);
+    test_grow_embd(mixtral, 1, 2.0f);
+    test_grow_embd(mixtral, 1, 1.5f);
     test_merge(llama);
     test_merge_chunks(llama);
+    test_merge_model_scope(llama);
     test_check_fails(llama);
     tl_path(dir, sizeof dir, "%s/fixtures/gguf/llama", sh);
     test_merge_types(dir);

@@ -47,7 +47,20 @@ expect 0 "grow moe" -- "$CODEMOE" grow "$MIXTRAL" "$OUT/bigmoe.gguf" --width-mul
 grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow moe check: $(cat "$TMP/out")"
 expect 0 "grow upcycled" -- "$CODEMOE" grow "$OUT/moe.gguf" "$OUT/bigup.gguf" --add-layers 1
 grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow upcycled check: $(cat "$TMP/out")"
-rm -f "$OUT"/big*.gguf "$OUT"/moe16.gguf "$OUT"/moe8.gguf
+# the residual width: every unit twice, then some units twice and some once
+for m in 2 1.5; do
+    expect 0 "grow dense --embd-mult $m" -- "$CODEMOE" grow "$LLAMA" "$OUT/wide.gguf" \
+        --embd-mult "$m" --width-mult 2 --add-layers 1
+    grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow --embd-mult $m: $(cat "$TMP/out")"
+    expect 0 "grow moe --embd-mult $m" -- "$CODEMOE" grow "$MIXTRAL" "$OUT/widemoe.gguf" \
+        --embd-mult "$m"
+    grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow moe --embd-mult $m: $(cat "$TMP/out")"
+done
+grep -q "embd 64, 4/2 heads, expert ffn 128) -> .*embd 96, 6/3 heads" "$TMP/out" ||
+    fail "grow --embd-mult 1.5 does not say what grew: $(cat "$TMP/out")"
+"$CODEMOE" info "$OUT/wide.gguf" >"$TMP/info" 2>&1 || fail "info on the widened model"
+grep -q "96" "$TMP/info" || fail "info does not show n_embd 96: $(head -c 300 "$TMP/info")"
+rm -f "$OUT"/big*.gguf "$OUT"/wide*.gguf "$OUT"/moe16.gguf "$OUT"/moe8.gguf
 
 # the other architectures, converted from the Hugging Face fixtures at f32:
 # qwen2 -> qwen2moe, qwen3 -> qwen3moe; every one grows (GELU MLPs with
@@ -69,6 +82,19 @@ for a in qwen2 qwen3 gpt_bigcode phi starcoder2 qwen2_moe qwen3_moe; do
     expect 0 "grow $a" -- "$CODEMOE" grow "$TMP/$a.gguf" "$TMP/$a-big.gguf" --width-mult 1.5 \
         --add-layers 2
     grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow $a check: $(cat "$TMP/out")"
+    # the residual width: LayerNorm models by whole multiples only
+    case $a in
+    gpt_bigcode | phi | starcoder2)
+        m=2
+        expect 1 "grow $a --embd-mult 1.5 (LayerNorm)" -- "$CODEMOE" grow "$TMP/$a.gguf" \
+            "$TMP/$a-wide.gguf" --embd-mult 1.5
+        grep -q "LayerNorm" "$TMP/err" || fail "$a: the refusal does not say why: $(cat "$TMP/err")"
+        [ ! -e "$TMP/$a-wide.gguf" ] || fail "$a: a refused grow wrote its output" ;;
+    *) m=1.5 ;;
+    esac
+    expect 0 "grow $a --embd-mult $m" -- "$CODEMOE" grow "$TMP/$a.gguf" "$TMP/$a-wide.gguf" \
+        --embd-mult "$m" --width-mult 1.5 --add-layers 1
+    grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow $a --embd-mult $m: $(cat "$TMP/out")"
     rm -f "$TMP/$a"*.gguf
 done
 
@@ -77,6 +103,12 @@ expect 0 "merge average" -- "$CODEMOE" merge --method average "$LLAMA" "$G/llama
     -o "$OUT/avg.gguf"
 expect 0 "merge ties" -- "$CODEMOE" merge --base "$LLAMA" --method ties --density 0.5 \
     "$G/llama/llama-f16.gguf" "$G/llama/llama-q8_0.gguf" -o "$OUT/ties.gguf"
+expect 0 "merge ties model" -- "$CODEMOE" merge --base "$LLAMA" --method ties --density 0.5 \
+    --ties-scope model "$G/llama/llama-f16.gguf" "$G/llama/llama-q8_0.gguf" -o "$OUT/tiesm.gguf"
+grep -q '^ties: keeping |model - base| >= [0-9.e+-]*, [0-9.e+-]* (the top [0-9]* of [0-9]* ' \
+    "$TMP/out" || fail "merge ties model: no threshold line: $(cat "$TMP/out")"
+cmp -s "$OUT/ties.gguf" "$OUT/tiesm.gguf" && fail "ties: the model's threshold changed nothing"
+rm -f "$OUT/tiesm.gguf"
 expect 0 "merge ta f16" -- "$CODEMOE" merge --base "$LLAMA" --method task-arithmetic --lambda 0 \
     "$G/llama/llama-q4_0.gguf" --type f16 -o "$OUT/ta.gguf"
 "$CODEMOE" info "$OUT/ta.gguf" >"$TMP/info" 2>&1 || fail "info on the merged f16 model"
@@ -100,6 +132,11 @@ expect 2 "ties no base" -- "$CODEMOE" merge --method ties "$LLAMA" -o "$OUT/x.gg
 expect 2 "no -o" -- "$CODEMOE" merge --method average "$LLAMA"
 expect 2 "bad density" -- "$CODEMOE" merge --base "$LLAMA" --method ties --density 0 "$LLAMA" \
     -o "$OUT/x.gguf"
+expect 2 "bad ties scope" -- "$CODEMOE" merge --base "$LLAMA" --method ties --ties-scope layer \
+    "$LLAMA" -o "$OUT/x.gguf"
+expect 2 "ties scope, not ties" -- "$CODEMOE" merge --base "$LLAMA" --method average \
+    --ties-scope model "$LLAMA" -o "$OUT/x.gguf"
+expect 2 "embd-mult < 1" -- "$CODEMOE" grow "$LLAMA" "$OUT/x.gguf" --embd-mult 0.5
 expect 2 "merge type same" -- "$CODEMOE" merge --method average --type same "$LLAMA" \
     -o "$OUT/x.gguf"
 for c in upcycle grow merge; do

@@ -31,46 +31,59 @@ static const char UPCYCLE_HELP[] =
     "  --check-tokens N  tokens of the check (default 16)\n";
 
 static const char GROW_HELP[] =
-    "usage: codemoe grow IN.gguf OUT.gguf [--width-mult M] [--add-layers L]\n"
-    "                    [--type TYPE] [--check-tokens N]\n"
+    "usage: codemoe grow IN.gguf OUT.gguf [--width-mult M] [--embd-mult M]\n"
+    "                    [--add-layers L] [--type TYPE] [--check-tokens N]\n"
     "\n"
     "Function-preserving growth (Net2Net) of a dense or mixture-of-experts\n"
-    "model.  Width: the feed-forward hidden size (each routed expert's, for a\n"
+    "model.  Feed-forward width: the hidden size (each routed expert's, for a\n"
     "MoE) becomes round(M x F); new unit j copies unit j mod F and every copy\n"
-    "of a unit gets an equal share of its down-projection column.  Depth: L\n"
-    "new layers, spread evenly, each a copy of the layer before it with its\n"
-    "output projections (attn_output, ffn_down and their biases) zero, so the\n"
-    "residual stream passes through.  The residual width and the heads are\n"
-    "not changed.  OUT is checked against IN like upcycle's (F32: max |logits\n"
-    "difference| <= 1e-4) before it is renamed into place.\n"
+    "of a unit gets an equal share of its down-projection column.  Residual\n"
+    "width: n_embd becomes round(M x E) by the same duplication, the copies\n"
+    "scaled so that RMSNorm's mean of squares is unchanged and the norm\n"
+    "weights scaled to match (exact for any M with RMSNorm; LayerNorm models\n"
+    "need a whole M); attention grows with it by whole KV groups\n"
+    "(round(M x n_kv) KV heads, each copying a head with its query heads,\n"
+    "the output projection split between copies; the head size is kept).\n"
+    "Depth: L new layers, spread evenly, each a copy of the layer before it\n"
+    "with its output projections (attn_output, ffn_down and their biases)\n"
+    "zero, so the residual stream passes through.  OUT is checked against IN\n"
+    "like upcycle's (F32: max |logits difference| <= 1e-4) before it is\n"
+    "renamed into place.\n"
     "\n"
     "  --width-mult M    feed-forward width multiplier, >= 1 (default 1)\n"
+    "  --embd-mult M     residual width (and heads) multiplier, >= 1 (default 1)\n"
     "  --add-layers L    layers to add (default 0)\n"
     "  --type TYPE       same (default), f32, f16, bf16, q8_0, ...\n"
     "  --check-tokens N  tokens of the check (default 16)\n";
 
 static const char MERGE_HELP[] =
     "usage: codemoe merge [--base B.gguf] --method average|task-arithmetic|ties\n"
-    "                     [--density D] [--lambda L] [--type TYPE] A.gguf ... -o OUT.gguf\n"
+    "                     [--density D] [--ties-scope tensor|model] [--lambda L]\n"
+    "                     [--type TYPE] A.gguf ... -o OUT.gguf\n"
     "\n"
     "Merges fine-tunes of one base model (same architecture, same tensors and\n"
     "shapes; any types, decoded to F32):\n"
     "  average           mean of the models (--base optional: only checked)\n"
     "  task-arithmetic   base + L x sum of (model - base)\n"
     "  ties              TIES-merging (Yadav et al. 2023): each task vector\n"
-    "                    (model - base) trimmed to its D largest magnitudes per\n"
-    "                    tensor, a sign elected per weight by the summed mass,\n"
-    "                    the agreeing values averaged; base + L x that\n"
+    "                    (model - base) trimmed to its D largest magnitudes (per\n"
+    "                    tensor, or over the whole model), a sign elected per\n"
+    "                    weight by the summed mass, the agreeing values\n"
+    "                    averaged; base + L x that\n"
     "\n"
     "  --base B          the common base (needed by task-arithmetic and ties)\n"
     "  --density D       ties: fraction kept, in (0, 1] (default 0.2)\n"
+    "  --ties-scope S    ties: where the fraction is taken: tensor (each tensor's\n"
+    "                    top D, the default) or model (the top D of all weights\n"
+    "                    together, as the paper does: two more passes over the\n"
+    "                    inputs find the exact threshold)\n"
     "  --lambda L        task-arithmetic, ties: scale (default 1)\n"
     "  --type TYPE       output type: f32 (default), f16, bf16, q8_0, ...\n"
     "  -o OUT            the output file\n";
 
 enum {
     OPT_EXPERTS = CLI_LONG, OPT_TOPK, OPT_NOISE, OPT_SEED, OPT_TYPE, OPT_CHECK, OPT_WIDTH,
-    OPT_LAYERS, OPT_BASE, OPT_METHOD, OPT_DENSITY, OPT_LAMBDA
+    OPT_LAYERS, OPT_EMBD, OPT_BASE, OPT_METHOD, OPT_DENSITY, OPT_LAMBDA, OPT_SCOPE
 };
 
 static cm_status parse_type(const char *v, int allow_same, uint32_t *out, cm_err *err)
@@ -107,6 +120,7 @@ static const struct option UPCYCLE_OPTS[] = {
 
 static const struct option GROW_OPTS[] = {
     {"width-mult", required_argument, 0, OPT_WIDTH},
+    {"embd-mult", required_argument, 0, OPT_EMBD},
     {"add-layers", required_argument, 0, OPT_LAYERS}, {"type", required_argument, 0, OPT_TYPE},
     {"check-tokens", required_argument, 0, OPT_CHECK}, {0}};
 
@@ -127,6 +141,7 @@ static cm_status surg_opt(void *user, int id, const char *flag, const char *v, c
     case OPT_TYPE: return parse_type(v, 1, &c->type, err);
     case OPT_CHECK: return arg_int(flag, v, 1, 512, &c->n_check_tokens, err);
     case OPT_WIDTH: return arg_float(flag, v, 1.0f, 64.0f, &a->g.width_mult, err);
+    case OPT_EMBD: return arg_float(flag, v, 1.0f, 64.0f, &a->g.embd_mult, err);
     default: return arg_int(flag, v, 0, 4096, &a->g.add_layers, err);
     }
 }
@@ -159,7 +174,7 @@ int cli_upcycle(int argc, char **argv)
 int cli_grow(int argc, char **argv)
 {
     sargs a = {.grow = 1, .g = {.c = {.log = stdout, .type = CM_SURG_SAME, .seed = 1},
-                                .width_mult = 1.0f}};
+                                .width_mult = 1.0f, .embd_mult = 1.0f}};
     cm_err err = {0};
     cm_status s = cli_getopt(argc, argv, "grow", GROW_OPTS, surg_opt, &a, &a.help, &err);
     if (!s && a.help) {
@@ -169,9 +184,9 @@ int cli_grow(int argc, char **argv)
     if (!s && a.n_pos != 2)
         s = cm_fail(&err, CM_E_USAGE, "usage: codemoe grow IN.gguf OUT.gguf --width-mult M "
                     "--add-layers L (see codemoe grow --help)");
-    if (!s && a.g.width_mult == 1.0f && a.g.add_layers == 0)
-        s = cm_fail(&err, CM_E_USAGE, "grow: nothing to do (give --width-mult above 1 or "
-                    "--add-layers)");
+    if (!s && a.g.width_mult == 1.0f && a.g.embd_mult == 1.0f && a.g.add_layers == 0)
+        s = cm_fail(&err, CM_E_USAGE, "grow: nothing to do (give --width-mult or --embd-mult "
+                    "above 1, or --add-layers)");
     if (!s)
         s = cm_grow(a.pos[0], a.pos[1], &a.g, NULL, &err);
     if (!s)
@@ -191,6 +206,7 @@ typedef struct {
 static const struct option MERGE_OPTS[] = {
     {"base", required_argument, 0, OPT_BASE}, {"method", required_argument, 0, OPT_METHOD},
     {"density", required_argument, 0, OPT_DENSITY}, {"lambda", required_argument, 0, OPT_LAMBDA},
+    {"ties-scope", required_argument, 0, OPT_SCOPE},
     {"type", required_argument, 0, OPT_TYPE}, {"output", required_argument, 0, 'o'}, {0}};
 
 static cm_status parse_method(const char *v, cm_merge_method *out, cm_err *err)
@@ -215,6 +231,11 @@ static cm_status merge_opt(void *user, int id, const char *flag, const char *v, 
     case OPT_METHOD: a->set_method = 1; return parse_method(v, &a->o.method, err);
     case OPT_DENSITY: return arg_float(flag, v, 1e-6f, 1.0f, &a->o.density, err);
     case OPT_LAMBDA: return arg_float(flag, v, -100.0f, 100.0f, &a->o.lambda, err);
+    case OPT_SCOPE:
+        if (strcmp(v, "tensor") && strcmp(v, "model"))
+            return cm_fail(err, CM_E_USAGE, "--ties-scope: '%s' is not tensor or model", v);
+        a->o.scope = strcmp(v, "model") ? CM_TIES_TENSOR : CM_TIES_MODEL;
+        return CM_OK;
     default: return parse_type(v, 0, &a->o.type, err);
     }
 }

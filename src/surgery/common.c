@@ -184,6 +184,57 @@ cm_status surg_distinct(const char *in, const char *out, cm_err *err)
     return CM_OK;
 }
 
+/* ------------------------------------------------------------ plans */
+
+cm_status surg_plan_init(surg_plan *p, size_t cap, uint32_t want, cm_err *err)
+{
+    *p = (surg_plan){.cap = cap, .want = want, .all_f32 = 1};
+    p->rec = calloc(cap ? cap : 1, sizeof *p->rec);
+    return p->rec ? CM_OK : cm_fail(err, CM_E_NOMEM, "out of memory");
+}
+
+void surg_plan_free(surg_plan *p)
+{
+    free(p->rec);
+    p->rec = NULL;
+}
+
+surg_rec *surg_plan_add(surg_plan *p, const void *job, const gguf_tensor *src, const char *name,
+                        int kind, const int64_t ne[4])
+{
+    if (p->n == p->cap)
+        return NULL;
+    surg_rec *r = &p->rec[p->n++];
+    uint32_t st = src ? src->type : CM_TYPE_F32;
+    *r = (surg_rec){.job = job, .src = src, .kind = kind};
+    snprintf(r->name, sizeof r->name, "%s", name);
+    memcpy(r->ne, ne ? ne : src->ne, sizeof r->ne);
+    r->type = surg_out_type(p->want, st, r->name, r->ne);
+    p->all_f32 &= st == CM_TYPE_F32 && r->type == CM_TYPE_F32;
+    return r;
+}
+
+/* A failed add is kept in the writer and reported by its finish. */
+cm_status surg_plan_write(surg_plan *p, gguf_writer *w, gguf_fill_fn fill)
+{
+    cm_status s = CM_OK;
+    for (size_t i = 0; !s && i < p->n; i++)
+        s = gguf_writer_add_tensor(w, p->rec[i].name, p->rec[i].type, surg_dims(p->rec[i].ne),
+                                   p->rec[i].ne, NULL, fill, &p->rec[i]);
+    return s;
+}
+
+cm_status surg_src_name(const gguf_tensor *t, char *name, cm_err *err)
+{
+    if (surg_name(t, name, 128))
+        return cm_fail(err, CM_E_FORMAT, "tensor name longer than 127 bytes: %.60s...",
+                       t->name.ptr);
+    if (!surg_type_ok(t->type))
+        return cm_fail(err, CM_E_UNSUPPORTED, "tensor %s: type %u cannot be decoded", name,
+                       t->type);
+    return CM_OK;
+}
+
 /* ------------------------------------------------------------ checking */
 
 /* Evaluates n ids with path's model; make_ids: first fills ids, spread

@@ -5,14 +5,17 @@
  *   ties              theta = base + lambda tau_m                     (Yadav et al. 2023)
  *
  * TIES: each task vector tau_i = theta_i - base is trimmed to its
- * density-fraction of largest magnitudes (per tensor: the file is merged a
- * tensor at a time), a sign is elected per element as the sign of the sum
- * of the trimmed values (the larger total mass), and tau_m is the mean of
- * the trimmed values that agree with it (the "disjoint mean"; 0 where none
- * do).  Every input is decoded to F32 whatever its type; sums are in
- * double.  A tensor is merged a stretch of rows at a time; TIES first
- * finds each model's threshold over the whole tensor (three tensors of
- * floats at once). */
+ * density-fraction of largest magnitudes, a sign is elected per element as
+ * the sign of the sum of the trimmed values (the larger total mass), and
+ * tau_m is the mean of the trimmed values that agree with it (the
+ * "disjoint mean"; 0 where none do).  Every input is decoded to F32
+ * whatever its type; sums are in double.  A tensor is merged a stretch of
+ * rows at a time.  The trimming threshold is each tensor's own (scope
+ * tensor: found before the tensor is merged, three tensors of floats at
+ * once) or the whole model's, as the paper trims (scope model: two passes
+ * over every input before the merge find each model's k-th largest
+ * |tau| exactly by a radix select on the bits of the magnitudes, in 512 KB
+ * per model; memory does not grow with the model). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +87,70 @@ void cm_ties_merge(float *const *tau, const float *thr, int n_models, int64_t n,
     }
 }
 
+/* Non-negative floats order as their bit patterns do. */
+static uint32_t mag_bits(float x)
+{
+    uint32_t u;
+    x = fabsf(x);
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+void cm_kth_stream_init(cm_kth_stream *s, int64_t k)
+{
+    memset(s->hist, 0, sizeof s->hist);
+    s->k = k < 1 ? 1 : k;
+    s->high = 0;
+    s->pass = 0;
+}
+
+void cm_kth_stream_add(cm_kth_stream *s, const float *x, int64_t n)
+{
+    if (s->pass == 0) {
+        for (int64_t e = 0; e < n; e++)
+            s->hist[mag_bits(x[e]) >> 16]++;
+        return;
+    }
+    for (int64_t e = 0; e < n; e++) {
+        uint32_t u = mag_bits(x[e]);
+        if ((u >> 16) == s->high)
+            s->hist[u & 0xffff]++;
+    }
+}
+
+/* The bin holding the k-th largest, counting from the top; k becomes the
+ * rank within that bin.  0 if fewer than k were counted. */
+static int find_bin(cm_kth_stream *s, uint32_t *bin)
+{
+    uint64_t cum = 0;
+    for (int64_t b = 65535; b >= 0; b--) {
+        if (cum + s->hist[b] >= (uint64_t)s->k) {
+            *bin = (uint32_t)b;
+            s->k -= (int64_t)cum;
+            return 1;
+        }
+        cum += s->hist[b];
+    }
+    return 0;
+}
+
+int cm_kth_stream_next(cm_kth_stream *s, float *out)
+{
+    uint32_t bin = 0;
+    int found = find_bin(s, &bin);
+    memset(s->hist, 0, sizeof s->hist);
+    if (s->pass++ == 0) {
+        s->high = found ? bin : UINT32_MAX; /* no bin: pass 1 counts nothing */
+        return 0;
+    }
+    uint32_t u = (s->high << 16) | bin;
+    if (found)
+        memcpy(out, &u, sizeof *out);
+    else
+        *out = INFINITY;
+    return 1;
+}
+
 /* ------------------------------------------------------------ files */
 
 typedef struct mjob mjob;
@@ -101,6 +168,7 @@ struct mjob {
     int n_models;
     mrec *rec;
     size_t n;
+    float *model_thr; /* [n_models] TIES over the whole model: the thresholds */
 };
 
 /* TIES's trimming thresholds: the k-th largest |theta_i - base| of the
@@ -130,6 +198,18 @@ static cm_status ties_thresholds(const mrec *r, int64_t n, float *thr, cm_err *e
     return s;
 }
 
+/* Decodes rows [r0, r0 + nr) of every model into x, a stretch of n
+ * elements each, then the base's after them. */
+static cm_status decode_stretch(const mrec *r, int64_t r0, int64_t nr, float *x, cm_err *err)
+{
+    const int64_t n = nr * r->in[0]->ne[0];
+    float *b = x + (size_t)r->job->n_models * (size_t)n;
+    cm_status s = r->base ? surg_decode_rows(r->base, r0, nr, b, err) : CM_OK;
+    for (int i = 0; !s && i < r->job->n_models; i++)
+        s = surg_decode_rows(r->in[i], r0, nr, x + (size_t)i * (size_t)n, err);
+    return s;
+}
+
 /* Merges rows [r0, r0 + nr) into acc; x has room for n_models + 1 such
  * stretches (the models', then the base's). */
 static cm_status merge_rows(const mrec *r, int64_t r0, int64_t nr, const float *thr, float *acc,
@@ -139,9 +219,7 @@ static cm_status merge_rows(const mrec *r, int64_t r0, int64_t nr, const float *
     const cm_merge_opts *o = j->o;
     const int64_t n = nr * r->in[0]->ne[0];
     float *b = x + (size_t)j->n_models * (size_t)n;
-    cm_status s = r->base ? surg_decode_rows(r->base, r0, nr, b, err) : CM_OK;
-    for (int i = 0; !s && i < j->n_models; i++)
-        s = surg_decode_rows(r->in[i], r0, nr, x + (size_t)i * (size_t)n, err);
+    cm_status s = decode_stretch(r, r0, nr, x, err);
     if (s)
         return s;
     if (o->method == CM_MERGE_TIES) {
@@ -170,14 +248,80 @@ static cm_status merge_rows(const mrec *r, int64_t r0, int64_t nr, const float *
     return CM_OK;
 }
 
+/* Rows merged at a time: about o->chunk (1M) elements. */
+static int64_t chunk_rows(const mrec *r)
+{
+    const int64_t len = r->in[0]->ne[0], rows = surg_rows(r->in[0]->ne);
+    const int64_t want = r->job->o->chunk > 0 ? r->job->o->chunk : 1 << 20;
+    return len >= want ? 1 : (want / len < rows ? want / len : rows);
+}
+
+/* Every task vector of every tensor, a stretch of rows at a time, to the
+ * model's radix select. */
+static cm_status count_tau(const mjob *j, cm_kth_stream *ks, cm_err *err)
+{
+    cm_status s = CM_OK;
+    for (size_t t = 0; !s && t < j->n; t++) {
+        const mrec *r = &j->rec[t];
+        const int64_t len = r->in[0]->ne[0], rows = surg_rows(r->in[0]->ne), chunk = chunk_rows(r);
+        float *x = malloc((size_t)(j->n_models + 1) * (size_t)(chunk * len) * sizeof *x);
+        if (!x)
+            return cm_fail(err, CM_E_NOMEM, "out of memory for %s", r->name);
+        for (int64_t r0 = 0; !s && r0 < rows; r0 += chunk) {
+            const int64_t nr = rows - r0 < chunk ? rows - r0 : chunk, n = nr * len;
+            const float *b = x + (size_t)j->n_models * (size_t)n;
+            s = decode_stretch(r, r0, nr, x, err);
+            for (int i = 0; !s && i < j->n_models; i++) {
+                float *tau = x + (size_t)i * (size_t)n;
+                for (int64_t e = 0; e < n; e++)
+                    tau[e] -= b[e];
+                cm_kth_stream_add(&ks[i], tau, n);
+            }
+        }
+        free(x);
+    }
+    return s;
+}
+
+/* TIES over the whole model: each model's k-th largest |tau| of all its
+ * elements, in two passes over the inputs. */
+static cm_status model_thresholds(mjob *j, cm_err *err)
+{
+    int64_t total = 0;
+    for (size_t t = 0; t < j->n; t++)
+        total += j->rec[t].in[0]->ne[0] * surg_rows(j->rec[t].in[0]->ne);
+    const int64_t k = (int64_t)ceil((double)j->o->density * (double)total);
+    j->model_thr = calloc((size_t)j->n_models, sizeof *j->model_thr);
+    if (!j->model_thr)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    if (k >= total) /* density 1: nothing is trimmed */
+        return CM_OK;
+    cm_kth_stream *ks = malloc((size_t)j->n_models * sizeof *ks);
+    cm_status s = ks ? CM_OK : cm_fail(err, CM_E_NOMEM, "out of memory");
+    for (int i = 0; !s && i < j->n_models; i++)
+        cm_kth_stream_init(&ks[i], k);
+    for (int pass = 0; !s && pass < 2; pass++) {
+        s = count_tau(j, ks, err);
+        for (int i = 0; !s && i < j->n_models; i++)
+            cm_kth_stream_next(&ks[i], &j->model_thr[i]);
+    }
+    if (!s && j->o->log) {
+        fprintf(j->o->log, "ties: keeping |model - base| >= ");
+        for (int i = 0; i < j->n_models; i++)
+            fprintf(j->o->log, "%s%.6g", i ? ", " : "", j->model_thr[i]);
+        fprintf(j->o->log, " (the top %lld of %lld weights of each model)\n", (long long)k,
+                (long long)total);
+    }
+    free(ks);
+    return s;
+}
+
 /* The merged tensor, a stretch of rows (about 1M elements) at a time. */
 static cm_status fill(void *ctx, void *dst, uint64_t nbytes, cm_err *err)
 {
     const mrec *r = ctx;
     const gguf_tensor *t = r->in[0];
-    const int64_t len = t->ne[0], rows = surg_rows(t->ne);
-    const int64_t want = r->job->o->chunk > 0 ? r->job->o->chunk : 1 << 20;
-    const int64_t chunk = len >= want ? 1 : (want / len < rows ? want / len : rows);
+    const int64_t len = t->ne[0], rows = surg_rows(t->ne), chunk = chunk_rows(r);
     const size_t nm = (size_t)r->job->n_models + 1, rb = cm_row_bytes(r->type, len);
     float *acc = malloc((size_t)(chunk * len) * sizeof *acc);
     float *x = malloc(nm * (size_t)(chunk * len) * sizeof *x);
@@ -185,7 +329,9 @@ static cm_status fill(void *ctx, void *dst, uint64_t nbytes, cm_err *err)
     cm_status s = acc && x && thr ? CM_OK
                                   : cm_fail(err, CM_E_NOMEM, "out of memory for %s", r->name);
     (void)nbytes;
-    if (!s && r->job->o->method == CM_MERGE_TIES)
+    if (!s && r->job->model_thr)
+        memcpy(thr, r->job->model_thr, (size_t)r->job->n_models * sizeof *thr);
+    else if (!s && r->job->o->method == CM_MERGE_TIES)
         s = ties_thresholds(r, len * rows, thr, err);
     for (int64_t r0 = 0; !s && r0 < rows; r0 += chunk) {
         int64_t nr = rows - r0 < chunk ? rows - r0 : chunk;
@@ -288,6 +434,8 @@ static cm_status check_opts(const char *base, int n_models, const cm_merge_opts 
         return cm_fail(err, CM_E_USAGE, "task-arithmetic and ties need --base");
     if (!(o->density > 0 && o->density <= 1))
         return cm_fail(err, CM_E_USAGE, "--density must be in (0, 1]");
+    if (o->scope == CM_TIES_MODEL && o->method != CM_MERGE_TIES)
+        return cm_fail(err, CM_E_USAGE, "--ties-scope model is for --method ties");
     if (!isfinite(o->lambda) || o->type == CM_SURG_SAME)
         return cm_fail(err, CM_E_USAGE, "--lambda must be finite and --type a type");
     return CM_OK;
@@ -339,17 +487,21 @@ cm_status cm_merge(const char *base, const char *const *models, int n_models, co
         char tb[32];
         fprintf(o->log, "merge: %s", names[o->method]);
         if (o->method == CM_MERGE_TIES)
-            fprintf(o->log, " (density %g, lambda %g)", o->density, o->lambda);
+            fprintf(o->log, " (density %g per %s, lambda %g)", o->density,
+                    o->scope == CM_TIES_MODEL ? "model" : "tensor", o->lambda);
         else if (o->method == CM_MERGE_TASK_ARITHMETIC)
             fprintf(o->log, " (lambda %g)", o->lambda);
         fprintf(o->log, " of %d model%s%s%s -> %s: %zu tensors, %s\n", n_models,
                 n_models > 1 ? "s" : "", base ? " onto " : "", base ? base : "", out, j.n,
                 cm_type_name(o->type, tb));
     }
+    if (!s && o->method == CM_MERGE_TIES && o->scope == CM_TIES_MODEL)
+        s = model_thresholds(&j, err);
     if (!s)
         s = write_out(&j, b ? b : &ms[0], out, err);
     for (size_t i = 0; i < j.n; i++)
         free(j.rec[i].in);
+    free(j.model_thr);
     free(j.rec);
     for (int i = 0; i < loaded; i++)
         cm_model_free(&ms[i]);

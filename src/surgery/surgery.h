@@ -40,16 +40,20 @@ typedef struct {
 typedef struct {
     cm_surg_common c;
     float width_mult;  /* feed-forward hidden size * this (>= 1) */
+    float embd_mult;   /* residual width * this, heads by whole KV groups (0 or 1: kept) */
     int add_layers;    /* new layers, spread between the existing ones */
 } cm_grow_opts;
 
 typedef enum { CM_MERGE_AVERAGE, CM_MERGE_TASK_ARITHMETIC, CM_MERGE_TIES } cm_merge_method;
+/* What TIES trims over: each tensor's own top fraction, or the whole model's. */
+typedef enum { CM_TIES_TENSOR, CM_TIES_MODEL } cm_ties_scope;
 
 typedef struct {
     FILE *log;
     uint32_t type;     /* output type (CM_SURG_SAME is refused: F32 by default) */
     cm_merge_method method;
     float density;     /* TIES: the fraction of each task vector kept */
+    cm_ties_scope scope; /* TIES: per tensor (default) or over the whole model */
     float lambda;      /* task arithmetic, TIES: the scale of the merged task vector */
     int64_t chunk;     /* elements merged at a time (0: about 1M; the result is the same) */
 } cm_merge_opts;
@@ -80,5 +84,22 @@ cm_status cm_surgery_check(const char *a, const char *b, int n_tokens, cm_surg_c
 void cm_ties_merge(float *const *tau, const float *thr, int n_models, int64_t n, float *out);
 /* The magnitude of the k-th largest |x| (k >= 1) of x[0..n-1]; scratch holds n floats. */
 float cm_kth_magnitude(const float *x, int64_t n, int64_t k, float *scratch);
+
+/* The k-th largest magnitude of a stream too large to hold, exactly, by a
+ * radix select over the bits of |x| (their order is the order of the
+ * non-negative floats): pass 0 counts the high 16 bits of every value,
+ * pass 1 the low 16 bits of those in the high bin that holds the k-th. */
+typedef struct {
+    uint64_t hist[65536];
+    int64_t k;       /* the rank wanted (>= 1), then its rank within the high bin */
+    uint32_t high;   /* the high bin, after pass 0 */
+    int pass;
+} cm_kth_stream;
+
+void cm_kth_stream_init(cm_kth_stream *s, int64_t k);
+void cm_kth_stream_add(cm_kth_stream *s, const float *x, int64_t n);
+/* Ends a pass; after pass 1 returns 1 and sets *out (INFINITY when fewer
+ * than k values were seen), after pass 0 returns 0. */
+int cm_kth_stream_next(cm_kth_stream *s, float *out);
 
 #endif

@@ -64,4 +64,37 @@ cm_status surg_finish(gguf_writer *w, const char *out, const char *check_in, int
  * a tensor outside the layers. */
 int surg_layer_of(const char *name, const char **suffix);
 
+/* One output tensor: made from src (NULL for a new one) by the command's
+ * fill callback, as kind (the command's own enum) says. */
+typedef struct {
+    const void *job;      /* the command's state, for the fill callback */
+    const gguf_tensor *src;
+    int kind;
+    int axis[2];          /* grow: the index maps along ne[0] and ne[1] (0: none) */
+    uint32_t type;
+    char name[128];
+    int64_t ne[4];
+} surg_rec;
+
+/* The output's tensors in file order, and whether the check's limit
+ * applies (every tensor read and written is F32). */
+typedef struct {
+    surg_rec *rec;
+    size_t n, cap;
+    uint32_t want;  /* the type asked for: CM_SURG_SAME or a type id */
+    int all_f32;
+} surg_plan;
+
+cm_status surg_plan_init(surg_plan *p, size_t cap, uint32_t want, cm_err *err);
+void surg_plan_free(surg_plan *p);
+/* Appends tensor `name` of shape ne made from src (or nothing), its type
+ * chosen by surg_out_type; NULL when the plan is full. */
+surg_rec *surg_plan_add(surg_plan *p, const void *job, const gguf_tensor *src, const char *name,
+                        int kind, const int64_t ne[4]);
+/* Adds every planned tensor to w, each produced by fill(its record). */
+cm_status surg_plan_write(surg_plan *p, gguf_writer *w, gguf_fill_fn fill);
+/* src's name into name[128]; refuses a longer name or a type codemoe
+ * cannot decode, naming the tensor. */
+cm_status surg_src_name(const gguf_tensor *t, char *name, cm_err *err);
+
 #endif

@@ -23,23 +23,10 @@ static const struct {
 
 enum { U_COPY, U_EXPERTS, U_ROUTER };
 
-typedef struct ujob ujob;
-
 typedef struct {
-    const ujob *job;
-    const gguf_tensor *src;
-    int kind;
-    uint32_t type;
-    char name[128];
-    int64_t ne[4];
-} urec;
-
-struct ujob {
     const cm_upcycle_opts *o;
-    urec *rec;
-    size_t n;
-    int all_f32;
-};
+    surg_plan plan;
+} ujob;
 
 typedef struct {
     surg_rng rng;
@@ -73,9 +60,9 @@ static cm_status tensor_rms(const gguf_tensor *t, const char *name, double *rms,
 }
 
 /* E copies of the dense tensor, each with its own noise. */
-static cm_status fill_experts(const urec *u, uint8_t *dst, cm_err *err)
+static cm_status fill_experts(const surg_rec *u, uint8_t *dst, cm_err *err)
 {
-    const cm_upcycle_opts *o = u->job->o;
+    const cm_upcycle_opts *o = ((const ujob *)u->job)->o;
     int64_t rows = surg_rows(u->src->ne);
     size_t per = cm_row_bytes(u->type, u->ne[0]) * (size_t)rows;
     double rms = 0;
@@ -89,18 +76,19 @@ static cm_status fill_experts(const urec *u, uint8_t *dst, cm_err *err)
     return s;
 }
 
-static cm_status fill_router(const urec *u, float *dst)
+static cm_status fill_router(const surg_rec *u, float *dst)
 {
+    const cm_upcycle_opts *o = ((const ujob *)u->job)->o;
     surg_rng rng;
-    surg_rng_seed(&rng, u->job->o->c.seed, u->name, 0);
+    surg_rng_seed(&rng, o->c.seed, u->name, 0);
     for (int64_t i = 0; i < u->ne[0] * u->ne[1]; i++)
-        dst[i] = (float)(u->job->o->router_std * surg_rng_normal(&rng));
+        dst[i] = (float)(o->router_std * surg_rng_normal(&rng));
     return CM_OK;
 }
 
 static cm_status fill(void *ctx, void *dst, uint64_t nbytes, cm_err *err)
 {
-    const urec *u = ctx;
+    const surg_rec *u = ctx;
     (void)nbytes;
     if (u->kind == U_ROUTER)
         return fill_router(u, dst);
@@ -126,37 +114,22 @@ static int expert_name(const char *name, char *out, size_t cap)
 
 static cm_status plan_one(ujob *j, const gguf_tensor *t, cm_err *err)
 {
-    const cm_upcycle_opts *o = j->o;
-    urec *u = &j->rec[j->n];
-    char name[128];
-    if (surg_name(t, name, sizeof name))
-        return cm_fail(err, CM_E_FORMAT, "tensor name longer than 127 bytes: %.60s...",
-                       t->name.ptr);
-    if (!surg_type_ok(t->type))
-        return cm_fail(err, CM_E_UNSUPPORTED, "tensor %s: type %u cannot be decoded", name,
-                       t->type);
-    *u = (urec){.job = j, .src = t, .kind = U_COPY};
-    memcpy(u->ne, t->ne, sizeof u->ne);
-    if (expert_name(name, u->name, sizeof u->name)) {
-        if (strstr(u->name, ".ffn_gate_exps.weight")) {
-            /* the router comes first, as llama.cpp writes it */
-            urec *r = u++;
-            *r = (urec){.job = j, .kind = U_ROUTER, .type = CM_TYPE_F32,
-                        .ne = {t->ne[0], o->n_expert, 1, 1}};
-            snprintf(r->name, sizeof r->name, "blk.%d.ffn_gate_inp.weight",
-                     surg_layer_of(name, NULL));
-            j->n++;
-            *u = (urec){.job = j, .src = t, .kind = U_EXPERTS, .ne = {t->ne[0], t->ne[1], 1, 1}};
-            expert_name(name, u->name, sizeof u->name);
-        }
-        u->kind = U_EXPERTS;
-        u->ne[2] = o->n_expert;
-    } else {
-        snprintf(u->name, sizeof u->name, "%s", name);
+    char name[128], exps[128];
+    cm_status s = surg_src_name(t, name, err);
+    if (s)
+        return s;
+    if (!expert_name(name, exps, sizeof exps)) {
+        surg_plan_add(&j->plan, j, t, name, U_COPY, NULL);
+        return CM_OK;
     }
-    u->type = surg_out_type(o->c.type, t->type, u->name, u->ne);
-    j->all_f32 &= t->type == CM_TYPE_F32 && u->type == CM_TYPE_F32;
-    j->n++;
+    if (strstr(exps, ".ffn_gate_exps.weight")) { /* the router first, as llama.cpp writes it */
+        char router[128];
+        snprintf(router, sizeof router, "blk.%d.ffn_gate_inp.weight", surg_layer_of(name, NULL));
+        surg_plan_add(&j->plan, j, NULL, router, U_ROUTER,
+                      (const int64_t[4]){t->ne[0], j->o->n_expert, 1, 1});
+    }
+    surg_plan_add(&j->plan, j, t, exps, U_EXPERTS,
+                  (const int64_t[4]){t->ne[0], t->ne[1], j->o->n_expert, 1});
     return CM_OK;
 }
 
@@ -238,15 +211,14 @@ static cm_status run_job(ujob *j, const cm_model *m, const char *to, const char 
     if (!w)
         return cm_fail(err, CM_E_NOMEM, "out of memory");
     cm_status s = add_meta(w, m, to, o);
-    for (size_t i = 0; !s && i < j->n; i++)
-        s = gguf_writer_add_tensor(w, j->rec[i].name, j->rec[i].type, surg_dims(j->rec[i].ne),
-                                   j->rec[i].ne, NULL, fill, &j->rec[i]);
+    if (!s)
+        s = surg_plan_write(&j->plan, w, fill);
     if (o->c.log)
         fprintf(o->c.log, "upcycle: %s (%s, %d layers, ffn %d) -> %s (%s, %d experts, top-%d, "
                 "noise %g)\n", in, m->hp.arch_name, m->hp.n_layer, m->hp.n_ff, out, to,
                 o->n_expert, o->n_expert_used, o->noise);
     /* a failed add is kept in the writer and reported by finish */
-    double tol = j->all_f32 && o->noise == 0 ? 1e-5 : 0;
+    double tol = j->plan.all_f32 && o->noise == 0 ? 1e-5 : 0;
     s = surg_finish(w, out, in, o->c.n_check_tokens, tol, o->c.log, chk, err);
     gguf_writer_free(w);
     return s;
@@ -261,14 +233,16 @@ cm_status cm_upcycle(const char *in, const char *out, const cm_upcycle_opts *o,
     if ((s = check_opts(o, err)) || (s = surg_distinct(in, out, err)) ||
         (s = cm_model_load(in, &m, err)))
         return s;
-    ujob j = {.o = o, .all_f32 = 1};
-    j.rec = calloc(2 * m.file.n_tensors + 1, sizeof *j.rec); /* a router per gate at most */
-    s = j.rec ? check_dense(&m, &to, err) : cm_fail(err, CM_E_NOMEM, "out of memory");
+    ujob j = {.o = o};
+    /* a router per gate at most */
+    s = surg_plan_init(&j.plan, 2 * m.file.n_tensors + 1, o->c.type, err);
+    if (!s)
+        s = check_dense(&m, &to, err);
     for (uint64_t i = 0; !s && i < m.file.n_tensors; i++)
         s = plan_one(&j, &m.file.tensors[i], err);
     if (!s)
         s = run_job(&j, &m, to, in, out, chk, err);
-    free(j.rec);
+    surg_plan_free(&j.plan);
     cm_model_free(&m);
     return s;
 }
