@@ -22,7 +22,7 @@ only() {
 
 # ---- upcycle: the printed check passes at F32
 expect 0 "upcycle f32" -- "$CODEMOE" upcycle "$LLAMA" "$OUT/moe.gguf" --experts 4 --top-k 2
-grep -Eq '^check: max \|logits\(OUT\) - logits\(IN\)\| = [0-9.e+-]+ .* limit 1e-05: ok$' \
+grep -Eq '^check: max \|logits\(OUT\) - logits\(IN\)\| = [0-9.e+-]+ .* limit 1e-05 x [0-9.e+-]+: ok$' \
     "$TMP/out" || fail "upcycle printed no passing check: $(cat "$TMP/out")"
 "$CODEMOE" info "$OUT/moe.gguf" >"$TMP/info" 2>&1 || fail "info on the upcycled model"
 grep -qi "expert" "$TMP/info" || fail "info does not show experts: $(head -c 300 "$TMP/info")"
@@ -41,20 +41,20 @@ only "moe.gguf moe16.gguf moe8.gguf " "upcycle"
 
 # ---- grow: dense and MoE, width and depth, check within 1e-4
 expect 0 "grow dense" -- "$CODEMOE" grow "$LLAMA" "$OUT/big.gguf" --width-mult 2 --add-layers 2
-grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow printed no passing check: $(cat "$TMP/out")"
+grep -Eq 'limit 0.0001 x [0-9.e+-]+: ok$' "$TMP/out" || fail "grow printed no passing check: $(cat "$TMP/out")"
 expect 0 "grow moe" -- "$CODEMOE" grow "$MIXTRAL" "$OUT/bigmoe.gguf" --width-mult 1.25 \
     --add-layers 1
-grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow moe check: $(cat "$TMP/out")"
+grep -Eq 'limit 0.0001 x [0-9.e+-]+: ok$' "$TMP/out" || fail "grow moe check: $(cat "$TMP/out")"
 expect 0 "grow upcycled" -- "$CODEMOE" grow "$OUT/moe.gguf" "$OUT/bigup.gguf" --add-layers 1
-grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow upcycled check: $(cat "$TMP/out")"
+grep -Eq 'limit 0.0001 x [0-9.e+-]+: ok$' "$TMP/out" || fail "grow upcycled check: $(cat "$TMP/out")"
 # the residual width: every unit twice, then some units twice and some once
 for m in 2 1.5; do
     expect 0 "grow dense --embd-mult $m" -- "$CODEMOE" grow "$LLAMA" "$OUT/wide.gguf" \
         --embd-mult "$m" --width-mult 2 --add-layers 1
-    grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow --embd-mult $m: $(cat "$TMP/out")"
+    grep -Eq 'limit 0.0001 x [0-9.e+-]+: ok$' "$TMP/out" || fail "grow --embd-mult $m: $(cat "$TMP/out")"
     expect 0 "grow moe --embd-mult $m" -- "$CODEMOE" grow "$MIXTRAL" "$OUT/widemoe.gguf" \
         --embd-mult "$m"
-    grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow moe --embd-mult $m: $(cat "$TMP/out")"
+    grep -Eq 'limit 0.0001 x [0-9.e+-]+: ok$' "$TMP/out" || fail "grow moe --embd-mult $m: $(cat "$TMP/out")"
 done
 grep -q "embd 64, 4/2 heads, expert ffn 128) -> .*embd 96, 6/3 heads" "$TMP/out" ||
     fail "grow --embd-mult 1.5 does not say what grew: $(cat "$TMP/out")"
@@ -74,14 +74,14 @@ for a in qwen2 qwen3 gpt_bigcode phi starcoder2 qwen2_moe qwen3_moe; do
         expect 0 "upcycle $a" -- "$CODEMOE" upcycle "$TMP/$a.gguf" "$TMP/$a-moe.gguf" \
             --experts 4 --top-k 2
         grep -q "(${a}moe, 4 experts" "$TMP/out" || fail "upcycle $a: not ${a}moe: $(cat "$TMP/out")"
-        grep -q 'limit 1e-05: ok$' "$TMP/out" || fail "upcycle $a check: $(cat "$TMP/out")" ;;
+        grep -Eq 'limit 1e-05 x [0-9.e+-]+: ok$' "$TMP/out" || fail "upcycle $a check: $(cat "$TMP/out")" ;;
     gpt_bigcode | phi | starcoder2)
         expect 1 "upcycle $a (GELU)" -- "$CODEMOE" upcycle "$TMP/$a.gguf" "$TMP/$a-moe.gguf" \
             --experts 4 --top-k 2 ;;
     esac
     expect 0 "grow $a" -- "$CODEMOE" grow "$TMP/$a.gguf" "$TMP/$a-big.gguf" --width-mult 1.5 \
         --add-layers 2
-    grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow $a check: $(cat "$TMP/out")"
+    grep -Eq 'limit 0.0001 x [0-9.e+-]+: ok$' "$TMP/out" || fail "grow $a check: $(cat "$TMP/out")"
     # the residual width: LayerNorm models by whole multiples only
     case $a in
     gpt_bigcode | phi | starcoder2)
@@ -94,7 +94,7 @@ for a in qwen2 qwen3 gpt_bigcode phi starcoder2 qwen2_moe qwen3_moe; do
     esac
     expect 0 "grow $a --embd-mult $m" -- "$CODEMOE" grow "$TMP/$a.gguf" "$TMP/$a-wide.gguf" \
         --embd-mult "$m" --width-mult 1.5 --add-layers 1
-    grep -q 'limit 0.0001: ok$' "$TMP/out" || fail "grow $a --embd-mult $m: $(cat "$TMP/out")"
+    grep -Eq 'limit 0.0001 x [0-9.e+-]+: ok$' "$TMP/out" || fail "grow $a --embd-mult $m: $(cat "$TMP/out")"
     rm -f "$TMP/$a"*.gguf
 done
 
