@@ -94,6 +94,41 @@ static void choose_ctx(srv_engine *e)
         e->o.n_ctx = train;
 }
 
+/* Every member's layers, so that one step can run the slots of several
+ * (when the context accepts them: members differing only in the
+ * feed-forward, on the CPU); the default member bound again after. */
+static cm_status setup_members(srv_engine *e, cm_err *err)
+{
+    char first[32];
+    const size_t L = (size_t)e->m.hp.n_layer;
+    cm_err ignore;
+    snprintf(first, sizeof first, "%s", e->m.expert);
+    e->n_members = cm_pack_members(&e->m.file, e->member_names, CM_PACK_MAX_MEMBERS);
+    for (int k = 0; k < e->n_members; k++) {
+        cm_status s = cm_model_select_expert(&e->m, e->member_names[k], err);
+        if (s)
+            return s;
+        if (!(e->member_layers[k] = malloc((L ? L : 1) * sizeof(cm_layer))))
+            return cm_fail(err, CM_E_NOMEM, "out of memory");
+        memcpy(e->member_layers[k], e->m.layers, L * sizeof(cm_layer));
+    }
+    cm_status s = cm_model_select_expert(&e->m, first, err);
+    if (!s)
+        s = cm_ctx_rebind(e->ctx, err);
+    if (!s) /* (unsupported: steps of one member each) */
+        e->mixed = !cm_ctx_set_members(e->ctx, e->member_layers, e->n_members, &ignore);
+    return s == CM_E_UNSUPPORTED ? CM_OK : s;
+}
+
+/* The index of a pack member in member_names (0 when not found). */
+int srv_engine_member(const srv_engine *e, const char *name)
+{
+    for (int k = 0; k < e->n_members; k++)
+        if (!strcmp(e->member_names[k], name))
+            return k;
+    return 0;
+}
+
 cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
 {
     char path[1024];
@@ -123,6 +158,8 @@ cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
         s = make_ctx(e, err);
     }
     cm_err ignore;
+    if (!s && e->m.is_pack && e->n_slots > 1)
+        s = setup_members(e, err);
     if (!s && e->m.is_pack && e->n_slots > 1 && cm_ctx_rebind(e->ctx, &ignore))
         s = cm_fail(err, CM_E_UNSUPPORTED, "the %s backend holds one expert's weights per "
                     "context: serve this language-expert pack with --parallel 1", e->be->name);
@@ -144,6 +181,8 @@ void srv_engine_free(srv_engine *e)
     srv_sched_stop(e);
     cm_ctx_free(e->ctx); /* contexts before their model */
     cm_router_free(e->router);
+    for (int k = 0; k < e->n_members; k++)
+        free(e->member_layers[k]);
     if (e->loaded)
         cm_model_free(&e->m);
     pthread_mutex_destroy(&e->lock);
