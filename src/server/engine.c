@@ -275,43 +275,16 @@ static cm_status ids_text(const srv_engine *e, idvec *v, const char *text, size_
     return s;
 }
 
-static cm_status ids_bos(const srv_engine *e, idvec *v, cm_err *err)
-{
-    int32_t bos = cm_tok_bos(e->m.tok);
-    return cm_tok_add_bos(e->m.tok) && bos >= 0 ? ids_push(v, &bos, 1, err) : CM_OK;
-}
-
-/* Chat: consecutive plain pieces are tokenized as one text, so messages
- * split the way one text would. */
 static cm_status chat_ids(const srv_engine *e, const srv_request *r, idvec *v, cm_err *err)
 {
-    srv_piece *pc = NULL;
-    int np = 0;
-    char *buf = NULL;
-    size_t total = 0, len = 0;
+    int32_t *ids = NULL;
+    size_t n = 0;
     if (!e->tmpl_ok)
         return *err = e->tmpl_err, err->code;
-    cm_status s = srv_chat_render(r, e->tmpl, &pc, &np, err);
-    for (int i = 0; i < np; i++)
-        total += pc[i].len;
-    if (!s && !(buf = malloc(total + 1)))
-        s = cm_fail(err, CM_E_NOMEM, "out of memory");
+    cm_status s = srv_chat_ids(e->m.tok, r, e->tmpl, &ids, &n, err);
     if (!s)
-        s = ids_bos(e, v, err);
-    for (int i = 0; !s && i < np; i++) {
-        if (pc[i].special) {
-            s = ids_text(e, v, pc[i].p, pc[i].len, 1, err);
-            continue;
-        }
-        memcpy(buf + len, pc[i].p, pc[i].len);
-        len += pc[i].len;
-        if (i + 1 == np || pc[i + 1].special) {
-            s = ids_text(e, v, buf, len, 0, err);
-            len = 0;
-        }
-    }
-    free(buf);
-    free(pc);
+        s = ids_push(v, ids, n, err);
+    free(ids);
     return s;
 }
 

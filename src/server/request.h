@@ -117,6 +117,11 @@ const char *srv_template_name(srv_template t);
  * template has no place for. */
 cm_status srv_chat_render(const srv_request *r, srv_template t, srv_piece **pieces, int *n,
                           cm_err *err);
+/* The token ids of r's chat prompt (srv_chat_render's pieces, BOS first
+ * where the tokenizer adds one); *ids is malloc'ed. */
+struct cm_tokenizer;
+cm_status srv_chat_ids(const struct cm_tokenizer *t, const srv_request *r, srv_template tmpl,
+                       int32_t **ids, size_t *n, cm_err *err);
 /* The marker that ends an assistant turn in template t ("<|im_end|>"). */
 const char *srv_template_end(srv_template t);
 
