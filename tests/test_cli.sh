@@ -374,6 +374,21 @@ if [ -x "$GEN" ]; then
         grep -q "prompt 512/[0-9]* tokens" "$TMP/tty" || fail "no prompt progress on a terminal: $(tr '\r' '\n' <"$TMP/tty" | head -5)"
     fi
 fi
+
+# progress of convert and quantize: "tensor i/N, MB/s, ETA" on a terminal only
+expect 0 "quantize, stderr not a terminal" -- "$CODEMOE" quantize "$FIX/llama-f32.gguf" "$TMP/pq.gguf" q8_0
+grep -q "tensor [0-9]*/" "$TMP/err" && fail "quantize progress printed to a file: $(head -3 "$TMP/err")"
+expect 0 "convert, stderr not a terminal" -- "$CODEMOE" convert "$SHARED/fixtures/hf/llama" -o "$TMP/pc.gguf"
+grep -q "tensor [0-9]*/" "$TMP/err" && fail "convert progress printed to a file: $(head -3 "$TMP/err")"
+if command -v script >/dev/null 2>&1; then
+    script -qec "'$CODEMOE' quantize '$FIX/llama-f32.gguf' '$TMP/pq2.gguf' q8_0 >/dev/null" "$TMP/tty" >/dev/null 2>&1
+    tr '\r' '\n' <"$TMP/tty" | grep -aq "quantize: tensor 21/21 .* MB/s, ETA [0-9]* s" ||
+        fail "no quantize progress on a terminal: $(tr '\r' '\n' <"$TMP/tty" | head -5)"
+    cmp -s "$TMP/pq.gguf" "$TMP/pq2.gguf" || fail "quantize with progress wrote another file"
+    script -qec "'$CODEMOE' convert '$SHARED/fixtures/hf/llama' -o '$TMP/pc2.gguf'" "$TMP/tty" >/dev/null 2>&1
+    tr '\r' '\n' <"$TMP/tty" | grep -aq "convert: tensor [0-9]*/[0-9]* .* MB/s, ETA" ||
+        fail "no convert progress on a terminal: $(tr '\r' '\n' <"$TMP/tty" | head -5)"
+fi
 expect 1 "run --infill without FIM tokens" -- "$CODEMOE" run -m "$M" --infill --prefix a --suffix b
 grep -q "has no fill-in-the-middle tokens" "$TMP/err" || fail "infill refusal: $(cat "$TMP/err")"
 expect 2 "--infill without a suffix" -- "$CODEMOE" run -m "$M" --infill --prefix a
