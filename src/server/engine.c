@@ -477,7 +477,8 @@ cm_status srv_gen_start(srv_engine *e, const srv_request *r, srv_gen *g, cm_err 
         s = err->code;
     if (!s)
         s = srv_slot_eval(e, g->slot, err);
-    g->t_prompt = now_s() - t0;
+    g->t_start = now_s();
+    g->t_prompt = g->t_start - t0;
     free(v.p);
     return s;
 }
@@ -586,11 +587,17 @@ static cm_status next_token(srv_engine *e, srv_gen *g, cm_err *err)
     if (pn > sizeof piece && (big = malloc(pn)))
         cm_token_piece(m->tok, id, 0, big, pn);
     g->n_gen++;
-    cm_status s = push_piece(g, big ? big : piece, big || pn <= sizeof piece ? pn : sizeof piece,
-                             err);
+    size_t len = big || pn <= sizeof piece ? pn : sizeof piece;
+    g->new_line |= memchr(big ? big : piece, '\n', len) != NULL;
+    cm_status s = push_piece(g, big ? big : piece, len, err);
     free(big);
     if (s || g->done)
         return s;
+    /* llama.cpp's t_max_predict_ms: an editor's time budget, once a line is
+     * there to show */
+    if (r->t_max_predict_ms > 0 && g->new_line &&
+        (now_s() - g->t_start) * 1000.0 >= (double)r->t_max_predict_ms)
+        return finish(g, "limit", err);
     if (g->slot->n_tokens >= e->o.n_ctx)
         return finish(g, "limit", err);
     cm_sampler_accept(g->smp, id);

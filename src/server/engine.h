@@ -156,6 +156,8 @@ typedef struct {
     srv_engine *e;           /* whose slot it holds */
     srv_slot *slot;
     int n_reused;            /* prompt tokens found in the slot's cache */
+    double t_start;          /* when generation began (t_max_predict_ms) */
+    int new_line;            /* a generated piece held a new line */
 } srv_gen;
 
 /* Routes (packs), tokenizes and checks r's prompt, takes a slot, then

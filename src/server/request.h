@@ -61,6 +61,8 @@ typedef struct {
     srv_str language;      /* optional: which expert of a pack (else routed) */
     /* generation */
     int n_predict;         /* -1: until end of text or a full context */
+    long long t_max_predict_ms; /* > 0: generation stops once it has run this long
+                                 * and made a new line (llama.cpp's), "limit" */
     int stream, include_usage, have_seed, add_special;
     int cache_prompt;      /* reuse a slot's cached prefix (llama.cpp's field; default on) */
     srv_str fields[SRV_MAX_FIELDS]; /* /infill's response_fields, when has_fields */
