@@ -11,7 +11,9 @@ requests, a time limit on each).
   infill: --infill: the same ~2,000-token /infill prefix twice, the second
           time with one line changed (an editor resending a file)
   all:    --all: the load at --parallel P, the same load at --parallel 1,
-          then the infill timing; a markdown table at the end (bench/SERVER.md)
+          then the infill timing; a markdown table at the end (bench/SERVER.md).
+          --rounds N: the two loads N times, interleaved (P, 1, P, 1, ...: a
+          shared machine's load drifts), each round's ratio and the medians
 
   python3 bench/serve_load.py --codemoe ./codemoe --model models/default.gguf \\
       --parallel 16 --clients 16 --requests 4 --text corpus/python/sample.txt
@@ -82,6 +84,16 @@ def post(host, port, path, body, stream, timeout):
     return 200, "".join(text), time.time() - t0, first, tokens
 
 
+def server_cpu(pid):
+    """CPU seconds (user + system) the server has used, from /proc; -1 elsewhere.
+    On a shared machine this, per token, is steadier than the wall clock."""
+    try:
+        f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
 def pct(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else None
@@ -112,13 +124,14 @@ def load(a, prompts):
 
     # one request first, untimed: the model's pages in, the threads started
     post(host, port, "/v1/completions", {"prompt": prompts[0], "max_tokens": 8}, False, 300)
-    t0 = time.time()
+    t0, cpu0 = time.time(), server_cpu(p.pid)
     th = [threading.Thread(target=client, args=(k,)) for k in range(a.clients)]
     for t in th:
         t.start()
     for t in th:
         t.join()
     wall = time.time() - t0
+    cpu = server_cpu(p.pid) - cpu0
     p.terminate()
     p.wait(30)
     return {"parallel": a.parallel, "clients": a.clients, "requests": a.clients * a.requests,
@@ -126,7 +139,9 @@ def load(a, prompts):
             "seconds": round(wall, 3), "tokens_per_s": round(toks[0] / wall, 1),
             "latency_p50_s": round(pct(lat, 50), 3), "latency_p99_s": round(pct(lat, 99), 3),
             "first_token_p50_s": round(pct(ttft, 50), 3) if ttft else None,
-            "first_token_p99_s": round(pct(ttft, 99), 3) if ttft else None}
+            "first_token_p99_s": round(pct(ttft, 99), 3) if ttft else None,
+            "server_cpu_s": round(cpu, 2) if cpu >= 0 else None,
+            "server_cpu_ms_per_token": round(1000 * cpu / toks[0], 3) if cpu >= 0 and toks[0] else None}
 
 
 def infill(a, text):
@@ -164,6 +179,7 @@ def main():
     ap.add_argument("--all", action="store_true", help="load at P and at 1, then infill")
     ap.add_argument("--filename", default="sample.py", help="input_extra file name (infill)")
     ap.add_argument("--log", help="append the server's log here")
+    ap.add_argument("--rounds", type=int, default=1, help="--all: interleaved rounds")
     a = ap.parse_args()
     text = open(a.text, encoding="utf-8").read()
     if a.infill:
@@ -175,21 +191,33 @@ def main():
     if not a.all:
         print(json.dumps(load(a, prompts)))
         return
-    rows = []
-    for par in (a.parallel, 1):
-        a.parallel = par
-        rows.append(load(a, prompts))
-        print(json.dumps(rows[-1]), flush=True)
+    rows, many = [], a.parallel
+    for rnd in range(a.rounds):
+        for par in (many, 1):
+            a.parallel = par
+            rows.append(dict(load(a, prompts), round=rnd + 1))
+            print(json.dumps(rows[-1]), flush=True)
     inf = infill(a, text)
     print(json.dumps(inf), flush=True)
-    print("\n| server | requests | errors | tokens | seconds | tok/s | p50 s | p99 s | first token p50 s | p99 s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| round | server | requests | errors | tokens | seconds | tok/s | p50 s | p99 s | first token p50 s | p99 s | server CPU ms/token |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print("| --parallel %d | %d | %d | %d | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f |" % (
-            r["parallel"], r["requests"], r["errors"], r["tokens"], r["seconds"],
+        print("| %d | --parallel %d | %d | %d | %d | %.1f | %.1f | %.2f | %.2f | %.2f | %.2f | %s |" % (
+            r["round"], r["parallel"], r["requests"], r["errors"], r["tokens"], r["seconds"],
             r["tokens_per_s"], r["latency_p50_s"], r["latency_p99_s"],
-            r["first_token_p50_s"] or 0, r["first_token_p99_s"] or 0))
-    print("\nthroughput: %.2fx --parallel 1" % (rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]))
+            r["first_token_p50_s"] or 0, r["first_token_p99_s"] or 0,
+            "%.3f" % r["server_cpu_ms_per_token"] if r["server_cpu_ms_per_token"] else "-"))
+    hi = [r["tokens_per_s"] for r in rows if r["parallel"] == many]
+    lo = [r["tokens_per_s"] for r in rows if r["parallel"] == 1]
+    ratios = ["%.2f" % (h / l) for h, l in zip(hi, lo)]
+    print("\nthroughput by round: %sx --parallel 1" % "x, ".join(ratios))
+    print("medians: --parallel %d %.1f tok/s, --parallel 1 %.1f tok/s: %.2fx" % (
+        many, pct(hi, 50), pct(lo, 50), pct(hi, 50) / pct(lo, 50)))
+    chi = [r["server_cpu_ms_per_token"] for r in rows if r["parallel"] == many and r["server_cpu_ms_per_token"]]
+    clo = [r["server_cpu_ms_per_token"] for r in rows if r["parallel"] == 1 and r["server_cpu_ms_per_token"]]
+    if chi and clo:
+        print("server CPU per token, medians: --parallel %d %.3f ms, --parallel 1 %.3f ms: %.2fx less" % (
+            many, pct(chi, 50), pct(clo, 50), pct(clo, 50) / pct(chi, 50)))
     f, s2 = inf["infill"]
     print("/infill: first %.3f s (%d tokens), second %.3f s (%d cached): %.1fx" % (
         f["seconds"], f["tokens_evaluated"], s2["seconds"], s2["tokens_cached"], inf["speedup"]))

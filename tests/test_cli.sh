@@ -225,10 +225,41 @@ expect 2 "-ngl without a value" -- "$CODEMOE" run -m "$M" -p x -ngl
 expect 2 "-ngl many" -- "$CODEMOE" bench -m "$M" -ngl many
 grep -q "option -ngl" "$TMP/err" || fail "-ngl's error does not name it: $(cat "$TMP/err")"
 expect 0 "-no-cnv" -- "$CODEMOE" run -m "$M" -p x -n 1 -no-cnv
+# -i / -cnv: chat, user turns a line each from standard input (a pipe here),
+# the model's template (none in the fixture: ChatML), the KV cache kept:
+# a turn evaluates only what the cache lacks; /exit or the end of input ends
+printf 'hello there\nand once more\n/exit\nnever read\n' >"$TMP/turns"
+turn() { sed -n "s/.*turn $1: prompt \([0-9]*\) tok, \([0-9]*\) evaluated (\([0-9]*\) from the cache).*/\\$2/p" "$TMP/err"; }
 for f in -i -cnv --interactive --conversation; do
-    expect 2 "$f" -- "$CODEMOE" run -m "$M" -p x $f
-    grep -q "interactive chat is not supported" "$TMP/err" || fail "$f: $(cat "$TMP/err")"
+    expect 0 "$f" -- sh -c "'$CODEMOE' run -m '$M' $f -n 6 --temp 0 <'$TMP/turns'"
+    grep -q "chat template chatml" "$TMP/err" || fail "$f: no template named: $(cat "$TMP/err")"
+    [ "$(turn 1 3)" = 0 ] && [ "$(turn 1 1)" = "$(turn 1 2)" ] || fail "$f: turn 1: $(cat "$TMP/err")"
+    p2=$(turn 2 1) e2=$(turn 2 2) c2=$(turn 2 3)
+    [ -n "$p2" ] && [ "$c2" -gt "$(turn 1 1)" ] && [ $((e2 + c2)) = "$p2" ] && [ "$e2" -lt "$p2" ] ||
+        fail "$f: turn 2 did not reuse turn 1's cache: $(cat "$TMP/err")"
+    grep -q "turn 3" "$TMP/err" && fail "$f: a line after /exit was read"
 done
+cp "$TMP/err" "$TMP/chat1"
+# the same turns give the same answers (greedy), without /exit: end of input
+printf 'hello there\nand once more\n' | "$CODEMOE" run -m "$M" -cnv -n 6 --temp 0 >"$TMP/out2" 2>"$TMP/err" ||
+    fail "chat to the end of input: $(cat "$TMP/err")"
+cmp -s "$TMP/out" "$TMP/out2" || fail "chat answers differ between two runs"
+[ "$(grep -c "turn [0-9]" "$TMP/err")" = 2 ] || fail "chat to the end of input: $(cat "$TMP/err")"
+# -p is the system message: turn 1 holds it
+expect 0 "chat with a system message" -- sh -c "'$CODEMOE' run -m '$M' -i -p 'be brief' -n 2 <'$TMP/turns'"
+[ "$(turn 1 1)" -gt "$(sed -n 's/.*turn 1: prompt \([0-9]*\) tok.*/\1/p' "$TMP/chat1")" ] ||
+    fail "-p did not add a system message: $(cat "$TMP/err")"
+expect 0 "chat --chat-template llama2" -- sh -c "'$CODEMOE' run -m '$M' -i --chat-template llama2 -n 2 <'$TMP/turns'"
+grep -q "chat template llama2" "$TMP/err" || fail "--chat-template llama2: $(cat "$TMP/err")"
+expect 2 "chat --chat-template bogus" -- "$CODEMOE" run -m "$M" -i --chat-template bogus
+expect 2 "chat with --infill" -- "$CODEMOE" run -m "$M" -cnv --infill --prefix a --suffix b
+expect 2 "chat with -f -" -- "$CODEMOE" run -m "$M" -cnv -f -
+if [ -f "$TL_SRC/models/default.gguf" ]; then # a pack: the first turn picks the expert
+    printf 'Write a Python function that adds two numbers.\nNow make it multiply.\n' >"$TMP/turns"
+    expect 0 "chat on the default model" -- sh -c "'$CODEMOE' run -m '$TL_SRC/models/default.gguf' -cnv -n 16 --temp 0 -c 512 <'$TMP/turns'"
+    grep -q "expert python" "$TMP/err" && [ "$(turn 2 3)" -gt 16 ] ||
+        fail "chat on the default model: $(cat "$TMP/err")"
+fi
 
 # ---- fill-in-the-middle ----
 # FIM tokens from the vocabulary's texts (StarCoder, Refact: <fim_prefix>;
@@ -342,6 +373,21 @@ if [ -x "$GEN" ]; then
         script -qec "'$CODEMOE' run -m '$TMP/fim.gguf' -f '$TMP/long.c' -n 1 >/dev/null" "$TMP/tty" >/dev/null 2>&1
         grep -q "prompt 512/[0-9]* tokens" "$TMP/tty" || fail "no prompt progress on a terminal: $(tr '\r' '\n' <"$TMP/tty" | head -5)"
     fi
+fi
+
+# progress of convert and quantize: "tensor i/N, MB/s, ETA" on a terminal only
+expect 0 "quantize, stderr not a terminal" -- "$CODEMOE" quantize "$FIX/llama-f32.gguf" "$TMP/pq.gguf" q8_0
+grep -q "tensor [0-9]*/" "$TMP/err" && fail "quantize progress printed to a file: $(head -3 "$TMP/err")"
+expect 0 "convert, stderr not a terminal" -- "$CODEMOE" convert "$SHARED/fixtures/hf/llama" -o "$TMP/pc.gguf"
+grep -q "tensor [0-9]*/" "$TMP/err" && fail "convert progress printed to a file: $(head -3 "$TMP/err")"
+if command -v script >/dev/null 2>&1; then
+    script -qec "'$CODEMOE' quantize '$FIX/llama-f32.gguf' '$TMP/pq2.gguf' q8_0 >/dev/null" "$TMP/tty" >/dev/null 2>&1
+    tr '\r' '\n' <"$TMP/tty" | grep -aq "quantize: tensor 21/21 .* MB/s, ETA [0-9]* s" ||
+        fail "no quantize progress on a terminal: $(tr '\r' '\n' <"$TMP/tty" | head -5)"
+    cmp -s "$TMP/pq.gguf" "$TMP/pq2.gguf" || fail "quantize with progress wrote another file"
+    script -qec "'$CODEMOE' convert '$SHARED/fixtures/hf/llama' -o '$TMP/pc2.gguf'" "$TMP/tty" >/dev/null 2>&1
+    tr '\r' '\n' <"$TMP/tty" | grep -aq "convert: tensor [0-9]*/[0-9]* .* MB/s, ETA" ||
+        fail "no convert progress on a terminal: $(tr '\r' '\n' <"$TMP/tty" | head -5)"
 fi
 expect 1 "run --infill without FIM tokens" -- "$CODEMOE" run -m "$M" --infill --prefix a --suffix b
 grep -q "has no fill-in-the-middle tokens" "$TMP/err" || fail "infill refusal: $(cat "$TMP/err")"

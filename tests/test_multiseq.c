@@ -4,7 +4,9 @@
  * batches, sequences cut back with cm_ctx_seq_keep), equal its logits
  * evaluated alone in a one-sequence context, on every backend that runs
  * here, for a dense and a mixture-of-experts fixture model; cm_ctx_truncate
- * continues a one-sequence context from a kept prefix as if evaluated anew. */
+ * continues a one-sequence context from a kept prefix as if evaluated anew;
+ * a language-expert pack's batch of several members (cm_eval_batch_members)
+ * equals, member by member, the same rows with the context bound to it. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@
 #include "backends/cpu/cpu.h"
 #include "engine/forward.h"
 #include "engine/model.h"
+#include "experts/pack.h"
 #include "testlib.h"
 
 #define N_SEQ 3
@@ -168,6 +171,72 @@ static void test_file(const char *path)
     cm_model_free(&m);
 }
 
+/* The default model (a pack whose members differ in the feed-forward):
+ * two sequences of member a beside two of member b in one batch, against
+ * the same rows with every row's member bound. */
+static void test_members(const char *path)
+{
+    cm_model m;
+    cm_err err;
+    cm_ctx *c = NULL;
+    char names[CM_PACK_MAX_MEMBERS][32];
+    cm_layer *layers[CM_PACK_MAX_MEMBERS] = {0};
+    if (cm_model_load(path, &m, &err)) {
+        printf("(no pack at %s: members not tested)\n", path);
+        return;
+    }
+    m.keep_members = 1;
+    const size_t V = (size_t)m.hp.n_vocab, L = (size_t)m.hp.n_layer;
+    int n = cm_pack_members(&m.file, names, CM_PACK_MAX_MEMBERS);
+    CHECK(n >= 2, "%s has %d members", path, n);
+    for (int k = 0; k < n && k < 2; k++) {
+        CHECK(!cm_model_select_expert(&m, names[k], &err), "%s", err.msg);
+        layers[k] = malloc(L * sizeof(cm_layer));
+        memcpy(layers[k], m.layers, L * sizeof(cm_layer));
+    }
+    CHECK(!cm_ctx_new_multi(&m, NULL, NULL, 64, CM_KV_F32, 16, 4, &c, &err), "%s", err.msg);
+    CHECK(!cm_ctx_set_members(c, layers, 2, &err), "%s", err.msg);
+    int32_t ids[12], seq[12], mem[12];
+    uint8_t want[12];
+    for (int i = 0; i < 12; i++)
+        ids[i] = 100 + 37 * i, seq[i] = i / 3, mem[i] = i / 6, want[i] = i % 3 == 2;
+    float *mixed = malloc(4 * V * sizeof(float)), *one = malloc(2 * V * sizeof(float));
+    CHECK(!cm_eval_batch_members(c, ids, seq, mem, 12, want, mixed, &err), "%s", err.msg);
+    double worst = 0;
+    for (int k = 0; k < 2; k++) { /* sequences 2k, 2k+1 again, member k bound */
+        cm_ctx_seq_keep(c, 2 * k, 0), cm_ctx_seq_keep(c, 2 * k + 1, 0);
+        CHECK(!cm_model_select_expert(&m, names[k], &err) && !cm_ctx_rebind(c, &err), "%s", err.msg);
+        CHECK(!cm_eval_batch(c, ids + 6 * k, seq + 6 * k, 6, want + 6 * k, one, &err), "%s", err.msg);
+        worst = fmax(worst, max_diff(one, mixed + 2 * k * V, 2 * V));
+    }
+    printf("pack members %s and %s in one batch against each bound: max |diff| %.2e\n", names[0],
+           names[1], worst);
+    /* (12 rows take the batched product kernels, 6 the per-row ones) */
+    CHECK(worst < 1e-4, "a batch of two members differs from each member bound by %g", worst);
+    mem[0] = 2;
+    CHECK(cm_eval_batch_members(c, ids, seq, mem, 1, NULL, NULL, &err) == CM_E_RANGE);
+    cm_ctx_free(c);
+    free(mixed), free(one), free(layers[0]), free(layers[1]);
+    cm_model_free(&m);
+}
+
+/* A mixture of experts cannot take members' layers. */
+static void test_members_refused(const char *path)
+{
+    cm_model m;
+    cm_err err;
+    cm_ctx *c;
+    if (cm_model_load(path, &m, &err) || cm_ctx_new_multi(&m, NULL, NULL, 32, CM_KV_F32, 8, 2, &c,
+                                                          &err)) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
+    cm_layer *l = m.layers;
+    CHECK(cm_ctx_set_members(c, &l, 1, &err) == CM_E_UNSUPPORTED, "a MoE took members");
+    cm_ctx_free(c);
+    cm_model_free(&m);
+}
+
 int main(void)
 {
     char msg[256], path[1024];
@@ -180,5 +249,8 @@ int main(void)
         tl_skip("fixture models not found (set CM_SHARED)");
     test_file(tl_path(path, sizeof path, "%s/fixtures/gguf/llama/llama-f32.gguf", shared));
     test_file(tl_path(path, sizeof path, "%s/fixtures/gguf/mixtral/mixtral-q4_0.gguf", shared));
+    test_members_refused(tl_path(path, sizeof path, "%s/fixtures/gguf/mixtral/mixtral-f32.gguf",
+                                 shared));
+    test_members(tl_path(path, sizeof path, "%s/models/default.gguf", CM_SRCDIR));
     return tl_finish("test_multiseq");
 }

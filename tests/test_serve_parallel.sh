@@ -131,8 +131,10 @@ post vim_fim2 /infill "$TMP/vim_fim.json"
 # ---- requests together, each equal to itself alone (greedy).  The default
 # model's products quantize their activations, and a batch of several rows
 # takes other kernels than one row (logits move by up to 0.3 between the
-# two, enough to change a near tie): so an F32 fixture model here, and on
-# the default model requests of four experts (batched per expert: alone).
+# two, enough to change a near tie): so F32 models here (a fixture, and a
+# pack of four F32 members differing in the feed-forward, whose requests one
+# step runs together, each member's rows through its own weights); on the
+# default model, requests of four experts sharing steps, answers not compared.
 # together K...: requests K.. at once; fails when an answer differs
 together() {
     # threads released by one barrier: the requests arrive within a millisecond
@@ -153,6 +155,11 @@ ts = [threading.Thread(target=one, args=(k,)) for k in sys.argv[3:]]
 [t.join() for t in ts]
 PY
     for k in "$@"; do
+        if [ -n "${NOCMP:-}" ]; then
+            [ "$(jget "$TMP/together$k" 'len(d["choices"][0]["text"]) > 0')" = True ] ||
+                fail "request $k together: $(head -c 300 "$TMP/together$k")"
+            continue
+        fi
         a=$(jget "$TMP/alone$k" 'd["choices"][0]["text"]') t=$(jget "$TMP/together$k" 'd["choices"][0]["text"]')
         [ -n "$a" ] && [ "$a" = "$t" ] || fail "request $k together: '$t', alone: '$a'"
     done
@@ -165,9 +172,29 @@ p = ["def fibonacci(n):", "import os\n\ndef walk(d):", "class Stack:\n    def pu
      "func main() {", "public class A {"][k]
 print(json.dumps({"prompt": p, "max_tokens": (300 if k < 4 else 24) + 4 * (k % 4), "temperature": 0,
                   "cache_prompt": False}))' $k >"$TMP/p$k.json"
-    [ $k -lt 4 ] || post alone$k /v1/completions "$TMP/p$k.json"
 done
-together 4 5 6 7
+b0=$(metric codemoe_batches_total) s0=$(metric codemoe_batch_slots_total)
+NOCMP=1 together 4 5 6 7
+b1=$(metric codemoe_batches_total) s1=$(metric codemoe_batch_slots_total)
+python3 -c 'import sys; b, s = int(sys.argv[1]), int(sys.argv[2])
+print("4 experts together: %d batches, %.2f slots a batch" % (b, s / b))
+sys.exit(0 if s >= 2 * b else "experts not batched together: %d slots in %d batches" % (s, b))' \
+    $((b1 - b0)) $((s1 - s0)) || fail "the four experts' requests were not batched together"
+
+# ---- t_max_predict_ms (llama.vim's): generation stops once it has run that
+# long and made a new line; without it the same request goes on
+python3 -c 'import json, sys
+body = {"input_prefix": "def main():\n", "input_suffix": "\n", "n_predict": 256, "temperature": 0,
+        "cache_prompt": False}
+json.dump(body, open(sys.argv[1] + "/tmax0.json", "w"))
+body["t_max_predict_ms"] = 1
+json.dump(body, open(sys.argv[1] + "/tmax1.json", "w"))' "$TMP"
+post tmax0 /infill "$TMP/tmax0.json"
+post tmax1 /infill "$TMP/tmax1.json"
+n0=$(jget "$TMP/tmax0" 'd["tokens_predicted"]') n1=$(jget "$TMP/tmax1" 'd["tokens_predicted"]')
+[ "$(jget "$TMP/tmax1" 'd["stop_type"] == "limit" and "\n" in d["content"] and d["timings"]["predicted_ms"] >= 1')" = True ] &&
+    [ "$n1" -lt "$n0" ] && [ "$(jget "$TMP/tmax0" 'd["content"].startswith(json.load(open(sys.argv[1][:-5] + "tmax1"))["content"])')" = True ] ||
+    fail "t_max_predict_ms 1: $n1 tokens ($(head -c 300 "$TMP/tmax1")), without: $n0"
 
 # ---- experts of the pack chosen per request, counted
 go0=$(metric 'codemoe_expert_requests_total{expert="go"}')
@@ -198,6 +225,39 @@ sys.exit(0 if s >= 2 * b else "no batching: %d slots in %d batches" % (s, b))' \
     stop_server
 else
     echo "(no $FIX: requests batched together not compared)"
+fi
+
+# a pack of F32 members: requests of four experts together, each answer
+# equal to the same request alone
+GEN="$BUILD/tools/gen_model" VOCAB="$SHARED/vocab/ggml-vocab-starcoder.gguf"
+if [ -x "$GEN" ] && [ -f "$VOCAB" ]; then
+    seed=1 packargs=
+    for l in c python java go; do
+        "$GEN" -o "$TMP/m$l.gguf" --n-embd 128 --n-layer 2 --n-head 4 --n-head-kv 2 --n-ff 256 \
+            --type f32 --vocab "$VOCAB" --ffn-seed $seed >/dev/null 2>&1 || fail "gen_model $l"
+        seed=$((seed + 1)) packargs="$packargs --expert $l=$TMP/m$l.gguf"
+    done
+    # shellcheck disable=SC2086 # packargs: words without spaces
+    "$CODEMOE" pack -o "$TMP/f32pack.gguf" $packargs 2>"$TMP/err" || fail "pack: $(cat "$TMP/err")"
+    start_server "$TMP/server3.log" -m "$TMP/f32pack.gguf" -t 1 -c 512 --parallel 4
+    k=0
+    for l in c python java go; do
+        printf '{"prompt": "int main() { return", "max_tokens": %d, "temperature": 0, "cache_prompt": false, "language": "%s"}\n' \
+            $((40 + 3 * k)) $l >"$TMP/p1$k.json"
+        post alone1$k /v1/completions "$TMP/p1$k.json"
+        k=$((k + 1))
+    done
+    for k in 0 1 2 3; do cp "$TMP/p1$k.json" "$TMP/p2$k.json"; cp "$TMP/alone1$k" "$TMP/alone2$k"; done
+    b0=$(metric codemoe_batches_total) s0=$(metric codemoe_batch_slots_total)
+    together 20 21 22 23
+    b1=$(metric codemoe_batches_total) s1=$(metric codemoe_batch_slots_total)
+    python3 -c 'import sys; b, s = int(sys.argv[1]), int(sys.argv[2])
+print("4 experts of an F32 pack together: %d batches, %.2f slots a batch" % (b, s / b))
+sys.exit(0 if s >= 2 * b else "no batching: %d slots in %d batches" % (s, b))' \
+        $((b1 - b0)) $((s1 - s0)) || fail "the pack's experts were not batched together"
+    [ "$(grep -c "expert \(c\|python\|java\|go\)$" "$TMP/server3.log")" -ge 8 ] ||
+        fail "the requests did not run four experts: $(grep expert "$TMP/server3.log" | head)"
+    stop_server
 fi
 [ "$fails" -eq 0 ] || { tail -20 "$TMP/server.log"; exit 1; }
 echo "PASS: serve --parallel"

@@ -98,12 +98,10 @@ void cm_cpu_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_tensor
     const size_t kn = (size_t)k->ne[0], vn = (size_t)v->ne[0];
     const size_t kb = cm_row_bytes(t, (int64_t)kn), vb = cm_row_bytes(t, (int64_t)vn);
     const float *kx = k->data, *vx = v->data;
-#pragma omp parallel for schedule(static) if (n_tok >= CM_PAR_TOKENS)
-    for (int t_ = 0; t_ < n_tok; t_++) {
+    CM_CPU_FOR(CM_PAR_ROWS(n_tok, kn + vn), t_, n_tok,
         size_t pos = (size_t)p0 + t_;
         kv_put(t, kx + t_ * kn, (char *)st->k_cache[il] + pos * kb, kn);
-        kv_put(t, vx + t_ * vn, (char *)st->v_cache[il] + pos * vb, vn);
-    }
+        kv_put(t, vx + t_ * vn, (char *)st->v_cache[il] + pos * vb, vn););
 }
 
 /* One query head against the cached keys/values of positions 0..pos.
@@ -209,6 +207,18 @@ static void attend_tiled(const cm_cpu_state *st, int il, const attn_batch *b)
     }
 }
 
+/* Item it of a generation batch: token it / n_head, head it % n_head. */
+static void attend_item(const cm_cpu_state *st, int il, const attn_batch *b, int it, int group)
+{
+    const cm_hparams *hp = st->hp;
+    int t = it / hp->n_head, h = it % hp->n_head;
+    float *scores = st->scores + (size_t)cm_thread_num() * (st->n_ctx + 2 * hp->head_dim);
+    void *qq = scores + st->n_ctx; /* Q8_0 query: fewer bytes than head_dim floats */
+    const float *qh = b->q + ((size_t)t * hp->n_head + h) * hp->head_dim;
+    float *o = b->out + ((size_t)t * hp->n_head + h) * hp->head_dim_v;
+    attend_head(st, il, qh, h / group, b->p0 + t, scores, qq, o);
+}
+
 void cm_cpu_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out)
 {
     const cm_cpu_state *st = be->state;
@@ -222,14 +232,11 @@ void cm_cpu_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_ten
     /* threads only pay off once there is real work: a short context's heads
      * take less time than waking the team */
     long work = (long)n_items * (p0 + b.n) * hp->head_dim;
-    (void)work; /* read only by the OpenMP pragma */
-#pragma omp parallel for schedule(dynamic, 1) if (work > 65536)
-    for (int it = 0; it < n_items; it++) {
-        int t = it / hp->n_head, h = it % hp->n_head;
-        float *scores = st->scores + (size_t)cm_thread_num() * (st->n_ctx + 2 * hp->head_dim);
-        void *qq = scores + st->n_ctx; /* Q8_0 query: fewer bytes than head_dim floats */
-        const float *qh = b.q + ((size_t)t * hp->n_head + h) * hp->head_dim;
-        float *o = b.out + ((size_t)t * hp->n_head + h) * hp->head_dim_v;
-        attend_head(st, il, qh, h / group, p0 + t, scores, qq, o);
-    }
+    if (work > 65536) {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int it = 0; it < n_items; it++)
+            attend_item(st, il, &b, it, group);
+    } else /* (not an if clause: see CM_CPU_FOR) */
+        for (int it = 0; it < n_items; it++)
+            attend_item(st, il, &b, it, group);
 }

@@ -193,9 +193,8 @@ static void cpu_norm(cm_backend *be, const cm_tensor *x, const cm_tensor *w, con
     const int n = (int)rows_of(x), E = (int)x->ne[0];
     const float *xs = x->data;
     float *o = cm_f32(out);
-#pragma omp parallel for schedule(static) if (n >= CM_PAR_TOKENS)
-    for (int t = 0; t < n; t++)
-        cm_norm_rows(o + (size_t)t * E, xs + (size_t)t * E, w, b, 1, E, eps, layer_norm);
+    CM_CPU_FOR(CM_PAR_ROWS(n, E), t, n,
+               cm_norm_rows(o + (size_t)t * E, xs + (size_t)t * E, w, b, 1, E, eps, layer_norm););
 }
 
 static void cpu_matmul(cm_backend *be, int nw, const cm_tensor *const *ws,
@@ -222,9 +221,8 @@ static void rope_fill(cm_cpu_state *st, int upto)
 {
     const cm_hparams *hp = st->hp;
     const int from = st->rope_done;
-#pragma omp parallel for schedule(static) if (upto - from >= CM_PAR_TOKENS)
-    for (int p = from; p < upto; p++)
-        cm_rope_table(st->rope_cs + (size_t)p * hp->rope_dim, p, hp);
+    CM_CPU_FOR(upto - from >= CM_PAR_TOKENS, i, upto - from,
+               cm_rope_table(st->rope_cs + (size_t)(from + i) * hp->rope_dim, from + i, hp););
     st->rope_done = upto > from ? upto : from;
 }
 
@@ -237,15 +235,14 @@ static void cpu_rope(cm_backend *be, cm_tensor *x, const cm_tensor *norm_w, int 
         rope_fill(st, p0 + n_tok);
     const float *cs = st->rope_cs + (size_t)p0 * hp->rope_dim;
     float *qk = cm_f32(x);
-#pragma omp parallel for schedule(static) if (n_tok >= CM_PAR_TOKENS)
-    for (int t = 0; t < n_tok; t++)
+    CM_CPU_FOR(CM_PAR_ROWS(n_tok, n_heads * d), t, n_tok,
         for (int h = 0; h < n_heads; h++) {
             float *v = qk + ((size_t)t * n_heads + h) * d;
             if (norm_w && norm_w->data)
                 cm_rmsnorm(v, v, (const float *)norm_w->data, d, hp->norm_eps);
             if (hp->use_rope)
                 cm_rope_apply(v, cs + (size_t)t * hp->rope_dim, hp);
-        }
+        });
 }
 
 static void cpu_clear(cm_backend *be, cm_tensor *x)
@@ -261,9 +258,7 @@ static void cpu_swiglu(cm_backend *be, cm_tensor *a, const cm_tensor *b)
     const int64_t F = a->ne[0];
     float *av = cm_f32(a);
     const float *bv = b->data;
-#pragma omp parallel for schedule(static) if (n >= CM_PAR_TOKENS)
-    for (int t = 0; t < n; t++)
-        cm_swiglu(av + t * F, bv + t * F, F);
+    CM_CPU_FOR(CM_PAR_ROWS(n, F), t, n, cm_swiglu(av + t * F, bv + t * F, F););
 }
 
 static void cpu_gelu(cm_backend *be, const cm_tensor *x, cm_tensor *out)
@@ -283,9 +278,7 @@ static void cpu_add(cm_backend *be, cm_tensor *x, const cm_tensor *y)
     const size_t E = (size_t)x->ne[0];
     float *xv = cm_f32(x);
     const float *yv = y->data;
-#pragma omp parallel for schedule(static) if (n >= CM_PAR_TOKENS)
-    for (int t = 0; t < n; t++)
-        cm_add(xv + (size_t)t * E, yv + (size_t)t * E, E);
+    CM_CPU_FOR(CM_PAR_ROWS(n, E), t, n, cm_add(xv + (size_t)t * E, yv + (size_t)t * E, E););
 }
 
 static void cpu_add_gated(cm_backend *be, cm_tensor *out, const cm_tensor *y,

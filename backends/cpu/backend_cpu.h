@@ -31,6 +31,27 @@ typedef struct {
  * spinning.)  Each row is computed as before, so results do not depend on
  * the threads. */
 #define CM_PAR_TOKENS 16
+/* ... and at least this many floats: a generation step of many sequences
+ * has 16 rows or more of a small model's embedding, microseconds of work. */
+#define CM_PAR_FLOATS ((size_t)1 << 16)
+#define CM_PAR_ROWS(n, width) ((n) >= CM_PAR_TOKENS && (size_t)(n) * (size_t)(width) >= CM_PAR_FLOATS)
+
+/* for (int i = 0; i < n; i++) body, on the thread team only when par: an
+ * OpenMP region whose if clause is false still costs libgomp's closing
+ * barrier wake, a system call (~3 us in a virtual machine), and a step of
+ * many sequences runs hundreds of such small loops. */
+#ifdef _OPENMP
+#define CM_CPU_FOR(par, i, n, ...)                                  \
+    do {                                                            \
+        if (par) {                                                  \
+            _Pragma("omp parallel for schedule(static)")            \
+            for (int i = 0; i < (n); i++) { __VA_ARGS__ }           \
+        } else                                                      \
+            for (int i = 0; i < (n); i++) { __VA_ARGS__ }           \
+    } while (0)
+#else
+#define CM_CPU_FOR(par, i, n, ...) for (int i = 0; i < (n); i++) { __VA_ARGS__ }
+#endif
 
 void *cm_cpu_alloc64(size_t bytes);
 

@@ -171,13 +171,22 @@ const char *cm_cpu_isa(void)
 /* Pragmas through macros so builds without OpenMP get no unknown-pragma
  * warnings. */
 #ifdef _OPENMP
-#define OMP_FOR _Pragma("omp parallel for schedule(static) if (par)")
-#define OMP_FOR_TOKENS _Pragma("omp parallel for schedule(static) if (n_tok > 1)")
 #define OMP_FOR_INNER _Pragma("omp for schedule(static)")
+/* The loop on the team when par; else plainly, without entering libgomp:
+ * a region whose if clause is false still costs its closing barrier's
+ * wake, a system call (~3 us in a virtual machine), and a generated token
+ * runs dozens of products too small for threads. */
+#define OMP_FOR_IF(par, ...)                                              \
+    do {                                                                  \
+        if (par) {                                                        \
+            _Pragma("omp parallel for schedule(static)") __VA_ARGS__      \
+        } else {                                                          \
+            __VA_ARGS__                                                   \
+        }                                                                 \
+    } while (0)
 #else
-#define OMP_FOR
-#define OMP_FOR_TOKENS
 #define OMP_FOR_INNER
+#define OMP_FOR_IF(par, ...) do { __VA_ARGS__ } while (0)
 #endif
 
 #define ALIGN64(n) (((n) + 63) & ~(size_t)63)
@@ -581,40 +590,36 @@ static void matmul_rows(cm_vec_dot_fn dot, const char *wd, size_t wrow,
                         int64_t cols, int64_t rows, const char *xq,
                         size_t xrow, int64_t n_tok, float *y, const cm_gemv *gv)
 {
-    const int par = rows * cols * n_tok >= PAR_MIN_MACS; /* OMP_FOR's if clause */
-    (void)par;
+    const int par = rows * cols * n_tok >= PAR_MIN_MACS;
     if (n_tok == 1 && gv && gv->dot4) { /* four rows per call, the rest one by one */
         const int64_t quads = (rows + 3) / 4;
-        OMP_FOR
-        for (int64_t q = 0; q < quads; q++) {
+        OMP_FOR_IF(par, for (int64_t q = 0; q < quads; q++) {
             int64_t r0 = 4 * q;
             if (r0 + 4 <= rows)
                 gv->dot4(cols, wd + (size_t)r0 * wrow, wrow, xq, y + r0);
             else
                 for (int64_t r = r0; r < rows; r++)
                     y[r] = dot(cols, wd + (size_t)r * wrow, xq);
-        }
+        });
         return;
     }
     if (n_tok == 1) {
         /* each thread streams one contiguous range of rows.  (Software
          * prefetch a few KiB ahead measured 2-3x slower on an Intel Xeon:
          * the hardware streamers already keep up.) */
-        OMP_FOR
-        for (int64_t r = 0; r < rows; r++)
-            y[r] = dot(cols, wd + (size_t)r * wrow, xq);
+        OMP_FOR_IF(par, for (int64_t r = 0; r < rows; r++)
+                            y[r] = dot(cols, wd + (size_t)r * wrow, xq););
         return;
     }
     const int64_t rt = row_tile(wrow), ntiles = (rows + rt - 1) / rt;
-    OMP_FOR
-    for (int64_t tile = 0; tile < ntiles; tile++) {
+    OMP_FOR_IF(par, for (int64_t tile = 0; tile < ntiles; tile++) {
         int64_t r0 = tile * rt, r1 = r0 + rt < rows ? r0 + rt : rows;
         for (int64_t t = 0; t < n_tok; t++) {
             const char *xt = xq + (size_t)t * xrow;
             for (int64_t r = r0; r < r1; r++)
                 y[t * rows + r] = dot(cols, wd + (size_t)r * wrow, xt);
         }
-    }
+    });
 }
 
 /* Quantizes and packs token group i (each thread its own groups, so the
@@ -647,49 +652,71 @@ static int share_rows(int64_t all_tiles, int id, int n, int64_t tile0, int64_t r
 /* One parallel region with one barrier: quantize and pack the tokens once,
  * then each thread runs the batched kernels over its share of the rows of
  * every weight (weight i through gs[i]; all nw pack their input alike). */
+/* What the threads of one batched product share. */
+typedef struct {
+    const cm_gemm *const *gs;
+    const cm_tensor *const *ws;
+    int nw;
+    const float *x;
+    int64_t n_tok, cols, groups, all_tiles;
+    float *const *ys;
+    char *xq, *xp, *work;
+    size_t xrow, wb, gb;
+    cm_quantize_fn quant;
+    const void *xin;
+} gemm_job;
+
+/* The calling thread's part of a batched product (all of it off a team). */
+static void gemm_share(const gemm_job *j)
+{
+    if (j->gb) {
+        OMP_FOR_INNER
+        for (int64_t i = 0; i < j->groups; i++)
+            gemm_group(j->gs[0], j->quant, j->cols, j->x, j->n_tok, j->xq, j->xrow, j->xp,
+                       j->gb, i);
+    }
+    int id = 0, n = 1;
+#ifdef _OPENMP
+    id = omp_get_thread_num(), n = omp_get_num_threads();
+#endif
+    int64_t tile0 = 0, r0, r1;
+    for (int i = 0; i < j->nw; i++) {
+        const int64_t rows = j->ws[i]->ne[1];
+        if (share_rows(j->all_tiles, id, n, tile0, rows, &r0, &r1))
+            j->gs[i]->rows(j->cols, j->ws[i]->data, cm_row_bytes(j->ws[i]->type, j->cols), r0,
+                           r1, j->xin, j->n_tok, j->ys[i], rows, j->work + (size_t)id * j->wb);
+        tile0 += (rows + 15) / 16;
+    }
+}
+
 static void matmul_gemm(const cm_gemm *const *gs, const cm_tensor *const *ws, int nw,
                         const float *x, int64_t n_tok, float *const *ys, char *scratch)
 {
     const cm_tensor *w = ws[0];
     const cm_gemm *g = gs[0];
-    const int64_t cols = w->ne[0];
-    const size_t xrow = act_row_bytes(w);
-    const size_t wb = ALIGN64(g->work_bytes(cols));
-    const size_t gb = g->pack_bytes ? g->pack_bytes(cols) : 0;
-    char *xq = scratch, *xp = scratch + ALIGN64(xrow * (size_t)n_tok);
-    char *work = xp + gemm_pack_bytes(g, w, n_tok);
-    const int64_t groups = (n_tok + g->group - 1) / g->group;
-    cm_quantize_fn quant = xrow ? cm_kern.quantize[cm_type_get(w->type)->dot_type] : NULL;
-    if (xrow && (!quant || !gb))
+    gemm_job j = {gs, ws, nw, x, n_tok, w->ne[0], (n_tok + g->group - 1) / g->group, 0, ys,
+                  scratch, NULL, NULL, act_row_bytes(w), 0, 0, NULL, NULL};
+    j.wb = ALIGN64(g->work_bytes(j.cols));
+    j.gb = g->pack_bytes ? g->pack_bytes(j.cols) : 0;
+    j.xp = scratch + ALIGN64(j.xrow * (size_t)n_tok);
+    j.work = j.xp + gemm_pack_bytes(g, w, n_tok);
+    j.quant = j.xrow ? cm_kern.quantize[cm_type_get(w->type)->dot_type] : NULL;
+    if (j.xrow && (!j.quant || !j.gb))
         no_kernel(cm_type_get(w->type)->dot_type);
-    const void *xin = gb ? (const void *)xp : (const void *)x;
-    int64_t all_rows = 0, all_tiles = 0;
+    j.xin = j.gb ? (const void *)j.xp : (const void *)x;
+    int64_t all_rows = 0;
     for (int i = 0; i < nw; i++)
-        all_rows += ws[i]->ne[1], all_tiles += (ws[i]->ne[1] + 15) / 16;
-    int nth = all_rows * cols * n_tok >= PAR_MIN_MACS ? cm_max_threads() : 1;
-    nth = nth < all_tiles ? nth : (int)all_tiles;
+        all_rows += ws[i]->ne[1], j.all_tiles += (ws[i]->ne[1] + 15) / 16;
+    int nth = all_rows * j.cols * n_tok >= PAR_MIN_MACS ? cm_max_threads() : 1;
+    nth = nth < j.all_tiles ? nth : (int)j.all_tiles;
 #ifdef _OPENMP
+    if (nth > 1) { /* (one thread: no region at all, see OMP_FOR_IF) */
 #pragma omp parallel num_threads(nth)
-#endif
-    {
-        if (gb) {
-            OMP_FOR_INNER
-            for (int64_t i = 0; i < groups; i++)
-                gemm_group(g, quant, cols, x, n_tok, xq, xrow, xp, gb, i);
-        }
-        int id = 0, n = 1;
-#ifdef _OPENMP
-        id = omp_get_thread_num(), n = omp_get_num_threads();
-#endif
-        int64_t tile0 = 0, r0, r1;
-        for (int i = 0; i < nw; i++) {
-            const int64_t rows = ws[i]->ne[1];
-            if (share_rows(all_tiles, id, n, tile0, rows, &r0, &r1))
-                gs[i]->rows(cols, ws[i]->data, cm_row_bytes(ws[i]->type, cols), r0, r1, xin,
-                            n_tok, ys[i], rows, work + (size_t)id * wb);
-            tile0 += (rows + 15) / 16;
-        }
+        gemm_share(&j);
+        return;
     }
+#endif
+    gemm_share(&j);
 }
 
 /* Generation on repacked weights: each activation row quantized and
@@ -718,10 +745,8 @@ static void matmul_repacked(const cm_repack *const *rps, const char *const *wd,
     for (int i = 0; i < nw; i++)
         first[i] = all, all += ws[i]->ne[1] / 16;
     first[nw] = all;
-    const int par = all * 16 * cols * n_tok >= PAR_MIN_MACS; /* OMP_FOR's if clause */
-    (void)par;
-    OMP_FOR
-    for (int64_t q = 0; q < all; q++) {
+    const int par = all * 16 * cols * n_tok >= PAR_MIN_MACS;
+    OMP_FOR_IF(par, for (int64_t q = 0; q < all; q++) {
         int i = 0;
         while (q >= first[i + 1])
             i++;
@@ -731,7 +756,7 @@ static void matmul_repacked(const cm_repack *const *rps, const char *const *wd,
             rp_prefetch && rps[i]->gemv_pf ? rps[i]->gemv_pf : rps[i]->gemv;
         for (int64_t t = 0; t < n_tok; t++)
             gemv(cols, tw, xp + (size_t)t * prow, ys[i] + t * rows + 16 * tile);
-    }
+    });
 }
 
 /* Whether weights i > 0 can share weight 0's repacked generation pass. */
@@ -785,9 +810,8 @@ void cm_matmul(const cm_tensor *w, const float *x, int64_t n_tok, float *y,
             no_kernel(ti->dot_type);
         /* each activation row is quantized once, then reused by every
          * weight row */
-        OMP_FOR_TOKENS
-        for (int64_t t = 0; t < n_tok; t++)
-            quant(x + t * cols, (char *)scratch + (size_t)t * xrow, cols);
+        OMP_FOR_IF(n_tok > 1, for (int64_t t = 0; t < n_tok; t++)
+                                  quant(x + t * cols, (char *)scratch + (size_t)t * xrow, cols););
         gv = cm_kern.gemv[w->type];
         if (gv) { /* rearrange each row once for the gemv's dot */
             const size_t prow = ALIGN64(gv->pack_bytes(cols));

@@ -8,6 +8,7 @@
 #include <getopt.h>
 
 #include "engine/forward.h"
+#include "formats/gguf.h"
 #include "util/status.h"
 
 int cli_run(int argc, char **argv);
@@ -105,6 +106,17 @@ cm_status cli_text_read(const cli_text *t, cli_buf *out, cm_err *err);
 /* llama.cpp's -e: \n \r \t \' \" \\ \xHH (others kept as typed), in
  * place; returns the new length. */
 size_t cli_unescape(char *s, size_t len);
+/* Progress of a long write (convert, quantize) on stderr, redrawn in
+ * place: "tensor i/N, MB/s, ETA", only when stderr is a terminal.
+ * cli_progress_attach gives the callback and its state (NULL, NULL
+ * otherwise). */
+typedef struct {
+    const char *what;
+    double t0;
+} cli_progress;
+void cli_progress_fn(void *ctx, size_t i, size_t n, uint64_t done, uint64_t total,
+                     const char *name);
+void cli_progress_attach(cli_progress *p, const char *what, gguf_progress_fn *fn, void **ctx);
 /* What --infill looks for, for messages. */
 #define CLI_FIM_KNOWN                                                                        \
     "tokenizer.ggml.fim_pre_token_id or a token such as <fim_prefix>, <|fim_prefix|>, "       \

@@ -487,3 +487,28 @@ void print_placement(const cm_place_stats *ps, FILE *f)
                 ps->bytes_uploaded / 1048576.0);
     fprintf(f, "\n");
 }
+
+void cli_progress_fn(void *ctx, size_t i, size_t n, uint64_t done, uint64_t total,
+                     const char *name)
+{
+    cli_progress *p = ctx;
+    if (i == 0)
+        p->t0 = now_seconds();
+    if (i >= n) {
+        fputs("\r\033[K", stderr);
+        fflush(stderr);
+        return;
+    }
+    double dt = now_seconds() - p->t0, rate = dt > 0 ? done / dt : 0;
+    fprintf(stderr, "\r\033[K[codemoe] %s: tensor %zu/%zu %.40s", p->what, i + 1, n, name);
+    if (done > 0 && rate > 0)
+        fprintf(stderr, ", %.1f MB/s, ETA %.0f s", rate / 1e6, (double)(total - done) / rate);
+    fflush(stderr);
+}
+
+void cli_progress_attach(cli_progress *p, const char *what, gguf_progress_fn *fn, void **ctx)
+{
+    p->what = what, p->t0 = now_seconds();
+    *fn = isatty(2) ? cli_progress_fn : NULL;
+    *ctx = isatty(2) ? p : NULL;
+}

@@ -87,6 +87,9 @@ int cli_convert(int argc, char **argv)
         fputs(CONVERT_HELP, stdout);
         return 0;
     }
+    cli_progress pr;
+    if (!o.verbose) /* (its tensor lines go to stderr too) */
+        cli_progress_attach(&pr, "convert", &o.progress, &o.progress_ctx);
     if (cm_convert(&o, NULL, &err))
         return cli_fail(&err);
     return 0;

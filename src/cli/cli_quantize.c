@@ -1,5 +1,6 @@
 /* cli_quantize.c - `codemoe quantize`: GGUF -> GGUF of another type. */
 #include <stdio.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "cli/cli.h"
@@ -78,6 +79,9 @@ int cli_quantize(int argc, char **argv)
         print_help();
         return 0;
     }
+    cli_progress pr;
+    if (q.o.quiet || !isatty(1)) /* (else its lines share the terminal with the tensor lines) */
+        cli_progress_attach(&pr, "quantize", &q.o.progress, &q.o.progress_ctx);
     if (cm_quantize_file(q.pos[0], q.pos[1], q.pos[2], &q.o, &err))
         return cli_fail(&err);
     return 0;

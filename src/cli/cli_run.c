@@ -13,6 +13,7 @@
 #include "engine/forward.h"
 #include "engine/generate.h"
 #include "engine/sampling.h"
+#include "server/request.h"
 
 #define MAX_STOPS 16
 
@@ -63,7 +64,14 @@ static const char RUN_HELP[] =
     "      --moe-ram-budget S  keep at most S bytes of expert weights resident (e.g. 512M):\n"
     "                          least recently used experts are released; prints hit rate\n"
     "                          and bytes read from disk\n"
-    "      -no-cnv             accepted for llama-cli's sake: run never chats\n"
+    "  -i, -cnv, --conversation  chat: user turns are read from standard input (a line\n"
+    "                          each; /exit or end of input ends), each answered with\n"
+    "                          the model's chat template; the KV cache is kept, so a\n"
+    "                          turn evaluates only its new tokens; -p/-f: the system\n"
+    "                          message\n"
+    "      --chat-template NAME  chatml, llama2 (= codellama), llama3, deepseek-coder,\n"
+    "                          zephyr, gemma (default: the GGUF's, else chatml)\n"
+    "      -no-cnv             no chat (the default)\n"
     "  -h, --help              this text\n"
     "\n"
     "On a terminal, prompts of more than 512 tokens show their progress on stderr.\n";
@@ -76,7 +84,8 @@ typedef struct {
     cli_text prompts[MAX_PROMPTS];
     int n_prompts;
     cli_text prefix, suffix;
-    int infill, escape, ignore_eos, stdin_used;
+    int infill, escape, ignore_eos, stdin_used, chat;
+    const char *chat_template;
     int n_predict, n_ctx, no_bos, have_seed, moe_stats, all_experts, verbose;
     uint64_t moe_budget; /* 0: none given */
     cm_kv_type kv;
@@ -104,7 +113,7 @@ enum {
     OPT_TEMP = CLI_LONG, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT, OPT_REPEAT_N, OPT_STOP,
     OPT_LANG, OPT_KV, OPT_BACKEND, OPT_NO_BOS, OPT_ALL_EXPERTS, OPT_MOE_STATS, OPT_MOE_BUDGET,
     OPT_NO_ESCAPE, OPT_IGNORE_EOS, OPT_INFILL, OPT_PREFIX, OPT_SUFFIX, OPT_PREFIX_FILE,
-    OPT_SUFFIX_FILE, OPT_CHAT, OPT_NO_CHAT
+    OPT_SUFFIX_FILE, OPT_CHAT, OPT_NO_CHAT, OPT_TEMPLATE
 };
 
 static const struct option RUN_OPTS[] = {
@@ -129,7 +138,8 @@ static const struct option RUN_OPTS[] = {
     {"suffix-file", required_argument, 0, OPT_SUFFIX_FILE},
     {"interactive", no_argument, 0, 'i'}, {"conversation", no_argument, 0, OPT_CHAT},
     {"cnv", no_argument, 0, OPT_CHAT}, {"no-cnv", no_argument, 0, OPT_NO_CHAT},
-    {"no-conversation", no_argument, 0, OPT_NO_CHAT}, {0}};
+    {"no-conversation", no_argument, 0, OPT_NO_CHAT},
+    {"chat-template", required_argument, 0, OPT_TEMPLATE}, {0}};
 
 static cm_status sampling_opt(int id, const char *a, const char *v, run_opts *o, cm_err *err)
 {
@@ -194,10 +204,13 @@ static cm_status run_opt(void *user, int id, const char *a, const char *v, cm_er
     case OPT_BACKEND: o->backend = v; return CM_OK;
     case OPT_MOE_BUDGET: return arg_size(a, v, &o->moe_budget, err);
     case OPT_STOP: return add_stop(o, v, err);
-    case OPT_NO_CHAT: return CM_OK; /* llama-cli chats by default; run never does */
-    case OPT_CHAT: case 'i':
-        return cm_fail(err, CM_E_USAGE, "option %s: interactive chat is not supported yet "
-                       "(run completes each -p prompt)", a);
+    case OPT_NO_CHAT: o->chat = 0; return CM_OK; /* (llama-cli chats by default) */
+    case OPT_CHAT: case 'i': o->chat = 1; return CM_OK;
+    case OPT_TEMPLATE: {
+        srv_template t;
+        o->chat_template = v;
+        return srv_template_by_name(v, &t, err);
+    }
     default: return sampling_opt(id, a, v, o, err);
     }
 }
@@ -212,8 +225,30 @@ static int stdin_has_prompt(void)
     return S_ISFIFO(st.st_mode) || S_ISREG(st.st_mode) || S_ISSOCK(st.st_mode);
 }
 
+/* -e: the --stop strings unescaped. */
+static cm_status check_stops(run_opts *o, cm_err *err)
+{
+    for (int i = 0; o->escape && i < o->n_stops; i++) {
+        size_t n = strlen(o->stops[i]);
+        if (!(o->stop_copies[i] = malloc(n + 1)))
+            return cm_fail(err, CM_E_NOMEM, "out of memory");
+        memcpy(o->stop_copies[i], o->stops[i], n + 1);
+        cli_unescape(o->stop_copies[i], n);
+        if (!o->stop_copies[i][0]) /* "\x00": a stop at every position */
+            return cm_fail(err, CM_E_USAGE, "option --stop: '%s' is empty once unescaped",
+                           o->stops[i]);
+        o->stops[i] = o->stop_copies[i];
+    }
+    return CM_OK;
+}
+
 static cm_status check_run(run_opts *o, cm_err *err)
 {
+    if (o->chat && (o->infill || o->n_prompts > 1 || o->stdin_used))
+        return cm_fail(err, CM_E_USAGE, "chat (-i, -cnv) reads its turns from standard input: "
+                       "at most one -p or -f FILE (the system message), no --infill");
+    if (o->chat)
+        return check_stops(o, err);
     if (o->infill && (o->n_prompts || !o->prefix.set || !o->suffix.set))
         return cm_fail(err, CM_E_USAGE, "--infill needs --prefix/--prefix-file and "
                        "--suffix/--suffix-file, and no -p or -f");
@@ -227,18 +262,7 @@ static cm_status check_run(run_opts *o, cm_err *err)
     if (!o->infill && o->n_prompts == 0)
         return cm_fail(err, CM_E_USAGE, "give a prompt with -p PROMPT or -f FILE, or pipe one "
                        "in (see codemoe run --help)");
-    for (int i = 0; o->escape && i < o->n_stops; i++) {
-        size_t n = strlen(o->stops[i]);
-        if (!(o->stop_copies[i] = malloc(n + 1)))
-            return cm_fail(err, CM_E_NOMEM, "out of memory");
-        memcpy(o->stop_copies[i], o->stops[i], n + 1);
-        cli_unescape(o->stop_copies[i], n);
-        if (!o->stop_copies[i][0]) /* "\x00": a stop at every position */
-            return cm_fail(err, CM_E_USAGE, "option --stop: '%s' is empty once unescaped",
-                           o->stops[i]);
-        o->stops[i] = o->stop_copies[i];
-    }
-    return CM_OK;
+    return check_stops(o, err);
 }
 
 static cm_status parse_run(int argc, char **argv, run_opts *o, int *help, cm_err *err)
@@ -254,7 +278,20 @@ typedef struct {
     char *text;   /* decoded but not yet printed */
     size_t len, cap;
     const run_opts *o;
+    cli_buf *copy; /* chat: what was printed, or NULL */
 } out_stream;
+
+/* Prints n bytes (and keeps them, for chat). */
+static void out_write(out_stream *s, const char *p, size_t n)
+{
+    fwrite(p, 1, n, stdout);
+    char *t = s->copy && n ? realloc(s->copy->p, s->copy->len + n + 1) : NULL;
+    if (t) {
+        memcpy(t + s->copy->len, p, n);
+        s->copy->p = t, s->copy->len += n;
+        t[s->copy->len] = 0;
+    }
+}
 
 /* Length of the longest tail of text that starts some stop string. */
 static size_t held_tail(const out_stream *s)
@@ -286,13 +323,13 @@ static int out_push(out_stream *s, const char *bytes, size_t n)
     for (int k = 0; k < s->o->n_stops; k++) {
         char *hit = strstr(s->text, s->o->stops[k]);
         if (hit) {
-            fwrite(s->text, 1, (size_t)(hit - s->text), stdout);
+            out_write(s, s->text, (size_t)(hit - s->text));
             s->len = 0;
             return 1;
         }
     }
     size_t keep = held_tail(s);
-    fwrite(s->text, 1, s->len - keep, stdout);
+    out_write(s, s->text, s->len - keep);
     memmove(s->text, s->text + s->len - keep, keep);
     s->len = keep;
     fflush(stdout);
@@ -304,8 +341,8 @@ static void out_finish(out_stream *s)
     char tail[8];
     size_t n = cm_utf8_stream_flush(&s->utf8, tail);
     if (s->len) /* text is NULL when nothing was generated (-n 0) */
-        fwrite(s->text, 1, s->len, stdout);
-    fwrite(tail, 1, n, stdout);
+        out_write(s, s->text, s->len);
+    out_write(s, tail, n);
     fflush(stdout);
     free(s->text);
 }
@@ -638,6 +675,206 @@ static void choose_ctx(run_opts *o, const cm_model *m)
                 "text past them may be worse\n", o->n_ctx, train, o->model);
 }
 
+/* ---- chat (-i, -cnv) */
+
+typedef struct {
+    srv_template tmpl;
+    srv_msg *msgs;
+    char **texts;       /* the messages' own copies */
+    int n_msgs;
+    int32_t *cache;     /* the ids the context holds, in order */
+    int n_cache;
+    cm_ctx *ctx;
+    run_opts co;        /* o with the end of an assistant turn as a stop */
+    int32_t end_id;     /* that end as one token, or -1 */
+} chat_state;
+
+static cm_status chat_template(const run_opts *o, const cm_model *m, chat_state *c, cm_err *err)
+{
+    gguf_str t = {0};
+    cm_err ignore;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (gguf_get_str(&m->file, "tokenizer.chat_template", &t, &ignore))
+        t.ptr = NULL, t.len = 0;
+    cm_status s = o->chat_template ? srv_template_by_name(o->chat_template, &c->tmpl, err)
+                                   : srv_template_detect(t.ptr, t.len, &c->tmpl, err);
+    if (s)
+        return s;
+    const char *end = srv_template_end(c->tmpl);
+    c->co = *o;
+    if (c->co.n_stops < MAX_STOPS)
+        c->co.stops[c->co.n_stops++] = end;
+    c->end_id = -1;
+    if (!cm_tokenize(m->tok, end, strlen(end), 0, 1, &ids, &n, &ignore) && n == 1)
+        c->end_id = ids[0];
+    free(ids);
+    fprintf(stderr, "[codemoe] chat template %s; /exit or end of input ends the chat\n",
+            srv_template_name(c->tmpl));
+    return CM_OK;
+}
+
+/* Appends a message (text copied). */
+static cm_status chat_add(chat_state *c, const char *role, const char *text, size_t len,
+                          cm_err *err)
+{
+    srv_msg *m = realloc(c->msgs, sizeof *m * (size_t)(c->n_msgs + 1));
+    char **t = m ? realloc(c->texts, sizeof *t * (size_t)(c->n_msgs + 1)) : NULL;
+    if (m)
+        c->msgs = m;
+    if (t)
+        c->texts = t;
+    char *copy = t ? malloc(len + 1) : NULL;
+    if (!copy)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    memcpy(copy, text, len);
+    copy[len] = 0;
+    c->texts[c->n_msgs] = copy;
+    c->msgs[c->n_msgs++] = (srv_msg){{role, strlen(role)}, {copy, len}};
+    return CM_OK;
+}
+
+/* The conversation's prompt; the context keeps what it shares with the
+ * cache and evaluates the rest (at least the last token: its logits). */
+static cm_status chat_prompt(const run_opts *o, const cm_model *m, chat_state *c, int32_t **ids,
+                             size_t *n, int *reused, cm_err *err)
+{
+    srv_request r = {.kind = SRV_CHAT, .msgs = c->msgs, .n_msgs = c->n_msgs};
+    cm_status s = srv_chat_ids(m->tok, &r, c->tmpl, ids, n, err);
+    if (!s && *n >= (size_t)o->n_ctx)
+        s = cm_fail(err, CM_E_RANGE, "the conversation is %zu tokens but the context holds %d "
+                    "(raise -c)", *n, o->n_ctx);
+    if (s)
+        return s;
+    int k = 0;
+    while (k < c->n_cache && (size_t)k < *n - 1 && c->cache[k] == (*ids)[k])
+        k++;
+    cm_ctx_truncate(c->ctx, k);
+    *reused = k;
+    s = eval_prompt(c->ctx, *ids + k, (int)*n - k, err);
+    int32_t *keep = s ? NULL : realloc(c->cache, sizeof *keep * (size_t)o->n_ctx);
+    if (!s && !keep)
+        s = cm_fail(err, CM_E_NOMEM, "out of memory");
+    if (!s) {
+        memcpy(keep, *ids, *n * sizeof *keep);
+        c->cache = keep, c->n_cache = (int)*n;
+    }
+    return s;
+}
+
+/* The assistant's answer: printed, kept as a message, its tokens cached. */
+static cm_status chat_answer(const cm_model *m, chat_state *c, cm_sampler *smp, run_stats *st,
+                             cm_err *err)
+{
+    cli_buf text = {0};
+    out_stream out = {.o = &c->co, .copy = &text};
+    cm_status s = CM_OK;
+    st->stop_reason = "token limit";
+    for (int i = 0; !s && (c->co.n_predict < 0 || i < c->co.n_predict); i++) {
+        int32_t id = cm_sampler_sample(smp, (float *)cm_ctx_logits(c->ctx));
+        if (cm_tok_is_eog(m->tok, id) || id == c->end_id) {
+            st->stop_reason = "end of turn";
+            break;
+        }
+        char piece[256];
+        size_t pn = cm_token_piece(m->tok, id, 0, piece, sizeof piece);
+        st->n_gen++;
+        if (out_push(&out, piece, pn < sizeof piece ? pn : sizeof piece)) {
+            st->stop_reason = "end of turn";
+            break;
+        }
+        if (cm_ctx_n_past(c->ctx) >= cm_ctx_n_ctx(c->ctx)) {
+            st->stop_reason = "context full";
+            break;
+        }
+        cm_sampler_accept(smp, id);
+        s = cm_eval(c->ctx, &id, 1, NULL, err);
+        if (!s)
+            c->cache[c->n_cache++] = id;
+    }
+    out_finish(&out);
+    fputc('\n', stdout);
+    fflush(stdout);
+    if (!s)
+        s = chat_add(c, "assistant", text.p ? text.p : "", text.len, err);
+    free(text.p);
+    return s;
+}
+
+/* One user turn: its prompt evaluated (what the cache lacks), answered. */
+static cm_status chat_turn(const run_opts *o, cm_model *m, chat_state *c, const char *line,
+                           size_t len, int turn, cm_err *err)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int reused = 0;
+    run_stats st = {0};
+    cm_status s = CM_OK;
+    if (!c->ctx && m->is_pack) /* the first turn picks the expert for the chat */
+        s = route_to_expert(o, m, NULL, line, len, err);
+    if (!s && !c->ctx)
+        s = make_ctx(o, m, &c->ctx, err);
+    if (!s)
+        s = chat_add(c, "user", line, len, err);
+    double t0 = now_seconds();
+    if (!s)
+        s = chat_prompt(o, m, c, &ids, &n, &reused, err);
+    st.t_prompt = now_seconds() - t0;
+    cm_sampler *smp = s ? NULL : cm_sampler_new(&o->sp, m->hp.n_vocab);
+    if (!s && !smp)
+        s = cm_fail(err, CM_E_NOMEM, "out of memory creating the sampler");
+    for (size_t i = 0; smp && i < n; i++)
+        cm_sampler_accept(smp, ids[i]);
+    t0 = now_seconds();
+    if (!s)
+        s = chat_answer(m, c, smp, &st, err);
+    st.t_gen = now_seconds() - t0;
+    if (!s)
+        fprintf(stderr, "[codemoe] turn %d: prompt %zu tok, %d evaluated (%d from the cache), "
+                "%.1f tok/s | generated %d tok, %.1f tok/s (%s)\n", turn, n, (int)n - reused,
+                reused, (n - reused) / (st.t_prompt > 0 ? st.t_prompt : 1e-9), st.n_gen,
+                st.n_gen / (st.t_gen > 0 ? st.t_gen : 1e-9), st.stop_reason);
+    cm_sampler_free(smp);
+    free(ids);
+    return s;
+}
+
+/* Reads user turns, a line each, until /exit or the end of the input. */
+static cm_status run_chat(const run_opts *o, cm_model *m, cm_err *err)
+{
+    chat_state c = {0};
+    cli_buf sys = {0};
+    char *line = NULL;
+    size_t cap = 0;
+    cm_status s = chat_template(o, m, &c, err);
+    if (!s && o->n_prompts)
+        s = read_text(o, &o->prompts[0], &sys, err);
+    if (!s && o->n_prompts)
+        s = chat_add(&c, "system", sys.p, sys.len, err);
+    int tty = isatty(0);
+    for (int turn = 1; !s; turn++) {
+        if (tty)
+            fputs("> ", stdout), fflush(stdout);
+        ssize_t len = getline(&line, &cap, stdin);
+        if (len < 0)
+            break;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = 0;
+        if (!strcmp(line, "/exit"))
+            break;
+        if (len == 0) {
+            turn--;
+            continue;
+        }
+        s = chat_turn(o, m, &c, line, (size_t)len, turn, err);
+    }
+    for (int i = 0; i < c.n_msgs; i++)
+        free(c.texts[i]);
+    free(c.msgs), free(c.texts), free(c.cache), free(line), free(sys.p);
+    cm_ctx_free(c.ctx);
+    return s;
+}
+
 static cm_status run_model(run_opts *o, cm_err *err)
 {
     cm_model m;
@@ -656,9 +893,11 @@ static cm_status run_model(run_opts *o, cm_err *err)
     if (!s && o->all_experts)
         fprintf(stderr, "[codemoe] all experts resident: %.1f MiB touched\n",
                 touch_all(&m) / 1048576.0);
-    if (!s && o->infill)
+    if (!s && o->chat)
+        s = run_chat(o, &m, err);
+    else if (!s && o->infill)
         s = run_one(o, &m, NULL, t_load, err);
-    for (int i = 0; !s && !o->infill && i < o->n_prompts; i++) {
+    for (int i = 0; !s && !o->infill && !o->chat && i < o->n_prompts; i++) {
         if (i > 0)
             putchar('\n'); /* completions of successive prompts on their own lines */
         s = run_one(o, &m, &o->prompts[i], i == 0 ? t_load : 0.0, err);

@@ -1040,6 +1040,7 @@ cm_status cm_convert(const cm_convert_opts *o, cm_convert_result *res, cm_err *e
         /* a failed add leaves its message pending in the writer; finish
          * reports it (before creating any file) */
         add_tensors(w, &c, &bytes);
+        gguf_writer_set_progress(w, o->progress, o->progress_ctx);
         s = gguf_writer_finish(w, o->out_path, err);
     }
     if (!s) {

@@ -30,6 +30,8 @@ typedef struct {
                         the others llama-quantize's per-tensor types */
     FILE *log;       /* warnings and the summary; NULL for silence */
     int verbose;     /* also one line per tensor */
+    gguf_progress_fn progress; /* the writer's progress (NULL: none) */
+    void *progress_ctx;
 } cm_convert_opts;
 
 typedef struct {

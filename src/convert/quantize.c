@@ -779,6 +779,8 @@ cm_status cm_quantize_to_path(const gguf_file *src, const cm_qmix *mix, const ch
     gguf_writer *w = gguf_writer_new(3);
     if (!w)
         s = cm_fail(err, CM_E_NOMEM, "out of memory");
+    if (!s && o)
+        gguf_writer_set_progress(w, o->progress, o->progress_ctx);
     if (!s) {
         cm_quantize_job_add(j, w, NULL); /* an error here is reported by finish */
         s = gguf_writer_finish(w, path, err);

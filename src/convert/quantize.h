@@ -98,6 +98,8 @@ typedef struct {
     int pure;   /* see cm_quantize_choose */
     int pack;   /* 1: a language-expert pack is quantized whole, each member
                  * as its own model would be; 0: a pack is refused */
+    gguf_progress_fn progress; /* the writer's progress (NULL: none) */
+    void *progress_ctx;
 } cm_quantize_opts;
 
 typedef struct {

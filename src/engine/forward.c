@@ -244,6 +244,7 @@ void cm_ctx_free(cm_ctx *c)
     free(c->dev_chosen), free(c->dev_routed);
     cm_expert_cache_free(c->experts);
     free(c->seq_past), free(c->runs), free(c->out_rows), free(c->kvm.layers);
+    free(c->mem_layers), free(c->mem_runs);
     free(c);
 }
 
@@ -374,10 +375,10 @@ static void attention(cm_ctx *c, const cm_layer *L, int il, int first, int n, cm
 
 /* ---------------------------------------------------------- feed-forward */
 
-static void dense_ffn(cm_ctx *c, const cm_layer *L, cm_tensor *out)
+/* out = ffn(h) for the rows of h (c->h's rows from some r0) */
+static void dense_ffn_rows(cm_ctx *c, const cm_layer *L, cm_tensor h, cm_tensor *out)
 {
     const int n = (int)out->ne[1], F = c->m->hp.n_ff;
-    cm_tensor h = cm_rows(&c->h, 0, n);
     cm_tensor a = cm_shaped(&c->ff_a, F, n), b = cm_shaped(&c->ff_b, F, n);
     if (c->m->hp.gelu_mlp) { /* a = gelu(h Wup + b) */
         const cm_tensor *w = &L->w_up, *bu = &L->b_up;
@@ -394,12 +395,23 @@ static void dense_ffn(cm_ctx *c, const cm_layer *L, cm_tensor *out)
     cm_op_matmul(c->be, 1, &wd, &bd, &a, &out);
 }
 
+static void dense_ffn(cm_ctx *c, const cm_layer *L, cm_tensor *out)
+{
+    dense_ffn_rows(c, L, cm_rows(&c->h, 0, (int)out->ne[1]), out);
+}
+
 static void ffn(cm_ctx *c, const cm_layer *L, int il, cm_tensor *out)
 {
     if (c->m->hp.n_expert > 0)
         cm_moe_ffn(c, L, il, out);
-    else
+    else if (c->n_mem_runs == 0)
         dense_ffn(c, L, out);
+    else /* a batch of several pack members: each run of rows through its own */
+        for (int r = 0; r < c->n_mem_runs; r++) {
+            const cm_run *u = &c->mem_runs[r];
+            cm_tensor o = cm_rows(out, u->r0, u->n);
+            dense_ffn_rows(c, &c->mem_layers[u->seq][il], cm_rows(&c->h, u->r0, u->n), &o);
+        }
 }
 
 /* One layer over n rows.  Only rows first..n-1 of the output are wanted
@@ -595,5 +607,83 @@ cm_status cm_eval_batch(cm_ctx *c, const int32_t *ids, const int32_t *seq, int n
         logits += rows * n_vocab;
         done += nb;
     }
+    return CM_OK;
+}
+
+/* ------------------------------------------------ language-expert packs */
+
+static int same_tensor(const cm_tensor *a, const cm_tensor *b) { return a->data == b->data; }
+
+/* Whether layer a differs from b in the dense feed-forward only. */
+static int ffn_only_differs(const cm_layer *a, const cm_layer *b)
+{
+    cm_layer x = *a;
+    x.w_gate = b->w_gate, x.w_up = b->w_up, x.w_down = b->w_down;
+    x.b_up = b->b_up, x.b_down = b->b_down;
+    const cm_tensor *p = (const cm_tensor *)&x, *q = (const cm_tensor *)b;
+    for (size_t k = 0; k < sizeof(cm_layer) / sizeof(cm_tensor); k++)
+        if (!same_tensor(&p[k], &q[k]))
+            return 0;
+    return 1;
+}
+
+cm_status cm_ctx_set_members(cm_ctx *c, cm_layer *const *layers, int n, cm_err *err)
+{
+    const int L = c->m->hp.n_layer;
+    if (c->m->hp.n_expert > 0 || !c->be->ops->reads_host)
+        return cm_fail(err, CM_E_UNSUPPORTED, "batches of several members need a dense model "
+                       "on a backend that reads the mapped weights");
+    for (int k = 0; k < n; k++)
+        for (int il = 0; il < L; il++)
+            if (!ffn_only_differs(&layers[k][il], &c->w.layers[il]))
+                return cm_fail(err, CM_E_UNSUPPORTED, "pack members differ in more than the "
+                               "feed-forward weights (layer %d)", il);
+    cm_layer **ml = malloc((size_t)(n > 0 ? n : 1) * sizeof *ml);
+    cm_run *runs = malloc((size_t)c->n_batch * sizeof *runs);
+    if (!ml || !runs) {
+        free(ml), free(runs);
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    }
+    memcpy(ml, layers, (size_t)n * sizeof *ml);
+    free(c->mem_layers), free(c->mem_runs);
+    c->mem_layers = ml, c->mem_runs = runs, c->n_mem = n;
+    return CM_OK;
+}
+
+/* The runs of one member in rows [0, n) of the member list. */
+static void member_runs(cm_ctx *c, const int32_t *member, int n)
+{
+    c->n_mem_runs = 0;
+    for (int i = 0; i < n; i++) {
+        cm_run *u = c->n_mem_runs ? &c->mem_runs[c->n_mem_runs - 1] : NULL;
+        if (u && u->seq == member[i])
+            u->n++;
+        else
+            c->mem_runs[c->n_mem_runs++] = (cm_run){member[i], i, 1, 0};
+    }
+}
+
+cm_status cm_eval_batch_members(cm_ctx *c, const int32_t *ids, const int32_t *seq,
+                                const int32_t *member, int n, const uint8_t *want,
+                                float *logits, cm_err *err)
+{
+    cm_status s = check_multi(c, ids, seq, n, want, logits, err);
+    for (int i = 0; !s && i < n; i++)
+        if (member[i] < 0 || member[i] >= c->n_mem)
+            s = cm_fail(err, CM_E_RANGE, "member %d of token %d is not one of the context's %d",
+                        member[i], i, c->n_mem);
+    if (s)
+        return s;
+    const size_t n_vocab = (size_t)c->m->hp.n_vocab;
+    for (int done = 0; done < n;) {
+        int nb = n - done < c->n_batch ? n - done : c->n_batch, rows = 0;
+        member_runs(c, member + done, nb);
+        eval_multi(c, ids + done, seq + done, nb, want ? want + done : NULL, logits);
+        for (int i = 0; want && i < nb; i++)
+            rows += want[done + i] != 0;
+        logits += rows * n_vocab;
+        done += nb;
+    }
+    c->n_mem_runs = 0;
     return CM_OK;
 }

@@ -80,6 +80,21 @@ void cm_ctx_seq_keep(cm_ctx *c, int seq, int n);
  * vocabulary or a sequence that would overflow (then nothing is done). */
 cm_status cm_eval_batch(cm_ctx *c, const int32_t *ids, const int32_t *seq, int n,
                         const uint8_t *want, float *logits, cm_err *err);
+/* Language-expert packs: layers[k] (n_layer entries) is member k's view
+ * of the model's layers (cm_model_select_expert, then a copy of
+ * m->layers; they must outlive the context).  Members may differ only in
+ * the feed-forward weights; then one batch may hold sequences of several
+ * members (cm_eval_batch_members): attention, norms, embeddings and
+ * logits run once for all rows, the feed-forward once per member.
+ * CM_E_UNSUPPORTED when other tensors differ, for a mixture of experts,
+ * or on a backend that does not read host memory. */
+cm_status cm_ctx_set_members(cm_ctx *c, cm_layer *const *layers, int n, cm_err *err);
+/* cm_eval_batch with token i going through member[i]'s feed-forward (an
+ * index into cm_ctx_set_members's list); rows of one member are best
+ * adjacent (each run of them is one product per weight). */
+cm_status cm_eval_batch_members(cm_ctx *c, const int32_t *ids, const int32_t *seq,
+                                const int32_t *member, int n, const uint8_t *want,
+                                float *logits, cm_err *err);
 /* Reads the weights again from the model (a language-expert pack switched
  * member: cm_model_select_expert); the caches stay.  CM_E_UNSUPPORTED on a
  * backend that placed the weights in its own memory. */

@@ -52,6 +52,12 @@ struct cm_ctx {
     uint8_t *dev_routed; /* host: [n_layer] whether the batch routed that layer on the device */
     cm_expert_cache *experts; /* residency under a RAM budget, or NULL */
     float *host_ffn;    /* host: rows for experts run on the CPU beside a device (moe.c), or NULL */
+    /* language-expert packs (cm_ctx_set_members): each member's layers, and
+     * the current batch's runs of rows of one member (seq: the member) */
+    cm_layer **mem_layers; /* [n_mem][n_layer] */
+    int n_mem;
+    cm_run *mem_runs;   /* [n_batch] */
+    int n_mem_runs;     /* 0: every row through w's feed-forward */
 };
 
 /* out = mixture-of-experts feed-forward of c->h (out's rows) */

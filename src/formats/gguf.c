@@ -766,7 +766,15 @@ struct gguf_writer {
     wtensor *t;
     size_t n_t, cap_t;
     cm_err pending; /* first failed set/add call, reported again by finish */
+    gguf_progress_fn progress;
+    void *progress_ctx;
 };
+
+void gguf_writer_set_progress(gguf_writer *w, gguf_progress_fn fn, void *ctx)
+{
+    if (w)
+        w->progress = fn, w->progress_ctx = ctx;
+}
 
 static cm_status wfail(gguf_writer *w, cm_status code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -1122,10 +1130,15 @@ static void write_meta(wbuf *b, const gguf_writer *w)
 static cm_status write_data(wbuf *b, const gguf_writer *w, cm_err *err)
 {
     void *tmp = NULL;
-    uint64_t cap = 0;
+    uint64_t cap = 0, done = 0, total = 0;
+    for (size_t i = 0; i < w->n_t; i++)
+        total += w->t[i].nbytes;
     for (size_t i = 0; i < w->n_t && !b->err_no; i++) {
         const wtensor *t = &w->t[i];
         const void *src = t->data;
+        if (w->progress)
+            w->progress(w->progress_ctx, i, w->n_t, done, total, t->name);
+        done += t->nbytes;
         if (!src) {
             if (t->nbytes > cap) {
                 free(tmp);
@@ -1146,6 +1159,8 @@ static cm_status write_data(wbuf *b, const gguf_writer *w, cm_err *err)
         wb_pad(b, w->alignment);
     }
     free(tmp);
+    if (w->progress && !b->err_no)
+        w->progress(w->progress_ctx, w->n_t, w->n_t, total, total, "");
     return CM_OK;
 }
 

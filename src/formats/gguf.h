@@ -122,6 +122,12 @@ cm_status gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type
                                  uint32_t n_dims, const int64_t *ne,
                                  const void *data, gguf_fill_fn fill, void *fill_ctx);
 cm_status gguf_writer_finish(gguf_writer *w, const char *path, cm_err *err);
+/* Called by finish before each tensor's data is produced and written (i of
+ * n, bytes of tensor data written so far of total) and once at the end (i
+ * == n): a long conversion's progress. */
+typedef void (*gguf_progress_fn)(void *ctx, size_t i, size_t n, uint64_t done, uint64_t total,
+                                 const char *name);
+void gguf_writer_set_progress(gguf_writer *w, gguf_progress_fn fn, void *ctx);
 /* Writes the same bytes into an open descriptor (no temporary file). */
 cm_status gguf_writer_finish_fd(gguf_writer *w, int fd, cm_err *err);
 

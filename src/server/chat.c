@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "server/request.h"
+#include "tokenizer/tokenizer.h"
 
 static const char *const NAMES[SRV_TMPL_COUNT] = {"chatml", "llama2", "llama3",
                                                   "deepseek-coder", "zephyr", "gemma"};
@@ -280,4 +281,71 @@ cm_status srv_chat_render(const srv_request *r, srv_template t, srv_piece **out,
     }
     *out = o.p, *n = o.n;
     return CM_OK;
+}
+
+/* Appends n ids to a growing array. */
+static cm_status ids_append(int32_t **v, size_t *n, size_t *cap, const int32_t *ids, size_t k,
+                            cm_err *err)
+{
+    if (*n + k > *cap) {
+        size_t c = (*n + k) * 2 + 16;
+        int32_t *p = realloc(*v, c * sizeof *p);
+        if (!p)
+            return cm_fail(err, CM_E_NOMEM, "out of memory");
+        *v = p, *cap = c;
+    }
+    memcpy(*v + *n, ids, k * sizeof *ids);
+    *n += k;
+    return CM_OK;
+}
+
+static cm_status text_ids(const cm_tokenizer *t, const char *p, size_t len, int special,
+                          int32_t **v, size_t *n, size_t *cap, cm_err *err)
+{
+    int32_t *ids = NULL;
+    size_t k = 0;
+    cm_status s = cm_tokenize(t, p, len, 0, special, &ids, &k, err);
+    if (!s)
+        s = ids_append(v, n, cap, ids, k, err);
+    free(ids);
+    return s;
+}
+
+/* Consecutive plain pieces are tokenized as one text, so messages split
+ * the way one text would. */
+cm_status srv_chat_ids(const cm_tokenizer *t, const srv_request *r, srv_template tmpl,
+                       int32_t **ids, size_t *n, cm_err *err)
+{
+    srv_piece *pc = NULL;
+    int np = 0;
+    char *buf = NULL;
+    size_t total = 0, len = 0, cap = 0;
+    int32_t bos = cm_tok_bos(t);
+    *ids = NULL, *n = 0;
+    cm_status s = srv_chat_render(r, tmpl, &pc, &np, err);
+    for (int i = 0; i < np; i++)
+        total += pc[i].len;
+    if (!s && !(buf = malloc(total + 1)))
+        s = cm_fail(err, CM_E_NOMEM, "out of memory");
+    if (!s && cm_tok_add_bos(t) && bos >= 0)
+        s = ids_append(ids, n, &cap, &bos, 1, err);
+    for (int i = 0; !s && i < np; i++) {
+        if (pc[i].special) {
+            s = text_ids(t, pc[i].p, pc[i].len, 1, ids, n, &cap, err);
+            continue;
+        }
+        memcpy(buf + len, pc[i].p, pc[i].len);
+        len += pc[i].len;
+        if (i + 1 == np || pc[i + 1].special) {
+            s = text_ids(t, buf, len, 0, ids, n, &cap, err);
+            len = 0;
+        }
+    }
+    free(buf);
+    free(pc);
+    if (s) {
+        free(*ids);
+        *ids = NULL, *n = 0;
+    }
+    return s;
 }

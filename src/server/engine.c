@@ -94,6 +94,41 @@ static void choose_ctx(srv_engine *e)
         e->o.n_ctx = train;
 }
 
+/* Every member's layers, so that one step can run the slots of several
+ * (when the context accepts them: members differing only in the
+ * feed-forward, on the CPU); the default member bound again after. */
+static cm_status setup_members(srv_engine *e, cm_err *err)
+{
+    char first[32];
+    const size_t L = (size_t)e->m.hp.n_layer;
+    cm_err ignore;
+    snprintf(first, sizeof first, "%s", e->m.expert);
+    e->n_members = cm_pack_members(&e->m.file, e->member_names, CM_PACK_MAX_MEMBERS);
+    for (int k = 0; k < e->n_members; k++) {
+        cm_status s = cm_model_select_expert(&e->m, e->member_names[k], err);
+        if (s)
+            return s;
+        if (!(e->member_layers[k] = malloc((L ? L : 1) * sizeof(cm_layer))))
+            return cm_fail(err, CM_E_NOMEM, "out of memory");
+        memcpy(e->member_layers[k], e->m.layers, L * sizeof(cm_layer));
+    }
+    cm_status s = cm_model_select_expert(&e->m, first, err);
+    if (!s)
+        s = cm_ctx_rebind(e->ctx, err);
+    if (!s) /* (unsupported: steps of one member each) */
+        e->mixed = !cm_ctx_set_members(e->ctx, e->member_layers, e->n_members, &ignore);
+    return s == CM_E_UNSUPPORTED ? CM_OK : s;
+}
+
+/* The index of a pack member in member_names (0 when not found). */
+int srv_engine_member(const srv_engine *e, const char *name)
+{
+    for (int k = 0; k < e->n_members; k++)
+        if (!strcmp(e->member_names[k], name))
+            return k;
+    return 0;
+}
+
 cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
 {
     char path[1024];
@@ -123,6 +158,8 @@ cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
         s = make_ctx(e, err);
     }
     cm_err ignore;
+    if (!s && e->m.is_pack && e->n_slots > 1)
+        s = setup_members(e, err);
     if (!s && e->m.is_pack && e->n_slots > 1 && cm_ctx_rebind(e->ctx, &ignore))
         s = cm_fail(err, CM_E_UNSUPPORTED, "the %s backend holds one expert's weights per "
                     "context: serve this language-expert pack with --parallel 1", e->be->name);
@@ -144,6 +181,8 @@ void srv_engine_free(srv_engine *e)
     srv_sched_stop(e);
     cm_ctx_free(e->ctx); /* contexts before their model */
     cm_router_free(e->router);
+    for (int k = 0; k < e->n_members; k++)
+        free(e->member_layers[k]);
     if (e->loaded)
         cm_model_free(&e->m);
     pthread_mutex_destroy(&e->lock);
@@ -236,43 +275,16 @@ static cm_status ids_text(const srv_engine *e, idvec *v, const char *text, size_
     return s;
 }
 
-static cm_status ids_bos(const srv_engine *e, idvec *v, cm_err *err)
-{
-    int32_t bos = cm_tok_bos(e->m.tok);
-    return cm_tok_add_bos(e->m.tok) && bos >= 0 ? ids_push(v, &bos, 1, err) : CM_OK;
-}
-
-/* Chat: consecutive plain pieces are tokenized as one text, so messages
- * split the way one text would. */
 static cm_status chat_ids(const srv_engine *e, const srv_request *r, idvec *v, cm_err *err)
 {
-    srv_piece *pc = NULL;
-    int np = 0;
-    char *buf = NULL;
-    size_t total = 0, len = 0;
+    int32_t *ids = NULL;
+    size_t n = 0;
     if (!e->tmpl_ok)
         return *err = e->tmpl_err, err->code;
-    cm_status s = srv_chat_render(r, e->tmpl, &pc, &np, err);
-    for (int i = 0; i < np; i++)
-        total += pc[i].len;
-    if (!s && !(buf = malloc(total + 1)))
-        s = cm_fail(err, CM_E_NOMEM, "out of memory");
+    cm_status s = srv_chat_ids(e->m.tok, r, e->tmpl, &ids, &n, err);
     if (!s)
-        s = ids_bos(e, v, err);
-    for (int i = 0; !s && i < np; i++) {
-        if (pc[i].special) {
-            s = ids_text(e, v, pc[i].p, pc[i].len, 1, err);
-            continue;
-        }
-        memcpy(buf + len, pc[i].p, pc[i].len);
-        len += pc[i].len;
-        if (i + 1 == np || pc[i + 1].special) {
-            s = ids_text(e, v, buf, len, 0, err);
-            len = 0;
-        }
-    }
-    free(buf);
-    free(pc);
+        s = ids_push(v, ids, n, err);
+    free(ids);
     return s;
 }
 
@@ -465,7 +477,8 @@ cm_status srv_gen_start(srv_engine *e, const srv_request *r, srv_gen *g, cm_err 
         s = err->code;
     if (!s)
         s = srv_slot_eval(e, g->slot, err);
-    g->t_prompt = now_s() - t0;
+    g->t_start = now_s();
+    g->t_prompt = g->t_start - t0;
     free(v.p);
     return s;
 }
@@ -574,11 +587,17 @@ static cm_status next_token(srv_engine *e, srv_gen *g, cm_err *err)
     if (pn > sizeof piece && (big = malloc(pn)))
         cm_token_piece(m->tok, id, 0, big, pn);
     g->n_gen++;
-    cm_status s = push_piece(g, big ? big : piece, big || pn <= sizeof piece ? pn : sizeof piece,
-                             err);
+    size_t len = big || pn <= sizeof piece ? pn : sizeof piece;
+    g->new_line |= memchr(big ? big : piece, '\n', len) != NULL;
+    cm_status s = push_piece(g, big ? big : piece, len, err);
     free(big);
     if (s || g->done)
         return s;
+    /* llama.cpp's t_max_predict_ms: an editor's time budget, once a line is
+     * there to show */
+    if (r->t_max_predict_ms > 0 && g->new_line &&
+        (now_s() - g->t_start) * 1000.0 >= (double)r->t_max_predict_ms)
+        return finish(g, "limit", err);
     if (g->slot->n_tokens >= e->o.n_ctx)
         return finish(g, "limit", err);
     cm_sampler_accept(g->smp, id);

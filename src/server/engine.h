@@ -9,7 +9,9 @@
  * token, a new request's prompt), so requests join the running batch.  A
  * connection's thread samples its own slot's logits.  Language-expert
  * packs: a request's expert is chosen when it starts; a step batches the
- * slots of one expert, the context rebound to it.  Tokenizing needs no slot
+ * slots of every expert when the members share all but the feed-forward
+ * (each member's rows through its own), else of one expert, the context
+ * rebound to it.  Tokenizing needs no slot
  * (the tokenizer is read-only). */
 #ifndef CM_SRV_ENGINE_H
 #define CM_SRV_ENGINE_H
@@ -48,6 +50,7 @@ typedef struct {
     int turn;              /* handed logits, its request not yet back */
     int keep;              /* >= 0: the scheduler first cuts the cache to this */
     char expert[32];       /* the pack member its cache was made with ("" none) */
+    int member;            /* its index in member_names (mixed steps), else 0 */
     int32_t *tokens;
     int n_tokens, n_done, cap;
     float *logits;         /* [n_vocab] after its last token, once not queued */
@@ -66,6 +69,12 @@ typedef struct {
     srv_slot *slots;
     int n_slots;
     cm_router *router;     /* packs: the language classifier, or NULL */
+    /* packs whose members differ only in the feed-forward (cm_ctx_set_members):
+     * one step runs every member's slots; else a step runs one member's */
+    int mixed;
+    int n_members;
+    char member_names[CM_PACK_MAX_MEMBERS][32];
+    cm_layer *member_layers[CM_PACK_MAX_MEMBERS];
     const cm_backend_ops *be;
     srv_template tmpl;     /* the chat template, when tmpl_ok */
     int tmpl_ok;
@@ -100,6 +109,9 @@ int srv_engine_slots_busy(srv_engine *e);
 /* Binds the pack member named expert to the model and the context (the
  * scheduler thread only). */
 cm_status srv_engine_bind(srv_engine *e, const char *expert, cm_err *err);
+
+/* The index of pack member name in e->member_names (0 if absent). */
+int srv_engine_member(const srv_engine *e, const char *name);
 
 /* sched.c: the scheduler thread and the slots. */
 cm_status srv_sched_start(srv_engine *e, cm_err *err);
@@ -144,6 +156,8 @@ typedef struct {
     srv_engine *e;           /* whose slot it holds */
     srv_slot *slot;
     int n_reused;            /* prompt tokens found in the slot's cache */
+    double t_start;          /* when generation began (t_max_predict_ms) */
+    int new_line;            /* a generated piece held a new line */
 } srv_gen;
 
 /* Routes (packs), tokenizes and checks r's prompt, takes a slot, then

@@ -132,6 +132,10 @@ static cm_status parse_limit(const json_doc *d, const json_node *o, srv_request 
     for (size_t i = 0; !s && i < sizeof keys / sizeof keys[0]; i++)
         s = opt_int(d, o, keys[i], -1, 1 << 24, &n, NULL, err);
     r->n_predict = (int)n;
+    int64_t ms = 0; /* llama.cpp's (llama.vim sends it): 0 is no limit */
+    if (!s)
+        s = opt_int(d, o, "t_max_predict_ms", 0, (int64_t)1 << 40, &ms, NULL, err);
+    r->t_max_predict_ms = ms;
     if (!s)
         s = opt_int(d, o, "n", 1, 1 << 10, &count, NULL, err);
     if (!s && count != 1)

@@ -61,6 +61,8 @@ typedef struct {
     srv_str language;      /* optional: which expert of a pack (else routed) */
     /* generation */
     int n_predict;         /* -1: until end of text or a full context */
+    long long t_max_predict_ms; /* > 0: generation stops once it has run this long
+                                 * and made a new line (llama.cpp's), "limit" */
     int stream, include_usage, have_seed, add_special;
     int cache_prompt;      /* reuse a slot's cached prefix (llama.cpp's field; default on) */
     srv_str fields[SRV_MAX_FIELDS]; /* /infill's response_fields, when has_fields */
@@ -117,6 +119,11 @@ const char *srv_template_name(srv_template t);
  * template has no place for. */
 cm_status srv_chat_render(const srv_request *r, srv_template t, srv_piece **pieces, int *n,
                           cm_err *err);
+/* The token ids of r's chat prompt (srv_chat_render's pieces, BOS first
+ * where the tokenizer adds one); *ids is malloc'ed. */
+struct cm_tokenizer;
+cm_status srv_chat_ids(const struct cm_tokenizer *t, const srv_request *r, srv_template tmpl,
+                       int32_t **ids, size_t *n, cm_err *err);
 /* The marker that ends an assistant turn in template t ("<|im_end|>"). */
 const char *srv_template_end(srv_template t);
 

@@ -2,8 +2,9 @@
  * for all of them (continuous batching).
  *
  * A request's thread queues its slot's new tokens and waits; the scheduler
- * takes every queued slot of one expert into a batch (generating slots
- * first: one token each, then prompts up to SRV_BATCH tokens), evaluates
+ * takes every queued slot (of one expert, for packs whose members cannot
+ * share a step) into a batch (generating slots first: one token each, then
+ * prompts up to SRV_BATCH tokens; a member's slots side by side), evaluates
  * it, hands each slot whose tokens are all in the cache the logits of its
  * last one, and starts over.  A prompt longer than a batch goes on in later
  * steps beside the others' tokens. */
@@ -17,7 +18,7 @@
 #define SRV_TURN_WAIT_MS 20
 
 typedef struct {
-    int32_t *ids, *seq;
+    int32_t *ids, *seq, *member;
     uint8_t *want;
     float *logits;
     int *slot, *count; /* per slot in the batch: which, how many tokens */
@@ -26,7 +27,7 @@ typedef struct {
 
 static void batch_free(batch *b)
 {
-    free(b->ids), free(b->seq), free(b->want), free(b->logits), free(b->slot), free(b->count);
+    free(b->ids), free(b->seq), free(b->member), free(b->want), free(b->logits), free(b->slot), free(b->count);
 }
 
 static int batch_alloc(batch *b, int n_tok, int n_slots, int n_vocab)
@@ -34,11 +35,12 @@ static int batch_alloc(batch *b, int n_tok, int n_slots, int n_vocab)
     memset(b, 0, sizeof *b);
     b->ids = malloc((size_t)n_tok * sizeof *b->ids);
     b->seq = malloc((size_t)n_tok * sizeof *b->seq);
+    b->member = malloc((size_t)n_tok * sizeof *b->member);
     b->want = malloc((size_t)n_tok);
     b->logits = malloc((size_t)n_slots * n_vocab * sizeof *b->logits);
     b->slot = malloc((size_t)n_slots * sizeof *b->slot);
     b->count = malloc((size_t)n_slots * sizeof *b->count);
-    return b->ids && b->seq && b->want && b->logits && b->slot && b->count;
+    return b->ids && b->seq && b->member && b->want && b->logits && b->slot && b->count;
 }
 
 /* Adds up to room of sl's queued tokens; the last one's logits wanted. */
@@ -48,11 +50,26 @@ static int take_tokens(batch *b, srv_slot *sl, int room)
     for (int i = 0; i < k; i++) {
         b->ids[b->n + i] = sl->tokens[sl->n_done + i];
         b->seq[b->n + i] = sl->id;
+        b->member[b->n + i] = sl->member;
         b->want[b->n + i] = i == have - 1;
     }
     b->slot[b->n_slots] = sl->id, b->count[b->n_slots++] = k;
     b->n += k;
     return k;
+}
+
+/* Mixed steps: every queued slot, generation first, each member's slots
+ * together (one product per member and weight). */
+static void form_mixed(srv_engine *e, batch *b)
+{
+    for (int pass = 0; pass < 2; pass++)
+        for (int k = 0; k < e->n_members; k++)
+            for (int i = 0; i < e->n_slots && b->n < SRV_BATCH; i++) {
+                srv_slot *sl = &e->slots[i];
+                int gen = sl->n_tokens - sl->n_done == 1;
+                if (sl->queued && gen == !pass && sl->member == k)
+                    take_tokens(b, sl, SRV_BATCH - b->n);
+            }
 }
 
 /* The next step's batch (lock held): the slots of the expert of the first
@@ -61,6 +78,11 @@ static void form_batch(srv_engine *e, batch *b, int *rr, char *expert)
 {
     int first = -1;
     b->n = b->n_slots = 0;
+    if (e->mixed) {
+        expert[0] = 0;
+        form_mixed(e, b);
+        return;
+    }
     for (int i = 0; i < e->n_slots && first < 0; i++)
         if (e->slots[(*rr + i) % e->n_slots].queued)
             first = (*rr + i) % e->n_slots;
@@ -84,6 +106,9 @@ static cm_status run_batch(srv_engine *e, batch *b, const char *expert, const in
     for (int i = 0; i < b->n_slots; i++)
         if (keep[i] >= 0)
             cm_ctx_seq_keep(e->ctx, b->slot[i], keep[i]);
+    if (e->mixed)
+        return cm_eval_batch_members(e->ctx, b->ids, b->seq, b->member, b->n, b->want,
+                                     b->logits, err);
     cm_status s = srv_engine_bind(e, expert, err);
     return s ? s : cm_eval_batch(e->ctx, b->ids, b->seq, b->n, b->want, b->logits, err);
 }
@@ -250,6 +275,7 @@ srv_slot *srv_slot_take(srv_engine *e, const char *expert, const int32_t *ids, i
     sl->n_tokens = sl->n_done = k;
     sl->keep = k;
     snprintf(sl->expert, sizeof sl->expert, "%s", expert);
+    sl->member = srv_engine_member(e, expert);
     *reused = k;
     pthread_mutex_lock(&e->lock);
     e->reused_tokens += k;
