@@ -816,6 +816,18 @@ static void test_placements(const char *path, const cm_backend_ops *ops, double 
  * boundary, summation order decides which way it goes: f16_tol says how
  * far that moves this model (0: not compared; kq-q4_k_m's sharp attention
  * moves logits by 0.1 on one step, as far as llama.cpp is from both). */
+/* After the CPU's lookups the token table of an untied model takes none of
+ * the process's memory in the mapping (backend_cpu.c drops its pages: a
+ * prompt's rows would otherwise bring most of it in beside the weights). */
+static void check_table_unmapped(const cm_model *m, const cm_backend_ops *ops, const char *path)
+{
+    if (strcmp(ops->name, "cpu") != 0 || m->tied_output || !m->file.mapped)
+        return;
+    long pages = tl_mapped_pages(m->tok_embd.data, m->tok_embd.nbytes);
+    CHECK(pages == 0 || pages == -1, "%s: %ld pages of the token table mapped after lookups",
+          path, pages);
+}
+
 static void test_model(const char *path, const cm_backend_ops *ops, double f32_tol,
                        double f16_tol)
 {
@@ -833,6 +845,7 @@ static void test_model(const char *path, const cm_backend_ops *ops, double f32_t
     for (size_t ki = 0; ki < (f16_tol > 0 ? 2 : 1); ki++) {
         /* batches of 16 then 16 then 8: prompt paths over a partly filled cache */
         float *a = model_logits(&m, ops, ids, n, kvs[ki], 16, NULL);
+        check_table_unmapped(&m, ops, path);
         float *r = model_logits(&m, &cm_backend_ref_ops, ids, n, kvs[ki], 16, NULL);
         if (a && r) {
             double d = 0, mx = 1e-6;

@@ -8,9 +8,11 @@
 #define CM_TESTLIB_H
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #if defined(__GNUC__)
 #define TL_PRINTF(f, a) __attribute__((format(printf, f, a)))
@@ -165,6 +167,29 @@ static inline void *tl_slurp(const char *path, size_t *len)
     }
     fclose(f);
     return buf;
+}
+
+/* How many of the whole pages inside [p, p + n) are mapped in this process
+ * now (what its RSS counts of them): /proc/self/pagemap's present bit, which
+ * needs no privileges.  -1 where pagemap cannot be read (not Linux). */
+static inline long tl_mapped_pages(const void *p, size_t n)
+{
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) / page, b = ((uintptr_t)p + n) / page;
+    FILE *f = fopen("/proc/self/pagemap", "rb");
+    long mapped = 0;
+    if (!f)
+        return -1;
+    for (uintptr_t i = a; i < b; i++) {
+        uint64_t e;
+        if (fseek(f, (long)(i * 8), SEEK_SET) != 0 || fread(&e, 8, 1, f) != 1) {
+            mapped = -1;
+            break;
+        }
+        mapped += (long)(e >> 63);
+    }
+    fclose(f);
+    return mapped;
 }
 
 #endif

@@ -569,6 +569,23 @@ static int rp_find(const cm_tensor *w, const cm_repack **rp, const char **data)
     return found;
 }
 
+int cm_cpu_is_repacked(const cm_tensor *w)
+{
+    const cm_repack *rp;
+    const char *data;
+    return w && w->data && rp_find(w, &rp, &data);
+}
+
+void cm_cpu_table_own_vma(const cm_tensor *t)
+{
+    no_huge_map(t->data, tensor_bytes(t));
+}
+
+void cm_cpu_table_unmap(const cm_tensor *t)
+{
+    drop_pages(t->data, tensor_bytes(t));
+}
+
 static void no_kernel(enum cm_type type)
 {
     char buf[32];

@@ -66,6 +66,15 @@ void cm_cpu_repack_release(const void *key);
 void cm_cpu_repack_drop_experts(const void *key);
 /* Bytes of weights repacked now (all keys). */
 size_t cm_cpu_repacked_bytes(void);
+/* Whether the 2-D weight w is read from a repacked copy. */
+int cm_cpu_is_repacked(const cm_tensor *w);
+/* A table read a few rows at a time (token embeddings) out of the file
+ * mapping: cm_cpu_table_own_vma gives its whole pages a VMA of their own
+ * (so faults on it map no neighbour's pages, nor it theirs), and
+ * cm_cpu_table_unmap drops them from this process (they re-read from the
+ * page cache on the next lookup). */
+void cm_cpu_table_own_vma(const cm_tensor *t);
+void cm_cpu_table_unmap(const cm_tensor *t);
 
 /* ---- attention helpers (KV cache rows) ---------------------------------- */
 

@@ -523,41 +523,59 @@ INLINE __m256i k4_dup(__m256i v, const int b, const int b1)
     return _mm256_shuffle_epi8(v, _mm256_set_m128i(i, i));
 }
 
-/* Half h of one super-block: rows 8h..8h+7's d-part and min-part sums. */
-INLINE void rp2_k4_half(const uint8_t *t, const rp_kxblock *x, int h, __m256i *isum,
-                        __m256i *msum)
+/* Half h's scales (sc) or mins (mn) of sub-blocks 4 * (k & 1) .. + 3,
+ * k = 0, 1 scales and 2, 3 mins, one byte per row's dword. */
+INLINE __m256i k4_six(const uint8_t *t, int h, const int k)
 {
     const __m256i w0 = load256(t + 64 + 32 * h), w1 = load256(t + 128 + 32 * h);
     const __m256i w2 = load256(t + 192 + 32 * h), m6 = _mm256_set1_epi8(0x3F);
     const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
-    __m256i sc[2], mn[2];
-    sc[0] = _mm256_and_si256(w0, m6);
-    sc[1] = _mm256_or_si256(_mm256_and_si256(w2, m4),
-                            _mm256_and_si256(_mm256_srli_epi32(w0, 2), m30));
-    mn[0] = _mm256_and_si256(w1, m6);
-    mn[1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), m4),
+    if (k == 0)
+        return _mm256_and_si256(w0, m6);
+    if (k == 1)
+        return _mm256_or_si256(_mm256_and_si256(w2, m4),
+                               _mm256_and_si256(_mm256_srli_epi32(w0, 2), m30));
+    if (k == 2)
+        return _mm256_and_si256(w1, m6);
+    return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(w2, 4), m4),
                             _mm256_and_si256(_mm256_srli_epi32(w1, 2), m30));
-    __m256i is = _mm256_setzero_si256(), ms = _mm256_setzero_si256();
-    const uint8_t *q = t + 256 + 32 * h;
+}
+
+/* One super-block, both halves of the tile (rows 8h..8h+7 in ymm h): the
+ * d-part and min-part sums.  Each activation broadcast serves both halves,
+ * and the few live registers keep the compiler from hoisting the
+ * broadcasts into stack spills. */
+INLINE void rp2_k4_sb(const uint8_t *t, const rp_kxblock *x, __m256i is[2], __m256i ms[2])
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const uint8_t *q = t + 256;
+    is[0] = is[1] = ms[0] = ms[1] = _mm256_setzero_si256();
     UNROLL
     for (int c = 0; c < 4; c++) {
-        __m256i lo = _mm256_setzero_si256(), hi = lo;
-        UNROLL
+        __m256i lo[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}, hi[2] = {lo[0], lo[0]};
+        _Pragma("GCC unroll 2")
         for (int j = 0; j < 8; j++) {
-            __m256i v = load256(q + 64 * (8 * c + j));
-            lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(_mm256_and_si256(v, m4),
-                                                           bcst32_256(x->qs + 64 * c + 4 * j)));
-            hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(
-                                          _mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
-                                          bcst32_256(x->qs + 64 * c + 32 + 4 * j)));
+            const __m256i xl = bcst32_256(x->qs + 64 * c + 4 * j);
+            const __m256i xh = bcst32_256(x->qs + 64 * c + 32 + 4 * j);
+            UNROLL
+            for (int h = 0; h < 2; h++) {
+                const __m256i v = load256(q + 64 * (8 * c + j) + 32 * h);
+                lo[h] = _mm256_add_epi16(lo[h], _mm256_maddubs_epi16(_mm256_and_si256(v, m4), xl));
+                hi[h] = _mm256_add_epi16(hi[h], _mm256_maddubs_epi16(
+                                                    _mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                                                    xh));
+            }
         }
         const int b = 2 * (c & 1);
-        is = _mm256_add_epi32(is, _mm256_madd_epi16(lo, k4_dup(sc[c >> 1], b, b)));
-        is = _mm256_add_epi32(is, _mm256_madd_epi16(hi, k4_dup(sc[c >> 1], b + 1, b + 1)));
-        ms = _mm256_add_epi32(ms, _mm256_madd_epi16(k4_dup(mn[c >> 1], b, b + 1),
-                                                    bcst32_256(x->bs + 2 * c)));
+        const __m256i bs = bcst32_256(x->bs + 2 * c);
+        UNROLL
+        for (int h = 0; h < 2; h++) {
+            const __m256i sc = k4_six(t, h, c >> 1), mn = k4_six(t, h, 2 + (c >> 1));
+            is[h] = _mm256_add_epi32(is[h], _mm256_madd_epi16(lo[h], k4_dup(sc, b, b)));
+            is[h] = _mm256_add_epi32(is[h], _mm256_madd_epi16(hi[h], k4_dup(sc, b + 1, b + 1)));
+            ms[h] = _mm256_add_epi32(ms[h], _mm256_madd_epi16(k4_dup(mn, b, b + 1), bs));
+        }
     }
-    *isum = is, *msum = ms;
 }
 
 INLINE void rp2_gemv_k4(int64_t cols, const void *tile, const void *xp, float *y, const int pf)
@@ -572,14 +590,14 @@ INLINE void rp2_gemv_k4(int64_t cols, const void *tile, const void *xp, float *y
                 _mm_prefetch((const char *)t + RP2_PF + l, _MM_HINT_T0);
         }
         const __m256 dx = _mm256_set1_ps(x[s].d);
+        __m256i is[2], ms[2];
+        rp2_k4_sb(t, x + s, is, ms);
         UNROLL
         for (int h = 0; h < 2; h++) {
-            __m256i is, ms;
-            rp2_k4_half(t, x + s, h, &is, &ms);
             __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(t + 16 * h)));
             __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(t + 32 + 16 * h)));
-            acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(d, dx), acc[h]);
-            acc[h] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dm, dx), acc[h]);
+            acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[h]), _mm256_mul_ps(d, dx), acc[h]);
+            acc[h] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms[h]), _mm256_mul_ps(dm, dx), acc[h]);
         }
     }
     _mm256_storeu_ps(y, acc[0]);
@@ -624,47 +642,53 @@ INLINE __m256i k6_lev(__m256i a, __m256i b, __m256i hb, const int q)
     return _mm256_or_si256(_mm256_and_si256(lo, m4), _mm256_and_si256(hi, m30));
 }
 
-/* Half h of one super-block: rows 8h..8h+7's scale * level . x sums and
- * scale * bsum sums. */
-INLINE void rp2_k6_half(const uint8_t *t, const rp_k6xblock *x, int h, __m256i *isum,
-                        __m256i *msum)
+/* One super-block, both halves of the tile (rows 8h..8h+7 in ymm h):
+ * the scale * level . x sums (is) and scale * bsum sums (ms).  Element
+ * run q outermost, so each activation broadcast serves both halves with
+ * few live registers (no spills); the ql and qh vectors are loaded once
+ * per run, from L1. */
+INLINE void rp2_k6_sb(const uint8_t *t, const rp_k6xblock *x, __m256i is[2], __m256i ms[2])
 {
-    const uint8_t *ql = t + RP_K6_QL + 32 * h, *qh = t + RP_K6_QH + 32 * h;
-    __m256i sc[4], is = _mm256_setzero_si256(), ms = _mm256_setzero_si256();
+    const uint8_t *ql = t + RP_K6_QL, *qh = t + RP_K6_QH;
     UNROLL
-    for (int k = 0; k < 4; k++) {
-        sc[k] = load256(t + 64 * k + 32 * h);
-        __m256i lo = _mm256_srai_epi16(_mm256_slli_epi16(sc[k], 8), 8); /* bytes 0, 2 */
-        ms = _mm256_add_epi32(ms, _mm256_madd_epi16(lo, bcst32_256(x->bs + 4 * k)));
-        ms = _mm256_add_epi32(ms, _mm256_madd_epi16(_mm256_srai_epi16(sc[k], 8),
-                                                    bcst32_256(x->bs + 4 * k + 2)));
+    for (int h = 0; h < 2; h++) {
+        is[h] = ms[h] = _mm256_setzero_si256();
+        UNROLL
+        for (int k = 0; k < 4; k++) {
+            const __m256i sc = load256(t + 64 * k + 32 * h);
+            const __m256i lo = _mm256_srai_epi16(_mm256_slli_epi16(sc, 8), 8); /* bytes 0, 2 */
+            ms[h] = _mm256_add_epi32(ms[h], _mm256_madd_epi16(lo, bcst32_256(x->bs + 4 * k)));
+            ms[h] = _mm256_add_epi32(ms[h], _mm256_madd_epi16(_mm256_srai_epi16(sc, 8),
+                                                              bcst32_256(x->bs + 4 * k + 2)));
+        }
     }
     UNROLL
     for (int c = 0; c < 2; c++) {
         UNROLL
-        for (int gp = 0; gp < 4; gp++) { /* g = 2gp, 2gp + 1: sub-blocks 8c + 2q + gp / 2 */
-            __m256i sq[4];
+        for (int q = 0; q < 4; q++) {
             UNROLL
-            for (int q = 0; q < 4; q++)
-                sq[q] = _mm256_setzero_si256();
-            UNROLL
-            for (int g = 2 * gp; g < 2 * gp + 2; g++) {
-                const __m256i a = load256(ql + 64 * (16 * c + g));
-                const __m256i b = load256(ql + 64 * (16 * c + 8 + g));
-                const __m256i hb = load256(qh + 64 * (8 * c + g));
+            for (int gp = 0; gp < 4; gp++) { /* g = 2gp, 2gp + 1: sub-block 8c + 2q + gp / 2 */
+                __m256i sq[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
                 UNROLL
-                for (int q = 0; q < 4; q++)
-                    sq[q] = _mm256_add_epi16(sq[q], _mm256_maddubs_epi16(k6_lev(a, b, hb, q),
-                                             bcst32_256(x->qs + 128 * c + 32 * q + 4 * g)));
-            }
-            UNROLL
-            for (int q = 0; q < 4; q++) {
+                for (int g = 2 * gp; g < 2 * gp + 2; g++) {
+                    const __m256i xb = bcst32_256(x->qs + 128 * c + 32 * q + 4 * g);
+                    UNROLL
+                    for (int h = 0; h < 2; h++) {
+                        const __m256i ab = load256(ql + 64 * (16 * c + 8 * (q & 1) + g) + 32 * h);
+                        const __m256i hb = load256(qh + 64 * (8 * c + g) + 32 * h);
+                        sq[h] = _mm256_add_epi16(sq[h], _mm256_maddubs_epi16(
+                                                            k6_lev(ab, ab, hb, q), xb));
+                    }
+                }
                 const int sub = 8 * c + 2 * q + gp / 2;
-                is = _mm256_add_epi32(is, _mm256_madd_epi16(sq[q], k6_dup(sc[sub / 4], sub % 4)));
+                UNROLL
+                for (int h = 0; h < 2; h++) {
+                    const __m256i sc = load256(t + 64 * (sub / 4) + 32 * h);
+                    is[h] = _mm256_add_epi32(is[h], _mm256_madd_epi16(sq[h], k6_dup(sc, sub % 4)));
+                }
             }
         }
     }
-    *isum = is, *msum = ms;
 }
 
 INLINE void rp2_gemv_k6(int64_t cols, const void *tile, const void *xp, float *y, const int pf)
@@ -679,13 +703,13 @@ INLINE void rp2_gemv_k6(int64_t cols, const void *tile, const void *xp, float *y
                 _mm_prefetch((const char *)t + RP2_PF + l, _MM_HINT_T0);
         }
         const __m256 dx = _mm256_set1_ps(x[s].d);
+        __m256i is[2], ms[2];
+        rp2_k6_sb(t, x + s, is, ms);
         UNROLL
         for (int h = 0; h < 2; h++) {
-            __m256i is, ms;
-            rp2_k6_half(t, x + s, h, &is, &ms);
-            is = _mm256_sub_epi32(is, _mm256_slli_epi32(ms, 5));
+            is[h] = _mm256_sub_epi32(is[h], _mm256_slli_epi32(ms[h], 5));
             __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(t + RP_K6_D + 16 * h)));
-            acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(d, dx), acc[h]);
+            acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[h]), _mm256_mul_ps(d, dx), acc[h]);
         }
     }
     _mm256_storeu_ps(y, acc[0]);
