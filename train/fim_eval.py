@@ -24,6 +24,9 @@ import sys
 import tempfile
 
 LANGS = ("c", "cpp", "go", "java", "javascript", "python", "rust")
+# whole lines, at most this many characters: with the 64 generated tokens the
+# prompt stays inside a 1,024-token context (about 3 characters a token)
+MAX_PREFIX, MAX_SUFFIX = 1500, 600
 
 
 def samples(corpus, lang, n, seed):
@@ -36,8 +39,12 @@ def samples(corpus, lang, n, seed):
             if len(lines) < 8 or not cand:
                 continue
             i = random.Random("%s:%d:%s" % (lang, seed, len(out))).choice(cand)
-            prefix = "\n".join(lines[max(0, i - 40):i]) + "\n"
-            suffix = "\n".join(lines[i + 1:i + 21])
+            before, after = lines[max(0, i - 40):i], lines[i + 1:i + 21]
+            while len(before) > 1 and sum(len(x) + 1 for x in before) > MAX_PREFIX:
+                before = before[1:]
+            while len(after) > 1 and sum(len(x) + 1 for x in after) > MAX_SUFFIX:
+                after = after[:-1]
+            prefix, suffix = "\n".join(before) + "\n", "\n".join(after)
             out.append({"lang": lang, "line": lines[i], "prefix": prefix, "suffix": suffix})
             if len(out) == n:
                 break
