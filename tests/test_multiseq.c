@@ -4,7 +4,9 @@
  * batches, sequences cut back with cm_ctx_seq_keep), equal its logits
  * evaluated alone in a one-sequence context, on every backend that runs
  * here, for a dense and a mixture-of-experts fixture model; cm_ctx_truncate
- * continues a one-sequence context from a kept prefix as if evaluated anew. */
+ * continues a one-sequence context from a kept prefix as if evaluated anew;
+ * a prompt's cache copied to other sequences (cm_ctx_seq_copy) continues as
+ * the prompt evaluated in each. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -141,6 +143,64 @@ static void together(const cm_model *m, const cm_backend_ops *ops, int32_t ids[N
     cm_ctx_free(c);
 }
 
+/* A prompt evaluated once in sequence 0 and copied (cm_ctx_seq_copy) into
+ * sequences 1 (whole, over tokens it held) and 2 (a prefix): their
+ * continuations give the logits of the prompt evaluated alone. */
+static void copied(const cm_model *m, const cm_backend_ops *ops, int32_t ids[N_SEQ][LEN],
+                   const float *ref)
+{
+    const size_t V = (size_t)m->hp.n_vocab;
+    const int P = 25, PRE = 20; /* the prompt; sequence 2's prefix of it */
+    cm_err err;
+    cm_ctx *c;
+    if (cm_ctx_new_multi(m, ops, NULL, 64, CM_KV_F32, 16, N_SEQ, &c, &err)) {
+        CHECK(0, "%s: %s", ops->name, err.msg);
+        return;
+    }
+    int32_t seq[LEN] = {0}, one[LEN];
+    float *out = malloc(LEN * V * sizeof(float));
+    CHECK(!cm_eval_batch(c, ids[1], seq, LEN, NULL, NULL, &err), "%s", err.msg);
+    for (int i = 0; i < LEN; i++)
+        one[i] = 1; /* sequence 1 first holds other tokens */
+    CHECK(!cm_eval_batch(c, ids[2], one, 30, NULL, NULL, &err), "%s", err.msg);
+    cm_ctx_seq_keep(c, 0, 0);
+    CHECK(!cm_eval_batch(c, ids[0], seq, P, NULL, NULL, &err), "%s", err.msg);
+    cm_status s = cm_ctx_seq_copy(c, 0, 1, P, &err);
+    if (s == CM_E_UNSUPPORTED) {
+        printf("%s: no cache copy (%s)\n", ops->name, err.msg);
+        free(out);
+        cm_ctx_free(c);
+        return;
+    }
+    CHECK(!s && !cm_ctx_seq_copy(c, 0, 2, PRE, &err), "%s", err.msg);
+    CHECK(cm_ctx_seq_past(c, 1) == P && cm_ctx_seq_past(c, 2) == PRE);
+    CHECK(cm_ctx_seq_copy(c, 0, 2, P + 1, &err) == CM_E_RANGE, "copy past the end");
+    CHECK(cm_ctx_seq_copy(c, 0, N_SEQ, 1, &err) == CM_E_RANGE, "copy to no sequence");
+    CHECK(cm_ctx_seq_past(c, 2) == PRE, "a refused copy changed sequence 2");
+    /* the three continue together, one token each per batch */
+    int32_t bids[N_SEQ], bseq[N_SEQ];
+    uint8_t want[N_SEQ] = {1, 1, 1};
+    double worst = 0;
+    for (int k = 0; k < LEN - PRE; k++) {
+        int n = 0, pos[N_SEQ];
+        for (int q = 0; q < N_SEQ; q++) {
+            int p = cm_ctx_seq_past(c, q);
+            if (p < LEN)
+                bids[n] = ids[0][p], bseq[n] = q, pos[n++] = p;
+        }
+        if (!n)
+            break;
+        CHECK(!cm_eval_batch(c, bids, bseq, n, want, out, &err), "%s", err.msg);
+        for (int i = 0; i < n; i++)
+            worst = fmax(worst, max_diff(out + i * V, ref + (size_t)pos[i] * V, V));
+    }
+    printf("%s: a prompt copied to 2 sequences against evaluated alone: max |diff| %.2e\n",
+           ops->name, worst);
+    CHECK(worst < 1e-4, "%s: logits after cm_ctx_seq_copy differ by %g", ops->name, worst);
+    free(out);
+    cm_ctx_free(c);
+}
+
 static void test_file(const char *path)
 {
     cm_model m;
@@ -163,6 +223,7 @@ static void test_file(const char *path)
             continue;
         }
         together(&m, ops, ids, ref);
+        copied(&m, ops, ids, ref);
     }
     free(ref);
     cm_model_free(&m);
