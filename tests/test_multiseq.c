@@ -6,7 +6,8 @@
  * here, for a dense and a mixture-of-experts fixture model; cm_ctx_truncate
  * continues a one-sequence context from a kept prefix as if evaluated anew;
  * a prompt's cache copied to other sequences (cm_ctx_seq_copy) continues as
- * the prompt evaluated in each. */
+ * the prompt evaluated in each; cm_generate_shared's completions equal
+ * cm_generate's one at a time. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 
 #include "backends/cpu/cpu.h"
 #include "engine/forward.h"
+#include "engine/generate.h"
 #include "engine/model.h"
 #include "testlib.h"
 
@@ -201,6 +203,87 @@ static void copied(const cm_model *m, const cm_backend_ops *ops, int32_t ids[N_S
     cm_ctx_free(c);
 }
 
+/* ---- cm_generate_shared against cm_generate one completion at a time ---- */
+
+#define N_COMP 5
+#define PROMPT 12
+
+typedef struct {
+    char text[4096];
+    size_t len, stop_at; /* a "stop string": this many bytes */
+} text_buf;
+
+static int collect(void *user, const char *bytes, size_t n)
+{
+    text_buf *t = user;
+    n = n < sizeof t->text - t->len ? n : sizeof t->text - t->len;
+    memcpy(t->text + t->len, bytes, n);
+    t->len += n;
+    return t->len >= t->stop_at;
+}
+
+static cm_sampler *seeded(const cm_model *m, const int32_t *prompt, float temp, int i)
+{
+    cm_sampling_params sp;
+    cm_sampling_defaults(&sp);
+    sp.temp = temp, sp.seed = 1000 + (uint64_t)i;
+    cm_sampler *smp = cm_sampler_new(&sp, m->hp.n_vocab);
+    for (int t = 0; smp && t < PROMPT; t++)
+        cm_sampler_accept(smp, prompt[t]);
+    return smp;
+}
+
+/* N_COMP completions, 3 sequences at a time (so finished ones' sequences
+ * are reused), some cut short by a stop, the others filling the small
+ * context: the same text, length and reason as each decoded alone. */
+static void shared_decode(const cm_model *m, const cm_backend_ops *ops, const int32_t *prompt,
+                          float temp)
+{
+    const int n_ctx = 32;
+    cm_gen_opts go = {24, NULL, 0, collect, NULL};
+    text_buf alone_t[N_COMP] = {{{0}}}, shared_t[N_COMP] = {{{0}}};
+    cm_gen_result alone_r[N_COMP];
+    cm_gen_seq gs[N_COMP];
+    cm_err err;
+    cm_ctx *c;
+    for (int i = 0; i < N_COMP; i++)
+        alone_t[i].stop_at = shared_t[i].stop_at = i % 2 ? (size_t)-1 : 6 + 10 * (size_t)i;
+    if (cm_ctx_new_on(m, ops, n_ctx, CM_KV_F16, 16, &c, &err))
+        return;
+    for (int i = 0; i < N_COMP; i++) {
+        cm_sampler *smp = seeded(m, prompt, temp, i);
+        cm_ctx_reset(c);
+        go.user = &alone_t[i];
+        CHECK(!cm_eval(c, prompt, PROMPT, NULL, &err), "%s", err.msg);
+        CHECK(!cm_generate(m, c, smp, &go, &alone_r[i], &err), "%s", err.msg);
+        cm_sampler_free(smp);
+    }
+    cm_ctx_free(c);
+    if (cm_ctx_new_multi(m, ops, NULL, n_ctx, CM_KV_F16, 16, 3, &c, &err)) {
+        CHECK(0, "%s: %s", ops->name, err.msg);
+        return;
+    }
+    for (int i = 0; i < N_COMP; i++)
+        gs[i] = (cm_gen_seq){seeded(m, prompt, temp, i), collect, &shared_t[i], {0, NULL}};
+    CHECK(!cm_generate_shared(m, c, prompt, PROMPT, gs, N_COMP, &go, &err), "%s", err.msg);
+    int same = 0, full = 0, stopped = 0;
+    for (int i = 0; i < N_COMP; i++) {
+        int eq = gs[i].res.n_gen == alone_r[i].n_gen && shared_t[i].len == alone_t[i].len &&
+                 !memcmp(shared_t[i].text, alone_t[i].text, alone_t[i].len) &&
+                 gs[i].res.stop_reason && !strcmp(gs[i].res.stop_reason, alone_r[i].stop_reason);
+        CHECK(eq, "%s T=%g completion %d: %d tokens (%s) decoded together, %d (%s) alone",
+              ops->name, temp, i, gs[i].res.n_gen, gs[i].res.stop_reason, alone_r[i].n_gen,
+              alone_r[i].stop_reason);
+        same += eq, full += !strcmp(alone_r[i].stop_reason, "context full");
+        stopped += !strcmp(alone_r[i].stop_reason, "stop string");
+        cm_sampler_free(gs[i].smp);
+    }
+    printf("%s: T=%g: %d/%d completions decoded 3 at a time from a shared prompt equal their "
+           "decoding alone (%d stopped, %d filled the context)\n", ops->name, temp, same, N_COMP,
+           stopped, full);
+    cm_ctx_free(c);
+}
+
 static void test_file(const char *path)
 {
     cm_model m;
@@ -224,6 +307,8 @@ static void test_file(const char *path)
         }
         together(&m, ops, ids, ref);
         copied(&m, ops, ids, ref);
+        for (int t = 0; m.tok && t < 2; t++)
+            shared_decode(&m, ops, ids[0], t ? 0.8f : 0.0f);
     }
     free(ref);
     cm_model_free(&m);
