@@ -29,7 +29,7 @@ static const char EVAL_HELP[] =
     "       codemoe eval --canonical --bench humaneval|multipl-e --out DIR [options]\n"
     "       codemoe eval --check\n"
     "       codemoe eval merge --out DIR SHARD_DIR...\n"
-    "       codemoe eval sandbox --lang L FILE\n"
+    "       codemoe eval sandbox [-j N] --lang L FILE... [--lang L FILE...]\n"
     "\n"
     "Completes each problem's prompt, cuts the completion at the problem's stop\n"
     "strings, assembles the program with its tests and compiles and runs it in a\n"
@@ -1136,55 +1136,94 @@ static cm_status merge_main(int argc, char **argv, cm_err *err)
     return s;
 }
 
-/* ---- codemoe eval sandbox: one program file, as eval runs it ---- */
+/* ---- codemoe eval sandbox: program files, as eval runs them ---- */
 
-static cm_status sandbox_main(int argc, char **argv, cm_err *err)
+#define SB_MAX_FILES 256
+static const char SANDBOX_USAGE[] = "usage: codemoe eval sandbox [--timeout S] [--sandbox KIND] "
+                                    "[-j N] --lang L FILE... [--lang L FILE...]";
+
+typedef struct {
+    const char *file[SB_MAX_FILES];
+    const cm_eval_lang *lang[SB_MAX_FILES];
+    int n;
+} sb_files;
+
+static cm_status sandbox_args(int argc, char **argv, eval_opts *o, sb_files *f, cm_err *err)
 {
-    eval_opts o = {.timeout = 15};
     const cm_eval_lang *l = NULL;
-    const char *file = NULL;
     cm_status s = CM_OK;
+    float t;
     for (int i = 0; !s && i < argc; i++) {
         if (!strcmp(argv[i], "--lang") && i + 1 < argc) {
             if (!(l = cm_eval_lang_find(argv[++i])))
                 s = cm_fail(err, CM_E_USAGE, "eval sandbox: unknown language '%s'", argv[i]);
         } else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
-            float f;
-            if (!(s = arg_float("--timeout", argv[++i], 0.1f, 3600.0f, &f, err)))
-                o.timeout = f;
+            if (!(s = arg_float("--timeout", argv[++i], 0.1f, 3600.0f, &t, err)))
+                o->timeout = t;
         } else if (!strcmp(argv[i], "--sandbox") && i + 1 < argc)
-            o.sandbox = argv[++i];
-        else if (argv[i][0] != '-' && !file)
-            file = argv[i];
+            o->sandbox = argv[++i];
+        else if (!strcmp(argv[i], "-j") && i + 1 < argc)
+            s = arg_int("-j", argv[++i], 1, 256, &o->jobs, err);
+        else if (argv[i][0] != '-' && l && f->n < SB_MAX_FILES)
+            f->file[f->n] = argv[i], f->lang[f->n++] = l;
         else
-            s = cm_fail(err, CM_E_USAGE, "usage: codemoe eval sandbox --lang L [--timeout S] "
-                        "[--sandbox KIND] FILE");
+            s = cm_fail(err, CM_E_USAGE, "%s", SANDBOX_USAGE);
     }
-    if (!s && (!l || !file))
-        s = cm_fail(err, CM_E_USAGE, "usage: codemoe eval sandbox --lang L [--timeout S] "
-                    "[--sandbox KIND] FILE");
-    char *prog = NULL, cache[1024], missing[256];
-    size_t len = 0;
-    cm_sandbox *sb = NULL;
+    return !s && !f->n ? cm_fail(err, CM_E_USAGE, "%s", SANDBOX_USAGE) : s;
+}
+
+/* Queues every file's program; prints each outcome, in order. */
+static cm_status sandbox_run(const sb_files *f, cm_sandbox *sb, cm_ev_pool *pool, cm_err *err)
+{
+    char missing[256];
+    cm_status s = CM_OK, st;
+    for (int i = 0; !s && i < f->n; i++) {
+        char *prog = NULL;
+        size_t len = 0;
+        if (!cm_eval_lang_ready(f->lang[i], cm_sb_path(sb), missing, sizeof missing))
+            return cm_fail(err, CM_E_UNSUPPORTED, "%s is not installed (apt-get install %s)",
+                           missing, f->lang[i]->apt);
+        s = read_file(f->file[i], &prog, &len, err);
+        if (!s)
+            s = cm_ev_pool_submit(pool, f->lang[i], prog, len, (void *)f->file[i], err);
+    }
+    void *tag;
     cm_ev_outcome oc;
-    if (!s)
-        s = read_file(file, &prog, &len, err);
-    if (!s)
-        s = open_sandbox(&o, cache, sizeof cache, &sb, err);
-    if (!s && !cm_eval_lang_ready(l, cm_sb_path(sb), missing, sizeof missing))
-        s = cm_fail(err, CM_E_UNSUPPORTED, "%s is not installed (apt-get install %s)", missing,
-                    l->apt);
-    if (!s)
-        s = cm_eval_program(sb, l, prog, len, o.timeout, &oc, err);
-    if (!s) {
-        printf("{\"status\": \"%s\", \"seconds\": %.3f, \"sandbox\": \"%s\", \"detail\": ",
+    cm_err e;
+    while (cm_ev_pool_take(pool, 1, &tag, &oc, &st, &e)) {
+        if (!s && st)
+            s = st, *err = e;
+        if (s)
+            continue;
+        fputs("{\"file\": ", stdout);
+        json_write_string(stdout, tag);
+        printf(", \"status\": \"%s\", \"seconds\": %.3f, \"sandbox\": \"%s\", \"detail\": ",
                cm_ev_status_name(oc.status), oc.seconds, cm_sb_kind_name(cm_sb_kind_of(sb)));
         json_write_string(stdout, oc.detail);
         puts("}");
+        fflush(stdout);
     }
+    return s;
+}
+
+static cm_status sandbox_main(int argc, char **argv, cm_err *err)
+{
+    eval_opts o = {.timeout = 15, .jobs = 1};
+    sb_files f;
+    f.n = 0;
+    char cache[1024];
+    cm_sandbox *sb = NULL;
+    cm_ev_pool *pool = NULL;
+    cm_status s = sandbox_args(argc, argv, &o, &f, err);
+    if (!s)
+        s = open_sandbox(&o, cache, sizeof cache, &sb, err);
+    if (!s)
+        s = cm_ev_pool_new(sb, o.jobs, o.timeout, &pool, err);
+    if (!s)
+        s = sandbox_run(&f, sb, pool, err);
+    cm_ev_pool_free(pool, NULL);
     if (sb)
         cm_sb_free(sb), cm_sb_scratch_remove(cache);
-    free(prog);
     return s;
 }
 
