@@ -35,12 +35,14 @@ if grep -q '^py *ready' "$TMP/check"; then
     expect 0 "HumanEval canonical" -- "$CODEMOE" eval --canonical --bench humaneval $EV \
         --limit 8 --out "$TMP/canon"
     grep -q "canonical check: 8/8 canonical solutions pass" "$TMP/out" || fail "canonical: $(cat "$TMP/out")"
-    # programs 4 at a time: the same results, in the same order
+    # programs 4 at a time: the same results, in the same order (a long
+    # --timeout: a loaded machine must not turn a slow program into a timeout)
     expect 0 "HumanEval canonical -j 1" -- "$CODEMOE" eval --canonical --bench humaneval $EV \
-        --limit 8 -j 1 --out "$TMP/canon1"
+        --limit 8 -j 1 --timeout 120 --out "$TMP/canon1"
     expect 0 "HumanEval canonical -j 4" -- "$CODEMOE" eval --canonical --bench humaneval $EV \
-        --limit 8 -j 4 --out "$TMP/canon4"
-    cmp -s "$TMP/canon1/summary.json" "$TMP/canon4/summary.json" || fail "-j 4 summary differs from -j 1"
+        --limit 8 -j 4 --timeout 120 --out "$TMP/canon4"
+    cmp -s "$TMP/canon1/summary.json" "$TMP/canon4/summary.json" ||
+        fail "HumanEval: -j 4 summary differs from -j 1: $(cat "$TMP/canon1/summary.md" "$TMP/canon4/summary.md")"
     unsorted "$TMP/canon1/results.jsonl" >"$TMP/c1" && unsorted "$TMP/canon4/results.jsonl" >"$TMP/c4"
     cmp -s "$TMP/c1" "$TMP/c4" || fail "-j 4 results differ from -j 1: $(diff "$TMP/c1" "$TMP/c4" | head -4)"
 fi
@@ -52,10 +54,11 @@ if [ -n "$langs" ]; then
         fail "wrong completions: $(cat "$TMP/out")"
     for j in 1 4; do
         expect 0 "MultiPL-E wrong completions -j $j" -- "$CODEMOE" eval --canonical \
-            --bench multipl-e $EV --langs "$langs" --limit 2 -j $j --out "$TMP/wrong$j"
+            --bench multipl-e $EV --langs "$langs" --limit 2 -j $j --timeout 120 --out "$TMP/wrong$j"
         unsorted "$TMP/wrong$j/results.jsonl" | sed 's/"status": "[a-z-]*", //' >"$TMP/w$j"
     done
-    cmp -s "$TMP/wrong1/summary.json" "$TMP/wrong4/summary.json" || fail "-j 4 summary differs from -j 1"
+    cmp -s "$TMP/wrong1/summary.json" "$TMP/wrong4/summary.json" ||
+        fail "MultiPL-E: -j 4 summary differs from -j 1: $(cat "$TMP/wrong1/summary.md" "$TMP/wrong4/summary.md")"
     cmp -s "$TMP/w1" "$TMP/w4" || fail "-j 4 results (order) differ from -j 1: $(diff "$TMP/w1" "$TMP/w4" | head -4)"
 fi
 

@@ -205,7 +205,8 @@ static void copied(const cm_model *m, const cm_backend_ops *ops, int32_t ids[N_S
 
 /* ---- cm_generate_shared against cm_generate one completion at a time ---- */
 
-#define N_COMP 5
+#define N_COMP 12
+#define TOGETHER 9 /* sequences: batches past the CPU's batched-product thresholds */
 #define PROMPT 12
 
 typedef struct {
@@ -233,7 +234,7 @@ static cm_sampler *seeded(const cm_model *m, const int32_t *prompt, float temp, 
     return smp;
 }
 
-/* N_COMP completions, 3 sequences at a time (so finished ones' sequences
+/* N_COMP completions, TOGETHER at a time (so finished ones' sequences
  * are reused), some cut short by a stop, the others filling the small
  * context: the same text, length and reason as each decoded alone. */
 static void shared_decode(const cm_model *m, const cm_backend_ops *ops, const int32_t *prompt,
@@ -241,11 +242,12 @@ static void shared_decode(const cm_model *m, const cm_backend_ops *ops, const in
 {
     const int n_ctx = 32;
     cm_gen_opts go = {24, NULL, 0, collect, NULL};
-    text_buf alone_t[N_COMP] = {{{0}}}, shared_t[N_COMP] = {{{0}}};
+    static text_buf alone_t[N_COMP], shared_t[N_COMP];
     cm_gen_result alone_r[N_COMP];
     cm_gen_seq gs[N_COMP];
     cm_err err;
     cm_ctx *c;
+    memset(alone_t, 0, sizeof alone_t), memset(shared_t, 0, sizeof shared_t);
     for (int i = 0; i < N_COMP; i++)
         alone_t[i].stop_at = shared_t[i].stop_at = i % 2 ? (size_t)-1 : 6 + 10 * (size_t)i;
     if (cm_ctx_new_on(m, ops, n_ctx, CM_KV_F16, 16, &c, &err))
@@ -259,7 +261,7 @@ static void shared_decode(const cm_model *m, const cm_backend_ops *ops, const in
         cm_sampler_free(smp);
     }
     cm_ctx_free(c);
-    if (cm_ctx_new_multi(m, ops, NULL, n_ctx, CM_KV_F16, 16, 3, &c, &err)) {
+    if (cm_ctx_new_multi(m, ops, NULL, n_ctx, CM_KV_F16, 16, TOGETHER, &c, &err)) {
         CHECK(0, "%s: %s", ops->name, err.msg);
         return;
     }
@@ -278,9 +280,9 @@ static void shared_decode(const cm_model *m, const cm_backend_ops *ops, const in
         stopped += !strcmp(alone_r[i].stop_reason, "stop string");
         cm_sampler_free(gs[i].smp);
     }
-    printf("%s: T=%g: %d/%d completions decoded 3 at a time from a shared prompt equal their "
+    printf("%s: T=%g: %d/%d completions decoded %d at a time from a shared prompt equal their "
            "decoding alone (%d stopped, %d filled the context)\n", ops->name, temp, same, N_COMP,
-           stopped, full);
+           TOGETHER, stopped, full);
     cm_ctx_free(c);
 }
 

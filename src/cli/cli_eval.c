@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,7 +56,7 @@ static const char EVAL_HELP[] =
     "                          prompt's KV cache (default min(n, 16)); the same\n"
     "                          completions whatever N\n"
     "  -j, --jobs N            programs compiled and run at a time, each in its own\n"
-    "                          sandbox (default: the number of CPUs)\n"
+    "                          sandbox (default: the CPUs this process may use)\n"
     "      --limit N           the first N problems of each language only\n"
     "      --shard I/N         this machine's share: problems i with i mod N = I-1\n"
     "      --expert NAME       language-expert packs: use this member for every\n"
@@ -229,7 +230,9 @@ static cm_status check_eval(eval_opts *o, cm_err *err)
         o->sp.temp = o->samples > 1 ? 0.2f : 0.0f;
     if (!o->batch)
         o->batch = o->samples < 16 ? o->samples : 16;
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t set; /* the CPUs this process may use (taskset, a Slurm job's) */
+    long cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
+                                                            : sysconf(_SC_NPROCESSORS_ONLN);
     if (!o->jobs)
         o->jobs = cpus < 1 ? 1 : cpus > 64 ? 64 : (int)cpus;
     return s;
@@ -804,11 +807,13 @@ static cm_status eval_main(eval_opts *o, cm_err *err)
     if (!s)
         s = drain(&r, 0, err);
     cm_ev_pool_free(r.pool, queued_free);
-    if (!s && r.done)
+    if (!s && r.done && r.gen_s > 0)
         fprintf(stderr, "[eval] %ld completions in %.1f s: %ld tokens decoded in %.1f s (%.1f "
                 "tok/s, --batch %d), programs %.1f s (-j %d)\n", r.done, now_seconds() - r.t0,
-                r.gen_tok, r.gen_s, r.gen_s > 0 ? r.gen_tok / r.gen_s : 0.0, o->batch, r.prog_s,
-                o->jobs);
+                r.gen_tok, r.gen_s, r.gen_tok / r.gen_s, o->batch, r.prog_s, o->jobs);
+    else if (!s && r.done)
+        fprintf(stderr, "[eval] %ld programs in %.1f s: %.1f s of programs (-j %d)\n", r.done,
+                now_seconds() - r.t0, r.prog_s, o->jobs);
     if (r.results && fclose(r.results) != 0 && !s)
         s = cm_fail(err, CM_E_IO, "cannot write %s/results.jsonl", o->out);
     if (!s)
