@@ -610,7 +610,8 @@ cm_status cm_eval_batch(cm_ctx *c, const int32_t *ids, const int32_t *seq, int n
         eval_multi(c, ids + done, seq + done, nb, want ? want + done : NULL, logits);
         for (int i = 0; want && i < nb; i++)
             rows += want[done + i] != 0;
-        logits += rows * n_vocab;
+        if (rows) /* logits may be NULL when no row is wanted */
+            logits += rows * n_vocab;
         done += nb;
     }
     return CM_OK;
