@@ -2,7 +2,8 @@
 # test_eval_sandbox.sh - `codemoe eval`'s sandbox against hostile programs
 # (tests/eval_hostile, run with `codemoe eval sandbox`: fork bomb, endless loop, 10 GB allocation, writing
 # outside the scratch directory, opening a socket, deleting the home
-# directory, printing gigabytes) in each language whose toolchain is here.
+# directory, printing gigabytes) in each language whose toolchain is here,
+# one at a time and several at once (-j 4).
 # Each must be contained: reported as a failure (never a pass), within its
 # time limit, and leave nothing behind: no scratch directory, no file
 # outside it, the (fake) home directory intact, no process still running.
@@ -81,6 +82,66 @@ run_all auto 'py:*|cpp:*|*:*forkbomb*|*:1'
 # the fallback without bubblewrap, where it works here
 if "$CODEMOE" eval --check --sandbox namespaces >/dev/null 2>&1; then
     run_all namespaces 'py:*'
+fi
+# several at once (eval -j): the fork bombs and every py attack in one
+# `eval sandbox -j 4` run, and, when root runs the tests (programs then run
+# as a user per slot), two well-behaved programs among them that start 16
+# threads and a child once the bombs are running (8 s each here: the bombs
+# take the CPU): they pass, since each
+# program has a process limit of its own
+lang_of() {
+    case $1 in
+    *.py) echo py ;; *.cpp) echo cpp ;; *.js) echo js ;; *_test.go) echo go ;;
+    *.rs) echo rs ;; *.java) echo java ;;
+    esac
+}
+cat >"$TMP/progs/beside.py" <<'PY'
+import subprocess, threading, time
+time.sleep(0.3)
+ts = [threading.Thread(target=time.sleep, args=(0.2,)) for _ in range(16)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join()
+subprocess.run(["true"], check=True)
+PY
+set --
+n_par=0
+n_beside=0
+for f in forkbomb.py BESIDE forkbomb.js forkbomb_test.go BESIDE forkbomb.cpp forkbomb.rs \
+    Problem_forkbomb.java $(cd "$HOSTILE" && ls *.py | grep -v '^forkbomb'); do
+    if [ "$f" = BESIDE ]; then
+        [ "$(id -u)" = 0 ] && grep -q "^py *ready" "$TMP/check" &&
+            set -- "$@" --lang py "$TMP/progs/beside.py" && n_beside=$((n_beside + 1))
+        continue
+    fi
+    lang=$(lang_of "$f")
+    grep -q "^$lang *ready" "$TMP/check" || continue
+    case $PLAIN:$f in 1:socket*|1:outside*) continue ;; esac
+    sed -e "s|@OUTSIDE@|$TMP/outside|g" -e "s|@HOME@|$TMP/home|g" -e "s|@PORT@|$PORT|g" \
+        "$HOSTILE/$f" >"$TMP/progs/par_$f"
+    set -- "$@" --lang "$lang" "$TMP/progs/par_$f"
+    n_par=$((n_par + 1))
+done
+if [ "$n_par" -gt 1 ]; then
+    start=$(date +%s)
+    HOME="$TMP/home" TMPDIR="$TMP/scratch" "$CODEMOE" eval sandbox -j 4 --timeout 8 "$@" \
+        >"$TMP/out" 2>"$TMP/err" || { cat "$TMP/err"; fail "-j 4: exit $?"; }
+    took=$(($(date +%s) - start))
+    cut -c1-160 "$TMP/out"
+    echo "-j 4: $n_par hostile programs and $n_beside well-behaved ones in ${took}s"
+    [ "$(wc -l <"$TMP/out")" = $((n_par + n_beside)) ] || fail "-j 4: not one line per program"
+    grep '"status": "pass"' "$TMP/out" | grep -v '/beside.py"' && fail "-j 4: a hostile program passed"
+    [ "$(grep -c '/beside.py", "status": "pass"' "$TMP/out")" = "$n_beside" ] ||
+        fail "-j 4: a well-behaved program beside the fork bombs did not pass"
+    [ -z "$(ls -A "$TMP/scratch")" ] || fail "-j 4: left $(ls "$TMP/scratch") in the scratch base"
+    [ -z "$(ls -A "$TMP/outside")" ] || fail "-j 4: wrote outside: $(ls "$TMP/outside")"
+    [ -f "$TMP/home/keep" ] || fail "-j 4: the home directory was deleted"
+    for p in /proc/[0-9]*; do
+        case $(readlink "$p/cwd" 2>/dev/null) in
+        "$TMP/scratch"/*) fail "-j 4: process ${p#/proc/} left running"; kill -9 "${p#/proc/}" ;;
+        esac
+    done
 fi
 [ "$ran" -gt 0 ] || tl_skip "no toolchain for any hostile program"
 echo "$ran hostile programs run"

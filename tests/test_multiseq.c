@@ -6,7 +6,10 @@
  * here, for a dense and a mixture-of-experts fixture model; cm_ctx_truncate
  * continues a one-sequence context from a kept prefix as if evaluated anew;
  * a language-expert pack's batch of several members (cm_eval_batch_members)
- * equals, member by member, the same rows with the context bound to it. */
+ * equals, member by member, the same rows with the context bound to it;
+ * a prompt's cache copied to other sequences (cm_ctx_seq_copy) continues as
+ * the prompt evaluated in each; cm_generate_shared's completions equal
+ * cm_generate's one at a time. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +17,7 @@
 
 #include "backends/cpu/cpu.h"
 #include "engine/forward.h"
+#include "engine/generate.h"
 #include "engine/model.h"
 #include "experts/pack.h"
 #include "testlib.h"
@@ -144,6 +148,147 @@ static void together(const cm_model *m, const cm_backend_ops *ops, int32_t ids[N
     cm_ctx_free(c);
 }
 
+/* A prompt evaluated once in sequence 0 and copied (cm_ctx_seq_copy) into
+ * sequences 1 (whole, over tokens it held) and 2 (a prefix): their
+ * continuations give the logits of the prompt evaluated alone. */
+static void copied(const cm_model *m, const cm_backend_ops *ops, int32_t ids[N_SEQ][LEN],
+                   const float *ref)
+{
+    const size_t V = (size_t)m->hp.n_vocab;
+    const int P = 25, PRE = 20; /* the prompt; sequence 2's prefix of it */
+    cm_err err;
+    cm_ctx *c;
+    if (cm_ctx_new_multi(m, ops, NULL, 64, CM_KV_F32, 16, N_SEQ, &c, &err)) {
+        CHECK(0, "%s: %s", ops->name, err.msg);
+        return;
+    }
+    int32_t seq[LEN] = {0}, one[LEN];
+    float *out = malloc(LEN * V * sizeof(float));
+    CHECK(!cm_eval_batch(c, ids[1], seq, LEN, NULL, NULL, &err), "%s", err.msg);
+    for (int i = 0; i < LEN; i++)
+        one[i] = 1; /* sequence 1 first holds other tokens */
+    CHECK(!cm_eval_batch(c, ids[2], one, 30, NULL, NULL, &err), "%s", err.msg);
+    cm_ctx_seq_keep(c, 0, 0);
+    CHECK(!cm_eval_batch(c, ids[0], seq, P, NULL, NULL, &err), "%s", err.msg);
+    cm_status s = cm_ctx_seq_copy(c, 0, 1, P, &err);
+    if (s == CM_E_UNSUPPORTED) {
+        printf("%s: no cache copy (%s)\n", ops->name, err.msg);
+        free(out);
+        cm_ctx_free(c);
+        return;
+    }
+    CHECK(!s && !cm_ctx_seq_copy(c, 0, 2, PRE, &err), "%s", err.msg);
+    CHECK(cm_ctx_seq_past(c, 1) == P && cm_ctx_seq_past(c, 2) == PRE);
+    CHECK(cm_ctx_seq_copy(c, 0, 2, P + 1, &err) == CM_E_RANGE, "copy past the end");
+    CHECK(cm_ctx_seq_copy(c, 0, N_SEQ, 1, &err) == CM_E_RANGE, "copy to no sequence");
+    CHECK(cm_ctx_seq_past(c, 2) == PRE, "a refused copy changed sequence 2");
+    /* the three continue together, one token each per batch */
+    int32_t bids[N_SEQ], bseq[N_SEQ];
+    uint8_t want[N_SEQ] = {1, 1, 1};
+    double worst = 0;
+    for (int k = 0; k < LEN - PRE; k++) {
+        int n = 0, pos[N_SEQ];
+        for (int q = 0; q < N_SEQ; q++) {
+            int p = cm_ctx_seq_past(c, q);
+            if (p < LEN)
+                bids[n] = ids[0][p], bseq[n] = q, pos[n++] = p;
+        }
+        if (!n)
+            break;
+        CHECK(!cm_eval_batch(c, bids, bseq, n, want, out, &err), "%s", err.msg);
+        for (int i = 0; i < n; i++)
+            worst = fmax(worst, max_diff(out + i * V, ref + (size_t)pos[i] * V, V));
+    }
+    printf("%s: a prompt copied to 2 sequences against evaluated alone: max |diff| %.2e\n",
+           ops->name, worst);
+    CHECK(worst < 1e-4, "%s: logits after cm_ctx_seq_copy differ by %g", ops->name, worst);
+    free(out);
+    cm_ctx_free(c);
+}
+
+/* ---- cm_generate_shared against cm_generate one completion at a time ---- */
+
+#define N_COMP 12
+#define TOGETHER 9 /* sequences: batches past the CPU's batched-product thresholds */
+#define PROMPT 12
+
+typedef struct {
+    char text[4096];
+    size_t len, stop_at; /* a "stop string": this many bytes */
+} text_buf;
+
+static int collect(void *user, const char *bytes, size_t n)
+{
+    text_buf *t = user;
+    n = n < sizeof t->text - t->len ? n : sizeof t->text - t->len;
+    memcpy(t->text + t->len, bytes, n);
+    t->len += n;
+    return t->len >= t->stop_at;
+}
+
+static cm_sampler *seeded(const cm_model *m, const int32_t *prompt, float temp, int i)
+{
+    cm_sampling_params sp;
+    cm_sampling_defaults(&sp);
+    sp.temp = temp, sp.seed = 1000 + (uint64_t)i;
+    cm_sampler *smp = cm_sampler_new(&sp, m->hp.n_vocab);
+    for (int t = 0; smp && t < PROMPT; t++)
+        cm_sampler_accept(smp, prompt[t]);
+    return smp;
+}
+
+/* N_COMP completions, TOGETHER at a time (so finished ones' sequences
+ * are reused), some cut short by a stop, the others filling the small
+ * context: the same text, length and reason as each decoded alone. */
+static void shared_decode(const cm_model *m, const cm_backend_ops *ops, const int32_t *prompt,
+                          float temp)
+{
+    const int n_ctx = 32;
+    cm_gen_opts go = {24, NULL, 0, collect, NULL};
+    static text_buf alone_t[N_COMP], shared_t[N_COMP];
+    cm_gen_result alone_r[N_COMP];
+    cm_gen_seq gs[N_COMP];
+    cm_err err;
+    cm_ctx *c;
+    memset(alone_t, 0, sizeof alone_t), memset(shared_t, 0, sizeof shared_t);
+    for (int i = 0; i < N_COMP; i++)
+        alone_t[i].stop_at = shared_t[i].stop_at = i % 2 ? (size_t)-1 : 6 + 10 * (size_t)i;
+    if (cm_ctx_new_on(m, ops, n_ctx, CM_KV_F16, 16, &c, &err))
+        return;
+    for (int i = 0; i < N_COMP; i++) {
+        cm_sampler *smp = seeded(m, prompt, temp, i);
+        cm_ctx_reset(c);
+        go.user = &alone_t[i];
+        CHECK(!cm_eval(c, prompt, PROMPT, NULL, &err), "%s", err.msg);
+        CHECK(!cm_generate(m, c, smp, &go, &alone_r[i], &err), "%s", err.msg);
+        cm_sampler_free(smp);
+    }
+    cm_ctx_free(c);
+    if (cm_ctx_new_multi(m, ops, NULL, n_ctx, CM_KV_F16, 16, TOGETHER, &c, &err)) {
+        CHECK(0, "%s: %s", ops->name, err.msg);
+        return;
+    }
+    for (int i = 0; i < N_COMP; i++)
+        gs[i] = (cm_gen_seq){seeded(m, prompt, temp, i), collect, &shared_t[i], {0, NULL}};
+    CHECK(!cm_generate_shared(m, c, prompt, PROMPT, gs, N_COMP, &go, &err), "%s", err.msg);
+    int same = 0, full = 0, stopped = 0;
+    for (int i = 0; i < N_COMP; i++) {
+        int eq = gs[i].res.n_gen == alone_r[i].n_gen && shared_t[i].len == alone_t[i].len &&
+                 !memcmp(shared_t[i].text, alone_t[i].text, alone_t[i].len) &&
+                 gs[i].res.stop_reason && !strcmp(gs[i].res.stop_reason, alone_r[i].stop_reason);
+        CHECK(eq, "%s T=%g completion %d: %d tokens (%s) decoded together, %d (%s) alone",
+              ops->name, temp, i, gs[i].res.n_gen, gs[i].res.stop_reason, alone_r[i].n_gen,
+              alone_r[i].stop_reason);
+        same += eq, full += !strcmp(alone_r[i].stop_reason, "context full");
+        stopped += !strcmp(alone_r[i].stop_reason, "stop string");
+        cm_sampler_free(gs[i].smp);
+    }
+    printf("%s: T=%g: %d/%d completions decoded %d at a time from a shared prompt equal their "
+           "decoding alone (%d stopped, %d filled the context)\n", ops->name, temp, same, N_COMP,
+           TOGETHER, stopped, full);
+    cm_ctx_free(c);
+}
+
 static void test_file(const char *path)
 {
     cm_model m;
@@ -166,6 +311,9 @@ static void test_file(const char *path)
             continue;
         }
         together(&m, ops, ids, ref);
+        copied(&m, ops, ids, ref);
+        for (int t = 0; m.tok && t < 2; t++)
+            shared_decode(&m, ops, ids[0], t ? 0.8f : 0.0f);
     }
     free(ref);
     cm_model_free(&m);

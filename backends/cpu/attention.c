@@ -104,6 +104,14 @@ void cm_cpu_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_tensor
         kv_put(t, vx + t_ * vn, (char *)st->v_cache[il] + pos * vb, vn););
 }
 
+void cm_cpu_kv_copy(cm_backend *be, int il_dst, int il_src, int n)
+{
+    const cm_cpu_state *st = be->state;
+    const cm_hparams *hp = st->hp;
+    memcpy(st->k_cache[il_dst], st->k_cache[il_src], (size_t)n * kv_row_bytes(hp, st->kv_type, 0));
+    memcpy(st->v_cache[il_dst], st->v_cache[il_src], (size_t)n * kv_row_bytes(hp, st->kv_type, 1));
+}
+
 /* One query head against the cached keys/values of positions 0..pos.
  * qq: scratch for the query quantized to Q8_0 (Q8_0 cache only). */
 static void attend_head(const cm_cpu_state *st, int il, const float *q, int kvh, int pos,

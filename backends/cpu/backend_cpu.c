@@ -380,6 +380,7 @@ const cm_backend_ops cm_backend_cpu_ops = {
     .download = cpu_download,
     .synchronize = cpu_synchronize,
     .kv_store = cm_cpu_kv_store,
+    .kv_copy = cm_cpu_kv_copy,
     .attention = cm_cpu_attention,
     .embed = cpu_embed,
     .norm = cpu_norm,

@@ -61,6 +61,7 @@ size_t cm_cpu_attention_bytes(const cm_backend_shape *s, int n_threads);
 int cm_cpu_attention_alloc(cm_cpu_state *st, const cm_backend_shape *s);
 void cm_cpu_attention_free(cm_cpu_state *st);
 void cm_cpu_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_tensor *v, int p0);
+void cm_cpu_kv_copy(cm_backend *be, int il_dst, int il_src, int n);
 void cm_cpu_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out);
 
 #endif

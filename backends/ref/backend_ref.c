@@ -149,6 +149,13 @@ static void ref_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_te
     }
 }
 
+static void ref_kv_copy(cm_backend *be, int il_dst, int il_src, int n)
+{
+    ref_state *st = be->state;
+    memcpy(st->k_cache[il_dst], st->k_cache[il_src], (size_t)n * st->krow);
+    memcpy(st->v_cache[il_dst], st->v_cache[il_src], (size_t)n * st->vrow);
+}
+
 /* One query head at position pos against cached KV head g. */
 static void attend(ref_state *st, int il, const float *q, int g, int pos, float *out)
 {
@@ -400,6 +407,7 @@ const cm_backend_ops cm_backend_ref_ops = {
     .download = ref_download,
     .synchronize = ref_synchronize,
     .kv_store = ref_kv_store,
+    .kv_copy = ref_kv_copy,
     .attention = ref_attention,
     .embed = ref_embed,
     .norm = ref_norm,

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "engine/generate.h"
 #include "engine/sampling.h"
 #include "eval/compare.h"
+#include "eval/pool.h"
 #include "eval/problems.h"
 #include "eval/results.h"
 #include "eval/sandbox.h"
@@ -28,7 +30,7 @@ static const char EVAL_HELP[] =
     "       codemoe eval --canonical --bench humaneval|multipl-e --out DIR [options]\n"
     "       codemoe eval --check\n"
     "       codemoe eval merge --out DIR SHARD_DIR...\n"
-    "       codemoe eval sandbox --lang L FILE\n"
+    "       codemoe eval sandbox [-j N] --lang L FILE... [--lang L FILE...]\n"
     "\n"
     "Completes each problem's prompt, cuts the completion at the problem's stop\n"
     "strings, assembles the program with its tests and compiles and runs it in a\n"
@@ -50,6 +52,11 @@ static const char EVAL_HELP[] =
     "  -s, --seed S            random seed (default 1); each completion's seed comes\n"
     "                          from it, the language, problem and sample number\n"
     "      --max-tokens N      tokens per completion at most (default 512)\n"
+    "      --batch N           completions of a problem decoded together, from its\n"
+    "                          prompt's KV cache (default min(n, 16)); each keeps its\n"
+    "                          seed (a larger batch may round logits differently)\n"
+    "  -j, --jobs N            programs compiled and run at a time, each in its own\n"
+    "                          sandbox (default: the CPUs this process may use)\n"
     "      --limit N           the first N problems of each language only\n"
     "      --shard I/N         this machine's share: problems i with i mod N = I-1\n"
     "      --expert NAME       language-expert packs: use this member for every\n"
@@ -81,7 +88,7 @@ typedef struct {
     cm_bench bench;
     const cm_eval_lang *lang[MAX_LANGS];
     int n_langs, samples, max_tokens, limit, shard_i, shard_n, canonical, check, n_ctx;
-    int ks[MAX_KS], n_ks, temp_set, estimate, compare;
+    int ks[MAX_KS], n_ks, temp_set, estimate, compare, batch, jobs;
     const char *instances, *merged;
     double timeout;
     cm_sampling_params sp;
@@ -89,7 +96,8 @@ typedef struct {
 
 enum { OPT_BENCH = CLI_LONG, OPT_LANGS, OPT_EVALSETS, OPT_TEMP, OPT_TOP_P, OPT_TOP_K, OPT_MAXTOK,
        OPT_LIMIT, OPT_SHARD, OPT_EXPERT, OPT_CANONICAL, OPT_TIMEOUT, OPT_SANDBOX, OPT_BACKEND,
-       OPT_CHECK, OPT_OUT, OPT_LANG, OPT_ESTIMATE, OPT_INSTANCES, OPT_COMPARE, OPT_MERGED };
+       OPT_CHECK, OPT_OUT, OPT_LANG, OPT_ESTIMATE, OPT_INSTANCES, OPT_COMPARE, OPT_MERGED,
+       OPT_BATCH };
 
 static const struct option EVAL_OPTS[] = {
     {"model", required_argument, 0, 'm'}, {"bench", required_argument, 0, OPT_BENCH},
@@ -105,6 +113,7 @@ static const struct option EVAL_OPTS[] = {
     {"check", no_argument, 0, OPT_CHECK}, {"out", required_argument, 0, OPT_OUT},
     {"estimate", no_argument, 0, OPT_ESTIMATE}, {"instances", required_argument, 0, OPT_INSTANCES},
     {"compare", no_argument, 0, OPT_COMPARE}, {"merged", required_argument, 0, OPT_MERGED},
+    {"batch", required_argument, 0, OPT_BATCH}, {"jobs", required_argument, 0, 'j'},
     {0}};
 
 static cm_status parse_ks(const char *a, const char *v, eval_opts *o, cm_err *err)
@@ -178,6 +187,8 @@ static cm_status eval_opt(void *user, int id, const char *a, const char *v, cm_e
     case 's': return arg_u64(a, v, &o->sp.seed, err);
     case OPT_MAXTOK: return arg_int(a, v, 1, 1 << 20, &o->max_tokens, err);
     case OPT_LIMIT: return arg_int(a, v, 1, 1 << 20, &o->limit, err);
+    case OPT_BATCH: return arg_int(a, v, 1, 256, &o->batch, err);
+    case 'j': return arg_int(a, v, 1, 256, &o->jobs, err);
     case OPT_SHARD: return parse_shard(a, v, o, err);
     case OPT_TIMEOUT:
         s = arg_float(a, v, 0.1f, 3600.0f, &f, err);
@@ -217,6 +228,13 @@ static cm_status check_eval(eval_opts *o, cm_err *err)
         s = cm_fail(err, CM_E_USAGE, "--canonical runs no model: no -m, and one sample");
     if (!o->temp_set)
         o->sp.temp = o->samples > 1 ? 0.2f : 0.0f;
+    if (!o->batch)
+        o->batch = o->samples < 16 ? o->samples : 16;
+    cpu_set_t set; /* the CPUs this process may use (taskset, a Slurm job's) */
+    long cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
+                                                            : sysconf(_SC_NPROCESSORS_ONLN);
+    if (!o->jobs)
+        o->jobs = cpus < 1 ? 1 : cpus > 64 ? 64 : (int)cpus;
     return s;
 }
 
@@ -278,8 +296,9 @@ typedef struct {
     FILE *results;
     cm_problem_set sets[MAX_LANGS];
     int ready[MAX_LANGS];
-    long total, done, passed;
-    double t0;
+    cm_ev_pool *pool; /* the programs, -j at a time */
+    long total, done, passed, gen_tok;
+    double t0, gen_s, prog_s; /* decoding's wall time; the programs' (added up) */
 } eval_run;
 
 static uint64_t mix64(uint64_t x)
@@ -354,22 +373,64 @@ static cm_status record(eval_run *r, const char *lang, const cm_problem *p, int 
                        strerror(errno));
     r->done++;
     r->passed += oc->status == CM_EV_PASS;
+    r->prog_s += oc->seconds;
     return cm_ev_records_add(&r->rs, &rec, err);
 }
 
-/* Cuts, assembles, runs and records one completion. */
+/* A program in the pool: what its record needs once it has run. */
+typedef struct {
+    const cm_eval_lang *l;
+    const cm_problem *p;
+    int sample, tokens;
+    char *completion;
+} queued_item;
+
+static void queued_free(void *tag)
+{
+    queued_item *q = tag;
+    if (q)
+        free(q->completion);
+    free(q);
+}
+
+/* Records the programs that have run, in the order they were queued
+ * (results.jsonl does not depend on which finished first): waits until
+ * at most `keep` are left running or queued. */
+static cm_status drain(eval_run *r, int keep, cm_err *err)
+{
+    cm_status s = CM_OK, st;
+    cm_ev_outcome oc;
+    cm_err e;
+    void *tag;
+    while (cm_ev_pool_take(r->pool, cm_ev_pool_pending(r->pool) > keep, &tag, &oc, &st, &e)) {
+        queued_item *q = tag;
+        if (!s && st)
+            s = st, *err = e;
+        if (!s)
+            s = record(r, q->l->name, q->p, q->sample, q->completion, q->tokens, &oc, err);
+        queued_free(q);
+    }
+    return s;
+}
+
+/* Cuts and assembles one completion (taking it over) and queues its
+ * program; records those that have run. */
 static cm_status score(eval_run *r, const cm_eval_lang *l, const cm_problem *p, int sample,
                        char *completion, size_t len, int tokens, cm_err *err)
 {
-    cm_ev_outcome oc;
     size_t plen = 0;
     cm_problem_cut(p, completion, len);
     char *prog = cm_problem_program(p, completion, &plen);
-    if (!prog)
+    queued_item *q = prog ? malloc(sizeof *q) : NULL;
+    if (!q) {
+        free(prog), free(completion);
         return cm_fail(err, CM_E_NOMEM, "out of memory");
-    cm_status s = cm_eval_program(r->sb, l, prog, plen, r->o->timeout, &oc, err);
-    free(prog);
-    return s ? s : record(r, l->name, p, sample, completion, tokens, &oc, err);
+    }
+    *q = (queued_item){l, p, sample, tokens, completion};
+    cm_status s = cm_ev_pool_submit(r->pool, l, prog, plen, q, err);
+    if (s)
+        queued_free(q);
+    return s ? s : drain(r, 4 * r->o->jobs, err);
 }
 
 /* ---- generation ---- */
@@ -400,38 +461,30 @@ static int comp_piece(void *user, const char *bytes, size_t n)
     return 0;
 }
 
-/* One sample from the prompt's KV cache: back to the prompt less its last
- * token, which is evaluated again for fresh logits. */
-static cm_status sample_one(eval_run *r, cm_ctx *ctx, const int32_t *ids, int n, uint64_t seed,
-                            comp_buf *cb, int *tokens, cm_err *err)
-{
-    cm_sampling_params sp = r->o->sp;
-    sp.seed = seed;
-    cm_ctx_truncate(ctx, n - 1);
-    cm_status s = cm_eval(ctx, ids + n - 1, 1, NULL, err);
-    cm_sampler *smp = s ? NULL : cm_sampler_new(&sp, r->m.hp.n_vocab);
-    if (!s && !smp)
-        s = cm_fail(err, CM_E_NOMEM, "out of memory creating the sampler");
-    for (int i = 0; smp && i < n; i++)
-        cm_sampler_accept(smp, ids[i]);
-    cm_gen_opts go = {r->o->max_tokens, NULL, 0, comp_piece, cb};
-    cm_gen_result gr = {0, NULL};
-    cb->len = 0;
-    if (!s && !(cb->p = cb->p ? cb->p : calloc(1, 1)))
-        s = cm_fail(err, CM_E_NOMEM, "out of memory");
-    if (!s)
-        s = cm_generate(&r->m, ctx, smp, &go, &gr, err);
-    *tokens = gr.n_gen;
-    cm_sampler_free(smp);
-    return s;
-}
-
-static cm_status eval_prompt_ids(cm_ctx *ctx, const int32_t *ids, int n, cm_err *err)
+/* Completions of problem p for the samples listed (k of them), decoded
+ * together from the prompt's KV cache (cm_generate_shared), each with its
+ * own seed: the same text whatever the batch.  cbs receives them. */
+static cm_status decode_samples(eval_run *r, cm_ctx *ctx, const cm_eval_lang *l,
+                                const cm_problem *p, const int32_t *ids, int n,
+                                const int *sample, int k, comp_buf *cbs, cm_gen_seq *gs,
+                                cm_err *err)
 {
     cm_status s = CM_OK;
-    cm_ctx_reset(ctx);
-    for (int done = 0; !s && done < n; done += 512)
-        s = cm_eval(ctx, ids + done, n - done < 512 ? n - done : 512, NULL, err);
+    for (int i = 0; !s && i < k; i++) {
+        cm_sampling_params sp = r->o->sp;
+        sp.seed = item_seed(r->o->sp.seed, l->name, p->name, sample[i]);
+        cbs[i] = (comp_buf){calloc(1, 1), 0, 1, p};
+        gs[i] = (cm_gen_seq){cm_sampler_new(&sp, r->m.hp.n_vocab), comp_piece, &cbs[i], {0, 0}};
+        if (!cbs[i].p || !gs[i].smp)
+            s = cm_fail(err, CM_E_NOMEM, "out of memory creating a sampler");
+        for (int t = 0; !s && t < n; t++)
+            cm_sampler_accept(gs[i].smp, ids[t]);
+    }
+    cm_gen_opts go = {r->o->max_tokens, NULL, 0, NULL, NULL};
+    if (!s)
+        s = cm_generate_shared(&r->m, ctx, ids, n, gs, k, &go, err);
+    for (int i = 0; i < k; i++)
+        cm_sampler_free(gs[i].smp), gs[i].smp = NULL;
     return s;
 }
 
@@ -440,28 +493,35 @@ static cm_status generate_problem(eval_run *r, cm_ctx *ctx, const cm_eval_lang *
 {
     int32_t *ids = NULL;
     size_t n = 0;
-    comp_buf cb = {NULL, 0, 0, p};
-    cm_status s = cm_tokenize(r->m.tok, p->prompt, strlen(p->prompt), cm_tok_add_bos(r->m.tok),
-                              0, &ids, &n, err);
-    int fits = !s && n >= 1 && (int)n + 1 < cm_ctx_n_ctx(ctx);
-    if (!s && fits)
-        s = eval_prompt_ids(ctx, ids, (int)n - 1, err);
-    for (int smp = 0; !s && smp < r->o->samples; smp++) {
-        if (cm_ev_records_find(&r->rs, l->name, p->name, smp))
-            continue;
-        int tokens = 0;
-        if (!fits) { /* recorded as a failure: the model never saw the problem */
-            cm_ev_outcome oc = {CM_EV_FAIL, 0, "prompt longer than the context"};
-            s = record(r, l->name, p, smp, "", 0, &oc, err);
-            continue;
-        }
-        s = sample_one(r, ctx, ids, (int)n, item_seed(r->o->sp.seed, l->name, p->name, smp),
-                       &cb, &tokens, err);
-        if (!s)
-            s = score(r, l, p, smp, cb.p, cb.len, tokens, err);
+    int k = 0, *sample = calloc((size_t)r->o->samples, sizeof *sample);
+    comp_buf *cbs = calloc((size_t)r->o->samples, sizeof *cbs);
+    cm_gen_seq *gs = calloc((size_t)r->o->samples, sizeof *gs);
+    cm_status s = sample && cbs && gs ? cm_tokenize(r->m.tok, p->prompt, strlen(p->prompt),
+                                                    cm_tok_add_bos(r->m.tok), 0, &ids, &n, err)
+                                      : cm_fail(err, CM_E_NOMEM, "out of memory");
+    for (int smp = 0; !s && smp < r->o->samples; smp++)
+        if (!cm_ev_records_find(&r->rs, l->name, p->name, smp))
+            sample[k++] = smp;
+    int fits = n >= 1 && (int)n + 1 < r->o->n_ctx;
+    if (!s && !fits) /* recorded as failures: the model never saw the problem */
+        s = drain(r, 0, err);
+    for (int i = 0; !s && !fits && i < k; i++) {
+        cm_ev_outcome oc = {CM_EV_FAIL, 0, "prompt longer than the context"};
+        s = record(r, l->name, p, sample[i], "", 0, &oc, err);
     }
-    free(cb.p);
-    free(ids);
+    double t0 = now_seconds();
+    if (!s && fits && k)
+        s = decode_samples(r, ctx, l, p, ids, (int)n, sample, k, cbs, gs, err);
+    r->gen_s += now_seconds() - t0;
+    for (int i = 0; !s && fits && i < k; i++)
+        r->gen_tok += gs[i].res.n_gen;
+    for (int i = 0; !s && fits && i < k; i++) {
+        s = score(r, l, p, sample[i], cbs[i].p, cbs[i].len, gs[i].res.n_gen, err);
+        cbs[i].p = NULL;
+    }
+    for (int i = 0; cbs && i < k; i++)
+        free(cbs[i].p);
+    free(sample), free(cbs), free(gs), free(ids);
     return s;
 }
 
@@ -484,6 +544,44 @@ static cm_status bind_expert(eval_run *r, const cm_eval_lang *l, cm_err *err)
     return cm_model_select_expert(&r->m, want, err);
 }
 
+/* The longest prompt of the language's share in tokens, to size the
+ * context: each sequence needs no more than it and --max-tokens. */
+static cm_status longest_prompt(eval_run *r, int li, int *out, cm_err *err)
+{
+    long base = shard_base(r, li);
+    cm_status s = CM_OK;
+    *out = 1;
+    for (int i = 0; !s && i < problem_count(r, li); i++) {
+        const cm_problem *p = &r->sets[li].p[i];
+        int32_t *ids = NULL;
+        size_t n = 0;
+        if (!in_shard(r->o, base + i))
+            continue;
+        s = cm_tokenize(r->m.tok, p->prompt, strlen(p->prompt), cm_tok_add_bos(r->m.tok), 0, &ids,
+                        &n, err);
+        free(ids);
+        *out = (int)n > *out ? (int)n : *out;
+    }
+    return s;
+}
+
+/* A context of `seqs` sequences for language li's problems. */
+static cm_status gen_context(eval_run *r, int li, int seqs, cm_ctx **ctx, cm_err *err)
+{
+    const cm_backend_ops *be;
+    int longest = 0;
+    cm_status s = bind_expert(r, r->o->lang[li], err);
+    if (!s)
+        s = longest_prompt(r, li, &longest, err);
+    if (!s)
+        s = cm_backend_choose(r->o->backend, &be, err);
+    long need = (long)longest + r->o->max_tokens + 1;
+    int n_ctx = need < r->o->n_ctx ? (int)need : r->o->n_ctx;
+    if (!s)
+        s = cm_ctx_new_multi(&r->m, be, NULL, n_ctx, CM_KV_F16, 512, seqs, ctx, err);
+    return s;
+}
+
 static cm_status run_language(eval_run *r, int li, cm_err *err)
 {
     const cm_eval_lang *l = r->o->lang[li];
@@ -500,16 +598,9 @@ static cm_status run_language(eval_run *r, int li, cm_err *err)
             size_t len = strlen(p->canonical ? p->canonical : l->wrong);
             char *c = strdup(p->canonical ? p->canonical : l->wrong);
             s = c ? score(r, l, p, 0, c, len, 0, err) : cm_fail(err, CM_E_NOMEM, "out of memory");
-            free(c);
         } else {
-            if (!ctx) {
-                const cm_backend_ops *be;
-                s = bind_expert(r, l, err);
-                if (!s)
-                    s = cm_backend_choose(r->o->backend, &be, err);
-                if (!s)
-                    s = cm_ctx_new_on(&r->m, be, r->o->n_ctx, CM_KV_F16, 512, &ctx, err);
-            }
+            if (!ctx)
+                s = gen_context(r, li, r->o->batch, &ctx, err);
             if (!s)
                 s = generate_problem(r, ctx, l, p, err);
         }
@@ -697,8 +788,11 @@ static cm_status eval_main(eval_opts *o, cm_err *err)
     cm_status s = open_sandbox(o, cache, sizeof cache, &r.sb, err);
     if (s)
         return s;
-    fprintf(stderr, "[eval] sandbox: %s\n", cm_sb_describe(r.sb));
-    s = open_out(o->out, config, err);
+    fprintf(stderr, "[eval] sandbox: %s; %d program%s at a time\n", cm_sb_describe(r.sb),
+            o->jobs, o->jobs > 1 ? "s" : "");
+    s = cm_ev_pool_new(r.sb, o->jobs, o->timeout, &r.pool, err);
+    if (!s)
+        s = open_out(o->out, config, err);
     if (!s)
         s = load_results(&r, err);
     if (!s)
@@ -710,6 +804,16 @@ static cm_status eval_main(eval_opts *o, cm_err *err)
     for (int li = 0; !s && li < o->n_langs; li++)
         if (r.ready[li])
             s = run_language(&r, li, err);
+    if (!s)
+        s = drain(&r, 0, err);
+    cm_ev_pool_free(r.pool, queued_free);
+    if (!s && r.done && r.gen_s > 0)
+        fprintf(stderr, "[eval] %ld completions in %.1f s: %ld tokens decoded in %.1f s (%.1f "
+                "tok/s, --batch %d), programs %.1f s (-j %d)\n", r.done, now_seconds() - r.t0,
+                r.gen_tok, r.gen_s, r.gen_tok / r.gen_s, o->batch, r.prog_s, o->jobs);
+    else if (!s && r.done)
+        fprintf(stderr, "[eval] %ld programs in %.1f s: %.1f s of programs (-j %d)\n", r.done,
+                now_seconds() - r.t0, r.prog_s, o->jobs);
     if (r.results && fclose(r.results) != 0 && !s)
         s = cm_fail(err, CM_E_IO, "cannot write %s/results.jsonl", o->out);
     if (!s)
@@ -765,37 +869,49 @@ static int count_prompts(eval_run *r, int li, est_lang *el, cm_err *err, cm_stat
 
 #define EST_PROBLEMS 3 /* problems per language the estimate measures */
 
-/* Times problem p's prompt, one completion of it and its program. */
+/* Times problem p's prompt, min(n, --batch) completions of it decoded
+ * together, and the first one's program. */
 static cm_status measure_one(eval_run *r, cm_ctx *ctx, int li, const cm_problem *p, est_state *e,
                              cm_err *err)
 {
     const cm_eval_lang *l = r->o->lang[li];
-    int32_t *ids = NULL;
+    int32_t *ids = NULL, seq[512] = {0};
     size_t n = 0, plen = 0;
-    comp_buf cb = {NULL, 0, 0, p};
-    int tokens = 0;
+    int k = cm_ctx_n_seq(ctx), sample[256], tokens = 0;
+    comp_buf cbs[256] = {{0}};
+    cm_gen_seq gs[256];
     cm_status s = cm_tokenize(r->m.tok, p->prompt, strlen(p->prompt), cm_tok_add_bos(r->m.tok), 0,
                               &ids, &n, err);
-    if (!s && (n < 2 || (int)n + 1 >= cm_ctx_n_ctx(ctx)))
+    if (!s && (n < 2 || (int)n + 1 >= r->o->n_ctx))
         s = cm_fail(err, CM_E_RANGE, "%s %s: the prompt does not fit the context", l->name,
                     p->name);
     double t0 = now_seconds();
-    if (!s)
-        s = eval_prompt_ids(ctx, ids, (int)n - 1, err);
-    e->pp_s += now_seconds() - t0, e->pp_tok += (double)n - 1;
+    cm_ctx_seq_keep(ctx, 0, 0);
+    for (int i = 0; !s && i < (int)n - 1; i += 512) { /* the prompt alone: its speed */
+        int m = (int)n - 1 - i < 512 ? (int)n - 1 - i : 512;
+        s = cm_eval_batch(ctx, ids + i, seq, m, NULL, NULL, err);
+    }
+    double t_pp = now_seconds() - t0;
+    e->pp_s += t_pp, e->pp_tok += (double)n - 1;
+    for (int i = 0; i < k; i++)
+        sample[i] = i;
     t0 = now_seconds();
-    if (!s)
-        s = sample_one(r, ctx, ids, (int)n, item_seed(r->o->sp.seed, l->name, p->name, 0), &cb,
-                       &tokens, err);
-    e->tg_s += now_seconds() - t0, e->tg_tok += tokens;
-    e->l[li].gen_tok += tokens;
+    if (!s) /* the prompt again (shared), then the completions */
+        s = decode_samples(r, ctx, l, p, ids, (int)n, sample, k, cbs, gs, err);
+    for (int i = 0; !s && i < k; i++)
+        tokens += gs[i].res.n_gen;
+    double t_tg = now_seconds() - t0 - t_pp;
+    e->tg_s += t_tg > 1e-6 ? t_tg : 1e-6, e->tg_tok += tokens;
+    e->l[li].gen_tok += (double)tokens / k;
     cm_ev_outcome oc;
     if (!s)
-        cm_problem_cut(p, cb.p, cb.len);
-    char *prog = s ? NULL : cm_problem_program(p, cb.p, &plen);
+        cm_problem_cut(p, cbs[0].p, cbs[0].len);
+    char *prog = s ? NULL : cm_problem_program(p, cbs[0].p, &plen);
     if (!s && prog && !(s = cm_eval_program(r->sb, l, prog, plen, r->o->timeout, &oc, err)))
         e->l[li].run_s += oc.seconds;
-    free(prog), free(cb.p), free(ids);
+    for (int i = 0; i < k; i++)
+        free(cbs[i].p);
+    free(prog), free(ids);
     return s;
 }
 
@@ -807,14 +923,10 @@ static cm_status measure_lang(eval_run *r, int li, est_state *e, cm_err *err)
     int first = count_prompts(r, li, &e->l[li], err, &s), done = 0;
     if (s || first < 0)
         return s;
-    const cm_backend_ops *be;
     cm_ctx *ctx = NULL;
     long base = shard_base(r, li);
-    s = bind_expert(r, r->o->lang[li], err);
-    if (!s)
-        s = cm_backend_choose(r->o->backend, &be, err);
-    if (!s)
-        s = cm_ctx_new_on(&r->m, be, r->o->n_ctx, CM_KV_F16, 512, &ctx, err);
+    int k = r->o->batch < r->o->samples ? r->o->batch : r->o->samples;
+    s = gen_context(r, li, k, &ctx, err);
     for (int i = first; !s && i < problem_count(r, li) && done < EST_PROBLEMS; i++)
         if (in_shard(r->o, base + i))
             s = measure_one(r, ctx, li, &r->sets[li].p[i], e, err), done++;
@@ -873,7 +985,7 @@ static void print_estimate(const eval_run *r, const est_state *e)
         const est_lang *l = &e->l[li];
         problems += l->problems, completions += l->completions, runs += l->runs;
         ptok += l->prompt_tok, gen_exp += l->completions * l->gen_tok;
-        t_prog += l->completions * l->run_s;
+        t_prog += l->completions * l->run_s / o->jobs;
         if (l->problems)
             printf("%-5s %4ld problems, %7ld completions; %d measured: %4.0f tokens, program "
                    "%.2f s (means)\n", o->lang[li]->name, l->problems, l->completions,
@@ -888,7 +1000,8 @@ static void print_estimate(const eval_run *r, const est_state *e)
            tg, e->bw);
     double t_model = ptok / pp + gen_exp / tg;
     hours(a, sizeof a, t_model), hours(b, sizeof b, t_prog), hours(c, sizeof c, t_model + t_prog);
-    printf("time here (h:mm:ss): model %s, programs %s (one at a time), total %s\n", a, b, c);
+    printf("time here (h:mm:ss): model %s, programs %s (%d at a time), total %s\n", a, b, o->jobs,
+           c);
     print_instances(o, t_model, t_prog, tg, e->bw);
 }
 
@@ -1028,55 +1141,94 @@ static cm_status merge_main(int argc, char **argv, cm_err *err)
     return s;
 }
 
-/* ---- codemoe eval sandbox: one program file, as eval runs it ---- */
+/* ---- codemoe eval sandbox: program files, as eval runs them ---- */
 
-static cm_status sandbox_main(int argc, char **argv, cm_err *err)
+#define SB_MAX_FILES 256
+static const char SANDBOX_USAGE[] = "usage: codemoe eval sandbox [--timeout S] [--sandbox KIND] "
+                                    "[-j N] --lang L FILE... [--lang L FILE...]";
+
+typedef struct {
+    const char *file[SB_MAX_FILES];
+    const cm_eval_lang *lang[SB_MAX_FILES];
+    int n;
+} sb_files;
+
+static cm_status sandbox_args(int argc, char **argv, eval_opts *o, sb_files *f, cm_err *err)
 {
-    eval_opts o = {.timeout = 15};
     const cm_eval_lang *l = NULL;
-    const char *file = NULL;
     cm_status s = CM_OK;
+    float t;
     for (int i = 0; !s && i < argc; i++) {
         if (!strcmp(argv[i], "--lang") && i + 1 < argc) {
             if (!(l = cm_eval_lang_find(argv[++i])))
                 s = cm_fail(err, CM_E_USAGE, "eval sandbox: unknown language '%s'", argv[i]);
         } else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
-            float f;
-            if (!(s = arg_float("--timeout", argv[++i], 0.1f, 3600.0f, &f, err)))
-                o.timeout = f;
+            if (!(s = arg_float("--timeout", argv[++i], 0.1f, 3600.0f, &t, err)))
+                o->timeout = t;
         } else if (!strcmp(argv[i], "--sandbox") && i + 1 < argc)
-            o.sandbox = argv[++i];
-        else if (argv[i][0] != '-' && !file)
-            file = argv[i];
+            o->sandbox = argv[++i];
+        else if (!strcmp(argv[i], "-j") && i + 1 < argc)
+            s = arg_int("-j", argv[++i], 1, 256, &o->jobs, err);
+        else if (argv[i][0] != '-' && l && f->n < SB_MAX_FILES)
+            f->file[f->n] = argv[i], f->lang[f->n++] = l;
         else
-            s = cm_fail(err, CM_E_USAGE, "usage: codemoe eval sandbox --lang L [--timeout S] "
-                        "[--sandbox KIND] FILE");
+            s = cm_fail(err, CM_E_USAGE, "%s", SANDBOX_USAGE);
     }
-    if (!s && (!l || !file))
-        s = cm_fail(err, CM_E_USAGE, "usage: codemoe eval sandbox --lang L [--timeout S] "
-                    "[--sandbox KIND] FILE");
-    char *prog = NULL, cache[1024], missing[256];
-    size_t len = 0;
-    cm_sandbox *sb = NULL;
+    return !s && !f->n ? cm_fail(err, CM_E_USAGE, "%s", SANDBOX_USAGE) : s;
+}
+
+/* Queues every file's program; prints each outcome, in order. */
+static cm_status sandbox_run(const sb_files *f, cm_sandbox *sb, cm_ev_pool *pool, cm_err *err)
+{
+    char missing[256];
+    cm_status s = CM_OK, st;
+    for (int i = 0; !s && i < f->n; i++) {
+        char *prog = NULL;
+        size_t len = 0;
+        if (!cm_eval_lang_ready(f->lang[i], cm_sb_path(sb), missing, sizeof missing))
+            return cm_fail(err, CM_E_UNSUPPORTED, "%s is not installed (apt-get install %s)",
+                           missing, f->lang[i]->apt);
+        s = read_file(f->file[i], &prog, &len, err);
+        if (!s)
+            s = cm_ev_pool_submit(pool, f->lang[i], prog, len, (void *)f->file[i], err);
+    }
+    void *tag;
     cm_ev_outcome oc;
-    if (!s)
-        s = read_file(file, &prog, &len, err);
-    if (!s)
-        s = open_sandbox(&o, cache, sizeof cache, &sb, err);
-    if (!s && !cm_eval_lang_ready(l, cm_sb_path(sb), missing, sizeof missing))
-        s = cm_fail(err, CM_E_UNSUPPORTED, "%s is not installed (apt-get install %s)", missing,
-                    l->apt);
-    if (!s)
-        s = cm_eval_program(sb, l, prog, len, o.timeout, &oc, err);
-    if (!s) {
-        printf("{\"status\": \"%s\", \"seconds\": %.3f, \"sandbox\": \"%s\", \"detail\": ",
+    cm_err e;
+    while (cm_ev_pool_take(pool, 1, &tag, &oc, &st, &e)) {
+        if (!s && st)
+            s = st, *err = e;
+        if (s)
+            continue;
+        fputs("{\"file\": ", stdout);
+        json_write_string(stdout, tag);
+        printf(", \"status\": \"%s\", \"seconds\": %.3f, \"sandbox\": \"%s\", \"detail\": ",
                cm_ev_status_name(oc.status), oc.seconds, cm_sb_kind_name(cm_sb_kind_of(sb)));
         json_write_string(stdout, oc.detail);
         puts("}");
+        fflush(stdout);
     }
+    return s;
+}
+
+static cm_status sandbox_main(int argc, char **argv, cm_err *err)
+{
+    eval_opts o = {.timeout = 15, .jobs = 1};
+    sb_files f;
+    f.n = 0;
+    char cache[1024];
+    cm_sandbox *sb = NULL;
+    cm_ev_pool *pool = NULL;
+    cm_status s = sandbox_args(argc, argv, &o, &f, err);
+    if (!s)
+        s = open_sandbox(&o, cache, sizeof cache, &sb, err);
+    if (!s)
+        s = cm_ev_pool_new(sb, o.jobs, o.timeout, &pool, err);
+    if (!s)
+        s = sandbox_run(&f, sb, pool, err);
+    cm_ev_pool_free(pool, NULL);
     if (sb)
         cm_sb_free(sb), cm_sb_scratch_remove(cache);
-    free(prog);
     return s;
 }
 

@@ -110,6 +110,10 @@ typedef struct {
     /* out row t = softmax(q_t K^T / sqrt(d)) V over positions 0 .. p0 + t,
      * for each query head (grouped onto the KV heads) of q's rows */
     void (*attention)(cm_backend *be, int il, const cm_tensor *q, int p0, cm_tensor *out);
+    /* optional: positions 0 .. n-1 of cache layer il_src copied into
+     * layer il_dst (a prompt several sequences share); NULL: contexts on
+     * this backend cannot copy a sequence (cm_ctx_seq_copy says so) */
+    void (*kv_copy)(cm_backend *be, int il_dst, int il_src, int n);
 
     /* ---- optional: whole batches ---- */
     /* A batch of n tokens (ids, from position p0) giving n_out rows of

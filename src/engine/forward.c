@@ -271,6 +271,24 @@ void cm_ctx_seq_keep(cm_ctx *c, int seq, int n)
         c->seq_past[seq] = n < 0 ? 0 : n;
 }
 
+cm_status cm_ctx_seq_copy(cm_ctx *c, int src, int dst, int n, cm_err *err)
+{
+    if (src < 0 || src >= c->n_seq || dst < 0 || dst >= c->n_seq)
+        return cm_fail(err, CM_E_RANGE, "sequence %d or %d is not one of the context's %d", src,
+                       dst, c->n_seq);
+    if (n < 0 || n > c->seq_past[src])
+        return cm_fail(err, CM_E_RANGE, "sequence %d holds %d positions, not %d", src,
+                       c->seq_past[src], n);
+    if (!c->be->ops->kv_copy)
+        return cm_fail(err, CM_E_UNSUPPORTED, "the %s backend cannot copy a sequence's cache",
+                       c->be->ops->name);
+    const int L = c->m->hp.n_layer;
+    for (int il = 0; src != dst && n > 0 && il < L; il++)
+        c->be->ops->kv_copy(c->be, dst * L + il, src * L + il, n);
+    c->seq_past[dst] = n;
+    return CM_OK;
+}
+
 cm_status cm_ctx_rebind(cm_ctx *c, cm_err *err)
 {
     if (c->place && !c->be->ops->reads_host)
@@ -604,7 +622,8 @@ cm_status cm_eval_batch(cm_ctx *c, const int32_t *ids, const int32_t *seq, int n
         eval_multi(c, ids + done, seq + done, nb, want ? want + done : NULL, logits);
         for (int i = 0; want && i < nb; i++)
             rows += want[done + i] != 0;
-        logits += rows * n_vocab;
+        if (rows) /* logits may be NULL when no row is wanted */
+            logits += rows * n_vocab;
         done += nb;
     }
     return CM_OK;

@@ -73,6 +73,11 @@ int cm_ctx_n_seq(const cm_ctx *c);
 int cm_ctx_seq_past(const cm_ctx *c, int seq);
 /* cm_ctx_truncate for one sequence of the context. */
 void cm_ctx_seq_keep(cm_ctx *c, int seq, int n);
+/* Sequence dst becomes the first n positions of sequence src (n <= its
+ * length): a prompt evaluated once serves several sequences.
+ * CM_E_UNSUPPORTED on a backend that cannot copy its cache (then
+ * evaluate the tokens in dst). */
+cm_status cm_ctx_seq_copy(cm_ctx *c, int src, int dst, int n, cm_err *err);
 /* Appends token i to sequence seq[i], at its next position (a sequence's
  * tokens in order; they need not be adjacent).  Each token with want[i]
  * set gives a row of n_vocab logits, in batch order (want NULL: none).

@@ -32,4 +32,24 @@ typedef struct {
 cm_status cm_generate(const cm_model *m, cm_ctx *ctx, cm_sampler *smp, const cm_gen_opts *o,
                       cm_gen_result *res, cm_err *err);
 
+/* One of the completions cm_generate_shared decodes. */
+typedef struct {
+    cm_sampler *smp;          /* its own sampler (seed), the prompt accepted */
+    cm_gen_piece_fn on_piece; /* as cm_gen_opts' */
+    void *user;
+    cm_gen_result res;        /* set when it ends */
+} cm_gen_seq;
+
+/* Decodes n completions of one prompt (n_prompt >= 1 tokens) in a context
+ * of several sequences (cm_ctx_new_multi): the prompt less its last token
+ * is evaluated once, in sequence 0, and copied to the sequences used
+ * (evaluated in each where the backend cannot copy); then every step
+ * evaluates one token of each unfinished completion, up to n_seq of them
+ * together, a finished one's sequence taking the next.  Each completion is
+ * the one cm_generate gives from the prompt with its sampler (up to float
+ * rounding, which may differ between batch shapes).  o: n_predict and the
+ * mask (on_piece and user are the completions'). */
+cm_status cm_generate_shared(const cm_model *m, cm_ctx *ctx, const int32_t *prompt, int n_prompt,
+                             cm_gen_seq *seqs, int n, const cm_gen_opts *o, cm_err *err);
+
 #endif

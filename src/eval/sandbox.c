@@ -23,6 +23,10 @@
 #include <unistd.h>
 
 #define SB_NOBODY 65534
+/* Parallel slot k > 0 runs as this + k (no account needs to exist): each
+ * slot's processes count against their own RLIMIT_NPROC, so a fork bomb
+ * cannot starve the programs running beside it. */
+#define SB_SLOT_UID 0x7fff0000u
 #define SB_SETUP_FAIL 125 /* exit status of a child whose setup failed */
 #define SB_SYS_PATH "/usr/local/bin:/usr/bin:/bin"
 #define SB_INFO_FD 3
@@ -30,6 +34,7 @@
 struct cm_sandbox {
     cm_sb_kind kind;
     int drop_uid;     /* root: run programs as nobody */
+    unsigned uid;     /* the user they run as then: nobody, or a slot's */
     char tmp[512];    /* where scratch directories go */
     char cache[512];  /* "" or a directory programs may write */
     char bwrap[256];
@@ -79,7 +84,7 @@ cm_status cm_sb_scratch_new(const cm_sandbox *sb, char *path, size_t cap, cm_err
     if (!mkdtemp(path))
         return cm_fail(err, CM_E_IO, "cannot create a scratch directory in %s: %s", sb->tmp,
                        strerror(errno));
-    if (sb->drop_uid && chown(path, SB_NOBODY, SB_NOBODY) != 0) {
+    if (sb->drop_uid && chown(path, sb->uid, sb->uid) != 0) {
         int e = errno;
         rmdir(path);
         return cm_fail(err, CM_E_IO, "chown %s: %s", path, strerror(e));
@@ -185,10 +190,10 @@ static void die_setup(const char *what)
     _exit(SB_SETUP_FAIL);
 }
 
-static void drop_to_nobody(void)
+static void drop_to_user(unsigned uid)
 {
-    if (setgroups(0, NULL) != 0 || setgid(SB_NOBODY) != 0 || setuid(SB_NOBODY) != 0)
-        die_setup("cannot switch to the user nobody");
+    if (setgroups(0, NULL) != 0 || setgid(uid) != 0 || setuid(uid) != 0)
+        die_setup("cannot switch to the sandbox user");
 }
 
 static void exec_shell(const child_args *a)
@@ -242,7 +247,7 @@ static void ns_init(const child_args *a)
 {
     setup_mounts(a);
     if (a->sb->drop_uid)
-        drop_to_nobody();
+        drop_to_user(a->sb->uid);
     prctl(PR_SET_PDEATHSIG, SIGKILL); /* after setuid, which clears it */
     pid_t c = fork();
     if (c < 0)
@@ -326,7 +331,7 @@ static void child_bwrap(const child_args *a)
     argv[n++] = "--", argv[n++] = "/bin/sh", argv[n++] = "-c", argv[n++] = (char *)a->cmd;
     argv[n] = NULL;
     if (sb->drop_uid)
-        drop_to_nobody();
+        drop_to_user(a->sb->uid);
     apply_limits(a);
     execve(sb->bwrap, argv, a->envp);
     die_setup("exec bwrap");
@@ -350,7 +355,7 @@ static void child_main(const child_args *a, int out_fd, int err_fd, int info_fd)
     default:
         close(SB_INFO_FD);
         if (a->sb->drop_uid)
-            drop_to_nobody();
+            drop_to_user(a->sb->uid);
         apply_limits(a);
         exec_shell(a);
     }
@@ -614,7 +619,7 @@ static cm_status sb_paths(cm_sandbox *sb, const char *tmp_base, const char *cach
         if (!realpath(cache_dir, real) || strlen(real) >= sizeof sb->cache)
             return cm_fail(err, CM_E_IO, "cache directory %s: %s", cache_dir, strerror(errno));
         strcpy(sb->cache, real);
-        if (sb->drop_uid && chown(sb->cache, SB_NOBODY, SB_NOBODY) != 0)
+        if (sb->drop_uid && chown(sb->cache, sb->uid, sb->uid) != 0)
             return cm_fail(err, CM_E_IO, "chown %s: %s", sb->cache, strerror(errno));
     }
     const char *p = getenv("PATH");
@@ -629,6 +634,7 @@ cm_status cm_sb_new(cm_sb_kind want, const char *tmp_base, const char *cache_dir
     if (!sb)
         return cm_fail(err, CM_E_NOMEM, "out of memory");
     sb->drop_uid = geteuid() == 0;
+    sb->uid = SB_NOBODY;
     cm_status s = sb_paths(sb, tmp_base, cache_dir, err);
     char why[3][600] = {"not installed", "", ""};
     int ok = 0;
@@ -650,6 +656,37 @@ cm_status cm_sb_new(cm_sb_kind want, const char *tmp_base, const char *cache_dir
     }
     describe(sb);
     *out = sb;
+    return CM_OK;
+}
+
+cm_status cm_sb_slot(const cm_sandbox *sb, int slot, cm_sandbox **out, cm_err *err)
+{
+    *out = NULL;
+    if (slot < 0 || slot > 65535)
+        return cm_fail(err, CM_E_RANGE, "sandbox slot %d is out of range", slot);
+    cm_sandbox *c = malloc(sizeof *c);
+    if (!c)
+        return cm_fail(err, CM_E_NOMEM, "out of memory");
+    *c = *sb;
+    c->uid = slot ? SB_SLOT_UID + (unsigned)slot : SB_NOBODY;
+    if (slot && sb->cache[0] &&
+        snprintf(c->cache, sizeof c->cache, "%s/slot-%d", sb->cache, slot) >= (int)sizeof c->cache) {
+        free(c);
+        return cm_fail(err, CM_E_RANGE, "cache path too long: %s", sb->cache);
+    }
+    /* the other slots' users go through sb's cache to their own */
+    if (slot && sb->cache[0] && (chmod(sb->cache, 0711) != 0 ||
+                                 (mkdir(c->cache, 0755) != 0 && errno != EEXIST))) {
+        int e = errno;
+        free(c);
+        return cm_fail(err, CM_E_IO, "cannot create %s: %s", sb->cache, strerror(e));
+    }
+    if (slot && sb->cache[0] && c->drop_uid && chown(c->cache, c->uid, c->uid) != 0) {
+        int e = errno;
+        free(c);
+        return cm_fail(err, CM_E_IO, "chown %s: %s", sb->cache, strerror(e));
+    }
+    *out = c;
     return CM_OK;
 }
 

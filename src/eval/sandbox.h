@@ -16,7 +16,8 @@
  *
  * Run as root, the program itself runs as the user nobody (65534), so that
  * RLIMIT_NPROC counts only its processes (root is exempt from it) and the
- * rest of the file system is not writable.  In the PID namespace the
+ * rest of the file system is not writable; programs run in parallel get a
+ * user each (cm_sb_slot).  In the PID namespace the
  * program's init is a small reaper; killing it (at the end, on timeout or
  * when output is too large) ends the whole namespace.  In plain mode the
  * process group is killed. */
@@ -66,6 +67,11 @@ typedef struct cm_sandbox cm_sandbox;
 cm_status cm_sb_new(cm_sb_kind want, const char *tmp_base, const char *cache_dir,
                     cm_sandbox **out, cm_err *err);
 void cm_sb_free(cm_sandbox *sb);
+/* The sandbox for parallel slot `slot` (0: the same as sb): run as root,
+ * its programs run as a user of their own (nobody for slot 0), so that the
+ * process limit is each program's; its cache is sb's subdirectory slot-N.
+ * Free it with cm_sb_free. */
+cm_status cm_sb_slot(const cm_sandbox *sb, int slot, cm_sandbox **out, cm_err *err);
 /* One line: the mechanism and what it isolates. */
 const char *cm_sb_describe(const cm_sandbox *sb);
 cm_sb_kind cm_sb_kind_of(const cm_sandbox *sb);
