@@ -66,7 +66,8 @@ fi
 gl=$(echo "$langs" | tr ',' '\n' | grep -E '^(py|js)$' | paste -sd, -)
 [ -n "$gl" ] || tl_skip "neither python3 nor node installed"
 [ -f "$MODEL" ] || tl_skip "no default model"
-GEN="-m $MODEL --bench multipl-e $EV --langs $gl --limit 3 -n 2 --temp 0.8 --seed 7 --max-tokens 24 -k 1,2"
+# --timeout: as above, a loaded machine must not turn a slow program into a timeout in one run only
+GEN="-m $MODEL --bench multipl-e $EV --langs $gl --limit 3 -n 2 --temp 0.8 --seed 7 --max-tokens 24 -k 1,2 --timeout 120"
 expect 0 "generate" -- "$CODEMOE" eval $GEN --out "$TMP/full"
 want=$(( $(echo "$gl" | tr ',' '\n' | wc -l) * 6 ))
 [ "$(wc -l <"$TMP/full/results.jsonl")" = "$want" ] || fail "results.jsonl: want $want lines"
