@@ -610,16 +610,20 @@ static cm_status run_language(eval_run *r, int li, cm_err *err)
     return s;
 }
 
-/* What the completions depend on: a resumed or merged directory must match. */
+/* What the completions depend on: a resumed or merged directory must match.
+ * The batch is among them: a larger batch may take other kernels, whose
+ * rounding can flip a sampled token. */
 static void config_text(const eval_opts *o, char *buf, size_t cap)
 {
     const char *m = o->model ? strrchr(o->model, '/') : NULL;
+    int batch = o->canonical ? 0 : o->batch < o->samples ? o->batch : o->samples;
     snprintf(buf, cap, "{\"bench\": \"%s\", \"model\": \"%s\", \"expert\": \"%s\", \"temp\": %g, "
              "\"top_p\": %g, \"top_k\": %d, \"seed\": %llu, \"max_tokens\": %d, "
-             "\"canonical\": %d}\n", o->bench == CM_BENCH_HUMANEVAL ? "humaneval" : "multipl-e",
+             "\"canonical\": %d, \"batch\": %d}\n",
+             o->bench == CM_BENCH_HUMANEVAL ? "humaneval" : "multipl-e",
              o->canonical ? "" : m ? m + 1 : o->model ? o->model : "",
              o->expert ? o->expert : "", o->sp.temp, o->sp.top_p, o->sp.top_k,
-             (unsigned long long)o->sp.seed, o->max_tokens, o->canonical);
+             (unsigned long long)o->sp.seed, o->max_tokens, o->canonical, batch);
 }
 
 static cm_status write_text(const char *dir, const char *name, const char *text, cm_err *err)
