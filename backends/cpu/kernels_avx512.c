@@ -811,6 +811,30 @@ INLINE __m512 key_dot64(const uint16_t *r, __m512 x0, __m512 x1, __m512 x2, __m5
     return _mm512_add_ps(a, b);
 }
 
+/* dot_rows_f16 for heads of 32 columns (small code models): two vectors
+ * a key, where the 64-column loop would spend half its loads and
+ * multiplies on masked-off lanes. */
+static void dot_rows_f16_32(const void *rows, size_t stride, int64_t m, const float *x, float *out)
+{
+    const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+#define KEY_DOT32(r) _mm512_add_ps(_mm512_mul_ps(load_f16x16((r), 0xFFFF), x0), \
+                                  _mm512_mul_ps(load_f16x16((r) + 16, 0xFFFF), x1))
+    int64_t j = 0;
+    for (; j + 4 <= m; j += 4) {
+        const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)j * stride);
+        const uint16_t *r1 = (const uint16_t *)((const char *)r + stride);
+        const uint16_t *r2 = (const uint16_t *)((const char *)r1 + stride);
+        const uint16_t *r3 = (const uint16_t *)((const char *)r2 + stride);
+        __m512 h = hsum4(KEY_DOT32(r), KEY_DOT32(r1), KEY_DOT32(r2), KEY_DOT32(r3));
+        _mm_storeu_ps(out + j, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, h)));
+    }
+    for (; j < m; j++) {
+        const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)j * stride);
+        out[j] = _mm512_reduce_add_ps(KEY_DOT32(r));
+    }
+#undef KEY_DOT32
+}
+
 /* Attention scores against an f16 cache: 64 columns of x stay in registers
  * while the rows stream past (head_dim is 64 or 128 in most models), four
  * keys reduced together. */
@@ -818,6 +842,10 @@ static void dot_rows_f16(int64_t n, const void *rows, size_t stride, int64_t m, 
                          float *out)
 {
     const float *x = xv;
+    if (n == 32) {
+        dot_rows_f16_32(rows, stride, m, x, out);
+        return;
+    }
     for (int64_t j = 0; j < m; j++)
         out[j] = 0;
     for (int64_t c = 0; c < n; c += 64) {
@@ -846,11 +874,40 @@ static void dot_rows_f16(int64_t n, const void *rows, size_t stride, int64_t m, 
     }
 }
 
+/* sum_rows_f16 for heads of 32 columns: even and odd rows in separate
+ * accumulators, so four multiply-add chains run side by side. */
+static void sum_rows_f16_32(const void *rows, size_t stride, int64_t m, const float *p, float *out)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+    int64_t j = 0;
+    for (; j + 2 <= m; j += 2) {
+        const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)j * stride);
+        const uint16_t *q = (const uint16_t *)((const char *)r + stride);
+        __m512 pr = _mm512_set1_ps(p[j]), pq = _mm512_set1_ps(p[j + 1]);
+        a0 = _mm512_fmadd_ps(pr, load_f16x16(r, 0xFFFF), a0);
+        a1 = _mm512_fmadd_ps(pr, load_f16x16(r + 16, 0xFFFF), a1);
+        b0 = _mm512_fmadd_ps(pq, load_f16x16(q, 0xFFFF), b0);
+        b1 = _mm512_fmadd_ps(pq, load_f16x16(q + 16, 0xFFFF), b1);
+    }
+    if (j < m) {
+        const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)j * stride);
+        __m512 pr = _mm512_set1_ps(p[j]);
+        a0 = _mm512_fmadd_ps(pr, load_f16x16(r, 0xFFFF), a0);
+        a1 = _mm512_fmadd_ps(pr, load_f16x16(r + 16, 0xFFFF), a1);
+    }
+    _mm512_storeu_ps(out, _mm512_add_ps(a0, b0));
+    _mm512_storeu_ps(out + 16, _mm512_add_ps(a1, b1));
+}
+
 /* The attention-weighted sum of f16 value rows, 64 columns at a time in
  * four accumulators. */
 static void sum_rows_f16(int64_t n, const void *rows, size_t stride, int64_t m, const float *p,
                          float *out)
 {
+    if (n == 32) {
+        sum_rows_f16_32(rows, stride, m, p, out);
+        return;
+    }
     for (int64_t c = 0; c < n; c += 64) {
         __mmask16 k0 = cols16(n, c), k1 = cols16(n, c + 16), k2 = cols16(n, c + 32),
                   k3 = cols16(n, c + 48);
