@@ -128,7 +128,7 @@ static int pair_new_n(pair *p, const cm_backend_ops *ops, const cm_hparams *hp,
     cm_tensor *slots[3] = {&p->m.output, &p->layers[0].wq, &p->layers[0].wk};
     for (int i = 0; i < nw && i < 3; i++)
         *slots[i] = ws[i];
-    cm_backend_shape s = {&p->m, n_ctx, 80, kv, 0, -1};
+    cm_backend_shape s = {&p->m, n_ctx, 80, kv, 0, -1, 1};
     cm_status st = cm_backend_new(ops, &s, &p->be, &err);
     if (st == CM_E_UNSUPPORTED) { /* what the backend says it cannot do is no failure */
         printf("  %s\n", err.msg);

@@ -368,6 +368,45 @@ static void test_members(const char *path)
     cm_model_free(&m);
 }
 
+/* Weights kept decoded for the batched kernels (a context of several
+ * sequences, cm_cpu_decode_acquire) give the very logits of decoding each
+ * tile per product: four sequences' 16-token batch with the decoded
+ * copies off, then on. */
+static void test_decoded(const char *path)
+{
+    cm_model m;
+    cm_err err;
+    if (cm_model_load(path, &m, &err)) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
+    enum { N = 16 };
+    const size_t V = (size_t)m.hp.n_vocab;
+    int32_t ids[N], seq[N];
+    uint8_t want[N];
+    for (int i = 0; i < N; i++)
+        ids[i] = (int32_t)((50 + 97 * i) % m.hp.n_vocab), seq[i] = i % 4, want[i] = 1;
+    float *lg[2] = {malloc(N * V * sizeof(float)), malloc(N * V * sizeof(float))};
+    size_t bytes[2] = {0, 0};
+    for (int on = 0; on < 2 && lg[0] && lg[1]; on++) {
+        cm_ctx *c = NULL;
+        setenv("CODEMOE_DECODE_MB", on ? "64" : "0", 1);
+        CHECK(!cm_ctx_new_multi(&m, NULL, NULL, 32, CM_KV_F32, N, 4, &c, &err), "%s", err.msg);
+        if (c)
+            CHECK(!cm_eval_batch(c, ids, seq, N, want, lg[on], &err), "%s", err.msg);
+        bytes[on] = cm_cpu_decoded_bytes();
+        cm_ctx_free(c);
+    }
+    unsetenv("CODEMOE_DECODE_MB");
+    CHECK(bytes[0] == 0 && bytes[1] > 0, "%s: %zu and %zu bytes decoded", path, bytes[0], bytes[1]);
+    CHECK(cm_cpu_decoded_bytes() == 0, "decoded copies outlive their context");
+    CHECK(lg[0] && lg[1] && !memcmp(lg[0], lg[1], N * V * sizeof(float)),
+          "%s: logits with decoded weights differ", path);
+    printf("%s: %zu bytes kept decoded, logits identical\n", path, bytes[1]);
+    free(lg[0]), free(lg[1]);
+    cm_model_free(&m);
+}
+
 /* A mixture of experts cannot take members' layers. */
 static void test_members_refused(const char *path)
 {
@@ -400,5 +439,11 @@ int main(void)
     test_members_refused(tl_path(path, sizeof path, "%s/fixtures/gguf/mixtral/mixtral-f32.gguf",
                                  shared));
     test_members(tl_path(path, sizeof path, "%s/models/default.gguf", CM_SRCDIR));
+    static const char *const decoded[] = {"kq-q2_k", "kq-q3_k_m", "kq-q4_1", "kq-q4_k_m",
+                                          "kq-q5_k_m", "kq-q6_k"};
+    for (size_t i = 0; i < sizeof decoded / sizeof decoded[0]; i++)
+        test_decoded(tl_path(path, sizeof path, "%s/fixtures/gguf/kquants/%s.gguf", shared,
+                             decoded[i]));
+    test_decoded(tl_path(path, sizeof path, "%s/models/default.gguf", CM_SRCDIR));
     return tl_finish("test_multiseq");
 }

@@ -91,6 +91,34 @@ static void repack_weights(cm_cpu_state *st, const cm_backend_shape *s)
     free(ws);
 }
 
+/* Weights a context stepping several sequences keeps decoded for the
+ * batched kernels (cm_cpu_decode_acquire), within a budget of
+ * CODEMOE_DECODE_MB MiB (default 64; 0 turns it off): the output now (a
+ * code model's largest product), every other 2-D tensor of the file at its
+ * first batched product (a pack's members too, as requests route to
+ * them). */
+static void decode_weights(cm_cpu_state *st, const cm_backend_shape *s)
+{
+    const cm_model *m = s->m;
+    const char *env = getenv("CODEMOE_DECODE_MB");
+    long mb = env ? strtol(env, NULL, 10) : 64;
+    if (s->no_kv || s->n_seq < 2 || mb <= 0)
+        return;
+    cm_tensor *later = calloc(m->file.n_tensors + 1, sizeof *later);
+    if (!later)
+        return;
+    int nl = 0;
+    for (uint64_t i = 0; i < m->file.n_tensors; i++) {
+        const gguf_tensor *g = &m->file.tensors[i];
+        if (g->n_dims == 2 && g->type < CM_TYPE_COUNT)
+            later[nl++] = (cm_tensor){NULL, (enum cm_type)g->type, 2, {g->ne[0], g->ne[1], 1, 1},
+                                      g->data, g->nbytes, NULL, 0};
+    }
+    const cm_tensor *out = &m->output;
+    st->decoded = cm_cpu_decode_acquire(st, &out, 1, later, nl, (size_t)mb << 20);
+    free(later);
+}
+
 /* The token table where lookups drop its mapped pages after reading their
  * rows: where nothing else reads the table in the mapping (an untied one,
  * or one tied to an output read from its repacked copy).  A lookup reads a
@@ -121,6 +149,8 @@ static void cpu_release(cm_backend *be)
     cm_cpu_attention_free(st);
     if (st->repack_key)
         cm_cpu_repack_release(st->repack_key);
+    if (st->decoded)
+        cm_cpu_decode_release(st);
     free(st->rope_cs), free(st->row), free(st->scratch);
     free(st);
     be->state = NULL;
@@ -147,6 +177,7 @@ static cm_status cpu_init(cm_backend *be, const cm_backend_shape *s, cm_err *err
                        s->n_ctx);
     }
     repack_weights(st, s);
+    decode_weights(st, s);
     st->embd_unmap = embd_to_unmap(s);
     return CM_OK;
 }

@@ -22,6 +22,7 @@ typedef struct {
     float *row;           /* n_embd floats: a learned position's embedding */
     void *scratch;        /* activations quantized for the matmul kernels */
     const void *repack_key; /* the model whose weights cm_cpu_repack_acquire took */
+    int decoded;            /* cm_cpu_decode_acquire took weights, keyed by this state */
     const void *embd_unmap; /* the token table whose mapped pages lookups drop, or NULL */
 } cm_cpu_state;
 

@@ -586,6 +586,154 @@ void cm_cpu_table_unmap(const cm_tensor *t)
     drop_pages(t->data, tensor_bytes(t));
 }
 
+/* ---- weights kept decoded (cm_cpu_decode_acquire) ------------------------ */
+
+typedef struct {
+    const char *src; /* the weight's bytes, as cm_matmul receives them */
+    int64_t cols, rows;
+    enum cm_type type;
+    const cm_gemm *g; /* the kernels whose tile layout dst holds */
+    char *dst; /* NULL: not decoded (yet: at its first batched use) */
+} dc_entry;
+
+typedef struct dc_set {
+    const void *key;
+    int refs;
+    dc_entry *e;
+    size_t n, bytes, budget;
+    struct dc_set *next;
+} dc_set;
+
+static dc_set *dc_sets; /* read without the lock only to test for NULL */
+
+static size_t dc_bytes(const cm_gemm *g, int64_t cols, int64_t rows)
+{
+    return ALIGN64(g->work_bytes(cols) * (size_t)((rows + 15) / 16));
+}
+
+/* Decodes e's tiles, the threads sharing them. */
+static void dc_fill(const dc_entry *e)
+{
+    const size_t wrow = cm_row_bytes(e->type, e->cols), tb = e->g->work_bytes(e->cols);
+    const int64_t tiles = (e->rows + 15) / 16;
+    OMP_FOR_IF(tiles > 1, for (int64_t t = 0; t < tiles; t++) {
+        int64_t r1 = 16 * (t + 1) < e->rows ? 16 * (t + 1) : e->rows;
+        e->g->decode(e->cols, e->src, wrow, 16 * t, r1, e->dst + (size_t)t * tb);
+    });
+}
+
+/* Whether w can be kept decoded: a 2-D weight of a kernel that can, not
+ * repacked, not in the set yet. */
+static int dc_candidate(const cm_tensor *w, const dc_set *set)
+{
+    if (!w || !w->data || w->type >= CM_TYPE_COUNT || cm_tensor_rows(w) != w->ne[1])
+        return 0;
+    const cm_gemm *g = cm_kern.gemm[w->type];
+    const cm_type_info *ti = cm_type_get(w->type);
+    const cm_repack *rp;
+    const char *rd;
+    if (!g || !g->decode || !g->decoded || !ti || !ti->supported ||
+        w->ne[0] % ti->block_elems || rp_find(w, &rp, &rd))
+        return 0;
+    for (size_t i = 0; i < set->n; i++)
+        if (set->e[i].src == (const char *)w->data)
+            return 0;
+    return 1;
+}
+
+/* Decodes e if the budget has room for it (with the lock held). */
+static void dc_decode(dc_set *set, dc_entry *e)
+{
+    size_t b = dc_bytes(e->g, e->cols, e->rows);
+    if (set->bytes + b > set->budget || posix_memalign((void **)&e->dst, 64, b) != 0)
+        return;
+    dc_fill(e);
+    set->bytes += b;
+}
+
+int cm_cpu_decode_acquire(const void *key, const cm_tensor *const *ws, int nw,
+                          const cm_tensor *later, int nl, size_t budget)
+{
+    pthread_mutex_lock(&rp_lock);
+    for (dc_set *s = dc_sets; s; s = s->next)
+        if (s->key == key) {
+            s->refs++;
+            pthread_mutex_unlock(&rp_lock);
+            return 1;
+        }
+    pthread_mutex_unlock(&rp_lock);
+    dc_set *set = calloc(1, sizeof *set);
+    if (!set || (nw + nl > 0 && !(set->e = calloc((size_t)(nw + nl), sizeof *set->e)))) {
+        free(set);
+        return 0;
+    }
+    set->key = key, set->refs = 1, set->budget = budget;
+    for (int i = 0; i < nw + nl; i++) {
+        const cm_tensor *w = i < nw ? ws[i] : &later[i - nw];
+        if (!dc_candidate(w, set))
+            continue;
+        dc_entry *e = &set->e[set->n++];
+        *e = (dc_entry){w->data, w->ne[0], w->ne[1], w->type, cm_kern.gemm[w->type], NULL};
+        if (i < nw)
+            dc_decode(set, e);
+    }
+    pthread_mutex_lock(&rp_lock);
+    set->next = dc_sets;
+    __atomic_store_n(&dc_sets, set, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&rp_lock);
+    return 1;
+}
+
+void cm_cpu_decode_release(const void *key)
+{
+    pthread_mutex_lock(&rp_lock);
+    for (dc_set **p = &dc_sets; *p; p = &(*p)->next) {
+        dc_set *s = *p;
+        if (s->key != key || --s->refs > 0)
+            continue;
+        __atomic_store_n(p, s->next, __ATOMIC_RELEASE);
+        for (size_t i = 0; i < s->n; i++)
+            free(s->e[i].dst);
+        free(s->e), free(s);
+        break;
+    }
+    pthread_mutex_unlock(&rp_lock);
+}
+
+size_t cm_cpu_decoded_bytes(void)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&rp_lock);
+    for (dc_set *s = dc_sets; s; s = s->next)
+        n += s->bytes;
+    pthread_mutex_unlock(&rp_lock);
+    return n;
+}
+
+/* w's decoded tiles for kernel g, or NULL: only a whole matrix decoded by
+ * the same kernels (the table in use) counts; one registered but not yet
+ * decoded is decoded now, if the budget has room. */
+static const char *dc_find(const cm_tensor *w, const cm_gemm *g)
+{
+    if (!__atomic_load_n(&dc_sets, __ATOMIC_ACQUIRE) || !g->decoded)
+        return NULL;
+    const char *found = NULL;
+    pthread_mutex_lock(&rp_lock);
+    for (dc_set *s = dc_sets; s && !found; s = s->next)
+        for (size_t i = 0; i < s->n; i++) {
+            dc_entry *e = &s->e[i];
+            if (e->src == (const char *)w->data && e->g == g && e->cols == w->ne[0] &&
+                e->rows == w->ne[1] && e->type == w->type) {
+                if (!e->dst)
+                    dc_decode(s, e);
+                found = e->dst;
+                break;
+            }
+        }
+    pthread_mutex_unlock(&rp_lock);
+    return found;
+}
+
 static void no_kernel(enum cm_type type)
 {
     char buf[32];
@@ -681,6 +829,7 @@ typedef struct {
     size_t xrow, wb, gb;
     cm_quantize_fn quant;
     const void *xin;
+    const char *const *dec; /* [nw]: weight i's decoded tiles, or NULL */
 } gemm_job;
 
 /* The calling thread's part of a batched product (all of it off a team). */
@@ -699,7 +848,11 @@ static void gemm_share(const gemm_job *j)
     int64_t tile0 = 0, r0, r1;
     for (int i = 0; i < j->nw; i++) {
         const int64_t rows = j->ws[i]->ne[1];
-        if (share_rows(j->all_tiles, id, n, tile0, rows, &r0, &r1))
+        if (!share_rows(j->all_tiles, id, n, tile0, rows, &r0, &r1))
+            ;
+        else if (i < 8 && j->dec[i]) /* (matmul_gemm looks up 8 at most) */
+            j->gs[i]->decoded(j->cols, j->dec[i], r0, r1, rows, j->xin, j->n_tok, j->ys[i], rows);
+        else
             j->gs[i]->rows(j->cols, j->ws[i]->data, cm_row_bytes(j->ws[i]->type, j->cols), r0,
                            r1, j->xin, j->n_tok, j->ys[i], rows, j->work + (size_t)id * j->wb);
         tile0 += (rows + 15) / 16;
@@ -711,8 +864,12 @@ static void matmul_gemm(const cm_gemm *const *gs, const cm_tensor *const *ws, in
 {
     const cm_tensor *w = ws[0];
     const cm_gemm *g = gs[0];
+    enum { MAX_N = 8 };
+    const char *dec[MAX_N] = {0};
+    for (int i = 0; i < nw && i < MAX_N; i++)
+        dec[i] = dc_find(ws[i], gs[i]);
     gemm_job j = {gs, ws, nw, x, n_tok, w->ne[0], (n_tok + g->group - 1) / g->group, 0, ys,
-                  scratch, NULL, NULL, act_row_bytes(w), 0, 0, NULL, NULL};
+                  scratch, NULL, NULL, act_row_bytes(w), 0, 0, NULL, NULL, dec};
     j.wb = ALIGN64(g->work_bytes(j.cols));
     j.gb = g->pack_bytes ? g->pack_bytes(j.cols) : 0;
     j.xp = scratch + ALIGN64(j.xrow * (size_t)n_tok);

@@ -66,6 +66,19 @@ void cm_cpu_repack_release(const void *key);
 void cm_cpu_repack_drop_experts(const void *key);
 /* Bytes of weights repacked now (all keys). */
 size_t cm_cpu_repacked_bytes(void);
+/* Weights kept decoded for the batched kernels: each 2-D weight of ws and
+ * later whose table kernel can (cm_gemm.decode) and which is not repacked
+ * gets its tiles decoded once, those of ws now (in that order), those of
+ * later at their first batched product, while the decoded copies fit in
+ * budget bytes; cm_matmul's batched products then skip decoding them.
+ * For contexts that step several sequences a few tokens at a time, where
+ * decoding a tile costs as much as its multiplies; decoded tiles take
+ * about twice the K-quants' bytes.  Counted per key like the repacked
+ * copies; 0: out of memory, nothing held. */
+int cm_cpu_decode_acquire(const void *key, const cm_tensor *const *ws, int nw,
+                          const cm_tensor *later, int nl, size_t budget);
+void cm_cpu_decode_release(const void *key);
+size_t cm_cpu_decoded_bytes(void);
 /* Whether the 2-D weight w is read from a repacked copy. */
 int cm_cpu_is_repacked(const cm_tensor *w);
 /* A table read a few rows at a time (token embeddings) out of the file

@@ -325,6 +325,16 @@ static void decode_tile(dec_fn dec, const uint8_t *w, size_t wrow, int nr, int64
         dec(w + (size_t)i * wrow, nblk, tile, i);
 }
 
+/* Decodes the tiles of rows [r0, r1) (r0 a multiple of TR) one after the
+ * other into dst: weights kept decoded (cm_gemm.decode). */
+static inline void decode_tiles(dec_fn dec, const uint8_t *w, size_t wrow, int64_t r0, int64_t r1,
+                                int64_t nblk, size_t blk_bytes, uint8_t *dst)
+{
+    for (int64_t rt = r0; rt < r1; rt += TR)
+        decode_tile(dec, w + rt * wrow, wrow, r1 - rt < TR ? (int)(r1 - rt) : TR, nblk,
+                    blk_bytes, dst + (size_t)((rt - r0) / TR) * nblk * blk_bytes);
+}
+
 /* ---- repacked q4_0 / q5_0 / q8_0 tiles (cm_repack) --------------------------
  * Made once per weight (cpu.c's repack registry) for the generation
  * kernels of kernels_avx2_gemm.c and kernels_avx512_gemm.c, which stream a

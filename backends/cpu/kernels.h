@@ -49,6 +49,14 @@ typedef struct {
     /* x: the packed groups (or, when pack_bytes is 0, the float rows) */
     void (*rows)(int64_t cols, const void *w, size_t wrow, int64_t r0, int64_t r1,
                  const void *x, int64_t n_tok, float *y, int64_t ldy, void *work);
+    /* optional, for weights kept decoded (cm_cpu_decode_acquire): decode()
+     * writes the tiles of rows [r0, r1) (r0 a multiple of 16) to dst,
+     * work_bytes(cols) each, and decoded() is rows() on a matrix of `rows`
+     * rows whose every tile is there.  A few tokens a step (a server's
+     * slots) spend as long decoding each tile as multiplying it. */
+    void (*decode)(int64_t cols, const void *w, size_t wrow, int64_t r0, int64_t r1, void *dst);
+    void (*decoded)(int64_t cols, const void *tiles, int64_t r0, int64_t r1, int64_t rows,
+                    const void *x, int64_t n_tok, float *y, int64_t ldy);
 } cm_gemm;
 
 /* A matrix-vector product (generation) whose activation row is rearranged

@@ -276,44 +276,75 @@ INLINE void legacy_groups(int64_t nb, const uint8_t *work, const void *x, int64_
     }
 }
 
-#define LEGACY_ROWS(name, dec, has_m, q8)                                       \
+/* A decoded K-quant tile (nr rows, at y's column 0) against every token
+ * group of x. */
+INLINE void k_groups(int64_t nsb, const uint8_t *work, const void *x, int64_t n_tok, float *y,
+                     int64_t ldy, int nr, const int ns, const int mins)
+{
+    for (int64_t t0 = 0; t0 < n_tok; t0 += G2) {
+        const uint8_t *xp = (const uint8_t *)x + (t0 / G2) * nsb * XK2;
+        float out[TR][G2];
+        for (int q = 0; q < TR; q += MR2) {
+            __m256 acc[MR2];
+            mk_k(nsb, work, xp, acc, q, ns, mins);
+            for (int r = 0; r < MR2; r++)
+                _mm256_storeu_ps(out[q + r], acc[r]);
+        }
+        int nt = n_tok - t0 < G2 ? (int)(n_tok - t0) : G2;
+        store_block(out, y + t0 * ldy, ldy, nr, nt);
+    }
+}
+
+/* rows() of one format (GROUPS: legacy_groups or k_groups with the
+ * format's arguments; blk elements and bbytes decoded bytes a block), and
+ * its split for weights kept decoded (cm_gemm.decode): name##_decode and
+ * name##_decoded. */
+#define ROWS(name, dec, blk, bbytes, GROUPS)                                    \
     static void name(int64_t cols, const void *w, size_t wrow, int64_t r0,      \
                      int64_t r1, const void *x, int64_t n_tok, float *y,        \
                      int64_t ldy, void *work)                                   \
     {                                                                           \
-        const int64_t nb = cols / 32;                                           \
+        const int64_t nb = cols / (blk);                                        \
         for (int64_t rt = r0; rt < r1; rt += TR) {                              \
             int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;                        \
-            decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nb, LB,  \
-                        work);                                                  \
-            legacy_groups(nb, work, x, n_tok, y + rt, ldy, nr, has_m, q8);      \
+            decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nb,      \
+                        bbytes, work);                                          \
+            GROUPS(nb, work, x, n_tok, y + rt, ldy, nr);                        \
+        }                                                                       \
+    }                                                                           \
+    __attribute__((unused)) static void name##_decode(int64_t cols, const void *w, size_t wrow, \
+                              int64_t r0, int64_t r1, void *dst)                \
+    {                                                                           \
+        decode_tiles(dec, w, wrow, r0, r1, cols / (blk), bbytes, dst);          \
+    }                                                                           \
+    __attribute__((unused)) static void name##_decoded(int64_t cols, const void *tiles, int64_t r0, \
+                               int64_t r1, int64_t rows, const void *x,         \
+                               int64_t n_tok, float *y, int64_t ldy)            \
+    {                                                                           \
+        const int64_t nb = cols / (blk);                                        \
+        for (int64_t rt = r0; rt < r1; rt += TR) {                              \
+            int nr = rows - rt < TR ? (int)(rows - rt) : TR;                    \
+            nr = r1 - rt < nr ? (int)(r1 - rt) : nr;                            \
+            GROUPS(nb, (const uint8_t *)tiles + (size_t)(rt / TR) * nb * (bbytes), \
+                   x, n_tok, y + rt, ldy, nr);                                  \
         }                                                                       \
     }
 
-#define K_ROWS(name, dec, ns, mins)                                             \
-    static void name(int64_t cols, const void *w, size_t wrow, int64_t r0,      \
-                     int64_t r1, const void *x, int64_t n_tok, float *y,        \
-                     int64_t ldy, void *work)                                   \
+#define LEGACY_ROWS(name, dec, has_m, q8)                                       \
+    INLINE void name##_groups(int64_t nb, const uint8_t *work, const void *x,   \
+                              int64_t n_tok, float *y, int64_t ldy, int nr)     \
     {                                                                           \
-        const int64_t nsb = cols / QK_K;                                        \
-        for (int64_t rt = r0; rt < r1; rt += TR) {                              \
-            int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;                        \
-            decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nsb,     \
-                        KB(ns), work);                                          \
-            for (int64_t t0 = 0; t0 < n_tok; t0 += G2) {                        \
-                const uint8_t *xp = (const uint8_t *)x + (t0 / G2) * nsb * XK2; \
-                float out[TR][G2];                                              \
-                for (int q = 0; q < TR; q += MR2) {                             \
-                    __m256 acc[MR2];                                            \
-                    mk_k(nsb, work, xp, acc, q, ns, mins);                      \
-                    for (int r = 0; r < MR2; r++)                               \
-                        _mm256_storeu_ps(out[q + r], acc[r]);                   \
-                }                                                               \
-                int nt = n_tok - t0 < G2 ? (int)(n_tok - t0) : G2;              \
-                store_block(out, y + t0 * ldy + rt, ldy, nr, nt);              \
-            }                                                                   \
-        }                                                                       \
-    }
+        legacy_groups(nb, work, x, n_tok, y, ldy, nr, has_m, q8);               \
+    }                                                                           \
+    ROWS(name, dec, 32, LB, name##_groups)
+
+#define K_ROWS(name, dec, ns, mins)                                             \
+    INLINE void name##_groups(int64_t nsb, const uint8_t *work, const void *x,  \
+                              int64_t n_tok, float *y, int64_t ldy, int nr)     \
+    {                                                                           \
+        k_groups(nsb, work, x, n_tok, y, ldy, nr, ns, mins);                    \
+    }                                                                           \
+    ROWS(name, dec, QK_K, KB(ns), name##_groups)
 
 LEGACY_ROWS(rows_q8_0, dec_q8_0, 0, 1)
 LEGACY_ROWS(rows_q4_0, dec_q4_0, 0, 0)
@@ -330,16 +361,16 @@ static size_t work_legacy(int64_t cols) { return (size_t)(cols / 32) * LB; }
 static size_t work_k8(int64_t cols) { return (size_t)(cols / QK_K) * KB(8); }
 static size_t work_k16(int64_t cols) { return (size_t)(cols / QK_K) * KB(16); }
 
-static const cm_gemm g_q8_0 = {G2, xbytes_legacy, work_legacy, pack_q8_0_signed, rows_q8_0};
-static const cm_gemm g_q4_0 = {G2, xbytes_legacy, work_legacy, pack_q8_0, rows_q4_0};
-static const cm_gemm g_q5_0 = {G2, xbytes_legacy, work_legacy, pack_q8_0, rows_q5_0};
-static const cm_gemm g_q4_1 = {G2, xbytes_legacy, work_legacy, pack_q8_1, rows_q4_1};
-static const cm_gemm g_q5_1 = {G2, xbytes_legacy, work_legacy, pack_q8_1, rows_q5_1};
-static const cm_gemm g_q4_K = {G2, xbytes_k, work_k8, pack_q8_K, rows_q4_K};
-static const cm_gemm g_q5_K = {G2, xbytes_k, work_k8, pack_q8_K, rows_q5_K};
-static const cm_gemm g_q6_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q6_K};
-static const cm_gemm g_q3_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q3_K};
-static const cm_gemm g_q2_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q2_K};
+static const cm_gemm g_q8_0 = {G2, xbytes_legacy, work_legacy, pack_q8_0_signed, rows_q8_0, rows_q8_0_decode, rows_q8_0_decoded};
+static const cm_gemm g_q4_0 = {G2, xbytes_legacy, work_legacy, pack_q8_0, rows_q4_0, rows_q4_0_decode, rows_q4_0_decoded};
+static const cm_gemm g_q5_0 = {G2, xbytes_legacy, work_legacy, pack_q8_0, rows_q5_0, rows_q5_0_decode, rows_q5_0_decoded};
+static const cm_gemm g_q4_1 = {G2, xbytes_legacy, work_legacy, pack_q8_1, rows_q4_1, rows_q4_1_decode, rows_q4_1_decoded};
+static const cm_gemm g_q5_1 = {G2, xbytes_legacy, work_legacy, pack_q8_1, rows_q5_1, rows_q5_1_decode, rows_q5_1_decoded};
+static const cm_gemm g_q4_K = {G2, xbytes_k, work_k8, pack_q8_K, rows_q4_K, rows_q4_K_decode, rows_q4_K_decoded};
+static const cm_gemm g_q5_K = {G2, xbytes_k, work_k8, pack_q8_K, rows_q5_K, rows_q5_K_decode, rows_q5_K_decoded};
+static const cm_gemm g_q6_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q6_K, rows_q6_K_decode, rows_q6_K_decoded};
+static const cm_gemm g_q3_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q3_K, rows_q3_K_decode, rows_q3_K_decoded};
+static const cm_gemm g_q2_K = {G2, xbytes_k, work_k16, pack_q8_K, rows_q2_K, rows_q2_K_decode, rows_q2_K_decoded};
 
 /* ---- repacked q4_0 / q5_0 / q8_0 tiles (cm_repack) -------------------------
  * gemm_decode.h's tiles (the AVX-512 table's layout), each 64-byte vector
@@ -502,7 +533,7 @@ INLINE void rp2_rows(int64_t cols, const void *w, size_t wrow, int64_t r0, int64
         rp2_rows(cols, w, wrow, r0, r1, x, n_tok, y, ldy, work, kind);           \
     }                                                                            \
     static const cm_gemm g_rp2_##t = {G2, xbytes_legacy, work_legacy, xpack,     \
-                                      rp2_rows_##t};                             \
+                                      rp2_rows_##t, NULL, NULL};                 \
     static const cm_repack rp2_##t = {rp2_pack_##t, rp_x_bytes, rp2_x_pack_##t,  \
                                       rp2_gemv_##t, rp2_gemv_pf_##t, &g_rp2_##t};
 RP2_FNS(q4_0, RP_Q4_0, 8, pack_q8_0)
@@ -615,7 +646,7 @@ static void rp2_gemv_pf_q4_K(int64_t cols, const void *t, const void *xp, float 
 }
 
 K_ROWS(rp2_rows_q4_K, dec_rp_q4_K, 8, 1)
-static const cm_gemm g_rp2_q4_K = {G2, xbytes_k, work_k8, pack_q8_K, rp2_rows_q4_K};
+static const cm_gemm g_rp2_q4_K = {G2, xbytes_k, work_k8, pack_q8_K, rp2_rows_q4_K, NULL, NULL};
 static const cm_repack rp2_q4_K = {rp_pack_q4_K, rp_kx_bytes, rp_kx_pack, rp2_gemv_q4_K,
                                    rp2_gemv_pf_q4_K, &g_rp2_q4_K};
 
@@ -727,7 +758,7 @@ static void rp2_gemv_pf_q6_K(int64_t cols, const void *t, const void *xp, float 
 }
 
 K_ROWS(rp2_rows_q6_K, dec_rp_q6_K, 16, 0)
-static const cm_gemm g_rp2_q6_K = {G2, xbytes_k, work_k16, pack_q8_K, rp2_rows_q6_K};
+static const cm_gemm g_rp2_q6_K = {G2, xbytes_k, work_k16, pack_q8_K, rp2_rows_q6_K, NULL, NULL};
 static const cm_repack rp2_q6_K = {rp_pack_q6_K, rp_k6x_bytes, rp_k6x_pack, rp2_gemv_q6_K,
                                    rp2_gemv_pf_q6_K, &g_rp2_q6_K};
 

@@ -304,8 +304,22 @@ INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *ac
 /* rows() of one format: each 16-row tile decoded once, then multiplied by
  * every group of 16 tokens (MK: the format's micro-kernel, MR rows at a
  * time; blk elements and bbytes decoded bytes per block, xbytes packed
- * activation bytes per block and group). */
+ * activation bytes per block and group).  name##_decode and name##_decoded
+ * split the two for weights kept decoded (cm_gemm.decode). */
 #define ROWS(name, dec, blk, bbytes, xbytes, MK)                                \
+    INLINE void name##_tile(int64_t nb, const uint8_t *tile, int64_t rt, int nr, \
+                            const void *x, int64_t n_tok, float *y, int64_t ldy, \
+                            int stream)                                         \
+    {                                                                           \
+        for (int64_t t0 = 0; t0 < n_tok; t0 += G) {                             \
+            const uint8_t *xp = (const uint8_t *)x + (t0 / G) * nb * xbytes;    \
+            __m512 acc[16];                                                     \
+            MK(nb, tile, xp, acc, 0);                                           \
+            MK(nb, tile, xp, acc + MR, MR);                                     \
+            int nt = n_tok - t0 < G ? (int)(n_tok - t0) : G;                    \
+            store_block(acc, y + t0 * ldy + rt, ldy, nr, nt, stream);          \
+        }                                                                       \
+    }                                                                           \
     static void name(int64_t cols, const void *w, size_t wrow, int64_t r0,      \
                      int64_t r1, const void *x, int64_t n_tok, float *y,        \
                      int64_t ldy, void *work)                                   \
@@ -316,16 +330,29 @@ INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *ac
             int nr = r1 - rt < TR ? (int)(r1 - rt) : TR;                        \
             decode_tile(dec, (const uint8_t *)w + rt * wrow, wrow, nr, nb,      \
                         bbytes, work);                                          \
-            for (int64_t t0 = 0; t0 < n_tok; t0 += G) {                         \
-                const uint8_t *xp = (const uint8_t *)x + (t0 / G) * nb * xbytes; \
-                __m512 acc[16];                                                 \
-                MK(nb, work, xp, acc, 0);                                       \
-                MK(nb, work, xp, acc + MR, MR);                                 \
-                int nt = n_tok - t0 < G ? (int)(n_tok - t0) : G;                \
-                store_block(acc, y + t0 * ldy + rt, ldy, nr, nt, stream);      \
-            }                                                                   \
+            name##_tile(nb, work, rt, nr, x, n_tok, y, ldy, stream);            \
         }                                                                       \
         if (stream) /* order the streamed lines before the caller's barrier */  \
+            _mm_sfence();                                                       \
+    }                                                                           \
+    __attribute__((unused)) static void name##_decode(int64_t cols, const void *w, size_t wrow, \
+                              int64_t r0, int64_t r1, void *dst)                \
+    {                                                                           \
+        decode_tiles(dec, w, wrow, r0, r1, cols / (blk), bbytes, dst);          \
+    }                                                                           \
+    __attribute__((unused)) static void name##_decoded(int64_t cols, const void *tiles, int64_t r0, \
+                               int64_t r1, int64_t rows, const void *x,         \
+                               int64_t n_tok, float *y, int64_t ldy)            \
+    {                                                                           \
+        const int64_t nb = cols / (blk);                                        \
+        const int stream = (size_t)ldy * (size_t)n_tok * 4 >= STREAM_BYTES;     \
+        for (int64_t rt = r0; rt < r1; rt += TR) {                              \
+            int nr = rows - rt < TR ? (int)(rows - rt) : TR;                    \
+            nr = r1 - rt < nr ? (int)(r1 - rt) : nr;                            \
+            name##_tile(nb, (const uint8_t *)tiles + (size_t)(rt / TR) * nb * bbytes, \
+                        rt, nr, x, n_tok, y, ldy, stream);                      \
+        }                                                                       \
+        if (stream)                                                             \
             _mm_sfence();                                                       \
     }
 
@@ -370,27 +397,30 @@ static size_t work_k8(int64_t cols) { return (size_t)(cols / QK_K) * KB(8); }
 static size_t work_k16(int64_t cols) { return (size_t)(cols / QK_K) * KB(16); }
 
 #define GEMM(name, pack, rows, xb, wb) \
-    static const cm_gemm name = {G, xb, wb, pack, rows};
+    static const cm_gemm name = {G, xb, wb, pack, rows, NULL, NULL};
+/* ... whose weights can also be kept decoded */
+#define GEMM_D(name, pack, rows, xb, wb) \
+    static const cm_gemm name = {G, xb, wb, pack, rows, rows##_decode, rows##_decoded};
 
-GEMM(g_q8_0, pack_q8_0, rows_q8_0, xbytes_legacy, work_legacy)
-GEMM(g_q4_0_vnni, pack_q8_0, rows_q4_0_vnni, xbytes_legacy, work_legacy)
-GEMM(g_q4_0_plain, pack_q8_0, rows_q4_0_plain, xbytes_legacy, work_legacy)
-GEMM(g_q5_0_vnni, pack_q8_0, rows_q5_0_vnni, xbytes_legacy, work_legacy)
-GEMM(g_q5_0_plain, pack_q8_0, rows_q5_0_plain, xbytes_legacy, work_legacy)
-GEMM(g_q4_1_vnni, pack_q8_1, rows_q4_1_vnni, xbytes_legacy, work_legacy)
-GEMM(g_q4_1_plain, pack_q8_1, rows_q4_1_plain, xbytes_legacy, work_legacy)
-GEMM(g_q5_1_vnni, pack_q8_1, rows_q5_1_vnni, xbytes_legacy, work_legacy)
-GEMM(g_q5_1_plain, pack_q8_1, rows_q5_1_plain, xbytes_legacy, work_legacy)
-GEMM(g_q4_K_vnni, pack_q8_K, rows_q4_K_vnni, xbytes_k, work_k8)
-GEMM(g_q4_K_plain, pack_q8_K, rows_q4_K_plain, xbytes_k, work_k8)
-GEMM(g_q5_K_vnni, pack_q8_K, rows_q5_K_vnni, xbytes_k, work_k8)
-GEMM(g_q5_K_plain, pack_q8_K, rows_q5_K_plain, xbytes_k, work_k8)
-GEMM(g_q6_K_vnni, pack_q8_K, rows_q6_K_vnni, xbytes_k, work_k16)
-GEMM(g_q6_K_plain, pack_q8_K, rows_q6_K_plain, xbytes_k, work_k16)
-GEMM(g_q3_K_vnni, pack_q8_K, rows_q3_K_vnni, xbytes_k, work_k16)
-GEMM(g_q3_K_plain, pack_q8_K, rows_q3_K_plain, xbytes_k, work_k16)
-GEMM(g_q2_K_vnni, pack_q8_K, rows_q2_K_vnni, xbytes_k, work_k16)
-GEMM(g_q2_K_plain, pack_q8_K, rows_q2_K_plain, xbytes_k, work_k16)
+GEMM_D(g_q8_0, pack_q8_0, rows_q8_0, xbytes_legacy, work_legacy)
+GEMM_D(g_q4_0_vnni, pack_q8_0, rows_q4_0_vnni, xbytes_legacy, work_legacy)
+GEMM_D(g_q4_0_plain, pack_q8_0, rows_q4_0_plain, xbytes_legacy, work_legacy)
+GEMM_D(g_q5_0_vnni, pack_q8_0, rows_q5_0_vnni, xbytes_legacy, work_legacy)
+GEMM_D(g_q5_0_plain, pack_q8_0, rows_q5_0_plain, xbytes_legacy, work_legacy)
+GEMM_D(g_q4_1_vnni, pack_q8_1, rows_q4_1_vnni, xbytes_legacy, work_legacy)
+GEMM_D(g_q4_1_plain, pack_q8_1, rows_q4_1_plain, xbytes_legacy, work_legacy)
+GEMM_D(g_q5_1_vnni, pack_q8_1, rows_q5_1_vnni, xbytes_legacy, work_legacy)
+GEMM_D(g_q5_1_plain, pack_q8_1, rows_q5_1_plain, xbytes_legacy, work_legacy)
+GEMM_D(g_q4_K_vnni, pack_q8_K, rows_q4_K_vnni, xbytes_k, work_k8)
+GEMM_D(g_q4_K_plain, pack_q8_K, rows_q4_K_plain, xbytes_k, work_k8)
+GEMM_D(g_q5_K_vnni, pack_q8_K, rows_q5_K_vnni, xbytes_k, work_k8)
+GEMM_D(g_q5_K_plain, pack_q8_K, rows_q5_K_plain, xbytes_k, work_k8)
+GEMM_D(g_q6_K_vnni, pack_q8_K, rows_q6_K_vnni, xbytes_k, work_k16)
+GEMM_D(g_q6_K_plain, pack_q8_K, rows_q6_K_plain, xbytes_k, work_k16)
+GEMM_D(g_q3_K_vnni, pack_q8_K, rows_q3_K_vnni, xbytes_k, work_k16)
+GEMM_D(g_q3_K_plain, pack_q8_K, rows_q3_K_plain, xbytes_k, work_k16)
+GEMM_D(g_q2_K_vnni, pack_q8_K, rows_q2_K_vnni, xbytes_k, work_k16)
+GEMM_D(g_q2_K_plain, pack_q8_K, rows_q2_K_plain, xbytes_k, work_k16)
 
 /* ---- float weights ---------------------------------------------------------
  * Outer products.  A tile of FR = 32 weight rows is laid out k-major
@@ -511,8 +541,8 @@ static void rows_f16(int64_t cols, const void *w, size_t wrow, int64_t r0, int64
 
 static size_t work_float(int64_t cols) { return (size_t)FR * (size_t)cols * sizeof(float); }
 
-static const cm_gemm g_f32 = {G, NULL, work_float, NULL, rows_f32};
-static const cm_gemm g_f16 = {G, NULL, work_float, NULL, rows_f16};
+static const cm_gemm g_f32 = {G, NULL, work_float, NULL, rows_f32, NULL, NULL};
+static const cm_gemm g_f16 = {G, NULL, work_float, NULL, rows_f16, NULL, NULL};
 
 /* ---- repacked q4_0 / q5_0 / q8_0 tiles (cm_repack) ------------------------
  * The tile layout and its packing are gemm_decode.h's (rp_pack_tile), shared

@@ -644,7 +644,7 @@ BODY void rows_body(int64_t cols, const void *w, size_t wrow, int64_t r0, int64_
 
 #define GEMM(t, dec, ns, np, ATTR, sfx, pass, isum, pk, xb, wb)               \
     ROWS(t, dec, ns, np, ATTR, sfx, pass, isum)                               \
-    static const cm_gemm g_##t##_##sfx = {G, xb, wb, pk##_##sfx, rows_##t##_##sfx};
+    static const cm_gemm g_##t##_##sfx = {G, xb, wb, pk##_##sfx, rows_##t##_##sfx, NULL, NULL};
 
 #define ALL_TYPES(ATTR, sfx, pass, isum)                                           \
     GEMM(q8_0, dec_q8_0, 0, 0, ATTR, sfx, pass, isum, pack_q8_0, xbytes_legacy,    \

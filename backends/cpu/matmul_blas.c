@@ -69,8 +69,8 @@ static size_t work_f16(int64_t cols)
     return (size_t)F16_TILE * (size_t)cols * sizeof(float);
 }
 
-static const cm_gemm blas_f32 = {1, NULL, work_f32, NULL, rows_f32};
-static const cm_gemm blas_f16 = {1, NULL, work_f16, NULL, rows_f16};
+static const cm_gemm blas_f32 = {1, NULL, work_f32, NULL, rows_f32, NULL, NULL};
+static const cm_gemm blas_f16 = {1, NULL, work_f16, NULL, rows_f16, NULL, NULL};
 
 const cm_gemm *cm_blas_gemm(enum cm_type type, int64_t *min_tok)
 {

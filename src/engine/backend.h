@@ -51,6 +51,7 @@ typedef struct {
     cm_kv_type kv;
     int no_kv;          /* only running ops another backend lacks: no cache */
     int device;         /* which of the backend's devices, -1: its choice */
+    int n_seq;          /* sequences stepped together (0 or 1: one) */
 } cm_backend_shape;
 
 /* One token's choice of experts: k indices and their gate weights. */

@@ -73,7 +73,7 @@ size_t cm_ctx_bytes_estimate(const cm_model *m, const cm_backend_ops *be, int n_
     size_t per_row = 0;
     for (int i = 0, n = act_specs(hp, s); i < n; i++)
         per_row += (size_t)s[i].cols * sizeof(float);
-    cm_backend_shape shape = {m, n_ctx, n_batch < n_ctx ? n_batch : n_ctx, kv, 0, -1};
+    cm_backend_shape shape = {m, n_ctx, n_batch < n_ctx ? n_batch : n_ctx, kv, 0, -1, 1};
     return (size_t)shape.n_batch * (per_row + host_row_bytes(hp)) +
            (size_t)hp->n_vocab * sizeof(float) + cm_backend_bytes(be, &shape);
 }
@@ -177,7 +177,7 @@ static cm_status ctx_new(const cm_model *m, const cm_backend_ops *backend,
     c->kv_type = kv;
     cm_status s = kv_model(c, m, n_seq, err);
     cm_backend_shape shape = {n_seq > 1 ? &c->kvm : m, n_ctx, c->n_batch, kv, 0,
-                              place ? place->device : -1};
+                              place ? place->device : -1, n_seq};
     if (!s)
         s = cm_backend_new(backend ? backend : &cm_backend_cpu_ops, &shape, &c->be, err);
     if (!s)
