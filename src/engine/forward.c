@@ -540,6 +540,17 @@ cm_status cm_eval(cm_ctx *c, const int32_t *ids, int n, float *all_logits, cm_er
 
 /* ---------------------------------------------------- several sequences */
 
+/* Row i, of key k (a sequence, or a pack member), joins the last run when
+ * that run has the same key, else starts one at position pos. */
+static void add_to_runs(cm_run *runs, int *n_runs, int k, int i, int pos)
+{
+    cm_run *u = *n_runs ? &runs[*n_runs - 1] : NULL;
+    if (u && u->seq == k)
+        u->n++;
+    else
+        runs[(*n_runs)++] = (cm_run){k, i, 1, pos};
+}
+
 /* One batch of several sequences (n <= n_batch): runs of consecutive
  * tokens of one sequence; the wanted rows' logits to out, in order. */
 static void eval_multi(cm_ctx *c, const int32_t *ids, const int32_t *seq, int n,
@@ -550,11 +561,7 @@ static void eval_multi(cm_ctx *c, const int32_t *ids, const int32_t *seq, int n,
     int n_out = 0;
     c->n_runs = 0;
     for (int i = 0; i < n; i++) {
-        cm_run *u = c->n_runs ? &c->runs[c->n_runs - 1] : NULL;
-        if (u && u->seq == seq[i])
-            u->n++;
-        else
-            c->runs[c->n_runs++] = (cm_run){seq[i], i, 1, c->seq_past[seq[i]]};
+        add_to_runs(c->runs, &c->n_runs, seq[i], i, c->seq_past[seq[i]]);
         c->seq_past[seq[i]]++;
         if (want && want[i])
             c->out_rows[n_out++] = i;
@@ -600,6 +607,28 @@ static cm_status check_multi(const cm_ctx *c, const int32_t *ids, const int32_t 
     return s;
 }
 
+static void member_runs(cm_ctx *c, const int32_t *member, int n);
+
+/* Checked tokens of several sequences in batches of at most n_batch;
+ * member: each row's pack member (cm_ctx_set_members), or NULL. */
+static void eval_multi_all(cm_ctx *c, const int32_t *ids, const int32_t *seq,
+                           const int32_t *member, int n, const uint8_t *want, float *logits)
+{
+    const size_t n_vocab = (size_t)c->m->hp.n_vocab;
+    for (int done = 0; done < n;) {
+        int nb = n - done < c->n_batch ? n - done : c->n_batch, rows = 0;
+        if (member)
+            member_runs(c, member + done, nb);
+        eval_multi(c, ids + done, seq + done, nb, want ? want + done : NULL, logits);
+        for (int i = 0; want && i < nb; i++)
+            rows += want[done + i] != 0;
+        if (rows) /* logits may be NULL when no row is wanted */
+            logits += rows * n_vocab;
+        done += nb;
+    }
+    c->n_mem_runs = 0;
+}
+
 cm_status cm_eval_batch(cm_ctx *c, const int32_t *ids, const int32_t *seq, int n,
                         const uint8_t *want, float *logits, cm_err *err)
 {
@@ -616,16 +645,7 @@ cm_status cm_eval_batch(cm_ctx *c, const int32_t *ids, const int32_t *seq, int n
         c->seq_past[0] = c->n_past;
         return s;
     }
-    const size_t n_vocab = (size_t)c->m->hp.n_vocab;
-    for (int done = 0; done < n;) {
-        int nb = n - done < c->n_batch ? n - done : c->n_batch, rows = 0;
-        eval_multi(c, ids + done, seq + done, nb, want ? want + done : NULL, logits);
-        for (int i = 0; want && i < nb; i++)
-            rows += want[done + i] != 0;
-        if (rows) /* logits may be NULL when no row is wanted */
-            logits += rows * n_vocab;
-        done += nb;
-    }
+    eval_multi_all(c, ids, seq, NULL, n, want, logits);
     return CM_OK;
 }
 
@@ -673,13 +693,8 @@ cm_status cm_ctx_set_members(cm_ctx *c, cm_layer *const *layers, int n, cm_err *
 static void member_runs(cm_ctx *c, const int32_t *member, int n)
 {
     c->n_mem_runs = 0;
-    for (int i = 0; i < n; i++) {
-        cm_run *u = c->n_mem_runs ? &c->mem_runs[c->n_mem_runs - 1] : NULL;
-        if (u && u->seq == member[i])
-            u->n++;
-        else
-            c->mem_runs[c->n_mem_runs++] = (cm_run){member[i], i, 1, 0};
-    }
+    for (int i = 0; i < n; i++)
+        add_to_runs(c->mem_runs, &c->n_mem_runs, member[i], i, 0);
 }
 
 cm_status cm_eval_batch_members(cm_ctx *c, const int32_t *ids, const int32_t *seq,
@@ -693,16 +708,6 @@ cm_status cm_eval_batch_members(cm_ctx *c, const int32_t *ids, const int32_t *se
                         member[i], i, c->n_mem);
     if (s)
         return s;
-    const size_t n_vocab = (size_t)c->m->hp.n_vocab;
-    for (int done = 0; done < n;) {
-        int nb = n - done < c->n_batch ? n - done : c->n_batch, rows = 0;
-        member_runs(c, member + done, nb);
-        eval_multi(c, ids + done, seq + done, nb, want ? want + done : NULL, logits);
-        for (int i = 0; want && i < nb; i++)
-            rows += want[done + i] != 0;
-        logits += rows * n_vocab;
-        done += nb;
-    }
-    c->n_mem_runs = 0;
+    eval_multi_all(c, ids, seq, member, n, want, logits);
     return CM_OK;
 }
