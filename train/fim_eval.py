@@ -26,7 +26,7 @@ import tempfile
 LANGS = ("c", "cpp", "go", "java", "javascript", "python", "rust")
 # whole lines, at most this many characters: with the 64 generated tokens the
 # prompt stays inside a 1,024-token context (about 3 characters a token)
-MAX_PREFIX, MAX_SUFFIX = 1500, 600
+MAX_PREFIX, MAX_SUFFIX = 700, 300
 
 
 def samples(corpus, lang, n, seed):
