@@ -36,6 +36,10 @@ static const char SERVE_HELP[] =
     "      --chat-template NAME  chatml, llama2 (= codellama), llama3, deepseek-coder,\n"
     "                          zephyr or gemma (default: the model's, by its markers)\n"
     "  -t, --threads N         threads (default: all cores)\n"
+    "      --lanes N           scheduler threads, each stepping its own share of the\n"
+    "                          slots with its own share of the threads (default: on\n"
+    "                          the CPU, for a model reading up to 64 MiB a token,\n"
+    "                          one per 8 slots up to -t; else 1)\n"
     "      --kv-type T         KV cache type: f16 (default), f32 or q8_0\n"
     "      --backend B         cpu (default), ref, cuda or vulkan (codemoe --version)\n"
     PLACE_HELP
@@ -43,7 +47,7 @@ static const char SERVE_HELP[] =
 
 enum {
     OPT_HOST = CLI_LONG, OPT_PORT, OPT_API_KEY, OPT_MAX_BODY, OPT_TIMEOUT, OPT_KV, OPT_BACKEND,
-    OPT_PARALLEL, OPT_TEMPLATE
+    OPT_PARALLEL, OPT_TEMPLATE, OPT_LANES
 };
 
 static const struct option SERVE_OPTS[] = {
@@ -54,11 +58,12 @@ static const struct option SERVE_OPTS[] = {
     {"threads", required_argument, 0, 't'}, {"kv-type", required_argument, 0, OPT_KV},
     {"backend", required_argument, 0, OPT_BACKEND}, {"parallel", required_argument, 0, OPT_PARALLEL},
     {"np", required_argument, 0, OPT_PARALLEL},
-    {"chat-template", required_argument, 0, OPT_TEMPLATE}, CLI_PLACE_OPTIONS, {0}};
+    {"chat-template", required_argument, 0, OPT_TEMPLATE}, {"lanes", required_argument, 0, OPT_LANES},
+    CLI_PLACE_OPTIONS, {0}};
 
 typedef struct {
     const char *model, *host, *api_key, *backend, *chat_template;
-    int port, timeout, n_ctx, n_slots;
+    int port, timeout, n_ctx, n_slots, n_lanes;
     uint64_t max_body;
     cm_kv_type kv;
     cm_place_opts place;
@@ -87,6 +92,7 @@ static cm_status serve_opt(void *user, int id, const char *a, const char *v, cm_
     case OPT_KV: return parse_kv_type(v, &o->kv, err);
     case OPT_BACKEND: o->backend = v; return CM_OK;
     case OPT_PARALLEL: return arg_int(a, v, 1, 256, &o->n_slots, err);
+    case OPT_LANES: return arg_int(a, v, 1, 16, &o->n_lanes, err);
     case OPT_TEMPLATE: o->chat_template = v; return CM_OK;
     default: return cli_place_opt(id, a, v, &o->place, err);
     }
@@ -97,7 +103,7 @@ static cm_status serve(const serve_opts *o, cm_err *err)
 {
     srv_engine e;
     srv_engine_opts eo = {o->model, o->backend, o->place, o->n_ctx, o->kv, cm_max_threads(),
-                          o->n_slots, o->chat_template};
+                          o->n_slots, o->chat_template, o->n_lanes};
     srv_http_opts ho = {o->host, o->port, o->api_key, (size_t)o->max_body, (unsigned)o->timeout};
     double t0 = now_seconds();
     cm_status s = srv_engine_init(&e, &eo, err);

@@ -1,4 +1,4 @@
-/* engine.c - the one model and slot of `codemoe serve`, and token-by-token
+/* engine.c - the model, lanes and contexts of `codemoe serve`, and token-by-token
  * generation with the same choices as `codemoe run` (same prompt ids,
  * batches, sampler and stop-string handling: a greedy request answers
  * exactly what `codemoe run --temp 0` prints). */
@@ -35,29 +35,75 @@ int srv_engine_slots_busy(srv_engine *e)
 
 /* ---- loading */
 
-static cm_status make_ctx(srv_engine *e, cm_err *err)
+static cm_status make_ctx(srv_engine *e, srv_lane *l, cm_err *err)
 {
-    cm_ctx_free(e->ctx);
-    e->ctx = NULL;
+    cm_ctx_free(l->ctx);
+    l->ctx = NULL;
     cm_status s = cm_ctx_new_multi(&e->m, e->be, &e->o.place, e->o.n_ctx, e->o.kv, SRV_BATCH,
-                                   e->n_slots, &e->ctx, err);
-    snprintf(e->ctx_expert, sizeof e->ctx_expert, "%s", e->m.expert);
+                                   l->n, &l->ctx, err);
+    snprintf(l->ctx_expert, sizeof l->ctx_expert, "%s", e->m.expert);
     return s;
 }
 
 /* A context on a device backend holds its member's weights: with one slot
  * (whose cache the new member's request does not reuse) a new context. */
-cm_status srv_engine_bind(srv_engine *e, const char *expert, cm_err *err)
+cm_status srv_engine_bind(srv_engine *e, srv_lane *l, const char *expert, cm_err *err)
 {
-    if (!e->m.is_pack || !strcmp(e->ctx_expert, expert))
+    if (!e->m.is_pack || !strcmp(l->ctx_expert, expert))
         return CM_OK;
     cm_status s = cm_model_select_expert(&e->m, expert, err);
     if (!s)
-        s = cm_ctx_rebind(e->ctx, err);
+        s = cm_ctx_rebind(l->ctx, err);
     if (s == CM_E_UNSUPPORTED && e->n_slots == 1)
-        return make_ctx(e, err);
+        return make_ctx(e, l, err);
     if (!s)
-        snprintf(e->ctx_expert, sizeof e->ctx_expert, "%s", e->m.expert);
+        snprintf(l->ctx_expert, sizeof l->ctx_expert, "%s", e->m.expert);
+    return s;
+}
+
+/* How many lanes: --lanes, else several only on the CPU, for a model small
+ * enough that a step's operations are short (weights read per token up to
+ * 64 MiB) and at least 8 slots a lane, one thread each at most. */
+static int choose_lanes(const srv_engine *e)
+{
+    int n = e->o.n_lanes;
+    if (n <= 0) {
+        int small = !strcmp(e->be->name, "cpu") &&
+                    cm_model_bytes_per_token(&e->m) <= ((uint64_t)64 << 20);
+        n = small ? e->n_slots / 8 : 1;
+        n = n < e->o.n_threads ? n : e->o.n_threads;
+    }
+    n = n < e->n_slots ? n : e->n_slots;
+    n = n < SRV_MAX_LANES ? n : SRV_MAX_LANES;
+    return n > 0 ? n : 1;
+}
+
+static void free_lanes(srv_engine *e)
+{
+    for (int i = 0; i < e->n_lanes; i++) {
+        cm_ctx_free(e->lanes[i].ctx);
+        pthread_cond_destroy(&e->lanes[i].work);
+    }
+    memset(e->lanes, 0, sizeof e->lanes);
+    e->n_lanes = 0;
+}
+
+/* n lanes over the slots (consecutive shares, the threads spread). */
+static cm_status make_lanes(srv_engine *e, int n, cm_err *err)
+{
+    cm_status s = CM_OK;
+    free_lanes(e);
+    for (int i = 0; i < n && !s; i++) {
+        srv_lane *l = &e->lanes[i];
+        l->e = e;
+        l->first = e->n_slots * i / n;
+        l->n = e->n_slots * (i + 1) / n - l->first;
+        l->n_threads = e->o.n_threads * (i + 1) / n - e->o.n_threads * i / n;
+        l->n_threads = l->n_threads > 0 ? l->n_threads : 1;
+        pthread_cond_init(&l->work, NULL);
+        e->n_lanes = i + 1;
+        s = make_ctx(e, l, err);
+    }
     return s;
 }
 
@@ -113,10 +159,15 @@ static cm_status setup_members(srv_engine *e, cm_err *err)
         memcpy(e->member_layers[k], e->m.layers, L * sizeof(cm_layer));
     }
     cm_status s = cm_model_select_expert(&e->m, first, err);
-    if (!s)
-        s = cm_ctx_rebind(e->ctx, err);
-    if (!s) /* (unsupported: steps of one member each) */
-        e->mixed = !cm_ctx_set_members(e->ctx, e->member_layers, e->n_members, &ignore);
+    e->mixed = 1;
+    for (int i = 0; i < e->n_lanes && !s; i++) {
+        s = cm_ctx_rebind(e->lanes[i].ctx, err);
+        if (!s) /* (unsupported: steps of one member each) */
+            e->mixed &= !cm_ctx_set_members(e->lanes[i].ctx, e->member_layers, e->n_members,
+                                            &ignore);
+    }
+    if (s)
+        e->mixed = 0;
     return s == CM_E_UNSUPPORTED ? CM_OK : s;
 }
 
@@ -136,7 +187,6 @@ cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
     e->o = *o;
     e->n_slots = o->n_slots > 0 ? o->n_slots : 1;
     pthread_mutex_init(&e->lock, NULL);
-    pthread_cond_init(&e->work, NULL);
     pthread_cond_init(&e->done, NULL);
     srv_template forced;
     cm_status s = o->chat_template ? srv_template_by_name(o->chat_template, &forced, err) : CM_OK;
@@ -155,12 +205,14 @@ cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
         s = cm_router_load(rpath, &e->router, err);
     if (!s) {
         choose_ctx(e);
-        s = make_ctx(e, err);
+        s = make_lanes(e, choose_lanes(e), err);
     }
     cm_err ignore;
     if (!s && e->m.is_pack && e->n_slots > 1)
         s = setup_members(e, err);
-    if (!s && e->m.is_pack && e->n_slots > 1 && cm_ctx_rebind(e->ctx, &ignore))
+    if (!s && e->m.is_pack && !e->mixed && e->n_lanes > 1) /* one lane rebinds e->m */
+        s = make_lanes(e, 1, err);
+    if (!s && e->m.is_pack && e->n_slots > 1 && cm_ctx_rebind(e->lanes[0].ctx, &ignore))
         s = cm_fail(err, CM_E_UNSUPPORTED, "the %s backend holds one expert's weights per "
                     "context: serve this language-expert pack with --parallel 1", e->be->name);
     if (!s)
@@ -179,14 +231,13 @@ cm_status srv_engine_init(srv_engine *e, const srv_engine_opts *o, cm_err *err)
 void srv_engine_free(srv_engine *e)
 {
     srv_sched_stop(e);
-    cm_ctx_free(e->ctx); /* contexts before their model */
+    free_lanes(e); /* contexts before their model */
     cm_router_free(e->router);
     for (int k = 0; k < e->n_members; k++)
         free(e->member_layers[k]);
     if (e->loaded)
         cm_model_free(&e->m);
     pthread_mutex_destroy(&e->lock);
-    pthread_cond_destroy(&e->work);
     pthread_cond_destroy(&e->done);
     memset(e, 0, sizeof *e);
 }
@@ -476,7 +527,7 @@ cm_status srv_gen_start(srv_engine *e, const srv_request *r, srv_gen *g, cm_err 
                                         &g->n_reused, err)))
         s = err->code;
     if (!s)
-        s = srv_slot_eval(e, g->slot, err);
+        s = srv_slot_generate(e, g->slot, g->smp, r->n_predict, g->end_id, err);
     g->t_start = now_s();
     g->t_prompt = g->t_start - t0;
     free(v.p);
@@ -575,21 +626,22 @@ static cm_status push_piece(srv_gen *g, const char *piece, size_t n, cm_err *err
 
 static cm_status next_token(srv_engine *e, srv_gen *g, cm_err *err)
 {
-    const cm_model *m = &e->m;
     const srv_request *r = g->r;
-    if (atomic_load(&e->abort) || (r->n_predict >= 0 && g->n_gen >= r->n_predict))
+    const char *end;
+    int32_t id;
+    if (atomic_load(&e->abort))
         return finish(g, "limit", err);
-    int32_t id = cm_sampler_sample(g->smp, g->slot->logits);
-    if (cm_tok_is_eog(m->tok, id) || id == g->end_id)
-        return finish(g, "eos", err);
+    cm_status s = srv_slot_next(e, g->slot, &id, &end, err);
+    if (s || end)
+        return s ? s : finish(g, end, err);
     char piece[256], *big = NULL;
-    size_t pn = cm_token_piece(m->tok, id, 0, piece, sizeof piece);
+    size_t pn = cm_token_piece(e->m.tok, id, 0, piece, sizeof piece);
     if (pn > sizeof piece && (big = malloc(pn)))
-        cm_token_piece(m->tok, id, 0, big, pn);
+        cm_token_piece(e->m.tok, id, 0, big, pn);
     g->n_gen++;
     size_t len = big || pn <= sizeof piece ? pn : sizeof piece;
     g->new_line |= memchr(big ? big : piece, '\n', len) != NULL;
-    cm_status s = push_piece(g, big ? big : piece, len, err);
+    s = push_piece(g, big ? big : piece, len, err);
     free(big);
     if (s || g->done)
         return s;
@@ -598,11 +650,7 @@ static cm_status next_token(srv_engine *e, srv_gen *g, cm_err *err)
     if (r->t_max_predict_ms > 0 && g->new_line &&
         (now_s() - g->t_start) * 1000.0 >= (double)r->t_max_predict_ms)
         return finish(g, "limit", err);
-    if (g->slot->n_tokens >= e->o.n_ctx)
-        return finish(g, "limit", err);
-    cm_sampler_accept(g->smp, id);
-    cm_status s2 = srv_slot_push(g->slot, id, err);
-    return s2 ? s2 : srv_slot_eval(e, g->slot, err);
+    return CM_OK;
 }
 
 cm_status srv_gen_next(srv_engine *e, srv_gen *g, cm_err *err)
@@ -615,6 +663,8 @@ cm_status srv_gen_next(srv_engine *e, srv_gen *g, cm_err *err)
     g->t_gen += now_s() - t0;
     if (s)
         g->done = 1;
+    if (g->done) /* no more tokens needed: the slot's steps end now, not at the reply */
+        srv_slot_cancel(e, g->slot);
     return s;
 }
 

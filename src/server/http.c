@@ -1,7 +1,7 @@
 /* http.c - `codemoe serve` on GNU libmicrohttpd: one thread per connection
  * (a generating request blocks only its own connection; /health and
- * /metrics answer meanwhile), requests that generate take the engine's one
- * slot in turn. */
+ * /metrics answer meanwhile), requests that generate take one of the
+ * engine's slots (sched.c). */
 #define _GNU_SOURCE
 #include "server/server.h"
 
@@ -733,9 +733,10 @@ cm_status srv_serve(srv_engine *e, const srv_http_opts *o, cm_err *err)
                     strerror(errno));
     } else {
         const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-        fprintf(stderr, "[codemoe] listening on http://%s%s%s:%u (model %s, context %d, %d slot%s%s)\n",
-                v6 ? "[" : "", o->host, v6 ? "]" : "", di ? di->port : (unsigned)o->port,
-                e->name, cm_ctx_n_ctx(e->ctx), e->n_slots, e->n_slots == 1 ? "" : "s",
+        fprintf(stderr, "[codemoe] listening on http://%s%s%s:%u (model %s, context %d, %d slot%s "
+                "in %d lane%s%s)\n", v6 ? "[" : "", o->host, v6 ? "]" : "",
+                di ? di->port : (unsigned)o->port, e->name, cm_ctx_n_ctx(e->lanes[0].ctx),
+                e->n_slots, e->n_slots == 1 ? "" : "s", e->n_lanes, e->n_lanes == 1 ? "" : "s",
                 o->api_key ? ", API key required" : "");
         MHD_socket ls = wait_for_signal(&sv, d, &set);
         MHD_stop_daemon(d);

@@ -1,21 +1,21 @@
-/* sched.c - the slots of `codemoe serve` and the one thread that evaluates
- * for all of them (continuous batching).
+/* sched.c - the slots of `codemoe serve` and the lanes' threads that
+ * evaluate for them (continuous batching).
  *
- * A request's thread queues its slot's new tokens and waits; the scheduler
- * takes every queued slot (of one expert, for packs whose members cannot
+ * A request's thread queues its slot's new tokens and waits; its lane's
+ * scheduler takes every queued slot of the lane (of one expert, for packs whose members cannot
  * share a step) into a batch (generating slots first: one token each, then
  * prompts up to SRV_BATCH tokens; a member's slots side by side), evaluates
- * it, hands each slot whose tokens are all in the cache the logits of its
- * last one, and starts over.  A prompt longer than a batch goes on in later
- * steps beside the others' tokens. */
+ * it, samples the next token of each slot whose tokens are all in the
+ * cache from the logits of its last one and queues it, and starts over:
+ * steps run back to back while the requests' threads send the tokens.  A
+ * prompt longer than a batch goes on in later steps beside the others'
+ * tokens. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "server/engine.h"
 #include "util/threads.h"
-
-#define SRV_TURN_WAIT_MS 20
 
 typedef struct {
     int32_t *ids, *seq, *member;
@@ -49,7 +49,7 @@ static int take_tokens(batch *b, srv_slot *sl, int room)
     int have = sl->n_tokens - sl->n_done, k = have < room ? have : room;
     for (int i = 0; i < k; i++) {
         b->ids[b->n + i] = sl->tokens[sl->n_done + i];
-        b->seq[b->n + i] = sl->id;
+        b->seq[b->n + i] = sl->seq;
         b->member[b->n + i] = sl->member;
         b->want[b->n + i] = i == have - 1;
     }
@@ -58,13 +58,26 @@ static int take_tokens(batch *b, srv_slot *sl, int room)
     return k;
 }
 
+/* Slots whose requests stopped wanting tokens leave the queue (lock
+ * held). */
+static void drop_cancelled(srv_engine *e, const srv_lane *l)
+{
+    for (int i = l->first; i < l->first + l->n; i++) {
+        srv_slot *sl = &e->slots[i];
+        if (sl->queued && sl->cancel) {
+            sl->queued = 0;
+            pthread_cond_signal(&sl->ready);
+        }
+    }
+}
+
 /* Mixed steps: every queued slot, generation first, each member's slots
  * together (one product per member and weight). */
-static void form_mixed(srv_engine *e, batch *b)
+static void form_mixed(srv_engine *e, const srv_lane *l, batch *b)
 {
     for (int pass = 0; pass < 2; pass++)
         for (int k = 0; k < e->n_members; k++)
-            for (int i = 0; i < e->n_slots && b->n < SRV_BATCH; i++) {
+            for (int i = l->first; i < l->first + l->n && b->n < SRV_BATCH; i++) {
                 srv_slot *sl = &e->slots[i];
                 int gen = sl->n_tokens - sl->n_done == 1;
                 if (sl->queued && gen == !pass && sl->member == k)
@@ -74,24 +87,25 @@ static void form_mixed(srv_engine *e, batch *b)
 
 /* The next step's batch (lock held): the slots of the expert of the first
  * queued slot after *rr (round robin, so no expert waits for ever). */
-static void form_batch(srv_engine *e, batch *b, int *rr, char *expert)
+static void form_batch(srv_engine *e, const srv_lane *l, batch *b, int *rr, char *expert)
 {
     int first = -1;
     b->n = b->n_slots = 0;
+    drop_cancelled(e, l);
     if (e->mixed) {
         expert[0] = 0;
-        form_mixed(e, b);
+        form_mixed(e, l, b);
         return;
     }
-    for (int i = 0; i < e->n_slots && first < 0; i++)
-        if (e->slots[(*rr + i) % e->n_slots].queued)
-            first = (*rr + i) % e->n_slots;
+    for (int i = 0; i < l->n && first < 0; i++)
+        if (e->slots[l->first + (*rr + i) % l->n].queued)
+            first = l->first + (*rr + i) % l->n;
     if (first < 0)
         return;
-    *rr = (first + 1) % e->n_slots;
+    *rr = (first - l->first + 1) % l->n;
     snprintf(expert, 32, "%s", e->slots[first].expert);
     for (int pass = 0; pass < 2; pass++) /* one-token work first: generation */
-        for (int i = 0; i < e->n_slots && b->n < SRV_BATCH; i++) {
+        for (int i = l->first; i < l->first + l->n && b->n < SRV_BATCH; i++) {
             srv_slot *sl = &e->slots[i];
             int gen = sl->n_tokens - sl->n_done == 1;
             if (sl->queued && gen == !pass && !strcmp(sl->expert, expert))
@@ -100,20 +114,62 @@ static void form_batch(srv_engine *e, batch *b, int *rr, char *expert)
 }
 
 /* Evaluates a formed batch (lock not held). */
-static cm_status run_batch(srv_engine *e, batch *b, const char *expert, const int *keep,
-                           cm_err *err)
+static cm_status run_batch(srv_engine *e, srv_lane *l, batch *b, const char *expert,
+                           const int *keep, cm_err *err)
 {
     for (int i = 0; i < b->n_slots; i++)
         if (keep[i] >= 0)
-            cm_ctx_seq_keep(e->ctx, b->slot[i], keep[i]);
+            cm_ctx_seq_keep(l->ctx, e->slots[b->slot[i]].seq, keep[i]);
     if (e->mixed)
-        return cm_eval_batch_members(e->ctx, b->ids, b->seq, b->member, b->n, b->want,
+        return cm_eval_batch_members(l->ctx, b->ids, b->seq, b->member, b->n, b->want,
                                      b->logits, err);
-    cm_status s = srv_engine_bind(e, expert, err);
-    return s ? s : cm_eval_batch(e->ctx, b->ids, b->seq, b->n, b->want, b->logits, err);
+    cm_status s = srv_engine_bind(e, l, expert, err);
+    return s ? s : cm_eval_batch(l->ctx, b->ids, b->seq, b->n, b->want, b->logits, err);
 }
 
-/* After a step (lock held): slots whose tokens are all in get their logits. */
+static int out_push(srv_slot *sl, int32_t id)
+{
+    if (sl->n_out == sl->out_cap) {
+        int c = sl->out_cap * 2 + 64;
+        int32_t *p = realloc(sl->out, (size_t)c * sizeof *p);
+        if (!p)
+            return 0;
+        sl->out = p, sl->out_cap = c;
+    }
+    sl->out[sl->n_out++] = id;
+    return 1;
+}
+
+/* The scheduler's half of a generation (lock held): the slot's next token
+ * from its row of the step's logits, handed to its request and queued for
+ * the next step, or the end. */
+static void gen_step(srv_engine *e, srv_slot *sl, float *row)
+{
+    if (atomic_load(&e->abort) || (sl->n_predict >= 0 && sl->n_out >= sl->n_predict)) {
+        sl->end = "limit";
+        return;
+    }
+    int32_t id = cm_sampler_sample(sl->smp, row);
+    if (cm_tok_is_eog(e->m.tok, id) || id == sl->end_id) {
+        sl->end = "eos";
+        return;
+    }
+    cm_status s = out_push(sl, id) ? CM_OK : cm_fail(&sl->err, CM_E_NOMEM, "out of memory");
+    if (!s && sl->n_tokens >= e->o.n_ctx) { /* sent, but there is no room to evaluate it */
+        sl->end = "limit";
+        return;
+    }
+    cm_sampler_accept(sl->smp, id);
+    if (!s)
+        s = srv_slot_push(sl, id, &sl->err);
+    if (s)
+        sl->st = s;
+    else
+        sl->queued = 1;
+}
+
+/* After a step (lock held): slots whose tokens are all in get their next
+ * token sampled. */
 static void finish_batch(srv_engine *e, batch *b, cm_status s, const cm_err *err)
 {
     const size_t V = (size_t)e->m.hp.n_vocab;
@@ -126,64 +182,48 @@ static void finish_batch(srv_engine *e, batch *b, cm_status s, const cm_err *err
             sl->st = s, sl->err = *err, sl->queued = 0;
             sl->n_tokens = sl->n_done = 0; /* its cache is not to be trusted */
         } else if (sl->n_done == sl->n_tokens) {
-            memcpy(sl->logits, b->logits + row++ * V, V * sizeof(float));
-            sl->st = CM_OK, sl->queued = 0, sl->turn = 1;
+            float *logits = b->logits + row++ * V;
+            sl->queued = 0;
+            if (sl->smp && !sl->cancel && !sl->end)
+                gen_step(e, sl, logits);
+        } else if (!sl->cancel) {
+            continue; /* more of its prompt in the next step */
+        } else {
+            sl->queued = 0;
         }
+        pthread_cond_signal(&sl->ready);
     }
-    pthread_cond_broadcast(&e->done);
-}
-
-/* Waits (lock held) until the requests handed logits by the last step have
- * sampled and queued their next token, or left, so that the next batch
- * holds them all; a request busy elsewhere (a client slow to read its
- * stream) is waited for only a few milliseconds. */
-static void wait_turns(srv_engine *e)
-{
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_nsec += SRV_TURN_WAIT_MS * 1000000L;
-    until.tv_sec += until.tv_nsec / 1000000000L, until.tv_nsec %= 1000000000L;
-    for (;;) {
-        int pending = 0;
-        for (int i = 0; i < e->n_slots; i++)
-            pending |= e->slots[i].turn;
-        if (!pending || e->quit || pthread_cond_timedwait(&e->work, &e->lock, &until))
-            break;
-    }
-    for (int i = 0; i < e->n_slots; i++)
-        e->slots[i].turn = 0;
 }
 
 static void *sched_main(void *arg)
 {
-    srv_engine *e = arg;
+    srv_lane *l = arg;
+    srv_engine *e = l->e;
     batch b;
-    int rr = 0, *keep = malloc((size_t)e->n_slots * sizeof *keep);
+    int rr = 0, *keep = malloc((size_t)l->n * sizeof *keep);
     char expert[32];
 #ifdef _OPENMP
-    omp_set_num_threads(e->o.n_threads); /* the team the context's scratch was sized for */
+    omp_set_num_threads(l->n_threads); /* the team the context's scratch was sized for */
 #endif
-    int ok = keep && batch_alloc(&b, SRV_BATCH, e->n_slots, e->m.hp.n_vocab);
+    int ok = keep && batch_alloc(&b, SRV_BATCH, l->n, e->m.hp.n_vocab);
     pthread_mutex_lock(&e->lock);
     while (!e->quit) {
-        wait_turns(e);
-        form_batch(e, &b, &rr, expert);
+        form_batch(e, l, &b, &rr, expert);
         if (!ok || b.n == 0) {
-            if (!ok) /* no memory for a batch: every request fails */
-                for (int i = 0; i < e->n_slots; i++)
-                    if (e->slots[i].queued)
-                        e->slots[i].queued = 0,
-                        e->slots[i].st = cm_fail(&e->slots[i].err, CM_E_NOMEM, "out of memory");
-            pthread_cond_broadcast(&e->done);
-            if (!e->quit) /* (wait_turns may have seen it set) */
-                pthread_cond_wait(&e->work, &e->lock);
+            for (int i = l->first; !ok && i < l->first + l->n; i++)
+                if (e->slots[i].queued) { /* no memory for a batch: every request fails */
+                    e->slots[i].queued = 0;
+                    e->slots[i].st = cm_fail(&e->slots[i].err, CM_E_NOMEM, "out of memory");
+                    pthread_cond_signal(&e->slots[i].ready);
+                }
+            pthread_cond_wait(&l->work, &e->lock);
             continue;
         }
         for (int i = 0; i < b.n_slots; i++)
             keep[i] = e->slots[b.slot[i]].keep, e->slots[b.slot[i]].keep = -1;
         pthread_mutex_unlock(&e->lock);
         cm_err err = {0};
-        cm_status s = run_batch(e, &b, expert, keep, &err);
+        cm_status s = run_batch(e, l, &b, expert, keep, &err);
         pthread_mutex_lock(&e->lock);
         finish_batch(e, &b, s, &err);
     }
@@ -199,30 +239,39 @@ cm_status srv_sched_start(srv_engine *e, cm_err *err)
     e->slots = calloc((size_t)e->n_slots, sizeof *e->slots);
     if (!e->slots)
         return cm_fail(err, CM_E_NOMEM, "out of memory");
-    for (int i = 0; i < e->n_slots; i++) {
-        e->slots[i].id = i, e->slots[i].keep = -1;
-        if (!(e->slots[i].logits = malloc((size_t)e->m.hp.n_vocab * sizeof(float))))
-            return cm_fail(err, CM_E_NOMEM, "out of memory");
+    for (int k = 0; k < e->n_lanes; k++)
+        for (int i = e->lanes[k].first; i < e->lanes[k].first + e->lanes[k].n; i++) {
+            srv_slot *sl = &e->slots[i];
+            sl->id = i, sl->lane = k, sl->seq = i - e->lanes[k].first, sl->keep = -1;
+            pthread_cond_init(&sl->ready, NULL);
+        }
+    for (int k = 0; k < e->n_lanes; k++) {
+        if (pthread_create(&e->lanes[k].thread, NULL, sched_main, &e->lanes[k]))
+            return cm_fail(err, CM_E_IO, "cannot start a scheduler thread");
+        e->lanes[k].started = 1;
     }
-    if (pthread_create(&e->sched, NULL, sched_main, e))
-        return cm_fail(err, CM_E_IO, "cannot start the scheduler thread");
-    e->sched_started = 1;
     return CM_OK;
 }
 
 void srv_sched_stop(srv_engine *e)
 {
-    if (e->sched_started) {
-        pthread_mutex_lock(&e->lock);
-        e->quit = 1;
-        pthread_cond_broadcast(&e->work);
-        pthread_cond_broadcast(&e->done);
-        pthread_mutex_unlock(&e->lock);
-        pthread_join(e->sched, NULL);
-        e->sched_started = 0;
-    }
+    pthread_mutex_lock(&e->lock);
+    e->quit = 1;
+    for (int k = 0; k < e->n_lanes; k++)
+        pthread_cond_broadcast(&e->lanes[k].work);
+    pthread_cond_broadcast(&e->done);
     for (int i = 0; e->slots && i < e->n_slots; i++)
-        free(e->slots[i].tokens), free(e->slots[i].logits);
+        pthread_cond_broadcast(&e->slots[i].ready);
+    pthread_mutex_unlock(&e->lock);
+    for (int k = 0; k < e->n_lanes; k++)
+        if (e->lanes[k].started) {
+            pthread_join(e->lanes[k].thread, NULL);
+            e->lanes[k].started = 0;
+        }
+    for (int i = 0; e->slots && i < e->n_slots; i++) {
+        free(e->slots[i].tokens), free(e->slots[i].out);
+        pthread_cond_destroy(&e->slots[i].ready);
+    }
     free(e->slots);
     e->slots = NULL;
 }
@@ -239,17 +288,25 @@ static int common_prefix(const srv_slot *sl, const char *expert, const int32_t *
     return k;
 }
 
-/* The free slot to take (lock held), or NULL. */
+/* The free slot to take (lock held), or NULL: the longest shared prefix,
+ * then the lane with the fewest busy slots, then the least recently used. */
 static srv_slot *best_slot(srv_engine *e, const char *expert, const int32_t *ids, int n,
                            int reuse, int *shared)
 {
+    int busy[SRV_MAX_LANES] = {0};
     srv_slot *best = NULL;
+    for (int i = 0; i < e->n_slots; i++)
+        busy[e->slots[i].lane] += e->slots[i].busy;
     *shared = -1;
     for (int i = 0; i < e->n_slots; i++) {
         srv_slot *sl = &e->slots[i];
         int k = reuse ? common_prefix(sl, expert, ids, n) : 0;
-        if (!sl->busy && (k > *shared || (k == *shared && sl->used < best->used)))
-            best = sl, *shared = k;
+        if (sl->busy || k < *shared)
+            continue;
+        if (k == *shared && (busy[sl->lane] > busy[best->lane] ||
+                             (busy[sl->lane] == busy[best->lane] && sl->used >= best->used)))
+            continue;
+        best = sl, *shared = k;
     }
     return best;
 }
@@ -301,30 +358,65 @@ cm_status srv_slot_push(srv_slot *sl, int32_t id, cm_err *err)
     return CM_OK;
 }
 
-cm_status srv_slot_eval(srv_engine *e, srv_slot *sl, cm_err *err)
+cm_status srv_slot_generate(srv_engine *e, srv_slot *sl, cm_sampler *smp, int n_predict,
+                            int32_t end_id, cm_err *err)
 {
     pthread_mutex_lock(&e->lock);
+    sl->smp = smp, sl->n_predict = n_predict, sl->end_id = end_id;
+    sl->n_out = sl->n_read = 0;
+    sl->end = NULL, sl->cancel = 0, sl->st = CM_OK;
     sl->queued = 1;
-    sl->turn = 0;
-    pthread_cond_signal(&e->work);
-    while (sl->queued && !e->quit)
-        pthread_cond_wait(&e->done, &e->lock);
-    cm_status s = sl->queued ? cm_fail(err, CM_E_RANGE, "the server is shutting down") : sl->st;
-    if (s && !sl->queued)
+    pthread_cond_signal(&e->lanes[sl->lane].work);
+    while (!e->quit && !sl->st && !sl->end && sl->n_out == 0)
+        pthread_cond_wait(&sl->ready, &e->lock);
+    cm_status s = sl->st;
+    if (s)
         *err = sl->err;
+    else if (!sl->end && sl->n_out == 0)
+        s = cm_fail(err, CM_E_RANGE, "the server is shutting down");
     pthread_mutex_unlock(&e->lock);
     return s;
+}
+
+cm_status srv_slot_next(srv_engine *e, srv_slot *sl, int32_t *id, const char **end,
+                        cm_err *err)
+{
+    cm_status s = CM_OK;
+    *end = NULL;
+    pthread_mutex_lock(&e->lock);
+    while (!e->quit && sl->n_read == sl->n_out && !sl->end && !sl->st)
+        pthread_cond_wait(&sl->ready, &e->lock);
+    if (sl->n_read < sl->n_out)
+        *id = sl->out[sl->n_read++];
+    else if (sl->st)
+        s = sl->st, *err = sl->err;
+    else if (sl->end)
+        *end = sl->end;
+    else
+        s = cm_fail(err, CM_E_RANGE, "the server is shutting down");
+    pthread_mutex_unlock(&e->lock);
+    return s;
+}
+
+void srv_slot_cancel(srv_engine *e, srv_slot *sl)
+{
+    pthread_mutex_lock(&e->lock);
+    sl->cancel = 1;
+    pthread_cond_signal(&e->lanes[sl->lane].work);
+    pthread_mutex_unlock(&e->lock);
 }
 
 void srv_slot_give(srv_engine *e, srv_slot *sl)
 {
     pthread_mutex_lock(&e->lock);
-    while (sl->queued && !e->quit) /* (never: its request waits for its work) */
-        pthread_cond_wait(&e->done, &e->lock);
+    sl->cancel = 1;
+    pthread_cond_signal(&e->lanes[sl->lane].work); /* (a queued slot leaves at the next step) */
+    while (sl->queued && !e->quit)
+        pthread_cond_wait(&sl->ready, &e->lock);
+    sl->smp = NULL;
     sl->n_tokens = sl->n_done; /* what its cache holds, for the next prompt */
-    sl->busy = 0, sl->turn = 0;
+    sl->busy = 0;
     sl->used = ++e->clock;
-    pthread_cond_signal(&e->work);
     e->n_busy--;
     pthread_cond_broadcast(&e->done);
     pthread_mutex_unlock(&e->lock);
