@@ -25,7 +25,8 @@ import tempfile
 
 LANGS = ("c", "cpp", "go", "java", "javascript", "python", "rust")
 # whole lines, at most this many characters: with the 64 generated tokens the
-# prompt stays inside a 1,024-token context (about 3 characters a token)
+# prompt stays inside the model's 512 trained positions (a 1,500 + 600 character
+# cap made 1,228 tokens of one C file: under 2 characters a token)
 MAX_PREFIX, MAX_SUFFIX = 700, 300
 
 
