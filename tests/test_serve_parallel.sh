@@ -223,6 +223,15 @@ print("4 requests together: %d batches, %.2f slots a batch" % (b, s / b))
 sys.exit(0 if s >= 2 * b else "no batching: %d slots in %d batches" % (s, b))' \
         $((b1 - b0)) $((s1 - s0)) || fail "the requests were not batched together"
     stop_server
+    # two lanes (two scheduler threads, each its own context and two of the
+    # slots): the same answers, and both lanes ran requests
+    start_server "$TMP/server4.log" -m "$FIX" -t 2 -c 512 --parallel 4 --lanes 2
+    grep -q "4 slots in 2 lanes" "$TMP/server4.log" || fail "lanes: $(grep listening "$TMP/server4.log")"
+    for k in 0 1 2 3; do cp "$TMP/p$k.json" "$TMP/p4$k.json"; cp "$TMP/alone$k" "$TMP/alone4$k"; done
+    together 40 41 42 43
+    grep -q "slot [01] |" "$TMP/server4.log" && grep -q "slot [23] |" "$TMP/server4.log" ||
+        fail "the requests did not run in both lanes: $(grep 'slot' "$TMP/server4.log")"
+    stop_server
 else
     echo "(no $FIX: requests batched together not compared)"
 fi
