@@ -54,6 +54,9 @@ SPV(matmul_tiled)
 SPV(matmul_tiled_dot)
 #include "backends/vulkan/shaders/matmul_tiled_dot.spvinc"
 ;
+SPV(matmul_dot)
+#include "backends/vulkan/shaders/matmul_dot.spvinc"
+;
 SPV(attention_prompt)
 #include "backends/vulkan/shaders/attention_prompt.spvinc"
 ;
@@ -81,12 +84,14 @@ static const vk_shader shaders[VK_SHADER_COUNT] = {
     [VK_SH_ROUTE] = ENTRY(route),       [VK_SH_MOE_SUM] = ENTRY(moe_sum),
 };
 static const vk_shader norm64 = ENTRY(norm_f64), rope64 = ENTRY(rope_f64);
-static const vk_shader tiled_dot = ENTRY(matmul_tiled_dot);
+static const vk_shader tiled_dot = ENTRY(matmul_tiled_dot), mm_dot = ENTRY(matmul_dot);
 
 const vk_shader *vk_shader_for(int id, int f64, int int_dot)
 {
     if (int_dot && id == VK_SH_MATMUL_TILED)
         return &tiled_dot;
+    if (int_dot && id == VK_SH_MATMUL)
+        return &mm_dot;
     if (f64 && id == VK_SH_NORM)
         return &norm64;
     if (f64 && id == VK_SH_ROPE)

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Compiles every compute shader here to SPIR-V (Vulkan 1.1), norm, rope
 # and attention a second time with -DUSE_F64 into their _f64 variants (for
-# devices with shaderFloat64), and matmul_tiled with -DINT_DOT into
-# matmul_tiled_dot (for devices with shaderIntegerDotProduct), and
+# devices with shaderFloat64), and matmul and matmul_tiled with -DINT_DOT
+# into matmul_dot and matmul_tiled_dot (for devices with
+# shaderIntegerDotProduct), and
 # attention_prompt with -DDMAX=128 (heads up to 128).  Fails on
 # the first error.
 #   sh backends/vulkan/shaders/check.sh [OUTDIR]
@@ -28,7 +29,7 @@ for src in "$here"/*.comp; do
         "$glslc" --target-env=vulkan1.1 -O -DUSE_F64 "$src" -o "$out/${name}_f64.spv"
         n=$((n + 1))
         ;;
-    matmul_tiled)
+    matmul | matmul_tiled)
         "$glslc" --target-env=vulkan1.1 -O -DINT_DOT "$src" -o "$out/${name}_dot.spv"
         n=$((n + 1))
         ;;

@@ -1,6 +1,9 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
 #extension GL_KHR_shader_subgroup_basic : require
+#ifdef INT_DOT
+#extension GL_EXT_spirv_intrinsics : require
+#endif
 // y row t = x row t w^T (+ b): the products (matmul, logits) with the
 // reference's arithmetic (backends/ref ref_matmul1, quant/ref_legacy.c,
 // quant/ref_kquants.c):
@@ -31,6 +34,11 @@
 // dearly for, and a fixed order of the sums whatever the device).
 // Legacy blocks: a lane takes a quarter block (8 elements) at a time; K
 // blocks: a sub-block (16 or 32 elements); F16/BF16 two elements.
+// The K blocks' quants (and Q8_0's) go four to a uint as signed bytes, and
+// their dots with four activation bytes are dot4: SPIR-V's OpSDot where
+// the device has shaderIntegerDotProduct (INT_DOT, a second compile:
+// matmul_dot), else four multiplies; both exact.  Offsets (Q6_K's 32) come
+// off afterwards through the activation block's sums.
 // x is F32 rows of cols from ox (float types) or quantize.comp's blocks
 // from ox; y rows of `rows` floats from oy; the bias (has_b) floats from
 // halfword ob of binding 2.
@@ -80,6 +88,21 @@ uint word_at(uint h) { return (h & 1u) == 0u ? w.d[h >> 1] : half_at(h) | (half_
 uint byte_at(uint hb, uint i) { return (half_at(hb + (i >> 1)) >> (8u * (i & 1u))) & 0xFFu; }
 int sbyte(uint v, uint k) { return bitfieldExtract(int(v), int(8u * k), 8); }
 
+#ifdef INT_DOT
+spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [6019, 6018],
+                  id = 4450)
+int sdot(uint a, uint b, spirv_literal int packed_4x8);
+int dot4(uint a, uint b) { return sdot(a, b, 0); }
+#else
+int dot4(uint a, uint b)
+{
+    int s = 0;
+    for (int k = 0; k < 32; k += 8)
+        s += bitfieldExtract(int(a), k, 8) * bitfieldExtract(int(b), k, 8);
+    return s;
+}
+#endif
+
 float acc[TT];
 
 // acc[tt] = this lane's part of row's dot with token t0 + tt, tt < nt: the
@@ -94,20 +117,12 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
         for (uint i = lane; i < nb * 4u; i += nl) {
             const uint blk = i >> 2, q = i & 3u, hb = base + blk * 17u;
             const float dw = f16_val(half_at(hb));
-            int wq[8];
-            for (uint k = 0u; k < 4u; k++) {
-                const uint h = half_at(hb + 1u + 4u * q + k);
-                wq[2u * k] = sbyte(h, 0u);
-                wq[2u * k + 1u] = sbyte(h, 1u);
-            }
+            const uint w0 = word_at(hb + 1u + 4u * q), w1 = word_at(hb + 3u + 4u * q);
             for (uint tt = 0u; tt < TT; tt++) {
                 if (tt >= nt)
                     break;
                 const uint xb = OX + XB * ((t0 + tt) * nb + blk);
-                const uint a0 = xin(xb + 2u + 2u * q), a1 = xin(xb + 3u + 2u * q);
-                int s = 0;
-                for (uint k = 0u; k < 4u; k++)
-                    s += wq[k] * sbyte(a0, k) + wq[4u + k] * sbyte(a1, k);
+                const int s = dot4(w0, xin(xb + 2u + 2u * q)) + dot4(w1, xin(xb + 3u + 2u * q));
                 acc[tt] += float(s) * (dw * uintBitsToFloat(xin(xb)));
             }
         }
@@ -121,26 +136,21 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
             const float dw = f16_val(half_at(hb + 104u));
             const int sc = bitfieldExtract(int(byte_at(hb, 192u + j)), 0, 8);
             const uint c = j >> 3, k = (j >> 1) & 3u, l0 = 16u * (j & 1u);
-            int L[16];
+            // the levels + 32 (0..63), four bytes a uint; the 32 comes off
+            // as 32 times the sub-block's activation sum
+            uint W[4];
             const uint ql = hb + (64u * c + 32u * (k & 1u) + l0) / 2u, qh = hb + 64u + 16u * c + l0 / 2u;
-            for (uint u = 0u; u < 4u; u++) { // four bytes a read
-                const uint lo4 = word_at(ql + 2u * u), hi4 = word_at(qh + 2u * u);
-                for (uint b = 0u; b < 4u; b++) {
-                    const uint lo = (lo4 >> (8u * b + 4u * (k >> 1))) & 0xFu;
-                    const uint hi = (hi4 >> (8u * b + 2u * k)) & 3u;
-                    L[4u * u + b] = int(lo | (hi << 4)) - 32;
-                }
-            }
+            for (uint u = 0u; u < 4u; u++)
+                W[u] = ((word_at(ql + 2u * u) >> (4u * (k >> 1))) & 0x0F0F0F0Fu) |
+                       (((word_at(qh + 2u * u) >> (2u * k)) & 0x03030303u) << 4);
             for (uint tt = 0u; tt < TT; tt++) {
                 if (tt >= nt)
                     break;
                 const uint xb = OX + 73u * ((t0 + tt) * nbk + blk);
                 int t = 0;
-                for (uint u = 0u; u < 4u; u++) {
-                    const uint a = xin(xb + 1u + 4u * j + u);
-                    for (uint b = 0u; b < 4u; b++)
-                        t += L[4u * u + b] * sbyte(a, b);
-                }
+                for (uint u = 0u; u < 4u; u++)
+                    t += dot4(W[u], xin(xb + 1u + 4u * j + u));
+                t -= 32 * bitfieldExtract(int(xin(xb + 65u + (j >> 1))), int(16u * (j & 1u)), 16);
                 acc[tt] += float(sc * t) * (dw * uintBitsToFloat(xin(xb)));
             }
         }
@@ -232,24 +242,19 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
                 m = (byte_at(hb, 8u + j) >> 4) | ((byte_at(hb, 4u + j) >> 6) << 4);
             }
             const uint c = j >> 1, h = j & 1u;
-            int L[32];
-            for (uint u = 0u; u < 8u; u++) { // four bytes a read
-                const uint q4 = word_at(hb + (qo + 32u * c) / 2u + 2u * u);
-                const uint h4 = q5 ? word_at(hb + 8u + 2u * u) : 0u;
-                for (uint b = 0u; b < 4u; b++)
-                    L[4u * u + b] = int(((q4 >> (8u * b + 4u * h)) & 0xFu) |
-                                        (((h4 >> (8u * b + j)) & 1u) << 4));
+            uint W[8]; // the levels (0..31), four bytes a uint
+            for (uint u = 0u; u < 8u; u++) {
+                W[u] = (word_at(hb + (qo + 32u * c) / 2u + 2u * u) >> (4u * h)) & 0x0F0F0F0Fu;
+                if (q5)
+                    W[u] |= ((word_at(hb + 8u + 2u * u) >> j) & 0x01010101u) << 4;
             }
             for (uint tt = 0u; tt < TT; tt++) {
                 if (tt >= nt)
                     break;
                 const uint xb = OX + 73u * ((t0 + tt) * nbk + blk);
                 int t = 0;
-                for (uint u = 0u; u < 8u; u++) {
-                    const uint a = xin(xb + 1u + 8u * j + u);
-                    for (uint b = 0u; b < 4u; b++)
-                        t += L[4u * u + b] * sbyte(a, b);
-                }
+                for (uint u = 0u; u < 8u; u++)
+                    t += dot4(W[u], xin(xb + 1u + 8u * j + u));
                 const uint bw = xin(xb + 65u + j);
                 const int bsum = bitfieldExtract(int(bw), 0, 16) + bitfieldExtract(int(bw), 16, 16);
                 const float dx = uintBitsToFloat(xin(xb));
@@ -273,21 +278,23 @@ void accumulate(uint row, uint t0, uint nt, uint lane, uint nl)
             const uint hq = qo - 2u;
             const uint qh = hash ? half_at(hb + hq) | (half_at(hb + hq + 1u) << 16) : 0u;
             // bytes 4q .. 4q + 3: elements 4q + j (low nibbles) and
-            // 16 + 4q + j (high nibbles)
+            // 16 + 4q + j (high nibbles), as four bytes a uint (the fifth
+            // bits' four bits spread to bit 4 of each byte by a multiply);
+            // the offset comes off through the activations' byte sums
             const uint qs = half_at(hb + qo + 2u * q) | (half_at(hb + qo + 1u + 2u * q) << 16);
-            int lo[4], hi[4];
-            for (uint k = 0u; k < 4u; k++) {
-                lo[k] = int(((qs >> (8u * k)) & 0xFu) | (((qh >> (4u * q + k)) & 1u) << 4)) - off;
-                hi[k] = int(((qs >> (8u * k + 4u)) & 0xFu) | (((qh >> (16u + 4u * q + k)) & 1u) << 4)) - off;
+            uint lo = qs & 0x0F0F0F0Fu, hi = (qs >> 4) & 0x0F0F0F0Fu;
+            if (hash) {
+                lo |= ((((qh >> (4u * q)) & 0xFu) * 0x00204081u) & 0x01010101u) << 4;
+                hi |= ((((qh >> (16u + 4u * q)) & 0xFu) * 0x00204081u) & 0x01010101u) << 4;
             }
             for (uint tt = 0u; tt < TT; tt++) {
                 if (tt >= nt)
                     break;
                 const uint xb = OX + XB * ((t0 + tt) * nb + blk);
                 const uint a0 = xin(xb + 2u + q), a1 = xin(xb + 6u + q);
-                int s = 0;
-                for (uint k = 0u; k < 4u; k++)
-                    s += lo[k] * sbyte(a0, k) + hi[k] * sbyte(a1, k);
+                int s = dot4(lo, a0) + dot4(hi, a1);
+                if (off != 0)
+                    s -= off * (dot4(0x01010101u, a0) + dot4(0x01010101u, a1));
                 acc[tt] += float(s) * (dw * uintBitsToFloat(xin(xb)));
                 if (hasm && q == 0u) // the min term once a block: m d_x sum(q_x)
                     acc[tt] += mw * uintBitsToFloat(xin(xb + 1u));
