@@ -300,8 +300,10 @@ static srv_slot *best_slot(srv_engine *e, const char *expert, const int32_t *ids
     *shared = -1;
     for (int i = 0; i < e->n_slots; i++) {
         srv_slot *sl = &e->slots[i];
+        if (sl->busy) /* (its request may be filling its tokens, unlocked) */
+            continue;
         int k = reuse ? common_prefix(sl, expert, ids, n) : 0;
-        if (sl->busy || k < *shared)
+        if (k < *shared)
             continue;
         if (k == *shared && (busy[sl->lane] > busy[best->lane] ||
                              (busy[sl->lane] == busy[best->lane] && sl->used >= best->used)))
