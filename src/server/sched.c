@@ -24,6 +24,7 @@
 
 typedef struct {
     int32_t *ids, *seq, *member;
+    int32_t *next; /* per slot in the batch: its sampled token, or NO_TOKEN */
     uint8_t *want;
     float *logits;
     int *slot, *count; /* per slot in the batch: which, how many tokens */
@@ -32,7 +33,8 @@ typedef struct {
 
 static void batch_free(batch *b)
 {
-    free(b->ids), free(b->seq), free(b->member), free(b->want), free(b->logits), free(b->slot), free(b->count);
+    free(b->ids), free(b->seq), free(b->member), free(b->next), free(b->want), free(b->logits),
+        free(b->slot), free(b->count);
 }
 
 static int batch_alloc(batch *b, int n_tok, int n_slots, int n_vocab)
@@ -41,11 +43,12 @@ static int batch_alloc(batch *b, int n_tok, int n_slots, int n_vocab)
     b->ids = malloc((size_t)n_tok * sizeof *b->ids);
     b->seq = malloc((size_t)n_tok * sizeof *b->seq);
     b->member = malloc((size_t)n_tok * sizeof *b->member);
+    b->next = malloc((size_t)n_slots * sizeof *b->next);
     b->want = malloc((size_t)n_tok);
     b->logits = malloc((size_t)n_slots * n_vocab * sizeof *b->logits);
     b->slot = malloc((size_t)n_slots * sizeof *b->slot);
     b->count = malloc((size_t)n_slots * sizeof *b->count);
-    return b->ids && b->seq && b->member && b->want && b->logits && b->slot && b->count;
+    return b->ids && b->seq && b->member && b->next && b->want && b->logits && b->slot && b->count;
 }
 
 /* Adds up to room of sl's queued tokens; the last one's logits wanted. */
@@ -145,16 +148,37 @@ static int out_push(srv_slot *sl, int32_t id)
     return 1;
 }
 
-/* The scheduler's half of a generation (lock held): the slot's next token
- * from its row of the step's logits, handed to its request and queued for
- * the next step, or the end. */
-static void gen_step(srv_engine *e, srv_slot *sl, float *row)
+#define NO_TOKEN (-1)
+
+/* After a step, the lock not held: the next token of each generating slot
+ * whose tokens are all in, from its row of the logits (its sampler is the
+ * scheduler's while the slot is queued), so that the lock is not held
+ * through 16 passes over the vocabulary. */
+static void sample_batch(srv_engine *e, batch *b)
 {
-    if (atomic_load(&e->abort) || (sl->n_predict >= 0 && sl->n_out >= sl->n_predict)) {
+    const size_t V = (size_t)e->m.hp.n_vocab;
+    int row = 0;
+    for (int i = 0; i < b->n_slots; i++) {
+        const srv_slot *sl = &e->slots[b->slot[i]];
+        b->next[i] = NO_TOKEN;
+        if (sl->n_done + b->count[i] != sl->n_tokens)
+            continue;
+        float *logits = b->logits + row++ * V;
+        if (sl->smp && !sl->end && !atomic_load(&e->abort) &&
+            (sl->n_predict < 0 || sl->n_out < sl->n_predict))
+            b->next[i] = cm_sampler_sample(sl->smp, logits);
+    }
+}
+
+/* The scheduler's half of a generation (lock held): the slot's next token
+ * (sample_batch's), handed to its request and queued for the next step, or
+ * the end. */
+static void gen_step(srv_engine *e, srv_slot *sl, int32_t id)
+{
+    if (id == NO_TOKEN) { /* aborted or n_predict reached */
         sl->end = "limit";
         return;
     }
-    int32_t id = cm_sampler_sample(sl->smp, row);
     if (cm_tok_is_eog(e->m.tok, id) || id == sl->end_id) {
         sl->end = "eos";
         return;
@@ -177,8 +201,6 @@ static void gen_step(srv_engine *e, srv_slot *sl, float *row)
  * token sampled. */
 static void finish_batch(srv_engine *e, batch *b, cm_status s, const cm_err *err)
 {
-    const size_t V = (size_t)e->m.hp.n_vocab;
-    int row = 0;
     e->steps++, e->step_seqs += b->n_slots, e->step_tokens += b->n;
     for (int i = 0; i < b->n_slots; i++) {
         srv_slot *sl = &e->slots[b->slot[i]];
@@ -187,10 +209,9 @@ static void finish_batch(srv_engine *e, batch *b, cm_status s, const cm_err *err
             sl->st = s, sl->err = *err, sl->queued = 0;
             sl->n_tokens = sl->n_done = 0; /* its cache is not to be trusted */
         } else if (sl->n_done == sl->n_tokens) {
-            float *logits = b->logits + row++ * V;
             sl->queued = 0;
             if (sl->smp && !sl->cancel && !sl->end)
-                gen_step(e, sl, logits);
+                gen_step(e, sl, b->next[i]);
             if (sl->queued && sl->n_out > 1 && sl->n_out - sl->n_read < SRV_WAKE_TOKENS)
                 continue; /* generating on: its request is woken later */
         } else if (!sl->cancel) {
@@ -231,6 +252,8 @@ static void *sched_main(void *arg)
         pthread_mutex_unlock(&e->lock);
         cm_err err = {0};
         cm_status s = run_batch(e, l, &b, expert, keep, &err);
+        if (!s)
+            sample_batch(e, &b);
         pthread_mutex_lock(&e->lock);
         finish_batch(e, &b, s, &err);
     }
