@@ -442,7 +442,9 @@ static void quantize_rows(vk_state *st, const cm_tensor *x, int64_t cols, int64_
         uint32_t ox, cols, n, k, glu, og;
     } pc = {vk_off(x) + (uint32_t)(t0 * cols), (uint32_t)cols, (uint32_t)n, kind == 2,
             g != NULL, g ? vk_off(g) + (uint32_t)(t0 * cols) : 0};
-    const uint64_t groups = vk_groups((uint64_t)(cols / (kind == 2 ? 256 : 32)) * n, 64);
+    /* a workgroup per q8_K block, a thread per q8_0/q8_1 block */
+    const uint64_t blocks = (uint64_t)(cols / (kind == 2 ? 256 : 32)) * n;
+    const uint64_t groups = kind == 2 ? blocks : vk_groups(blocks, 64);
     RUN(st, VK_SH_QUANTIZE, vk_buf_of(x), &st->xq, g ? vk_buf_of(g) : NULL, NULL, pc,
         groups > 65535 ? 65535 : (uint32_t)groups, 1, 1);
 }
@@ -554,14 +556,15 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
                const cm_tensor *x, cm_tensor *const *ys)
 {
     vk_state *st = vk_st(be);
-    int all_q8 = 1;
-    for (int i = 0; i < nw; i++)
+    int all_q8 = 1, all_blocks = 1;
+    for (int i = 0; i < nw; i++) {
         all_q8 &= quantized(ws[i]->type) == 1;
-    /* a held swiglu computed by the quantization of x (to q8_0/q8_1
-     * blocks: a q8_K block is one thread's 256 values, each read twice, too
-     * slow to compute them there); a held norm or attention of x
-     * quantizing it for the products */
-    const int glu = st->pend_glu.held && same_tensor(&st->pend_glu.a, x) && all_q8;
+        all_blocks &= quantized(ws[i]->type) != 0;
+    }
+    /* a held swiglu computed by the quantization of x (each kind's
+     * blocks: no float weight reads x itself); a held norm of x, or a
+     * held attention (to q8_0/q8_1 blocks), quantizing it for the products */
+    const int glu = st->pend_glu.held && same_tensor(&st->pend_glu.a, x) && all_blocks;
     int nq = norm_fold_kind(st, nw, ws, x);
     const int aq = st->pend_attn.held && all_q8 && same_tensor(&st->pend_attn.out, x) &&
                    st->hp->head_dim_v % 32 == 0;

@@ -16,7 +16,7 @@
 // q8_K, into binding 2, row r's from block r cols / per), so that product
 // needs no quantize.comp dispatch; never with a bias (binding 2's other
 // use), for rows of at most ROW_MAX (the row is kept in shared memory for
-// it: a thread quantizes a block, reading values other threads made).
+// it: a block is quantized from values other threads made).
 #extension GL_GOOGLE_include_directive : require
 #ifdef USE_F64
 #define acc_t double
@@ -44,18 +44,25 @@ shared float row[ROW_MAX];
 #include "q8_0.glsl"
 #define ACT(i) row[i]
 #define XQ_STORE(i, v) b.d[i] = (v)
+#define Q8K_GROUPS 2u // (1.5 KiB of shared words: row and red stay within 16 KiB)
 #include "quantize.glsl"
 
-// This workgroup's row, in row[], quantized by its threads a block each.
+// This workgroup's row, in row[], quantized: a thread per q8_0/q8_1
+// block, 64 threads per q8_K block (Q8K_GROUPS at a time).
 void quantize_row()
 {
     barrier();
     const uint per = p.q == 2u ? 256u : 32u, nb = p.n / per, r = gl_WorkGroupID.x;
-    for (uint i = gl_LocalInvocationID.x; i < nb; i += 256u)
-        if (p.q == 2u)
-            quantize_q8k(i * per, 73u * (r * nb + i));
-        else
-            quantize_q8(i * per, 10u * (r * nb + i));
+    const uint tid = gl_LocalInvocationID.x;
+    if (p.q == 2u) {
+        for (uint i0 = 0u; i0 < nb; i0 += Q8K_GROUPS) {
+            const uint i = i0 + tid / 64u;
+            quantize_q8k(i * per, 73u * (r * nb + i), i < nb);
+        }
+        return;
+    }
+    for (uint i = tid; i < nb; i += 256u)
+        quantize_q8(i * per, 10u * (r * nb + i));
 }
 
 shared acc_t red[256];

@@ -28,7 +28,8 @@ layout(push_constant) uniform P { uint ox, cols, n, k, glu, og; } p;
 // uint (uints 1 .. 64), the 16 int16 bsums two to a uint (uints 65 .. 72,
 // the even one low).  is = -127 / max and d = 1 / is correctly rounded
 // (div_rn); a block whose amax is 0, inf or below 2^-100 (where the CPU's is
-// may overflow) all zero.  A thread per block.
+// may overflow) all zero.  A workgroup per q8_K block (quantize.glsl's
+// 64 threads), a thread per q8_0/q8_1 block.
 
 #include "q8_0.glsl"
 
@@ -43,17 +44,17 @@ float act(uint i)
 
 #define ACT(i) act(i)
 #define XQ_STORE(i, v) xq.d[i] = (v)
+#define Q8K_GROUPS 1u
 #include "quantize.glsl"
 
 void main()
 {
-    const bool k = p.k != 0u;
-    const uint per = k ? 256u : 32u, nb = p.cols / per, total = nb * p.n;
-    for (uint i = gl_GlobalInvocationID.x; i < total; i += gl_NumWorkGroups.x * 64u) {
-        const uint src = p.ox + (i / nb) * p.cols + (i % nb) * per;
-        if (k)
-            quantize_q8k(src, 73u * i);
-        else
-            quantize_q8(src, 10u * i);
+    const uint per = p.k != 0u ? 256u : 32u, nb = p.cols / per, total = nb * p.n;
+    if (p.k != 0u) { // (uniform: the barriers inside)
+        for (uint i = gl_WorkGroupID.x; i < total; i += gl_NumWorkGroups.x)
+            quantize_q8k(p.ox + (i / nb) * p.cols + (i % nb) * 256u, 73u * i, true);
+        return;
     }
+    for (uint i = gl_GlobalInvocationID.x; i < total; i += gl_NumWorkGroups.x * 64u)
+        quantize_q8(p.ox + (i / nb) * p.cols + (i % nb) * 32u, 10u * i);
 }

@@ -2,7 +2,7 @@
 // layouts, documented there), one block at a time, for quantize.comp and
 // for matmul.comp's inline quantization.  The includer defines ACT(i), the
 // float activation i, and XQ_STORE(i, v), storing uint v at block word i,
-// and includes q8_0.glsl first.
+// and includes q8_0.glsl first; Q8K_GROUPS (below) for the q8_K blocks.
 
 int qlevel8(float v)
 {
@@ -13,42 +13,85 @@ int qlevel8(float v)
     return clamp(int(roundEven(v)), -128, 127);
 }
 
-// The q8_K block (73 uints from o) of the 256 activations from src.
-void quantize_q8k(uint src, uint o)
+// The q8_K block (73 uints from o) of the 256 activations from src, by 64
+// threads of the workgroup together (one thread's 256 values, each read
+// twice, took ~60 us on an H100: a generation step waited for it four times
+// a layer).  The includer defines Q8K_GROUPS, how many blocks its workgroup
+// makes at once: thread t works for group t / 64 (threads past the last
+// group only meet the barriers) on elements 4 (t % 64) .. + 3, which make
+// word 1 + t % 64 of the block.  Everything is exact and in a fixed order
+// whatever the device: the largest magnitude by a tree in shared memory
+// (ties to the lowest element, the reference's first), the bsums in
+// integers.  Every thread of the workgroup calls it (barriers), live false
+// where its group has no block; the shared words are free again when it
+// returns to a thread and that thread meets the next call's first barrier.
+#ifdef Q8K_GROUPS
+shared uint q8k_a[64u * Q8K_GROUPS], q8k_i[64u * Q8K_GROUPS];
+shared int q8k_s[64u * Q8K_GROUPS];
+
+void quantize_q8k(uint src, uint o, bool live)
 {
-    uint amax = 0u, mx = 0u;
-    for (uint e = 0u; e < 256u; e++) {
-        const uint b = floatBitsToUint(ACT(src + e)), a = b & 0x7FFFFFFFu;
+    const uint tid = gl_LocalInvocationID.x, l = tid & 63u, g0 = tid - l;
+    const bool mine = tid < 64u * Q8K_GROUPS;
+    live = live && mine;
+    float v[4];
+    uint amax = 0u, at = 0u; // at: the element, its sign in bit 8
+    for (uint j = 0u; j < 4u; j++) {
+        v[j] = live ? ACT(src + 4u * l + j) : 0.0;
+        const uint bits = floatBitsToUint(v[j]), a = bits & 0x7FFFFFFFu;
         if (a <= 0x7F800000u && a > amax) {
             amax = a;
-            mx = b;
+            at = (4u * l + j) | ((bits >> 31) << 8);
         }
     }
-    if (amax >= 0x7F800000u || amax < 0x0D800000u) {
-        for (uint k = 0u; k < 73u; k++)
-            XQ_STORE(o + k, 0u);
+    if (mine) {
+        q8k_a[tid] = amax;
+        q8k_i[tid] = at;
+    }
+    barrier();
+    for (uint s = 32u; s > 0u; s >>= 1) {
+        if (mine && l < s) {
+            const uint a2 = q8k_a[tid + s], i2 = q8k_i[tid + s], a1 = q8k_a[tid];
+            if (a2 > a1 || (a2 == a1 && (i2 & 0xFFu) < (q8k_i[tid] & 0xFFu))) {
+                q8k_a[tid] = a2;
+                q8k_i[tid] = i2;
+            }
+        }
+        barrier();
+    }
+    if (mine) {
+        amax = q8k_a[g0];
+        at = q8k_i[g0];
+    }
+    const bool zero = amax >= 0x7F800000u || amax < 0x0D800000u;
+    const float ia = zero ? 1.0 : div_rn(127.0, uintBitsToFloat(amax)); // |is|
+    const float is = (at & 0x100u) != 0u ? ia : -ia;
+    uint w = 0u;
+    int sum = 0;
+    for (uint j = 0u; j < 4u; j++) {
+        precise float sv = is * v[j];
+        const int q = zero ? 0 : qlevel8(sv);
+        sum += q;
+        w |= (uint(q) & 0xFFu) << (8u * j);
+    }
+    if (mine)
+        q8k_s[tid] = sum;
+    barrier();
+    if (!live)
         return;
+    XQ_STORE(o + 1u + l, w);
+    if (l < 8u) {
+        const uint f = g0 + 8u * l; // the first of its 16 elements' threads
+        const int s0 = q8k_s[f] + q8k_s[f + 1u] + q8k_s[f + 2u] + q8k_s[f + 3u];
+        const int s1 = q8k_s[f + 4u] + q8k_s[f + 5u] + q8k_s[f + 6u] + q8k_s[f + 7u];
+        XQ_STORE(o + 65u + l, (uint(s0) & 0xFFFFu) | (uint(s1) << 16));
     }
-    const float ia = div_rn(127.0, uintBitsToFloat(amax)); // |is|
-    const float is = (mx & 0x80000000u) != 0u ? ia : -ia;
-    const float d = div_rn(1.0, ia);
-    XQ_STORE(o, floatBitsToUint(is < 0.0 ? -d : d));
-    int bs[16];
-    for (uint j = 0u; j < 16u; j++)
-        bs[j] = 0;
-    for (uint k = 0u; k < 64u; k++) {
-        uint w = 0u;
-        for (uint j = 0u; j < 4u; j++) {
-            precise float v = is * ACT(src + 4u * k + j);
-            const int q = qlevel8(v);
-            bs[k / 4u] += q;
-            w |= (uint(q) & 0xFFu) << (8u * j);
-        }
-        XQ_STORE(o + 1u + k, w);
+    if (l == 0u) {
+        const float d = div_rn(1.0, ia);
+        XQ_STORE(o, zero ? 0u : floatBitsToUint(is < 0.0 ? -d : d));
     }
-    for (uint j = 0u; j < 8u; j++)
-        XQ_STORE(o + 65u + j, (uint(bs[2u * j]) & 0xFFFFu) | (uint(bs[2u * j + 1u]) << 16));
 }
+#endif
 
 // The q8_0/q8_1 block (10 uints from o) of the 32 activations from src.
 void quantize_q8(uint src, uint o)
