@@ -548,6 +548,13 @@ static cm_status make_device(vk_state *st, cm_err *err)
     VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     if ((r = vkCreateFence(st->dev, &fi, NULL, &st->fence)) != VK_SUCCESS)
         return vk_fail(err, r, "creating a fence");
+    if (st->profile == 2 && props.limits.timestampComputeAndGraphics) {
+        VkQueryPoolCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
+                                    .queryType = VK_QUERY_TYPE_TIMESTAMP, .queryCount = VK_TS_MAX};
+        if ((r = vkCreateQueryPool(st->dev, &qi, NULL, &st->ts_pool)) != VK_SUCCESS)
+            return vk_fail(err, r, "creating a query pool");
+        st->ts_ns = props.limits.timestampPeriod;
+    }
     return CM_OK;
 }
 
@@ -751,6 +758,8 @@ static void vk_release(cm_backend *be)
         vk_flush(st);
         if (st->profile)
             vk_profile_report(st);
+        if (st->ts_pool)
+            vkDestroyQueryPool(st->dev, st->ts_pool, NULL);
         vk_stats_report(st);
         vkDeviceWaitIdle(st->dev);
         for (int il = 0; st->k_cache && il < st->hp->n_layer; il++) {
@@ -870,7 +879,7 @@ static cm_status vk_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
     st->n_batch = s->n_batch;
     st->kv = s->kv == CM_KV_Q8_0 ? 2 : s->kv == CM_KV_F16 ? 1 : 0;
     const char *prof = getenv("CODEMOE_VULKAN_PROFILE"), *stage = getenv("CODEMOE_VULKAN_STAGING");
-    st->profile = prof && !strcmp(prof, "1");
+    st->profile = !prof ? 0 : !strcmp(prof, "1") ? 1 : !strcmp(prof, "gpu") ? 2 : 0;
     st->force_staging = stage && !strcmp(stage, "1");
     const char *fuse = getenv("CODEMOE_VULKAN_FUSE");
     st->fuse = !fuse || strcmp(fuse, "0") != 0;

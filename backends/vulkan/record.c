@@ -35,6 +35,12 @@ static void record_begin(vk_state *st)
         .flags = st->cmd == st->replay_cmd ? 0 : VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
     vk_check(vkBeginCommandBuffer(st->cmd, &begin), "recording");
     st->recording = 1;
+    if (st->ts_pool) {
+        const int c = st->cmd == st->replay_cmd;
+        vkCmdResetQueryPool(st->cmd, st->ts_pool, 0, VK_TS_MAX);
+        vkCmdWriteTimestamp(st->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, st->ts_pool, 0);
+        st->n_ts[c] = 1;
+    }
     st->after_submit = 1; /* the first dispatch waits for the submits before */
     st->n_wrote = st->n_read = 0;
     st->bound = -1;
@@ -150,6 +156,8 @@ static void submit_wait(vk_state *st, int keep_arena)
     vk_check(vkQueueSubmit(st->queue, 1, &si, st->fence), "submitting");
     vk_check(vkWaitForFences(st->dev, 1, &st->fence, VK_TRUE, UINT64_MAX), "waiting");
     vk_check(vkResetFences(st->dev, 1, &st->fence), "resetting a fence");
+    if (st->ts_pool)
+        vk_ts_collect(st, st->cmd == st->replay_cmd);
     if (st->cmd != st->replay_cmd) /* (a record is kept) */
         vk_check(vkResetCommandBuffer(st->cmd, 0), "resetting a command buffer");
     st->recording = 0;
@@ -287,20 +295,42 @@ static void profile(vk_state *st, int s, uint32_t groups)
     st->prof_groups[s] += groups;
 }
 
+void vk_ts_collect(vk_state *st, int c)
+{
+    static uint64_t t[VK_TS_MAX];
+    const uint32_t n = st->n_ts[c];
+    if (n < 2 || vkGetQueryPoolResults(st->dev, st->ts_pool, 0, n, sizeof t, t, sizeof t[0],
+                                       VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT) != VK_SUCCESS)
+        return;
+    for (uint32_t i = 1; i < n; i++) {
+        const int s = st->ts_pipe[c][i];
+        st->prof_s[s] += (double)(t[i] - t[i - 1]) * st->ts_ns * 1e-9;
+        st->prof_n[s]++;
+    }
+}
+
 void vk_profile_report(vk_state *st)
 {
     static const char *const names[VK_SHADER_COUNT] = {
         "add", "swiglu", "gelu", "add_gated", "gather", "scatter_add", "norm",
         "rope", "kv_store", "attention", "quantize", "matmul", "embed", "matmul_tiled",
         "attn_prompt", "attn_prompt128"};
-    fprintf(stderr, "[codemoe] vulkan profile (each dispatch waited for):\n");
-    for (int i = 0; i < VK_PIPE_COUNT; i++)
-        if (st->prof_n[i])
-            fprintf(stderr, "  %-12s %8llu dispatches %10.4f s %12llu workgroups\n",
-                    i < VK_SHADER_COUNT ? names[i]
-                    : i < VK_SHADER_COUNT + VK_MM_TYPES ? "matmul" : "matmul_tiled",
-                    (unsigned long long)st->prof_n[i], st->prof_s[i],
-                    (unsigned long long)st->prof_groups[i]);
+    fprintf(stderr, "[codemoe] vulkan profile (%s):\n",
+            st->ts_pool ? "device timestamps: the time each dispatch added, batches as they ran"
+                        : "each dispatch waited for");
+    for (int i = 0; i < VK_PIPE_COUNT; i++) {
+        if (!st->prof_n[i])
+            continue;
+        char name[32];
+        if (i < VK_SHADER_COUNT)
+            snprintf(name, sizeof name, "%s", names[i]);
+        else
+            snprintf(name, sizeof name, "%s/%d", i < VK_SHADER_COUNT + VK_MM_TYPES ? "matmul"
+                     : "matmul_tiled", (i - VK_SHADER_COUNT) % VK_MM_TYPES);
+        fprintf(stderr, "  %-16s %8llu dispatches %10.4f s %8.2f us each %12llu workgroups\n",
+                name, (unsigned long long)st->prof_n[i], st->prof_s[i],
+                1e6 * st->prof_s[i] / (double)st->prof_n[i], (unsigned long long)st->prof_groups[i]);
+    }
 }
 
 /* CODEMOE_VULKAN_STATS=1: what reached the device, printed at release. */
@@ -376,7 +406,13 @@ void vk_dispatch_at(vk_state *st, int s, vk_buf *const b[VK_OPERANDS],
                        (uint32_t)pc_bytes, pc);
     vkCmdDispatch(st->cmd, x, y, z);
     st->dispatches++;
-    if (st->profile)
+    const int c = st->cmd == st->replay_cmd;
+    if (st->ts_pool && st->n_ts[c] < VK_TS_MAX) {
+        vkCmdWriteTimestamp(st->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, st->ts_pool, st->n_ts[c]);
+        st->ts_pipe[c][st->n_ts[c]++] = (uint16_t)s;
+        st->prof_groups[s] += (uint64_t)x * y * z;
+    }
+    if (st->profile == 1)
         profile(st, s, x * y * z);
 }
 
@@ -404,7 +440,7 @@ void vk_copy(vk_state *st, vk_buf *src, VkDeviceSize so, vk_buf *dst, VkDeviceSi
 static int replay_wanted(const vk_state *st)
 {
     const char *v = getenv("CODEMOE_VULKAN_REPLAY");
-    return !st->profile && !st->replay_off && (!v || strcmp(v, "0") != 0);
+    return st->profile != 1 && !st->replay_off && (!v || strcmp(v, "0") != 0);
 }
 
 /* The io words (position, ids) are written once what is recorded has run
@@ -447,6 +483,8 @@ void vk_batch_end(cm_backend *be)
         vk_check(vkQueueSubmit(st->queue, 1, &si, st->fence), "replaying a step");
         vk_check(vkWaitForFences(st->dev, 1, &st->fence, VK_TRUE, UINT64_MAX), "waiting");
         vk_check(vkResetFences(st->dev, 1, &st->fence), "resetting a fence");
+        if (st->ts_pool)
+            vk_ts_collect(st, 1);
         copy_logits(st);
     } else if (st->mode == VK_CAPTURE) {
         const int recorded = st->recording;

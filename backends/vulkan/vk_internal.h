@@ -34,6 +34,7 @@ typedef struct {
 #define VK_MM_TYPES 13
 enum { VK_MM_PLAIN = 0, VK_MM_TILED = 1 };
 #define VK_PIPE_COUNT (VK_SHADER_COUNT + 2 * VK_MM_TYPES)
+#define VK_TS_MAX 4096 /* timestamps a batch (the rest of its dispatches untimed) */
 /* matmul_tiled.comp's tile: weight rows (its BM) by tokens (its BN) */
 #define VK_TILE_ROWS 64
 #define VK_TILE_TOKENS 64
@@ -187,6 +188,13 @@ typedef struct {
                   * to have it quantized by the attention's own dispatch */
     VkDeviceSize arena_used; /* bytes of rows handed out since the last flush */
     int profile; /* CODEMOE_VULKAN_PROFILE=1: each dispatch timed alone */
+    /* CODEMOE_VULKAN_PROFILE=gpu: device timestamps after every dispatch
+     * of the batches as they run (replays too), per command buffer (0
+     * eager, 1 the replay record): what each dispatch added to the time */
+    VkQueryPool ts_pool;
+    double ts_ns; /* nanoseconds a tick */
+    uint32_t n_ts[2];
+    uint16_t ts_pipe[2][VK_TS_MAX];
     double prof_s[VK_PIPE_COUNT];
     uint64_t prof_n[VK_PIPE_COUNT], prof_groups[VK_PIPE_COUNT];
     vk_set_entry sets[VK_SET_SLOTS];
@@ -243,6 +251,8 @@ int vk_replaying(vk_state *st);
 /* Records the ops held back for fusion (ops_vulkan.c): before a submit. */
 void vk_emit_held(vk_state *st);
 void vk_profile_report(vk_state *st);
+/* Adds the device timestamps of command buffer c's last run to the profile. */
+void vk_ts_collect(vk_state *st, int c);
 void vk_stats_report(const vk_state *st);
 
 static inline vk_buf *vk_buf_of(const cm_tensor *t)
