@@ -127,9 +127,27 @@ float score(uint j)
             precise float t = float(sum) * sc;
             s += acc_t(t);
         }
-    } else
-        for (uint i = 0u; i < p.d; i++)
-            s += acc_t(kval(at + i)) * acc_t(qs[i]);
+    } else {
+        // eight keys' elements loaded before they are summed in order: the
+        // loads of a position go out together instead of one at a time
+        for (uint i = 0u; i < p.d; i += 8u) {
+            float kv[8];
+            const uint n8 = min(8u, p.d - i);
+            if (p.kv == 1u && n8 == 8u && ((at + i) & 1u) == 0u) {
+                const uint w = (at + i) >> 1;
+                for (uint u = 0u; u < 4u; u++) {
+                    const uint two = kc.d[w + u];
+                    kv[2u * u] = f16_val(two & 0xFFFFu);
+                    kv[2u * u + 1u] = f16_val(two >> 16);
+                }
+            } else
+                for (uint u = 0u; u < 8u; u++)
+                    kv[u] = u < n8 ? kval(at + i + u) : 0.0;
+            for (uint u = 0u; u < 8u; u++)
+                if (u < n8)
+                    s += acc_t(kv[u]) * acc_t(qs[i + u]);
+        }
+    }
     precise float r = float(s) * p.scale;
     return r;
 }
@@ -210,9 +228,15 @@ void main()
         for (uint k = 0u; k < 4u; k++) {
             const uint i = tid + 64u * k;
             if (i < p.dv)
-                for (uint jj = 0u; jj < m; jj++) {
-                    precise float r = acc[k] + wts[jj] * vval((c + jj) * p.vrow + vbase + i);
-                    acc[k] = r;
+                for (uint j0 = 0u; j0 < m; j0 += 8u) { // eight loads out, then summed in order
+                    float vv[8];
+                    for (uint u = 0u; u < 8u; u++)
+                        vv[u] = j0 + u < m ? vval((c + j0 + u) * p.vrow + vbase + i) : 0.0;
+                    for (uint u = 0u; u < 8u; u++)
+                        if (j0 + u < m) {
+                            precise float r = acc[k] + wts[j0 + u] * vv[u];
+                            acc[k] = r;
+                        }
                 }
         }
         barrier();
