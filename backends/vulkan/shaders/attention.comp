@@ -10,13 +10,15 @@
 // multiples of 32.  The bindings start at this layer's caches).
 //
 // Three passes over the keys (the maximum; the sum of exponentials; then
-// 64 positions at a time the weights through shared memory, each thread
-// summing value dimensions tid, tid + 64, ...).  The first pass keeps the
-// scores of the first SC positions in shared memory (position j by thread
-// j % 64, which alone reads it back: no barrier needed), so the others
-// read them instead of computing them again (most of the work of a prompt's
-// rows); past SC they are recomputed by the same code, so any context fits
-// and every pass sees the same bits.
+// WG positions at a time the weights through shared memory, the threads in
+// four streams of positions (thread tid takes positions tid / 64 + 4 k of
+// each WG, value dimensions tid % 64 + 64 i), the streams' sums added at
+// the end).  The first pass keeps the scores of the first SC positions in
+// shared memory (position j by thread j % WG, which alone reads it back: no
+// barrier needed), so the others read them instead of computing them again;
+// past SC they are recomputed by the same code, so any context fits and
+// every pass sees the same bits.  WG threads a head: one workgroup per
+// generated token's head is all the device gets, so it had better be wide.
 //
 // The reference's arithmetic (backends/ref attend(), softmax_ref):
 // - F16 cache: the query rounded to f16, and each weight too;
@@ -25,8 +27,9 @@
 //   (f16 d of the key * f16 d of the query), that product in float; values
 //   quant * d in float; the weights not rounded;
 // - a score is one position's dot in order, times scale, in float;
-// - weight = exp(s - max) / sum; out[i] += weight * v[i] in position order,
-//   which each thread here does for its dimensions: the same sum.
+// - weight = exp(s - max) / sum; out[i] += weight * v[i]: the reference
+//   adds in position order, here four interleaved streams of positions are
+//   summed apart and then added (a few ulps apart).
 // With -DUSE_F64 (optional, needs shaderFloat64) the dots and the sum of
 // exponentials are in double as the reference's are, so the scores are its
 // to the bit; without it they are in float.  d, dv <= 256.  Grid (n_rows, n_head).
@@ -39,7 +42,8 @@
 #define acc_t float
 #endif
 
-layout(local_size_x = 64) in;
+#define WG 256u
+layout(local_size_x = 256) in;
 
 layout(std430, set = 0, binding = 0) readonly buffer B_0 { float d[]; } q;
 layout(std430, set = 0, binding = 1) buffer B_1 { float d[]; } outp;
@@ -54,17 +58,18 @@ layout(push_constant) uniform P {
 } p;
 
 shared float qs[256];
-shared acc_t red[64];
-shared float wts[64];
+shared acc_t red[WG];
+shared float wts[WG];
 shared uint qq[64]; // Q8_0: the query's quants, four to a uint (byte 0 low)
 shared float qd[8]; // and its blocks' scales (the f16 values)
-#define SC 2048u
+#define SC 1024u
 shared float scores[SC];
 
 #include "q8_0.glsl"
 #include "io.glsl"
 
 shared float ov[256]; // the head's output, for its quantization (q8)
+shared float part[3u * 256u]; // the streams 1..3's sums
 #define ACT(i) ov[i]
 #define XQ_STORE(i, v) xq.d[i] = (v)
 #include "quantize.glsl"
@@ -174,13 +179,13 @@ void main()
                 qq[8u * tid + i] = qb[1u + 2u * i] | (qb[2u + 2u * i] << 16);
         }
     } else
-        for (uint i = tid; i < p.d; i += 64u)
+        for (uint i = tid; i < p.d; i += WG)
             qs[i] = p.kv == 1u ? round_f16(q.d[qrow + i]) : q.d[qrow + i];
     barrier();
 
     // pass 1: the maximum score
     float mx = uintBitsToFloat(0xFF800000u); // -inf
-    for (uint j = tid; j <= last; j += 64u) {
+    for (uint j = tid; j <= last; j += WG) {
         const float s = score(j);
         if (j < SC)
             scores[j] = s;
@@ -188,7 +193,7 @@ void main()
     }
     red[tid] = acc_t(mx);
     barrier();
-    for (uint s = 32u; s > 0u; s >>= 1) {
+    for (uint s = WG / 2u; s > 0u; s >>= 1) {
         if (tid < s)
             red[tid] = max(red[tid], red[tid + s]);
         barrier();
@@ -198,22 +203,24 @@ void main()
 
     // pass 2: the sum of exponentials (a fixed tree: deterministic)
     precise acc_t sum = acc_t(0);
-    for (uint j = tid; j <= last; j += 64u) {
+    for (uint j = tid; j <= last; j += WG) {
         precise float e = exp(score_again(j) - mx);
         sum += acc_t(e);
     }
     red[tid] = sum;
     barrier();
-    for (uint s = 32u; s > 0u; s >>= 1) {
+    for (uint s = WG / 2u; s > 0u; s >>= 1) {
         if (tid < s)
             red[tid] += red[tid + s];
         barrier();
     }
     sum = red[0];
 
-    // pass 3: 64 weights at a time, then each thread's value dimensions
+    // pass 3: WG weights at a time, then each thread's value dimensions
+    // over its stream of them
+    const uint lane = tid & 63u, stream = tid >> 6;
     float acc[4] = float[4](0.0, 0.0, 0.0, 0.0);
-    for (uint c = 0u; c <= last; c += 64u) {
+    for (uint c = 0u; c <= last; c += WG) {
         const uint j = c + tid;
         float wt = 0.0;
         if (j <= last) {
@@ -224,27 +231,36 @@ void main()
         }
         wts[tid] = wt;
         barrier();
-        const uint m = min(64u, last + 1u - c);
+        const uint m = min(WG, last + 1u - c);
         for (uint k = 0u; k < 4u; k++) {
-            const uint i = tid + 64u * k;
+            const uint i = lane + 64u * k;
             if (i < p.dv)
-                for (uint j0 = 0u; j0 < m; j0 += 8u) { // eight loads out, then summed in order
+                for (uint j0 = stream; j0 < m; j0 += 32u) { // eight loads out, then summed
                     float vv[8];
                     for (uint u = 0u; u < 8u; u++)
-                        vv[u] = j0 + u < m ? vval((c + j0 + u) * p.vrow + vbase + i) : 0.0;
+                        vv[u] = j0 + 4u * u < m ? vval((c + j0 + 4u * u) * p.vrow + vbase + i) : 0.0;
                     for (uint u = 0u; u < 8u; u++)
-                        if (j0 + u < m) {
-                            precise float r = acc[k] + wts[j0 + u] * vv[u];
+                        if (j0 + 4u * u < m) {
+                            precise float r = acc[k] + wts[j0 + 4u * u] * vv[u];
                             acc[k] = r;
                         }
                 }
         }
         barrier();
     }
-    for (uint k = 0u; k < 4u; k++)
-        if (tid + 64u * k < p.dv) {
-            outp.d[orow + tid + 64u * k] = acc[k];
-            ov[tid + 64u * k] = acc[k];
+    if (stream != 0u)
+        for (uint k = 0u; k < 4u; k++)
+            if (lane + 64u * k < p.dv)
+                part[(stream - 1u) * 256u + lane + 64u * k] = acc[k];
+    barrier();
+    if (stream == 0u)
+        for (uint k = 0u; k < 4u; k++) {
+            const uint i = lane + 64u * k;
+            if (i < p.dv) {
+                precise float r = ((acc[k] + part[i]) + part[256u + i]) + part[512u + i];
+                outp.d[orow + i] = r;
+                ov[i] = r;
+            }
         }
     if (p.q8 != 0u) {
         barrier();
