@@ -346,8 +346,10 @@ PY
             exit !(ok && n == 1) }' || fail "infill ids of $f: $got (want $ids as PRE:SUF:MID)"
     done
 fi
-# run --infill: the prompt a FIM model completes, with the ids of the
-# special-token texts, so the same greedy middle; refused without FIM tokens
+# run --infill --no-heal: the prompt a FIM model completes, with the ids of
+# the special-token texts, so the same greedy middle; refused without FIM
+# tokens.  Healed (the default), the prefix's last token is generated again:
+# its text then starts the middle (a random-weight model need not keep it)
 GEN="$BUILD/tools/gen_model"
 if [ -x "$GEN" ]; then
     "$GEN" --n-embd 64 --n-layer 1 --n-head 2 --n-head-kv 1 --n-ff 64 --type q8_0 \
@@ -356,15 +358,18 @@ if [ -x "$GEN" ]; then
     printf '\n    return c\n' >"$TMP/suf.py"
     printf '<fim_prefix>def add(a, b):\n    <fim_suffix>\n    return c\n<fim_middle>' >"$TMP/fim.txt"
     expect 0 "run --infill" -- "$CODEMOE" run -m "$TMP/fim.gguf" --infill --prefix-file "$TMP/pre.py" \
-        --suffix-file "$TMP/suf.py" -n 8 --temp 0
+        --suffix-file "$TMP/suf.py" -n 8 --temp 0 --no-heal
     "$CODEMOE" run -m "$TMP/fim.gguf" -f "$TMP/fim.txt" -n 8 --temp 0 >"$TMP/fim.out" 2>/dev/null
     [ -s "$TMP/out" ] && cmp -s "$TMP/out" "$TMP/fim.out" || fail "run --infill differs from the FIM prompt as text"
     expect 0 "run --infill, texts and -e" -- "$CODEMOE" run -m "$TMP/fim.gguf" --infill -e \
-        --prefix 'def add(a, b):\n    ' --suffix '\n    return c\n' -n 8 --temp 0
+        --prefix 'def add(a, b):\n    ' --suffix '\n    return c\n' -n 8 --temp 0 --no-heal
     cmp -s "$TMP/out" "$TMP/fim.out" || fail "run --infill --prefix -e differs from --prefix-file"
     expect 0 "run --infill, prefix from stdin" -- "$CODEMOE" run -m "$TMP/fim.gguf" --infill \
-        --prefix-file - --suffix-file "$TMP/suf.py" -n 8 --temp 0 <"$TMP/pre.py"
+        --prefix-file - --suffix-file "$TMP/suf.py" -n 8 --temp 0 --no-heal <"$TMP/pre.py"
     cmp -s "$TMP/out" "$TMP/fim.out" || fail "run --infill --prefix-file - differs"
+    expect 0 "run --infill, healed" -- "$CODEMOE" run -m "$TMP/fim.gguf" --infill --prefix-file "$TMP/pre.py" \
+        --suffix-file "$TMP/suf.py" -n 8 --temp 0
+    expect 2 "--no-heal without --infill" -- "$CODEMOE" run -m "$TMP/fim.gguf" -p x --no-heal
     # progress of a long prompt: on a terminal only
     awk 'BEGIN { for (i = 0; i < 100; i++) printf "int x%d = %d;\n", i, i }' >"$TMP/long.c"
     expect 0 "a long prompt, stderr not a terminal" -- "$CODEMOE" run -m "$TMP/fim.gguf" -f "$TMP/long.c" -n 1

@@ -570,6 +570,54 @@ static void test_specials(const char *name, const vocab *v)
     }
 }
 
+/* Token healing: the prefix's last token comes off with its bytes, and
+ * cm_heal_logits leaves exactly the tokens whose text starts with them. */
+static void test_heal(const char *name, const vocab *v)
+{
+    static const char *const texts[] = {"def add(a, b):\n    ", "x = compu", "int main() {\n"};
+    const int32_t nv = cm_tok_n_vocab(v->tok);
+    float *logits = malloc(sizeof *logits * (size_t)nv);
+    for (size_t k = 0; logits && k < sizeof texts / sizeof *texts; k++) {
+        int32_t *ids = NULL;
+        size_t n = 0, n0;
+        cm_err err = {0};
+        cm_heal h;
+        if (cm_tokenize(v->tok, texts[k], strlen(texts[k]), 0, 0, &ids, &n, &err))
+            continue;
+        n0 = n;
+        const int32_t last = n ? ids[n - 1] : -1;
+        cm_heal_take(v->tok, ids, &n, &h);
+        char piece[CM_HEAL_MAX];
+        const size_t pn = last >= 0 ? cm_token_piece(v->tok, last, 0, piece, sizeof piece) : 0;
+        CHECK(h.len > 0 && n == n0 - 1 && h.len == pn && !memcmp(h.text, piece, pn),
+              "%s: heal of \"%s\": the last token's %zu bytes taken (got %zu)", name, texts[k], pn,
+              h.len);
+        for (int32_t id = 0; id < nv; id++)
+            logits[id] = 0.0f;
+        cm_heal_logits(v->tok, &h, logits, nv);
+        int kept = 0, wrong = 0;
+        for (int32_t id = 0; id < nv; id++) {
+            char p[512];
+            const size_t m = cm_token_piece(v->tok, id, 0, p, sizeof p);
+            const int starts = m >= h.len && m <= sizeof p && !memcmp(p, h.text, h.len);
+            kept += logits[id] == 0.0f;
+            wrong += (logits[id] == 0.0f) != starts && m <= sizeof p;
+        }
+        CHECK(kept >= 1 && wrong == 0 && logits[last] == 0.0f,
+              "%s: heal of \"%s\": %d tokens kept, %d wrongly", name, texts[k], kept, wrong);
+        free(ids);
+    }
+    /* a control token (a FIM sentinel) stays where it is */
+    int32_t ids[2] = {5, cm_tok_fim(v->tok, CM_FIM_MID)};
+    size_t n = 2;
+    cm_heal h = {.len = 7};
+    if (ids[1] >= 0) {
+        cm_heal_take(v->tok, ids, &n, &h);
+        CHECK(n == 2 && h.len == 0, "%s: a control token is not healed", name);
+    }
+    free(logits);
+}
+
 /* ------------------------------------------------------ bad metadata */
 
 typedef struct {
@@ -760,6 +808,7 @@ int main(void)
         test_vectors(shared, vocabs[i], &v);
         test_jsonl(shared, vocabs[i], &v);
         test_specials(vocabs[i], &v);
+        test_heal(vocabs[i], &v);
         fuzz_vocab(vocabs[i], &v, 0x9E3779B97F4A7C15ull + i);
         fuzz_roundtrip(vocabs[i], &v, 0xD1B54A32D192ED03ull + i);
         close_vocab(&v);

@@ -10,11 +10,15 @@ fixed seed among the lines with at least 8 non-blank characters, not in the
 first or last 3), the model gets up to 40 lines before it as the prefix and up
 to 20 lines after it as the suffix, and generates (greedy, at most 64 tokens).
 A sample is an exact match when the generated text's first line equals the
-masked line (trailing whitespace ignored).  Prints one line per language and
-writes the counts and a few samples as JSON.
+masked line (trailing whitespace ignored); its edit similarity is difflib's
+ratio of the two lines (1.0 the same), as code-completion benchmarks report
+it, which tells apart models that match no line exactly.  `run --infill`
+heals the prefix's last token unless --no-heal is given (passed on).  Prints
+one line per language and writes the counts and a few samples as JSON.
 """
 import argparse
 import concurrent.futures as cf
+import difflib
 import json
 import lzma
 import os
@@ -60,14 +64,15 @@ def run_one(a, s, tmp):
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(s["suffix"])
     cmd = [a.codemoe, "run", "-m", a.model, "--infill", "--prefix-file", pf, "--suffix-file", sf,
-           "-n", "64", "--temp", "0", "-t", "1"]
+           "-n", "64", "--temp", "0", "-t", "1"] + (["--no-heal"] if a.no_heal else [])
     r = subprocess.run(cmd, capture_output=True, timeout=300)
     os.unlink(pf), os.unlink(sf)
     if r.returncode != 0:
         raise RuntimeError("%s: %s" % (" ".join(cmd), r.stderr.decode(errors="replace").strip()[-300:]))
     got = r.stdout.decode("utf-8", errors="replace")
     first = got.split("\n", 1)[0]
-    return dict(s, generated=got, exact=first.rstrip() == s["line"].rstrip())
+    sim = difflib.SequenceMatcher(None, first.rstrip(), s["line"].rstrip()).ratio()
+    return dict(s, generated=got, exact=first.rstrip() == s["line"].rstrip(), similarity=sim)
 
 
 def main():
@@ -80,6 +85,7 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--no-heal", action="store_true", help="run --infill --no-heal")
     a = p.parse_args()
     work = [s for lang in a.langs.split(",") for s in samples(a.corpus, lang, a.n, a.seed)]
     with tempfile.TemporaryDirectory() as tmp, cf.ThreadPoolExecutor(a.jobs) as ex:
@@ -87,15 +93,21 @@ def main():
     summary = {}
     for lang in a.langs.split(","):
         r = [x for x in res if x["lang"] == lang]
-        summary[lang] = {"files": len(r), "exact": sum(x["exact"] for x in r)}
-        print("%-10s %3d/%3d exact (%.1f %%)" % (lang, summary[lang]["exact"], len(r),
-                                                 100.0 * summary[lang]["exact"] / max(1, len(r))))
+        summary[lang] = {"files": len(r), "exact": sum(x["exact"] for x in r),
+                         "similarity": sum(x["similarity"] for x in r) / max(1, len(r))}
+        print("%-10s %3d/%3d exact (%.1f %%), edit similarity %.3f" % (
+            lang, summary[lang]["exact"], len(r), 100.0 * summary[lang]["exact"] / max(1, len(r)),
+            summary[lang]["similarity"]))
     tot = sum(v["exact"] for v in summary.values()), sum(v["files"] for v in summary.values())
-    print("%-10s %3d/%3d exact (%.1f %%)" % ("all", tot[0], tot[1], 100.0 * tot[0] / max(1, tot[1])))
+    sim = sum(x["similarity"] for x in res) / max(1, len(res))
+    print("%-10s %3d/%3d exact (%.1f %%), edit similarity %.3f" % ("all", tot[0], tot[1],
+                                                                100.0 * tot[0] / max(1, tot[1]), sim))
     if a.json:
-        shown = [{k: x[k] for k in ("lang", "line", "generated", "exact")} for x in res[::max(1, len(res) // 14)]]
+        shown = [{k: x[k] for k in ("lang", "line", "generated", "exact", "similarity")}
+                 for x in res[::max(1, len(res) // 14)]]
         with open(a.json + ".tmp", "w") as f:
-            json.dump({"model": a.model, "n": a.n, "seed": a.seed, "summary": summary, "all": list(tot),
+            json.dump({"model": a.model, "n": a.n, "seed": a.seed, "heal": not a.no_heal,
+                       "summary": summary, "all": list(tot), "similarity": sim,
                        "samples": shown}, f, indent=1)
         os.replace(a.json + ".tmp", a.json)
 

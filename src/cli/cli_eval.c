@@ -480,7 +480,7 @@ static cm_status decode_samples(eval_run *r, cm_ctx *ctx, const cm_eval_lang *l,
         for (int t = 0; !s && t < n; t++)
             cm_sampler_accept(gs[i].smp, ids[t]);
     }
-    cm_gen_opts go = {r->o->max_tokens, NULL, 0, NULL, NULL};
+    cm_gen_opts go = {r->o->max_tokens, NULL, 0, NULL, NULL, NULL};
     if (!s)
         s = cm_generate_shared(&r->m, ctx, ids, n, gs, k, &go, err);
     for (int i = 0; i < k; i++)

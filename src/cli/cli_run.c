@@ -56,6 +56,10 @@ static const char RUN_HELP[] =
     "                          <PRE>, ...; a model without them is refused)\n"
     "      --prefix TEXT, --prefix-file FILE   the code before the gap\n"
     "      --suffix TEXT, --suffix-file FILE   the code after it\n"
+    "      --no-heal           keep the prefix's last token (by default it is taken off\n"
+    "                          and the first token generated must start with its text:\n"
+    "                          a prefix ending in a newline or half a word then reads as\n"
+    "                          the model saw such text in training)\n"
     "  -v, --verbose           print the backend and device, and any ops that ran on the CPU\n"
     "      --no-bos            do not add the BOS token to the prompt\n"
     "      --all-experts       with a pack: bring every expert into memory first (to\n"
@@ -84,7 +88,7 @@ typedef struct {
     cli_text prompts[MAX_PROMPTS];
     int n_prompts;
     cli_text prefix, suffix;
-    int infill, escape, ignore_eos, stdin_used, chat;
+    int infill, no_heal, escape, ignore_eos, stdin_used, chat;
     const char *chat_template;
     int n_predict, n_ctx, no_bos, have_seed, moe_stats, all_experts, verbose;
     uint64_t moe_budget; /* 0: none given */
@@ -112,7 +116,7 @@ cm_status parse_kv_type(const char *s, cm_kv_type *out, cm_err *err)
 enum {
     OPT_TEMP = CLI_LONG, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT, OPT_REPEAT_N, OPT_STOP,
     OPT_LANG, OPT_KV, OPT_BACKEND, OPT_NO_BOS, OPT_ALL_EXPERTS, OPT_MOE_STATS, OPT_MOE_BUDGET,
-    OPT_NO_ESCAPE, OPT_IGNORE_EOS, OPT_INFILL, OPT_PREFIX, OPT_SUFFIX, OPT_PREFIX_FILE,
+    OPT_NO_ESCAPE, OPT_IGNORE_EOS, OPT_INFILL, OPT_NO_HEAL, OPT_PREFIX, OPT_SUFFIX, OPT_PREFIX_FILE,
     OPT_SUFFIX_FILE, OPT_CHAT, OPT_NO_CHAT, OPT_TEMPLATE
 };
 
@@ -133,6 +137,7 @@ static const struct option RUN_OPTS[] = {
     {"all-experts", no_argument, 0, OPT_ALL_EXPERTS}, {"moe-stats", no_argument, 0, OPT_MOE_STATS},
     {"moe-ram-budget", required_argument, 0, OPT_MOE_BUDGET},
     {"infill", no_argument, 0, OPT_INFILL}, {"prefix", required_argument, 0, OPT_PREFIX},
+    {"no-heal", no_argument, 0, OPT_NO_HEAL},
     {"suffix", required_argument, 0, OPT_SUFFIX},
     {"prefix-file", required_argument, 0, OPT_PREFIX_FILE},
     {"suffix-file", required_argument, 0, OPT_SUFFIX_FILE},
@@ -183,7 +188,7 @@ static cm_status run_opt(void *user, int id, const char *a, const char *v, cm_er
     run_opts *o = user;
     int *flag = id == 'e' ? &o->escape : id == 'v' ? &o->verbose : id == OPT_NO_BOS ? &o->no_bos
               : id == OPT_ALL_EXPERTS ? &o->all_experts : id == OPT_MOE_STATS ? &o->moe_stats
-              : id == OPT_INFILL ? &o->infill : NULL;
+              : id == OPT_INFILL ? &o->infill : id == OPT_NO_HEAL ? &o->no_heal : NULL;
     if (flag)
         return *flag = 1, CM_OK;
     switch (id) {
@@ -254,6 +259,8 @@ static cm_status check_run(run_opts *o, cm_err *err)
                        "--suffix/--suffix-file, and no -p or -f");
     if (!o->infill && (o->prefix.set || o->suffix.set))
         return cm_fail(err, CM_E_USAGE, "--prefix and --suffix go with --infill");
+    if (!o->infill && o->no_heal)
+        return cm_fail(err, CM_E_USAGE, "--no-heal goes with --infill");
     if (o->infill && o->prefix.file && o->suffix.file && !strcmp(o->prefix.file, "-") &&
         !strcmp(o->suffix.file, "-"))
         return cm_fail(err, CM_E_USAGE, "standard input can be read only once");
@@ -402,12 +409,12 @@ static int out_piece(void *user, const char *bytes, size_t n) { return out_push(
 
 /* Samples and prints until -n, end of text, a stop string or a full context. */
 static cm_status decode_loop(const cm_model *m, cm_ctx *ctx, const run_opts *o, cm_sampler *smp,
-                             run_stats *st, cm_err *err)
+                             const cm_heal *heal, run_stats *st, cm_err *err)
 {
     int n_mask = 0;
     int32_t *mask = o->ignore_eos ? eog_ids(m, &n_mask) : NULL;
     out_stream out = {.o = o};
-    cm_gen_opts go = {o->n_predict, mask, n_mask, out_piece, &out};
+    cm_gen_opts go = {o->n_predict, mask, n_mask, out_piece, &out, heal->len ? heal : NULL};
     cm_gen_result gr = {0, "token limit"};
     cm_status s = o->ignore_eos && !mask ? cm_fail(err, CM_E_NOMEM, "out of memory")
                                          : cm_generate(m, ctx, smp, &go, &gr, err);
@@ -419,7 +426,7 @@ static cm_status decode_loop(const cm_model *m, cm_ctx *ctx, const run_opts *o, 
 }
 
 static cm_status generate(const cm_model *m, cm_ctx *ctx, const run_opts *o, int32_t *ids,
-                          size_t n_ids, run_stats *st, cm_err *err)
+                          size_t n_ids, const cm_heal *heal, run_stats *st, cm_err *err)
 {
     cm_sampler *smp = cm_sampler_new(&o->sp, m->hp.n_vocab);
     if (!smp)
@@ -432,7 +439,7 @@ static cm_status generate(const cm_model *m, cm_ctx *ctx, const run_opts *o, int
     st->stop_reason = "token limit";
     t0 = now_seconds();
     if (!s)
-        s = decode_loop(m, ctx, o, smp, st, err);
+        s = decode_loop(m, ctx, o, smp, heal, st, err);
     st->t_gen = now_seconds() - t0;
     cm_sampler_free(smp);
     return s;
@@ -497,8 +504,10 @@ static cm_status check_fits(const run_opts *o, const cm_model *m, size_t n, cm_e
 static cm_status route_to_expert(const run_opts *o, cm_model *m, const char *file,
                                  const char *text, size_t len, cm_err *err);
 
-/* --infill: <PRE> prefix <SUF> suffix <MID>; a pack is routed on both. */
-static cm_status infill_ids(const run_opts *o, cm_model *m, int32_t **ids, size_t *n, cm_err *err)
+/* --infill: <PRE> prefix <SUF> suffix <MID> (the prefix's last token taken
+ * off into heal unless --no-heal); a pack is routed on both. */
+static cm_status infill_ids(const run_opts *o, cm_model *m, int32_t **ids, size_t *n,
+                            cm_heal *heal, cm_err *err)
 {
     cli_buf pre = {0}, suf = {0};
     cm_status s = read_text(o, &o->prefix, &pre, err);
@@ -519,7 +528,8 @@ static cm_status infill_ids(const run_opts *o, cm_model *m, int32_t **ids, size_
                     "--infill cannot be used", o->model, CLI_FIM_KNOWN);
     if (!s)
         s = cm_tokenize_infill(m->tok, pre.p, pre.len, suf.p, suf.len,
-                               !o->no_bos && cm_tok_add_bos(m->tok), ids, n, err);
+                               !o->no_bos && cm_tok_add_bos(m->tok), o->no_heal ? NULL : heal,
+                               ids, n, err);
     free(both);
     free(pre.p);
     free(suf.p);
@@ -626,14 +636,16 @@ static cm_status run_one(const run_opts *o, cm_model *m, const cli_text *p, doub
     int32_t *ids = NULL;
     cm_ctx *ctx = NULL;
     run_stats st = {0};
-    cm_status s = p ? prompt_ids(o, m, p, &ids, &n_ids, err) : infill_ids(o, m, &ids, &n_ids, err);
+    cm_heal heal = {.len = 0};
+    cm_status s = p ? prompt_ids(o, m, p, &ids, &n_ids, err)
+                    : infill_ids(o, m, &ids, &n_ids, &heal, err);
     if (!s)
         s = make_ctx(o, m, &ctx, err);
     if (!s && !o->have_seed && o->sp.temp > 0) /* so a run can be repeated */
         fprintf(stderr, "[codemoe] seed %llu\n", (unsigned long long)o->sp.seed);
     st.n_prompt = (int)n_ids;
     if (!s)
-        s = generate(m, ctx, o, ids, n_ids, &st, err);
+        s = generate(m, ctx, o, ids, n_ids, &heal, &st, err);
     if (!s)
         print_stats(&st, t_load);
     if (!s && m->hp.n_expert > 0 && (o->moe_stats || o->moe_budget))

@@ -461,7 +461,7 @@ static cm_status tokenize_texts(const tokenize_opts *o, const cm_tokenizer *tok,
     if (!s && o->infill)
         s = cli_text_read(&o->suffix, &b, err);
     if (!s && o->infill) {
-        s = cm_tokenize_infill(tok, a.p, a.len, b.p, b.len, o->bos, ids, n, err);
+        s = cm_tokenize_infill(tok, a.p, a.len, b.p, b.len, o->bos, NULL, ids, n, err);
         if (s == CM_E_UNSUPPORTED)
             s = cm_fail(err, s, "%s has no fill-in-the-middle tokens (%s), so --infill cannot "
                         "be used", o->model, CLI_FIM_KNOWN);

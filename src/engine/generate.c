@@ -16,6 +16,9 @@ cm_status cm_generate(const cm_model *m, cm_ctx *ctx, cm_sampler *smp, const cm_
         float *logits = (float *)cm_ctx_logits(ctx);
         for (int k = 0; k < o->n_mask; k++)
             logits[o->mask[k]] = -INFINITY;
+        const size_t skip = i == 0 && o->heal ? o->heal->len : 0;
+        if (skip)
+            cm_heal_logits(m->tok, o->heal, logits, m->hp.n_vocab);
         int32_t id = cm_sampler_sample(smp, logits);
         if (cm_tok_is_eog(m->tok, id)) {
             res->stop_reason = "end of text";
@@ -23,8 +26,9 @@ cm_status cm_generate(const cm_model *m, cm_ctx *ctx, cm_sampler *smp, const cm_
         }
         char piece[256];
         size_t pn = cm_token_piece(m->tok, id, 0, piece, sizeof piece);
+        pn = pn < sizeof piece ? pn : sizeof piece;
         res->n_gen++;
-        if (o->on_piece(o->user, piece, pn < sizeof piece ? pn : sizeof piece)) {
+        if (o->on_piece(o->user, piece + (skip < pn ? skip : pn), skip < pn ? pn - skip : 0)) {
             res->stop_reason = "stop string";
             break;
         }

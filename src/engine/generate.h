@@ -9,6 +9,7 @@
 #include "engine/forward.h"
 #include "engine/model.h"
 #include "engine/sampling.h"
+#include "tokenizer/tokenizer.h"
 #include "util/status.h"
 
 /* Gets each generated token's text (raw bytes: may end inside a UTF-8
@@ -21,6 +22,7 @@ typedef struct {
     int n_mask;
     cm_gen_piece_fn on_piece;
     void *user;
+    const cm_heal *heal;  /* or NULL: the first token starts with these bytes, left out */
 } cm_gen_opts;
 
 typedef struct {

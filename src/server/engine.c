@@ -340,8 +340,11 @@ static cm_status chat_ids(const srv_engine *e, const srv_request *r, idvec *v, c
 }
 
 /* llama.cpp's /infill without repository tokens: each input_extra chunk
- * after a "--- snippet ---" line, all before <PRE>; `prompt` after <MID>. */
-static cm_status infill_ids(const srv_engine *e, const srv_request *r, idvec *v, cm_err *err)
+ * after a "--- snippet ---" line, all before <PRE>; `prompt` after <MID>.
+ * The last token of the text the middle continues (`prompt`, else the
+ * prefix) is taken off into heal (cm_heal_take). */
+static cm_status infill_ids(const srv_engine *e, const srv_request *r, idvec *v, cm_heal *heal,
+                            cm_err *err)
 {
     static const char sep[] = "\n\n--- snippet ---\n\n";
     const cm_tokenizer *t = e->m.tok;
@@ -353,7 +356,7 @@ static cm_status infill_ids(const srv_engine *e, const srv_request *r, idvec *v,
                        "(<fim_prefix>, <PRE>, ...), so /infill cannot be used", e->name);
     int bos = cm_tok_add_bos(t);
     cm_status s = cm_tokenize_infill(t, r->prefix.p, r->prefix.len, r->suffix.p, r->suffix.len,
-                                     bos, &fim, &nf, err);
+                                     bos, r->prompt.len ? NULL : heal, &fim, &nf, err);
     size_t skip = !s && bos && nf && fim[0] == cm_tok_bos(t); /* BOS stays first */
     if (!s)
         s = ids_push(v, fim, skip, err);
@@ -364,17 +367,23 @@ static cm_status infill_ids(const srv_engine *e, const srv_request *r, idvec *v,
     }
     if (!s)
         s = ids_push(v, fim + skip, nf - skip, err);
-    if (!s && r->prompt.len)
-        s = ids_text(e, v, r->prompt.p, r->prompt.len, 0, err);
+    int32_t *mid = NULL;
+    size_t nm = 0;
+    if (!s && r->prompt.len && !(s = cm_tokenize(t, r->prompt.p, r->prompt.len, 0, 0, &mid, &nm, err))) {
+        cm_heal_take(t, mid, &nm, heal);
+        s = ids_push(v, mid, nm, err);
+    }
+    free(mid);
     free(fim);
     return s;
 }
 
-static cm_status prompt_ids(const srv_engine *e, const srv_request *r, idvec *v, cm_err *err)
+static cm_status prompt_ids(const srv_engine *e, const srv_request *r, idvec *v, cm_heal *heal,
+                            cm_err *err)
 {
     switch (r->kind) {
     case SRV_CHAT: return chat_ids(e, r, v, err);
-    case SRV_INFILL: return infill_ids(e, r, v, err);
+    case SRV_INFILL: return infill_ids(e, r, v, heal, err);
     default:
         if (r->prompt_is_ids) {
             cm_status s = check_ids(e, r->ids, r->n_ids, err);
@@ -513,7 +522,7 @@ cm_status srv_gen_start(srv_engine *e, const srv_request *r, srv_gen *g, cm_err 
     if (!s)
         s = route(e, r, g->expert, err);
     if (!s)
-        s = prompt_ids(e, r, &v, err);
+        s = prompt_ids(e, r, &v, &g->heal, err);
     if (!s && v.n == 0)
         s = cm_fail(err, CM_E_RANGE, "the prompt is empty");
     if (!s && v.n >= (size_t)e->o.n_ctx)
@@ -527,7 +536,7 @@ cm_status srv_gen_start(srv_engine *e, const srv_request *r, srv_gen *g, cm_err 
                                         &g->n_reused, err)))
         s = err->code;
     if (!s)
-        s = srv_slot_generate(e, g->slot, g->smp, r->n_predict, g->end_id, err);
+        s = srv_slot_generate(e, g->slot, g->smp, &g->heal, r->n_predict, g->end_id, err);
     g->t_start = now_s();
     g->t_prompt = g->t_start - t0;
     free(v.p);
@@ -638,10 +647,12 @@ static cm_status next_token(srv_engine *e, srv_gen *g, cm_err *err)
     size_t pn = cm_token_piece(e->m.tok, id, 0, piece, sizeof piece);
     if (pn > sizeof piece && (big = malloc(pn)))
         cm_token_piece(e->m.tok, id, 0, big, pn);
-    g->n_gen++;
     size_t len = big || pn <= sizeof piece ? pn : sizeof piece;
-    g->new_line |= memchr(big ? big : piece, '\n', len) != NULL;
-    s = push_piece(g, big ? big : piece, len, err);
+    const size_t skip = g->n_gen++ == 0 && g->heal.len <= len ? g->heal.len : 0; /* healed */
+    const char *text = (big ? big : piece) + skip;
+    len -= skip;
+    g->new_line |= memchr(text, '\n', len) != NULL;
+    s = push_piece(g, text, len, err);
     free(big);
     if (s || g->done)
         return s;

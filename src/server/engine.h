@@ -62,6 +62,7 @@ typedef struct {
     /* generation (srv_slot_generate): the scheduler samples with smp after
      * each step and appends to out; the request reads out[n_read ..] */
     cm_sampler *smp;       /* the request's; only the scheduler uses it meanwhile */
+    const cm_heal *heal;   /* the request's: the first token starts with its bytes */
     int n_predict;         /* tokens to generate at most (< 0: no limit) */
     int32_t end_id;        /* ends the generation besides end-of-text tokens */
     int32_t *out;
@@ -159,9 +160,10 @@ cm_status srv_slot_push(srv_slot *sl, int32_t id, cm_err *err);
  * then generates with smp until end_id or an end-of-text token, n_predict
  * tokens, a full context, srv_engine's abort or the request's
  * srv_slot_give.  Waits until the prompt is in the cache (the first token
- * is out, or the end). */
-cm_status srv_slot_generate(srv_engine *e, srv_slot *sl, cm_sampler *smp, int n_predict,
-                            int32_t end_id, cm_err *err);
+ * is out, or the end).  heal (or NULL): the first token's sampling keeps
+ * only those that start with its bytes. */
+cm_status srv_slot_generate(srv_engine *e, srv_slot *sl, cm_sampler *smp, const cm_heal *heal,
+                            int n_predict, int32_t end_id, cm_err *err);
 /* The next generated token in *id (waiting for it) with *end NULL, or
  * *end = "eos" or "limit" once none will follow. */
 cm_status srv_slot_next(srv_engine *e, srv_slot *sl, int32_t *id, const char **end,
@@ -202,6 +204,7 @@ typedef struct {
     int n_reused;            /* prompt tokens found in the slot's cache */
     double t_start;          /* when generation began (t_max_predict_ms) */
     int new_line;            /* a generated piece held a new line */
+    cm_heal heal;            /* /infill: the bytes the first token starts with, left out */
 } srv_gen;
 
 /* Routes (packs), tokenizes and checks r's prompt, takes a slot, then

@@ -165,8 +165,11 @@ static void sample_batch(srv_engine *e, batch *b)
             continue;
         float *logits = b->logits + row++ * V;
         if (sl->smp && !sl->end && !atomic_load(&e->abort) &&
-            (sl->n_predict < 0 || sl->n_out < sl->n_predict))
+            (sl->n_predict < 0 || sl->n_out < sl->n_predict)) {
+            if (sl->n_out == 0 && sl->heal)
+                cm_heal_logits(e->m.tok, sl->heal, logits, (int32_t)V);
             b->next[i] = cm_sampler_sample(sl->smp, logits);
+        }
     }
 }
 
@@ -390,11 +393,11 @@ cm_status srv_slot_push(srv_slot *sl, int32_t id, cm_err *err)
     return CM_OK;
 }
 
-cm_status srv_slot_generate(srv_engine *e, srv_slot *sl, cm_sampler *smp, int n_predict,
-                            int32_t end_id, cm_err *err)
+cm_status srv_slot_generate(srv_engine *e, srv_slot *sl, cm_sampler *smp, const cm_heal *heal,
+                            int n_predict, int32_t end_id, cm_err *err)
 {
     pthread_mutex_lock(&e->lock);
-    sl->smp = smp, sl->n_predict = n_predict, sl->end_id = end_id;
+    sl->smp = smp, sl->heal = heal, sl->n_predict = n_predict, sl->end_id = end_id;
     sl->n_out = sl->n_read = 0;
     sl->end = NULL, sl->cancel = 0, sl->st = CM_OK;
     sl->queued = 1;
@@ -445,7 +448,7 @@ void srv_slot_give(srv_engine *e, srv_slot *sl)
     pthread_cond_signal(&e->lanes[sl->lane].work); /* (a queued slot leaves at the next step) */
     while (sl->queued && !e->quit)
         pthread_cond_wait(&sl->ready, &e->lock);
-    sl->smp = NULL;
+    sl->smp = NULL, sl->heal = NULL;
     sl->n_tokens = sl->n_done; /* what its cache holds, for the next prompt */
     sl->busy = 0;
     sl->used = ++e->clock;

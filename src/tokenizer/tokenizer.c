@@ -7,6 +7,7 @@
  * they are reproduced and marked as such. */
 #define _GNU_SOURCE /* memmem */
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -923,9 +924,37 @@ static cm_status append_ids(int32_t **dst, size_t *len, const int32_t *ids, size
 /* llama.cpp's infill prompt (prefix-suffix-middle order, as its server's
  * format_infill): the texts as plain text, so a file that contains
  * "<fim_middle>" cannot end the prefix early. */
+void cm_heal_take(const cm_tokenizer *t, int32_t *ids, size_t *n_ids, cm_heal *h)
+{
+    h->len = 0;
+    if (*n_ids == 0)
+        return;
+    const int32_t id = ids[*n_ids - 1];
+    if (id < 0 || id >= t->n_vocab || (t->type[id] != CM_TT_NORMAL && t->type[id] != CM_TT_BYTE))
+        return;
+    const size_t n = cm_token_piece(t, id, 0, h->text, sizeof h->text);
+    if (n == 0 || n > sizeof h->text)
+        return;
+    h->len = n;
+    (*n_ids)--;
+}
+
+void cm_heal_logits(const cm_tokenizer *t, const cm_heal *h, float *logits, int32_t n_logits)
+{
+    if (!h || h->len == 0)
+        return;
+    char piece[CM_HEAL_MAX];
+    for (int32_t id = 0; id < n_logits; id++) {
+        /* (a piece longer than the buffer still has its first h->len bytes there) */
+        const size_t n = id < t->n_vocab ? cm_token_piece(t, id, 0, piece, sizeof piece) : 0;
+        if (n < h->len || memcmp(piece, h->text, h->len) != 0)
+            logits[id] = -INFINITY;
+    }
+}
+
 cm_status cm_tokenize_infill(const cm_tokenizer *t, const char *prefix, size_t plen,
-                             const char *suffix, size_t slen, int add_bos, int32_t **ids,
-                             size_t *n_ids, cm_err *err)
+                             const char *suffix, size_t slen, int add_bos, cm_heal *heal,
+                             int32_t **ids, size_t *n_ids, cm_err *err)
 {
     int32_t *pre = NULL, *suf = NULL, *out = NULL;
     size_t np = 0, ns = 0, n = 0;
@@ -934,6 +963,8 @@ cm_status cm_tokenize_infill(const cm_tokenizer *t, const char *prefix, size_t p
     if (t->fim[0] < 0 || t->fim[1] < 0 || t->fim[2] < 0)
         return cm_fail(err, CM_E_UNSUPPORTED, "the vocabulary has no fill-in-the-middle tokens");
     cm_status s = cm_tokenize(t, prefix, plen, 0, 0, &pre, &np, err);
+    if (!s && heal)
+        cm_heal_take(t, pre, &np, heal);
     if (!s)
         s = cm_tokenize(t, suffix, slen, 0, 0, &suf, &ns, err);
     if (!s && add_bos && t->bos >= 0)

@@ -49,12 +49,30 @@ cm_status cm_tokenize(const cm_tokenizer *t, const char *text, size_t len,
                       int add_bos, int parse_special,
                       int32_t **ids, size_t *n_ids, cm_err *err);
 
+/* Token healing.  A text cut where an editor's cursor is (after a newline
+ * that the tokenizer would merge with the indentation that follows, in the
+ * middle of a word) ends in a token the model seldom saw end a text, so it
+ * continues badly.  cm_heal_take leaves that last token out of the ids and
+ * keeps its bytes; the first token generated is then one that starts with
+ * them (cm_heal_logits masks the others) and the output leaves them out.
+ * A control token, or one longer than CM_HEAL_MAX bytes, stays (len 0). */
+#define CM_HEAL_MAX 64
+typedef struct {
+    char text[CM_HEAL_MAX];
+    size_t len; /* 0: nothing taken */
+} cm_heal;
+void cm_heal_take(const cm_tokenizer *t, int32_t *ids, size_t *n_ids, cm_heal *h);
+/* logits[id] = -inf for every id < n_logits whose text does not start with
+ * h's bytes (nothing when h->len is 0). */
+void cm_heal_logits(const cm_tokenizer *t, const cm_heal *h, float *logits, int32_t n_logits);
+
 /* [BOS] <PRE> prefix <SUF> suffix <MID>: the prompt a fill-in-the-middle
  * model completes with the middle.  BOS when add_bos and the vocabulary has
- * one.  CM_E_UNSUPPORTED when it lacks any of the three FIM tokens. */
+ * one.  CM_E_UNSUPPORTED when it lacks any of the three FIM tokens.  heal
+ * (or NULL): the prefix's last token taken off (cm_heal_take). */
 cm_status cm_tokenize_infill(const cm_tokenizer *t, const char *prefix, size_t plen,
-                             const char *suffix, size_t slen, int add_bos, int32_t **ids,
-                             size_t *n_ids, cm_err *err);
+                             const char *suffix, size_t slen, int add_bos, cm_heal *heal,
+                             int32_t **ids, size_t *n_ids, cm_err *err);
 
 /* The bytes token id stands for (byte-level decoding for gpt2, U+2581 ->
  * space and <0xXX> -> byte for llama).  Control tokens give "" unless
