@@ -653,6 +653,7 @@ static cm_status run_one(const run_opts *o, cm_model *m, const cli_text *p, doub
     if (!s && o->verbose)
         print_backend_use(ctx);
     free(ids);
+    cm_heal_free(&heal);
     cm_ctx_free(ctx);
     return s;
 }

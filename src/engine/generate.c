@@ -18,7 +18,7 @@ cm_status cm_generate(const cm_model *m, cm_ctx *ctx, cm_sampler *smp, const cm_
             logits[o->mask[k]] = -INFINITY;
         const size_t skip = i == 0 && o->heal ? o->heal->len : 0;
         if (skip)
-            cm_heal_logits(m->tok, o->heal, logits, m->hp.n_vocab);
+            cm_heal_logits(o->heal, logits, m->hp.n_vocab);
         int32_t id = cm_sampler_sample(smp, logits);
         if (cm_tok_is_eog(m->tok, id)) {
             res->stop_reason = "end of text";

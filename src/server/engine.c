@@ -684,6 +684,7 @@ void srv_gen_free(srv_gen *g)
     if (g->slot)
         srv_slot_give(g->e, g->slot);
     cm_sampler_free(g->smp);
+    cm_heal_free(&g->heal);
     free(g->pend);
     free(g->emit);
     memset(g, 0, sizeof *g);

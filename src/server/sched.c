@@ -167,7 +167,7 @@ static void sample_batch(srv_engine *e, batch *b)
         if (sl->smp && !sl->end && !atomic_load(&e->abort) &&
             (sl->n_predict < 0 || sl->n_out < sl->n_predict)) {
             if (sl->n_out == 0 && sl->heal)
-                cm_heal_logits(e->m.tok, sl->heal, logits, (int32_t)V);
+                cm_heal_logits(sl->heal, logits, (int32_t)V);
             b->next[i] = cm_sampler_sample(sl->smp, logits);
         }
     }

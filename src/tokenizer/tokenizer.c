@@ -926,28 +926,51 @@ static cm_status append_ids(int32_t **dst, size_t *len, const int32_t *ids, size
  * "<fim_middle>" cannot end the prefix early. */
 void cm_heal_take(const cm_tokenizer *t, int32_t *ids, size_t *n_ids, cm_heal *h)
 {
-    h->len = 0;
+    h->len = 0, h->allowed = NULL, h->n_allowed = 0;
     if (*n_ids == 0)
         return;
-    const int32_t id = ids[*n_ids - 1];
-    if (id < 0 || id >= t->n_vocab || (t->type[id] != CM_TT_NORMAL && t->type[id] != CM_TT_BYTE))
+    const int32_t last = ids[*n_ids - 1];
+    if (last < 0 || last >= t->n_vocab ||
+        (t->type[last] != CM_TT_NORMAL && t->type[last] != CM_TT_BYTE))
         return;
-    const size_t n = cm_token_piece(t, id, 0, h->text, sizeof h->text);
+    const size_t n = cm_token_piece(t, last, 0, h->text, sizeof h->text);
     if (n == 0 || n > sizeof h->text)
         return;
+    /* (a piece longer than the buffer still has its first n bytes there) */
+    char piece[CM_HEAL_MAX];
+    for (int pass = 0; pass < 2; pass++) { /* count, then fill */
+        int32_t k = 0;
+        for (int32_t id = 0; id < t->n_vocab; id++) {
+            const size_t m = cm_token_piece(t, id, 0, piece, sizeof piece);
+            if (m >= n && !memcmp(piece, h->text, n)) {
+                if (pass)
+                    h->allowed[k] = id;
+                k++;
+            }
+        }
+        if (!pass && !(h->allowed = malloc(sizeof *h->allowed * (size_t)k)))
+            return;
+        h->n_allowed = k;
+    }
     h->len = n;
     (*n_ids)--;
 }
 
-void cm_heal_logits(const cm_tokenizer *t, const cm_heal *h, float *logits, int32_t n_logits)
+void cm_heal_free(cm_heal *h)
+{
+    free(h->allowed);
+    h->allowed = NULL, h->n_allowed = 0, h->len = 0;
+}
+
+void cm_heal_logits(const cm_heal *h, float *logits, int32_t n_logits)
 {
     if (!h || h->len == 0)
         return;
-    char piece[CM_HEAL_MAX];
+    int32_t k = 0;
     for (int32_t id = 0; id < n_logits; id++) {
-        /* (a piece longer than the buffer still has its first h->len bytes there) */
-        const size_t n = id < t->n_vocab ? cm_token_piece(t, id, 0, piece, sizeof piece) : 0;
-        if (n < h->len || memcmp(piece, h->text, h->len) != 0)
+        if (k < h->n_allowed && h->allowed[k] == id)
+            k++;
+        else
             logits[id] = -INFINITY;
     }
 }

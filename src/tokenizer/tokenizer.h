@@ -53,18 +53,25 @@ cm_status cm_tokenize(const cm_tokenizer *t, const char *text, size_t len,
  * that the tokenizer would merge with the indentation that follows, in the
  * middle of a word) ends in a token the model seldom saw end a text, so it
  * continues badly.  cm_heal_take leaves that last token out of the ids and
- * keeps its bytes; the first token generated is then one that starts with
- * them (cm_heal_logits masks the others) and the output leaves them out.
- * A control token, or one longer than CM_HEAL_MAX bytes, stays (len 0). */
+ * keeps its bytes and the tokens that start with them; the first token
+ * generated is then one of those (cm_heal_logits masks the others) and the
+ * output leaves the bytes out.  A control token, or one longer than
+ * CM_HEAL_MAX bytes, stays (len 0); so does any token when the list cannot
+ * be allocated.  Finding the tokens reads every token's text (~2 ms for
+ * 49,152), so it is done here, before generation, not per sampled token. */
 #define CM_HEAL_MAX 64
 typedef struct {
     char text[CM_HEAL_MAX];
-    size_t len; /* 0: nothing taken */
+    size_t len;       /* 0: nothing taken */
+    int32_t *allowed; /* the tokens whose text starts with text, ascending */
+    int32_t n_allowed;
 } cm_heal;
+/* Overwrites h (cm_heal_free an earlier one first). */
 void cm_heal_take(const cm_tokenizer *t, int32_t *ids, size_t *n_ids, cm_heal *h);
-/* logits[id] = -inf for every id < n_logits whose text does not start with
- * h's bytes (nothing when h->len is 0). */
-void cm_heal_logits(const cm_tokenizer *t, const cm_heal *h, float *logits, int32_t n_logits);
+void cm_heal_free(cm_heal *h);
+/* logits[id] = -inf for every id < n_logits not in h's list (nothing when
+ * h->len is 0): one pass, no allocation. */
+void cm_heal_logits(const cm_heal *h, float *logits, int32_t n_logits);
 
 /* [BOS] <PRE> prefix <SUF> suffix <MID>: the prompt a fill-in-the-middle
  * model completes with the middle.  BOS when add_bos and the vocabulary has
