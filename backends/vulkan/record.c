@@ -297,15 +297,16 @@ static void profile(vk_state *st, int s, uint32_t groups)
 
 void vk_ts_collect(vk_state *st, int c)
 {
-    static uint64_t t[VK_TS_MAX];
+    uint64_t *t = st->ts_val;
     const uint32_t n = st->n_ts[c];
-    if (n < 2 || vkGetQueryPoolResults(st->dev, st->ts_pool, 0, n, sizeof t, t, sizeof t[0],
+    if (n < 2 || vkGetQueryPoolResults(st->dev, st->ts_pool, 0, n, sizeof st->ts_val, t, sizeof *t,
                                        VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT) != VK_SUCCESS)
         return;
     for (uint32_t i = 1; i < n; i++) {
         const int s = st->ts_pipe[c][i];
         st->prof_s[s] += (double)(t[i] - t[i - 1]) * st->ts_ns * 1e-9;
         st->prof_n[s]++;
+        st->prof_groups[s] += st->ts_groups[c][i];
     }
 }
 
@@ -409,8 +410,8 @@ void vk_dispatch_at(vk_state *st, int s, vk_buf *const b[VK_OPERANDS],
     const int c = st->cmd == st->replay_cmd;
     if (st->ts_pool && st->n_ts[c] < VK_TS_MAX) {
         vkCmdWriteTimestamp(st->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, st->ts_pool, st->n_ts[c]);
+        st->ts_groups[c][st->n_ts[c]] = x * y * z;
         st->ts_pipe[c][st->n_ts[c]++] = (uint16_t)s;
-        st->prof_groups[s] += (uint64_t)x * y * z;
     }
     if (st->profile == 1)
         profile(st, s, x * y * z);

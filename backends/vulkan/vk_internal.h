@@ -194,7 +194,9 @@ typedef struct {
     VkQueryPool ts_pool;
     double ts_ns; /* nanoseconds a tick */
     uint32_t n_ts[2];
-    uint16_t ts_pipe[2][VK_TS_MAX];
+    uint16_t ts_pipe[2][VK_TS_MAX];   /* each timestamp's dispatch: its pipeline */
+    uint32_t ts_groups[2][VK_TS_MAX]; /* and its workgroups */
+    uint64_t ts_val[VK_TS_MAX];       /* the values read back */
     double prof_s[VK_PIPE_COUNT];
     uint64_t prof_n[VK_PIPE_COUNT], prof_groups[VK_PIPE_COUNT];
     vk_set_entry sets[VK_SET_SLOTS];
