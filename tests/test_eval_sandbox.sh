@@ -86,8 +86,9 @@ fi
 # several at once (eval -j): the fork bombs and every py attack in one
 # `eval sandbox -j 4` run, and, when root runs the tests (programs then run
 # as a user per slot), two well-behaved programs among them that start 16
-# threads and a child once the bombs are running: they pass, since each
-# program has a process limit of its own.  The timeout is long because the
+# threads and a child once the bombs are running: none is refused a thread
+# or a child, since each program has a process limit of its own (one may
+# still run out of time while the bombs hold the CPU).  The timeout is long because the
 # bombs take the CPU: beside.py, a second's work alone, once took 8.3 s
 # under the sanitizer stage of CI on two cores
 lang_of() {
@@ -133,8 +134,15 @@ if [ "$n_par" -gt 1 ]; then
     echo "-j 4: $n_par hostile programs and $n_beside well-behaved ones in ${took}s"
     [ "$(wc -l <"$TMP/out")" = $((n_par + n_beside)) ] || fail "-j 4: not one line per program"
     grep '"status": "pass"' "$TMP/out" | grep -v '/beside.py"' && fail "-j 4: a hostile program passed"
-    [ "$(grep -c '/beside.py", "status": "pass"' "$TMP/out")" = "$n_beside" ] ||
-        fail "-j 4: a well-behaved program beside the fork bombs did not pass"
+    # what this checks is the process limit of each program: a well-behaved
+    # one must never fail or crash (no thread or child refused).  Starved of
+    # the CPU by the bombs on a loaded two-core machine, one may still run out
+    # of time (CI saw 15.7 s for a second's work), so a timeout does not count
+    # against it, but at least one must pass.
+    [ "$(grep '/beside.py"' "$TMP/out" | grep -c '"status": "\(pass\|timeout\)"')" = "$n_beside" ] ||
+        fail "-j 4: a well-behaved program beside the fork bombs failed: $(grep '/beside.py"' "$TMP/out")"
+    [ "$n_beside" = 0 ] || grep -q '/beside.py", "status": "pass"' "$TMP/out" ||
+        fail "-j 4: no well-behaved program beside the fork bombs passed"
     [ -z "$(ls -A "$TMP/scratch")" ] || fail "-j 4: left $(ls "$TMP/scratch") in the scratch base"
     [ -z "$(ls -A "$TMP/outside")" ] || fail "-j 4: wrote outside: $(ls "$TMP/outside")"
     [ -f "$TMP/home/keep" ] || fail "-j 4: the home directory was deleted"
