@@ -321,8 +321,14 @@ static void test_file(const char *path)
 
 /* The default model (a pack whose members differ in the feed-forward):
  * two sequences of member a beside two of member b in one batch, against
- * the same rows with every row's member bound. */
-static void test_members(const char *path)
+ * the same rows with every row's member bound.  On the reference backend
+ * the arithmetic of a row does not depend on the batch around it, so the
+ * two must agree to the last bits.  The CPU's kernels take other paths
+ * for 12 rows than for 6 (batched products, tiled attention), and this
+ * model's activations have outliers, so one activation quantized to the
+ * other side of a rounding tie moves its logits by up to ~0.1: there the
+ * rows must stay much closer to their own member than to the other one. */
+static void test_members(const char *path, const cm_backend_ops *ops)
 {
     cm_model m;
     cm_err err;
@@ -342,25 +348,32 @@ static void test_members(const char *path)
         layers[k] = malloc(L * sizeof(cm_layer));
         memcpy(layers[k], m.layers, L * sizeof(cm_layer));
     }
-    CHECK(!cm_ctx_new_multi(&m, NULL, NULL, 64, CM_KV_F32, 16, 4, &c, &err), "%s", err.msg);
+    CHECK(!cm_ctx_new_multi(&m, ops, NULL, 64, CM_KV_F32, 16, 4, &c, &err), "%s", err.msg);
     CHECK(!cm_ctx_set_members(c, layers, 2, &err), "%s", err.msg);
     int32_t ids[12], seq[12], mem[12];
     uint8_t want[12];
-    for (int i = 0; i < 12; i++)
-        ids[i] = 100 + 37 * i, seq[i] = i / 3, mem[i] = i / 6, want[i] = i % 3 == 2;
-    float *mixed = malloc(4 * V * sizeof(float)), *one = malloc(2 * V * sizeof(float));
+    for (int i = 0; i < 12; i++) /* both members get the same tokens */
+        ids[i] = 100 + 37 * (i % 6), seq[i] = i / 3, mem[i] = i / 6, want[i] = i % 3 == 2;
+    float *mixed = malloc(4 * V * sizeof(float)), *one = malloc(4 * V * sizeof(float));
     CHECK(!cm_eval_batch_members(c, ids, seq, mem, 12, want, mixed, &err), "%s", err.msg);
     double worst = 0;
     for (int k = 0; k < 2; k++) { /* sequences 2k, 2k+1 again, member k bound */
         cm_ctx_seq_keep(c, 2 * k, 0), cm_ctx_seq_keep(c, 2 * k + 1, 0);
         CHECK(!cm_model_select_expert(&m, names[k], &err) && !cm_ctx_rebind(c, &err), "%s", err.msg);
-        CHECK(!cm_eval_batch(c, ids + 6 * k, seq + 6 * k, 6, want + 6 * k, one, &err), "%s", err.msg);
-        worst = fmax(worst, max_diff(one, mixed + 2 * k * V, 2 * V));
+        CHECK(!cm_eval_batch(c, ids + 6 * k, seq + 6 * k, 6, want + 6 * k, one + 2 * k * V, &err),
+              "%s", err.msg);
+        worst = fmax(worst, max_diff(one + 2 * k * V, mixed + 2 * k * V, 2 * V));
     }
-    printf("pack members %s and %s in one batch against each bound: max |diff| %.2e\n", names[0],
-           names[1], worst);
-    /* (12 rows take the batched product kernels, 6 the per-row ones) */
-    CHECK(worst < 1e-4, "a batch of two members differs from each member bound by %g", worst);
+    const double members_apart = max_diff(one, one + 2 * V, 2 * V);
+    printf("%s: pack members %s and %s in one batch against each bound: max |diff| %.2e "
+           "(the members apart: %.2e)\n", ops ? ops->name : "cpu", names[0], names[1], worst,
+           members_apart);
+    if (ops == &cm_backend_ref_ops)
+        CHECK(worst < 1e-5, "a batch of two members differs from each member bound by %g", worst);
+    else
+        CHECK(worst < 0.25 && worst < members_apart / 4,
+              "a batch of two members differs from each member bound by %g (members apart: %g)",
+              worst, members_apart);
     mem[0] = 2;
     CHECK(cm_eval_batch_members(c, ids, seq, mem, 1, NULL, NULL, &err) == CM_E_RANGE);
     cm_ctx_free(c);
@@ -438,7 +451,9 @@ int main(void)
     test_file(tl_path(path, sizeof path, "%s/fixtures/gguf/mixtral/mixtral-q4_0.gguf", shared));
     test_members_refused(tl_path(path, sizeof path, "%s/fixtures/gguf/mixtral/mixtral-f32.gguf",
                                  shared));
-    test_members(tl_path(path, sizeof path, "%s/models/default.gguf", CM_SRCDIR));
+    test_members(tl_path(path, sizeof path, "%s/models/default.gguf", CM_SRCDIR),
+                 &cm_backend_ref_ops);
+    test_members(tl_path(path, sizeof path, "%s/models/default.gguf", CM_SRCDIR), NULL);
     static const char *const decoded[] = {"kq-q2_k", "kq-q3_k_m", "kq-q4_1", "kq-q4_k_m",
                                           "kq-q5_k_m", "kq-q6_k"};
     for (size_t i = 0; i < sizeof decoded / sizeof decoded[0]; i++)

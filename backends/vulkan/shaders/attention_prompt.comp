@@ -10,24 +10,31 @@
 // The caches' layouts and element types are attention.comp's (kv 0 F32,
 // 1 F16, 2 Q8_0); d must be a multiple of 32, dv of 4, both <= DMAX.
 //
-// Two passes over the keys, so no score is stored and any context fits:
-// the first finds each row's maximum score and the sum of its exponentials
-// (each thread over its own keys, its sum rescaled as its maximum grows;
-// the row's threads then combined); the second computes the scores again
-// (the same code: the same bits), turns them into weights as the reference
-// does (exp(s - max) / sum, rounded to f16 with an F16 cache) and sums the
-// values in position order, as the reference does.  Unlike attention.comp
-// (and the reference) the dots are of floats: an F16 cache's query is
-// rounded to f16, a Q8_0 cache's quantized by the reference's quantizer
-// and dequantized, and the keys decoded, so a Q8_0 score's rounding
-// differs from the reference's integer dots (within the tests' 2e-5).
+// One pass over the keys (online softmax) for F32 and Q8_0 caches: a row
+// keeps its running maximum m, the sum l of exp(s - m) and the values
+// weighed by exp(s - m); when a tile raises m, l and the sums are scaled by
+// exp(m_old - m), and the sums are divided by l at the end: the
+// reference's softmax up to rounding (within the tests' 2e-5).  With an
+// F16 cache the reference rounds each weight exp(s - max) / sum to f16
+// before it weighs a value, and on models with sharp attention that
+// rounding decides tokens (llama.cpp's CPU rounds too), so there a first
+// pass finds each row's maximum and sum (each thread over its own keys, its
+// sum rescaled as its maximum grows; the row's threads then combined) and
+// the second computes the scores again (the same code: the same bits) and
+// the weights as the reference does.  The dots are of floats: an F16
+// cache's query is rounded to f16, a Q8_0 cache's quantized by the
+// reference's quantizer and dequantized, and the keys decoded.
 //
-// 128 threads: thread tid holds row r = tid / TPR, and within it the keys
-// c, c + TPR, ... of a tile (c = tid % TPR), then the value dimensions
-// 4 (c + TPR m) .. + 3.  Queries and keys sit in shared memory as vec4s,
-// the vec4 index xor-swizzled by the row (key) so that the rows (keys) a
-// subgroup reads at once fall in different banks.  DMAX 64 (the default):
-// 32 rows by 32 keys; DMAX 128: 16 by 16 (shared memory within 32 KiB,
+// TPR threads a row: thread tid holds row r = tid / TPR, and within it the
+// keys c, c + TPR, ... of a tile (c = tid % TPR) for the scores, then the
+// value dimensions 4 (c + TPR m) .. + 3 of every key of the tile, in
+// position order.  The row's tile maximum and its weights go through
+// shared memory.  The next tile's keys and values are read from memory
+// into registers while the current one is worked on.  Queries and keys sit
+// in shared memory as vec4s, the vec4 index xor-swizzled by the row (key)
+// so that the rows (keys) a subgroup reads at once fall in different banks.
+// DMAX 64 (the default): 32 rows of 8 threads, tiles of 32 keys; DMAX 128:
+// 16 rows of 8 threads, tiles of 16 keys (shared memory within 32 KiB,
 // lavapipe's limit).  Grid (ceil(n / BR), n_head), blocks in reverse
 // order: the longest (last rows) first.
 #ifndef DMAX
@@ -36,18 +43,20 @@
 #if DMAX == 64
 #define BR 32u
 #define BK 32u
+#define NT 256
 #else
 #define BR 16u
 #define BK 16u
+#define NT 128
 #endif
-#define NT 128u
-#define TPR (NT / BR)  // threads per row: 4 or 8
-#define KPT (BK / TPR) // keys per thread in a tile: 8 or 2
+#define TPR 8u         // threads per row
+#define KPT (BK / TPR) // keys per thread in a tile: 4 or 2
 #define D4 (DMAX / 4)  // vec4s per row: 16 or 32
-#define VPT (D4 / TPR) // value vec4s per thread: 4
+#define VPT (D4 / TPR) // value vec4s per thread: 2 or 4
+#define LPT (BK * D4 / NT) // key (value) vec4s each thread loads a tile: 2 or 4
 #define PS (BK + 1u)   // row stride of the weights
 
-layout(local_size_x = 128) in;
+layout(local_size_x = NT) in;
 
 layout(std430, set = 0, binding = 0) readonly buffer B_0 { float d[]; } q;
 layout(std430, set = 0, binding = 1) buffer B_1 { float d[]; } o;
@@ -62,7 +71,8 @@ layout(push_constant) uniform P {
 shared vec4 qs[BR * D4];
 shared vec4 ks[BK * D4];
 shared vec4 vs[BK * D4];
-shared float ps[BR * PS]; // the weights (and first the combining of maxima)
+shared float ps[BR * PS]; // the tile's weights
+shared float red[NT];     // the threads' tile maxima (at the end: sums)
 
 #include "q8_0.glsl"
 #include "io.glsl"
@@ -107,23 +117,35 @@ vec4 vval4(uint e)
     return q8x4((by & 3u) == 0u ? vc.d[w] : (vc.d[w] >> 16) | (vc.d[w + 1u] << 16), d);
 }
 
-// Positions kb .. kb + BK - 1 of KV head g into ks (and vs): zero past last.
-void load_tile(uint kb, uint last, uint g, bool values)
+// The tile at kb of KV head g (positions past last as zeros), read into
+// registers: element e = tid + NT u of the tile's key (value) vec4s.
+vec4 nk4[LPT], nv4[LPT];
+void fetch_tile(uint kb, uint last, uint g, bool values)
 {
     const uint d4 = p.d / 4u, dv4 = p.dv / 4u;
-    for (uint e = gl_LocalInvocationID.x; e < BK * d4; e += NT) {
-        const uint j = e / d4, i4 = e % d4;
-        ks[j * D4 + (i4 ^ (j & 7u))] =
-            kb + j <= last ? kval4((kb + j) * p.krow + g * p.d + 4u * i4) : vec4(0.0);
+    [[unroll]] for (uint u = 0u; u < LPT; u++) {
+        const uint e = gl_LocalInvocationID.x + NT * u;
+        const uint j = e / d4, jv = e / dv4;
+        nk4[u] = e < BK * d4 && kb + j <= last ? kval4((kb + j) * p.krow + g * p.d + 4u * (e % d4))
+                                               : vec4(0.0);
+        nv4[u] = values && e < BK * dv4 && kb + jv <= last
+                     ? vval4((kb + jv) * p.vrow + g * p.dv + 4u * (e % dv4))
+                     : vec4(0.0);
     }
-    if (values)
-        for (uint e = gl_LocalInvocationID.x; e < BK * dv4; e += NT) {
-            const uint j = e / dv4, i4 = e % dv4;
-            vs[j * D4 + i4] =
-                kb + j <= last ? vval4((kb + j) * p.vrow + g * p.dv + 4u * i4) : vec4(0.0);
-        }
 }
-
+void store_tile()
+{
+    const uint d4 = p.d / 4u, dv4 = p.dv / 4u;
+    [[unroll]] for (uint u = 0u; u < LPT; u++) {
+        const uint e = gl_LocalInvocationID.x + NT * u;
+        if (e < BK * d4) {
+            const uint j = e / d4;
+            ks[j * D4 + ((e % d4) ^ (j & 7u))] = nk4[u];
+        }
+        if (e < BK * dv4)
+            vs[(e / dv4) * D4 + e % dv4] = nv4[u];
+    }
+}
 // The scaled scores of row r against the tile's keys c + TPR m.
 float sc[KPT];
 void scores(uint r, uint c)
@@ -152,6 +174,8 @@ void main()
     const uint mine = p0 + t0 + r; // this row's last key (when valid)
     const float ninf = uintBitsToFloat(0xFF800000u);
 
+    const bool exact = p.kv == 1u; // two passes, the weights as the reference's
+    fetch_tile(0u, last, g, !exact);
     // the block's queries, as the reference dots them
     if (p.kv == 2u) {
         const uint nb = p.d / 32u; // a thread per (row, block)
@@ -183,11 +207,55 @@ void main()
         }
     }
 
-    // pass 1: each thread's maximum and sum of exponentials over its keys
-    float mx = ninf, l = 0.0;
-    for (uint kb = 0u; kb <= last; kb += BK) {
-        load_tile(kb, last, g, false);
+    // the first pass (F16 cache): each row's maximum and sum of exponentials
+    float rmx = ninf, rsum = 0.0;
+    if (exact) {
+        float mx = ninf, l = 0.0; // over this thread's keys
+        for (uint kb = 0u; kb <= last; kb += BK) {
+            store_tile();
+            barrier();
+            if (kb + BK <= last)
+                fetch_tile(kb + BK, last, g, false);
+            scores(r, c);
+            float tm = ninf;
+            [[unroll]] for (uint m = 0u; m < KPT; m++) {
+                if (!valid || kb + c + TPR * m > mine)
+                    sc[m] = ninf;
+                tm = max(tm, sc[m]);
+            }
+            if (tm != ninf) {
+                const float mn = max(mx, tm);
+                float add = 0.0;
+                [[unroll]] for (uint m = 0u; m < KPT; m++)
+                    add += sc[m] == ninf ? 0.0 : exp(sc[m] - mn);
+                l = (mx == ninf ? 0.0 : l * exp(mx - mn)) + add;
+                mx = mn;
+            }
+            barrier();
+        }
+        red[tid] = mx;
         barrier();
+        for (uint k = 0u; k < TPR; k++)
+            rmx = max(rmx, red[r * TPR + k]);
+        barrier();
+        red[tid] = mx == ninf ? 0.0 : l * exp(mx - rmx);
+        barrier();
+        for (uint k = 0u; k < TPR; k++)
+            rsum += red[r * TPR + k];
+        fetch_tile(0u, last, g, true);
+    }
+
+    // the pass that weighs the values (with an F16 cache, its second)
+    float mx = ninf, l = 0.0; // the row's running maximum, this thread's part of its sum
+    vec4 acc[VPT];
+    [[unroll]] for (uint m = 0u; m < VPT; m++)
+        acc[m] = vec4(0.0);
+    const uint dv4 = p.dv / 4u;
+    for (uint kb = 0u; kb <= last; kb += BK) {
+        store_tile();
+        barrier();
+        if (kb + BK <= last)
+            fetch_tile(kb + BK, last, g, true);
         scores(r, c);
         float tm = ninf;
         [[unroll]] for (uint m = 0u; m < KPT; m++) {
@@ -195,48 +263,29 @@ void main()
                 sc[m] = ninf;
             tm = max(tm, sc[m]);
         }
-        if (tm != ninf) {
-            const float mn = max(mx, tm);
-            float add = 0.0;
-            [[unroll]] for (uint m = 0u; m < KPT; m++)
-                add += sc[m] == ninf ? 0.0 : exp(sc[m] - mn);
-            l = (mx == ninf ? 0.0 : l * exp(mx - mn)) + add;
-            mx = mn;
+        // the row's running maximum, raised by this tile (a valid row sees
+        // key 0 in the first tile, so it is finite from there)
+        red[tid] = tm;
+        barrier();
+        float mn = rmx, alpha = 1.0;
+        if (!exact) {
+            mn = mx;
+            for (uint k = 0u; k < TPR; k++)
+                mn = max(mn, red[r * TPR + k]);
+            alpha = mx == ninf ? 0.0 : exp(mx - mn);
         }
-        barrier();
-    }
-    // the row's: its TPR threads' combined
-    ps[tid] = mx;
-    ps[NT + tid] = l;
-    barrier();
-    float rmx = ninf, sum = 0.0;
-    for (uint k = 0u; k < TPR; k++)
-        rmx = max(rmx, ps[r * TPR + k]);
-    for (uint k = 0u; k < TPR; k++) {
-        const float mk = ps[r * TPR + k];
-        if (mk != ninf)
-            sum += ps[NT + r * TPR + k] * exp(mk - rmx);
-    }
-
-    // pass 2: the weights, then the values they weigh, in position order
-    vec4 acc[VPT];
-    [[unroll]] for (uint m = 0u; m < VPT; m++)
-        acc[m] = vec4(0.0);
-    const uint dv4 = p.dv / 4u;
-    for (uint kb = 0u; kb <= last; kb += BK) {
-        load_tile(kb, last, g, true);
-        barrier();
-        scores(r, c);
+        float add = 0.0;
         [[unroll]] for (uint m = 0u; m < KPT; m++) {
-            const uint j = c + TPR * m;
             float w = 0.0;
-            if (valid && kb + j <= mine) {
-                w = exp(sc[m] - rmx) / sum;
-                if (p.kv == 1u)
-                    w = round_f16(w);
-            }
-            ps[r * PS + j] = w;
+            if (sc[m] != ninf)
+                w = exact ? round_f16(exp(sc[m] - rmx) / rsum) : exp(sc[m] - mn);
+            ps[r * PS + c + TPR * m] = w;
+            add += w;
         }
+        l = l * alpha + add;
+        mx = mn;
+        [[unroll]] for (uint m = 0u; m < VPT; m++)
+            acc[m] *= alpha;
         barrier();
         const uint nk = min(BK, last + 1u - kb);
         for (uint j = 0u; j < nk; j++) {
@@ -247,15 +296,23 @@ void main()
         }
         barrier();
     }
+    red[tid] = l;
+    barrier();
+    float sum = 0.0;
+    for (uint k = 0u; k < TPR; k++)
+        sum += red[r * TPR + k];
+    if (exact)
+        sum = 1.0;
     if (valid) {
         const uint orow = p.oo + ((t0 + r) * p.n_head + h) * p.dv;
         [[unroll]] for (uint m = 0u; m < VPT; m++) {
             const uint i = 4u * (c + TPR * m);
             if (i < p.dv) {
-                o.d[orow + i] = acc[m].x;
-                o.d[orow + i + 1u] = acc[m].y;
-                o.d[orow + i + 2u] = acc[m].z;
-                o.d[orow + i + 3u] = acc[m].w;
+                const vec4 v = acc[m] / sum;
+                o.d[orow + i] = v.x;
+                o.d[orow + i + 1u] = v.y;
+                o.d[orow + i + 2u] = v.z;
+                o.d[orow + i + 3u] = v.w;
             }
         }
     }
