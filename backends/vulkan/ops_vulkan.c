@@ -442,9 +442,9 @@ static void quantize_rows(vk_state *st, const cm_tensor *x, int64_t cols, int64_
         uint32_t ox, cols, n, k, glu, og;
     } pc = {vk_off(x) + (uint32_t)(t0 * cols), (uint32_t)cols, (uint32_t)n, kind == 2,
             g != NULL, g ? vk_off(g) + (uint32_t)(t0 * cols) : 0};
-    /* a workgroup per q8_K block, a thread per q8_0/q8_1 block */
+    /* a workgroup per q8_K block, one per 8 q8_0/q8_1 blocks */
     const uint64_t blocks = (uint64_t)(cols / (kind == 2 ? 256 : 32)) * n;
-    const uint64_t groups = kind == 2 ? blocks : vk_groups(blocks, 64);
+    const uint64_t groups = kind == 2 ? blocks : vk_groups(blocks, 8);
     RUN(st, VK_SH_QUANTIZE, vk_buf_of(x), &st->xq, g ? vk_buf_of(g) : NULL, NULL, pc,
         groups > 65535 ? 65535 : (uint32_t)groups, 1, 1);
 }
@@ -538,8 +538,8 @@ static int64_t xq_tokens(vk_state *st, int64_t cols, int kind)
 static int norm_fold_kind(vk_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *x)
 {
     /* norm.comp's ROW_MAX; a few rows only (generation): a norm's
-     * workgroup quantizes a row with a thread per block, fewer threads
-     * than quantize.comp spreads a prompt's blocks over */
+     * workgroup quantizes its one row, fewer workgroups than quantize.comp
+     * spreads a prompt's blocks over */
     enum { ROW_MAX = 3072, ROWS_MAX = 8 };
     if (!st->pend_norm.held || !same_tensor(&st->pend_norm.out, x) ||
         x->ne[0] > ROW_MAX || x->ne[1] > ROWS_MAX)

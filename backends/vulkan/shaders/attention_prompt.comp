@@ -42,14 +42,15 @@
 #endif
 #if DMAX == 64
 #define BR 32u
+#define TPR 8u         // threads per row
 #define BK 32u
-#define NT 256
+#define NT 256 // BR TPR
 #else
 #define BR 16u
+#define TPR 8u
 #define BK 16u
-#define NT 128
+#define NT 128 // BR TPR
 #endif
-#define TPR 8u         // threads per row
 #define KPT (BK / TPR) // keys per thread in a tile: 4 or 2
 #define D4 (DMAX / 4)  // vec4s per row: 16 or 32
 #define VPT (D4 / TPR) // value vec4s per thread: 2 or 4

@@ -47,8 +47,9 @@ shared float row[ROW_MAX];
 #define Q8K_GROUPS 2u // (1.5 KiB of shared words: row and red stay within 16 KiB)
 #include "quantize.glsl"
 
-// This workgroup's row, in row[], quantized: a thread per q8_0/q8_1
-// block, 64 threads per q8_K block (Q8K_GROUPS at a time).
+// This workgroup's row, in row[], quantized: 8 threads per q8_0/q8_1
+// block, 64 per q8_K block (Q8K_GROUPS q8_K blocks, 8 Q8K_GROUPS q8_0
+// blocks at a time).
 void quantize_row()
 {
     barrier();
@@ -61,8 +62,10 @@ void quantize_row()
         }
         return;
     }
-    for (uint i = tid; i < nb; i += 256u)
-        quantize_q8(i * per, 10u * (r * nb + i));
+    for (uint i0 = 0u; i0 < nb; i0 += 8u * Q8K_GROUPS) {
+        const uint i = i0 + tid / 8u;
+        quantize_q8_lanes(i * per, 10u * (r * nb + i), i < nb);
+    }
 }
 
 shared acc_t red[256];

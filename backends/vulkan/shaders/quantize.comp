@@ -8,9 +8,10 @@
 // of row t at uint 10 (t nb + b), nb = cols / 32: the scale as the float
 // value of its f16 (F16(d), which is all the dots use), F16(s) likewise,
 // then the 32 quants four to a uint (element 4k + j in byte j of uint
-// 2 + k).  Rows of cols floats (a multiple of 32) from ox; a thread per
-// block, over a grid of ceil(n nb / 64) workgroups capped by the host (the
-// loop strides over the rest).
+// 2 + k).  Rows of cols floats (a multiple of 32) from ox; 8 threads per
+// block (quantize.glsl's quantize_q8_lanes), 8 blocks a workgroup, over a
+// grid of ceil(n nb / 8) workgroups capped by the host (the loop strides
+// over the rest).
 layout(local_size_x = 64) in;
 
 layout(std430, set = 0, binding = 0) readonly buffer B_0 { float d[]; } x;
@@ -29,7 +30,7 @@ layout(push_constant) uniform P { uint ox, cols, n, k, glu, og; } p;
 // the even one low).  is = -127 / max and d = 1 / is correctly rounded
 // (div_rn); a block whose amax is 0, inf or below 2^-100 (where the CPU's is
 // may overflow) all zero.  A workgroup per q8_K block (quantize.glsl's
-// 64 threads), a thread per q8_0/q8_1 block.
+// 64 threads), 8 threads per q8_0/q8_1 block.
 
 #include "q8_0.glsl"
 
@@ -55,6 +56,8 @@ void main()
             quantize_q8k(p.ox + (i / nb) * p.cols + (i % nb) * 256u, 73u * i, true);
         return;
     }
-    for (uint i = gl_GlobalInvocationID.x; i < total; i += gl_NumWorkGroups.x * 64u)
-        quantize_q8(p.ox + (i / nb) * p.cols + (i % nb) * 32u, 10u * i);
+    for (uint i0 = 8u * gl_WorkGroupID.x; i0 < total; i0 += 8u * gl_NumWorkGroups.x) {
+        const uint i = i0 + gl_LocalInvocationID.x / 8u; // (uniform loop: the barriers inside)
+        quantize_q8_lanes(p.ox + (i / nb) * p.cols + (i % nb) * 32u, 10u * i, i < total);
+    }
 }

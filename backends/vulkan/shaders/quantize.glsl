@@ -91,6 +91,72 @@ void quantize_q8k(uint src, uint o, bool live)
         XQ_STORE(o, zero ? 0u : floatBitsToUint(is < 0.0 ? -d : d));
     }
 }
+
+// quantize_q8's block (below) by 8 threads together: thread t works for
+// block t / 8 of the 8 Q8K_GROUPS blocks a call makes, on elements
+// 4 (t % 8) .. + 3, which make its word 2 + t % 8 (a generated token's norm
+// made its row's blocks a thread each, 32 values and two divisions in a
+// row: the longest part of the dispatch).  The same bits as quantize_q8:
+// the largest magnitude is a maximum (no ties to break), d and id are
+// computed by every thread of the block from it, the sum of the quants in
+// integers.  Called as quantize_q8k (every thread, live where its block
+// exists); the shared words are free again as there.
+void quantize_q8_lanes(uint src, uint o, bool live)
+{
+    const uint tid = gl_LocalInvocationID.x, l = tid & 7u, g0 = tid - l;
+    const bool mine = tid < 64u * Q8K_GROUPS;
+    live = live && mine;
+    float v[4];
+    uint amax = 0u;
+    for (uint j = 0u; j < 4u; j++) {
+        v[j] = live ? ACT(src + 4u * l + j) : 0.0;
+        const uint a = floatBitsToUint(v[j]) & 0x7FFFFFFFu;
+        if (a <= 0x7F800000u && a > amax)
+            amax = a;
+    }
+    if (mine)
+        q8k_a[tid] = amax;
+    barrier();
+    if (mine)
+        for (uint k = 0u; k < 8u; k++)
+            amax = max(amax, q8k_a[g0 + k]);
+    uint dh = 0u;
+    float id = 0.0, dq = 0.0; // (q8_block's q8_d)
+    if (amax == 0x7F800000u) {
+        dh = 0x7C00u;
+        dq = uintBitsToFloat(0x7F800000u);
+    } else if (amax >= 0x0D800000u) {
+        const float d = div_rn(uintBitsToFloat(amax), 127.0);
+        dh = f16_bits(floatBitsToUint(d));
+        if (dh != 0u) {
+            id = div_rn(1.0, d);
+            dq = d;
+        }
+    }
+    uint w = 0u;
+    int sum = 0;
+    for (uint j = 0u; j < 4u; j++) {
+        const uint q = q8_quant(v[j], id);
+        w |= q << (8u * j);
+        sum += bitfieldExtract(int(q), 0, 8);
+    }
+    if (mine)
+        q8k_s[tid] = sum;
+    barrier();
+    if (!live)
+        return;
+    XQ_STORE(o + 2u + l, w);
+    if (l == 0u) {
+        int total = 0;
+        for (uint k = 0u; k < 8u; k++)
+            total += q8k_s[g0 + k];
+        precise float sv = float(total) * dq;
+        const uint sh = floatBitsToUint(dq) == 0x7F800000u && total == 0 ? 0xFE00u
+                                                                          : f16_bits(floatBitsToUint(sv));
+        XQ_STORE(o, floatBitsToUint(f16_val(dh)));
+        XQ_STORE(o + 1u, floatBitsToUint(f16_val(sh)));
+    }
+}
 #endif
 
 // The q8_0/q8_1 block (10 uints from o) of the 32 activations from src.
