@@ -80,6 +80,37 @@ uint q8_quant(float x, float id)
     return uint(int(roundEven(s))) & 0xFFu;
 }
 
+// A q8_0 block's scale from the largest magnitude's bits: dh the f16 bits
+// of d = amax / 127, id = 1 / d (both divisions correctly rounded as the
+// CPU's), dq the unrounded d; a block whose d is 0 in f16 (amax below
+// ~3.8e-6) gets d = 0, id = 0 and dq = 0 (zero quants), an inf amax d = inf
+// and id = 0 (every quant 0, or nan: 0).
+void q8_scale(uint amax, out uint dh, out float id, out float dq)
+{
+    dh = 0u;
+    id = 0.0;
+    dq = 0.0;
+    if (amax == 0x7F800000u) {
+        dh = 0x7C00u;
+        dq = uintBitsToFloat(0x7F800000u);
+    } else if (amax >= 0x0D800000u) { // below 2^-100, d is 0 in f16
+        const float d = div_rn(uintBitsToFloat(amax), 127.0);
+        dh = f16_bits(floatBitsToUint(d));
+        if (dh != 0u) {
+            id = div_rn(1.0, d);
+            dq = d;
+        }
+    }
+}
+
+// q8_1's s from the sum of a block's quants and its unrounded d: the f16
+// bits of sum * d; 0 * inf is the CPU's default nan (-nan).
+uint q8_1_s(int sum, float dq)
+{
+    precise float sv = float(sum) * dq;
+    return floatBitsToUint(dq) == 0x7F800000u && sum == 0 ? 0xFE00u : f16_bits(floatBitsToUint(sv));
+}
+
 // The reference's q8_0 block of xv (quant/ref_legacy.c q8_quants,
 // q8_0_block) into qb as halfwords: the f16 bits of d = amax / 127, then
 // the quants roundEven(x * id), id = 1 / d, two to a halfword (the even one
@@ -100,20 +131,9 @@ void q8_block()
         if (a <= 0x7F800000u && a > amax)
             amax = a;
     }
-    uint dh = 0u;
-    float id = 0.0;
-    q8_d = 0.0;
-    if (amax == 0x7F800000u) { // d = inf, id = 0: every quant 0 (or nan: 0)
-        dh = 0x7C00u;
-        q8_d = uintBitsToFloat(0x7F800000u);
-    } else if (amax >= 0x0D800000u) { // below 2^-100, d is 0 in f16
-        const float d = div_rn(uintBitsToFloat(amax), 127.0);
-        dh = f16_bits(floatBitsToUint(d));
-        if (dh != 0u) {
-            id = div_rn(1.0, d);
-            q8_d = d;
-        }
-    }
+    uint dh;
+    float id;
+    q8_scale(amax, dh, id, q8_d);
     qb[0] = dh;
     for (uint i = 0u; i < 16u; i++)
         qb[1u + i] = q8_quant(xv[2u * i], id) | (q8_quant(xv[2u * i + 1u], id) << 8);

@@ -97,9 +97,9 @@ void quantize_q8k(uint src, uint o, bool live)
 // 4 (t % 8) .. + 3, which make its word 2 + t % 8 (a generated token's norm
 // made its row's blocks a thread each, 32 values and two divisions in a
 // row: the longest part of the dispatch).  The same bits as quantize_q8:
-// the largest magnitude is a maximum (no ties to break), d and id are
-// computed by every thread of the block from it, the sum of the quants in
-// integers.  Called as quantize_q8k (every thread, live where its block
+// the largest magnitude is a maximum (no ties to break), q8_scale's d and
+// id are computed by every thread of the block from it, the sum of the
+// quants in integers.  Called as quantize_q8k (every thread, live where its block
 // exists); the shared words are free again as there.
 void quantize_q8_lanes(uint src, uint o, bool live)
 {
@@ -120,19 +120,9 @@ void quantize_q8_lanes(uint src, uint o, bool live)
     if (mine)
         for (uint k = 0u; k < 8u; k++)
             amax = max(amax, q8k_a[g0 + k]);
-    uint dh = 0u;
-    float id = 0.0, dq = 0.0; // (q8_block's q8_d)
-    if (amax == 0x7F800000u) {
-        dh = 0x7C00u;
-        dq = uintBitsToFloat(0x7F800000u);
-    } else if (amax >= 0x0D800000u) {
-        const float d = div_rn(uintBitsToFloat(amax), 127.0);
-        dh = f16_bits(floatBitsToUint(d));
-        if (dh != 0u) {
-            id = div_rn(1.0, d);
-            dq = d;
-        }
-    }
+    uint dh;
+    float id, dq;
+    q8_scale(amax, dh, id, dq);
     uint w = 0u;
     int sum = 0;
     for (uint j = 0u; j < 4u; j++) {
@@ -150,11 +140,8 @@ void quantize_q8_lanes(uint src, uint o, bool live)
         int total = 0;
         for (uint k = 0u; k < 8u; k++)
             total += q8k_s[g0 + k];
-        precise float sv = float(total) * dq;
-        const uint sh = floatBitsToUint(dq) == 0x7F800000u && total == 0 ? 0xFE00u
-                                                                          : f16_bits(floatBitsToUint(sv));
         XQ_STORE(o, floatBitsToUint(f16_val(dh)));
-        XQ_STORE(o + 1u, floatBitsToUint(f16_val(sh)));
+        XQ_STORE(o + 1u, floatBitsToUint(f16_val(q8_1_s(total, dq))));
     }
 }
 #endif
@@ -168,11 +155,8 @@ void quantize_q8(uint src, uint o)
     int sum = 0;
     for (uint k = 0u; k < 16u; k++)
         sum += bitfieldExtract(int(qb[1u + k]), 0, 8) + bitfieldExtract(int(qb[1u + k]), 8, 8);
-    // s = f16((float)sum * d); 0 * inf is the CPU's default nan (-nan)
-    precise float sv = float(sum) * q8_d;
-    const uint sh = floatBitsToUint(q8_d) == 0x7F800000u && sum == 0 ? 0xFE00u : f16_bits(floatBitsToUint(sv));
     XQ_STORE(o, floatBitsToUint(f16_val(qb[0])));
-    XQ_STORE(o + 1u, floatBitsToUint(f16_val(sh)));
+    XQ_STORE(o + 1u, floatBitsToUint(f16_val(q8_1_s(sum, q8_d))));
     for (uint k = 0u; k < 8u; k++)
         XQ_STORE(o + 2u + k, qb[1u + 2u * k] | (qb[2u + 2u * k] << 16));
 }
