@@ -464,13 +464,18 @@ static uint32_t env_count(const char *name, uint32_t def)
  * st->attn_min query rows: CODEMOE_VULKAN_PROMPT_ATTN=N (0: never,
  * attention.comp for every row; 1: every batch, a generated token's too),
  * 16 by default; CODEMOE_VULKAN_PROMPT_ATTN_WIDE=1 takes its variant for
- * heads up to 128 even for smaller heads (for the tests). */
+ * heads up to 128 even for smaller heads (for the tests).  Its keys are
+ * split among workgroups while fewer than CODEMOE_VULKAN_ATTN_SPLIT
+ * workgroups (VK_ATTN_SPLIT by default; 0: never) would hold the rows. */
 static void pick_products(vk_state *st)
 {
     st->tile_min = env_count("CODEMOE_VULKAN_TILED", 16);
     st->int_dot = st->feat.int_dot && env_count("CODEMOE_VULKAN_INT_DOT", 1) != 0;
     st->attn_min = env_count("CODEMOE_VULKAN_PROMPT_ATTN", 16);
     st->attn_wide = env_count("CODEMOE_VULKAN_PROMPT_ATTN_WIDE", 0) != 0;
+    st->attn_split = env_count("CODEMOE_VULKAN_ATTN_SPLIT", VK_ATTN_SPLIT);
+    if (st->attn_split > VK_ATTN_SPLIT_MAX)
+        st->attn_split = VK_ATTN_SPLIT_MAX;
 }
 
 /* Rows per generation product workgroup (matmul.comp's RW, 64 threads):
@@ -734,6 +739,17 @@ static size_t rows_bytes(const cm_backend_shape *s)
     return n < 65536 ? 65536 : n;
 }
 
+/* The partial results of split prompt attention (ops_vulkan.c's
+ * attention_splits): splits are made only while blocks x heads < the
+ * target T, so rows x heads x splits < 32 (T + blocks x heads) < 64 T, each
+ * a maximum, a sum and dv values. */
+static size_t attn_part_bytes(const cm_backend_shape *s, uint32_t target)
+{
+    if (s->no_kv || !target)
+        return 0;
+    return (size_t)64 * target * (size_t)(2 + s->m->hp.head_dim_v) * sizeof(float);
+}
+
 /* The staging buffer of copies to and from unmapped device memory. */
 #define STAGE_BYTES ((size_t)4 << 20)
 
@@ -745,6 +761,7 @@ static size_t vk_state_bytes(const cm_backend_shape *s)
                                                   kv_cache_bytes(s, hp->head_dim_v));
     return kv + (size_t)s->n_ctx * hp->rope_dim * sizeof(float) +
            rows_bytes(s) + xq_bytes(s) + lout_bytes(s) + STAGE_BYTES +
+           attn_part_bytes(s, VK_ATTN_SPLIT) +
            (size_t)hp->n_layer * (size_t)(hp->n_expert_used + 1) * 3 * sizeof(uint32_t) +
            (size_t)(s->n_batch + 1) * sizeof(int32_t);
 }
@@ -769,6 +786,7 @@ static void vk_release(cm_backend *be)
         vk_buf_drop(st, &st->rope_cs), vk_buf_drop(st, &st->rows), vk_buf_drop(st, &st->dummy);
         vk_buf_drop(st, &st->io), vk_buf_drop(st, &st->route), vk_buf_drop(st, &st->route_out);
         vk_buf_drop(st, &st->xq), vk_buf_drop(st, &st->lout), vk_buf_drop(st, &st->stage);
+        vk_buf_drop(st, &st->attn_part);
         for (int i = 0; i < VK_PIPE_COUNT; i++)
             if (st->pipe[i])
                 vkDestroyPipeline(st->dev, st->pipe[i], NULL);
@@ -817,6 +835,8 @@ static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *e
         r = vk_buf_make_in(st, (size_t)(s->n_batch + 1) * sizeof(int32_t), 1, &st->io);
     if (r == VK_SUCCESS)
         r = vk_buf_make(st, xq_bytes(s), &st->xq);
+    if (r == VK_SUCCESS && attn_part_bytes(s, st->attn_split))
+        r = vk_buf_make(st, attn_part_bytes(s, st->attn_split), &st->attn_part);
     if (r == VK_SUCCESS)
         r = vk_buf_make_in(st, lout_bytes(s), VK_READBACK, &st->lout);
     if (r == VK_SUCCESS)

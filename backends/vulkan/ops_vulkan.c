@@ -63,8 +63,34 @@ void vk_kv_store(cm_backend *be, int il, const cm_tensor *k, const cm_tensor *v,
     }
 }
 
+/* How many workgroups split a prompt's keys (attention_prompt.comp's p.ns;
+ * 1: none), and the positions each takes (*sk, whole tiles of bk): enough
+ * that blocks x heads x splits reaches st->attn_split workgroups, within
+ * the partial results' buffer.  Never in a recorded step, which replays at
+ * other positions with the same splits. */
+static uint32_t attention_splits(const vk_state *st, uint32_t n, uint32_t keys, uint32_t br,
+                                 uint32_t bk, uint32_t *sk)
+{
+    const cm_hparams *hp = st->hp;
+    const uint64_t wgs = (uint64_t)(n + br - 1) / br * (uint64_t)hp->n_head;
+    if (!st->attn_split || wgs >= st->attn_split || st->cmd == st->replay_cmd)
+        return 1;
+    uint64_t s = (st->attn_split + wgs - 1) / wgs;
+    const uint64_t tiles = (keys + bk - 1) / bk;
+    const uint64_t per = (uint64_t)n * (uint64_t)hp->n_head * (uint64_t)(2 + hp->head_dim_v);
+    const uint64_t fit = st->attn_part.size / sizeof(float) / per;
+    s = s < tiles ? s : tiles;
+    s = s < fit ? s : fit;
+    if (s < 2)
+        return 1;
+    *sk = (uint32_t)((keys + s - 1) / s + bk - 1) / bk * bk;
+    return (keys + *sk - 1) / *sk;
+}
+
 /* attention_prompt.comp: heads of multiples of 32 up to 128 (values of 4),
- * each cached head whole blocks for Q8_0 */
+ * each cached head whole blocks for Q8_0; the keys split among workgroups
+ * (its modes 1 and 2, then 3 to combine) where the rows' blocks are too
+ * few to fill the device */
 static int prompt_attention(vk_state *st, int il, const cm_tensor *q, int p0, cm_tensor *out)
 {
     const cm_hparams *hp = st->hp;
@@ -79,15 +105,30 @@ static int prompt_attention(vk_state *st, int il, const cm_tensor *q, int p0, cm
     struct {
         uint32_t oq, oo, p0, n, n_head, group, d, dv, krow, vrow, kv;
         float scale;
+        uint32_t mode, sk, ns;
     } pc = {vk_off(q), vk_off(out), rel_pos(st, p0), n, (uint32_t)hp->n_head,
             (uint32_t)(hp->n_head / hp->n_head_kv), (uint32_t)d, (uint32_t)dv,
             (uint32_t)(hp->n_head_kv * d), (uint32_t)(hp->n_head_kv * dv), (uint32_t)st->kv,
-            1.0f / sqrtf((float)d)};
-    /* workgroups of 32 rows (16 for the wide variant) of one head */
-    const uint32_t br = wide ? 16 : 32;
-    RUN(st, wide ? VK_SH_ATTENTION_PROMPT_128 : VK_SH_ATTENTION_PROMPT, vk_buf_of(q),
-        vk_buf_of(out), st->k_cache[il], st->v_cache[il], pc, (n + br - 1) / br,
-        (uint32_t)hp->n_head, 1);
+            1.0f / sqrtf((float)d), 0, 0, 1};
+    /* workgroups of 32 rows and tiles of 32 keys (16 and 16 wide) of one head */
+    const uint32_t br = wide ? 16 : 32, nt = wide ? 128 : 256;
+    const int sh = wide ? VK_SH_ATTENTION_PROMPT_128 : VK_SH_ATTENTION_PROMPT;
+    const uint32_t blocks = (n + br - 1) / br, heads = (uint32_t)hp->n_head;
+    pc.ns = attention_splits(st, n, (uint32_t)p0 + n, br, br, &pc.sk);
+    vk_buf *part = pc.ns > 1 ? &st->attn_part : NULL;
+    if (pc.ns > 1 && st->kv == 1) {
+        pc.mode = 1;
+        RUN5(st, sh, vk_buf_of(q), vk_buf_of(out), st->k_cache[il], st->v_cache[il], part, pc,
+             blocks * pc.ns, heads, 1);
+    }
+    pc.mode = pc.ns > 1 ? 2 : 0;
+    RUN5(st, sh, vk_buf_of(q), vk_buf_of(out), st->k_cache[il], st->v_cache[il], part, pc,
+         blocks * pc.ns, heads, 1);
+    if (pc.ns > 1) {
+        pc.mode = 3;
+        RUN5(st, sh, vk_buf_of(q), vk_buf_of(out), st->k_cache[il], st->v_cache[il], part, pc,
+             (n * (uint32_t)(dv / 4) + nt - 1) / nt, heads, 1);
+    }
     return 1;
 }
 

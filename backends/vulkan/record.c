@@ -357,9 +357,10 @@ static uint32_t written_by(int s, vk_buf *const b[VK_OPERANDS])
         return 1u << 0;
     case VK_SH_ATTENTION: /* and the quantized output, when asked */
         return 1u << 1 | (b[4] ? 1u << 4 : 0u);
-    case VK_SH_GELU: case VK_SH_GATHER: case VK_SH_KV_STORE:
-    case VK_SH_QUANTIZE: case VK_SH_ATTENTION_PROMPT: case VK_SH_ATTENTION_PROMPT_128:
+    case VK_SH_GELU: case VK_SH_GATHER: case VK_SH_KV_STORE: case VK_SH_QUANTIZE:
         return 1u << 1;
+    case VK_SH_ATTENTION_PROMPT: case VK_SH_ATTENTION_PROMPT_128: /* and split keys' partials */
+        return 1u << 1 | (b[4] ? 1u << 4 : 0u);
     case VK_SH_NORM: /* with a residual to add (binding 4), x too; binding
                       * 2 when it is the quantized rows (taken to be so) */
         return 1u << 3 | (b[4] ? 1u << 0 : 0u) | (b[2] ? 1u << 2 : 0u);

@@ -38,6 +38,10 @@ enum { VK_MM_PLAIN = 0, VK_MM_TILED = 1 };
 /* matmul_tiled.comp's tile: weight rows (its BM) by tokens (its BN) */
 #define VK_TILE_ROWS 64
 #define VK_TILE_TOKENS 64
+/* split prompt attention's default target of workgroups (a few per core
+ * of a large GPU), and the most CODEMOE_VULKAN_ATTN_SPLIT may ask */
+#define VK_ATTN_SPLIT 1024
+#define VK_ATTN_SPLIT_MAX 8192
 
 #define VK_SET_SLOTS 4096 /* the table; the pool holds half as many sets */
 #define VK_TRACK 24       /* buffers followed between barriers (record.c) */
@@ -105,6 +109,11 @@ typedef struct {
      * never); attn_wide: its variant for heads up to 128 for any head */
     uint32_t attn_min;
     int attn_wide;
+    /* a prompt's keys split among workgroups while its rows' blocks times
+     * heads are fewer than this (0: never), their partial results in
+     * attn_part */
+    uint32_t attn_split;
+    vk_buf attn_part;
     uint32_t mem_type;  /* the buffers' memory (pick_memory) */
     uint32_t host_type; /* host-visible, coherent: what the host reads or writes */
     /* host-visible, coherent and cached where the device has such memory:

@@ -37,6 +37,20 @@
 // 16 rows of 8 threads, tiles of 16 keys (shared memory within 32 KiB,
 // lavapipe's limit).  Grid (ceil(n / BR), n_head), blocks in reverse
 // order: the longest (last rows) first.
+//
+// Split keys (p.ns > 1 splits of p.sk positions, a multiple of BK): a
+// prompt's last rows see all its keys, and one workgroup walking them is
+// the dispatch's critical path while a GPU's other cores wait, so the
+// keys of each block are split among p.ns workgroups (grid (blocks ns,
+// n_head)), each writing partial results to part, then combined (mode 3).
+// Mode 1 (F16 cache): each split's row maxima and sums (the first pass);
+// mode 2: the values weighed over the split, with the rows' maxima and
+// sums combined from mode 1's (F16: the finished weights, so the partial
+// sums only add up), or with the split's own running maximum and sum
+// (online softmax: rescaled to the largest maximum when combined); mode 3:
+// a thread per four values of a row, adding its splits up.  Split s holds
+// a row's keys s sk .. s sk + sk - 1, so row t (position p0 + t) has
+// (p0 + t) / sk + 1 splits.  Mode 0: the whole row in one workgroup.
 #ifndef DMAX
 #define DMAX 64
 #endif
@@ -63,10 +77,14 @@ layout(std430, set = 0, binding = 0) readonly buffer B_0 { float d[]; } q;
 layout(std430, set = 0, binding = 1) buffer B_1 { float d[]; } o;
 layout(std430, set = 0, binding = 2) readonly buffer B_2 { uint d[]; } kc;
 layout(std430, set = 0, binding = 3) readonly buffer B_3 { uint d[]; } vc;
+// partial results of split keys: a (maximum, sum) pair per (head, row,
+// split), then dv values per (head, row, split)
+layout(std430, set = 0, binding = 4) buffer B_4 { float d[]; } part;
 
 layout(push_constant) uniform P {
     uint oq, oo, p0, n, n_head, group, d, dv, krow, vrow, kv;
     float scale;
+    uint mode, sk, ns;
 } p;
 
 shared vec4 qs[BR * D4];
@@ -165,18 +183,74 @@ void scores(uint r, uint c)
         sc[m] *= p.scale;
 }
 
+// Where the partial results of split s of row t of head h are: its
+// (maximum, sum) pair, its values.
+uint part_slot(uint h, uint t, uint s) { return (h * p.n + t) * p.ns + s; }
+uint stat_at(uint h, uint t, uint s) { return 2u * part_slot(h, t, s); }
+uint vals_at(uint h, uint t, uint s) { return 2u * p.n_head * p.n * p.ns + part_slot(h, t, s) * p.dv; }
+
+#define ninf uintBitsToFloat(0xFF800000u)
+
+// Mode 3: four values of a row (thread e: row e / (dv / 4)) from its
+// splits: their sum (F16: the weights were final), else each split's
+// sums rescaled to the row's largest maximum, divided by the sum of the
+// splits' rescaled sums of exponentials.
+void combine()
+{
+    const uint dv4 = p.dv / 4u, e = gl_WorkGroupID.x * NT + gl_LocalInvocationID.x;
+    const uint t = e / dv4, i = 4u * (e % dv4), h = gl_WorkGroupID.y;
+    if (t >= p.n)
+        return;
+    const uint splits = (batch_pos(p.p0) + t) / p.sk + 1u;
+    const bool exact = p.kv == 1u;
+    float mx = ninf, l = 0.0;
+    for (uint s = 0u; s < splits && !exact; s++)
+        mx = max(mx, part.d[stat_at(h, t, s)]);
+    vec4 sum = vec4(0.0);
+    for (uint s = 0u; s < splits; s++) {
+        const uint v = vals_at(h, t, s) + i;
+        const vec4 a = vec4(part.d[v], part.d[v + 1u], part.d[v + 2u], part.d[v + 3u]);
+        if (exact) {
+            sum += a;
+            continue;
+        }
+        const float m = part.d[stat_at(h, t, s)];
+        if (m != ninf) {
+            const float f = exp(m - mx);
+            sum += a * f;
+            l += part.d[stat_at(h, t, s) + 1u] * f;
+        }
+    }
+    if (!exact)
+        sum /= l;
+    const uint at = p.oo + (t * p.n_head + h) * p.dv + i;
+    o.d[at] = sum.x;
+    o.d[at + 1u] = sum.y;
+    o.d[at + 2u] = sum.z;
+    o.d[at + 3u] = sum.w;
+}
+
 void main()
 {
+    if (p.mode == 3u) {
+        combine();
+        return;
+    }
     const uint tid = gl_LocalInvocationID.x, r = tid / TPR, c = tid % TPR;
-    const uint blk = gl_NumWorkGroups.x - 1u - gl_WorkGroupID.x, h = gl_WorkGroupID.y;
+    const uint ns = max(p.ns, 1u), wg = gl_NumWorkGroups.x - 1u - gl_WorkGroupID.x;
+    const uint blk = wg / ns, split = wg % ns, h = gl_WorkGroupID.y;
     const uint g = h / p.group, t0 = blk * BR, rows = min(BR, p.n - t0);
     const uint p0 = batch_pos(p.p0), last = p0 + t0 + rows - 1u; // the block's last key
+    const uint k_lo = split * p.sk; // this workgroup's keys: k_lo .. k_hi
+    if (k_lo > last)
+        return; // a split past the block's rows (the whole workgroup)
+    const uint k_hi = p.mode == 0u ? last : min(last, k_lo + p.sk - 1u);
     const bool valid = r < rows;
     const uint mine = p0 + t0 + r; // this row's last key (when valid)
-    const float ninf = uintBitsToFloat(0xFF800000u);
 
     const bool exact = p.kv == 1u; // two passes, the weights as the reference's
-    fetch_tile(0u, last, g, !exact);
+    const bool stats = exact && p.mode != 2u; // the first pass here (values later)
+    fetch_tile(k_lo, k_hi, g, !stats);
     // the block's queries, as the reference dots them
     if (p.kv == 2u) {
         const uint nb = p.d / 32u; // a thread per (row, block)
@@ -210,13 +284,13 @@ void main()
 
     // the first pass (F16 cache): each row's maximum and sum of exponentials
     float rmx = ninf, rsum = 0.0;
-    if (exact) {
+    if (stats) {
         float mx = ninf, l = 0.0; // over this thread's keys
-        for (uint kb = 0u; kb <= last; kb += BK) {
+        for (uint kb = k_lo; kb <= k_hi; kb += BK) {
             store_tile();
             barrier();
-            if (kb + BK <= last)
-                fetch_tile(kb + BK, last, g, false);
+            if (kb + BK <= k_hi)
+                fetch_tile(kb + BK, k_hi, g, false);
             scores(r, c);
             float tm = ninf;
             [[unroll]] for (uint m = 0u; m < KPT; m++) {
@@ -243,7 +317,23 @@ void main()
         barrier();
         for (uint k = 0u; k < TPR; k++)
             rsum += red[r * TPR + k];
-        fetch_tile(0u, last, g, true);
+        if (p.mode == 1u) {
+            if (valid && c == 0u) {
+                part.d[stat_at(h, t0 + r, split)] = rmx;
+                part.d[stat_at(h, t0 + r, split) + 1u] = rsum;
+            }
+            return;
+        }
+        fetch_tile(k_lo, k_hi, g, true);
+    } else if (exact && valid) { // mode 2: the row's maximum and sum from its splits'
+        const uint splits = mine / p.sk + 1u;
+        for (uint s = 0u; s < splits; s++)
+            rmx = max(rmx, part.d[stat_at(h, t0 + r, s)]);
+        for (uint s = 0u; s < splits; s++) {
+            const float m = part.d[stat_at(h, t0 + r, s)];
+            if (m != ninf)
+                rsum += part.d[stat_at(h, t0 + r, s) + 1u] * exp(m - rmx);
+        }
     }
 
     // the pass that weighs the values (with an F16 cache, its second)
@@ -252,11 +342,11 @@ void main()
     [[unroll]] for (uint m = 0u; m < VPT; m++)
         acc[m] = vec4(0.0);
     const uint dv4 = p.dv / 4u;
-    for (uint kb = 0u; kb <= last; kb += BK) {
+    for (uint kb = k_lo; kb <= k_hi; kb += BK) {
         store_tile();
         barrier();
-        if (kb + BK <= last)
-            fetch_tile(kb + BK, last, g, true);
+        if (kb + BK <= k_hi)
+            fetch_tile(kb + BK, k_hi, g, true);
         scores(r, c);
         float tm = ninf;
         [[unroll]] for (uint m = 0u; m < KPT; m++) {
@@ -264,8 +354,8 @@ void main()
                 sc[m] = ninf;
             tm = max(tm, sc[m]);
         }
-        // the row's running maximum, raised by this tile (a valid row sees
-        // key 0 in the first tile, so it is finite from there)
+        // the row's running maximum, raised by this tile (-inf while the
+        // row has seen no key: w stays 0 and alpha is not used)
         red[tid] = tm;
         barrier();
         float mn = rmx, alpha = 1.0;
@@ -288,7 +378,7 @@ void main()
         [[unroll]] for (uint m = 0u; m < VPT; m++)
             acc[m] *= alpha;
         barrier();
-        const uint nk = min(BK, last + 1u - kb);
+        const uint nk = min(BK, k_hi + 1u - kb);
         for (uint j = 0u; j < nk; j++) {
             const float w = ps[r * PS + j];
             [[unroll]] for (uint m = 0u; m < VPT; m++)
@@ -304,6 +394,25 @@ void main()
         sum += red[r * TPR + k];
     if (exact)
         sum = 1.0;
+    if (p.mode == 2u) { // the split's partial results
+        if (valid) {
+            const uint at = vals_at(h, t0 + r, split);
+            [[unroll]] for (uint m = 0u; m < VPT; m++) {
+                const uint i = 4u * (c + TPR * m);
+                if (i < p.dv) {
+                    part.d[at + i] = acc[m].x;
+                    part.d[at + i + 1u] = acc[m].y;
+                    part.d[at + i + 2u] = acc[m].z;
+                    part.d[at + i + 3u] = acc[m].w;
+                }
+            }
+            if (c == 0u && !exact) {
+                part.d[stat_at(h, t0 + r, split)] = mx;
+                part.d[stat_at(h, t0 + r, split) + 1u] = sum;
+            }
+        }
+        return;
+    }
     if (valid) {
         const uint orow = p.oo + ((t0 + r) * p.n_head + h) * p.dv;
         [[unroll]] for (uint m = 0u; m < VPT; m++) {
