@@ -165,28 +165,22 @@ void store_tile()
             vs[(e / dv4) * D4 + e % dv4] = nv4[u];
     }
 }
-// The scaled scores of row r against the tile's keys c + TPR m: the loop
-// unrolled (its loads issued together) and each score summed in two
-// chains, even and odd vec4s, to halve its dependent multiply-adds.
+// The scaled scores of row r against the tile's keys c + TPR m.
 float sc[KPT];
 void scores(uint r, uint c)
 {
-    float s1[KPT];
     [[unroll]] for (uint m = 0u; m < KPT; m++)
-        sc[m] = s1[m] = 0.0;
-    const uint rx = r & 7u, d4 = p.d / 4u;
-    [[unroll]] for (uint i4 = 0u; i4 < D4; i4 += 2u) {
-        if (i4 >= d4)
-            break;
-        const vec4 q0 = qs[r * D4 + (i4 ^ rx)], q1 = qs[r * D4 + ((i4 + 1u) ^ rx)];
+        sc[m] = 0.0;
+    const uint rx = r & 7u;
+    for (uint i4 = 0u; i4 < p.d / 4u; i4++) {
+        const vec4 qv = qs[r * D4 + (i4 ^ rx)];
         [[unroll]] for (uint m = 0u; m < KPT; m++) {
             const uint j = c + TPR * m;
-            sc[m] += dot(q0, ks[j * D4 + (i4 ^ (j & 7u))]);
-            s1[m] += dot(q1, ks[j * D4 + ((i4 + 1u) ^ (j & 7u))]);
+            sc[m] += dot(qv, ks[j * D4 + (i4 ^ (j & 7u))]);
         }
     }
     [[unroll]] for (uint m = 0u; m < KPT; m++)
-        sc[m] = (sc[m] + s1[m]) * p.scale;
+        sc[m] *= p.scale;
 }
 
 // Where the partial results of split s of row t of head h are: its
@@ -381,22 +375,16 @@ void main()
         }
         l = l * alpha + add;
         mx = mn;
+        [[unroll]] for (uint m = 0u; m < VPT; m++)
+            acc[m] *= alpha;
         barrier();
-        // every key of the tile: those past k_hi or the row weigh 0 and
-        // their values were read as zeros (two chains again, even and odd
-        // keys, added to the rescaled sums)
-        vec4 t0[VPT], t1[VPT];
-        [[unroll]] for (uint m = 0u; m < VPT; m++)
-            t0[m] = t1[m] = vec4(0.0);
-        [[unroll]] for (uint j = 0u; j < BK; j += 2u) {
-            const float w0 = ps[r * PS + j], w1 = ps[r * PS + j + 1u];
-            [[unroll]] for (uint m = 0u; m < VPT; m++) {
-                t0[m] += w0 * vs[j * D4 + c + TPR * m];
-                t1[m] += w1 * vs[(j + 1u) * D4 + c + TPR * m];
-            }
+        const uint nk = min(BK, k_hi + 1u - kb);
+        for (uint j = 0u; j < nk; j++) {
+            const float w = ps[r * PS + j];
+            [[unroll]] for (uint m = 0u; m < VPT; m++)
+                if (c + TPR * m < dv4)
+                    acc[m] += w * vs[j * D4 + c + TPR * m];
         }
-        [[unroll]] for (uint m = 0u; m < VPT; m++)
-            acc[m] = acc[m] * alpha + (t0[m] + t1[m]);
         barrier();
     }
     red[tid] = l;
