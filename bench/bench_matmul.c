@@ -4,6 +4,8 @@
  *   bench_matmul                         the suite below
  *   bench_matmul rows cols [n_tok [types...]]   one shape, hot and cold
  *   bench_matmul --sweep rows cols types...     batch sizes 1..512
+ *   bench_matmul --decoded rows cols types...   one token group on tiles
+ *                                                kept decoded (a server's step)
  *
  * The suite: "tg" streams 4096 x 4096 matrices cycling through copies
  * totalling >= 512 MiB (so weights come from DRAM, as in a real model) and
@@ -12,7 +14,11 @@
  * GFLOP/s (2 flops per multiply-add).  --sweep prints GFLOP/s against the
  * batch size and, for f32/f16, the table's own batched kernel against
  * OpenBLAS sgemm on one thread: the crossover that matmul_blas.c's
- * BLAS_MIN_TOK constants encode.
+ * BLAS_MIN_TOK constants encode.  --decoded times the batched kernel's
+ * decoded() on one thread for one group of tokens (16 on AVX-512, the
+ * slots of a `serve --parallel 16` step) against tiles decoded once, hot
+ * (the same tiles again) and cold (128 MiB written in between), and prints
+ * the tiles' size and the worst relative error against the reference dot.
  *
  * ISA via CODEMOE_ISA, threads via OMP_NUM_THREADS.  Best of several runs. */
 #include <stdio.h>
@@ -167,6 +173,55 @@ static void sweep(enum cm_type t, int64_t rows, int64_t cols)
     free(b.data), free(x), free(y), free(scratch);
 }
 
+/* decoded() of one token group on one thread; see the header */
+static void decoded(enum cm_type t, int64_t rows, int64_t cols)
+{
+    const cm_gemm *g = cm_kern.gemm[t];
+    const cm_type_info *ti = cm_type_get(t);
+    bench_w b;
+    if (!g || !g->decoded || rows % 16 || make_weight(&b, t, rows, cols, 0) != 0) {
+        printf("%-6s %-5s: no decoded kernel for %lldx%lld\n", cm_cpu_isa(), ti->name,
+               (long long)rows, (long long)cols);
+        return;
+    }
+    const int nt = g->group;
+    const size_t wrow = cm_row_bytes(t, cols), tb = g->work_bytes(cols);
+    const size_t xrow = cm_row_bytes(ti->dot_type, cols), junk_bytes = (size_t)128 << 20;
+    char *tiles = aligned_alloc(64, (size_t)(rows / 16) * tb), *xq = malloc(xrow * nt);
+    char *xp = aligned_alloc(64, g->pack_bytes(cols) + 64), *junk = malloc(junk_bytes);
+    float *xf = malloc(cols * sizeof(float)), *y = aligned_alloc(64, rows * nt * sizeof(float));
+    g->decode(cols, b.data, wrow, 0, rows, tiles);
+    for (int k = 0; k < nt; k++) {
+        for (int64_t i = 0; i < cols; i++)
+            xf[i] = frand();
+        cm_quantize_row(ti->dot_type, xf, xq + (size_t)k * xrow, cols);
+    }
+    g->pack(cols, xq, xrow, nt, xp);
+    double best[2] = {1e30, 1e30};
+    for (int cold = 0; cold < 2; cold++)
+        for (int rep = 0; rep < 20; rep++) {
+            if (cold)
+                memset(junk, rep, junk_bytes);
+            double t0 = now();
+            g->decoded(cols, tiles, 0, rows, rows, xp, nt, y, rows);
+            double dt = now() - t0;
+            best[cold] = dt < best[cold] ? dt : best[cold];
+        }
+    double worst = 0;
+    for (int64_t r = 0; r < rows; r += 97)
+        for (int k = 0; k < nt; k++) {
+            double ref = cm_vec_dot_ref(t, cols, b.data + r * wrow, xq + (size_t)k * xrow);
+            double e = (y[k * rows + r] - ref) / (1e-3 + (ref < 0 ? -ref : ref));
+            worst = e < 0 ? (-e > worst ? -e : worst) : (e > worst ? e : worst);
+        }
+    for (int cold = 0; cold < 2; cold++)
+        printf("%-6s %-5s %5lldx%-5lld n_tok=%-3d decoded %s %8.3f ms %7.1f GMAC/s  tiles %.1f MB"
+               "  worst rel %.1e\n", cm_cpu_isa(), ti->name, (long long)rows, (long long)cols, nt,
+               cold ? "cold" : "hot ", best[cold] * 1e3, (double)rows * cols * nt / best[cold] * 1e-9,
+               (double)(rows / 16) * tb / 1e6, worst);
+    free(b.data), free(tiles), free(xq), free(xp), free(junk), free(xf), free(y);
+}
+
 /* tg and pp for the types of the anchor models */
 static void suite(void)
 {
@@ -195,14 +250,15 @@ int main(int argc, char **argv)
         suite();
         return 0;
     }
-    int sw = strcmp(argv[1], "--sweep") == 0, a = sw ? 2 : 1;
+    int sw = strcmp(argv[1], "--sweep") == 0, dec = strcmp(argv[1], "--decoded") == 0;
+    int a = sw || dec ? 2 : 1;
     if (argc < a + 2) {
-        fprintf(stderr, "usage: bench_matmul [--sweep] rows cols [n_tok] [types...]\n");
+        fprintf(stderr, "usage: bench_matmul [--sweep | --decoded] rows cols [n_tok] [types...] (n_tok: neither)\n");
         return 2;
     }
     int64_t rows = atoll(argv[a]), cols = atoll(argv[a + 1]);
-    int64_t n_tok = !sw && argc > a + 2 ? atoll(argv[a + 2]) : 1;
-    int first = sw ? a + 2 : a + 3;
+    int64_t n_tok = !sw && !dec && argc > a + 2 ? atoll(argv[a + 2]) : 1;
+    int first = sw || dec ? a + 2 : a + 3;
     static const char *defaults[] = {"q8_0", "q4_0", "f16", "q4_K", "q6_K"};
     int ntypes = argc > first ? argc - first : 5;
     for (int i = 0; i < ntypes; i++) {
@@ -214,6 +270,8 @@ int main(int argc, char **argv)
         }
         if (sw)
             sweep((enum cm_type)t, rows, cols);
+        else if (dec)
+            decoded((enum cm_type)t, rows, cols);
         else
             bench((enum cm_type)t, rows, cols, n_tok, 0);
     }
