@@ -452,6 +452,13 @@ static uint32_t env_count(const char *name, uint32_t def)
     return *end || n < 0 ? def : (uint32_t)n;
 }
 
+/* CODEMOE_VULKAN_ATTN_SPLIT, within VK_ATTN_SPLIT_MAX (see pick_products) */
+static uint32_t attn_split_target(void)
+{
+    const uint32_t t = env_count("CODEMOE_VULKAN_ATTN_SPLIT", VK_ATTN_SPLIT);
+    return t < VK_ATTN_SPLIT_MAX ? t : VK_ATTN_SPLIT_MAX;
+}
+
 /* Which products take the tiled shader (matmul_tiled.comp): those of the
  * block types over at least st->tile_min tokens, 16 by default (below
  * that matmul.comp reads the weights only a few times, and a tile would
@@ -473,9 +480,7 @@ static void pick_products(vk_state *st)
     st->int_dot = st->feat.int_dot && env_count("CODEMOE_VULKAN_INT_DOT", 1) != 0;
     st->attn_min = env_count("CODEMOE_VULKAN_PROMPT_ATTN", 16);
     st->attn_wide = env_count("CODEMOE_VULKAN_PROMPT_ATTN_WIDE", 0) != 0;
-    st->attn_split = env_count("CODEMOE_VULKAN_ATTN_SPLIT", VK_ATTN_SPLIT);
-    if (st->attn_split > VK_ATTN_SPLIT_MAX)
-        st->attn_split = VK_ATTN_SPLIT_MAX;
+    st->attn_split = st->attn_min ? attn_split_target() : 0;
 }
 
 /* Rows per generation product workgroup (matmul.comp's RW, 64 threads):
@@ -740,14 +745,22 @@ static size_t rows_bytes(const cm_backend_shape *s)
 }
 
 /* The partial results of split prompt attention (ops_vulkan.c's
- * attention_splits): splits are made only while blocks x heads < the
- * target T, so rows x heads x splits < 32 (T + blocks x heads) < 64 T, each
- * a maximum, a sum and dv values. */
+ * attention_splits), a maximum, a sum and dv values per (row, head,
+ * split).  Splits are made only while blocks x heads is under the target
+ * T, S = ceil(T / (blocks x heads)) of them, so rows x heads x splits <
+ * 32 (T + blocks x heads) < 64 T, and also < 32 T + n_batch x heads.
+ * None where attention_prompt.comp cannot take the heads.  (make_buffers
+ * caps it at the device's largest binding: attention_splits makes only
+ * the splits that fit.) */
 static size_t attn_part_bytes(const cm_backend_shape *s, uint32_t target)
 {
-    if (s->no_kv || !target)
+    const cm_hparams *hp = &s->m->hp;
+    if (s->no_kv || !target || hp->head_dim % 32 || hp->head_dim_v % 4 || hp->head_dim > 128 ||
+        hp->head_dim_v > 128)
         return 0;
-    return (size_t)64 * target * (size_t)(2 + s->m->hp.head_dim_v) * sizeof(float);
+    const uint64_t a = (uint64_t)64 * target;
+    const uint64_t b = (uint64_t)32 * target + (uint64_t)s->n_batch * (uint64_t)hp->n_head;
+    return (size_t)(a < b ? a : b) * (size_t)(2 + hp->head_dim_v) * sizeof(float);
 }
 
 /* The staging buffer of copies to and from unmapped device memory. */
@@ -761,7 +774,7 @@ static size_t vk_state_bytes(const cm_backend_shape *s)
                                                   kv_cache_bytes(s, hp->head_dim_v));
     return kv + (size_t)s->n_ctx * hp->rope_dim * sizeof(float) +
            rows_bytes(s) + xq_bytes(s) + lout_bytes(s) + STAGE_BYTES +
-           attn_part_bytes(s, VK_ATTN_SPLIT) +
+           attn_part_bytes(s, attn_split_target()) +
            (size_t)hp->n_layer * (size_t)(hp->n_expert_used + 1) * 3 * sizeof(uint32_t) +
            (size_t)(s->n_batch + 1) * sizeof(int32_t);
 }
@@ -835,8 +848,10 @@ static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *e
         r = vk_buf_make_in(st, (size_t)(s->n_batch + 1) * sizeof(int32_t), 1, &st->io);
     if (r == VK_SUCCESS)
         r = vk_buf_make(st, xq_bytes(s), &st->xq);
-    if (r == VK_SUCCESS && attn_part_bytes(s, st->attn_split))
-        r = vk_buf_make(st, attn_part_bytes(s, st->attn_split), &st->attn_part);
+    size_t part = attn_part_bytes(s, st->attn_split);
+    part = part < (st->max_range & ~(VkDeviceSize)3) ? part : (size_t)(st->max_range & ~(VkDeviceSize)3);
+    if (r == VK_SUCCESS && part)
+        r = vk_buf_make(st, part, &st->attn_part);
     if (r == VK_SUCCESS)
         r = vk_buf_make_in(st, lout_bytes(s), VK_READBACK, &st->lout);
     if (r == VK_SUCCESS)
