@@ -452,9 +452,15 @@ static uint32_t env_count(const char *name, uint32_t def)
     return *end || n < 0 ? def : (uint32_t)n;
 }
 
-/* CODEMOE_VULKAN_ATTN_SPLIT, within VK_ATTN_SPLIT_MAX (see pick_products) */
+/* query rows from which prompts take attention_prompt.comp (pick_products) */
+#define PROMPT_ATTN_ROWS 16
+
+/* CODEMOE_VULKAN_ATTN_SPLIT, within VK_ATTN_SPLIT_MAX; 0 where prompt
+ * attention is off (see pick_products) */
 static uint32_t attn_split_target(void)
 {
+    if (env_count("CODEMOE_VULKAN_PROMPT_ATTN", PROMPT_ATTN_ROWS) == 0)
+        return 0;
     const uint32_t t = env_count("CODEMOE_VULKAN_ATTN_SPLIT", VK_ATTN_SPLIT);
     return t < VK_ATTN_SPLIT_MAX ? t : VK_ATTN_SPLIT_MAX;
 }
@@ -478,9 +484,9 @@ static void pick_products(vk_state *st)
 {
     st->tile_min = env_count("CODEMOE_VULKAN_TILED", 16);
     st->int_dot = st->feat.int_dot && env_count("CODEMOE_VULKAN_INT_DOT", 1) != 0;
-    st->attn_min = env_count("CODEMOE_VULKAN_PROMPT_ATTN", 16);
+    st->attn_min = env_count("CODEMOE_VULKAN_PROMPT_ATTN", PROMPT_ATTN_ROWS);
     st->attn_wide = env_count("CODEMOE_VULKAN_PROMPT_ATTN_WIDE", 0) != 0;
-    st->attn_split = st->attn_min ? attn_split_target() : 0;
+    st->attn_split = attn_split_target();
 }
 
 /* Rows per generation product workgroup (matmul.comp's RW, 64 threads):
@@ -744,6 +750,12 @@ static size_t rows_bytes(const cm_backend_shape *s)
     return n < 65536 ? 65536 : n;
 }
 
+/* A cache type as the shaders name it (vk_state.kv) */
+static int kv_code(cm_kv_type kv)
+{
+    return kv == CM_KV_Q8_0 ? 2 : kv == CM_KV_F16 ? 1 : 0;
+}
+
 /* The partial results of split prompt attention (ops_vulkan.c's
  * attention_splits), a maximum, a sum and dv values per (row, head,
  * split).  Splits are made only while blocks x heads is under the target
@@ -755,8 +767,7 @@ static size_t rows_bytes(const cm_backend_shape *s)
 static size_t attn_part_bytes(const cm_backend_shape *s, uint32_t target)
 {
     const cm_hparams *hp = &s->m->hp;
-    if (s->no_kv || !target || hp->head_dim % 32 || hp->head_dim_v % 4 || hp->head_dim > 128 ||
-        hp->head_dim_v > 128)
+    if (s->no_kv || !target || !vk_prompt_heads(hp, kv_code(s->kv)))
         return 0;
     const uint64_t a = (uint64_t)64 * target;
     const uint64_t b = (uint64_t)32 * target + (uint64_t)s->n_batch * (uint64_t)hp->n_head;
@@ -912,7 +923,7 @@ static cm_status vk_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
     st->hp = hp;
     st->n_ctx = s->n_ctx;
     st->n_batch = s->n_batch;
-    st->kv = s->kv == CM_KV_Q8_0 ? 2 : s->kv == CM_KV_F16 ? 1 : 0;
+    st->kv = kv_code(s->kv);
     const char *prof = getenv("CODEMOE_VULKAN_PROFILE"), *stage = getenv("CODEMOE_VULKAN_STAGING");
     st->profile = !prof ? 0 : !strcmp(prof, "1") ? 1 : !strcmp(prof, "gpu") ? 2 : 0;
     st->force_staging = stage && !strcmp(stage, "1");

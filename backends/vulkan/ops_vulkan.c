@@ -98,8 +98,7 @@ static int prompt_attention(vk_state *st, int il, const cm_tensor *q, int p0, cm
     int wide = st->attn_wide;
     const uint32_t min_rows = st->attn_min;
     const int d = hp->head_dim, dv = hp->head_dim_v;
-    if (!min_rows || n < min_rows || d % 32 || dv % 4 || (st->kv == 2 && dv % 32) || d > 128 ||
-        dv > 128)
+    if (!min_rows || n < min_rows || !vk_prompt_heads(hp, st->kv))
         return 0;
     wide |= d > 64 || dv > 64;
     struct {

@@ -275,6 +275,14 @@ static inline uint32_t vk_off(const cm_tensor *t)
 {
     return t && t->buf ? (uint32_t)(t->offs / 4) : 0;
 }
+/* Whether attention_prompt.comp takes the model's heads: multiples of 32
+ * up to 128, values multiples of 4 up to 128, and whole blocks with a
+ * Q8_0 cache (kv: the shaders' cache code, 2 for Q8_0). */
+static inline int vk_prompt_heads(const cm_hparams *hp, int kv)
+{
+    const int d = hp->head_dim, dv = hp->head_dim_v;
+    return d % 32 == 0 && dv % 4 == 0 && (kv != 2 || dv % 32 == 0) && d <= 128 && dv <= 128;
+}
 static inline uint32_t vk_groups(uint64_t n, uint32_t per) { return (uint32_t)((n + per - 1) / per); }
 
 /* The ops (ops_vulkan.c). */

@@ -237,7 +237,7 @@ void main()
         return;
     }
     const uint tid = gl_LocalInvocationID.x, r = tid / TPR, c = tid % TPR;
-    const uint ns = max(p.ns, 1u), wg = gl_NumWorkGroups.x - 1u - gl_WorkGroupID.x;
+    const uint ns = p.ns, wg = gl_NumWorkGroups.x - 1u - gl_WorkGroupID.x; // (ns 1: mode 0)
     const uint blk = wg / ns, split = wg % ns, h = gl_WorkGroupID.y;
     const uint g = h / p.group, t0 = blk * BR, rows = min(BR, p.n - t0);
     const uint p0 = batch_pos(p.p0), last = p0 + t0 + rows - 1u; // the block's last key
