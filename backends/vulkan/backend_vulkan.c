@@ -360,6 +360,43 @@ static void query_coopmat(const ext_list *x, VkInstance inst, VkPhysicalDevice p
 }
 #endif
 
+/* NVIDIA's cooperative matrices (the glslc of Debian 12 compiles no
+ * shader for the KHR extension): the shape matmul_coop.comp multiplies,
+ * and the Vulkan memory model that glslang declares for such shaders. */
+static void query_coop_nv(const ext_list *x, VkInstance inst, VkPhysicalDevice phys,
+                          vk_features *f)
+{
+    if (!usable(x, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME, 0) ||
+        !usable(x, VK_KHR_VULKAN_MEMORY_MODEL_EXTENSION_NAME, VK_API_VERSION_1_2))
+        return;
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV cf = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV};
+    VkPhysicalDeviceVulkanMemoryModelFeatures mm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_MEMORY_MODEL_FEATURES, .pNext = &cf};
+    VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
+                                    .pNext = &mm};
+    vkGetPhysicalDeviceFeatures2(phys, &f2);
+    PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV get =
+        (PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV)vkGetInstanceProcAddr(
+            inst, "vkGetPhysicalDeviceCooperativeMatrixPropertiesNV");
+    uint32_t n = 0;
+    if (!cf.cooperativeMatrix || !mm.vulkanMemoryModel || !get ||
+        get(phys, &n, NULL) != VK_SUCCESS || !n)
+        return;
+    VkCooperativeMatrixPropertiesNV *p = calloc(n, sizeof *p);
+    for (uint32_t i = 0; p && i < n; i++)
+        p[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_NV;
+    if (p && get(phys, &n, p) >= 0)
+        for (uint32_t i = 0; i < n; i++)
+            f->coop_nv |= p[i].MSize == 16 && p[i].NSize == 16 && p[i].KSize == 16 &&
+                          p[i].AType == VK_COMPONENT_TYPE_FLOAT16_NV &&
+                          p[i].BType == VK_COMPONENT_TYPE_FLOAT16_NV &&
+                          p[i].CType == VK_COMPONENT_TYPE_FLOAT32_NV &&
+                          p[i].DType == VK_COMPONENT_TYPE_FLOAT32_NV &&
+                          p[i].scope == VK_SCOPE_SUBGROUP_NV;
+    free(p);
+}
+
 /* Everything vk_features holds, for the device phys of instance inst. */
 static void query_features(VkInstance inst, VkPhysicalDevice phys, vk_features *f)
 {
@@ -377,6 +414,7 @@ static void query_features(VkInstance inst, VkPhysicalDevice phys, vk_features *
     exts_of(phys, p.apiVersion, &x);
     query_chains(&x, phys, f);
     query_coopmat(&x, inst, phys, f);
+    query_coop_nv(&x, inst, phys, f);
     free(x.e);
 }
 
@@ -472,7 +510,10 @@ static uint32_t attn_split_target(void)
  * prompts faster tiled too); CODEMOE_VULKAN_TILED=N sets the count (0:
  * never; 1: every product).  And whether it uses integer dot product
  * instructions: where the device has them, unless CODEMOE_VULKAN_INT_DOT=0
- * (the portable shader, for comparison and tests). */
+ * (the portable shader, for comparison and tests).  Where the device has
+ * NVIDIA's cooperative matrices (and 32-wide subgroups, as matmul_coop.comp
+ * assumes), those products run on its matrix units in f16 instead, unless
+ * CODEMOE_VULKAN_COOPMAT=0 keeps the reference's integer arithmetic. */
 /* Likewise the prompt attention shader (attention_prompt.comp) from
  * st->attn_min query rows: CODEMOE_VULKAN_PROMPT_ATTN=N (0: never,
  * attention.comp for every row; 1: every batch, a generated token's too),
@@ -484,9 +525,57 @@ static void pick_products(vk_state *st)
 {
     st->tile_min = env_count("CODEMOE_VULKAN_TILED", 16);
     st->int_dot = st->feat.int_dot && env_count("CODEMOE_VULKAN_INT_DOT", 1) != 0;
+    st->coop = st->feat.coop_nv && st->feat.f16_math && st->feat.subgroup_size == 32 &&
+               env_count("CODEMOE_VULKAN_COOPMAT", 1) != 0;
     st->attn_min = env_count("CODEMOE_VULKAN_PROMPT_ATTN", PROMPT_ATTN_ROWS);
     st->attn_wide = env_count("CODEMOE_VULKAN_PROMPT_ATTN_WIDE", 0) != 0;
     st->attn_split = attn_split_target();
+}
+
+/* The extensions and feature structures a device is made with: integer
+ * dot products where st->int_dot, the cooperative matrices, float16
+ * arithmetic and memory model of matmul_coop.comp where st->coop (the
+ * instance asks for Vulkan 1.1, before any of them was core; the queries
+ * found the device listing each). */
+typedef struct {
+    const char *names[4];
+    VkPhysicalDeviceShaderIntegerDotProductFeatures dot;
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV coop;
+    VkPhysicalDeviceShaderFloat16Int8Features f16;
+    VkPhysicalDeviceVulkanMemoryModelFeatures model;
+} device_extensions;
+
+static void enable_extensions(const vk_state *st, VkDeviceCreateInfo *di, device_extensions *ex)
+{
+    memset(ex, 0, sizeof *ex);
+    ex->dot = (VkPhysicalDeviceShaderIntegerDotProductFeatures){
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES,
+        .shaderIntegerDotProduct = VK_TRUE};
+    ex->coop = (VkPhysicalDeviceCooperativeMatrixFeaturesNV){
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV,
+        .cooperativeMatrix = VK_TRUE};
+    ex->f16 = (VkPhysicalDeviceShaderFloat16Int8Features){
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES,
+        .shaderFloat16 = VK_TRUE};
+    ex->model = (VkPhysicalDeviceVulkanMemoryModelFeatures){
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_MEMORY_MODEL_FEATURES,
+        .vulkanMemoryModel = VK_TRUE};
+    VkBaseOutStructure *tail = (VkBaseOutStructure *)di;
+    uint32_t n = 0;
+    if (st->int_dot) {
+        ex->names[n++] = VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME;
+        chain(&tail, &ex->dot);
+    }
+    if (st->coop) {
+        ex->names[n++] = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
+        ex->names[n++] = VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME;
+        ex->names[n++] = VK_KHR_VULKAN_MEMORY_MODEL_EXTENSION_NAME;
+        chain(&tail, &ex->coop);
+        chain(&tail, &ex->f16);
+        chain(&tail, &ex->model);
+    }
+    di->enabledExtensionCount = n;
+    di->ppEnabledExtensionNames = n ? ex->names : NULL;
 }
 
 /* Rows per generation product workgroup (matmul.comp's RW, 64 threads):
@@ -529,20 +618,15 @@ static cm_status make_device(vk_state *st, cm_err *err)
     VkPhysicalDeviceFeatures use = {0};
     st->f64 = st->feat.f64;
     use.shaderFloat64 = (VkBool32)st->feat.f64;
-    VkPhysicalDeviceShaderIntegerDotProductFeatures dot = {
-        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES,
-        .shaderIntegerDotProduct = VK_TRUE};
-    const char *dot_ext = VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME;
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
                                   .queueFamilyIndex = fam, .queueCount = 1,
                                   .pQueuePriorities = &prio};
     VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
-                             .pNext = st->int_dot ? &dot : NULL,
                              .queueCreateInfoCount = 1, .pQueueCreateInfos = &qi,
-                             .enabledExtensionCount = st->int_dot ? 1 : 0,
-                             .ppEnabledExtensionNames = &dot_ext,
                              .pEnabledFeatures = &use};
+    device_extensions ex;
+    enable_extensions(st, &di, &ex);
     VkResult r = vkCreateDevice(st->phys, &di, NULL, &st->dev);
     if (r != VK_SUCCESS)
         return vk_fail(err, r, "creating the device");
@@ -612,7 +696,7 @@ static cm_status make_pipelines(vk_state *st, cm_err *err)
     if (r == VK_SUCCESS)
         r = vkCreateDescriptorPool(st->dev, &dpi, NULL, &st->desc_pool);
     for (int i = 0; r == VK_SUCCESS && i < VK_SHADER_COUNT; i++) {
-        const vk_shader *sh = vk_shader_for(i, st->f64, st->int_dot);
+        const vk_shader *sh = vk_shader_for(i, st->f64, st->int_dot, st->coop);
         VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
                                        .codeSize = sh->bytes, .pCode = sh->code};
         VkShaderModule mod;
@@ -1014,6 +1098,7 @@ static void print_coopmat(FILE *out, const vk_features *f)
                 component_name(c->c));
     }
     fputs(f->n_coopmat ? ")" : "", out);
+    fprintf(out, ", NV cooperative matrix 16x16x16 f16->f32 %s", yes_no(f->coop_nv));
 }
 
 /* A device's second line: the features, in fixed words and order (for

@@ -54,6 +54,9 @@ SPV(matmul_tiled)
 SPV(matmul_tiled_dot)
 #include "backends/vulkan/shaders/matmul_tiled_dot.spvinc"
 ;
+SPV(matmul_coop)
+#include "backends/vulkan/shaders/matmul_coop.spvinc"
+;
 SPV(matmul_dot)
 #include "backends/vulkan/shaders/matmul_dot.spvinc"
 ;
@@ -85,9 +88,12 @@ static const vk_shader shaders[VK_SHADER_COUNT] = {
 };
 static const vk_shader norm64 = ENTRY(norm_f64), rope64 = ENTRY(rope_f64);
 static const vk_shader tiled_dot = ENTRY(matmul_tiled_dot), mm_dot = ENTRY(matmul_dot);
+static const vk_shader coop = ENTRY(matmul_coop);
 
-const vk_shader *vk_shader_for(int id, int f64, int int_dot)
+const vk_shader *vk_shader_for(int id, int f64, int int_dot, int use_coop)
 {
+    if (use_coop && id == VK_SH_MATMUL_TILED)
+        return &coop;
     if (int_dot && id == VK_SH_MATMUL_TILED)
         return &tiled_dot;
     if (int_dot && id == VK_SH_MATMUL)

@@ -35,7 +35,8 @@ typedef struct {
 
 /* Shader id; the variant summing in double where the device has 64-bit
  * floats (f64), else in float; the tiled product's variant with integer
- * dot product instructions where the device has them enabled (int_dot). */
-const vk_shader *vk_shader_for(int id, int f64, int int_dot);
+ * dot product instructions where the device has them enabled (int_dot),
+ * or matmul_coop.comp in its place (coop: cooperative matrices). */
+const vk_shader *vk_shader_for(int id, int f64, int int_dot, int coop);
 
 #endif

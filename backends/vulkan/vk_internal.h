@@ -80,6 +80,10 @@ typedef struct {
                          * not asked (these headers predate it), 0 none */
     uint32_t n_coopmat; /* its shapes in coopmat_shapes (the first few) */
     vk_coopmat_shape coopmat_shapes[VK_COOPMAT_MAX];
+    /* VK_NV_cooperative_matrix with subgroup-scope 16 x 16 x 16 f16 x f16
+     * -> f32 products, and the Vulkan memory model its shaders declare
+     * (matmul_coop.comp) */
+    int coop_nv;
     VkDeviceSize local_bytes, host_bytes; /* device-local, host-visible heaps */
 } vk_features;
 
@@ -105,6 +109,10 @@ typedef struct {
      * enabled, and that shader uses it */
     uint32_t tile_min;
     int int_dot;
+    /* those products on the matrix units instead (matmul_coop.comp, f16
+     * operands): VK_NV_cooperative_matrix, float16 arithmetic and the
+     * Vulkan memory model are enabled */
+    int coop;
     /* prompt attention (attention_prompt.comp) from attn_min query rows (0:
      * never); attn_wide: its variant for heads up to 128 for any head */
     uint32_t attn_min;
