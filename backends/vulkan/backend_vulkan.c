@@ -1002,6 +1002,7 @@ static cm_status vk_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
                        "for q8_0)", hp->head_dim, hp->head_dim_v);
     vk_state *st = calloc(1, sizeof *st);
     be->state = st;
+    be->f16_products = st->coop;
     if (!st)
         return cm_fail(err, CM_E_NOMEM, "out of memory creating the Vulkan backend");
     st->hp = hp;
