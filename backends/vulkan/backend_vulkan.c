@@ -360,40 +360,31 @@ static void query_coopmat(const ext_list *x, VkInstance inst, VkPhysicalDevice p
 }
 #endif
 
-/* NVIDIA's cooperative matrices (the glslc of Debian 12 compiles no
- * shader for the KHR extension): the shape matmul_coop.comp multiplies,
- * and the Vulkan memory model that glslang declares for such shaders. */
+/* NVIDIA's cooperative matrices: the subgroup-scope shapes it lists. */
 static void query_coop_nv(const ext_list *x, VkInstance inst, VkPhysicalDevice phys,
                           vk_features *f)
 {
-    if (!usable(x, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME, 0) ||
-        !usable(x, VK_KHR_VULKAN_MEMORY_MODEL_EXTENSION_NAME, VK_API_VERSION_1_2))
+    if (!usable(x, VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME, 0))
         return;
     VkPhysicalDeviceCooperativeMatrixFeaturesNV cf = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV};
-    VkPhysicalDeviceVulkanMemoryModelFeatures mm = {
-        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_MEMORY_MODEL_FEATURES, .pNext = &cf};
     VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2,
-                                    .pNext = &mm};
+                                    .pNext = &cf};
     vkGetPhysicalDeviceFeatures2(phys, &f2);
     PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV get =
         (PFN_vkGetPhysicalDeviceCooperativeMatrixPropertiesNV)vkGetInstanceProcAddr(
             inst, "vkGetPhysicalDeviceCooperativeMatrixPropertiesNV");
     uint32_t n = 0;
-    if (!cf.cooperativeMatrix || !mm.vulkanMemoryModel || !get ||
-        get(phys, &n, NULL) != VK_SUCCESS || !n)
+    if (!cf.cooperativeMatrix || !get || get(phys, &n, NULL) != VK_SUCCESS || !n)
         return;
     VkCooperativeMatrixPropertiesNV *p = calloc(n, sizeof *p);
     for (uint32_t i = 0; p && i < n; i++)
         p[i].sType = VK_STRUCTURE_TYPE_COOPERATIVE_MATRIX_PROPERTIES_NV;
     if (p && get(phys, &n, p) >= 0)
-        for (uint32_t i = 0; i < n; i++)
-            f->coop_nv |= p[i].MSize == 16 && p[i].NSize == 16 && p[i].KSize == 16 &&
-                          p[i].AType == VK_COMPONENT_TYPE_FLOAT16_NV &&
-                          p[i].BType == VK_COMPONENT_TYPE_FLOAT16_NV &&
-                          p[i].CType == VK_COMPONENT_TYPE_FLOAT32_NV &&
-                          p[i].DType == VK_COMPONENT_TYPE_FLOAT32_NV &&
-                          p[i].scope == VK_SCOPE_SUBGROUP_NV;
+        for (uint32_t i = 0; i < n && f->n_nv < VK_COOPMAT_MAX; i++)
+            if (p[i].scope == VK_SCOPE_SUBGROUP_NV)
+                f->nv_shapes[f->n_nv++] = (vk_coopmat_shape){
+                    p[i].MSize, p[i].NSize, p[i].KSize, (int)p[i].AType, (int)p[i].DType};
     free(p);
 }
 
@@ -503,6 +494,14 @@ static uint32_t attn_split_target(void)
     return t < VK_ATTN_SPLIT_MAX ? t : VK_ATTN_SPLIT_MAX;
 }
 
+/* The split products' target (CODEMOE_VULKAN_SPLIT_K, VK_SPLIT_K by
+ * default; 0: never), the same for the state and the memory estimate. */
+static uint32_t split_k_target(void)
+{
+    const uint32_t t = env_count("CODEMOE_VULKAN_SPLIT_K", VK_SPLIT_K);
+    return t < VK_SPLIT_K_MAX ? t : VK_SPLIT_K_MAX;
+}
+
 /* Which products take the tiled shader (matmul_tiled.comp): those of the
  * block types over at least st->tile_min tokens, 16 by default (below
  * that matmul.comp reads the weights only a few times, and a tile would
@@ -510,10 +509,10 @@ static uint32_t attn_split_target(void)
  * prompts faster tiled too); CODEMOE_VULKAN_TILED=N sets the count (0:
  * never; 1: every product).  And whether it uses integer dot product
  * instructions: where the device has them, unless CODEMOE_VULKAN_INT_DOT=0
- * (the portable shader, for comparison and tests).  Where the device has
- * NVIDIA's cooperative matrices (and 32-wide subgroups, as matmul_coop.comp
- * assumes), those products run on its matrix units in f16 instead, unless
- * CODEMOE_VULKAN_COOPMAT=0 keeps the reference's integer arithmetic. */
+ * (the portable shader, for comparison and tests).  A single product of
+ * fewer tiles than CODEMOE_VULKAN_SPLIT_K (VK_SPLIT_K by default; 0: never)
+ * splits each row's chunks among workgroups, so that a few long rows (an
+ * FFN's down product) keep every core of a large GPU busy. */
 /* Likewise the prompt attention shader (attention_prompt.comp) from
  * st->attn_min query rows: CODEMOE_VULKAN_PROMPT_ATTN=N (0: never,
  * attention.comp for every row; 1: every batch, a generated token's too),
@@ -525,57 +524,10 @@ static void pick_products(vk_state *st)
 {
     st->tile_min = env_count("CODEMOE_VULKAN_TILED", 16);
     st->int_dot = st->feat.int_dot && env_count("CODEMOE_VULKAN_INT_DOT", 1) != 0;
-    st->coop = st->feat.coop_nv && st->feat.f16_math && st->feat.subgroup_size == 32 &&
-               env_count("CODEMOE_VULKAN_COOPMAT", 1) != 0;
     st->attn_min = env_count("CODEMOE_VULKAN_PROMPT_ATTN", PROMPT_ATTN_ROWS);
     st->attn_wide = env_count("CODEMOE_VULKAN_PROMPT_ATTN_WIDE", 0) != 0;
     st->attn_split = attn_split_target();
-}
-
-/* The extensions and feature structures a device is made with: integer
- * dot products where st->int_dot, the cooperative matrices, float16
- * arithmetic and memory model of matmul_coop.comp where st->coop (the
- * instance asks for Vulkan 1.1, before any of them was core; the queries
- * found the device listing each). */
-typedef struct {
-    const char *names[4];
-    VkPhysicalDeviceShaderIntegerDotProductFeatures dot;
-    VkPhysicalDeviceCooperativeMatrixFeaturesNV coop;
-    VkPhysicalDeviceShaderFloat16Int8Features f16;
-    VkPhysicalDeviceVulkanMemoryModelFeatures model;
-} device_extensions;
-
-static void enable_extensions(const vk_state *st, VkDeviceCreateInfo *di, device_extensions *ex)
-{
-    memset(ex, 0, sizeof *ex);
-    ex->dot = (VkPhysicalDeviceShaderIntegerDotProductFeatures){
-        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES,
-        .shaderIntegerDotProduct = VK_TRUE};
-    ex->coop = (VkPhysicalDeviceCooperativeMatrixFeaturesNV){
-        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV,
-        .cooperativeMatrix = VK_TRUE};
-    ex->f16 = (VkPhysicalDeviceShaderFloat16Int8Features){
-        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES,
-        .shaderFloat16 = VK_TRUE};
-    ex->model = (VkPhysicalDeviceVulkanMemoryModelFeatures){
-        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_MEMORY_MODEL_FEATURES,
-        .vulkanMemoryModel = VK_TRUE};
-    VkBaseOutStructure *tail = (VkBaseOutStructure *)di;
-    uint32_t n = 0;
-    if (st->int_dot) {
-        ex->names[n++] = VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME;
-        chain(&tail, &ex->dot);
-    }
-    if (st->coop) {
-        ex->names[n++] = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
-        ex->names[n++] = VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME;
-        ex->names[n++] = VK_KHR_VULKAN_MEMORY_MODEL_EXTENSION_NAME;
-        chain(&tail, &ex->coop);
-        chain(&tail, &ex->f16);
-        chain(&tail, &ex->model);
-    }
-    di->enabledExtensionCount = n;
-    di->ppEnabledExtensionNames = n ? ex->names : NULL;
+    st->split_k = st->tile_min ? split_k_target() : 0;
 }
 
 /* Rows per generation product workgroup (matmul.comp's RW, 64 threads):
@@ -622,11 +574,16 @@ static cm_status make_device(vk_state *st, cm_err *err)
     VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
                                   .queueFamilyIndex = fam, .queueCount = 1,
                                   .pQueuePriorities = &prio};
+    VkPhysicalDeviceShaderIntegerDotProductFeatures dot = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES,
+        .shaderIntegerDotProduct = VK_TRUE};
+    const char *dot_ext = VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME;
     VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+                             .pNext = st->int_dot ? &dot : NULL,
                              .queueCreateInfoCount = 1, .pQueueCreateInfos = &qi,
+                             .enabledExtensionCount = st->int_dot ? 1 : 0,
+                             .ppEnabledExtensionNames = &dot_ext,
                              .pEnabledFeatures = &use};
-    device_extensions ex;
-    enable_extensions(st, &di, &ex);
     VkResult r = vkCreateDevice(st->phys, &di, NULL, &st->dev);
     if (r != VK_SUCCESS)
         return vk_fail(err, r, "creating the device");
@@ -696,7 +653,7 @@ static cm_status make_pipelines(vk_state *st, cm_err *err)
     if (r == VK_SUCCESS)
         r = vkCreateDescriptorPool(st->dev, &dpi, NULL, &st->desc_pool);
     for (int i = 0; r == VK_SUCCESS && i < VK_SHADER_COUNT; i++) {
-        const vk_shader *sh = vk_shader_for(i, st->f64, st->int_dot, st->coop);
+        const vk_shader *sh = vk_shader_for(i, st->f64, st->int_dot);
         VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
                                        .codeSize = sh->bytes, .pCode = sh->code};
         VkShaderModule mod;
@@ -858,6 +815,16 @@ static size_t attn_part_bytes(const cm_backend_shape *s, uint32_t target)
     return (size_t)(a < b ? a : b) * (size_t)(2 + hp->head_dim_v) * sizeof(float);
 }
 
+/* Their partial sums (ops_vulkan.c's product_splits): S = ceil(T / tiles)
+ * splits of a product of tiles < T tiles of 64 x 64, so S x rows x tokens
+ * < (T + tiles) 4096 < 2 T 4096 floats; none without tiled products. */
+static size_t mm_part_bytes(uint32_t target)
+{
+    return env_count("CODEMOE_VULKAN_TILED", 16) ? (size_t)2 * target * VK_TILE_ROWS *
+                                                       VK_TILE_TOKENS * sizeof(float)
+                                                 : 0;
+}
+
 /* The staging buffer of copies to and from unmapped device memory. */
 #define STAGE_BYTES ((size_t)4 << 20)
 
@@ -869,7 +836,7 @@ static size_t vk_state_bytes(const cm_backend_shape *s)
                                                   kv_cache_bytes(s, hp->head_dim_v));
     return kv + (size_t)s->n_ctx * hp->rope_dim * sizeof(float) +
            rows_bytes(s) + xq_bytes(s) + lout_bytes(s) + STAGE_BYTES +
-           attn_part_bytes(s, attn_split_target()) +
+           attn_part_bytes(s, attn_split_target()) + mm_part_bytes(split_k_target()) +
            (size_t)hp->n_layer * (size_t)(hp->n_expert_used + 1) * 3 * sizeof(uint32_t) +
            (size_t)(s->n_batch + 1) * sizeof(int32_t);
 }
@@ -894,7 +861,7 @@ static void vk_release(cm_backend *be)
         vk_buf_drop(st, &st->rope_cs), vk_buf_drop(st, &st->rows), vk_buf_drop(st, &st->dummy);
         vk_buf_drop(st, &st->io), vk_buf_drop(st, &st->route), vk_buf_drop(st, &st->route_out);
         vk_buf_drop(st, &st->xq), vk_buf_drop(st, &st->lout), vk_buf_drop(st, &st->stage);
-        vk_buf_drop(st, &st->attn_part);
+        vk_buf_drop(st, &st->attn_part), vk_buf_drop(st, &st->mm_part);
         for (int i = 0; i < VK_PIPE_COUNT; i++)
             if (st->pipe[i])
                 vkDestroyPipeline(st->dev, st->pipe[i], NULL);
@@ -947,6 +914,10 @@ static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *e
     part = part < (st->max_range & ~(VkDeviceSize)3) ? part : (size_t)(st->max_range & ~(VkDeviceSize)3);
     if (r == VK_SUCCESS && part)
         r = vk_buf_make(st, part, &st->attn_part);
+    part = mm_part_bytes(st->split_k);
+    part = part < (st->max_range & ~(VkDeviceSize)3) ? part : (size_t)(st->max_range & ~(VkDeviceSize)3);
+    if (r == VK_SUCCESS && part)
+        r = vk_buf_make(st, part, &st->mm_part);
     if (r == VK_SUCCESS)
         r = vk_buf_make_in(st, lout_bytes(s), VK_READBACK, &st->lout);
     if (r == VK_SUCCESS)
@@ -1002,7 +973,6 @@ static cm_status vk_init(cm_backend *be, const cm_backend_shape *s, cm_err *err)
                        "for q8_0)", hp->head_dim, hp->head_dim_v);
     vk_state *st = calloc(1, sizeof *st);
     be->state = st;
-    be->f16_products = st->coop;
     if (!st)
         return cm_fail(err, CM_E_NOMEM, "out of memory creating the Vulkan backend");
     st->hp = hp;
@@ -1099,7 +1069,13 @@ static void print_coopmat(FILE *out, const vk_features *f)
                 component_name(c->c));
     }
     fputs(f->n_coopmat ? ")" : "", out);
-    fprintf(out, ", NV cooperative matrix 16x16x16 f16->f32 %s", yes_no(f->coop_nv));
+    fprintf(out, ", NV cooperative matrix %s", yes_no(f->n_nv > 0));
+    for (uint32_t i = 0; i < f->n_nv; i++) {
+        const vk_coopmat_shape *c = &f->nv_shapes[i];
+        fprintf(out, "%s%ux%ux%u %s->%s", i ? " " : " (", c->m, c->n, c->k, component_name(c->a),
+                component_name(c->c));
+    }
+    fputs(f->n_nv ? ")" : "", out);
 }
 
 /* A device's second line: the features, in fixed words and order (for

@@ -506,10 +506,34 @@ typedef struct {
     uint32_t oe, xstep;
 } vk_experts;
 
+/* How many splits of its row's chunks a tiled product of rows x n takes
+ * (1: none): while its 64 x 64 tiles are fewer than st->split_k, enough
+ * splits to make that many workgroups, each split at least a step's four
+ * chunks or, for the K types, a super-block, all of their partial sums
+ * within st->mm_part.  *kc: the chunks of each. */
+static uint32_t product_splits(const vk_state *st, enum cm_type t, uint32_t rows, int64_t n,
+                               uint32_t cols, uint32_t *kc)
+{
+    const uint64_t tiles = (uint64_t)vk_groups(rows, VK_TILE_ROWS) * vk_groups((uint64_t)n, VK_TILE_TOKENS);
+    const uint32_t unit = quantized(t) == 2 ? 8 : 4, units = cols / 32 / unit;
+    if (!st->split_k || tiles >= st->split_k || units < 2)
+        return 1;
+    uint64_t ns = vk_groups(st->split_k, tiles);
+    const uint64_t fit = st->mm_part.size / sizeof(float) / ((uint64_t)rows * (uint64_t)n);
+    ns = ns < units ? ns : units;
+    ns = ns < fit ? ns : fit;
+    if (ns < 2)
+        return 1;
+    *kc = vk_groups(units, ns) * unit;
+    return vk_groups(cols / 32, *kc);
+}
+
 /* y = x w^T (+ b) for n tokens: y rows of w->ne[1] floats from element oy
- * of yb; with ex, one token's products by its k experts (bias-less). */
+ * of yb; with ex, one token's products by its k experts (bias-less).
+ * alone: no other product runs beside this one (a group's members do):
+ * it may split its rows' chunks through st->mm_part. */
 static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, const vk_act *x,
-                    int64_t n, vk_buf *yb, uint32_t oy, const vk_experts *ex)
+                    int64_t n, vk_buf *yb, uint32_t oy, const vk_experts *ex, int alone)
 {
     const int has_b = b && cm_tensor_present(b);
     cm_tensor all = *w; /* (every expert's matrix, for an expert product) */
@@ -535,10 +559,28 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, const 
         return;
     }
     if (quantized(w->type) && st->tile_min && n >= st->tile_min) {
-        /* matmul_tiled.comp: a workgroup per tile of rows x tokens */
-        vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, VK_MM_TILED), bufs, off, range, &pc,
-                       sizeof pc, vk_groups(rows, VK_TILE_ROWS),
-                       vk_groups((uint64_t)n, VK_TILE_TOKENS), 1);
+        /* matmul_tiled.comp: a workgroup per tile of rows x tokens (x
+         * splits: partial sums to mm_part, then split_sum.comp adds them) */
+        uint32_t kc = 0;
+        const uint32_t ns = alone ? product_splits(st, w->type, rows, n, pc.cols, &kc) : 1;
+        vk_buf *const parts[VK_OPERANDS] = {x->b, wv.b, NULL, &st->mm_part, NULL};
+        if (ns > 1)
+            pc.tpc = kc, pc.has_b = 0, pc.oy = 0;
+        vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, VK_MM_TILED), ns > 1 ? parts : bufs, off,
+                       range, &pc, sizeof pc, vk_groups(rows, VK_TILE_ROWS),
+                       vk_groups((uint64_t)n, VK_TILE_TOKENS), ns);
+        if (ns > 1) {
+            struct {
+                uint32_t oy, rows, n, ns, has_b, ob;
+            } sp = {oy, rows, (uint32_t)n, ns, (uint32_t)has_b, bv.h};
+            vk_buf *const sums[VK_OPERANDS] = {&st->mm_part, NULL, has_b ? bv.b : NULL, yb, NULL};
+            const VkDeviceSize so[VK_OPERANDS] = {0, 0, has_b ? bv.off : 0, 0, 0};
+            const VkDeviceSize sr[VK_OPERANDS] = {VK_WHOLE_SIZE, VK_WHOLE_SIZE,
+                                                  has_b ? bv.range : VK_WHOLE_SIZE, VK_WHOLE_SIZE,
+                                                  VK_WHOLE_SIZE};
+            vk_dispatch_at(st, VK_SH_SPLIT_SUM, sums, so, sr, &sp, sizeof sp,
+                           vk_groups((uint64_t)n * rows, 256), 1, 1);
+        }
         return;
     }
     /* a workgroup per st->mm_rows rows (matmul.comp's RW): (gx, gy) over
@@ -621,15 +663,17 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
     int any_q[3] = {0, 0, 0};
     int64_t cols = 0;
     /* float weights multiply x itself; the products of one input write
-     * different outputs, so they are a group (no barriers between them) */
-    vk_group(st, 1);
+     * different outputs, so they are a group (no barriers between them);
+     * a lone one is not, so that it may split (product_splits: its
+     * partial sums and their addition ordered by a barrier) */
+    vk_group(st, nw > 1);
     for (int i = 0; i < nw; i++) {
         const int kind = quantized(ws[i]->type);
         if (kind) {
             any_q[kind] = 1, cols = ws[i]->ne[0];
             continue;
         }
-        product(st, ws[i], bs ? bs[i] : NULL, &a, n, vk_buf_of(ys[i]), vk_off(ys[i]), NULL);
+        product(st, ws[i], bs ? bs[i] : NULL, &a, n, vk_buf_of(ys[i]), vk_off(ys[i]), NULL, nw == 1);
     }
     vk_group(st, 0);
     /* the quantized ones its q8_0/q8_1 rows, then its q8_K rows, each made
@@ -644,11 +688,11 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
             if (kind != nq) /* (nq: all n rows fit, one pass) */
                 quantize_rows(st, x, cols, t0, m, kind, glu ? &g : NULL);
             const vk_act q = {&st->xq, 0};
-            vk_group(st, 1);
+            vk_group(st, nw > 1);
             for (int i = 0; i < nw; i++)
                 if (quantized(ws[i]->type) == kind)
                     product(st, ws[i], bs ? bs[i] : NULL, &q, m, vk_buf_of(ys[i]),
-                            vk_off(ys[i]) + (uint32_t)(t0 * ws[i]->ne[1]), NULL);
+                            vk_off(ys[i]) + (uint32_t)(t0 * ws[i]->ne[1]), NULL, nw == 1);
             vk_group(st, 0);
         }
     }
@@ -685,7 +729,7 @@ static void expert_products(vk_state *st, int nw, const cm_tensor *const *ws,
         for (int i = 0; i < nw; i++)
             if (quantized(ws[i]->type) == kind) {
                 ex.stride = stride[i];
-                product(st, ws[i], NULL, &act, 1, vk_buf_of(ys[i]), vk_off(ys[i]), &ex);
+                product(st, ws[i], NULL, &act, 1, vk_buf_of(ys[i]), vk_off(ys[i]), &ex, 0);
             }
         vk_group(st, 0);
     }
@@ -787,7 +831,7 @@ void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_
         if (q)
             quantize_rows(st, x, cols, t0, m, q, NULL);
         const vk_act a = {q ? &st->xq : vk_buf_of(x), q ? 0 : vk_off(x) + (uint32_t)(t0 * cols)};
-        product(st, w, b, &a, m, &st->lout, 0, NULL);
+        product(st, w, b, &a, m, &st->lout, 0, NULL, 1);
         if (st->mode == VK_CAPTURE) /* (copied once the step has run) */
             return;
         vk_flush(st);

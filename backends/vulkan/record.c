@@ -315,7 +315,7 @@ void vk_profile_report(vk_state *st)
     static const char *const names[VK_SHADER_COUNT] = {
         "add", "swiglu", "gelu", "add_gated", "gather", "scatter_add", "norm",
         "rope", "kv_store", "attention", "quantize", "matmul", "embed", "matmul_tiled",
-        "attn_prompt", "attn_prompt128"};
+        "attn_prompt", "attn_prompt128", "route", "moe_sum", "split_sum"};
     fprintf(stderr, "[codemoe] vulkan profile (%s):\n",
             st->ts_pool ? "device timestamps: the time each dispatch added, batches as they ran"
                         : "each dispatch waited for");

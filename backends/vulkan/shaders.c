@@ -54,9 +54,6 @@ SPV(matmul_tiled)
 SPV(matmul_tiled_dot)
 #include "backends/vulkan/shaders/matmul_tiled_dot.spvinc"
 ;
-SPV(matmul_coop)
-#include "backends/vulkan/shaders/matmul_coop.spvinc"
-;
 SPV(matmul_dot)
 #include "backends/vulkan/shaders/matmul_dot.spvinc"
 ;
@@ -68,6 +65,9 @@ SPV(attention_prompt_128)
 ;
 SPV(route)
 #include "backends/vulkan/shaders/route.spvinc"
+;
+SPV(split_sum)
+#include "backends/vulkan/shaders/split_sum.spvinc"
 ;
 SPV(moe_sum)
 #include "backends/vulkan/shaders/moe_sum.spvinc"
@@ -85,15 +85,13 @@ static const vk_shader shaders[VK_SHADER_COUNT] = {
     [VK_SH_ATTENTION_PROMPT] = ENTRY(attention_prompt),
     [VK_SH_ATTENTION_PROMPT_128] = ENTRY(attention_prompt_128),
     [VK_SH_ROUTE] = ENTRY(route),       [VK_SH_MOE_SUM] = ENTRY(moe_sum),
+    [VK_SH_SPLIT_SUM] = ENTRY(split_sum),
 };
 static const vk_shader norm64 = ENTRY(norm_f64), rope64 = ENTRY(rope_f64);
 static const vk_shader tiled_dot = ENTRY(matmul_tiled_dot), mm_dot = ENTRY(matmul_dot);
-static const vk_shader coop = ENTRY(matmul_coop);
 
-const vk_shader *vk_shader_for(int id, int f64, int int_dot, int use_coop)
+const vk_shader *vk_shader_for(int id, int f64, int int_dot)
 {
-    if (use_coop && id == VK_SH_MATMUL_TILED)
-        return &coop;
     if (int_dot && id == VK_SH_MATMUL_TILED)
         return &tiled_dot;
     if (int_dot && id == VK_SH_MATMUL)

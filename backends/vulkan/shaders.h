@@ -25,6 +25,7 @@ enum {
     VK_SH_ATTENTION_PROMPT_128, /* heads up to 128 */
     VK_SH_ROUTE,
     VK_SH_MOE_SUM,
+    VK_SH_SPLIT_SUM,
     VK_SHADER_COUNT
 };
 
@@ -35,8 +36,7 @@ typedef struct {
 
 /* Shader id; the variant summing in double where the device has 64-bit
  * floats (f64), else in float; the tiled product's variant with integer
- * dot product instructions where the device has them enabled (int_dot),
- * or matmul_coop.comp in its place (coop: cooperative matrices). */
-const vk_shader *vk_shader_for(int id, int f64, int int_dot, int coop);
+ * dot product instructions where the device has them enabled (int_dot). */
+const vk_shader *vk_shader_for(int id, int f64, int int_dot);
 
 #endif

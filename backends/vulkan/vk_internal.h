@@ -42,6 +42,9 @@ enum { VK_MM_PLAIN = 0, VK_MM_TILED = 1 };
  * of a large GPU), and the most CODEMOE_VULKAN_ATTN_SPLIT may ask */
 #define VK_ATTN_SPLIT 1024
 #define VK_ATTN_SPLIT_MAX 8192
+/* likewise the split products' (CODEMOE_VULKAN_SPLIT_K) */
+#define VK_SPLIT_K 256
+#define VK_SPLIT_K_MAX 4096
 
 #define VK_SET_SLOTS 4096 /* the table; the pool holds half as many sets */
 #define VK_TRACK 24       /* buffers followed between barriers (record.c) */
@@ -58,7 +61,7 @@ enum { VK_EAGER = 0, VK_CAPTURE = 1, VK_REPLAY = 2 };
  * 32-bit storage), asked once at start-up (vk_query_features): printed by
  * info --devices, kept so that shaders can be chosen by feature.  Nothing
  * here is enabled on the device yet: every path works without all of it. */
-#define VK_COOPMAT_MAX 8
+#define VK_COOPMAT_MAX 16
 typedef struct {
     uint32_t m, n, k; /* C (m x n) += A (m x k) B (k x n) */
     int a, c;         /* VkComponentTypeKHR of A and B, of C */
@@ -80,10 +83,9 @@ typedef struct {
                          * not asked (these headers predate it), 0 none */
     uint32_t n_coopmat; /* its shapes in coopmat_shapes (the first few) */
     vk_coopmat_shape coopmat_shapes[VK_COOPMAT_MAX];
-    /* VK_NV_cooperative_matrix with subgroup-scope 16 x 16 x 16 f16 x f16
-     * -> f32 products, and the Vulkan memory model its shaders declare
-     * (matmul_coop.comp) */
-    int coop_nv;
+    /* VK_NV_cooperative_matrix: its subgroup-scope shapes (the first few) */
+    uint32_t n_nv;
+    vk_coopmat_shape nv_shapes[VK_COOPMAT_MAX];
     VkDeviceSize local_bytes, host_bytes; /* device-local, host-visible heaps */
 } vk_features;
 
@@ -109,10 +111,11 @@ typedef struct {
      * enabled, and that shader uses it */
     uint32_t tile_min;
     int int_dot;
-    /* those products on the matrix units instead (matmul_coop.comp, f16
-     * operands): VK_NV_cooperative_matrix, float16 arithmetic and the
-     * Vulkan memory model are enabled */
-    int coop;
+    /* a single product whose tiles are fewer than this (0: never) splits
+     * its row's chunks among workgroups, their partial sums in mm_part,
+     * added up by split_sum.comp */
+    uint32_t split_k;
+    vk_buf mm_part;
     /* prompt attention (attention_prompt.comp) from attn_min query rows (0:
      * never); attn_wide: its variant for heads up to 128 for any head */
     uint32_t attn_min;

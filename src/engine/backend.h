@@ -193,10 +193,6 @@ struct cm_backend {
     cm_backend *cpu;           /* where missing ops run (made with the backend
                                 * when it may need one: no op fails later) */
     uint64_t fallbacks[CM_OP_COUNT]; /* ops run on the CPU instead */
-    /* its products of the block types over many tokens round weights and
-     * activations to f16 (a GPU's matrix units) instead of the reference's
-     * integer sums: comparisons with the reference allow f16's precision */
-    int f16_products;
 };
 
 /* The backends this build has, by name ("cpu", "ref", ...). */

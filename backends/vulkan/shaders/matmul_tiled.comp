@@ -34,7 +34,7 @@ layout(std430, set = 0, binding = 1) readonly buffer B_1 { uint d[]; } w;
 layout(std430, set = 0, binding = 2) readonly buffer B_2 { uint d[]; } bias;
 layout(std430, set = 0, binding = 3) writeonly buffer B_3 { float d[]; } y;
 
-layout(push_constant) uniform P { uint type, ox, ow, ob, has_b, oy, cols, rows, n; } p;
+layout(push_constant) uniform P { uint type, ox, ow, ob, has_b, oy, cols, rows, n, kc; } p;
 
 // the weight type (p.type), fixed when the pipeline is made: one pipeline
 // per type, each with only its own unpacking
@@ -211,15 +211,20 @@ void main()
 {
     const uint tid = gl_LocalInvocationIndex, tx = tid % RX, ty = tid / RX;
     const uint r0 = gl_WorkGroupID.x * BM, t0 = gl_WorkGroupID.y * BN;
-    const uint nk = p.cols / 32u;
+    // split keys (p.kc > 0): split z takes chunks z kc .. (z + 1) kc - 1
+    // and writes its partial sums z n rows floats further on (split_sum.comp
+    // adds them up); kc is a whole number of K super-blocks
+    const uint z = gl_WorkGroupID.z, kbeg = z * p.kc;
+    const uint nk = p.kc == 0u ? p.cols / 32u : min(p.cols / 32u, kbeg + p.kc);
+    const uint oy = p.oy + z * p.n * p.rows;
     for (uint o = 0u; o < TM * TN; o++) {
         acc[o] = 0.0;
         isum[o] = 0;
         mins[o] = 0;
     }
-    for (uint k0 = 0u; k0 < nk; k0 += KC) {
+    for (uint k0 = kbeg; k0 < nk; k0 += KC) {
         const uint kc = min(KC, nk - k0);
-        if (k0 > 0u)
+        if (k0 > kbeg)
             barrier(); // the last step's chunks are read
         load_weights(r0, k0, kc, tid);
         load_acts(t0, k0, kc, tid);
@@ -239,7 +244,7 @@ void main()
         for (uint jj = 0u; jj < TN; jj++) {
             const uint tok = t0 + ty + RY * jj;
             if (tok < p.n)
-                y.d[p.oy + tok * p.rows + row] = acc[i * TN + jj] + b;
+                y.d[oy + tok * p.rows + row] = acc[i * TN + jj] + b;
         }
     }
 }
