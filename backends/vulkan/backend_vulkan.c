@@ -509,10 +509,11 @@ static uint32_t split_k_target(void)
  * prompts faster tiled too); CODEMOE_VULKAN_TILED=N sets the count (0:
  * never; 1: every product).  And whether it uses integer dot product
  * instructions: where the device has them, unless CODEMOE_VULKAN_INT_DOT=0
- * (the portable shader, for comparison and tests).  A single product of
- * fewer tiles than CODEMOE_VULKAN_SPLIT_K (VK_SPLIT_K by default; 0: never)
+ * (the portable shader, for comparison and tests).  A product of fewer
+ * tiles than CODEMOE_VULKAN_SPLIT_K (VK_SPLIT_K by default; 0: never)
  * splits each row's chunks among workgroups, so that a few long rows (an
- * FFN's down product) keep every core of a large GPU busy. */
+ * FFN's down product) or few rows (a KV head's projections) keep every
+ * core of a large GPU busy. */
 /* Likewise the prompt attention shader (attention_prompt.comp) from
  * st->attn_min query rows: CODEMOE_VULKAN_PROMPT_ATTN=N (0: never,
  * attention.comp for every row; 1: every batch, a generated token's too),

@@ -510,16 +510,16 @@ typedef struct {
  * (1: none): while its 64 x 64 tiles are fewer than st->split_k, enough
  * splits to make that many workgroups, each split at least a step's four
  * chunks or, for the K types, a super-block, all of their partial sums
- * within st->mm_part.  *kc: the chunks of each. */
+ * within room floats.  *kc: the chunks of each. */
 static uint32_t product_splits(const vk_state *st, enum cm_type t, uint32_t rows, int64_t n,
-                               uint32_t cols, uint32_t *kc)
+                               uint32_t cols, uint64_t room, uint32_t *kc)
 {
     const uint64_t tiles = (uint64_t)vk_groups(rows, VK_TILE_ROWS) * vk_groups((uint64_t)n, VK_TILE_TOKENS);
     const uint32_t unit = quantized(t) == 2 ? 8 : 4, units = cols / 32 / unit;
     if (!st->split_k || tiles >= st->split_k || units < 2)
         return 1;
     uint64_t ns = vk_groups(st->split_k, tiles);
-    const uint64_t fit = st->mm_part.size / sizeof(float) / ((uint64_t)rows * (uint64_t)n);
+    const uint64_t fit = room / ((uint64_t)rows * (uint64_t)n);
     ns = ns < units ? ns : units;
     ns = ns < fit ? ns : fit;
     if (ns < 2)
@@ -528,12 +528,47 @@ static uint32_t product_splits(const vk_state *st, enum cm_type t, uint32_t rows
     return vk_groups(cols / 32, *kc);
 }
 
+/* The split products of a group (product, then split_sums once the group
+ * has ended, so that a barrier orders their partial sums before the
+ * additions): the floats of st->mm_part taken, and the additions due. */
+#define SPLITS_MAX 4
+typedef struct {
+    uint32_t op, oy, rows, n, ns, has_b, ob;
+} split_sum_pc;
+typedef struct {
+    uint64_t used;
+    int count;
+    split_sum_pc pc[SPLITS_MAX];
+    vk_buf *y[SPLITS_MAX];
+    vk_view bias[SPLITS_MAX];
+} vk_splits;
+
+/* split_sum.comp for each split product of sp, as a group (they write
+ * different outputs). */
+static void split_sums(vk_state *st, vk_splits *sp)
+{
+    vk_group(st, 1);
+    for (int i = 0; i < sp->count; i++) {
+        const vk_view *bv = &sp->bias[i];
+        vk_buf *const bufs[VK_OPERANDS] = {&st->mm_part, NULL, bv->b, sp->y[i], NULL};
+        const VkDeviceSize off[VK_OPERANDS] = {0, 0, bv->b ? bv->off : 0, 0, 0};
+        const VkDeviceSize range[VK_OPERANDS] = {VK_WHOLE_SIZE, VK_WHOLE_SIZE,
+                                                 bv->b ? bv->range : VK_WHOLE_SIZE,
+                                                 VK_WHOLE_SIZE, VK_WHOLE_SIZE};
+        vk_dispatch_at(st, VK_SH_SPLIT_SUM, bufs, off, range, &sp->pc[i], sizeof sp->pc[i],
+                       vk_groups((uint64_t)sp->pc[i].n * sp->pc[i].rows, 256), 1, 1);
+    }
+    vk_group(st, 0);
+    sp->used = 0, sp->count = 0;
+}
+
 /* y = x w^T (+ b) for n tokens: y rows of w->ne[1] floats from element oy
  * of yb; with ex, one token's products by its k experts (bias-less).
- * alone: no other product runs beside this one (a group's members do):
- * it may split its rows' chunks through st->mm_part. */
+ * With sp, a tiled product may split its rows' chunks (product_splits),
+ * its partial sums in st->mm_part after the group's others and its
+ * addition left in sp for split_sums. */
 static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, const vk_act *x,
-                    int64_t n, vk_buf *yb, uint32_t oy, const vk_experts *ex, int alone)
+                    int64_t n, vk_buf *yb, uint32_t oy, const vk_experts *ex, vk_splits *sp)
 {
     const int has_b = b && cm_tensor_present(b);
     cm_tensor all = *w; /* (every expert's matrix, for an expert product) */
@@ -561,26 +596,22 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, const 
     if (quantized(w->type) && st->tile_min && n >= st->tile_min) {
         /* matmul_tiled.comp: a workgroup per tile of rows x tokens (x
          * splits: partial sums to mm_part, then split_sum.comp adds them) */
-        uint32_t kc = 0;
-        const uint32_t ns = alone ? product_splits(st, w->type, rows, n, pc.cols, &kc) : 1;
+        uint32_t kc = 0, ns = 1;
+        if (sp && sp->count < SPLITS_MAX)
+            ns = product_splits(st, w->type, rows, n, pc.cols,
+                                st->mm_part.size / sizeof(float) - sp->used, &kc);
         vk_buf *const parts[VK_OPERANDS] = {x->b, wv.b, NULL, &st->mm_part, NULL};
-        if (ns > 1)
-            pc.tpc = kc, pc.has_b = 0, pc.oy = 0;
+        if (ns > 1) {
+            sp->pc[sp->count] = (split_sum_pc){(uint32_t)sp->used, oy, rows, (uint32_t)n, ns,
+                                               (uint32_t)has_b, bv.h};
+            sp->y[sp->count] = yb;
+            sp->bias[sp->count++] = has_b ? bv : (vk_view){0};
+            pc.tpc = kc, pc.has_b = 0, pc.oy = (uint32_t)sp->used;
+            sp->used += (uint64_t)ns * rows * (uint64_t)n;
+        }
         vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, VK_MM_TILED), ns > 1 ? parts : bufs, off,
                        range, &pc, sizeof pc, vk_groups(rows, VK_TILE_ROWS),
                        vk_groups((uint64_t)n, VK_TILE_TOKENS), ns);
-        if (ns > 1) {
-            struct {
-                uint32_t oy, rows, n, ns, has_b, ob;
-            } sp = {oy, rows, (uint32_t)n, ns, (uint32_t)has_b, bv.h};
-            vk_buf *const sums[VK_OPERANDS] = {&st->mm_part, NULL, has_b ? bv.b : NULL, yb, NULL};
-            const VkDeviceSize so[VK_OPERANDS] = {0, 0, has_b ? bv.off : 0, 0, 0};
-            const VkDeviceSize sr[VK_OPERANDS] = {VK_WHOLE_SIZE, VK_WHOLE_SIZE,
-                                                  has_b ? bv.range : VK_WHOLE_SIZE, VK_WHOLE_SIZE,
-                                                  VK_WHOLE_SIZE};
-            vk_dispatch_at(st, VK_SH_SPLIT_SUM, sums, so, sr, &sp, sizeof sp,
-                           vk_groups((uint64_t)n * rows, 256), 1, 1);
-        }
         return;
     }
     /* a workgroup per st->mm_rows rows (matmul.comp's RW): (gx, gy) over
@@ -663,17 +694,17 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
     int any_q[3] = {0, 0, 0};
     int64_t cols = 0;
     /* float weights multiply x itself; the products of one input write
-     * different outputs, so they are a group (no barriers between them);
-     * a lone one is not, so that it may split (product_splits: its
-     * partial sums and their addition ordered by a barrier) */
-    vk_group(st, nw > 1);
+     * different outputs, so they are a group (no barriers between them),
+     * the additions of those that split another after it */
+    vk_splits sp = {0};
+    vk_group(st, 1);
     for (int i = 0; i < nw; i++) {
         const int kind = quantized(ws[i]->type);
         if (kind) {
             any_q[kind] = 1, cols = ws[i]->ne[0];
             continue;
         }
-        product(st, ws[i], bs ? bs[i] : NULL, &a, n, vk_buf_of(ys[i]), vk_off(ys[i]), NULL, nw == 1);
+        product(st, ws[i], bs ? bs[i] : NULL, &a, n, vk_buf_of(ys[i]), vk_off(ys[i]), NULL, &sp);
     }
     vk_group(st, 0);
     /* the quantized ones its q8_0/q8_1 rows, then its q8_K rows, each made
@@ -688,12 +719,14 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
             if (kind != nq) /* (nq: all n rows fit, one pass) */
                 quantize_rows(st, x, cols, t0, m, kind, glu ? &g : NULL);
             const vk_act q = {&st->xq, 0};
-            vk_group(st, nw > 1);
+            vk_group(st, 1);
             for (int i = 0; i < nw; i++)
                 if (quantized(ws[i]->type) == kind)
                     product(st, ws[i], bs ? bs[i] : NULL, &q, m, vk_buf_of(ys[i]),
-                            vk_off(ys[i]) + (uint32_t)(t0 * ws[i]->ne[1]), NULL, nw == 1);
+                            vk_off(ys[i]) + (uint32_t)(t0 * ws[i]->ne[1]), NULL, &sp);
             vk_group(st, 0);
+            if (sp.count)
+                split_sums(st, &sp);
         }
     }
 }
@@ -729,7 +762,7 @@ static void expert_products(vk_state *st, int nw, const cm_tensor *const *ws,
         for (int i = 0; i < nw; i++)
             if (quantized(ws[i]->type) == kind) {
                 ex.stride = stride[i];
-                product(st, ws[i], NULL, &act, 1, vk_buf_of(ys[i]), vk_off(ys[i]), &ex, 0);
+                product(st, ws[i], NULL, &act, 1, vk_buf_of(ys[i]), vk_off(ys[i]), &ex, NULL);
             }
         vk_group(st, 0);
     }
@@ -831,7 +864,10 @@ void vk_logits(cm_backend *be, const cm_tensor *x, const cm_tensor *w, const cm_
         if (q)
             quantize_rows(st, x, cols, t0, m, q, NULL);
         const vk_act a = {q ? &st->xq : vk_buf_of(x), q ? 0 : vk_off(x) + (uint32_t)(t0 * cols)};
-        product(st, w, b, &a, m, &st->lout, 0, NULL, 1);
+        vk_splits sp = {0};
+        product(st, w, b, &a, m, &st->lout, 0, NULL, &sp);
+        if (sp.count)
+            split_sums(st, &sp);
         if (st->mode == VK_CAPTURE) /* (copied once the step has run) */
             return;
         vk_flush(st);

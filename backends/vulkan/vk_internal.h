@@ -43,7 +43,7 @@ enum { VK_MM_PLAIN = 0, VK_MM_TILED = 1 };
 #define VK_ATTN_SPLIT 1024
 #define VK_ATTN_SPLIT_MAX 8192
 /* likewise the split products' (CODEMOE_VULKAN_SPLIT_K) */
-#define VK_SPLIT_K 256
+#define VK_SPLIT_K 1024
 #define VK_SPLIT_K_MAX 4096
 
 #define VK_SET_SLOTS 4096 /* the table; the pool holds half as many sets */
@@ -111,8 +111,8 @@ typedef struct {
      * enabled, and that shader uses it */
     uint32_t tile_min;
     int int_dot;
-    /* a single product whose tiles are fewer than this (0: never) splits
-     * its row's chunks among workgroups, their partial sums in mm_part,
+    /* a prompt product whose tiles are fewer than this (0: never) splits
+     * its rows' chunks among workgroups, their partial sums in mm_part,
      * added up by split_sum.comp */
     uint32_t split_k;
     vk_buf mm_part;
