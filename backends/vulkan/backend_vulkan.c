@@ -513,7 +513,8 @@ static uint32_t split_k_target(void)
  * tiles than CODEMOE_VULKAN_SPLIT_K (VK_SPLIT_K by default; 0: never)
  * splits each row's chunks among workgroups, so that a few long rows (an
  * FFN's down product) or few rows (a KV head's projections) keep every
- * core of a large GPU busy. */
+ * core of a large GPU busy; CODEMOE_VULKAN_SPLIT_GROUPS=0 splits only the
+ * products that run alone (not the q/k/v projections of one input). */
 /* Likewise the prompt attention shader (attention_prompt.comp) from
  * st->attn_min query rows: CODEMOE_VULKAN_PROMPT_ATTN=N (0: never,
  * attention.comp for every row; 1: every batch, a generated token's too),
@@ -529,6 +530,7 @@ static void pick_products(vk_state *st)
     st->attn_wide = env_count("CODEMOE_VULKAN_PROMPT_ATTN_WIDE", 0) != 0;
     st->attn_split = attn_split_target();
     st->split_k = st->tile_min ? split_k_target() : 0;
+    st->split_groups = env_count("CODEMOE_VULKAN_SPLIT_GROUPS", 1) != 0;
 }
 
 /* Rows per generation product workgroup (matmul.comp's RW, 64 threads):

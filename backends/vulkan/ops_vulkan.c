@@ -537,7 +537,7 @@ typedef struct {
 } split_sum_pc;
 typedef struct {
     uint64_t used;
-    int count;
+    int count, shared; /* shared: the group has other products beside */
     split_sum_pc pc[SPLITS_MAX];
     vk_buf *y[SPLITS_MAX];
     vk_view bias[SPLITS_MAX];
@@ -597,7 +597,7 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, const 
         /* matmul_tiled.comp: a workgroup per tile of rows x tokens (x
          * splits: partial sums to mm_part, then split_sum.comp adds them) */
         uint32_t kc = 0, ns = 1;
-        if (sp && sp->count < SPLITS_MAX)
+        if (sp && sp->count < SPLITS_MAX && (!sp->shared || st->split_groups))
             ns = product_splits(st, w->type, rows, n, pc.cols,
                                 st->mm_part.size / sizeof(float) - sp->used, &kc);
         vk_buf *const parts[VK_OPERANDS] = {x->b, wv.b, NULL, &st->mm_part, NULL};
@@ -696,7 +696,7 @@ void vk_matmul(cm_backend *be, int nw, const cm_tensor *const *ws, const cm_tens
     /* float weights multiply x itself; the products of one input write
      * different outputs, so they are a group (no barriers between them),
      * the additions of those that split another after it */
-    vk_splits sp = {0};
+    vk_splits sp = {.shared = nw > 1};
     vk_group(st, 1);
     for (int i = 0; i < nw; i++) {
         const int kind = quantized(ws[i]->type);
