@@ -27,13 +27,15 @@ CODEMOE_BACKEND=vulkan CODEMOE_VULKAN_VALIDATION=1 "$BUILD/tests/test_model" || 
 # and the prompt attention variant for heads up to 128 on the small heads,
 # its keys never split (the default run splits them wherever there are
 # two tiles of keys or more), nor the products' rows (the default run
-# splits every product of fewer than 1024 tiles).
+# splits every lone product of fewer than 1024 tiles; the last run the
+# products that share an input too).
 CODEMOE_VULKAN_TILED=1 CODEMOE_VULKAN_INT_DOT=0 CODEMOE_VULKAN_PROMPT_ATTN_WIDE=1 \
     CODEMOE_VULKAN_ATTN_SPLIT=0 CODEMOE_VULKAN_SPLIT_K=0 \
     CODEMOE_VULKAN_MM_ROWS=2 \
     CODEMOE_VULKAN_VALIDATION=1 CM_TEST_OPS_OF=vulkan \
     "$BUILD/tests/test_backend" || exit 1
 CODEMOE_VULKAN_REPLAY=0 CODEMOE_VULKAN_TRACK=0 CODEMOE_VULKAN_FUSE=0 \
+    CODEMOE_VULKAN_SPLIT_GROUPS=1 \
     CODEMOE_VULKAN_VALIDATION=1 "$BUILD/tests/test_backend" || exit 1
 tl_tmpdir
 tl_shared fixtures/gguf/llama/llama-q4_0.gguf

@@ -513,8 +513,9 @@ static uint32_t split_k_target(void)
  * tiles than CODEMOE_VULKAN_SPLIT_K (VK_SPLIT_K by default; 0: never)
  * splits each row's chunks among workgroups, so that a few long rows (an
  * FFN's down product) or few rows (a KV head's projections) keep every
- * core of a large GPU busy; CODEMOE_VULKAN_SPLIT_GROUPS=0 splits only the
- * products that run alone (not the q/k/v projections of one input). */
+ * core of a large GPU busy: those that run alone, and with
+ * CODEMOE_VULKAN_SPLIT_GROUPS=1 those that share their input too (the
+ * q/k/v projections; not yet timed on a GPU, so not the default). */
 /* Likewise the prompt attention shader (attention_prompt.comp) from
  * st->attn_min query rows: CODEMOE_VULKAN_PROMPT_ATTN=N (0: never,
  * attention.comp for every row; 1: every batch, a generated token's too),
@@ -530,7 +531,7 @@ static void pick_products(vk_state *st)
     st->attn_wide = env_count("CODEMOE_VULKAN_PROMPT_ATTN_WIDE", 0) != 0;
     st->attn_split = attn_split_target();
     st->split_k = st->tile_min ? split_k_target() : 0;
-    st->split_groups = env_count("CODEMOE_VULKAN_SPLIT_GROUPS", 1) != 0;
+    st->split_groups = env_count("CODEMOE_VULKAN_SPLIT_GROUPS", 0) != 0;
 }
 
 /* Rows per generation product workgroup (matmul.comp's RW, 64 threads):
