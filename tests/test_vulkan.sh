@@ -38,6 +38,15 @@ CODEMOE_VULKAN_REPLAY=0 CODEMOE_VULKAN_TRACK=0 CODEMOE_VULKAN_FUSE=0 \
     CODEMOE_VULKAN_SPLIT_GROUPS=1 \
     CODEMOE_VULKAN_VALIDATION=1 "$BUILD/tests/test_backend" || exit 1
 tl_tmpdir
+# The default model's prompt products of few tiles (its feed-forward down
+# product: 256 rows, 768 columns) split their rows, and none does with
+# CODEMOE_VULKAN_SPLIT_K=0 (test_backend checks the sums themselves).
+if [ -f "$TL_SRC/models/default.gguf" ]; then
+    splits() { env "$@" CODEMOE_VULKAN_PROFILE=1 "$CODEMOE" bench -m "$TL_SRC/models/default.gguf" \
+        --backend vulkan -p 32 -n 0 -r 1 2>&1 | grep -c "^  split_sum "; }
+    [ "$(splits)" = 1 ] && [ "$(splits CODEMOE_VULKAN_SPLIT_K=0)" = 0 ] ||
+        { echo "FAIL: split products: $(splits) profile lines, $(splits CODEMOE_VULKAN_SPLIT_K=0) with none"; exit 1; }
+fi
 tl_shared fixtures/gguf/llama/llama-q4_0.gguf
 M="$SHARED/fixtures/gguf/llama/llama-q4_0.gguf"
 [ -f "$M" ] || tl_skip "$M missing"

@@ -494,12 +494,16 @@ static uint32_t attn_split_target(void)
     return t < VK_ATTN_SPLIT_MAX ? t : VK_ATTN_SPLIT_MAX;
 }
 
+/* CODEMOE_VULKAN_TILED (see pick_products) */
+static uint32_t tile_min_setting(void) { return env_count("CODEMOE_VULKAN_TILED", 16); }
+
 /* The split products' target (CODEMOE_VULKAN_SPLIT_K, VK_SPLIT_K by
- * default; 0: never), the same for the state and the memory estimate. */
+ * default; 0: never, as where no product is tiled), the same for the state
+ * and the memory estimate. */
 static uint32_t split_k_target(void)
 {
     const uint32_t t = env_count("CODEMOE_VULKAN_SPLIT_K", VK_SPLIT_K);
-    return t < VK_SPLIT_K_MAX ? t : VK_SPLIT_K_MAX;
+    return !tile_min_setting() ? 0 : t < VK_SPLIT_K_MAX ? t : VK_SPLIT_K_MAX;
 }
 
 /* Which products take the tiled shader (matmul_tiled.comp): those of the
@@ -525,12 +529,12 @@ static uint32_t split_k_target(void)
  * workgroups (VK_ATTN_SPLIT by default; 0: never) would hold the rows. */
 static void pick_products(vk_state *st)
 {
-    st->tile_min = env_count("CODEMOE_VULKAN_TILED", 16);
+    st->tile_min = tile_min_setting();
     st->int_dot = st->feat.int_dot && env_count("CODEMOE_VULKAN_INT_DOT", 1) != 0;
     st->attn_min = env_count("CODEMOE_VULKAN_PROMPT_ATTN", PROMPT_ATTN_ROWS);
     st->attn_wide = env_count("CODEMOE_VULKAN_PROMPT_ATTN_WIDE", 0) != 0;
     st->attn_split = attn_split_target();
-    st->split_k = st->tile_min ? split_k_target() : 0;
+    st->split_k = split_k_target();
     st->split_groups = env_count("CODEMOE_VULKAN_SPLIT_GROUPS", 0) != 0;
 }
 
@@ -574,14 +578,14 @@ static cm_status make_device(vk_state *st, cm_err *err)
     VkPhysicalDeviceFeatures use = {0};
     st->f64 = st->feat.f64;
     use.shaderFloat64 = (VkBool32)st->feat.f64;
-    float prio = 1.0f;
-    VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
-                                  .queueFamilyIndex = fam, .queueCount = 1,
-                                  .pQueuePriorities = &prio};
     VkPhysicalDeviceShaderIntegerDotProductFeatures dot = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES,
         .shaderIntegerDotProduct = VK_TRUE};
     const char *dot_ext = VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME;
+    float prio = 1.0f;
+    VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
+                                  .queueFamilyIndex = fam, .queueCount = 1,
+                                  .pQueuePriorities = &prio};
     VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
                              .pNext = st->int_dot ? &dot : NULL,
                              .queueCreateInfoCount = 1, .pQueueCreateInfos = &qi,
@@ -821,12 +825,10 @@ static size_t attn_part_bytes(const cm_backend_shape *s, uint32_t target)
 
 /* Their partial sums (ops_vulkan.c's product_splits): S = ceil(T / tiles)
  * splits of a product of tiles < T tiles of 64 x 64, so S x rows x tokens
- * < (T + tiles) 4096 < 2 T 4096 floats; none without tiled products. */
+ * < (T + tiles) 4096 < 2 T 4096 floats. */
 static size_t mm_part_bytes(uint32_t target)
 {
-    return env_count("CODEMOE_VULKAN_TILED", 16) ? (size_t)2 * target * VK_TILE_ROWS *
-                                                       VK_TILE_TOKENS * sizeof(float)
-                                                 : 0;
+    return (size_t)2 * target * VK_TILE_ROWS * VK_TILE_TOKENS * sizeof(float);
 }
 
 /* The staging buffer of copies to and from unmapped device memory. */
@@ -914,14 +916,14 @@ static cm_status make_buffers(vk_state *st, const cm_backend_shape *s, cm_err *e
         r = vk_buf_make_in(st, (size_t)(s->n_batch + 1) * sizeof(int32_t), 1, &st->io);
     if (r == VK_SUCCESS)
         r = vk_buf_make(st, xq_bytes(s), &st->xq);
-    size_t part = attn_part_bytes(s, st->attn_split);
-    part = part < (st->max_range & ~(VkDeviceSize)3) ? part : (size_t)(st->max_range & ~(VkDeviceSize)3);
-    if (r == VK_SUCCESS && part)
-        r = vk_buf_make(st, part, &st->attn_part);
-    part = mm_part_bytes(st->split_k);
-    part = part < (st->max_range & ~(VkDeviceSize)3) ? part : (size_t)(st->max_range & ~(VkDeviceSize)3);
-    if (r == VK_SUCCESS && part)
-        r = vk_buf_make(st, part, &st->mm_part);
+    /* the partial results' buffers, each within the largest binding
+     * (their users make only the splits that fit) */
+    const size_t most = (size_t)(st->max_range & ~(VkDeviceSize)3);
+    const size_t apart = attn_part_bytes(s, st->attn_split), mpart = mm_part_bytes(st->split_k);
+    if (r == VK_SUCCESS && apart)
+        r = vk_buf_make(st, apart < most ? apart : most, &st->attn_part);
+    if (r == VK_SUCCESS && mpart)
+        r = vk_buf_make(st, mpart < most ? mpart : most, &st->mm_part);
     if (r == VK_SUCCESS)
         r = vk_buf_make_in(st, lout_bytes(s), VK_READBACK, &st->lout);
     if (r == VK_SUCCESS)
@@ -1061,25 +1063,25 @@ static const char *component_name(int t)
 
 static const char *yes_no(int v) { return v ? "yes" : "no"; }
 
+/* " (m x n x k A's type->C's ...)" for n shapes, nothing for none. */
+static void print_shapes(FILE *out, const vk_coopmat_shape *c, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        fprintf(out, "%s%ux%ux%u %s->%s", i ? " " : " (", c[i].m, c[i].n, c[i].k,
+                component_name(c[i].a), component_name(c[i].c));
+    fputs(n ? ")" : "", out);
+}
+
 /* Cooperative matrices: no, yes with the shapes (m x n x k, A and B's
- * type -> C's), or listed but not asked (old headers at build time). */
+ * type -> C's), or listed but not asked (old headers at build time); then
+ * NVIDIA's extension's, with its shapes. */
 static void print_coopmat(FILE *out, const vk_features *f)
 {
     fprintf(out, ", cooperative matrix %s", f->coopmat < 0 ? "listed (not queried)"
                                             : yes_no(f->coopmat));
-    for (uint32_t i = 0; i < f->n_coopmat; i++) {
-        const vk_coopmat_shape *c = &f->coopmat_shapes[i];
-        fprintf(out, "%s%ux%ux%u %s->%s", i ? " " : " (", c->m, c->n, c->k, component_name(c->a),
-                component_name(c->c));
-    }
-    fputs(f->n_coopmat ? ")" : "", out);
+    print_shapes(out, f->coopmat_shapes, f->n_coopmat);
     fprintf(out, ", NV cooperative matrix %s", yes_no(f->n_nv > 0));
-    for (uint32_t i = 0; i < f->n_nv; i++) {
-        const vk_coopmat_shape *c = &f->nv_shapes[i];
-        fprintf(out, "%s%ux%ux%u %s->%s", i ? " " : " (", c->m, c->n, c->k, component_name(c->a),
-                component_name(c->c));
-    }
-    fputs(f->n_nv ? ")" : "", out);
+    print_shapes(out, f->nv_shapes, f->n_nv);
 }
 
 /* A device's second line: the features, in fixed words and order (for
