@@ -519,7 +519,10 @@ static uint32_t split_k_target(void)
  * FFN's down product) or few rows (a KV head's projections) keep every
  * core of a large GPU busy: those that run alone, and with
  * CODEMOE_VULKAN_SPLIT_GROUPS=1 those that share their input too (the
- * q/k/v projections; not yet timed on a GPU, so not the default). */
+ * q/k/v projections; not yet timed on a GPU, so not the default).  The
+ * tiled products of the legacy types read each step's blocks into
+ * registers while the step before is computed, unless
+ * CODEMOE_VULKAN_TILED_PREFETCH=0 (for comparison). */
 /* Likewise the prompt attention shader (attention_prompt.comp) from
  * st->attn_min query rows: CODEMOE_VULKAN_PROMPT_ATTN=N (0: never,
  * attention.comp for every row; 1: every batch, a generated token's too),
@@ -536,6 +539,7 @@ static void pick_products(vk_state *st)
     st->attn_split = attn_split_target();
     st->split_k = split_k_target();
     st->split_groups = env_count("CODEMOE_VULKAN_SPLIT_GROUPS", 0) != 0;
+    st->tiled_prefetch = env_count("CODEMOE_VULKAN_TILED_PREFETCH", 1) != 0;
 }
 
 /* Rows per generation product workgroup (matmul.comp's RW, 64 threads):
@@ -687,9 +691,9 @@ int vk_pipe_matmul(vk_state *st, uint32_t t, int variant)
     if (st->pipe[i])
         return i;
     const int tiled = variant == VK_MM_TILED;
-    const uint32_t v[2] = {t, st->mm_rows};
+    const uint32_t v[2] = {t, tiled ? (uint32_t)st->tiled_prefetch : st->mm_rows};
     const VkSpecializationMapEntry e[2] = {{0, 0, 4}, {1, 4, 4}};
-    const VkSpecializationInfo si = {tiled ? 1 : 2, e, sizeof v, v};
+    const VkSpecializationInfo si = {2, e, sizeof v, v};
     vk_check(make_pipeline(st, tiled ? st->mt_module : st->mm_module, &si, &st->pipe[i]),
              "creating a matmul pipeline");
     return i;

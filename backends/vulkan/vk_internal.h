@@ -115,6 +115,7 @@ typedef struct {
      * its rows' chunks among workgroups, their partial sums in mm_part,
      * added up by split_sum.comp */
     uint32_t split_k;
+    int tiled_prefetch; /* matmul_tiled.comp's PREFETCH_ON */
     int split_groups; /* products that share their input split too */
     vk_buf mm_part;
     /* prompt attention (attention_prompt.comp) from attn_min query rows (0:

@@ -1,5 +1,6 @@
 #version 450
 #extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
 #ifdef INT_DOT
 #extension GL_EXT_spirv_intrinsics : require
 #endif
@@ -39,6 +40,9 @@ layout(push_constant) uniform P { uint type, ox, ow, ob, has_b, oy, cols, rows, 
 // the weight type (p.type), fixed when the pipeline is made: one pipeline
 // per type, each with only its own unpacking
 layout(constant_id = 0) const uint TYPE = 2u;
+// legacy types: each step's weights and activations read into registers
+// while the step before is computed (ops_vulkan.c: CODEMOE_VULKAN_TILED_PREFETCH)
+layout(constant_id = 1) const uint PREFETCH_ON = 1u;
 
 #include "q8_0.glsl"
 #include "wblocks.glsl"
@@ -108,6 +112,124 @@ void load_acts(uint t0, uint k0, uint kc, uint tid)
         if (h == 0u) {
             s_xd[c * BN + t] = uintBitsToFloat(x.d[base]);
             s_xs[c * BN + t] = KT ? x.d[base + 65u + (kb & 7u)] : x.d[base + 1u];
+        }
+    }
+}
+
+// Register prefetch (the legacy types): a thread's items of a step, as
+// load_weights and load_acts number them, read from memory into registers
+// (fetch_step) before the step ahead of them is computed, and unpacked into
+// shared memory (store_step) after it, so that the reads' latency is spent
+// computing.  A weight item (row, chunk, half) is the 16 quants of its half
+// chunk, read as the 6 words holding halfwords fs .. fs + 9 of its block
+// (fs: the quants, or Q5's qh before them); a scale item its block's first
+// two halfwords (d, m); an activation item its 4 words of quants (and the
+// block's d and s for the first half).
+const bool PREFETCH = PREFETCH_ON != 0u && TYPE <= 6u;
+#define WI (BM * KC * 2u / NT) // weight items a thread: 2
+#define SI (BM * KC / NT)      // scale items: 1
+#define AI (BN * KC * 2u / NT) // activation items: 2
+uint pw[WI][6], pwo[WI], ps_[SI][2], pso[SI];
+uvec4 pa[AI];
+uint pad[AI], pas[AI];
+
+// the first halfword a weight item reads: Q8_0 its half's quants, Q4_0 and
+// Q4_1 the 16 bytes of nibbles, Q5_0 and Q5_1 the qh word before them
+uint item_start(uint h) { return TYPE == 2u ? 1u + 8u * h : LMIN ? 2u : 1u; }
+
+// word k from word wd on, or the buffer's last (a run may reach past a
+// block at the end of the buffer; what is read past the block is unused)
+uint weight_word(uint wd, uint k) { return w.d[min(wd + k, uint(w.d.length()) - 1u)]; }
+
+void fetch_step(uint r0, uint t0, uint k0, uint kc, uint tid)
+{
+    [[unroll]] for (uint u = 0u; u < WI; u++) {
+        const uint i = tid + NT * u;
+        if (i >= BM * kc * 2u)
+            break;
+        const uint r = i / (2u * kc), ch = i % (2u * kc);
+        uint j;
+        const uint hs = block_of(r0, r, k0 + (ch >> 1), j) + item_start(ch & 1u);
+        pwo[u] = hs & 1u;
+        [[unroll]] for (uint k = 0u; k < 6u; k++)
+            pw[u][k] = weight_word(hs >> 1, k);
+    }
+    [[unroll]] for (uint u = 0u; u < SI; u++) {
+        const uint i = tid + NT * u;
+        if (i >= BM * kc)
+            break;
+        uint j;
+        const uint hb = block_of(r0, i / kc, k0 + i % kc, j);
+        pso[u] = hb & 1u;
+        ps_[u][0] = weight_word(hb >> 1, 0u);
+        ps_[u][1] = weight_word(hb >> 1, 1u);
+    }
+    [[unroll]] for (uint u = 0u; u < AI; u++) {
+        const uint i = tid + NT * u;
+        if (i >= BN * kc * 2u)
+            break;
+        const uint t = i / (2u * kc), c = (i % (2u * kc)) >> 1, h = i & 1u;
+        const uint tok = min(t0 + t, p.n - 1u);
+        const uint base = p.ox + 10u * (tok * (p.cols / 32u) + k0 + c), q = base + 2u + 4u * h;
+        pa[u] = uvec4(x.d[q], x.d[q + 1u], x.d[q + 2u], x.d[q + 3u]);
+        pad[u] = x.d[base];
+        pas[u] = x.d[base + 1u];
+    }
+}
+
+// word k of a run of halfwords read as words from a word boundary, the
+// run starting at the high half of the first when odd
+uint hword(uint raw[6], uint odd, uint k)
+{
+    return odd != 0u ? (raw[k] >> 16) | (raw[k + 1u] << 16) : raw[k];
+}
+
+void store_step(uint kc, uint tid)
+{
+    [[unroll]] for (uint u = 0u; u < WI; u++) {
+        const uint i = tid + NT * u;
+        if (i >= BM * kc * 2u)
+            break;
+        const uint r = i / (2u * kc), ch = i % (2u * kc), h = ch & 1u;
+        uint a[5];
+        [[unroll]] for (uint k = 0u; k < 5u; k++)
+            a[k] = hword(pw[u], pwo[u], k);
+        uvec4 v;
+        if (TYPE == 2u)
+            v = uvec4(a[0], a[1], a[2], a[3]);
+        else {
+            // element e of the block: the low nibble of byte e (e < 16) or
+            // the high one of byte e - 16; Q5's fifth bit bit e of qh
+            const bool hash = TYPE == 4u || TYPE == 6u;
+            const uint o = hash ? 1u : 0u;
+            v = (uvec4(a[o], a[o + 1u], a[o + 2u], a[o + 3u]) >> (4u * h)) & 0x0F0F0F0Fu;
+            if (hash) {
+                const uint qh = a[0] >> (16u * h);
+                v |= uvec4(spread4(qh), spread4(qh >> 4), spread4(qh >> 8), spread4(qh >> 12)) << 4;
+            }
+            const uint off = TYPE == 3u ? 8u : TYPE == 4u ? 16u : 0u;
+            v = uvec4(minus(v.xy, off), minus(v.zw, off));
+        }
+        s_wq[ch * WS + r] = v;
+    }
+    [[unroll]] for (uint u = 0u; u < SI; u++) {
+        const uint i = tid + NT * u;
+        if (i >= BM * kc)
+            break;
+        const uint r = i / kc, c = i % kc, at = c * BM + r;
+        const uint dm = pso[u] != 0u ? (ps_[u][0] >> 16) | (ps_[u][1] << 16) : ps_[u][0];
+        s_wd[at] = f16_val(dm & 0xFFFFu);
+        s_wm[at] = LMIN ? f16_val(dm >> 16) : 0.0;
+    }
+    [[unroll]] for (uint u = 0u; u < AI; u++) {
+        const uint i = tid + NT * u;
+        if (i >= BN * kc * 2u)
+            break;
+        const uint t = i / (2u * kc), c = (i % (2u * kc)) >> 1, h = i & 1u;
+        s_xq[(2u * c + h) * XS + t] = pa[u];
+        if (h == 0u) {
+            s_xd[c * BN + t] = uintBitsToFloat(pad[u]);
+            s_xs[c * BN + t] = pas[u];
         }
     }
 }
@@ -230,13 +352,21 @@ void main()
         isum[o] = 0;
         mins[o] = 0;
     }
+    if (PREFETCH && kbeg < nk)
+        fetch_step(r0, t0, kbeg, min(KC, nk - kbeg), tid);
     for (uint k0 = kbeg; k0 < nk; k0 += KC) {
         const uint kc = min(KC, nk - k0);
         if (k0 > kbeg)
             barrier(); // the last step's chunks are read
-        load_weights(r0, k0, kc, tid);
-        load_acts(t0, k0, kc, tid);
+        if (PREFETCH) {
+            store_step(kc, tid);
+        } else {
+            load_weights(r0, k0, kc, tid);
+            load_acts(t0, k0, kc, tid);
+        }
         barrier();
+        if (PREFETCH && k0 + KC < nk)
+            fetch_step(r0, t0, k0 + KC, min(KC, nk - k0 - KC), tid);
         for (uint c = 0u; c < kc; c++)
             compute_chunk(c, k0 + c, tx, ty);
     }
