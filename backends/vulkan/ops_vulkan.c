@@ -109,9 +109,8 @@ static int prompt_attention(vk_state *st, int il, const cm_tensor *q, int p0, cm
             (uint32_t)(hp->n_head / hp->n_head_kv), (uint32_t)d, (uint32_t)dv,
             (uint32_t)(hp->n_head_kv * d), (uint32_t)(hp->n_head_kv * dv), (uint32_t)st->kv,
             1.0f / sqrtf((float)d), 0, 0, 1};
-    /* workgroups of 32 rows (128 threads) and tiles of 32 keys of one head
-     * (wide: 16 rows, 64 threads, 16 keys) */
-    const uint32_t br = wide ? 16 : 32, nt = wide ? 64 : 128;
+    /* workgroups of 32 rows and tiles of 32 keys (16 and 16 wide) of one head */
+    const uint32_t br = wide ? 16 : 32, nt = wide ? 128 : 256;
     const int sh = wide ? VK_SH_ATTENTION_PROMPT_128 : VK_SH_ATTENTION_PROMPT;
     const uint32_t blocks = (n + br - 1) / br, heads = (uint32_t)hp->n_head;
     pc.ns = attention_splits(st, n, (uint32_t)p0 + n, br, br, &pc.sk);

@@ -25,21 +25,16 @@
 // cache's query is rounded to f16, a Q8_0 cache's quantized by the
 // reference's quantizer and dequantized, and the keys decoded.
 //
-// TPR threads a row, each thread RPT rows: thread tid holds rows
-// rr + RB a (rr = tid / TPR, a < RPT) and within them the keys c, c + TPR,
-// ... of a tile (c = tid % TPR) for the scores, then the value dimensions
-// 4 (c + TPR m) .. + 3 of every key of the tile, in position order.  A
-// thread's rows share its key and value reads from shared memory (shared
-// memory's bandwidth, not arithmetic, bounds these loops).  Each row's
-// keys are split among its threads as with one row a thread, and every
-// sum is made in the same order, so the results do not depend on RPT.
-// The rows' tile maxima and weights go through shared memory.  The next
-// tile's keys and values are read from memory into registers while the
-// current one is worked on.  Queries and keys sit in shared memory as
-// vec4s, the vec4 index xor-swizzled by the row (key) so that the rows
-// (keys) a subgroup reads at once fall in different banks.  DMAX 64 (the
-// default): 32 rows, 8 threads a row, 2 rows a thread, tiles of 32 keys;
-// DMAX 128: 16 rows, tiles of 16 keys (shared memory within 32 KiB,
+// TPR threads a row: thread tid holds row r = tid / TPR, and within it the
+// keys c, c + TPR, ... of a tile (c = tid % TPR) for the scores, then the
+// value dimensions 4 (c + TPR m) .. + 3 of every key of the tile, in
+// position order.  The row's tile maximum and its weights go through
+// shared memory.  The next tile's keys and values are read from memory
+// into registers while the current one is worked on.  Queries and keys sit
+// in shared memory as vec4s, the vec4 index xor-swizzled by the row (key)
+// so that the rows (keys) a subgroup reads at once fall in different banks.
+// DMAX 64 (the default): 32 rows of 8 threads, tiles of 32 keys; DMAX 128:
+// 16 rows of 8 threads, tiles of 16 keys (shared memory within 32 KiB,
 // lavapipe's limit).  Grid (ceil(n / BR), n_head), blocks in reverse
 // order: the longest (last rows) first.
 //
@@ -59,22 +54,21 @@
 #ifndef DMAX
 #define DMAX 64
 #endif
-#define TPR 8u         // threads per row
-#define RPT 2u         // rows per thread
 #if DMAX == 64
 #define BR 32u
+#define TPR 8u         // threads per row
 #define BK 32u
-#define NT 128 // BR TPR / RPT
+#define NT 256 // BR TPR
 #else
 #define BR 16u
+#define TPR 8u
 #define BK 16u
-#define NT 64 // BR TPR / RPT
+#define NT 128 // BR TPR
 #endif
-#define RB (BR / RPT)  // a thread's rows: rr + RB a
 #define KPT (BK / TPR) // keys per thread in a tile: 4 or 2
 #define D4 (DMAX / 4)  // vec4s per row: 16 or 32
-#define VPT (D4 / TPR) // value vec4s per thread and row: 2 or 4
-#define LPT (BK * D4 / NT) // key (value) vec4s each thread loads a tile: 4 or 8
+#define VPT (D4 / TPR) // value vec4s per thread: 2 or 4
+#define LPT (BK * D4 / NT) // key (value) vec4s each thread loads a tile: 2 or 4
 #define PS (BK + 1u)   // row stride of the weights
 
 layout(local_size_x = NT) in;
@@ -97,7 +91,7 @@ shared vec4 qs[BR * D4];
 shared vec4 ks[BK * D4];
 shared vec4 vs[BK * D4];
 shared float ps[BR * PS]; // the tile's weights
-shared float red[BR * TPR]; // the threads' tile maxima (at the end: sums), TPR a row
+shared float red[NT];     // the threads' tile maxima (at the end: sums)
 
 #include "q8_0.glsl"
 #include "io.glsl"
@@ -171,44 +165,22 @@ void store_tile()
             vs[(e / dv4) * D4 + e % dv4] = nv4[u];
     }
 }
-#define ninf uintBitsToFloat(0xFF800000u)
-
-// The scaled scores of rows rr + RB a against the tile's keys c + TPR m.
-float sc[RPT][KPT];
-void scores(uint rr, uint c)
+// The scaled scores of row r against the tile's keys c + TPR m.
+float sc[KPT];
+void scores(uint r, uint c)
 {
-    [[unroll]] for (uint a = 0u; a < RPT; a++)
-        [[unroll]] for (uint m = 0u; m < KPT; m++)
-            sc[a][m] = 0.0;
+    [[unroll]] for (uint m = 0u; m < KPT; m++)
+        sc[m] = 0.0;
+    const uint rx = r & 7u;
     for (uint i4 = 0u; i4 < p.d / 4u; i4++) {
-        vec4 qv[RPT];
-        [[unroll]] for (uint a = 0u; a < RPT; a++) {
-            const uint r = rr + RB * a;
-            qv[a] = qs[r * D4 + (i4 ^ (r & 7u))];
-        }
+        const vec4 qv = qs[r * D4 + (i4 ^ rx)];
         [[unroll]] for (uint m = 0u; m < KPT; m++) {
             const uint j = c + TPR * m;
-            const vec4 kv = ks[j * D4 + (i4 ^ (j & 7u))];
-            [[unroll]] for (uint a = 0u; a < RPT; a++)
-                sc[a][m] += dot(qv[a], kv);
+            sc[m] += dot(qv, ks[j * D4 + (i4 ^ (j & 7u))]);
         }
     }
-    [[unroll]] for (uint a = 0u; a < RPT; a++)
-        [[unroll]] for (uint m = 0u; m < KPT; m++)
-            sc[a][m] *= p.scale;
-}
-
-// Masks this thread's scores of the tile at kb that its row a may not see
-// (past the row's last key mine, or a padding row); returns their maximum.
-float mask_scores(uint a, uint kb, uint c, bool valid, uint mine)
-{
-    float tm = ninf;
-    [[unroll]] for (uint m = 0u; m < KPT; m++) {
-        if (!valid || kb + c + TPR * m > mine)
-            sc[a][m] = ninf;
-        tm = max(tm, sc[a][m]);
-    }
-    return tm;
+    [[unroll]] for (uint m = 0u; m < KPT; m++)
+        sc[m] *= p.scale;
 }
 
 // Where the partial results of split s of row t of head h are: its
@@ -216,6 +188,8 @@ float mask_scores(uint a, uint kb, uint c, bool valid, uint mine)
 uint part_slot(uint h, uint t, uint s) { return (h * p.n + t) * p.ns + s; }
 uint stat_at(uint h, uint t, uint s) { return 2u * part_slot(h, t, s); }
 uint vals_at(uint h, uint t, uint s) { return 2u * p.n_head * p.n * p.ns + part_slot(h, t, s) * p.dv; }
+
+#define ninf uintBitsToFloat(0xFF800000u)
 
 // Mode 3: four values of a row (thread e: row e / (dv / 4)) from its
 // splits: their sum (F16: the weights were final), else each split's
@@ -256,10 +230,28 @@ void combine()
     o.d[at + 3u] = sum.w;
 }
 
-// The block's queries into qs, as the reference dots them: an F16
-// cache's rounded to f16, a Q8_0 cache's quantized and dequantized.
-void load_queries(uint t0, uint rows, uint h, uint tid)
+void main()
 {
+    if (p.mode == 3u) {
+        combine();
+        return;
+    }
+    const uint tid = gl_LocalInvocationID.x, r = tid / TPR, c = tid % TPR;
+    const uint ns = p.ns, wg = gl_NumWorkGroups.x - 1u - gl_WorkGroupID.x; // (ns 1: mode 0)
+    const uint blk = wg / ns, split = wg % ns, h = gl_WorkGroupID.y;
+    const uint g = h / p.group, t0 = blk * BR, rows = min(BR, p.n - t0);
+    const uint p0 = batch_pos(p.p0), last = p0 + t0 + rows - 1u; // the block's last key
+    const uint k_lo = split * p.sk; // this workgroup's keys: k_lo .. k_hi
+    if (k_lo > last)
+        return; // a split past the block's rows (the whole workgroup)
+    const uint k_hi = p.mode == 0u ? last : min(last, k_lo + p.sk - 1u);
+    const bool valid = r < rows;
+    const uint mine = p0 + t0 + r; // this row's last key (when valid)
+
+    const bool exact = p.kv == 1u; // two passes, the weights as the reference's
+    const bool stats = exact && p.mode != 2u; // the first pass here (values later)
+    fetch_tile(k_lo, k_hi, g, !stats);
+    // the block's queries, as the reference dots them
     if (p.kv == 2u) {
         const uint nb = p.d / 32u; // a thread per (row, block)
         for (uint e = tid; e < BR * nb; e += NT) {
@@ -276,210 +268,157 @@ void load_queries(uint t0, uint rows, uint h, uint tid)
                 qs[rr * D4 + ((8u * b + i4) ^ (rr & 7u))] = q8x4(w, dq);
             }
         }
-        return;
-    }
-    const uint d4 = p.d / 4u;
-    for (uint e = tid; e < BR * d4; e += NT) {
-        const uint rr = e / d4, i4 = e % d4, at = p.oq + ((t0 + rr) * p.n_head + h) * p.d + 4u * i4;
-        vec4 v = vec4(0.0);
-        if (rr < rows) {
-            v = vec4(q.d[at], q.d[at + 1u], q.d[at + 2u], q.d[at + 3u]);
-            if (p.kv == 1u)
-                v = vec4(round_f16(v.x), round_f16(v.y), round_f16(v.z), round_f16(v.w));
+    } else {
+        const uint d4 = p.d / 4u;
+        for (uint e = tid; e < BR * d4; e += NT) {
+            const uint rr = e / d4, i4 = e % d4, at = p.oq + ((t0 + rr) * p.n_head + h) * p.d + 4u * i4;
+            vec4 v = vec4(0.0);
+            if (rr < rows) {
+                v = vec4(q.d[at], q.d[at + 1u], q.d[at + 2u], q.d[at + 3u]);
+                if (p.kv == 1u)
+                    v = vec4(round_f16(v.x), round_f16(v.y), round_f16(v.z), round_f16(v.w));
+            }
+            qs[rr * D4 + (i4 ^ (rr & 7u))] = v;
         }
-        qs[rr * D4 + (i4 ^ (rr & 7u))] = v;
     }
-}
-
-// Row r's maximum (then sum) of its threads' values in red.
-float row_max(uint r)
-{
-    float v = ninf;
-    for (uint k = 0u; k < TPR; k++)
-        v = max(v, red[r * TPR + k]);
-    return v;
-}
-float row_sum(uint r)
-{
-    float v = 0.0;
-    for (uint k = 0u; k < TPR; k++)
-        v += red[r * TPR + k];
-    return v;
-}
-
-void main()
-{
-    if (p.mode == 3u) {
-        combine();
-        return;
-    }
-    const uint tid = gl_LocalInvocationID.x, rr = tid / TPR, c = tid % TPR;
-    const uint ns = p.ns, wg = gl_NumWorkGroups.x - 1u - gl_WorkGroupID.x; // (ns 1: mode 0)
-    const uint blk = wg / ns, split = wg % ns, h = gl_WorkGroupID.y;
-    const uint g = h / p.group, t0 = blk * BR, rows = min(BR, p.n - t0);
-    const uint p0 = batch_pos(p.p0), last = p0 + t0 + rows - 1u; // the block's last key
-    const uint k_lo = split * p.sk; // this workgroup's keys: k_lo .. k_hi
-    if (k_lo > last)
-        return; // a split past the block's rows (the whole workgroup)
-    const uint k_hi = p.mode == 0u ? last : min(last, k_lo + p.sk - 1u);
-    bool valid[RPT];
-    uint mine[RPT]; // each row's last key (when valid)
-    [[unroll]] for (uint a = 0u; a < RPT; a++) {
-        valid[a] = rr + RB * a < rows;
-        mine[a] = p0 + t0 + rr + RB * a;
-    }
-
-    const bool exact = p.kv == 1u; // two passes, the weights as the reference's
-    const bool stats = exact && p.mode != 2u; // the first pass here (values later)
-    fetch_tile(k_lo, k_hi, g, !stats);
-    load_queries(t0, rows, h, tid);
 
     // the first pass (F16 cache): each row's maximum and sum of exponentials
-    float rmx[RPT], rsum[RPT];
-    [[unroll]] for (uint a = 0u; a < RPT; a++)
-        rmx[a] = ninf, rsum[a] = 0.0;
+    float rmx = ninf, rsum = 0.0;
     if (stats) {
-        float mx[RPT], l[RPT]; // over this thread's keys
-        [[unroll]] for (uint a = 0u; a < RPT; a++)
-            mx[a] = ninf, l[a] = 0.0;
+        float mx = ninf, l = 0.0; // over this thread's keys
         for (uint kb = k_lo; kb <= k_hi; kb += BK) {
             store_tile();
             barrier();
             if (kb + BK <= k_hi)
                 fetch_tile(kb + BK, k_hi, g, false);
-            scores(rr, c);
-            [[unroll]] for (uint a = 0u; a < RPT; a++) {
-                const float tm = mask_scores(a, kb, c, valid[a], mine[a]);
-                if (tm != ninf) {
-                    const float mn = max(mx[a], tm);
-                    float add = 0.0;
-                    [[unroll]] for (uint m = 0u; m < KPT; m++)
-                        add += sc[a][m] == ninf ? 0.0 : exp(sc[a][m] - mn);
-                    l[a] = (mx[a] == ninf ? 0.0 : l[a] * exp(mx[a] - mn)) + add;
-                    mx[a] = mn;
-                }
+            scores(r, c);
+            float tm = ninf;
+            [[unroll]] for (uint m = 0u; m < KPT; m++) {
+                if (!valid || kb + c + TPR * m > mine)
+                    sc[m] = ninf;
+                tm = max(tm, sc[m]);
+            }
+            if (tm != ninf) {
+                const float mn = max(mx, tm);
+                float add = 0.0;
+                [[unroll]] for (uint m = 0u; m < KPT; m++)
+                    add += sc[m] == ninf ? 0.0 : exp(sc[m] - mn);
+                l = (mx == ninf ? 0.0 : l * exp(mx - mn)) + add;
+                mx = mn;
             }
             barrier();
         }
-        [[unroll]] for (uint a = 0u; a < RPT; a++)
-            red[(rr + RB * a) * TPR + c] = mx[a];
+        red[tid] = mx;
         barrier();
-        [[unroll]] for (uint a = 0u; a < RPT; a++)
-            rmx[a] = row_max(rr + RB * a);
+        for (uint k = 0u; k < TPR; k++)
+            rmx = max(rmx, red[r * TPR + k]);
         barrier();
-        [[unroll]] for (uint a = 0u; a < RPT; a++)
-            red[(rr + RB * a) * TPR + c] = mx[a] == ninf ? 0.0 : l[a] * exp(mx[a] - rmx[a]);
+        red[tid] = mx == ninf ? 0.0 : l * exp(mx - rmx);
         barrier();
-        [[unroll]] for (uint a = 0u; a < RPT; a++)
-            rsum[a] = row_sum(rr + RB * a);
+        for (uint k = 0u; k < TPR; k++)
+            rsum += red[r * TPR + k];
         if (p.mode == 1u) {
-            [[unroll]] for (uint a = 0u; a < RPT; a++)
-                if (valid[a] && c == 0u) {
-                    part.d[stat_at(h, t0 + rr + RB * a, split)] = rmx[a];
-                    part.d[stat_at(h, t0 + rr + RB * a, split) + 1u] = rsum[a];
-                }
+            if (valid && c == 0u) {
+                part.d[stat_at(h, t0 + r, split)] = rmx;
+                part.d[stat_at(h, t0 + r, split) + 1u] = rsum;
+            }
             return;
         }
         fetch_tile(k_lo, k_hi, g, true);
-    } else if (exact) { // mode 2: the rows' maxima and sums from their splits'
-        [[unroll]] for (uint a = 0u; a < RPT; a++) {
-            if (!valid[a])
-                continue;
-            const uint t = t0 + rr + RB * a, splits = mine[a] / p.sk + 1u;
-            for (uint s = 0u; s < splits; s++)
-                rmx[a] = max(rmx[a], part.d[stat_at(h, t, s)]);
-            for (uint s = 0u; s < splits; s++) {
-                const float m = part.d[stat_at(h, t, s)];
-                if (m != ninf)
-                    rsum[a] += part.d[stat_at(h, t, s) + 1u] * exp(m - rmx[a]);
-            }
+    } else if (exact && valid) { // mode 2: the row's maximum and sum from its splits'
+        const uint splits = mine / p.sk + 1u;
+        for (uint s = 0u; s < splits; s++)
+            rmx = max(rmx, part.d[stat_at(h, t0 + r, s)]);
+        for (uint s = 0u; s < splits; s++) {
+            const float m = part.d[stat_at(h, t0 + r, s)];
+            if (m != ninf)
+                rsum += part.d[stat_at(h, t0 + r, s) + 1u] * exp(m - rmx);
         }
     }
 
     // the pass that weighs the values (with an F16 cache, its second)
-    float mx[RPT], l[RPT]; // the rows' running maxima, this thread's parts of their sums
-    vec4 acc[RPT][VPT];
-    [[unroll]] for (uint a = 0u; a < RPT; a++) {
-        mx[a] = ninf, l[a] = 0.0;
-        [[unroll]] for (uint m = 0u; m < VPT; m++)
-            acc[a][m] = vec4(0.0);
-    }
+    float mx = ninf, l = 0.0; // the row's running maximum, this thread's part of its sum
+    vec4 acc[VPT];
+    [[unroll]] for (uint m = 0u; m < VPT; m++)
+        acc[m] = vec4(0.0);
     const uint dv4 = p.dv / 4u;
     for (uint kb = k_lo; kb <= k_hi; kb += BK) {
         store_tile();
         barrier();
         if (kb + BK <= k_hi)
             fetch_tile(kb + BK, k_hi, g, true);
-        scores(rr, c);
-        // the rows' running maxima, raised by this tile (-inf while a row
-        // has seen no key: w stays 0 and alpha is not used)
-        [[unroll]] for (uint a = 0u; a < RPT; a++)
-            red[(rr + RB * a) * TPR + c] = mask_scores(a, kb, c, valid[a], mine[a]);
-        barrier();
-        [[unroll]] for (uint a = 0u; a < RPT; a++) {
-            const uint r = rr + RB * a;
-            float mn = rmx[a], alpha = 1.0;
-            if (!exact) {
-                mn = max(mx[a], row_max(r));
-                alpha = mx[a] == ninf ? 0.0 : exp(mx[a] - mn);
-            }
-            float add = 0.0;
-            [[unroll]] for (uint m = 0u; m < KPT; m++) {
-                float w = 0.0;
-                if (sc[a][m] != ninf)
-                    w = exact ? round_f16(exp(sc[a][m] - rmx[a]) / rsum[a]) : exp(sc[a][m] - mn);
-                ps[r * PS + c + TPR * m] = w;
-                add += w;
-            }
-            l[a] = l[a] * alpha + add;
-            mx[a] = mn;
-            [[unroll]] for (uint m = 0u; m < VPT; m++)
-                acc[a][m] *= alpha;
+        scores(r, c);
+        float tm = ninf;
+        [[unroll]] for (uint m = 0u; m < KPT; m++) {
+            if (!valid || kb + c + TPR * m > mine)
+                sc[m] = ninf;
+            tm = max(tm, sc[m]);
         }
+        // the row's running maximum, raised by this tile (-inf while the
+        // row has seen no key: w stays 0 and alpha is not used)
+        red[tid] = tm;
+        barrier();
+        float mn = rmx, alpha = 1.0;
+        if (!exact) {
+            mn = mx;
+            for (uint k = 0u; k < TPR; k++)
+                mn = max(mn, red[r * TPR + k]);
+            alpha = mx == ninf ? 0.0 : exp(mx - mn);
+        }
+        float add = 0.0;
+        [[unroll]] for (uint m = 0u; m < KPT; m++) {
+            float w = 0.0;
+            if (sc[m] != ninf)
+                w = exact ? round_f16(exp(sc[m] - rmx) / rsum) : exp(sc[m] - mn);
+            ps[r * PS + c + TPR * m] = w;
+            add += w;
+        }
+        l = l * alpha + add;
+        mx = mn;
+        [[unroll]] for (uint m = 0u; m < VPT; m++)
+            acc[m] *= alpha;
         barrier();
         const uint nk = min(BK, k_hi + 1u - kb);
         for (uint j = 0u; j < nk; j++) {
-            vec4 v[VPT];
+            const float w = ps[r * PS + j];
             [[unroll]] for (uint m = 0u; m < VPT; m++)
-                v[m] = c + TPR * m < dv4 ? vs[j * D4 + c + TPR * m] : vec4(0.0);
-            [[unroll]] for (uint a = 0u; a < RPT; a++) {
-                const float w = ps[(rr + RB * a) * PS + j];
-                [[unroll]] for (uint m = 0u; m < VPT; m++)
-                    acc[a][m] += w * v[m];
-            }
+                if (c + TPR * m < dv4)
+                    acc[m] += w * vs[j * D4 + c + TPR * m];
         }
         barrier();
     }
-    [[unroll]] for (uint a = 0u; a < RPT; a++)
-        red[(rr + RB * a) * TPR + c] = l[a];
+    red[tid] = l;
     barrier();
-    [[unroll]] for (uint a = 0u; a < RPT; a++) {
-        if (!valid[a])
-            continue;
-        const uint t = t0 + rr + RB * a;
-        const float sum = exact ? 1.0 : row_sum(rr + RB * a);
-        if (p.mode == 2u) { // the split's partial results
-            const uint at = vals_at(h, t, split);
+    float sum = 0.0;
+    for (uint k = 0u; k < TPR; k++)
+        sum += red[r * TPR + k];
+    if (exact)
+        sum = 1.0;
+    if (p.mode == 2u) { // the split's partial results
+        if (valid) {
+            const uint at = vals_at(h, t0 + r, split);
             [[unroll]] for (uint m = 0u; m < VPT; m++) {
                 const uint i = 4u * (c + TPR * m);
                 if (i < p.dv) {
-                    part.d[at + i] = acc[a][m].x;
-                    part.d[at + i + 1u] = acc[a][m].y;
-                    part.d[at + i + 2u] = acc[a][m].z;
-                    part.d[at + i + 3u] = acc[a][m].w;
+                    part.d[at + i] = acc[m].x;
+                    part.d[at + i + 1u] = acc[m].y;
+                    part.d[at + i + 2u] = acc[m].z;
+                    part.d[at + i + 3u] = acc[m].w;
                 }
             }
             if (c == 0u && !exact) {
-                part.d[stat_at(h, t, split)] = mx[a];
-                part.d[stat_at(h, t, split) + 1u] = sum;
+                part.d[stat_at(h, t0 + r, split)] = mx;
+                part.d[stat_at(h, t0 + r, split) + 1u] = sum;
             }
-            continue;
         }
-        const uint orow = p.oo + (t * p.n_head + h) * p.dv;
+        return;
+    }
+    if (valid) {
+        const uint orow = p.oo + ((t0 + r) * p.n_head + h) * p.dv;
         [[unroll]] for (uint m = 0u; m < VPT; m++) {
             const uint i = 4u * (c + TPR * m);
             if (i < p.dv) {
-                const vec4 v = acc[a][m] / sum;
+                const vec4 v = acc[m] / sum;
                 o.d[orow + i] = v.x;
                 o.d[orow + i + 1u] = v.y;
                 o.d[orow + i + 2u] = v.z;
