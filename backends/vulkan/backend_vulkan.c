@@ -522,9 +522,7 @@ static uint32_t split_k_target(void)
  * q/k/v projections; not yet timed on a GPU, so not the default).  The
  * tiled products of the legacy types read each step's blocks into
  * registers while the step before is computed, unless
- * CODEMOE_VULKAN_TILED_PREFETCH=0 (for comparison).  A norm of at most
- * CODEMOE_VULKAN_NORM_Q_ROWS rows (8) quantizes its rows for the product
- * after it; longer ones leave that to quantize.comp. */
+ * CODEMOE_VULKAN_TILED_PREFETCH=0 (for comparison). */
 /* Likewise the prompt attention shader (attention_prompt.comp) from
  * st->attn_min query rows: CODEMOE_VULKAN_PROMPT_ATTN=N (0: never,
  * attention.comp for every row; 1: every batch, a generated token's too),
@@ -542,7 +540,6 @@ static void pick_products(vk_state *st)
     st->split_k = split_k_target();
     st->split_groups = env_count("CODEMOE_VULKAN_SPLIT_GROUPS", 0) != 0;
     st->tiled_prefetch = env_count("CODEMOE_VULKAN_TILED_PREFETCH", 1) != 0;
-    st->norm_q_rows = env_count("CODEMOE_VULKAN_NORM_Q_ROWS", 8);
 }
 
 /* Rows per generation product workgroup (matmul.comp's RW, 64 threads):

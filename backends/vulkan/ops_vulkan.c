@@ -650,12 +650,12 @@ static int64_t xq_tokens(vk_state *st, int64_t cols, int kind)
  * weights' products (0: no such norm, or no weight of a block type). */
 static int norm_fold_kind(vk_state *st, int nw, const cm_tensor *const *ws, const cm_tensor *x)
 {
-    /* norm.comp's ROW_MAX; up to st->norm_q_rows rows (a norm's
+    /* norm.comp's ROW_MAX; a few rows only (generation): a norm's
      * workgroup quantizes its one row, fewer workgroups than quantize.comp
-     * spreads a prompt's blocks over) */
-    enum { ROW_MAX = 3072 };
+     * spreads a prompt's blocks over */
+    enum { ROW_MAX = 3072, ROWS_MAX = 8 };
     if (!st->pend_norm.held || !same_tensor(&st->pend_norm.out, x) ||
-        x->ne[0] > ROW_MAX || (uint64_t)x->ne[1] > st->norm_q_rows)
+        x->ne[0] > ROW_MAX || x->ne[1] > ROWS_MAX)
         return 0;
     for (int i = 0; i < nw; i++) {
         const int kind = quantized(ws[i]->type);
