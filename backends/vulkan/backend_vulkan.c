@@ -542,6 +542,20 @@ static void pick_products(vk_state *st)
     st->tiled_prefetch = env_count("CODEMOE_VULKAN_TILED_PREFETCH", 1) != 0;
 }
 
+/* The chunks of 32 a tiled product's workgroup takes between barriers
+ * (matmul_tiled.comp's KC): CODEMOE_VULKAN_TILED_KC (1 .. 8), 4 by
+ * default; fewer where the device's shared memory would not hold them
+ * (5,696 bytes a chunk). */
+static uint32_t tiled_chunks(const VkPhysicalDeviceProperties *props)
+{
+    enum { CHUNK_BYTES = 5696, MAX_CHUNKS = 8 };
+    uint32_t kc = env_count("CODEMOE_VULKAN_TILED_KC", 4);
+    kc = kc < 1 ? 1 : kc > MAX_CHUNKS ? MAX_CHUNKS : kc;
+    while (kc > 1 && kc * CHUNK_BYTES > props->limits.maxComputeSharedMemorySize)
+        kc /= 2;
+    return kc;
+}
+
 /* Rows per generation product workgroup (matmul.comp's RW, 64 threads):
  * on a GPU one per subgroup, so every subgroup streams its own row at once
  * (an H100 generated qwen05b Q4_0 at 338 tok/s with 2 rows, 252 with 8:
@@ -573,6 +587,7 @@ static cm_status make_device(vk_state *st, cm_err *err)
     st->align = st->align < 4 ? 4 : st->align;
     st->max_range = props.limits.maxStorageBufferRange;
     st->mm_rows = env_count("CODEMOE_VULKAN_MM_ROWS", mm_rows_for(&props, st->feat.subgroup_size));
+    st->tiled_chunks = tiled_chunks(&props);
     st->mm_rows = st->mm_rows ? st->mm_rows : 8;
     pick_products(st);
     /* 64-bit floats and integer dot products are enabled where the device
@@ -691,9 +706,9 @@ int vk_pipe_matmul(vk_state *st, uint32_t t, int variant)
     if (st->pipe[i])
         return i;
     const int tiled = variant == VK_MM_TILED;
-    const uint32_t v[2] = {t, tiled ? (uint32_t)st->tiled_prefetch : st->mm_rows};
-    const VkSpecializationMapEntry e[2] = {{0, 0, 4}, {1, 4, 4}};
-    const VkSpecializationInfo si = {2, e, sizeof v, v};
+    const uint32_t v[3] = {t, tiled ? (uint32_t)st->tiled_prefetch : st->mm_rows, st->tiled_chunks};
+    const VkSpecializationMapEntry e[3] = {{0, 0, 4}, {1, 4, 4}, {2, 8, 4}};
+    const VkSpecializationInfo si = {tiled ? 3 : 2, e, sizeof v, v};
     vk_check(make_pipeline(st, tiled ? st->mt_module : st->mm_module, &si, &st->pipe[i]),
              "creating a matmul pipeline");
     return i;

@@ -116,6 +116,7 @@ typedef struct {
      * added up by split_sum.comp */
     uint32_t split_k;
     int tiled_prefetch; /* matmul_tiled.comp's PREFETCH_ON */
+    uint32_t tiled_chunks; /* matmul_tiled.comp's KC */
     int split_groups; /* products that share their input split too */
     vk_buf mm_part;
     /* prompt attention (attention_prompt.comp) from attn_min query rows (0:

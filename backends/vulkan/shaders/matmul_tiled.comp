@@ -55,7 +55,9 @@ layout(constant_id = 1) const uint PREFETCH_ON = 1u;
 #define RX (BM / TM) // invocation (tx, ty): rows tx + RX i, tokens ty + RY j
 #define RY (BN / TN)
 #define NT 256u // invocations: RX RY (local_size_x)
-#define KC 4u   // 32-element chunks per step between barriers
+// 32-element chunks per step between barriers: 4, or more where shared
+// memory allows (the host's choice: tiled_chunks in backend_vulkan.c)
+layout(constant_id = 2) const uint KC = 4u;
 
 // Chunk c of the step, half h (16 elements, four to a uint as the
 // activations' quants: element 4k + b in byte b), at [(2 c + h) WS + row]
@@ -126,9 +128,9 @@ void load_acts(uint t0, uint k0, uint kc, uint tid)
 // two halfwords (d, m); an activation item its 4 words of quants (and the
 // block's d and s for the first half).
 const bool PREFETCH = PREFETCH_ON != 0u && TYPE <= 6u;
-#define WI (BM * KC * 2u / NT) // weight items a thread: 2
-#define SI (BM * KC / NT)      // scale items: 1
-#define AI (BN * KC * 2u / NT) // activation items: 2
+const uint WI = (BM * KC * 2u + NT - 1u) / NT; // weight items a thread: 2 (KC 4)
+const uint SI = (BM * KC + NT - 1u) / NT;      // scale items: 1
+const uint AI = (BN * KC * 2u + NT - 1u) / NT; // activation items: 2
 uint pw[WI][6], pwo[WI], ps_[SI][2], pso[SI];
 uvec4 pa[AI];
 uint pad[AI], pas[AI];
