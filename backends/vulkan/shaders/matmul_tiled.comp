@@ -196,21 +196,11 @@ void store_step(uint kc, uint tid)
         uint a[5];
         [[unroll]] for (uint k = 0u; k < 5u; k++)
             a[k] = hword(pw[u], pwo[u], k);
-        uvec4 v;
-        if (TYPE == 2u)
-            v = uvec4(a[0], a[1], a[2], a[3]);
-        else {
-            // element e of the block: the low nibble of byte e (e < 16) or
-            // the high one of byte e - 16; Q5's fifth bit bit e of qh
-            const bool hash = TYPE == 4u || TYPE == 6u;
-            const uint o = hash ? 1u : 0u;
-            v = (uvec4(a[o], a[o + 1u], a[o + 2u], a[o + 3u]) >> (4u * h)) & 0x0F0F0F0Fu;
-            if (hash) {
-                const uint qh = a[0] >> (16u * h);
-                v |= uvec4(spread4(qh), spread4(qh >> 4), spread4(qh >> 8), spread4(qh >> 12)) << 4;
-            }
-            const uint off = TYPE == 3u ? 8u : TYPE == 4u ? 16u : 0u;
-            v = uvec4(minus(v.xy, off), minus(v.zw, off));
+        uvec4 v = uvec4(a[0], a[1], a[2], a[3]); // Q8_0: the quants as they are
+        if (TYPE != 2u) { // 16 bytes of qs (after Q5's qh)
+            const uint o = TYPE == 4u || TYPE == 6u ? 1u : 0u;
+            v = uvec4(legacy_quants(uvec2(a[o], a[o + 1u]), a[0], 2u * h),
+                      legacy_quants(uvec2(a[o + 2u], a[o + 3u]), a[0], 2u * h + 1u));
         }
         s_wq[ch * WS + r] = v;
     }

@@ -29,6 +29,20 @@ uvec2 minus(uvec2 v, uint off)
 }
 uint pack16(int a, int b) { return (uint(a) & 0xFFFFu) | (uint(b) << 16); }
 
+// Elements 8 q .. 8 q + 7 of a 4/5-bit legacy block (TYPE 3 .. 6: f16 d
+// (, m) (, 32 bits qh), 16 bytes qs) from its bytes 8 (q & 1) .. + 7 of
+// qs and its qh: element e in the low nibble of byte e (e < 16) or the high
+// one of byte e - 16, its fifth bit bit e of qh; as int8s.
+uvec2 legacy_quants(uvec2 qs8, uint qh, uint q)
+{
+    uvec2 v = (qs8 >> (4u * (q >> 1))) & 0x0F0F0F0Fu;
+    if (TYPE == 4u || TYPE == 6u) {
+        const uint h = qh >> (8u * q);
+        v |= uvec2(spread4(h), spread4(h >> 4)) << 4;
+    }
+    return minus(v, TYPE == 3u ? 8u : TYPE == 4u ? 16u : 0u);
+}
+
 // Elements 8 q .. 8 q + 7 of chunk j (0 for the legacy types, 0 .. 7 of a
 // K super-block) of the block at halfword hb, as int8s (quant/blocks.h,
 // unpacked as quant/ref_legacy.c and ref_kquants.c do).
@@ -37,17 +51,9 @@ uvec2 wquants(uint hb, uint j, uint q)
     if (TYPE == 2u)
         return bytes8(hb + 1u + 4u * q);
     if (TYPE <= 6u) {
-        // f16 d (, m) (, 32 bits qh), 16 bytes qs: element e in the low
-        // nibble of byte e (e < 16) or the high one of byte e - 16, its
-        // fifth bit bit e of qh
         const bool hash = TYPE == 4u || TYPE == 6u;
         const uint qo = 1u + (LMIN ? 1u : 0u) + (hash ? 2u : 0u);
-        uvec2 v = (bytes8(hb + qo + 4u * (q & 1u)) >> (4u * (q >> 1))) & 0x0F0F0F0Fu;
-        if (hash) {
-            const uint qh = word_at(hb + qo - 2u) >> (8u * q);
-            v |= uvec2(spread4(qh), spread4(qh >> 4)) << 4;
-        }
-        return minus(v, TYPE == 3u ? 8u : TYPE == 4u ? 16u : 0u);
+        return legacy_quants(bytes8(hb + qo + 4u * (q & 1u)), hash ? word_at(hb + qo - 2u) : 0u, q);
     }
     if (TYPE == 7u || TYPE == 9u) {
         // Q4_K (d, dmin, scales[12], qs[128]), Q5_K (qh[32] before qs):
