@@ -279,6 +279,8 @@ static void query_chains(const ext_list *x, VkPhysicalDevice phys, vk_features *
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES};
     VkPhysicalDeviceSubgroupSizeControlFeatures ssc = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_SIZE_CONTROL_FEATURES};
+    VkPhysicalDeviceVulkanMemoryModelFeatures mm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_MEMORY_MODEL_FEATURES};
     VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2};
     VkPhysicalDeviceSubgroupProperties sg = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
@@ -293,6 +295,7 @@ static void query_chains(const ext_list *x, VkPhysicalDevice phys, vk_features *
     const int has_dot = usable(x, VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME,
                                VK_API_VERSION_1_3);
     const int has_ssc = usable(x, VK_EXT_SUBGROUP_SIZE_CONTROL_EXTENSION_NAME, VK_API_VERSION_1_3);
+    const int has_mm = usable(x, VK_KHR_VULKAN_MEMORY_MODEL_EXTENSION_NAME, VK_API_VERSION_1_2);
     chain(&ft, &s16); /* core in 1.1, as are the subgroup properties */
     chain(&pt, &sg);
     if (has8)
@@ -303,6 +306,8 @@ static void query_chains(const ext_list *x, VkPhysicalDevice phys, vk_features *
         chain(&ft, &dot), chain(&pt, &dotp);
     if (has_ssc)
         chain(&ft, &ssc), chain(&pt, &sscp);
+    if (has_mm)
+        chain(&ft, &mm);
     vkGetPhysicalDeviceFeatures2(phys, &f2);
     vkGetPhysicalDeviceProperties2(phys, &p2);
     f->f16_storage = s16.storageBuffer16BitAccess;
@@ -311,6 +316,7 @@ static void query_chains(const ext_list *x, VkPhysicalDevice phys, vk_features *
     f->i8_math = h8.shaderInt8;
     f->int_dot = dot.shaderIntegerDotProduct;
     f->int_dot_fast = f->int_dot && dotp.integerDotProduct4x8BitPackedSignedAccelerated;
+    f->mem_model = mm.vulkanMemoryModel;
     f->subgroup_size = sg.subgroupSize;
     /* the operations count only where compute shaders have them */
     f->subgroup_ops = (sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) ? sg.supportedOperations
@@ -506,6 +512,25 @@ static uint32_t split_k_target(void)
     return !tile_min_setting() ? 0 : t < VK_SPLIT_K_MAX ? t : VK_SPLIT_K_MAX;
 }
 
+/* Whether the device multiplies int8 16 x 32 by 32 x 16 matrices into
+ * int32 with NVIDIA's cooperative matrices in subgroups of 32, and has what
+ * matmul_tiled.comp's COOP_NV compile needs beside: int8 arithmetic, the
+ * Vulkan memory model (glslang's cooperative-matrix loads use it),
+ * subgroup votes.  (The instance asks for Vulkan 1.1: each of these
+ * implies the device lists its extension.) */
+static int coop_s8_usable(const vk_features *f)
+{
+    int shape = 0;
+    for (uint32_t i = 0; i < f->n_nv; i++) {
+        const vk_coopmat_shape *s = &f->nv_shapes[i];
+        shape |= s->m == 16 && s->n == 16 && s->k == 32 && s->a == VK_COMPONENT_TYPE_SINT8_NV &&
+                 s->c == VK_COMPONENT_TYPE_SINT32_NV;
+    }
+    const uint32_t ops = VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_VOTE_BIT;
+    return shape && f->i8_math && f->mem_model && f->subgroup_size == 32 &&
+           (f->subgroup_ops & ops) == ops;
+}
+
 /* Which products take the tiled shader (matmul_tiled.comp): those of the
  * block types over at least st->tile_min tokens, 16 by default (below
  * that matmul.comp reads the weights only a few times, and a tile would
@@ -522,7 +547,9 @@ static uint32_t split_k_target(void)
  * q/k/v projections; not yet timed on a GPU, so not the default).  The
  * tiled products of the legacy types read each step's blocks into
  * registers while the step before is computed, unless
- * CODEMOE_VULKAN_TILED_PREFETCH=0 (for comparison). */
+ * CODEMOE_VULKAN_TILED_PREFETCH=0 (for comparison).  Those of the legacy
+ * types take its cooperative-matrix compile where coop_s8_usable says the
+ * device can, unless CODEMOE_VULKAN_COOPMAT=0. */
 /* Likewise the prompt attention shader (attention_prompt.comp) from
  * st->attn_min query rows: CODEMOE_VULKAN_PROMPT_ATTN=N (0: never,
  * attention.comp for every row; 1: every batch, a generated token's too),
@@ -540,18 +567,22 @@ static void pick_products(vk_state *st)
     st->split_k = split_k_target();
     st->split_groups = env_count("CODEMOE_VULKAN_SPLIT_GROUPS", 0) != 0;
     st->tiled_prefetch = env_count("CODEMOE_VULKAN_TILED_PREFETCH", 1) != 0;
+    st->coop = coop_s8_usable(&st->feat) && env_count("CODEMOE_VULKAN_COOPMAT", 1) != 0;
 }
 
 /* The chunks of 32 a tiled product's workgroup takes between barriers
  * (matmul_tiled.comp's KC): CODEMOE_VULKAN_TILED_KC (1 .. 8), 4 by
  * default; fewer where the device's shared memory would not hold them
- * (5,696 bytes a chunk). */
-static uint32_t tiled_chunks(const VkPhysicalDeviceProperties *props)
+ * (chunk_bytes a chunk, beside fixed_bytes: 5,696 and 0 for the shader,
+ * 7,232 and 1,024 for its COOP_NV compile). */
+static uint32_t tiled_chunks(const VkPhysicalDeviceProperties *props, uint32_t chunk_bytes,
+                             uint32_t fixed_bytes)
 {
-    enum { CHUNK_BYTES = 5696, MAX_CHUNKS = 8 };
+    enum { MAX_CHUNKS = 8 };
+    const uint32_t room = props->limits.maxComputeSharedMemorySize - fixed_bytes;
     uint32_t kc = env_count("CODEMOE_VULKAN_TILED_KC", 4);
     kc = kc < 1 ? 1 : kc > MAX_CHUNKS ? MAX_CHUNKS : kc;
-    while (kc > 1 && kc * CHUNK_BYTES > props->limits.maxComputeSharedMemorySize)
+    while (kc > 1 && kc * chunk_bytes > room)
         kc /= 2;
     return kc;
 }
@@ -587,7 +618,8 @@ static cm_status make_device(vk_state *st, cm_err *err)
     st->align = st->align < 4 ? 4 : st->align;
     st->max_range = props.limits.maxStorageBufferRange;
     st->mm_rows = env_count("CODEMOE_VULKAN_MM_ROWS", mm_rows_for(&props, st->feat.subgroup_size));
-    st->tiled_chunks = tiled_chunks(&props);
+    st->tiled_chunks = tiled_chunks(&props, 5696, 0);
+    st->coop_chunks = tiled_chunks(&props, 7232, 1024);
     st->mm_rows = st->mm_rows ? st->mm_rows : 8;
     pick_products(st);
     /* 64-bit floats and integer dot products are enabled where the device
@@ -600,16 +632,34 @@ static cm_status make_device(vk_state *st, cm_err *err)
     VkPhysicalDeviceShaderIntegerDotProductFeatures dot = {
         .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES,
         .shaderIntegerDotProduct = VK_TRUE};
-    const char *dot_ext = VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME;
+    VkPhysicalDeviceCooperativeMatrixFeaturesNV coop = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_COOPERATIVE_MATRIX_FEATURES_NV,
+        .cooperativeMatrix = VK_TRUE};
+    VkPhysicalDeviceShaderFloat16Int8Features i8 = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES,
+        .shaderInt8 = VK_TRUE};
+    VkPhysicalDeviceVulkanMemoryModelFeatures mm = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_MEMORY_MODEL_FEATURES,
+        .vulkanMemoryModel = VK_TRUE};
+    const char *ext[4];
+    uint32_t n_ext = 0;
+    VkBaseOutStructure head = {0}, *tail = &head;
+    if (st->int_dot)
+        ext[n_ext++] = VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME, chain(&tail, &dot);
+    if (st->coop) {
+        ext[n_ext++] = VK_NV_COOPERATIVE_MATRIX_EXTENSION_NAME;
+        ext[n_ext++] = VK_KHR_SHADER_FLOAT16_INT8_EXTENSION_NAME;
+        ext[n_ext++] = VK_KHR_VULKAN_MEMORY_MODEL_EXTENSION_NAME;
+        chain(&tail, &coop), chain(&tail, &i8), chain(&tail, &mm);
+    }
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
                                   .queueFamilyIndex = fam, .queueCount = 1,
                                   .pQueuePriorities = &prio};
     VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
-                             .pNext = st->int_dot ? &dot : NULL,
+                             .pNext = head.pNext,
                              .queueCreateInfoCount = 1, .pQueueCreateInfos = &qi,
-                             .enabledExtensionCount = st->int_dot ? 1 : 0,
-                             .ppEnabledExtensionNames = &dot_ext,
+                             .enabledExtensionCount = n_ext, .ppEnabledExtensionNames = ext,
                              .pEnabledFeatures = &use};
     VkResult r = vkCreateDevice(st->phys, &di, NULL, &st->dev);
     if (r != VK_SUCCESS)
@@ -694,6 +744,12 @@ static cm_status make_pipelines(vk_state *st, cm_err *err)
         r = make_pipeline(st, mod, NULL, &st->pipe[i]);
         vkDestroyShaderModule(st->dev, mod, NULL);
     }
+    if (r == VK_SUCCESS && st->coop) {
+        const vk_shader *sh = vk_shader_coop();
+        VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+                                       .codeSize = sh->bytes, .pCode = sh->code};
+        r = vkCreateShaderModule(st->dev, &mi, NULL, &st->mc_module);
+    }
     return r == VK_SUCCESS ? CM_OK : vk_fail(err, r, "creating the compute pipelines");
 }
 
@@ -705,12 +761,13 @@ int vk_pipe_matmul(vk_state *st, uint32_t t, int variant)
     const int i = VK_SHADER_COUNT + variant * VK_MM_TYPES + (int)t;
     if (st->pipe[i])
         return i;
-    const int tiled = variant == VK_MM_TILED;
-    const uint32_t v[3] = {t, tiled ? (uint32_t)st->tiled_prefetch : st->mm_rows, st->tiled_chunks};
+    const int plain = variant == VK_MM_PLAIN, coop = variant == VK_MM_COOP;
+    const uint32_t v[3] = {t, plain ? st->mm_rows : (uint32_t)st->tiled_prefetch,
+                           coop ? st->coop_chunks : st->tiled_chunks};
     const VkSpecializationMapEntry e[3] = {{0, 0, 4}, {1, 4, 4}, {2, 8, 4}};
-    const VkSpecializationInfo si = {tiled ? 3 : 2, e, sizeof v, v};
-    vk_check(make_pipeline(st, tiled ? st->mt_module : st->mm_module, &si, &st->pipe[i]),
-             "creating a matmul pipeline");
+    const VkSpecializationInfo si = {plain ? 2 : 3, e, sizeof v, v};
+    const VkShaderModule mod = plain ? st->mm_module : coop ? st->mc_module : st->mt_module;
+    vk_check(make_pipeline(st, mod, &si, &st->pipe[i]), "creating a matmul pipeline");
     return i;
 }
 
@@ -894,6 +951,8 @@ static void vk_release(cm_backend *be)
             vkDestroyShaderModule(st->dev, st->mm_module, NULL);
         if (st->mt_module)
             vkDestroyShaderModule(st->dev, st->mt_module, NULL);
+        if (st->mc_module)
+            vkDestroyShaderModule(st->dev, st->mc_module, NULL);
         if (st->desc_pool)
             vkDestroyDescriptorPool(st->dev, st->desc_pool, NULL);
         if (st->pipe_layout)

@@ -326,8 +326,11 @@ void vk_profile_report(vk_state *st)
         if (i < VK_SHADER_COUNT)
             snprintf(name, sizeof name, "%s", names[i]);
         else
-            snprintf(name, sizeof name, "%s/%d", i < VK_SHADER_COUNT + VK_MM_TYPES ? "matmul"
-                     : "matmul_tiled", (i - VK_SHADER_COUNT) % VK_MM_TYPES);
+            snprintf(name, sizeof name, "%s/%d",
+                     i < VK_SHADER_COUNT + VK_MM_TYPES       ? "matmul"
+                     : i < VK_SHADER_COUNT + 2 * VK_MM_TYPES ? "matmul_tiled"
+                                                             : "matmul_coop",
+                     (i - VK_SHADER_COUNT) % VK_MM_TYPES);
         fprintf(stderr, "  %-16s %8llu dispatches %10.4f s %8.2f us each %12llu workgroups\n",
                 name, (unsigned long long)st->prof_n[i], st->prof_s[i],
                 1e6 * st->prof_s[i] / (double)st->prof_n[i], (unsigned long long)st->prof_groups[i]);

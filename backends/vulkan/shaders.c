@@ -54,6 +54,9 @@ SPV(matmul_tiled)
 SPV(matmul_tiled_dot)
 #include "backends/vulkan/shaders/matmul_tiled_dot.spvinc"
 ;
+SPV(matmul_tiled_coop)
+#include "backends/vulkan/shaders/matmul_tiled_coop.spvinc"
+;
 SPV(matmul_dot)
 #include "backends/vulkan/shaders/matmul_dot.spvinc"
 ;
@@ -89,6 +92,9 @@ static const vk_shader shaders[VK_SHADER_COUNT] = {
 };
 static const vk_shader norm64 = ENTRY(norm_f64), rope64 = ENTRY(rope_f64);
 static const vk_shader tiled_dot = ENTRY(matmul_tiled_dot), mm_dot = ENTRY(matmul_dot);
+static const vk_shader tiled_coop = ENTRY(matmul_tiled_coop);
+
+const vk_shader *vk_shader_coop(void) { return &tiled_coop; }
 
 const vk_shader *vk_shader_for(int id, int f64, int int_dot)
 {

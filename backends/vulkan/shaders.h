@@ -39,4 +39,8 @@ typedef struct {
  * dot product instructions where the device has them enabled (int_dot). */
 const vk_shader *vk_shader_for(int id, int f64, int int_dot);
 
+/* matmul_tiled.comp's compile on NVIDIA's int8 cooperative matrices
+ * (COOP_NV), for devices that have them (backend_vulkan.c coop_s8_usable). */
+const vk_shader *vk_shader_coop(void);
+
 #endif

@@ -29,11 +29,11 @@ typedef struct {
 } vk_set_entry;
 
 /* Pipelines: one per shader, then per weight type code (ops_vulkan.c
- * type_code) matmul.comp's and matmul_tiled.comp's (vk_pipe_matmul's
- * variants). */
+ * type_code) matmul.comp's, matmul_tiled.comp's and its cooperative-matrix
+ * compile's (vk_pipe_matmul's variants). */
 #define VK_MM_TYPES 13
-enum { VK_MM_PLAIN = 0, VK_MM_TILED = 1 };
-#define VK_PIPE_COUNT (VK_SHADER_COUNT + 2 * VK_MM_TYPES)
+enum { VK_MM_PLAIN = 0, VK_MM_TILED = 1, VK_MM_COOP = 2 };
+#define VK_PIPE_COUNT (VK_SHADER_COUNT + 3 * VK_MM_TYPES)
 #define VK_TS_MAX 4096 /* timestamps a batch (the rest of its dispatches untimed) */
 /* matmul_tiled.comp's tile: weight rows (its BM) by tokens (its BN) */
 #define VK_TILE_ROWS 64
@@ -76,6 +76,7 @@ typedef struct {
     int i8_math;        /* shaderInt8 */
     int int_dot;        /* shaderIntegerDotProduct */
     int int_dot_fast;   /* ... with 4x8-bit packed signed dots accelerated */
+    int mem_model;      /* vulkanMemoryModel */
     uint32_t subgroup_size;
     uint32_t subgroup_ops;           /* VkSubgroupFeatureFlags in compute shaders */
     uint32_t subgroup_min, subgroup_max; /* with subgroup size control, else 0 */
@@ -105,6 +106,7 @@ typedef struct {
     VkPipeline pipe[VK_PIPE_COUNT]; /* the shaders', then the products' per type */
     VkShaderModule mm_module;       /* matmul.comp, for those */
     VkShaderModule mt_module;       /* matmul_tiled.comp (its int_dot variant or not) */
+    VkShaderModule mc_module;       /* its COOP_NV compile, where st->coop */
     uint32_t mm_rows;               /* rows per matmul workgroup (its RW) */
     /* products of the block types over at least this many tokens take
      * matmul_tiled.comp (0: never); int_dot: shaderIntegerDotProduct is
@@ -117,6 +119,10 @@ typedef struct {
     uint32_t split_k;
     int tiled_prefetch; /* matmul_tiled.comp's PREFETCH_ON */
     uint32_t tiled_chunks; /* matmul_tiled.comp's KC */
+    /* the legacy types' tiled products on NVIDIA's int8 cooperative
+     * matrices (matmul_tiled.comp's COOP_NV), with coop_chunks its KC */
+    int coop;
+    uint32_t coop_chunks;
     int split_groups; /* products that share their input split too */
     vk_buf mm_part;
     /* prompt attention (attention_prompt.comp) from attn_min query rows (0:

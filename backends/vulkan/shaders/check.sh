@@ -3,7 +3,8 @@
 # and attention a second time with -DUSE_F64 into their _f64 variants (for
 # devices with shaderFloat64), and matmul and matmul_tiled with -DINT_DOT
 # into matmul_dot and matmul_tiled_dot (for devices with
-# shaderIntegerDotProduct), and
+# shaderIntegerDotProduct), matmul_tiled with -DCOOP_NV into
+# matmul_tiled_coop (NVIDIA's int8 cooperative matrices), and
 # attention_prompt with -DDMAX=128 (heads up to 128).  Fails on
 # the first error.
 #   sh backends/vulkan/shaders/check.sh [OUTDIR]
@@ -32,6 +33,10 @@ for src in "$here"/*.comp; do
     matmul | matmul_tiled)
         "$glslc" --target-env=vulkan1.1 -O -DINT_DOT "$src" -o "$out/${name}_dot.spv"
         n=$((n + 1))
+        if [ "$name" = matmul_tiled ]; then
+            "$glslc" --target-env=vulkan1.1 -O -DCOOP_NV "$src" -o "$out/${name}_coop.spv"
+            n=$((n + 1))
+        fi
         ;;
     attention_prompt)
         "$glslc" --target-env=vulkan1.1 -O -DDMAX=128 "$src" -o "$out/${name}_128.spv"

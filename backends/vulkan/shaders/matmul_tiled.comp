@@ -4,6 +4,13 @@
 #ifdef INT_DOT
 #extension GL_EXT_spirv_intrinsics : require
 #endif
+#ifdef COOP_NV
+#extension GL_NV_cooperative_matrix : require
+#extension GL_NV_integer_cooperative_matrix : require
+#extension GL_EXT_shader_explicit_arithmetic_types_int8 : require
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_vote : require
+#endif
 // y row t = x row t w^T (+ b) for many tokens (prompts): the products of
 // the block types (TYPE: matmul.comp's codes 2 .. 9, 11, 12), with
 // matmul.comp's arithmetic (see its header): per 32-element block of the
@@ -28,6 +35,14 @@
 // the four-quant dots are SPIR-V's OpSDot on packed 4x8-bit vectors
 // (exact: no saturation), through GL_EXT_spirv_intrinsics (glslang before
 // 12 has no GL_EXT_integer_dot_product); otherwise four multiplies.
+//
+// COOP_NV (a third compile, for the legacy types on devices with NVIDIA's
+// cooperative matrices of int8 16 x 32 by 32 x 16 into int32, subgroups
+// of 32): each subgroup multiplies a 16-row by 32-token part of the tile
+// a chunk at a time with the matrix units, the integer sums per chunk
+// exact as the dots', then scales them per element as the dots' path does
+// (coop_chunk); the quants are laid out a row's (token's) 32 in a row of
+// shared memory for the matrix loads.
 layout(local_size_x = 256) in;
 
 layout(std430, set = 0, binding = 0) readonly buffer B_0 { uint d[]; } x;
@@ -67,10 +82,24 @@ layout(constant_id = 2) const uint KC = 4u;
 // K types), the K types' integer scales and mins of the chunk's two
 // 16-element halves (int16 pairs); the activations' at [c BN + token]: d,
 // and s (legacy, float bits) or the halves' two bsums (K, int16 pair).
+// COOP_NV instead: a row's (token's) chunk as two uvec4 at QROW c + ...,
+// and a third of padding, so that the eight rows a matrix load reads at
+// once (48 bytes apart) hit every bank once; the chunks two further
+// apart, so a store's (chunk, half) neighbours fall in different banks.
+#ifdef COOP_NV
+#define QROW 3u
+#define WQ_AT(c, h, r) ((c) * (BM * QROW + 2u) + (r) * QROW + (h))
+#define XQ_AT(c, h, t) ((c) * (BN * QROW + 2u) + (t) * QROW + (h))
+shared uvec4 s_wq[KC * (BM * QROW + 2u)];
+shared uvec4 s_xq[KC * (BN * QROW + 2u)];
+#else
 #define WS (BM + 1u)
 #define XS (BN + 1u)
+#define WQ_AT(c, h, r) ((2u * (c) + (h)) * WS + (r))
+#define XQ_AT(c, h, t) ((2u * (c) + (h)) * XS + (t))
 shared uvec4 s_wq[KC * 2u * WS];
 shared uvec4 s_xq[KC * 2u * XS];
+#endif
 shared float s_wd[KC * BM], s_wm[KC * BM], s_xd[KC * BN];
 shared uint s_wsc[KC * BM], s_wmn[KC * BM], s_xs[KC * BN];
 
@@ -83,7 +112,7 @@ void load_weights(uint r0, uint k0, uint kc, uint tid)
         const uint r = i / (2u * kc), ch = i % (2u * kc), h = ch & 1u;
         uint j;
         const uint hb = block_of(r0, r, k0 + (ch >> 1), j);
-        s_wq[ch * WS + r] = uvec4(wquants(hb, j, 2u * h), wquants(hb, j, 2u * h + 1u));
+        s_wq[WQ_AT(ch >> 1, h, r)] = uvec4(wquants(hb, j, 2u * h), wquants(hb, j, 2u * h + 1u));
     }
     for (uint i = tid; i < BM * kc; i += NT) {
         const uint r = i / kc, c = i % kc;
@@ -110,7 +139,7 @@ void load_acts(uint t0, uint k0, uint kc, uint tid)
             base = p.ox + 10u * (tok * (p.cols / 32u) + kb);
             q = base + 2u + 4u * h;
         }
-        s_xq[(2u * c + h) * XS + t] = uvec4(x.d[q], x.d[q + 1u], x.d[q + 2u], x.d[q + 3u]);
+        s_xq[XQ_AT(c, h, t)] = uvec4(x.d[q], x.d[q + 1u], x.d[q + 2u], x.d[q + 3u]);
         if (h == 0u) {
             s_xd[c * BN + t] = uintBitsToFloat(x.d[base]);
             s_xs[c * BN + t] = KT ? x.d[base + 65u + (kb & 7u)] : x.d[base + 1u];
@@ -202,7 +231,7 @@ void store_step(uint kc, uint tid)
             v = uvec4(legacy_quants(uvec2(a[o], a[o + 1u]), a[0], 2u * h),
                       legacy_quants(uvec2(a[o + 2u], a[o + 3u]), a[0], 2u * h + 1u));
         }
-        s_wq[ch * WS + r] = v;
+        s_wq[WQ_AT(ch >> 1, h, r)] = v;
     }
     [[unroll]] for (uint u = 0u; u < SI; u++) {
         const uint i = tid + NT * u;
@@ -218,7 +247,7 @@ void store_step(uint kc, uint tid)
         if (i >= BN * kc * 2u)
             break;
         const uint t = i / (2u * kc), c = (i % (2u * kc)) >> 1, h = i & 1u;
-        s_xq[(2u * c + h) * XS + t] = pa[u];
+        s_xq[XQ_AT(c, h, t)] = pa[u];
         if (h == 0u) {
             s_xd[c * BN + t] = uintBitsToFloat(pad[u]);
             s_xs[c * BN + t] = pas[u];
@@ -285,9 +314,9 @@ void compute_chunk(uint c, uint kb, uint tx, uint ty)
     for (uint h = 0u; h < 2u; h++) {
         uvec4 a[TM], b[TN];
         for (uint i = 0u; i < TM; i++)
-            a[i] = s_wq[(2u * c + h) * WS + tx + RX * i];
+            a[i] = s_wq[WQ_AT(c, h, tx + RX * i)];
         for (uint jj = 0u; jj < TN; jj++)
-            b[jj] = s_xq[(2u * c + h) * XS + ty + RY * jj];
+            b[jj] = s_xq[XQ_AT(c, h, ty + RY * jj)];
         for (uint i = 0u; i < TM; i++)
             for (uint jj = 0u; jj < TN; jj++) {
                 const uint o = i * TN + jj;
@@ -329,6 +358,84 @@ void compute_chunk(uint c, uint kb, uint tx, uint ty)
         flush_k(c, tx, ty);
 }
 
+#ifdef COOP_NV
+// A subgroup's part of the tile: rows sr .. sr + 15, tokens st .. st + 31
+// as two 16 x 16 fragments of int32 sums.  Element i of a fragment (of
+// CL an invocation) is at row rr[i], token cc[i] of it: the
+// implementation's layout, read once by loading a matrix of the indices.
+// Where that is the layout of NVIDIA's mma instructions (nvl), the rows
+// and tokens are spelled out instead, so that the elements sharing a
+// row or a token share its scale's load.
+#define SCOPE 3 // gl_ScopeSubgroup
+#define CM_A icoopmatNV<8, SCOPE, 16, 32>
+#define CM_B icoopmatNV<8, SCOPE, 32, 16>
+#define CM_C icoopmatNV<32, SCOPE, 16, 16>
+#define CL 8u
+shared int s_idx[256];
+uint rr[CL], cc[CL];
+float cacc[2u * CL];
+
+uint nv_row(uint lane, uint i) { return (lane >> 2) + 8u * ((i >> 1) & 1u); }
+uint nv_token(uint lane, uint i) { return 2u * (lane & 3u) + (i & 1u) + 8u * (i >> 2); }
+
+// rr and cc (the indices' matrix is in s_idx); whether they are nvl's
+bool coop_layout()
+{
+    CM_C ix;
+    coopMatLoadNV(ix, s_idx, 0u, 16u, false);
+    const uint lane = gl_SubgroupInvocationID;
+    bool nv = ix.length() == int(CL);
+    [[unroll]] for (uint i = 0u; i < CL; i++) {
+        rr[i] = uint(ix[i]) >> 4;
+        cc[i] = uint(ix[i]) & 15u;
+        nv = nv && rr[i] == nv_row(lane, i) && cc[i] == nv_token(lane, i);
+    }
+    return subgroupAll(nv);
+}
+
+// a fragment's exact chunk sums (biased as the dots' t16) into cacc, as
+// compute_chunk's legacy float term
+#define COOP_SCALE(ROW, TOKEN)                                                   \
+    [[unroll]] for (uint i = 0u; i < CL; i++) {                                \
+        const uint r = wb + (ROW), t = xb + (TOKEN);                           \
+        const float sum = uintBitsToFloat(uint(sv[i])) - F_BIAS;               \
+        cacc[f * CL + i] += sum * (s_wd[r] * s_xd[t]);                         \
+        if (LMIN)                                                              \
+            cacc[f * CL + i] += s_wm[r] * uintBitsToFloat(s_xs[t]);            \
+    }
+
+void coop_chunk(uint c, uint sr, uint st, bool nvl)
+{
+    CM_A a;
+    coopMatLoadNV(a, s_wq, WQ_AT(c, 0u, sr), QROW, false);
+    const CM_C bias0 = CM_C(F_BIAS_BITS);
+    const uint lane = gl_SubgroupInvocationID, wb = c * BM + sr;
+    [[unroll]] for (uint f = 0u; f < 2u; f++) {
+        CM_B b;
+        coopMatLoadNV(b, s_xq, XQ_AT(c, 0u, st + 16u * f), QROW, true);
+        const CM_C s = coopMatMulAddNV(a, b, bias0);
+        int sv[CL];
+        [[unroll]] for (uint i = 0u; i < CL; i++)
+            sv[i] = s[i];
+        const uint xb = c * BN + st + 16u * f;
+        if (nvl) {
+            COOP_SCALE(nv_row(lane, i), nv_token(lane, i))
+        } else {
+            COOP_SCALE(rr[i], cc[i])
+        }
+    }
+}
+#endif
+
+// row's bias, or 0
+float bias_of(uint row)
+{
+    if (p.has_b == 0u)
+        return 0.0;
+    const uint h = p.ob + 2u * row, lo = bias.d[h >> 1];
+    return uintBitsToFloat((h & 1u) == 0u ? lo : (lo >> 16) | (bias.d[(h >> 1) + 1u] << 16));
+}
+
 void main()
 {
     const uint tid = gl_LocalInvocationIndex, tx = tid % RX, ty = tid / RX;
@@ -344,6 +451,15 @@ void main()
         isum[o] = 0;
         mins[o] = 0;
     }
+#ifdef COOP_NV
+    const uint sg = gl_SubgroupID, sr = 16u * (sg & 3u), st = 32u * (sg >> 2);
+    for (uint i = tid; i < 256u; i += NT)
+        s_idx[i] = int(i);
+    for (uint o = 0u; o < 2u * CL; o++)
+        cacc[o] = 0.0;
+    barrier();
+    const bool nvl = coop_layout();
+#endif
     if (PREFETCH && kbeg < nk)
         fetch_step(r0, t0, kbeg, min(KC, nk - kbeg), tid);
     for (uint k0 = kbeg; k0 < nk; k0 += KC) {
@@ -359,22 +475,32 @@ void main()
         barrier();
         if (PREFETCH && k0 + KC < nk)
             fetch_step(r0, t0, k0 + KC, min(KC, nk - k0 - KC), tid);
+#ifdef COOP_NV
+        for (uint c = 0u; c < kc; c++)
+            coop_chunk(c, sr, st, nvl);
+#else
         for (uint c = 0u; c < kc; c++)
             compute_chunk(c, k0 + c, tx, ty);
+#endif
     }
+#ifdef COOP_NV
+    for (uint f = 0u; f < 2u; f++)
+        for (uint i = 0u; i < CL; i++) {
+            const uint row = r0 + sr + rr[i], tok = t0 + st + 16u * f + cc[i];
+            if (row < p.rows && tok < p.n)
+                y.d[oy + tok * p.rows + row] = cacc[f * CL + i] + bias_of(row);
+        }
+#else
     for (uint i = 0u; i < TM; i++) {
         const uint row = r0 + tx + RX * i;
         if (row >= p.rows)
             break;
-        float b = 0.0;
-        if (p.has_b != 0u) {
-            const uint h = p.ob + 2u * row, lo = bias.d[h >> 1];
-            b = uintBitsToFloat((h & 1u) == 0u ? lo : (lo >> 16) | (bias.d[(h >> 1) + 1u] << 16));
-        }
+        const float b = bias_of(row);
         for (uint jj = 0u; jj < TN; jj++) {
             const uint tok = t0 + ty + RY * jj;
             if (tok < p.n)
                 y.d[oy + tok * p.rows + row] = acc[i * TN + jj] + b;
         }
     }
+#endif
 }
