@@ -547,9 +547,10 @@ static int coop_s8_usable(const vk_features *f)
  * q/k/v projections; not yet timed on a GPU, so not the default).  The
  * tiled products of the legacy types read each step's blocks into
  * registers while the step before is computed, unless
- * CODEMOE_VULKAN_TILED_PREFETCH=0 (for comparison).  Those of the legacy
- * types take its cooperative-matrix compile where coop_s8_usable says the
- * device can, unless CODEMOE_VULKAN_COOPMAT=0. */
+ * CODEMOE_VULKAN_TILED_PREFETCH=0 (for comparison).  With
+ * CODEMOE_VULKAN_COOPMAT=1 those of the legacy types take its
+ * cooperative-matrix compile where coop_s8_usable says the device can (off
+ * by default until it has run on such a device: lavapipe has none). */
 /* Likewise the prompt attention shader (attention_prompt.comp) from
  * st->attn_min query rows: CODEMOE_VULKAN_PROMPT_ATTN=N (0: never,
  * attention.comp for every row; 1: every batch, a generated token's too),
@@ -567,7 +568,7 @@ static void pick_products(vk_state *st)
     st->split_k = split_k_target();
     st->split_groups = env_count("CODEMOE_VULKAN_SPLIT_GROUPS", 0) != 0;
     st->tiled_prefetch = env_count("CODEMOE_VULKAN_TILED_PREFETCH", 1) != 0;
-    st->coop = coop_s8_usable(&st->feat) && env_count("CODEMOE_VULKAN_COOPMAT", 1) != 0;
+    st->coop = coop_s8_usable(&st->feat) && env_count("CODEMOE_VULKAN_COOPMAT", 0) != 0;
 }
 
 /* The chunks of 32 a tiled product's workgroup takes between barriers
