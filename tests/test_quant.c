@@ -573,6 +573,31 @@ static void check_q8_0_kv(int64_t n)
     free(x), free(k), free(q1), free(q2), free(kq);
 }
 
+/* cm_dot_rows_pair / cm_sum_rows_pair (two heads of one KV head, each row
+ * read once) give each query exactly what the one-query functions give. */
+static void check_rows_pair(enum cm_type t, int64_t n, int64_t m, const char *rows,
+                            size_t stride, const float *x, const float *p)
+{
+    const int64_t big = m > n ? m : n;
+    float *x2 = malloc(n * sizeof(float)), *p2 = malloc(m * sizeof(float));
+    float *one = malloc(2 * big * sizeof(float)), *two = malloc(2 * big * sizeof(float));
+    fill_normal(x2, n, 2.0f);
+    fill_normal(p2, m, 1.0f);
+    cm_dot_rows(t, n, rows, stride, m, x, one);
+    cm_dot_rows(t, n, rows, stride, m, x2, one + big);
+    cm_dot_rows_pair(t, n, rows, stride, m, x, x2, two, two + big);
+    CHECK(!memcmp(one, two, m * sizeof(float)) && !memcmp(one + big, two + big, m * sizeof(float)),
+          "%s dot_rows_pair %s n=%lld m=%lld differs from dot_rows", cm_kern.isa, tname(t),
+          (long long)n, (long long)m);
+    cm_sum_rows(t, n, rows, stride, m, p, one);
+    cm_sum_rows(t, n, rows, stride, m, p2, one + big);
+    cm_sum_rows_pair(t, n, rows, stride, m, p, p2, two, two + big);
+    CHECK(!memcmp(one, two, n * sizeof(float)) && !memcmp(one + big, two + big, n * sizeof(float)),
+          "%s sum_rows_pair %s n=%lld m=%lld differs from sum_rows", cm_kern.isa, tname(t),
+          (long long)n, (long long)m);
+    free(x2), free(p2), free(one), free(two);
+}
+
 /* cm_dot_rows / cm_sum_rows over m rows stride bytes apart (a KV cache's
  * positions of one head) against per-row references. */
 static void check_rows_type(enum cm_type t, int64_t n, int64_t m)
@@ -622,6 +647,8 @@ static void check_rows_type(enum cm_type t, int64_t n, int64_t m)
         CHECK(bad == 0, "%s sum_rows %s n=%lld m=%lld: %d wrong", cm_kern.isa, tname(t),
               (long long)n, (long long)m, bad);
     }
+    if (t == CM_TYPE_F16 || t == CM_TYPE_F32 || t == CM_TYPE_BF16)
+        check_rows_pair(t, n, m, rows, stride, x, p);
     free(rows), free(x), free(v), free(p), free(got), free(want), free(mag), free(xq);
 }
 

@@ -112,6 +112,19 @@ void cm_cpu_kv_copy(cm_backend *be, int il_dst, int il_src, int n)
     memcpy(st->v_cache[il_dst], st->v_cache[il_src], (size_t)n * kv_row_bytes(hp, st->kv_type, 1));
 }
 
+/* q as the cache's dot products take it: for an f16 cache rounded to f16,
+ * as llama.cpp does (into buf: d floats and d halves), else q itself. */
+static const float *query_as_cached(enum cm_type t, const float *q, int d, void *buf)
+{
+    if (t != CM_TYPE_F16)
+        return q;
+    float *qr = buf;
+    uint16_t *qh = (uint16_t *)(qr + d);
+    cm_row_to_f16(q, qh, d);
+    cm_row_to_float(CM_TYPE_F16, qh, qr, d);
+    return qr;
+}
+
 /* One query head against the cached keys/values of positions 0..pos.
  * qq: scratch for the query quantized to Q8_0 (Q8_0 cache only). */
 static void attend_head(const cm_cpu_state *st, int il, const float *q, int kvh, int pos,
@@ -126,13 +139,7 @@ static void attend_head(const cm_cpu_state *st, int il, const float *q, int kvh,
 
     if (t == CM_TYPE_Q8_0)
         cm_quantize_row_q8_0(q, qq, hp->head_dim);
-    if (t == CM_TYPE_F16) { /* llama.cpp rounds q to f16 for an f16 cache: do the same */
-        float *qr = qq;
-        uint16_t *qh = (uint16_t *)(qr + hp->head_dim);
-        cm_row_to_f16(q, qh, hp->head_dim);
-        cm_row_to_float(CM_TYPE_F16, qh, qr, hp->head_dim);
-        q = qr;
-    }
+    q = query_as_cached(t, q, hp->head_dim, qq);
     const int m = pos + 1;
     cm_dot_rows(t, hp->head_dim, kbase, kstride, m, t == CM_TYPE_Q8_0 ? (const void *)qq
                                                                       : (const void *)q, scores);
@@ -215,6 +222,40 @@ static void attend_tiled(const cm_cpu_state *st, int il, const attn_batch *b)
     }
 }
 
+/* Two query heads of KV head kvh (qa, qb; outputs oa, ob) against
+ * positions 0..pos, each cached row read once for both: attend_head's
+ * arithmetic, the same results.  w: the thread's tile buffer. */
+static void attend_pair(const cm_cpu_state *st, int il, const float *qa, const float *qb,
+                        int kvh, int pos, float *w, float *oa, float *ob)
+{
+    const cm_hparams *hp = st->hp;
+    const enum cm_type t = st->kv_type;
+    const int d = hp->head_dim, m = pos + 1;
+    const size_t kstride = kv_row_bytes(hp, t, 0), vstride = kv_row_bytes(hp, t, 1);
+    const char *kbase = (const char *)st->k_cache[il] + cm_row_bytes(t, (int64_t)kvh * d);
+    const char *vbase = (const char *)st->v_cache[il] + cm_row_bytes(t, (int64_t)kvh * hp->head_dim_v);
+    float *sa = w, *sb = sa + m, *qbuf = sb + m;
+    qa = query_as_cached(t, qa, d, qbuf);
+    qb = query_as_cached(t, qb, d, qbuf + 2 * d);
+    cm_dot_rows_pair(t, d, kbase, kstride, m, qa, qb, sa, sb);
+    const float inv_sqrt = 1.0f / sqrtf((float)d);
+    cm_attn_softmax(sa, m, inv_sqrt, t == CM_TYPE_F16);
+    cm_attn_softmax(sb, m, inv_sqrt, t == CM_TYPE_F16);
+    cm_sum_rows_pair(t, hp->head_dim_v, vbase, vstride, m, sa, sb, oa, ob);
+}
+
+/* Item it of a generation batch taken in head pairs: token it / (n_head /
+ * 2), heads 2p and 2p + 1 (p = it % (n_head / 2)), of one KV head. */
+static void attend_pair_item(const cm_cpu_state *st, int il, const attn_batch *b, int it, int group)
+{
+    const cm_hparams *hp = st->hp;
+    const int pairs = hp->n_head / 2, t = it / pairs, h = 2 * (it % pairs);
+    const float *q = b->q + ((size_t)t * hp->n_head + h) * hp->head_dim;
+    float *o = b->out + ((size_t)t * hp->n_head + h) * hp->head_dim_v;
+    attend_pair(st, il, q, q + hp->head_dim, h / group, b->p0 + t,
+                st->attn_tile + (size_t)cm_thread_num() * st->tile_floats, o, o + hp->head_dim_v);
+}
+
 /* Item it of a generation batch: token it / n_head, head it % n_head. */
 static void attend_item(const cm_cpu_state *st, int il, const attn_batch *b, int it, int group)
 {
@@ -236,15 +277,28 @@ void cm_cpu_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_ten
         return;
     }
     const cm_hparams *hp = st->hp;
-    const int group = hp->n_head / hp->n_head_kv, n_items = b.n * hp->n_head;
+    const int group = hp->n_head / hp->n_head_kv;
+    /* heads sharing a KV head in pairs where the ISA reads a row once for
+     * two queries (the rows' reads are most of a long context's time) */
+    const int pairs = group % 2 == 0 && cm_rows_pair_fast(st->kv_type);
+    const int n_items = b.n * (pairs ? hp->n_head / 2 : hp->n_head);
     /* threads only pay off once there is real work: a short context's heads
      * take less time than waking the team */
-    long work = (long)n_items * (p0 + b.n) * hp->head_dim;
+    long work = (long)b.n * hp->n_head * (p0 + b.n) * hp->head_dim;
     if (work > 65536) {
 #pragma omp parallel for schedule(dynamic, 1)
-        for (int it = 0; it < n_items; it++)
-            attend_item(st, il, &b, it, group);
-    } else /* (not an if clause: see CM_CPU_FOR) */
-        for (int it = 0; it < n_items; it++)
-            attend_item(st, il, &b, it, group);
+        for (int it = 0; it < n_items; it++) {
+            if (pairs)
+                attend_pair_item(st, il, &b, it, group);
+            else
+                attend_item(st, il, &b, it, group);
+        }
+    } else { /* (not an if clause: see CM_CPU_FOR) */
+        for (int it = 0; it < n_items; it++) {
+            if (pairs)
+                attend_pair_item(st, il, &b, it, group);
+            else
+                attend_item(st, il, &b, it, group);
+        }
+    }
 }

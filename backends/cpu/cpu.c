@@ -1097,6 +1097,35 @@ void cm_sum_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, 
         cm_axpy_f(type, n, p[j], (const char *)rows + (size_t)j * stride, out);
 }
 
+void cm_dot_rows_pair(enum cm_type type, int64_t n, const void *rows, size_t stride, int64_t m,
+                      const float *xa, const float *xb, float *outa, float *outb)
+{
+    cm_dot_rows_pair_fn f = type < CM_TYPE_COUNT ? cm_kern.dot_rows_pair[type] : NULL;
+    if (f) {
+        f(n, rows, stride, m, xa, xb, outa, outb);
+        return;
+    }
+    cm_dot_rows(type, n, rows, stride, m, xa, outa);
+    cm_dot_rows(type, n, rows, stride, m, xb, outb);
+}
+
+void cm_sum_rows_pair(enum cm_type type, int64_t n, const void *rows, size_t stride, int64_t m,
+                      const float *pa, const float *pb, float *outa, float *outb)
+{
+    cm_sum_rows_pair_fn f = type < CM_TYPE_COUNT ? cm_kern.sum_rows_pair[type] : NULL;
+    if (f) {
+        f(n, rows, stride, m, pa, pb, outa, outb);
+        return;
+    }
+    cm_sum_rows(type, n, rows, stride, m, pa, outa);
+    cm_sum_rows(type, n, rows, stride, m, pb, outb);
+}
+
+int cm_rows_pair_fast(enum cm_type type)
+{
+    return type < CM_TYPE_COUNT && cm_kern.dot_rows_pair[type] && cm_kern.sum_rows_pair[type];
+}
+
 void cm_attn_qk(enum cm_type type, int64_t d, const void *k, size_t kstride, int nk,
                 const float *q, int64_t nq, float *s, size_t ld)
 {

@@ -111,6 +111,17 @@ void cm_dot_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, 
 void cm_sum_rows(enum cm_type type, int64_t n, const void *rows, size_t stride, int64_t m,
                  const float *p, float *out);
 
+/* cm_dot_rows and cm_sum_rows for two queries of float rows (two heads
+ * sharing a KV head: F32/F16/BF16 rows), each row read once for both where
+ * the ISA has a kernel for it; every output exactly the one-query
+ * function's.  cm_rows_pair_fast: whether it has (else the pair costs two
+ * passes, as two calls). */
+void cm_dot_rows_pair(enum cm_type type, int64_t n, const void *rows, size_t stride, int64_t m,
+                      const float *xa, const float *xb, float *outa, float *outb);
+void cm_sum_rows_pair(enum cm_type type, int64_t n, const void *rows, size_t stride, int64_t m,
+                      const float *pa, const float *pb, float *outa, float *outb);
+int cm_rows_pair_fast(enum cm_type type);
+
 /* Attention for a prompt, one tile of nk <= 16 cached rows (keys or values
  * of one KV head, `stride` bytes apart, type F32/F16/BF16) against nq
  * queries:

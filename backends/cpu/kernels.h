@@ -29,6 +29,13 @@ typedef void (*cm_dot_rows_fn)(int64_t n, const void *rows, size_t stride, int64
                                const void *x, float *out);
 typedef void (*cm_sum_rows_fn)(int64_t n, const void *rows, size_t stride, int64_t m,
                                const float *p, float *out);
+/* The same for two queries (two heads of one KV head), each row read once
+ * for both; each output exactly what the one-query kernel gives
+ * (cm_dot_rows_pair, cm_sum_rows_pair in cpu.h). */
+typedef void (*cm_dot_rows_pair_fn)(int64_t n, const void *rows, size_t stride, int64_t m,
+                                    const float *xa, const float *xb, float *outa, float *outb);
+typedef void (*cm_sum_rows_pair_fn)(int64_t n, const void *rows, size_t stride, int64_t m,
+                                    const float *pa, const float *pb, float *outa, float *outb);
 
 /* A batched product (prompt processing): weight rows r0 <= r < r1 of a
  * matrix against n_tok activation rows, y[t * ldy + r] = dot(row r, x_t).
@@ -160,6 +167,9 @@ struct cm_kernels {
     /* NULL: cm_dot_rows / cm_sum_rows loop over vec_dot / axpy */
     cm_dot_rows_fn dot_rows[CM_TYPE_COUNT];
     cm_sum_rows_fn sum_rows[CM_TYPE_COUNT];
+    /* NULL: cm_dot_rows_pair / cm_sum_rows_pair call the above per query */
+    cm_dot_rows_pair_fn dot_rows_pair[CM_TYPE_COUNT];
+    cm_sum_rows_pair_fn sum_rows_pair[CM_TYPE_COUNT];
     cm_softmax_fn softmax;
     cm_swiglu_fn swiglu;
     cm_exp_sum_fn exp_sum;

@@ -874,6 +874,99 @@ static void dot_rows_f16(int64_t n, const void *rows, size_t stride, int64_t m, 
     }
 }
 
+/* dot_rows_f16 for two queries (two heads of one KV head): each key row
+ * converted once, then each query's products exactly as dot_rows_f16
+ * forms them. */
+#define PAIR_DOT32(k, x) _mm512_add_ps(_mm512_mul_ps((k)[0], (x)[0]), _mm512_mul_ps((k)[1], (x)[1]))
+static void dot_rows_f16_32_pair(const void *rows, size_t stride, int64_t m, const float *xa,
+                                 const float *xb, float *outa, float *outb)
+{
+    const __m512 xa2[2] = {_mm512_loadu_ps(xa), _mm512_loadu_ps(xa + 16)};
+    const __m512 xb2[2] = {_mm512_loadu_ps(xb), _mm512_loadu_ps(xb + 16)};
+    int64_t j = 0;
+    for (; j + 4 <= m; j += 4) {
+        __m512 k[4][2];
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)(j + i) * stride);
+            k[i][0] = load_f16x16(r, 0xFFFF);
+            k[i][1] = load_f16x16(r + 16, 0xFFFF);
+        }
+        __m512 ha = hsum4(PAIR_DOT32(k[0], xa2), PAIR_DOT32(k[1], xa2), PAIR_DOT32(k[2], xa2),
+                          PAIR_DOT32(k[3], xa2));
+        __m512 hb = hsum4(PAIR_DOT32(k[0], xb2), PAIR_DOT32(k[1], xb2), PAIR_DOT32(k[2], xb2),
+                          PAIR_DOT32(k[3], xb2));
+        _mm_storeu_ps(outa + j, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, ha)));
+        _mm_storeu_ps(outb + j, _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, hb)));
+    }
+    for (; j < m; j++) {
+        const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)j * stride);
+        const __m512 k[2] = {load_f16x16(r, 0xFFFF), load_f16x16(r + 16, 0xFFFF)};
+        outa[j] = _mm512_reduce_add_ps(PAIR_DOT32(k, xa2));
+        outb[j] = _mm512_reduce_add_ps(PAIR_DOT32(k, xb2));
+    }
+}
+#undef PAIR_DOT32
+
+/* One 64-column chunk of a key row against x, as key_dot64 forms it. */
+INLINE __m512 key_dot64_loaded(const __m512 k[4], const __m512 x[4])
+{
+    __m512 a = _mm512_mul_ps(k[0], x[0]);
+    __m512 b = _mm512_mul_ps(k[1], x[1]);
+    a = _mm512_fmadd_ps(k[2], x[2], a);
+    b = _mm512_fmadd_ps(k[3], x[3], b);
+    return _mm512_add_ps(a, b);
+}
+
+static void dot_rows_f16_pair(int64_t n, const void *rows, size_t stride, int64_t m,
+                              const float *xa, const float *xb, float *outa, float *outb)
+{
+    if (n == 32) {
+        dot_rows_f16_32_pair(rows, stride, m, xa, xb, outa, outb);
+        return;
+    }
+    for (int64_t j = 0; j < m; j++)
+        outa[j] = 0, outb[j] = 0;
+    for (int64_t c = 0; c < n; c += 64) {
+        const __mmask16 km[4] = {cols16(n, c), cols16(n, c + 16), cols16(n, c + 32),
+                                 cols16(n, c + 48)};
+        __m512 xa4[4], xb4[4];
+        UNROLL
+        for (int i = 0; i < 4; i++)
+            xa4[i] = _mm512_maskz_loadu_ps(km[i], xa + c + 16 * i),
+            xb4[i] = _mm512_maskz_loadu_ps(km[i], xb + c + 16 * i);
+        const char *base = (const char *)rows + 2 * c;
+        int64_t j = 0;
+        for (; j + 4 <= m; j += 4) { /* four keys reduced together, as dot_rows_f16 */
+            __m512 k[4][4];
+            UNROLL
+            for (int e = 0; e < 4; e++) {
+                const uint16_t *r = (const uint16_t *)(base + (size_t)(j + e) * stride);
+                UNROLL
+                for (int i = 0; i < 4; i++)
+                    k[e][i] = load_f16x16(r + 16 * i, km[i]);
+            }
+            __m512 ha = hsum4(key_dot64_loaded(k[0], xa4), key_dot64_loaded(k[1], xa4),
+                              key_dot64_loaded(k[2], xa4), key_dot64_loaded(k[3], xa4));
+            __m512 hb = hsum4(key_dot64_loaded(k[0], xb4), key_dot64_loaded(k[1], xb4),
+                              key_dot64_loaded(k[2], xb4), key_dot64_loaded(k[3], xb4));
+            __m128 fa = _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, ha));
+            __m128 fb = _mm512_castps512_ps128(_mm512_maskz_compress_ps(0x1111, hb));
+            _mm_storeu_ps(outa + j, _mm_add_ps(_mm_loadu_ps(outa + j), fa));
+            _mm_storeu_ps(outb + j, _mm_add_ps(_mm_loadu_ps(outb + j), fb));
+        }
+        for (; j < m; j++) {
+            const uint16_t *r = (const uint16_t *)(base + (size_t)j * stride);
+            __m512 k[4];
+            UNROLL
+            for (int i = 0; i < 4; i++)
+                k[i] = load_f16x16(r + 16 * i, km[i]);
+            outa[j] += _mm512_reduce_add_ps(key_dot64_loaded(k, xa4));
+            outb[j] += _mm512_reduce_add_ps(key_dot64_loaded(k, xb4));
+        }
+    }
+}
+
 /* sum_rows_f16 for heads of 32 columns: even and odd rows in separate
  * accumulators, so four multiply-add chains run side by side. */
 static void sum_rows_f16_32(const void *rows, size_t stride, int64_t m, const float *p, float *out)
@@ -897,6 +990,76 @@ static void sum_rows_f16_32(const void *rows, size_t stride, int64_t m, const fl
     }
     _mm512_storeu_ps(out, _mm512_add_ps(a0, b0));
     _mm512_storeu_ps(out + 16, _mm512_add_ps(a1, b1));
+}
+
+/* sum_rows_f16_32 for two weight vectors (two heads of one KV head): each
+ * value row converted once, each head's sums as sum_rows_f16_32 forms
+ * them. */
+static void sum_rows_f16_32_pair(const void *rows, size_t stride, int64_t m, const float *pa,
+                                 const float *pb, float *outa, float *outb)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+    __m512 c0 = a0, c1 = a0, d0 = a0, d1 = a0;
+    int64_t j = 0;
+    for (; j + 2 <= m; j += 2) {
+        const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)j * stride);
+        const uint16_t *q = (const uint16_t *)((const char *)r + stride);
+        const __m512 r0 = load_f16x16(r, 0xFFFF), r1 = load_f16x16(r + 16, 0xFFFF);
+        const __m512 q0 = load_f16x16(q, 0xFFFF), q1 = load_f16x16(q + 16, 0xFFFF);
+        __m512 pr = _mm512_set1_ps(pa[j]), pq = _mm512_set1_ps(pa[j + 1]);
+        a0 = _mm512_fmadd_ps(pr, r0, a0);
+        a1 = _mm512_fmadd_ps(pr, r1, a1);
+        b0 = _mm512_fmadd_ps(pq, q0, b0);
+        b1 = _mm512_fmadd_ps(pq, q1, b1);
+        pr = _mm512_set1_ps(pb[j]), pq = _mm512_set1_ps(pb[j + 1]);
+        c0 = _mm512_fmadd_ps(pr, r0, c0);
+        c1 = _mm512_fmadd_ps(pr, r1, c1);
+        d0 = _mm512_fmadd_ps(pq, q0, d0);
+        d1 = _mm512_fmadd_ps(pq, q1, d1);
+    }
+    if (j < m) {
+        const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)j * stride);
+        const __m512 r0 = load_f16x16(r, 0xFFFF), r1 = load_f16x16(r + 16, 0xFFFF);
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(pa[j]), r0, a0);
+        a1 = _mm512_fmadd_ps(_mm512_set1_ps(pa[j]), r1, a1);
+        c0 = _mm512_fmadd_ps(_mm512_set1_ps(pb[j]), r0, c0);
+        c1 = _mm512_fmadd_ps(_mm512_set1_ps(pb[j]), r1, c1);
+    }
+    _mm512_storeu_ps(outa, _mm512_add_ps(a0, b0));
+    _mm512_storeu_ps(outa + 16, _mm512_add_ps(a1, b1));
+    _mm512_storeu_ps(outb, _mm512_add_ps(c0, d0));
+    _mm512_storeu_ps(outb + 16, _mm512_add_ps(c1, d1));
+}
+
+static void sum_rows_f16_pair(int64_t n, const void *rows, size_t stride, int64_t m,
+                              const float *pa, const float *pb, float *outa, float *outb)
+{
+    if (n == 32) {
+        sum_rows_f16_32_pair(rows, stride, m, pa, pb, outa, outb);
+        return;
+    }
+    for (int64_t c = 0; c < n; c += 64) {
+        const __mmask16 km[4] = {cols16(n, c), cols16(n, c + 16), cols16(n, c + 32),
+                                 cols16(n, c + 48)};
+        __m512 a[4], b[4];
+        UNROLL
+        for (int i = 0; i < 4; i++)
+            a[i] = _mm512_setzero_ps(), b[i] = _mm512_setzero_ps();
+        for (int64_t j = 0; j < m; j++) {
+            const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)j * stride) + c;
+            const __m512 pj = _mm512_set1_ps(pa[j]), qj = _mm512_set1_ps(pb[j]);
+            UNROLL
+            for (int i = 0; i < 4; i++) {
+                const __m512 v = load_f16x16(r + 16 * i, km[i]);
+                a[i] = _mm512_fmadd_ps(pj, v, a[i]);
+                b[i] = _mm512_fmadd_ps(qj, v, b[i]);
+            }
+        }
+        UNROLL
+        for (int i = 0; i < 4; i++)
+            _mm512_mask_storeu_ps(outa + c + 16 * i, km[i], a[i]),
+            _mm512_mask_storeu_ps(outb + c + 16 * i, km[i], b[i]);
+    }
 }
 
 /* The attention-weighted sum of f16 value rows, 64 columns at a time in
@@ -1348,6 +1511,8 @@ int cm_kernels_avx512(struct cm_kernels *k, int vnni)
     k->quantize[CM_TYPE_F16] = f32_to_f16;
     k->dot_rows[CM_TYPE_F16] = dot_rows_f16;
     k->sum_rows[CM_TYPE_F16] = sum_rows_f16;
+    k->dot_rows_pair[CM_TYPE_F16] = dot_rows_f16_pair;
+    k->sum_rows_pair[CM_TYPE_F16] = sum_rows_f16_pair;
     k->softmax = softmax_avx512;
     k->attn_qk[CM_TYPE_F16] = attn_qk_f16;
     k->attn_pv[CM_TYPE_F16] = attn_pv_f16;
