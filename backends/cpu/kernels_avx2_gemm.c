@@ -325,8 +325,10 @@ INLINE void k_groups(int64_t nsb, const uint8_t *work, const void *x, int64_t n_
         for (int64_t rt = r0; rt < r1; rt += TR) {                              \
             int nr = rows - rt < TR ? (int)(rows - rt) : TR;                    \
             nr = r1 - rt < nr ? (int)(r1 - rt) : nr;                            \
-            GROUPS(nb, (const uint8_t *)tiles + (size_t)(rt / TR) * nb * (bbytes), \
-                   x, n_tok, y + rt, ldy, nr);                                  \
+            const uint8_t *tl = (const uint8_t *)tiles + (size_t)(rt / TR) * nb * (bbytes); \
+            if (rt + TR < r1 && (size_t)nb * (bbytes) <= PF_TILE_MAX)          \
+                prefetch_tile(tl + nb * (bbytes), (size_t)nb * (bbytes));       \
+            GROUPS(nb, tl, x, n_tok, y + rt, ldy, nr);                          \
         }                                                                       \
     }
 

@@ -301,6 +301,7 @@ INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *ac
 
 /* ---- drivers ---------------------------------------------------------------- */
 
+
 /* rows() of one format: each 16-row tile decoded once, then multiplied by
  * every group of 16 tokens (MK: the format's micro-kernel, MR rows at a
  * time; blk elements and bbytes decoded bytes per block, xbytes packed
@@ -349,8 +350,10 @@ INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *ac
         for (int64_t rt = r0; rt < r1; rt += TR) {                              \
             int nr = rows - rt < TR ? (int)(rows - rt) : TR;                    \
             nr = r1 - rt < nr ? (int)(r1 - rt) : nr;                            \
-            name##_tile(nb, (const uint8_t *)tiles + (size_t)(rt / TR) * nb * bbytes, \
-                        rt, nr, x, n_tok, y, ldy, stream);                      \
+            const uint8_t *tl = (const uint8_t *)tiles + (size_t)(rt / TR) * nb * bbytes; \
+            if (rt + TR < r1 && (size_t)nb * bbytes <= PF_TILE_MAX)            \
+                prefetch_tile(tl + nb * bbytes, (size_t)nb * bbytes);           \
+            name##_tile(nb, tl, rt, nr, x, n_tok, y, ldy, stream);              \
         }                                                                       \
         if (stream)                                                             \
             _mm_sfence();                                                       \
