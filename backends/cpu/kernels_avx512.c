@@ -877,6 +877,9 @@ static void dot_rows_f16(int64_t n, const void *rows, size_t stride, int64_t m, 
 /* dot_rows_f16 for two queries (two heads of one KV head): each key row
  * converted once, then each query's products exactly as dot_rows_f16
  * forms them. */
+#ifndef ROWS_AHEAD
+#define ROWS_AHEAD 16
+#endif
 #define PAIR_DOT32(k, x) _mm512_add_ps(_mm512_mul_ps((k)[0], (x)[0]), _mm512_mul_ps((k)[1], (x)[1]))
 static void dot_rows_f16_32_pair(const void *rows, size_t stride, int64_t m, const float *xa,
                                  const float *xb, float *outa, float *outb)
@@ -889,6 +892,7 @@ static void dot_rows_f16_32_pair(const void *rows, size_t stride, int64_t m, con
         UNROLL
         for (int i = 0; i < 4; i++) {
             const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)(j + i) * stride);
+            _mm_prefetch((const char *)r + ROWS_AHEAD * stride, _MM_HINT_T0);
             k[i][0] = load_f16x16(r, 0xFFFF);
             k[i][1] = load_f16x16(r + 16, 0xFFFF);
         }
@@ -1004,6 +1008,8 @@ static void sum_rows_f16_32_pair(const void *rows, size_t stride, int64_t m, con
     for (; j + 2 <= m; j += 2) {
         const uint16_t *r = (const uint16_t *)((const char *)rows + (size_t)j * stride);
         const uint16_t *q = (const uint16_t *)((const char *)r + stride);
+        _mm_prefetch((const char *)r + ROWS_AHEAD * stride, _MM_HINT_T0);
+        _mm_prefetch((const char *)q + ROWS_AHEAD * stride, _MM_HINT_T0);
         const __m512 r0 = load_f16x16(r, 0xFFFF), r1 = load_f16x16(r + 16, 0xFFFF);
         const __m512 q0 = load_f16x16(q, 0xFFFF), q1 = load_f16x16(q + 16, 0xFFFF);
         __m512 pr = _mm512_set1_ps(pa[j]), pq = _mm512_set1_ps(pa[j + 1]);
