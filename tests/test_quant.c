@@ -680,6 +680,48 @@ static void check_softmax(int64_t n, int round_f16, const struct cm_kernels *ref
     free(a), free(b);
 }
 
+/* The first index of the largest value, or -1 if one is not finite. */
+static int64_t argmax_simple(const float *x, int64_t n)
+{
+    int64_t best = -1;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(x[i]))
+            return -1;
+        if (best < 0 || x[i] > x[best])
+            best = i;
+    }
+    return best;
+}
+
+/* The arg-max (the ISA's and the scalar table's) against the plain loop
+ * above: random rows, rows whose maximum repeats (the first wins), the
+ * maximum at either end, and rows with a NaN or an infinity (-1: the
+ * sampler's slow path). */
+static void check_argmax(int64_t n, const struct cm_kernels *ref)
+{
+    float *a = malloc(n * sizeof(float));
+    for (int c = 0; c < 7; c++) {
+        fill_normal(a, n, 4.0f);
+        if (c == 1 && n > 2) /* ties: the later copies must lose */
+            a[n - 1] = a[n / 2] = a[1] = 50.0f;
+        if (c == 2)
+            a[n - 1] = 60.0f;
+        if (c == 3)
+            a[0] = 60.0f;
+        if (c == 4)
+            a[n / 3] = NAN;
+        if (c == 5)
+            a[n - 1] = INFINITY;
+        if (c == 6)
+            a[n / 2] = -INFINITY;
+        int64_t want = argmax_simple(a, n), got = cm_argmax_finite(a, n), tab = ref->argmax(a, n);
+        CHECK(got == want && tab == want, "%s argmax n=%lld case %d: %lld (scalar table %lld), "
+              "want %lld", cm_kern.isa, (long long)n, c, (long long)got, (long long)tab,
+              (long long)want);
+    }
+    free(a);
+}
+
 /* SwiGLU's silu(a) * b against the scalar table's, over the whole range
  * (large |a|: e^-a overflows or vanishes). */
 static void check_swiglu(int64_t n, const struct cm_kernels *ref)
@@ -907,6 +949,9 @@ static void test_helpers_once(void)
             check_softmax(ns[i] * 3, r, &ref);
     for (int i = 0; i < 8; i++)
         check_swiglu(ns[i] * 5, &ref);
+    for (int i = 0; i < n_ns; i++)
+        check_argmax(ns[i] * 3, &ref);
+    check_argmax(49152, &ref);
     for (int i = 0; i < 8; i++)
         check_rmsnorm_add(ns[i] * 3 + 1, &ref);
     static const int64_t vocab[] = {1, 17, 1023, 1024, 1025, 49152, 151936};

@@ -1151,6 +1151,8 @@ void cm_attn_pv(enum cm_type type, int64_t d, const void *v, size_t vstride, int
             cm_axpy_f(type, d, p[i * ld + j], (const char *)v + (size_t)j * vstride, o + i * d);
 }
 
+int64_t cm_argmax_finite(const float *x, int64_t n) { return cm_kern.argmax(x, n); }
+
 void cm_attn_softmax(float *x, int64_t n, float scale, int round_f16)
 {
     cm_kern.softmax(x, n, scale, round_f16);

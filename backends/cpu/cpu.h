@@ -132,6 +132,10 @@ void cm_attn_qk(enum cm_type type, int64_t d, const void *k, size_t kstride, int
 void cm_attn_pv(enum cm_type type, int64_t d, const void *v, size_t vstride, int nk,
                 const float *p, size_t ld, int64_t nq, float *o);
 
+/* The first index of the largest of n floats if every one is finite,
+ * else -1. */
+int64_t cm_argmax_finite(const float *x, int64_t n);
+
 /* x = softmax(scale * x) over n values, rounded to f16 precision when
  * round_f16 (the weights of an f16 value cache). */
 void cm_attn_softmax(float *x, int64_t n, float scale, int round_f16);

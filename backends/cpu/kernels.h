@@ -121,6 +121,10 @@ typedef void (*cm_swiglu_fn)(float *a, const float *b, int64_t n);
  * squares summed in double (out may be x). */
 typedef void (*cm_rmsnorm_fn)(float *out, const float *x, const float *w, int64_t n, float eps);
 
+/* The first i < n holding the largest x[i] when every x is finite (a
+ * greedy sampler's token), else -1 (the caller sanitizes the row). */
+typedef int64_t (*cm_argmax_fn)(const float *x, int64_t n);
+
 /* x[i] += y[i]: the residual additions. */
 typedef void (*cm_add_fn)(float *x, const float *y, int64_t n);
 
@@ -176,6 +180,7 @@ struct cm_kernels {
     cm_kld_sums_fn kld_sums;
     cm_rmsnorm_fn rmsnorm;
     cm_add_fn add;
+    cm_argmax_fn argmax;
     cm_attn_qk_fn attn_qk[CM_TYPE_COUNT]; /* NULL: cm_dot_rows per query */
     cm_attn_pv_fn attn_pv[CM_TYPE_COUNT]; /* NULL: cm_axpy_f per query and row */
 };

@@ -17,6 +17,7 @@
     defined(__AVX512VNNI__) && defined(__AVX2__) && defined(__FMA__) &&       \
     defined(__F16C__)
 
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -1256,6 +1257,43 @@ static void add_avx512(float *x, const float *y, int64_t n)
     }
 }
 
+/* argmax_ref in two passes of 64 values a step: the largest value and
+ * whether any is not finite (x - x is NaN exactly then), four chains;
+ * then the first position holding it. */
+static int64_t argmax_avx512(const float *x, int64_t n)
+{
+    __m512 mx[4], bad[4];
+    UNROLL
+    for (int k = 0; k < 4; k++)
+        mx[k] = _mm512_set1_ps(-FLT_MAX), bad[k] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        UNROLL
+        for (int k = 0; k < 4; k++) {
+            const __m512 v = _mm512_loadu_ps(x + i + 16 * k);
+            mx[k] = _mm512_max_ps(mx[k], v);
+            bad[k] = _mm512_add_ps(bad[k], _mm512_sub_ps(v, v));
+        }
+    for (; i < n; i += 16) {
+        const __mmask16 m = cols16(n, i);
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        mx[0] = _mm512_mask_max_ps(mx[0], m, mx[0], v);
+        bad[0] = _mm512_add_ps(bad[0], _mm512_sub_ps(v, v));
+    }
+    const __m512 b = _mm512_add_ps(_mm512_add_ps(bad[0], bad[1]), _mm512_add_ps(bad[2], bad[3]));
+    if (n <= 0 || _mm512_cmpneq_ps_mask(b, _mm512_setzero_ps()))
+        return -1;
+    const float best = _mm512_reduce_max_ps(
+        _mm512_max_ps(_mm512_max_ps(mx[0], mx[1]), _mm512_max_ps(mx[2], mx[3])));
+    const __m512 vb = _mm512_set1_ps(best);
+    for (i = 0; i < n; i += 16) {
+        const __mmask16 hit = _mm512_mask_cmpeq_ps_mask(cols16(n, i), _mm512_maskz_loadu_ps(cols16(n, i), x + i), vb);
+        if (hit)
+            return i + __builtin_ctz(hit);
+    }
+    return -1;
+}
+
 /* floats to f16, round to nearest even (as cm_f32_to_f16): KV cache rows */
 static void f32_to_f16(const float *x, void *y, int64_t n)
 {
@@ -1527,6 +1565,7 @@ int cm_kernels_avx512(struct cm_kernels *k, int vnni)
     k->kld_sums = kld_sums_avx512;
     k->rmsnorm = rmsnorm_avx512;
     k->add = add_avx512;
+    k->argmax = argmax_avx512;
     k->quantize[CM_TYPE_Q8_K] = quant_q8_K;
     cm_gemm_avx512_install(k, vnni);
     return 0;

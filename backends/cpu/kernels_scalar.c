@@ -7,6 +7,7 @@
  * value rounded to float first, as the dequantizers produce it. */
 #include "backends/cpu/kernels.h"
 
+#include <float.h>
 #include <math.h>
 
 #include "quant/blocks.h"
@@ -95,6 +96,43 @@ static void add_ref(float *x, const float *y, int64_t n)
         x[i] += y[i];
 }
 
+/* In passes a compiler vectorizes (16 independent lanes; the table of an
+ * ISA without its own arg-max runs this): the largest value and whether
+ * any is NaN or infinite (x - x is NaN exactly then), then the first block
+ * of 16 holding the largest. */
+static int64_t argmax_ref(const float *x, int64_t n)
+{
+    enum { LANES = 16 };
+    float lane_max[LANES], lane_bad[LANES];
+    for (int j = 0; j < LANES; j++)
+        lane_max[j] = -FLT_MAX, lane_bad[j] = 0.0f;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) {
+            float v = x[i + j];
+            lane_max[j] = v > lane_max[j] ? v : lane_max[j];
+            lane_bad[j] += v - v;
+        }
+    float m = -FLT_MAX, bad = 0.0f;
+    for (int j = 0; j < LANES; j++)
+        m = lane_max[j] > m ? lane_max[j] : m, bad += lane_bad[j];
+    for (; i < n; i++)
+        m = x[i] > m ? x[i] : m, bad += x[i] - x[i];
+    if (bad != 0.0f || n <= 0)
+        return -1;
+    for (i = 0; i + LANES <= n; i += LANES) {
+        int hit = 0;
+        for (int j = 0; j < LANES; j++)
+            hit |= x[i + j] == m;
+        if (hit)
+            break;
+    }
+    for (; i < n; i++)
+        if (x[i] == m)
+            return i;
+    return -1;
+}
+
 static double exp_sum_ref(const float *x, int64_t n, float shift)
 {
     double s = 0;
@@ -150,6 +188,7 @@ static void kld_sums_ref(const float *x, const void *b, int b_f16, int64_t n, fl
         .kld_sums = kld_sums_ref,                                             \
         .rmsnorm = rmsnorm_ref,                                               \
         .add = add_ref,                                                       \
+        .argmax = argmax_ref,                                                 \
     }
 
 struct cm_kernels cm_kern = SCALAR_TABLE;

@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backends/cpu/cpu.h"
+
 /* One surviving token: v holds the logit, later its unnormalised prob. */
 typedef struct {
     float v;
@@ -165,41 +167,13 @@ static int32_t sanitize_argmax_slow(float *logits, int32_t n)
     return best;
 }
 
-/* The same, in passes a compiler vectorizes (16 independent lanes): the
- * largest value and whether any is NaN or infinite (x - x is NaN exactly
- * then), then the first block of 16 holding the largest.  Only rows with
- * a non-finite logit take the one-pass loop above, which rewrites them. */
+/* The ISA's arg-max (one vector pass, then the first position holding
+ * the maximum) where every logit is finite; rows with a non-finite logit
+ * take the one-pass loop above, which rewrites them. */
 static int32_t sanitize_argmax(float *logits, int32_t n)
 {
-    enum { LANES = 16 };
-    float lane_max[LANES], lane_bad[LANES];
-    for (int j = 0; j < LANES; j++)
-        lane_max[j] = -FLT_MAX, lane_bad[j] = 0.0f;
-    int32_t i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int j = 0; j < LANES; j++) {
-            float v = logits[i + j];
-            lane_max[j] = v > lane_max[j] ? v : lane_max[j];
-            lane_bad[j] += v - v;
-        }
-    float m = -FLT_MAX, bad = 0.0f;
-    for (int j = 0; j < LANES; j++)
-        m = lane_max[j] > m ? lane_max[j] : m, bad += lane_bad[j];
-    for (; i < n; i++)
-        m = logits[i] > m ? logits[i] : m, bad += logits[i] - logits[i];
-    if (bad != 0.0f || n <= 0)
-        return sanitize_argmax_slow(logits, n);
-    for (i = 0; i + LANES <= n; i += LANES) {
-        int hit = 0;
-        for (int j = 0; j < LANES; j++)
-            hit |= logits[i + j] == m;
-        if (hit)
-            break;
-    }
-    for (; i < n; i++)
-        if (logits[i] == m)
-            return i;
-    return -1;
+    int64_t best = cm_argmax_finite(logits, n);
+    return best >= 0 ? (int32_t)best : sanitize_argmax_slow(logits, n);
 }
 
 /* Total order used everywhere: higher value first, then lower id, so the
