@@ -37,6 +37,10 @@ ids=$(seq -s, 1 3 300)
 for t in q8_0 q4_0 q4_1 q5_0 q5_1; do
     m=$TMP/smol-$t.gguf
     "$B/tools/gen_model" --preset smol135m --type "$t" --vocab "$VOCAB" -o "$m" >/dev/null
+    # which products ran (matmul_coop/N: the cooperative-matrix ones; none on a device
+    # without NVIDIA's int8 16x16x32 shape, and then the comparison below is of one path)
+    CODEMOE_VULKAN_COOPMAT=1 CODEMOE_VULKAN_PROFILE=1 "$B/codemoe" bench -m "$m" --backend vulkan \
+        -p 64 -n 0 -r 1 2>&1 | grep "matmul_" || true
     CODEMOE_VULKAN_COOPMAT=1 "$B/codemoe" logits -m "$m" --backend vulkan --ids "$ids" -o "$TMP/coop.bin"
     CODEMOE_VULKAN_COOPMAT=0 "$B/codemoe" logits -m "$m" --backend vulkan --ids "$ids" -o "$TMP/dots.bin"
     "$B/codemoe" logits -m "$m" --backend cpu --ids "$ids" -o "$TMP/cpu.bin"

@@ -937,9 +937,9 @@ static void test_helpers_once(void)
         check_helpers_type(CM_TYPE_Q8_0, n, &ref);
         check_q8_0_kv(n);
     }
-    static const int64_t ms[] = {1, 3, 64, 129};
+    static const int64_t ms[] = {1, 3, 6, 64, 129};
     for (int i = 0; i < n_ns; i++)
-        for (int j = 0; j < 4; j++)
+        for (int j = 0; j < 5; j++)
             for (int k = 0; k < 3; k++)
                 check_rows_type(ft[k], ns[i], ms[j]);
     for (int64_t n = 32; n <= 160; n += 32)

@@ -575,7 +575,7 @@ static void pick_products(vk_state *st)
  * (matmul_tiled.comp's KC): CODEMOE_VULKAN_TILED_KC (1 .. 8), 4 by
  * default; fewer where the device's shared memory would not hold them
  * (chunk_bytes a chunk, beside fixed_bytes: 5,696 and 0 for the shader,
- * 7,232 and 1,024 for its COOP_NV compile). */
+ * 7,744 and 1,024 for its COOP_NV compile). */
 static uint32_t tiled_chunks(const VkPhysicalDeviceProperties *props, uint32_t chunk_bytes,
                              uint32_t fixed_bytes)
 {
@@ -620,7 +620,7 @@ static cm_status make_device(vk_state *st, cm_err *err)
     st->max_range = props.limits.maxStorageBufferRange;
     st->mm_rows = env_count("CODEMOE_VULKAN_MM_ROWS", mm_rows_for(&props, st->feat.subgroup_size));
     st->tiled_chunks = tiled_chunks(&props, 5696, 0);
-    st->coop_chunks = tiled_chunks(&props, 7232, 1024);
+    st->coop_chunks = tiled_chunks(&props, 7744, 1024);
     st->mm_rows = st->mm_rows ? st->mm_rows : 8;
     pick_products(st);
     /* 64-bit floats and integer dot products are enabled where the device
