@@ -647,7 +647,7 @@ static void check_rows_type(enum cm_type t, int64_t n, int64_t m)
         CHECK(bad == 0, "%s sum_rows %s n=%lld m=%lld: %d wrong", cm_kern.isa, tname(t),
               (long long)n, (long long)m, bad);
     }
-    if (t == CM_TYPE_F16 || t == CM_TYPE_F32 || t == CM_TYPE_BF16)
+    if (cm_rows_pair_fast(t)) /* (otherwise the pair functions are these two calls) */
         check_rows_pair(t, n, m, rows, stride, x, p);
     free(rows), free(x), free(v), free(p), free(got), free(want), free(mag), free(xq);
 }

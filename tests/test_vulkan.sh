@@ -28,8 +28,9 @@ CODEMOE_BACKEND=vulkan CODEMOE_VULKAN_VALIDATION=1 "$BUILD/tests/test_model" || 
 # its keys never split (the default run splits them wherever there are
 # two tiles of keys or more), nor the products' rows (the default run
 # splits every lone product of fewer than 1024 tiles; the last run the
-# products that share an input too, with tiles of three chunks a step), and the legacy blocks read straight
-# into shared memory (the default reads each step's into registers first).
+# products that share an input too, with tiles of three chunks a step),
+# and the legacy blocks read straight into shared memory (the default
+# reads each step's into registers first).
 CODEMOE_VULKAN_TILED=1 CODEMOE_VULKAN_INT_DOT=0 CODEMOE_VULKAN_PROMPT_ATTN_WIDE=1 \
     CODEMOE_VULKAN_ATTN_SPLIT=0 CODEMOE_VULKAN_SPLIT_K=0 CODEMOE_VULKAN_TILED_PREFETCH=0 \
     CODEMOE_VULKAN_MM_ROWS=2 \

@@ -282,23 +282,16 @@ void cm_cpu_attention(cm_backend *be, int il, const cm_tensor *q, int p0, cm_ten
      * two queries (the rows' reads are most of a long context's time) */
     const int pairs = group % 2 == 0 && cm_rows_pair_fast(st->kv_type);
     const int n_items = b.n * (pairs ? hp->n_head / 2 : hp->n_head);
+    void (*const item)(const cm_cpu_state *, int, const attn_batch *, int, int) =
+        pairs ? attend_pair_item : attend_item;
     /* threads only pay off once there is real work: a short context's heads
      * take less time than waking the team */
     long work = (long)b.n * hp->n_head * (p0 + b.n) * hp->head_dim;
     if (work > 65536) {
 #pragma omp parallel for schedule(dynamic, 1)
-        for (int it = 0; it < n_items; it++) {
-            if (pairs)
-                attend_pair_item(st, il, &b, it, group);
-            else
-                attend_item(st, il, &b, it, group);
-        }
-    } else { /* (not an if clause: see CM_CPU_FOR) */
-        for (int it = 0; it < n_items; it++) {
-            if (pairs)
-                attend_pair_item(st, il, &b, it, group);
-            else
-                attend_item(st, il, &b, it, group);
-        }
-    }
+        for (int it = 0; it < n_items; it++)
+            item(st, il, &b, it, group);
+    } else /* (not an if clause: see CM_CPU_FOR) */
+        for (int it = 0; it < n_items; it++)
+            item(st, il, &b, it, group);
 }

@@ -343,10 +343,12 @@ static inline void decode_tiles(dec_fn dec, const uint8_t *w, size_t wrow, int64
  * ten runs of bench_matmul --decoded 49152 256: q6_K 1.42 -> 0.97 ms cold,
  * 1.06 -> 0.94 hot; q4_K 1.23 -> 1.00 cold, the same hot.  Larger tiles
  * (4864 x 1024: 23 KB) ran slower so, the next tile evicting the current
- * one from L1. */
+ * one from L1, so longer tiles are left to the hardware. */
 #define PF_TILE_MAX 8192
 static inline void prefetch_tile(const uint8_t *t, size_t bytes)
 {
+    if (bytes > PF_TILE_MAX)
+        return;
     for (size_t o = 0; o < bytes; o += 64)
         _mm_prefetch((const char *)t + o, _MM_HINT_T0);
 }

@@ -326,7 +326,7 @@ INLINE void k_groups(int64_t nsb, const uint8_t *work, const void *x, int64_t n_
             int nr = rows - rt < TR ? (int)(rows - rt) : TR;                    \
             nr = r1 - rt < nr ? (int)(r1 - rt) : nr;                            \
             const uint8_t *tl = (const uint8_t *)tiles + (size_t)(rt / TR) * nb * (bbytes); \
-            if (rt + TR < r1 && (size_t)nb * (bbytes) <= PF_TILE_MAX)          \
+            if (rt + TR < r1)                                                   \
                 prefetch_tile(tl + nb * (bbytes), (size_t)nb * (bbytes));       \
             GROUPS(nb, tl, x, n_tok, y + rt, ldy, nr);                          \
         }                                                                       \

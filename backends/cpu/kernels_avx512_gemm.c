@@ -301,7 +301,6 @@ INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *ac
 
 /* ---- drivers ---------------------------------------------------------------- */
 
-
 /* rows() of one format: each 16-row tile decoded once, then multiplied by
  * every group of 16 tokens (MK: the format's micro-kernel, MR rows at a
  * time; blk elements and bbytes decoded bytes per block, xbytes packed
@@ -351,7 +350,7 @@ INLINE void mk_k(int64_t nsb, const uint8_t *tile, const uint8_t *xp, __m512 *ac
             int nr = rows - rt < TR ? (int)(rows - rt) : TR;                    \
             nr = r1 - rt < nr ? (int)(r1 - rt) : nr;                            \
             const uint8_t *tl = (const uint8_t *)tiles + (size_t)(rt / TR) * nb * bbytes; \
-            if (rt + TR < r1 && (size_t)nb * bbytes <= PF_TILE_MAX)            \
+            if (rt + TR < r1)                                                   \
                 prefetch_tile(tl + nb * bbytes, (size_t)nb * bbytes);           \
             name##_tile(nb, tl, rt, nr, x, n_tok, y, ldy, stream);              \
         }                                                                       \

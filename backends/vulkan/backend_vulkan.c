@@ -705,6 +705,13 @@ static VkResult make_pipeline(vk_state *st, VkShaderModule mod, const VkSpeciali
     return vkCreateComputePipelines(st->dev, VK_NULL_HANDLE, 1, &ci, NULL, out);
 }
 
+static VkResult make_module(vk_state *st, const vk_shader *sh, VkShaderModule *out)
+{
+    VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+                                   .codeSize = sh->bytes, .pCode = sh->code};
+    return vkCreateShaderModule(st->dev, &mi, NULL, out);
+}
+
 /* One layout for every shader: VK_BINDINGS storage buffers and 128 bytes
  * of push constants. */
 static cm_status make_pipelines(vk_state *st, cm_err *err)
@@ -731,11 +738,8 @@ static cm_status make_pipelines(vk_state *st, cm_err *err)
     if (r == VK_SUCCESS)
         r = vkCreateDescriptorPool(st->dev, &dpi, NULL, &st->desc_pool);
     for (int i = 0; r == VK_SUCCESS && i < VK_SHADER_COUNT; i++) {
-        const vk_shader *sh = vk_shader_for(i, st->f64, st->int_dot);
-        VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
-                                       .codeSize = sh->bytes, .pCode = sh->code};
         VkShaderModule mod;
-        if ((r = vkCreateShaderModule(st->dev, &mi, NULL, &mod)) != VK_SUCCESS)
+        if ((r = make_module(st, vk_shader_for(i, st->f64, st->int_dot), &mod)) != VK_SUCCESS)
             break;
         if (i == VK_SH_MATMUL || i == VK_SH_MATMUL_TILED) {
             /* their pipelines are per type: made when first used */
@@ -745,12 +749,8 @@ static cm_status make_pipelines(vk_state *st, cm_err *err)
         r = make_pipeline(st, mod, NULL, &st->pipe[i]);
         vkDestroyShaderModule(st->dev, mod, NULL);
     }
-    if (r == VK_SUCCESS && st->coop) {
-        const vk_shader *sh = vk_shader_coop();
-        VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
-                                       .codeSize = sh->bytes, .pCode = sh->code};
-        r = vkCreateShaderModule(st->dev, &mi, NULL, &st->mc_module);
-    }
+    if (r == VK_SUCCESS && st->coop)
+        r = make_module(st, vk_shader_coop(), &st->mc_module);
     return r == VK_SUCCESS ? CM_OK : vk_fail(err, r, "creating the compute pipelines");
 }
 

@@ -609,7 +609,7 @@ static void product(vk_state *st, const cm_tensor *w, const cm_tensor *b, const 
             pc.tpc = kc, pc.has_b = 0, pc.oy = (uint32_t)sp->used;
             sp->used += (uint64_t)ns * rows * (uint64_t)n;
         }
-        const int variant = st->coop && pc.type <= 6 ? VK_MM_COOP : VK_MM_TILED;
+        const int variant = st->coop && quantized(w->type) == 1 ? VK_MM_COOP : VK_MM_TILED;
         vk_dispatch_at(st, vk_pipe_matmul(st, pc.type, variant), ns > 1 ? parts : bufs, off,
                        range, &pc, sizeof pc, vk_groups(rows, VK_TILE_ROWS),
                        vk_groups((uint64_t)n, VK_TILE_TOKENS), ns);
